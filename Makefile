@@ -1,0 +1,145 @@
+# corvid: one GNU Makefile, out-of-tree build in $(BUILD).
+#
+# Sources are found by convention, so adding a module means adding files, not rules:
+#   kernels/*.c            -> libcorvid_kernels.a   (*_avx2.c get -mavx2 -mfma -mf16c)
+#   kernels/cuda/*.cu      -> libcorvid_cuda.a      (only with CUDA=1)
+#   server/*.c             -> libcorvid_engine.a
+#   api/*.c                -> libcorvid_client.a
+#   controlplane/*.c       -> libcorvid_cp.a
+#   proto/**/*.proto       -> $(BUILD)/gen (protoc-c), libcorvid_proto.a
+#   {server,api,controlplane}/tools/NAME.c, bench/NAME.c -> $(BUILD)/bin/NAME
+#   tests/unit/test_*.c    -> $(BUILD)/test/test_*  (cmocka)
+#   tests/fuzz/fuzz_*.c    -> $(BUILD)/fuzz/fuzz_*  (libFuzzer, clang)
+
+BUILD   ?= build
+CC      ?= gcc
+SHARED  ?= $(abspath ../shared)
+SAN     ?=
+OPT     ?= -O2
+CUDA    ?= 0
+NVCC    ?= /usr/local/cuda/bin/nvcc
+FUZZ_SECONDS ?= 60
+
+PKGS    := grpc libprotobuf-c libcurl jansson libmicrohttpd openssl libutf8proc
+CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD -MP $(SAN) $(EXTRA_CFLAGS)
+CPPFLAGS := -Ikernels -Iserver -Iapi/include -Iapi -Icontrolplane -I$(BUILD)/gen
+LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
+AVX2FLAGS := -mavx2 -mfma -mf16c
+
+ifeq ($(CUDA),1)
+CPPFLAGS += -DCV_CUDA=1 -I/usr/local/cuda/include
+LDLIBS   += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lnccl -lstdc++
+NVCCFLAGS := -O2 -std=c++17 -Ikernels -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+endif
+
+KERNEL_SRC := $(wildcard kernels/*.c)
+CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
+ENGINE_SRC := $(wildcard server/*.c)
+CLIENT_SRC := $(wildcard api/*.c)
+CP_SRC     := $(wildcard controlplane/*.c)
+PROTO      := $(shell find proto -name '*.proto' 2>/dev/null)
+PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTO))
+PROTO_H    := $(PROTO_C:.c=.h)
+TOOL_SRC   := $(wildcard server/tools/*.c api/tools/*.c controlplane/tools/*.c bench/*.c)
+TEST_SRC   := $(wildcard tests/unit/test_*.c)
+FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+LIB_KERNELS := $(BUILD)/lib/libcorvid_kernels.a
+LIB_CUDA    := $(BUILD)/lib/libcorvid_cuda.a
+LIB_ENGINE  := $(BUILD)/lib/libcorvid_engine.a
+LIB_CLIENT  := $(BUILD)/lib/libcorvid_client.a
+LIB_CP      := $(BUILD)/lib/libcorvid_cp.a
+LIB_PROTO   := $(BUILD)/lib/libcorvid_proto.a
+ALL_LIBS    := $(LIB_CP) $(LIB_CLIENT) $(LIB_ENGINE) $(LIB_PROTO) $(LIB_KERNELS) $(if $(filter 1,$(CUDA)),$(LIB_CUDA))
+
+TOOLS := $(foreach s,$(TOOL_SRC),$(BUILD)/bin/$(basename $(notdir $(s))))
+TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC))
+FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+
+.PHONY: all tools tests test asan fuzz fuzz-build bench deps clean run
+.DEFAULT_GOAL := all
+.SECONDARY:
+
+all: tools tests
+
+tools: $(TOOLS)
+tests: $(TESTS)
+
+$(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
+	@mkdir -p $(BUILD)/gen
+	protoc-c --c_out=$(BUILD)/gen -Iproto $<
+
+# Every object may include generated protobuf headers: generate them first.
+$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	@echo "  CC    $<"
+	@$(CC) $(CFLAGS) $(CPPFLAGS) $(XFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%_avx2.o: XFLAGS += $(AVX2FLAGS)
+
+$(BUILD)/gen-obj/%.o: $(BUILD)/gen/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(filter-out -Werror,$(CFLAGS)) $(CPPFLAGS) -c $< -o $@
+
+$(BUILD)/obj/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+define mklib
+	@mkdir -p $(dir $@)
+	@rm -f $@
+	@ar rcs $@ $^
+endef
+
+$(LIB_KERNELS): $(call obj,$(KERNEL_SRC)) ; $(mklib)
+$(LIB_CUDA): $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRC)) ; $(mklib)
+$(LIB_ENGINE): $(call obj,$(ENGINE_SRC)) ; $(mklib)
+$(LIB_CLIENT): $(call obj,$(CLIENT_SRC)) ; $(mklib)
+$(LIB_CP): $(call obj,$(CP_SRC)) ; $(mklib)
+$(LIB_PROTO): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(mklib)
+
+LINK = @echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+
+define tool_rule
+$(BUILD)/bin/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
+	@mkdir -p $$(dir $$@)
+	$$(LINK)
+endef
+$(foreach s,$(TOOL_SRC),$(eval $(call tool_rule,$(s))))
+
+$(BUILD)/test/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK) -lcmocka
+
+test: all
+	@CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
+	  CORVID_SHARED=$(SHARED) CORVID_BUILD=$(abspath $(BUILD)) tests/run.sh
+
+ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan:
+	$(MAKE) test BUILD=build/asan SAN="$(ASAN)" OPT=-O1
+
+# libFuzzer targets: library code rebuilt with clang and sanitizer coverage.
+fuzz-build:
+	$(MAKE) $(FUZZERS) CC=clang BUILD=build/fuzz-obj \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer"
+
+$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	$(LINK) -fsanitize=fuzzer
+
+fuzz: fuzz-build
+	@tests/fuzz/run.sh build/fuzz-obj/fuzz $(FUZZ_SECONDS)
+
+bench: tools
+	@for b in $(BUILD)/bin/bench-*; do echo "== $$b"; done
+
+deps:
+	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$(cat .ci/apt-packages); \
+	 else echo "run as root: apt-get update && apt-get install -y $$(tr '\n' ' ' < .ci/apt-packages)"; fi
+
+clean:
+	rm -rf $(BUILD) build
+
+-include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,0 +1,121 @@
+/* gguf: GGUF v3 reader (memory-mapped, validated) and writer.
+ *
+ * cv_gguf_open maps the file and validates everything before returning: header,
+ * every key/value (types, string and array lengths, nested arrays), known keys'
+ * value types, tensor infos (n_dims <= 4, dimension products, sizes, overflow),
+ * alignment, tensor data inside the file and not overlapping, token ids in
+ * metadata inside the vocabulary. A bad file is a CV_EFORMAT error whose message
+ * names the field and the byte offset; nothing is trusted after that.
+ *
+ * Strings point into the mapping and are NOT NUL-terminated (cv_str). All pointers
+ * stay valid until cv_gguf_close.
+ */
+#ifndef CV_GGUF_H
+#define CV_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cv_error.h"
+#include "quant.h"
+
+typedef enum cv_gguf_vtype {
+    CV_GGUF_UINT8 = 0, CV_GGUF_INT8 = 1, CV_GGUF_UINT16 = 2, CV_GGUF_INT16 = 3,
+    CV_GGUF_UINT32 = 4, CV_GGUF_INT32 = 5, CV_GGUF_FLOAT32 = 6, CV_GGUF_BOOL = 7,
+    CV_GGUF_STRING = 8, CV_GGUF_ARRAY = 9, CV_GGUF_UINT64 = 10, CV_GGUF_INT64 = 11,
+    CV_GGUF_FLOAT64 = 12
+} cv_gguf_vtype;
+
+typedef struct cv_str {
+    const char *ptr;
+    uint64_t len;
+} cv_str;
+
+typedef struct cv_gguf_tensor {
+    cv_str name;
+    uint32_t n_dims;
+    int64_t ne[4];        /* ne[0] is the row length (innermost); unused dims are 1 */
+    cv_type type;
+    uint64_t offset;      /* relative to the start of the data section */
+    uint64_t nbytes;
+    const void *data;     /* into the mapping */
+} cv_gguf_tensor;
+
+typedef struct cv_gguf cv_gguf;
+
+cv_status cv_gguf_open(const char *path, cv_gguf **out, cv_error *err);
+/* Parse a buffer the caller owns (it must outlive the handle): fuzzing, tests. */
+cv_status cv_gguf_open_memory(const void *buf, size_t len, cv_gguf **out, cv_error *err);
+void cv_gguf_close(cv_gguf *g);
+
+uint32_t cv_gguf_version(const cv_gguf *g);
+uint32_t cv_gguf_alignment(const cv_gguf *g);
+uint64_t cv_gguf_file_size(const cv_gguf *g);
+
+/* Key/values, in file order. */
+int64_t cv_gguf_n_kv(const cv_gguf *g);
+int64_t cv_gguf_find_key(const cv_gguf *g, const char *key);  /* -1 when absent */
+cv_str cv_gguf_kv_key(const cv_gguf *g, int64_t i);
+cv_gguf_vtype cv_gguf_kv_type(const cv_gguf *g, int64_t i);
+
+/* Typed accessors: the value of `key`, or `def` when the key is absent. A key that
+ * is present with an incompatible type is rejected at open time for known keys;
+ * for other keys the accessor returns def. Integer accessors accept any integer
+ * type whose value fits. */
+uint32_t cv_gguf_get_u32(const cv_gguf *g, const char *key, uint32_t def);
+uint64_t cv_gguf_get_u64(const cv_gguf *g, const char *key, uint64_t def);
+int64_t cv_gguf_get_i64(const cv_gguf *g, const char *key, int64_t def);
+float cv_gguf_get_f32(const cv_gguf *g, const char *key, float def);
+int cv_gguf_get_bool(const cv_gguf *g, const char *key, int def);
+/* {NULL, 0} when absent or not a string. */
+cv_str cv_gguf_get_str(const cv_gguf *g, const char *key);
+
+/* Arrays. Element access is by index; numeric elements are converted. For an array of
+ * arrays, cv_gguf_arr_sub returns a handle usable with the same accessors. */
+typedef struct cv_gguf_arr {
+    const cv_gguf *g;
+    cv_gguf_vtype type;   /* element type */
+    uint64_t n;
+    const uint8_t *data;  /* first element in the mapping */
+    const uint64_t *str_off; /* for string/array elements: offsets of each element */
+} cv_gguf_arr;
+
+/* 0 (and arr zeroed) when the key is absent or not an array. */
+int cv_gguf_get_arr(const cv_gguf *g, const char *key, cv_gguf_arr *arr);
+cv_str cv_gguf_arr_str(const cv_gguf_arr *a, uint64_t i);
+int64_t cv_gguf_arr_i64(const cv_gguf_arr *a, uint64_t i);
+double cv_gguf_arr_f64(const cv_gguf_arr *a, uint64_t i);
+int cv_gguf_arr_sub(const cv_gguf_arr *a, uint64_t i, cv_gguf_arr *sub);
+
+/* Tensors, in file order. */
+int64_t cv_gguf_n_tensors(const cv_gguf *g);
+const cv_gguf_tensor *cv_gguf_tensor_at(const cv_gguf *g, int64_t i);
+const cv_gguf_tensor *cv_gguf_find_tensor(const cv_gguf *g, const char *name);
+
+/* ---- writer ----
+ * Build a file in memory: add key/values and tensors (data copied or referenced),
+ * then write it. Key order and tensor order are kept. read(write(x)) == x. */
+typedef struct cv_gguf_writer cv_gguf_writer;
+
+cv_gguf_writer *cv_gguf_writer_new(void);
+void cv_gguf_writer_free(cv_gguf_writer *w);
+cv_status cv_gguf_set_u32(cv_gguf_writer *w, const char *key, uint32_t v, cv_error *err);
+cv_status cv_gguf_set_i32(cv_gguf_writer *w, const char *key, int32_t v, cv_error *err);
+cv_status cv_gguf_set_u64(cv_gguf_writer *w, const char *key, uint64_t v, cv_error *err);
+cv_status cv_gguf_set_f32(cv_gguf_writer *w, const char *key, float v, cv_error *err);
+cv_status cv_gguf_set_bool(cv_gguf_writer *w, const char *key, int v, cv_error *err);
+cv_status cv_gguf_set_str(cv_gguf_writer *w, const char *key, const char *v, cv_error *err);
+cv_status cv_gguf_set_str_arr(cv_gguf_writer *w, const char *key, const char *const *v,
+                              uint64_t n, cv_error *err);
+/* Numeric array: n elements of `type` (not STRING/ARRAY), raw little-endian bytes. */
+cv_status cv_gguf_set_arr(cv_gguf_writer *w, const char *key, cv_gguf_vtype type,
+                          const void *data, uint64_t n, cv_error *err);
+/* Copy every key/value of an open file (except those the writer already has). */
+cv_status cv_gguf_copy_kvs(cv_gguf_writer *w, const cv_gguf *src, cv_error *err);
+/* The data is referenced, not copied: it must live until cv_gguf_write returns. */
+cv_status cv_gguf_add_tensor(cv_gguf_writer *w, const char *name, cv_type type,
+                             uint32_t n_dims, const int64_t *ne, const void *data,
+                             cv_error *err);
+cv_status cv_gguf_write(cv_gguf_writer *w, const char *path, cv_error *err);
+
+#endif
