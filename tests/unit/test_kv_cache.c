@@ -1,0 +1,163 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kv_cache.h"
+
+static cv_kv_config small_cfg(void) {
+    return (cv_kv_config){.n_layers = 3, .n_kv_heads = 2, .head_dim = 8, .block_size = 4,
+                          .n_blocks = 10, .max_seqs = 4, .max_seq_len = 24,
+                          .type = CV_TYPE_F16};
+}
+
+static void test_reserve_takes_blocks_and_release_returns_them(void **state) {
+    (void)state;
+    cv_kv_config cfg = small_cfg();
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    assert_int_equal(cv_kv_bytes_per_token(kv), 3 * 2 * 2 * 8 * 2);
+    assert_int_equal(cv_kv_bytes(kv), 10 * 4 * cv_kv_bytes_per_token(kv));
+
+    assert_int_equal(cv_kv_reserve(kv, 1, 5, &e), CV_OK);   /* 2 blocks */
+    assert_int_equal(cv_kv_capacity(kv, 1), 8);
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
+    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);   /* still fits */
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
+    assert_int_equal(cv_kv_reserve(kv, 1, 9, &e), CV_OK);   /* one more */
+    assert_int_equal(cv_kv_free_blocks(kv), 7);
+    assert_int_equal(cv_kv_reserve(kv, 0, 0, &e), CV_OK);   /* empty is fine */
+    assert_int_equal(cv_kv_capacity(kv, 0), 0);
+
+    cv_kv_release(kv, 1);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    assert_int_equal(cv_kv_capacity(kv, 1), 0);
+    cv_kv_free(kv);
+}
+
+static void test_exhaustion_is_busy_and_changes_nothing(void **state) {
+    (void)state;
+    cv_kv_config cfg = small_cfg();
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 0, 24, &e), CV_OK);  /* 6 blocks */
+    assert_int_equal(cv_kv_reserve(kv, 1, 12, &e), CV_OK);  /* 3 blocks */
+    assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_EBUSY); /* needs 2, 1 free */
+    assert_non_null(strstr(e.msg, "needs 2 more blocks, 1 free"));
+    assert_int_equal(cv_kv_capacity(kv, 2), 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 1);
+    /* Preempting sequence 0 makes room. */
+    cv_kv_release(kv, 0);
+    assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_OK);
+    assert_int_equal(cv_kv_free_blocks(kv), 5);
+    cv_kv_free(kv);
+}
+
+static void test_limits_are_range_errors(void **state) {
+    (void)state;
+    cv_kv_config cfg = small_cfg();
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 0, 25, &e), CV_ERANGE);
+    assert_non_null(strstr(e.msg, "25 positions exceed the limit of 24"));
+    assert_int_equal(cv_kv_reserve(kv, 4, 1, &e), CV_ERANGE);
+    assert_int_equal(cv_kv_reserve(kv, -1, 1, &e), CV_ERANGE);
+    assert_null(cv_kv_block_table(kv, 4));
+    cv_kv_release(kv, 7); /* out of range: ignored */
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    cv_kv_free(kv);
+}
+
+static void test_bad_config_is_rejected(void **state) {
+    (void)state;
+    cv_kv_cache *kv = (cv_kv_cache *)1;
+    cv_error e = {0};
+    cv_kv_config cfg = small_cfg();
+    cfg.type = CV_TYPE_Q8_0;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_EUNSUPPORTED);
+    assert_null(kv);
+    cfg = small_cfg();
+    cfg.block_size = 0;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "block_size = 0"));
+    cfg = small_cfg();
+    cfg.n_blocks = 1 << 30;
+    cfg.head_dim = 1 << 20;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_ERANGE);
+}
+
+/* Random reserve/release traffic: blocks are never shared between live sequences,
+ * none is lost, and data written through one sequence's table stays intact. */
+static void test_random_traffic_keeps_blocks_disjoint(void **state) {
+    (void)state;
+    unsigned seed = (unsigned)time(NULL);
+    printf("seed %u\n", seed);
+    srand(seed);
+    cv_kv_config cfg = {.n_layers = 2, .n_kv_heads = 1, .head_dim = 4, .block_size = 2,
+                        .n_blocks = 40, .max_seqs = 6, .max_seq_len = 30,
+                        .type = CV_TYPE_F32};
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    int32_t len[6] = {0};
+    for (int step = 0; step < 2000; step++) {
+        int32_t s = rand() % 6;
+        if (rand() % 5 == 0) {
+            cv_kv_release(kv, s);
+            len[s] = 0;
+        } else {
+            int32_t n = len[s] + 1 + rand() % 5;
+            if (n > 30) n = 30;
+            cv_status st = cv_kv_reserve(kv, s, n, &e);
+            if (st == CV_OK) {
+                /* Stamp every position of the new range in layer 1's V pool. */
+                float *v = cv_kv_v_pool(kv, 1);
+                const int32_t *t = cv_kv_block_table(kv, s);
+                for (int32_t p = len[s]; p < n; p++)
+                    v[(t[p / 2] * 2 + p % 2) * 4] = (float)(s * 100 + p);
+                len[s] = n;
+            } else {
+                assert_int_equal(st, CV_EBUSY);
+            }
+        }
+        int used[40] = {0}, total = 0;
+        float *v = cv_kv_v_pool(kv, 1);
+        for (int32_t q = 0; q < 6; q++) {
+            const int32_t *t = cv_kv_block_table(kv, q);
+            assert_true(cv_kv_capacity(kv, q) >= len[q]);
+            for (int32_t b = 0; b < cv_kv_capacity(kv, q) / 2; b++) {
+                assert_true(t[b] >= 0 && t[b] < 40);
+                assert_int_equal(used[t[b]]++, 0);
+                total++;
+            }
+            for (int32_t p = 0; p < len[q]; p++)
+                assert_true(v[(t[p / 2] * 2 + p % 2) * 4] == (float)(q * 100 + p));
+        }
+        assert_int_equal(total + cv_kv_free_blocks(kv), 40);
+    }
+    /* Pools of different layers and K/V do not overlap. */
+    uint8_t *k0 = cv_kv_k_pool(kv, 0), *v0 = cv_kv_v_pool(kv, 0), *k1 = cv_kv_k_pool(kv, 1);
+    assert_int_equal(v0 - k0, 40 * 2 * 4 * 4);
+    assert_int_equal(k1 - v0, 40 * 2 * 4 * 4);
+    cv_kv_free(kv);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_reserve_takes_blocks_and_release_returns_them),
+        cmocka_unit_test(test_exhaustion_is_busy_and_changes_nothing),
+        cmocka_unit_test(test_limits_are_range_errors),
+        cmocka_unit_test(test_bad_config_is_rejected),
+        cmocka_unit_test(test_random_traffic_keeps_blocks_disjoint),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
