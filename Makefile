@@ -57,7 +57,7 @@ TOOLS := $(foreach s,$(TOOL_SRC),$(BUILD)/bin/$(basename $(notdir $(s))))
 TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
-.PHONY: all tools tests test asan fuzz fuzz-build bench deps clean run
+.PHONY: all tools tests test asan fuzz fuzz-build fuzzers bench deps clean run
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -122,8 +122,11 @@ asan:
 
 # libFuzzer targets: library code rebuilt with clang and sanitizer coverage.
 fuzz-build:
-	$(MAKE) $(FUZZERS) CC=clang BUILD=build/fuzz-obj \
+	$(MAKE) fuzzers CC=clang BUILD=build/fuzz-obj \
 	  SAN="-fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer"
+
+# A target of its own so that $(FUZZERS) is expanded with the sub-make's BUILD.
+fuzzers: $(FUZZERS)
 
 $(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
