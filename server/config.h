@@ -1,0 +1,35 @@
+/* config: corvid-server's settings from a JSON file, then command-line flags.
+ *
+ * Every key is checked: an unknown key, a wrong type or a value out of range is an
+ * error naming the key (a typo in a config must not silently fall back to a default).
+ * Flags override the file. cv_config_defaults gives the values used when neither says.
+ */
+#ifndef CV_CONFIG_H
+#define CV_CONFIG_H
+
+#include "cv_error.h"
+
+typedef struct cv_config {
+    char listen[256];          /* gRPC address, "127.0.0.1:50051" */
+    char metrics_listen[256];  /* "" = no HTTP metrics endpoint */
+    char model[1024];          /* GGUF path; "" = start with no model */
+    char model_version[128];   /* "" = the model file's base name */
+    int threads;               /* 0 = number of cores */
+    int max_running;           /* sequences decoded together */
+    int max_waiting;           /* queued requests beyond which RESOURCE_EXHAUSTED */
+    int kv_block_tokens;       /* tokens per KV block */
+    long kv_memory_mb;         /* KV cache budget */
+    int max_tokens_default;    /* when a request says 0 */
+    double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
+} cv_config;
+
+void cv_config_defaults(cv_config *c);
+/* Reads and validates a JSON object file on top of c. */
+cv_status cv_config_load_file(cv_config *c, const char *path, cv_error *err);
+/* Applies --flag VALUE pairs; argv[0] is skipped. Unknown flags are errors.
+ * *check_only is set by --check-config. */
+cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, int *check_only, cv_error *err);
+/* Cross-field checks after everything is applied. */
+cv_status cv_config_validate(const cv_config *c, cv_error *err);
+
+#endif

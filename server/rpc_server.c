@@ -1,0 +1,468 @@
+#include "rpc_server.h"
+
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Every completion carries one of these; the kind says which batch finished. */
+typedef enum { TAG_NEW_CALL, TAG_RECV, TAG_CLOSE, TAG_SEND, TAG_STATUS, TAG_SHUTDOWN } tag_kind;
+typedef struct tag { tag_kind kind; cv_rpc_call *call; } tag;
+
+typedef struct method {
+    char *path;
+    cv_rpc_handler handler;
+    void *ctx;
+} method;
+
+struct cv_rpc_server {
+    cv_rpc_config cfg;
+    char *listen;
+    grpc_server *server;
+    grpc_completion_queue *cq;
+    pthread_t thread;
+    int started;
+    method *methods;
+    size_t n_methods;
+    atomic_int accepting;
+    atomic_int active;
+    atomic_int shutting_down;
+    tag shutdown_tag;
+};
+
+typedef struct md_pair { char *key, *value; } md_pair;
+
+struct cv_rpc_call {
+    cv_rpc_server *srv;
+    grpc_call *call;
+    grpc_call_details details;
+    grpc_metadata_array md;
+    grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *send_bb;
+    int cancelled;
+    tag t_new, t_recv, t_close, t_send, t_status;
+    pthread_mutex_t mu;
+    int refs;          /* pending batches + the service's hold on a stream */
+    int send_busy;     /* a SEND_MESSAGE is in flight */
+    int finished;      /* status sent or being sent */
+    const cv_rpc_stream_ops *ops;
+    void *ctx;
+    char *peer, *method;
+    md_pair *meta;
+    size_t n_meta;
+};
+
+static void call_unref(cv_rpc_call *c);
+
+static cv_rpc_call *call_alloc(cv_rpc_server *s) {
+    cv_rpc_call *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->srv = s;
+    grpc_call_details_init(&c->details);
+    grpc_metadata_array_init(&c->md);
+    pthread_mutex_init(&c->mu, NULL);
+    c->t_new = (tag){TAG_NEW_CALL, c};
+    c->t_recv = (tag){TAG_RECV, c};
+    c->t_close = (tag){TAG_CLOSE, c};
+    c->t_send = (tag){TAG_SEND, c};
+    c->t_status = (tag){TAG_STATUS, c};
+    return c;
+}
+
+static void call_free(cv_rpc_call *c) {
+    if (c->ops && c->ops->done) c->ops->done(c->ctx);
+    if (c->call) {
+        grpc_call_unref(c->call);
+        atomic_fetch_sub(&c->srv->active, 1);
+    }
+    if (c->recv_bb) grpc_byte_buffer_destroy(c->recv_bb);
+    if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
+    grpc_call_details_destroy(&c->details);
+    grpc_metadata_array_destroy(&c->md);
+    for (size_t i = 0; i < c->n_meta; i++) {
+        free(c->meta[i].key);
+        free(c->meta[i].value);
+    }
+    free(c->meta);
+    if (c->peer) gpr_free(c->peer);
+    free(c->method);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static void call_unref(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    int left = --c->refs;
+    pthread_mutex_unlock(&c->mu);
+    if (left == 0) call_free(c);
+}
+
+static char *slice_dup(grpc_slice s) {
+    size_t n = GRPC_SLICE_LENGTH(s);
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    memcpy(p, GRPC_SLICE_START_PTR(s), n);
+    p[n] = 0;
+    return p;
+}
+
+/* Status batch; called with c->mu held and c->finished still 0. */
+static void send_status_locked(cv_rpc_call *c, cv_rpc_code code, const char *status_msg,
+                               const uint8_t *msg, size_t len) {
+    grpc_op ops[2];
+    size_t n = 0;
+    memset(ops, 0, sizeof ops);
+    grpc_slice details = grpc_slice_from_copied_string(status_msg ? status_msg : "");
+    if (msg) {
+        grpc_slice body = grpc_slice_from_copied_buffer((const char *)msg, len);
+        c->send_bb = grpc_raw_byte_buffer_create(&body, 1);
+        grpc_slice_unref(body);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+    }
+    ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+    ops[n].data.send_status_from_server.status = (grpc_status_code)code;
+    ops[n].data.send_status_from_server.status_details = &details;
+    n++;
+    c->finished = 1;
+    c->refs++;
+    if (grpc_call_start_batch(c->call, ops, n, &c->t_status, NULL) != GRPC_CALL_OK) {
+        /* The call is already dead; nothing will complete, so drop the ref here. */
+        c->refs--;
+    }
+    grpc_slice_unref(details);
+}
+
+/* Sends the next message of a stream if none is in flight. Called with c->mu held. */
+static void pump_locked(cv_rpc_call *c) {
+    while (!c->finished && !c->send_busy && c->ops) {
+        uint8_t *msg = NULL;
+        size_t len = 0;
+        int more = 0;
+        cv_rpc_code code = CV_RPC_OK;
+        const char *status_msg = NULL;
+        cv_rpc_produce p = c->ops->produce(c->ctx, &msg, &len, &more, &code, &status_msg);
+        if (p == CV_RPC_NOTHING) return;
+        if (p == CV_RPC_FINISH) {
+            send_status_locked(c, code, status_msg, NULL, 0);
+            return;
+        }
+        grpc_slice body = grpc_slice_new(msg, len, free);
+        if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = grpc_raw_byte_buffer_create(&body, 1);
+        grpc_slice_unref(body);
+        grpc_op op;
+        memset(&op, 0, sizeof op);
+        op.op = GRPC_OP_SEND_MESSAGE;
+        op.flags = more ? GRPC_WRITE_BUFFER_HINT : 0;
+        op.data.send_message.send_message = c->send_bb;
+        c->refs++;
+        if (grpc_call_start_batch(c->call, &op, 1, &c->t_send, NULL) == GRPC_CALL_OK) {
+            c->send_busy = 1;
+            return;
+        }
+        c->refs--;
+        /* The message is lost with a dead call; keep producing until the service finishes. */
+    }
+}
+
+void cv_rpc_reply(cv_rpc_call *c, cv_rpc_code code, const char *status_msg,
+                  const uint8_t *msg, size_t len) {
+    pthread_mutex_lock(&c->mu);
+    if (!c->finished) send_status_locked(c, code, status_msg, msg, len);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void cv_rpc_stream_start(cv_rpc_call *c, const cv_rpc_stream_ops *ops, void *ctx) {
+    pthread_mutex_lock(&c->mu);
+    c->ops = ops;
+    c->ctx = ctx;
+    c->refs++; /* the service's hold, released by cv_rpc_call_release */
+    pump_locked(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void cv_rpc_stream_wake(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    pump_locked(c);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void cv_rpc_call_release(cv_rpc_call *c) { call_unref(c); }
+
+const char *cv_rpc_metadata(const cv_rpc_call *c, const char *key) {
+    for (size_t i = 0; i < c->n_meta; i++)
+        if (strcmp(c->meta[i].key, key) == 0) return c->meta[i].value;
+    return NULL;
+}
+
+const char *cv_rpc_peer(const cv_rpc_call *c) { return c->peer ? c->peer : ""; }
+const char *cv_rpc_method(const cv_rpc_call *c) { return c->method ? c->method : ""; }
+
+double cv_rpc_deadline_left(const cv_rpc_call *c) {
+    gpr_timespec dl = c->details.deadline;
+    if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) == 0) return 1e18;
+    gpr_timespec now = gpr_now(dl.clock_type);
+    gpr_timespec d = gpr_time_sub(dl, now);
+    return (double)d.tv_sec + d.tv_nsec * 1e-9;
+}
+
+static int request_next_call(cv_rpc_server *s) {
+    cv_rpc_call *c = call_alloc(s);
+    if (!c) return -1;
+    c->refs = 1; /* the NEW_CALL completion */
+    if (grpc_server_request_call(s->server, &c->call, &c->details, &c->md, s->cq, s->cq,
+                                 &c->t_new) != GRPC_CALL_OK) {
+        call_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void on_new_call(cv_rpc_call *c, int ok) {
+    cv_rpc_server *s = c->srv;
+    if (!ok || !c->call) { /* server shutting down */
+        c->refs = 0;
+        call_free(c);
+        return;
+    }
+    atomic_fetch_add(&s->active, 1);
+    if (!atomic_load(&s->shutting_down)) request_next_call(s);
+
+    c->method = slice_dup(c->details.method);
+    c->peer = grpc_call_get_peer(c->call);
+    c->meta = calloc(c->md.count ? c->md.count : 1, sizeof *c->meta);
+    for (size_t i = 0; c->meta && i < c->md.count; i++) {
+        c->meta[i].key = slice_dup(c->md.metadata[i].key);
+        c->meta[i].value = slice_dup(c->md.metadata[i].value);
+        if (c->meta[i].key && c->meta[i].value) c->n_meta++;
+        else { free(c->meta[i].key); free(c->meta[i].value); }
+    }
+
+    grpc_op ops[2];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_RECV_MESSAGE;
+    ops[1].data.recv_message.recv_message = &c->recv_bb;
+    grpc_op close_op;
+    memset(&close_op, 0, sizeof close_op);
+    close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    close_op.data.recv_close_on_server.cancelled = &c->cancelled;
+
+    pthread_mutex_lock(&c->mu);
+    c->refs = 2; /* RECV and CLOSE; the NEW_CALL ref is spent */
+    int bad = grpc_call_start_batch(c->call, ops, 2, &c->t_recv, NULL) != GRPC_CALL_OK;
+    if (bad) c->refs--;
+    if (grpc_call_start_batch(c->call, &close_op, 1, &c->t_close, NULL) != GRPC_CALL_OK)
+        c->refs--;
+    int left = c->refs;
+    pthread_mutex_unlock(&c->mu);
+    if (left == 0) call_free(c);
+}
+
+static void on_recv(cv_rpc_call *c, int ok) {
+    cv_rpc_server *s = c->srv;
+    if (!atomic_load(&s->accepting)) {
+        cv_rpc_reply(c, CV_RPC_UNAVAILABLE, "server is draining: retry on another replica", NULL, 0);
+    } else if (!ok || !c->recv_bb) {
+        cv_rpc_reply(c, CV_RPC_INVALID_ARGUMENT, "request message missing", NULL, 0);
+    } else {
+        const method *m = NULL;
+        for (size_t i = 0; i < s->n_methods; i++)
+            if (strcmp(s->methods[i].path, c->method) == 0) m = &s->methods[i];
+        if (!m) {
+            char msg[300];
+            snprintf(msg, sizeof msg, "unknown method %.250s", c->method);
+            cv_rpc_reply(c, CV_RPC_UNIMPLEMENTED, msg, NULL, 0);
+        } else {
+            grpc_byte_buffer_reader r;
+            if (!grpc_byte_buffer_reader_init(&r, c->recv_bb)) {
+                cv_rpc_reply(c, CV_RPC_INTERNAL, "cannot read request bytes", NULL, 0);
+            } else {
+                grpc_slice body = grpc_byte_buffer_reader_readall(&r);
+                grpc_byte_buffer_reader_destroy(&r);
+                m->handler(m->ctx, c, GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
+                grpc_slice_unref(body);
+            }
+        }
+    }
+    call_unref(c);
+}
+
+static void on_close(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    int notify = c->cancelled && c->ops && !c->finished;
+    pthread_mutex_unlock(&c->mu);
+    if (notify && c->ops->on_cancel) c->ops->on_cancel(c->ctx);
+    call_unref(c);
+}
+
+static void on_send(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    c->send_busy = 0;
+    pump_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+}
+
+static void *cq_loop(void *arg) {
+    cv_rpc_server *s = arg;
+    int shutdown_seen = 0;
+    gpr_timespec give_up = gpr_inf_future(GPR_CLOCK_MONOTONIC);
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(
+            s->cq, gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_millis(100, GPR_TIMESPAN)),
+            NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+        if (ev.type == GRPC_QUEUE_TIMEOUT) {
+            if (shutdown_seen && (atomic_load(&s->active) == 0 ||
+                                  gpr_time_cmp(gpr_now(GPR_CLOCK_MONOTONIC), give_up) > 0))
+                break;
+            continue;
+        }
+        tag *t = ev.tag;
+        switch (t->kind) {
+        case TAG_NEW_CALL: on_new_call(t->call, ev.success); break;
+        case TAG_RECV: on_recv(t->call, ev.success); break;
+        case TAG_CLOSE: on_close(t->call); break;
+        case TAG_SEND: on_send(t->call); break;
+        case TAG_STATUS: call_unref(t->call); break;
+        case TAG_SHUTDOWN:
+            shutdown_seen = 1;
+            give_up = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC), gpr_time_from_seconds(5, GPR_TIMESPAN));
+            break;
+        }
+        if (shutdown_seen && atomic_load(&s->active) == 0) break;
+    }
+    return NULL;
+}
+
+cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_error *err) {
+    cv_rpc_server *s = calloc(1, sizeof *s);
+    if (!s) return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
+    s->cfg = *cfg;
+    s->listen = strdup(cfg->listen ? cfg->listen : "127.0.0.1:50051");
+    if (!s->listen) {
+        free(s);
+        return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
+    }
+    s->cfg.listen = s->listen;
+    if (!s->cfg.max_request_bytes) s->cfg.max_request_bytes = 4u << 20;
+    atomic_init(&s->accepting, 1);
+    s->shutdown_tag = (tag){TAG_SHUTDOWN, NULL};
+    *out = s;
+    return CV_OK;
+}
+
+cv_status cv_rpc_register(cv_rpc_server *s, const char *path, cv_rpc_handler h, void *ctx,
+                          cv_error *err) {
+    method *m = realloc(s->methods, (s->n_methods + 1) * sizeof *m);
+    if (!m) return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
+    s->methods = m;
+    m[s->n_methods].path = strdup(path);
+    if (!m[s->n_methods].path) return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
+    m[s->n_methods].handler = h;
+    m[s->n_methods].ctx = ctx;
+    s->n_methods++;
+    return CV_OK;
+}
+
+cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
+    grpc_init();
+    grpc_arg args[2];
+    size_t n_args = 0;
+    args[n_args].type = GRPC_ARG_INTEGER;
+    args[n_args].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[n_args].value.integer = (int)s->cfg.max_request_bytes;
+    n_args++;
+    if (s->cfg.max_concurrent_streams > 0) {
+        args[n_args].type = GRPC_ARG_INTEGER;
+        args[n_args].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
+        args[n_args].value.integer = s->cfg.max_concurrent_streams;
+        n_args++;
+    }
+    grpc_channel_args chargs = {n_args, args};
+    s->server = grpc_server_create(&chargs, NULL);
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    grpc_server_register_completion_queue(s->server, s->cq, NULL);
+    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+    int bound = grpc_server_add_http2_port(s->server, s->listen, creds);
+    grpc_server_credentials_release(creds);
+    if (bound <= 0) {
+        cv_errorf(err, CV_EIO, "cannot listen on %s (address in use or invalid)", s->listen);
+        goto err;
+    }
+    grpc_server_start(s->server);
+    /* A few outstanding requests let bursts of new calls in without waiting on us. */
+    for (int i = 0; i < 8; i++) {
+        if (request_next_call(s) != 0) {
+            cv_errorf(err, CV_ENOMEM, "rpc server: cannot request calls");
+            goto err_started;
+        }
+    }
+    if (pthread_create(&s->thread, NULL, cq_loop, s) != 0) {
+        cv_errorf(err, CV_ENOMEM, "rpc server: cannot start the completion-queue thread");
+        goto err_started;
+    }
+    s->started = 1;
+    if (port) *port = bound;
+    return CV_OK;
+
+err_started:
+    atomic_store(&s->shutting_down, 1);
+    grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+    grpc_server_cancel_all_calls(s->server);
+    cq_loop(s);
+err:
+    grpc_server_destroy(s->server);
+    s->server = NULL;
+    grpc_completion_queue_shutdown(s->cq);
+    while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
+           GRPC_QUEUE_SHUTDOWN) {
+    }
+    grpc_completion_queue_destroy(s->cq);
+    s->cq = NULL;
+    grpc_shutdown();
+    return err ? err->code : CV_EIO;
+}
+
+void cv_rpc_server_stop_accepting(cv_rpc_server *s) { atomic_store(&s->accepting, 0); }
+
+int cv_rpc_server_active_calls(cv_rpc_server *s) { return atomic_load(&s->active); }
+
+void cv_rpc_server_free(cv_rpc_server *s) {
+    if (!s) return;
+    if (s->started) {
+        atomic_store(&s->shutting_down, 1);
+        atomic_store(&s->accepting, 0);
+        grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+        grpc_server_cancel_all_calls(s->server);
+        pthread_join(s->thread, NULL);
+        grpc_server_destroy(s->server);
+        grpc_completion_queue_shutdown(s->cq);
+        for (;;) {
+            grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+            if (ev.type == GRPC_QUEUE_SHUTDOWN) break;
+            /* Late completions after the loop ended: release what they hold. */
+            tag *t = ev.tag;
+            if (t && t->kind != TAG_SHUTDOWN) {
+                if (t->kind == TAG_NEW_CALL) on_new_call(t->call, 0);
+                else call_unref(t->call);
+            }
+        }
+        grpc_completion_queue_destroy(s->cq);
+        grpc_shutdown();
+    }
+    for (size_t i = 0; i < s->n_methods; i++) free(s->methods[i].path);
+    free(s->methods);
+    free(s->listen);
+    free(s);
+}

@@ -1,0 +1,106 @@
+"""Shared helpers for corvid's Python integration tests (run with /usr/bin/python3).
+
+Generates the protobuf modules from proto/ into a temp dir with protoc, starts our
+binaries on free loopback ports, and counts checks so each test file ends with the
+runner's "N passed, N failed" line.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ.get("CORVID_BIN", os.path.join(ROOT, "build", "bin"))
+SHARED = os.environ.get("CORVID_SHARED", os.path.join(ROOT, "..", "shared"))
+TMP = tempfile.mkdtemp(prefix="corvid-it-")
+
+
+def proto_modules():
+    """Compiles proto/ with protoc --python_out and makes the modules importable."""
+    out = os.path.join(TMP, "py")
+    if not os.path.isdir(out):
+        os.makedirs(out)
+        proto = os.path.join(ROOT, "proto")
+        subprocess.run(["protoc", "--python_out=" + out, "-I" + proto,
+                        os.path.join(proto, "corvid/v1/inference.proto"),
+                        os.path.join(proto, "corvid/v1/admin.proto")], check=True)
+        # Generated as a top-level module: a package named grpc would shadow grpcio.
+        health = os.path.join(proto, "grpc/health/v1")
+        subprocess.run(["protoc", "--python_out=" + out, "-I" + health, os.path.join(health, "health.proto")],
+                       check=True)
+        sys.path.insert(0, out)
+    from corvid.v1 import inference_pb2, admin_pb2  # noqa: F401
+    import health_pb2  # noqa: F401
+    return inference_pb2, admin_pb2, health_pb2
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """corvid-server on a free loopback port; stopped by PID."""
+
+    def __init__(self, *args, ready_timeout=60):
+        self.port = free_port()
+        self.addr = "127.0.0.1:%d" % self.port
+        self.log_path = os.path.join(TMP, "server-%d.log" % self.port)
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("corvid-server exited %d:\n%s" % (self.proc.returncode, self.output()))
+            if '"listening"' in self.output():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("corvid-server not ready in %ds:\n%s" % (ready_timeout, self.output()))
+
+    def output(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def terminate(self):
+        self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout):
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+class Checks:
+    """Runs named check functions; prints one line each and the closing count."""
+
+    def __init__(self):
+        self.passed = 0
+        self.failed = 0
+
+    def run(self, name, fn, *args):
+        t0 = time.time()
+        try:
+            fn(*args)
+        except Exception:  # a failed check must not stop the others
+            self.failed += 1
+            print("FAIL %s (%.2fs)" % (name, time.time() - t0))
+            traceback.print_exc(file=sys.stdout)
+        else:
+            self.passed += 1
+            print("ok   %s (%.2fs)" % (name, time.time() - t0))
+        sys.stdout.flush()
+
+    def finish(self):
+        print("%d passed, %d failed" % (self.passed, self.failed))
+        sys.exit(1 if self.failed else 0)

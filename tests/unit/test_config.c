@@ -1,0 +1,87 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static char path[64];
+
+static void write_config(const char *text) {
+    strcpy(path, "/tmp/corvid-config-XXXXXX");
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+    close(fd);
+}
+
+static cv_status load(const char *text, cv_config *c, cv_error *e) {
+    write_config(text);
+    cv_config_defaults(c);
+    cv_status st = cv_config_load_file(c, path, e);
+    unlink(path);
+    return st;
+}
+
+static void test_file_values_are_applied(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    assert_int_equal(load("{\"listen\":\"0.0.0.0:9000\",\"max_running\":8,\"drain_timeout_s\":2.5}", &c, &e), CV_OK);
+    assert_string_equal(c.listen, "0.0.0.0:9000");
+    assert_int_equal(c.max_running, 8);
+    assert_true(c.drain_timeout_s == 2.5);
+    assert_int_equal(c.max_waiting, 256); /* untouched default */
+}
+
+static void test_bad_files_name_the_key(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    assert_int_equal(load("{\"max_runing\":8}", &c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "\"max_runing\" is not a known setting"));
+    assert_int_equal(load("{\"max_running\":\"8\"}", &c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "must be a number"));
+    assert_int_equal(load("{\"max_running\":0}", &c, &e), CV_ERANGE);
+    assert_non_null(strstr(e.msg, "outside [1, 4096]"));
+    assert_int_equal(load("{\"threads\":1.5}", &c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "not a whole number"));
+    assert_int_equal(load("{\"threads\":2,\"threads\":3}", &c, &e), CV_EFORMAT);
+    assert_non_null(strstr(e.msg, "duplicate"));
+    assert_int_equal(load("[1,2]", &c, &e), CV_EFORMAT);
+    assert_int_equal(load("{\"listen\":", &c, &e), CV_EFORMAT);
+    assert_non_null(strstr(e.msg, "line 1"));
+}
+
+static void test_flags_override_file_wherever_they_stand(void **state) {
+    (void)state;
+    write_config("{\"max_running\":8,\"listen\":\"127.0.0.1:1\"}");
+    char *argv[] = {"corvid-server", "--max-running", "4", "--config", path, "--check-config", NULL};
+    cv_config c;
+    cv_error e = {0};
+    int check = 0;
+    cv_config_defaults(&c);
+    assert_int_equal(cv_config_parse_args(&c, 6, argv, &check, &e), CV_OK);
+    unlink(path);
+    assert_int_equal(c.max_running, 4);
+    assert_string_equal(c.listen, "127.0.0.1:1");
+    assert_int_equal(check, 1);
+    assert_int_equal(cv_config_validate(&c, &e), CV_OK);
+    strcpy(c.listen, "localhost");
+    assert_int_equal(cv_config_validate(&c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "has no port"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_file_values_are_applied),
+        cmocka_unit_test(test_bad_files_name_the_key),
+        cmocka_unit_test(test_flags_override_file_wherever_they_stand),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
