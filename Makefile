@@ -9,6 +9,7 @@
 #   proto/**/*.proto       -> $(BUILD)/gen (protoc-c), libcorvid_proto.a
 #   {server,api,controlplane}/tools/NAME.c, bench/NAME.c -> $(BUILD)/bin/NAME
 #   tests/unit/test_*.c    -> $(BUILD)/test/test_*  (cmocka)
+#   tests/integration/test_*.c -> $(BUILD)/test/test_*  (cmocka, + tests/support/*.c)
 #   tests/fuzz/fuzz_*.c    -> $(BUILD)/fuzz/fuzz_*  (libFuzzer, clang)
 
 BUILD   ?= build
@@ -42,6 +43,8 @@ PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTO))
 PROTO_H    := $(PROTO_C:.c=.h)
 TOOL_SRC   := $(wildcard server/tools/*.c api/tools/*.c controlplane/tools/*.c bench/*.c)
 TEST_SRC   := $(wildcard tests/unit/test_*.c)
+ITEST_SRC  := $(wildcard tests/integration/test_*.c)
+TESTSUP_SRC := $(wildcard tests/support/*.c)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -51,10 +54,12 @@ LIB_ENGINE  := $(BUILD)/lib/libcorvid_engine.a
 LIB_CLIENT  := $(BUILD)/lib/libcorvid_client.a
 LIB_CP      := $(BUILD)/lib/libcorvid_cp.a
 LIB_PROTO   := $(BUILD)/lib/libcorvid_proto.a
+LIB_TESTSUP := $(BUILD)/lib/libcorvid_testsupport.a
 ALL_LIBS    := $(LIB_CP) $(LIB_CLIENT) $(LIB_ENGINE) $(LIB_PROTO) $(LIB_KERNELS) $(if $(filter 1,$(CUDA)),$(LIB_CUDA))
 
 TOOLS := $(foreach s,$(TOOL_SRC),$(BUILD)/bin/$(basename $(notdir $(s))))
-TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC))
+TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC)) \
+         $(patsubst tests/integration/%.c,$(BUILD)/test/%,$(ITEST_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
 .PHONY: all tools tests test asan fuzz fuzz-build fuzzers bench deps clean run
@@ -97,6 +102,7 @@ $(LIB_CUDA): $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRC)) ; $(mklib)
 $(LIB_ENGINE): $(call obj,$(ENGINE_SRC)) ; $(mklib)
 $(LIB_CLIENT): $(call obj,$(CLIENT_SRC)) ; $(mklib)
 $(LIB_CP): $(call obj,$(CP_SRC)) ; $(mklib)
+$(LIB_TESTSUP): $(call obj,$(TESTSUP_SRC)) ; $(mklib)
 $(LIB_PROTO): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(mklib)
 
 LINK = @echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
@@ -111,6 +117,10 @@ $(foreach s,$(TOOL_SRC),$(eval $(call tool_rule,$(s))))
 $(BUILD)/test/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	$(LINK) -lcmocka
+
+$(BUILD)/test/%: $(BUILD)/obj/tests/integration/%.o $(LIB_TESTSUP) $(ALL_LIBS)
+	@mkdir -p $(dir $@)
+	@echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< $(LIB_TESTSUP) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
 
 test: all
 	@CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
