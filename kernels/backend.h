@@ -1,0 +1,163 @@
+/* backend: the compute interface between the model runtime and a device.
+ *
+ * A backend (CPU now, CUDA later) is an object with one ops table. The runtime gets its
+ * memory and its weights onto the device through the table and then calls ops in order;
+ * ops on one backend run in call order, so a later op sees an earlier op's results.
+ * Every pointer an op takes is memory of that backend (host memory for the CPU backend,
+ * device memory for CUDA), including the small int arrays (ids, positions, block
+ * tables). Ops cannot fail: their arguments are the caller's contract (shapes below),
+ * and a device error surfaces at the next synchronize. Ops never allocate.
+ *
+ * Layout conventions: activations are dense row-major F32, one row per token of the
+ * batch ("B rows"). A weight W is [rows][cols] with cols = its input features (GGUF
+ * ne[0]), so matmul computes Y[B][rows] = X[B][cols] . W^T. Outputs may alias inputs
+ * only where an op says so.
+ *
+ * Tensor parallelism (later) keeps this shape: a shard of a weight is a cv_tensor view
+ * (a row range, or a column range through row_stride), each rank owns one backend, and
+ * the sharded model calls a cv_comm all-reduce on backend buffers between two ops.
+ */
+#ifndef CV_BACKEND_H
+#define CV_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cv_error.h"
+#include "quant.h"
+
+typedef enum cv_device {
+    CV_DEVICE_CPU = 0,
+    CV_DEVICE_CUDA = 1
+} cv_device;
+
+/* A 2-D tensor (weight or table): row r starts at data + r * row_stride bytes and holds
+ * cols elements of type in GGUF's block layout (cols a multiple of the block size). */
+typedef struct cv_tensor {
+    cv_type type;
+    int64_t rows;
+    int64_t cols;
+    size_t row_stride;  /* bytes; >= cv_type_row_bytes(type, cols) */
+    void *data;         /* memory of `device` */
+    cv_device device;
+} cv_tensor;
+
+/* One layer of a paged KV cache. Each pool holds n_blocks blocks of block_size token
+ * slots; a slot holds n_kv_heads * head_dim elements. Element (block b, slot s, head h,
+ * dim d) of a pool is at index ((b * block_size + s) * n_kv_heads + h) * head_dim + d. */
+typedef struct cv_kv_layer {
+    void *k, *v;
+    cv_type type;       /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
+    int32_t block_size;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+} cv_kv_layer;
+
+/* One token (query row) of a batch that may mix several sequences. Position p of the
+ * token's sequence lives in block block_table[p / block_size], slot p % block_size.
+ * Attention sees positions lo..pos inclusive (lo = 0, or pos - window + 1 for a sliding
+ * window layer); kv_store writes the token's own K and V at pos. */
+typedef struct cv_attn_row {
+    const int32_t *block_table;
+    int32_t pos;
+    int32_t lo;
+} cv_attn_row;
+
+typedef struct cv_attn_params {
+    int32_t n_heads;    /* query heads, a multiple of the layer's n_kv_heads (GQA) */
+    float scale;        /* multiplies q.k, usually 1/sqrt(head_dim) */
+    float softcap;      /* > 0: score = softcap * tanh(score / softcap); 0: none */
+} cv_attn_params;
+
+/* Values are ggml's rope modes. */
+typedef enum cv_rope_mode {
+    CV_ROPE_NORM = 0,   /* rotates pairs (2i, 2i+1): llama */
+    CV_ROPE_NEOX = 2    /* rotates pairs (i, i + n_rot/2): qwen2, gemma3 */
+} cv_rope_mode;
+
+/* Pair i (0 <= i < n_rot/2) turns by
+ *   theta_i = pos * freq_scale * freq_base^(-2i / n_rot) / freq_factors[i]
+ * (freq_factors NULL = all 1; Llama 3 rope scaling ships them as rope_freqs.weight).
+ * Dimensions n_rot..head_dim-1 pass through unchanged. */
+typedef struct cv_rope_params {
+    cv_rope_mode mode;
+    int32_t n_rot;      /* even, <= head_dim */
+    float freq_base;
+    float freq_scale;   /* 1 for none */
+    const float *freq_factors;
+} cv_rope_params;
+
+typedef enum cv_glu_kind {
+    CV_GLU_SWIGLU = 0,  /* silu(gate) * up */
+    CV_GLU_GEGLU = 1    /* gelu(gate) * up, tanh approximation (as ggml_gelu) */
+} cv_glu_kind;
+
+typedef struct cv_backend cv_backend;
+
+typedef struct cv_backend_ops {
+    void (*destroy)(cv_backend *be);
+
+    /* Memory. alloc returns memory aligned to at least 64 bytes. */
+    cv_status (*alloc)(cv_backend *be, size_t bytes, void **out, cv_error *err);
+    void (*free)(cv_backend *be, void *p);
+    cv_status (*upload)(cv_backend *be, void *dst, const void *src, size_t bytes, cv_error *err);
+    cv_status (*download)(cv_backend *be, void *dst, const void *src, size_t bytes, cv_error *err);
+    /* Waits for every op issued so far; reports a device error if one happened. */
+    cv_status (*synchronize)(cv_backend *be, cv_error *err);
+
+    /* Makes a weight usable by the ops from a host tensor (for example a view into a
+     * memory-mapped GGUF that must outlive `out` on the CPU backend, which may use it in
+     * place). The layout of out->data is the backend's own: only ops read it.
+     * weight_release frees what weight_load made. */
+    cv_status (*weight_load)(cv_backend *be, const cv_tensor *host, cv_tensor *out, cv_error *err);
+    void (*weight_release)(cv_backend *be, cv_tensor *t);
+
+    /* y[n][w->rows] = x[n][w->cols] . w^T, n >= 1. Activations are converted once to the
+     * weight's vec_dot type; each weight row is read once per call. y must not alias x. */
+    void (*matmul)(cv_backend *be, const cv_tensor *w, const float *x, float *y, int32_t n);
+    /* out[i][:] = row ids[i] of table, dequantized to F32 (embedding lookup). */
+    void (*get_rows)(cv_backend *be, const cv_tensor *table, const int32_t *ids, int32_t n, float *out);
+
+    /* y[r] = x[r] / sqrt(mean(x[r]^2) + eps) * (w + add_one), rows of dim elements;
+     * add_one is 1 for Gemma's (1 + w) weights, else 0. y may alias x. */
+    void (*rmsnorm)(cv_backend *be, const float *x, const float *w, float *y,
+                    int32_t n_rows, int32_t dim, float eps, int add_one);
+    /* In place on x[n_tokens][n_heads][head_dim], token t at position pos[t]. */
+    void (*rope)(cv_backend *be, const cv_rope_params *p, float *x, int32_t n_tokens,
+                 int32_t n_heads, int32_t head_dim, const int32_t *pos);
+    /* In place, each of n_rows rows of n elements. */
+    void (*softmax)(cv_backend *be, float *x, int32_t n_rows, int32_t n);
+    /* out[i] = act(gate[i]) * up[i] for i < n; out may alias gate or up. */
+    void (*glu)(cv_backend *be, cv_glu_kind kind, const float *gate, const float *up,
+                float *out, int64_t n);
+    /* out[i] = a[i] + b[i]; out may alias a or b. */
+    void (*add)(cv_backend *be, const float *a, const float *b, float *out, int64_t n);
+    /* x[i] *= s. */
+    void (*scale)(cv_backend *be, float *x, float s, int64_t n);
+    /* x[i] = c * tanh(x[i] / c). */
+    void (*softcap)(cv_backend *be, float *x, float c, int64_t n);
+    /* x[r][j] += bias[j] for each of n_rows rows of n elements. */
+    void (*add_bias)(cv_backend *be, float *x, const float *bias, int32_t n_rows, int32_t n);
+
+    /* Writes k[i] and v[i] (each n_kv_heads * head_dim F32) into the slot of rows[i].pos,
+     * converted to the pool type, for i < n. */
+    void (*kv_store)(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows,
+                     int32_t n, const float *k, const float *v);
+    /* out[i][h] = sum over positions p in rows[i].lo..pos of softmax_p(score) * V[p][g],
+     * score = capped(scale * q[i][h] . K[p][g]), g = h / (n_heads / n_kv_heads).
+     * q and out are [n][n_heads * head_dim]; out must not alias q. */
+    void (*attention)(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv,
+                      const cv_attn_row *rows, int32_t n, const float *q, float *out);
+} cv_backend_ops;
+
+struct cv_backend {
+    const cv_backend_ops *ops;
+    cv_device device;
+    const char *name;   /* "cpu-avx2", "cpu-scalar", "cuda", ... */
+};
+
+static inline void cv_backend_destroy(cv_backend *be) {
+    if (be) be->ops->destroy(be);
+}
+
+#endif

@@ -1,0 +1,28 @@
+/* cpu_backend: the CPU implementation of the backend ops table (backend.h).
+ *
+ * It owns a persistent thread pool and one scratch buffer (the converted activations
+ * of matmul), both made at create: no op allocates. Kernels are the AVX2/FMA/F16C set
+ * when the CPU has those features, else the scalar reference; force_scalar pins the
+ * reference (tests compare the two). Weights are used in place: weight_load makes a
+ * view, so a memory-mapped file must outlive the tensors made from it.
+ */
+#ifndef CV_CPU_BACKEND_H
+#define CV_CPU_BACKEND_H
+
+#include <stddef.h>
+
+#include "backend.h"
+
+typedef struct cv_cpu_options {
+    int n_threads;        /* <= 0: one per online CPU */
+    int force_scalar;     /* 1: reference kernels even where AVX2 is available */
+    size_t scratch_bytes; /* 0: 16 MiB; bounds one converted activation row (weight_load checks) */
+} cv_cpu_options;
+
+/* opt may be NULL for the defaults. */
+cv_status cv_cpu_backend_create(const cv_cpu_options *opt, cv_backend **out, cv_error *err);
+int cv_cpu_backend_threads(const cv_backend *be);
+/* 1 when this CPU runs the AVX2 kernels. */
+int cv_cpu_has_avx2(void);
+
+#endif

@@ -1,0 +1,334 @@
+/* AVX2/FMA/F16C kernels of the CPU backend (compiled with -mavx2 -mfma -mf16c; used
+ * only when the CPU has them). Same contracts as the reference in cpu_ops.c; exp and
+ * tanh are polynomial/rational approximations accurate to a few ulp. */
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+
+/* ---- vector math ---------------------------------------------------------------- */
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* e^x: x = n ln2 + r with |r| <= ln2/2 (ln2 split in two for exactness), a degree-6
+ * polynomial for e^r and 2^n built in the exponent bits. Inputs are clamped to the
+ * range where the result is a finite normal or 0. */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-86.5f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    /* n may be 128 at the top of the range: scale by 2^(n-1) twice. */
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(126)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e)), _mm256_set1_ps(2.0f));
+}
+
+/* tanh as a rational function of degree 13/6 (Eigen's float coefficients), clamped
+ * where it rounds to +-1. */
+static inline __m256 tanh256(__m256 x) {
+    const __m256 lim = _mm256_set1_ps(7.90531110763549805f);
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_sub_ps(_mm256_setzero_ps(), lim)), lim);
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-2.76076847742355e-16f);
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.00018790482477e-13f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-8.60467152213735e-11f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(5.12229709037114e-08f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(1.48572235717979e-05f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(6.37261928875436e-04f));
+    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(4.89352455891786e-03f));
+    p = _mm256_mul_ps(p, x);
+    __m256 q = _mm256_set1_ps(1.19825839466702e-06f);
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(1.18534705686654e-04f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(2.26843463243900e-03f));
+    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(4.89352518554385e-03f));
+    return _mm256_div_ps(p, q);
+}
+
+/* x * sigmoid(k x') with x' = x for silu and the GELU polynomial for gelu: both are
+ * x / (1 + e^-z). */
+static inline __m256 silu256(__m256 x) {
+    __m256 e = exp256(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2/pi) (x + 0.044715 x^3). */
+static inline __m256 gelu256(__m256 x) {
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 u = _mm256_mul_ps(x, _mm256_fmadd_ps(x2, _mm256_set1_ps(0.044715f), _mm256_set1_ps(1.0f)));
+    __m256 e = exp256(_mm256_mul_ps(u, _mm256_set1_ps(-2.0f * 0.7978845608028654f)));
+    return _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* ---- row kernels ---------------------------------------------------------------- */
+
+static void rmsnorm_row(const float *x, const float *w, float *y, int32_t dim, float eps, float add_one) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int32_t i = 0;
+    for (; i + 16 <= dim; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        a0 = _mm256_fmadd_ps(v0, v0, a0);
+        a1 = _mm256_fmadd_ps(v1, v1, a1);
+    }
+    float ss = hsum(_mm256_add_ps(a0, a1));
+    for (; i < dim; i++) ss += x[i] * x[i];
+    float r = 1.0f / sqrtf(ss / dim + eps);
+    __m256 vr = _mm256_set1_ps(r), one = _mm256_set1_ps(add_one);
+    for (i = 0; i + 8 <= dim; i += 8) {
+        __m256 ww = _mm256_add_ps(_mm256_loadu_ps(w + i), one);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vr), ww));
+    }
+    for (; i < dim; i++) y[i] = x[i] * r * (w[i] + add_one);
+}
+
+static void softmax_row(float *x, int32_t n) {
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float m = hmax(vm);
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    __m256 vs = _mm256_setzero_ps();
+    vm = _mm256_set1_ps(m);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    float s = hsum(vs);
+    for (; i < n; i++) {
+        x[i] = expf(x[i] - m);
+        s += x[i];
+    }
+    __m256 inv = _mm256_set1_ps(1.0f / s);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));
+    for (; i < n; i++) x[i] *= 1.0f / s;
+}
+
+static void glu(cv_glu_kind kind, const float *gate, const float *up, float *out, int64_t n) {
+    int64_t i = 0;
+    if (kind == CV_GLU_GEGLU) {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(gelu256(_mm256_loadu_ps(gate + i)), _mm256_loadu_ps(up + i)));
+        for (; i < n; i++) out[i] = cv_gelu_tanh_ref(gate[i]) * up[i];
+    } else {
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(out + i, _mm256_mul_ps(silu256(_mm256_loadu_ps(gate + i)), _mm256_loadu_ps(up + i)));
+        for (; i < n; i++) out[i] = cv_silu_ref(gate[i]) * up[i];
+    }
+}
+
+static void add(const float *a, const float *b, float *out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+    for (; i < n; i++) out[i] = a[i] + b[i];
+}
+
+static void scale(float *x, float s, int64_t n) {
+    __m256 vs = _mm256_set1_ps(s);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vs));
+    for (; i < n; i++) x[i] *= s;
+}
+
+static void softcap(float *x, float c, int64_t n) {
+    __m256 vc = _mm256_set1_ps(c), inv = _mm256_set1_ps(1.0f / c);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_mul_ps(vc, tanh256(_mm256_mul_ps(_mm256_loadu_ps(x + i), inv))));
+    for (; i < n; i++) x[i] = c * tanhf(x[i] / c);
+}
+
+static void rope_token(cv_rope_mode mode, int32_t n_rot, const float *cs, float *x, int32_t n_heads,
+                       int32_t head_dim) {
+    int32_t half = n_rot / 2;
+    if (mode == CV_ROPE_NEOX) {
+        float c[CV_ROPE_MAX_ROT / 2], s[CV_ROPE_MAX_ROT / 2];
+        for (int32_t i = 0; i < half; i++) {
+            c[i] = cs[2 * i];
+            s[i] = cs[2 * i + 1];
+        }
+        for (int32_t h = 0; h < n_heads; h++) {
+            float *a = x + (int64_t)h * head_dim, *b = a + half;
+            int32_t i = 0;
+            for (; i + 8 <= half; i += 8) {
+                __m256 va = _mm256_loadu_ps(a + i), vb = _mm256_loadu_ps(b + i);
+                __m256 vc = _mm256_loadu_ps(c + i), vs = _mm256_loadu_ps(s + i);
+                _mm256_storeu_ps(a + i, _mm256_fmsub_ps(va, vc, _mm256_mul_ps(vb, vs)));
+                _mm256_storeu_ps(b + i, _mm256_fmadd_ps(va, vs, _mm256_mul_ps(vb, vc)));
+            }
+            for (; i < half; i++) {
+                float x0 = a[i], x1 = b[i];
+                a[i] = x0 * c[i] - x1 * s[i];
+                b[i] = x0 * s[i] + x1 * c[i];
+            }
+        }
+        return;
+    }
+    for (int32_t h = 0; h < n_heads; h++) {
+        float *v = x + (int64_t)h * head_dim;
+        int32_t i = 0;
+        /* Lanes hold (x0, x1) pairs; fmaddsub gives x0 c - x1 s in even lanes and
+         * x1 c + x0 s in odd ones. */
+        for (; i + 8 <= n_rot; i += 8) {
+            __m256 vx = _mm256_loadu_ps(v + i), vcs = _mm256_loadu_ps(cs + i);
+            __m256 vc = _mm256_moveldup_ps(vcs), vs = _mm256_movehdup_ps(vcs);
+            __m256 sw = _mm256_permute_ps(vx, 0xB1);
+            _mm256_storeu_ps(v + i, _mm256_fmaddsub_ps(vx, vc, _mm256_mul_ps(sw, vs)));
+        }
+        for (; i < n_rot; i += 2) {
+            float x0 = v[i], x1 = v[i + 1], c = cs[i], s = cs[i + 1];
+            v[i] = x0 * c - x1 * s;
+            v[i + 1] = x0 * s + x1 * c;
+        }
+    }
+}
+
+static void kv_put(cv_type type, const float *src, void *dst, int32_t n) {
+    if (type == CV_TYPE_F32) {
+        memcpy(dst, src, (size_t)n * sizeof(float));
+        return;
+    }
+    uint16_t *d = dst;
+    int32_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) d[i] = cv_fp32_to_fp16(src[i]);
+}
+
+/* ---- attention ------------------------------------------------------------------ */
+
+/* Positions are visited in chunks: scores of a chunk for every head of the group, then
+ * an online softmax (running max m and sum l, earlier output rescaled when m grows),
+ * so no buffer depends on the context length. */
+#define ATTN_CHUNK 64
+
+static inline __m256 load8(cv_type t, const void *base, int32_t d) {
+    if (t == CV_TYPE_F32) return _mm256_loadu_ps((const float *)base + d);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + d)));
+}
+
+static inline float load1(cv_type t, const void *base, int32_t d) {
+    return t == CV_TYPE_F32 ? ((const float *)base)[d] : cv_fp16_to_fp32(((const uint16_t *)base)[d]);
+}
+
+static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *row, int32_t g,
+                       int32_t h0, int32_t n_group, const float *q, float *out) {
+    const int32_t hd = kv->head_dim, hd8 = hd & ~7;
+    const size_t esz = kv->type == CV_TYPE_F32 ? 4 : 2;
+    const size_t slot_bytes = (size_t)kv->n_kv_heads * hd * esz;
+    const char *kbase = (const char *)kv->k + (size_t)g * hd * esz;
+    const char *vbase = (const char *)kv->v + (size_t)g * hd * esz;
+    float sc[CV_ATTN_MAX_GROUP][ATTN_CHUNK];
+    float m[CV_ATTN_MAX_GROUP], l[CV_ATTN_MAX_GROUP];
+    const float *qh[CV_ATTN_MAX_GROUP];
+    float *oh[CV_ATTN_MAX_GROUP];
+    for (int32_t j = 0; j < n_group; j++) {
+        qh[j] = q + (int64_t)(h0 + j) * hd;
+        oh[j] = out + (int64_t)(h0 + j) * hd;
+        memset(oh[j], 0, (size_t)hd * sizeof(float));
+        m[j] = -INFINITY;
+        l[j] = 0;
+    }
+    for (int32_t p0 = row->lo; p0 <= row->pos; p0 += ATTN_CHUNK) {
+        int32_t cn = row->pos + 1 - p0 < ATTN_CHUNK ? row->pos + 1 - p0 : ATTN_CHUNK;
+        const void *ks[ATTN_CHUNK], *vs[ATTN_CHUNK];
+        for (int32_t t = 0; t < cn; t++) {
+            int32_t pp = p0 + t;
+            size_t slot = (size_t)row->block_table[pp / kv->block_size] * kv->block_size + pp % kv->block_size;
+            ks[t] = kbase + slot * slot_bytes;
+            vs[t] = vbase + slot * slot_bytes;
+        }
+        for (int32_t t = 0; t < cn; t++) {
+            /* Four heads at a time share each converted 8-lane piece of the key. */
+            for (int32_t j0 = 0; j0 < n_group; j0 += 4) {
+                int32_t nj = n_group - j0 < 4 ? n_group - j0 : 4;
+                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+                for (int32_t d = 0; d < hd8; d += 8) {
+                    __m256 kk = load8(kv->type, ks[t], d);
+                    for (int32_t j = 0; j < nj; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + j] + d), kk, acc[j]);
+                }
+                for (int32_t j = 0; j < nj; j++) {
+                    float s = hsum(acc[j]);
+                    for (int32_t d = hd8; d < hd; d++) s += qh[j0 + j][d] * load1(kv->type, ks[t], d);
+                    sc[j0 + j][t] = s * p->scale;
+                }
+            }
+        }
+        for (int32_t j = 0; j < n_group; j++) {
+            float *s = sc[j];
+            if (p->softcap > 0) {
+                int32_t t = 0;
+                __m256 vc = _mm256_set1_ps(p->softcap), inv = _mm256_set1_ps(1.0f / p->softcap);
+                for (; t + 8 <= cn; t += 8)
+                    _mm256_storeu_ps(s + t, _mm256_mul_ps(vc, tanh256(_mm256_mul_ps(_mm256_loadu_ps(s + t), inv))));
+                for (; t < cn; t++) s[t] = p->softcap * tanhf(s[t] / p->softcap);
+            }
+            float cmax = m[j];
+            for (int32_t t = 0; t < cn; t++) cmax = s[t] > cmax ? s[t] : cmax;
+            if (cmax > m[j]) {
+                float corr = m[j] == -INFINITY ? 0.0f : expf(m[j] - cmax);
+                l[j] *= corr;
+                if (corr != 1.0f) scale(oh[j], corr, hd);
+                m[j] = cmax;
+            }
+            __m256 vm = _mm256_set1_ps(m[j]), vsum = _mm256_setzero_ps();
+            int32_t t = 0;
+            for (; t + 8 <= cn; t += 8) {
+                __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + t), vm));
+                _mm256_storeu_ps(s + t, e);
+                vsum = _mm256_add_ps(vsum, e);
+            }
+            float sum = hsum(vsum);
+            for (; t < cn; t++) {
+                s[t] = expf(s[t] - m[j]);
+                sum += s[t];
+            }
+            l[j] += sum;
+        }
+        for (int32_t t = 0; t < cn; t++) {
+            for (int32_t d = 0; d < hd8; d += 8) {
+                __m256 vv = load8(kv->type, vs[t], d);
+                for (int32_t j = 0; j < n_group; j++)
+                    _mm256_storeu_ps(oh[j] + d, _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), vv, _mm256_loadu_ps(oh[j] + d)));
+            }
+            for (int32_t d = hd8; d < hd; d++) {
+                float vv = load1(kv->type, vs[t], d);
+                for (int32_t j = 0; j < n_group; j++) oh[j][d] += sc[j][t] * vv;
+            }
+        }
+    }
+    for (int32_t j = 0; j < n_group; j++) scale(oh[j], 1.0f / l[j], hd);
+}
+
+const cv_cpu_kernels cv_cpu_kernels_avx2 = {
+    .name = "avx2",
+    .rmsnorm_row = rmsnorm_row,
+    .softmax_row = softmax_row,
+    .glu = glu,
+    .add = add,
+    .scale = scale,
+    .softcap = softcap,
+    .rope_token = rope_token,
+    .kv_put = kv_put,
+    .attn_group = attn_group,
+};

@@ -1,0 +1,35 @@
+/* matmul: the CPU backend's Y[n][rows] = X[n][cols] . W^T over its thread pool.
+ *
+ * Activations are converted once per call into the scratch buffer (in the format the
+ * kernel dots with), then the weight rows are split across the threads; each thread
+ * reads each of its weight rows once, dotting it with all n activation rows while it is
+ * in cache (in tiles of rows x tokens for large n). If the scratch is too small for all
+ * n converted rows, the tokens are processed in chunks that fit. Internal to kernels/.
+ */
+#ifndef CV_MATMUL_H
+#define CV_MATMUL_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "threadpool.h"
+
+typedef struct cv_matmul_kernel {
+    /* Bytes of one converted activation row of cols elements; 0: the kernel dots with
+     * the F32 rows as they are. */
+    size_t (*act_row_bytes)(cv_type wtype, int64_t cols);
+    void (*convert)(cv_type wtype, const float *x, void *act, int64_t cols);
+    /* y[t * ldy + r] = dot(row r of w, act row t) for r0 <= r < r1, t < n. */
+    void (*rows)(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride,
+                 int32_t n, float *y, int64_t ldy);
+} cv_matmul_kernel;
+
+/* The row-by-row reference over cv_vec_dot, for every supported type. */
+extern const cv_matmul_kernel cv_matmul_ref;
+/* NULL when the AVX2 kernels do not cover the type. */
+const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype);
+
+void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
+                   const cv_tensor *w, const float *x, float *y, int32_t n);
+
+#endif
