@@ -1,0 +1,86 @@
+/* sampler: picks the next token from a row of logits, one sampler per sequence.
+ *
+ * Pipeline (llama.cpp's default order): repetition penalty over the last
+ * repeat_last_n tokens -> top-k -> top-p -> min-p -> temperature -> one draw from
+ * the sampler's own xoshiro256** stream. temperature 0 is greedy (argmax after the
+ * penalty; ties go to the lowest id). Candidates are ordered by (logit desc, id asc)
+ * with our own selection and sort, so the same seed and the same logits give the
+ * same tokens on every platform (no qsort, no libc rand).
+ *
+ * A sampler owns all its scratch, sized to the vocabulary at creation: sampling
+ * allocates nothing, and there is no global state, so samplers of different
+ * sequences may run on different threads at once (one sampler, one thread).
+ *
+ * Logprobs, when asked for, are the log-softmax of the logits as given (before
+ * penalty, truncation and temperature): they describe the model, not the sampler.
+ */
+#ifndef CV_SAMPLER_H
+#define CV_SAMPLER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cv_error.h"
+
+#define CV_SAMPLER_MAX_TOP_LOGPROBS 20
+#define CV_SAMPLER_MAX_REPEAT_LAST_N (1 << 20)
+
+typedef struct cv_sampler_params {
+    float temperature;      /* >= 0; 0 = greedy */
+    int32_t top_k;          /* >= 0; 0 = off; values above the vocabulary mean off */
+    float top_p;            /* (0, 1]; 1 = off */
+    float min_p;            /* [0, 1]; 0 = off; relative to the best token's probability */
+    float repeat_penalty;   /* > 0; 1 = off; positive logits divided, negative multiplied */
+    int32_t repeat_last_n;  /* [0, CV_SAMPLER_MAX_REPEAT_LAST_N]; 0 = off */
+    uint64_t seed;
+    bool logprobs;          /* report the chosen token's logprob */
+    int32_t top_logprobs;   /* [0, CV_SAMPLER_MAX_TOP_LOGPROBS] alternatives; > 0 implies logprobs */
+} cv_sampler_params;
+
+typedef struct cv_token_logprob {
+    int32_t token;
+    float logprob;
+} cv_token_logprob;
+
+typedef struct cv_sample {
+    int32_t token;
+    float logprob;      /* of token; 0 when logprobs are off */
+    int32_t n_top;      /* entries in top, best first */
+    cv_token_logprob top[CV_SAMPLER_MAX_TOP_LOGPROBS];
+} cv_sample;
+
+typedef struct cv_sampler cv_sampler;
+
+/* temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1 (off),
+ * repeat_last_n 64, seed 0, no logprobs. */
+void cv_sampler_params_default(cv_sampler_params *p);
+
+/* CV_EINVAL naming the field, its value and the allowed range. */
+cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err);
+
+cv_status cv_sampler_new(const cv_sampler_params *p, int32_t n_vocab, cv_sampler **out,
+                         cv_error *err);
+void cv_sampler_free(cv_sampler *s);
+
+/* Back to the state right after cv_sampler_new: empty history, stream reseeded. */
+void cv_sampler_reset(cv_sampler *s);
+
+/* Add tokens to the repetition-penalty history (the prompt, or tokens chosen
+ * elsewhere). cv_sampler_sample adds its own choice. CV_ERANGE for an id outside
+ * the vocabulary (nothing is added then). */
+cv_status cv_sampler_accept(cv_sampler *s, const int32_t *tokens, size_t n, cv_error *err);
+
+/* Choose the next token from n_vocab logits (not modified) and add it to the
+ * history. out may be NULL; otherwise it receives the token and, when enabled,
+ * the logprobs. */
+int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out);
+
+/* The distribution the next draw would use, without drawing: writes up to cap
+ * candidates (ids and probabilities after penalty, truncation and temperature,
+ * summing to 1) and returns how many there are. Consumes no randomness and adds
+ * nothing to the history. For tests and diagnostics. */
+int32_t cv_sampler_candidates(cv_sampler *s, const float *logits, int32_t *ids, float *probs,
+                              int32_t cap);
+
+#endif

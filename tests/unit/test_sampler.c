@@ -1,0 +1,470 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "sampler.h"
+
+/* Test data comes from this generator, seeded fresh each run (printed). */
+static uint64_t g_seed;
+static uint64_t g_state;
+
+static uint64_t rnd(void) {
+    g_state ^= g_state << 13;
+    g_state ^= g_state >> 7;
+    g_state ^= g_state << 17;
+    return g_state;
+}
+
+static float rnd_logit(void) { return (float)((double)(rnd() >> 11) * 0x1.0p-53 * 20.0 - 10.0); }
+
+static float *random_logits(int32_t n) {
+    float *l = malloc((size_t)n * sizeof *l);
+    assert_non_null(l);
+    for (int32_t i = 0; i < n; i++) l[i] = rnd_logit();
+    return l;
+}
+
+static cv_sampler_params plain(float temperature) {
+    cv_sampler_params p;
+    cv_sampler_params_default(&p);
+    p.temperature = temperature;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    return p;
+}
+
+static cv_sampler *make(const cv_sampler_params *p, int32_t n_vocab) {
+    cv_sampler *s = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_sampler_new(p, n_vocab, &s, &e), CV_OK);
+    return s;
+}
+
+/* Token ids sorted best first (logit desc, id asc), the sampler's own order. */
+static const float *g_sort_logits;
+static int by_logit_desc(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    if (g_sort_logits[x] != g_sort_logits[y]) return g_sort_logits[x] > g_sort_logits[y] ? -1 : 1;
+    return x < y ? -1 : 1;
+}
+
+static int32_t *rank_tokens(const float *logits, int32_t n) {
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    assert_non_null(ids);
+    for (int32_t i = 0; i < n; i++) ids[i] = i;
+    g_sort_logits = logits;
+    qsort(ids, (size_t)n, sizeof *ids, by_logit_desc);
+    return ids;
+}
+
+static void expect_invalid(cv_sampler_params p, const char *field, const char *value) {
+    cv_error e = {0};
+    cv_sampler *s = NULL;
+    assert_int_equal(cv_sampler_new(&p, 100, &s, &e), CV_EINVAL);
+    assert_null(s);
+    if (!strstr(e.msg, field) || !strstr(e.msg, value)) fail_msg("message '%s' lacks '%s' or '%s'", e.msg, field, value);
+}
+
+static void test_validation_names_field_and_value(void **state) {
+    (void)state;
+    cv_sampler_params p = plain(1.0f);
+    p.temperature = -0.5f;
+    expect_invalid(p, "temperature", "-0.5");
+    p = plain(NAN);
+    expect_invalid(p, "temperature", "nan");
+    p = plain(1.0f);
+    p.top_p = 0.0f;
+    expect_invalid(p, "top_p", "0");
+    p.top_p = 1.5f;
+    expect_invalid(p, "top_p", "1.5");
+    p = plain(1.0f);
+    p.top_k = -3;
+    expect_invalid(p, "top_k", "-3");
+    p = plain(1.0f);
+    p.min_p = 1.25f;
+    expect_invalid(p, "min_p", "1.25");
+    p.min_p = -0.1f;
+    expect_invalid(p, "min_p", "-0.1");
+    p = plain(1.0f);
+    p.repeat_penalty = 0.0f;
+    expect_invalid(p, "repeat_penalty", "0");
+    p.repeat_penalty = -1.0f;
+    expect_invalid(p, "repeat_penalty", "-1");
+    p = plain(1.0f);
+    p.repeat_last_n = -1;
+    expect_invalid(p, "repeat_last_n", "-1");
+    p = plain(1.0f);
+    p.top_logprobs = 21;
+    expect_invalid(p, "top_logprobs", "21");
+
+    cv_error e = {0};
+    cv_sampler *s = NULL;
+    p = plain(1.0f);
+    assert_int_equal(cv_sampler_new(&p, 0, &s, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "vocabulary size 0"));
+    cv_sampler_params_default(&p);
+    assert_int_equal(cv_sampler_params_validate(&p, &e), CV_OK);
+}
+
+static void test_greedy_is_argmax_lowest_id_on_ties(void **state) {
+    (void)state;
+    const int32_t n = 5000;
+    float *l = random_logits(n);
+    cv_sampler_params p = plain(0.0f);
+    p.top_k = 3; /* irrelevant when greedy */
+    cv_sampler *s = make(&p, n);
+    int32_t *rank = rank_tokens(l, n);
+    for (int i = 0; i < 5; i++) assert_int_equal(cv_sampler_sample(s, l, NULL), rank[0]);
+    l[17] = l[rank[0]];
+    l[4000] = l[rank[0]];
+    assert_int_equal(cv_sampler_sample(s, l, NULL), rank[0] < 17 ? rank[0] : 17);
+    int32_t id;
+    float prob;
+    assert_int_equal(cv_sampler_candidates(s, l, &id, &prob, 1), 1);
+    assert_true(prob == 1.0f);
+    free(rank);
+    free(l);
+    cv_sampler_free(s);
+}
+
+static void test_top_k_never_leaves_the_k_best(void **state) {
+    (void)state;
+    const int32_t n = 3000, k = 7;
+    float *l = random_logits(n);
+    int32_t *rank = rank_tokens(l, n);
+    cv_sampler_params p = plain(3.0f); /* hot, so that all k get drawn */
+    p.top_k = k;
+    p.seed = g_seed;
+    cv_sampler *s = make(&p, n);
+    int hits[7] = {0};
+    for (int i = 0; i < 20000; i++) {
+        int32_t t = cv_sampler_sample(s, l, NULL);
+        int j = 0;
+        while (j < k && rank[j] != t) j++;
+        if (j == k) fail_msg("token %d is not among the %d best", t, k);
+        hits[j]++;
+    }
+    for (int j = 0; j < k; j++) assert_true(hits[j] > 0);
+    int32_t ids[8];
+    float probs[8];
+    assert_int_equal(cv_sampler_candidates(s, l, ids, probs, 8), k);
+    assert_int_equal(ids[0], rank[0]);
+    for (int j = 0; j < k; j++) {
+        int found = 0;
+        for (int i = 0; i < k; i++) found += ids[i] == rank[j];
+        assert_int_equal(found, 1);
+    }
+    free(rank);
+    free(l);
+    cv_sampler_free(s);
+}
+
+/* The nucleus is the shortest best-first prefix whose mass reaches top_p, with
+ * the mass computed over the top-k survivors. */
+static void check_top_p_minimal(const float *l, int32_t n, int32_t top_k, float top_p) {
+    cv_sampler_params p = plain(1.0f);
+    p.top_k = top_k;
+    p.top_p = top_p;
+    cv_sampler *s = make(&p, n);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *probs = malloc((size_t)n * sizeof *probs);
+    assert_true(ids && probs);
+    int32_t got = cv_sampler_candidates(s, l, ids, probs, n);
+    int32_t *rank = rank_tokens(l, n);
+    int32_t pool = top_k > 0 && top_k < n ? top_k : n;
+    double z = 0.0;
+    for (int32_t i = 0; i < pool; i++) z += exp((double)l[rank[i]] - l[rank[0]]);
+    /* The set must be exactly the best `got` tokens. */
+    char *in = calloc((size_t)n, 1);
+    assert_non_null(in);
+    for (int32_t i = 0; i < got; i++) in[ids[i]] = 1;
+    double cum = 0.0, before_last = 0.0;
+    for (int32_t i = 0; i < got; i++) {
+        if (!in[rank[i]]) fail_msg("rank %d (token %d) missing from a nucleus of %d", i, rank[i], got);
+        before_last = cum;
+        cum += exp((double)l[rank[i]] - l[rank[0]]) / z;
+    }
+    free(in);
+    /* Weights are floats in the sampler: allow their rounding at the boundary. */
+    if (cum < top_p - 1e-6) fail_msg("nucleus of %d holds %.12f < top_p %g", got, cum, top_p);
+    if (got > 1 && before_last >= top_p + 1e-6)
+        fail_msg("nucleus of %d is not minimal: %d tokens already hold %.12f", got, got - 1, before_last);
+    double psum = 0.0;
+    for (int32_t i = 0; i < got; i++) psum += probs[i];
+    assert_true(fabs(psum - 1.0) < 1e-4);
+    free(rank);
+    free(ids);
+    free(probs);
+    cv_sampler_free(s);
+}
+
+static void test_top_p_set_is_minimal(void **state) {
+    (void)state;
+    const int32_t n = 4096;
+    float *l = random_logits(n);
+    check_top_p_minimal(l, n, 0, 0.9f);
+    check_top_p_minimal(l, n, 0, 0.3f);
+    check_top_p_minimal(l, n, 50, 0.8f);
+    for (int32_t i = 0; i < n; i++) l[i] *= 0.01f; /* nearly flat: a big nucleus */
+    check_top_p_minimal(l, n, 0, 0.95f);
+    free(l);
+}
+
+static void test_min_p_threshold(void **state) {
+    (void)state;
+    const int32_t n = 2000;
+    float *l = random_logits(n);
+    cv_sampler_params p = plain(0.7f);
+    p.min_p = 0.05f;
+    cv_sampler *s = make(&p, n);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    float *probs = malloc((size_t)n * sizeof *probs);
+    char *in = calloc((size_t)n, 1);
+    assert_true(ids && probs && in);
+    int32_t got = cv_sampler_candidates(s, l, ids, probs, n);
+    for (int32_t i = 0; i < got; i++) in[ids[i]] = 1;
+    float max = l[0];
+    for (int32_t i = 1; i < n; i++) max = fmaxf(max, l[i]);
+    const double thr = max + log(0.05);
+    for (int32_t i = 0; i < n; i++) {
+        if (fabs(l[i] - thr) < 1e-4) continue; /* too close to call in float */
+        if ((l[i] > thr) != (in[i] == 1))
+            fail_msg("token %d (logit %g, threshold %g) %s", i, l[i], thr,
+                     in[i] ? "kept" : "dropped");
+    }
+    free(in);
+    free(ids);
+    free(probs);
+    free(l);
+    cv_sampler_free(s);
+}
+
+/* 400k draws from a known distribution: each count must lie within 6 standard
+ * deviations of its expectation (a false alarm about once in 10^8 runs) and the
+ * chi-square statistic (3 degrees of freedom) below 50 (p < 1e-10). */
+static void check_distribution(float temperature, const double *expect) {
+    const int32_t n = 4;
+    const float logits[4] = {logf(0.5f), logf(0.25f), logf(0.15f), logf(0.1f)};
+    cv_sampler_params p = plain(temperature);
+    p.seed = g_seed;
+    cv_sampler *s = make(&p, n);
+    const int draws = 400000;
+    long count[4] = {0};
+    for (int i = 0; i < draws; i++) count[cv_sampler_sample(s, logits, NULL)]++;
+    double chi2 = 0.0;
+    for (int t = 0; t < n; t++) {
+        double mean = draws * expect[t], sd = sqrt(draws * expect[t] * (1 - expect[t]));
+        if (fabs(count[t] - mean) > 6 * sd)
+            fail_msg("T=%g token %d drawn %ld times, expected %.0f +- %.0f", temperature, t,
+                     count[t], mean, 6 * sd);
+        chi2 += (count[t] - mean) * (count[t] - mean) / mean;
+    }
+    if (chi2 > 50.0) fail_msg("T=%g chi-square %.1f", temperature, chi2);
+    cv_sampler_free(s);
+}
+
+static void test_draws_follow_the_tempered_distribution(void **state) {
+    (void)state;
+    const double t1[4] = {0.5, 0.25, 0.15, 0.1};
+    check_distribution(1.0f, t1);
+    /* T = 2: p^(1/2), renormalised. */
+    double t2[4], z = 0.0;
+    for (int i = 0; i < 4; i++) z += t2[i] = sqrt(t1[i]);
+    for (int i = 0; i < 4; i++) t2[i] /= z;
+    check_distribution(2.0f, t2);
+}
+
+static void draw_sequence(uint64_t seed, const float *l, int32_t n, int32_t *out, int count) {
+    cv_sampler_params p = plain(1.0f);
+    p.seed = seed;
+    cv_sampler *s = make(&p, n);
+    for (int i = 0; i < count; i++) out[i] = cv_sampler_sample(s, l + (size_t)(i % 3) * n, NULL);
+    cv_sampler_free(s);
+}
+
+static void test_seed_determinism(void **state) {
+    (void)state;
+    const int32_t n = 1000;
+    float *l = random_logits(3 * n);
+    for (int32_t i = 0; i < 3 * n; i++) l[i] *= 0.2f; /* flat enough that draws vary */
+    int32_t a[64], b[64], c[64];
+    draw_sequence(g_seed, l, n, a, 64);
+    draw_sequence(g_seed, l, n, b, 64);
+    draw_sequence(g_seed + 1, l, n, c, 64);
+    assert_memory_equal(a, b, sizeof a);
+    assert_memory_not_equal(a, c, sizeof a);
+    free(l);
+}
+
+/* Pins the generator and the order in which the draw walks the candidates, so that
+ * a change of either, or a platform that draws differently, is caught: same seed +
+ * same logits = these tokens. */
+static void test_pinned_tokens_for_a_fixed_seed(void **state) {
+    (void)state;
+    const int32_t n = 64;
+    float l[64];
+    for (int32_t i = 0; i < n; i++) l[i] = (float)((i * 37) % 64) / 16.0f;
+    cv_sampler_params p = plain(1.0f);
+    p.seed = 20261128;
+    p.top_k = 16;
+    p.top_p = 0.9f;
+    cv_sampler *s = make(&p, n);
+    int32_t got[12];
+    for (int i = 0; i < 12; i++) got[i] = cv_sampler_sample(s, l, NULL);
+    const int32_t want[12] = {55, 5, 38, 17, 12, 62, 12, 17, 55, 10, 57, 62};
+    assert_memory_equal(got, want, sizeof want);
+    cv_sampler_reset(s); /* reset replays the same stream */
+    for (int i = 0; i < 12; i++) assert_int_equal(cv_sampler_sample(s, l, NULL), want[i]);
+    cv_sampler_free(s);
+}
+
+static void test_repetition_penalty_llama_cpp_semantics(void **state) {
+    (void)state;
+    const float l[4] = {2.0f, -1.0f, 0.5f, 3.0f};
+    cv_sampler_params p = plain(1.0f);
+    p.repeat_penalty = 2.0f;
+    p.repeat_last_n = 3;
+    cv_sampler *s = make(&p, 4);
+    cv_error e = {0};
+    /* Token 3 falls out of the 3-token window; token 1 counts once. */
+    const int32_t hist[4] = {3, 0, 1, 1};
+    assert_int_equal(cv_sampler_accept(s, hist, 4, &e), CV_OK);
+    int32_t ids[4];
+    float probs[4];
+    assert_int_equal(cv_sampler_candidates(s, l, ids, probs, 4), 4);
+    const float pen[4] = {1.0f, -2.0f, 0.5f, 3.0f};
+    double z = 0.0;
+    for (int i = 0; i < 4; i++) z += exp(pen[i]);
+    for (int i = 0; i < 4; i++) assert_float_equal(probs[i], exp(pen[ids[i]]) / z, 1e-6);
+    assert_int_equal(ids[0], 3);
+    const int32_t bad = 4;
+    assert_int_equal(cv_sampler_accept(s, &bad, 1, &e), CV_ERANGE);
+    assert_non_null(strstr(e.msg, "id 4, outside [0, 4)"));
+    cv_sampler_free(s);
+
+    /* Greedy sees the penalty too, and its own choices enter the history. */
+    const float two[2] = {2.0f, 1.5f};
+    p = plain(0.0f);
+    p.repeat_penalty = 2.0f;
+    s = make(&p, 2);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 0);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 1);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 0); /* both penalised: 1.0 vs 0.75 */
+    cv_sampler_free(s);
+}
+
+static void test_logprobs_are_the_models_log_softmax(void **state) {
+    (void)state;
+    const int32_t n = 3000;
+    float *l = random_logits(n);
+    cv_sampler_params p = plain(0.9f);
+    p.top_k = 20;
+    p.top_logprobs = 5;
+    p.seed = g_seed;
+    cv_sampler *s = make(&p, n);
+    int32_t *rank = rank_tokens(l, n);
+    double max = l[rank[0]], sum = 0.0;
+    for (int32_t i = 0; i < n; i++) sum += exp(l[i] - max);
+    const double lse = max + log(sum);
+    for (int k = 0; k < 10; k++) {
+        cv_sample out;
+        int32_t t = cv_sampler_sample(s, l, &out);
+        assert_int_equal(out.token, t);
+        assert_float_equal(out.logprob, l[t] - lse, 1e-4);
+        assert_int_equal(out.n_top, 5);
+        for (int j = 0; j < 5; j++) {
+            assert_int_equal(out.top[j].token, rank[j]);
+            assert_float_equal(out.top[j].logprob, l[rank[j]] - lse, 1e-4);
+        }
+    }
+    cv_sampler_free(s);
+    p.logprobs = false;
+    p.top_logprobs = 0;
+    s = make(&p, n);
+    cv_sample out;
+    cv_sampler_sample(s, l, &out);
+    assert_int_equal(out.n_top, 0);
+    assert_true(out.logprob == 0.0f);
+    free(rank);
+    free(l);
+    cv_sampler_free(s);
+}
+
+static void test_non_finite_logits(void **state) {
+    (void)state;
+    float l[5] = {NAN, 1.0f, NAN, 0.5f, -INFINITY};
+    cv_sampler_params p = plain(1.0f);
+    p.seed = g_seed;
+    cv_sampler *s = make(&p, 5);
+    for (int i = 0; i < 200; i++) {
+        int32_t t = cv_sampler_sample(s, l, NULL);
+        assert_true(t == 1 || t == 3);
+    }
+    l[2] = INFINITY;
+    assert_int_equal(cv_sampler_sample(s, l, NULL), 2);
+    const float none[5] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY};
+    assert_int_equal(cv_sampler_sample(s, none, NULL), 0);
+    cv_sampler_free(s);
+}
+
+/* A Gemma-sized vocabulary through the default pipeline and through pure
+ * sampling: every draw stays inside the candidate set the parameters define. */
+static void test_large_vocabulary(void **state) {
+    (void)state;
+    const int32_t n = 262144;
+    float *l = random_logits(n);
+    int32_t *rank = rank_tokens(l, n);
+    char *top40 = calloc((size_t)n, 1);
+    assert_non_null(top40);
+    for (int i = 0; i < 40; i++) top40[rank[i]] = 1;
+    cv_sampler_params p;
+    cv_sampler_params_default(&p);
+    p.seed = g_seed;
+    cv_sampler *s = make(&p, n);
+    for (int i = 0; i < 20; i++) assert_true(top40[cv_sampler_sample(s, l, NULL)]);
+    cv_sampler_free(s);
+    p = plain(1.0f);
+    p.seed = g_seed;
+    s = make(&p, n);
+    for (int i = 0; i < 5; i++) {
+        int32_t t = cv_sampler_sample(s, l, NULL);
+        assert_true(t >= 0 && t < n);
+    }
+    cv_sampler_free(s);
+    free(top40);
+    free(rank);
+    free(l);
+}
+
+int main(void) {
+    const char *env = getenv("CORVID_TEST_SEED");
+    g_seed = env ? strtoull(env, NULL, 10)
+                 : ((uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)getpid() << 32);
+    g_state = g_seed ? g_seed : 1;
+    for (int i = 0; i < 16; i++) rnd(); /* decorrelate nearby seeds */
+    printf("test_sampler: seed %llu (set CORVID_TEST_SEED to replay)\n", (unsigned long long)g_seed);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_validation_names_field_and_value),
+        cmocka_unit_test(test_greedy_is_argmax_lowest_id_on_ties),
+        cmocka_unit_test(test_top_k_never_leaves_the_k_best),
+        cmocka_unit_test(test_top_p_set_is_minimal),
+        cmocka_unit_test(test_min_p_threshold),
+        cmocka_unit_test(test_draws_follow_the_tempered_distribution),
+        cmocka_unit_test(test_seed_determinism),
+        cmocka_unit_test(test_pinned_tokens_for_a_fixed_seed),
+        cmocka_unit_test(test_repetition_penalty_llama_cpp_semantics),
+        cmocka_unit_test(test_logprobs_are_the_models_log_softmax),
+        cmocka_unit_test(test_non_finite_logits),
+        cmocka_unit_test(test_large_vocabulary),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
