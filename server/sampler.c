@@ -163,22 +163,29 @@ static inline void swap_cand(cand *a, cand *b) {
     *b = t;
 }
 
+/* Quickselect step on c[lo..hi) (hi - lo >= 2): a median-of-three pivot ends at the
+ * returned index, the better candidates before it, the worse after it. */
+static size_t partition(cand *c, size_t lo, size_t hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    if (better(c[mid], c[lo])) swap_cand(&c[mid], &c[lo]);
+    if (better(c[hi - 1], c[lo])) swap_cand(&c[hi - 1], &c[lo]);
+    if (better(c[hi - 1], c[mid])) swap_cand(&c[hi - 1], &c[mid]);
+    swap_cand(&c[mid], &c[hi - 1]);
+    const cand pivot = c[hi - 1];
+    size_t store = lo;
+    for (size_t i = lo; i + 1 < hi; i++)
+        if (better(c[i], pivot)) swap_cand(&c[i], &c[store++]);
+    swap_cand(&c[store], &c[hi - 1]);
+    return store;
+}
+
 /* Rearranges c[0..n) so that c[0..k) are the k best, in no particular order:
- * quickselect with a median-of-three pivot, O(n) on average. */
+ * O(n) on average. */
 static void select_best(cand *c, size_t n, size_t k) {
     if (k == 0 || k >= n) return;
     size_t lo = 0, hi = n;
     while (lo + 1 < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (better(c[mid], c[lo])) swap_cand(&c[mid], &c[lo]);
-        if (better(c[hi - 1], c[lo])) swap_cand(&c[hi - 1], &c[lo]);
-        if (better(c[hi - 1], c[mid])) swap_cand(&c[hi - 1], &c[mid]);
-        swap_cand(&c[mid], &c[hi - 1]);
-        cand pivot = c[hi - 1];
-        size_t store = lo;
-        for (size_t i = lo; i + 1 < hi; i++)
-            if (better(c[i], pivot)) swap_cand(&c[i], &c[store++]);
-        swap_cand(&c[store], &c[hi - 1]);
+        size_t store = partition(c, lo, hi);
         if (store == k || store + 1 == k) return;
         if (k < store) hi = store;
         else lo = store + 1;
@@ -203,26 +210,16 @@ static size_t select_mass(cand *c, size_t n, double target) {
     /* Invariant: acc < target and the answer lies in [lo + 1, hi]. */
     for (;;) {
         if (hi - lo == 1) return hi;
-        size_t mid = lo + (hi - lo) / 2;
-        if (better(c[mid], c[lo])) swap_cand(&c[mid], &c[lo]);
-        if (better(c[hi - 1], c[lo])) swap_cand(&c[hi - 1], &c[lo]);
-        if (better(c[hi - 1], c[mid])) swap_cand(&c[hi - 1], &c[mid]);
-        swap_cand(&c[mid], &c[hi - 1]);
-        cand pivot = c[hi - 1];
-        size_t store = lo;
+        size_t store = partition(c, lo, hi);
         double left = 0.0;
-        for (size_t i = lo; i + 1 < hi; i++)
-            if (better(c[i], pivot)) {
-                left += c[i].w;
-                swap_cand(&c[i], &c[store++]);
-            }
-        swap_cand(&c[store], &c[hi - 1]);
+        for (size_t i = lo; i < store; i++) left += c[i].w;
+        const float pivot_w = c[store].w;
         if (acc + left >= target) {
             hi = store;
-        } else if (acc + left + pivot.w >= target) {
+        } else if (acc + left + pivot_w >= target) {
             return store + 1;
         } else {
-            acc += left + pivot.w;
+            acc += left + pivot_w;
             lo = store + 1;
         }
     }
