@@ -21,6 +21,7 @@
  * FLOAT32, tokenizer.ggml.add_*_token BOOL. Tensors: n_dims 1..4, every ne > 0,
  * ne[0] a multiple of the type's block size, offsets aligned, data inside the file and
  * not overlapping. Nothing else is checked about unknown keys.
+ * A handle is read-only after open: any number of threads may use it at once.
  * A file that is truncated on disk while mapped can still raise SIGBUS (mmap).
  */
 #ifndef CV_GGUF_H
@@ -125,7 +126,9 @@ uint64_t cv_gguf_tensor_bytes(cv_type type, uint32_t n_dims, const int64_t *ne);
  * Build a file: add key/values (encoded and copied at once) and tensors (data
  * referenced), then write it. Key order and tensor order are kept; setting a key
  * again replaces its value in place. Nested arrays come from cv_gguf_copy_kvs.
- * read(write(x)) == x. */
+ * read(write(x)) == x. The writer checks structure (tensor names, shapes, types,
+ * alignment), not what keys mean: a vocabulary and token ids that disagree are
+ * written as given and refused by the reader. */
 typedef struct cv_gguf_writer cv_gguf_writer;
 
 cv_gguf_writer *cv_gguf_writer_new(void);

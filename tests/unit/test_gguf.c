@@ -503,7 +503,7 @@ static void test_data_size_overflow(void **state) {
 static void test_unknown_tensor_type(void **state) {
     (void)state;
     bb b = {0};
-    static const uint32_t bad[] = {4, 5, 29, 39, 40, 1000, UINT32_MAX};
+    static const uint32_t bad[] = {4, 5, 31, 37, 1000, UINT32_MAX};  /* ids ggml retired or never used */
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         one_tensor(&b, 1, (const uint64_t[]){256}, bad[i], 0, 1024);
         char want[64];
