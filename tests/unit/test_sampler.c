@@ -7,21 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "../support/test_rng.h"
 #include "sampler.h"
 
 /* Test data comes from this generator, seeded fresh each run (printed). */
 static uint64_t g_seed;
-static uint64_t g_state;
+static cv_test_rng g_rng;
 
-static uint64_t rnd(void) {
-    g_state ^= g_state << 13;
-    g_state ^= g_state >> 7;
-    g_state ^= g_state << 17;
-    return g_state;
-}
+static uint64_t rnd(void) { return cv_test_rng_next(&g_rng); }
 
 static float rnd_logit(void) { return (float)((double)(rnd() >> 11) * 0x1.0p-53 * 20.0 - 10.0); }
 
@@ -446,12 +440,8 @@ static void test_large_vocabulary(void **state) {
 }
 
 int main(void) {
-    const char *env = getenv("CORVID_TEST_SEED");
-    g_seed = env ? strtoull(env, NULL, 10)
-                 : ((uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)getpid() << 32);
-    g_state = g_seed ? g_seed : 1;
-    for (int i = 0; i < 16; i++) rnd(); /* decorrelate nearby seeds */
-    printf("test_sampler: seed %llu (set CORVID_TEST_SEED to replay)\n", (unsigned long long)g_seed);
+    g_seed = cv_test_seed("test_sampler");
+    g_rng = cv_test_rng_new(g_seed);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation_names_field_and_value),
         cmocka_unit_test(test_greedy_is_argmax_lowest_id_on_ties),

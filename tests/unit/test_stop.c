@@ -6,19 +6,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "../support/test_rng.h"
 #include "stop.h"
 
-static uint64_t g_state;
+static cv_test_rng g_rng;
 
-static uint64_t rnd(void) {
-    g_state ^= g_state << 13;
-    g_state ^= g_state >> 7;
-    g_state ^= g_state << 17;
-    return g_state;
-}
+static uint64_t rnd(void) { return cv_test_rng_next(&g_rng); }
 
 static cv_stop *make(const char *const *stops, size_t n) {
     cv_stop *s = NULL;
@@ -264,11 +258,7 @@ static void test_long_piece_grows_the_buffer(void **state) {
 }
 
 int main(void) {
-    const char *env = getenv("CORVID_TEST_SEED");
-    uint64_t seed = env ? strtoull(env, NULL, 10)
-                        : ((uint64_t)time(NULL) * 0x9e3779b97f4a7c15ULL) ^ ((uint64_t)getpid() << 32);
-    g_state = seed ? seed : 1;
-    printf("test_stop: seed %llu (set CORVID_TEST_SEED to replay)\n", (unsigned long long)seed);
+    g_rng = cv_test_rng_new(cv_test_seed("test_stop"));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_match_spanning_pieces),
         cmocka_unit_test(test_false_partial_starts_are_released),
