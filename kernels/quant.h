@@ -4,8 +4,13 @@
  * size check. For every type there is a scalar reference (de)quantizer and a dot
  * product of one weight row with activations already converted to the type's
  * "vec_dot type" (Q8_0 for Q4_0/Q5_0/Q8_0, Q8_K for the K-quants, F32 for float
- * types). The fast path (AVX2/FMA) is chosen once at run time from the CPU's
+ * types). The fast path (AVX2/FMA/F16C) is chosen at run time from the CPU's
  * features; cv_quant_force_scalar() pins the reference path for tests.
+ *
+ * Reference quantizers produce the same bytes as ggml's reference quantizers
+ * (quantize_row_*_ref: the ones llama-quantize uses without an importance matrix).
+ * The fast paths are bit-identical to the reference for conversions and equal to it
+ * within float rounding (summation order) for dot products.
  */
 #ifndef CV_QUANT_H
 #define CV_QUANT_H
@@ -30,7 +35,7 @@ typedef enum cv_type {
     CV_TYPE_Q6_K = 14,
     CV_TYPE_Q8_K = 15,
     CV_TYPE_BF16 = 30,
-    CV_TYPE_COUNT = 40
+    CV_TYPE_COUNT = 43    /* table size: ids up to ggml's Q2_0 (42) have names/sizes */
 } cv_type;
 
 typedef struct cv_type_info {
@@ -56,6 +61,15 @@ void cv_quantize_row_act(cv_type vec_dot_type, const float *src, void *dst, int6
 
 /* dot(w_row[0..n), act[0..n)) where w_row has type t and act has cv_type_vec_dot_type(t). */
 float cv_vec_dot(cv_type t, int64_t n, const void *w_row, const void *act);
+
+/* One weight row against n_act activation rows (act_stride bytes apart, each in the
+ * vec_dot type): out[r] = dot(w_row, act + r * act_stride). The weight row is read
+ * once per CV_VEC_DOT_ROWS activation rows, which is what batched decode needs (each
+ * weight byte streamed from memory once per batch, not once per sequence). out[r] is
+ * bit-identical to cv_vec_dot on the same row, on either path. */
+#define CV_VEC_DOT_ROWS 4
+void cv_vec_dot_rows(cv_type t, int64_t n, const void *w_row, const void *act,
+                     size_t act_stride, int n_act, float *out);
 
 /* Force the scalar reference kernels (1) or restore the run-time choice (0). */
 void cv_quant_force_scalar(int on);
