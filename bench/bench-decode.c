@@ -1,0 +1,238 @@
+/* bench-decode: prefill and decode speed of a GGUF model on the CPU backend, as a
+ * fraction of this machine's memory read bandwidth measured in the same run.
+ *
+ *   bench-decode -m MODEL [-t THREADS] [--runs R] [--kv-type f16|f32]
+ *
+ * Prefill: one 512-token prompt (random ids) per run. Decode: 128 greedy steps from
+ * an empty context at batch 1; batched decode: B = 4 and 16 sequences stepping
+ * together. Each figure is the median of R runs (default 3). roofline_fraction =
+ * weight bytes read per step x batch-1 decode steps/s / read bandwidth: 1.0 means
+ * decode streams the weights at the speed of memory. One JSON object on stdout.
+ */
+#include <getopt.h>
+#include <immintrin.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "cpu_backend.h"
+#include "generate.h"
+#include "gguf.h"
+#include "kv_cache.h"
+#include "model.h"
+#include "threadpool.h"
+
+#define PREFILL 512
+#define DECODE 128
+#define BATCH_STEPS 32
+#define MAX_RUNS 15
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* ---- read bandwidth: every thread sums its slice of a buffer far larger than L3 ---- */
+
+typedef struct bw_task {
+    const float *buf;
+    int64_t n;
+    float sums[64];
+} bw_task;
+
+__attribute__((target("avx2"))) static void bw_read(void *ctx, int ith, int nth) {
+    bw_task *t = ctx;
+    int64_t lo, hi;
+    cv_split_range(t->n, 64, ith, nth, &lo, &hi);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = lo; i < hi; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_load_ps(t->buf + i));
+        a1 = _mm256_add_ps(a1, _mm256_load_ps(t->buf + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_load_ps(t->buf + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_load_ps(t->buf + i + 24));
+    }
+    float out[8];
+    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    t->sums[ith % 64] = out[0] + out[7];
+}
+
+static double read_bandwidth(cv_threadpool *pool, int runs) {
+    const int64_t n = (int64_t)256 << 20 >> 2; /* 256 MiB of floats */
+    float *buf = aligned_alloc(64, (size_t)n * sizeof(float));
+    if (!buf) return 0;
+    for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
+    bw_task t = {.buf = buf, .n = n};
+    double gbs[MAX_RUNS * 2];
+    int reps = runs * 2; /* cheap: more samples for a steadier median */
+    cv_threadpool_run(pool, bw_read, &t); /* warm */
+    for (int r = 0; r < reps; r++) {
+        double t0 = cv_now();
+        cv_threadpool_run(pool, bw_read, &t);
+        gbs[r] = (double)n * sizeof(float) / (cv_now() - t0) / 1e9;
+    }
+    free(buf);
+    return median(gbs, reps);
+}
+
+/* ---- model runs ---- */
+
+typedef struct bench {
+    cv_model *m;
+    cv_kv_cache *kv;
+    int32_t n_vocab;
+    int32_t *tokens, *pos, *seq;
+    float *logits;
+} bench;
+
+static cv_status step(bench *b, int32_t n, const uint8_t *want, cv_error *err) {
+    cv_batch batch = {.n = n, .tokens = b->tokens, .pos = b->pos, .seq = b->seq, .want_logits = want};
+    return cv_model_forward(b->m, b->kv, &batch, b->logits, err);
+}
+
+static cv_status run_prefill(bench *b, double *tps, cv_error *err) {
+    for (int32_t i = 0; i < PREFILL; i++) {
+        b->tokens[i] = 3 + rand() % (b->n_vocab - 3);
+        b->pos[i] = i;
+        b->seq[i] = 0;
+    }
+    cv_status s = cv_kv_reserve(b->kv, 0, PREFILL, err);
+    if (s) return s;
+    double t0 = cv_now();
+    s = step(b, PREFILL, NULL, err);
+    *tps = PREFILL / (cv_now() - t0);
+    cv_kv_release(b->kv, 0);
+    return s;
+}
+
+/* n_seq sequences step together from an empty context, each feeding back its
+ * greedy token. Returns generated tokens per second over all sequences. */
+static cv_status run_decode(bench *b, int32_t n_seq, int32_t steps, double *tps, cv_error *err) {
+    static uint8_t want[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    cv_status s = CV_OK;
+    for (int32_t q = 0; q < n_seq; q++) b->tokens[q] = 1 + q;
+    double t0 = cv_now();
+    for (int32_t p = 0; p < steps && !s; p++) {
+        for (int32_t q = 0; q < n_seq && !s; q++) {
+            s = cv_kv_reserve(b->kv, q, p + 1, err);
+            b->pos[q] = p;
+            b->seq[q] = q;
+        }
+        if (!s) s = step(b, n_seq, want, err);
+        for (int32_t q = 0; q < n_seq && !s; q++)
+            b->tokens[q] = cv_argmax(b->logits + (size_t)q * (size_t)b->n_vocab, b->n_vocab);
+    }
+    *tps = (double)n_seq * steps / (cv_now() - t0);
+    for (int32_t q = 0; q < n_seq; q++) cv_kv_release(b->kv, q);
+    return s;
+}
+
+int main(int argc, char **argv) {
+    const char *path = NULL;
+    int threads = 0, runs = 3;
+    cv_type kv_type = CV_TYPE_F16;
+    static const struct option lo[] = {{"model", required_argument, 0, 'm'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"runs", required_argument, 0, 'r'},
+                                       {"kv-type", required_argument, 0, 'k'},
+                                       {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
+        switch (c) {
+        case 'm': path = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'r': runs = atoi(optarg); break;
+        case 'k': kv_type = !strcmp(optarg, "f32") ? CV_TYPE_F32 : CV_TYPE_F16; break;
+        default: path = NULL; optind = argc + 1; break;
+        }
+    }
+    if (!path || optind != argc || runs < 1 || runs > MAX_RUNS || threads < 0) {
+        fprintf(stderr, "usage: bench-decode -m MODEL [-t THREADS] [--runs 1..%d] [--kv-type f16|f32]\n",
+                MAX_RUNS);
+        return 1;
+    }
+    unsigned seed = (unsigned)time(NULL);
+    srand(seed);
+
+    cv_error err = {0};
+    cv_gguf *g = NULL;
+    cv_backend *be = NULL;
+    cv_threadpool *pool = NULL;
+    bench b = {0};
+    int rc = 1;
+    cv_cpu_options co = {.n_threads = threads};
+    cv_model_opts mo = {.max_batch = PREFILL, .max_logits = 16};
+    if (cv_gguf_open(path, &g, &err) || cv_cpu_backend_create(&co, &be, &err) ||
+        cv_model_load(be, g, &mo, &b.m, &err))
+        goto out;
+    threads = cv_cpu_backend_threads(be);
+    cv_kv_config kc = cv_model_kv_config(b.m, PREFILL, 16, kv_type);
+    if (cv_kv_create(&kc, &b.kv, &err)) goto out;
+    b.n_vocab = cv_model_hparams(b.m)->n_vocab;
+    b.tokens = malloc(PREFILL * sizeof(int32_t));
+    b.pos = malloc(PREFILL * sizeof(int32_t));
+    b.seq = malloc(PREFILL * sizeof(int32_t));
+    b.logits = malloc(16 * (size_t)b.n_vocab * sizeof(float));
+    if (!b.tokens || !b.pos || !b.seq || !b.logits) {
+        cv_errorf(&err, CV_ENOMEM, "out of memory");
+        goto out;
+    }
+
+    double pf[MAX_RUNS], d1[MAX_RUNS], d4[MAX_RUNS], d16[MAX_RUNS], bw;
+    /* Warm-up: page the weights in, spin the pool up. */
+    if (run_decode(&b, 1, 4, &d1[0], &err)) goto out;
+    for (int r = 0; r < runs; r++)
+        if (run_prefill(&b, &pf[r], &err) || run_decode(&b, 1, DECODE, &d1[r], &err) ||
+            run_decode(&b, 4, BATCH_STEPS, &d4[r], &err) || run_decode(&b, 16, BATCH_STEPS, &d16[r], &err))
+            goto out;
+    /* Peak RSS of the model runs alone, before the bandwidth buffer exists. */
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    if (cv_threadpool_create(threads, &pool, &err)) goto out;
+    bw = read_bandwidth(pool, runs);
+
+    const double mpf = median(pf, runs), md1 = median(d1, runs), md4 = median(d4, runs),
+                 md16 = median(d16, runs);
+    const uint64_t wb = cv_model_weight_bytes(b.m);
+    json_t *o = json_pack(
+        "{s:s, s:s, s:i, s:i, s:i, s:s, s:I, s:I, s:f, s:i, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I}",
+        "model", path, "arch", cv_arch_name(cv_model_hparams(b.m)->arch), "threads", threads,
+        "runs", runs, "seed", (int)(seed & 0x7fffffff), "kv_type", kv_type == CV_TYPE_F16 ? "f16" : "f32",
+        "file_bytes", (json_int_t)cv_gguf_file_size(g), "weight_bytes_per_token", (json_int_t)wb,
+        "read_bandwidth_gbs", bw, "prefill_tokens", PREFILL, "prefill_tokens_per_s", mpf,
+        "decode_tokens", DECODE, "decode_tokens_per_s", md1, "batch4_tokens_per_s", md4,
+        "batch16_tokens_per_s", md16, "batch16_over_batch1", md16 / md1,
+        "decode_gbs", (double)wb * md1 / 1e9,
+        "roofline_fraction", bw > 0 ? (double)wb * md1 / 1e9 / bw : 0.0,
+        "peak_rss_bytes", (json_int_t)ru.ru_maxrss * 1024,
+        /* The prefill run touches the most cache: PREFILL positions of one sequence. */
+        "kv_bytes_touched", (json_int_t)(PREFILL * cv_kv_bytes_per_token(b.kv)));
+    char *js = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!js) {
+        cv_errorf(&err, CV_ENOMEM, "out of memory for the report");
+        goto out;
+    }
+    puts(js);
+    free(js);
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "bench-decode: %s\n", err.msg);
+    cv_threadpool_destroy(pool);
+    free(b.tokens);
+    free(b.pos);
+    free(b.seq);
+    free(b.logits);
+    cv_kv_free(b.kv);
+    cv_model_free(b.m);
+    cv_backend_destroy(be);
+    cv_gguf_close(g);
+    return rc;
+}

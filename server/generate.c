@@ -1,0 +1,120 @@
+#include "generate.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+double cv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+int32_t cv_argmax(const float *x, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+typedef struct gen_buf {
+    int32_t *tokens, *pos, *seq;
+    uint8_t *want;
+    float *logits;
+} gen_buf;
+
+static void gen_buf_free(gen_buf *b) {
+    free(b->tokens);
+    free(b->pos);
+    free(b->seq);
+    free(b->want);
+    free(b->logits);
+}
+
+static cv_status pick(const cv_gen_callbacks *cb, float *row, int32_t n_vocab, int32_t *tok,
+                      cv_error *err) {
+    if (cb->on_logits) cb->on_logits(cb->ctx, row, n_vocab);
+    *tok = cb->sample ? cb->sample(cb->ctx, row, n_vocab) : cv_argmax(row, n_vocab);
+    if (*tok < 0 || *tok >= n_vocab)
+        return cv_errorf(err, CV_EINVAL, "generate: sampler returned token %d (vocabulary %d)",
+                         *tok, n_vocab);
+    return CV_OK;
+}
+
+cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
+                      const cv_gen_params *p, const cv_gen_callbacks *cb, cv_gen_stats *st,
+                      cv_error *err) {
+    const cv_model_opts *mo = cv_model_options(m);
+    const int32_t n_vocab = cv_model_hparams(m)->n_vocab;
+    const int32_t n_ctx = cv_kv_config_of(kv)->max_seq_len;
+    memset(st, 0, sizeof *st);
+    st->n_prompt = n_prompt;
+    if (n_prompt < 1) return cv_errorf(err, CV_EINVAL, "generate: empty prompt");
+    if (n_prompt > n_ctx)
+        return cv_errorf(err, CV_ERANGE, "generate: prompt of %d tokens is longer than the context of %d",
+                         n_prompt, n_ctx);
+    if (p->n_predict < 0) return cv_errorf(err, CV_EINVAL, "generate: n_predict %d < 0", p->n_predict);
+
+    const int32_t chunk = p->all_logits ? mo->max_logits : mo->max_batch;
+    gen_buf b = {
+        .tokens = malloc((size_t)chunk * sizeof(int32_t)),
+        .pos = malloc((size_t)chunk * sizeof(int32_t)),
+        .seq = malloc((size_t)chunk * sizeof(int32_t)),
+        .want = malloc((size_t)chunk),
+        .logits = malloc((size_t)(p->all_logits ? chunk : 1) * (size_t)n_vocab * sizeof(float)),
+    };
+    cv_status s = CV_OK;
+    if (!b.tokens || !b.pos || !b.seq || !b.want || !b.logits) {
+        s = cv_errorf(err, CV_ENOMEM, "generate: out of memory");
+        goto out;
+    }
+    if ((s = cv_kv_reserve(kv, p->seq, n_prompt, err))) goto out;
+
+    /* Prefill: the last row of the last chunk gives the first token's logits. */
+    double t0 = cv_now();
+    int32_t tok = -1;
+    for (int32_t at = 0; at < n_prompt; at += chunk) {
+        int32_t n = n_prompt - at < chunk ? n_prompt - at : chunk;
+        for (int32_t i = 0; i < n; i++) {
+            b.tokens[i] = prompt[at + i];
+            b.pos[i] = at + i;
+            b.seq[i] = p->seq;
+            b.want[i] = p->all_logits || at + i == n_prompt - 1;
+        }
+        cv_batch batch = {.n = n, .tokens = b.tokens, .pos = b.pos, .seq = b.seq, .want_logits = b.want};
+        if ((s = cv_model_forward(m, kv, &batch, b.logits, err))) goto out;
+        if (p->all_logits && cb->on_logits) {
+            /* Every row but the prompt's last is only observed; the last one is sampled. */
+            int32_t observed = at + n == n_prompt ? n - 1 : n;
+            for (int32_t i = 0; i < observed; i++)
+                cb->on_logits(cb->ctx, b.logits + (size_t)i * (size_t)n_vocab, n_vocab);
+        }
+        if (at + n == n_prompt && p->n_predict > 0) {
+            float *last = b.logits + (size_t)(p->all_logits ? n - 1 : 0) * (size_t)n_vocab;
+            if ((s = pick(cb, last, n_vocab, &tok, err))) goto out;
+        } else if (at + n == n_prompt && p->all_logits && cb->on_logits) {
+            cb->on_logits(cb->ctx, b.logits + (size_t)(n - 1) * (size_t)n_vocab, n_vocab);
+        }
+    }
+    double t1 = cv_now();
+    st->prefill_s = t1 - t0;
+
+    /* Decode: feed each token back until n_predict, a stop, or a full context. */
+    for (int32_t pos = n_prompt; p->n_predict > 0;) {
+        st->n_generated++;
+        if (cb->on_token && cb->on_token(cb->ctx, tok)) break;
+        if (st->n_generated == p->n_predict || pos == n_ctx) break;
+        if ((s = cv_kv_reserve(kv, p->seq, pos + 1, err))) goto out;
+        b.tokens[0] = tok;
+        b.pos[0] = pos++;
+        b.seq[0] = p->seq;
+        cv_batch batch = {.n = 1, .tokens = b.tokens, .pos = b.pos, .seq = b.seq, .want_logits = NULL};
+        if ((s = cv_model_forward(m, kv, &batch, b.logits, err))) goto out;
+        if ((s = pick(cb, b.logits, n_vocab, &tok, err))) goto out;
+    }
+    st->decode_s = cv_now() - t1;
+out:
+    cv_kv_release(kv, p->seq);
+    gen_buf_free(&b);
+    return s;
+}

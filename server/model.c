@@ -1,0 +1,529 @@
+#include "model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct cv_layer {
+    float *attn_norm, *ffn_norm;
+    float *post_attn_norm, *post_ffn_norm;  /* gemma3 sandwich norms, else NULL */
+    float *q_norm, *k_norm;                 /* gemma3 per-head QK-norm, else NULL */
+    float *bq, *bk, *bv;                    /* qwen2 biases, else NULL */
+    cv_tensor wq, wk, wv, wo;
+    cv_tensor gate, up, down;
+    int sliding;                            /* attends to a sliding window */
+    cv_rope_params rope;
+} cv_layer;
+
+struct cv_model {
+    cv_backend *be;
+    cv_hparams hp;
+    cv_model_opts opts;
+    cv_glu_kind glu;
+    cv_tensor tok_embd, output;
+    float *output_norm;
+    float *rope_factors;                    /* llama3 frequency factors, or NULL */
+    cv_layer *layers;
+    uint64_t weight_bytes;
+    /* Backend vectors allocated at load (norms, biases, scratch), freed at the end. */
+    void **allocs;
+    int n_allocs, cap_allocs;
+    /* Scratch, backend memory, sized for max_batch rows (logit rows: max_logits). */
+    float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *xo, *logits;
+    int32_t *d_tokens, *d_pos, *d_out_rows;
+    cv_attn_row *d_rows, *d_rows_swa;
+    /* Host staging of the same small arrays. */
+    int32_t *h_out_rows;
+    cv_attn_row *h_rows, *h_rows_swa;
+};
+
+const char *cv_arch_name(cv_arch a) {
+    switch (a) {
+    case CV_ARCH_LLAMA: return "llama";
+    case CV_ARCH_QWEN2: return "qwen2";
+    case CV_ARCH_GEMMA3: return "gemma3";
+    }
+    return "unknown";
+}
+
+const cv_hparams *cv_model_hparams(const cv_model *m) { return &m->hp; }
+const cv_model_opts *cv_model_options(const cv_model *m) { return &m->opts; }
+uint64_t cv_model_weight_bytes(const cv_model *m) { return m->weight_bytes; }
+
+/* ---- hyperparameters ---- */
+
+static const char *arch_key(char *buf, size_t n, const cv_hparams *hp, const char *suffix) {
+    snprintf(buf, n, "%s.%s", cv_arch_name(hp->arch), suffix);
+    return buf;
+}
+
+static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
+    char k[128];
+    memset(hp, 0, sizeof *hp);
+    cv_str a = cv_gguf_get_str(g, "general.architecture");
+    if (!a.ptr) return cv_errorf(err, CV_ENOTFOUND, "model: general.architecture is missing");
+    if (a.len == 5 && !memcmp(a.ptr, "llama", 5)) hp->arch = CV_ARCH_LLAMA;
+    else if (a.len == 5 && !memcmp(a.ptr, "qwen2", 5)) hp->arch = CV_ARCH_QWEN2;
+    else if (a.len == 6 && !memcmp(a.ptr, "gemma3", 6)) hp->arch = CV_ARCH_GEMMA3;
+    else
+        return cv_errorf(err, CV_EUNSUPPORTED,
+                         "model: architecture '%.*s' is not supported (llama, qwen2, gemma3)",
+                         (int)(a.len > 64 ? 64 : a.len), a.ptr);
+
+    /* Required integers: absent reads as 0 and fails the range check below. */
+    const struct { const char *key; int32_t *dst; uint32_t def; } ints[] = {
+        {"context_length", &hp->n_ctx_train, 0},
+        {"embedding_length", &hp->dim, 0},
+        {"block_count", &hp->n_layers, 0},
+        {"feed_forward_length", &hp->ffn_dim, 0},
+        {"attention.head_count", &hp->n_heads, 0},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        uint32_t v = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, ints[i].key), ints[i].def);
+        if (v == 0 || v > (1u << 24))
+            return cv_errorf(err, v ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %u (need 1..%u)",
+                             k, v, 1u << 24);
+        *ints[i].dst = (int32_t)v;
+    }
+    hp->n_kv_heads = (int32_t)cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.head_count_kv"),
+                                              (uint32_t)hp->n_heads);
+    if (hp->n_kv_heads <= 0 || hp->n_heads % hp->n_kv_heads)
+        return cv_errorf(err, CV_ERANGE, "model: %s = %d does not divide head_count %d", k,
+                         hp->n_kv_heads, hp->n_heads);
+    uint32_t hd = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.key_length"),
+                                  (uint32_t)(hp->dim / hp->n_heads));
+    uint32_t hdv = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.value_length"), hd);
+    if (hd == 0 || hd > 1024 || hd % 2 || hdv != hd)
+        return cv_errorf(err, CV_ERANGE,
+                         "model: head size key_length %u / value_length %u (need equal, even, <= 1024)",
+                         hd, hdv);
+    hp->head_dim = (int32_t)hd;
+    uint32_t rot = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "rope.dimension_count"), hd);
+    if (rot == 0 || rot > hd || rot % 2)
+        return cv_errorf(err, CV_ERANGE, "model: %s = %u (need even, <= head size %u)", k, rot, hd);
+    hp->n_rot = (int32_t)rot;
+    hp->rms_eps = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "attention.layer_norm_rms_epsilon"),
+                                  1e-5f);
+    if (!(hp->rms_eps > 0 && hp->rms_eps < 1))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need 0 < eps < 1)", k, hp->rms_eps);
+    hp->rope_base = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.freq_base"), 10000.0f);
+    if (!(hp->rope_base > 1))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 1)", k, hp->rope_base);
+    hp->rope_base_local = hp->rope_base;
+    hp->rope_freq_scale = 1.0f;
+    cv_str st = cv_gguf_get_str(g, arch_key(k, sizeof k, hp, "rope.scaling.type"));
+    if (st.ptr && !(st.len == 4 && !memcmp(st.ptr, "none", 4))) {
+        float f = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 1.0f);
+        if (st.len == 6 && !memcmp(st.ptr, "linear", 6) && f >= 1) hp->rope_freq_scale = 1.0f / f;
+        else if (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)))
+            return cv_errorf(err, CV_EUNSUPPORTED,
+                             "model: rope scaling '%.*s' (factor %g) is not supported (linear, llama3)",
+                             (int)(st.len > 32 ? 32 : st.len), st.ptr, f);
+    }
+    hp->rope_mode = hp->arch == CV_ARCH_LLAMA ? CV_ROPE_NORM : CV_ROPE_NEOX;
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    hp->embd_scale = 1.0f;
+    hp->final_softcap = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "final_logit_softcapping"), 0.0f);
+    if (hp->final_softcap < 0)
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need >= 0)", k, hp->final_softcap);
+
+    if (hp->arch == CV_ARCH_GEMMA3) {
+        /* Gemma 3: five local layers (rope base 10k, sliding window) per global one. */
+        hp->sliding_window = (int32_t)cv_gguf_get_u32(
+            g, arch_key(k, sizeof k, hp, "attention.sliding_window"), 0);
+        if (hp->sliding_window <= 0)
+            return cv_errorf(err, CV_ENOTFOUND, "model: %s is missing or 0", k);
+        hp->swa_period = 6;
+        hp->rope_base_local = 10000.0f;
+        hp->embd_scale = sqrtf((float)hp->dim);
+    }
+    return CV_OK;
+}
+
+/* Llama 3 frequency factors from the rope.scaling.* keys, as the GGUF converters compute
+ * them into rope_freqs.weight: long wavelengths are slowed by `factor`, short ones kept,
+ * and the band in between interpolated. */
+static void llama3_rope_factors(const cv_gguf *g, const cv_hparams *hp, float *out) {
+    char k[128];
+    float factor = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 8.0f);
+    float lo = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.low_freq_factor"), 1.0f);
+    float hi = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.high_freq_factor"), 4.0f);
+    float ctx = (float)cv_gguf_get_u32(
+        g, arch_key(k, sizeof k, hp, "rope.scaling.original_context_length"), 8192);
+    double lo_wl = ctx / lo, hi_wl = ctx / hi;
+    for (int32_t i = 0; i < hp->n_rot / 2; i++) {
+        double freq = pow(hp->rope_base, -2.0 * i / hp->n_rot);
+        double wl = 2 * M_PI / freq;
+        if (wl < hi_wl) out[i] = 1.0f;
+        else if (wl > lo_wl) out[i] = factor;
+        else {
+            double smooth = (ctx / wl - lo) / (hi - lo);
+            out[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
+        }
+    }
+}
+
+/* ---- tensors ---- */
+
+static cv_status track(cv_model *m, void *p, cv_error *err) {
+    if (m->n_allocs == m->cap_allocs) {
+        int cap = m->cap_allocs ? 2 * m->cap_allocs : 64;
+        void **a = realloc(m->allocs, (size_t)cap * sizeof *a);
+        if (!a) {
+            m->be->ops->free(m->be, p);
+            return cv_errorf(err, CV_ENOMEM, "model: out of memory");
+        }
+        m->allocs = a;
+        m->cap_allocs = cap;
+    }
+    m->allocs[m->n_allocs++] = p;
+    return CV_OK;
+}
+
+static cv_status alloc_scratch(cv_model *m, void **out, size_t bytes, cv_error *err) {
+    cv_status s = m->be->ops->alloc(m->be, bytes, out, err);
+    if (s) return cv_error_wrap(err, "model: scratch of %zu bytes", bytes);
+    return track(m, *out, err);
+}
+
+/* The tensor `name` with exactly ne0 x ne1 elements (ne1 == 0: a vector of ne0). */
+static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t ne1,
+                      const cv_gguf_tensor **out, cv_error *err) {
+    const cv_gguf_tensor *t = cv_gguf_find_tensor(g, name);
+    *out = t;
+    if (!t) return cv_errorf(err, CV_ENOTFOUND, "model: tensor %s is missing", name);
+    int64_t want_dims = ne1 ? 2 : 1;
+    if ((int64_t)t->n_dims != want_dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1))
+        return cv_errorf(err, CV_EFORMAT,
+                         "model: tensor %s has shape [%lld, %lld] (%u dims), expected [%lld, %lld]",
+                         name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims,
+                         (long long)ne0, (long long)(ne1 ? ne1 : 1));
+    const cv_type_info *ti = cv_type_get(t->type);
+    if (!ti || !ti->supported)
+        return cv_errorf(err, CV_EUNSUPPORTED, "model: tensor %s has type %s (%u), not supported",
+                         name, ti && ti->name ? ti->name : "unknown", (unsigned)t->type);
+    return CV_OK;
+}
+
+static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
+                             int64_t rows, cv_tensor *out, cv_error *err) {
+    const cv_gguf_tensor *t;
+    cv_status s = find(g, name, cols, rows, &t, err);
+    if (s) return s;
+    cv_tensor host = {.type = t->type, .rows = rows, .cols = cols,
+                      .row_stride = cv_type_row_bytes(t->type, cols),
+                      .data = (void *)t->data, .device = CV_DEVICE_CPU};
+    if (host.row_stride == 0)
+        return cv_errorf(err, CV_EFORMAT, "model: tensor %s: row of %lld is not whole %s blocks",
+                         name, (long long)cols, cv_type_get(t->type)->name);
+    s = m->be->ops->weight_load(m->be, &host, out, err);
+    if (s) return cv_error_wrap(err, "model: loading %s", name);
+    return CV_OK;
+}
+
+/* A vector (norm weight, bias, frequency factors) as F32 in backend memory. `optional`:
+ * an absent tensor gives NULL. */
+static cv_status load_vector(cv_model *m, const cv_gguf *g, const char *name, int64_t n,
+                             int optional, float **out, cv_error *err) {
+    *out = NULL;
+    if (optional && !cv_gguf_find_tensor(g, name)) return CV_OK;
+    const cv_gguf_tensor *t;
+    cv_status s = find(g, name, n, 0, &t, err);
+    if (s) return s;
+    if (t->type != CV_TYPE_F32 && t->type != CV_TYPE_F16 && t->type != CV_TYPE_BF16)
+        return cv_errorf(err, CV_EUNSUPPORTED, "model: vector %s has type %s, expected a float type",
+                         name, cv_type_get(t->type)->name);
+    float *host = malloc((size_t)n * sizeof *host);
+    if (!host) return cv_errorf(err, CV_ENOMEM, "model: out of memory for %s", name);
+    cv_dequantize_row(t->type, t->data, host, n);
+    void *dev;
+    s = alloc_scratch(m, &dev, (size_t)n * sizeof(float), err);
+    if (!s) s = m->be->ops->upload(m->be, dev, host, (size_t)n * sizeof(float), err);
+    free(host);
+    if (s) return s;
+    *out = dev;
+    return CV_OK;
+}
+
+static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
+    cv_hparams *hp = &m->hp;
+    const int64_t dim = hp->dim, qd = (int64_t)hp->n_heads * hp->head_dim,
+                  kvd = (int64_t)hp->n_kv_heads * hp->head_dim, ffn = hp->ffn_dim;
+    const cv_gguf_tensor *te = cv_gguf_find_tensor(g, "token_embd.weight");
+    if (!te) return cv_errorf(err, CV_ENOTFOUND, "model: tensor token_embd.weight is missing");
+    if (te->ne[1] <= 0 || te->ne[1] > (1 << 24))
+        return cv_errorf(err, CV_ERANGE, "model: vocabulary of %lld tokens (limit %d)",
+                         (long long)te->ne[1], 1 << 24);
+    hp->n_vocab = (int32_t)te->ne[1];
+    cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, &m->tok_embd, err);
+    if (s) return s;
+    hp->tied_output = cv_gguf_find_tensor(g, "output.weight") == NULL;
+    if (hp->tied_output) m->output = m->tok_embd;
+    else if ((s = load_matrix(m, g, "output.weight", dim, hp->n_vocab, &m->output, err)))
+        return s;
+    if ((s = load_vector(m, g, "output_norm.weight", dim, 0, &m->output_norm, err))) return s;
+
+    if ((s = load_vector(m, g, "rope_freqs.weight", hp->n_rot / 2, 1, &m->rope_factors, err)))
+        return s;
+    cv_str st = cv_gguf_get_str(g, "llama.rope.scaling.type");
+    if (!m->rope_factors && hp->arch == CV_ARCH_LLAMA && st.len == 6 && !memcmp(st.ptr, "llama3", 6)) {
+        float host[512]; /* n_rot <= head_dim <= 1024 */
+        llama3_rope_factors(g, hp, host);
+        void *dev;
+        size_t bytes = (size_t)(hp->n_rot / 2) * sizeof(float);
+        if ((s = alloc_scratch(m, &dev, bytes, err))) return s;
+        if ((s = m->be->ops->upload(m->be, dev, host, bytes, err))) return s;
+        m->rope_factors = dev;
+    }
+
+    m->layers = calloc((size_t)hp->n_layers, sizeof *m->layers);
+    if (!m->layers) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
+    m->weight_bytes = cv_type_row_bytes(m->tok_embd.type, dim);
+    const int gemma = hp->arch == CV_ARCH_GEMMA3;
+    for (int32_t il = 0; il < hp->n_layers; il++) {
+        cv_layer *L = &m->layers[il];
+        char n[96];
+#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
+        if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, 0, &L->attn_norm, err)) ||
+            (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, 0, &L->ffn_norm, err)) ||
+            (s = load_matrix(m, g, NAME("attn_q.weight"), dim, qd, &L->wq, err)) ||
+            (s = load_matrix(m, g, NAME("attn_k.weight"), dim, kvd, &L->wk, err)) ||
+            (s = load_matrix(m, g, NAME("attn_v.weight"), dim, kvd, &L->wv, err)) ||
+            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, &L->wo, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, &L->gate, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, &L->up, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, &L->down, err)))
+            return s;
+        if (hp->arch == CV_ARCH_QWEN2 &&
+            ((s = load_vector(m, g, NAME("attn_q.bias"), qd, 0, &L->bq, err)) ||
+             (s = load_vector(m, g, NAME("attn_k.bias"), kvd, 0, &L->bk, err)) ||
+             (s = load_vector(m, g, NAME("attn_v.bias"), kvd, 0, &L->bv, err))))
+            return s;
+        if (gemma &&
+            ((s = load_vector(m, g, NAME("attn_q_norm.weight"), hp->head_dim, 0, &L->q_norm, err)) ||
+             (s = load_vector(m, g, NAME("attn_k_norm.weight"), hp->head_dim, 0, &L->k_norm, err)) ||
+             (s = load_vector(m, g, NAME("post_attention_norm.weight"), dim, 0, &L->post_attn_norm,
+                              err)) ||
+             (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, 0, &L->post_ffn_norm, err))))
+            return s;
+#undef NAME
+        L->sliding = gemma && (il + 1) % hp->swa_period != 0;
+        L->rope = (cv_rope_params){
+            .mode = hp->rope_mode, .n_rot = hp->n_rot,
+            .freq_base = L->sliding ? hp->rope_base_local : hp->rope_base,
+            .freq_scale = L->sliding ? 1.0f : hp->rope_freq_scale,
+            .freq_factors = m->rope_factors};
+        const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            m->weight_bytes += (uint64_t)ws[i]->rows * cv_type_row_bytes(ws[i]->type, ws[i]->cols);
+    }
+    m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
+    return CV_OK;
+}
+
+static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const size_t B = (size_t)m->opts.max_batch, O = (size_t)m->opts.max_logits, f = sizeof(float);
+    const size_t qd = (size_t)hp->n_heads * (size_t)hp->head_dim;
+    const size_t kvd = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+    struct { void **p; size_t bytes; } s[] = {
+        {(void **)&m->x, B * (size_t)hp->dim * f},
+        {(void **)&m->xb, B * (size_t)hp->dim * f},
+        {(void **)&m->q, B * qd * f},
+        {(void **)&m->k, B * kvd * f},
+        {(void **)&m->v, B * kvd * f},
+        {(void **)&m->att, B * qd * f},
+        {(void **)&m->hb, B * (size_t)hp->ffn_dim * f},
+        {(void **)&m->hb2, B * (size_t)hp->ffn_dim * f},
+        {(void **)&m->xo, O * (size_t)hp->dim * f},
+        {(void **)&m->logits, O * (size_t)hp->n_vocab * f},
+        {(void **)&m->d_tokens, B * sizeof(int32_t)},
+        {(void **)&m->d_pos, B * sizeof(int32_t)},
+        {(void **)&m->d_out_rows, O * sizeof(int32_t)},
+        {(void **)&m->d_rows, B * sizeof(cv_attn_row)},
+        {(void **)&m->d_rows_swa, B * sizeof(cv_attn_row)},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        cv_status st = alloc_scratch(m, s[i].p, s[i].bytes, err);
+        if (st) return st;
+    }
+    m->h_out_rows = malloc(O * sizeof *m->h_out_rows);
+    m->h_rows = malloc(B * sizeof *m->h_rows);
+    m->h_rows_swa = malloc(B * sizeof *m->h_rows_swa);
+    if (!m->h_out_rows || !m->h_rows || !m->h_rows_swa)
+        return cv_errorf(err, CV_ENOMEM, "model: out of memory for batch staging");
+    return CV_OK;
+}
+
+cv_status cv_model_load(cv_backend *be, const cv_gguf *g, const cv_model_opts *opts,
+                        cv_model **out, cv_error *err) {
+    *out = NULL;
+    if (opts->max_batch < 1 || opts->max_batch > 65536 || opts->max_logits < 1 ||
+        opts->max_logits > opts->max_batch)
+        return cv_errorf(err, CV_EINVAL, "model: max_batch %d / max_logits %d (need 1 <= logits <= batch <= 65536)",
+                         opts->max_batch, opts->max_logits);
+    cv_model *m = calloc(1, sizeof *m);
+    if (!m) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
+    m->be = be;
+    m->opts = *opts;
+    cv_status s = read_hparams(g, &m->hp, err);
+    if (!s) s = load_weights(m, g, err);
+    if (!s) s = alloc_all_scratch(m, err);
+    if (s) {
+        cv_model_free(m);
+        return s;
+    }
+    m->glu = m->hp.arch == CV_ARCH_GEMMA3 ? CV_GLU_GEGLU : CV_GLU_SWIGLU;
+    *out = m;
+    return CV_OK;
+}
+
+void cv_model_free(cv_model *m) {
+    if (!m) return;
+    cv_backend *be = m->be;
+    if (m->layers) {
+        for (int32_t il = 0; il < m->hp.n_layers; il++) {
+            cv_layer *L = &m->layers[il];
+            cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+                if (ws[i]->data) be->ops->weight_release(be, ws[i]);
+        }
+        free(m->layers);
+    }
+    if (m->output.data && m->output.data != m->tok_embd.data) be->ops->weight_release(be, &m->output);
+    if (m->tok_embd.data) be->ops->weight_release(be, &m->tok_embd);
+    for (int i = 0; i < m->n_allocs; i++) be->ops->free(be, m->allocs[i]);
+    free(m->allocs);
+    free(m->h_out_rows);
+    free(m->h_rows);
+    free(m->h_rows_swa);
+    free(m);
+}
+
+cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
+                                cv_type kv_type) {
+    const int32_t block = 16;
+    if (n_ctx <= 0) n_ctx = m->hp.n_ctx_train;
+    int32_t per_seq = (n_ctx + block - 1) / block;
+    return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->hp.n_kv_heads,
+                          .head_dim = m->hp.head_dim, .block_size = block,
+                          .n_blocks = per_seq * max_seqs, .max_seqs = max_seqs,
+                          .max_seq_len = n_ctx, .type = kv_type};
+}
+
+/* ---- forward ---- */
+
+/* Checks a batch against the model and the cache and fills the attention rows. */
+static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batch *b,
+                               int32_t *n_out, cv_error *err) {
+    const cv_kv_config *kc = cv_kv_config_of(kv);
+    if (kc->n_layers != m->hp.n_layers || kc->n_kv_heads != m->hp.n_kv_heads ||
+        kc->head_dim != m->hp.head_dim)
+        return cv_errorf(err, CV_EINVAL, "model: kv cache shape does not match the model");
+    if (b->n < 1 || b->n > m->opts.max_batch)
+        return cv_errorf(err, CV_ERANGE, "model: batch of %d rows (limit %d)", b->n,
+                         m->opts.max_batch);
+    int32_t no = 0;
+    for (int32_t i = 0; i < b->n; i++) {
+        if (b->tokens[i] < 0 || b->tokens[i] >= m->hp.n_vocab)
+            return cv_errorf(err, CV_EINVAL, "model: token %d of row %d outside the vocabulary of %d",
+                             b->tokens[i], i, m->hp.n_vocab);
+        const int32_t *table = cv_kv_block_table(kv, b->seq[i]);
+        if (!table || b->pos[i] < 0 || b->pos[i] >= cv_kv_capacity(kv, b->seq[i]))
+            return cv_errorf(err, CV_ERANGE,
+                             "model: row %d: position %d of sequence %d is not reserved in the kv cache",
+                             i, b->pos[i], b->seq[i]);
+        m->h_rows[i] = (cv_attn_row){.block_table = table, .pos = b->pos[i], .lo = 0};
+        m->h_rows_swa[i] = m->h_rows[i];
+        if (m->hp.sliding_window && b->pos[i] >= m->hp.sliding_window)
+            m->h_rows_swa[i].lo = b->pos[i] - m->hp.sliding_window + 1;
+        if (b->want_logits ? b->want_logits[i] != 0 : i == b->n - 1) {
+            if (no == m->opts.max_logits)
+                return cv_errorf(err, CV_ERANGE, "model: more than %d rows want logits",
+                                 m->opts.max_logits);
+            m->h_out_rows[no++] = i;
+        }
+    }
+    *n_out = no;
+    return CV_OK;
+}
+
+cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, float *logits,
+                           cv_error *err) {
+    int32_t n_out = 0;
+    cv_status s = prepare_batch(m, kv, b, &n_out, err);
+    if (s) return s;
+    cv_backend *be = m->be;
+    const cv_backend_ops *op = be->ops;
+    const cv_hparams *hp = &m->hp;
+    const int32_t n = b->n, dim = hp->dim, hd = hp->head_dim;
+    const int32_t qd = hp->n_heads * hd, kvd = hp->n_kv_heads * hd;
+    if ((s = op->upload(be, m->d_tokens, b->tokens, (size_t)n * sizeof(int32_t), err)) ||
+        (s = op->upload(be, m->d_pos, b->pos, (size_t)n * sizeof(int32_t), err)) ||
+        (s = op->upload(be, m->d_rows, m->h_rows, (size_t)n * sizeof(cv_attn_row), err)) ||
+        (s = op->upload(be, m->d_rows_swa, m->h_rows_swa, (size_t)n * sizeof(cv_attn_row), err)) ||
+        (s = op->upload(be, m->d_out_rows, m->h_out_rows, (size_t)n_out * sizeof(int32_t), err)))
+        return s;
+    const cv_attn_params ap = {.n_heads = hp->n_heads, .scale = hp->attn_scale, .softcap = 0};
+    const cv_kv_config *kc = cv_kv_config_of(kv);
+
+    op->get_rows(be, &m->tok_embd, m->d_tokens, n, m->x);
+    if (hp->embd_scale != 1.0f) op->scale(be, m->x, hp->embd_scale, (int64_t)n * dim);
+
+    for (int32_t il = 0; il < hp->n_layers; il++) {
+        const cv_layer *L = &m->layers[il];
+        const cv_kv_layer kl = {.k = cv_kv_k_pool(kv, il), .v = cv_kv_v_pool(kv, il),
+                                .type = kc->type, .block_size = kc->block_size,
+                                .n_kv_heads = kc->n_kv_heads, .head_dim = kc->head_dim};
+        const cv_attn_row *rows = L->sliding ? m->d_rows_swa : m->d_rows;
+
+        /* attention */
+        op->rmsnorm(be, m->x, L->attn_norm, m->xb, n, dim, hp->rms_eps, 0);
+        op->matmul(be, &L->wq, m->xb, m->q, n);
+        op->matmul(be, &L->wk, m->xb, m->k, n);
+        op->matmul(be, &L->wv, m->xb, m->v, n);
+        if (L->bq) {
+            op->add_bias(be, m->q, L->bq, n, qd);
+            op->add_bias(be, m->k, L->bk, n, kvd);
+            op->add_bias(be, m->v, L->bv, n, kvd);
+        }
+        if (L->q_norm) {
+            op->rmsnorm(be, m->q, L->q_norm, m->q, n * hp->n_heads, hd, hp->rms_eps, 0);
+            op->rmsnorm(be, m->k, L->k_norm, m->k, n * hp->n_kv_heads, hd, hp->rms_eps, 0);
+        }
+        op->rope(be, &L->rope, m->q, n, hp->n_heads, hd, m->d_pos);
+        op->rope(be, &L->rope, m->k, n, hp->n_kv_heads, hd, m->d_pos);
+        op->kv_store(be, &kl, rows, n, m->k, m->v);
+        op->attention(be, &ap, &kl, rows, n, m->q, m->att);
+        op->matmul(be, &L->wo, m->att, m->xb, n);
+        if (L->post_attn_norm)
+            op->rmsnorm(be, m->xb, L->post_attn_norm, m->xb, n, dim, hp->rms_eps, 0);
+        op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
+
+        /* feed-forward */
+        op->rmsnorm(be, m->x, L->ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
+        op->matmul(be, &L->gate, m->xb, m->hb, n);
+        op->matmul(be, &L->up, m->xb, m->hb2, n);
+        op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * hp->ffn_dim);
+        op->matmul(be, &L->down, m->hb, m->xb, n);
+        if (L->post_ffn_norm)
+            op->rmsnorm(be, m->xb, L->post_ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
+        op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
+    }
+
+    if (n_out > 0) {
+        /* Only the rows that want logits go through the (large) output projection. */
+        const cv_tensor xs = {.type = CV_TYPE_F32, .rows = n, .cols = dim,
+                              .row_stride = (size_t)dim * sizeof(float), .data = m->x,
+                              .device = be->device};
+        op->get_rows(be, &xs, m->d_out_rows, n_out, m->xo);
+        op->rmsnorm(be, m->xo, m->output_norm, m->xo, n_out, dim, hp->rms_eps, 0);
+        op->matmul(be, &m->output, m->xo, m->logits, n_out);
+        if (hp->final_softcap > 0)
+            op->softcap(be, m->logits, hp->final_softcap, (int64_t)n_out * hp->n_vocab);
+        s = op->download(be, logits, m->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float), err);
+        if (s) return s;
+    }
+    return op->synchronize(be, err);
+}

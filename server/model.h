@@ -1,0 +1,93 @@
+/* model: transformer architectures read from GGUF, and their forward pass.
+ *
+ * cv_model_load reads the hyperparameters of a `llama`, `qwen2` or `gemma3` file,
+ * checks every tensor the architecture needs (present, supported type, exact shape),
+ * hands the weights to a backend (which may use the file's mapping in place: the
+ * cv_gguf must outlive the model) and allocates all scratch for batches of up to
+ * max_batch tokens. cv_model_forward then runs one step for a batch of tokens that may
+ * mix sequences (prefill chunks and decode steps alike), writing K/V into a paged
+ * cv_kv_cache and returning logits for the rows that ask for them. It never allocates.
+ *
+ * Every computation goes through the backend's ops table, so the same forward pass
+ * runs on any backend.
+ */
+#ifndef CV_MODEL_H
+#define CV_MODEL_H
+
+#include <stdint.h>
+
+#include "backend.h"
+#include "cv_error.h"
+#include "gguf.h"
+#include "kv_cache.h"
+
+typedef enum cv_arch {
+    CV_ARCH_LLAMA = 0,   /* Llama 2/3, TinyLlama, DeepSeek-R1-Distill-Llama */
+    CV_ARCH_QWEN2 = 1,   /* Qwen2.5, DeepSeek-R1-Distill-Qwen: QKV bias, NeoX rope */
+    CV_ARCH_GEMMA3 = 2   /* GeGLU, QK-norm, sandwich norms, sliding-window layers */
+} cv_arch;
+
+typedef struct cv_hparams {
+    cv_arch arch;
+    int32_t n_vocab;
+    int32_t n_ctx_train;
+    int32_t dim;             /* embedding length */
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;        /* attention.key_length (= value_length) */
+    int32_t ffn_dim;
+    int32_t n_rot;           /* rope.dimension_count */
+    float rms_eps;
+    float rope_base;         /* global layers */
+    float rope_base_local;   /* gemma3 sliding-window layers */
+    float rope_freq_scale;   /* 1 / rope.scaling.factor for linear scaling */
+    cv_rope_mode rope_mode;
+    int32_t sliding_window;  /* 0: none */
+    int32_t swa_period;      /* gemma3: every swa_period-th layer is global */
+    float attn_scale;        /* multiplies q.k */
+    float embd_scale;        /* multiplies the token embedding (1 unless gemma3) */
+    float final_softcap;     /* 0: none */
+    int tied_output;         /* output projection is token_embd */
+} cv_hparams;
+
+typedef struct cv_model_opts {
+    int32_t max_batch;       /* tokens per forward call (prefill chunk) */
+    int32_t max_logits;      /* rows per call that may ask for logits (<= max_batch) */
+} cv_model_opts;
+
+typedef struct cv_model cv_model;
+
+cv_status cv_model_load(cv_backend *be, const cv_gguf *g, const cv_model_opts *opts,
+                        cv_model **out, cv_error *err);
+void cv_model_free(cv_model *m);
+
+const cv_hparams *cv_model_hparams(const cv_model *m);
+const cv_model_opts *cv_model_options(const cv_model *m);
+const char *cv_arch_name(cv_arch a);
+/* Bytes of weights one forward step reads (every matmul weight once, plus one
+ * embedding row): the numerator of the decode roofline. */
+uint64_t cv_model_weight_bytes(const cv_model *m);
+/* A KV cache configuration for this model: n_ctx positions per sequence (0 = the
+ * training context), max_seqs sequences, all of whose positions fit at once. */
+cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
+                                cv_type kv_type);
+
+/* One forward step. Row i feeds token tokens[i] at position pos[i] of KV sequence
+ * seq[i]; the caller has reserved those positions (cv_kv_reserve), and positions
+ * 0..pos[i]-1 of that sequence were fed by earlier steps or earlier rows of this one.
+ * The rows with want_logits[i] != 0 (only the last row when want_logits is NULL; at
+ * most max_logits rows) get logits, written in row order to logits[n_out][n_vocab]
+ * in host memory. Tokens outside the vocabulary are a CV_EINVAL error. */
+typedef struct cv_batch {
+    int32_t n;
+    const int32_t *tokens;
+    const int32_t *pos;
+    const int32_t *seq;
+    const uint8_t *want_logits;  /* NULL: only the last row */
+} cv_batch;
+
+cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, float *logits,
+                           cv_error *err);
+
+#endif
