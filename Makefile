@@ -21,7 +21,7 @@ CUDA    ?= 0
 NVCC    ?= /usr/local/cuda/bin/nvcc
 FUZZ_SECONDS ?= 60
 
-PKGS    := grpc libprotobuf-c libcurl jansson libmicrohttpd openssl libutf8proc
+PKGS    := grpc libprotobuf-c libcurl jansson libmicrohttpd openssl libutf8proc zlib
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD -MP $(SAN) $(EXTRA_CFLAGS)
 CPPFLAGS := -Ikernels -Iserver -Iapi/include -Iapi -Icontrolplane -I$(BUILD)/gen
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread

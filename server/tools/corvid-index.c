@@ -1,0 +1,290 @@
+/* corvid-index: builds, updates and queries a corvid RAG knowledge base (BM25).
+ *
+ *   corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]
+ *                      [--stopwords FILE | --no-stopwords]
+ *   corvid-index add INDEX INPUT...
+ *   corvid-index query INDEX "question" [-k 5] [--json] [--chunks] [--k1 X] [--b X]
+ *   corvid-index info INDEX
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rag_index.h"
+#include "rag_ingest.h"
+
+static void usage(FILE *f) {
+    fputs("usage:\n"
+          "  corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]\n"
+          "                     [--stopwords FILE | --no-stopwords]\n"
+          "  corvid-index add INDEX INPUT...\n"
+          "  corvid-index query INDEX \"question\" [-k 5] [--json] [--chunks] [--k1 X] [--b X]\n"
+          "  corvid-index info INDEX\n"
+          "inputs: .txt, .md, .jsonl (fields id, title, text, url)\n",
+          f);
+}
+
+static int fail(const cv_error *e) {
+    fprintf(stderr, "corvid-index: %s\n", e->msg);
+    return 1;
+}
+
+typedef struct args {
+    const char *output, *stopwords;
+    int no_stopwords, json, chunks;
+    long k;
+    cv_rag_build_opts build;
+    double k1, b;
+    char **pos;
+    int n_pos;
+} args;
+
+static int parse_num(const char *s, double lo, double hi, const char *name, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "corvid-index: %s '%s': expected a number in [%g, %g]\n", name, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_args(int argc, char **argv, args *a) {
+    static const struct option opts[] = {
+        {"output", required_argument, 0, 'o'}, {"chunk-chars", required_argument, 0, 'c'},
+        {"overlap", required_argument, 0, 'O'}, {"k1", required_argument, 0, '1'},
+        {"b", required_argument, 0, 'b'},       {"stopwords", required_argument, 0, 's'},
+        {"no-stopwords", no_argument, 0, 'S'},   {"json", no_argument, 0, 'j'},
+        {"chunks", no_argument, 0, 'C'},         {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
+    cv_rag_build_opts_default(&a->build);
+    a->k = 5;
+    a->k1 = a->b = -1;
+    int c;
+    double v;
+    while ((c = getopt_long(argc, argv, "o:k:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'o': a->output = optarg; break;
+        case 'c': if (parse_num(optarg, 16, 1000000, "--chunk-chars", &v)) return -1;
+                  a->build.chunk_chars = (uint32_t)v; break;
+        case 'O': if (parse_num(optarg, 0, 500000, "--overlap", &v)) return -1;
+                  a->build.overlap_chars = (uint32_t)v; break;
+        case '1': if (parse_num(optarg, 0, 10, "--k1", &a->k1)) return -1;
+                  a->build.k1 = a->k1; break;
+        case 'b': if (parse_num(optarg, 0, 1, "--b", &a->b)) return -1;
+                  a->build.b = a->b; break;
+        case 'k': if (parse_num(optarg, 1, 1000, "-k", &v)) return -1;
+                  a->k = (long)v; break;
+        case 's': a->stopwords = optarg; break;
+        case 'S': a->no_stopwords = 1; break;
+        case 'j': a->json = 1; break;
+        case 'C': a->chunks = 1; break;
+        case 'h': usage(stdout); exit(0);
+        default: usage(stderr); return -1;
+        }
+    }
+    a->pos = argv + optind;
+    a->n_pos = argc - optind;
+    return 0;
+}
+
+/* One stopword per line; '#' starts a comment line. */
+static cv_status load_stopwords(const char *path, cv_rag_analyzer **out, cv_error *err) {
+    FILE *f = fopen(path, "r");
+    if (!f) return cv_errorf(err, CV_ENOTFOUND, "stopword file %s: cannot open", path);
+    char **words = NULL, *line = NULL;
+    size_t n = 0, cap = 0, lcap = 0;
+    ssize_t len;
+    cv_status st = CV_OK;
+    while ((len = getline(&line, &lcap, f)) >= 0) {
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r' || line[len - 1] == ' '))
+            line[--len] = 0;
+        if (len == 0 || line[0] == '#') continue;
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            char **w = realloc(words, cap * sizeof *w);
+            if (!w) { st = cv_errorf(err, CV_ENOMEM, "out of memory"); break; }
+            words = w;
+        }
+        if (!(words[n] = strdup(line))) { st = cv_errorf(err, CV_ENOMEM, "out of memory"); break; }
+        n++;
+    }
+    fclose(f);
+    free(line);
+    if (!st) st = cv_rag_analyzer_create((const char *const *)(words ? words : (char *[]){0}), n,
+                                         out, err);
+    for (size_t i = 0; i < n; i++) free(words[i]);
+    free(words);
+    return st;
+}
+
+static int ingest_all(cv_rag_builder *b, char **paths, int n, cv_error *e) {
+    for (int i = 0; i < n; i++) {
+        if (cv_rag_ingest_file(b, paths[i], NULL, e)) return -1;
+    }
+    return 0;
+}
+
+static int cmd_build(args *a) {
+    cv_error e = {0};
+    cv_rag_analyzer *an = NULL;
+    cv_rag_builder *b = NULL;
+    int rc = 1;
+    if (!a->output || a->n_pos < 1) {
+        usage(stderr);
+        return 2;
+    }
+    if (a->stopwords ? load_stopwords(a->stopwords, &an, &e)
+                     : cv_rag_analyzer_create(a->no_stopwords ? (const char *[]){""} : NULL, 0, &an, &e))
+        return fail(&e);
+    if (cv_rag_builder_create(&a->build, an, &b, &e) || ingest_all(b, a->pos, a->n_pos, &e) ||
+        cv_rag_builder_write(b, a->output, &e)) {
+        fail(&e);
+        goto done;
+    }
+    fprintf(stderr, "corvid-index: %s: %zu documents, %zu chunks\n", a->output,
+            cv_rag_builder_n_docs(b), cv_rag_builder_n_chunks(b));
+    rc = 0;
+done:
+    cv_rag_builder_free(b);
+    cv_rag_analyzer_free(an);
+    return rc;
+}
+
+static int cmd_add(args *a) {
+    cv_error e = {0};
+    cv_rag_index *ix = NULL;
+    cv_rag_builder *b = NULL;
+    if (a->n_pos < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
+    cv_rag_index_info info;
+    cv_rag_index_info_get(ix, &info);
+    cv_rag_build_opts o = {info.chunk_chars, info.overlap_chars, info.k1, info.b};
+    int rc = 1;
+    if (cv_rag_builder_create(&o, cv_rag_index_analyzer(ix), &b, &e) ||
+        cv_rag_index_copy_into(ix, b, &e) || ingest_all(b, a->pos + 1, a->n_pos - 1, &e) ||
+        cv_rag_builder_write(b, a->pos[0], &e)) {
+        fail(&e);
+    } else {
+        fprintf(stderr, "corvid-index: %s: %zu documents, %zu chunks\n", a->pos[0],
+                cv_rag_builder_n_docs(b), cv_rag_builder_n_chunks(b));
+        rc = 0;
+    }
+    cv_rag_builder_free(b);
+    cv_rag_index_close(ix);
+    return rc;
+}
+
+static int print_json(const cv_rag_index *ix, const cv_rag_hit *hits, size_t n, int chunks) {
+    json_t *root = json_object(), *arr = json_array();
+    int rc = 1;
+    if (!root || !arr || json_object_set_new(root, "hits", arr)) goto done;
+    for (size_t i = 0; i < n; i++) {
+        cv_rag_doc d;
+        cv_rag_index_doc(ix, hits[i].doc, &d);
+        json_t *h = json_object();
+        if (!h || json_array_append_new(arr, h) ||
+            json_object_set_new(h, "id", json_stringn(d.id.ptr, d.id.len)) ||
+            json_object_set_new(h, "title", json_stringn(d.title.ptr, d.title.len)) ||
+            json_object_set_new(h, "url", json_stringn(d.url.ptr, d.url.len)) ||
+            json_object_set_new(h, "score", json_real(hits[i].score)))
+            goto done;
+        if (chunks) {
+            cv_rag_chunk c;
+            cv_rag_index_chunk(ix, hits[i].chunk, &c);
+            if (json_object_set_new(h, "chunk", json_integer(c.ordinal)) ||
+                json_object_set_new(h, "text", json_stringn(c.text.ptr, c.text.len)))
+                goto done;
+        }
+    }
+    char *s = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(6));
+    if (s) {
+        puts(s);
+        free(s);
+        rc = 0;
+    }
+done:
+    json_decref(root ? root : arr);
+    if (rc) fputs("corvid-index: out of memory writing JSON\n", stderr);
+    return rc;
+}
+
+static int cmd_query(args *a) {
+    cv_error e = {0};
+    cv_rag_index *ix = NULL;
+    cv_rag_searcher *s = NULL;
+    cv_rag_hit hits[1000];
+    size_t n = 0;
+    if (a->n_pos != 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (cv_rag_index_open(a->pos[0], 0, &ix, &e)) return fail(&e);
+    cv_rag_search_opts so = {a->k1, a->b, a->chunks ? 0 : 1};
+    int rc = 1;
+    if (cv_rag_searcher_create(ix, &s, &e) ||
+        cv_rag_search(s, &so, a->pos[1], strlen(a->pos[1]), hits, (size_t)a->k, &n, &e)) {
+        fail(&e);
+    } else if (a->json) {
+        rc = print_json(ix, hits, n, a->chunks);
+    } else {
+        for (size_t i = 0; i < n; i++) {
+            cv_rag_doc d;
+            cv_rag_chunk c;
+            cv_rag_index_doc(ix, hits[i].doc, &d);
+            cv_rag_index_chunk(ix, hits[i].chunk, &c);
+            printf("%zu. %.4f  %.*s  %.*s  (chunk %u)\n", i + 1, hits[i].score, (int)d.id.len,
+                   d.id.ptr, (int)d.title.len, d.title.ptr, c.ordinal);
+            if (a->chunks) printf("   %.*s\n", (int)(c.text.len > 300 ? 300 : c.text.len), c.text.ptr);
+        }
+        rc = 0;
+    }
+    cv_rag_searcher_free(s);
+    cv_rag_index_close(ix);
+    return rc;
+}
+
+static int cmd_info(args *a) {
+    cv_error e = {0};
+    cv_rag_index *ix = NULL;
+    if (a->n_pos != 1) {
+        usage(stderr);
+        return 2;
+    }
+    if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
+    cv_rag_index_info i;
+    cv_rag_index_info_get(ix, &i);
+    printf("documents %u\nchunks %u\nterms %u\nchunk_chars %u\noverlap_chars %u\nk1 %g\nb %g\n"
+           "avg_chunk_terms %.1f\n",
+           i.n_docs, i.n_chunks, i.n_terms, i.chunk_chars, i.overlap_chars, i.k1, i.b,
+           i.avg_chunk_terms);
+    cv_rag_index_close(ix);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    args a = {0};
+    if (parse_args(argc - 1, argv + 1, &a)) return 2;
+    if (strcmp(cmd, "build") == 0) return cmd_build(&a);
+    if (strcmp(cmd, "add") == 0) return cmd_add(&a);
+    if (strcmp(cmd, "query") == 0) return cmd_query(&a);
+    if (strcmp(cmd, "info") == 0) return cmd_info(&a);
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "corvid-index: unknown command '%s'\n", cmd);
+    usage(stderr);
+    return 2;
+}
