@@ -58,6 +58,10 @@ static cv_status check_sections(cv_rag_index *ix, const uint8_t *base, unsigned 
     if (h->version != CV_RAG_INDEX_VERSION)
         return cv_errorf(err, CV_EUNSUPPORTED, "index: format version %u, this build reads %u",
                          h->version, CV_RAG_INDEX_VERSION);
+    static const uint8_t zeros[sizeof h->pad] = {0};
+    if ((h->flags & ~RAG_FLAG_CRC) || memcmp(h->pad, zeros, sizeof zeros) != 0)
+        return cv_errorf(err, CV_EFORMAT, "index: unknown header flags 0x%x or non-zero padding",
+                         h->flags);
     if (h->file_size != ix->size)
         return cv_errorf(err, CV_EFORMAT, "index: header file_size %llu, file is %zu bytes (truncated?)",
                          (unsigned long long)h->file_size, ix->size);
