@@ -526,22 +526,6 @@ static cv_status check_known_keys(parser *P) {
 
 /* ---- tensors ---- */
 
-/* Until kernels/quant.c lands on main, a weak stand-in with the layouts of the types
- * the design names; quant.c's definition replaces it at link time. */
-__attribute__((weak)) const cv_type_info *cv_type_get(uint32_t t) {
-    static const cv_type_info types[CV_TYPE_COUNT] = {
-        [CV_TYPE_F32] = {"F32", 1, 4, 1},      [CV_TYPE_F16] = {"F16", 1, 2, 1},
-        [CV_TYPE_Q4_0] = {"Q4_0", 32, 18, 1},  [CV_TYPE_Q4_1] = {"Q4_1", 32, 20, 0},
-        [CV_TYPE_Q5_0] = {"Q5_0", 32, 22, 0},  [CV_TYPE_Q5_1] = {"Q5_1", 32, 24, 0},
-        [CV_TYPE_Q8_0] = {"Q8_0", 32, 34, 1},  [CV_TYPE_Q8_1] = {"Q8_1", 32, 36, 0},
-        [CV_TYPE_Q2_K] = {"Q2_K", 256, 84, 0}, [CV_TYPE_Q3_K] = {"Q3_K", 256, 110, 0},
-        [CV_TYPE_Q4_K] = {"Q4_K", 256, 144, 1}, [CV_TYPE_Q5_K] = {"Q5_K", 256, 176, 0},
-        [CV_TYPE_Q6_K] = {"Q6_K", 256, 210, 1}, [CV_TYPE_Q8_K] = {"Q8_K", 256, 292, 0},
-        [CV_TYPE_BF16] = {"BF16", 1, 2, 1},
-    };
-    return t < CV_TYPE_COUNT && types[t].name ? &types[t] : NULL;
-}
-
 uint64_t cv_gguf_tensor_bytes(cv_type type, uint32_t n_dims, const int64_t *ne) {
     const cv_type_info *ti = cv_type_get((uint32_t)type);
     if (!ti || n_dims < 1 || n_dims > GGUF_MAX_DIMS) return 0;
