@@ -1,0 +1,47 @@
+/* utf8: strict UTF-8 decoding and encoding, and a streaming repairer.
+ *
+ * Decoding follows RFC 3629: no overlong forms, no surrogates, nothing above
+ * U+10FFFF. cv_utf8_decode never reads past `n` bytes.
+ *
+ * cv_utf8_stream turns an arbitrary byte stream, fed in pieces of any size, into
+ * valid UTF-8: complete characters pass through, a character split across feeds
+ * is held back until its last byte arrives, and bytes that cannot start or
+ * continue a character become U+FFFD (one per maximal invalid subpart, as
+ * WHATWG's decoder does). Output never contains half a character.
+ */
+#ifndef CV_UTF8_H
+#define CV_UTF8_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CV_UTF8_REPLACEMENT 0xFFFDu
+
+/* Length (1..4) of the valid character at s[0..n) and its code point in *cp;
+ * 0 when s does not start with a valid, complete character (or n == 0). */
+int cv_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
+
+/* Writes cp (<= U+10FFFF, not a surrogate) to out; returns its length 1..4,
+ * or 0 for a value that is not a Unicode scalar value. */
+int cv_utf8_encode(uint32_t cp, char out[4]);
+
+/* 1 when s[0..n) is entirely valid UTF-8. */
+int cv_utf8_valid(const char *s, size_t n);
+
+typedef struct cv_utf8_stream {
+    uint8_t pend[4]; /* start of a character still missing bytes */
+    uint8_t n_pend;
+} cv_utf8_stream;
+
+/* Most bytes one cv_utf8_stream_feed of n input bytes can write. */
+#define CV_UTF8_STREAM_BOUND(n) (((size_t)(n) + 4) * 3)
+
+void cv_utf8_stream_init(cv_utf8_stream *s);
+/* Appends the repaired text for in[0..n) to out (room for CV_UTF8_STREAM_BOUND(n)
+ * bytes); returns the number of bytes written. */
+size_t cv_utf8_stream_feed(cv_utf8_stream *s, const char *in, size_t n, char *out);
+/* Ends the stream: a held-back incomplete character becomes U+FFFD (out needs 3
+ * bytes). Returns the bytes written; the stream is ready for reuse. */
+size_t cv_utf8_stream_flush(cv_utf8_stream *s, char *out);
+
+#endif
