@@ -1,0 +1,62 @@
+/* chat_template: turns chat messages into a model's prompt text.
+ *
+ * The formats of the supported families are written out in C, each following the
+ * model's published Jinja template (see chat_template.c): no Jinja engine runs. A
+ * family is detected from the GGUF's tokenizer.chat_template by markers that only
+ * that family's template contains; when the file has no template, from its
+ * architecture and name; or it is forced by name. An unrecognised template is an
+ * error, never a guess.
+ *
+ * The prompt leaves out the leading BOS token that every one of these templates
+ * starts with: the tokenizer adds it (tokenizer.ggml.add_bos_token), as llama.cpp
+ * does. Later special tokens (<s> between llama2 turns, <|im_start|>, ...) are in
+ * the text, so the prompt must be tokenized with special tokens recognised.
+ */
+#ifndef CV_CHAT_TEMPLATE_H
+#define CV_CHAT_TEMPLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cv_error.h"
+#include "gguf.h" /* cv_str only */
+
+typedef enum cv_chat_family {
+    CV_CHAT_LLAMA2,      /* [INST] <<SYS>> ... <</SYS>> ... [/INST] */
+    CV_CHAT_LLAMA3,      /* <|start_header_id|>role<|end_header_id|> ... <|eot_id|> */
+    CV_CHAT_CHATML,      /* <|im_start|>role ... <|im_end|> */
+    CV_CHAT_QWEN2,       /* ChatML with Qwen2.5's default system message */
+    CV_CHAT_DEEPSEEK_R1, /* <｜User｜> ... <｜Assistant｜><think> */
+    CV_CHAT_GEMMA,       /* <start_of_turn>user ... <end_of_turn>, system folded into user */
+} cv_chat_family;
+
+typedef struct cv_chat_msg {
+    const char *role;    /* "system", "user" or "assistant" */
+    const char *content; /* UTF-8, NUL-terminated */
+} cv_chat_msg;
+
+/* "llama2", "llama3", "chatml", "qwen2", "deepseek-r1", "gemma". */
+const char *cv_chat_family_name(cv_chat_family f);
+/* CV_EINVAL listing the valid names when name is none of them. */
+cv_status cv_chat_family_from_name(const char *name, cv_chat_family *out, cv_error *err);
+
+/* tmpl: tokenizer.chat_template ({NULL, 0} when absent); arch and name:
+ * general.architecture and general.name, used only when tmpl is absent or empty.
+ * CV_EUNSUPPORTED for a template with no known markers, CV_ENOTFOUND when there
+ * is no template and the architecture and name do not say. */
+cv_status cv_chat_detect(cv_str tmpl, cv_str arch, cv_str name, cv_chat_family *out,
+                         cv_error *err);
+
+/* The prompt for msgs, ending with the assistant's header when
+ * add_generation_prompt. *out is a NUL-terminated malloc'd string (the caller frees
+ * it). CV_EINVAL for an empty chat, an unknown role, or an order the family's
+ * template rejects (llama2 and gemma: an optional first system message, then
+ * user and assistant alternating, starting with user). */
+cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
+                        bool add_generation_prompt, char **out, cv_error *err);
+
+/* The text that ends an assistant turn in this family ("<end_of_turn>",
+ * "<|eot_id|>", ...): the engine stops on it (as a token or a stop string). */
+const char *cv_chat_end_of_turn(cv_chat_family f);
+
+#endif
