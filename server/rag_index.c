@@ -43,6 +43,18 @@ static int get_varint(const uint8_t *p, uint64_t *i, uint64_t end, uint32_t *v) 
     return -1;
 }
 
+/* The search loop's decoder: one byte is the common case. */
+static inline uint32_t read_varint(const uint8_t **p) {
+    uint32_t v = *(*p)++;
+    if (v < 0x80) return v;
+    v &= 0x7F;
+    for (int shift = 7;; shift += 7) {
+        uint32_t b = *(*p)++;
+        v |= (b & 0x7F) << shift;
+        if (b < 0x80) return v;
+    }
+}
+
 static int str_ok(const cv_rag_index *ix, uint32_t off, uint32_t len) {
     return (uint64_t)off + len <= ix->strings_size;
 }
@@ -449,12 +461,16 @@ static size_t top_m(cv_rag_searcher *s, size_t m) {
     size_t n = 0;
     for (size_t i = 0; i < s->n_touched; i++) {
         uint32_t c = s->touched[i];
-        cv_rag_hit h = {c, s->ix->chunks[c].doc, s->score[c]};
+        cv_rag_hit h = {c, 0, s->score[c]};
+        /* Most chunks lose against the heap's root: decide on the score before touching
+         * the chunk record (a cache miss per chunk on large indexes). */
+        if (n == m && !hit_better(&h, &s->cand[0])) continue;
+        h.doc = s->ix->chunks[c].doc;
         if (n < m) {
             s->cand[n++] = h;
             if (n == m)
                 for (size_t k = m / 2 + 1; k-- > 0;) sift_down(s->cand, n, k);
-        } else if (hit_better(&h, &s->cand[0])) {
+        } else {
             s->cand[0] = h;
             sift_down(s->cand, n, 0);
         }
@@ -484,12 +500,10 @@ cv_status cv_rag_search(cv_rag_searcher *s, const cv_rag_search_opts *opts, cons
     for (size_t t = 0; t < q.n; t++) {
         const rag_term_rec *r = &ix->terms[q.id[t]];
         float w = (float)(q.qtf[t] * log(1 + (m->n_chunks - r->df + 0.5) / (r->df + 0.5)) * (k1 + 1));
-        uint64_t i = r->post_off, end = r->post_off + r->post_len;
+        const uint8_t *p = ix->post + r->post_off; /* validated on open: no bounds checks */
         uint32_t chunk = 0;
-        for (uint32_t p = 0; p < r->df; p++) {
-            uint32_t delta, tf;
-            get_varint(ix->post, &i, end, &delta); /* validated on open */
-            get_varint(ix->post, &i, end, &tf);
+        for (uint32_t k = 0; k < r->df; k++) {
+            uint32_t delta = read_varint(&p), tf = read_varint(&p);
             chunk += delta;
             if (s->score[chunk] == 0) s->touched[s->n_touched++] = chunk;
             s->score[chunk] += w * (float)tf / ((float)tf + s->norm[chunk]);
