@@ -11,12 +11,17 @@ static void ref_convert(cv_type wtype, const float *x, void *act, int64_t cols) 
     cv_quantize_row_act(cv_type_vec_dot_type(wtype), x, act, cols);
 }
 
+/* quant's multi-row dot reads each weight row once per CV_VEC_DOT_ROWS tokens. */
 static void ref_rows(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride,
                      int32_t n, float *y, int64_t ldy) {
+    float out[CV_VEC_DOT_ROWS];
     for (int64_t r = r0; r < r1; r++) {
         const void *row = (const char *)w->data + r * w->row_stride;
-        for (int32_t t = 0; t < n; t++)
-            y[t * ldy + r] = cv_vec_dot(w->type, w->cols, row, (const char *)act + t * act_stride);
+        for (int32_t t = 0; t < n; t += CV_VEC_DOT_ROWS) {
+            int k = n - t < CV_VEC_DOT_ROWS ? n - t : CV_VEC_DOT_ROWS;
+            cv_vec_dot_rows(w->type, w->cols, row, (const char *)act + t * act_stride, act_stride, k, out);
+            for (int j = 0; j < k; j++) y[(t + j) * ldy + r] = out[j];
+        }
     }
 }
 

@@ -24,7 +24,8 @@ typedef struct cv_matmul_kernel {
                  int32_t n, float *y, int64_t ldy);
 } cv_matmul_kernel;
 
-/* The row-by-row reference over cv_vec_dot, for every supported type. */
+/* Row by row over quant's cv_vec_dot_rows, for every supported type: the reference
+ * when quant is forced scalar, quant's AVX2 dots otherwise. */
 extern const cv_matmul_kernel cv_matmul_ref;
 /* NULL when the AVX2 kernels do not cover the type. */
 const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype);

@@ -1,6 +1,183 @@
+/* AVX2 matmul tiles for Q4_0 and Q8_0 weights (the decode hot path).
+ *
+ * Activations are converted once per call by cv_quantize_row_act (Q8_0, the same bytes
+ * as the reference), followed in the scratch row by each block's scale as a float and,
+ * for Q4_0, 8 x the sum of its quants. A tile is 4 weight rows x RN activation rows:
+ * each weight block is unpacked once for RN tokens, each activation block once for 4
+ * rows. The integer block sums of the 4 rows are reduced together into one 4-lane
+ * vector, so the scale work (weight scale x activation scale, one FMA) is done for 4
+ * outputs at a time instead of per output.
+ *   Q4_0: maddubs(level, a) with the unsigned levels 0..15; the offset of 8 comes off
+ *         as 8 * sum(a) per block (exact, in integers).
+ *   Q8_0: maddubs(|w|, sign(a, w)) (no saturation: |w|, |a| <= 127).
+ * Each output sums its blocks in order with the same integer and float steps whatever
+ * the tile shape or thread split, so results do not depend on the thread count.
+ */
+#include <immintrin.h>
+#include <string.h>
+
 #include "matmul.h"
+#include "quant_blocks.h"
+
+#define INLINE static inline __attribute__((always_inline))
+
+enum { W_Q4_0, W_Q8_0 };
+
+/* Layout of one converted activation row of nb blocks in the scratch. */
+static size_t q8_part(int64_t nb) { return ((size_t)nb * sizeof(cv_block_q8_0) + 31) & ~(size_t)31; }
+
+static size_t act_bytes(cv_type wtype, int64_t cols) {
+    (void)wtype;
+    int64_t nb = cols / 32;
+    return q8_part(nb) + (size_t)nb * (sizeof(float) + sizeof(int32_t));
+}
+
+static void act_convert(cv_type wtype, const float *x, void *act, int64_t cols) {
+    int64_t nb = cols / 32;
+    const cv_block_q8_0 *q = act;
+    cv_quantize_row_act(CV_TYPE_Q8_0, x, act, cols);
+    float *d = (float *)((char *)act + q8_part(nb));
+    int32_t *s8 = (int32_t *)(d + nb);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < nb; b++) {
+        d[b] = _cvtsh_ss(q[b].d);
+        if (wtype == CV_TYPE_Q4_0) {
+            __m256i a = _mm256_loadu_si256((const __m256i *)q[b].qs);
+            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, a), ones16);
+            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+            s8[b] = 8 * _mm_cvtsi128_si32(h);
+        }
+    }
+}
+
+/* The 8-lane int32 sums of four rows -> one int32 per row. */
+INLINE __m128i reduce4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
+    __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(p0, p1), _mm256_hadd_epi32(p2, p3));
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+/* Scales of block b of four rows (rows past RM repeat row 0; their lanes are unused). */
+INLINE __m128 scales4(const uint8_t *w, size_t ws, int RM, int64_t b, size_t blk) {
+    const __m128i idx = _mm_setr_epi32(0, RM > 1 ? (int)ws : 0, RM > 2 ? (int)(2 * ws) : 0, RM > 3 ? (int)(3 * ws) : 0);
+    __m128i g = _mm_i32gather_epi32((const int *)(w + b * blk), idx, 1);
+    g = _mm_shuffle_epi8(g, _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+    return _mm_cvtph_ps(g);
+}
+
+INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, size_t ws, const uint8_t *act,
+                 size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : sizeof(cv_block_q8_0);
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+    const size_t qpart = q8_part(nb);
+    __m128 acc[4];
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < RN; t++) acc[t] = _mm_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        __m256i wq[4], wa[4];
+        _Pragma("GCC unroll 4")
+        for (int r = 0; r < RM; r++) {
+            const uint8_t *blkp = w + r * ws + b * blk;
+            if (kind == W_Q4_0) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(blkp + 2));
+                wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), low4);
+            } else {
+                wq[r] = _mm256_loadu_si256((const __m256i *)(blkp + 2));
+                wa[r] = _mm256_abs_epi8(wq[r]);
+            }
+        }
+        const __m128 dw = scales4(w, ws, RM, b, blk);
+        _Pragma("GCC unroll 4")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *arow = act + t * astride;
+            const __m256i aq = _mm256_loadu_si256((const __m256i *)(arow + b * sizeof(cv_block_q8_0) + 2));
+            const float *ad = (const float *)(arow + qpart);
+            __m256i p[4];
+            _Pragma("GCC unroll 4")
+            for (int r = 0; r < 4; r++) {
+                if (r >= RM) {
+                    p[r] = _mm256_setzero_si256();
+                } else if (kind == W_Q4_0) {
+                    p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ones);
+                } else {
+                    p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(aq, wq[r])), ones);
+                }
+            }
+            __m128i s = reduce4(p[0], p[1], p[2], p[3]);
+            if (kind == W_Q4_0) s = _mm_sub_epi32(s, _mm_set1_epi32(((const int32_t *)(ad + nb))[b]));
+            acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(dw, _mm_set1_ps(ad[b])), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (int t = 0; t < RN; t++) {
+        if (RM == 4) {
+            _mm_storeu_ps(y + t * ldy, acc[t]);
+        } else {
+            float o[4];
+            _mm_storeu_ps(o, acc[t]);
+            memcpy(y + t * ldy, o, (size_t)RM * sizeof(float));
+        }
+    }
+}
+
+/* Tiles of 4 rows x up to 4 tokens; the rows' tail takes a narrower tile. */
+INLINE void tile_any(const int kind, int rm, int rn, const uint8_t *w, size_t ws, const uint8_t *act, size_t as,
+                     int64_t nb, float *y, int64_t ldy) {
+#define TILE_RN(RM)                                                              \
+    switch (rn) {                                                                \
+    case 4: tile(kind, RM, 4, w, ws, act, as, nb, y, ldy); break;                \
+    case 3: tile(kind, RM, 3, w, ws, act, as, nb, y, ldy); break;                \
+    case 2: tile(kind, RM, 2, w, ws, act, as, nb, y, ldy); break;                \
+    default: tile(kind, RM, 1, w, ws, act, as, nb, y, ldy); break;               \
+    }
+    switch (rm) {
+    case 4: TILE_RN(4) break;
+    case 3: TILE_RN(3) break;
+    case 2: TILE_RN(2) break;
+    default: TILE_RN(1) break;
+    }
+#undef TILE_RN
+}
+
+/* Rows are taken in blocks that stay in L1/L2 while every token passes over them. */
+#define ROW_BLOCK 16
+
+INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
+                      size_t act_stride, int32_t n, float *y, int64_t ldy) {
+    const int64_t nb = w->cols / 32;
+    const size_t ws = w->row_stride;
+    const uint8_t *A = act;
+    for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
+        int64_t re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
+        for (int32_t t = 0; t < n; t += 4) {
+            int rn = n - t < 4 ? n - t : 4;
+            for (int64_t r = rb; r < re; r += 4) {
+                int rm = re - r < 4 ? (int)(re - r) : 4;
+                tile_any(kind, rm, rn, (const uint8_t *)w->data + r * ws, ws, A + (size_t)t * act_stride, act_stride,
+                         nb, y + (int64_t)t * ldy + r, ldy);
+            }
+        }
+    }
+}
+
+static void rows_q4_0(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    rows_kind(W_Q4_0, w, r0, r1, act, act_stride, n, y, ldy);
+}
+
+static void rows_q8_0(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    rows_kind(W_Q8_0, w, r0, r1, act, act_stride, n, y, ldy);
+}
+
+static const cv_matmul_kernel k_q4_0 = {act_bytes, act_convert, rows_q4_0};
+static const cv_matmul_kernel k_q8_0 = {act_bytes, act_convert, rows_q8_0};
 
 const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype) {
-    (void)wtype;
-    return NULL;
+    switch (wtype) {
+    case CV_TYPE_Q4_0: return &k_q4_0;
+    case CV_TYPE_Q8_0: return &k_q8_0;
+    default: return NULL;
+    }
 }
