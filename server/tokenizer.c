@@ -282,8 +282,9 @@ static cv_status index_specials(cv_tok *t, cv_error *err) {
     return CV_OK;
 }
 
+/* def applies only when the key is absent: a present "no such token" stays -1. */
 static int32_t get_id(const cv_tok *t, const cv_gguf *g, const char *key, int32_t def) {
-    int64_t v = cv_gguf_get_i64(g, key, def);
+    int64_t v = cv_gguf_find_key(g, key) < 0 ? def : cv_gguf_get_token_id(g, key);
     return v >= 0 && v < t->n ? (int32_t)v : -1;
 }
 
@@ -297,7 +298,7 @@ static void add_eog(cv_tok *t, int32_t id) {
 /* Turn-ending tokens of the common chat formats, as llama.cpp recognises them. */
 static const char *const k_eog_texts[] = {
     "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|eom_id|>",
-    "<EOT>", "_<EOT>", "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",
+    "<EOT>", "_<EOT>", ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"),
 };
 
 static cv_status parse_pre(cv_tok *t, const cv_gguf *g, cv_error *err) {
