@@ -16,9 +16,10 @@
  * general.alignment UINT32 (a power of two, default 32), tokenizer.ggml.tokens and
  * .merges ARRAY of STRING, .scores ARRAY of FLOAT32 and .token_type ARRAY of INT32
  * (both as long as .tokens), tokenizer.ggml.*_token_id a non-negative integer below
- * the vocabulary size or -1 / all ones for "none", <arch>.context_length/.block_count/.embedding_length/... a
- * non-negative integer, <arch>.attention.layer_norm_rms_epsilon/.rope.freq_base/...
- * FLOAT32, tokenizer.ggml.add_*_token BOOL. Tensors: n_dims 1..4, every ne > 0,
+ * the vocabulary size (or -1 / all ones: llama.cpp's "none"),
+ * <arch>.context_length/.block_count/.embedding_length/... a non-negative integer,
+ * <arch>.attention.layer_norm_rms_epsilon/.rope.freq_base/... FLOAT32,
+ * tokenizer.ggml.add_*_token BOOL. Tensors: n_dims 1..4, every ne > 0,
  * ne[0] a multiple of the type's block size, offsets aligned, data inside the file and
  * not overlapping. Nothing else is checked about unknown keys.
  * A handle is read-only after open: any number of threads may use it at once.
