@@ -18,6 +18,8 @@
 #include "quant_blocks.h"
 
 #define INLINE static inline __attribute__((always_inline))
+/* Row and chunk loops must be unrolled so that accumulators live in registers. */
+#define UNROLL _Pragma("GCC unroll 8")
 
 /* Emit the exported n_act-rows entry point over kernel(..., R rows (1..4), out, kind). */
 #define DEFINE_DOT_ROWS(name, kernel, kind)                                                \
@@ -45,6 +47,9 @@ INLINE float hsum_ps128(__m128 s) {
 }
 
 INLINE float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+/* A half scale broadcast to 8 floats (broadcast load + one conversion). */
+INLINE __m256 h2f8(const uint16_t *h) { return _mm256_cvtph_ps(_mm_set1_epi16((short)*h)); }
 
 /* int16 pair sums -> 8 float sums of 4 products each */
 INLINE __m256 pairs_to_ps(__m256i p16) {
@@ -81,11 +86,11 @@ INLINE void float_rows(int64_t n, const void *w, const uint8_t *act, size_t stri
                        float *out, int kind) {
     __m256 acc[4][2];
     float tail[4] = {0};
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         const __m256 w0 = load_w8(w, i, kind), w1 = load_w8(w, i + 8, kind);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const float *a = act_row(act, stride, r);
             acc[r][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(a + i), acc[r][0]);
             acc[r][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(a + i + 8), acc[r][1]);
@@ -93,9 +98,9 @@ INLINE void float_rows(int64_t n, const void *w, const uint8_t *act, size_t stri
     }
     for (; i < n; i++) {
         const float wi = load_w1(w, i, kind);
-        for (int r = 0; r < R; r++) tail[r] += wi * ((const float *)act_row(act, stride, r))[i];
+        UNROLL for (int r = 0; r < R; r++) tail[r] += wi * ((const float *)act_row(act, stride, r))[i];
     }
-    for (int r = 0; r < R; r++) out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1])) + tail[r];
+    UNROLL for (int r = 0; r < R; r++) out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1])) + tail[r];
 }
 
 DEFINE_DOT_ROWS(cv_avx2_dot_rows_f32, float_rows, W_F32)
@@ -121,25 +126,24 @@ INLINE __m256i q5_0_high(const uint8_t *qh) {
 INLINE void q32_block(const void *w, int64_t i, const uint8_t *act, size_t stride, const int R,
                       __m256 acc[4][2], int u, int kind) {
     __m256i q;
-    uint16_t d16;
+    __m256 dx;
     if (kind == W_Q4_0) {
         const cv_block_q4_0 *x = (const cv_block_q4_0 *)w + i;
         q = nibbles_32(x->qs);
-        d16 = x->d;
+        dx = h2f8(&x->d);
     } else if (kind == W_Q5_0) {
         const cv_block_q5_0 *x = (const cv_block_q5_0 *)w + i;
         q = _mm256_or_si256(nibbles_32(x->qs), q5_0_high(x->qh));
-        d16 = x->d;
+        dx = h2f8(&x->d);
     } else {
         const cv_block_q8_0 *x = (const cv_block_q8_0 *)w + i;
         q = _mm256_loadu_si256((const __m256i *)x->qs);
-        d16 = x->d;
+        dx = h2f8(&x->d);
     }
-    const float dx = h2f(d16);
     /* Q8_0 is signed: move its sign onto the activations, maddubs |q| * +-a */
     const __m256i uq = kind == W_Q8_0 ? _mm256_abs_epi8(q) : q;
     const __m256i offset = _mm256_set1_epi8(kind == W_Q4_0 ? 8 : 16);
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int r = 0; r < R; r++) {
         const cv_block_q8_0 *y = (const cv_block_q8_0 *)act_row(act, stride, r) + i;
         const __m256i a = _mm256_loadu_si256((const __m256i *)y->qs);
         __m256i p;
@@ -147,7 +151,7 @@ INLINE void q32_block(const void *w, int64_t i, const uint8_t *act, size_t strid
             p = _mm256_maddubs_epi16(uq, _mm256_sign_epi8(a, q));
         else
             p = _mm256_sub_epi16(_mm256_maddubs_epi16(uq, a), _mm256_maddubs_epi16(offset, a));
-        acc[r][u] = _mm256_fmadd_ps(_mm256_set1_ps(dx * h2f(y->d)), pairs_to_ps(p), acc[r][u]);
+        acc[r][u] = _mm256_fmadd_ps(_mm256_mul_ps(dx, h2f8(&y->d)), pairs_to_ps(p), acc[r][u]);
     }
 }
 
@@ -155,14 +159,14 @@ INLINE void q32_rows(int64_t n, const void *w, const uint8_t *act, size_t stride
                      float *out, int kind) {
     const int64_t nb = n / 32;
     __m256 acc[4][2];
-    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 2 <= nb; i += 2) {
         q32_block(w, i, act, stride, R, acc, 0, kind);
         q32_block(w, i + 1, act, stride, R, acc, 1, kind);
     }
     if (i < nb) q32_block(w, i, act, stride, R, acc, 0, kind);
-    for (int r = 0; r < R; r++) out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
+    UNROLL for (int r = 0; r < R; r++) out[r] = hsum_ps(_mm256_add_ps(acc[r][0], acc[r][1]));
 }
 
 DEFINE_DOT_ROWS(cv_avx2_dot_rows_q4_0, q32_rows, W_Q4_0)
@@ -195,7 +199,7 @@ INLINE void k4_rows(int64_t n, const void *w, const uint8_t *act, size_t stride,
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4];
     __m128 accm[4];
-    for (int r = 0; r < R; r++) {
+    UNROLL for (int r = 0; r < R; r++) {
         acc[r] = _mm256_setzero_ps();
         accm[r] = _mm_setzero_ps();
     }
@@ -208,7 +212,7 @@ INLINE void k4_rows(int64_t n, const void *w, const uint8_t *act, size_t stride,
         const __m256i scales = _mm256_broadcastsi128_si256(_mm256_castsi256_si128(sm));
         const float dx = h2f(x4->d), dmx = h2f(x4->dmin);
         __m256i sumi[4];
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
             const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
             /* sums of activations per 32-element sub-block, times the mins */
@@ -218,7 +222,7 @@ INLINE void k4_rows(int64_t n, const void *w, const uint8_t *act, size_t stride,
             sumi[r] = _mm256_setzero_si256();
         }
         const __m256i hb = has_high ? _mm256_loadu_si256((const __m256i *)x5->qh) : _mm256_setzero_si256();
-        for (int c = 0; c < 4; c++) {
+        UNROLL for (int c = 0; c < 4; c++) {
             const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + 32 * c));
             __m256i lo = _mm256_and_si256(q, m4);
             __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
@@ -230,7 +234,7 @@ INLINE void k4_rows(int64_t n, const void *w, const uint8_t *act, size_t stride,
                 hi = _mm256_or_si256(hi, _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hb, bhi), bhi), b4));
             }
             const __m256i sc_lo = bcast16(scales, 2 * c), sc_hi = bcast16(scales, 2 * c + 1);
-            for (int r = 0; r < R; r++) {
+            UNROLL for (int r = 0; r < R; r++) {
                 const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
                 const __m256i a_lo = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c));
                 const __m256i a_hi = _mm256_loadu_si256((const __m256i *)(y->qs + 64 * c + 32));
@@ -239,12 +243,12 @@ INLINE void k4_rows(int64_t n, const void *w, const uint8_t *act, size_t stride,
                 sumi[r] = _mm256_add_epi32(sumi[r], _mm256_add_epi32(p_lo, p_hi));
             }
         }
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) out[r] = hsum_ps(acc[r]) + hsum_ps128(accm[r]);
+    UNROLL for (int r = 0; r < R; r++) out[r] = hsum_ps(acc[r]) + hsum_ps128(accm[r]);
 }
 
 DEFINE_DOT_ROWS(cv_avx2_dot_rows_q4_K, k4_rows, 0)
@@ -256,18 +260,18 @@ INLINE void q6_K_rows(int64_t n, const void *w, const uint8_t *act, size_t strid
     const cv_block_q6_K *x = w;
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256 acc[4];
-    for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+    UNROLL for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / CV_QK_K; i++) {
         const __m128i sc8 = _mm_loadu_si128((const __m128i *)x[i].scales);
         const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
         __m256i sumi[4];
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             /* the -32 offset: 32 * sum_g scale_g * (sum of the group's activations) */
             const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
             const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i *)y->bsums));
             sumi[r] = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
         }
-        for (int h = 0; h < 2; h++) {
+        UNROLL for (int h = 0; h < 2; h++) {
             const __m256i ql0 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h));
             const __m256i ql1 = _mm256_loadu_si256((const __m256i *)(x[i].ql + 64 * h + 32));
             const __m256i qh = _mm256_loadu_si256((const __m256i *)(x[i].qh + 32 * h));
@@ -280,13 +284,13 @@ INLINE void q6_K_rows(int64_t n, const void *w, const uint8_t *act, size_t strid
                                    _mm256_and_si256(qh, _mm256_set1_epi8(0x30)));
             q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
                                    _mm256_srli_epi16(_mm256_and_si256(qh, _mm256_set1_epi8((char)0xC0)), 2));
-            for (int k = 0; k < 4; k++) {
+            UNROLL for (int k = 0; k < 4; k++) {
                 /* scales of groups 8h+2k (low lane) and 8h+2k+1 (high lane) */
                 const int g = 8 * h + 2 * k;
                 const __m128i pick = _mm_set_epi64x((long long)(0x0101010101010101ULL * (unsigned)(g + 1)),
                                                     (long long)(0x0101010101010101ULL * (unsigned)g));
                 const __m256i sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(sc8, pick));
-                for (int r = 0; r < R; r++) {
+                UNROLL for (int r = 0; r < R; r++) {
                     const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
                     const __m256i a = _mm256_loadu_si256((const __m256i *)(y->qs + 128 * h + 32 * k));
                     sumi[r] = _mm256_add_epi32(sumi[r], _mm256_madd_epi16(sc, _mm256_maddubs_epi16(q[k], a)));
@@ -294,12 +298,12 @@ INLINE void q6_K_rows(int64_t n, const void *w, const uint8_t *act, size_t strid
             }
         }
         const float dx = h2f(x[i].d);
-        for (int r = 0; r < R; r++) {
+        UNROLL for (int r = 0; r < R; r++) {
             const cv_block_q8_K *y = (const cv_block_q8_K *)act_row(act, stride, r) + i;
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(y->d * dx), _mm256_cvtepi32_ps(sumi[r]), acc[r]);
         }
     }
-    for (int r = 0; r < R; r++) out[r] = hsum_ps(acc[r]);
+    UNROLL for (int r = 0; r < R; r++) out[r] = hsum_ps(acc[r]);
 }
 DEFINE_DOT_ROWS(cv_avx2_dot_rows_q6_K, q6_K_rows, 0)
 
@@ -333,14 +337,14 @@ void cv_avx2_quantize_row_q8_0(const float *src, void *dst, int64_t n) {
     for (int64_t i = 0; i < n / CV_QK8_0; i++) {
         const float *x = src + 32 * i;
         __m256 v[4];
-        for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
+        UNROLL for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_ps(x + 8 * k);
         const float amax = hmax_ps(_mm256_max_ps(_mm256_max_ps(abs_ps(v[0]), abs_ps(v[1])),
                                                  _mm256_max_ps(abs_ps(v[2]), abs_ps(v[3]))));
         const float d = amax / 127;
         const __m256 id = _mm256_set1_ps(d ? 1.0f / d : 0.0f);
         y[i].d = cv_fp32_to_fp16(d);
         __m256i q[4];
-        for (int k = 0; k < 4; k++) q[k] = roundf_epi32(_mm256_mul_ps(v[k], id));
+        UNROLL for (int k = 0; k < 4; k++) q[k] = roundf_epi32(_mm256_mul_ps(v[k], id));
         _mm256_storeu_si256((__m256i *)y[i].qs, pack_32xi8(q[0], q[1], q[2], q[3]));
     }
 }
@@ -371,7 +375,7 @@ void cv_avx2_quantize_row_q8_K(const float *src, void *dst, int64_t n) {
         int64_t sums[16];
         for (int c = 0; c < 8; c++) {
             __m256i q[4];
-            for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * k), mul));
+            UNROLL for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * k), mul));
             const __m256i p = pack_32xi8(q[0], q[1], q[2], q[3]);
             _mm256_storeu_si256((__m256i *)(y[i].qs + 32 * c), p);
             /* byte sums: sad of the bytes biased to unsigned, 4 sums of 8 */
