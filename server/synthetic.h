@@ -1,0 +1,53 @@
+/* synthetic: random-weight GGUF models with the shapes of real ones.
+ *
+ * For benchmarks and tests that need a model of a real size (bandwidth, batching,
+ * tensor parallelism) without its weights. The file is what llama.cpp's converter
+ * writes for that architecture: the same tensor names and shapes (token_embd.weight,
+ * blk.N.attn_q.weight [+ .bias for qwen2], ..., output_norm.weight, output.weight
+ * unless embeddings are tied), the same metadata keys (<arch>.context_length, ...),
+ * tensor types chosen by a quantize recipe (cv_qrecipe_pick). Weights are
+ * approximately normal with standard deviation 0.02 (a sum of four uniforms), norms
+ * are 1.0, so activations stay in a sane range through all layers.
+ *
+ * The tokenizer is copied from another GGUF file (every tokenizer.* key; the model's
+ * vocabulary size becomes that file's) or made up: a SentencePiece-style "llama"
+ * vocabulary of the shape's size with <unk> <s> </s>, the 256 byte tokens and
+ * letter pieces with and without the word-start mark, scored so that longer pieces
+ * are preferred. The output is a function of (shape, recipe, seed, vocab file):
+ * the same bytes on every run and for any thread count.
+ */
+#ifndef CV_SYNTHETIC_H
+#define CV_SYNTHETIC_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "cv_error.h"
+#include "quantize.h"
+
+typedef struct cv_synth_shape {
+    const char *name;   /* "tinyllama-1.1b", ... */
+    const char *arch;   /* general.architecture: "llama" or "qwen2" */
+    uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
+    float rope_base, rms_eps;
+    int qkv_bias;       /* attn_q/k/v biases (qwen2) */
+    int tied;           /* no output.weight: token_embd.weight is the output matrix */
+} cv_synth_shape;
+
+/* The built-in shapes, by name; NULL when unknown. */
+const cv_synth_shape *cv_synth_find(const char *name);
+/* The i-th built-in shape, NULL past the last (for listings). */
+const cv_synth_shape *cv_synth_at(int i);
+
+typedef struct cv_synth_opts {
+    cv_qrecipe recipe;
+    uint64_t seed;
+    const char *vocab_from;  /* GGUF file whose tokenizer.* keys are copied; NULL: made up */
+    int n_threads;           /* <= 0: one per online CPU */
+    FILE *log;               /* notes; NULL for silence */
+} cv_synth_opts;
+
+cv_status cv_synth_write(const cv_synth_shape *shape, const cv_synth_opts *opts, const char *out_path,
+                         cv_error *err);
+
+#endif

@@ -1,0 +1,116 @@
+/* corvid-quantize: convert a GGUF model's weights to another type, or write a
+ * random-weight model of a real shape (see server/quantize.h, server/synthetic.h). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quantize.h"
+#include "synthetic.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: corvid-quantize [--threads N] IN.gguf OUT.gguf TYPE\n"
+            "       corvid-quantize --synthetic SHAPE --type TYPE [--vocab-from FILE.gguf] [--seed N]\n"
+            "                       [--threads N] OUT.gguf\n"
+            "       corvid-quantize --list-shapes\n"
+            "TYPE: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_K_M\n");
+}
+
+static void list_shapes(void) {
+    printf("%-16s %-6s %6s %6s %5s %4s %6s %7s %6s\n", "shape", "arch", "dim", "layers", "heads", "kv", "ffn",
+           "vocab", "ctx");
+    for (int i = 0; cv_synth_at(i); i++) {
+        const cv_synth_shape *s = cv_synth_at(i);
+        printf("%-16s %-6s %6u %6u %5u %4u %6u %7u %6u%s\n", s->name, s->arch, s->n_embd, s->n_layer, s->n_head,
+               s->n_head_kv, s->n_ff, s->n_vocab, s->n_ctx, s->qkv_bias ? " (qkv bias, tied embeddings)" : "");
+    }
+}
+
+static int parse_u64(const char *flag, const char *v, uint64_t *out) {
+    char *end;
+    errno = 0;
+    const unsigned long long x = strtoull(v, &end, 10);
+    if (errno || end == v || *end || v[0] == '-') {
+        fprintf(stderr, "corvid-quantize: %s wants a non-negative integer, got '%s'\n", flag, v);
+        return -1;
+    }
+    *out = x;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const char *shape = NULL, *type = NULL, *vocab = NULL, *pos[3];
+    uint64_t seed = 0, threads = 0;
+    int n_pos = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const int has_value = i + 1 < argc;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--list-shapes")) {
+            list_shapes();
+            return 0;
+        } else if (!strcmp(a, "--synthetic") && has_value) {
+            shape = argv[++i];
+        } else if (!strcmp(a, "--type") && has_value) {
+            type = argv[++i];
+        } else if (!strcmp(a, "--vocab-from") && has_value) {
+            vocab = argv[++i];
+        } else if (!strcmp(a, "--seed") && has_value) {
+            if (parse_u64(a, argv[++i], &seed)) return 2;
+        } else if (!strcmp(a, "--threads") && has_value) {
+            if (parse_u64(a, argv[++i], &threads) || threads > 1024) {
+                fprintf(stderr, "corvid-quantize: --threads wants 0..1024\n");
+                return 2;
+            }
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "corvid-quantize: unknown option or missing value: %s\n", a);
+            usage(stderr);
+            return 2;
+        } else if (n_pos < 3) {
+            pos[n_pos++] = a;
+        } else {
+            usage(stderr);
+            return 2;
+        }
+    }
+    cv_error err = {0};
+    cv_qrecipe r;
+    if (shape) {
+        const cv_synth_shape *s = cv_synth_find(shape);
+        if (!s) {
+            fprintf(stderr, "corvid-quantize: unknown shape '%s' (--list-shapes lists them)\n", shape);
+            return 2;
+        }
+        if (!type || n_pos != 1) {
+            usage(stderr);
+            return 2;
+        }
+        if (cv_qrecipe_parse(type, &r, &err)) {
+            fprintf(stderr, "corvid-quantize: %s\n", err.msg);
+            return 2;
+        }
+        const cv_synth_opts o = {r, seed, vocab, (int)threads, stderr};
+        if (cv_synth_write(s, &o, pos[0], &err)) {
+            fprintf(stderr, "corvid-quantize: %s\n", err.msg);
+            return 1;
+        }
+        return 0;
+    }
+    if (n_pos != 3 || type || vocab) {
+        usage(stderr);
+        return 2;
+    }
+    if (cv_qrecipe_parse(pos[2], &r, &err)) {
+        fprintf(stderr, "corvid-quantize: %s\n", err.msg);
+        return 2;
+    }
+    const cv_quantize_opts o = {(int)threads, stderr};
+    if (cv_quantize_model(pos[0], pos[1], r, &o, &err)) {
+        fprintf(stderr, "corvid-quantize: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
