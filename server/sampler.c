@@ -339,10 +339,26 @@ static void fill_logprobs(const cv_sampler *s, const float *logits, cv_sample *o
     }
 }
 
+/* Greedy without a penalty to apply needs no working copy: one read-only pass. */
+static int32_t plain_argmax(const float *logits, int32_t n) {
+    int32_t best = 0;
+    float bv = sane(logits[0]);
+    for (int32_t i = 1; i < n; i++) {
+        float v = sane(logits[i]);
+        if (v > bv) bv = v, best = i;
+    }
+    return best;
+}
+
 int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out) {
+    int32_t token;
+    if (s->p.temperature == 0.0f && (s->p.repeat_penalty == 1.0f || s->hist_len == 0)) {
+        token = plain_argmax(logits, s->n_vocab);
+        goto chosen;
+    }
     size_t n = truncate_candidates(s, logits);
     cand *c = s->cand;
-    int32_t token = c[0].id;
+    token = c[0].id;
     if (n > 1) {
         double total = temper(c, n, s->p.temperature);
         double u = rng_uniform(s->rng) * total, acc = 0.0;
@@ -353,6 +369,7 @@ int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out) {
             if (acc > u) break;
         }
     }
+chosen:
     hist_push(s, token);
     if (out) {
         memset(out, 0, sizeof *out);

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -299,6 +300,38 @@ static void test_seed_determinism(void **state) {
     free(l);
 }
 
+typedef struct thread_job {
+    const float *logits;
+    int32_t n;
+    uint64_t seed;
+    int32_t out[256];
+} thread_job;
+
+static void *thread_draw(void *arg) {
+    thread_job *j = arg;
+    draw_sequence(j->seed, j->logits, j->n, j->out, 256);
+    return NULL;
+}
+
+/* Samplers share nothing: drawing on two threads at once gives each the tokens it
+ * gives alone. */
+static void test_samplers_on_threads_are_independent(void **state) {
+    (void)state;
+    const int32_t n = 2000;
+    float *l = random_logits(3 * n);
+    thread_job jobs[2] = {{.logits = l, .n = n, .seed = g_seed},
+                          {.logits = l, .n = n, .seed = g_seed ^ 0x5555}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, thread_draw, &jobs[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        int32_t alone[256];
+        draw_sequence(jobs[i].seed, l, n, alone, 256);
+        assert_memory_equal(alone, jobs[i].out, sizeof alone);
+    }
+    free(l);
+}
+
 /* Pins the generator and the order in which the draw walks the candidates, so that
  * a change of either, or a platform that draws differently, is caught: same seed +
  * same logits = these tokens. */
@@ -450,6 +483,7 @@ int main(void) {
         cmocka_unit_test(test_min_p_threshold),
         cmocka_unit_test(test_draws_follow_the_tempered_distribution),
         cmocka_unit_test(test_seed_determinism),
+        cmocka_unit_test(test_samplers_on_threads_are_independent),
         cmocka_unit_test(test_pinned_tokens_for_a_fixed_seed),
         cmocka_unit_test(test_repetition_penalty_llama_cpp_semantics),
         cmocka_unit_test(test_logprobs_are_the_models_log_softmax),
