@@ -12,7 +12,9 @@
  */
 #include "quant.h"
 
+#include <cpuid.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "quant_avx2.h"
@@ -683,13 +685,26 @@ static const kernels k_kernels[CV_TYPE_COUNT] = {
     [CV_TYPE_Q8_K] = {dot_q8_K, NULL},
 };
 
-static int g_force_scalar;
+static _Atomic int g_force_scalar;
+static _Atomic int g_cpu_avx2 = -1;  /* -1: not probed yet */
 
-void cv_quant_force_scalar(int on) { g_force_scalar = on; }
+void cv_quant_force_scalar(int on) { atomic_store_explicit(&g_force_scalar, on, memory_order_relaxed); }
+
+/* AVX2 + FMA (with the OS saving YMM state, which __builtin_cpu_supports checks) and
+ * F16C, probed once: cpuid is far too slow to run per dot product. */
+static int cpu_has_avx2(void) {
+    int v = atomic_load_explicit(&g_cpu_avx2, memory_order_relaxed);
+    if (v < 0) {
+        unsigned a, b, c, d;
+        const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+        v = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        atomic_store_explicit(&g_cpu_avx2, v, memory_order_relaxed);
+    }
+    return v;
+}
 
 static int use_avx2(void) {
-    return !g_force_scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    return !atomic_load_explicit(&g_force_scalar, memory_order_relaxed) && cpu_has_avx2();
 }
 
 const char *cv_quant_path(void) { return use_avx2() ? "avx2" : "scalar"; }
