@@ -134,8 +134,14 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
             g, arch_key(k, sizeof k, hp, "attention.sliding_window"), 0);
         if (hp->sliding_window <= 0)
             return cv_errorf(err, CV_ENOTFOUND, "model: %s is missing or 0", k);
-        hp->swa_period = 6;
-        hp->rope_base_local = 10000.0f;
+        /* An array of per-layer flags is read in load_weights. */
+        hp->swa_period = (int32_t)cv_gguf_get_u32(
+            g, arch_key(k, sizeof k, hp, "attention.sliding_window_pattern"), 6);
+        if (hp->swa_period < 1)
+            return cv_errorf(err, CV_ERANGE, "model: %s = %d (need >= 1)", k, hp->swa_period);
+        hp->rope_base_local = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.freq_base_swa"), 10000.0f);
+        if (!(hp->rope_base_local > 1))
+            return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 1)", k, hp->rope_base_local);
         hp->embd_scale = sqrtf((float)hp->dim);
     }
     return CV_OK;
@@ -277,6 +283,14 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         m->rope_factors = dev;
     }
 
+    /* gemma3: which layers slide, as flags per layer or as a period (see read_hparams). */
+    cv_gguf_arr swa_flags = {0};
+    if (hp->arch == CV_ARCH_GEMMA3 &&
+        cv_gguf_get_arr(g, "gemma3.attention.sliding_window_pattern", &swa_flags) &&
+        swa_flags.n != (uint64_t)hp->n_layers)
+        return cv_errorf(err, CV_EFORMAT,
+                         "model: gemma3.attention.sliding_window_pattern has %llu flags for %d layers",
+                         (unsigned long long)swa_flags.n, hp->n_layers);
     m->layers = calloc((size_t)hp->n_layers, sizeof *m->layers);
     if (!m->layers) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
     m->weight_bytes = cv_type_row_bytes(m->tok_embd.type, dim);
@@ -308,7 +322,8 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
              (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, 0, &L->post_ffn_norm, err))))
             return s;
 #undef NAME
-        L->sliding = gemma && (il + 1) % hp->swa_period != 0;
+        L->sliding = gemma && (swa_flags.n ? cv_gguf_arr_i64(&swa_flags, (uint64_t)il) != 0
+                                           : (il + 1) % hp->swa_period != 0);
         L->rope = (cv_rope_params){
             .mode = hp->rope_mode, .n_rot = hp->n_rot,
             .freq_base = L->sliding ? hp->rope_base_local : hp->rope_base,
