@@ -3,6 +3,9 @@
  *   corvid-run -m MODEL --info                 what the file holds
  *   corvid-run -m MODEL --tokenize TEXT [--parse-special]
  *                                              token ids, space-separated
+ *   corvid-run -m MODEL -p PROMPT [-n N] [sampling] [-t THREADS] [--json]
+ *                                              generate, streaming text to stdout
+ *   corvid-run -m MODEL --ppl FILE             perplexity of a text file
  *
  * Options are parsed into one struct and each mode is one function (see the
  * k_modes table): a new mode adds a flag, a field and a function. Vocabulary-only
@@ -10,21 +13,38 @@
  * exits with status 1.
  */
 #include <getopt.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_backend.h"
+#include "generate.h"
 #include "gguf.h"
+#include "kv_cache.h"
+#include "model.h"
 #include "quant.h"
+#include "sampler.h"
 #include "tokenizer.h"
 
-typedef enum run_mode { MODE_NONE = 0, MODE_INFO, MODE_TOKENIZE } run_mode;
+typedef enum run_mode { MODE_NONE = 0, MODE_INFO, MODE_TOKENIZE, MODE_GENERATE, MODE_PPL } run_mode;
 
 typedef struct run_opts {
     const char *model;
     run_mode mode;
-    const char *text;   /* --tokenize */
-    int parse_special;  /* match control tokens written in TEXT */
+    const char *text;        /* --tokenize, -p */
+    int parse_special;       /* match control tokens written in TEXT */
+    const char *prompt_ids;  /* --prompt-ids: comma-separated ids instead of -p */
+    const char *ppl_file;
+    const char *dump_logits; /* raw float32 logits of every row (tests) */
+    int32_t n_predict;
+    int32_t n_ctx;           /* 0: the model's training context */
+    int threads;             /* 0: one per CPU */
+    int json;
+    int ignore_eos;
+    cv_type kv_type;
+    cv_sampler_params sp;
 } run_opts;
 
 static void usage(FILE *f) {
@@ -35,7 +55,24 @@ static void usage(FILE *f) {
           "  -m, --model PATH     GGUF file (a vocabulary-only file is enough for --tokenize)\n"
           "  --info               architecture, hyperparameters, tensors, tokenizer, template\n"
           "  --tokenize TEXT      print TEXT's token ids on one line (BOS when the model adds it)\n"
-          "  --parse-special      treat control-token text in TEXT (<s>, <|im_end|>) as tokens\n",
+          "  --parse-special      treat control-token text in TEXT (<s>, <|im_end|>) as tokens\n"
+          "  corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
+          "             [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
+          "             [--ctx N] [--kv-type f16|f32] [--ignore-eos] [--json] [--dump-logits FILE]\n"
+          "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json]\n"
+          "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised)\n"
+          "  --prompt-ids IDS     generate from comma-separated token ids\n"
+          "  -n N                 generate at most N tokens (default 128)\n"
+          "  --temp T             temperature, 0 = greedy (default 0.8); --top-k (40),\n"
+          "                       --top-p (0.95), --min-p (0.05), --repeat-penalty (1 = off),\n"
+          "                       --seed (0): same seed and prompt, same tokens\n"
+          "  -t THREADS           CPU threads (default: one per core)\n"
+          "  --ctx N              context length (default: the model's)\n"
+          "  --kv-type f16|f32    KV cache element type (default f16)\n"
+          "  --ignore-eos         keep generating after an end-of-generation token\n"
+          "  --json               print one JSON object instead of streaming text\n"
+          "  --dump-logits FILE   write every logits row (float32) to FILE\n"
+          "  --ppl FILE           perplexity of FILE in windows of the context length\n",
           f);
 }
 
@@ -48,26 +85,62 @@ static int fail(const char *what, const cv_error *e) {
 
 static int set_mode(run_opts *o, run_mode m) {
     if (o->mode != MODE_NONE && o->mode != m) {
-        fputs("corvid-run: choose one mode (--info or --tokenize)\n", stderr);
+        fputs("corvid-run: choose one mode (--info, --tokenize, -p/--prompt-ids or --ppl)\n", stderr);
         return -1;
     }
     o->mode = m;
     return 0;
 }
 
+/* A number in [lo, hi], or a message naming the option. */
+static int parse_num(const char *name, const char *v, double lo, double hi, double *out) {
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(d >= lo && d <= hi)) {
+        fprintf(stderr, "corvid-run: %s '%s' is not a number in [%g, %g]\n", name, v, lo, hi);
+        return -1;
+    }
+    *out = d;
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, run_opts *o) {
-    enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL };
+    enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL, OPT_TEMP, OPT_TOPK, OPT_TOPP,
+           OPT_MINP, OPT_REPEAT, OPT_SEED, OPT_KV, OPT_JSON, OPT_PPL, OPT_IDS, OPT_DUMP,
+           OPT_NOEOS, OPT_CTX };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"info", no_argument, 0, OPT_INFO},
         {"tokenize", required_argument, 0, OPT_TOKENIZE},
         {"parse-special", no_argument, 0, OPT_PARSE_SPECIAL},
+        {"prompt", required_argument, 0, 'p'},
+        {"prompt-ids", required_argument, 0, OPT_IDS},
+        {"n-predict", required_argument, 0, 'n'},
+        {"threads", required_argument, 0, 't'},
+        {"temp", required_argument, 0, OPT_TEMP},
+        {"top-k", required_argument, 0, OPT_TOPK},
+        {"top-p", required_argument, 0, OPT_TOPP},
+        {"min-p", required_argument, 0, OPT_MINP},
+        {"repeat-penalty", required_argument, 0, OPT_REPEAT},
+        {"seed", required_argument, 0, OPT_SEED},
+        {"ctx", required_argument, 0, OPT_CTX},
+        {"kv-type", required_argument, 0, OPT_KV},
+        {"ignore-eos", no_argument, 0, OPT_NOEOS},
+        {"json", no_argument, 0, OPT_JSON},
+        {"dump-logits", required_argument, 0, OPT_DUMP},
+        {"ppl", required_argument, 0, OPT_PPL},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
     memset(o, 0, sizeof *o);
+    o->n_predict = 128;
+    o->kv_type = CV_TYPE_F16;
+    cv_sampler_params_default(&o->sp);
     int c;
-    while ((c = getopt_long(argc, argv, "m:h", opts, NULL)) != -1) {
+    double d;
+    /* Range checks of sampling values are the sampler's (cv_sampler_params_validate). */
+    const double any = 1e30;
+    while ((c = getopt_long(argc, argv, "m:p:n:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o->model = optarg; break;
         case OPT_INFO: if (set_mode(o, MODE_INFO)) return -1; break;
@@ -76,6 +149,38 @@ static int parse_args(int argc, char **argv, run_opts *o) {
             o->text = optarg;
             break;
         case OPT_PARSE_SPECIAL: o->parse_special = 1; break;
+        case 'p':
+            if (set_mode(o, MODE_GENERATE)) return -1;
+            o->text = optarg;
+            break;
+        case OPT_IDS:
+            if (set_mode(o, MODE_GENERATE)) return -1;
+            o->prompt_ids = optarg;
+            break;
+        case OPT_PPL:
+            if (set_mode(o, MODE_PPL)) return -1;
+            o->ppl_file = optarg;
+            break;
+        case 'n': if (parse_num("-n", optarg, 0, 1 << 24, &d)) return -1; o->n_predict = (int32_t)d; break;
+        case 't': if (parse_num("-t", optarg, 1, 512, &d)) return -1; o->threads = (int)d; break;
+        case OPT_CTX: if (parse_num("--ctx", optarg, 1, 1 << 24, &d)) return -1; o->n_ctx = (int32_t)d; break;
+        case OPT_TEMP: if (parse_num("--temp", optarg, -any, any, &d)) return -1; o->sp.temperature = (float)d; break;
+        case OPT_TOPK: if (parse_num("--top-k", optarg, INT32_MIN, INT32_MAX, &d)) return -1; o->sp.top_k = (int32_t)d; break;
+        case OPT_TOPP: if (parse_num("--top-p", optarg, -any, any, &d)) return -1; o->sp.top_p = (float)d; break;
+        case OPT_MINP: if (parse_num("--min-p", optarg, -any, any, &d)) return -1; o->sp.min_p = (float)d; break;
+        case OPT_REPEAT: if (parse_num("--repeat-penalty", optarg, -any, any, &d)) return -1; o->sp.repeat_penalty = (float)d; break;
+        case OPT_SEED: if (parse_num("--seed", optarg, 0, 18446744073709549568.0, &d)) return -1; o->sp.seed = (uint64_t)d; break;
+        case OPT_KV:
+            if (!strcmp(optarg, "f16")) o->kv_type = CV_TYPE_F16;
+            else if (!strcmp(optarg, "f32")) o->kv_type = CV_TYPE_F32;
+            else {
+                fprintf(stderr, "corvid-run: --kv-type '%s' is not f16 or f32\n", optarg);
+                return -1;
+            }
+            break;
+        case OPT_NOEOS: o->ignore_eos = 1; break;
+        case OPT_JSON: o->json = 1; break;
+        case OPT_DUMP: o->dump_logits = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -86,6 +191,11 @@ static int parse_args(int argc, char **argv, run_opts *o) {
     }
     if (!o->model || o->mode == MODE_NONE) {
         usage(stderr);
+        return -1;
+    }
+    cv_error e;
+    if (o->mode == MODE_GENERATE && cv_sampler_params_validate(&o->sp, &e) != CV_OK) {
+        fail(NULL, &e);
         return -1;
     }
     return 0;
@@ -209,9 +319,328 @@ static int run_tokenize(const run_opts *o) {
     return st == CV_OK ? 0 : fail("tokenize", &e);
 }
 
+/* ---- model runtime shared by generation and perplexity ---- */
+
+/* What a run holds open: file, tokenizer, backend, model and KV cache. */
+typedef struct runtime {
+    cv_gguf *g;
+    cv_tok *tok;
+    cv_backend *be;
+    cv_model *m;
+    cv_kv_cache *kv;
+} runtime;
+
+static void runtime_close(runtime *rt) {
+    cv_kv_free(rt->kv);
+    cv_model_free(rt->m);
+    cv_backend_destroy(rt->be);
+    cv_tok_free(rt->tok);
+    cv_gguf_close(rt->g);
+}
+
+static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_logits,
+                              runtime *rt, cv_error *e) {
+    memset(rt, 0, sizeof *rt);
+    cv_cpu_options co = {.n_threads = o->threads};
+    cv_model_opts mo = {.max_batch = max_batch, .max_logits = max_logits};
+    cv_status st;
+    if ((st = cv_gguf_open(o->model, &rt->g, e)) || (st = cv_tok_load(rt->g, &rt->tok, e)) ||
+        (st = cv_cpu_backend_create(&co, &rt->be, e)) ||
+        (st = cv_model_load(rt->be, rt->g, &mo, &rt->m, e)))
+        goto err;
+    if (o->n_ctx > cv_model_hparams(rt->m)->n_ctx_train) {
+        st = cv_errorf(e, CV_ERANGE, "--ctx %d exceeds the model's context of %d", o->n_ctx,
+                       cv_model_hparams(rt->m)->n_ctx_train);
+        goto err;
+    }
+    cv_kv_config kc = cv_model_kv_config(rt->m, o->n_ctx, 1, o->kv_type);
+    if ((st = cv_kv_create(&kc, &rt->kv, e))) goto err;
+    return CV_OK;
+err:
+    runtime_close(rt);
+    memset(rt, 0, sizeof *rt);
+    return st;
+}
+
+static cv_status parse_ids(const char *s, int32_t n_vocab, int32_t **ids, int32_t *n, cv_error *e) {
+    *ids = malloc((strlen(s) / 2 + 1) * sizeof **ids);
+    if (!*ids) return cv_errorf(e, CV_ENOMEM, "out of memory");
+    *n = 0;
+    for (const char *p = s;;) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 0 || v >= n_vocab || (*end && *end != ','))
+            return cv_errorf(e, CV_EINVAL,
+                             "--prompt-ids: '%s' is not a comma-separated list of ids below %d", s, n_vocab);
+        (*ids)[(*n)++] = (int32_t)v;
+        if (!*end) return CV_OK;
+        p = end + 1;
+    }
+}
+
+static cv_status tokenize(const cv_tok *tok, const char *text, size_t len, unsigned flags,
+                          int32_t **ids, int32_t *n, cv_error *e) {
+    size_t got;
+    *ids = malloc((len + 3) * sizeof **ids);
+    if (!*ids) return cv_errorf(e, CV_ENOMEM, "out of memory");
+    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, len + 3, &got, e);
+    *n = (int32_t)got;
+    return st;
+}
+
+/* ---- -p / --prompt-ids: generation ---- */
+
+typedef struct gen_out {
+    const run_opts *o;
+    const cv_tok *tok;
+    cv_sampler *sampler;
+    cv_tok_stream *stream;
+    FILE *dump;
+    int32_t *ids;          /* generated ids, room for n_predict */
+    int32_t n_ids;
+    char *text;            /* the streamed text (valid UTF-8), for --json */
+    size_t text_len, text_cap;
+    int failed;            /* an output error (disk full, closed pipe, out of memory) */
+} gen_out;
+
+static int32_t gen_sample(void *ctx, float *logits, int32_t n_vocab) {
+    (void)n_vocab;
+    return cv_sampler_sample(((gen_out *)ctx)->sampler, logits, NULL);
+}
+
+static void gen_logits(void *ctx, const float *logits, int32_t n_vocab) {
+    gen_out *g = ctx;
+    if (g->dump && fwrite(logits, sizeof *logits, (size_t)n_vocab, g->dump) != (size_t)n_vocab)
+        g->failed = 1;
+}
+
+static void gen_emit(gen_out *g, const char *s, size_t n) {
+    if (!g->o->json) {
+        if (fwrite(s, 1, n, stdout) != n || fflush(stdout)) g->failed = 1;
+        return;
+    }
+    if (g->text_len + n > g->text_cap) {
+        size_t cap = 2 * (g->text_len + n);
+        char *t = realloc(g->text, cap);
+        if (!t) {
+            g->failed = 1;
+            return;
+        }
+        g->text = t;
+        g->text_cap = cap;
+    }
+    memcpy(g->text + g->text_len, s, n);
+    g->text_len += n;
+}
+
+static int gen_token(void *ctx, int32_t id) {
+    gen_out *g = ctx;
+    if (!g->o->ignore_eos && cv_tok_is_eog(g->tok, id)) return 1;
+    g->ids[g->n_ids++] = id;
+    const char *s;
+    size_t n;
+    cv_error e;
+    if (cv_tok_stream_feed(g->stream, id, &s, &n, &e) != CV_OK) g->failed = 1;
+    else if (n) gen_emit(g, s, n);
+    return g->failed;
+}
+
+static double per_s(double n, double s) { return s > 0 ? n / s : 0; }
+
+static int print_json(const int32_t *prompt, int32_t n_prompt, const gen_out *g,
+                      const cv_gen_stats *st) {
+    json_t *o = json_object(), *pt = json_array(), *tk = json_array();
+    if (!o || !pt || !tk) goto oom;
+    for (int32_t i = 0; i < n_prompt; i++) json_array_append_new(pt, json_integer(prompt[i]));
+    for (int32_t i = 0; i < g->n_ids; i++) json_array_append_new(tk, json_integer(g->ids[i]));
+    json_object_set_new(o, "prompt_tokens", pt);
+    json_object_set_new(o, "tokens", tk);
+    pt = tk = NULL;
+    json_object_set_new(o, "text", json_stringn(g->text ? g->text : "", g->text_len));
+    json_object_set_new(o, "prefill_tokens_per_s", json_real(per_s(st->n_prompt, st->prefill_s)));
+    /* The first token comes from the prefill: decode steps are the ones after it. */
+    json_object_set_new(o, "decode_tokens_per_s",
+                        json_real(per_s(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s)));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (!s) return 1;
+    puts(s);
+    free(s);
+    return 0;
+oom:
+    json_decref(o);
+    json_decref(pt);
+    json_decref(tk);
+    return 1;
+}
+
+static int run_generate(const run_opts *o) {
+    cv_error e = {0};
+    runtime rt;
+    int32_t *prompt = NULL, n_prompt = 0;
+    gen_out g = {.o = o};
+    cv_status st = runtime_open(o, 256, o->dump_logits ? 256 : 1, &rt, &e);
+    if (st) return fail(NULL, &e);
+    g.tok = rt.tok;
+    const int32_t n_vocab = cv_model_hparams(rt.m)->n_vocab;
+    st = o->prompt_ids ? parse_ids(o->prompt_ids, n_vocab, &prompt, &n_prompt, &e)
+                       : tokenize(rt.tok, o->text, strlen(o->text),
+                                  CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &prompt, &n_prompt, &e);
+    if (st) goto out;
+    for (int32_t i = 0; i < n_prompt; i++)
+        if (prompt[i] >= n_vocab) {
+            st = cv_errorf(&e, CV_EINVAL, "prompt token %d is outside the model's vocabulary of %d",
+                           prompt[i], n_vocab);
+            goto out;
+        }
+    g.ids = malloc(((size_t)o->n_predict + 1) * sizeof *g.ids);
+    if (!g.ids) {
+        st = cv_errorf(&e, CV_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((st = cv_sampler_new(&o->sp, n_vocab, &g.sampler, &e)) ||
+        (st = cv_sampler_accept(g.sampler, prompt, (size_t)n_prompt, &e)) ||
+        (st = cv_tok_stream_new(rt.tok, 0, &g.stream, &e)))
+        goto out;
+    if (o->dump_logits && !(g.dump = fopen(o->dump_logits, "wb"))) {
+        st = cv_errorf(&e, CV_EIO, "cannot write %s", o->dump_logits);
+        goto out;
+    }
+    cv_gen_params gp = {.n_predict = o->n_predict, .seq = 0, .all_logits = o->dump_logits != NULL};
+    cv_gen_callbacks cb = {.sample = gen_sample, .on_logits = gen_logits, .on_token = gen_token, .ctx = &g};
+    cv_gen_stats gs;
+    if ((st = cv_generate(rt.m, rt.kv, prompt, n_prompt, &gp, &cb, &gs, &e))) goto out;
+    const char *tail;
+    size_t tail_len;
+    cv_tok_stream_flush(g.stream, &tail, &tail_len);
+    gen_emit(&g, tail, tail_len);
+    if (g.dump && fclose(g.dump)) g.failed = 1;
+    g.dump = NULL;
+    if (g.failed) {
+        st = cv_errorf(&e, CV_EIO, "writing the output failed");
+        goto out;
+    }
+    if (o->json) {
+        if (print_json(prompt, n_prompt, &g, &gs)) st = cv_errorf(&e, CV_ENOMEM, "out of memory");
+    } else {
+        putchar('\n');
+        fprintf(stderr, "prompt %d tokens, %.1f tok/s; generated %d tokens, %.1f tok/s\n",
+                gs.n_prompt, per_s(gs.n_prompt, gs.prefill_s), gs.n_generated,
+                per_s(gs.n_generated > 1 ? gs.n_generated - 1 : 0, gs.decode_s));
+    }
+out:
+    if (g.dump) fclose(g.dump);
+    cv_tok_stream_free(g.stream);
+    cv_sampler_free(g.sampler);
+    free(g.ids);
+    free(g.text);
+    free(prompt);
+    runtime_close(&rt);
+    return st ? fail(NULL, &e) : 0;
+}
+
+/* ---- --ppl ---- */
+
+typedef struct ppl_acc {
+    const int32_t *next;  /* the token that follows each observed row */
+    int32_t at;
+    double nll;
+    int64_t n;
+} ppl_acc;
+
+static void ppl_logits(void *ctx, const float *x, int32_t n_vocab) {
+    ppl_acc *a = ctx;
+    const float mx = x[cv_argmax(x, n_vocab)];
+    double sum = 0;
+    for (int32_t i = 0; i < n_vocab; i++) sum += exp((double)x[i] - mx);
+    a->nll += log(sum) + mx - x[a->next[a->at++]];
+    a->n++;
+}
+
+static char *read_file(const char *path, size_t *len, cv_error *e) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        cv_errorf(e, CV_EIO, "cannot open %s", path);
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t cap = 0, n = 0, r;
+    do {
+        if (n == cap) {
+            char *b = realloc(buf, cap = cap ? 2 * cap : 65536);
+            if (!b) {
+                cv_errorf(e, CV_ENOMEM, "out of memory reading %s", path);
+                goto err;
+            }
+            buf = b;
+        }
+        r = fread(buf + n, 1, cap - n, f);
+        n += r;
+    } while (r);
+    if (ferror(f)) {
+        cv_errorf(e, CV_EIO, "reading %s failed", path);
+        goto err;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+err:
+    free(buf);
+    fclose(f);
+    return NULL;
+}
+
+/* Perplexity over consecutive windows of the context length; in each window every
+ * token after the first is predicted from the ones before it. */
+static int run_ppl(const run_opts *o) {
+    cv_error e = {0};
+    runtime rt;
+    int32_t *ids = NULL, n_ids = 0;
+    size_t len;
+    char *text = read_file(o->ppl_file, &len, &e);
+    if (!text) return fail(NULL, &e);
+    cv_status st = runtime_open(o, 64, 64, &rt, &e);
+    if (st) {
+        free(text);
+        return fail(NULL, &e);
+    }
+    if ((st = tokenize(rt.tok, text, len, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &e))) goto out;
+    if (n_ids < 2) {
+        st = cv_errorf(&e, CV_EINVAL, "%s: fewer than 2 tokens", o->ppl_file);
+        goto out;
+    }
+    const int32_t n_ctx = cv_kv_config_of(rt.kv)->max_seq_len;
+    ppl_acc acc = {0};
+    double t0 = cv_now();
+    for (int32_t at = 0; n_ids - at >= 2; at += n_ctx) {
+        const int32_t n = n_ids - at < n_ctx ? n_ids - at : n_ctx;
+        acc.next = ids + at + 1;
+        acc.at = 0;
+        /* Rows 0..n-2 of the window each predict the next token. */
+        cv_gen_params gp = {.n_predict = 0, .seq = 0, .all_logits = 1};
+        cv_gen_callbacks cb = {.on_logits = ppl_logits, .ctx = &acc};
+        cv_gen_stats gs;
+        if ((st = cv_generate(rt.m, rt.kv, ids + at, n - 1, &gp, &cb, &gs, &e))) goto out;
+    }
+    const double ppl = exp(acc.nll / (double)acc.n), dt = cv_now() - t0;
+    if (o->json)
+        printf("{\"perplexity\":%.6f,\"tokens\":%lld,\"tokens_per_s\":%.2f}\n", ppl,
+               (long long)acc.n, per_s((double)acc.n, dt));
+    else
+        printf("perplexity %.4f over %lld tokens (%.1f tok/s)\n", ppl, (long long)acc.n,
+               per_s((double)acc.n, dt));
+out:
+    free(ids);
+    free(text);
+    runtime_close(&rt);
+    return st ? fail(NULL, &e) : 0;
+}
+
 static int (*const k_modes[])(const run_opts *) = {
     [MODE_INFO] = run_info,
     [MODE_TOKENIZE] = run_tokenize,
+    [MODE_GENERATE] = run_generate,
+    [MODE_PPL] = run_ppl,
 };
 
 int main(int argc, char **argv) {
