@@ -5,6 +5,7 @@
  *   corvid-index add INDEX INPUT...
  *   corvid-index query INDEX "question" [-k 5] [--json] [--chunks] [--k1 X] [--b X]
  *   corvid-index info INDEX
+ *   corvid-index sources CONFIG "question" [--budget-ms N] [--audit FILE]
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -12,8 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pii.h"
 #include "rag_index.h"
 #include "rag_ingest.h"
+#include "rag_sources.h"
 
 static void usage(FILE *f) {
     fputs("usage:\n"
@@ -22,6 +25,7 @@ static void usage(FILE *f) {
           "  corvid-index add INDEX INPUT...\n"
           "  corvid-index query INDEX \"question\" [-k 5] [--json] [--chunks] [--k1 X] [--b X]\n"
           "  corvid-index info INDEX\n"
+          "  corvid-index sources CONFIG \"question\" [--budget-ms N] [--audit FILE]\n"
           "inputs: .txt, .md, .jsonl (fields id, title, text, url)\n",
           f);
 }
@@ -32,7 +36,8 @@ static int fail(const cv_error *e) {
 }
 
 typedef struct args {
-    const char *output, *stopwords;
+    const char *output, *stopwords, *audit;
+    unsigned budget_ms;
     int no_stopwords, json, chunks;
     long k;
     cv_rag_build_opts build;
@@ -59,6 +64,7 @@ static int parse_args(int argc, char **argv, args *a) {
         {"b", required_argument, 0, 'b'},       {"stopwords", required_argument, 0, 's'},
         {"no-stopwords", no_argument, 0, 'S'},   {"json", no_argument, 0, 'j'},
         {"chunks", no_argument, 0, 'C'},         {"help", no_argument, 0, 'h'},
+        {"budget-ms", required_argument, 0, 'B'}, {"audit", required_argument, 0, 'A'},
         {0, 0, 0, 0}};
     cv_rag_build_opts_default(&a->build);
     a->k = 5;
@@ -82,6 +88,9 @@ static int parse_args(int argc, char **argv, args *a) {
         case 'S': a->no_stopwords = 1; break;
         case 'j': a->json = 1; break;
         case 'C': a->chunks = 1; break;
+        case 'B': if (parse_num(optarg, 1, 60000, "--budget-ms", &v)) return -1;
+                  a->budget_ms = (unsigned)v; break;
+        case 'A': a->audit = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -268,6 +277,60 @@ static int cmd_info(args *a) {
     return 0;
 }
 
+static void audit_line(void *user, const char *line) {
+    fprintf(user, "%s\n", line);
+    fflush(user);
+}
+
+static int cmd_sources(args *a) {
+    cv_error e = {0};
+    if (a->n_pos != 2) {
+        usage(stderr);
+        return 2;
+    }
+    FILE *f = fopen(a->pos[0], "rb"), *audit = NULL;
+    char buf[1 << 16];
+    size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+    if (f) fclose(f);
+    if (!f || n == sizeof buf) {
+        fprintf(stderr, "corvid-index: %s: cannot read (or larger than 64 KiB)\n", a->pos[0]);
+        return 1;
+    }
+    if (a->audit && !(audit = fopen(a->audit, "a"))) {
+        fprintf(stderr, "corvid-index: cannot open audit file %s\n", a->audit);
+        return 1;
+    }
+    cv_rag_sources *src = NULL;
+    cv_pii *pii = NULL;
+    cv_rag_source_hits hits = {0};
+    int rc = 1;
+    if (cv_rag_sources_parse(buf, n, &src, &e) || cv_pii_create(CV_PII_PLACEHOLDER, &pii, &e) ||
+        cv_rag_sources_fetch(src, pii, a->pos[1], a->budget_ms, audit_line, audit ? audit : stderr,
+                             &hits, &e)) {
+        fail(&e);
+        goto done;
+    }
+    json_t *root = json_object(), *arr = json_array();
+    json_object_set_new(root, "results", arr);
+    for (size_t i = 0; i < hits.n; i++) {
+        const cv_rag_source_hit *h = &hits.v[i];
+        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s}", "source", h->source, "title", h->title,
+                              "url", h->link, "text", h->text);
+        if (o) json_array_append_new(arr, o); /* jansson rejects invalid UTF-8: dropped */
+    }
+    char *s = json_dumps(root, JSON_COMPACT);
+    if (s) puts(s);
+    free(s);
+    json_decref(root);
+    rc = 0;
+done:
+    cv_rag_source_hits_free(&hits);
+    cv_rag_sources_free(src);
+    cv_pii_free(pii);
+    if (audit) fclose(audit);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -280,6 +343,7 @@ int main(int argc, char **argv) {
     if (strcmp(cmd, "add") == 0) return cmd_add(&a);
     if (strcmp(cmd, "query") == 0) return cmd_query(&a);
     if (strcmp(cmd, "info") == 0) return cmd_info(&a);
+    if (strcmp(cmd, "sources") == 0) return cmd_sources(&a);
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
         usage(stdout);
         return 0;
