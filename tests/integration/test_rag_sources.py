@@ -15,18 +15,11 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from checks import check, summary  # noqa: E402
+
 BIN = os.path.join(os.environ["CORVID_BIN"], "corvid-index")
 received = []
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -187,8 +180,7 @@ def main():
         os.unlink(os.path.join(tmp, f))
     os.rmdir(tmp)
     server.shutdown()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return summary()
 
 
 if __name__ == "__main__":
