@@ -1,0 +1,600 @@
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kv_cache.h"
+#include "stop.h"
+
+typedef struct seq {
+    uint64_t id;
+    int32_t *tokens;        /* prompt, then every generated token */
+    int32_t n_tokens;
+    int32_t n_prompt;
+    int32_t n_fed;          /* tokens whose K/V sit in the cache: positions 0..n_fed-1 */
+    int32_t n_generated;
+    int32_t max_tokens;
+    int32_t kv_seq;         /* -1 while waiting */
+    int ignore_eos;
+    uint64_t admitted;      /* admission order: the largest is the youngest */
+    cv_sampler *sampler;
+    cv_tok_stream *detok;
+    cv_stop *stop;
+    char **stop_strs;       /* copies, to name the one that matched */
+    int32_t n_stop;
+    cv_engine_sink sink;
+    int want_samples;
+    atomic_int cancelled;
+    cv_finish end;          /* set when the sequence has ended; 0 while it runs */
+    const char *end_stop;
+    char end_error[sizeof(((cv_error *)0)->msg)];
+    double t_submit, t_scheduled, t_first_token;
+    struct seq *next;       /* waiting queue */
+} seq;
+
+struct cv_engine {
+    cv_model *model;
+    const cv_tok *tok;
+    cv_engine_config cfg;
+    int32_t n_vocab;
+    cv_kv_cache *kv;
+
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int stopping;
+
+    seq *wait_head, *wait_tail;
+    int32_t n_waiting;
+    seq **running;          /* max_running slots, NULL when free */
+    int32_t n_running;
+    int32_t *free_kv;       /* free KV sequence ids */
+    int32_t n_free_kv;
+    uint64_t next_id, admit_counter;
+    cv_engine_stats stats;
+
+    /* Step scratch, sized at creation: the step loop never allocates. */
+    int32_t *b_tokens, *b_pos, *b_seq;
+    uint8_t *b_want;
+    seq **b_owner;          /* per row */
+    int32_t *b_chunk;       /* per running slot: rows fed this step */
+    float *logits;          /* [max_running][n_vocab] */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void cv_engine_config_default(cv_engine_config *c) {
+    memset(c, 0, sizeof *c);
+    c->max_running = 16;
+    c->max_waiting = 256;
+    c->max_batch_tokens = 256;
+    c->kv_block_tokens = 16;
+    c->kv_type = CV_TYPE_F16;
+    c->max_tokens_default = 256;
+}
+
+static void seq_free(seq *s) {
+    if (!s) return;
+    cv_sampler_free(s->sampler);
+    cv_tok_stream_free(s->detok);
+    cv_stop_free(s->stop);
+    for (int32_t i = 0; i < s->n_stop; i++) free(s->stop_strs[i]);
+    free(s->stop_strs);
+    free(s->tokens);
+    free(s);
+}
+
+/* ---- queue and slots (engine mutex held) ---- */
+
+static void wait_push(cv_engine *e, seq *s, int front) {
+    s->next = NULL;
+    if (!e->wait_head) {
+        e->wait_head = e->wait_tail = s;
+    } else if (front) {
+        s->next = e->wait_head;
+        e->wait_head = s;
+    } else {
+        e->wait_tail->next = s;
+        e->wait_tail = s;
+    }
+    e->n_waiting++;
+}
+
+static seq *wait_pop(cv_engine *e) {
+    seq *s = e->wait_head;
+    if (!s) return NULL;
+    e->wait_head = s->next;
+    if (!e->wait_head) e->wait_tail = NULL;
+    e->n_waiting--;
+    s->next = NULL;
+    return s;
+}
+
+static void wait_remove(cv_engine *e, seq *s) {
+    seq **p = &e->wait_head, *prev = NULL;
+    while (*p && *p != s) {
+        prev = *p;
+        p = &(*p)->next;
+    }
+    if (!*p) return;
+    *p = s->next;
+    if (e->wait_tail == s) e->wait_tail = prev;
+    e->n_waiting--;
+}
+
+static void slot_release(cv_engine *e, int32_t slot) {
+    seq *s = e->running[slot];
+    cv_kv_release(e->kv, s->kv_seq);
+    e->free_kv[e->n_free_kv++] = s->kv_seq;
+    s->kv_seq = -1;
+    e->running[slot] = NULL;
+    e->n_running--;
+}
+
+/* ---- output (engine thread, no lock held) ---- */
+
+static void end(seq *s, cv_finish reason, const char *stop_string, const char *error) {
+    s->end = reason;
+    s->end_stop = stop_string;
+    if (error) snprintf(s->end_error, sizeof s->end_error, "%s", error);
+}
+
+/* The final event; the sequence holds no KV blocks by now. */
+static void finish(seq *s) {
+    cv_engine_final f = {
+        .reason = s->end,
+        .prompt_tokens = s->n_prompt,
+        .completion_tokens = s->n_generated,
+        .queue_s = s->t_scheduled > 0 ? s->t_scheduled - s->t_submit : 0,
+        .ttft_s = s->t_first_token > 0 ? s->t_first_token - s->t_submit : 0,
+        .total_s = now_s() - s->t_submit,
+        .stop_string = s->end_stop,
+        .error = s->end == CV_FINISH_ERROR ? s->end_error : NULL,
+    };
+    s->sink.on_final(s->sink.ctx, &f);
+}
+
+/* Flushes held-back text (an incomplete character, a partial stop match that can no
+ * longer complete) as a last chunk. */
+static void flush_text(seq *s) {
+    const char *t;
+    size_t n;
+    cv_stop_out o;
+    cv_tok_stream_flush(s->detok, &t, &n);
+    if (n && cv_stop_feed(s->stop, t, n, &o, NULL) == CV_OK && o.len)
+        s->sink.on_chunk(s->sink.ctx, o.text, o.len, NULL, 0, NULL);
+    o = cv_stop_flush(s->stop);
+    if (o.len) s->sink.on_chunk(s->sink.ctx, o.text, o.len, NULL, 0, NULL);
+}
+
+/* Handles one generated token; returns 1 when the sequence has ended (see end()). */
+static int on_token(const cv_engine *e, seq *s, const cv_sample *smp) {
+    int32_t id = smp->token;
+    const cv_sample *samples = s->want_samples ? smp : NULL;
+    if (!s->ignore_eos && cv_tok_is_eog(e->tok, id)) {
+        flush_text(s);
+        s->sink.on_chunk(s->sink.ctx, "", 0, &id, 1, samples);
+        end(s, CV_FINISH_STOP, NULL, NULL);
+        return 1;
+    }
+    const char *text;
+    size_t len;
+    cv_error err = {0};
+    if (cv_tok_stream_feed(s->detok, id, &text, &len, &err) != CV_OK) {
+        end(s, CV_FINISH_ERROR, NULL, err.msg);
+        return 1;
+    }
+    cv_stop_out o;
+    if (cv_stop_feed(s->stop, text, len, &o, &err) != CV_OK) {
+        end(s, CV_FINISH_ERROR, NULL, err.msg);
+        return 1;
+    }
+    s->sink.on_chunk(s->sink.ctx, o.text, o.len, &id, 1, samples);
+    if (o.stopped) {
+        end(s, CV_FINISH_STOP, s->stop_strs[o.which], NULL);
+        return 1;
+    }
+    if (s->n_generated >= s->max_tokens || s->n_tokens >= e->cfg.n_ctx) {
+        flush_text(s);
+        end(s, CV_FINISH_LENGTH, NULL, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- the step ---- */
+
+/* Frees the youngest running sequence's blocks and queues it first for recompute. */
+static void preempt_youngest(cv_engine *e) {
+    int32_t victim = -1;
+    for (int32_t i = 0; i < e->cfg.max_running; i++) {
+        seq *s = e->running[i];
+        if (s && (victim < 0 || s->admitted > e->running[victim]->admitted)) victim = i;
+    }
+    seq *s = e->running[victim];
+    slot_release(e, victim);
+    s->n_fed = 0;
+    wait_push(e, s, 1);
+    e->stats.preemptions++;
+}
+
+/* Cancellations and admissions; returns the number of running sequences. Collects
+ * sequences to finish as cancelled into *done (linked through next). */
+static int32_t schedule_locked(cv_engine *e, seq **done) {
+    for (int32_t i = 0; i < e->cfg.max_running; i++) {
+        seq *s = e->running[i];
+        if (s && atomic_load(&s->cancelled)) {
+            slot_release(e, i);
+            s->next = *done;
+            *done = s;
+        }
+    }
+    for (seq *s = e->wait_head, *nx; s; s = nx) {
+        nx = s->next;
+        if (atomic_load(&s->cancelled)) {
+            wait_remove(e, s);
+            s->next = *done;
+            *done = s;
+        }
+    }
+    while (e->n_running < e->cfg.max_running && e->wait_head) {
+        seq *s = wait_pop(e);
+        int32_t slot = 0;
+        while (e->running[slot]) slot++;
+        s->kv_seq = e->free_kv[--e->n_free_kv];
+        s->admitted = ++e->admit_counter;
+        if (s->t_scheduled == 0) s->t_scheduled = now_s();
+        e->running[slot] = s;
+        e->n_running++;
+    }
+    return e->n_running;
+}
+
+/* Plans the rows of one forward pass: decode rows first (one per sequence that has
+ * only its last token to feed), then prompt chunks in admission order. Reserves KV,
+ * preempting the youngest when blocks run out. Returns the number of rows. */
+static int32_t plan_batch_locked(cv_engine *e) {
+    int32_t budget = e->cfg.max_batch_tokens, rows = 0;
+    memset(e->b_chunk, 0, sizeof *e->b_chunk * (size_t)e->cfg.max_running);
+    for (int pass = 0; pass < 2; pass++) {
+        for (;;) {
+            /* pass 0: decoders in any order; pass 1: prefills, oldest first */
+            int32_t pick = -1;
+            for (int32_t i = 0; i < e->cfg.max_running; i++) {
+                seq *s = e->running[i];
+                if (!s || e->b_chunk[i]) continue;
+                int32_t todo = s->n_tokens - s->n_fed;
+                if ((pass == 0) != (todo == 1)) continue;
+                if (pick < 0 || s->admitted < e->running[pick]->admitted) pick = i;
+            }
+            if (pick < 0 || budget == 0) break;
+            seq *s = e->running[pick];
+            int32_t chunk = s->n_tokens - s->n_fed;
+            if (chunk > budget) chunk = budget;
+            while (cv_kv_reserve(e->kv, s->kv_seq, s->n_fed + chunk, NULL) == CV_EBUSY) {
+                preempt_youngest(e);
+                if (!e->running[pick]) break; /* it was the youngest itself */
+            }
+            if (!e->running[pick]) continue;
+            e->b_chunk[pick] = chunk;
+            budget -= chunk;
+        }
+    }
+    /* Rows in slot order; a sequence's rows are contiguous, its last row wants logits
+     * only when the chunk reaches its newest token. */
+    for (int32_t i = 0; i < e->cfg.max_running; i++) {
+        seq *s = e->running[i];
+        if (!s || !e->b_chunk[i]) continue;
+        for (int32_t k = 0; k < e->b_chunk[i]; k++) {
+            int32_t p = s->n_fed + k;
+            e->b_tokens[rows] = s->tokens[p];
+            e->b_pos[rows] = p;
+            e->b_seq[rows] = s->kv_seq;
+            e->b_want[rows] = (p == s->n_tokens - 1);
+            e->b_owner[rows] = s;
+            rows++;
+        }
+    }
+    return rows;
+}
+
+static void *engine_loop(void *arg) {
+    cv_engine *e = arg;
+    for (;;) {
+        seq *cancelled = NULL;
+        pthread_mutex_lock(&e->mu);
+        while (!e->stopping && schedule_locked(e, &cancelled) == 0 && !cancelled)
+            pthread_cond_wait(&e->cv, &e->mu);
+        int stopping = e->stopping;
+        int32_t rows = stopping ? 0 : plan_batch_locked(e);
+        pthread_mutex_unlock(&e->mu);
+
+        for (seq *s = cancelled, *nx; s; s = nx) {
+            nx = s->next;
+            end(s, CV_FINISH_CANCELLED, NULL, NULL);
+            finish(s);
+            seq_free(s);
+        }
+        if (stopping) break;
+        if (rows == 0) continue;
+
+        cv_batch b = {rows, e->b_tokens, e->b_pos, e->b_seq, e->b_want};
+        cv_error err = {0};
+        cv_status st = cv_model_forward(e->model, e->kv, &b, e->logits, &err);
+
+        pthread_mutex_lock(&e->mu);
+        e->stats.steps++;
+        e->stats.last_batch_rows = rows;
+        pthread_mutex_unlock(&e->mu);
+
+        int32_t out_row = 0;
+        for (int32_t r = 0; r < rows; r++) {
+            seq *s = e->b_owner[r];
+            s->n_fed++;
+            if (!e->b_want[r]) continue;
+            int done;
+            if (st != CV_OK) {
+                end(s, CV_FINISH_ERROR, NULL, err.msg);
+                done = 1;
+            } else {
+                cv_sample smp;
+                cv_sampler_sample(s->sampler, e->logits + (size_t)out_row * e->n_vocab, &smp);
+                out_row++;
+                if (s->t_first_token == 0) s->t_first_token = now_s();
+                s->tokens[s->n_tokens++] = smp.token;
+                s->n_generated++;
+                done = on_token(e, s, &smp);
+            }
+            if (done) {
+                pthread_mutex_lock(&e->mu);
+                for (int32_t i = 0; i < e->cfg.max_running; i++)
+                    if (e->running[i] == s) slot_release(e, i);
+                e->stats.tokens_generated += (uint64_t)s->n_generated;
+                pthread_mutex_unlock(&e->mu);
+                finish(s);
+                seq_free(s);
+            }
+        }
+    }
+    /* Stopping: whatever is left ends as cancelled. */
+    pthread_mutex_lock(&e->mu);
+    seq *left = NULL;
+    for (int32_t i = 0; i < e->cfg.max_running; i++) {
+        seq *s = e->running[i];
+        if (!s) continue;
+        slot_release(e, i);
+        s->next = left;
+        left = s;
+    }
+    while (e->wait_head) {
+        seq *s = wait_pop(e);
+        s->next = left;
+        left = s;
+    }
+    pthread_mutex_unlock(&e->mu);
+    for (seq *s = left, *nx; s; s = nx) {
+        nx = s->next;
+        end(s, CV_FINISH_CANCELLED, NULL, NULL);
+        finish(s);
+        seq_free(s);
+    }
+    return NULL;
+}
+
+/* ---- public ---- */
+
+cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *cfg,
+                        cv_engine **out, cv_error *err) {
+    const cv_model_opts *mo = cv_model_options(m);
+    const cv_hparams *hp = cv_model_hparams(m);
+    if (cfg->max_running < 1 || cfg->max_batch_tokens < 1 || cfg->kv_block_tokens < 1 ||
+        cfg->max_waiting < 0)
+        return cv_errorf(err, CV_EINVAL, "engine: max_running, max_batch_tokens and "
+                         "kv_block_tokens must be at least 1");
+    if (mo->max_batch < cfg->max_batch_tokens || mo->max_logits < cfg->max_running)
+        return cv_errorf(err, CV_EINVAL,
+                         "engine: the model was loaded for batches of %d rows with %d logits "
+                         "rows; the engine needs %d and %d",
+                         mo->max_batch, mo->max_logits, cfg->max_batch_tokens, cfg->max_running);
+    if (cv_tok_n_vocab(tok) > hp->n_vocab)
+        return cv_errorf(err, CV_EFORMAT, "engine: tokenizer has %d tokens, the model's output %d",
+                         cv_tok_n_vocab(tok), hp->n_vocab);
+
+    cv_engine *e = calloc(1, sizeof *e);
+    if (!e) return cv_errorf(err, CV_ENOMEM, "engine: out of memory");
+    e->model = m;
+    e->tok = tok;
+    e->cfg = *cfg;
+    e->n_vocab = hp->n_vocab;
+    if (e->cfg.n_ctx <= 0 || e->cfg.n_ctx > hp->n_ctx_train) e->cfg.n_ctx = hp->n_ctx_train;
+    if (e->cfg.max_tokens_default <= 0) e->cfg.max_tokens_default = 256;
+
+    cv_kv_config kc = cv_model_kv_config(m, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
+    kc.block_size = e->cfg.kv_block_tokens;
+    int32_t blocks_per_seq = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size;
+    kc.max_seq_len = blocks_per_seq * kc.block_size;
+    size_t per_block = 2 * (size_t)kc.n_layers * kc.n_kv_heads * kc.head_dim * kc.block_size *
+                       (kc.type == CV_TYPE_F32 ? 4 : 2);
+    int64_t want = (int64_t)blocks_per_seq * e->cfg.max_running;
+    int64_t budget = e->cfg.kv_bytes ? (int64_t)(e->cfg.kv_bytes / per_block) : want;
+    if (budget < blocks_per_seq) {
+        cv_errorf(err, CV_EINVAL,
+                  "engine: a KV budget of %zu bytes holds %lld blocks of %d tokens; one "
+                  "sequence of %d positions needs %d blocks (%zu bytes)",
+                  e->cfg.kv_bytes, (long long)budget, kc.block_size, e->cfg.n_ctx,
+                  blocks_per_seq, (size_t)blocks_per_seq * per_block);
+        free(e);
+        return CV_EINVAL;
+    }
+    kc.n_blocks = (int32_t)(budget < want ? budget : want);
+
+    cv_status st = cv_kv_create(&kc, &e->kv, err);
+    if (st != CV_OK) {
+        free(e);
+        return st;
+    }
+    int32_t R = e->cfg.max_running, B = e->cfg.max_batch_tokens;
+    e->running = calloc((size_t)R, sizeof *e->running);
+    e->free_kv = malloc(sizeof *e->free_kv * (size_t)R);
+    e->b_tokens = malloc(sizeof(int32_t) * (size_t)B);
+    e->b_pos = malloc(sizeof(int32_t) * (size_t)B);
+    e->b_seq = malloc(sizeof(int32_t) * (size_t)B);
+    e->b_want = malloc((size_t)B);
+    e->b_owner = malloc(sizeof(seq *) * (size_t)B);
+    e->b_chunk = malloc(sizeof(int32_t) * (size_t)R);
+    e->logits = malloc(sizeof(float) * (size_t)R * (size_t)e->n_vocab);
+    if (!e->running || !e->free_kv || !e->b_tokens || !e->b_pos || !e->b_seq || !e->b_want ||
+        !e->b_owner || !e->b_chunk || !e->logits) {
+        st = cv_errorf(err, CV_ENOMEM, "engine: out of memory for step buffers");
+        goto err;
+    }
+    for (int32_t i = 0; i < R; i++) e->free_kv[i] = R - 1 - i;
+    e->n_free_kv = R;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    if (pthread_create(&e->thread, NULL, engine_loop, e) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+        st = cv_errorf(err, CV_ENOMEM, "engine: cannot start its thread");
+        goto err;
+    }
+    *out = e;
+    return CV_OK;
+err:
+    cv_kv_free(e->kv);
+    free(e->running);
+    free(e->free_kv);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_want);
+    free(e->b_owner);
+    free(e->b_chunk);
+    free(e->logits);
+    free(e);
+    return st;
+}
+
+void cv_engine_free(cv_engine *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->mu);
+    e->stopping = 1;
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    pthread_join(e->thread, NULL);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    cv_kv_free(e->kv);
+    free(e->running);
+    free(e->free_kv);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_want);
+    free(e->b_owner);
+    free(e->b_chunk);
+    free(e->logits);
+    free(e);
+}
+
+int32_t cv_engine_n_ctx(const cv_engine *e) { return e->cfg.n_ctx; }
+
+cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_engine_sink *sink,
+                           uint64_t *id, cv_error *err) {
+    if (r->n_prompt < 1) return cv_errorf(err, CV_EINVAL, "the prompt is empty");
+    if (r->n_prompt >= e->cfg.n_ctx)
+        return cv_errorf(err, CV_EINVAL,
+                         "the prompt is %d tokens; the context holds %d, leaving no room to "
+                         "generate",
+                         r->n_prompt, e->cfg.n_ctx);
+    if (r->max_tokens < 0) return cv_errorf(err, CV_EINVAL, "max_tokens %d is negative", r->max_tokens);
+    cv_status st = cv_sampler_params_validate(&r->sampling, err);
+    if (st != CV_OK) return st;
+    for (int32_t i = 0; i < r->n_prompt; i++)
+        if (r->prompt[i] < 0 || r->prompt[i] >= e->n_vocab)
+            return cv_errorf(err, CV_EINVAL, "prompt token %d at index %d is outside the vocabulary (%d)",
+                             r->prompt[i], i, e->n_vocab);
+
+    seq *s = calloc(1, sizeof *s);
+    if (!s) return cv_errorf(err, CV_ENOMEM, "engine: out of memory");
+    s->max_tokens = r->max_tokens ? r->max_tokens : e->cfg.max_tokens_default;
+    /* Room for the prompt and every token it may generate within the context. */
+    int32_t cap = r->n_prompt + s->max_tokens;
+    if (cap > e->cfg.n_ctx) cap = e->cfg.n_ctx;
+    s->tokens = malloc(sizeof(int32_t) * (size_t)cap);
+    if (!s->tokens) goto oom;
+    memcpy(s->tokens, r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);
+    s->n_tokens = s->n_prompt = r->n_prompt;
+    s->kv_seq = -1;
+    s->ignore_eos = r->ignore_eos;
+    s->sink = *sink;
+    s->want_samples = r->sampling.logprobs || r->sampling.top_logprobs > 0;
+    if ((st = cv_sampler_new(&r->sampling, e->n_vocab, &s->sampler, err)) != CV_OK) goto err;
+    if ((st = cv_sampler_accept(s->sampler, r->prompt, (size_t)r->n_prompt, err)) != CV_OK) goto err;
+    if ((st = cv_tok_stream_new(e->tok, 0, &s->detok, err)) != CV_OK) goto err;
+    if ((st = cv_stop_new(r->stop, (size_t)r->n_stop, &s->stop, err)) != CV_OK) goto err;
+    if (r->n_stop > 0) {
+        s->stop_strs = calloc((size_t)r->n_stop, sizeof *s->stop_strs);
+        if (!s->stop_strs) goto oom;
+        for (; s->n_stop < r->n_stop; s->n_stop++)
+            if (!(s->stop_strs[s->n_stop] = strdup(r->stop[s->n_stop]))) goto oom;
+    }
+    atomic_init(&s->cancelled, 0);
+    s->t_submit = now_s();
+
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping) {
+        pthread_mutex_unlock(&e->mu);
+        st = cv_errorf(err, CV_EUNAVAILABLE, "the engine is shutting down");
+        goto err;
+    }
+    int32_t free_slots = e->cfg.max_running - e->n_running;
+    if (e->n_waiting - free_slots >= e->cfg.max_waiting) {
+        int32_t running = e->n_running, waiting = e->n_waiting;
+        pthread_mutex_unlock(&e->mu);
+        st = cv_errorf(err, CV_EBUSY,
+                       "server busy: %d requests running (max_running %d) and %d waiting "
+                       "(max_waiting %d)",
+                       running, e->cfg.max_running, waiting, e->cfg.max_waiting);
+        goto err;
+    }
+    s->id = ++e->next_id;
+    wait_push(e, s, 0);
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (id) *id = s->id;
+    return CV_OK;
+oom:
+    st = cv_errorf(err, CV_ENOMEM, "engine: out of memory");
+err:
+    seq_free(s);
+    return st;
+}
+
+void cv_engine_cancel(cv_engine *e, uint64_t id) {
+    pthread_mutex_lock(&e->mu);
+    for (int32_t i = 0; i < e->cfg.max_running; i++)
+        if (e->running[i] && e->running[i]->id == id) atomic_store(&e->running[i]->cancelled, 1);
+    for (seq *s = e->wait_head; s; s = s->next)
+        if (s->id == id) atomic_store(&s->cancelled, 1);
+    pthread_cond_signal(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+
+void cv_engine_get_stats(cv_engine *e, cv_engine_stats *st) {
+    pthread_mutex_lock(&e->mu);
+    *st = e->stats;
+    st->running = e->n_running;
+    st->waiting = e->n_waiting;
+    st->kv_blocks_total = cv_kv_config_of(e->kv)->n_blocks;
+    st->kv_blocks_used = st->kv_blocks_total - cv_kv_free_blocks(e->kv);
+    pthread_mutex_unlock(&e->mu);
+}

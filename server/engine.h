@@ -1,0 +1,106 @@
+/* engine: one loaded model version with its scheduler and paged KV cache.
+ *
+ * cv_engine_submit queues a request (already tokenized) and returns at once; the
+ * engine's own thread runs continuous batching: every step decodes one token for
+ * each running sequence and feeds prompt chunks of admitted ones (chunked prefill)
+ * in one batched forward pass of at most max_batch_tokens rows. KV blocks are taken
+ * as sequences grow; when they run out, the youngest running sequence is preempted
+ * (its blocks freed, its prompt plus the tokens it already produced recomputed
+ * later), so the oldest always make progress.
+ *
+ * Output goes to the request's sink on the engine thread: text chunks (complete UTF-8
+ * characters, stop strings held back while a partial match is pending) with their
+ * token ids, then exactly one final event. A sink must never block. After the final
+ * event the engine never touches the sink again.
+ *
+ * Submit, cancel and stats are thread-safe. A cancelled request ends within one step
+ * with finish reason CANCELLED and its KV blocks are returned.
+ */
+#ifndef CV_ENGINE_H
+#define CV_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "cv_error.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+typedef struct cv_engine_config {
+    int32_t max_running;       /* sequences decoded together */
+    int32_t max_waiting;       /* queued beyond running; more is CV_EBUSY */
+    int32_t max_batch_tokens;  /* rows per forward pass (decode rows + prefill chunks) */
+    int32_t n_ctx;             /* positions per sequence; 0 = the model's training context */
+    int32_t kv_block_tokens;   /* token slots per KV block */
+    size_t kv_bytes;           /* KV cache budget; 0 = enough for every running sequence */
+    cv_type kv_type;           /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
+    int32_t max_tokens_default;
+} cv_engine_config;
+
+typedef enum cv_finish {
+    CV_FINISH_STOP = 1,        /* end-of-generation token or a stop string */
+    CV_FINISH_LENGTH = 2,      /* max_tokens or the context is full */
+    CV_FINISH_CANCELLED = 3,
+    CV_FINISH_ERROR = 4
+} cv_finish;
+
+typedef struct cv_engine_request {
+    const int32_t *prompt;
+    int32_t n_prompt;
+    cv_sampler_params sampling;
+    int32_t max_tokens;        /* 0: the engine's default */
+    const char *const *stop;   /* stop strings, copied at submit */
+    int32_t n_stop;
+    int ignore_eos;
+} cv_engine_request;
+
+typedef struct cv_engine_final {
+    cv_finish reason;
+    int32_t prompt_tokens;
+    int32_t completion_tokens;
+    double queue_s;            /* submit to first scheduled */
+    double ttft_s;             /* submit to first token */
+    double total_s;            /* submit to final */
+    const char *stop_string;   /* the one that matched, or NULL */
+    const char *error;         /* with CV_FINISH_ERROR */
+} cv_engine_final;
+
+typedef struct cv_engine_sink {
+    /* text[0..len) may be empty when only held-back ids arrive; samples (one per id)
+     * is non-NULL when logprobs were asked for. */
+    void (*on_chunk)(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                     const cv_sample *samples);
+    void (*on_final)(void *ctx, const cv_engine_final *f);
+    void *ctx;
+} cv_engine_sink;
+
+typedef struct cv_engine_stats {
+    int32_t running, waiting;
+    int32_t kv_blocks_used, kv_blocks_total;
+    int32_t last_batch_rows;   /* rows of the most recent forward pass */
+    uint64_t steps;
+    uint64_t preemptions;
+    uint64_t tokens_generated;
+} cv_engine_stats;
+
+typedef struct cv_engine cv_engine;
+
+void cv_engine_config_default(cv_engine_config *c);
+/* The engine borrows m and tok (they must outlive it) and starts its thread. */
+cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *cfg,
+                        cv_engine **out, cv_error *err);
+/* Cancels everything still queued or running (their final events arrive), stops the
+ * thread and frees the KV cache. */
+void cv_engine_free(cv_engine *e);
+
+/* CV_EINVAL for a prompt that does not fit the context (naming both lengths) or bad
+ * sampling values; CV_EBUSY when the queue is full (naming the limits). */
+cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_engine_sink *sink,
+                           uint64_t *id, cv_error *err);
+/* No-op for an id that already finished. */
+void cv_engine_cancel(cv_engine *e, uint64_t id);
+void cv_engine_get_stats(cv_engine *e, cv_engine_stats *st);
+int32_t cv_engine_n_ctx(const cv_engine *e);
+
+#endif
