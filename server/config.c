@@ -31,6 +31,9 @@ static const key_spec keys[] = {
     NUM("max_running", "--max-running", K_INT, max_running, 1, 4096),
     NUM("max_waiting", "--max-waiting", K_INT, max_waiting, 0, 1000000),
     NUM("kv_block_tokens", "--kv-block-tokens", K_INT, kv_block_tokens, 1, 4096),
+    NUM("max_batch_tokens", "--max-batch-tokens", K_INT, max_batch_tokens, 1, 65536),
+    NUM("n_ctx", "--ctx", K_INT, n_ctx, 0, 1 << 24),
+    STR("kv_type", "--kv-type", kv_type),
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),
@@ -43,6 +46,8 @@ void cv_config_defaults(cv_config *c) {
     c->max_running = 64;
     c->max_waiting = 256;
     c->kv_block_tokens = 16;
+    c->max_batch_tokens = 256;
+    strcpy(c->kv_type, "f16");
     c->kv_memory_mb = 512;
     c->max_tokens_default = 256;
     c->drain_timeout_s = 30;
@@ -159,6 +164,13 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
     if (!c->listen[0]) return cv_errorf(err, CV_EINVAL, "listen: an address is required");
     if (!strchr(c->listen, ':'))
         return cv_errorf(err, CV_EINVAL, "listen: \"%s\" has no port (want HOST:PORT)", c->listen);
+    if (strcmp(c->kv_type, "f16") != 0 && strcmp(c->kv_type, "f32") != 0)
+        return cv_errorf(err, CV_EINVAL, "kv_type: \"%s\" is neither f16 nor f32", c->kv_type);
+    if (c->max_batch_tokens < c->max_running)
+        return cv_errorf(err, CV_EINVAL,
+                         "max_batch_tokens (%d) must be at least max_running (%d): every running "
+                         "sequence needs a row in each step",
+                         c->max_batch_tokens, c->max_running);
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
     return CV_OK;

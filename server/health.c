@@ -4,6 +4,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
 
@@ -16,7 +17,9 @@ typedef struct watcher {
     char service[MAX_NAME];
     atomic_int want; /* latest status for this watcher's service */
     int sent;        /* last status sent; -1 before the first message */
-    atomic_int closing;
+    atomic_int closing;  /* the client went away: end at once */
+    atomic_int ending;   /* the server stops: send the last status, then end */
+    atomic_int ended;    /* produce returned FINISH */
     struct watcher *next;
 } watcher;
 
@@ -140,7 +143,13 @@ static cv_rpc_produce watch_produce(void *ctx, uint8_t **msg, size_t *len, int *
         return CV_RPC_FINISH;
     }
     int want = atomic_load(&w->want);
-    if (want == w->sent) return CV_RPC_NOTHING;
+    if (want == w->sent) {
+        if (!atomic_load(&w->ending)) return CV_RPC_NOTHING;
+        *code = CV_RPC_UNAVAILABLE;
+        *status_msg = "server shutting down";
+        atomic_store(&w->ended, 1);
+        return CV_RPC_FINISH;
+    }
     *msg = pack_response((cv_health_status)want, len);
     if (!*msg) {
         *code = CV_RPC_INTERNAL;
@@ -151,20 +160,55 @@ static cv_rpc_produce watch_produce(void *ctx, uint8_t **msg, size_t *len, int *
     return CV_RPC_MESSAGE;
 }
 
+/* Whoever unlinks a watcher (a cancel, or the end of a shutdown) releases its call. */
+static int unlink_locked(cv_health *h, watcher *w) {
+    for (watcher **p = &h->watchers; *p; p = &(*p)->next) {
+        if (*p == w) {
+            *p = w->next;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void watch_cancel(void *ctx) {
     watcher *w = ctx;
     cv_health *h = w->owner;
     pthread_mutex_lock(&h->mu);
-    for (watcher **p = &h->watchers; *p; p = &(*p)->next) {
-        if (*p == w) {
-            *p = w->next;
-            break;
-        }
-    }
+    int mine = unlink_locked(h, w);
     pthread_mutex_unlock(&h->mu);
+    if (!mine) return;
     atomic_store(&w->closing, 1);
     cv_rpc_stream_wake(w->call);
     cv_rpc_call_release(w->call);
+}
+
+void cv_health_shutdown(cv_health *h, double timeout_s) {
+    pthread_mutex_lock(&h->mu);
+    for (watcher *w = h->watchers; w; w = w->next) {
+        atomic_store(&w->ending, 1);
+        cv_rpc_stream_wake(w->call);
+    }
+    pthread_mutex_unlock(&h->mu);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        /* Release the calls of watchers that sent their last status. */
+        pthread_mutex_lock(&h->mu);
+        watcher *done = NULL;
+        for (watcher *w = h->watchers; w; w = w->next)
+            if (atomic_load(&w->ended)) done = w;
+        if (done) unlink_locked(h, done);
+        int left = h->watchers != NULL;
+        pthread_mutex_unlock(&h->mu);
+        if (done) {
+            cv_rpc_call_release(done->call);
+            continue;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (!left || (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9 > timeout_s) return;
+        nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
+    }
 }
 
 static void watch_done(void *ctx) { free(ctx); }

@@ -26,6 +26,9 @@ cv_status cv_health_register(cv_health *h, cv_rpc_server *srv, cv_error *err);
 cv_status cv_health_set(cv_health *h, const char *service, cv_health_status st, cv_error *err);
 /* CV_HEALTH_SERVICE_UNKNOWN for a name never set. */
 cv_health_status cv_health_get(cv_health *h, const char *service);
+/* Ends every Watch stream after its latest status went out (status UNAVAILABLE), waiting
+ * at most timeout_s for them; call after the final cv_health_set of a shutdown. */
+void cv_health_shutdown(cv_health *h, double timeout_s);
 /* Open Watch streams (they never end by themselves, so draining does not wait on them). */
 int cv_health_watchers(cv_health *h);
 /* Only after the rpc server is freed (Watch streams hold references). */

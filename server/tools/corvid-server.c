@@ -7,6 +7,7 @@
  */
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -14,7 +15,11 @@
 
 #include "config.h"
 #include "health.h"
+#include "http_endpoint.h"
+#include "inference_service.h"
+#include "metrics.h"
 #include "rpc_server.h"
+#include "slot.h"
 
 static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v1.Admin"};
 #define N_SERVICES (sizeof service_names / sizeof service_names[0])
@@ -34,10 +39,34 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* What the HTTP endpoint's thread reads while main changes it. */
+typedef struct server {
+    cv_health *health;
+    _Atomic(cv_slot *) slot;
+    atomic_int draining;
+} server;
+
+static char *render_metrics(void *ctx) {
+    server *s = ctx;
+    cv_slot *slot = atomic_load(&s->slot);
+    if (!slot) return cv_metrics_render(NULL, 0);
+    cv_engine_stats es;
+    cv_engine_get_stats(slot->engine, &es);
+    cv_metrics_slot m = {slot->version, atomic_load(&s->draining) ? "draining" : "ready", 100,
+                         slot->stats, &es};
+    return cv_metrics_render(&m, 1);
+}
+
+static int is_ready(void *ctx) {
+    server *s = ctx;
+    return !atomic_load(&s->draining) &&
+           cv_health_get(s->health, "corvid.v1.Inference") == CV_HEALTH_SERVING;
+}
+
 /* Waits for in-flight calls (Watch streams excepted) to end, at most timeout_s. */
-static int drain(cv_rpc_server *srv, cv_health *h, double timeout_s) {
+static int drain(cv_rpc_server *srv, cv_health *h, cv_infer *inf, double timeout_s) {
     double end = now_s() + timeout_s;
-    while (cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
+    while (cv_infer_in_flight(inf) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
         if (now_s() > end) return -1;
         usleep(20 * 1000);
     }
@@ -75,31 +104,71 @@ int main(int argc, char **argv) {
 
     cv_rpc_server *srv = NULL;
     cv_health *health = NULL;
+    cv_infer *inf = NULL;
+    cv_slot *slot = NULL;
+    cv_http *http = NULL;
+    server state = {0};
     int rc = 1, port = 0;
     cv_rpc_config rcfg = {.listen = cfg.listen};
-    if (cv_health_new(&health, &err) != CV_OK || cv_rpc_server_new(&rcfg, &srv, &err) != CV_OK ||
-        cv_health_register(health, srv, &err) != CV_OK)
+    if (cv_health_new(&health, &err) != CV_OK || cv_infer_new(&inf, &err) != CV_OK ||
+        cv_rpc_server_new(&rcfg, &srv, &err) != CV_OK ||
+        cv_health_register(health, srv, &err) != CV_OK || cv_infer_register(inf, srv, &err) != CV_OK)
         goto out;
+    state.health = health;
     for (size_t i = 0; i < N_SERVICES; i++)
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
+    if (cfg.metrics_listen[0]) {
+        cv_http_callbacks cb = {render_metrics, is_ready, &state};
+        int mport = 0;
+        if (cv_http_start(cfg.metrics_listen, &cb, &http, &mport, &err) != CV_OK) goto out;
+        fprintf(stderr, "{\"msg\":\"metrics listening\",\"addr\":\"%s\",\"port\":%d}\n",
+                cfg.metrics_listen, mport);
+    }
     if (cv_rpc_server_start(srv, &port, &err) != CV_OK) goto out;
-    /* Inference and Admin stay NOT_SERVING until the serving work wires in the engine. */
+    /* Live at once; Inference serves only once its model is loaded (readiness). */
     cv_health_set(health, "", CV_HEALTH_SERVING, &err);
     fprintf(stderr, "{\"msg\":\"listening\",\"addr\":\"%s\",\"port\":%d}\n", cfg.listen, port);
+    if (cfg.model[0]) {
+        cv_slot_options so = {.threads = cfg.threads};
+        cv_engine_config_default(&so.engine);
+        so.engine.max_running = cfg.max_running;
+        so.engine.max_waiting = cfg.max_waiting;
+        so.engine.max_batch_tokens = cfg.max_batch_tokens;
+        so.engine.n_ctx = cfg.n_ctx;
+        so.engine.kv_block_tokens = cfg.kv_block_tokens;
+        so.engine.kv_bytes = (size_t)cfg.kv_memory_mb << 20;
+        so.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
+        so.engine.max_tokens_default = cfg.max_tokens_default;
+        double t0 = now_s();
+        if (cv_slot_load(cfg.model, cfg.model_version, &so, &slot, &err) != CV_OK) goto out;
+        cv_infer_set_slot(inf, slot);
+        atomic_store(&state.slot, slot);
+        cv_health_set(health, "corvid.v1.Inference", CV_HEALTH_SERVING, &err);
+        fprintf(stderr, "{\"msg\":\"model ready\",\"version\":\"%s\",\"path\":\"%s\",\"load_s\":%.3f}\n",
+                slot->version, slot->path, now_s() - t0);
+    }
 
     int sig = 0;
     sigwait(&sigs, &sig);
     fprintf(stderr, "{\"msg\":\"draining\",\"signal\":%d,\"timeout_s\":%g}\n", sig,
             cfg.drain_timeout_s);
+    atomic_store(&state.draining, 1);
     for (size_t i = 0; i < N_SERVICES; i++)
         cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err);
     cv_rpc_server_stop_accepting(srv);
-    if (drain(srv, health, cfg.drain_timeout_s) != 0)
+    if (drain(srv, health, inf, cfg.drain_timeout_s) != 0)
         fprintf(stderr, "{\"msg\":\"drain timeout: cancelling the remaining calls\"}\n");
+    cv_health_shutdown(health, 2);
     rc = 0;
 out:
     if (rc) fprintf(stderr, "corvid-server: %s\n", err.msg);
+    /* The engine goes first: streams still running get their final (cancelled) event and
+     * release their calls, which lets the rpc server shut down without waiting. */
+    cv_http_stop(http);
+    cv_slot_stop(slot);
     cv_rpc_server_free(srv);
+    cv_slot_free(slot);
+    cv_infer_free(inf);
     cv_health_free(health);
     if (!rc) fprintf(stderr, "{\"msg\":\"stopped\"}\n");
     return rc;

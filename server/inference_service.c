@@ -1,0 +1,626 @@
+#include "inference_service.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "corvid/v1/inference.pb-c.h"
+
+struct cv_infer {
+    _Atomic(cv_slot *) slot;   /* NULL until a model is loaded */
+    atomic_int in_flight;
+};
+
+/* ---- one response stream ---- */
+
+typedef struct gen_stream {
+    cv_infer *inf;
+    cv_slot *slot;
+    cv_rpc_call *call;
+    cv_engine *engine;
+    uint64_t engine_id;
+    pthread_mutex_t mu;
+    /* Output not yet sent, coalesced: the engine appends, produce() drains. */
+    char *text;
+    size_t text_len, text_cap;
+    int32_t *ids;
+    size_t n_ids, ids_cap;
+    cv_sample *samples;      /* parallel to ids when logprobs are on */
+    int want_samples;
+    int overflow;            /* the client fell too far behind */
+    cv_rpc_code fail_code;   /* the request was refused at submit: only a status goes out */
+    int client_gone;         /* cancelled, disconnected or past its deadline */
+    int have_final, final_sent;
+    cv_engine_final final;
+    char stop_string[256];
+    char error[512];
+    char request_id[128];
+    uint64_t seed;
+    double t_last_token;     /* for inter-token gaps (engine thread only) */
+} gen_stream;
+
+static void stream_free(gen_stream *g) {
+    pthread_mutex_destroy(&g->mu);
+    free(g->text);
+    free(g->ids);
+    free(g->samples);
+    free(g);
+}
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+/* Engine thread: append and wake the sender. */
+static double mono_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                       const cv_sample *samples) {
+    gen_stream *g = ctx;
+    if (n_ids) {
+        double t = mono_s();
+        if (g->t_last_token > 0) cv_stats_inter_token(g->slot->stats, t - g->t_last_token);
+        g->t_last_token = t;
+    }
+    pthread_mutex_lock(&g->mu);
+    if (g->text_len + len > CV_INFER_MAX_PENDING) {
+        g->overflow = 1;
+    } else if (!g->overflow) {
+        size_t ids_cap_before = g->ids_cap;
+        if (grow((void **)&g->text, &g->text_cap, g->text_len + len + 1, 1) ||
+            grow((void **)&g->ids, &g->ids_cap, g->n_ids + (size_t)n_ids, sizeof *g->ids)) {
+            g->overflow = 1;
+        } else {
+            if (g->want_samples) {
+                size_t cap = ids_cap_before;
+                if (grow((void **)&g->samples, &cap, g->ids_cap, sizeof *g->samples)) g->overflow = 1;
+            }
+            if (!g->overflow) {
+                memcpy(g->text + g->text_len, text, len);
+                g->text_len += len;
+                memcpy(g->ids + g->n_ids, ids, sizeof *ids * (size_t)n_ids);
+                if (g->want_samples && samples)
+                    memcpy(g->samples + g->n_ids, samples, sizeof *samples * (size_t)n_ids);
+                g->n_ids += (size_t)n_ids;
+            }
+        }
+    }
+    int overflow = g->overflow;
+    pthread_mutex_unlock(&g->mu);
+    if (overflow) cv_engine_cancel(g->engine, g->engine_id);
+    cv_rpc_stream_wake(g->call);
+}
+
+static void sink_final(void *ctx, const cv_engine_final *f) {
+    gen_stream *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->final = *f;
+    if (f->stop_string) snprintf(g->stop_string, sizeof g->stop_string, "%s", f->stop_string);
+    if (f->error) snprintf(g->error, sizeof g->error, "%s", f->error);
+    g->final.stop_string = NULL;
+    g->final.error = NULL;
+    g->have_final = 1;
+    pthread_mutex_unlock(&g->mu);
+    cv_rpc_stream_wake(g->call);
+    cv_rpc_call_release(g->call); /* the engine never calls us again */
+}
+
+static uint8_t *pack_response(Corvid__V1__GenerateResponse *r, size_t *len) {
+    *len = corvid__v1__generate_response__get_packed_size(r);
+    uint8_t *buf = malloc(*len ? *len : 1);
+    if (buf) corvid__v1__generate_response__pack(r, buf);
+    return buf;
+}
+
+static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
+    Corvid__V1__Chunk chunk = CORVID__V1__CHUNK__INIT;
+    if (g->text) g->text[g->text_len] = 0;
+    chunk.text = g->text ? g->text : "";
+    chunk.n_token_ids = g->n_ids;
+    chunk.token_ids = g->ids;
+    Corvid__V1__Logprobs *lp = NULL, **lpp = NULL;
+    Corvid__V1__TokenLogprob *tl = NULL;
+    uint8_t *buf = NULL;
+    if (g->want_samples && g->n_ids) {
+        size_t n_top = 0;
+        for (size_t i = 0; i < g->n_ids; i++) n_top += (size_t)g->samples[i].n_top;
+        lp = calloc(g->n_ids, sizeof *lp);
+        lpp = calloc(g->n_ids, sizeof *lpp);
+        tl = calloc(g->n_ids + n_top, sizeof *tl);
+        Corvid__V1__TokenLogprob **tops = calloc(n_top ? n_top : 1, sizeof *tops);
+        if (!lp || !lpp || !tl || !tops) {
+            free(tops);
+            goto out;
+        }
+        size_t t = 0, k = 0;
+        for (size_t i = 0; i < g->n_ids; i++) {
+            const cv_sample *s = &g->samples[i];
+            corvid__v1__logprobs__init(&lp[i]);
+            corvid__v1__token_logprob__init(&tl[t]);
+            tl[t].id = s->token;
+            tl[t].logprob = s->logprob;
+            lp[i].chosen = &tl[t++];
+            lp[i].top = tops + k;
+            lp[i].n_top = (size_t)s->n_top;
+            for (int32_t j = 0; j < s->n_top; j++) {
+                corvid__v1__token_logprob__init(&tl[t]);
+                tl[t].id = s->top[j].token;
+                tl[t].logprob = s->top[j].logprob;
+                tops[k++] = &tl[t++];
+            }
+            lpp[i] = &lp[i];
+        }
+        chunk.n_logprobs = g->n_ids;
+        chunk.logprobs = lpp;
+        Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
+        r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_CHUNK;
+        r.chunk = &chunk;
+        buf = pack_response(&r, len);
+        free(tops);
+    } else {
+        Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
+        r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_CHUNK;
+        r.chunk = &chunk;
+        buf = pack_response(&r, len);
+    }
+out:
+    free(lp);
+    free(lpp);
+    free(tl);
+    g->text_len = 0;
+    g->n_ids = 0;
+    return buf;
+}
+
+static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
+    static const Corvid__V1__FinishReason reasons[] = {
+        [CV_FINISH_STOP] = CORVID__V1__FINISH_REASON__FINISH_REASON_STOP,
+        [CV_FINISH_LENGTH] = CORVID__V1__FINISH_REASON__FINISH_REASON_LENGTH,
+        [CV_FINISH_CANCELLED] = CORVID__V1__FINISH_REASON__FINISH_REASON_CANCELLED,
+        [CV_FINISH_ERROR] = CORVID__V1__FINISH_REASON__FINISH_REASON_ERROR,
+    };
+    Corvid__V1__Usage usage = CORVID__V1__USAGE__INIT;
+    usage.prompt_tokens = (uint32_t)g->final.prompt_tokens;
+    usage.completion_tokens = (uint32_t)g->final.completion_tokens;
+    Corvid__V1__Final fin = CORVID__V1__FINAL__INIT;
+    fin.finish_reason = reasons[g->final.reason];
+    fin.usage = &usage;
+    fin.model_version = g->slot->version;
+    fin.time_to_first_token_ms = (float)(g->final.ttft_s * 1e3);
+    fin.total_ms = (float)(g->final.total_s * 1e3);
+    fin.error = g->error;
+    fin.request_id = g->request_id;
+    fin.seed = g->seed;
+    fin.stop_string = g->stop_string;
+    Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
+    r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_FINAL;
+    r.final = &fin;
+    return pack_response(&r, len);
+}
+
+static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *more,
+                                  cv_rpc_code *code, const char **status_msg) {
+    gen_stream *g = ctx;
+    cv_rpc_produce p = CV_RPC_NOTHING;
+    *code = CV_RPC_OK;
+    pthread_mutex_lock(&g->mu);
+    if (g->fail_code != CV_RPC_OK) {
+        *code = g->fail_code;
+        *status_msg = g->error;
+        p = CV_RPC_FINISH;
+    } else if (g->overflow) {
+        /* Wait for the engine's final (it was cancelled) before ending the call. */
+        if (g->have_final) {
+            *code = CV_RPC_RESOURCE_EXHAUSTED;
+            *status_msg = "client reads too slowly: more than 1 MiB of output pending";
+            p = CV_RPC_FINISH;
+        }
+    } else if (g->text_len || g->n_ids) {
+        *msg = pack_chunk_locked(g, len);
+        *more = g->have_final;
+        p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
+    } else if (g->have_final && !g->final_sent) {
+        *msg = pack_final_locked(g, len);
+        g->final_sent = 1;
+        p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
+    } else if (g->final_sent) {
+        switch (g->final.reason) {
+        case CV_FINISH_ERROR:
+            *code = CV_RPC_INTERNAL;
+            *status_msg = g->error;
+            break;
+        case CV_FINISH_CANCELLED:
+            *code = CV_RPC_CANCELLED;
+            *status_msg = "cancelled";
+            break;
+        default:
+            *code = CV_RPC_OK;
+            break;
+        }
+        p = CV_RPC_FINISH;
+    }
+    if (p == CV_RPC_FINISH) {
+        /* Once per stream: produce is never called again after FINISH. */
+        int ran = g->fail_code == CV_RPC_OK;
+        cv_stats_request(g->slot->stats, (int)*code, ran && g->final.ttft_s > 0 ? g->final.ttft_s : -1,
+                         ran ? g->final.total_s : 0, ran ? (uint32_t)g->final.completion_tokens : 0);
+    }
+    pthread_mutex_unlock(&g->mu);
+    return p;
+}
+
+static void gen_cancel(void *ctx) {
+    gen_stream *g = ctx;
+    pthread_mutex_lock(&g->mu);
+    g->client_gone = 1;
+    uint64_t id = g->engine_id;
+    pthread_mutex_unlock(&g->mu);
+    if (id) cv_engine_cancel(g->engine, id);
+}
+
+static void gen_done(void *ctx) {
+    gen_stream *g = ctx;
+    atomic_fetch_sub(&g->inf->in_flight, 1);
+    stream_free(g);
+}
+
+static const cv_rpc_stream_ops gen_ops = {gen_produce, gen_cancel, gen_done};
+
+/* ---- request handling ---- */
+
+static uint64_t random_seed(void) {
+    uint64_t s = 0;
+    int fd = open("/dev/urandom", O_RDONLY);
+    if (fd >= 0) {
+        if (read(fd, &s, sizeof s) != (ssize_t)sizeof s) s = 0;
+        close(fd);
+    }
+    return s ? s : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+}
+
+static cv_rpc_code code_of(cv_status st) {
+    switch (st) {
+    case CV_EINVAL: case CV_ERANGE: case CV_EFORMAT: return CV_RPC_INVALID_ARGUMENT;
+    case CV_EBUSY: case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
+    case CV_EUNAVAILABLE: return CV_RPC_UNAVAILABLE;
+    case CV_ENOTFOUND: return CV_RPC_NOT_FOUND;
+    case CV_ETIMEOUT: return CV_RPC_DEADLINE_EXCEEDED;
+    case CV_EAUTH: return CV_RPC_UNAUTHENTICATED;
+    case CV_EPERM: return CV_RPC_PERMISSION_DENIED;
+    default: return CV_RPC_INTERNAL;
+    }
+}
+
+/* Proto sampling (zero = off / server default) to the sampler's parameters. */
+static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_params *sp,
+                                int32_t *max_tokens, int *ignore_eos, uint64_t *seed) {
+    memset(sp, 0, sizeof *sp);
+    sp->top_p = 1.0f;
+    sp->repeat_penalty = 1.0f;
+    sp->repeat_last_n = 64;
+    *max_tokens = 0;
+    *ignore_eos = 0;
+    *seed = random_seed();
+    if (!p) {
+        sp->seed = *seed;
+        return;
+    }
+    sp->temperature = p->temperature;
+    sp->top_k = p->top_k;
+    if (p->top_p != 0) sp->top_p = p->top_p;
+    sp->min_p = p->min_p;
+    if (p->repetition_penalty != 0) sp->repeat_penalty = p->repetition_penalty;
+    if (p->repetition_window) sp->repeat_last_n = (int32_t)p->repetition_window;
+    if (p->seed) *seed = p->seed->value;
+    sp->seed = *seed;
+    if (p->logprobs) {
+        sp->logprobs = true;
+        sp->top_logprobs = (int32_t)p->logprobs;
+    }
+    *max_tokens = (int32_t)p->max_tokens;
+    *ignore_eos = p->ignore_eos;
+}
+
+/* Checks model / version selectors; answers NOT_FOUND itself and returns -1. */
+/* The slot a request runs on, or NULL after answering UNAVAILABLE / NOT_FOUND. */
+static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, const char *version) {
+    char msg[400];
+    cv_slot *s = atomic_load(&inf->slot);
+    if (!s) {
+        cv_rpc_reply(call, CV_RPC_UNAVAILABLE, "no model is loaded yet", NULL, 0);
+        return NULL;
+    }
+    if (model && *model && strcmp(model, s->name) != 0 && strcmp(model, s->version) != 0) {
+        snprintf(msg, sizeof msg, "model \"%.100s\" is not served here (this server serves \"%.100s\")",
+                 model, s->name);
+        cv_rpc_reply(call, CV_RPC_NOT_FOUND, msg, NULL, 0);
+        return NULL;
+    }
+    if (version && *version && strcmp(version, s->version) != 0) {
+        snprintf(msg, sizeof msg, "model version \"%.100s\" is not loaded (loaded: \"%.100s\")",
+                 version, s->version);
+        cv_rpc_reply(call, CV_RPC_NOT_FOUND, msg, NULL, 0);
+        return NULL;
+    }
+    return s;
+}
+
+/* Answers an error for a request that reached a slot, and counts it there. */
+static void refuse(cv_slot *slot, cv_rpc_call *call, cv_rpc_code code, const char *msg) {
+    cv_stats_request(slot->stats, (int)code, -1, 0, 0);
+    cv_rpc_reply(call, code, msg, NULL, 0);
+}
+
+/* Tokenizes text into a malloc'd array. */
+static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids,
+                          size_t *n, cv_error *err) {
+    size_t len = strlen(text), cap = len + 4;
+    *ids = malloc(sizeof **ids * cap);
+    if (!*ids) return cv_errorf(err, CV_ENOMEM, "out of memory tokenizing %zu bytes", len);
+    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, cap, n, err);
+    if (st != CV_OK) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return st;
+}
+
+/* Submits a tokenized prompt and turns the call into the response stream. */
+static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
+                         const Corvid__V1__SamplingParams *sp, const char *request_id) {
+    cv_error err = {0};
+    gen_stream *g = calloc(1, sizeof *g);
+    if (!g) {
+        refuse(slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
+    }
+    pthread_mutex_init(&g->mu, NULL);
+    g->inf = inf;
+    g->slot = slot;
+    g->call = call;
+    g->engine = slot->engine;
+    snprintf(g->request_id, sizeof g->request_id, "%s", request_id ? request_id : "");
+
+    cv_engine_request r = {.prompt = prompt, .n_prompt = (int32_t)n_prompt};
+    sampling_from_proto(sp, &r.sampling, &r.max_tokens, &r.ignore_eos, &g->seed);
+    g->want_samples = r.sampling.logprobs;
+    if (sp) {
+        r.stop = (const char *const *)sp->stop;
+        r.n_stop = (int32_t)sp->n_stop;
+    }
+    cv_engine_sink sink = {sink_chunk, sink_final, g};
+    /* The stream must exist before the engine can call the sink. */
+    atomic_fetch_add(&inf->in_flight, 1);
+    cv_rpc_stream_start(call, &gen_ops, g);
+    pthread_mutex_lock(&g->mu);
+    cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
+    int gone = g->client_gone;
+    pthread_mutex_unlock(&g->mu);
+    if (st == CV_OK && gone) cv_engine_cancel(g->engine, g->engine_id);
+    if (st != CV_OK) {
+        /* Nothing was queued: the submit error becomes the call's status. */
+        pthread_mutex_lock(&g->mu);
+        snprintf(g->error, sizeof g->error, "%s", err.msg);
+        g->fail_code = code_of(st);
+        pthread_mutex_unlock(&g->mu);
+        cv_rpc_stream_wake(call);
+        cv_rpc_call_release(call);
+    }
+}
+
+static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    cv_infer *inf = ctx;
+    Corvid__V1__GenerateRequest *r = corvid__v1__generate_request__unpack(NULL, len, req);
+    if (!r) {
+        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed GenerateRequest", NULL, 0);
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cv_error err = {0};
+    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version);
+    if (!slot) goto out;
+    if (!r->prompt[0]) {
+        refuse(slot, call, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
+        goto out;
+    }
+    if (r->rag && r->rag->enable) {
+        refuse(slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
+        goto out;
+    }
+    cv_status st = tokenize(slot->tok, r->prompt, r->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
+    if (st != CV_OK) {
+        refuse(slot, call, code_of(st), err.msg);
+        goto out;
+    }
+    start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
+out:
+    free(ids);
+    corvid__v1__generate_request__free_unpacked(r, NULL);
+}
+
+static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    cv_infer *inf = ctx;
+    Corvid__V1__ChatRequest *r = corvid__v1__chat_request__unpack(NULL, len, req);
+    if (!r) {
+        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ChatRequest", NULL, 0);
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char *prompt = NULL;
+    cv_chat_msg *msgs = NULL;
+    cv_error err = {0};
+    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version);
+    if (!slot) goto out;
+    if (r->rag && r->rag->enable) {
+        refuse(slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
+        goto out;
+    }
+    cv_chat_family fam = slot->chat_family;
+    if (r->chat_template[0]) {
+        if (cv_chat_family_from_name(r->chat_template, &fam, &err) != CV_OK) {
+            refuse(slot, call, CV_RPC_INVALID_ARGUMENT, err.msg);
+            goto out;
+        }
+    } else if (!slot->has_chat) {
+        refuse(slot, call, CV_RPC_FAILED_PRECONDITION,
+               "chat_template: the model's file names no known chat template; name one "
+               "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+        goto out;
+    }
+    msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
+    if (!msgs) {
+        refuse(slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
+    cv_status st = cv_chat_apply(fam, msgs, r->n_messages, true, &prompt, &err);
+    if (st == CV_OK)
+        st = tokenize(slot->tok, prompt, CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &ids, &n, &err);
+    if (st != CV_OK) {
+        refuse(slot, call, code_of(st), err.msg);
+        goto out;
+    }
+    start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
+out:
+    free(ids);
+    free(prompt);
+    free(msgs);
+    corvid__v1__chat_request__free_unpacked(r, NULL);
+}
+
+static void reply_packed(cv_rpc_call *call, const ProtobufCMessage *m) {
+    size_t n = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf) {
+        cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        return;
+    }
+    protobuf_c_message_pack(m, buf);
+    cv_rpc_reply(call, CV_RPC_OK, NULL, buf, n);
+    free(buf);
+}
+
+static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    cv_infer *inf = ctx;
+    Corvid__V1__TokenizeRequest *r = corvid__v1__tokenize_request__unpack(NULL, len, req);
+    if (!r) {
+        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed TokenizeRequest", NULL, 0);
+        return;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    char **pieces = NULL;
+    cv_error err = {0};
+    cv_slot *slot = pick_slot(inf, call, r->model, NULL);
+    if (!slot) goto out;
+    unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
+    cv_status st = tokenize(slot->tok, r->text, flags, &ids, &n, &err);
+    if (st != CV_OK) {
+        cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
+        goto out;
+    }
+    pieces = calloc(n ? n : 1, sizeof *pieces);
+    if (!pieces) {
+        cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *p;
+        size_t plen;
+        if (cv_tok_piece(slot->tok, ids[i], CV_TOK_RENDER_SPECIAL, &p, &plen, &err) != CV_OK) plen = 0;
+        pieces[i] = strndup(plen ? p : "", plen);
+        if (!pieces[i]) {
+            cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+            goto out;
+        }
+    }
+    Corvid__V1__TokenizeResponse resp = CORVID__V1__TOKENIZE_RESPONSE__INIT;
+    resp.n_ids = n;
+    resp.ids = ids;
+    resp.n_pieces = n;
+    resp.pieces = pieces;
+    resp.model_version = slot->version;
+    reply_packed(call, &resp.base);
+out:
+    for (size_t i = 0; pieces && i < n; i++) free(pieces[i]);
+    free(pieces);
+    free(ids);
+    corvid__v1__tokenize_request__free_unpacked(r, NULL);
+}
+
+static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    cv_infer *inf = ctx;
+    Corvid__V1__ListModelsRequest *r = corvid__v1__list_models_request__unpack(NULL, len, req);
+    if (!r) {
+        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ListModelsRequest", NULL, 0);
+        return;
+    }
+    corvid__v1__list_models_request__free_unpacked(r, NULL);
+    const cv_slot *s = pick_slot(inf, call, NULL, NULL);
+    if (!s) return;
+    const cv_hparams *hp = cv_model_hparams(s->model);
+    Corvid__V1__ModelInfo mi = CORVID__V1__MODEL_INFO__INIT;
+    mi.name = (char *)s->name;
+    mi.version = (char *)s->version;
+    mi.architecture = (char *)cv_arch_name(hp->arch);
+    mi.context_length = (uint32_t)cv_engine_n_ctx(s->engine);
+    mi.vocab_size = (uint32_t)hp->n_vocab;
+    mi.state = "ready";
+    mi.chat_template = (char *)(s->has_chat ? cv_chat_family_name(s->chat_family) : "");
+    mi.traffic_weight = 100;
+    Corvid__V1__ModelInfo *list[1] = {&mi};
+    Corvid__V1__ListModelsResponse resp = CORVID__V1__LIST_MODELS_RESPONSE__INIT;
+    resp.n_models = 1;
+    resp.models = list;
+    reply_packed(call, &resp.base);
+}
+
+void cv_infer_set_slot(cv_infer *inf, cv_slot *slot) { atomic_store(&inf->slot, slot); }
+
+cv_status cv_infer_new(cv_infer **out, cv_error *err) {
+    cv_infer *inf = calloc(1, sizeof *inf);
+    if (!inf) return cv_errorf(err, CV_ENOMEM, "inference service: out of memory");
+    atomic_init(&inf->slot, NULL);
+    atomic_init(&inf->in_flight, 0);
+    *out = inf;
+    return CV_OK;
+}
+
+cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err) {
+    static const struct {
+        const char *path;
+        cv_rpc_handler h;
+    } methods[] = {
+        {"/corvid.v1.Inference/Generate", on_generate},
+        {"/corvid.v1.Inference/Chat", on_chat},
+        {"/corvid.v1.Inference/Tokenize", on_tokenize},
+        {"/corvid.v1.Inference/ListModels", on_list_models},
+    };
+    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
+        cv_status st = cv_rpc_register(srv, methods[i].path, methods[i].h, inf, err);
+        if (st != CV_OK) return st;
+    }
+    return CV_OK;
+}
+
+int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
+
+void cv_infer_free(cv_infer *inf) { free(inf); }

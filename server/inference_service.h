@@ -1,0 +1,32 @@
+/* inference_service: corvid.v1.Inference over rpc_server and a model slot.
+ *
+ * Generate and Chat validate the request (INVALID_ARGUMENT naming the field), tokenize,
+ * and submit to the slot's engine; the response stream is the engine's output: text
+ * chunks, coalesced while the client is slower than generation, then one Final. A
+ * client that falls more than CV_INFER_MAX_PENDING bytes behind is cut off with
+ * RESOURCE_EXHAUSTED so that memory per stream stays bounded. A client cancel, deadline
+ * or disconnect cancels the engine request within one step.
+ *
+ * Mid-stream failures send a Final with FINISH_REASON_ERROR and the message, then the
+ * gRPC status INTERNAL, so both stream readers and status counters see them.
+ */
+#ifndef CV_INFERENCE_SERVICE_H
+#define CV_INFERENCE_SERVICE_H
+
+#include "rpc_server.h"
+#include "slot.h"
+
+#define CV_INFER_MAX_PENDING (1u << 20)
+
+typedef struct cv_infer cv_infer;
+
+cv_status cv_infer_new(cv_infer **out, cv_error *err);
+/* Requests before a slot is set get UNAVAILABLE. The slot must outlive its streams. */
+void cv_infer_set_slot(cv_infer *inf, cv_slot *slot);
+cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err);
+/* Streams not yet finished (what a drain waits for). */
+int cv_infer_in_flight(cv_infer *inf);
+/* After the rpc server and the slot's engine are gone. */
+void cv_infer_free(cv_infer *inf);
+
+#endif

@@ -1,0 +1,122 @@
+#include "slot.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_backend.h"
+
+static void base_name(const char *path, char *out, size_t cap) {
+    const char *b = strrchr(path, '/');
+    b = b ? b + 1 : path;
+    size_t n = strcspn(b, ".");
+    if (n == 0) n = strlen(b);
+    if (n >= cap) n = cap - 1;
+    memcpy(out, b, n);
+    out[n] = 0;
+}
+
+typedef struct warmup {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    cv_finish reason;
+    char error[sizeof(((cv_error *)0)->msg)];
+} warmup;
+
+static void warm_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n,
+                       const cv_sample *samples) {
+    (void)ctx, (void)text, (void)len, (void)ids, (void)n, (void)samples;
+}
+
+static void warm_final(void *ctx, const cv_engine_final *f) {
+    warmup *w = ctx;
+    pthread_mutex_lock(&w->mu);
+    w->reason = f->reason;
+    if (f->error) snprintf(w->error, sizeof w->error, "%s", f->error);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* One short generation before the slot takes traffic: it pages the weights in, starts
+ * the thread pool and proves the model runs, so the first client sees neither the cost
+ * nor a broken file. */
+static cv_status warm_up(cv_slot *s, cv_error *err) {
+    int32_t prompt[2] = {cv_tok_bos(s->tok) >= 0 ? cv_tok_bos(s->tok) : 0, 0};
+    cv_engine_request r = {.prompt = prompt, .n_prompt = 2, .max_tokens = 2, .ignore_eos = 1};
+    r.sampling.top_p = 1;
+    r.sampling.repeat_penalty = 1;
+    warmup w = {.reason = CV_FINISH_ERROR};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    cv_engine_sink sink = {warm_chunk, warm_final, &w};
+    cv_status st = cv_engine_submit(s->engine, &r, &sink, NULL, err);
+    if (st == CV_OK) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        if (w.reason != CV_FINISH_LENGTH)
+            st = cv_errorf(err, CV_EINTERNAL, "warm-up generation failed: %s", w.error);
+    }
+    pthread_mutex_destroy(&w.mu);
+    pthread_cond_destroy(&w.cv);
+    return st;
+}
+
+cv_status cv_slot_load(const char *path, const char *version, const cv_slot_options *opt,
+                       cv_slot **out, cv_error *err) {
+    cv_slot *s = calloc(1, sizeof *s);
+    if (!s) return cv_errorf(err, CV_ENOMEM, "loading %s: out of memory", path);
+    cv_status st;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    if (!(s->stats = cv_stats_new())) {
+        st = cv_errorf(err, CV_ENOMEM, "out of memory");
+        goto err;
+    }
+    if (version && *version) snprintf(s->version, sizeof s->version, "%s", version);
+    else base_name(path, s->version, sizeof s->version);
+
+    if ((st = cv_gguf_open(path, &s->gguf, err)) != CV_OK) goto err;
+    cv_str name = cv_gguf_get_str(s->gguf, "general.name");
+    if (name.ptr && name.len)
+        snprintf(s->name, sizeof s->name, "%.*s", (int)(name.len < 127 ? name.len : 127), name.ptr);
+    else base_name(path, s->name, sizeof s->name);
+    if ((st = cv_tok_load(s->gguf, &s->tok, err)) != CV_OK) goto err;
+    /* A model without a known template still serves Generate; Chat then needs the
+     * request to name a template. */
+    s->has_chat = cv_chat_detect(cv_gguf_get_str(s->gguf, "tokenizer.chat_template"),
+                                 cv_gguf_get_str(s->gguf, "general.architecture"), name,
+                                 &s->chat_family, NULL) == CV_OK;
+    cv_cpu_options co = {.n_threads = opt->threads};
+    if ((st = cv_cpu_backend_create(&co, &s->backend, err)) != CV_OK) goto err;
+    cv_model_opts mo = {.max_batch = opt->engine.max_batch_tokens,
+                        .max_logits = opt->engine.max_running};
+    if ((st = cv_model_load(s->backend, s->gguf, &mo, &s->model, err)) != CV_OK) goto err;
+    if ((st = cv_engine_new(s->model, s->tok, &opt->engine, &s->engine, err)) != CV_OK) goto err;
+    if ((st = warm_up(s, err)) != CV_OK) goto err;
+    *out = s;
+    return CV_OK;
+err:
+    cv_error_wrap(err, "loading %s", path);
+    cv_slot_free(s);
+    return st;
+}
+
+void cv_slot_stop(cv_slot *s) {
+    if (!s) return;
+    cv_engine_free(s->engine);
+    s->engine = NULL;
+}
+
+void cv_slot_free(cv_slot *s) {
+    if (!s) return;
+    cv_slot_stop(s);
+    cv_model_free(s->model);
+    cv_backend_destroy(s->backend);
+    cv_tok_free(s->tok);
+    cv_gguf_close(s->gguf);
+    cv_stats_free(s->stats);
+    free(s);
+}

@@ -1,0 +1,43 @@
+/* slot: one loaded model version, everything a request needs to run on it.
+ *
+ * cv_slot_load opens and validates the GGUF, builds its tokenizer, a CPU backend, the
+ * model and an engine, in that order; any failure undoes the earlier steps and names
+ * the file. The slot owns all of them. Several slots may live at once (blue/green).
+ */
+#ifndef CV_SLOT_H
+#define CV_SLOT_H
+
+#include "chat_template.h"
+#include "engine.h"
+#include "gguf.h"
+#include "model.h"
+#include "stats.h"
+#include "tokenizer.h"
+
+typedef struct cv_slot_options {
+    int threads;                 /* <= 0: one per core */
+    cv_engine_config engine;
+} cv_slot_options;
+
+typedef struct cv_slot {
+    char version[128];
+    char path[1024];
+    char name[128];              /* general.name, or the file name */
+    int has_chat;                /* chat_family was detected from the file */
+    cv_chat_family chat_family;
+    cv_gguf *gguf;
+    cv_tok *tok;
+    cv_backend *backend;
+    cv_model *model;
+    cv_engine *engine;
+    cv_stats *stats;             /* requests served by this version */
+} cv_slot;
+
+cv_status cv_slot_load(const char *path, const char *version, const cv_slot_options *opt,
+                       cv_slot **out, cv_error *err);
+/* Stops the engine: requests still queued or running end as cancelled. NULL is fine. */
+void cv_slot_stop(cv_slot *s);
+/* Stops the engine if still running and frees everything. */
+void cv_slot_free(cv_slot *s);
+
+#endif
