@@ -54,11 +54,13 @@ class Server:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen([os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
                                      stdout=self.log, stderr=subprocess.STDOUT)
+        # With a model, ready means the model is loaded; without, that gRPC listens.
+        marker = '"model ready"' if "--model" in args else '"listening"'
         deadline = time.time() + ready_timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("corvid-server exited %d:\n%s" % (self.proc.returncode, self.output()))
-            if '"listening"' in self.output():
+            if marker in self.output():
                 return
             time.sleep(0.05)
         self.stop()

@@ -1,0 +1,137 @@
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} buf;
+
+static void put(buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void put(buf *b, const char *fmt, ...) {
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+static const char *const code_names[CV_STATS_CODES] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+
+static void histogram(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
+                      size_t n, const cv_stats_view *views, size_t off) {
+    put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    const double *bounds = cv_stats_bounds();
+    for (size_t i = 0; i < n; i++) {
+        if (!slots[i].stats) continue;
+        const cv_hist *h = (const cv_hist *)((const char *)&views[i] + off);
+        uint64_t cum = 0;
+        for (int k = 0; k < CV_STATS_BUCKETS; k++) {
+            cum += h->counts[k];
+            put(b, "%s_bucket{version=\"%s\",le=\"%g\"} %llu\n", name, slots[i].version, bounds[k],
+                (unsigned long long)cum);
+        }
+        put(b, "%s_bucket{version=\"%s\",le=\"+Inf\"} %llu\n", name, slots[i].version,
+            (unsigned long long)h->count);
+        put(b, "%s_sum{version=\"%s\"} %.9g\n", name, slots[i].version, h->sum);
+        put(b, "%s_count{version=\"%s\"} %llu\n", name, slots[i].version, (unsigned long long)h->count);
+    }
+}
+
+/* One gauge per slot that has an engine, read from its engine stats. */
+static void engine_gauge(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
+                         size_t n, size_t off) {
+    put(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+    for (size_t i = 0; i < n; i++) {
+        if (!slots[i].engine) continue;
+        put(b, "%s{version=\"%s\"} %d\n", name, slots[i].version,
+            *(const int32_t *)((const char *)slots[i].engine + off));
+    }
+}
+
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n) {
+    buf b = {malloc(4096), 0, 4096, 0};
+    if (!b.p) return NULL;
+    cv_stats_view *views = calloc(n ? n : 1, sizeof *views);
+    if (!views) {
+        free(b.p);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].stats) cv_stats_totals(slots[i].stats, &views[i]);
+
+    put(&b, "# HELP corvid_requests_total Finished requests by model version and gRPC status.\n"
+            "# TYPE corvid_requests_total counter\n");
+    for (size_t i = 0; i < n; i++) {
+        if (!slots[i].stats) continue;
+        for (int c = 0; c < CV_STATS_CODES; c++)
+            if (views[i].requests[c] || c == 0)
+                put(&b, "corvid_requests_total{version=\"%s\",code=\"%s\"} %llu\n", slots[i].version,
+                    code_names[c], (unsigned long long)views[i].requests[c]);
+    }
+    histogram(&b, "corvid_time_to_first_token_seconds", "Submit to first generated token.", slots, n,
+              views, offsetof(cv_stats_view, ttft));
+    histogram(&b, "corvid_inter_token_latency_seconds", "Gap between consecutive tokens of a stream.",
+              slots, n, views, offsetof(cv_stats_view, inter_token));
+    histogram(&b, "corvid_request_duration_seconds", "Submit to final message.", slots, n, views,
+              offsetof(cv_stats_view, latency));
+    put(&b, "# HELP corvid_generated_tokens_total Tokens generated.\n# TYPE corvid_generated_tokens_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].stats)
+            put(&b, "corvid_generated_tokens_total{version=\"%s\"} %llu\n", slots[i].version,
+                (unsigned long long)views[i].tokens);
+    engine_gauge(&b, "corvid_queue_depth", "Requests waiting for a batch slot.", slots, n,
+                 offsetof(cv_engine_stats, waiting));
+    engine_gauge(&b, "corvid_running_sequences", "Sequences decoded in every step.", slots, n,
+                 offsetof(cv_engine_stats, running));
+    engine_gauge(&b, "corvid_kv_blocks_used", "KV cache blocks held by sequences.", slots, n,
+                 offsetof(cv_engine_stats, kv_blocks_used));
+    engine_gauge(&b, "corvid_kv_blocks_total", "KV cache blocks in all.", slots, n,
+                 offsetof(cv_engine_stats, kv_blocks_total));
+    engine_gauge(&b, "corvid_batch_size", "Rows of the most recent forward pass.", slots, n,
+                 offsetof(cv_engine_stats, last_batch_rows));
+    put(&b, "# HELP corvid_slot_traffic_weight Routing weight of new requests.\n"
+            "# TYPE corvid_slot_traffic_weight gauge\n");
+    for (size_t i = 0; i < n; i++)
+        put(&b, "corvid_slot_traffic_weight{version=\"%s\"} %u\n", slots[i].version, slots[i].weight);
+    put(&b, "# HELP corvid_slot_state 1 for the state each model version is in.\n"
+            "# TYPE corvid_slot_state gauge\n");
+    static const char *const states[] = {"loading", "ready", "failed", "draining"};
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            put(&b, "corvid_slot_state{version=\"%s\",state=\"%s\"} %d\n", slots[i].version, states[k],
+                strcmp(slots[i].state, states[k]) == 0);
+    free(views);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

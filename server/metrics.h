@@ -1,0 +1,26 @@
+/* metrics: the Prometheus text exposition of the server's figures.
+ *
+ * Rendering reads a snapshot of every slot (its stats, engine gauges, routing weight
+ * and state); nothing here keeps state of its own. Metric names and labels are a
+ * contract with dashboards and alert rules (charts/): change them only with those.
+ */
+#ifndef CV_METRICS_H
+#define CV_METRICS_H
+
+#include <stddef.h>
+
+#include "engine.h"
+#include "stats.h"
+
+typedef struct cv_metrics_slot {
+    const char *version;
+    const char *state;           /* loading, ready, failed, draining */
+    unsigned weight;
+    cv_stats *stats;             /* NULL for a slot that never served */
+    const cv_engine_stats *engine; /* NULL when the slot has no engine */
+} cv_metrics_slot;
+
+/* Appends the exposition to a malloc'd NUL-terminated buffer; NULL when out of memory. */
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n);
+
+#endif

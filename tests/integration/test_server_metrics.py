@@ -1,0 +1,136 @@
+"""corvid-server's /metrics, /healthz and /readyz, parsed with prometheus_client's text
+parser (an independent implementation of the exposition format). A stream cancelled
+mid-way must hand its KV blocks back, visibly in corvid_kv_blocks_used."""
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+from prometheus_client.parser import text_string_to_metric_families
+
+from corvid_testlib import SHARED, Checks, Server, free_port, proto_modules
+
+pb, _, _ = proto_modules()
+MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+NAMES = ["corvid_requests", "corvid_time_to_first_token_seconds", "corvid_inter_token_latency_seconds",
+         "corvid_request_duration_seconds", "corvid_generated_tokens", "corvid_queue_depth",
+         "corvid_running_sequences", "corvid_kv_blocks_used", "corvid_kv_blocks_total", "corvid_batch_size",
+         "corvid_slot_traffic_weight", "corvid_slot_state"]
+
+
+def scrape(url):
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def value(fams, name, **labels):
+    for s in fams[name].samples:
+        if all(s.labels.get(k) == v for k, v in labels.items()) and s.name in (name, name + "_total"):
+            return s.value
+    raise KeyError((name, labels))
+
+
+def stream(addr, n, out, cancel_after=None):
+    with grpc.insecure_channel(addr) as ch:
+        gen = ch.unary_stream("/corvid.v1.Inference/Generate",
+                              request_serializer=pb.GenerateRequest.SerializeToString,
+                              response_deserializer=pb.GenerateResponse.FromString)
+        call = gen(pb.GenerateRequest(prompt="Once upon a time",
+                                      sampling=pb.SamplingParams(max_tokens=n, ignore_eos=True)), timeout=60)
+        got = 0
+        try:
+            for m in call:
+                if m.WhichOneof("kind") == "chunk":
+                    got += len(m.chunk.token_ids)
+                    if cancel_after and got >= cancel_after:
+                        call.cancel()
+                        out.append("cancelled")
+                        return
+        except grpc.RpcError as e:
+            out.append(e.code())
+            return
+        out.append("done")
+
+
+def metrics_names_and_counts(srv, url):
+    out = []
+    for _ in range(3):
+        stream(srv.addr, 20, out)
+    assert out == ["done"] * 3, out
+    fams = scrape(url)
+    missing = [n for n in NAMES if n not in fams]
+    assert not missing, missing
+    ok = value(fams, "corvid_requests", version="stories260K", code="OK")
+    assert ok >= 3, ok
+    assert value(fams, "corvid_generated_tokens", version="stories260K") >= 60
+    ttft = [s for s in fams["corvid_time_to_first_token_seconds"].samples if s.name.endswith("_count")]
+    assert ttft and ttft[0].value >= 3
+    itl = [s for s in fams["corvid_inter_token_latency_seconds"].samples if s.name.endswith("_count")]
+    assert itl and itl[0].value >= 3 * 19, itl
+    assert value(fams, "corvid_kv_blocks_total", version="stories260K") > 0
+    assert value(fams, "corvid_slot_state", version="stories260K", state="ready") == 1
+    assert value(fams, "corvid_slot_traffic_weight", version="stories260K") == 100
+
+
+def cancel_returns_kv_blocks(srv, url):
+    out = []
+    t = threading.Thread(target=stream, args=(srv.addr, 120, out, 10))
+    t.start()
+    t.join(30)
+    assert out == ["cancelled"], out
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        fams = scrape(url)
+        if value(fams, "corvid_kv_blocks_used", version="stories260K") == 0 and \
+                value(fams, "corvid_running_sequences", version="stories260K") == 0:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("KV blocks still held after cancel")
+    assert value(fams, "corvid_requests", version="stories260K", code="CANCELLED") >= 1
+
+
+def health_endpoints(url):
+    with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+        assert r.status == 200
+    with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+        assert r.status == 200 and r.read() == b"ready\n"
+    try:
+        urllib.request.urlopen(url + "/nope", timeout=5)
+        raise AssertionError("404 expected")
+    except urllib.error.HTTPError as e:
+        assert e.code == 404
+
+
+def not_ready_without_model():
+    mport = free_port()
+    srv = Server("--metrics-listen", "127.0.0.1:%d" % mport)
+    try:
+        try:
+            urllib.request.urlopen("http://127.0.0.1:%d/readyz" % mport, timeout=5)
+            raise AssertionError("ready without a model")
+        except urllib.error.HTTPError as e:
+            assert e.code == 503
+    finally:
+        srv.stop()
+
+
+def main():
+    c = Checks()
+    mport = free_port()
+    url = "http://127.0.0.1:%d" % mport
+    srv = Server("--model", MODEL, "--metrics-listen", "127.0.0.1:%d" % mport)
+    try:
+        c.run("metrics parse, names and counts", metrics_names_and_counts, srv, url)
+        c.run("cancel mid-stream returns KV blocks", cancel_returns_kv_blocks, srv, url)
+        c.run("/healthz, /readyz, 404", health_endpoints, url)
+    finally:
+        srv.stop()
+    c.run("/readyz is 503 without a model", not_ready_without_model)
+    c.finish()
+
+
+main()
