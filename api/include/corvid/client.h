@@ -1,0 +1,160 @@
+/* corvid client: the C API for corvid-server over gRPC.
+ *
+ * A corvid_client is one channel to one server (optionally TLS, optionally with a
+ * bearer token); it is thread-safe and may be shared. A generate or chat call returns
+ * a corvid_stream that one thread iterates with corvid_stream_next: optional context
+ * (citations), text chunks as the server produces them, then the final event.
+ *
+ * Every function that can fail returns 0 on success and -1 on failure, and fills a
+ * corvid_error with the gRPC status code (CORVID_* below, or CORVID_CLIENT_ERROR for a
+ * local problem) and the server's or the library's message.
+ */
+#ifndef CORVID_CLIENT_H
+#define CORVID_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* gRPC status codes as they arrive; CORVID_CLIENT_ERROR for errors on this side. */
+enum {
+    CORVID_OK = 0, CORVID_CANCELLED = 1, CORVID_UNKNOWN = 2, CORVID_INVALID_ARGUMENT = 3,
+    CORVID_DEADLINE_EXCEEDED = 4, CORVID_NOT_FOUND = 5, CORVID_PERMISSION_DENIED = 7,
+    CORVID_RESOURCE_EXHAUSTED = 8, CORVID_FAILED_PRECONDITION = 9, CORVID_UNIMPLEMENTED = 12,
+    CORVID_INTERNAL = 13, CORVID_UNAVAILABLE = 14, CORVID_UNAUTHENTICATED = 16,
+    CORVID_CLIENT_ERROR = 100
+};
+
+typedef struct corvid_error {
+    int code;
+    char message[512];
+} corvid_error;
+
+/* The name of a status code ("RESOURCE_EXHAUSTED"). */
+const char *corvid_code_name(int code);
+
+typedef struct corvid_client_options {
+    const char *addr;            /* "127.0.0.1:50051" */
+    /* TLS when root_certs_pem is set; mTLS when the client pair is set too. PEM text. */
+    const char *root_certs_pem;
+    const char *client_cert_pem;
+    const char *client_key_pem;
+    const char *bearer_token;    /* sent as "authorization: Bearer ..." when set */
+    double timeout_s;            /* per call; 0 = none */
+} corvid_client_options;
+
+typedef struct corvid_client corvid_client;
+
+int corvid_client_new(const corvid_client_options *opt, corvid_client **out, corvid_error *err);
+void corvid_client_free(corvid_client *c);
+
+typedef struct corvid_sampling {
+    float temperature;           /* 0: greedy */
+    int32_t top_k;               /* 0: off */
+    float top_p;                 /* 0 or 1: off */
+    float min_p;                 /* 0: off */
+    float repetition_penalty;    /* 0 or 1: off */
+    int has_seed;
+    uint64_t seed;
+    uint32_t max_tokens;         /* 0: server default */
+    const char *const *stop;
+    size_t n_stop;
+    uint32_t logprobs;           /* alternatives per token; 0: none */
+    int ignore_eos;
+} corvid_sampling;
+
+typedef struct corvid_generate_params {
+    const char *prompt;
+    const char *model;           /* NULL: the server's */
+    const char *model_version;   /* NULL: routed by traffic weight */
+    const char *request_id;
+    corvid_sampling sampling;
+    int raw;                     /* no BOS/EOS added */
+} corvid_generate_params;
+
+typedef struct corvid_chat_message {
+    const char *role;            /* "system", "user", "assistant" */
+    const char *content;
+} corvid_chat_message;
+
+typedef struct corvid_chat_params {
+    const corvid_chat_message *messages;
+    size_t n_messages;
+    const char *model;
+    const char *model_version;
+    const char *request_id;
+    const char *chat_template;   /* NULL: the model's */
+    corvid_sampling sampling;
+} corvid_chat_params;
+
+typedef enum corvid_event_kind {
+    CORVID_EVENT_CONTEXT = 1,
+    CORVID_EVENT_CHUNK = 2,
+    CORVID_EVENT_FINAL = 3
+} corvid_event_kind;
+
+typedef struct corvid_citation {
+    const char *source, *document_id, *title, *url;
+    float score;
+} corvid_citation;
+
+typedef struct corvid_final {
+    const char *finish_reason;   /* "stop", "length", "cancelled", "error" */
+    uint32_t prompt_tokens, completion_tokens, context_tokens;
+    const char *model_version;
+    float ttft_ms, total_ms;
+    const char *error;
+    const char *stop_string;
+    const char *request_id;
+    uint64_t seed;
+    int default_answer;
+} corvid_final;
+
+/* Pointers stay valid until the next corvid_stream_next or corvid_stream_free. */
+typedef struct corvid_event {
+    corvid_event_kind kind;
+    const char *text;            /* CHUNK: UTF-8 delta (NUL-terminated) */
+    size_t text_len;
+    const int32_t *token_ids;
+    size_t n_token_ids;
+    const corvid_citation *citations; /* CONTEXT */
+    size_t n_citations;
+    corvid_final final;          /* FINAL */
+} corvid_event;
+
+typedef struct corvid_stream corvid_stream;
+
+int corvid_generate(corvid_client *c, const corvid_generate_params *p, corvid_stream **out,
+                    corvid_error *err);
+int corvid_chat(corvid_client *c, const corvid_chat_params *p, corvid_stream **out,
+                corvid_error *err);
+/* 1: *ev holds the next event; 0: the stream ended with status OK; -1: it ended with an
+ * error status (err says which), or broke. */
+int corvid_stream_next(corvid_stream *s, corvid_event *ev, corvid_error *err);
+/* Asks the server to stop; corvid_stream_next then ends with CANCELLED. */
+void corvid_stream_cancel(corvid_stream *s);
+void corvid_stream_free(corvid_stream *s);
+
+/* *ids is malloc'd: free() it. */
+int corvid_tokenize(corvid_client *c, const char *model, const char *text, int raw,
+                    int32_t **ids, size_t *n_ids, corvid_error *err);
+
+typedef struct corvid_model_info {
+    char name[128], version[128], architecture[32], state[16], chat_template[64];
+    uint32_t context_length, vocab_size, traffic_weight;
+} corvid_model_info;
+
+/* *models is malloc'd: free() it. */
+int corvid_list_models(corvid_client *c, corvid_model_info **models, size_t *n, corvid_error *err);
+
+/* *serving is 1 when the server reports SERVING for `service` ("" = the whole server). */
+int corvid_health(corvid_client *c, const char *service, int *serving, corvid_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
