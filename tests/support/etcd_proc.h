@@ -3,7 +3,9 @@
  * Start picks free loopback ports (127.0.0.1 only), makes a temp data dir, runs
  * $CORVID_ETCD_BIN (default "etcd" on PATH) with its log in DIR/etcd.log and waits
  * until GET /health answers. The process is stopped by its PID only, and dies with
- * the test process (PR_SET_PDEATHSIG). Launch again on the same dir and ports to
+ * the thread that launched it (PR_SET_PDEATHSIG, which follows the launching
+ * thread, not the process): launch from the main thread, so that a crashed test
+ * leaves no etcd behind. Launch again on the same dir and ports to
  * simulate a restart. Besides the main client URL, etcd listens on a second one
  * (alt_url) so that a test can cut the main URL off while still reaching etcd.
  */
