@@ -16,13 +16,6 @@
 static cv_test_etcd g_etcd;
 static cv_etcd *g_c;
 static char g_prefix[64];
-static unsigned g_seed;
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static cv_etcd *open_client(const char *endpoints, int timeout_ms) {
     cv_etcd_config cfg = {.endpoints = endpoints, .timeout_ms = timeout_ms,
@@ -35,14 +28,7 @@ static cv_etcd *open_client(const char *endpoints, int timeout_ms) {
 
 static int setup(void **state) {
     (void)state;
-    cv_error e = {0};
-    if (cv_test_etcd_start(&g_etcd, &e)) {
-        fprintf(stderr, "starting etcd: %s\n", e.msg);
-        return -1;
-    }
-    g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
-    srand(g_seed);
-    fprintf(stderr, "seed %u, etcd %s (pid %d, dir %s)\n", g_seed, g_etcd.url, (int)g_etcd.pid, g_etcd.dir);
+    if (cv_test_etcd_group_start(&g_etcd)) return -1;
     snprintf(g_prefix, sizeof g_prefix, "/t%08x/", (unsigned)rand());
     g_c = open_client(g_etcd.url, 4000);
     return 0;
@@ -250,9 +236,9 @@ static void test_dead_endpoints_fail_within_timeout(void **state) {
     cv_error e = {0};
     cv_etcd_range_req req = {.key = "/x"};
     cv_etcd_range_result r;
-    int64_t t0 = now_ms();
+    int64_t t0 = cv_test_now_ms();
     assert_int_equal(cv_etcd_range(c, &req, &r, &e), CV_EUNAVAILABLE);
-    int64_t took = now_ms() - t0;
+    int64_t took = cv_test_now_ms() - t0;
     fprintf(stderr, "dead endpoints: %s (after %lld ms)\n", e.msg, (long long)took);
     assert_true(took <= 800 + 300);
     char u[64];
@@ -271,9 +257,9 @@ static void test_hung_etcd_times_out(void **state) {
     cv_etcd *c = open_client(g_etcd.url, 1000);
     cv_error e = {0};
     cv_test_etcd_pause(&g_etcd, true);
-    int64_t t0 = now_ms();
+    int64_t t0 = cv_test_now_ms();
     cv_status st = cv_etcd_put(c, "/hung", "1", 1, 0, NULL, &e);
-    int64_t took = now_ms() - t0;
+    int64_t took = cv_test_now_ms() - t0;
     cv_test_etcd_pause(&g_etcd, false);
     fprintf(stderr, "hung etcd: %s (after %lld ms)\n", e.msg, (long long)took);
     assert_int_equal(st, CV_ETIMEOUT);

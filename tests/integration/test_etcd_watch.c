@@ -24,18 +24,6 @@
 #define PER_KEY (N_PUTS / N_KEYS)
 
 static cv_test_etcd g_etcd;
-static unsigned g_seed;
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static cv_etcd *open_client(const char *endpoints) {
     cv_etcd_config cfg = {.endpoints = endpoints, .timeout_ms = 3000, .attempt_timeout_ms = 1000};
@@ -61,15 +49,7 @@ static void next_event(cv_etcd_watch *w, int timeout_ms, cv_etcd_watch_event *ev
 
 static int setup(void **state) {
     (void)state;
-    cv_error e = {0};
-    if (cv_test_etcd_start(&g_etcd, &e)) {
-        fprintf(stderr, "starting etcd: %s\n", e.msg);
-        return -1;
-    }
-    g_seed = (unsigned)time(NULL) ^ (unsigned)getpid();
-    srand(g_seed);
-    fprintf(stderr, "seed %u, etcd %s (pid %d, dir %s)\n", g_seed, g_etcd.url, (int)g_etcd.pid, g_etcd.dir);
-    return 0;
+    return cv_test_etcd_group_start(&g_etcd);
 }
 
 static int teardown(void **state) {
@@ -105,7 +85,7 @@ static int64_t put_exactly_once(cv_etcd *c, const char *key, const char *val, in
         cv_error e = {0};
         cv_etcd_txn_result r;
         if (cv_etcd_txn(c, &cmp, 1, &op, 1, &get, 1, &r, &e) != CV_OK) {
-            sleep_ms(20);
+            cv_test_sleep_ms(20);
             continue;
         }
         int64_t rev = r.header.revision;
@@ -120,7 +100,7 @@ static int64_t put_exactly_once(cv_etcd *c, const char *key, const char *val, in
 
 static void *putter_main(void *arg) {
     putter *p = arg;
-    int64_t t0 = now_ms();
+    int64_t t0 = cv_test_now_ms();
     p->ok = true;
     for (int i = 0; i < N_PUTS; i++) {
         char key[96], val[32];
@@ -134,7 +114,7 @@ static void *putter_main(void *arg) {
         p->last_rev = p->rev[i];
         atomic_store(&p->done, i + 1);
     }
-    p->ms = now_ms() - t0;
+    p->ms = cv_test_now_ms() - t0;
     return NULL;
 }
 
@@ -149,8 +129,8 @@ typedef struct consumer {
 
 /* Applies events for up to ms, or until revision `upto` has been seen. */
 static void consume_for(consumer *c, int ms, int64_t upto) {
-    int64_t end = now_ms() + ms;
-    for (int64_t left; (left = end - now_ms()) > 0 && c->seen_rev < upto;) {
+    int64_t end = cv_test_now_ms() + ms;
+    for (int64_t left; (left = end - cv_test_now_ms()) > 0 && c->seen_rev < upto;) {
         cv_etcd_watch_event ev;
         cv_error e = {0};
         if (cv_etcd_watch_next(c->w, (int)left, &ev, &e) != CV_OK) return;
@@ -191,24 +171,24 @@ static void test_thousand_puts_survive_stop_and_restart(void **state) {
     memset(&put, 0, sizeof put);
     put.c = pc;
     put.prefix = prefix;
-    int64_t t0 = now_ms();
+    int64_t t0 = cv_test_now_ms();
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, putter_main, &put), 0);
 
     consume_until_puts(&con, &put, N_PUTS / 4);
-    int64_t t = now_ms();
+    int64_t t = cv_test_now_ms();
     cv_test_etcd_pause(&g_etcd, true);
     consume_for(&con, 2500, INT64_MAX); /* longer than the watcher's idle timeout: it reconnects meanwhile */
     cv_test_etcd_pause(&g_etcd, false);
-    int64_t stop_ms = now_ms() - t;
+    int64_t stop_ms = cv_test_now_ms() - t;
 
     consume_until_puts(&con, &put, N_PUTS * 3 / 5);
-    t = now_ms();
+    t = cv_test_now_ms();
     cv_test_etcd_kill(&g_etcd, SIGKILL);
     consume_for(&con, 300, INT64_MAX);
     cv_error e = {0};
     cv_status launched = cv_test_etcd_launch(&g_etcd, true, &e);
-    int64_t restart_ms = now_ms() - t;
+    int64_t restart_ms = cv_test_now_ms() - t;
     if (launched) fail_msg("restarting etcd: %s", e.msg);
 
     consume_until_puts(&con, &put, N_PUTS);
@@ -219,7 +199,7 @@ static void test_thousand_puts_survive_stop_and_restart(void **state) {
         if (con.total == before) fail_msg("no event for 20 s, last seen revision %lld of %lld",
                                           (long long)con.seen_rev, (long long)put.last_rev);
     }
-    int64_t total_ms = now_ms() - t0;
+    int64_t total_ms = cv_test_now_ms() - t0;
     assert_true(put.ok);
 
     /* Exactly the puts, in order, each once: nothing lost, nothing doubled. */

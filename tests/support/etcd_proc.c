@@ -106,8 +106,7 @@ cv_status cv_test_etcd_launch(cv_test_etcd *e, bool main, cv_error *err) {
                              probe, tail);
         }
         if (healthy(probe)) return CV_OK;
-        struct timespec ts = {0, 50 * 1000000L};
-        nanosleep(&ts, NULL);
+        cv_test_sleep_ms(50);
     }
     cv_test_etcd_kill(e, SIGKILL);
     return cv_errorf(err, CV_ETIMEOUT, "etcd at %s not healthy within %d ms (log %s)", probe,
@@ -129,6 +128,30 @@ cv_status cv_test_etcd_start(cv_test_etcd *e, cv_error *err) {
     snprintf(e->url, sizeof e->url, "http://127.0.0.1:%d", e->client_port);
     snprintf(e->alt_url, sizeof e->alt_url, "http://127.0.0.1:%d", e->alt_port);
     return cv_test_etcd_launch(e, true, err);
+}
+
+int cv_test_etcd_group_start(cv_test_etcd *e) {
+    cv_error err = {0};
+    if (cv_test_etcd_start(e, &err)) {
+        fprintf(stderr, "starting etcd: %s\n", err.msg);
+        return -1;
+    }
+    unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+    srand(seed);
+    fprintf(stderr, "seed %u, etcd %s (pid %d, dir %s)\n", seed, e->url, (int)e->pid, e->dir);
+    return 0;
+}
+
+int64_t cv_test_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void cv_test_sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
 }
 
 void cv_test_etcd_kill(cv_test_etcd *e, int sig) {

@@ -13,6 +13,7 @@
 #define CV_TEST_ETCD_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "cv_error.h"
@@ -38,5 +39,12 @@ void cv_test_etcd_destroy(cv_test_etcd *e);
 
 /* A port that was free on 127.0.0.1 a moment ago. */
 int cv_test_free_port(void);
+
+/* Group setup of an etcd test file: starts e and seeds rand() from the clock,
+ * printing both; 0 on success, -1 (with the reason on stderr) otherwise. */
+int cv_test_etcd_group_start(cv_test_etcd *e);
+
+int64_t cv_test_now_ms(void);
+void cv_test_sleep_ms(int ms);
 
 #endif
