@@ -32,10 +32,18 @@
 
 #define CV_RAG_INDEX_VERSION 1
 
+/* Length of text in some unit (tokens of a model's tokenizer, typically). */
+typedef size_t (*cv_rag_measure_fn)(void *user, const char *text, size_t len);
+
 typedef struct cv_rag_build_opts {
     uint32_t chunk_chars;   /* code points per chunk (default 800) */
     uint32_t overlap_chars; /* code points shared by neighbouring chunks (default 100) */
     double k1, b;           /* BM25 defaults stored in the index (1.2, 0.75) */
+    /* Optional: with measure set, a chunk is also cut shorter until measure() <= max_units
+     * (chunks by tokens). Not stored in the index: pass it again to `add`. */
+    cv_rag_measure_fn measure;
+    void *measure_user;
+    uint32_t max_units;
 } cv_rag_build_opts;
 
 void cv_rag_build_opts_default(cv_rag_build_opts *o);

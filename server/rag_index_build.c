@@ -39,6 +39,9 @@ void cv_rag_build_opts_default(cv_rag_build_opts *o) {
     o->overlap_chars = 100;
     o->k1 = 1.2;
     o->b = 0.75;
+    o->measure = NULL;
+    o->measure_user = NULL;
+    o->max_units = 0;
 }
 
 static uint64_t fnv(const char *s, size_t n) {
@@ -70,6 +73,8 @@ cv_status cv_rag_builder_create(const cv_rag_build_opts *opts, const cv_rag_anal
     if (o.overlap_chars >= o.chunk_chars / 2)
         return cv_errorf(err, CV_ERANGE, "overlap %u characters: must be below half the chunk size (%u)",
                          o.overlap_chars, o.chunk_chars);
+    if (o.measure && (o.max_units < 8 || o.max_units > 1000000))
+        return cv_errorf(err, CV_ERANGE, "chunk size %u tokens: must be 8..1000000", o.max_units);
     if (!(o.k1 >= 0 && o.k1 <= 10) || !(o.b >= 0 && o.b <= 1))
         return cv_errorf(err, CV_ERANGE, "BM25 k1=%g b=%g: need 0 <= k1 <= 10, 0 <= b <= 1",
                          o.k1, o.b);
@@ -151,22 +156,36 @@ static int push_chunk(cv_rag_builder *b, size_t off, size_t len) {
     return 0;
 }
 
-/* Cuts arena[base..base+n) into chunks of at most chunk_chars code points, preferring
- * to end at a break in the last fifth of the window, each starting overlap_chars
- * before the previous end (moved forward to a break when one is close). */
+/* End of a chunk of at most `window` code points from start, moved back to a break
+ * in the window's last fifth when there is one. */
+static size_t cut_end(const char *t, size_t n, size_t start, size_t window) {
+    size_t end = cp_forward(t, n, start, window);
+    if (end >= n) return end;
+    size_t floor = cp_forward(t, n, start, window - window / 5);
+    for (size_t p = end; p > floor; p--)
+        if (is_break(t, p) && ((uint8_t)t[p] & 0xC0) != 0x80) return p;
+    return end;
+}
+
+/* Cuts arena[base..base+n) into chunks of at most chunk_chars code points (and
+ * max_units when measured), preferring to end at a break in the last fifth of the
+ * window, each starting overlap_chars before the previous end (moved forward to a
+ * break when one is close). */
 static int cut_chunks(cv_rag_builder *b, size_t base, size_t n) {
     const char *t = b->text + base;
     size_t cs = b->o.chunk_chars, ov = b->o.overlap_chars, start = 0;
     if (n == 0) return push_chunk(b, base, 0);
     for (;;) {
-        size_t end = cp_forward(t, n, start, cs);
-        if (end < n) {
-            size_t floor = cp_forward(t, n, start, cs - cs / 5);
-            for (size_t p = end; p > floor; p--)
-                if (is_break(t, p) && (p == n || ((uint8_t)t[p] & 0xC0) != 0x80)) {
-                    end = p;
-                    break;
-                }
+        size_t window = cs, end;
+        for (;;) {
+            end = cut_end(t, n, start, window);
+            size_t units = b->o.measure ? b->o.measure(b->o.measure_user, t + start, end - start) : 0;
+            if (units <= b->o.max_units || window <= 1) break;
+            /* shrink in proportion to the excess (and a little more), then re-cut */
+            size_t cps = 0;
+            for (size_t p = start; p < end; p++) cps += ((uint8_t)t[p] & 0xC0) != 0x80;
+            size_t w = (size_t)((double)cps * b->o.max_units / (double)units * 0.95);
+            window = w < 1 ? 1 : w < window ? w : window - 1;
         }
         if (push_chunk(b, base + start, end - start)) return -1;
         if (end >= n) return 0;

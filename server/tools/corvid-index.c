@@ -1,8 +1,8 @@
 /* corvid-index: builds, updates and queries a corvid RAG knowledge base (BM25).
  *
  *   corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]
- *                      [--stopwords FILE | --no-stopwords]
- *   corvid-index add INDEX INPUT...
+ *                      [--stopwords FILE | --no-stopwords] [--tokenizer MODEL.gguf --chunk-tokens N]
+ *   corvid-index add INDEX INPUT... [--tokenizer MODEL.gguf --chunk-tokens N]
  *   corvid-index query INDEX "question" [-k 5] [--json] [--chunks] [--k1 X] [--b X]
  *   corvid-index info INDEX
  *   corvid-index sources CONFIG "question" [--budget-ms N] [--audit FILE]
@@ -13,16 +13,19 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gguf.h"
 #include "pii.h"
 #include "rag_index.h"
 #include "rag_ingest.h"
 #include "rag_sources.h"
+#include "tokenizer.h"
 
 static void usage(FILE *f) {
     fputs("usage:\n"
           "  corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]\n"
           "                     [--stopwords FILE | --no-stopwords]\n"
-          "  corvid-index add INDEX INPUT...\n"
+          "                     [--tokenizer MODEL.gguf --chunk-tokens N]\n"
+          "  corvid-index add INDEX INPUT... [--tokenizer MODEL.gguf --chunk-tokens N]\n"
           "  corvid-index query INDEX \"question\" [-k 5] [--json] [--chunks] [--k1 X] [--b X]\n"
           "  corvid-index info INDEX\n"
           "  corvid-index sources CONFIG \"question\" [--budget-ms N] [--audit FILE]\n"
@@ -36,7 +39,8 @@ static int fail(const cv_error *e) {
 }
 
 typedef struct args {
-    const char *output, *stopwords, *audit;
+    const char *output, *stopwords, *audit, *tokenizer;
+    uint32_t chunk_tokens;
     unsigned budget_ms;
     int no_stopwords, json, chunks;
     long k;
@@ -65,6 +69,7 @@ static int parse_args(int argc, char **argv, args *a) {
         {"no-stopwords", no_argument, 0, 'S'},   {"json", no_argument, 0, 'j'},
         {"chunks", no_argument, 0, 'C'},         {"help", no_argument, 0, 'h'},
         {"budget-ms", required_argument, 0, 'B'}, {"audit", required_argument, 0, 'A'},
+        {"tokenizer", required_argument, 0, 'T'}, {"chunk-tokens", required_argument, 0, 't'},
         {0, 0, 0, 0}};
     cv_rag_build_opts_default(&a->build);
     a->k = 5;
@@ -91,6 +96,9 @@ static int parse_args(int argc, char **argv, args *a) {
         case 'B': if (parse_num(optarg, 1, 60000, "--budget-ms", &v)) return -1;
                   a->budget_ms = (unsigned)v; break;
         case 'A': a->audit = optarg; break;
+        case 'T': a->tokenizer = optarg; break;
+        case 't': if (parse_num(optarg, 8, 1000000, "--chunk-tokens", &v)) return -1;
+                  a->chunk_tokens = (uint32_t)v; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -130,6 +138,30 @@ static cv_status load_stopwords(const char *path, cv_rag_analyzer **out, cv_erro
     return st;
 }
 
+static size_t count_tokens(void *user, const char *text, size_t len) {
+    size_t n = 0;
+    cv_tok_encode(user, text, len, 0, NULL, 0, &n, NULL); /* CV_ERANGE: n is the count */
+    return n;
+}
+
+/* With --tokenizer and --chunk-tokens, chunks are also limited in that model's tokens. */
+static int setup_tokens(args *a, cv_rag_build_opts *o, cv_tok **tok, cv_error *e) {
+    if (!a->tokenizer != !a->chunk_tokens) {
+        cv_errorf(e, CV_EINVAL, "--tokenizer and --chunk-tokens go together");
+        return -1;
+    }
+    if (!a->tokenizer) return 0;
+    cv_gguf *g = NULL;
+    cv_status st = cv_gguf_open(a->tokenizer, &g, e);
+    if (!st) st = cv_tok_load(g, tok, e);
+    cv_gguf_close(g);
+    if (st) return -1;
+    o->measure = count_tokens;
+    o->measure_user = *tok;
+    o->max_units = a->chunk_tokens;
+    return 0;
+}
+
 static int ingest_all(cv_rag_builder *b, char **paths, int n, cv_error *e) {
     for (int i = 0; i < n; i++) {
         if (cv_rag_ingest_file(b, paths[i], NULL, e)) return -1;
@@ -141,6 +173,7 @@ static int cmd_build(args *a) {
     cv_error e = {0};
     cv_rag_analyzer *an = NULL;
     cv_rag_builder *b = NULL;
+    cv_tok *tok = NULL;
     int rc = 1;
     if (!a->output || a->n_pos < 1) {
         usage(stderr);
@@ -149,7 +182,8 @@ static int cmd_build(args *a) {
     if (a->stopwords ? load_stopwords(a->stopwords, &an, &e)
                      : cv_rag_analyzer_create(a->no_stopwords ? (const char *[]){""} : NULL, 0, &an, &e))
         return fail(&e);
-    if (cv_rag_builder_create(&a->build, an, &b, &e) || ingest_all(b, a->pos, a->n_pos, &e) ||
+    if (setup_tokens(a, &a->build, &tok, &e) || cv_rag_builder_create(&a->build, an, &b, &e) ||
+        ingest_all(b, a->pos, a->n_pos, &e) ||
         cv_rag_builder_write(b, a->output, &e)) {
         fail(&e);
         goto done;
@@ -160,6 +194,7 @@ static int cmd_build(args *a) {
 done:
     cv_rag_builder_free(b);
     cv_rag_analyzer_free(an);
+    cv_tok_free(tok);
     return rc;
 }
 
@@ -174,9 +209,15 @@ static int cmd_add(args *a) {
     if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
     cv_rag_index_info info;
     cv_rag_index_info_get(ix, &info);
-    cv_rag_build_opts o = {info.chunk_chars, info.overlap_chars, info.k1, info.b};
+    cv_rag_build_opts o;
+    cv_rag_build_opts_default(&o);
+    o.chunk_chars = info.chunk_chars;
+    o.overlap_chars = info.overlap_chars;
+    o.k1 = info.k1;
+    o.b = info.b;
+    cv_tok *tok = NULL;
     int rc = 1;
-    if (cv_rag_builder_create(&o, cv_rag_index_analyzer(ix), &b, &e) ||
+    if (setup_tokens(a, &o, &tok, &e) || cv_rag_builder_create(&o, cv_rag_index_analyzer(ix), &b, &e) ||
         cv_rag_index_copy_into(ix, b, &e) || ingest_all(b, a->pos + 1, a->n_pos - 1, &e) ||
         cv_rag_builder_write(b, a->pos[0], &e)) {
         fail(&e);
@@ -187,6 +228,7 @@ static int cmd_add(args *a) {
     }
     cv_rag_builder_free(b);
     cv_rag_index_close(ix);
+    cv_tok_free(tok);
     return rc;
 }
 

@@ -88,6 +88,16 @@ def main():
     rc, _, err = run("build", "store.jsonl", "-o", os.path.join(tmp, "x.idx"), "--overlap", "600")
     check("bad overlap", rc == 1 and "overlap" in err, err)
 
+    # chunks limited in a model's tokens
+    model = os.path.join(os.environ["CORVID_SHARED"], "models", "stories260K.gguf")
+    tok_index = os.path.join(tmp, "tok.idx")
+    rc, _, err = run("build", *INPUTS, "-o", tok_index, "--tokenizer", model, "--chunk-tokens", "32")
+    rc2, out, _ = run("info", tok_index)
+    check("token chunking", rc == 0 and rc2 == 0 and int(out.split("chunks ")[1].split()[0]) > 8, err + out)
+    rc, _, err = run("build", *INPUTS, "-o", tok_index, "--chunk-tokens", "32")
+    check("token chunking needs a tokenizer", rc == 1 and "go together" in err, err)
+    os.unlink(tok_index)
+
     # corrupted copies: an error message, never a crash
     data = bytearray(before)
     for trial in range(40):

@@ -10,7 +10,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "gguf.h"
 #include "rag_index.h"
+#include "tokenizer.h"
 
 static unsigned seed;
 static char dir[64];
@@ -136,7 +138,7 @@ static void test_bm25_matches_independent_formula(void **state) {
 static void test_chunks_cover_text_with_overlap(void **state) {
     fx *f = *state;
     cv_rag_builder_free(f->b);
-    cv_rag_build_opts o = {100, 20, 1.2, 0.75};
+    cv_rag_build_opts o = {.chunk_chars = 100, .overlap_chars = 20, .k1 = 1.2, .b = 0.75};
     assert_int_equal(cv_rag_builder_create(&o, f->an, &f->b, NULL), CV_OK);
     /* unique words (so that a chunk's position in the text is unambiguous), some CJK */
     char text[20000];
@@ -167,6 +169,53 @@ static void test_chunks_cover_text_with_overlap(void **state) {
     }
     assert_int_equal(prev_end, n);
     printf("seed %u: %d words, %u chunks\n", seed, words, d.n_chunks);
+}
+
+static size_t count_tokens(void *user, const char *text, size_t len) {
+    size_t n = 0;
+    cv_tok_encode(user, text, len, 0, NULL, 0, &n, NULL);
+    return n;
+}
+
+static void test_chunks_limited_in_tokens(void **state) {
+    fx *f = *state;
+    const char *shared = getenv("CORVID_SHARED");
+    assert_non_null(shared);
+    char model[512];
+    snprintf(model, sizeof model, "%s/models/stories260K.gguf", shared);
+    cv_gguf *g = NULL;
+    cv_tok *tok = NULL;
+    cv_error e = {0};
+    if (cv_gguf_open(model, &g, &e) || cv_tok_load(g, &tok, &e)) fail_msg("%s", e.msg);
+    cv_gguf_close(g);
+    cv_rag_builder_free(f->b);
+    uint32_t max_tokens = 20 + (uint32_t)(rand() % 30);
+    cv_rag_build_opts o = {.chunk_chars = 400, .overlap_chars = 30, .k1 = 1.2, .b = 0.75,
+                           .measure = count_tokens, .measure_user = tok, .max_units = max_tokens};
+    assert_int_equal(cv_rag_builder_create(&o, f->an, &f->b, NULL), CV_OK);
+    char text[8000];
+    size_t n = 0;
+    static const char *const words[] = {"Lily", "went", "to", "the", "park", "and", "saw", "a",
+                                        "big", "dog.", "小狗", "很", "开心。"};
+    while (n < 6000) n += (size_t)snprintf(text + n, sizeof text - n, "%s ", words[rand() % 13]);
+    assert_int_equal(cv_rag_builder_add(f->b, "story", NULL, NULL, text, n, NULL), CV_OK);
+    write_open(f);
+    cv_rag_doc d;
+    cv_rag_index_doc(f->ix, 0, &d);
+    size_t covered = 0;
+    for (uint32_t k = 0; k < d.n_chunks; k++) {
+        cv_rag_chunk c;
+        cv_rag_index_chunk(f->ix, d.first_chunk + k, &c);
+        size_t t = count_tokens(tok, c.text.ptr, c.text.len);
+        if (t > max_tokens) fail_msg("chunk %u: %zu tokens > %u (seed %u)", k, t, max_tokens, seed);
+        covered += c.text.len;
+    }
+    assert_true(covered >= n); /* overlapping chunks cover the whole text */
+    assert_true(d.n_chunks > n / 400);
+    o.max_units = 4;
+    cv_rag_builder *b2 = NULL;
+    assert_int_equal(cv_rag_builder_create(&o, f->an, &b2, &e), CV_ERANGE);
+    cv_tok_free(tok);
 }
 
 static void test_replace_copy_and_invalid_utf8(void **state) {
@@ -313,6 +362,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_build_open_search_english_and_chinese, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bm25_matches_independent_formula, setup, teardown),
         cmocka_unit_test_setup_teardown(test_chunks_cover_text_with_overlap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_chunks_limited_in_tokens, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replace_copy_and_invalid_utf8, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hostile_files_are_errors_not_crashes, setup, teardown),
     };
