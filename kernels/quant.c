@@ -145,12 +145,16 @@ static int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* roundf() into int8 for values the quantizers guarantee to be in [-127, 127];
- * NaN (from inf/NaN input) becomes 0 instead of undefined behaviour. */
-static int8_t round_i8(float v) {
-    float r = roundf(v);
-    return r == r ? (int8_t)MAX(-128.f, MIN(127.f, r)) : 0;
-}
+/* The activation quantizers' levels stay in [-127, 127] even when a block's scale
+ * under- or overflows (subnormal or huge input gives inf or NaN after scaling):
+ * NaN becomes 0. This never changes a level for normal input, and keeps -128 out
+ * of activations, which the AVX2 sign trick relies on. */
+static float clamp127(float v) { return v == v ? MAX(-127.f, MIN(127.f, v)) : 0.f; }
+
+/* (int8_t)v, truncating, as ggml's Q4_0/Q5_0 quantizers convert; NaN (from inf or
+ * NaN input) and out-of-range values give 0, which is also what x86 makes of them,
+ * instead of undefined behaviour. */
+static int8_t trunc_i8(float v) { return v > -129.f && v < 128.f ? (int8_t)v : 0; }
 
 /* Largest-magnitude element with its sign; the first one wins ties. */
 static float signed_absmax(const float *x, int n, float *amax_out) {
@@ -340,8 +344,8 @@ static void quantize_q4_0(const float *x, cv_block_q4_0 *y) {
     y->d = cv_fp32_to_fp16(d);
     for (int j = 0; j < 16; j++) {
         /* x*id + 8.5 is in [0.5, 16.5] for finite input; truncation floors it */
-        uint8_t lo = (uint8_t)MIN(15, (int8_t)(x[j] * id + 8.5f));
-        uint8_t hi = (uint8_t)MIN(15, (int8_t)(x[j + 16] * id + 8.5f));
+        uint8_t lo = (uint8_t)MIN(15, trunc_i8(x[j] * id + 8.5f));
+        uint8_t hi = (uint8_t)MIN(15, trunc_i8(x[j + 16] * id + 8.5f));
         y->qs[j] = (uint8_t)(lo | (hi << 4));
     }
 }
@@ -351,8 +355,8 @@ static void quantize_q5_0(const float *x, cv_block_q5_0 *y) {
     y->d = cv_fp32_to_fp16(d);
     uint32_t qh = 0;
     for (int j = 0; j < 16; j++) {
-        uint8_t lo = (uint8_t)MIN(31, (int8_t)(x[j] * id + 16.5f));
-        uint8_t hi = (uint8_t)MIN(31, (int8_t)(x[j + 16] * id + 16.5f));
+        uint8_t lo = (uint8_t)MIN(31, trunc_i8(x[j] * id + 16.5f));
+        uint8_t hi = (uint8_t)MIN(31, trunc_i8(x[j + 16] * id + 16.5f));
         y->qs[j] = (uint8_t)((lo & 0xF) | ((hi & 0xF) << 4));
         qh |= (uint32_t)(lo >> 4) << j;
         qh |= (uint32_t)(hi >> 4) << (j + 16);
@@ -366,7 +370,7 @@ static void quantize_q8_0(const float *x, cv_block_q8_0 *y) {
     const float d = amax / 127;
     const float id = d ? 1.0f / d : 0.0f;
     y->d = cv_fp32_to_fp16(d);
-    for (int j = 0; j < 32; j++) y->qs[j] = round_i8(x[j] * id);
+    for (int j = 0; j < 32; j++) y->qs[j] = (int8_t)roundf(clamp127(x[j] * id));
 }
 
 static void quantize_q4_K(const float *x, cv_block_q4_K *y) {
@@ -430,7 +434,7 @@ static void quantize_q8_K(const float *x, cv_block_q8_K *y) {
     if (!amax) return;
     /* -127, not -128: the sign of max decides which end may be reached, keep both */
     const float iscale = -127.f / max;
-    for (int j = 0; j < CV_QK_K; j++) y->qs[j] = (int8_t)MIN(127, nearest_int(iscale * x[j]));
+    for (int j = 0; j < CV_QK_K; j++) y->qs[j] = (int8_t)nearest_int(clamp127(iscale * x[j]));
     for (int g = 0; g < 16; g++) {
         int sum = 0;
         for (int i = 0; i < 16; i++) sum += y->qs[16 * g + i];

@@ -324,6 +324,12 @@ INLINE __m256i pack_32xi8(__m256i i0, __m256i i1, __m256i i2, __m256i i3) {
     return _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* The reference's clamp127: [-127, 127], NaN -> 0. */
+INLINE __m256 clamp127(__m256 v) {
+    const __m256 c = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-127.f)), _mm256_set1_ps(127.f));
+    return _mm256_and_ps(c, _mm256_cmp_ps(v, v, _CMP_ORD_Q));
+}
+
 /* roundf(): round half away from zero. */
 INLINE __m256i roundf_epi32(__m256 v) {
     const __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
@@ -344,7 +350,7 @@ void cv_avx2_quantize_row_q8_0(const float *src, void *dst, int64_t n) {
         const __m256 id = _mm256_set1_ps(d ? 1.0f / d : 0.0f);
         y[i].d = cv_fp32_to_fp16(d);
         __m256i q[4];
-        UNROLL for (int k = 0; k < 4; k++) q[k] = roundf_epi32(_mm256_mul_ps(v[k], id));
+        UNROLL for (int k = 0; k < 4; k++) q[k] = roundf_epi32(clamp127(_mm256_mul_ps(v[k], id)));
         _mm256_storeu_si256((__m256i *)y[i].qs, pack_32xi8(q[0], q[1], q[2], q[3]));
     }
 }
@@ -375,7 +381,8 @@ void cv_avx2_quantize_row_q8_K(const float *src, void *dst, int64_t n) {
         int64_t sums[16];
         for (int c = 0; c < 8; c++) {
             __m256i q[4];
-            UNROLL for (int k = 0; k < 4; k++) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * k), mul));
+            UNROLL for (int k = 0; k < 4; k++)
+                q[k] = _mm256_cvtps_epi32(clamp127(_mm256_mul_ps(_mm256_loadu_ps(x + 32 * c + 8 * k), mul)));
             const __m256i p = pack_32xi8(q[0], q[1], q[2], q[3]);
             _mm256_storeu_si256((__m256i *)(y[i].qs + 32 * c), p);
             /* byte sums: sad of the bytes biased to unsigned, 4 sums of 8 */

@@ -436,7 +436,7 @@ static void test_quantize_act_matches_reference(void **state) {
     const int64_t n = 256 * 24;
     float *x = xmalloc(n * 4);
     uint8_t *ref = xmalloc(n * 4), *fast = xmalloc(n * 4);
-    for (int kind = 0; kind < 6; kind++) {
+    for (int kind = 0; kind < 7; kind++) {
         fill(x, n, kind % 4);
         if (kind == 4) {  /* exact .5 ties after scaling: a block max of 127 makes id = 1 */
             for (int64_t i = 0; i < n; i++) x[i] = (float)((int)(rnd() % 254) - 127) + 0.5f * (i % 2);
@@ -445,6 +445,9 @@ static void test_quantize_act_matches_reference(void **state) {
         if (kind == 5) {  /* the largest magnitude appears with both signs */
             for (int64_t i = 0; i < n; i += 16) x[i] = (i / 16) % 2 ? 3.f : -3.f;
         }
+        if (kind == 6) {  /* subnormal blocks: 1/scale overflows, levels must stay in +-127 */
+            for (int64_t i = 0; i < n; i++) x[i] = (float)((int)(rnd() % 201) - 100) * 0x1p-140f;
+        }
         for (size_t i = 0; i < N_OF(types); i++) {
             const size_t rb = cv_type_row_bytes(types[i], n);
             memset(ref, 0xa5, rb);
@@ -452,6 +455,10 @@ static void test_quantize_act_matches_reference(void **state) {
             cv_quantize_row(types[i], x, ref, n);
             cv_quantize_row_act(types[i], x, fast, n);
             if (memcmp(ref, fast, rb)) fail_msg("%s data %d: fast activation bytes differ", cv_type_get(types[i])->name, kind);
+            if (types[i] == CV_TYPE_Q8_0) {
+                for (int64_t b = 0; b < n / 32; b++)
+                    for (int j = 0; j < 32; j++) assert_true(((const cv_block_q8_0 *)ref)[b].qs[j] != -128);
+            }
         }
     }
     free(x);
