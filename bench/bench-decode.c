@@ -6,11 +6,11 @@
  * Prefill: one 512-token prompt (random ids) per run. Decode: 128 greedy steps from
  * an empty context at batch 1; batched decode: B = 4 and 16 sequences stepping
  * together. Each figure is the median of R runs (default 3). roofline_fraction =
- * weight bytes read per step x batch-1 decode steps/s / read bandwidth: 1.0 means
- * decode streams the weights at the speed of memory. One JSON object on stdout.
+ * weight bytes read per step x batch-1 decode steps/s / read bandwidth (cv_membw_read
+ * over 512 MiB, as bench-roofline measures it, on the same threads): 1.0 means decode
+ * streams the weights at the speed of memory. One JSON object on stdout.
  */
 #include <getopt.h>
-#include <immintrin.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +22,7 @@
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
+#include "membw.h"
 #include "model.h"
 #include "threadpool.h"
 
@@ -29,58 +30,6 @@
 #define DECODE 128
 #define BATCH_STEPS 32
 #define MAX_RUNS 15
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-/* ---- read bandwidth: every thread sums its slice of a buffer far larger than L3 ---- */
-
-typedef struct bw_task {
-    const float *buf;
-    int64_t n;
-    float sums[64];
-} bw_task;
-
-__attribute__((target("avx2"))) static void bw_read(void *ctx, int ith, int nth) {
-    bw_task *t = ctx;
-    int64_t lo, hi;
-    cv_split_range(t->n, 64, ith, nth, &lo, &hi);
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = lo; i < hi; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(t->buf + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(t->buf + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(t->buf + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(t->buf + i + 24));
-    }
-    float out[8];
-    _mm256_storeu_ps(out, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    t->sums[ith % 64] = out[0] + out[7];
-}
-
-static double read_bandwidth(cv_threadpool *pool, int runs) {
-    const int64_t n = (int64_t)256 << 20 >> 2; /* 256 MiB of floats */
-    float *buf = aligned_alloc(64, (size_t)n * sizeof(float));
-    if (!buf) return 0;
-    for (int64_t i = 0; i < n; i++) buf[i] = (float)(i & 7);
-    bw_task t = {.buf = buf, .n = n};
-    double gbs[MAX_RUNS * 2];
-    int reps = runs * 2; /* cheap: more samples for a steadier median */
-    cv_threadpool_run(pool, bw_read, &t); /* warm */
-    for (int r = 0; r < reps; r++) {
-        double t0 = cv_now();
-        cv_threadpool_run(pool, bw_read, &t);
-        gbs[r] = (double)n * sizeof(float) / (cv_now() - t0) / 1e9;
-    }
-    free(buf);
-    return median(gbs, reps);
-}
 
 /* ---- model runs ---- */
 
@@ -105,9 +54,9 @@ static cv_status run_prefill(bench *b, double *tps, cv_error *err) {
     }
     cv_status s = cv_kv_reserve(b->kv, 0, PREFILL, err);
     if (s) return s;
-    double t0 = cv_now();
+    double t0 = cv_seconds();
     s = step(b, PREFILL, NULL, err);
-    *tps = PREFILL / (cv_now() - t0);
+    *tps = PREFILL / (cv_seconds() - t0);
     cv_kv_release(b->kv, 0);
     return s;
 }
@@ -118,7 +67,7 @@ static cv_status run_decode(bench *b, int32_t n_seq, int32_t steps, double *tps,
     static uint8_t want[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
     cv_status s = CV_OK;
     for (int32_t q = 0; q < n_seq; q++) b->tokens[q] = 1 + q;
-    double t0 = cv_now();
+    double t0 = cv_seconds();
     for (int32_t p = 0; p < steps && !s; p++) {
         for (int32_t q = 0; q < n_seq && !s; q++) {
             s = cv_kv_reserve(b->kv, q, p + 1, err);
@@ -129,7 +78,7 @@ static cv_status run_decode(bench *b, int32_t n_seq, int32_t steps, double *tps,
         for (int32_t q = 0; q < n_seq && !s; q++)
             b->tokens[q] = cv_argmax(b->logits + (size_t)q * (size_t)b->n_vocab, b->n_vocab);
     }
-    *tps = (double)n_seq * steps / (cv_now() - t0);
+    *tps = (double)n_seq * steps / (cv_seconds() - t0);
     for (int32_t q = 0; q < n_seq; q++) cv_kv_release(b->kv, q);
     return s;
 }
@@ -195,11 +144,13 @@ int main(int argc, char **argv) {
     /* Peak RSS of the model runs alone, before the bandwidth buffer exists. */
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    if (cv_threadpool_create(threads, &pool, &err)) goto out;
-    bw = read_bandwidth(pool, runs);
+    /* The same probe as bench-roofline, on as many threads as the model ran on. */
+    if (cv_threadpool_create(threads, &pool, &err) ||
+        cv_membw_read(pool, (size_t)512 << 20, 2 * runs + 1, &bw, &err))
+        goto out;
 
-    const double mpf = median(pf, runs), md1 = median(d1, runs), md4 = median(d4, runs),
-                 md16 = median(d16, runs);
+    const double mpf = cv_median(pf, runs), md1 = cv_median(d1, runs), md4 = cv_median(d4, runs),
+                 md16 = cv_median(d16, runs);
     const uint64_t wb = cv_model_weight_bytes(b.m);
     json_t *o = json_pack(
         "{s:s, s:s, s:i, s:i, s:i, s:s, s:I, s:I, s:f, s:i, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I}",

@@ -2,13 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-double cv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
+#include "membw.h"
 
 int32_t cv_argmax(const float *x, int32_t n) {
     int32_t best = 0;
@@ -71,7 +66,7 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
     if ((s = cv_kv_reserve(kv, p->seq, n_prompt, err))) goto out;
 
     /* Prefill: the last row of the last chunk gives the first token's logits. */
-    double t0 = cv_now();
+    double t0 = cv_seconds();
     int32_t tok = -1;
     for (int32_t at = 0; at < n_prompt; at += chunk) {
         int32_t n = n_prompt - at < chunk ? n_prompt - at : chunk;
@@ -96,7 +91,7 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
             cb->on_logits(cb->ctx, b.logits + (size_t)(n - 1) * (size_t)n_vocab, n_vocab);
         }
     }
-    double t1 = cv_now();
+    double t1 = cv_seconds();
     st->prefill_s = t1 - t0;
 
     /* Decode: feed each token back until n_predict, a stop, or a full context. */
@@ -112,7 +107,7 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
         if ((s = cv_model_forward(m, kv, &batch, b.logits, err))) goto out;
         if ((s = pick(cb, b.logits, n_vocab, &tok, err))) goto out;
     }
-    st->decode_s = cv_now() - t1;
+    st->decode_s = cv_seconds() - t1;
 out:
     cv_kv_release(kv, p->seq);
     gen_buf_free(&b);

@@ -47,7 +47,5 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
                       cv_error *err);
 
 int32_t cv_argmax(const float *x, int32_t n);
-/* Monotonic clock, seconds. */
-double cv_now(void);
 
 #endif

@@ -23,6 +23,7 @@
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
+#include "membw.h"
 #include "model.h"
 #include "quant.h"
 #include "sampler.h"
@@ -611,7 +612,7 @@ static int run_ppl(const run_opts *o) {
     }
     const int32_t n_ctx = cv_kv_config_of(rt.kv)->max_seq_len;
     ppl_acc acc = {0};
-    double t0 = cv_now();
+    double t0 = cv_seconds();
     for (int32_t at = 0; n_ids - at >= 2; at += n_ctx) {
         const int32_t n = n_ids - at < n_ctx ? n_ids - at : n_ctx;
         acc.next = ids + at + 1;
@@ -622,7 +623,7 @@ static int run_ppl(const run_opts *o) {
         cv_gen_stats gs;
         if ((st = cv_generate(rt.m, rt.kv, ids + at, n - 1, &gp, &cb, &gs, &e))) goto out;
     }
-    const double ppl = exp(acc.nll / (double)acc.n), dt = cv_now() - t0;
+    const double ppl = exp(acc.nll / (double)acc.n), dt = cv_seconds() - t0;
     if (o->json)
         printf("{\"perplexity\":%.6f,\"tokens\":%lld,\"tokens_per_s\":%.2f}\n", ppl,
                (long long)acc.n, per_s((double)acc.n, dt));
