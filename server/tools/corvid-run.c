@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "chat_template.h"
 #include "cpu_backend.h"
 #include "generate.h"
 #include "gguf.h"
@@ -39,6 +40,9 @@ typedef struct run_opts {
     const char *prompt_ids;  /* --prompt-ids: comma-separated ids instead of -p */
     const char *ppl_file;
     const char *dump_logits; /* raw float32 logits of every row (tests) */
+    int chat;                /* -p is a user message, formatted by the chat template */
+    const char *chat_template; /* force a template family by name */
+    const char *system;      /* --system: a system message for --chat */
     int32_t n_predict;
     int32_t n_ctx;           /* 0: the model's training context */
     int threads;             /* 0: one per CPU */
@@ -60,6 +64,7 @@ static void usage(FILE *f) {
           "  corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
           "             [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
           "             [--ctx N] [--kv-type f16|f32] [--ignore-eos] [--json] [--dump-logits FILE]\n"
+          "             [--chat [--chat-template NAME] [--system TEXT]]\n"
           "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json]\n"
           "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised)\n"
           "  --prompt-ids IDS     generate from comma-separated token ids\n"
@@ -73,6 +78,9 @@ static void usage(FILE *f) {
           "  --ignore-eos         keep generating after an end-of-generation token\n"
           "  --json               print one JSON object instead of streaming text\n"
           "  --dump-logits FILE   write every logits row (float32) to FILE\n"
+          "  --chat               -p is a user message, formatted by the model's chat template\n"
+          "  --chat-template NAME force a template: llama2, llama3, chatml, qwen2, deepseek-r1, gemma\n"
+          "  --system TEXT        a system message for --chat\n"
           "  --ppl FILE           perplexity of FILE in windows of the context length\n",
           f);
 }
@@ -108,7 +116,7 @@ static int parse_num(const char *name, const char *v, double lo, double hi, doub
 static int parse_args(int argc, char **argv, run_opts *o) {
     enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL, OPT_TEMP, OPT_TOPK, OPT_TOPP,
            OPT_MINP, OPT_REPEAT, OPT_SEED, OPT_KV, OPT_JSON, OPT_PPL, OPT_IDS, OPT_DUMP,
-           OPT_NOEOS, OPT_CTX };
+           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"info", no_argument, 0, OPT_INFO},
@@ -130,6 +138,9 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         {"json", no_argument, 0, OPT_JSON},
         {"dump-logits", required_argument, 0, OPT_DUMP},
         {"ppl", required_argument, 0, OPT_PPL},
+        {"chat", no_argument, 0, OPT_CHAT},
+        {"chat-template", required_argument, 0, OPT_CHAT_TEMPLATE},
+        {"system", required_argument, 0, OPT_SYSTEM},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -182,6 +193,9 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         case OPT_NOEOS: o->ignore_eos = 1; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_DUMP: o->dump_logits = optarg; break;
+        case OPT_CHAT: o->chat = 1; break;
+        case OPT_CHAT_TEMPLATE: o->chat = 1; o->chat_template = optarg; break;
+        case OPT_SYSTEM: o->system = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -192,6 +206,10 @@ static int parse_args(int argc, char **argv, run_opts *o) {
     }
     if (!o->model || o->mode == MODE_NONE) {
         usage(stderr);
+        return -1;
+    }
+    if ((o->chat || o->system) && !(o->mode == MODE_GENERATE && o->text)) {
+        fputs("corvid-run: --chat, --chat-template and --system need -p\n", stderr);
         return -1;
     }
     cv_error e;
@@ -389,6 +407,23 @@ static cv_status tokenize(const cv_tok *tok, const char *text, size_t len, unsig
     return st;
 }
 
+/* The prompt text for --chat: the model's (or the forced) template around a user
+ * message and an optional system message. *out is malloc'd. */
+static cv_status chat_prompt(const run_opts *o, const cv_gguf *g, char **out, cv_error *e) {
+    cv_chat_family fam;
+    cv_status st = o->chat_template
+        ? cv_chat_family_from_name(o->chat_template, &fam, e)
+        : cv_chat_detect(cv_gguf_get_str(g, "tokenizer.chat_template"),
+                         cv_gguf_get_str(g, "general.architecture"),
+                         cv_gguf_get_str(g, "general.name"), &fam, e);
+    if (st) return cv_error_wrap(e, "--chat");
+    cv_chat_msg msgs[2];
+    size_t n = 0;
+    if (o->system) msgs[n++] = (cv_chat_msg){.role = "system", .content = o->system};
+    msgs[n++] = (cv_chat_msg){.role = "user", .content = o->text};
+    return cv_chat_apply(fam, msgs, n, true, out, e);
+}
+
 /* ---- -p / --prompt-ids: generation ---- */
 
 typedef struct gen_out {
@@ -484,9 +519,16 @@ static int run_generate(const run_opts *o) {
     if (st) return fail(NULL, &e);
     g.tok = rt.tok;
     const int32_t n_vocab = cv_model_hparams(rt.m)->n_vocab;
+    char *chat_text = NULL;
+    const char *text = o->text;
+    if (o->chat) {
+        if ((st = chat_prompt(o, rt.g, &chat_text, &e))) goto out;
+        text = chat_text;
+    }
     st = o->prompt_ids ? parse_ids(o->prompt_ids, n_vocab, &prompt, &n_prompt, &e)
-                       : tokenize(rt.tok, o->text, strlen(o->text),
-                                  CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &prompt, &n_prompt, &e);
+                       : tokenize(rt.tok, text, strlen(text), CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL,
+                                  &prompt, &n_prompt, &e);
+    free(chat_text);
     if (st) goto out;
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] >= n_vocab) {
@@ -525,6 +567,7 @@ static int run_generate(const run_opts *o) {
         if (print_json(prompt, n_prompt, &g, &gs)) st = cv_errorf(&e, CV_ENOMEM, "out of memory");
     } else {
         putchar('\n');
+        fflush(stdout);
         fprintf(stderr, "prompt %d tokens, %.1f tok/s; generated %d tokens, %.1f tok/s\n",
                 gs.n_prompt, per_s(gs.n_prompt, gs.prefill_s), gs.n_generated,
                 per_s(gs.n_generated > 1 ? gs.n_generated - 1 : 0, gs.decode_s));

@@ -113,6 +113,8 @@ def main():
         ("prompt id outside the vocabulary", ["--prompt-ids", "1,512"], "below 512"),
         ("context above the model's", ["-p", "x", "--ctx", "4096"], "exceeds the model's context"),
         ("missing file", ["-m", "/nonexistent/m.gguf", "-p", "x"], "/nonexistent/m.gguf"),
+        ("--chat without a known template", ["--chat", "-p", "x"], "force one"),
+        ("unknown forced template", ["--chat-template", "bogus", "-p", "x"], "'bogus'"),
     ]
     for name, args, msg in bad_cases:
         full = args if args[0] == "-m" else ["-m", F32, *args]
