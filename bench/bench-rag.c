@@ -8,14 +8,20 @@
  * --runs builds), open time (with and without CRC verification), query latency p50/p99
  * (median over passes of a query set: the labeled questions plus queries sampled from
  * the corpus), recall@5 on the labeled questions (English and Chinese), and the
- * speed-up over a peer: a linear scan of all chunk text for the query words.
+ * speed-up over a peer: a linear scan of all chunk text for the query words; and the
+ * latency live sources add to a request: three sources on a local HTTP server
+ * (libmicrohttpd, immediate 2 KB answers) fetched with masking, curl multi and JSON
+ * extraction, next to the index's own latency.
  *
  *   bench-rag [--questions tests/data/rag/bench-questions.jsonl] [--runs 3]
  *             [--dump-corpus FILE.jsonl] [--keep-index FILE]
  */
 #include <dirent.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <jansson.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +30,9 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "pii.h"
 #include "rag_index.h"
+#include "rag_sources.h"
 
 typedef struct doc {
     char *id, *title, *text;
@@ -399,6 +407,67 @@ static int sample_query(const cv_rag_index *ix, unsigned *rs, char *out, size_t 
     return got >= 2;
 }
 
+static enum MHD_Result serve_json(void *cls, struct MHD_Connection *c, const char *url,
+                                  const char *method, const char *version, const char *upload,
+                                  size_t *upload_size, void **con_cls) {
+    (void)url, (void)method, (void)version, (void)upload, (void)upload_size, (void)con_cls;
+    const char *body = cls;
+    struct MHD_Response *r = MHD_create_response_from_buffer(strlen(body), (void *)body,
+                                                             MHD_RESPMEM_PERSISTENT);
+    if (!r) return MHD_NO;
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    enum MHD_Result ok = MHD_queue_response(c, 200, r);
+    MHD_destroy_response(r);
+    return ok;
+}
+
+/* p50/p99 (ms) of fetching three local sources, 200 times; 0 when no server starts. */
+static void measure_sources(double *p50, double *p99, size_t *results) {
+    static char body[4096];
+    size_t w = (size_t)snprintf(body, sizeof body, "{\"results\":[");
+    for (int i = 0; i < 5; i++)
+        w += (size_t)snprintf(body + w, sizeof body - w,
+                              "%s{\"name\":\"result %d\",\"link\":\"http://example/%d\","
+                              "\"snippet\":\"%0300d\"}", i ? "," : "", i, i, i);
+    snprintf(body + w, sizeof body - w, "]}");
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = 0};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct MHD_Daemon *d = MHD_start_daemon(MHD_USE_AUTO_INTERNAL_THREAD, 0, NULL, NULL, serve_json,
+                                            body, MHD_OPTION_SOCK_ADDR, &addr, MHD_OPTION_END);
+    *p50 = *p99 = 0;
+    *results = 0;
+    if (!d) return;
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    char cfg[1024];
+    int port = info ? info->port : 0;
+    snprintf(cfg, sizeof cfg, "{\"budget_ms\":500,\"sources\":["
+             "{\"name\":\"a\",\"url\":\"http://127.0.0.1:%d/a?q={query}\",\"items\":\"/results\",\"text\":\"/snippet\",\"title\":\"/name\",\"link\":\"/link\"},"
+             "{\"name\":\"b\",\"url\":\"http://127.0.0.1:%d/b?q={query}\",\"items\":\"/results\",\"text\":\"/snippet\"},"
+             "{\"name\":\"c\",\"url\":\"http://127.0.0.1:%d/c?q={query}\",\"items\":\"/results\",\"text\":\"/snippet\"}]}",
+             port, port, port);
+    cv_rag_sources *src = NULL;
+    cv_pii *pii = NULL;
+    if (cv_rag_sources_parse(cfg, strlen(cfg), &src, NULL) || cv_pii_create(CV_PII_PLACEHOLDER, &pii, NULL)) {
+        MHD_stop_daemon(d);
+        cv_rag_sources_free(src);
+        return;
+    }
+    double lat[200];
+    for (int i = 0; i < 200; i++) {
+        cv_rag_source_hits h = {0};
+        double t = now();
+        cv_rag_sources_fetch(src, pii, "退货 refund policy 13812345678", 0, NULL, NULL, &h, NULL);
+        lat[i] = (now() - t) * 1e3;
+        *results = h.n;
+        cv_rag_source_hits_free(&h);
+    }
+    *p50 = percentile(lat, 200, 0.50);
+    *p99 = percentile(lat, 200, 0.99);
+    cv_pii_free(pii);
+    cv_rag_sources_free(src);
+    MHD_stop_daemon(d);
+}
+
 int main(int argc, char **argv) {
     const char *qpath = "tests/data/rag/bench-questions.jsonl", *dump = NULL, *keep = NULL;
     int runs = 3;
@@ -546,11 +615,14 @@ int main(int argc, char **argv) {
     double scan_med = median(scan_ms, 9), idx_med = median(idx_ms, 9);
     size_t zh_docs = 0;
     for (size_t i = 0; i < co.n; i++) zh_docs += co.d[i].zh;
+    double src_p50, src_p99;
+    size_t src_results;
+    measure_sources(&src_p50, &src_p99, &src_results);
 
     json_t *out = json_pack(
         "{s:s, s:{s:I, s:I, s:f, s:I, s:I, s:f}, s:{s:f, s:f, s:f, s:I, s:f, s:i},"
         " s:{s:f, s:f}, s:{s:f, s:f, s:I, s:i, s:f}, s:{s:f, s:f, s:f, s:I, s:I, s:I, s:o},"
-        " s:{s:f, s:f, s:f, s:I}}",
+        " s:{s:f, s:f, s:f, s:I}, s:{s:f, s:f, s:f, s:f, s:i, s:I}}",
         "bench", "rag",
         "corpus", "documents", (json_int_t)co.n, "chunks", (json_int_t)n_chunks,
         "text_mb", co.bytes / 1e6, "terms", (json_int_t)info.n_terms,
@@ -568,7 +640,9 @@ int main(int argc, char **argv) {
         "questions_en", (json_int_t)total[0], "questions_zh", (json_int_t)total[1],
         "labels_missing_from_corpus", (json_int_t)missing, "misses", misses,
         "peer_linear_scan", "scan_ms_median", scan_med, "index_ms_median", idx_med,
-        "speedup", idx_med > 0 ? scan_med / idx_med : 0, "scan_matches", (json_int_t)scan_hits);
+        "speedup", idx_med > 0 ? scan_med / idx_med : 0, "scan_matches", (json_int_t)scan_hits,
+        "added_latency_ms", "index_p50", p50, "index_p99", p99, "sources_p50", src_p50,
+        "sources_p99", src_p99, "sources", 3, "source_results", (json_int_t)src_results);
     char *js = json_dumps(out, JSON_INDENT(1) | JSON_REAL_PRECISION(5));
     puts(js ? js : "{}");
     free(js);
