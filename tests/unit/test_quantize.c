@@ -438,6 +438,80 @@ static void test_quantize_k_recipes_on_synthetic(void **state) {
     unlink(out);
 }
 
+/* The real Q4_K_M files `make models` fetches (Gemma 3 270M, Qwen2.5-Coder 0.5B):
+ * their K-quant fallbacks (Q5_0, Q8_0) and Q4_K/Q6_K blocks decode to finite,
+ * plausible weights, and both dot paths agree with the dequantized rows. */
+static void check_real_file(const char *file) {
+    const char *dir = getenv("CORVID_MODELS"), *home = getenv("HOME");
+    char path[1024];
+    if (dir) snprintf(path, sizeof path, "%s/%s", dir, file);
+    else snprintf(path, sizeof path, "%s/.cache/corvid/models/%s", home ? home : "", file);
+    cv_gguf *g = NULL;
+    cv_error e = {0};
+    if (cv_gguf_open(path, &g, &e) != CV_OK) {
+        printf("SKIP: %s not available (%s); `make models` fetches it\n", file, e.msg);
+        skip();
+    }
+    int seen[CV_TYPE_COUNT] = {0};
+    for (int64_t i = 0; i < cv_gguf_n_tensors(g); i++) {
+        const cv_gguf_tensor *t = cv_gguf_tensor_at(g, i);
+        char name[128];
+        tensor_name(t, name, sizeof name);
+        const cv_type_info *ti = cv_type_get(t->type);
+        if (!ti || !ti->supported) fail_msg("%s: %s has unsupported type %s", file, name, ti ? ti->name : "?");
+        seen[t->type]++;
+        const int64_t n = t->ne[0], rows = n_elems(t) / n;
+        const size_t rb = cv_type_row_bytes(t->type, n);
+        const cv_type at = cv_type_vec_dot_type(t->type);
+        float *w = malloc((size_t)n * 4), *x = malloc((size_t)n * 4), *xa = malloc((size_t)n * 4);
+        void *a = malloc(cv_type_row_bytes(at, n) + 1);
+        assert_true(w && x && xa && a);
+        for (int64_t k = 0; k < n; k++) x[k] = (float)((int64_t)((g_seed + (uint64_t)k * 2654435761u) % 2001) - 1000) / 500.f;
+        cv_quantize_row_act(at, x, a, n);
+        cv_dequantize_row(at, a, xa, n);
+        for (int s = 0; s < 8; s++) {
+            const int64_t r = (int64_t)((g_seed + (uint64_t)s * 7919) % (uint64_t)rows);
+            const void *row = (const uint8_t *)t->data + (size_t)r * rb;
+            cv_dequantize_row(t->type, row, w, n);
+            double exact = 0, abs_sum = 0, wmax = 0;
+            for (int64_t k = 0; k < n; k++) {
+                if (!isfinite(w[k])) fail_msg("%s: %s row %lld element %lld is %g", file, name, (long long)r, (long long)k, w[k]);
+                exact += (double)w[k] * xa[k];
+                abs_sum += fabs((double)w[k] * xa[k]);
+                wmax = fmax(wmax, fabs(w[k]));
+            }
+            assert_true(wmax < 1e4);  /* trained weights, norms included, are far below */
+            cv_quant_force_scalar(1);
+            const float ref = cv_vec_dot(t->type, n, row, a);
+            cv_quant_force_scalar(0);
+            const float fast = cv_vec_dot(t->type, n, row, a);
+            const double tol = 1e-4 * abs_sum + 1e-6;
+            if (fabs(ref - exact) > tol || fabs(fast - exact) > tol)
+                fail_msg("%s: %s row %lld: scalar %g avx2 %g exact %g", file, name, (long long)r, ref, fast, exact);
+        }
+        free(w);
+        free(x);
+        free(xa);
+        free(a);
+    }
+    print_message("  %s:", file);
+    for (int t = 0; t < CV_TYPE_COUNT; t++)
+        if (seen[t]) print_message(" %d %s", seen[t], cv_type_get(t)->name);
+    print_message("\n");
+    assert_true(seen[CV_TYPE_Q4_K] && seen[CV_TYPE_Q6_K] && seen[CV_TYPE_Q5_0] && seen[CV_TYPE_Q8_0]);
+    cv_gguf_close(g);
+}
+
+static void test_real_q4_k_m_gemma3(void **state) {
+    (void)state;
+    check_real_file("gemma-3-270m-q4_k_m.gguf");
+}
+
+static void test_real_q4_k_m_qwen2(void **state) {
+    (void)state;
+    check_real_file("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+}
+
 static void test_synthetic_real_shapes_listed(void **state) {
     (void)state;
     const cv_synth_shape *t = cv_synth_find("tinyllama-1.1b"), *q = cv_synth_find("qwen2-1.5b"),
@@ -482,6 +556,8 @@ int main(void) {
         cmocka_unit_test(test_synthetic_shape_and_statistics),
         cmocka_unit_test(test_synthetic_vocab_from_file),
         cmocka_unit_test(test_quantize_k_recipes_on_synthetic),
+        cmocka_unit_test(test_real_q4_k_m_gemma3),
+        cmocka_unit_test(test_real_q4_k_m_qwen2),
         cmocka_unit_test(test_synthetic_real_shapes_listed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
