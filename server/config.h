@@ -19,7 +19,7 @@ typedef struct cv_config {
     int max_waiting;           /* queued requests beyond which RESOURCE_EXHAUSTED */
     int kv_block_tokens;       /* tokens per KV block */
     int max_batch_tokens;      /* rows per forward pass: decode rows + prefill chunks */
-    int n_ctx;                 /* positions per sequence; 0 = the model's training context */
+    int n_ctx;                 /* positions per sequence; 0 = the model's training context, at most 4096 */
     char kv_type[8];           /* "f16" or "f32" */
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */

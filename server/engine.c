@@ -414,7 +414,10 @@ cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *
     e->tok = tok;
     e->cfg = *cfg;
     e->n_vocab = hp->n_vocab;
-    if (e->cfg.n_ctx <= 0 || e->cfg.n_ctx > hp->n_ctx_train) e->cfg.n_ctx = hp->n_ctx_train;
+    /* Unset: the training context, capped so that a default KV budget holds a few full
+     * sequences of a long-context model (32k positions each would take gigabytes). */
+    if (e->cfg.n_ctx <= 0) e->cfg.n_ctx = hp->n_ctx_train < CV_ENGINE_DEFAULT_CTX ? hp->n_ctx_train : CV_ENGINE_DEFAULT_CTX;
+    if (e->cfg.n_ctx > hp->n_ctx_train) e->cfg.n_ctx = hp->n_ctx_train;
     if (e->cfg.max_tokens_default <= 0) e->cfg.max_tokens_default = 256;
 
     cv_kv_config kc = cv_model_kv_config(m, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);

@@ -27,11 +27,14 @@
 #include "sampler.h"
 #include "tokenizer.h"
 
+#define CV_ENGINE_DEFAULT_CTX 4096
+
 typedef struct cv_engine_config {
     int32_t max_running;       /* sequences decoded together */
     int32_t max_waiting;       /* queued beyond running; more is CV_EBUSY */
     int32_t max_batch_tokens;  /* rows per forward pass (decode rows + prefill chunks) */
-    int32_t n_ctx;             /* positions per sequence; 0 = the model's training context */
+    int32_t n_ctx;             /* positions per sequence; 0 = the training context, at most
+                                  CV_ENGINE_DEFAULT_CTX; never more than the training context */
     int32_t kv_block_tokens;   /* token slots per KV block */
     size_t kv_bytes;           /* KV cache budget; 0 = enough for every running sequence */
     cv_type kv_type;           /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
