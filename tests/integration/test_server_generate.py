@@ -1,0 +1,261 @@
+"""corvid-server streaming generation, driven by Python grpcio (an independent client)
+against the real stories260K model: batching must not change greedy tokens, and every
+error path must give its gRPC status with a clear message."""
+import json
+import os
+import subprocess
+import threading
+import time
+
+import grpc
+
+from corvid_testlib import BIN, SHARED, Checks, Server, proto_modules
+
+pb, admin_pb, _ = proto_modules()
+MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben", "One day, a bird", "Tom had a red ball",
+           "The sun was", "In the park", "Mom said"]
+
+
+def generate_rpc(ch):
+    return ch.unary_stream("/corvid.v1.Inference/Generate", request_serializer=pb.GenerateRequest.SerializeToString,
+                           response_deserializer=pb.GenerateResponse.FromString)
+
+
+def run_stream(addr, prompt, n, timeout=60, **sampling):
+    """Returns (ids, text, final) of one greedy stream."""
+    with grpc.insecure_channel(addr) as ch:
+        req = pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(max_tokens=n, **sampling))
+        ids, text, final = [], "", None
+        for msg in generate_rpc(ch)(req, timeout=timeout):
+            kind = msg.WhichOneof("kind")
+            assert final is None, "message after the final"
+            if kind == "chunk":
+                ids += list(msg.chunk.token_ids)
+                text += msg.chunk.text
+            elif kind == "final":
+                final = msg.final
+        assert final is not None, "stream ended without a final message"
+        return ids, text, final
+
+
+def corvid_run_greedy(prompt, n):
+    r = subprocess.run([os.path.join(BIN, "corvid-run"), "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0",
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def expect_status(fn, code, *needles):
+    try:
+        fn()
+    except grpc.RpcError as e:
+        assert e.code() == code, (e.code(), e.details())
+        for n in needles:
+            assert n in e.details(), (n, e.details())
+        return e
+    raise AssertionError("expected %s" % code)
+
+
+def single_stream_matches_corvid_run(srv):
+    ids, text, final = run_stream(srv.addr, "Once upon a time", 40, ignore_eos=True)
+    ref = corvid_run_greedy("Once upon a time", 40)
+    assert ids == ref["tokens"], (ids, ref["tokens"])
+    assert text == ref["text"][len("Once upon a time"):] or ref["text"].endswith(text), (text, ref["text"])
+    assert final.finish_reason == pb.FINISH_REASON_LENGTH
+    assert final.usage.prompt_tokens == len(ref["prompt_tokens"])
+    assert final.usage.completion_tokens == 40
+    assert final.model_version == "stories260K"
+    assert final.time_to_first_token_ms > 0
+
+
+def concurrent_greedy_streams_equal_corvid_run(srv):
+    refs = {p: corvid_run_greedy(p, 48)["tokens"] for p in PROMPTS}
+    results, errors = {}, []
+
+    def worker(i):
+        p = PROMPTS[i % len(PROMPTS)]
+        try:
+            results[i] = (p, run_stream(srv.addr, p, 48, ignore_eos=True)[0])
+        except Exception as e:  # collected and asserted below
+            errors.append((i, repr(e)))
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(32)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors, errors[:3]
+    bad = [(i, p) for i, (p, ids) in results.items() if ids != refs[p]]
+    assert not bad, "batched greedy differs from corvid-run for %s" % bad[:4]
+
+
+def seeded_sampling_is_reproducible(srv):
+    a = run_stream(srv.addr, "The little dog", 30, temperature=0.9, top_k=40, seed=pb.UInt64Value(value=7))
+    b = run_stream(srv.addr, "The little dog", 30, temperature=0.9, top_k=40, seed=pb.UInt64Value(value=7))
+    assert a[0] == b[0] and a[2].seed == 7
+
+
+def stop_string_ends_the_stream(srv):
+    ids, text, final = run_stream(srv.addr, "Once upon a time", 60, stop=["Lily"])
+    assert final.finish_reason == pb.FINISH_REASON_STOP, final
+    assert final.stop_string == "Lily"
+    assert "Lily" not in text, text
+    ref = corvid_run_greedy("Once upon a time", 60)["text"]
+    assert "Lily" in ref  # the reference text does contain the stop string
+    assert ref.split("Lily")[0].endswith(text), (text, ref)
+
+
+def bad_requests(srv):
+    with grpc.insecure_channel(srv.addr) as ch:
+        gen = generate_rpc(ch)
+        expect_status(lambda: list(gen(pb.GenerateRequest(prompt=""), timeout=10)), grpc.StatusCode.INVALID_ARGUMENT,
+                      "prompt")
+        long_prompt = " ".join(["time"] * 400)
+        expect_status(lambda: list(gen(pb.GenerateRequest(prompt=long_prompt), timeout=10)),
+                      grpc.StatusCode.INVALID_ARGUMENT, "the context holds 128")
+        expect_status(lambda: list(gen(pb.GenerateRequest(prompt="Hi", sampling=pb.SamplingParams(top_p=1.5)),
+                                       timeout=10)), grpc.StatusCode.INVALID_ARGUMENT, "top_p")
+        expect_status(lambda: list(gen(pb.GenerateRequest(prompt="Hi", model="gpt-9"), timeout=10)),
+                      grpc.StatusCode.NOT_FOUND, "gpt-9")
+        raw = ch.unary_stream("/corvid.v1.Inference/Generate")
+        expect_status(lambda: list(raw(b"\x12\xff\xff\xff", timeout=10)), grpc.StatusCode.INVALID_ARGUMENT,
+                      "malformed")
+
+
+def deadline_exceeded():
+    """A request whose deadline passes while it waits behind others: the client gets
+    DEADLINE_EXCEEDED, the server drops it and everyone else finishes normally."""
+    srv = Server("--model", MODEL, "--max-running", "1", "--max-waiting", "16")
+    try:
+        done, errors = [], []
+
+        def long_stream():
+            try:
+                done.append(run_stream(srv.addr, "Once upon a time", 120, ignore_eos=True)[2].finish_reason)
+            except Exception as e:  # collected and asserted below
+                errors.append(repr(e))
+
+        ts = [threading.Thread(target=long_stream) for _ in range(8)]
+        for t in ts:
+            t.start()
+        time.sleep(0.02)
+        with grpc.insecure_channel(srv.addr) as ch:
+            req = pb.GenerateRequest(prompt="Once upon a time", sampling=pb.SamplingParams(max_tokens=100,
+                                                                                          ignore_eos=True))
+            expect_status(lambda: [m for m in generate_rpc(ch)(req, timeout=0.03)],
+                          grpc.StatusCode.DEADLINE_EXCEEDED)
+        for t in ts:
+            t.join()
+        assert not errors and done == [pb.FINISH_REASON_LENGTH] * 8, (errors, done)
+    finally:
+        srv.stop()
+
+
+def corvidctl_streams_and_reports(srv):
+    ctl = os.path.join(BIN, "corvidctl")
+    r = subprocess.run([ctl, "generate", "-a", srv.addr, "-p", "Once upon a time", "-n", "24", "--ignore-eos",
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    ref = corvid_run_greedy("Once upon a time", 24)
+    assert out["tokens"] == ref["tokens"], (out, ref)
+    assert out["finish_reason"] == "length" and out["model_version"] == "stories260K"
+    assert out["ttft_ms"] > 0
+    r = subprocess.run([ctl, "generate", "-a", srv.addr, "-p", "Once upon a time", "-n", "24", "--ignore-eos"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == out["text"].strip(), (r.stdout, out["text"])
+    r = subprocess.run([ctl, "health", "-a", srv.addr, "--service", "corvid.v1.Inference"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "SERVING", (r.returncode, r.stdout, r.stderr)
+    r = subprocess.run([ctl, "generate", "-a", srv.addr, "-p", "Hi", "--top-p", "0.5", "--model", "nope"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "nope" in r.stderr, r.stderr
+
+
+def tokenize_and_list_models(srv):
+    with grpc.insecure_channel(srv.addr) as ch:
+        tok = ch.unary_unary("/corvid.v1.Inference/Tokenize", request_serializer=pb.TokenizeRequest.SerializeToString,
+                             response_deserializer=pb.TokenizeResponse.FromString)
+        r = tok(pb.TokenizeRequest(text="Once upon a time"), timeout=5)
+        assert list(r.ids) == [1, 403, 407, 261, 378], list(r.ids)
+        lm = ch.unary_unary("/corvid.v1.Inference/ListModels",
+                            request_serializer=pb.ListModelsRequest.SerializeToString,
+                            response_deserializer=pb.ListModelsResponse.FromString)
+        m = lm(pb.ListModelsRequest(), timeout=5).models
+        assert len(m) == 1 and m[0].version == "stories260K" and m[0].architecture == "llama", m
+        assert m[0].context_length == 128 and m[0].vocab_size == 512
+
+
+def queue_overflow():
+    srv = Server("--model", MODEL, "--max-running", "1", "--max-waiting", "1", "--max-batch-tokens", "16")
+    try:
+        codes, lock = [], threading.Lock()
+
+        def worker():
+            try:
+                run_stream(srv.addr, "Once upon a time", 100, ignore_eos=True)
+                c = "OK"
+            except grpc.RpcError as e:
+                c = (e.code(), e.details())
+            with lock:
+                codes.append(c)
+
+        ts = [threading.Thread(target=worker) for _ in range(8)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        busy = [c for c in codes if c != "OK"]
+        assert busy, codes
+        for code, details in busy:
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+            assert "max_running 1" in details and "max_waiting 1" in details, details
+        assert codes.count("OK") >= 2, codes
+    finally:
+        srv.stop()
+
+
+def sigterm_drains_in_flight_streams():
+    srv = Server("--model", MODEL)
+    try:
+        out = {}
+
+        def worker():
+            out["r"] = run_stream(srv.addr, "Once upon a time", 100, ignore_eos=True)
+
+        t = threading.Thread(target=worker)
+        t.start()
+        time.sleep(0.05)
+        srv.terminate()
+        t.join(30)
+        assert "r" in out, "in-flight stream did not complete: " + srv.output()
+        assert out["r"][2].finish_reason == pb.FINISH_REASON_LENGTH
+        # New calls during or after the drain are refused.
+        assert srv.wait(timeout=30) == 0, srv.output()
+    finally:
+        srv.stop()
+
+
+def main():
+    c = Checks()
+    srv = Server("--model", MODEL, "--threads", "2")
+    try:
+        c.run("one stream equals corvid-run greedy", single_stream_matches_corvid_run, srv)
+        c.run("32 concurrent greedy streams equal corvid-run", concurrent_greedy_streams_equal_corvid_run, srv)
+        c.run("same seed, same tokens", seeded_sampling_is_reproducible, srv)
+        c.run("stop string ends the stream, held back", stop_string_ends_the_stream, srv)
+        c.run("bad requests: INVALID_ARGUMENT / NOT_FOUND with messages", bad_requests, srv)
+        c.run("tokenize and list models", tokenize_and_list_models, srv)
+        c.run("corvidctl streams, --json equals corvid-run, health, errors", corvidctl_streams_and_reports, srv)
+    finally:
+        srv.terminate()
+        srv.wait(30)
+        srv.stop()
+    c.run("queue overflow is RESOURCE_EXHAUSTED with the limits", queue_overflow)
+    c.run("deadline passes while queued: DEADLINE_EXCEEDED, others unaffected", deadline_exceeded)
+    c.run("SIGTERM lets in-flight streams finish, exit 0", sigterm_drains_in_flight_streams)
+    c.finish()
+
+
+main()
