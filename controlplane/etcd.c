@@ -223,11 +223,14 @@ static att_outcome attempt(cv_etcd *c, CURL *h, const char *base, const char *pa
             cv_errorf(e, CV_EUNAVAILABLE, "%s: %s", base, why);
             out = ATT_NOT_SENT;
         } else {
+            /* A reused connection has no connect time of its own, hence both checks. */
             curl_off_t connect_us = 0;
+            long sent = 0;
             curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connect_us);
+            curl_easy_getinfo(h, CURLINFO_REQUEST_SIZE, &sent);
             cv_errorf(e, rc == CURLE_OPERATION_TIMEDOUT ? CV_ETIMEOUT : CV_EUNAVAILABLE, "%s: %s",
                       base, why);
-            out = connect_us == 0 ? ATT_NOT_SENT : ATT_AMBIGUOUS;
+            out = connect_us == 0 && sent == 0 ? ATT_NOT_SENT : ATT_AMBIGUOUS;
         }
         goto done;
     }

@@ -22,21 +22,10 @@
 #define TTL_S 2
 #define HANDOVER_LIMIT_MS (TTL_S * 1000 + 2000)
 
-static cv_test_etcd g_etcd;
-
-static int setup(void **state) {
-    (void)state;
-    return cv_test_etcd_group_start(&g_etcd);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    cv_test_etcd_destroy(&g_etcd);
-    return 0;
-}
+static cv_test_etcd *const g_etcd = &cv_test_etcd_shared;
 
 static cv_etcd *client(void) {
-    cv_etcd_config cfg = {.endpoints = g_etcd.url, .timeout_ms = 2000, .attempt_timeout_ms = 1000};
+    cv_etcd_config cfg = {.endpoints = g_etcd->url, .timeout_ms = 2000, .attempt_timeout_ms = 1000};
     cv_etcd *c = NULL;
     cv_error e = {0};
     if (cv_etcd_open(&cfg, &c, &e)) return NULL;
@@ -202,5 +191,5 @@ int main(void) {
         cmocka_unit_test(test_killed_leader_process_hands_over),
         cmocka_unit_test(test_fenced_leader_steps_down_when_lease_revoked),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, cv_test_etcd_group_setup, cv_test_etcd_group_teardown);
 }

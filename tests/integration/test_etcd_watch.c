@@ -23,7 +23,7 @@
 #define N_KEYS 20
 #define PER_KEY (N_PUTS / N_KEYS)
 
-static cv_test_etcd g_etcd;
+static cv_test_etcd *const g_etcd = &cv_test_etcd_shared;
 
 static cv_etcd *open_client(const char *endpoints) {
     cv_etcd_config cfg = {.endpoints = endpoints, .timeout_ms = 3000, .attempt_timeout_ms = 1000};
@@ -45,17 +45,6 @@ static void next_event(cv_etcd_watch *w, int timeout_ms, cv_etcd_watch_event *ev
     cv_error e = {0};
     cv_status st = cv_etcd_watch_next(w, timeout_ms, ev, &e);
     if (st) fail_msg("watch next: %s", e.msg);
-}
-
-static int setup(void **state) {
-    (void)state;
-    return cv_test_etcd_group_start(&g_etcd);
-}
-
-static int teardown(void **state) {
-    (void)state;
-    cv_test_etcd_destroy(&g_etcd);
-    return 0;
 }
 
 /* ---- 1,000 puts while etcd is stopped, continued, killed and restarted ----
@@ -155,8 +144,8 @@ static void test_thousand_puts_survive_stop_and_restart(void **state) {
     (void)state;
     char prefix[64];
     snprintf(prefix, sizeof prefix, "/w%08x/", (unsigned)rand());
-    cv_etcd *pc = open_client(g_etcd.url);
-    cv_etcd *wc = open_client(g_etcd.url);
+    cv_etcd *pc = open_client(g_etcd->url);
+    cv_etcd *wc = open_client(g_etcd->url);
     static consumer con;
     memset(&con, 0, sizeof con);
     con.w = start_watch(wc, prefix, 1500);
@@ -177,17 +166,17 @@ static void test_thousand_puts_survive_stop_and_restart(void **state) {
 
     consume_until_puts(&con, &put, N_PUTS / 4);
     int64_t t = cv_test_now_ms();
-    cv_test_etcd_pause(&g_etcd, true);
+    cv_test_etcd_pause(g_etcd, true);
     consume_for(&con, 2500, INT64_MAX); /* longer than the watcher's idle timeout: it reconnects meanwhile */
-    cv_test_etcd_pause(&g_etcd, false);
+    cv_test_etcd_pause(g_etcd, false);
     int64_t stop_ms = cv_test_now_ms() - t;
 
     consume_until_puts(&con, &put, N_PUTS * 3 / 5);
     t = cv_test_now_ms();
-    cv_test_etcd_kill(&g_etcd, SIGKILL);
+    cv_test_etcd_kill(g_etcd, SIGKILL);
     consume_for(&con, 300, INT64_MAX);
     cv_error e = {0};
-    cv_status launched = cv_test_etcd_launch(&g_etcd, true, &e);
+    cv_status launched = cv_test_etcd_launch(g_etcd, true, &e);
     int64_t restart_ms = cv_test_now_ms() - t;
     if (launched) fail_msg("restarting etcd: %s", e.msg);
 
@@ -253,8 +242,8 @@ static void test_compaction_while_cut_off_resyncs(void **state) {
     (void)state;
     char prefix[64], key[96];
     snprintf(prefix, sizeof prefix, "/c%08x/", (unsigned)rand());
-    cv_etcd *admin = open_client(g_etcd.alt_url);
-    cv_etcd *wc = open_client(g_etcd.url);
+    cv_etcd *admin = open_client(g_etcd->alt_url);
+    cv_etcd *wc = open_client(g_etcd->url);
     cv_etcd_watch *w = start_watch(wc, prefix, 0);
     cv_etcd_watch_event ev;
     next_event(w, 5000, &ev);
@@ -271,8 +260,8 @@ static void test_compaction_while_cut_off_resyncs(void **state) {
 
     /* Serve only the admin URL: the watcher loses its stream and cannot come back. */
     cv_error e = {0};
-    cv_test_etcd_kill(&g_etcd, SIGTERM);
-    if (cv_test_etcd_launch(&g_etcd, false, &e)) fail_msg("relaunch: %s", e.msg);
+    cv_test_etcd_kill(g_etcd, SIGTERM);
+    if (cv_test_etcd_launch(g_etcd, false, &e)) fail_msg("relaunch: %s", e.msg);
     int64_t rev;
     put(admin, prefix, "a", "a2", NULL);
     snprintf(key, sizeof key, "%sb", prefix);
@@ -280,8 +269,8 @@ static void test_compaction_while_cut_off_resyncs(void **state) {
     put(admin, prefix, "d", "d1", NULL);
     put(admin, prefix, "a", "a3", &rev);
     assert_int_equal(cv_etcd_compact(admin, rev, &e), CV_OK);
-    cv_test_etcd_kill(&g_etcd, SIGTERM);
-    if (cv_test_etcd_launch(&g_etcd, true, &e)) fail_msg("relaunch: %s", e.msg);
+    cv_test_etcd_kill(g_etcd, SIGTERM);
+    if (cv_test_etcd_launch(g_etcd, true, &e)) fail_msg("relaunch: %s", e.msg);
 
     /* The history the watcher asks for is gone: it gets the full state instead. */
     next_event(w, 10000, &ev);
@@ -327,7 +316,7 @@ static void test_next_timeout_and_pollable_fd(void **state) {
     (void)state;
     char prefix[64];
     snprintf(prefix, sizeof prefix, "/p%08x/", (unsigned)rand());
-    cv_etcd *c = open_client(g_etcd.url);
+    cv_etcd *c = open_client(g_etcd->url);
     cv_etcd_watch *w = start_watch(c, prefix, 0);
     struct pollfd pfd = {.fd = cv_etcd_watch_fd(w), .events = POLLIN};
     assert_int_equal(poll(&pfd, 1, 5000), 1);
@@ -360,5 +349,5 @@ int main(void) {
         cmocka_unit_test(test_thousand_puts_survive_stop_and_restart),
         cmocka_unit_test(test_compaction_while_cut_off_resyncs),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, cv_test_etcd_group_setup, cv_test_etcd_group_teardown);
 }

@@ -130,7 +130,11 @@ cv_status cv_test_etcd_start(cv_test_etcd *e, cv_error *err) {
     return cv_test_etcd_launch(e, true, err);
 }
 
-int cv_test_etcd_group_start(cv_test_etcd *e) {
+cv_test_etcd cv_test_etcd_shared;
+
+int cv_test_etcd_group_setup(void **state) {
+    (void)state;
+    cv_test_etcd *e = &cv_test_etcd_shared;
     cv_error err = {0};
     if (cv_test_etcd_start(e, &err)) {
         fprintf(stderr, "starting etcd: %s\n", err.msg);
@@ -139,6 +143,12 @@ int cv_test_etcd_group_start(cv_test_etcd *e) {
     unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
     srand(seed);
     fprintf(stderr, "seed %u, etcd %s (pid %d, dir %s)\n", seed, e->url, (int)e->pid, e->dir);
+    return 0;
+}
+
+int cv_test_etcd_group_teardown(void **state) {
+    (void)state;
+    cv_test_etcd_destroy(&cv_test_etcd_shared);
     return 0;
 }
 

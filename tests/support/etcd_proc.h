@@ -40,9 +40,12 @@ void cv_test_etcd_destroy(cv_test_etcd *e);
 /* A port that was free on 127.0.0.1 a moment ago. */
 int cv_test_free_port(void);
 
-/* Group setup of an etcd test file: starts e and seeds rand() from the clock,
- * printing both; 0 on success, -1 (with the reason on stderr) otherwise. */
-int cv_test_etcd_group_start(cv_test_etcd *e);
+/* cmocka group setup/teardown of an etcd test file: setup starts
+ * cv_test_etcd_shared and seeds rand() from the clock, printing both (0 on
+ * success, -1 with the reason on stderr); teardown destroys it. */
+extern cv_test_etcd cv_test_etcd_shared;
+int cv_test_etcd_group_setup(void **state);
+int cv_test_etcd_group_teardown(void **state);
 
 int64_t cv_test_now_ms(void);
 void cv_test_sleep_ms(int ms);
