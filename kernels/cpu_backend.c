@@ -49,26 +49,30 @@ int cv_cpu_has_avx2(void) {
 typedef struct pfor {
     void (*body)(void *ctx, int64_t lo, int64_t hi);
     void *ctx;
-    int64_t n, align;
+    int64_t n, align, parts;
 } pfor;
 
-static void pfor_worker(void *c, int ith, int nth) {
+static void pfor_item(void *c, int64_t item, int ith) {
+    (void)ith;
     pfor *p = c;
     int64_t lo, hi;
-    cv_split_range(p->n, p->align, ith, nth, &lo, &hi);
+    cv_split_range(p->n, p->align, (int)item, (int)p->parts, &lo, &hi);
     if (hi > lo) p->body(p->ctx, lo, hi);
 }
 
-/* body over [0, n) items, each costing about `work` elements. */
+/* body over [0, n) items, each costing about `work` elements, in a few parts per
+ * thread (claimed dynamically, so a slow thread is made up for). */
 static void parallel_for(cpu_backend *cb, int64_t n, int64_t align, int64_t work,
                          void (*body)(void *, int64_t, int64_t), void *ctx) {
     if (n <= 0) return;
-    if (n * work < PAR_MIN_WORK || cv_threadpool_size(cb->pool) == 1 || n <= align) {
+    int nth = cv_threadpool_size(cb->pool);
+    if (n * work < PAR_MIN_WORK || nth == 1 || n <= align) {
         body(ctx, 0, n);
         return;
     }
-    pfor p = {body, ctx, n, align};
-    cv_threadpool_run(cb->pool, pfor_worker, &p);
+    int64_t units = (n + align - 1) / align;
+    pfor p = {body, ctx, n, align, units < 4 * nth ? units : 4 * nth};
+    cv_threadpool_for(cb->pool, pfor_item, &p, p.parts);
 }
 
 /* ---- memory and weights ------------------------------------------------------- */
@@ -270,22 +274,21 @@ typedef struct attn_ctx {
     const cv_attn_row *rows;
     const float *q;
     float *out;
-    int32_t n_items, per_token, splits, group;
+    int32_t per_token, splits, group;
 } attn_ctx;
 
 /* Items are (token, kv head, part of the group); a token's cost grows with its
- * position, so items are dealt round-robin rather than in ranges. */
-static void attn_worker(void *c, int ith, int nth) {
+ * position, and items are claimed dynamically, so the threads stay balanced. */
+static void attn_item(void *c, int64_t it, int ith) {
+    (void)ith;
     attn_ctx *a = c;
     int64_t width = (int64_t)a->p->n_heads * a->kv->head_dim;
-    for (int32_t it = ith; it < a->n_items; it += nth) {
-        int32_t t = it / a->per_token, r = it % a->per_token;
-        int32_t g = r / a->splits, part = r % a->splits;
-        int32_t h0 = g * a->group + part * CV_ATTN_MAX_GROUP;
-        int32_t ng = a->group - part * CV_ATTN_MAX_GROUP;
-        if (ng > CV_ATTN_MAX_GROUP) ng = CV_ATTN_MAX_GROUP;
-        a->k->attn_group(a->p, a->kv, &a->rows[t], g, h0, ng, a->q + t * width, a->out + t * width);
-    }
+    int32_t t = (int32_t)(it / a->per_token), r = (int32_t)(it % a->per_token);
+    int32_t g = r / a->splits, part = r % a->splits;
+    int32_t h0 = g * a->group + part * CV_ATTN_MAX_GROUP;
+    int32_t ng = a->group - part * CV_ATTN_MAX_GROUP;
+    if (ng > CV_ATTN_MAX_GROUP) ng = CV_ATTN_MAX_GROUP;
+    a->k->attn_group(a->p, a->kv, &a->rows[t], g, h0, ng, a->q + t * width, a->out + t * width);
 }
 
 static void cpu_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *rows,
@@ -293,9 +296,8 @@ static void cpu_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_l
     cpu_backend *cb = cpu(be);
     int32_t group = p->n_heads / kv->n_kv_heads;
     int32_t splits = (group + CV_ATTN_MAX_GROUP - 1) / CV_ATTN_MAX_GROUP;
-    attn_ctx a = {cb->k, p, kv, rows, q, out, 0, kv->n_kv_heads * splits, splits, group};
-    a.n_items = n * a.per_token;
-    cv_threadpool_run(cb->pool, attn_worker, &a);
+    attn_ctx a = {cb->k, p, kv, rows, q, out, kv->n_kv_heads * splits, splits, group};
+    cv_threadpool_for(cb->pool, attn_item, &a, (int64_t)n * a.per_token);
 }
 
 static void cpu_destroy(cv_backend *be) {

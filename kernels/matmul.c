@@ -28,65 +28,71 @@ static void ref_rows(const cv_tensor *w, int64_t r0, int64_t r1, const void *act
 const cv_matmul_kernel cv_matmul_ref = {ref_act_row_bytes, ref_convert, ref_rows};
 
 typedef struct mm_task {
-    cv_threadpool *pool;
     const cv_matmul_kernel *k;
     const cv_tensor *w;
-    const float *x;
+    const float *x;      /* the current chunk of tokens */
     float *y;
-    int32_t n;
-    int32_t chunk;       /* tokens converted per pass */
+    int32_t n;           /* tokens in the chunk */
+    int64_t item_rows;   /* weight rows per work item, a multiple of 16 */
     size_t act_bytes;    /* per converted row; 0 = dot with x directly */
     int private_act;     /* each thread converts all rows into its own scratch part */
     char *scratch;
+    uint8_t converted[1024]; /* private_act: thread ith has converted this call's rows */
 } mm_task;
 
 /* Up to this many tokens (decode) every thread converts the whole batch itself: a
- * microsecond of duplicated work instead of a barrier, which costs far more when the
- * machine has fewer free cores than the pool has threads. */
+ * microsecond of duplicated work instead of a second dispatch. */
 #define PRIVATE_ACT_MAX 4
 
-/* Rows go to threads in multiples of 16 so that a tile never straddles two threads. */
-#define ROW_ALIGN 16
-
-static void mm_worker(void *ctx, int ith, int nth) {
+static void mm_convert_item(void *ctx, int64_t t, int ith) {
+    (void)ith;
     mm_task *m = ctx;
-    int64_t r0, r1;
-    cv_split_range(m->w->rows, ROW_ALIGN, ith, nth, &r0, &r1);
-    for (int32_t c0 = 0; c0 < m->n; c0 += m->chunk) {
-        int32_t cn = m->n - c0 < m->chunk ? m->n - c0 : m->chunk;
-        const void *act = m->x + (int64_t)c0 * m->w->cols;
-        size_t stride = (size_t)m->w->cols * sizeof(float);
-        if (m->private_act) {
-            char *mine = m->scratch + (size_t)ith * (size_t)cn * m->act_bytes;
-            for (int32_t t = 0; t < cn; t++)
-                m->k->convert(m->w->type, m->x + (int64_t)t * m->w->cols, mine + t * m->act_bytes, m->w->cols);
-            act = mine;
-            stride = m->act_bytes;
-        } else if (m->act_bytes) {
-            int64_t t0, t1;
-            cv_split_range(cn, 1, ith, nth, &t0, &t1);
-            for (int64_t t = t0; t < t1; t++)
-                m->k->convert(m->w->type, m->x + (c0 + t) * m->w->cols, m->scratch + t * m->act_bytes,
-                              m->w->cols);
-            cv_threadpool_barrier(m->pool);
-            act = m->scratch;
-            stride = m->act_bytes;
+    m->k->convert(m->w->type, m->x + t * m->w->cols, m->scratch + t * m->act_bytes, m->w->cols);
+}
+
+static void mm_rows_item(void *ctx, int64_t item, int ith) {
+    mm_task *m = ctx;
+    int64_t r0 = item * m->item_rows, r1 = r0 + m->item_rows < m->w->rows ? r0 + m->item_rows : m->w->rows;
+    const void *act = m->x;
+    size_t stride = (size_t)m->w->cols * sizeof(float);
+    if (m->private_act) {
+        act = m->scratch + (size_t)ith * (size_t)m->n * m->act_bytes;
+        if (!m->converted[ith]) {
+            for (int32_t t = 0; t < m->n; t++)
+                m->k->convert(m->w->type, m->x + (int64_t)t * m->w->cols, (char *)act + t * m->act_bytes, m->w->cols);
+            m->converted[ith] = 1;
         }
-        if (r1 > r0) m->k->rows(m->w, r0, r1, act, stride, cn, m->y + (int64_t)c0 * m->w->rows, m->w->rows);
-        /* The next pass overwrites the scratch the others may still be reading. */
-        if (m->act_bytes && !m->private_act && c0 + m->chunk < m->n) cv_threadpool_barrier(m->pool);
+        stride = m->act_bytes;
+    } else if (m->act_bytes) {
+        act = m->scratch;
+        stride = m->act_bytes;
     }
+    m->k->rows(m->w, r0, r1, act, stride, m->n, m->y, m->w->rows);
 }
 
 void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
                    const cv_tensor *w, const float *x, float *y, int32_t n) {
-    mm_task m = {.pool = pool, .k = k, .w = w, .x = x, .y = y, .n = n, .chunk = n, .scratch = scratch};
+    int nth = cv_threadpool_size(pool);
+    mm_task m = {.k = k, .w = w, .scratch = scratch};
+    /* Several items per thread so that a thread that starts late or runs slow is made
+     * up for by the others; items of up to 128 rows so that each is a long stream. */
+    int64_t units = w->rows / (16 * 4 * (int64_t)nth);
+    m.item_rows = 16 * (units < 1 ? 1 : units > 8 ? 8 : units);
+    int64_t items = (w->rows + m.item_rows - 1) / m.item_rows;
+    int32_t chunk = n;
     m.act_bytes = k->act_row_bytes(w->type, w->cols);
     if (m.act_bytes) {
         m.act_bytes = (m.act_bytes + 63) & ~(size_t)63;
-        size_t fit = scratch_bytes / m.act_bytes;
-        if (fit < (size_t)n) m.chunk = fit > 0 ? (int32_t)fit : 1;
-        m.private_act = n <= PRIVATE_ACT_MAX && (size_t)n * (size_t)cv_threadpool_size(pool) <= fit;
+        size_t fit = scratch_bytes / m.act_bytes; /* >= 1: weight_load checked */
+        if (fit < (size_t)n) chunk = (int32_t)fit;
+        m.private_act = n <= PRIVATE_ACT_MAX && (size_t)n * (size_t)nth <= fit;
+        if (m.private_act) memset(m.converted, 0, (size_t)nth);
     }
-    cv_threadpool_run(pool, mm_worker, &m);
+    for (int32_t c0 = 0; c0 < n; c0 += chunk) {
+        m.n = n - c0 < chunk ? n - c0 : chunk;
+        m.x = x + (int64_t)c0 * w->cols;
+        m.y = y + (int64_t)c0 * w->rows;
+        if (m.act_bytes && !m.private_act) cv_threadpool_for(pool, mm_convert_item, &m, m.n);
+        cv_threadpool_for(pool, mm_rows_item, &m, items);
+    }
 }

@@ -1,10 +1,13 @@
 /* matmul: the CPU backend's Y[n][rows] = X[n][cols] . W^T over its thread pool.
  *
  * Activations are converted once per call into the scratch buffer (in the format the
- * kernel dots with), then the weight rows are split across the threads; each thread
- * reads each of its weight rows once, dotting it with all n activation rows while it is
- * in cache (in tiles of rows x tokens for large n). If the scratch is too small for all
- * n converted rows, the tokens are processed in chunks that fit. Internal to kernels/.
+ * kernel dots with; for n <= 4 each thread converts them itself, which saves a second
+ * dispatch), then the weight rows are handed out in items of 16..128 rows, claimed
+ * dynamically by the threads; each item's rows are read once, dotted with all n
+ * activation rows while in cache (in tiles of rows x tokens). If the scratch is too
+ * small for all n converted rows, the tokens are processed in chunks that fit. Every
+ * output is computed the same way whichever thread takes its item, so results do not
+ * depend on the thread count. Internal to kernels/.
  */
 #ifndef CV_MATMUL_H
 #define CV_MATMUL_H

@@ -14,25 +14,40 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* About 0.3 ms of pause instructions: longer than the gap between two ops of a decode
- * step, short enough not to burn a shared core when the engine goes idle. */
+/* A few hundred microseconds of pause instructions: longer than the gap between two
+ * ops of a decode step, short enough not to burn a shared core when the engine idles. */
 #define SPIN_LIMIT 8192
+
+enum { MODE_RUN, MODE_FOR };
 
 typedef struct worker {
     cv_threadpool *pool;
     int ith;
 } worker;
 
+/* Dispatch protocol. The task description (mode, fn, ctx) is published seqlock-style:
+ * the caller makes gen odd, writes it, makes gen even; a worker reads it between two
+ * equal even readings of gen.
+ *  - MODE_RUN: the caller waits until every worker has run the task (pending == 0),
+ *    so no new task can be published under a worker that has not seen this one.
+ *  - MODE_FOR: items are claimed by compare-and-swap on `ticket` = (n_items << 32 |
+ *    next item); a claim succeeds only on the current task's ticket, and its fn/ctx
+ *    are read after the claim, when they cannot change (the task is not done while
+ *    the claimed item is not). A worker that wakes late finds the ticket exhausted and
+ *    goes back to waiting: the caller never waits for it. */
 struct cv_threadpool {
     int n;
     pthread_t *threads;   /* n - 1 workers; the caller is thread 0 */
     worker *workers;
     int started;          /* workers successfully created */
 
-    cv_task_fn fn;
-    void *ctx;
-    _Atomic unsigned gen;     /* bumped once per task (and to stop) */
-    _Atomic int pending;      /* workers still inside the current task */
+    _Atomic unsigned gen;
+    _Atomic int mode;
+    _Atomic(void *) fn;   /* cv_task_fn or cv_item_fn, by mode */
+    _Atomic(void *) ctx;
+    _Atomic int pending;  /* MODE_RUN: workers still inside the task */
+    _Atomic uint64_t ticket;
+    _Atomic int64_t done; /* MODE_FOR: items finished */
     _Atomic int sleepers;
     _Atomic int stop;
 
@@ -49,19 +64,37 @@ static void wait_relax(unsigned *spins) {
     else sched_yield();
 }
 
+/* Claims the next item of the current MODE_FOR task; -1 when there is none. */
+static int64_t claim(cv_threadpool *pool) {
+    uint64_t t = atomic_load(&pool->ticket);
+    while ((t & 0xFFFFFFFFu) < (t >> 32)) {
+        if (atomic_compare_exchange_weak(&pool->ticket, &t, t + 1)) return (int64_t)(t & 0xFFFFFFFFu);
+    }
+    return -1;
+}
+
+static void do_items(cv_threadpool *pool, int ith) {
+    int64_t item;
+    while ((item = claim(pool)) >= 0) {
+        cv_item_fn fn = (cv_item_fn)atomic_load(&pool->fn);
+        fn(atomic_load(&pool->ctx), item, ith);
+        atomic_fetch_add(&pool->done, 1);
+    }
+}
+
 static void *worker_main(void *arg) {
     worker *w = arg;
     cv_threadpool *pool = w->pool;
     unsigned seen = 0;
     for (;;) {
         unsigned g, spins = 0;
-        while ((g = atomic_load(&pool->gen)) == seen) {
+        while ((g = atomic_load(&pool->gen)) == seen || (g & 1)) {
             if (++spins < SPIN_LIMIT) {
                 cpu_relax();
                 continue;
             }
-            /* Dekker-style handshake with run(): we announce ourselves as a sleeper and
-             * then re-check gen; run() bumps gen and then checks for sleepers. */
+            /* Dekker-style handshake with publish(): we count ourselves as a sleeper
+             * and then re-check gen; publish() bumps gen and then checks for sleepers. */
             pthread_mutex_lock(&pool->mu);
             atomic_fetch_add(&pool->sleepers, 1);
             while (atomic_load(&pool->gen) == seen) pthread_cond_wait(&pool->cv, &pool->mu);
@@ -69,16 +102,27 @@ static void *worker_main(void *arg) {
             pthread_mutex_unlock(&pool->mu);
             spins = 0;
         }
+        int mode = atomic_load(&pool->mode);
+        void *fn = atomic_load(&pool->fn), *ctx = atomic_load(&pool->ctx);
+        if (atomic_load(&pool->gen) != g) continue; /* torn read: a newer task came */
         seen = g;
         if (atomic_load(&pool->stop)) break;
-        pool->fn(pool->ctx, w->ith, pool->n);
-        atomic_fetch_sub(&pool->pending, 1);
+        if (mode == MODE_FOR) {
+            do_items(pool, w->ith);
+        } else {
+            ((cv_task_fn)fn)(ctx, w->ith, pool->n);
+            atomic_fetch_sub(&pool->pending, 1);
+        }
     }
     return NULL;
 }
 
-static void wake_all(cv_threadpool *pool) {
-    atomic_fetch_add(&pool->gen, 1);
+static void publish(cv_threadpool *pool, int mode, void *fn, void *ctx) {
+    atomic_fetch_add(&pool->gen, 1); /* odd: being written */
+    atomic_store(&pool->mode, mode);
+    atomic_store(&pool->fn, fn);
+    atomic_store(&pool->ctx, ctx);
+    atomic_fetch_add(&pool->gen, 1); /* even: published */
     if (atomic_load(&pool->sleepers) > 0) {
         pthread_mutex_lock(&pool->mu);
         pthread_cond_broadcast(&pool->cv);
@@ -127,7 +171,7 @@ err:
 void cv_threadpool_destroy(cv_threadpool *pool) {
     if (!pool) return;
     atomic_store(&pool->stop, 1);
-    wake_all(pool);
+    publish(pool, MODE_RUN, NULL, NULL);
     for (int i = 0; i < pool->started; i++) pthread_join(pool->threads[i], NULL);
     pthread_mutex_destroy(&pool->mu);
     pthread_cond_destroy(&pool->cv);
@@ -138,15 +182,30 @@ void cv_threadpool_destroy(cv_threadpool *pool) {
 
 int cv_threadpool_size(const cv_threadpool *pool) { return pool->n; }
 
+void cv_threadpool_for(cv_threadpool *pool, cv_item_fn fn, void *ctx, int64_t n_items) {
+    if (n_items <= 0) return;
+    if (pool->n == 1 || n_items == 1) {
+        for (int64_t i = 0; i < n_items; i++) fn(ctx, i, 0);
+        return;
+    }
+    /* fn and ctx are in place before the ticket makes any item claimable. */
+    atomic_store(&pool->fn, (void *)fn);
+    atomic_store(&pool->ctx, ctx);
+    atomic_store(&pool->done, 0);
+    atomic_store(&pool->ticket, (uint64_t)n_items << 32);
+    publish(pool, MODE_FOR, (void *)fn, ctx);
+    do_items(pool, 0);
+    unsigned spins = 0;
+    while (atomic_load(&pool->done) < n_items) wait_relax(&spins);
+}
+
 void cv_threadpool_run(cv_threadpool *pool, cv_task_fn fn, void *ctx) {
     if (pool->n == 1) {
         fn(ctx, 0, 1);
         return;
     }
-    pool->fn = fn;
-    pool->ctx = ctx;
     atomic_store(&pool->pending, pool->n - 1);
-    wake_all(pool);
+    publish(pool, MODE_RUN, (void *)fn, ctx);
     fn(ctx, 0, pool->n);
     unsigned spins = 0;
     while (atomic_load(&pool->pending) > 0) wait_relax(&spins);

@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "threadpool.h"
@@ -69,6 +70,49 @@ static void test_barrier_separates_phases(void **state) {
     cv_threadpool_destroy(pool);
 }
 
+/* Items are each done exactly once, by threads whose ith is in range and never held
+ * by two threads at a time, with run() tasks interleaved (a late worker of a for()
+ * must neither miss a run() nor claim items of a finished for()). */
+typedef struct item_ctx {
+    _Atomic int hits[4096];
+    _Atomic int busy[8];
+    _Atomic int bad;
+    int nth;
+} item_ctx;
+
+static void item_task(void *c, int64_t item, int ith) {
+    item_ctx *x = c;
+    if (ith < 0 || ith >= x->nth || atomic_exchange(&x->busy[ith], 1) != 0) atomic_fetch_add(&x->bad, 1);
+    atomic_fetch_add(&x->hits[item], 1);
+    if (ith >= 0 && ith < x->nth) atomic_store(&x->busy[ith], 0);
+}
+
+static void test_for_claims_every_item_once(void **state) {
+    (void)state;
+    for (int n = 1; n <= 4; n++) {
+        cv_threadpool *pool;
+        assert_int_equal(cv_threadpool_create(n, &pool, NULL), CV_OK);
+        item_ctx *x = calloc(1, sizeof *x);
+        assert_non_null(x);
+        x->nth = n;
+        count_ctx c;
+        memset(&c, 0, sizeof c);
+        int64_t total = 0;
+        for (int r = 0; r < 300; r++) {
+            int64_t items = 1 + (r * 37) % 4096;
+            cv_threadpool_for(pool, item_task, x, items);
+            for (int64_t i = 0; i < items; i++) assert_int_equal(atomic_exchange(&x->hits[i], 0), 1);
+            total += items;
+            if (r % 3 == 0) cv_threadpool_run(pool, count_task, &c);
+        }
+        cv_threadpool_for(pool, item_task, x, 0);
+        assert_int_equal(atomic_load(&x->bad), 0);
+        for (int i = 0; i < n; i++) assert_int_equal(atomic_load(&c.calls[i]), 100);
+        free(x);
+        cv_threadpool_destroy(pool);
+    }
+}
+
 static void test_split_range_covers_once(void **state) {
     (void)state;
     int64_t ns[] = {0, 1, 7, 16, 17, 100, 1023};
@@ -104,6 +148,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_each_thread_runs_once_per_task),
         cmocka_unit_test(test_barrier_separates_phases),
+        cmocka_unit_test(test_for_claims_every_item_once),
         cmocka_unit_test(test_split_range_covers_once),
         cmocka_unit_test(test_rejects_absurd_thread_count),
     };
