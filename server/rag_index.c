@@ -497,6 +497,11 @@ cv_status cv_rag_search(cv_rag_searcher *s, const cv_rag_search_opts *opts, cons
     }
     qterms q = {.ix = ix};
     cv_rag_analyze(ix->an, query, len, on_query_term, &q);
+    /* Locals, so that the compiler keeps them in registers across the score stores. */
+    float *restrict score = s->score;
+    const float *restrict norm = s->norm;
+    uint32_t *restrict touched = s->touched;
+    size_t n_touched = 0;
     for (size_t t = 0; t < q.n; t++) {
         const rag_term_rec *r = &ix->terms[q.id[t]];
         float w = (float)(q.qtf[t] * log(1 + (m->n_chunks - r->df + 0.5) / (r->df + 0.5)) * (k1 + 1));
@@ -505,10 +510,12 @@ cv_status cv_rag_search(cv_rag_searcher *s, const cv_rag_search_opts *opts, cons
         for (uint32_t k = 0; k < r->df; k++) {
             uint32_t delta = read_varint(&p), tf = read_varint(&p);
             chunk += delta;
-            if (s->score[chunk] == 0) s->touched[s->n_touched++] = chunk;
-            s->score[chunk] += w * (float)tf / ((float)tf + s->norm[chunk]);
+            float old = score[chunk];
+            if (old == 0) touched[n_touched++] = chunk;
+            score[chunk] = old + w * (float)tf / ((float)tf + norm[chunk]);
         }
     }
+    s->n_touched = n_touched;
     size_t want = per_doc ? k * 4 : k;
     for (;;) {
         size_t n = top_m(s, want), got = 0;
