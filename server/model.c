@@ -71,19 +71,20 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
                          "model: architecture '%.*s' is not supported (llama, qwen2, gemma3)",
                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
 
-    /* Required integers: absent reads as 0 and fails the range check below. */
-    const struct { const char *key; int32_t *dst; uint32_t def; } ints[] = {
-        {"context_length", &hp->n_ctx_train, 0},
-        {"embedding_length", &hp->dim, 0},
-        {"block_count", &hp->n_layers, 0},
-        {"feed_forward_length", &hp->ffn_dim, 0},
-        {"attention.head_count", &hp->n_heads, 0},
+    /* Required integers: absent reads as 0 and fails the range check below. The
+     * limits are far above any real model; shapes are checked against the tensors. */
+    const struct { const char *key; int32_t *dst; uint32_t max; } ints[] = {
+        {"context_length", &hp->n_ctx_train, 1u << 24},
+        {"embedding_length", &hp->dim, 1u << 20},
+        {"block_count", &hp->n_layers, 4096},
+        {"feed_forward_length", &hp->ffn_dim, 1u << 22},
+        {"attention.head_count", &hp->n_heads, 4096},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        uint32_t v = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, ints[i].key), ints[i].def);
-        if (v == 0 || v > (1u << 24))
+        uint32_t v = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, ints[i].key), 0);
+        if (v == 0 || v > ints[i].max)
             return cv_errorf(err, v ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %u (need 1..%u)",
-                             k, v, 1u << 24);
+                             k, v, ints[i].max);
         *ints[i].dst = (int32_t)v;
     }
     hp->n_kv_heads = (int32_t)cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.head_count_kv"),
