@@ -36,16 +36,19 @@ def _value(v):
 
 
 def write_gguf(path, kvs, tensors):
-    """kvs: dict; tensors: dict name -> float32 array (numpy shape = reversed ne)."""
+    """kvs: dict; tensors: dict name -> float32 array (numpy shape = reversed ne), or
+    (ne list, ggml type id, raw bytes) for a tensor of another type."""
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kvs))
     head += b"".join(_str(k) + _value(v) for k, v in kvs.items())
     infos, blobs, off = b"", [], 0
     for name, a in tensors.items():
-        a = np.ascontiguousarray(a, dtype=np.float32)
-        ne = list(reversed(a.shape))
+        if isinstance(a, tuple):
+            ne, ttype, blob = a
+        else:
+            a = np.ascontiguousarray(a, dtype=np.float32)
+            ne, ttype, blob = list(reversed(a.shape)), 0, a.tobytes()
         infos += _str(name) + struct.pack("<I", len(ne)) + struct.pack("<%dQ" % len(ne), *ne)
-        infos += struct.pack("<IQ", 0, off)  # type F32
-        blob = a.tobytes()
+        infos += struct.pack("<IQ", ttype, off)
         pad = (-len(blob)) % ALIGN
         blobs.append(blob + b"\0" * pad)
         off += len(blob) + pad
@@ -75,7 +78,8 @@ def llama_vocab(n_vocab):
 # ---- model definition from hyperparameters ----
 
 def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, ffn=96,
-               n_vocab=320, ctx=64, window=4, rope_base=10000.0, tied=False):
+               n_vocab=320, ctx=64, window=4, rope_base=10000.0, tied=False, rope_scaling=None,
+               rope_freqs=False):
     hd = head_dim or dim // n_heads
     p = f"{arch}."
     kvs = {"general.architecture": arch, "general.name": f"synthetic-{arch}"}
@@ -86,6 +90,11 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
                 p + "attention.key_length": hd, p + "attention.value_length": hd})
     if arch == "gemma3":
         kvs[p + "attention.sliding_window"] = window
+    if rope_scaling:  # (factor, low, high, original context): Llama 3.1 style keys
+        kvs[p + "rope.scaling.type"] = "llama3"
+        for key, v in zip(("factor", "low_freq_factor", "high_freq_factor"), rope_scaling[:3]):
+            kvs[p + "rope.scaling." + key] = float(v)
+        kvs[p + "rope.scaling.original_context_length"] = int(rope_scaling[3])
     kvs.update(llama_vocab(n_vocab))
 
     def w(*shape, s=None):
@@ -95,6 +104,8 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
         return (1.0 + 0.3 * rng.standard_normal(n)).astype(np.float32)
 
     t = {"token_embd.weight": w(n_vocab, dim, s=0.5)}
+    if rope_freqs:  # explicit per-pair divisors, as converters write for Llama 3
+        t["rope_freqs.weight"] = (1 + 7 * rng.random(hd // 2)).astype(np.float32)
     for i in range(n_layers):
         b = f"blk.{i}."
         t[b + "attn_norm.weight"] = norm(dim)
@@ -128,12 +139,28 @@ def rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
 
-def rope(x, pos, base, neox):
-    """x: [heads, hd]; rotates all hd dims (rope.dimension_count = head dim)."""
+def llama3_factors(base, hd, factor, low, high, old_ctx):
+    """Llama 3.1 rope scaling: wavelength bands kept, slowed by `factor`, or blended."""
+    out = []
+    for i in range(hd // 2):
+        wl = 2 * np.pi * base ** (2.0 * i / hd)
+        if wl < old_ctx / high:
+            out.append(1.0)
+        elif wl > old_ctx / low:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wl - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return np.array(out)
+
+
+def rope(x, pos, base, neox, factors=None):
+    """x: [heads, hd]; rotates all hd dims (rope.dimension_count = head dim); pair i
+    turns by pos * base^(-2i/hd) / factors[i]."""
     hd = x.shape[-1]
     out = x.copy()
     for i in range(hd // 2):
-        th = pos * base ** (-2.0 * i / hd)
+        th = pos * base ** (-2.0 * i / hd) / (1.0 if factors is None else factors[i])
         c, s = np.cos(th), np.sin(th)
         a, b = (i, i + hd // 2) if neox else (2 * i, 2 * i + 1)
         out[:, a] = x[:, a] * c - x[:, b] * s
@@ -157,6 +184,12 @@ def forward(kvs, t, tokens):
     gemma = arch == "gemma3"
     neox = arch in ("qwen2", "gemma3")
     n = len(tokens)
+    factors = T.get("rope_freqs.weight")
+    if factors is None and kvs.get(p + "rope.scaling.type") == "llama3":
+        factors = llama3_factors(base, hd, kvs[p + "rope.scaling.factor"],
+                                 kvs[p + "rope.scaling.low_freq_factor"],
+                                 kvs[p + "rope.scaling.high_freq_factor"],
+                                 kvs[p + "rope.scaling.original_context_length"])
     x = T["token_embd.weight"][tokens]
     if gemma:
         x = x * np.sqrt(dim)
@@ -175,8 +208,8 @@ def forward(kvs, t, tokens):
         if gemma:
             q = rmsnorm(q, T[b + "attn_q_norm.weight"], eps)
             k = rmsnorm(k, T[b + "attn_k_norm.weight"], eps)
-        q = np.stack([rope(q[i], i, lbase, neox) for i in range(n)])
-        k = np.stack([rope(k[i], i, lbase, neox) for i in range(n)])
+        q = np.stack([rope(q[i], i, lbase, neox, factors) for i in range(n)])
+        k = np.stack([rope(k[i], i, lbase, neox, factors) for i in range(n)])
         att = np.zeros((n, nh, hd))
         for i in range(n):
             lo = max(0, i - kvs[p + "attention.sliding_window"] + 1) if local else 0

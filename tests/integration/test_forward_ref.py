@@ -1,6 +1,8 @@
 """Synthetic F32 models of each architecture: corvid's logits vs an independent float64
 numpy forward pass (refmodel.py), relative error < 1e-4 at every position of a prompt
-(prefill) and of greedy generation (decode). Fresh random weights each run."""
+(prefill) and of greedy generation (decode). Fresh random weights each run. Also:
+malformed models (unknown architecture, missing tensor, unsupported type, wrong
+shape) are refused with one clear line and exit status 1."""
 import json
 import os
 import subprocess
@@ -19,6 +21,10 @@ CASES = [
     # name, arch, make_model options
     ("llama-gqa", "llama", dict(dim=64, n_heads=8, n_kv=2, ffn=176, n_layers=3)),
     ("llama-tied-mha", "llama", dict(dim=48, n_heads=4, n_kv=4, ffn=64, tied=True)),
+    # Llama 3 rope scaling: head dim 16 spans all three wavelength bands of 16..64.
+    ("llama3-rope-keys", "llama", dict(dim=64, n_heads=4, n_kv=2, ffn=96,
+                                       rope_scaling=(8, 1, 4, 64))),
+    ("llama3-rope-freqs", "llama", dict(dim=64, n_heads=4, n_kv=2, ffn=96, rope_freqs=True)),
     ("qwen2-bias", "qwen2", dict(dim=64, n_heads=4, n_kv=2, ffn=128, rope_base=1e6)),
     # 7 layers: layers 0-4 and 6 slide over a 5-token window, layer 5 is global;
     # head_dim 32 != dim / n_heads as in the real Gemma 3 270M.
@@ -65,6 +71,34 @@ def run_case(name, arch, opts, rng, tmp):
     return ok
 
 
+def bad_file_cases(rng, tmp):
+    """Files corvid-run must refuse with one clear line and exit status 1."""
+    kvs, t = refmodel.make_model("llama", rng, dim=32, n_heads=4, n_kv=2, ffn=64)
+    cases = []
+    k2 = {("mamba" + k[5:] if k.startswith("llama.") else k): v for k, v in kvs.items()}
+    k2["general.architecture"] = "mamba"
+    cases.append(("unknown architecture", k2, t, "architecture 'mamba' is not supported"))
+    t2 = {k: v for k, v in t.items() if k != "blk.1.ffn_up.weight"}
+    cases.append(("missing tensor", kvs, t2, "blk.1.ffn_up.weight is missing"))
+    t3 = dict(t)
+    # Q4_1 (type 3) is a valid GGUF type that corvid does not compute with.
+    t3["blk.0.attn_k.weight"] = ([32, 16], 3, b"\0" * (16 * 20))
+    cases.append(("unsupported tensor type", kvs, t3, "blk.0.attn_k.weight has type Q4_1"))
+    t4 = dict(t)
+    t4["blk.0.attn_q.weight"] = t["blk.0.attn_q.weight"][:, :16]
+    cases.append(("wrong tensor shape", kvs, t4, "blk.0.attn_q.weight has shape [16, 32]"))
+    ok_all = True
+    for name, k, tt, msg in cases:
+        path = os.path.join(tmp, "bad.gguf")
+        refmodel.write_gguf(path, k, tt)
+        r = subprocess.run([os.path.join(BIN, "corvid-run"), "-m", path, "-p", "hi", "-n", "2"],
+                           capture_output=True, text=True, timeout=60)
+        ok = r.returncode == 1 and msg in r.stderr and r.stderr.count("\n") == 1
+        ok_all &= ok
+        print(f"{'ok  ' if ok else 'FAIL'} refused: {name}: {r.stderr.strip()}")
+    return ok_all
+
+
 def main():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"seed {seed}")
@@ -76,6 +110,10 @@ def main():
                 passed += 1
             else:
                 failed += 1
+        if bad_file_cases(rng, tmp):
+            passed += 1
+        else:
+            failed += 1
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
 
