@@ -456,108 +456,122 @@ static int pool_add(strpool *sp, const char *s, size_t n, uint32_t *off) {
     return 0;
 }
 
-cv_status cv_rag_builder_write(cv_rag_builder *b, const char *path, cv_error *err) {
-    cv_status st = CV_OK;
-    dict d = {0};
-    strpool sp = {0};
-    rag_doc_rec *docs = NULL;
-    rag_chunk_rec *chunks = NULL;
-    rag_term_rec *terms = NULL;
-    sorted_term *order = NULL;
-    rag_str_ref *stops = NULL;
-    char tmp[4096];
-    FILE *f = NULL;
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return cv_errorf(err, CV_EINVAL, "index path is too long (%zu bytes)", strlen(path));
-    if (b->live_chunks > UINT32_MAX - 1 || b->live_docs > UINT32_MAX - 1)
-        return cv_errorf(err, CV_ERANGE, "%zu chunks in %zu documents: limit %u", b->live_chunks,
-                         b->live_docs, UINT32_MAX - 1);
-    d.mask = 1023;
-    docs = calloc(b->live_docs + 1, sizeof *docs);
-    chunks = calloc(b->live_chunks + 1, sizeof *chunks);
-    if (!docs || !chunks || !(d.table = calloc(d.mask + 1, sizeof *d.table))) goto oom;
+/* Everything an index file holds, computed before the file is written. */
+typedef struct plan {
+    dict d;
+    strpool sp;
+    rag_doc_rec *docs;
+    rag_chunk_rec *chunks;
+    rag_term_rec *terms;
+    sorted_term *order; /* term ids in file order */
+    rag_str_ref *stops;
+    rag_meta meta;
+} plan;
 
-    /* Analysis: chunk ids are assigned in document order, skipping replaced documents. */
+static void plan_free(plan *p) {
+    dict_free(&p->d);
+    free(p->sp.p);
+    free(p->docs);
+    free(p->chunks);
+    free(p->terms);
+    free(p->order);
+    free(p->stops);
+}
+
+/* Documents, chunks and postings; chunk ids follow document order, skipping replaced
+ * documents. -1 when memory runs out. */
+static int plan_analyze(const cv_rag_builder *b, plan *p) {
+    dict *d = &p->d;
+    d->mask = 1023;
+    p->docs = calloc(b->live_docs + 1, sizeof *p->docs);
+    p->chunks = calloc(b->live_chunks + 1, sizeof *p->chunks);
+    if (!p->docs || !p->chunks || !(d->table = calloc(d->mask + 1, sizeof *d->table))) return -1;
     uint32_t nd = 0, nc = 0;
     uint64_t text_off = 0, total_terms = 0;
     for (size_t i = 0; i < b->n_docs; i++) {
         const bdoc *bd = &b->docs[i];
         if (bd->dead) continue;
-        rag_doc_rec *dr = &docs[nd];
+        rag_doc_rec *dr = &p->docs[nd];
         dr->first_chunk = nc;
         dr->n_chunks = (uint32_t)bd->n;
         dr->id_len = (uint32_t)strlen(bd->id);
         dr->title_len = (uint32_t)strlen(bd->title);
         dr->url_len = (uint32_t)strlen(bd->url);
-        if (pool_add(&sp, bd->id, dr->id_len, &dr->id_off) ||
-            pool_add(&sp, bd->title, dr->title_len, &dr->title_off) ||
-            pool_add(&sp, bd->url, dr->url_len, &dr->url_off))
-            goto oom;
+        if (pool_add(&p->sp, bd->id, dr->id_len, &dr->id_off) ||
+            pool_add(&p->sp, bd->title, dr->title_len, &dr->title_off) ||
+            pool_add(&p->sp, bd->url, dr->url_len, &dr->url_off))
+            return -1;
         for (size_t k = 0; k < bd->n; k++) {
             const bchunk *bc = &b->chunks[bd->first + k];
-            d.chunk_terms = 0;
-            cv_rag_analyze(b->an, bd->title, dr->title_len, on_term, &d);
-            cv_rag_analyze(b->an, b->text + bc->off, bc->len, on_term, &d);
-            if (d.oom || flush_chunk(&d, nc)) goto oom;
-            chunks[nc] = (rag_chunk_rec){.doc = nd, .n_terms = (uint32_t)d.chunk_terms,
-                                         .ordinal = (uint32_t)k, .text_len = (uint32_t)bc->len,
-                                         .text_off = text_off};
+            d->chunk_terms = 0;
+            cv_rag_analyze(b->an, bd->title, dr->title_len, on_term, d);
+            cv_rag_analyze(b->an, b->text + bc->off, bc->len, on_term, d);
+            if (d->oom || flush_chunk(d, nc)) return -1;
+            p->chunks[nc] = (rag_chunk_rec){.doc = nd, .n_terms = (uint32_t)d->chunk_terms,
+                                            .ordinal = (uint32_t)k, .text_len = (uint32_t)bc->len,
+                                            .text_off = text_off};
             text_off += bc->len;
-            total_terms += d.chunk_terms;
+            total_terms += d->chunk_terms;
             nc++;
         }
         nd++;
     }
-    if (sp.n + d.str_len > UINT32_MAX) {
-        st = cv_errorf(err, CV_ERANGE, "index strings total %zu bytes: limit 4 GiB",
-                       sp.n + d.str_len);
-        goto done;
-    }
+    p->meta = (rag_meta){.n_docs = nd, .n_chunks = nc, .n_terms = (uint32_t)d->n,
+                         .k1 = b->o.k1, .b = b->o.b,
+                         .avg_len = nc && total_terms ? (double)total_terms / nc : 1.0,
+                         .chunk_chars = b->o.chunk_chars, .overlap_chars = b->o.overlap_chars,
+                         .total_terms = total_terms};
+    return 0;
+}
 
-    order = malloc((d.n + 1) * sizeof *order);
-    terms = calloc(d.n + 1, sizeof *terms);
-    if (!order || !terms) goto oom;
-    for (size_t i = 0; i < d.n; i++) order[i] = (sorted_term){d.str + d.t[i].off, d.t[i].len, (uint32_t)i};
-    qsort(order, d.n, sizeof *order, term_cmp);
+/* The sorted term dictionary and the stopwords. -1 when memory runs out. */
+static int plan_terms(const cv_rag_builder *b, plan *p) {
+    const dict *d = &p->d;
+    p->order = malloc((d->n + 1) * sizeof *p->order);
+    p->terms = calloc(d->n + 1, sizeof *p->terms);
+    if (!p->order || !p->terms) return -1;
+    for (size_t i = 0; i < d->n; i++)
+        p->order[i] = (sorted_term){d->str + d->t[i].off, d->t[i].len, (uint32_t)i};
+    qsort(p->order, d->n, sizeof *p->order, term_cmp);
     uint64_t post_off = 0;
-    for (size_t i = 0; i < d.n; i++) {
-        const bterm *t = &d.t[order[i].id];
-        terms[i] = (rag_term_rec){.str_len = t->len, .df = t->df, .post_off = post_off,
-                                  .post_len = t->plen};
-        if (pool_add(&sp, order[i].s, t->len, &terms[i].str_off)) goto oom;
+    for (size_t i = 0; i < d->n; i++) {
+        const bterm *t = &d->t[p->order[i].id];
+        p->terms[i] = (rag_term_rec){.str_len = t->len, .df = t->df, .post_off = post_off,
+                                     .post_len = t->plen};
+        if (pool_add(&p->sp, p->order[i].s, t->len, &p->terms[i].str_off)) return -1;
         post_off += t->plen;
     }
     size_t n_stop;
     const char *const *sw = cv_rag_analyzer_stopwords(b->an, &n_stop);
-    if (!(stops = calloc(n_stop + 1, sizeof *stops))) goto oom;
+    if (!(p->stops = calloc(n_stop + 1, sizeof *p->stops))) return -1;
     for (size_t i = 0; i < n_stop; i++) {
-        stops[i].len = (uint32_t)strlen(sw[i]);
-        if (pool_add(&sp, sw[i], stops[i].len, &stops[i].off)) goto oom;
+        p->stops[i].len = (uint32_t)strlen(sw[i]);
+        if (pool_add(&p->sp, sw[i], p->stops[i].len, &p->stops[i].off)) return -1;
     }
+    p->meta.n_stop = (uint32_t)n_stop;
+    return 0;
+}
 
-    rag_meta meta = {.n_docs = nd, .n_chunks = nc, .n_terms = (uint32_t)d.n,
-                     .n_stop = (uint32_t)n_stop, .k1 = b->o.k1, .b = b->o.b,
-                     .avg_len = nc && total_terms ? (double)total_terms / nc : 1.0,
-                     .chunk_chars = b->o.chunk_chars, .overlap_chars = b->o.overlap_chars,
-                     .total_terms = total_terms};
-    if (!(f = fopen(tmp, "wb"))) {
-        st = cv_errorf(err, CV_EIO, "creating %s: %s", tmp, strerror(errno));
-        goto done;
-    }
+/* Writes the sections, then the header and table with their final offsets and CRCs. */
+static cv_status plan_write(const cv_rag_builder *b, const plan *p, FILE *f, const char *tmp,
+                            cv_error *err) {
+    const rag_meta *m = &p->meta;
     out o = {.f = f};
     rag_header h = {.version = CV_RAG_INDEX_VERSION, .n_sections = RAG_SEC_COUNT,
                     .flags = RAG_FLAG_CRC};
     memcpy(h.magic, RAG_MAGIC, 8);
-    rag_section sec[RAG_SEC_COUNT] = {0};
+    rag_section sec[RAG_SEC_COUNT] = {{0}}, *s = sec;
     put(&o, &h, sizeof h);
     put(&o, sec, sizeof sec);
-    rag_section *s = sec;
-    section_begin(&o, s, RAG_SEC_META), put(&o, &meta, sizeof meta), section_end(&o, s++);
-    section_begin(&o, s, RAG_SEC_DOCS), put_big(&o, docs, nd * sizeof *docs), section_end(&o, s++);
-    section_begin(&o, s, RAG_SEC_CHUNKS), put_big(&o, chunks, nc * sizeof *chunks), section_end(&o, s++);
-    section_begin(&o, s, RAG_SEC_TERMS), put_big(&o, terms, d.n * sizeof *terms), section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_META), put(&o, m, sizeof *m), section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_DOCS), put_big(&o, p->docs, m->n_docs * sizeof *p->docs),
+        section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_CHUNKS), put_big(&o, p->chunks, m->n_chunks * sizeof *p->chunks),
+        section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_TERMS), put_big(&o, p->terms, m->n_terms * sizeof *p->terms),
+        section_end(&o, s++);
     section_begin(&o, s, RAG_SEC_POSTINGS);
-    for (size_t i = 0; i < d.n; i++) put(&o, d.t[order[i].id].post, d.t[order[i].id].plen);
+    for (size_t i = 0; i < p->d.n; i++) put(&o, p->d.t[p->order[i].id].post, p->d.t[p->order[i].id].plen);
     section_end(&o, s++);
     section_begin(&o, s, RAG_SEC_TEXT);
     for (size_t i = 0; i < b->n_docs; i++)
@@ -566,32 +580,48 @@ cv_status cv_rag_builder_write(cv_rag_builder *b, const char *path, cv_error *er
             put_big(&o, b->text + bc->off, bc->len);
         }
     section_end(&o, s++);
-    section_begin(&o, s, RAG_SEC_STRINGS), put_big(&o, sp.p, sp.n), section_end(&o, s++);
-    section_begin(&o, s, RAG_SEC_STOPWORDS), put(&o, stops, n_stop * sizeof *stops), section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_STRINGS), put_big(&o, p->sp.p, p->sp.n), section_end(&o, s++);
+    section_begin(&o, s, RAG_SEC_STOPWORDS), put(&o, p->stops, m->n_stop * sizeof *p->stops),
+        section_end(&o, s++);
     h.file_size = o.pos;
     if (o.failed || fseek(f, 0, SEEK_SET) != 0 || fwrite(&h, sizeof h, 1, f) != 1 ||
-        fwrite(sec, sizeof sec, 1, f) != 1 || fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        st = cv_errorf(err, CV_EIO, "writing %s: %s", tmp, strerror(errno));
+        fwrite(sec, sizeof sec, 1, f) != 1 || fflush(f) != 0 || fsync(fileno(f)) != 0)
+        return cv_errorf(err, CV_EIO, "writing %s: %s", tmp, strerror(errno));
+    return CV_OK;
+}
+
+cv_status cv_rag_builder_write(cv_rag_builder *b, const char *path, cv_error *err) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return cv_errorf(err, CV_EINVAL, "index path is too long (%zu bytes)", strlen(path));
+    if (b->live_chunks > UINT32_MAX - 1 || b->live_docs > UINT32_MAX - 1)
+        return cv_errorf(err, CV_ERANGE, "%zu chunks in %zu documents: limit %u", b->live_chunks,
+                         b->live_docs, UINT32_MAX - 1);
+    plan p = {0};
+    FILE *f = NULL;
+    cv_status st = CV_OK;
+    if (plan_analyze(b, &p)) goto oom;
+    if (p.sp.n + p.d.str_len > UINT32_MAX) {
+        st = cv_errorf(err, CV_ERANGE, "index strings total %zu bytes: limit 4 GiB",
+                       p.sp.n + p.d.str_len);
         goto done;
     }
+    if (plan_terms(b, &p)) goto oom;
+    if (!(f = fopen(tmp, "wb"))) {
+        st = cv_errorf(err, CV_EIO, "creating %s: %s", tmp, strerror(errno));
+        goto done;
+    }
+    if ((st = plan_write(b, &p, f, tmp, err))) goto done;
     int rc = fclose(f);
     f = NULL;
-    if (rc != 0 || rename(tmp, path) != 0) {
+    if (rc != 0 || rename(tmp, path) != 0)
         st = cv_errorf(err, CV_EIO, "replacing %s: %s", path, strerror(errno));
-        goto done;
-    }
     goto done;
 oom:
     st = cv_errorf(err, CV_ENOMEM, "index builder: out of memory writing %s", path);
 done:
     if (f) fclose(f);
     if (st) unlink(tmp);
-    dict_free(&d);
-    free(sp.p);
-    free(docs);
-    free(chunks);
-    free(terms);
-    free(order);
-    free(stops);
+    plan_free(&p);
     return st;
 }
