@@ -146,7 +146,9 @@ static cv_status check_sections(cv_rag_index *ix, const uint8_t *base, unsigned 
     return CV_OK;
 }
 
-static cv_status check_records(cv_rag_index *ix, cv_error *err) {
+/* META's parameters, then documents and their chunks: contiguous, in order, text in
+ * bounds, doc strings in bounds and valid UTF-8. */
+static cv_status check_docs(const cv_rag_index *ix, cv_error *err) {
     const rag_meta *m = ix->meta;
     if (!(m->k1 >= 0 && m->k1 <= 10) || !(m->b >= 0 && m->b <= 1) ||
         !(m->avg_len > 0 && m->avg_len < 1e12))
@@ -185,7 +187,12 @@ static cv_status check_records(cv_rag_index *ix, cv_error *err) {
     if (next_chunk != m->n_chunks)
         return cv_errorf(err, CV_EFORMAT, "index: documents cover %u chunks, META says %u",
                          next_chunk, m->n_chunks);
+    return CV_OK;
+}
 
+/* Terms in strictly increasing byte order, each posting list decoded in full. */
+static cv_status check_terms(const cv_rag_index *ix, cv_error *err) {
+    const rag_meta *m = ix->meta;
     const rag_term_rec *prev = NULL;
     for (uint32_t t = 0; t < m->n_terms; t++) {
         const rag_term_rec *r = &ix->terms[t];
@@ -248,7 +255,8 @@ static cv_status load_analyzer(cv_rag_index *ix, const uint8_t *base, cv_error *
 
 static cv_status validate(cv_rag_index *ix, const uint8_t *base, unsigned flags, cv_error *err) {
     cv_status st = check_sections(ix, base, flags, err);
-    if (!st) st = check_records(ix, err);
+    if (!st) st = check_docs(ix, err);
+    if (!st) st = check_terms(ix, err);
     if (!st) st = load_analyzer(ix, base, err);
     return st;
 }
