@@ -262,7 +262,7 @@ static int print_json(const cv_rag_index *ix, const cv_rag_hit *hits, size_t n, 
     }
 done:
     json_decref(root ? root : arr);
-    if (rc) fputs("corvid-index: out of memory writing JSON\n", stderr);
+    if (rc) fputs("corvid-index: cannot encode the hits as JSON (out of memory or invalid UTF-8 in the index)\n", stderr);
     return rc;
 }
 
