@@ -16,7 +16,7 @@
 
 #include "cv_error.h"
 
-#define CV_RATELIMIT_KEY_MAX 255
+#define CV_RATELIMIT_KEY_MAX 320 /* room for "sub:" + a 255-byte JWT subject */
 
 /* Monotonic time in nanoseconds. */
 typedef uint64_t (*cv_ratelimit_clock)(void *ctx);

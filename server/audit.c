@@ -1,0 +1,198 @@
+#include "audit.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "utf8.h"
+
+#define FIELD_MAX 2048
+
+struct cv_audit {
+    pthread_mutex_t mu;
+    char *path;  /* NULL: stderr */
+    int fd;
+    const cv_pii *pii;
+};
+
+static const char *const event_names[] = {"admin_action", "auth_failure", "model_load",
+                                          "external_request"};
+
+const char *cv_audit_event_name(cv_audit_event ev) {
+    return (unsigned)ev < 4 ? event_names[ev] : "unknown";
+}
+
+static cv_status open_fd(const char *path, int *fd, cv_error *err) {
+    *fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (*fd < 0) return cv_errorf(err, CV_EIO, "audit log %s: %s", path, strerror(errno));
+    return CV_OK;
+}
+
+cv_status cv_audit_open(const char *path, cv_audit **out, cv_error *err) {
+    cv_audit *a = calloc(1, sizeof *a);
+    if (!a) return cv_errorf(err, CV_ENOMEM, "audit: out of memory");
+    a->fd = STDERR_FILENO;
+    if (path && *path && strcmp(path, "-") != 0) {
+        cv_status st = (a->path = strdup(path)) ? open_fd(path, &a->fd, err)
+                                                : cv_errorf(err, CV_ENOMEM, "audit: out of memory");
+        if (st != CV_OK) {
+            free(a->path);
+            free(a);
+            return st;
+        }
+    }
+    pthread_mutex_init(&a->mu, NULL);
+    *out = a;
+    return CV_OK;
+}
+
+void cv_audit_close(cv_audit *a) {
+    if (!a) return;
+    if (a->path) close(a->fd);
+    pthread_mutex_destroy(&a->mu);
+    free(a->path);
+    free(a);
+}
+
+cv_status cv_audit_reopen(cv_audit *a, cv_error *err) {
+    if (!a->path) return CV_OK;
+    int fd;
+    cv_status st = open_fd(a->path, &fd, err);
+    if (st != CV_OK) return st;
+    pthread_mutex_lock(&a->mu);
+    close(a->fd);
+    a->fd = fd;
+    pthread_mutex_unlock(&a->mu);
+    return CV_OK;
+}
+
+void cv_audit_set_pii(cv_audit *a, const cv_pii *pii) { a->pii = pii; }
+
+static int b64url_char(char c) {
+    return isalnum((unsigned char)c) || c == '-' || c == '_';
+}
+
+static size_t b64url_run(const char *s, size_t i, size_t n) {
+    size_t j = i;
+    while (j < n && b64url_char(s[j])) j++;
+    return j - i;
+}
+
+/* Length of a JWT-shaped span at s[i] ("eyJ" base64url "." base64url ["." base64url]),
+ * or 0. Header and payload alone already carry the claims, so they count too. */
+static size_t jwt_span(const char *s, size_t i, size_t n) {
+    if (n - i < 4 || memcmp(s + i, "eyJ", 3) != 0) return 0;
+    size_t j = i + b64url_run(s, i, n);
+    if (j >= n || s[j] != '.' || b64url_run(s, j + 1, n) == 0) return 0;
+    j += 1 + b64url_run(s, j + 1, n);
+    if (j < n && s[j] == '.') j += 1 + b64url_run(s, j + 1, n);
+    return j - i;
+}
+
+/* Copy of s[0..n) with credentials replaced by [REDACTED]. */
+static char *redact(const char *s, size_t n, size_t *out_len) {
+    static const char mark[] = "[REDACTED]";
+    /* Each replaced span is at least 4 bytes and becomes 10: 3x covers the worst case. */
+    char *out = malloc(n * 3 + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n;) {
+        size_t span = jwt_span(s, i, n);
+        if (span) {
+            memcpy(o, mark, sizeof mark - 1);
+            o += sizeof mark - 1;
+            i += span;
+            continue;
+        }
+        if (n - i > 7 && strncasecmp(s + i, "bearer ", 7) == 0) {
+            size_t j = i + 7;
+            while (j < n && s[j] == ' ') j++;
+            size_t k = j;
+            while (k < n && !isspace((unsigned char)s[k]) && s[k] != '"' && s[k] != '\'') k++;
+            if (k > j) {
+                memcpy(o, s + i, j - i);
+                o += j - i;
+                memcpy(o, mark, sizeof mark - 1);
+                o += sizeof mark - 1;
+                i = k;
+                continue;
+            }
+        }
+        *o++ = s[i++];
+    }
+    *o = 0;
+    *out_len = (size_t)(o - out);
+    return out;
+}
+
+/* The field as a JSON string: cut, redacted, PII-masked (when pii), valid UTF-8. */
+static json_t *clean_field(const char *s, const cv_pii *pii) {
+    size_t n = strnlen(s, FIELD_MAX), len = 0;
+    char *red = redact(s, n, &len), *masked = NULL;
+    if (!red) return NULL;
+    if (pii && cv_pii_mask(pii, red, len, &masked, NULL, NULL) == CV_OK) {
+        free(red);
+        red = masked;
+        len = strlen(masked);
+    }
+    char *fixed = malloc(CV_UTF8_STREAM_BOUND(len) + 4);
+    json_t *j = NULL;
+    if (fixed) {
+        cv_utf8_stream us;
+        cv_utf8_stream_init(&us);
+        size_t m = cv_utf8_stream_feed(&us, red, len, fixed);
+        m += cv_utf8_stream_flush(&us, fixed + m);
+        j = json_stringn(fixed, m);
+    }
+    free(fixed);
+    free(red);
+    return j;
+}
+
+static void timestamp(char buf[40]) {
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    size_t n = strftime(buf, 40, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, 40 - n, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+cv_status cv_audit_write(cv_audit *a, const cv_audit_entry *e, cv_error *err) {
+    const char *names[] = {"subject", "peer", "method", "outcome", "detail"};
+    const char *vals[] = {e->subject, e->peer, e->method, e->outcome, e->detail};
+    char ts[40];
+    timestamp(ts);
+    json_t *o = json_object();
+    int bad = !o || json_object_set_new(o, "ts", json_string(ts)) ||
+              json_object_set_new(o, "event", json_string(cv_audit_event_name(e->event)));
+    for (int i = 0; i < 5 && !bad; i++)
+        if (vals[i]) bad = json_object_set_new(o, names[i], clean_field(vals[i], i == 4 ? a->pii : NULL));
+    char *line = bad ? NULL : json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    if (!line) return cv_errorf(err, CV_ENOMEM, "audit: out of memory");
+    size_t n = strlen(line);
+    line[n] = '\n'; /* json_dumps's NUL: the line goes out in one write() */
+    cv_status st = CV_OK;
+    pthread_mutex_lock(&a->mu);
+    size_t done = 0;
+    while (done < n + 1) {
+        ssize_t w = write(a->fd, line + done, n + 1 - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+            st = cv_errorf(err, CV_EIO, "audit log %s: %s", a->path ? a->path : "stderr",
+                           w < 0 ? strerror(errno) : "short write");
+            break;
+        }
+        done += (size_t)w;
+    }
+    pthread_mutex_unlock(&a->mu);
+    free(line);
+    return st;
+}
