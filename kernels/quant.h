@@ -52,14 +52,22 @@ size_t cv_type_row_bytes(cv_type t, int64_t n);
 /* Type the activations are converted to before cv_vec_dot with weights of type t. */
 cv_type cv_type_vec_dot_type(cv_type t);
 
-/* Reference conversions of one row of n elements (n a multiple of the block size). */
+/* Reference conversions of one row of n elements (n a multiple of the block size;
+ * for a type that is not supported nothing is written). Any bytes may be
+ * dequantized (hostile scales give inf/NaN, never undefined behaviour). */
 void cv_dequantize_row(cv_type t, const void *src, float *dst, int64_t n);
 void cv_quantize_row(cv_type t, const float *src, void *dst, int64_t n);
 
-/* Fast-path conversion of activations into the vec_dot type (same bits as reference). */
+/* Fast-path conversion of activations into the vec_dot type: the reference's bytes
+ * for finite input. Activation levels stay within [-127, 127] (a block whose scale
+ * underflows is clamped there), which the AVX2 dots rely on; Q8_K's bsums are
+ * filled and used by the K-quant dots. */
 void cv_quantize_row_act(cv_type vec_dot_type, const float *src, void *dst, int64_t n);
 
-/* dot(w_row[0..n), act[0..n)) where w_row has type t and act has cv_type_vec_dot_type(t). */
+/* dot(w_row[0..n), act[0..n)) where w_row has type t and act has cv_type_vec_dot_type(t)
+ * as cv_quantize_row(_act) writes it. Both paths sum the integer products exactly
+ * and differ only in float rounding (order of the additions). 0 for unsupported
+ * types. */
 float cv_vec_dot(cv_type t, int64_t n, const void *w_row, const void *act);
 
 /* One weight row against n_act activation rows (act_stride bytes apart, each in the
