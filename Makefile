@@ -63,7 +63,7 @@ TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC)) \
          $(patsubst tests/integration/%.c,$(BUILD)/test/%,$(ITEST_SRC))
 FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
 
-.PHONY: all tools tests test asan fuzz fuzz-build fuzzers bench deps clean run models
+.PHONY: all tools tests test testing-server asan fuzz fuzz-build fuzzers bench deps clean run models
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -123,8 +123,12 @@ $(BUILD)/test/%: $(BUILD)/obj/tests/integration/%.o $(LIB_TESTSUP) $(ALL_LIBS)
 	@mkdir -p $(dir $@)
 	@echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< $(LIB_TESTSUP) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
 
-test: all
-	@CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
+# corvid-server with CORVID_TESTING (Admin.SetFaultInjection), for rollout tests.
+testing-server:
+	@$(MAKE) --no-print-directory BUILD=$(BUILD)/testing EXTRA_CFLAGS=-DCORVID_TESTING $(BUILD)/testing/bin/corvid-server
+
+test: all testing-server
+	@CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
 	  CORVID_SHARED=$(SHARED) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh
 
 ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined

@@ -37,6 +37,8 @@ static const key_spec keys[] = {
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),
+    STR("model_cache_dir", "--model-cache-dir", model_cache_dir),
+    NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -51,6 +53,7 @@ void cv_config_defaults(cv_config *c) {
     c->kv_memory_mb = 512;
     c->max_tokens_default = 256;
     c->drain_timeout_s = 30;
+    c->max_download_mb = 64 << 10;
 }
 
 static cv_status set_str(cv_config *c, const key_spec *k, const char *where, const char *v,

@@ -24,6 +24,8 @@ typedef struct cv_config {
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
+    char model_cache_dir[1024];/* where Admin.LoadModel downloads URLs; "" = downloads refused */
+    double max_download_mb;    /* largest model file a download may bring */
 } cv_config;
 
 void cv_config_defaults(cv_config *c);

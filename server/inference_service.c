@@ -12,7 +12,7 @@
 #include "corvid/v1/inference.pb-c.h"
 
 struct cv_infer {
-    _Atomic(cv_slot *) slot;   /* NULL until a model is loaded */
+    cv_router *router;
     atomic_int in_flight;
 };
 
@@ -276,6 +276,7 @@ static void gen_cancel(void *ctx) {
 
 static void gen_done(void *ctx) {
     gen_stream *g = ctx;
+    cv_router_release(g->inf->router, g->slot);
     atomic_fetch_sub(&g->inf->in_flight, 1);
     stream_free(g);
 }
@@ -337,35 +338,48 @@ static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_
     *ignore_eos = p->ignore_eos;
 }
 
-/* Checks model / version selectors; answers NOT_FOUND itself and returns -1. */
-/* The slot a request runs on, or NULL after answering UNAVAILABLE / NOT_FOUND. */
-static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, const char *version) {
-    char msg[400];
-    cv_slot *s = atomic_load(&inf->slot);
-    if (!s) {
-        cv_rpc_reply(call, CV_RPC_UNAVAILABLE, "no model is loaded yet", NULL, 0);
+/* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
+static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, cv_rpc_code code, const char *msg) {
+    cv_stats_request(slot->stats, (int)code, -1, 0, 0);
+    cv_rpc_reply(call, code, msg, NULL, 0);
+    cv_router_release(inf->router, slot);
+}
+
+/* The slot a request runs on (to be released), or NULL after answering the error. */
+static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, const char *version,
+                          const char *request_id) {
+    cv_error err = {0};
+    cv_slot *s;
+    cv_status st = cv_router_acquire(inf->router, request_id, version, &s, &err);
+    if (st != CV_OK) {
+        cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
         return NULL;
     }
     if (model && *model && strcmp(model, s->name) != 0 && strcmp(model, s->version) != 0) {
+        char msg[400];
         snprintf(msg, sizeof msg, "model \"%.100s\" is not served here (this server serves \"%.100s\")",
                  model, s->name);
         cv_rpc_reply(call, CV_RPC_NOT_FOUND, msg, NULL, 0);
-        return NULL;
-    }
-    if (version && *version && strcmp(version, s->version) != 0) {
-        snprintf(msg, sizeof msg, "model version \"%.100s\" is not loaded (loaded: \"%.100s\")",
-                 version, s->version);
-        cv_rpc_reply(call, CV_RPC_NOT_FOUND, msg, NULL, 0);
+        cv_router_release(inf->router, s);
         return NULL;
     }
     return s;
 }
 
-/* Answers an error for a request that reached a slot, and counts it there. */
-static void refuse(cv_slot *slot, cv_rpc_call *call, cv_rpc_code code, const char *msg) {
-    cv_stats_request(slot->stats, (int)code, -1, 0, 0);
-    cv_rpc_reply(call, code, msg, NULL, 0);
+#ifdef CORVID_TESTING
+/* Fails the request on purpose at the version's configured rate (tests of rollback). */
+static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call) {
+    float rate = cv_router_fault_rate(inf->router, slot);
+    if (rate <= 0 || (float)random_seed() / 18446744073709551616.0f >= rate) return 0;
+    refuse(inf, slot, call, CV_RPC_INTERNAL, "injected fault (CORVID_TESTING build)");
+    return 1;
 }
+#else
+static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call) {
+    (void)inf, (void)slot, (void)call;
+    return 0;
+}
+#endif
 
 /* Tokenizes text into a malloc'd array. */
 static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids,
@@ -387,7 +401,7 @@ static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const 
     cv_error err = {0};
     gen_stream *g = calloc(1, sizeof *g);
     if (!g) {
-        refuse(slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
     pthread_mutex_init(&g->mu, NULL);
@@ -434,19 +448,19 @@ static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     int32_t *ids = NULL;
     size_t n = 0;
     cv_error err = {0};
-    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version);
-    if (!slot) goto out;
+    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
+    if (!slot || injected_fault(inf, slot, call)) goto out;
     if (!r->prompt[0]) {
-        refuse(slot, call, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
+        refuse(inf, slot, call, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
         goto out;
     }
     if (r->rag && r->rag->enable) {
-        refuse(slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
+        refuse(inf, slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
         goto out;
     }
     cv_status st = tokenize(slot->tok, r->prompt, r->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(slot, call, code_of(st), err.msg);
+        refuse(inf, slot, call, code_of(st), err.msg);
         goto out;
     }
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
@@ -467,27 +481,27 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     char *prompt = NULL;
     cv_chat_msg *msgs = NULL;
     cv_error err = {0};
-    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version);
-    if (!slot) goto out;
+    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
+    if (!slot || injected_fault(inf, slot, call)) goto out;
     if (r->rag && r->rag->enable) {
-        refuse(slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
+        refuse(inf, slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
         goto out;
     }
     cv_chat_family fam = slot->chat_family;
     if (r->chat_template[0]) {
         if (cv_chat_family_from_name(r->chat_template, &fam, &err) != CV_OK) {
-            refuse(slot, call, CV_RPC_INVALID_ARGUMENT, err.msg);
+            refuse(inf, slot, call, CV_RPC_INVALID_ARGUMENT, err.msg);
             goto out;
         }
     } else if (!slot->has_chat) {
-        refuse(slot, call, CV_RPC_FAILED_PRECONDITION,
+        refuse(inf, slot, call, CV_RPC_FAILED_PRECONDITION,
                "chat_template: the model's file names no known chat template; name one "
                "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
         goto out;
     }
     msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
     if (!msgs) {
-        refuse(slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
@@ -495,7 +509,7 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     if (st == CV_OK)
         st = tokenize(slot->tok, prompt, CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(slot, call, code_of(st), err.msg);
+        refuse(inf, slot, call, code_of(st), err.msg);
         goto out;
     }
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
@@ -529,7 +543,8 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     size_t n = 0;
     char **pieces = NULL;
     cv_error err = {0};
-    cv_slot *slot = pick_slot(inf, call, r->model, NULL);
+    cv_slot *slot;
+    slot = pick_slot(inf, call, r->model, NULL, NULL);
     if (!slot) goto out;
     unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
     cv_status st = tokenize(slot->tok, r->text, flags, &ids, &n, &err);
@@ -560,6 +575,7 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     resp.model_version = slot->version;
     reply_packed(call, &resp.base);
 out:
+    if (slot) cv_router_release(inf->router, slot);
     for (size_t i = 0; pieces && i < n; i++) free(pieces[i]);
     free(pieces);
     free(ids);
@@ -574,31 +590,31 @@ static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, siz
         return;
     }
     corvid__v1__list_models_request__free_unpacked(r, NULL);
-    const cv_slot *s = pick_slot(inf, call, NULL, NULL);
-    if (!s) return;
-    const cv_hparams *hp = cv_model_hparams(s->model);
-    Corvid__V1__ModelInfo mi = CORVID__V1__MODEL_INFO__INIT;
-    mi.name = (char *)s->name;
-    mi.version = (char *)s->version;
-    mi.architecture = (char *)cv_arch_name(hp->arch);
-    mi.context_length = (uint32_t)cv_engine_n_ctx(s->engine);
-    mi.vocab_size = (uint32_t)hp->n_vocab;
-    mi.state = "ready";
-    mi.chat_template = (char *)(s->has_chat ? cv_chat_family_name(s->chat_family) : "");
-    mi.traffic_weight = 100;
-    Corvid__V1__ModelInfo *list[1] = {&mi};
+    cv_slot_info info[CV_ROUTER_MAX_VERSIONS];
+    int n = cv_router_snapshot(inf->router, 1, info);
+    Corvid__V1__ModelInfo mi[CV_ROUTER_MAX_VERSIONS], *list[CV_ROUTER_MAX_VERSIONS];
+    for (int i = 0; i < n; i++) {
+        corvid__v1__model_info__init(&mi[i]);
+        mi[i].name = info[i].name;
+        mi[i].version = info[i].version;
+        mi[i].architecture = info[i].architecture;
+        mi[i].context_length = (uint32_t)info[i].n_ctx;
+        mi[i].vocab_size = (uint32_t)info[i].n_vocab;
+        mi[i].state = (char *)cv_slot_state_name(info[i].state);
+        mi[i].chat_template = info[i].chat_template;
+        mi[i].traffic_weight = info[i].weight;
+        list[i] = &mi[i];
+    }
     Corvid__V1__ListModelsResponse resp = CORVID__V1__LIST_MODELS_RESPONSE__INIT;
-    resp.n_models = 1;
+    resp.n_models = (size_t)n;
     resp.models = list;
     reply_packed(call, &resp.base);
 }
 
-void cv_infer_set_slot(cv_infer *inf, cv_slot *slot) { atomic_store(&inf->slot, slot); }
-
-cv_status cv_infer_new(cv_infer **out, cv_error *err) {
+cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
     cv_infer *inf = calloc(1, sizeof *inf);
     if (!inf) return cv_errorf(err, CV_ENOMEM, "inference service: out of memory");
-    atomic_init(&inf->slot, NULL);
+    inf->router = router;
     atomic_init(&inf->in_flight, 0);
     *out = inf;
     return CV_OK;

@@ -1,4 +1,4 @@
-/* inference_service: corvid.v1.Inference over rpc_server and a model slot.
+/* inference_service: corvid.v1.Inference over rpc_server and the router's model slots.
  *
  * Generate and Chat validate the request (INVALID_ARGUMENT naming the field), tokenize,
  * and submit to the slot's engine; the response stream is the engine's output: text
@@ -14,15 +14,14 @@
 #define CV_INFERENCE_SERVICE_H
 
 #include "rpc_server.h"
-#include "slot.h"
+#include "router.h"
 
 #define CV_INFER_MAX_PENDING (1u << 20)
 
 typedef struct cv_infer cv_infer;
 
-cv_status cv_infer_new(cv_infer **out, cv_error *err);
-/* Requests before a slot is set get UNAVAILABLE. The slot must outlive its streams. */
-void cv_infer_set_slot(cv_infer *inf, cv_slot *slot);
+/* Requests are routed by the router, which must outlive the service's streams. */
+cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err);
 cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err);
 /* Streams not yet finished (what a drain waits for). */
 int cv_infer_in_flight(cv_infer *inf);

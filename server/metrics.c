@@ -46,12 +46,12 @@ static const char *const code_names[CV_STATS_CODES] = {
 };
 
 static void histogram(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
-                      size_t n, const cv_stats_view *views, size_t off) {
+                      size_t n, size_t off) {
     put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     const double *bounds = cv_stats_bounds();
     for (size_t i = 0; i < n; i++) {
-        if (!slots[i].stats) continue;
-        const cv_hist *h = (const cv_hist *)((const char *)&views[i] + off);
+        if (!slots[i].total) continue;
+        const cv_hist *h = (const cv_hist *)((const char *)slots[i].total + off);
         uint64_t cum = 0;
         for (int k = 0; k < CV_STATS_BUCKETS; k++) {
             cum += h->counts[k];
@@ -79,34 +79,26 @@ static void engine_gauge(buf *b, const char *name, const char *help, const cv_me
 char *cv_metrics_render(const cv_metrics_slot *slots, size_t n) {
     buf b = {malloc(4096), 0, 4096, 0};
     if (!b.p) return NULL;
-    cv_stats_view *views = calloc(n ? n : 1, sizeof *views);
-    if (!views) {
-        free(b.p);
-        return NULL;
-    }
-    for (size_t i = 0; i < n; i++)
-        if (slots[i].stats) cv_stats_totals(slots[i].stats, &views[i]);
-
     put(&b, "# HELP corvid_requests_total Finished requests by model version and gRPC status.\n"
             "# TYPE corvid_requests_total counter\n");
     for (size_t i = 0; i < n; i++) {
-        if (!slots[i].stats) continue;
+        if (!slots[i].total) continue;
         for (int c = 0; c < CV_STATS_CODES; c++)
-            if (views[i].requests[c] || c == 0)
+            if (slots[i].total->requests[c] || c == 0)
                 put(&b, "corvid_requests_total{version=\"%s\",code=\"%s\"} %llu\n", slots[i].version,
-                    code_names[c], (unsigned long long)views[i].requests[c]);
+                    code_names[c], (unsigned long long)slots[i].total->requests[c]);
     }
     histogram(&b, "corvid_time_to_first_token_seconds", "Submit to first generated token.", slots, n,
-              views, offsetof(cv_stats_view, ttft));
+              offsetof(cv_stats_view, ttft));
     histogram(&b, "corvid_inter_token_latency_seconds", "Gap between consecutive tokens of a stream.",
-              slots, n, views, offsetof(cv_stats_view, inter_token));
-    histogram(&b, "corvid_request_duration_seconds", "Submit to final message.", slots, n, views,
+              slots, n, offsetof(cv_stats_view, inter_token));
+    histogram(&b, "corvid_request_duration_seconds", "Submit to final message.", slots, n,
               offsetof(cv_stats_view, latency));
     put(&b, "# HELP corvid_generated_tokens_total Tokens generated.\n# TYPE corvid_generated_tokens_total counter\n");
     for (size_t i = 0; i < n; i++)
-        if (slots[i].stats)
+        if (slots[i].total)
             put(&b, "corvid_generated_tokens_total{version=\"%s\"} %llu\n", slots[i].version,
-                (unsigned long long)views[i].tokens);
+                (unsigned long long)slots[i].total->tokens);
     engine_gauge(&b, "corvid_queue_depth", "Requests waiting for a batch slot.", slots, n,
                  offsetof(cv_engine_stats, waiting));
     engine_gauge(&b, "corvid_running_sequences", "Sequences decoded in every step.", slots, n,
@@ -128,7 +120,6 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n) {
         for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
             put(&b, "corvid_slot_state{version=\"%s\",state=\"%s\"} %d\n", slots[i].version, states[k],
                 strcmp(slots[i].state, states[k]) == 0);
-    free(views);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -16,7 +16,7 @@ typedef struct cv_metrics_slot {
     const char *version;
     const char *state;           /* loading, ready, failed, draining */
     unsigned weight;
-    cv_stats *stats;             /* NULL for a slot that never served */
+    const cv_stats_view *total;  /* since load; NULL for a version that never loaded */
     const cv_engine_stats *engine; /* NULL when the slot has no engine */
 } cv_metrics_slot;
 

@@ -198,6 +198,12 @@ void cv_rpc_stream_wake(cv_rpc_call *c) {
 
 void cv_rpc_call_release(cv_rpc_call *c) { call_unref(c); }
 
+void cv_rpc_hold(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    c->refs++;
+    pthread_mutex_unlock(&c->mu);
+}
+
 const char *cv_rpc_metadata(const cv_rpc_call *c, const char *key) {
     for (size_t i = 0; i < c->n_meta; i++)
         if (strcmp(c->meta[i].key, key) == 0) return c->meta[i].value;

@@ -81,6 +81,9 @@ void cv_rpc_reply(cv_rpc_call *call, cv_rpc_code code, const char *status_msg,
                   const uint8_t *msg, size_t len);
 /* Turn the call into a server stream driven by ops (see the top comment). */
 void cv_rpc_stream_start(cv_rpc_call *call, const cv_rpc_stream_ops *ops, void *ctx);
+/* For a unary answer that comes later from another thread: keeps the call alive until
+ * cv_rpc_call_release (after the cv_rpc_reply). Call from the handler. */
+void cv_rpc_hold(cv_rpc_call *call);
 /* Thread-safe: there may be something to send. */
 void cv_rpc_stream_wake(cv_rpc_call *call);
 /* The service's last touch of a stream call (see the top comment). */

@@ -7,7 +7,7 @@
 
 #include "cpu_backend.h"
 
-static void base_name(const char *path, char *out, size_t cap) {
+void cv_slot_default_version(const char *path, char *out, size_t cap) {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
     size_t n = strcspn(b, ".");
@@ -66,23 +66,20 @@ static cv_status warm_up(cv_slot *s, cv_error *err) {
 }
 
 cv_status cv_slot_load(const char *path, const char *version, const cv_slot_options *opt,
-                       cv_slot **out, cv_error *err) {
+                       cv_stats *stats, cv_slot **out, cv_error *err) {
     cv_slot *s = calloc(1, sizeof *s);
     if (!s) return cv_errorf(err, CV_ENOMEM, "loading %s: out of memory", path);
     cv_status st;
     snprintf(s->path, sizeof s->path, "%s", path);
-    if (!(s->stats = cv_stats_new())) {
-        st = cv_errorf(err, CV_ENOMEM, "out of memory");
-        goto err;
-    }
+    s->stats = stats;
     if (version && *version) snprintf(s->version, sizeof s->version, "%s", version);
-    else base_name(path, s->version, sizeof s->version);
+    else cv_slot_default_version(path, s->version, sizeof s->version);
 
     if ((st = cv_gguf_open(path, &s->gguf, err)) != CV_OK) goto err;
     cv_str name = cv_gguf_get_str(s->gguf, "general.name");
     if (name.ptr && name.len)
         snprintf(s->name, sizeof s->name, "%.*s", (int)(name.len < 127 ? name.len : 127), name.ptr);
-    else base_name(path, s->name, sizeof s->name);
+    else cv_slot_default_version(path, s->name, sizeof s->name);
     if ((st = cv_tok_load(s->gguf, &s->tok, err)) != CV_OK) goto err;
     /* A model without a known template still serves Generate; Chat then needs the
      * request to name a template. */
@@ -117,6 +114,5 @@ void cv_slot_free(cv_slot *s) {
     cv_backend_destroy(s->backend);
     cv_tok_free(s->tok);
     cv_gguf_close(s->gguf);
-    cv_stats_free(s->stats);
     free(s);
 }

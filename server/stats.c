@@ -110,20 +110,3 @@ void cv_stats_window(cv_stats *s, int seconds, cv_stats_view *out) {
     }
     pthread_mutex_unlock(&s->mu);
 }
-
-double cv_hist_quantile(const cv_hist *h, double q) {
-    if (h->count == 0) return 0;
-    double rank = q * (double)h->count;
-    uint64_t seen = 0;
-    for (int b = 0; b <= CV_STATS_BUCKETS; b++) {
-        if (h->counts[b] == 0) continue;
-        if ((double)(seen + h->counts[b]) >= rank) {
-            if (b == CV_STATS_BUCKETS) return bounds[CV_STATS_BUCKETS - 1];
-            double lo = b ? bounds[b - 1] : 0, hi = bounds[b];
-            double into = (rank - (double)seen) / (double)h->counts[b];
-            return lo + (hi - lo) * (into < 0 ? 0 : into);
-        }
-        seen += h->counts[b];
-    }
-    return bounds[CV_STATS_BUCKETS - 1];
-}

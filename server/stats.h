@@ -43,7 +43,5 @@ void cv_stats_inter_token(cv_stats *s, double gap_s);
 void cv_stats_totals(cv_stats *s, cv_stats_view *out);
 /* The last `seconds` seconds (clamped to 1..CV_STATS_WINDOW_MAX), now included. */
 void cv_stats_window(cv_stats *s, int seconds, cv_stats_view *out);
-/* The q-quantile (0..1) of a histogram, interpolated inside its bucket; 0 when empty. */
-double cv_hist_quantile(const cv_hist *h, double q);
 
 #endif

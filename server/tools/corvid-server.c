@@ -13,13 +13,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin_service.h"
 #include "config.h"
 #include "health.h"
 #include "http_endpoint.h"
 #include "inference_service.h"
 #include "metrics.h"
 #include "rpc_server.h"
-#include "slot.h"
+#include "router.h"
 
 static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v1.Admin"};
 #define N_SERVICES (sizeof service_names / sizeof service_names[0])
@@ -42,31 +43,32 @@ static double now_s(void) {
 /* What the HTTP endpoint's thread reads while main changes it. */
 typedef struct server {
     cv_health *health;
-    _Atomic(cv_slot *) slot;
+    cv_router *router;
     atomic_int draining;
 } server;
 
 static char *render_metrics(void *ctx) {
     server *s = ctx;
-    cv_slot *slot = atomic_load(&s->slot);
-    if (!slot) return cv_metrics_render(NULL, 0);
-    cv_engine_stats es;
-    cv_engine_get_stats(slot->engine, &es);
-    cv_metrics_slot m = {slot->version, atomic_load(&s->draining) ? "draining" : "ready", 100,
-                         slot->stats, &es};
-    return cv_metrics_render(&m, 1);
+    cv_slot_info info[CV_ROUTER_MAX_VERSIONS];
+    cv_metrics_slot m[CV_ROUTER_MAX_VERSIONS];
+    int n = cv_router_snapshot(s->router, 1, info);
+    for (int i = 0; i < n; i++) {
+        int draining = atomic_load(&s->draining) || info[i].state == CV_SLOT_DRAINING;
+        m[i] = (cv_metrics_slot){info[i].version, draining ? "draining" : cv_slot_state_name(info[i].state),
+                                 info[i].weight, &info[i].total, info[i].has_engine ? &info[i].engine : NULL};
+    }
+    return cv_metrics_render(m, (size_t)n);
 }
 
 static int is_ready(void *ctx) {
     server *s = ctx;
-    return !atomic_load(&s->draining) &&
-           cv_health_get(s->health, "corvid.v1.Inference") == CV_HEALTH_SERVING;
+    return !atomic_load(&s->draining) && cv_router_serving(s->router);
 }
 
 /* Waits for in-flight calls (Watch streams excepted) to end, at most timeout_s. */
-static int drain(cv_rpc_server *srv, cv_health *h, cv_infer *inf, double timeout_s) {
+static int drain(cv_rpc_server *srv, cv_health *h, cv_router *r, double timeout_s) {
     double end = now_s() + timeout_s;
-    while (cv_infer_in_flight(inf) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
+    while (cv_router_in_flight(r) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
         if (now_s() > end) return -1;
         usleep(20 * 1000);
     }
@@ -104,17 +106,32 @@ int main(int argc, char **argv) {
 
     cv_rpc_server *srv = NULL;
     cv_health *health = NULL;
+    cv_router *router = NULL;
     cv_infer *inf = NULL;
-    cv_slot *slot = NULL;
+    cv_admin *admin = NULL;
     cv_http *http = NULL;
     server state = {0};
     int rc = 1, port = 0;
     cv_rpc_config rcfg = {.listen = cfg.listen};
-    if (cv_health_new(&health, &err) != CV_OK || cv_infer_new(&inf, &err) != CV_OK ||
-        cv_rpc_server_new(&rcfg, &srv, &err) != CV_OK ||
-        cv_health_register(health, srv, &err) != CV_OK || cv_infer_register(inf, srv, &err) != CV_OK)
+    cv_router_options ro = {.slot = {.threads = cfg.threads},
+                            .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0)};
+    snprintf(ro.cache_dir, sizeof ro.cache_dir, "%s", cfg.model_cache_dir);
+    cv_engine_config_default(&ro.slot.engine);
+    ro.slot.engine.max_running = cfg.max_running;
+    ro.slot.engine.max_waiting = cfg.max_waiting;
+    ro.slot.engine.max_batch_tokens = cfg.max_batch_tokens;
+    ro.slot.engine.n_ctx = cfg.n_ctx;
+    ro.slot.engine.kv_block_tokens = cfg.kv_block_tokens;
+    ro.slot.engine.kv_bytes = (size_t)cfg.kv_memory_mb << 20;
+    ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
+    ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
+    if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
+        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, &admin, &err) != CV_OK ||
+        cv_rpc_server_new(&rcfg, &srv, &err) != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
+        cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
     state.health = health;
+    state.router = router;
     for (size_t i = 0; i < N_SERVICES; i++)
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
     if (cfg.metrics_listen[0]) {
@@ -125,38 +142,42 @@ int main(int argc, char **argv) {
                 cfg.metrics_listen, mport);
     }
     if (cv_rpc_server_start(srv, &port, &err) != CV_OK) goto out;
-    /* Live at once; Inference serves only once its model is loaded (readiness). */
+    /* Live and administrable at once; Inference serves once a version takes traffic. */
     cv_health_set(health, "", CV_HEALTH_SERVING, &err);
+    cv_health_set(health, "corvid.v1.Admin", CV_HEALTH_SERVING, &err);
     fprintf(stderr, "{\"msg\":\"listening\",\"addr\":\"%s\",\"port\":%d}\n", cfg.listen, port);
     if (cfg.model[0]) {
-        cv_slot_options so = {.threads = cfg.threads};
-        cv_engine_config_default(&so.engine);
-        so.engine.max_running = cfg.max_running;
-        so.engine.max_waiting = cfg.max_waiting;
-        so.engine.max_batch_tokens = cfg.max_batch_tokens;
-        so.engine.n_ctx = cfg.n_ctx;
-        so.engine.kv_block_tokens = cfg.kv_block_tokens;
-        so.engine.kv_bytes = (size_t)cfg.kv_memory_mb << 20;
-        so.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
-        so.engine.max_tokens_default = cfg.max_tokens_default;
         double t0 = now_s();
-        if (cv_slot_load(cfg.model, cfg.model_version, &so, &slot, &err) != CV_OK) goto out;
-        cv_infer_set_slot(inf, slot);
-        atomic_store(&state.slot, slot);
-        cv_health_set(health, "corvid.v1.Inference", CV_HEALTH_SERVING, &err);
+        char version[128];
+        if (cfg.model_version[0]) snprintf(version, sizeof version, "%s", cfg.model_version);
+        else cv_slot_default_version(cfg.model, version, sizeof version);
+        if (cv_router_load(router, version, cfg.model, NULL, 1, &err) != CV_OK) goto out;
+        cv_slot_info info[CV_ROUTER_MAX_VERSIONS];
+        int n = cv_router_snapshot(router, 1, info);
+        if (n != 1 || info[0].state != CV_SLOT_READY) {
+            cv_errorf(&err, CV_EFORMAT, "%s", n ? info[0].message : "model vanished while loading");
+            goto out;
+        }
         fprintf(stderr, "{\"msg\":\"model ready\",\"version\":\"%s\",\"path\":\"%s\",\"load_s\":%.3f}\n",
-                slot->version, slot->path, now_s() - t0);
+                version, cfg.model, now_s() - t0);
     }
 
+    /* Until a signal: keep the Inference health in step with what the router serves. */
     int sig = 0;
-    sigwait(&sigs, &sig);
+    struct timespec tick = {0, 100 * 1000 * 1000};
+    for (;;) {
+        cv_health_set(health, "corvid.v1.Inference",
+                      cv_router_serving(router) ? CV_HEALTH_SERVING : CV_HEALTH_NOT_SERVING, &err);
+        sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig > 0) break;
+    }
     fprintf(stderr, "{\"msg\":\"draining\",\"signal\":%d,\"timeout_s\":%g}\n", sig,
             cfg.drain_timeout_s);
     atomic_store(&state.draining, 1);
     for (size_t i = 0; i < N_SERVICES; i++)
         cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err);
     cv_rpc_server_stop_accepting(srv);
-    if (drain(srv, health, inf, cfg.drain_timeout_s) != 0)
+    if (drain(srv, health, router, cfg.drain_timeout_s) != 0)
         fprintf(stderr, "{\"msg\":\"drain timeout: cancelling the remaining calls\"}\n");
     cv_health_shutdown(health, 2);
     rc = 0;
@@ -165,10 +186,11 @@ out:
     /* The engine goes first: streams still running get their final (cancelled) event and
      * release their calls, which lets the rpc server shut down without waiting. */
     cv_http_stop(http);
-    cv_slot_stop(slot);
+    cv_router_stop(router);
     cv_rpc_server_free(srv);
-    cv_slot_free(slot);
+    cv_admin_free(admin);
     cv_infer_free(inf);
+    cv_router_free(router);
     cv_health_free(health);
     if (!rc) fprintf(stderr, "{\"msg\":\"stopped\"}\n");
     return rc;

@@ -78,7 +78,7 @@ static cv_slot *load(int max_running, int max_waiting, int batch, size_t kv_byte
     so.engine.kv_block_tokens = 4;
     cv_slot *s = NULL;
     cv_error err = {0};
-    if (cv_slot_load(model_path(), NULL, &so, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
+    if (cv_slot_load(model_path(), NULL, &so, NULL, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
     return s;
 }
 
