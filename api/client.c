@@ -28,6 +28,8 @@ const char *corvid_code_name(int code) {
     return code == CORVID_CLIENT_ERROR ? "CLIENT_ERROR" : "UNKNOWN";
 }
 
+cv_rpcc_channel *cv_client_channel(corvid_client *c) { return c->ch; }
+
 int corvid_client_new(const corvid_client_options *opt, corvid_client **out, corvid_error *err) {
     corvid_client *c = calloc(1, sizeof *c);
     if (!c) return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "out of memory");

@@ -29,6 +29,9 @@ void cv_rpcc_free(cv_rpcc_call *c);
 int cv_rpcc_unary(cv_rpcc_channel *ch, const char *method, const uint8_t *req, size_t len,
                   uint8_t **resp, size_t *resp_len, corvid_error *err);
 
+/* The channel behind a public client (client.c), for the library's other modules. */
+cv_rpcc_channel *cv_client_channel(corvid_client *c);
+
 /* Fills err and returns -1. */
 int cv_rpcc_fail(corvid_error *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

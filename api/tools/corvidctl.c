@@ -5,6 +5,11 @@
  *   corvidctl tokenize -a ADDR -p TEXT [--raw]
  *   corvidctl models -a ADDR
  *   corvidctl health -a ADDR [--service NAME]     exit 0 only when SERVING
+ *   corvidctl admin load -a ADDR --version V --uri U [--sha256 H] [--wait]
+ *   corvidctl admin traffic -a ADDR V1=90 V2=10
+ *   corvidctl admin unload -a ADDR --version V [--wait]
+ *   corvidctl admin status -a ADDR [--window SECONDS] [--json]
+ *   corvidctl admin fault -a ADDR --version V --rate R     (CORVID_TESTING servers)
  *
  * Errors print the gRPC status and message on stderr and exit 1.
  */
@@ -19,8 +24,16 @@
 #define MAX_STOP 16
 #define MAX_MESSAGES 64
 
+#define MAX_WEIGHTS 8
+
 typedef struct opts {
-    const char *cmd;
+    const char *cmd, *sub;
+    const char *slot_version, *uri, *sha256;
+    const char *traffic_v[MAX_WEIGHTS];
+    uint32_t traffic_w[MAX_WEIGHTS];
+    size_t n_traffic;
+    double window, rate;
+    int wait;
     corvid_client_options client;
     const char *prompt, *system, *model, *version, *service, *chat_template;
     corvid_sampling sampling;
@@ -33,7 +46,11 @@ typedef struct opts {
 static void usage(FILE *f) {
     fprintf(f,
             "usage: corvidctl COMMAND -a HOST:PORT [options]\n"
-            "commands: generate, chat, tokenize, models, health\n"
+            "commands: generate, chat, tokenize, models, health,\n"
+            "          admin load|traffic|unload|status|fault\n"
+            "  --version V  --uri U  --sha256 H  --wait   (admin load/unload)\n"
+            "  V1=W1 V2=W2 ...          traffic weights (admin traffic)\n"
+            "  --window SECONDS         status window (admin status)\n"
             "  -p, --prompt TEXT        prompt (generate, tokenize) or user message (chat)\n"
             "  --system TEXT            system message (chat)\n"
             "  --message ROLE=TEXT      a chat turn, repeatable, before the -p turn\n"
@@ -89,7 +106,16 @@ static int parse_args(int argc, char **argv, opts *o) {
     }
     o->cmd = argv[1];
     o->client.bearer_token = getenv("CORVID_TOKEN");
-    for (int i = 2; i < argc; i++) {
+    int first = 2;
+    if (!strcmp(o->cmd, "admin")) {
+        if (argc < 3) {
+            fprintf(stderr, "corvidctl: admin needs load, traffic, unload, status or fault\n");
+            return -1;
+        }
+        o->sub = argv[2];
+        first = 3;
+    }
+    for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         double d;
@@ -126,6 +152,30 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--seed")) { NEED_VALUE(); o->sampling.has_seed = 1; o->sampling.seed = strtoull(v, NULL, 10); }
         else if (!strcmp(a, "--logprobs")) { NUM(0, 20); o->sampling.logprobs = (uint32_t)d; }
         else if (!strcmp(a, "--timeout")) { NUM(0, 1e7); o->client.timeout_s = d; }
+        else if (!strcmp(a, "--version")) { NEED_VALUE(); o->slot_version = v; }
+        else if (!strcmp(a, "--uri")) { NEED_VALUE(); o->uri = v; }
+        else if (!strcmp(a, "--sha256")) { NEED_VALUE(); o->sha256 = v; }
+        else if (!strcmp(a, "--window")) { NUM(1, 600); o->window = d; }
+        else if (!strcmp(a, "--rate")) { NUM(0, 1); o->rate = d; }
+        else if (!strcmp(a, "--wait")) o->wait = 1;
+        else if (o->sub && !strcmp(o->sub, "traffic") && strchr(a, '=') && a[0] != '-') {
+            if (o->n_traffic == MAX_WEIGHTS) {
+                fprintf(stderr, "corvidctl: at most %d VERSION=WEIGHT pairs\n", MAX_WEIGHTS);
+                return -1;
+            }
+            char *end;
+            const char *eq = strchr(a, '=');
+            errno = 0;
+            unsigned long w = strtoul(eq + 1, &end, 10);
+            if (errno || end == eq + 1 || *end || w > 1000000) {
+                fprintf(stderr, "corvidctl: \"%s\" is not VERSION=WEIGHT (weight 0..1000000)\n", a);
+                return -1;
+            }
+            char *name = strndup(a, (size_t)(eq - a));
+            if (!name) return -1;
+            o->traffic_v[o->n_traffic] = name;
+            o->traffic_w[o->n_traffic++] = (uint32_t)w;
+        }
         else if (!strcmp(a, "--ignore-eos")) o->sampling.ignore_eos = 1;
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "--raw")) o->raw = 1;
@@ -237,6 +287,106 @@ static int consume(corvid_stream *s, int json) {
     return rc;
 }
 
+static const char *const code_names_short[CORVID_CODES] = {
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+};
+
+static json_t *codes_json(const uint64_t *counts) {
+    json_t *o = json_object();
+    for (int c = 0; c < CORVID_CODES; c++)
+        if (counts[c]) json_object_set_new(o, code_names_short[c], json_integer((json_int_t)counts[c]));
+    return o;
+}
+
+static uint64_t sum_codes(const uint64_t *counts, int errors_only) {
+    uint64_t n = 0;
+    for (int c = errors_only ? 1 : 0; c < CORVID_CODES; c++) n += counts[c];
+    return n;
+}
+
+static void print_status(const corvid_server_status *st, int json) {
+    if (json) {
+        json_t *slots = json_array();
+        for (size_t i = 0; i < st->n_slots; i++) {
+            const corvid_slot_status *s = &st->slots[i];
+            json_array_append_new(
+                slots, json_pack("{s:s,s:s,s:i,s:i,s:o,s:o,s:f,s:f,s:I,s:s,s:s,s:s,s:i,s:f,s:f}", "version",
+                                 s->version, "state", s->state, "weight", (json_int_t)s->weight, "in_flight",
+                                 (json_int_t)s->in_flight, "requests_total", codes_json(s->requests_total),
+                                 "requests_window", codes_json(s->requests_window), "ttft_p99_ms",
+                                 corvid_histogram_quantile(&s->ttft_seconds, 0.99) * 1e3, "latency_p99_ms",
+                                 corvid_histogram_quantile(&s->latency_seconds, 0.99) * 1e3, "tokens_generated",
+                                 (json_int_t)s->tokens_generated, "message", s->message, "uri", s->uri,
+                                 "sha256", s->sha256, "window_seconds", (json_int_t)s->window_seconds,
+                                 "load_seconds", (double)s->load_seconds, "fault_error_rate",
+                                 (double)s->fault_error_rate));
+        }
+        json_t *o = json_pack("{s:s,s:i,s:i,s:i,s:i,s:o}", "server_id", st->server_id, "kv_blocks_used",
+                              (json_int_t)st->kv_blocks_used, "kv_blocks_total", (json_int_t)st->kv_blocks_total,
+                              "queue_depth", (json_int_t)st->queue_depth, "running_sequences",
+                              (json_int_t)st->running_sequences, "slots", slots);
+        char *out = json_dumps(o, JSON_COMPACT);
+        printf("%s\n", out);
+        free(out);
+        json_decref(o);
+        return;
+    }
+    printf("server %s: kv blocks %u/%u, queue %u, running %u\n", st->server_id, st->kv_blocks_used,
+           st->kv_blocks_total, st->queue_depth, st->running_sequences);
+    printf("%-20s %-9s %6s %8s %9s %9s %10s %10s  %s\n", "VERSION", "STATE", "WEIGHT", "INFLIGHT",
+           "REQUESTS", "ERRORS", "TTFT_P99", "TOKENS", "MESSAGE");
+    for (size_t i = 0; i < st->n_slots; i++) {
+        const corvid_slot_status *s = &st->slots[i];
+        printf("%-20s %-9s %6u %8u %9llu %9llu %8.1fms %10llu  %s\n", s->version, s->state, s->weight,
+               s->in_flight, (unsigned long long)sum_codes(s->requests_window, 0),
+               (unsigned long long)sum_codes(s->requests_window, 1),
+               corvid_histogram_quantile(&s->ttft_seconds, 0.99) * 1e3, (unsigned long long)s->tokens_generated,
+               s->message);
+    }
+}
+
+static int admin(corvid_client *c, const opts *o) {
+    corvid_error err = {0};
+    corvid_slot_status slot;
+    if (!strcmp(o->sub, "load") || !strcmp(o->sub, "unload")) {
+        int load = !strcmp(o->sub, "load");
+        if (!o->slot_version || (load && !o->uri)) {
+            fprintf(stderr, "corvidctl: admin %s needs --version%s\n", o->sub, load ? " and --uri" : "");
+            return 2;
+        }
+        int r = load ? corvid_admin_load(c, o->slot_version, o->uri, o->sha256, o->wait, &slot, &err)
+                     : corvid_admin_unload(c, o->slot_version, o->wait, &slot, &err);
+        if (r != 0) return fail(o->sub, &err);
+        printf("%s: %s (%s)\n", slot.version, slot.state, slot.message);
+        return strcmp(slot.state, "failed") == 0 ? 1 : 0;
+    }
+    if (!strcmp(o->sub, "traffic")) {
+        if (!o->n_traffic) {
+            fprintf(stderr, "corvidctl: admin traffic needs VERSION=WEIGHT pairs\n");
+            return 2;
+        }
+        if (corvid_admin_set_traffic(c, o->traffic_v, o->traffic_w, o->n_traffic, &err) != 0)
+            return fail("traffic", &err);
+    } else if (!strcmp(o->sub, "fault")) {
+        if (!o->slot_version) {
+            fprintf(stderr, "corvidctl: admin fault needs --version and --rate\n");
+            return 2;
+        }
+        if (corvid_admin_set_fault(c, o->slot_version, (float)o->rate, &err) != 0) return fail("fault", &err);
+    } else if (strcmp(o->sub, "status") != 0) {
+        fprintf(stderr, "corvidctl: unknown admin command \"%s\"\n", o->sub);
+        return 2;
+    }
+    corvid_server_status st;
+    if (corvid_admin_status(c, (uint32_t)o->window, &st, &err) != 0) return fail("status", &err);
+    print_status(&st, o->json);
+    corvid_server_status_free(&st);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     opts o;
     if (parse_args(argc, argv, &o) != 0) return 2;
@@ -300,6 +450,8 @@ int main(int argc, char **argv) {
             printf("%-24s %-16s %-8s %-8s %8u %8u %6u\n", m[i].name, m[i].version, m[i].architecture, m[i].state,
                    m[i].context_length, m[i].vocab_size, m[i].traffic_weight);
         free(m);
+    } else if (!strcmp(o.cmd, "admin")) {
+        rc = admin(c, &o);
     } else if (!strcmp(o.cmd, "health")) {
         int serving = 0;
         if (corvid_health(c, o.service ? o.service : "", &serving, &err) != 0) {
@@ -316,6 +468,7 @@ int main(int argc, char **argv) {
 out:
     corvid_client_free(c);
     for (size_t i = 0; i < o.n_messages; i++) free((char *)o.messages[i].role);
+    for (size_t i = 0; i < o.n_traffic; i++) free((char *)o.traffic_v[i]);
     free((char *)o.client.root_certs_pem);
     free((char *)o.client.client_cert_pem);
     free((char *)o.client.client_key_pem);

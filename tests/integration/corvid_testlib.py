@@ -47,12 +47,12 @@ def free_port():
 class Server:
     """corvid-server on a free loopback port; stopped by PID."""
 
-    def __init__(self, *args, ready_timeout=60):
+    def __init__(self, *args, ready_timeout=60, binary=None):
         self.port = free_port()
         self.addr = "127.0.0.1:%d" % self.port
         self.log_path = os.path.join(TMP, "server-%d.log" % self.port)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
+        self.proc = subprocess.Popen([binary or os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
                                      stdout=self.log, stderr=subprocess.STDOUT)
         # With a model, ready means the model is loaded; without, that gRPC listens.
         marker = '"model ready"' if "--model" in args else '"listening"'

@@ -153,6 +153,56 @@ int corvid_list_models(corvid_client *c, corvid_model_info **models, size_t *n, 
 /* *serving is 1 when the server reports SERVING for `service` ("" = the whole server). */
 int corvid_health(corvid_client *c, const char *service, int *serving, corvid_error *err);
 
+/* ---- Admin (needs the admin scope) ---- */
+
+#define CORVID_MAX_BUCKETS 32
+#define CORVID_CODES 17
+
+/* Cumulative buckets: counts[i] = observations <= bounds[i]; counts[n_bounds] = all. */
+typedef struct corvid_histogram {
+    size_t n_bounds;
+    double bounds[CORVID_MAX_BUCKETS];
+    uint64_t counts[CORVID_MAX_BUCKETS + 1];
+    uint64_t count;
+    double sum;
+} corvid_histogram;
+
+typedef struct corvid_slot_status {
+    char version[128], state[16], message[512], uri[1024], sha256[65];
+    uint32_t weight, in_flight, window_seconds;
+    uint64_t requests_total[CORVID_CODES];   /* since load, by gRPC status code */
+    uint64_t requests_window[CORVID_CODES];  /* over the window */
+    corvid_histogram ttft_seconds, latency_seconds; /* over the window */
+    uint64_t tokens_generated;
+    float load_seconds, fault_error_rate;
+} corvid_slot_status;
+
+typedef struct corvid_server_status {
+    char server_id[128];
+    uint32_t kv_blocks_used, kv_blocks_total, queue_depth, running_sequences;
+    size_t n_slots;
+    corvid_slot_status *slots;   /* malloc'd: corvid_server_status_free */
+} corvid_server_status;
+
+/* The value below which a share q (0..1) of a histogram's observations fall,
+ * interpolated inside the bucket; 0 for an empty histogram. */
+double corvid_histogram_quantile(const corvid_histogram *h, double q);
+
+/* out (may be NULL) receives the slot after the call (loading, or its end with wait). */
+int corvid_admin_load(corvid_client *c, const char *version, const char *uri, const char *sha256,
+                      int wait, corvid_slot_status *out, corvid_error *err);
+int corvid_admin_unload(corvid_client *c, const char *version, int wait, corvid_slot_status *out,
+                        corvid_error *err);
+/* Versions not named get weight 0. */
+int corvid_admin_set_traffic(corvid_client *c, const char *const *versions, const uint32_t *weights,
+                             size_t n, corvid_error *err);
+/* window_seconds 0: the server's default (60). */
+int corvid_admin_status(corvid_client *c, uint32_t window_seconds, corvid_server_status *out,
+                        corvid_error *err);
+void corvid_server_status_free(corvid_server_status *s);
+/* Servers built with CORVID_TESTING only: fail a share of the version's requests. */
+int corvid_admin_set_fault(corvid_client *c, const char *version, float error_rate, corvid_error *err);
+
 #ifdef __cplusplus
 }
 #endif
