@@ -144,6 +144,13 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         if (!(hp->rope_base_local > 1))
             return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 1)", k, hp->rope_base_local);
         hp->embd_scale = sqrtf((float)hp->dim);
+        /* q.k is scaled by 1/sqrt(query_pre_attn_scalar): the head size, except for the
+         * 27B model (62 layers), whose scalar is dim / heads (as llama.cpp has it). */
+        float qpa = hp->n_layers == 62 ? (float)hp->dim / (float)hp->n_heads : (float)hp->head_dim;
+        qpa = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "attention.query_pre_attn_scalar"), qpa);
+        if (!(qpa > 0))
+            return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 0)", k, qpa);
+        hp->attn_scale = 1.0f / sqrtf(qpa);
     }
     return CV_OK;
 }

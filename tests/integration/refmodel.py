@@ -79,7 +79,7 @@ def llama_vocab(n_vocab):
 
 def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, ffn=96,
                n_vocab=320, ctx=64, window=4, rope_base=10000.0, tied=False, rope_scaling=None,
-               rope_freqs=False):
+               rope_freqs=False, query_pre_attn_scalar=None):
     hd = head_dim or dim // n_heads
     p = f"{arch}."
     kvs = {"general.architecture": arch, "general.name": f"synthetic-{arch}"}
@@ -90,6 +90,8 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
                 p + "attention.key_length": hd, p + "attention.value_length": hd})
     if arch == "gemma3":
         kvs[p + "attention.sliding_window"] = window
+    if query_pre_attn_scalar:
+        kvs[p + "attention.query_pre_attn_scalar"] = float(query_pre_attn_scalar)
     if rope_scaling:  # (factor, low, high, original context): Llama 3.1 style keys
         kvs[p + "rope.scaling.type"] = "llama3"
         for key, v in zip(("factor", "low_freq_factor", "high_freq_factor"), rope_scaling[:3]):
@@ -182,6 +184,7 @@ def forward(kvs, t, tokens):
         kvs[p + "attention.key_length"]
     eps, base = kvs[p + "attention.layer_norm_rms_epsilon"], kvs[p + "rope.freq_base"]
     gemma = arch == "gemma3"
+    qpa = kvs.get(p + "attention.query_pre_attn_scalar", hd)
     neox = arch in ("qwen2", "gemma3")
     n = len(tokens)
     factors = T.get("rope_freqs.weight")
@@ -215,7 +218,7 @@ def forward(kvs, t, tokens):
             lo = max(0, i - kvs[p + "attention.sliding_window"] + 1) if local else 0
             for hh in range(nh):
                 kh = hh // (nh // nkv)
-                s = k[lo:i + 1, kh] @ q[i, hh] / np.sqrt(hd)
+                s = k[lo:i + 1, kh] @ q[i, hh] / np.sqrt(qpa)
                 s = np.exp(s - s.max())
                 att[i, hh] = (s / s.sum()) @ v[lo:i + 1, kh]
         o = att.reshape(n, nh * hd) @ T[b + "attn_output.weight"].T

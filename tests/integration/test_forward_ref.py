@@ -30,6 +30,9 @@ CASES = [
     # head_dim 32 != dim / n_heads as in the real Gemma 3 270M.
     ("gemma3-swa", "gemma3", dict(dim=64, n_heads=4, n_kv=1, head_dim=32, ffn=128,
                                   n_layers=7, window=5, rope_base=1e6, tied=True)),
+    ("gemma3-qpa-scalar", "gemma3", dict(dim=64, n_heads=2, n_kv=2, head_dim=32, ffn=64,
+                                         n_layers=2, window=3, tied=True,
+                                         query_pre_attn_scalar=80)),
 ]
 
 
