@@ -42,8 +42,8 @@ cv_status cv_ratelimit_new(const cv_ratelimit_config *cfg, cv_ratelimit **out, c
     if (!(cfg->burst >= 1 && cfg->burst <= 1e9))
         return cv_errorf(err, CV_ERANGE, "rate limit: burst %g must be in [1, 1e9]", cfg->burst);
     size_t cap = cfg->max_keys ? cfg->max_keys : 10000;
-    if (cap > 1u << 24)
-        return cv_errorf(err, CV_ERANGE, "rate limit: max_keys %zu is above %u", cap, 1u << 24);
+    if (cap > 1000000) /* about 350 bytes each */
+        return cv_errorf(err, CV_ERANGE, "rate limit: max_keys %zu is above 1000000", cap);
     size_t heads = 1;
     while (heads < 2 * cap) heads <<= 1;
     cv_ratelimit *r = calloc(1, sizeof *r);

@@ -1,11 +1,14 @@
-/* Fuzzes the JWT verifier and the peer-address / CIDR parsers it is used with.
+/* Fuzzes the JWT verifier, the peer-address / CIDR parsers and the auth config.
  *
  * The first byte picks the mode:
  *   0: the rest is a compact token, verified as received (structure, base64url, header
  *      JSON, key choice, HS256 and ES256 signature checks);
  *   1: the rest is "HEADER\nPAYLOAD" JSON text, signed here with the verifier's HS256
  *      key so that the claims checks (times, iss, aud, sub, scopes) are reached;
- *   2: the rest is a gRPC peer string and an allowlist rule.
+ *   2: the rest is a gRPC peer string and an allowlist rule;
+ *   3: the rest is an "auth" JSON section (its audit_log dropped: no files are made;
+ *      inputs naming /dev, /proc or /sys skipped: a key file there could block),
+ *      then one check of an Admin call with a bearer token.
  * A verified token must have a non-empty subject; nothing may crash or leak.
  */
 #include <stdint.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 
 #include "allowlist.h"
+#include "auth.h"
 #include "jwt.h"
 #include "../support/jwt_sign.h"
 
@@ -55,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (!s) return 0;
     memcpy(s, data + 1, size - 1);
     s[size - 1] = 0;
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0:
         check(s, size - 1);
         break;
@@ -66,6 +70,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         char *tok = tjwt_make("HS256", NULL, key, sizeof key, nl ? s : "{\"alg\":\"HS256\"}", payload);
         if (tok) check(tok, strlen(tok));
         free(tok);
+        break;
+    }
+    case 3: {
+        if (strstr(s, "/dev") || strstr(s, "/proc") || strstr(s, "/sys")) break;
+        json_t *j = json_loadb(s, size - 1, 0, NULL);
+        cv_auth *a = NULL;
+        if (json_is_object(j)) json_object_del(j, "audit_log");
+        if (j && cv_auth_new(j, NULL, &a, NULL) == CV_OK) {
+            cv_auth_result r;
+            cv_auth_check(a, "/corvid.v1.Admin/GetStatus", "Bearer a.b.c", "ipv4:10.0.0.1:1", &r);
+            cv_auth_free(a);
+        }
+        json_decref(j);
         break;
     }
     default: {

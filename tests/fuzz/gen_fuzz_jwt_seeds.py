@@ -30,6 +30,13 @@ seeds = {
     "peer_v6": b"\2ipv6:%5B2001:db8::1%5D:443\n2001:db8::/32",
     "peer_mapped": b"\2ipv6:[::ffff:10.9.9.9]:1\n::ffff:10.0.0.0/104",
     "peer_zone": b"\2ipv6:%5Bfe80::1%25eth0%5D:80\nfe80::/10",
+    "config_full": b"\3" + json.dumps({
+        "jwt": {"keys": [{"kid": "k", "alg": "HS256", "secret_env": "HOME"},
+                         {"alg": "RS256", "public_key_file": "/nonexistent.pem"}],
+                "issuer": "i", "audience": ["a"], "leeway_s": 30, "require_exp": True},
+        "allowlist": ["10.0.0.0/8", "::1/128"], "rate_limit": {"per_second": 5, "burst": 10},
+        "audit_log": "x"}).encode(),
+    "config_small": b"\3" + json.dumps({"allowlist": ["0.0.0.0/0"], "rate_limit": {"per_second": 0.5}}).encode(),
 }
 for name, data in seeds.items():
     with open(os.path.join(out, name), "wb") as f:
