@@ -34,8 +34,8 @@ void cv_tls_files_free(cv_tls_files *t);
 /* Unchanged: CV_OK and *fresh = NULL. Changed and valid: CV_OK and *fresh, loaded
  * from the same paths (the caller swaps it in and frees the old one). Changed but not
  * valid: an error naming the file. now_s: a monotonic clock in seconds (for the
- * min_interval_s throttle; 0 disables it). Not thread-safe on one t: the stat cache is
- * updated; serialize calls (gRPC's fetcher runs under its own lock). */
+ * min_interval_s throttle; 0 disables it). Not thread-safe on one t (the stat cache
+ * is updated): hold a mutex around it in the fetcher callback. */
 cv_status cv_tls_files_check(cv_tls_files *t, double now_s, double min_interval_s,
                              cv_tls_files **fresh, cv_error *err);
 
