@@ -57,13 +57,13 @@ static void set_holder(cv_election *e, const char *holder, const char *why) {
     pthread_mutex_unlock(&e->mu);
 }
 
-static void become_leader(cv_election *e, int64_t fence, int64_t sent_ms) {
+static void become_leader(cv_election *e, int64_t fence, int64_t renewed_ms) {
     pthread_mutex_lock(&e->mu);
     e->st.leader = true;
     e->st.fence = fence;
     e->st.terms++;
     snprintf(e->st.holder, sizeof e->st.holder, "%s", e->id);
-    e->valid_until_ms = sent_ms + (int64_t)e->ttl_s * 2000 / 3;
+    e->valid_until_ms = renewed_ms + (int64_t)e->ttl_s * 2000 / 3;
     pthread_cond_broadcast(&e->changed);
     pthread_mutex_unlock(&e->mu);
 }
@@ -87,25 +87,25 @@ static bool leading(cv_election *e, int64_t *fence) {
     return l;
 }
 
-/* One campaign txn with our lease. */
-static void campaign(cv_election *e, int64_t lease) {
+/* One campaign txn with our lease, last renewed at `renewed` (the lease may run
+ * out TTL after that, so leadership is counted from then). */
+static void campaign(cv_election *e, int64_t lease, int64_t renewed) {
     cv_etcd_cmp absent = {.key = e->key, .target = CV_ETCD_CMP_CREATE, .result = CV_ETCD_EQUAL};
     cv_etcd_op put = {.type = CV_ETCD_OP_PUT, .key = e->key, .value = e->id,
                       .value_len = strlen(e->id), .lease = lease};
     cv_etcd_op get = {.type = CV_ETCD_OP_RANGE, .key = e->key};
     cv_etcd_txn_result r;
     cv_error err = {0};
-    int64_t sent = now_ms();
     if (cv_etcd_txn(e->c, &absent, 1, &put, 1, &get, 1, &r, &err)) {
         set_holder(e, "", err.msg);
         return;
     }
     const cv_etcd_range_result *cur = r.succeeded ? NULL : &r.results[0].range;
     if (r.succeeded) {
-        become_leader(e, r.header.revision, sent);
+        become_leader(e, r.header.revision, renewed);
     } else if (cur->n_kvs && cur->kvs[0].lease == lease) {
         /* An earlier campaign of ours landed although its answer was lost. */
-        become_leader(e, cur->kvs[0].create_revision, sent);
+        become_leader(e, cur->kvs[0].create_revision, renewed);
     } else {
         set_holder(e, cur->n_kvs ? cur->kvs[0].value : "", NULL);
     }
@@ -135,22 +135,29 @@ static void lead(cv_election *e, int64_t lease) {
 
 static void *election_main(void *arg) {
     cv_election *e = arg;
-    int64_t lease = 0;
+    int64_t lease = 0, renewed = 0; /* when the lease's last renewal was sent */
     while (!atomic_load(&e->stop)) {
         cv_error err = {0};
-        int64_t ttl;
+        int64_t ttl, sent = now_ms();
         /* A follower's lease is renewed before each try; a lost one is replaced. */
-        if (lease && cv_etcd_lease_keepalive(e->c, lease, &ttl, &err) == CV_ENOTFOUND) lease = 0;
-        if (!lease && cv_etcd_lease_grant(e->c, e->ttl_s, &lease, &ttl, &err)) {
-            lease = 0;
-            set_holder(e, "", err.msg);
-            nap(e, e->poll_ms);
-            continue;
+        if (lease) {
+            cv_status st = cv_etcd_lease_keepalive(e->c, lease, &ttl, &err);
+            if (st == CV_OK) renewed = sent;
+            else if (st == CV_ENOTFOUND) lease = 0;
+        }
+        if (!lease) {
+            if (cv_etcd_lease_grant(e->c, e->ttl_s, &lease, &ttl, &err)) {
+                lease = 0;
+                set_holder(e, "", err.msg);
+                nap(e, e->poll_ms);
+                continue;
+            }
+            renewed = sent;
         }
         pthread_mutex_lock(&e->mu);
         e->st.lease = lease;
         pthread_mutex_unlock(&e->mu);
-        campaign(e, lease);
+        campaign(e, lease, renewed);
         if (leading(e, NULL)) {
             lead(e, lease);
             /* Whatever ended the term, that lease is done with: drop it. */

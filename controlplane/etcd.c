@@ -561,8 +561,11 @@ cv_status cv_etcd_lease_keepalive(cv_etcd *c, int64_t id, int64_t *ttl, cv_error
     *ttl = 0;
     /* The gateway answers the keepalive stream with one {"result":{...}} per request. */
     cv_status st = lease_call(c, what, "/v3/lease/keepalive", "ID", id, true, &resp, err);
-    if (!st) {
-        st = cv_etcd_json_i64(json_object_get(resp, "result"), "TTL", ttl, err);
+    const json_t *result = json_object_get(resp, "result");
+    if (!st && !json_is_object(result)) {
+        st = cv_errorf(err, CV_EFORMAT, "etcd %s: response has no \"result\" object", what);
+    } else if (!st) {
+        st = cv_etcd_json_i64(result, "TTL", ttl, err);
         if (st) check(st, err, what);
         else if (*ttl <= 0)
             st = cv_errorf(err, CV_ENOTFOUND, "etcd %s: lease not found (expired or revoked)", what);

@@ -120,6 +120,37 @@ static void test_fenced_leader_steps_down_when_lease_revoked(void **state) {
     cv_etcd_close(cb);
 }
 
+static void test_leader_unsure_of_its_lease_stops_leading(void **state) {
+    (void)state;
+    char prefix[64];
+    snprintf(prefix, sizeof prefix, "/u%08x", (unsigned)rand());
+    cv_etcd *c = client();
+    assert_non_null(c);
+    cv_election *a = contender(c, prefix, "A");
+    wait_state(a, true, 5000);
+    /* etcd hangs: renewals get no answer, so A cannot know its lease still holds. */
+    cv_test_etcd_pause(g_etcd, true);
+    int64_t t0 = cv_test_now_ms();
+    cv_election_status st;
+    cv_etcd_cmp fence;
+    cv_error e = {0};
+    do {
+        cv_test_sleep_ms(20);
+        cv_election_get_status(a, &st);
+    } while (st.leader && cv_test_now_ms() - t0 < TTL_S * 1000);
+    int64_t ms = cv_test_now_ms() - t0;
+    assert_int_equal(cv_election_fence(a, &fence, &e), CV_EPERM);
+    cv_test_etcd_pause(g_etcd, false);
+    fprintf(stderr, "etcd hung: leader stopped leading after %lld ms (TTL %d s)\n", (long long)ms, TTL_S);
+    assert_false(st.leader);
+    /* Leadership lapses 2/3 of the TTL after the last renewal: before etcd could
+     * expire the lease and let another contender in. */
+    assert_true(ms < TTL_S * 1000);
+    wait_state(a, true, 10000); /* and is won back once etcd answers */
+    cv_election_stop(a);
+    cv_etcd_close(c);
+}
+
 /* The child contender: leads, reports its fence on fd, then waits to be killed. */
 static void child_contender(const char *prefix, int fd) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -190,6 +221,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_killed_leader_process_hands_over),
         cmocka_unit_test(test_fenced_leader_steps_down_when_lease_revoked),
+        cmocka_unit_test(test_leader_unsure_of_its_lease_stops_leading),
     };
     return cmocka_run_group_tests(tests, cv_test_etcd_group_setup, cv_test_etcd_group_teardown);
 }
