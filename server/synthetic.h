@@ -11,9 +11,10 @@
  *
  * The tokenizer is copied from another GGUF file (every tokenizer.* key; the model's
  * vocabulary size becomes that file's) or made up: a SentencePiece-style "llama"
- * vocabulary of the shape's size with <unk> <s> </s>, the 256 byte tokens and
- * letter pieces with and without the word-start mark, scored so that longer pieces
- * are preferred. The output is a function of (shape, recipe, seed, vocab file):
+ * vocabulary of the shape's size with <unk> <s> </s>, the 256 byte tokens, then
+ * pieces with and without the word-start mark: single characters, then lowercase
+ * strings of growing length, scored by that order (score -k for piece k), so text
+ * tokenizes into real pieces with byte fallback for the rest. The output is a function of (shape, recipe, seed, vocab file):
  * the same bytes on every run and for any thread count.
  */
 #ifndef CV_SYNTHETIC_H
