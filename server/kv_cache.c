@@ -5,6 +5,7 @@
 
 struct cv_kv_cache {
     cv_kv_config cfg;
+    cv_backend *dev;        /* a non-CPU backend holding mem and d_tables, else NULL */
     size_t pool_bytes;      /* one layer's K (or V) pool */
     uint8_t *mem;           /* 2 * n_layers pools: K0 V0 K1 V1 ... */
     size_t mem_bytes;
@@ -12,6 +13,7 @@ struct cv_kv_cache {
     int32_t n_free;
     int32_t table_cap;      /* blocks per sequence table */
     int32_t *tables;        /* max_seqs * table_cap */
+    int32_t *d_tables;      /* their copy in dev's memory (NULL on the host) */
     int32_t *n_seq_blocks;  /* blocks held by each sequence */
 };
 
@@ -46,14 +48,30 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
     kv->pool_bytes = pool;
     kv->mem_bytes = total;
     kv->table_cap = (cfg->max_seq_len + cfg->block_size - 1) / cfg->block_size;
-    kv->mem = mmap(NULL, kv->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (kv->mem == MAP_FAILED) {
-        kv->mem = NULL;
-        cv_errorf(err, CV_ENOMEM, "kv cache: cannot map %zu bytes", kv->mem_bytes);
-        goto err;
+    const size_t table_bytes = (size_t)cfg->max_seqs * (size_t)kv->table_cap * sizeof(int32_t);
+    if (cfg->backend && cfg->backend->device != CV_DEVICE_CPU) {
+        kv->dev = cfg->backend;
+        void *mem, *tables;
+        if (kv->dev->ops->alloc(kv->dev, kv->mem_bytes, &mem, err)) {
+            cv_error_wrap(err, "kv cache: %zu bytes of pools", kv->mem_bytes);
+            goto err;
+        }
+        kv->mem = mem;
+        if (kv->dev->ops->alloc(kv->dev, table_bytes, &tables, err)) {
+            cv_error_wrap(err, "kv cache: block tables");
+            goto err;
+        }
+        kv->d_tables = tables;
+    } else {
+        kv->mem = mmap(NULL, kv->mem_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (kv->mem == MAP_FAILED) {
+            kv->mem = NULL;
+            cv_errorf(err, CV_ENOMEM, "kv cache: cannot map %zu bytes", kv->mem_bytes);
+            goto err;
+        }
     }
     kv->free_ids = malloc((size_t)cfg->n_blocks * sizeof *kv->free_ids);
-    kv->tables = malloc((size_t)cfg->max_seqs * (size_t)kv->table_cap * sizeof *kv->tables);
+    kv->tables = malloc(table_bytes);
     kv->n_seq_blocks = calloc((size_t)cfg->max_seqs, sizeof *kv->n_seq_blocks);
     if (!kv->free_ids || !kv->tables || !kv->n_seq_blocks) {
         cv_errorf(err, CV_ENOMEM, "kv cache: out of memory for block tables");
@@ -71,7 +89,12 @@ err:
 
 void cv_kv_free(cv_kv_cache *kv) {
     if (!kv) return;
-    if (kv->mem) munmap(kv->mem, kv->mem_bytes);
+    if (kv->dev) {
+        if (kv->mem) kv->dev->ops->free(kv->dev, kv->mem);
+        if (kv->d_tables) kv->dev->ops->free(kv->dev, kv->d_tables);
+    } else if (kv->mem) {
+        munmap(kv->mem, kv->mem_bytes);
+    }
     free(kv->free_ids);
     free(kv->tables);
     free(kv->n_seq_blocks);
@@ -99,7 +122,16 @@ cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *e
         return cv_errorf(err, CV_EBUSY, "kv cache: sequence %d needs %d more blocks, %d free",
                          seq, need - have, kv->n_free);
     int32_t *table = kv->tables + (size_t)seq * (size_t)kv->table_cap;
+    const int32_t first = have;
     while (have < need) table[have++] = kv->free_ids[--kv->n_free];
+    if (kv->d_tables) {
+        cv_status st = kv->dev->ops->upload(kv->dev, kv->d_tables + (table - kv->tables) + first,
+                                            table + first, (size_t)(need - first) * sizeof *table, err);
+        if (st) { /* give the blocks back: the sequence is as it was */
+            while (have > first) kv->free_ids[kv->n_free++] = table[--have];
+            return cv_error_wrap(err, "kv cache: block table of sequence %d", seq);
+        }
+    }
     kv->n_seq_blocks[seq] = have;
     return CV_OK;
 }
@@ -120,6 +152,11 @@ int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq) {
 const int32_t *cv_kv_block_table(const cv_kv_cache *kv, int32_t seq) {
     if (seq < 0 || seq >= kv->cfg.max_seqs) return NULL;
     return kv->tables + (size_t)seq * (size_t)kv->table_cap;
+}
+
+const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t seq) {
+    if (seq < 0 || seq >= kv->cfg.max_seqs) return NULL;
+    return (kv->d_tables ? kv->d_tables : kv->tables) + (size_t)seq * (size_t)kv->table_cap;
 }
 
 int32_t cv_kv_free_blocks(const cv_kv_cache *kv) { return kv->n_free; }

@@ -8,11 +8,15 @@
  * with elements of type F16 (default) or F32. Position p of a sequence lives in block
  * table[p / block_size], slot p % block_size.
  *
+ * The pools live where the model's backend computes: anonymous host mappings for the
+ * CPU (untouched blocks cost no resident memory), backend allocations otherwise, with
+ * a device copy of every block table kept up to date by cv_kv_reserve (the ops read
+ * block tables from device memory: cv_kv_device_table).
+ *
  * Sequences are numbered 0..max_seqs-1. cv_kv_reserve grows a sequence to hold n
  * positions, taking blocks from a free list; it fails with CV_EBUSY (and changes
  * nothing) when the free list runs short, so the caller can preempt another sequence.
  * All memory is allocated by cv_kv_create: reserving and releasing never allocate.
- * Pools are anonymous mappings, so untouched blocks cost no resident memory.
  * Not thread-safe: one engine thread owns a cache.
  */
 #ifndef CV_KV_CACHE_H
@@ -21,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "cv_error.h"
 #include "quant.h"
 
@@ -33,6 +38,7 @@ typedef struct cv_kv_config {
     int32_t max_seqs;     /* sequence ids 0..max_seqs-1 */
     int32_t max_seq_len;  /* positions one sequence may hold (its table's capacity) */
     cv_type type;         /* CV_TYPE_F16 or CV_TYPE_F32 */
+    cv_backend *backend;  /* whose memory holds the pools; NULL or a CPU backend: host */
 } cv_kv_config;
 
 typedef struct cv_kv_cache cv_kv_cache;
@@ -47,7 +53,8 @@ size_t cv_kv_bytes(const cv_kv_cache *kv);
 size_t cv_kv_bytes_per_token(const cv_kv_cache *kv);
 
 /* Make sequence `seq` able to hold positions 0..n_pos-1. CV_EBUSY when not enough
- * free blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of range. */
+ * free blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of range, or the
+ * backend's error when the device copy of the table cannot be updated. */
 cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *err);
 /* Give all blocks of `seq` back to the free list; the sequence is empty again. */
 void cv_kv_release(cv_kv_cache *kv, int32_t seq);
@@ -56,6 +63,8 @@ void cv_kv_release(cv_kv_cache *kv, int32_t seq);
 int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq);
 /* Its block table (valid until the next reserve/release of that sequence). */
 const int32_t *cv_kv_block_table(const cv_kv_cache *kv, int32_t seq);
+/* The same table in the backend's memory, for cv_attn_row.block_table. */
+const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t seq);
 int32_t cv_kv_free_blocks(const cv_kv_cache *kv);
 
 /* The K and V pools of one layer. */

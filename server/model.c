@@ -432,7 +432,7 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
     return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->hp.n_kv_heads,
                           .head_dim = m->hp.head_dim, .block_size = block,
                           .n_blocks = per_seq * max_seqs, .max_seqs = max_seqs,
-                          .max_seq_len = n_ctx, .type = kv_type};
+                          .max_seq_len = n_ctx, .type = kv_type, .backend = m->be};
 }
 
 /* ---- forward ---- */
@@ -452,7 +452,7 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
         if (b->tokens[i] < 0 || b->tokens[i] >= m->hp.n_vocab)
             return cv_errorf(err, CV_EINVAL, "model: token %d of row %d outside the vocabulary of %d",
                              b->tokens[i], i, m->hp.n_vocab);
-        const int32_t *table = cv_kv_block_table(kv, b->seq[i]);
+        const int32_t *table = cv_kv_device_table(kv, b->seq[i]);
         if (!table || b->pos[i] < 0 || b->pos[i] >= cv_kv_capacity(kv, b->seq[i]))
             return cv_errorf(err, CV_ERANGE,
                              "model: row %d: position %d of sequence %d is not reserved in the kv cache",

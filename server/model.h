@@ -69,7 +69,8 @@ const char *cv_arch_name(cv_arch a);
  * embedding row): the numerator of the decode roofline. */
 uint64_t cv_model_weight_bytes(const cv_model *m);
 /* A KV cache configuration for this model: n_ctx positions per sequence (0 = the
- * training context), max_seqs sequences, all of whose positions fit at once. */
+ * training context), max_seqs sequences, all of whose positions fit at once, in the
+ * memory of the model's backend. */
 cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
                                 cv_type kv_type);
 

@@ -151,6 +151,66 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
     cv_kv_free(kv);
 }
 
+/* A stand-in for a device backend: its "device memory" is host memory it tracks, and
+ * its uploads can be made to fail, so the mirrored block tables are testable here. */
+typedef struct fake_dev {
+    cv_backend base;
+    int n_allocs;
+    int fail_uploads;
+} fake_dev;
+
+static cv_status fake_alloc(cv_backend *be, size_t bytes, void **out, cv_error *err) {
+    (void)err;
+    *out = calloc(1, bytes);
+    ((fake_dev *)be)->n_allocs++;
+    return *out ? CV_OK : CV_ENOMEM;
+}
+
+static void fake_free(cv_backend *be, void *p) {
+    ((fake_dev *)be)->n_allocs--;
+    free(p);
+}
+
+static cv_status fake_upload(cv_backend *be, void *dst, const void *src, size_t n, cv_error *err) {
+    if (((fake_dev *)be)->fail_uploads) return cv_errorf(err, CV_EIO, "device lost");
+    memcpy(dst, src, n);
+    return CV_OK;
+}
+
+static void test_device_backend_mirrors_block_tables(void **state) {
+    (void)state;
+    static const cv_backend_ops ops = {.alloc = fake_alloc, .free = fake_free, .upload = fake_upload};
+    fake_dev dev = {.base = {.ops = &ops, .device = CV_DEVICE_CUDA, .name = "fake"}};
+    cv_kv_config cfg = small_cfg();
+    cfg.backend = &dev.base;
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(dev.n_allocs, 2); /* pools, tables */
+    assert_int_equal(cv_kv_reserve(kv, 2, 6, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 2, 13, &e), CV_OK);
+    const int32_t *host = cv_kv_block_table(kv, 2), *devt = cv_kv_device_table(kv, 2);
+    assert_ptr_not_equal(host, devt);
+    assert_memory_equal(host, devt, 4 * sizeof(int32_t));
+    /* A failed upload leaves the sequence and the free list as they were. */
+    dev.fail_uploads = 1;
+    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_EIO);
+    assert_non_null(strstr(e.msg, "block table of sequence 1: device lost"));
+    assert_int_equal(cv_kv_capacity(kv, 1), 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 6);
+    dev.fail_uploads = 0;
+    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
+    assert_memory_equal(cv_kv_block_table(kv, 1), cv_kv_device_table(kv, 1), 2 * sizeof(int32_t));
+    cv_kv_free(kv);
+    assert_int_equal(dev.n_allocs, 0);
+    /* On the host both views are the same table. */
+    cfg.backend = NULL;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 0, 1, &e), CV_OK);
+    assert_ptr_equal(cv_kv_block_table(kv, 0), cv_kv_device_table(kv, 0));
+    cv_kv_free(kv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reserve_takes_blocks_and_release_returns_them),
@@ -158,6 +218,7 @@ int main(void) {
         cmocka_unit_test(test_limits_are_range_errors),
         cmocka_unit_test(test_bad_config_is_rejected),
         cmocka_unit_test(test_random_traffic_keeps_blocks_disjoint),
+        cmocka_unit_test(test_device_backend_mirrors_block_tables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
