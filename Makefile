@@ -31,7 +31,7 @@ AVX2FLAGS := -mavx2 -mfma -mf16c
 ifeq ($(CUDA),1)
 CPPFLAGS += -DCV_CUDA=1 -I/usr/local/cuda/include
 LDLIBS   += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lnccl -lstdc++
-NVCCFLAGS := -O2 -std=c++17 -Ikernels -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Xcompiler -Wall,-Wextra -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 
 KERNEL_SRC := $(wildcard kernels/*.c)

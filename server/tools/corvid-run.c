@@ -21,6 +21,7 @@
 
 #include "chat_template.h"
 #include "cpu_backend.h"
+#include "cuda_backend.h"
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -46,6 +47,7 @@ typedef struct run_opts {
     int32_t n_predict;
     int32_t n_ctx;           /* 0: the model's training context */
     int threads;             /* 0: one per CPU */
+    int cuda;                /* --device cuda */
     int json;
     int ignore_eos;
     cv_type kv_type;
@@ -73,6 +75,7 @@ static void usage(FILE *f) {
           "                       --top-p (0.95), --min-p (0.05), --repeat-penalty (1 = off),\n"
           "                       --seed (0): same seed and prompt, same tokens\n"
           "  -t THREADS           CPU threads (default: one per core)\n"
+          "  --device cpu|cuda    where the model runs (default cpu; cuda needs make CUDA=1)\n"
           "  --ctx N              context length (default: the model's)\n"
           "  --kv-type f16|f32    KV cache element type (default f16)\n"
           "  --ignore-eos         keep generating after an end-of-generation token\n"
@@ -116,7 +119,7 @@ static int parse_num(const char *name, const char *v, double lo, double hi, doub
 static int parse_args(int argc, char **argv, run_opts *o) {
     enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL, OPT_TEMP, OPT_TOPK, OPT_TOPP,
            OPT_MINP, OPT_REPEAT, OPT_SEED, OPT_KV, OPT_JSON, OPT_PPL, OPT_IDS, OPT_DUMP,
-           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM };
+           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM, OPT_DEVICE };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"info", no_argument, 0, OPT_INFO},
@@ -141,6 +144,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         {"chat", no_argument, 0, OPT_CHAT},
         {"chat-template", required_argument, 0, OPT_CHAT_TEMPLATE},
         {"system", required_argument, 0, OPT_SYSTEM},
+        {"device", required_argument, 0, OPT_DEVICE},
         {"help", no_argument, 0, 'h'},
         {0, 0, 0, 0},
     };
@@ -189,6 +193,13 @@ static int parse_args(int argc, char **argv, run_opts *o) {
                 fprintf(stderr, "corvid-run: --kv-type '%s' is not f16 or f32\n", optarg);
                 return -1;
             }
+            break;
+        case OPT_DEVICE:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "corvid-run: --device '%s' is not cpu or cuda\n", optarg);
+                return -1;
+            }
+            o->cuda = !strcmp(optarg, "cuda");
             break;
         case OPT_NOEOS: o->ignore_eos = 1; break;
         case OPT_JSON: o->json = 1; break;
@@ -357,14 +368,27 @@ static void runtime_close(runtime *rt) {
     cv_gguf_close(rt->g);
 }
 
+static cv_status open_backend(const run_opts *o, cv_backend **be, cv_error *e) {
+    if (!o->cuda) {
+        cv_cpu_options co = {.n_threads = o->threads};
+        return cv_cpu_backend_create(&co, be, e);
+    }
+    if (cv_cuda_backend_create(NULL, be, e)) return cv_error_wrap(e, "--device cuda");
+    /* The CUDA ops read the KV pools and block tables from device memory, and
+     * kv_cache.c allocates them on the host: refuse rather than fault on the GPU. */
+    cv_backend_destroy(*be);
+    *be = NULL;
+    return cv_errorf(e, CV_EUNSUPPORTED,
+                     "--device cuda: the KV cache is not on the device yet (kv_cache.c allocates host memory)");
+}
+
 static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_logits,
                               runtime *rt, cv_error *e) {
     memset(rt, 0, sizeof *rt);
-    cv_cpu_options co = {.n_threads = o->threads};
     cv_model_opts mo = {.max_batch = max_batch, .max_logits = max_logits};
     cv_status st;
     if ((st = cv_gguf_open(o->model, &rt->g, e)) || (st = cv_tok_load(rt->g, &rt->tok, e)) ||
-        (st = cv_cpu_backend_create(&co, &rt->be, e)) ||
+        (st = open_backend(o, &rt->be, e)) ||
         (st = cv_model_load(rt->be, rt->g, &mo, &rt->m, e)))
         goto err;
     if (o->n_ctx > cv_model_hparams(rt->m)->n_ctx_train) {

@@ -1,0 +1,255 @@
+/* The CUDA backend object: device, stream, cuBLAS handle, memory, weights and the ops
+ * table; the kernels live in cuda_matmul.cu, cuda_ops.cu and cuda_attention.cu. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+
+static cuda_backend *cuda(cv_backend *be) { return (cuda_backend *)be; }
+
+int cv_cuda_fail(cuda_backend *cb, const char *file, int line, const char *call, const char *what) {
+    if (!cb->failed) {
+        cb->failed = 1;
+        const char *base = strrchr(file, '/');
+        cv_errorf(&cb->err, CV_EIO, "cuda backend (device %d): %s:%d: %s: %s", cb->device,
+                  base ? base + 1 : file, line, call, what);
+    }
+    return 1;
+}
+
+int cv_cuda_check_rt(cuda_backend *cb, cudaError_t rc, const char *file, int line, const char *call) {
+    if (rc == cudaSuccess) return 0;
+    char what[256];
+    snprintf(what, sizeof what, "%s (%s)", cudaGetErrorString(rc), cudaGetErrorName(rc));
+    return cv_cuda_fail(cb, file, line, call, what);
+}
+
+int cv_cuda_check_blas(cuda_backend *cb, cublasStatus_t rc, const char *file, int line, const char *call) {
+    if (rc == CUBLAS_STATUS_SUCCESS) return 0;
+    char what[256];
+    snprintf(what, sizeof what, "%s (%s)", cublasGetStatusString(rc), cublasGetStatusName(rc));
+    return cv_cuda_fail(cb, file, line, call, what);
+}
+
+/* Moves the recorded failure (if any) into err and clears it. */
+static cv_status take_error(cuda_backend *cb, cv_error *err) {
+    if (!cb->failed) return CV_OK;
+    cb->failed = 0;
+    cv_status code = cb->err.code;
+    if (err) *err = cb->err;
+    return code;
+}
+
+extern "C" cv_status cv_cuda_device_count(int *n, cv_error *err) {
+    int count = 0;
+    cudaError_t rc = cudaGetDeviceCount(&count);
+    *n = 0;
+    if (rc == cudaErrorNoDevice || rc == cudaErrorInsufficientDriver)
+        return cv_errorf(err, CV_EUNAVAILABLE, "no CUDA device (cudaGetDeviceCount: %s)", cudaGetErrorString(rc));
+    if (rc != cudaSuccess)
+        return cv_errorf(err, CV_EIO, "cudaGetDeviceCount: %s (%s)", cudaGetErrorString(rc), cudaGetErrorName(rc));
+    if (count == 0) return cv_errorf(err, CV_EUNAVAILABLE, "no CUDA device (cudaGetDeviceCount: 0)");
+    *n = count;
+    return CV_OK;
+}
+
+/* ---- memory ---- */
+
+static cv_status cuda_alloc(cv_backend *be, size_t bytes, void **out, cv_error *err) {
+    cuda_backend *cb = cuda(be);
+    *out = NULL;
+    if (!bytes) return CV_OK;
+    cudaError_t rc = cudaMalloc(out, bytes);
+    if (rc != cudaSuccess) {
+        *out = NULL;
+        return cv_errorf(err, CV_ENOMEM, "cuda backend (device %d): cudaMalloc of %zu bytes: %s", cb->device, bytes,
+                         cudaGetErrorString(rc));
+    }
+    return CV_OK;
+}
+
+static void cuda_free(cv_backend *be, void *p) {
+    if (p) CUDA_CHECK(cuda(be), cudaFree(p));
+}
+
+/* Pageable host memory: the copy has left src when the call returns. */
+static cv_status cuda_upload(cv_backend *be, void *dst, const void *src, size_t bytes, cv_error *err) {
+    cuda_backend *cb = cuda(be);
+    if (bytes) CUDA_CHECK(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cb->stream));
+    return take_error(cb, err);
+}
+
+static cv_status cuda_download(cv_backend *be, void *dst, const void *src, size_t bytes, cv_error *err) {
+    cuda_backend *cb = cuda(be);
+    if (bytes) {
+        CUDA_CHECK(cb, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, cb->stream));
+        CUDA_CHECK(cb, cudaStreamSynchronize(cb->stream));
+    }
+    return take_error(cb, err);
+}
+
+static cv_status cuda_synchronize(cv_backend *be, cv_error *err) {
+    cuda_backend *cb = cuda(be);
+    CUDA_CHECK(cb, cudaStreamSynchronize(cb->stream));
+    return take_error(cb, err);
+}
+
+/* ---- weights ---- */
+
+/* Grows one of the cuBLAS staging buffers; only weight_load calls it (ops never allocate). */
+static cv_status grow(cuda_backend *cb, void **buf, size_t *have, size_t want, cv_error *err) {
+    if (want <= *have) return CV_OK;
+    if (*buf) CUDA_CHECK(cb, cudaFree(*buf));
+    *buf = NULL;
+    *have = 0;
+    cv_status s = cuda_alloc(&cb->base, want, buf, err);
+    if (!s) *have = want;
+    return s;
+}
+
+static cv_status cuda_weight_load(cv_backend *be, const cv_tensor *host, cv_tensor *out, cv_error *err) {
+    cuda_backend *cb = cuda(be);
+    const cv_type_info *ti = cv_type_get(host->type);
+    if (!ti || !cv_cuda_type_ok(host->type))
+        return cv_errorf(err, CV_EUNSUPPORTED, "cuda backend: weight type %s is not supported",
+                         ti ? ti->name : "(unknown)");
+    if (host->rows <= 0 || host->cols <= 0 || host->cols % ti->block_elems != 0 || host->cols % 8 != 0)
+        return cv_errorf(err, CV_EINVAL,
+                         "cuda backend: weight of %lld x %lld: cols must be a positive multiple of %u (%s) and of 8",
+                         (long long)host->rows, (long long)host->cols, ti->block_elems, ti->name);
+    size_t rb = cv_type_row_bytes(host->type, host->cols);
+    if (host->row_stride < rb)
+        return cv_errorf(err, CV_EINVAL, "cuda backend: row_stride %zu is less than the %zu bytes of a %s row of %lld",
+                         host->row_stride, rb, ti->name, (long long)host->cols);
+    size_t gw = cv_cuda_gemm_w_bytes(host);
+    size_t gx = (size_t)cb->max_gemm_rows * (size_t)host->cols * 2;
+    cv_status s;
+    if ((s = grow(cb, &cb->gemm_w, &cb->gemm_w_bytes, gw, err)) ||
+        (s = grow(cb, &cb->gemm_x, &cb->gemm_x_bytes, gx, err)))
+        return err ? cv_error_wrap(err, "cuda backend: cuBLAS staging for a %lld x %lld weight", (long long)host->rows,
+                                   (long long)host->cols)
+                   : s;
+    void *dev = NULL;
+    if ((s = cuda_alloc(be, rb * (size_t)host->rows, &dev, err))) return s;
+    CUDA_CHECK(cb, cudaMemcpy2DAsync(dev, rb, host->data, host->row_stride, rb, (size_t)host->rows,
+                                     cudaMemcpyHostToDevice, cb->stream));
+    if ((s = cuda_synchronize(be, err))) {
+        cudaFree(dev);
+        return s;
+    }
+    *out = *host;
+    out->data = dev;
+    out->row_stride = rb;
+    out->device = CV_DEVICE_CUDA;
+    return CV_OK;
+}
+
+static void cuda_weight_release(cv_backend *be, cv_tensor *t) {
+    cuda_free(be, t->data);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- ops: thin forwards to the launchers ---- */
+
+static void op_matmul(cv_backend *be, const cv_tensor *w, const float *x, float *y, int32_t n) {
+    cv_cuda_matmul(cuda(be), w, x, y, n);
+}
+static void op_get_rows(cv_backend *be, const cv_tensor *t, const int32_t *ids, int32_t n, float *out) {
+    cv_cuda_get_rows(cuda(be), t, ids, n, out);
+}
+static void op_rmsnorm(cv_backend *be, const float *x, const float *w, float *y, int32_t n_rows, int32_t dim,
+                       float eps, int add_one) {
+    cv_cuda_rmsnorm(cuda(be), x, w, y, n_rows, dim, eps, add_one);
+}
+static void op_rope(cv_backend *be, const cv_rope_params *p, float *x, int32_t n_tokens, int32_t n_heads,
+                    int32_t head_dim, const int32_t *pos) {
+    cv_cuda_rope(cuda(be), p, x, n_tokens, n_heads, head_dim, pos);
+}
+static void op_softmax(cv_backend *be, float *x, int32_t n_rows, int32_t n) { cv_cuda_softmax(cuda(be), x, n_rows, n); }
+static void op_glu(cv_backend *be, cv_glu_kind kind, const float *gate, const float *up, float *out, int64_t n) {
+    cv_cuda_glu(cuda(be), kind, gate, up, out, n);
+}
+static void op_add(cv_backend *be, const float *a, const float *b, float *out, int64_t n) {
+    cv_cuda_add(cuda(be), a, b, out, n);
+}
+static void op_scale(cv_backend *be, float *x, float s, int64_t n) { cv_cuda_scale(cuda(be), x, s, n); }
+static void op_softcap(cv_backend *be, float *x, float c, int64_t n) { cv_cuda_softcap(cuda(be), x, c, n); }
+static void op_add_bias(cv_backend *be, float *x, const float *bias, int32_t n_rows, int32_t n) {
+    cv_cuda_add_bias(cuda(be), x, bias, n_rows, n);
+}
+static void op_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
+                        const float *v) {
+    cv_cuda_kv_store(cuda(be), kv, rows, n, k, v);
+}
+static void op_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *rows,
+                         int32_t n, const float *q, float *out) {
+    cv_cuda_attention(cuda(be), p, kv, rows, n, q, out);
+}
+
+static void cuda_destroy(cv_backend *be) {
+    cuda_backend *cb = cuda(be);
+    if (!cb) return;
+    cudaSetDevice(cb->device);
+    if (cb->stream) cudaStreamSynchronize(cb->stream);
+    cudaFree(cb->gemm_w);
+    cudaFree(cb->gemm_x);
+    if (cb->cublas) cublasDestroy(cb->cublas);
+    if (cb->stream) cudaStreamDestroy(cb->stream);
+    free(cb);
+}
+
+static cv_backend_ops make_ops(void) {
+    cv_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.destroy = cuda_destroy;
+    o.alloc = cuda_alloc;
+    o.free = cuda_free;
+    o.upload = cuda_upload;
+    o.download = cuda_download;
+    o.synchronize = cuda_synchronize;
+    o.weight_load = cuda_weight_load;
+    o.weight_release = cuda_weight_release;
+    o.matmul = op_matmul;
+    o.get_rows = op_get_rows;
+    o.rmsnorm = op_rmsnorm;
+    o.rope = op_rope;
+    o.softmax = op_softmax;
+    o.glu = op_glu;
+    o.add = op_add;
+    o.scale = op_scale;
+    o.softcap = op_softcap;
+    o.add_bias = op_add_bias;
+    o.kv_store = op_kv_store;
+    o.attention = op_attention;
+    return o;
+}
+static const cv_backend_ops cuda_ops = make_ops();
+
+extern "C" cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out, cv_error *err) {
+    static const cv_cuda_options defaults = {0, 0};
+    if (!opt) opt = &defaults;
+    *out = NULL;
+    int n = 0;
+    cv_status s = cv_cuda_device_count(&n, err);
+    if (s) return s;
+    if (opt->device < 0 || opt->device >= n)
+        return cv_errorf(err, CV_EINVAL, "cuda backend: device %d does not exist (%d device%s)", opt->device, n,
+                         n == 1 ? "" : "s");
+    cuda_backend *cb = (cuda_backend *)calloc(1, sizeof *cb);
+    if (!cb) return cv_errorf(err, CV_ENOMEM, "cuda backend: out of memory");
+    cb->base.ops = &cuda_ops;
+    cb->base.device = CV_DEVICE_CUDA;
+    cb->base.name = "cuda";
+    cb->device = opt->device;
+    cb->max_gemm_rows = opt->max_gemm_rows > 0 ? opt->max_gemm_rows : 512;
+    CUDA_CHECK(cb, cudaSetDevice(cb->device)) ||
+        CUDA_CHECK(cb, cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking)) ||
+        CUBLAS_CHECK(cb, cublasCreate(&cb->cublas)) || CUBLAS_CHECK(cb, cublasSetStream(cb->cublas, cb->stream));
+    if ((s = take_error(cb, err))) {
+        cuda_destroy(&cb->base);
+        return s;
+    }
+    *out = &cb->base;
+    return CV_OK;
+}

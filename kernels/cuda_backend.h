@@ -1,0 +1,61 @@
+/* cuda_backend: the NVIDIA GPU implementation of the backend ops table (backend.h).
+ *
+ * One backend drives one device through one CUDA stream, so ops run in call order.
+ * Weights stay in their GGUF block layout on the device (one contiguous copy, rows
+ * packed); batches of up to CV_CUDA_SMALL_BATCH rows go through the quantized
+ * matrix-vector kernels, larger ones dequantize the weight to FP16 (BF16 weights stay
+ * BF16, F32 weights F32) and call cublasGemmEx with FP32 accumulation. Every CUDA and
+ * cuBLAS call is checked; an op that fails records the first error (file, line, call,
+ * CUDA's error string) and synchronize reports it. The KV pools, block tables and
+ * attention rows an op reads must be device memory of this backend.
+ *
+ * Built only with `make CUDA=1` (CV_CUDA defined); otherwise these functions exist as
+ * inline stubs that report "this build has no CUDA", so callers need no #ifdef.
+ * A machine with the toolkit but no GPU (cudaErrorNoDevice, or
+ * cudaErrorInsufficientDriver when no driver is loaded) is "no CUDA device".
+ */
+#ifndef CV_CUDA_BACKEND_H
+#define CV_CUDA_BACKEND_H
+
+#include <stddef.h>
+
+#include "backend.h"
+
+#define CV_CUDA_SMALL_BATCH 16
+
+typedef struct cv_cuda_options {
+    int device;           /* CUDA device ordinal */
+    int32_t max_gemm_rows; /* <= 0: 512; rows of one cuBLAS call (larger n is split) */
+} cv_cuda_options;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if CV_CUDA
+/* 1 in a CUDA build. */
+static inline int cv_cuda_compiled(void) { return 1; }
+/* Number of usable devices in *n (0 with CV_EUNAVAILABLE and the reason in err when
+ * there is none, including a missing driver). */
+cv_status cv_cuda_device_count(int *n, cv_error *err);
+/* opt may be NULL for device 0 and the defaults. */
+cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out, cv_error *err);
+#else
+static inline int cv_cuda_compiled(void) { return 0; }
+static inline cv_status cv_cuda_device_count(int *n, cv_error *err) {
+    *n = 0;
+    return cv_errorf(err, CV_EUNAVAILABLE, "this build has no CUDA (make CUDA=1)");
+}
+static inline cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out,
+                                               cv_error *err) {
+    (void)opt;
+    *out = NULL;
+    return cv_errorf(err, CV_EUNAVAILABLE, "this build has no CUDA (make CUDA=1)");
+}
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

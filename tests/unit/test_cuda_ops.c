@@ -1,0 +1,389 @@
+/* Every op of the CUDA backend against the CPU backend (the reference semantics) on
+ * fresh random data, with the device outputs poisoned (NaN bytes) before each op, so
+ * an op that writes nothing cannot pass. Needs a CUDA build and a GPU: without a CUDA
+ * build, or with no device (no GPU, or no driver: cudaErrorInsufficientDriver), the
+ * GPU cases print a SKIP line and are not registered, and what runs checks that the
+ * backend refuses to start with a clear message. CORVID_TEST_SEED=N replays a run. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cpu_backend.h"
+#include "cuda_backend.h"
+#include "quant.h"
+#include "../support/test_rng.h"
+
+static cv_test_rng g_rng;
+static cv_backend *g_cpu, *g_gpu;
+
+static float frand(float a) {
+    return (float)((double)(cv_test_rng_next(&g_rng) >> 11) / 9007199254740992.0 * 2 - 1) * a;
+}
+
+static float *fill(int64_t n, float a) {
+    float *x = malloc((size_t)n * sizeof *x);
+    assert_non_null(x);
+    for (int64_t i = 0; i < n; i++) x[i] = frand(a);
+    return x;
+}
+
+/* ---- device helpers ---- */
+
+static void *to_dev(const void *host, size_t bytes) {
+    void *d = NULL;
+    cv_error err = {0};
+    if (g_gpu->ops->alloc(g_gpu, bytes, &d, &err) || g_gpu->ops->upload(g_gpu, d, host, bytes, &err))
+        fail_msg("device copy of %zu bytes: %s", bytes, err.msg);
+    return d;
+}
+
+/* A device buffer of n floats, every byte 0xFF (a NaN in every element). */
+static float *poisoned(int64_t n) {
+    size_t bytes = (size_t)n * sizeof(float);
+    unsigned char *h = malloc(bytes);
+    assert_non_null(h);
+    memset(h, 0xFF, bytes);
+    float *d = to_dev(h, bytes);
+    free(h);
+    return d;
+}
+
+static float *from_dev(const float *d, int64_t n) {
+    float *h = malloc((size_t)n * sizeof *h);
+    assert_non_null(h);
+    cv_error err = {0};
+    if (g_gpu->ops->synchronize(g_gpu, &err) ||
+        g_gpu->ops->download(g_gpu, h, d, (size_t)n * sizeof *h, &err))
+        fail_msg("device op or download failed: %s", err.msg);
+    return h;
+}
+
+static void dfree(void *d) { g_gpu->ops->free(g_gpu, d); }
+
+/* max |got - want| <= budget * max(1, max |want|), and no NaN anywhere. */
+static void assert_close(const float *got, const float *want, int64_t n, double budget, const char *what) {
+    double scale = 1, worst = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; i++) scale = fmax(scale, fabs(want[i]));
+    for (int64_t i = 0; i < n; i++) {
+        double e = fabs((double)got[i] - want[i]);
+        if (!(e <= worst)) worst = isnan(e) ? INFINITY : e, at = i;
+    }
+    if (!(worst <= budget * scale))
+        fail_msg("%s: element %lld is %.8g, CPU says %.8g (error %.3g, budget %.3g x %.3g)", what, (long long)at,
+                 got[at], want[at], worst, budget, scale);
+}
+
+/* ---- matmul and get_rows, per weight format ---- */
+
+typedef struct fmt {
+    cv_type type;
+    double budget_small, budget_gemm; /* relative error vs the CPU dequantization */
+} fmt;
+
+/* The small-batch kernel dequantizes exactly and sums in float; the cuBLAS path rounds
+ * weights and activations to FP16 (BF16 keeps BF16 with its 8-bit mantissa). */
+static const fmt FORMATS[] = {
+    {CV_TYPE_F32, 1e-5, 1e-5}, {CV_TYPE_F16, 1e-5, 4e-3},  {CV_TYPE_BF16, 1e-5, 3e-2},
+    {CV_TYPE_Q4_0, 1e-5, 4e-3}, {CV_TYPE_Q5_0, 1e-5, 4e-3}, {CV_TYPE_Q8_0, 1e-5, 4e-3},
+    {CV_TYPE_Q4_K, 1e-5, 4e-3}, {CV_TYPE_Q5_K, 1e-5, 4e-3}, {CV_TYPE_Q6_K, 1e-5, 4e-3},
+};
+
+static void check_matmul_type(const fmt *f) {
+    const int64_t rows = 72, cols = 512;
+    const int32_t batches[] = {1, 3, 8, 16, 17, 40};
+    const cv_type_info *ti = cv_type_get(f->type);
+    size_t rb = cv_type_row_bytes(f->type, cols);
+    float *wf = fill(rows * cols, 1.0f), *wd = malloc(sizeof(float) * rows * cols);
+    unsigned char *wq = malloc(rb * rows);
+    assert_true(wd && wq);
+    for (int64_t r = 0; r < rows; r++) {
+        cv_quantize_row(f->type, wf + r * cols, wq + r * rb, cols);
+        cv_dequantize_row(f->type, wq + r * rb, wd + r * cols, cols);
+    }
+    cv_tensor host = {f->type, rows, cols, rb, wq, CV_DEVICE_CPU}, w;
+    cv_error err = {0};
+    if (g_gpu->ops->weight_load(g_gpu, &host, &w, &err)) fail_msg("weight_load %s: %s", ti->name, err.msg);
+    for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+        int32_t n = batches[bi];
+        float *x = fill(n * cols, 1.0f), *want = malloc(sizeof(float) * n * rows);
+        assert_non_null(want);
+        for (int32_t b = 0; b < n; b++)
+            for (int64_t r = 0; r < rows; r++) {
+                double s = 0;
+                for (int64_t c = 0; c < cols; c++) s += (double)wd[r * cols + c] * x[b * cols + c];
+                want[b * rows + r] = (float)s;
+            }
+        float *dx = to_dev(x, sizeof(float) * n * cols), *dy = poisoned(n * rows);
+        g_gpu->ops->matmul(g_gpu, &w, dx, dy, n);
+        float *got = from_dev(dy, n * rows);
+        char what[64];
+        snprintf(what, sizeof what, "matmul %s B=%d", ti->name, n);
+        assert_close(got, want, n * rows, n > CV_CUDA_SMALL_BATCH ? f->budget_gemm : f->budget_small, what);
+        free(got), free(x), free(want), dfree(dx), dfree(dy);
+    }
+    /* get_rows: the embedding lookup of a few ids, repeated ones too */
+    const int32_t ids[] = {5, 0, 71, 5, 33};
+    const int32_t n = 5;
+    int32_t *dids = to_dev(ids, sizeof ids);
+    float *dout = poisoned(n * cols);
+    g_gpu->ops->get_rows(g_gpu, &w, dids, n, dout);
+    float *got = from_dev(dout, n * cols);
+    for (int32_t i = 0; i < n; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "get_rows %s id %d", ti->name, ids[i]);
+        assert_close(got + i * cols, wd + ids[i] * cols, cols, 1e-6, what);
+    }
+    free(got), dfree(dids), dfree(dout);
+    g_gpu->ops->weight_release(g_gpu, &w);
+    free(wf), free(wd), free(wq);
+}
+
+static void test_matmul_and_get_rows(void **state) {
+    (void)state;
+    for (size_t i = 0; i < sizeof FORMATS / sizeof *FORMATS; i++) check_matmul_type(&FORMATS[i]);
+}
+
+/* ---- row and element-wise ops against the CPU backend ---- */
+
+static void test_rmsnorm_softmax(void **state) {
+    (void)state;
+    const int32_t n_rows = 7, dim = 640;
+    for (int add_one = 0; add_one <= 1; add_one++) {
+        float *x = fill(n_rows * dim, 3.0f), *w = fill(dim, 1.0f), *want = malloc(sizeof(float) * n_rows * dim);
+        assert_non_null(want);
+        g_cpu->ops->rmsnorm(g_cpu, x, w, want, n_rows, dim, 1e-5f, add_one);
+        float *dx = to_dev(x, sizeof(float) * n_rows * dim), *dw = to_dev(w, sizeof(float) * dim);
+        float *dy = poisoned(n_rows * dim);
+        g_gpu->ops->rmsnorm(g_gpu, dx, dw, dy, n_rows, dim, 1e-5f, add_one);
+        float *got = from_dev(dy, n_rows * dim);
+        assert_close(got, want, n_rows * dim, 1e-5, "rmsnorm");
+        free(got);
+        /* in place, as the model does for QK-norm */
+        g_gpu->ops->rmsnorm(g_gpu, dx, dw, dx, n_rows, dim, 1e-5f, add_one);
+        got = from_dev(dx, n_rows * dim);
+        assert_close(got, want, n_rows * dim, 1e-5, "rmsnorm in place");
+        free(got);
+        /* softmax of the same rows, scaled up so that the max subtraction matters */
+        for (int64_t i = 0; i < n_rows * dim; i++) x[i] *= 20;
+        float *dsm = to_dev(x, sizeof(float) * n_rows * dim);
+        g_cpu->ops->softmax(g_cpu, x, n_rows, dim);
+        g_gpu->ops->softmax(g_gpu, dsm, n_rows, dim);
+        got = from_dev(dsm, n_rows * dim);
+        assert_close(got, x, n_rows * dim, 1e-5, "softmax");
+        free(got), free(x), free(w), free(want), dfree(dx), dfree(dw), dfree(dy), dfree(dsm);
+    }
+}
+
+static void test_rope(void **state) {
+    (void)state;
+    const int32_t n_tokens = 5, n_heads = 4, head_dim = 64, n = n_tokens * n_heads * head_dim;
+    const int32_t pos[] = {0, 1, 17, 300, 4095};
+    float *ff = fill(head_dim / 2, 1.0f);
+    for (int i = 0; i < head_dim / 2; i++) ff[i] = 1.0f + fabsf(ff[i]) * 7;
+    float *dff = to_dev(ff, sizeof(float) * head_dim / 2);
+    int32_t *dpos = to_dev(pos, sizeof pos);
+    for (int mode = 0; mode < 2; mode++)
+        for (int n_rot = 32; n_rot <= head_dim; n_rot += 32)
+            for (int with_ff = 0; with_ff <= 1; with_ff++) {
+                cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f, with_ff ? ff : NULL};
+                cv_rope_params dp = hp;
+                dp.freq_factors = with_ff ? dff : NULL;
+                float *x = fill(n, 2.0f);
+                float *dx = to_dev(x, sizeof(float) * n);
+                g_cpu->ops->rope(g_cpu, &hp, x, n_tokens, n_heads, head_dim, pos);
+                g_gpu->ops->rope(g_gpu, &dp, dx, n_tokens, n_heads, head_dim, dpos);
+                float *got = from_dev(dx, n);
+                assert_close(got, x, n, 1e-5, mode ? "rope neox" : "rope norm");
+                free(got), free(x), dfree(dx);
+            }
+    free(ff), dfree(dff), dfree(dpos);
+}
+
+static void test_elementwise(void **state) {
+    (void)state;
+    const int64_t n = 100003;
+    float *a = fill(n, 6.0f), *b = fill(n, 2.0f), *want = malloc(sizeof(float) * n);
+    assert_non_null(want);
+    float *da = to_dev(a, sizeof(float) * n), *db = to_dev(b, sizeof(float) * n);
+    for (int kind = 0; kind <= 1; kind++) {
+        float *dout = poisoned(n);
+        g_cpu->ops->glu(g_cpu, (cv_glu_kind)kind, a, b, want, n);
+        g_gpu->ops->glu(g_gpu, (cv_glu_kind)kind, da, db, dout, n);
+        float *got = from_dev(dout, n);
+        assert_close(got, want, n, 1e-5, kind ? "geglu" : "swiglu");
+        free(got), dfree(dout);
+    }
+    float *dout = poisoned(n);
+    g_cpu->ops->add(g_cpu, a, b, want, n);
+    g_gpu->ops->add(g_gpu, da, db, dout, n);
+    float *got = from_dev(dout, n);
+    assert_close(got, want, n, 1e-7, "add");
+    free(got);
+    /* scale, softcap and bias in place on the sum */
+    memcpy(a, want, sizeof(float) * n);
+    g_cpu->ops->scale(g_cpu, a, 0.37f, n);
+    g_gpu->ops->scale(g_gpu, dout, 0.37f, n);
+    g_cpu->ops->softcap(g_cpu, a, 1.5f, n);
+    g_gpu->ops->softcap(g_gpu, dout, 1.5f, n);
+    const int32_t width = 1001, n_rows = (int32_t)(n / width);
+    float *bias = fill(width, 1.0f), *dbias = to_dev(bias, sizeof(float) * width);
+    g_cpu->ops->add_bias(g_cpu, a, bias, n_rows, width);
+    g_gpu->ops->add_bias(g_gpu, dout, dbias, n_rows, width);
+    got = from_dev(dout, n);
+    assert_close(got, a, n, 1e-6, "scale, softcap, add_bias");
+    free(got), free(a), free(b), free(want), free(bias), dfree(da), dfree(db), dfree(dout), dfree(dbias);
+}
+
+/* ---- paged KV cache ---- */
+
+/* Three sequences over shuffled blocks, each with a history and a chunk of new tokens
+ * (a prefill of 20, a decode of 1, a chunk of 3); both backends store and attend the
+ * same data, and the device pools must equal the host pools byte for byte. */
+static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t hd, int32_t window, float softcap) {
+    enum { NSEQ = 3, BS = 16, NBLK = 40 };
+    const int32_t hist[NSEQ] = {0, 37, 70}, fresh[NSEQ] = {20, 1, 3};
+    int32_t tables[NSEQ][NBLK], perm[NBLK];
+    for (int i = 0; i < NBLK; i++) perm[i] = i;
+    for (int i = NBLK - 1; i > 0; i--) {
+        int j = (int)(cv_test_rng_next(&g_rng) % (uint64_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int used = 0;
+    for (int s = 0; s < NSEQ; s++)
+        for (int b = 0; b < (hist[s] + fresh[s] + BS - 1) / BS; b++) tables[s][b] = perm[used++];
+    int32_t *dtables = to_dev(tables, sizeof tables);
+    size_t esz = kvt == CV_TYPE_F32 ? 4 : 2, width = (size_t)n_kv * hd, pool = NBLK * BS * width * esz;
+    cv_kv_layer hkv = {calloc(pool, 1), calloc(pool, 1), kvt, BS, n_kv, hd};
+    assert_true(hkv.k && hkv.v);
+    cv_kv_layer dkv = hkv;
+    dkv.k = to_dev(hkv.k, pool), dkv.v = to_dev(hkv.v, pool);
+    int32_t total = 0, maxlen = 0;
+    for (int s = 0; s < NSEQ; s++) total += fresh[s], maxlen = hist[s] > maxlen ? hist[s] : maxlen;
+    cv_attn_row *hrows = calloc((size_t)total, sizeof *hrows), *drows_h = calloc((size_t)total, sizeof *drows_h);
+    cv_attn_row *hist_rows = calloc((size_t)maxlen + 1, sizeof *hist_rows);
+    assert_true(hrows && drows_h && hist_rows);
+    for (int s = 0, i = 0; s < NSEQ; s++) {
+        /* the history goes in through both backends' kv_store */
+        if (hist[s]) {
+            float *k = fill((int64_t)hist[s] * width, 1.0f), *v = fill((int64_t)hist[s] * width, 1.0f);
+            for (int32_t t = 0; t < hist[s]; t++) hist_rows[t] = (cv_attn_row){tables[s], t, 0};
+            g_cpu->ops->kv_store(g_cpu, &hkv, hist_rows, hist[s], k, v);
+            for (int32_t t = 0; t < hist[s]; t++) hist_rows[t].block_table = dtables + s * NBLK;
+            cv_attn_row *dh = to_dev(hist_rows, sizeof *hist_rows * hist[s]);
+            float *dk = to_dev(k, sizeof(float) * hist[s] * width), *dv = to_dev(v, sizeof(float) * hist[s] * width);
+            g_gpu->ops->kv_store(g_gpu, &dkv, dh, hist[s], dk, dv);
+            free(from_dev(dk, 1));
+            free(k), free(v), dfree(dh), dfree(dk), dfree(dv);
+        }
+        for (int32_t t = 0; t < fresh[s]; t++, i++) {
+            int32_t pos = hist[s] + t;
+            hrows[i] = (cv_attn_row){tables[s], pos, window && pos - window + 1 > 0 ? pos - window + 1 : 0};
+            drows_h[i] = hrows[i];
+            drows_h[i].block_table = dtables + s * NBLK;
+        }
+    }
+    cv_attn_row *drows = to_dev(drows_h, sizeof *drows_h * total);
+    float *k = fill((int64_t)total * width, 1.0f), *v = fill((int64_t)total * width, 1.0f);
+    float *dk = to_dev(k, sizeof(float) * total * width), *dv = to_dev(v, sizeof(float) * total * width);
+    g_cpu->ops->kv_store(g_cpu, &hkv, hrows, total, k, v);
+    g_gpu->ops->kv_store(g_gpu, &dkv, drows, total, dk, dv);
+    for (int which = 0; which < 2; which++) {
+        unsigned char *got = malloc(pool);
+        cv_error err = {0};
+        assert_non_null(got);
+        if (g_gpu->ops->download(g_gpu, got, which ? dkv.v : dkv.k, pool, &err)) fail_msg("%s", err.msg);
+        if (memcmp(got, which ? hkv.v : hkv.k, pool) != 0)
+            fail_msg("kv_store (%s pool, %s): device pool differs from the CPU's", which ? "V" : "K",
+                     kvt == CV_TYPE_F16 ? "F16" : "F32");
+        free(got);
+    }
+    cv_attn_params ap = {n_heads, 1.0f / sqrtf((float)hd), softcap};
+    int64_t qw = (int64_t)n_heads * hd;
+    float *q = fill(total * qw, 1.5f), *want = malloc(sizeof(float) * total * qw);
+    assert_non_null(want);
+    float *dq = to_dev(q, sizeof(float) * total * qw), *dout = poisoned(total * qw);
+    g_cpu->ops->attention(g_cpu, &ap, &hkv, hrows, total, q, want);
+    g_gpu->ops->attention(g_gpu, &ap, &dkv, drows, total, dq, dout);
+    float *got = from_dev(dout, total * qw);
+    char what[96];
+    snprintf(what, sizeof what, "attention %s heads %d/%d dim %d window %d softcap %g", kvt == CV_TYPE_F16 ? "F16" : "F32",
+             n_heads, n_kv, hd, window, softcap);
+    assert_close(got, want, total * qw, 2e-5, what);
+    free(got), free(q), free(want), free(k), free(v), free(hkv.k), free(hkv.v), free(hrows), free(drows_h),
+        free(hist_rows);
+    dfree(dq), dfree(dout), dfree(dk), dfree(dv), dfree(drows), dfree(dtables), dfree(dkv.k), dfree(dkv.v);
+}
+
+static void test_attention(void **state) {
+    (void)state;
+    check_attention(CV_TYPE_F16, 8, 2, 64, 0, 0);
+    check_attention(CV_TYPE_F32, 8, 8, 128, 0, 0);
+    check_attention(CV_TYPE_F16, 4, 1, 256, 16, 50.0f);
+    check_attention(CV_TYPE_F32, 6, 3, 8, 0, 0); /* stories260K's head_dim */
+}
+
+/* A launch that cannot run is reported at synchronize with where and what. */
+static void test_error_surfaces_at_synchronize(void **state) {
+    (void)state;
+    cv_kv_layer kv = {NULL, NULL, CV_TYPE_F16, 16, 1, 512};
+    cv_attn_params ap = {1, 1.0f, 0};
+    g_gpu->ops->attention(g_gpu, &ap, &kv, NULL, 1, NULL, NULL);
+    cv_error err = {0};
+    assert_int_not_equal(g_gpu->ops->synchronize(g_gpu, &err), CV_OK);
+    printf("reported: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "cuda_attention.cu"));
+    assert_non_null(strstr(err.msg, "head_dim"));
+    assert_int_equal(g_gpu->ops->synchronize(g_gpu, &err), CV_OK);
+}
+
+/* ---- without a GPU ---- */
+
+static void test_refuses_without_device(void **state) {
+    (void)state;
+    cv_backend *be = (cv_backend *)&be;
+    cv_error err = {0};
+    assert_int_equal(cv_cuda_backend_create(NULL, &be, &err), CV_EUNAVAILABLE);
+    assert_null(be);
+    printf("cv_cuda_backend_create: %s\n", err.msg);
+    if (cv_cuda_compiled())
+        assert_non_null(strstr(err.msg, "no CUDA device"));
+    else
+        assert_non_null(strstr(err.msg, "make CUDA=1"));
+}
+
+int main(void) {
+    g_rng = cv_test_rng_new(cv_test_seed("test_cuda_ops"));
+    int n_dev = 0;
+    cv_error err = {0};
+    if (cv_cuda_device_count(&n_dev, &err) != CV_OK) {
+        printf("SKIP: %s: GPU cases not run\n", cv_cuda_compiled() ? err.msg : "CUDA not compiled in (make CUDA=1)");
+        const struct CMUnitTest none[] = {cmocka_unit_test(test_refuses_without_device)};
+        return cmocka_run_group_tests_name("cuda_ops (no device)", none, NULL, NULL);
+    }
+    if (cv_cpu_backend_create(&(cv_cpu_options){.n_threads = 1, .force_scalar = 1}, &g_cpu, &err) ||
+        cv_cuda_backend_create(NULL, &g_gpu, &err)) {
+        fprintf(stderr, "test_cuda_ops: %s\n", err.msg);
+        return 1;
+    }
+    printf("test_cuda_ops: %d CUDA device(s), testing device 0\n", n_dev);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_matmul_and_get_rows),
+        cmocka_unit_test(test_rmsnorm_softmax),
+        cmocka_unit_test(test_rope),
+        cmocka_unit_test(test_elementwise),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_error_surfaces_at_synchronize),
+    };
+    int failed = cmocka_run_group_tests_name("cuda_ops", tests, NULL, NULL);
+    cv_backend_destroy(g_gpu);
+    cv_backend_destroy(g_cpu);
+    return failed;
+}
