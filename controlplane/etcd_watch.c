@@ -40,6 +40,7 @@ struct cv_etcd_watch {
     cv_etcd_revmap held;
     int64_t next_rev;
     bool need_resync, created;
+    size_t endpoint; /* of the current stream */
     int64_t last_data_ms;
     uint64_t rng;
 };
@@ -179,6 +180,7 @@ static cv_status on_msg(void *ud, cv_etcd_watch_msg *m, cv_error *err) {
     }
     if (m->created) {
         w->created = true;
+        cv_etcd_set_preferred(w->c, w->endpoint); /* for the client's calls too */
         pthread_mutex_lock(&w->mu);
         w->stats.streams++;
         pthread_mutex_unlock(&w->mu);
@@ -253,6 +255,7 @@ static cv_status run_stream(cv_etcd_watch *w, size_t idx, cv_error *err) {
     const cv_etcd_config *cc = cv_etcd_get_config(w->c);
     cv_etcd_stream_reset(&w->stream);
     w->created = false;
+    w->endpoint = idx;
     curl_easy_reset(w->h);
     curl_easy_setopt(w->h, CURLOPT_URL, url);
     curl_easy_setopt(w->h, CURLOPT_NOSIGNAL, 1L);
@@ -322,12 +325,8 @@ static void *watch_main(void *arg) {
         if (atomic_load(&w->stop)) break;
         note_error(w, e.msg);
         if (w->need_resync) continue;
-        if (w->created) {
-            cv_etcd_set_preferred(w->c, idx);
-            round = 0;
-        } else {
-            idx = (idx + 1) % n;
-        }
+        if (w->created) round = 0;
+        else idx = (idx + 1) % n;
         pause_ms(w, cv_etcd_backoff_ms(cv_etcd_get_config(w->c), round++, &w->rng));
     }
     return NULL;

@@ -343,11 +343,44 @@ static void test_next_timeout_and_pollable_fd(void **state) {
     cv_etcd_close(c);
 }
 
+static void test_stream_fails_over_to_a_live_endpoint(void **state) {
+    (void)state;
+    char prefix[64], eps[160];
+    snprintf(prefix, sizeof prefix, "/f%08x/", (unsigned)rand());
+    snprintf(eps, sizeof eps, "http://127.0.0.1:%d,%s", cv_test_free_port(), g_etcd->url);
+    cv_etcd *live = open_client(g_etcd->url), *c = open_client(eps);
+    int64_t rev;
+    put(live, prefix, "before", "0", &rev);
+    /* From a revision, without the initial range: the stream itself must find the
+     * live endpoint, starting with the dead one. */
+    cv_etcd_watch_config wc = {.prefix = prefix, .start_revision = rev + 1};
+    cv_etcd_watch *w = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_etcd_watch_start(c, &wc, &w, &e), CV_OK);
+    put(live, prefix, "after", "1", &rev);
+    cv_etcd_watch_event ev;
+    next_event(w, 5000, &ev);
+    assert_int_equal(ev.kind, CV_ETCD_WATCH_PUT);
+    assert_int_equal(ev.revision, rev);
+    assert_string_equal(ev.kv.value, "1");
+    cv_etcd_watch_event_free(&ev);
+    cv_etcd_watch_stats st;
+    cv_etcd_watch_get_stats(w, &st);
+    assert_int_equal(st.resyncs, 0);
+    assert_int_equal(st.streams, 1);
+    assert_true(st.reconnects >= 1);
+    assert_int_equal(cv_etcd_preferred(c), 1);
+    cv_etcd_watch_stop(w);
+    cv_etcd_close(c);
+    cv_etcd_close(live);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_next_timeout_and_pollable_fd),
         cmocka_unit_test(test_thousand_puts_survive_stop_and_restart),
         cmocka_unit_test(test_compaction_while_cut_off_resyncs),
+        cmocka_unit_test(test_stream_fails_over_to_a_live_endpoint),
     };
     return cmocka_run_group_tests(tests, cv_test_etcd_group_setup, cv_test_etcd_group_teardown);
 }
