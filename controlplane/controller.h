@@ -1,0 +1,23 @@
+/* cv_controller: the control plane's loop (corvid-controlplane run).
+ *
+ * It campaigns for leadership (cv_election) and, as leader, reconciles every model
+ * with a rollout key on every etcd event under <prefix>/models/ and every poll_ms:
+ * probe the fleet (GetStatus), read the model's keys, run the smoke prompt and the
+ * analysis the phase needs, move the state machine (cv_rollout_step), write the
+ * status fenced on leadership, then drive each server to the desired state (loads
+ * with wait=false, so staging runs on all servers in parallel; traffic weights once
+ * the weighted versions are ready there; unloads). Followers only watch.
+ * The status is written before servers are touched, so a new leader acts on the
+ * same intent. A failed etcd or server call is retried on the next tick.
+ */
+#ifndef CV_CONTROLLER_H
+#define CV_CONTROLLER_H
+
+#include <signal.h>
+
+#include "cp_config.h"
+
+/* Runs until *stop turns non-zero; resigns leadership on the way out. */
+cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop, cv_error *err);
+
+#endif

@@ -1,0 +1,47 @@
+/* cv_fleet: the corvid-servers a control plane drives, from its config.
+ *
+ * A static list of host:port, or a DNS name whose A/AAAA records (a Kubernetes
+ * headless Service) are re-resolved every dns_refresh_ms: addresses that appear join
+ * the fleet, addresses that vanish leave it. A failed resolution keeps the last
+ * membership (a DNS outage must not empty the fleet).
+ *
+ * cv_fleet_probe calls Admin.GetStatus on every server in parallel, each bounded by
+ * admin_timeout_ms; a server that does not answer is unreachable until it does.
+ * Servers are owned by the fleet; pointers stay valid until the next refresh.
+ */
+#ifndef CV_FLEET_H
+#define CV_FLEET_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "corvid/client.h"
+#include "cp_config.h"
+
+typedef struct cv_fleet_server {
+    char addr[288];
+    corvid_client *client;
+    bool reachable;
+    char error[512];             /* why the last probe failed */
+    corvid_server_status status; /* the last probe's answer, when reachable */
+} cv_fleet_server;
+
+typedef struct cv_fleet cv_fleet;
+
+/* cfg must outlive the fleet. */
+cv_status cv_fleet_open(const cv_cp_config *cfg, cv_fleet **out, cv_error *err);
+void cv_fleet_close(cv_fleet *f);
+/* Re-resolves the DNS name when due; *changed says whether membership moved. */
+cv_status cv_fleet_refresh(cv_fleet *f, int64_t now_ms, bool *changed, cv_error *err);
+/* GetStatus on every server in parallel over a window of window_s seconds. */
+void cv_fleet_probe(cv_fleet *f, uint32_t window_s);
+size_t cv_fleet_count(const cv_fleet *f);
+cv_fleet_server *cv_fleet_at(cv_fleet *f, size_t i);
+/* The slot of `version` in a probed server's status, NULL when absent. */
+const corvid_slot_status *cv_fleet_slot(const cv_fleet_server *s, const char *version);
+/* Resolves name:port into "ip:port" strings ("[v6]:port"), sorted, duplicates dropped.
+ * *addrs is malloc'd, each string too: cv_fleet_addrs_free. */
+cv_status cv_fleet_resolve(const char *name, int port, char ***addrs, size_t *n, cv_error *err);
+void cv_fleet_addrs_free(char **addrs, size_t n);
+
+#endif

@@ -1,0 +1,341 @@
+/* corvid-controlplane: runs the control plane, or edits and reads its keys in etcd.
+ *
+ *   corvid-controlplane run --config FILE
+ *   corvid-controlplane version add MODEL VERSION --uri U --sha256 H [--notes TEXT]
+ *   corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]
+ *       [--steps 10,50,100] [--max-error-rate 0.05] [--max-p99-ttft-ms 500]
+ *       [--window 60s] [--min-requests 50] [--failure-limit 2]
+ *   corvid-controlplane rollout status MODEL [--json]
+ *   corvid-controlplane rollout promote|abort|pause|resume MODEL
+ * Every subcommand takes --etcd URL[,URL...] and --prefix P, or reads both from
+ * --config FILE. Exit status: 0 done, 1 refused or failed, 2 usage.
+ */
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "controller.h"
+#include "cp_config.h"
+#include "etcd.h"
+#include "rollout.h"
+
+static volatile sig_atomic_t stop_flag;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+typedef struct opts {
+    const char *words[4]; /* positional words after the subcommand */
+    size_t n_words;
+    const char *etcd, *prefix, *config, *uri, *sha256, *notes, *strategy, *steps;
+    const char *max_error_rate, *max_p99, *window, *min_requests, *failure_limit;
+    bool json;
+} opts;
+
+static int usage(void) {
+    fprintf(stderr,
+            "usage: corvid-controlplane run --config FILE\n"
+            "       corvid-controlplane version add MODEL VERSION --uri U --sha256 H [--notes T]\n"
+            "       corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]\n"
+            "           [--steps 10,50,100] [--max-error-rate R] [--max-p99-ttft-ms MS]\n"
+            "           [--window 60s] [--min-requests N] [--failure-limit N]\n"
+            "       corvid-controlplane rollout status MODEL [--json]\n"
+            "       corvid-controlplane rollout promote|abort|pause|resume MODEL\n"
+            "  every subcommand: --etcd URL[,URL...] --prefix P (or --config FILE)\n");
+    return 2;
+}
+
+static int parse_args(int argc, char **argv, int first, opts *o) {
+    static const struct {
+        const char *name;
+        size_t offset;
+    } valued[] = {
+        {"--etcd", offsetof(opts, etcd)},          {"--prefix", offsetof(opts, prefix)},
+        {"--config", offsetof(opts, config)},      {"--uri", offsetof(opts, uri)},
+        {"--sha256", offsetof(opts, sha256)},      {"--notes", offsetof(opts, notes)},
+        {"--strategy", offsetof(opts, strategy)},  {"--steps", offsetof(opts, steps)},
+        {"--max-error-rate", offsetof(opts, max_error_rate)},
+        {"--max-p99-ttft-ms", offsetof(opts, max_p99)},
+        {"--window", offsetof(opts, window)},      {"--min-requests", offsetof(opts, min_requests)},
+        {"--failure-limit", offsetof(opts, failure_limit)},
+    };
+    for (int i = first; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--json") == 0) {
+            o->json = true;
+            continue;
+        }
+        if (a[0] != '-') {
+            if (o->n_words == sizeof o->words / sizeof o->words[0]) return usage();
+            o->words[o->n_words++] = a;
+            continue;
+        }
+        size_t k = 0;
+        while (k < sizeof valued / sizeof valued[0] && strcmp(valued[k].name, a) != 0) k++;
+        if (k == sizeof valued / sizeof valued[0] || i + 1 >= argc) {
+            fprintf(stderr, "corvid-controlplane: %s: unknown option or missing value\n", a);
+            return usage();
+        }
+        *(const char **)((char *)o + valued[k].offset) = argv[++i];
+    }
+    return 0;
+}
+
+/* Endpoints and prefix: flags over the config file. */
+static int settings(const opts *o, cv_cp_config *cfg) {
+    cv_error err;
+    cv_cp_config_defaults(cfg);
+    if (o->config && cv_cp_config_load(o->config, cfg, &err) != CV_OK) {
+        fprintf(stderr, "corvid-controlplane: %s\n", err.msg);
+        return 1;
+    }
+    if (o->etcd) snprintf(cfg->etcd, sizeof cfg->etcd, "%s", o->etcd);
+    if (o->prefix) snprintf(cfg->prefix, sizeof cfg->prefix, "%s", o->prefix);
+    if (!cfg->etcd[0]) {
+        fprintf(stderr, "corvid-controlplane: no etcd endpoints (--etcd or the config's \"etcd\")\n");
+        return 2;
+    }
+    return 0;
+}
+
+static int fail(const cv_error *err) {
+    fprintf(stderr, "corvid-controlplane: %s\n", err->msg);
+    return 1;
+}
+
+static int open_etcd(const cv_cp_config *cfg, cv_etcd **c) {
+    cv_error err;
+    cv_etcd_config ec = {.endpoints = cfg->etcd};
+    return cv_etcd_open(&ec, c, &err) == CV_OK ? 0 : fail(&err);
+}
+
+static void model_key(char *buf, size_t cap, const cv_cp_config *cfg, const char *model,
+                      const char *leaf) {
+    snprintf(buf, cap, "%s/models/%s/%s", cfg->prefix, model, leaf);
+}
+
+static int put_json(cv_etcd *c, const char *key, json_t *o) {
+    cv_error err;
+    char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(o);
+    if (!text) return fprintf(stderr, "corvid-controlplane: out of memory\n"), 1;
+    cv_status st = cv_etcd_put(c, key, text, strlen(text), 0, NULL, &err);
+    free(text);
+    return st == CV_OK ? 0 : fail(&err);
+}
+
+static int version_add(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
+    if (o->n_words != 3 || strcmp(o->words[0], "add") != 0 || !o->uri) return usage();
+    char key[512];
+    snprintf(key, sizeof key, "%s/models/%s/versions/%s", cfg->prefix, o->words[1], o->words[2]);
+    json_t *v = json_pack("{ssssss}", "uri", o->uri, "sha256", o->sha256 ? o->sha256 : "", "notes",
+                          o->notes ? o->notes : "");
+    if (put_json(c, key, v)) return 1;
+    printf("%s %s registered\n", o->words[1], o->words[2]);
+    return 0;
+}
+
+/* "60s", "1500ms", "2m" or plain seconds -> milliseconds; -1 when malformed. */
+static long duration_ms(const char *s) {
+    char *end;
+    double v = strtod(s, &end);
+    double scale = strcmp(end, "ms") == 0 ? 1 : strcmp(end, "m") == 0 ? 60000
+                   : (strcmp(end, "s") == 0 || !*end) ? 1000 : -1;
+    if (end == s || scale < 0 || !(v > 0) || v * scale > 86400e3) return -1;
+    return (long)(v * scale);
+}
+
+static int set_number(json_t *o, const char *flag, const char *text, bool integer) {
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text || *end) {
+        fprintf(stderr, "corvid-controlplane: %s: \"%s\" is not a number\n", flag, text);
+        return 2;
+    }
+    json_object_set_new(o, flag + 2, integer ? json_integer((json_int_t)v) : json_real(v));
+    return 0;
+}
+
+static int rollout_start(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
+    cv_error err;
+    char key[512];
+    if (o->n_words != 3) return usage();
+    snprintf(key, sizeof key, "%s/models/%s/versions/%s", cfg->prefix, o->words[1], o->words[2]);
+    cv_etcd_kv kv;
+    if (cv_etcd_get(c, key, &kv, NULL, &err) != CV_OK) {
+        if (err.code == CV_ENOTFOUND)
+            fprintf(stderr, "corvid-controlplane: %s %s is not registered (version add first)\n",
+                    o->words[1], o->words[2]);
+        else
+            fail(&err);
+        return 1;
+    }
+    cv_etcd_kv_free(&kv);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char id[64];
+    snprintf(id, sizeof id, "%lld-%ld", (long long)ts.tv_sec, ts.tv_nsec ^ (long)getpid());
+    json_t *r = json_pack("{ssss}", "id", id, "target", o->words[2]);
+    int rc = 0;
+    if (o->strategy) json_object_set_new(r, "strategy", json_string(o->strategy));
+    if (o->steps) {
+        int steps[CV_ROLLOUT_MAX_STEPS];
+        size_t n;
+        if (cv_rollout_steps_parse(o->steps, steps, &n, &err) != CV_OK) rc = fail(&err);
+        json_t *a = json_array();
+        for (size_t i = 0; !rc && i < n; i++) json_array_append_new(a, json_integer(steps[i]));
+        json_object_set_new(r, "steps", a);
+        if (!o->strategy) json_object_set_new(r, "strategy", json_string("canary"));
+    }
+    if (o->window) {
+        long ms = duration_ms(o->window);
+        if (ms < 100) {
+            fprintf(stderr, "corvid-controlplane: --window: \"%s\" (e.g. 60s, 1500ms, 2m; >= 100ms)\n",
+                    o->window);
+            rc = 2;
+        }
+        json_object_set_new(r, "window_ms", json_integer(ms));
+    }
+    if (!rc && o->max_error_rate) rc = set_number(r, "--max_error_rate", o->max_error_rate, false);
+    if (!rc && o->max_p99) rc = set_number(r, "--max_p99_ttft_ms", o->max_p99, false);
+    if (!rc && o->min_requests) rc = set_number(r, "--min_requests", o->min_requests, true);
+    if (!rc && o->failure_limit) rc = set_number(r, "--failure_limit", o->failure_limit, true);
+    /* Checked here as the controller will read it, so a typo fails now, not later. */
+    char *text = rc ? NULL : json_dumps(r, JSON_COMPACT);
+    cv_rollout_spec spec;
+    if (text && cv_rollout_spec_parse(text, strlen(text), &cfg->defaults, &spec, &err) != CV_OK)
+        rc = fail(&err);
+    free(text);
+    if (rc) {
+        json_decref(r);
+        return rc;
+    }
+    model_key(key, sizeof key, cfg, o->words[1], "rollout");
+    if (put_json(c, key, r)) return 1;
+    printf("rollout %s of %s %s started\n", id, o->words[1], o->words[2]);
+    return 0;
+}
+
+/* Sets one flag of the rollout key, compare-and-swap on its mod_revision. */
+static int rollout_command(const cv_cp_config *cfg, cv_etcd *c, const char *model,
+                           const char *field, bool value) {
+    char key[512];
+    cv_error err;
+    model_key(key, sizeof key, cfg, model, "rollout");
+    for (int attempt = 0; attempt < 5; attempt++) {
+        cv_etcd_kv kv;
+        if (cv_etcd_get(c, key, &kv, NULL, &err) != CV_OK) {
+            if (err.code == CV_ENOTFOUND)
+                fprintf(stderr, "corvid-controlplane: %s has no rollout\n", model);
+            return err.code == CV_ENOTFOUND ? 1 : fail(&err);
+        }
+        json_t *o = json_loadb(kv.value, kv.value_len, 0, NULL);
+        int64_t rev = kv.mod_revision;
+        cv_etcd_kv_free(&kv);
+        if (!json_is_object(o)) {
+            json_decref(o);
+            fprintf(stderr, "corvid-controlplane: %s is not a JSON object\n", key);
+            return 1;
+        }
+        json_object_set_new(o, field, json_boolean(value));
+        char *text = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
+        json_decref(o);
+        if (!text) return 1;
+        cv_etcd_cmp cmp = {.key = key, .target = CV_ETCD_CMP_MOD, .result = CV_ETCD_EQUAL, .number = rev};
+        cv_etcd_op put = {.type = CV_ETCD_OP_PUT, .key = key, .value = text, .value_len = strlen(text)};
+        cv_etcd_txn_result tr;
+        cv_status st = cv_etcd_txn(c, &cmp, 1, &put, 1, NULL, 0, &tr, &err);
+        free(text);
+        if (st != CV_OK) return fail(&err);
+        bool ok = tr.succeeded;
+        cv_etcd_txn_result_free(&tr);
+        if (ok) {
+            printf("%s: %s=%s\n", model, field, value ? "true" : "false");
+            return 0;
+        }
+    }
+    fprintf(stderr, "corvid-controlplane: %s kept changing under us; try again\n", key);
+    return 1;
+}
+
+static int rollout_status(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
+    char key[512];
+    cv_error err;
+    cv_etcd_kv kv;
+    if (o->n_words != 2) return usage();
+    model_key(key, sizeof key, cfg, o->words[1], "status");
+    if (cv_etcd_get(c, key, &kv, NULL, &err) != CV_OK) {
+        if (err.code == CV_ENOTFOUND) fprintf(stderr, "corvid-controlplane: %s has no status yet\n", o->words[1]);
+        return err.code == CV_ENOTFOUND ? 1 : fail(&err);
+    }
+    cv_rollout_status st;
+    cv_status rc = cv_rollout_status_parse(kv.value, kv.value_len, &st, &err);
+    if (rc == CV_OK && o->json) printf("%s\n", kv.value);
+    cv_etcd_kv_free(&kv);
+    if (rc != CV_OK) return fail(&err);
+    if (o->json) return 0;
+    printf("model       %s\nphase       %s\nactive      %s\ncandidate   %s\ntraffic     %d%%\n"
+           "message     %s\nhistory\n",
+           o->words[1], cv_rollout_phase_name(st.phase), st.active[0] ? st.active : "-",
+           st.candidate[0] ? st.candidate : "-", st.traffic, st.message);
+    for (size_t i = 0; i < st.n_history; i++) {
+        time_t t = (time_t)(st.history[i].at_ms / 1000);
+        struct tm tm;
+        char when[32];
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof when, "%H:%M:%S", &tm);
+        printf("  %s.%03d  %-12s %s\n", when, (int)(st.history[i].at_ms % 1000),
+               cv_rollout_phase_name(st.history[i].phase), st.history[i].message);
+    }
+    return 0;
+}
+
+static int run(cv_cp_config *cfg) {
+    cv_error err;
+    struct sigaction sa = {.sa_handler = on_signal};
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    fprintf(stderr, "corvid-controlplane: %s running, etcd %s, %zu static servers%s%s\n", cfg->id,
+            cfg->etcd, cfg->n_servers, cfg->dns_name[0] ? ", dns " : "", cfg->dns_name);
+    return cv_controller_run(cfg, &stop_flag, &err) == CV_OK ? 0 : fail(&err);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) return usage();
+    const char *cmd = argv[1];
+    const char *sub = argc > 2 && strcmp(cmd, "run") != 0 ? argv[2] : "";
+    opts o = {0};
+    if (parse_args(argc, argv, 2, &o)) return 2;
+    cv_cp_config cfg;
+    int rc = settings(&o, &cfg);
+    if (rc) return rc;
+    if (strcmp(cmd, "run") == 0) {
+        rc = o.config ? run(&cfg) : usage();
+        cv_cp_config_free(&cfg);
+        return rc;
+    }
+    cv_etcd *c = NULL;
+    if (strcmp(cmd, "version") != 0 && strcmp(cmd, "rollout") != 0) rc = usage();
+    else rc = open_etcd(&cfg, &c);
+    if (rc) {
+        cv_cp_config_free(&cfg);
+        return rc;
+    }
+    if (strcmp(cmd, "version") == 0) rc = version_add(&cfg, c, &o);
+    else if (strcmp(sub, "start") == 0) rc = rollout_start(&cfg, c, &o);
+    else if (strcmp(sub, "status") == 0) rc = rollout_status(&cfg, c, &o);
+    else if (o.n_words != 2) rc = usage();
+    else if (strcmp(sub, "promote") == 0) rc = rollout_command(&cfg, c, o.words[1], "promote", true);
+    else if (strcmp(sub, "abort") == 0) rc = rollout_command(&cfg, c, o.words[1], "abort", true);
+    else if (strcmp(sub, "pause") == 0) rc = rollout_command(&cfg, c, o.words[1], "paused", true);
+    else if (strcmp(sub, "resume") == 0) rc = rollout_command(&cfg, c, o.words[1], "paused", false);
+    else rc = usage();
+    cv_etcd_close(c);
+    cv_cp_config_free(&cfg);
+    return rc;
+}
