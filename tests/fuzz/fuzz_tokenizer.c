@@ -49,7 +49,7 @@ static cv_tok *load_written(cv_gguf_writer *w) {
 
 static cv_tok *build_spm(void) {
     static const char *const pieces[] = {
-        "\xE2\x96\x81", "\xE2\x96\x81t", "h", "e", "he", "\xE2\x96\x81the", "\xE2\x96\x81" "a",
+        "\xE2\x96\x81", "\xE2\x96\x81t", "h", "e", "he", "\xE2\x96\x81the", "\xE2\x96\x81\x61", /* "▁a": \x61 because "\x81a" would be one escape */
         "a", "b", "ab", "\xE4\xBD\xA0", "\xE5\xA5\xBD", "\xE4\xBD\xA0\xE5\xA5\xBD",
         "\xE2\x96\x81\xE2\x96\x81", "\n", "1", "12",
     };
