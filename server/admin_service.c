@@ -1,18 +1,21 @@
 #include "admin_service.h"
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "audit.h"
 #include "corvid/v1/admin.pb-c.h"
 
 #define DEFAULT_WINDOW_S 60
 
 struct cv_admin {
     cv_router *router;
+    cv_audit *audit;
     char server_id[128];
     atomic_int waiters;     /* threads holding a call until an operation ends */
 };
@@ -27,6 +30,24 @@ static cv_rpc_code code_of(cv_status st) {
     case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
     default: return CV_RPC_INTERNAL;
     }
+}
+
+/* One admin_action line: who asked for what, and whether it was accepted. */
+static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *err, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *err, const char *fmt, ...) {
+    if (!a->audit) return;
+    char detail[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    if (st != CV_OK && n >= 0 && (size_t)n < sizeof detail)
+        snprintf(detail + n, sizeof detail - (size_t)n, ": %s", err->msg);
+    const char *subject = cv_rpc_subject(call);
+    cv_audit_entry e = {CV_AUDIT_ADMIN_ACTION, *subject ? subject : NULL, cv_rpc_peer(call), cv_rpc_method(call),
+                        st == CV_OK ? "ok" : cv_status_name(st), detail};
+    cv_audit_write(a->audit, &e, NULL);
 }
 
 static void reply_msg(cv_rpc_call *call, const ProtobufCMessage *m) {
@@ -173,6 +194,7 @@ static void on_load(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     UNPACK(Corvid__V1__LoadModelRequest, corvid__v1__load_model_request, "LoadModelRequest");
     cv_error err = {0};
     cv_status st = cv_router_load(a->router, r->version, r->uri, r->sha256, 0, &err);
+    audit(a, call, st, &err, "load version=%.100s uri=%.400s sha256=%.64s", r->version, r->uri, r->sha256);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
     corvid__v1__load_model_request__free_unpacked(r, NULL);
@@ -183,6 +205,7 @@ static void on_unload(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t l
     UNPACK(Corvid__V1__UnloadModelRequest, corvid__v1__unload_model_request, "UnloadModelRequest");
     cv_error err = {0};
     cv_status st = cv_router_unload(a->router, r->version, 0, &err);
+    audit(a, call, st, &err, "unload version=%.100s", r->version);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
     corvid__v1__unload_model_request__free_unpacked(r, NULL);
@@ -245,6 +268,10 @@ static void on_traffic(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t 
         }
         st = cv_router_set_traffic(a->router, versions, weights, (int)r->n_weights, &err);
     }
+    char what[600] = "traffic";
+    for (size_t i = 0, n = strlen(what); i < r->n_weights && i < CV_ROUTER_MAX_VERSIONS && n < sizeof what - 80; i++)
+        n += (size_t)snprintf(what + n, sizeof what - n, " %.60s=%u", r->weights[i]->version, r->weights[i]->weight);
+    audit(a, call, st, &err, "%s", what);
     corvid__v1__set_traffic_request__free_unpacked(r, NULL);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_status(a, call, DEFAULT_WINDOW_S);
@@ -257,6 +284,7 @@ static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
 #ifdef CORVID_TESTING
     cv_error err = {0};
     cv_status st = cv_router_set_fault(a->router, r->version, r->error_rate, &err);
+    audit(a, call, st, &err, "fault version=%.100s error_rate=%g", r->version, r->error_rate);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_slot(a, call, r->version);
 #else
@@ -267,10 +295,12 @@ static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
     corvid__v1__set_fault_injection_request__free_unpacked(r, NULL);
 }
 
-cv_status cv_admin_new(cv_router *router, const char *server_id, cv_admin **out, cv_error *err) {
+cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit, cv_admin **out,
+                       cv_error *err) {
     cv_admin *a = calloc(1, sizeof *a);
     if (!a) return cv_errorf(err, CV_ENOMEM, "admin service: out of memory");
     a->router = router;
+    a->audit = audit;
     snprintf(a->server_id, sizeof a->server_id, "%s", server_id ? server_id : "");
     atomic_init(&a->waiters, 0);
     *out = a;

@@ -15,7 +15,9 @@
 
 typedef struct cv_admin cv_admin;
 
-cv_status cv_admin_new(cv_router *router, const char *server_id, cv_admin **out, cv_error *err);
+/* audit (may be NULL) receives one admin_action line per call: who, what, outcome. */
+cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit, cv_admin **out,
+                       cv_error *err);
 cv_status cv_admin_register(cv_admin *a, cv_rpc_server *srv, cv_error *err);
 /* After the rpc server is freed (waiting replies hold references). */
 void cv_admin_free(cv_admin *a);

@@ -38,6 +38,11 @@ static const key_spec keys[] = {
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),
     STR("model_cache_dir", "--model-cache-dir", model_cache_dir),
+    STR("auth_config", "--auth-config", auth_config),
+    STR("tls_cert", "--tls-cert", tls_cert),
+    STR("tls_key", "--tls-key", tls_key),
+    STR("tls_client_ca", "--tls-client-ca", tls_client_ca),
+    STR("health_listen", "--health-listen", health_listen),
     NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
@@ -174,6 +179,13 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
                          "max_batch_tokens (%d) must be at least max_running (%d): every running "
                          "sequence needs a row in each step",
                          c->max_batch_tokens, c->max_running);
+    if (!c->tls_cert[0] != !c->tls_key[0])
+        return cv_errorf(err, CV_EINVAL, "tls_cert and tls_key go together: give both or neither");
+    if (c->tls_client_ca[0] && !c->tls_cert[0])
+        return cv_errorf(err, CV_EINVAL, "tls_client_ca (mTLS) needs tls_cert and tls_key");
+    if (c->health_listen[0] && !c->tls_cert[0])
+        return cv_errorf(err, CV_EINVAL, "health_listen is the plaintext probe port beside a TLS listen: "
+                         "without TLS, probe the listen address");
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
     return CV_OK;

@@ -24,6 +24,11 @@ typedef struct cv_config {
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
+    char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */
+    char tls_cert[1024];       /* PEM chain: TLS on listen when set, with tls_key */
+    char tls_key[1024];
+    char tls_client_ca[1024];  /* PEM CA: clients must present a certificate it signed (mTLS) */
+    char health_listen[256];   /* with TLS: plaintext port serving only grpc.health.v1 */
     char model_cache_dir[1024];/* where Admin.LoadModel downloads URLs; "" = downloads refused */
     double max_download_mb;    /* largest model file a download may bring */
 } cv_config;

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "audit.h"
 #include "model_fetch.h"
 
 typedef struct entry {
@@ -248,7 +249,13 @@ static void *load_thread(void *arg) {
         if (!serving_locked(r)) en->info.weight = 100;
         snprintf(en->info.message, sizeof en->info.message, "loaded in %.2f s", en->info.load_seconds);
     }
+    cv_audit_entry ae = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri,
+                         en->info.state == CV_SLOT_READY ? "ready" : "failed", en->info.message};
+    char detail[700];
+    snprintf(detail, sizeof detail, "version=%s sha256=%s: %s", a->version, sha[0] ? sha : "-", en->info.message);
+    ae.detail = detail;
     pthread_mutex_unlock(&r->mu);
+    if (r->opt.audit) cv_audit_write(r->opt.audit, &ae, NULL);
     cv_slot_free(slot);
     end_op(r);
     free(a);

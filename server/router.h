@@ -29,8 +29,11 @@ typedef enum cv_slot_state {
     CV_SLOT_DRAINING = 4
 } cv_slot_state;
 
+typedef struct cv_audit cv_audit;
+
 typedef struct cv_router_options {
     cv_slot_options slot;
+    cv_audit *audit;             /* model_load outcomes are written here; NULL: none */
     char cache_dir[1024];        /* downloads land here */
     uint64_t max_download_bytes; /* 0: no limit */
 } cv_router_options;

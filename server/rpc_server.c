@@ -1,5 +1,8 @@
 #include "rpc_server.h"
 
+#include "auth.h"
+#include "tls_files.h"
+
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -11,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* Every completion carries one of these; the kind says which batch finished. */
 typedef enum { TAG_NEW_CALL, TAG_RECV, TAG_CLOSE, TAG_SEND, TAG_STATUS, TAG_SHUTDOWN } tag_kind;
@@ -31,6 +35,8 @@ struct cv_rpc_server {
     int started;
     method *methods;
     size_t n_methods;
+    pthread_mutex_t tls_mu;     /* the certificate fetcher runs on gRPC's threads */
+    int tls_served;             /* a certificate config was handed to gRPC */
     atomic_int accepting;
     atomic_int active;
     atomic_int shutting_down;
@@ -55,6 +61,7 @@ struct cv_rpc_call {
     const cv_rpc_stream_ops *ops;
     void *ctx;
     char *peer, *method;
+    char subject[256];
     md_pair *meta;
     size_t n_meta;
 };
@@ -211,6 +218,7 @@ const char *cv_rpc_metadata(const cv_rpc_call *c, const char *key) {
 }
 
 const char *cv_rpc_peer(const cv_rpc_call *c) { return c->peer ? c->peer : ""; }
+const char *cv_rpc_subject(const cv_rpc_call *c) { return c->subject; }
 const char *cv_rpc_method(const cv_rpc_call *c) { return c->method ? c->method : ""; }
 
 double cv_rpc_deadline_left(const cv_rpc_call *c) {
@@ -274,9 +282,30 @@ static void on_new_call(cv_rpc_call *c, int ok) {
     if (left == 0) call_free(c);
 }
 
+static int is_health(const char *method) { return strncmp(method, "/grpc.health.v1.Health/", 23) == 0; }
+
+/* With TLS configured, a call that arrived without it came in on the health port. */
+static int over_tls(cv_rpc_call *c) {
+    grpc_auth_context *ctx = grpc_call_auth_context(c->call);
+    if (!ctx) return 0;
+    grpc_auth_property_iterator it = grpc_auth_context_find_properties_by_name(ctx, "transport_security_type");
+    const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+    int tls = p && p->value_length == 3 && memcmp(p->value, "ssl", 3) == 0;
+    grpc_auth_context_release(ctx);
+    return tls;
+}
+
 static void on_recv(cv_rpc_call *c, int ok) {
     cv_rpc_server *s = c->srv;
-    if (!atomic_load(&s->accepting)) {
+    cv_auth_result ar;
+    if (s->cfg.tls && !is_health(c->method) && !over_tls(c)) {
+        cv_rpc_reply(c, CV_RPC_PERMISSION_DENIED, "this port serves only grpc.health.v1: use the TLS port",
+                     NULL, 0);
+    } else if (s->cfg.auth && cv_auth_check(s->cfg.auth, c->method, cv_rpc_metadata(c, "authorization"),
+                                            cv_rpc_peer(c), &ar) != CV_RPC_OK) {
+        /* Before the method lookup: an unauthenticated caller learns nothing about methods. */
+        cv_rpc_reply(c, ar.code, ar.message, NULL, 0);
+    } else if (!atomic_load(&s->accepting)) {
         cv_rpc_reply(c, CV_RPC_UNAVAILABLE, "server is draining: retry on another replica", NULL, 0);
     } else if (!ok || !c->recv_bb) {
         cv_rpc_reply(c, CV_RPC_INVALID_ARGUMENT, "request message missing", NULL, 0);
@@ -293,6 +322,7 @@ static void on_recv(cv_rpc_call *c, int ok) {
             if (!grpc_byte_buffer_reader_init(&r, c->recv_bb)) {
                 cv_rpc_reply(c, CV_RPC_INTERNAL, "cannot read request bytes", NULL, 0);
             } else {
+                if (s->cfg.auth) snprintf(c->subject, sizeof c->subject, "%s", ar.subject);
                 grpc_slice body = grpc_byte_buffer_reader_readall(&r);
                 grpc_byte_buffer_reader_destroy(&r);
                 m->handler(m->ctx, c, GRPC_SLICE_START_PTR(body), GRPC_SLICE_LENGTH(body));
@@ -353,14 +383,15 @@ static void *cq_loop(void *arg) {
 
 cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_error *err) {
     cv_rpc_server *s = calloc(1, sizeof *s);
-    if (!s) return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
-    s->cfg = *cfg;
-    s->listen = strdup(cfg->listen ? cfg->listen : "127.0.0.1:50051");
-    if (!s->listen) {
+    if (s) s->listen = strdup(cfg->listen ? cfg->listen : "127.0.0.1:50051");
+    if (!s || !s->listen) {
         free(s);
+        cv_tls_files_free(cfg->tls); /* taken over either way */
         return cv_errorf(err, CV_ENOMEM, "rpc server: out of memory");
     }
+    s->cfg = *cfg;
     s->cfg.listen = s->listen;
+    pthread_mutex_init(&s->tls_mu, NULL);
     if (!s->cfg.max_request_bytes) s->cfg.max_request_bytes = 4u << 20;
     atomic_init(&s->accepting, 1);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, NULL};
@@ -381,6 +412,53 @@ cv_status cv_rpc_register(cv_rpc_server *s, const char *path, cv_rpc_handler h, 
     return CV_OK;
 }
 
+/* gRPC asks on handshakes; new valid files on disk become the served certificates. */
+static grpc_ssl_certificate_config_reload_status fetch_certs(void *ctx, grpc_ssl_server_certificate_config **config) {
+    cv_rpc_server *s = ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    pthread_mutex_lock(&s->tls_mu);
+    cv_tls_files *fresh = NULL;
+    cv_error err = {0};
+    grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+    if (cv_tls_files_check(s->cfg.tls, ts.tv_sec + ts.tv_nsec * 1e-9, 1.0, &fresh, &err) != CV_OK) {
+        fprintf(stderr, "{\"msg\":\"TLS files changed but are not usable; serving the old ones\",\"error\":\"%s\"}\n",
+                err.msg);
+        fresh = NULL;
+    }
+    if (fresh) {
+        cv_tls_files_free(s->cfg.tls);
+        s->cfg.tls = fresh;
+    }
+    if (fresh || !s->tls_served) {
+        grpc_ssl_pem_key_cert_pair pair = {cv_tls_files_key_pem(s->cfg.tls), cv_tls_files_cert_pem(s->cfg.tls)};
+        /* gRPC 1.51 insists on roots even when it asks for no client certificate; the
+         * server's own chain stands in there, unused. */
+        const char *ca = cv_tls_files_ca_pem(s->cfg.tls);
+        *config = grpc_ssl_server_certificate_config_create(ca ? ca : cv_tls_files_cert_pem(s->cfg.tls), &pair, 1);
+        s->tls_served = 1;
+        st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW;
+    }
+    pthread_mutex_unlock(&s->tls_mu);
+    return st;
+}
+
+static int add_port(cv_rpc_server *s, const char *addr, int tls) {
+    grpc_server_credentials *creds;
+    if (tls) {
+        grpc_ssl_server_credentials_options *o = grpc_ssl_server_credentials_create_options_using_config_fetcher(
+            s->cfg.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                       : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+            fetch_certs, s);
+        creds = grpc_ssl_server_credentials_create_with_options(o);
+    } else {
+        creds = grpc_insecure_server_credentials_create();
+    }
+    int bound = grpc_server_add_http2_port(s->server, addr, creds);
+    grpc_server_credentials_release(creds);
+    return bound;
+}
+
 cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
     grpc_init();
     grpc_arg args[2];
@@ -399,11 +477,13 @@ cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
     s->server = grpc_server_create(&chargs, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
-    grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-    int bound = grpc_server_add_http2_port(s->server, s->listen, creds);
-    grpc_server_credentials_release(creds);
+    int bound = add_port(s, s->listen, s->cfg.tls != NULL);
     if (bound <= 0) {
         cv_errorf(err, CV_EIO, "cannot listen on %s (address in use or invalid)", s->listen);
+        goto err;
+    }
+    if (s->cfg.health_listen && *s->cfg.health_listen && add_port(s, s->cfg.health_listen, 0) <= 0) {
+        cv_errorf(err, CV_EIO, "cannot listen on %s for health (address in use or invalid)", s->cfg.health_listen);
         goto err;
     }
     grpc_server_start(s->server);
@@ -470,5 +550,7 @@ void cv_rpc_server_free(cv_rpc_server *s) {
     for (size_t i = 0; i < s->n_methods; i++) free(s->methods[i].path);
     free(s->methods);
     free(s->listen);
+    cv_tls_files_free(s->cfg.tls);
+    pthread_mutex_destroy(&s->tls_mu);
     free(s);
 }

@@ -57,10 +57,20 @@ typedef struct cv_rpc_stream_ops {
     void (*done)(void *ctx);
 } cv_rpc_stream_ops;
 
+typedef struct cv_auth cv_auth;
+typedef struct cv_tls_files cv_tls_files;
+
 typedef struct cv_rpc_config {
     const char *listen;          /* "127.0.0.1:50051"; port 0 picks a free one */
     size_t max_request_bytes;    /* 0: 4 MiB */
     int max_concurrent_streams;  /* 0: gRPC's default */
+    /* TLS on `listen` when set (the server takes it over); the files are re-checked at
+     * most once a second on handshakes, and new valid ones are served without a restart. */
+    cv_tls_files *tls;
+    int require_client_cert;     /* mTLS: clients must present a certificate the CA signed */
+    /* With TLS: a plaintext port that serves only grpc.health.v1 (Kubernetes probes). */
+    const char *health_listen;
+    cv_auth *auth;               /* checked on every call before its handler; NULL: none */
 } cv_rpc_config;
 
 cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_error *err);
@@ -73,6 +83,8 @@ cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err);
 void cv_rpc_server_stop_accepting(cv_rpc_server *s);
 /* Number of calls not yet finished. */
 int cv_rpc_server_active_calls(cv_rpc_server *s);
+/* The verified token subject of a call ("" without one). */
+const char *cv_rpc_subject(const cv_rpc_call *call);
 /* Cancels what is left, waits (at most 5 s) for streams to be released, frees everything. */
 void cv_rpc_server_free(cv_rpc_server *s);
 

@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "admin_service.h"
+#include "audit.h"
+#include "auth.h"
 #include "config.h"
 #include "health.h"
 #include "http_endpoint.h"
@@ -21,6 +23,7 @@
 #include "metrics.h"
 #include "rpc_server.h"
 #include "router.h"
+#include "tls_files.h"
 
 static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v1.Admin"};
 #define N_SERVICES (sizeof service_names / sizeof service_names[0])
@@ -101,6 +104,7 @@ int main(int argc, char **argv) {
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -110,11 +114,26 @@ int main(int argc, char **argv) {
     cv_infer *inf = NULL;
     cv_admin *admin = NULL;
     cv_http *http = NULL;
+    cv_pii *pii = NULL;
+    cv_auth *auth = NULL;
     server state = {0};
     int rc = 1, port = 0;
-    cv_rpc_config rcfg = {.listen = cfg.listen};
+    cv_rpc_config rcfg = {.listen = cfg.listen, .health_listen = cfg.health_listen,
+                          .require_client_cert = cfg.tls_client_ca[0] != 0};
+    /* Logs and the audit trail get partial masks (138****5678): readable, not leaking. */
+    if (cv_pii_create(CV_PII_PARTIAL, &pii, &err) != CV_OK) goto out;
+    if (cfg.auth_config[0]) {
+        cv_auth_options ao = {.pii = pii};
+        if (cv_auth_load_file(cfg.auth_config, &ao, &auth, &err) != CV_OK) goto out;
+        rcfg.auth = auth;
+    }
+    if (cfg.tls_cert[0]) {
+        cv_tls_paths tp = {cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca[0] ? cfg.tls_client_ca : NULL};
+        if (cv_tls_files_load(&tp, &rcfg.tls, &err) != CV_OK) goto out;
+    }
     cv_router_options ro = {.slot = {.threads = cfg.threads},
-                            .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0)};
+                            .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0),
+                            .audit = auth ? cv_auth_audit(auth) : NULL};
     snprintf(ro.cache_dir, sizeof ro.cache_dir, "%s", cfg.model_cache_dir);
     cv_engine_config_default(&ro.slot.engine);
     ro.slot.engine.max_running = cfg.max_running;
@@ -126,8 +145,11 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
-        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, &admin, &err) != CV_OK ||
-        cv_rpc_server_new(&rcfg, &srv, &err) != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
+        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, ro.audit, &admin, &err) != CV_OK)
+        goto out;
+    cv_status created = cv_rpc_server_new(&rcfg, &srv, &err);
+    rcfg.tls = NULL; /* the rpc server owns the TLS files from here, even when it failed */
+    if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
         cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
     state.health = health;
@@ -169,6 +191,12 @@ int main(int argc, char **argv) {
         cv_health_set(health, "corvid.v1.Inference",
                       cv_router_serving(router) ? CV_HEALTH_SERVING : CV_HEALTH_NOT_SERVING, &err);
         sig = sigtimedwait(&sigs, NULL, &tick);
+        if (sig == SIGHUP) {
+            /* Log rotation: the audit file is reopened; TLS files are picked up by themselves. */
+            if (ro.audit && cv_audit_reopen(ro.audit, &err) != CV_OK)
+                fprintf(stderr, "{\"msg\":\"audit log reopen failed\",\"error\":\"%s\"}\n", err.msg);
+            continue;
+        }
         if (sig > 0) break;
     }
     fprintf(stderr, "{\"msg\":\"draining\",\"signal\":%d,\"timeout_s\":%g}\n", sig,
@@ -192,6 +220,9 @@ out:
     cv_infer_free(inf);
     cv_router_free(router);
     cv_health_free(health);
+    cv_tls_files_free(rcfg.tls);
+    cv_auth_free(auth);
+    cv_pii_free(pii);
     if (!rc) fprintf(stderr, "{\"msg\":\"stopped\"}\n");
     return rc;
 }
