@@ -22,6 +22,7 @@
 #include "backend.h"
 
 #define CV_CUDA_SMALL_BATCH 16
+#define CV_CUDA_NOT_BUILT "this build has no CUDA (make CUDA=1)"
 
 typedef struct cv_cuda_options {
     int device;           /* CUDA device ordinal */
@@ -40,17 +41,33 @@ static inline int cv_cuda_compiled(void) { return 1; }
 cv_status cv_cuda_device_count(int *n, cv_error *err);
 /* opt may be NULL for device 0 and the defaults. */
 cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out, cv_error *err);
+/* The ceilings a benchmark is judged against, each the median of reps (1..64) timed
+ * runs: device-to-device copy of `bytes` (GB/s counting bytes read plus written), and
+ * an FP16 x FP16 -> FP32 cublasGemmEx of m x n x k on random data (TFLOP/s). */
+cv_status cv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbps, cv_error *err);
+cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int reps, double *tflops, cv_error *err);
 #else
 static inline int cv_cuda_compiled(void) { return 0; }
 static inline cv_status cv_cuda_device_count(int *n, cv_error *err) {
     *n = 0;
-    return cv_errorf(err, CV_EUNAVAILABLE, "this build has no CUDA (make CUDA=1)");
+    return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
 }
 static inline cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out,
                                                cv_error *err) {
     (void)opt;
     *out = NULL;
-    return cv_errorf(err, CV_EUNAVAILABLE, "this build has no CUDA (make CUDA=1)");
+    return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
+}
+static inline cv_status cv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbps, cv_error *err) {
+    (void)device, (void)bytes, (void)reps;
+    *gbps = 0;
+    return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
+}
+static inline cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int reps, double *tflops,
+                                            cv_error *err) {
+    (void)device, (void)m, (void)n, (void)k, (void)reps;
+    *tflops = 0;
+    return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
 }
 #endif
 

@@ -117,23 +117,25 @@ int cv_cuda_type_ok(cv_type t) {
 #define MV_WARPS 4
 
 /* One warp per weight row; each lane dequantizes groups of 8 and applies them to every
- * activation row, so the weight is read once for the whole batch. */
-template <int T>
+ * activation row, so the weight is read once for the whole batch. NB is the batch the
+ * accumulators are sized for: 1 (decode of one sequence, no per-row predicates) or
+ * CV_CUDA_SMALL_BATCH. */
+template <int T, int NB>
 __global__ void __launch_bounds__(MV_WARPS * 32)
 matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x, float *y, int n) {
     const int lane = threadIdx.x & 31;
     const int64_t r = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
     if (r >= rows) return;
     const uint8_t *wr = w + r * row_bytes;
-    float acc[CV_CUDA_SMALL_BATCH];
+    float acc[NB];
 #pragma unroll
-    for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++) acc[b] = 0.f;
+    for (int b = 0; b < NB; b++) acc[b] = 0.f;
     for (int64_t g = lane; g < cols / 8; g += 32) {
         float v[8];
         dequant8<T>(wr, g, v);
 #pragma unroll
-        for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++) {
-            if (b < n) {
+        for (int b = 0; b < NB; b++) {
+            if (NB == 1 || b < n) {
                 const float4 *xp = (const float4 *)(x + b * cols + g * 8);
                 float4 a = __ldg(xp), c = __ldg(xp + 1);
                 acc[b] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * c.x + v[5] * c.y +
@@ -142,8 +144,8 @@ matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, co
         }
     }
 #pragma unroll
-    for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++) {
-        if (b < n) {
+    for (int b = 0; b < NB; b++) {
+        if (NB == 1 || b < n) {
             float s = acc[b];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -197,8 +199,12 @@ size_t cv_cuda_gemm_w_bytes(const cv_tensor *w) {
 template <int T>
 static void launch_matvec(cuda_backend *cb, const cv_tensor *w, const float *x, float *y, int32_t n) {
     unsigned blocks = (unsigned)((w->rows + MV_WARPS - 1) / MV_WARPS);
-    matvec_kernel<T><<<blocks, MV_WARPS * 32, 0, cb->stream>>>((const uint8_t *)w->data, w->row_stride, w->rows,
-                                                               w->cols, x, y, n);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    if (n == 1)
+        matvec_kernel<T, 1><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x, y, n);
+    else
+        matvec_kernel<T, CV_CUDA_SMALL_BATCH><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows,
+                                                                                      w->cols, x, y, n);
     CUDA_LAUNCHED(cb, "matvec_kernel");
 }
 
