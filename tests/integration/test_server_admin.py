@@ -163,13 +163,14 @@ def failed_loads_change_nothing(srv, adm):
 class Files(threading.Thread):
     """A local HTTP server for model downloads; records the Range headers it sees."""
 
-    def __init__(self, root):
+    def __init__(self, root, delay=0.0):
         import http.server
         import functools
         ranges = self.ranges = []
 
         class Handler(http.server.SimpleHTTPRequestHandler):
             def send_head(self):
+                time.sleep(delay)
                 ranges.append(self.headers.get("Range"))
                 rng = self.headers.get("Range")
                 if not rng:
@@ -242,9 +243,15 @@ def download_size_limit():
         srv.stop()
 
 
-def serialized_and_unload_drains(srv, adm):
-    # A load in progress makes another operation wait its turn with a clear answer.
-    adm.load("v3", F32, wait=False)
+def serialized_and_unload_drains(srv, adm, cache):
+    # A load in progress (a download the server answers after 2 s) makes another
+    # operation wait its turn with a clear answer.
+    root = os.path.join(TMP, "www-slow")
+    os.makedirs(root, exist_ok=True)
+    shutil.copy(F32, os.path.join(root, "f32.gguf"))
+    slow = Files(root, delay=2.0)
+    slow.start()
+    adm.load("v3", slow.url + "f32.gguf", sha256(F32), wait=False)
     try:
         adm.load("v4", F32, wait=False)
         raise AssertionError("second operation accepted while one runs")
@@ -253,7 +260,8 @@ def serialized_and_unload_drains(srv, adm):
     deadline = time.time() + 30
     while adm.slot("v3").state == admin_pb.SLOT_STATE_LOADING and time.time() < deadline:
         time.sleep(0.05)
-    assert adm.slot("v3").state == admin_pb.SLOT_STATE_READY
+    assert adm.slot("v3").state == admin_pb.SLOT_STATE_READY, adm.slot("v3").message
+    slow.httpd.shutdown()
     # Unload a version with a stream in flight: the stream finishes on it.
     adm.traffic(v3=100)
     out = {}
@@ -324,7 +332,8 @@ def main():
         c.run("failed loads (sha256, corrupt, missing, unreachable) change nothing", failed_loads_change_nothing,
               srv, adm)
         c.run("downloads: sha256 required, resumed from a partial file", downloads_resume_and_limit, srv, adm, cache)
-        c.run("operations are serialized; unload drains in-flight streams", serialized_and_unload_drains, srv, adm)
+        c.run("operations are serialized; unload drains in-flight streams", serialized_and_unload_drains, srv, adm,
+              cache)
         c.run("window counters and fault injection", window_counts_and_faults, srv, adm)
         c.run("corvidctl admin load/traffic/status/unload", corvidctl_admin, srv, adm)
     finally:
