@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #include "backend.h"
+#include "comm.h"
 
 #define CV_CUDA_SMALL_BATCH 16
 #define CV_CUDA_NOT_BUILT "this build has no CUDA (make CUDA=1)"
@@ -46,6 +47,9 @@ cv_status cv_cuda_backend_create(const cv_cuda_options *opt, cv_backend **out, c
  * an FP16 x FP16 -> FP32 cublasGemmEx of m x n x k on random data (TFLOP/s). */
 cv_status cv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbps, cv_error *err);
 cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int reps, double *tflops, cv_error *err);
+/* An NCCL cv_comm over n CUDA backends on distinct devices (rank r = ranks[r]), made
+ * with ncclCommInitAll: one process, one thread per rank. */
+cv_status cv_comm_nccl_create(cv_backend *const *ranks, int n, cv_comm **out, cv_error *err);
 #else
 static inline int cv_cuda_compiled(void) { return 0; }
 static inline cv_status cv_cuda_device_count(int *n, cv_error *err) {
@@ -67,6 +71,11 @@ static inline cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int
                                             cv_error *err) {
     (void)device, (void)m, (void)n, (void)k, (void)reps;
     *tflops = 0;
+    return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
+}
+static inline cv_status cv_comm_nccl_create(cv_backend *const *ranks, int n, cv_comm **out, cv_error *err) {
+    (void)ranks, (void)n;
+    *out = NULL;
     return cv_errorf(err, CV_EUNAVAILABLE, CV_CUDA_NOT_BUILT);
 }
 #endif

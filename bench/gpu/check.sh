@@ -73,7 +73,7 @@ build() {
 # them (the toolkit, or the nvidia-* Python wheels).
 cuda_lib_path() {
     local dirs=() d lib
-    for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13; do
+    for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
         for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu \
             $(python3 -c 'import nvidia, os; [print(os.path.join(p, q, "lib")) for p in nvidia.__path__ for q in os.listdir(p)]' 2>/dev/null); do
             if [ -e "$d/$lib" ]; then dirs+=("$d"); break; fi
@@ -120,9 +120,13 @@ stories=${CORVID_SHARED:-$root/../shared}/models/stories260K.gguf
 [ -e "$stories" ] || stories=$bundle/models/stories260K.gguf
 
 # ---- models ----
-synth() { # shape type -> path
+synth() { # shape type -> path; fails when the time budget runs out first
     local f=$work/$1-$2.gguf
-    [ -e "$f" ] || "$bin/corvid-quantize" --synthetic "$1" --type "$2" --seed 7 "$f" >/dev/null
+    if [ ! -e "$f" ] && ! timeout "$(left)" "$bin/corvid-quantize" --synthetic "$1" --type "$2" --seed 7 "$f.tmp" >/dev/null; then
+        rm -f "$f.tmp"
+        return 1
+    fi
+    [ -e "$f" ] || mv "$f.tmp" "$f"
     echo "$f"
 }
 greedy_models=()
@@ -184,7 +188,7 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-if have_time 200; then greedy_models+=("$(synth tinyllama-1.1b Q4_K_M)"); fi
+if have_time 200 && f=$(synth tinyllama-1.1b Q4_K_M); then greedy_models+=("$f"); fi
 : >"$out/greedy.txt"
 for m in "${greedy_models[@]}"; do
     tag=$(basename "$m" .gguf)
@@ -200,15 +204,14 @@ log "greedy: done"
 # ---- 4. timings ----
 bench_models=()
 for t in Q4_0 Q4_K_M; do
-    if have_time 150; then
-        log "timings: writing synthetic llama-7b $t"
-        bench_models+=(-m "$(synth llama-7b "$t")")
+    if have_time 150 && log "timings: writing synthetic llama-7b $t" && f=$(synth llama-7b "$t"); then
+        bench_models+=(-m "$f")
     else
         log "timings: llama-7b $t SKIPPED (time budget)"
     fi
 done
 log "timings: bench-gpu"
-if "$bin/bench-gpu" --runs 3 "${bench_models[@]}" >"$out/bench.json"; then :; else
+if timeout "$(( $(left) > 60 ? $(left) : 60 ))" "$bin/bench-gpu" --runs 3 "${bench_models[@]}" >"$out/bench.json"; then :; else
     log "timings: bench-gpu failed: $(cat "$out/bench.json")"
     failures+=(timings)
 fi

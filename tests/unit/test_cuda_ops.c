@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -344,6 +345,73 @@ static void test_error_surfaces_at_synchronize(void **state) {
     assert_int_equal(g_gpu->ops->synchronize(g_gpu, &err), CV_OK);
 }
 
+/* ---- NCCL: one thread per rank, as a tensor-parallel model runs ---- */
+
+enum { NCCL_N = 4099 };
+
+typedef struct rank_job {
+    cv_comm *comm;
+    cv_backend *be;
+    int rank;
+    const float *x;
+    float *got;
+    cv_error err;
+    cv_status st;
+} rank_job;
+
+/* Rank r contributes (r + 1) * x. */
+static void *rank_main(void *arg) {
+    rank_job *j = arg;
+    float *h = malloc(sizeof(float) * NCCL_N), *d = NULL;
+    if (!h) return NULL;
+    for (int i = 0; i < NCCL_N; i++) h[i] = (float)(j->rank + 1) * j->x[i];
+    const size_t bytes = sizeof(float) * NCCL_N;
+    if (!(j->st = j->be->ops->alloc(j->be, bytes, (void **)&d, &j->err)) &&
+        !(j->st = j->be->ops->upload(j->be, d, h, bytes, &j->err)) &&
+        !(j->st = j->comm->ops->allreduce_sum(j->comm, j->rank, d, NCCL_N, &j->err)) &&
+        !(j->st = j->be->ops->synchronize(j->be, &j->err)))
+        j->st = j->be->ops->download(j->be, j->got, d, bytes, &j->err);
+    j->be->ops->free(j->be, d);
+    free(h);
+    return NULL;
+}
+
+static void test_nccl_allreduce(void **state) {
+    (void)state;
+    int n_dev = 0;
+    cv_error err = {0};
+    assert_int_equal(cv_cuda_device_count(&n_dev, &err), CV_OK);
+    const int n = n_dev < 4 ? n_dev : 4;
+    cv_backend *bes[4] = {0};
+    rank_job jobs[4];
+    pthread_t th[4];
+    float *x = fill(NCCL_N, 1.0f);
+    for (int r = 0; r < n; r++) {
+        cv_cuda_options o = {.device = r};
+        if (cv_cuda_backend_create(&o, &bes[r], &err)) fail_msg("device %d: %s", r, err.msg);
+    }
+    cv_comm *comm = NULL;
+    if (cv_comm_nccl_create(bes, n, &comm, &err)) fail_msg("%s", err.msg);
+    printf("nccl all-reduce over %d rank(s)\n", n);
+    for (int r = 0; r < n; r++) {
+        jobs[r] = (rank_job){.comm = comm, .be = bes[r], .rank = r, .x = x, .got = malloc(sizeof(float) * NCCL_N)};
+        assert_non_null(jobs[r].got);
+        assert_int_equal(pthread_create(&th[r], NULL, rank_main, &jobs[r]), 0);
+    }
+    for (int r = 0; r < n; r++) pthread_join(th[r], NULL);
+    float *want = malloc(sizeof(float) * NCCL_N);
+    assert_non_null(want);
+    for (int i = 0; i < NCCL_N; i++) want[i] = x[i] * (float)(n * (n + 1) / 2);
+    for (int r = 0; r < n; r++) {
+        if (jobs[r].st) fail_msg("rank %d: %s", r, jobs[r].err.msg);
+        assert_close(jobs[r].got, want, NCCL_N, 1e-6, "nccl all-reduce");
+        free(jobs[r].got);
+    }
+    cv_comm_destroy(comm);
+    for (int r = 0; r < n; r++) cv_backend_destroy(bes[r]);
+    free(x), free(want);
+}
+
 /* ---- without a GPU ---- */
 
 static void test_refuses_without_device(void **state) {
@@ -381,6 +449,7 @@ int main(void) {
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_error_surfaces_at_synchronize),
+        cmocka_unit_test(test_nccl_allreduce),
     };
     int failed = cmocka_run_group_tests_name("cuda_ops", tests, NULL, NULL);
     cv_backend_destroy(g_gpu);
