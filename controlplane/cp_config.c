@@ -120,7 +120,7 @@ static cv_status field(const char *key, json_t *v, cv_cp_config *cfg, cv_error *
     if (strcmp(key, "defaults") == 0) {
         if (!json_is_object(v)) return cv_errorf(err, CV_EFORMAT, "\"defaults\" must be an object");
         cv_status st = cv_rollout_spec_fields(v, &cfg->defaults, err);
-        return st ? cv_error_wrap(err, "defaults: ") : CV_OK;
+        return st ? cv_error_wrap(err, "defaults") : CV_OK;
     }
     return cv_errorf(err, CV_EFORMAT, "unknown key \"%s\"", key);
 }
@@ -142,7 +142,7 @@ cv_status cv_cp_config_parse(const char *text, size_t len, cv_cp_config *cfg, cv
     if (!st && (cfg->n_servers > 0) == (cfg->dns_name[0] != 0))
         st = cv_errorf(err, CV_EFORMAT, "exactly one of \"servers\" and \"dns\" is required");
     json_decref(o);
-    return st ? cv_error_wrap(err, "config: ") : CV_OK;
+    return st ? cv_error_wrap(err, "config") : CV_OK;
 }
 
 cv_status cv_cp_config_load(const char *path, cv_cp_config *cfg, cv_error *err) {

@@ -168,7 +168,7 @@ cv_status cv_rollout_spec_parse(const char *text, size_t len, const cv_rollout_s
                                 cv_rollout_spec *out, cv_error *err) {
     json_t *o;
     cv_status st = parse_object(text, len, &o, err);
-    if (st) return cv_error_wrap(err, "rollout: ");
+    if (st) return cv_error_wrap(err, "rollout");
     *out = *defaults;
     st = spec_fields(o, out, err);
     json_decref(o);
@@ -178,7 +178,7 @@ cv_status cv_rollout_spec_parse(const char *text, size_t len, const cv_rollout_s
     }
     if (!st && (!out->id[0] || !out->target[0]))
         st = cv_errorf(err, CV_EFORMAT, "\"id\" and \"target\" are required");
-    return st ? cv_error_wrap(err, "rollout: ") : CV_OK;
+    return st ? cv_error_wrap(err, "rollout") : CV_OK;
 }
 
 cv_status cv_rollout_spec_fields(json_t *o, cv_rollout_spec *s, cv_error *err) {
@@ -199,7 +199,7 @@ cv_status cv_rollout_status_parse(const char *text, size_t len, cv_rollout_statu
                                   cv_error *err) {
     json_t *o;
     cv_status st = parse_object(text, len, &o, err);
-    if (st) return cv_error_wrap(err, "status: ");
+    if (st) return cv_error_wrap(err, "status");
     memset(out, 0, sizeof *out);
     int64_t traffic = 0, step = 0, fails = 0;
     if ((st = get_str(o, "id", out->id, sizeof out->id, false, err)) ||
@@ -240,7 +240,7 @@ cv_status cv_rollout_status_parse(const char *text, size_t len, cv_rollout_statu
     }
 done:
     json_decref(o);
-    return st ? cv_error_wrap(err, "status: ") : CV_OK;
+    return st ? cv_error_wrap(err, "status") : CV_OK;
 }
 
 char *cv_rollout_status_json(const cv_rollout_status *st) {
