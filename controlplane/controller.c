@@ -352,7 +352,8 @@ cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop
                                .shift_ms = cfg->shift_deadline_s * 1000LL,
                                .observe_ms = cfg->observe_deadline_s * 1000LL,
                                .unmeasurable_ms = cfg->unmeasurable_deadline_s * 1000LL,
-                               .keep_previous_ms = cfg->keep_previous_s * 1000LL}};
+                               .keep_previous_ms = cfg->keep_previous_s * 1000LL,
+                               .judge_ms = cfg->poll_ms}};
     cv_etcd_watch *watch = NULL;
     char models_prefix[160];
     snprintf(models_prefix, sizeof models_prefix, "%s/models/", cfg->prefix);

@@ -214,7 +214,8 @@ cv_status cv_rollout_status_parse(const char *text, size_t len, cv_rollout_statu
         (st = get_int(o, "consecutive_failures", 0, 1e6, &fails, err)) ||
         (st = get_int(o, "phase_since_ms", 0, 9e15, &out->phase_since_ms, err)) ||
         (st = get_int(o, "step_since_ms", 0, 9e15, &out->step_since_ms, err)) ||
-        (st = get_int(o, "unmeasurable_since_ms", 0, 9e15, &out->unmeasurable_since_ms, err)))
+        (st = get_int(o, "unmeasurable_since_ms", 0, 9e15, &out->unmeasurable_since_ms, err)) ||
+        (st = get_int(o, "judged_ms", 0, 9e15, &out->judged_ms, err)))
         goto done;
     out->traffic = (int)traffic;
     out->step = (int)step;
@@ -250,12 +251,13 @@ char *cv_rollout_status_json(const cv_rollout_status *st) {
                                            "phase", cv_rollout_phase_name(st->history[i].phase),
                                            "message", st->history[i].message));
     json_t *o = json_pack(
-        "{sssssssssssssisisisIsIsIssso}", "id", st->id, "phase", cv_rollout_phase_name(st->phase),
+        "{sssssssssssssisisisIsIsIsIssso}", "id", st->id, "phase", cv_rollout_phase_name(st->phase),
         "paused_from", cv_rollout_phase_name(st->paused_from), "active", st->active, "candidate",
         st->candidate, "previous", st->previous, "traffic", st->traffic, "step", st->step,
         "consecutive_failures", st->consecutive_failures, "phase_since_ms",
         (json_int_t)st->phase_since_ms, "step_since_ms", (json_int_t)st->step_since_ms,
-        "unmeasurable_since_ms", (json_int_t)st->unmeasurable_since_ms, "message", st->message,
+        "unmeasurable_since_ms", (json_int_t)st->unmeasurable_since_ms, "judged_ms",
+        (json_int_t)st->judged_ms, "message", st->message,
         "history", h);
     if (!o) return NULL;
     char *s = json_dumps(o, JSON_COMPACT | JSON_SORT_KEYS);
@@ -401,7 +403,11 @@ static void step_observing(const cv_rollout_spec *spec, const cv_rollout_limits 
         return;
     }
     if (!a) return;
+    bool counts = now - st->judged_ms >= lim->judge_ms;
+    if (counts && (a->verdict == CV_VERDICT_FAIL || a->verdict == CV_VERDICT_PASS))
+        st->judged_ms = now;
     if (a->verdict == CV_VERDICT_FAIL) {
+        if (!counts) return;
         st->consecutive_failures++;
         snprintf(st->message, sizeof st->message, "%s (%d of %d)", a->message,
                  st->consecutive_failures, spec->failure_limit);

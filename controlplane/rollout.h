@@ -78,6 +78,7 @@ typedef struct cv_rollout_status {
     int step;
     int consecutive_failures;
     int64_t phase_since_ms, step_since_ms, unmeasurable_since_ms;
+    int64_t judged_ms; /* when the last judgement counted */
     char message[512]; /* why the last decision was taken */
     cv_rollout_event history[CV_ROLLOUT_HISTORY]; /* oldest first */
     size_t n_history;
@@ -114,6 +115,9 @@ typedef struct cv_rollout_obs {
 typedef struct cv_rollout_limits {
     int64_t stage_ms, shift_ms, observe_ms, unmeasurable_ms;
     int64_t keep_previous_ms;
+    /* Judgements closer than this count once: reconciles also run on every etcd
+     * event, and a failure limit must span that many poll intervals, not a burst. */
+    int64_t judge_ms;
 } cv_rollout_limits;
 
 typedef struct cv_rollout_desired {

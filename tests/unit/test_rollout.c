@@ -12,7 +12,8 @@
 
 static cv_test_rng rng;
 static const cv_rollout_limits lim = {.stage_ms = 10000, .shift_ms = 5000, .observe_ms = 20000,
-                                      .unmeasurable_ms = 3000, .keep_previous_ms = 1000};
+                                      .unmeasurable_ms = 3000, .keep_previous_ms = 1000,
+                                      .judge_ms = 100};
 
 /* A two-server world the tests move by hand. */
 typedef struct world {
@@ -204,7 +205,12 @@ static void test_consecutive_failures(void **state) {
     step(&w, 100);
     assert_int_equal(w.st.consecutive_failures, 0);
     judge(&w, CV_VERDICT_FAIL);
-    for (int i = 0; i < w.spec.failure_limit; i++) step(&w, 100);
+    /* A burst of reconciles (etcd events) within one judge interval counts once. */
+    step(&w, 100);
+    for (int i = 0; i < 10; i++) step(&w, 1);
+    assert_int_equal(w.st.phase, CV_PHASE_OBSERVING);
+    assert_int_equal(w.st.consecutive_failures, 1);
+    for (int i = 1; i < w.spec.failure_limit; i++) step(&w, 100);
     assert_int_equal(w.st.phase, CV_PHASE_ROLLING_BACK);
     assert_non_null(strstr(w.st.message, "verdict fail"));
     assert_int_equal(w.st.traffic, 0);
@@ -356,6 +362,7 @@ static void test_status_json_round_trip(void **state) {
         a.traffic = (int)(cv_test_rng_next(&rng) % 101);
         a.step = (int)(cv_test_rng_next(&rng) % CV_ROLLOUT_MAX_STEPS);
         a.phase_since_ms = (int64_t)(cv_test_rng_next(&rng) % 4000000000000ULL);
+        a.judged_ms = (int64_t)(cv_test_rng_next(&rng) % 4000000000000ULL);
         random_name(a.message, sizeof a.message);
         a.n_history = cv_test_rng_next(&rng) % (CV_ROLLOUT_HISTORY + 1);
         for (size_t i = 0; i < a.n_history; i++) {
