@@ -24,7 +24,7 @@ typedef struct controller {
     cv_rollout_limits limits;
     /* Smoke prompts already passed: "rollout id/version@addr" (leader-local memory). */
     char smoked[SMOKE_MEMO][384];
-    size_t n_smoked;
+    size_t n_smoked, next_smoked; /* entries held; the ring slot written next */
 } controller;
 
 /* The keys of one model within a range of <prefix>/models/. */
@@ -118,7 +118,7 @@ static const char *serving_version(cv_fleet *f) {
     return best;
 }
 
-static bool smoked(controller *c, const char *key) {
+static bool smoke_passed_before(controller *c, const char *key) {
     for (size_t i = 0; i < c->n_smoked; i++)
         if (strcmp(c->smoked[i], key) == 0) return true;
     return false;
@@ -129,7 +129,7 @@ static int smoke(controller *c, cv_fleet_server *s, const cv_rollout_status *st,
                  size_t cap) {
     char key[384];
     snprintf(key, sizeof key, "%.60s/%.127s@%.180s", st->id, st->candidate, s->addr);
-    if (smoked(c, key)) return 1;
+    if (smoke_passed_before(c, key)) return 1;
     corvid_generate_params p = {.prompt = c->cfg->smoke_prompt, .model_version = st->candidate};
     p.sampling.max_tokens = (uint32_t)c->cfg->smoke_tokens;
     corvid_stream *stream;
@@ -146,8 +146,9 @@ static int smoke(controller *c, cv_fleet_server *s, const cv_rollout_status *st,
                  rc < 0 ? ce.message : "the stream ended empty");
         return -1;
     }
-    snprintf(c->smoked[c->n_smoked++ % SMOKE_MEMO], sizeof c->smoked[0], "%s", key);
-    if (c->n_smoked > SMOKE_MEMO) c->n_smoked = SMOKE_MEMO;
+    snprintf(c->smoked[c->next_smoked], sizeof c->smoked[0], "%s", key);
+    c->next_smoked = (c->next_smoked + 1) % SMOKE_MEMO;
+    if (c->n_smoked < SMOKE_MEMO) c->n_smoked++;
     return 1;
 }
 

@@ -9,6 +9,10 @@
  * the weighted versions are ready there; unloads). Followers only watch.
  * The status is written before servers are touched, so a new leader acts on the
  * same intent. A failed etcd or server call is retried on the next tick.
+ * Server calls cannot carry the etcd fence: a leader whose lease is lost keeps acting
+ * until the election notices (at most 2/3 of the TTL after its last renewal), and
+ * its status writes are refused by etcd from the moment the key is gone.
+ * Probes ask GetStatus for the longest rollout window, rounded up to whole seconds.
  */
 #ifndef CV_CONTROLLER_H
 #define CV_CONTROLLER_H
