@@ -7,7 +7,8 @@
  * BF16, F32 weights F32) and call cublasGemmEx with FP32 accumulation. Every CUDA and
  * cuBLAS call is checked; an op that fails records the first error (file, line, call,
  * CUDA's error string) and synchronize reports it. The KV pools, block tables and
- * attention rows an op reads must be device memory of this backend.
+ * attention rows an op reads must be device memory of this backend. Any thread may
+ * drive a backend: each call makes its device current for the calling thread.
  *
  * Built only with `make CUDA=1` (CV_CUDA defined); otherwise these functions exist as
  * inline stubs that report "this build has no CUDA", so callers need no #ifdef.

@@ -29,6 +29,10 @@ static cv_status nccl_allreduce_sum(cv_comm *c, int rank, float *buf, int64_t n,
     if (rank < 0 || rank >= c->size)
         return cv_errorf(err, CV_EINVAL, "nccl: rank %d outside 0..%d", rank, c->size - 1);
     cuda_backend *cb = nc->ranks[rank];
+    cudaError_t dev = cudaSetDevice(cb->device);
+    if (dev != cudaSuccess)
+        return cv_errorf(err, CV_EIO, "nccl: cudaSetDevice(%d) for rank %d: %s", cb->device, rank,
+                         cudaGetErrorString(dev));
     ncclResult_t rc = ncclAllReduce(buf, buf, (size_t)n, ncclFloat, ncclSum, nc->comms[rank], cb->stream);
     if (rc != ncclSuccess)
         return cv_errorf(err, CV_EIO, "nccl: ncclAllReduce of %lld floats on rank %d (device %d): %s", (long long)n,

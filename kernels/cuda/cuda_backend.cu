@@ -6,7 +6,14 @@
 
 #include "cuda_internal.h"
 
-static cuda_backend *cuda(cv_backend *be) { return (cuda_backend *)be; }
+/* Every entry point makes the backend's device current for the calling thread, so a
+ * backend may be driven from any thread (a tensor-parallel rank's, say), not only the
+ * one that created it. */
+static cuda_backend *cuda(cv_backend *be) {
+    cuda_backend *cb = (cuda_backend *)be;
+    CUDA_CHECK(cb, cudaSetDevice(cb->device));
+    return cb;
+}
 
 int cv_cuda_fail(cuda_backend *cb, const char *file, int line, const char *call, const char *what) {
     if (!cb->failed) {
@@ -188,8 +195,7 @@ static void op_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_la
 }
 
 static void cuda_destroy(cv_backend *be) {
-    cuda_backend *cb = cuda(be);
-    if (!cb) return;
+    cuda_backend *cb = (cuda_backend *)be;
     cudaSetDevice(cb->device);
     if (cb->stream) cudaStreamSynchronize(cb->stream);
     cudaFree(cb->gemm_w);
