@@ -93,6 +93,20 @@ static void sampling_to_proto(const corvid_sampling *s, Corvid__V1__SamplingPara
 
 static char *str_or_empty(const char *s) { return (char *)(s ? s : ""); }
 
+/* NULL when RAG is off; borrows from o like sampling_to_proto. */
+static Corvid__V1__RagOptions *rag_to_proto(const corvid_rag_options *o, Corvid__V1__RagOptions *p) {
+    if (!o->enable) return NULL;
+    corvid__v1__rag_options__init(p);
+    p->enable = 1;
+    p->knowledge_base = str_or_empty(o->knowledge_base);
+    p->top_k = o->top_k;
+    p->min_score = o->min_score;
+    p->n_sources = o->n_sources;
+    p->sources = (char **)o->sources;
+    p->policy = str_or_empty(o->policy);
+    return p;
+}
+
 static int open_stream(corvid_client *c, const char *method, const ProtobufCMessage *m,
                        corvid_stream **out, corvid_error *err) {
     corvid_stream *s = calloc(1, sizeof *s);
@@ -117,6 +131,8 @@ int corvid_generate(corvid_client *c, const corvid_generate_params *p, corvid_st
     r.request_id = str_or_empty(p->request_id);
     r.raw = p->raw;
     r.sampling = &sp;
+    Corvid__V1__RagOptions rag;
+    r.rag = rag_to_proto(&p->rag, &rag);
     return open_stream(c, "/corvid.v1.Inference/Generate", &r.base, out, err);
 }
 
@@ -145,6 +161,8 @@ int corvid_chat(corvid_client *c, const corvid_chat_params *p, corvid_stream **o
     r.request_id = str_or_empty(p->request_id);
     r.chat_template = str_or_empty(p->chat_template);
     r.sampling = &sp;
+    Corvid__V1__RagOptions rag;
+    r.rag = rag_to_proto(&p->rag, &rag);
     int rc = open_stream(c, "/corvid.v1.Inference/Chat", &r.base, out, err);
     free(msgs);
     free(ptrs);

@@ -44,6 +44,14 @@ static const key_spec keys[] = {
     STR("tls_client_ca", "--tls-client-ca", tls_client_ca),
     STR("health_listen", "--health-listen", health_listen),
     NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24),
+    STR("rag_knowledge_bases", "--rag-kb", rag_knowledge_bases),
+    STR("rag_sources", "--rag-sources", rag_sources),
+    NUM("rag_top_k", "--rag-top-k", K_INT, rag_top_k, 1, 20),
+    NUM("rag_min_score", "--rag-min-score", K_DOUBLE, rag_min_score, 0, 1e6),
+    STR("rag_policy", "--rag-policy", rag_policy),
+    STR("rag_default_answer", "--rag-default-answer", rag_default_answer),
+    STR("rag_default_answer_zh", "--rag-default-answer-zh", rag_default_answer_zh),
+    NUM("rag_max_context_tokens", "--rag-max-context-tokens", K_INT, rag_max_context_tokens, 16, 1 << 20),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -59,6 +67,12 @@ void cv_config_defaults(cv_config *c) {
     c->max_tokens_default = 256;
     c->drain_timeout_s = 30;
     c->max_download_mb = 64 << 10;
+    c->rag_top_k = 4;
+    c->rag_min_score = 1.0;
+    strcpy(c->rag_policy, "refuse");
+    strcpy(c->rag_default_answer, "No relevant data found.");
+    strcpy(c->rag_default_answer_zh, "未找到相关数据。");
+    c->rag_max_context_tokens = 1024;
 }
 
 static cv_status set_str(cv_config *c, const key_spec *k, const char *where, const char *v,
@@ -186,6 +200,8 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
     if (c->health_listen[0] && !c->tls_cert[0])
         return cv_errorf(err, CV_EINVAL, "health_listen is the plaintext probe port beside a TLS listen: "
                          "without TLS, probe the listen address");
+    if (strcmp(c->rag_policy, "refuse") != 0 && strcmp(c->rag_policy, "answer") != 0)
+        return cv_errorf(err, CV_EINVAL, "rag_policy: \"%s\" is neither refuse nor answer", c->rag_policy);
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
     return CV_OK;

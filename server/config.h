@@ -31,6 +31,15 @@ typedef struct cv_config {
     char health_listen[256];   /* with TLS: plaintext port serving only grpc.health.v1 */
     char model_cache_dir[1024];/* where Admin.LoadModel downloads URLs; "" = downloads refused */
     double max_download_mb;    /* largest model file a download may bring */
+    /* RAG (rag_service.h); on when a knowledge base or a sources file is set */
+    char rag_knowledge_bases[4096]; /* "NAME=PATH[,NAME=PATH...]", the first is the default */
+    char rag_sources[1024];    /* live sources config file (rag_sources.h) */
+    int rag_top_k;             /* chunks retrieved when a request says 0 */
+    double rag_min_score;      /* BM25 score a chunk must reach when a request says 0 */
+    char rag_policy[16];       /* "refuse" or "answer" */
+    char rag_default_answer[512];    /* below the threshold, non-CJK questions */
+    char rag_default_answer_zh[512]; /* below the threshold, CJK questions */
+    int rag_max_context_tokens;      /* retrieved context budget, model tokens */
 } cv_config;
 
 void cv_config_defaults(cv_config *c);

@@ -10,10 +10,16 @@
 #include <unistd.h>
 
 #include "corvid/v1/inference.pb-c.h"
+#include "rag_service.h"
+
+/* Retrievals running at once (each on its own thread: live sources block). */
+#define MAX_RAG_JOBS 64
 
 struct cv_infer {
     cv_router *router;
     atomic_int in_flight;
+    cv_rag_service *rag;     /* NULL: requests asking for RAG get FAILED_PRECONDITION */
+    atomic_int rag_jobs;
 };
 
 /* ---- one response stream ---- */
@@ -36,6 +42,10 @@ typedef struct gen_stream {
     cv_rpc_code fail_code;   /* the request was refused at submit: only a status goes out */
     int client_gone;         /* cancelled, disconnected or past its deadline */
     int have_final, final_sent;
+    uint8_t *context_msg;    /* the RAG Context message, sent before anything else */
+    size_t context_len;
+    uint32_t context_tokens;
+    int default_answer;      /* the configured answer went out instead of the model's */
     cv_engine_final final;
     char stop_string[256];
     char error[512];
@@ -49,6 +59,7 @@ static void stream_free(gen_stream *g) {
     free(g->text);
     free(g->ids);
     free(g->samples);
+    free(g->context_msg);
     free(g);
 }
 
@@ -198,6 +209,7 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
     Corvid__V1__Usage usage = CORVID__V1__USAGE__INIT;
     usage.prompt_tokens = (uint32_t)g->final.prompt_tokens;
     usage.completion_tokens = (uint32_t)g->final.completion_tokens;
+    usage.context_tokens = g->context_tokens;
     Corvid__V1__Final fin = CORVID__V1__FINAL__INIT;
     fin.finish_reason = reasons[g->final.reason];
     fin.usage = &usage;
@@ -208,6 +220,7 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
     fin.request_id = g->request_id;
     fin.seed = g->seed;
     fin.stop_string = g->stop_string;
+    fin.default_answer = g->default_answer;
     Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
     r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_FINAL;
     r.final = &fin;
@@ -224,6 +237,12 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
         *code = g->fail_code;
         *status_msg = g->error;
         p = CV_RPC_FINISH;
+    } else if (g->context_msg) {
+        *msg = g->context_msg;
+        *len = g->context_len;
+        g->context_msg = NULL;
+        *more = 1;
+        p = CV_RPC_MESSAGE;
     } else if (g->overflow) {
         /* Wait for the engine's final (it was cancelled) before ending the call. */
         if (g->have_final) {
@@ -395,14 +414,13 @@ static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, i
     return st;
 }
 
-/* Submits a tokenized prompt and turns the call into the response stream. */
-static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
-                         const Corvid__V1__SamplingParams *sp, const char *request_id) {
-    cv_error err = {0};
+/* Turns the call into a response stream that waits for output; NULL after answering
+ * the error. */
+static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
     gen_stream *g = calloc(1, sizeof *g);
     if (!g) {
         refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
-        return;
+        return NULL;
     }
     pthread_mutex_init(&g->mu, NULL);
     g->inf = inf;
@@ -410,7 +428,25 @@ static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const 
     g->call = call;
     g->engine = slot->engine;
     snprintf(g->request_id, sizeof g->request_id, "%s", request_id ? request_id : "");
+    atomic_fetch_add(&inf->in_flight, 1);
+    cv_rpc_stream_start(call, &gen_ops, g);
+    return g;
+}
 
+/* Ends an open stream with an error status before anything was sent. */
+static void stream_fail(gen_stream *g, cv_rpc_code code, const char *msg) {
+    pthread_mutex_lock(&g->mu);
+    snprintf(g->error, sizeof g->error, "%s", msg);
+    g->fail_code = code;
+    pthread_mutex_unlock(&g->mu);
+    cv_rpc_stream_wake(g->call);
+    cv_rpc_call_release(g->call);
+}
+
+/* Submits a tokenized prompt to the engine, whose sink feeds the open stream. */
+static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
+                          const Corvid__V1__SamplingParams *sp) {
+    cv_error err = {0};
     cv_engine_request r = {.prompt = prompt, .n_prompt = (int32_t)n_prompt};
     sampling_from_proto(sp, &r.sampling, &r.max_tokens, &r.ignore_eos, &g->seed);
     g->want_samples = r.sampling.logprobs;
@@ -419,23 +455,219 @@ static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const 
         r.n_stop = (int32_t)sp->n_stop;
     }
     cv_engine_sink sink = {sink_chunk, sink_final, g};
-    /* The stream must exist before the engine can call the sink. */
-    atomic_fetch_add(&inf->in_flight, 1);
-    cv_rpc_stream_start(call, &gen_ops, g);
     pthread_mutex_lock(&g->mu);
     cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
     int gone = g->client_gone;
     pthread_mutex_unlock(&g->mu);
     if (st == CV_OK && gone) cv_engine_cancel(g->engine, g->engine_id);
-    if (st != CV_OK) {
-        /* Nothing was queued: the submit error becomes the call's status. */
-        pthread_mutex_lock(&g->mu);
-        snprintf(g->error, sizeof g->error, "%s", err.msg);
-        g->fail_code = code_of(st);
-        pthread_mutex_unlock(&g->mu);
-        cv_rpc_stream_wake(call);
-        cv_rpc_call_release(call);
+    /* Nothing was queued: the submit error becomes the call's status. */
+    if (st != CV_OK) stream_fail(g, code_of(st), err.msg);
+}
+
+static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
+                         const Corvid__V1__SamplingParams *sp, const char *request_id) {
+    gen_stream *g = stream_open(inf, slot, call, request_id);
+    if (g) stream_submit(g, prompt, n_prompt, sp);
+}
+
+/* ---- retrieval-augmented requests ---- */
+
+/* One RAG request between its handler and its engine submit, on its own thread. */
+typedef struct rag_job {
+    gen_stream *g;
+    Corvid__V1__GenerateRequest *gen; /* exactly one of gen / chat */
+    Corvid__V1__ChatRequest *chat;
+    cv_chat_family fam;
+    double t0;
+} rag_job;
+
+static size_t count_tokens(void *user, const char *text, size_t len) {
+    int32_t *ids = malloc(sizeof *ids * (len + 3));
+    size_t n = 0;
+    /* Out of memory counts as too long: the passage is left out. */
+    if (!ids || cv_tok_encode(user, text, len, 0, ids, len + 3, &n, NULL) != CV_OK) n = (size_t)-1 / 2;
+    free(ids);
+    return n;
+}
+
+/* The Context message listing the kept passages in citation order. */
+static cv_status pack_context(gen_stream *g, const cv_rag_outcome *o) {
+    size_t n = o->ctx.n_kept;
+    Corvid__V1__Citation *c = calloc(n, sizeof *c);
+    Corvid__V1__Citation **cp = calloc(n, sizeof *cp);
+    cv_status st = CV_ENOMEM;
+    if (!c || !cp) goto out;
+    for (size_t i = 0; i < n; i++) {
+        const cv_rag_passage *p = &o->passages[o->ctx.kept[i]];
+        corvid__v1__citation__init(&c[i]);
+        c[i].source = (char *)p->source;
+        c[i].document_id = (char *)p->doc_id;
+        c[i].title = (char *)p->title;
+        c[i].url = (char *)p->url;
+        c[i].score = p->score;
+        cp[i] = &c[i];
     }
+    Corvid__V1__Context ctx = CORVID__V1__CONTEXT__INIT;
+    ctx.n_citations = n;
+    ctx.citations = cp;
+    Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
+    r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_CONTEXT;
+    r.context = &ctx;
+    g->context_msg = pack_response(&r, &g->context_len);
+    if (g->context_msg) st = CV_OK;
+out:
+    free(c);
+    free(cp);
+    return st;
+}
+
+/* Streams the configured answer as one chunk and a Final, without the model. */
+static void stream_default_answer(gen_stream *g, const char *answer, double t0) {
+    size_t len = strlen(answer);
+    pthread_mutex_lock(&g->mu);
+    if (grow((void **)&g->text, &g->text_cap, len + 1, 1) == 0) {
+        memcpy(g->text, answer, len);
+        g->text_len = len;
+        g->final.reason = CV_FINISH_STOP;
+    } else {
+        snprintf(g->error, sizeof g->error, "out of memory");
+        g->final.reason = CV_FINISH_ERROR;
+    }
+    g->final.total_s = mono_s() - t0;
+    g->default_answer = 1;
+    g->have_final = 1;
+    pthread_mutex_unlock(&g->mu);
+    cv_rpc_stream_wake(g->call);
+    cv_rpc_call_release(g->call);
+}
+
+/* The prompt text with the retrieved context (see rag_prompt.h for the templates). */
+static cv_status rag_prompt(const rag_job *j, const cv_rag_outcome *o, const char *question, char **out,
+                            cv_error *err) {
+    if (j->gen) {
+        *out = cv_rag_prompt_generate(&o->ctx, question);
+        return *out ? CV_OK : cv_errorf(err, CV_ENOMEM, "out of memory");
+    }
+    Corvid__V1__ChatRequest *r = j->chat;
+    char *sys = NULL, *merged = NULL;
+    cv_chat_msg *msgs = calloc(r->n_messages + 1, sizeof *msgs);
+    cv_status st = CV_ENOMEM;
+    size_t n = 0, i = 0;
+    if (!msgs || !(sys = cv_rag_prompt_system(&o->ctx))) goto out;
+    if (r->n_messages && !strcmp(r->messages[0]->role, "system")) {
+        size_t a = strlen(sys), b = strlen(r->messages[0]->content);
+        if (!(merged = malloc(a + b + 3))) goto out;
+        memcpy(merged, r->messages[0]->content, b);
+        memcpy(merged + b, "\n\n", 2);
+        memcpy(merged + b + 2, sys, a + 1);
+        msgs[n++] = (cv_chat_msg){"system", merged};
+        i = 1;
+    } else {
+        msgs[n++] = (cv_chat_msg){"system", sys};
+    }
+    for (; i < r->n_messages; i++) msgs[n++] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
+    st = cv_chat_apply(j->fam, msgs, n, true, out, err);
+out:
+    if (st == CV_ENOMEM) cv_errorf(err, st, "out of memory");
+    free(sys);
+    free(merged);
+    free(msgs);
+    return st;
+}
+
+static void *rag_thread(void *arg) {
+    rag_job *j = arg;
+    gen_stream *g = j->g;
+    cv_infer *inf = g->inf;
+    const Corvid__V1__RagOptions *ro = j->gen ? j->gen->rag : j->chat->rag;
+    const char *question = j->gen ? j->gen->prompt : "";
+    for (size_t i = 0; j->chat && i < j->chat->n_messages; i++)
+        if (!strcmp(j->chat->messages[i]->role, "user")) question = j->chat->messages[i]->content;
+    /* A quarter of the model's context at most: the question and the answer need room. */
+    cv_rag_query q = {question, ro->knowledge_base, ro->top_k, ro->min_score,
+                      (const char *const *)ro->sources, ro->n_sources, ro->policy,
+                      (size_t)cv_engine_n_ctx(g->engine) / 4};
+    cv_rag_outcome o;
+    cv_error err = {0};
+    char *prompt = NULL;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cv_status st = cv_rag_service_run(inf->rag, &q, count_tokens, g->slot->tok, &o, &err);
+    if (st != CV_OK) {
+        stream_fail(g, code_of(st), err.msg);
+        goto out;
+    }
+    fprintf(stderr,
+            "{\"msg\":\"rag\",\"request_id\":\"%s\",\"index_ms\":%.3f,\"sources_ms\":%.3f,"
+            "\"passages\":%zu,\"cited\":%zu,\"context_tokens\":%zu,\"default_answer\":%s}\n",
+            g->request_id, o.index_ms, o.sources_ms, o.n_passages, o.ctx.n_kept, o.ctx.tokens,
+            o.default_answer ? "true" : "false");
+    if (o.default_answer) {
+        stream_default_answer(g, o.default_answer, j->t0);
+    } else if (o.ctx.n_kept && pack_context(g, &o) != CV_OK) {
+        stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    } else {
+        g->context_tokens = (uint32_t)o.ctx.tokens;
+        unsigned flags = j->chat ? CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL
+                                 : (j->gen->raw ? 0 : CV_TOK_ADD_SPECIAL);
+        if ((st = rag_prompt(j, &o, question, &prompt, &err)) != CV_OK ||
+            (st = tokenize(g->slot->tok, prompt, flags, &ids, &n, &err)) != CV_OK)
+            stream_fail(g, code_of(st), err.msg);
+        else
+            stream_submit(g, ids, n, j->gen ? j->gen->sampling : j->chat->sampling);
+    }
+    cv_rag_outcome_free(&o);
+out:
+    free(prompt);
+    free(ids);
+    if (j->gen) corvid__v1__generate_request__free_unpacked(j->gen, NULL);
+    if (j->chat) corvid__v1__chat_request__free_unpacked(j->chat, NULL);
+    free(j);
+    atomic_fetch_sub(&inf->rag_jobs, 1);
+    return NULL;
+}
+
+/* Takes the request over (it is freed by the job) and answers through a stream once
+ * retrieval is done. Returns 0 when the job owns the request. */
+static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, rag_job *proto) {
+    if (!inf->rag) {
+        refuse(inf, slot, call, CV_RPC_FAILED_PRECONDITION,
+               "rag: this server has no knowledge base or live source configured "
+               "(rag_knowledge_bases, rag_sources)");
+        return -1;
+    }
+    if (atomic_fetch_add(&inf->rag_jobs, 1) >= MAX_RAG_JOBS) {
+        atomic_fetch_sub(&inf->rag_jobs, 1);
+        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "rag: 64 retrievals are running already");
+        return -1;
+    }
+    rag_job *j = malloc(sizeof *j);
+    if (!j) {
+        atomic_fetch_sub(&inf->rag_jobs, 1);
+        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    *j = *proto;
+    j->t0 = mono_s();
+    j->g = stream_open(inf, slot, call, j->gen ? j->gen->request_id : j->chat->request_id);
+    if (!j->g) {
+        free(j);
+        atomic_fetch_sub(&inf->rag_jobs, 1);
+        return -1;
+    }
+    pthread_attr_t attr;
+    pthread_t th;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&th, &attr, rag_thread, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        stream_fail(j->g, CV_RPC_RESOURCE_EXHAUSTED, "rag: cannot start a retrieval thread");
+        free(j);
+        atomic_fetch_sub(&inf->rag_jobs, 1);
+        return -1;
+    }
+    return 0;
 }
 
 static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
@@ -455,7 +687,7 @@ static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
         goto out;
     }
     if (r->rag && r->rag->enable) {
-        refuse(inf, slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
+        if (rag_start(inf, slot, call, &(rag_job){.gen = r}) == 0) r = NULL;
         goto out;
     }
     cv_status st = tokenize(slot->tok, r->prompt, r->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
@@ -466,7 +698,7 @@ static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
 out:
     free(ids);
-    corvid__v1__generate_request__free_unpacked(r, NULL);
+    if (r) corvid__v1__generate_request__free_unpacked(r, NULL);
 }
 
 static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
@@ -483,10 +715,6 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
     if (!slot || injected_fault(inf, slot, call)) goto out;
-    if (r->rag && r->rag->enable) {
-        refuse(inf, slot, call, CV_RPC_UNIMPLEMENTED, "rag: retrieval is not available on this server yet");
-        goto out;
-    }
     cv_chat_family fam = slot->chat_family;
     if (r->chat_template[0]) {
         if (cv_chat_family_from_name(r->chat_template, &fam, &err) != CV_OK) {
@@ -497,6 +725,10 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
         refuse(inf, slot, call, CV_RPC_FAILED_PRECONDITION,
                "chat_template: the model's file names no known chat template; name one "
                "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+        goto out;
+    }
+    if (r->rag && r->rag->enable) {
+        if (rag_start(inf, slot, call, &(rag_job){.chat = r, .fam = fam}) == 0) r = NULL;
         goto out;
     }
     msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
@@ -517,7 +749,7 @@ out:
     free(ids);
     free(prompt);
     free(msgs);
-    corvid__v1__chat_request__free_unpacked(r, NULL);
+    if (r) corvid__v1__chat_request__free_unpacked(r, NULL);
 }
 
 static void reply_packed(cv_rpc_call *call, const ProtobufCMessage *m) {
@@ -616,6 +848,7 @@ cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
     if (!inf) return cv_errorf(err, CV_ENOMEM, "inference service: out of memory");
     inf->router = router;
     atomic_init(&inf->in_flight, 0);
+    atomic_init(&inf->rag_jobs, 0);
     *out = inf;
     return CV_OK;
 }
@@ -636,6 +869,8 @@ cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err) {
     }
     return CV_OK;
 }
+
+void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) { inf->rag = rag; }
 
 int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
 

@@ -7,6 +7,10 @@
  * RESOURCE_EXHAUSTED so that memory per stream stays bounded. A client cancel, deadline
  * or disconnect cancels the engine request within one step.
  *
+ * With rag.enable the request's retrieval step runs on a thread of its own (live sources
+ * block); its stream starts with a Context message listing the citations, or carries
+ * the configured default answer with no model run (Final.default_answer).
+ *
  * Mid-stream failures send a Final with FINISH_REASON_ERROR and the message, then the
  * gRPC status INTERNAL, so both stream readers and status counters see them.
  */
@@ -14,6 +18,7 @@
 #define CV_INFERENCE_SERVICE_H
 
 #include "rpc_server.h"
+#include "rag_service.h"
 #include "router.h"
 
 #define CV_INFER_MAX_PENDING (1u << 20)
@@ -23,6 +28,9 @@ typedef struct cv_infer cv_infer;
 /* Requests are routed by the router, which must outlive the service's streams. */
 cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err);
 cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err);
+/* Retrieval for requests with rag.enable (see rag_service.h); without one they get
+ * FAILED_PRECONDITION. The service must outlive the streams (set before serving). */
+void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag);
 /* Streams not yet finished (what a drain waits for). */
 int cv_infer_in_flight(cv_infer *inf);
 /* After the rpc server and the slot's engine are gone. */

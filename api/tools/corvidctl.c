@@ -2,6 +2,8 @@
  *
  *   corvidctl generate -a ADDR -p TEXT [sampling flags] [--json]
  *   corvidctl chat -a ADDR -p TEXT [--system TEXT] [--message ROLE=TEXT]... [--json]
+ *   (generate and chat: --rag [--kb NAME] [--rag-top-k K] [--min-score S] [--source NAME]...
+ *    [--policy refuse|answer] prints the citations, a blank line, then the answer)
  *   corvidctl tokenize -a ADDR -p TEXT [--raw]
  *   corvidctl models -a ADDR
  *   corvidctl health -a ADDR [--service NAME]     exit 0 only when SERVING
@@ -38,6 +40,8 @@ typedef struct opts {
     const char *prompt, *system, *model, *version, *service, *chat_template;
     corvid_sampling sampling;
     const char *stop[MAX_STOP];
+    corvid_rag_options rag;
+    const char *sources[MAX_STOP];
     corvid_chat_message messages[MAX_MESSAGES];
     size_t n_messages;
     int json, raw;
@@ -59,6 +63,10 @@ static void usage(FILE *f) {
             "  --logprobs N             --model NAME  --model-version V  --template NAME\n"
             "  --json                   one JSON object at the end instead of streaming text\n"
             "  --raw                    no BOS/EOS (generate, tokenize)\n"
+            "  --rag                    ground the answer in the server's knowledge base and\n"
+            "                           sources; citations are printed first (generate, chat)\n"
+            "  --kb NAME  --rag-top-k K  --min-score S  --source NAME (repeatable)\n"
+            "  --policy refuse|answer   RAG options (each implies --rag)\n"
             "  --service NAME           health of one service (health)\n"
             "  --timeout SECONDS        per call deadline\n"
             "  --token TOKEN            bearer token (default: $CORVID_TOKEN)\n"
@@ -177,6 +185,20 @@ static int parse_args(int argc, char **argv, opts *o) {
             o->traffic_w[o->n_traffic++] = (uint32_t)w;
         }
         else if (!strcmp(a, "--ignore-eos")) o->sampling.ignore_eos = 1;
+        else if (!strcmp(a, "--rag")) o->rag.enable = 1;
+        else if (!strcmp(a, "--kb")) { NEED_VALUE(); o->rag.enable = 1; o->rag.knowledge_base = v; }
+        else if (!strcmp(a, "--rag-top-k")) { NUM(1, 1e6); o->rag.enable = 1; o->rag.top_k = (uint32_t)d; }
+        else if (!strcmp(a, "--min-score")) { NUM(0, 1e6); o->rag.enable = 1; o->rag.min_score = (float)d; }
+        else if (!strcmp(a, "--policy")) { NEED_VALUE(); o->rag.enable = 1; o->rag.policy = v; }
+        else if (!strcmp(a, "--source")) {
+            NEED_VALUE();
+            if (o->rag.n_sources == MAX_STOP) {
+                fprintf(stderr, "corvidctl: at most %d --source names\n", MAX_STOP);
+                return -1;
+            }
+            o->rag.enable = 1;
+            o->sources[o->rag.n_sources++] = v;
+        }
         else if (!strcmp(a, "--json")) o->json = 1;
         else if (!strcmp(a, "--raw")) o->raw = 1;
         else if (!strcmp(a, "--stop")) {
@@ -207,6 +229,7 @@ static int parse_args(int argc, char **argv, opts *o) {
 #undef NEED_VALUE
     }
     o->sampling.stop = o->stop;
+    o->rag.sources = o->sources;
     if (!o->client.addr) {
         fprintf(stderr, "corvidctl: -a HOST:PORT is required\n");
         return -1;
@@ -251,10 +274,12 @@ static int consume(corvid_stream *s, int json) {
                                                            "document_id", c->document_id, "title", c->title,
                                                            "url", c->url, "score", (double)c->score));
                 } else {
-                    fprintf(stderr, "[%zu] %s: %s (%s) score %.3f\n", i + 1, c->source, c->title,
-                            c->document_id, c->score);
+                    /* The numbers are the [n] tags the answer cites. */
+                    printf("[%zu] %s %s \"%s\" score %.3f%s%s\n", i + 1, c->source, c->document_id, c->title,
+                           c->score, c->url[0] ? " " : "", c->url);
                 }
             }
+            if (!json && ev.n_citations) printf("\n");
         } else if (ev.kind == CORVID_EVENT_FINAL) {
             fin = ev.final;
             snprintf(reason, sizeof reason, "%s", fin.finish_reason);
@@ -270,6 +295,8 @@ static int consume(corvid_stream *s, int json) {
                               (json_int_t)fin.completion_tokens);
         tokens = NULL;
         if (json_array_size(cites)) json_object_set(o, "citations", cites);
+        if (fin.context_tokens) json_object_set_new(o, "context_tokens", json_integer(fin.context_tokens));
+        if (fin.default_answer) json_object_set_new(o, "default_answer", json_true());
         char *out = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
         printf("%s\n", out);
         free(out);
@@ -404,7 +431,7 @@ int main(int argc, char **argv) {
         int r;
         if (!strcmp(o.cmd, "generate")) {
             corvid_generate_params p = {.prompt = o.prompt, .model = o.model, .model_version = o.version,
-                                        .sampling = o.sampling, .raw = o.raw};
+                                        .sampling = o.sampling, .raw = o.raw, .rag = o.rag};
             r = corvid_generate(c, &p, &s, &err);
         } else {
             corvid_chat_message msgs[MAX_MESSAGES + 2];
@@ -414,7 +441,7 @@ int main(int argc, char **argv) {
             msgs[n++] = (corvid_chat_message){"user", o.prompt};
             corvid_chat_params p = {.messages = msgs, .n_messages = n, .model = o.model,
                                     .model_version = o.version, .chat_template = o.chat_template,
-                                    .sampling = o.sampling};
+                                    .sampling = o.sampling, .rag = o.rag};
             r = corvid_chat(c, &p, &s, &err);
         }
         if (r != 0) {

@@ -21,6 +21,7 @@
 #include "http_endpoint.h"
 #include "inference_service.h"
 #include "metrics.h"
+#include "rag_service.h"
 #include "rpc_server.h"
 #include "router.h"
 #include "tls_files.h"
@@ -34,13 +35,33 @@ static void usage(void) {
             "                     [--model-version NAME] [--threads N] [--max-running N]\n"
             "                     [--max-waiting N] [--kv-memory-mb N] [--kv-block-tokens N]\n"
             "                     [--max-tokens-default N] [--drain-timeout SECONDS]\n"
-            "                     [--metrics-listen HOST:PORT] [--check-config]\n");
+            "                     [--metrics-listen HOST:PORT] [--check-config]\n"
+            "                     [--rag-kb NAME=PATH[,NAME=PATH...]] [--rag-sources FILE]\n"
+            "                     [--rag-top-k K] [--rag-min-score S] [--rag-policy refuse|answer]\n"
+            "                     [--rag-default-answer TEXT] [--rag-default-answer-zh TEXT]\n"
+            "                     [--rag-max-context-tokens N]\n");
 }
 
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Live-source audit lines go to the structured log on stderr. */
+static void rag_audit(void *user, const char *line) {
+    (void)user;
+    fprintf(stderr, "%s\n", line);
+}
+
+/* The knowledge bases and sources of the config, opened and checked; NULL when none. */
+static cv_status open_rag(const cv_config *c, cv_rag_service **out, cv_error *err) {
+    *out = NULL;
+    if (!c->rag_knowledge_bases[0] && !c->rag_sources[0]) return CV_OK;
+    cv_rag_settings s = {c->rag_knowledge_bases, c->rag_sources, (uint32_t)c->rag_top_k,
+                         (float)c->rag_min_score, c->rag_policy, c->rag_default_answer,
+                         c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, NULL};
+    return cv_rag_service_new(&s, out, err);
 }
 
 /* What the HTTP endpoint's thread reads while main changes it. */
@@ -94,7 +115,13 @@ int main(int argc, char **argv) {
         fprintf(stderr, "corvid-server: %s\n", err.msg);
         return 1;
     }
+    cv_rag_service *rag = NULL;
+    if (open_rag(&cfg, &rag, &err) != CV_OK) {
+        fprintf(stderr, "corvid-server: %s\n", err.msg);
+        return 1;
+    }
     if (check_only) {
+        cv_rag_service_free(rag);
         printf("config ok\n");
         return 0;
     }
@@ -152,6 +179,7 @@ int main(int argc, char **argv) {
     if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
         cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
+    cv_infer_set_rag(inf, rag);
     state.health = health;
     state.router = router;
     for (size_t i = 0; i < N_SERVICES; i++)
@@ -218,6 +246,7 @@ out:
     cv_rpc_server_free(srv);
     cv_admin_free(admin);
     cv_infer_free(inf);
+    cv_rag_service_free(rag);
     cv_router_free(router);
     cv_health_free(health);
     cv_tls_files_free(rcfg.tls);

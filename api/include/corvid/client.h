@@ -66,6 +66,21 @@ typedef struct corvid_sampling {
     int ignore_eos;
 } corvid_sampling;
 
+/* Retrieval-augmented generation: the server retrieves context from its knowledge base
+ * and live sources, streams the citations first (CORVID_EVENT_CONTEXT), and answers
+ * from the context, or sends its configured default answer without running the model
+ * (final.default_answer) when nothing relevant is found and the policy is "refuse".
+ * Zero / NULL fields take the server's defaults. */
+typedef struct corvid_rag_options {
+    int enable;
+    const char *knowledge_base;  /* by name; NULL: the server's default */
+    uint32_t top_k;              /* chunks retrieved (server limit 20) */
+    float min_score;             /* BM25 score a chunk must reach */
+    const char *const *sources;  /* live sources by name; none: all configured */
+    size_t n_sources;
+    const char *policy;          /* "refuse" or "answer" */
+} corvid_rag_options;
+
 typedef struct corvid_generate_params {
     const char *prompt;
     const char *model;           /* NULL: the server's */
@@ -73,6 +88,7 @@ typedef struct corvid_generate_params {
     const char *request_id;
     corvid_sampling sampling;
     int raw;                     /* no BOS/EOS added */
+    corvid_rag_options rag;
 } corvid_generate_params;
 
 typedef struct corvid_chat_message {
@@ -88,6 +104,7 @@ typedef struct corvid_chat_params {
     const char *request_id;
     const char *chat_template;   /* NULL: the model's */
     corvid_sampling sampling;
+    corvid_rag_options rag;      /* the question is the last user message */
 } corvid_chat_params;
 
 typedef enum corvid_event_kind {

@@ -1,0 +1,157 @@
+#include "rag_prompt.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Short on purpose: small models have little room (see rag_prompt.h). */
+static const char instruction[] =
+    "Answer using only the context below; cite passages by number, like [1].\n\nContext:\n";
+
+typedef struct sbuf {
+    char *p;
+    size_t len, cap;
+} sbuf;
+
+static int sb_add(sbuf *b, const char *s, size_t n) {
+    if (b->len + n + 1 > b->cap) {
+        size_t c = b->cap ? b->cap : 256;
+        while (c < b->len + n + 1) c *= 2;
+        char *q = realloc(b->p, c);
+        if (!q) return -1;
+        b->p = q;
+        b->cap = c;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+    return 0;
+}
+
+static int sb_str(sbuf *b, const char *s) { return sb_add(b, s, strlen(s)); }
+
+/* "[i] TITLE (SOURCE)\n" */
+static int add_header(sbuf *b, size_t number, const cv_rag_passage *p) {
+    char num[32];
+    snprintf(num, sizeof num, "[%zu] ", number);
+    const char *title = p->title && *p->title ? p->title : p->doc_id;
+    return sb_str(b, num) || sb_str(b, title) || sb_str(b, " (") || sb_str(b, p->source) ||
+           sb_str(b, ")\n");
+}
+
+/* Largest prefix of text (a whole number of UTF-8 characters) whose block fits in
+ * `left` tokens together with its header: binary search over character boundaries.
+ * SIZE_MAX when memory runs out. */
+static size_t fit_prefix(const char *hdr, size_t hdr_len, const char *text, size_t len, size_t left,
+                         cv_rag_measure_fn measure, void *user, sbuf *scratch) {
+    size_t *bd = malloc(sizeof *bd * (len + 1)), nb = 0;
+    if (!bd) return SIZE_MAX;
+    for (size_t i = 0; i <= len; i++)
+        if (i == len || ((unsigned char)text[i] & 0xC0) != 0x80) bd[nb++] = i;
+    size_t lo = 0, hi = nb - 1, r;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo + 1) / 2;
+        scratch->len = 0;
+        if (sb_add(scratch, hdr, hdr_len) || sb_add(scratch, text, bd[mid])) {
+            free(bd);
+            return SIZE_MAX;
+        }
+        if (measure(user, scratch->p, scratch->len) <= left) lo = mid;
+        else hi = mid - 1;
+    }
+    r = bd[lo];
+    free(bd);
+    return r;
+}
+
+/* Appends passage blocks in rank order while they fit; returns how many went in. */
+static cv_status fill(const cv_rag_passage *p, size_t n, size_t limit, size_t budget,
+                      cv_rag_measure_fn measure, void *user, cv_rag_context *out, cv_error *err) {
+    sbuf b = {0}, blk = {0}, scratch = {0};
+    size_t used = 0;
+    out->n_kept = 0;
+    for (size_t i = 0; i < n && i < limit; i++) {
+        blk.len = 0;
+        if (add_header(&blk, out->n_kept + 1, &p[i])) goto oom;
+        size_t hdr_len = blk.len;
+        if (sb_add(&blk, p[i].text, p[i].len)) goto oom;
+        size_t cost = measure(user, blk.p, blk.len) + (out->n_kept ? 1 : 0);
+        if (used + cost > budget) {
+            size_t left = budget - used - (out->n_kept ? 1 : 0);
+            if (used + (out->n_kept ? 1 : 0) >= budget || left < CV_RAG_PROMPT_MIN_CUT) break;
+            char *hdr = strndup(blk.p, hdr_len);
+            if (!hdr) goto oom;
+            size_t keep = fit_prefix(hdr, hdr_len, p[i].text, p[i].len, left, measure, user, &scratch);
+            free(hdr);
+            if (keep == SIZE_MAX) goto oom;
+            if (!keep) break;
+            blk.len = hdr_len;
+            if (sb_add(&blk, p[i].text, keep)) goto oom;
+            cost = left;
+            limit = i + 1; /* nothing after a cut passage */
+        }
+        if ((out->n_kept && sb_str(&b, "\n\n")) || sb_add(&b, blk.p, blk.len)) goto oom;
+        out->kept[out->n_kept++] = i;
+        used += cost;
+    }
+    if (!b.p && sb_add(&b, "", 0)) goto oom;
+    free(out->text);
+    out->text = b.p;
+    out->tokens = measure(user, b.p, b.len);
+    free(blk.p);
+    free(scratch.p);
+    return CV_OK;
+oom:
+    free(b.p);
+    free(blk.p);
+    free(scratch.p);
+    return cv_errorf(err, CV_ENOMEM, "rag prompt: out of memory assembling %zu passages", n);
+}
+
+cv_status cv_rag_context_build(const cv_rag_passage *p, size_t n, size_t budget,
+                               cv_rag_measure_fn measure, void *user, cv_rag_context *out,
+                               cv_error *err) {
+    memset(out, 0, sizeof *out);
+    out->kept = calloc(n ? n : 1, sizeof *out->kept);
+    if (!out->kept) return cv_errorf(err, CV_ENOMEM, "rag prompt: out of memory for %zu passages", n);
+    /* Blocks are counted one by one; joined, a tokenizer may count a token more or less
+     * at a seam. Whatever the seams cost, the result must be within budget: drop from
+     * the end until it is. */
+    size_t limit = n;
+    for (;;) {
+        cv_status st = fill(p, n, limit, budget, measure, user, out, err);
+        if (st != CV_OK) {
+            cv_rag_context_free(out);
+            return st;
+        }
+        if (out->tokens <= budget || out->n_kept == 0) break;
+        limit = out->n_kept - 1;
+    }
+    return CV_OK;
+}
+
+void cv_rag_context_free(cv_rag_context *c) {
+    free(c->text);
+    free(c->kept);
+    memset(c, 0, sizeof *c);
+}
+
+char *cv_rag_prompt_system(const cv_rag_context *c) {
+    sbuf b = {0};
+    if (sb_str(&b, instruction) || sb_str(&b, c->text)) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question) {
+    sbuf b = {0};
+    if (sb_str(&b, instruction) || sb_str(&b, c->text) || sb_str(&b, "\n\nQuestion: ") ||
+        sb_str(&b, question) || sb_str(&b, "\nAnswer:")) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

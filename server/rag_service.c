@@ -1,0 +1,348 @@
+#include "rag_service.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rag_index.h"
+#include "utf8.h"
+
+typedef struct kb {
+    char name[64];
+    char source[68]; /* "kb:<name>" */
+    cv_rag_index *ix;
+} kb;
+
+struct cv_rag_service {
+    kb kbs[CV_RAG_MAX_KBS];
+    size_t n_kbs;
+    cv_rag_sources *sources;
+    char **source_names;
+    size_t n_source_names;
+    cv_pii *pii;
+    uint32_t top_k;
+    float min_score;
+    int answer_policy;
+    char *default_answer, *default_answer_zh;
+    size_t max_context_tokens;
+    cv_rag_audit_fn audit;
+    void *audit_user;
+};
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+static cv_status parse_policy(const char *p, const char *field, int *answer, cv_error *err) {
+    if (!strcmp(p, "refuse")) *answer = 0;
+    else if (!strcmp(p, "answer")) *answer = 1;
+    else return cv_errorf(err, CV_EINVAL, "%s: \"%.64s\" is neither \"refuse\" nor \"answer\"", field, p);
+    return CV_OK;
+}
+
+static int valid_name(const char *s, size_t n) {
+    if (n == 0 || n >= sizeof ((kb *)0)->name) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') ||
+              (s[i] >= '0' && s[i] <= '9') || s[i] == '_' || s[i] == '-' || s[i] == '.'))
+            return 0;
+    return 1;
+}
+
+/* "NAME=PATH[,NAME=PATH...]": every index opened and checked (CRCs included). */
+static cv_status open_kbs(cv_rag_service *s, const char *spec, cv_error *err) {
+    const char *p = spec;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        const char *eq = memchr(p, '=', n);
+        if (!eq || !valid_name(p, (size_t)(eq - p)) || eq + 1 == p + n)
+            return cv_errorf(err, CV_EINVAL,
+                             "rag_knowledge_bases: \"%.*s\" is not NAME=PATH (NAME: 1..63 of "
+                             "[A-Za-z0-9_.-])", (int)(n > 200 ? 200 : n), p);
+        if (s->n_kbs == CV_RAG_MAX_KBS)
+            return cv_errorf(err, CV_ERANGE, "rag_knowledge_bases: more than %d entries", CV_RAG_MAX_KBS);
+        kb *k = &s->kbs[s->n_kbs];
+        snprintf(k->name, sizeof k->name, "%.*s", (int)(eq - p), p);
+        memcpy(k->source, "kb:", 3);
+        memcpy(k->source + 3, k->name, strlen(k->name) + 1);
+        for (size_t i = 0; i < s->n_kbs; i++)
+            if (!strcmp(s->kbs[i].name, k->name))
+                return cv_errorf(err, CV_EINVAL, "rag_knowledge_bases: \"%s\" is named twice", k->name);
+        char *path = strndup(eq + 1, (size_t)(p + n - eq - 1));
+        if (!path) return cv_errorf(err, CV_ENOMEM, "rag_knowledge_bases: out of memory");
+        cv_error e = {0};
+        cv_status st = cv_rag_index_open(path, CV_RAG_VERIFY_CRC, &k->ix, &e);
+        if (st != CV_OK) {
+            cv_errorf(err, st, "rag_knowledge_bases: knowledge base \"%s\" (%s): %s", k->name, path, e.msg);
+            free(path);
+            return st;
+        }
+        free(path);
+        s->n_kbs++;
+        p += n;
+        if (*p == ',') p++;
+    }
+    return CV_OK;
+}
+
+static cv_status load_sources(cv_rag_service *s, const char *path, cv_error *err) {
+    json_error_t jerr;
+    cv_status st = CV_OK;
+    FILE *f = fopen(path, "rb");
+    char *buf = NULL;
+    json_t *root = NULL;
+    if (!f) return cv_errorf(err, CV_EIO, "rag_sources: cannot open %s", path);
+    size_t cap = 4096, len = 0, n;
+    buf = malloc(cap);
+    while (buf && (n = fread(buf + len, 1, cap - len, f)) > 0) {
+        len += n;
+        if (len == cap) {
+            char *q = cap < (16u << 20) ? realloc(buf, cap * 2) : NULL;
+            if (!q) {
+                st = cv_errorf(err, CV_ERANGE, "rag_sources: %s is larger than 16 MiB or memory ran out", path);
+                goto out;
+            }
+            buf = q;
+            cap *= 2;
+        }
+    }
+    if (!buf) {
+        st = cv_errorf(err, CV_ENOMEM, "rag_sources: out of memory reading %s", path);
+        goto out;
+    }
+    cv_error e = {0};
+    if ((st = cv_rag_sources_parse(buf, len, &s->sources, &e)) != CV_OK) {
+        cv_errorf(err, st, "rag_sources: %s: %s", path, e.msg);
+        goto out;
+    }
+    /* The names, for checking a request's choice (the parse above validated them). */
+    root = json_loadb(buf, len, 0, &jerr);
+    json_t *list = root ? json_object_get(root, "sources") : NULL;
+    s->n_source_names = json_array_size(list);
+    s->source_names = calloc(s->n_source_names ? s->n_source_names : 1, sizeof *s->source_names);
+    if (!s->source_names) {
+        st = cv_errorf(err, CV_ENOMEM, "rag_sources: out of memory");
+        goto out;
+    }
+    for (size_t i = 0; i < s->n_source_names; i++) {
+        const char *name = json_string_value(json_object_get(json_array_get(list, i), "name"));
+        if (!(s->source_names[i] = strdup(name ? name : ""))) {
+            st = cv_errorf(err, CV_ENOMEM, "rag_sources: out of memory");
+            goto out;
+        }
+    }
+out:
+    json_decref(root);
+    free(buf);
+    fclose(f);
+    return st;
+}
+
+cv_status cv_rag_service_new(const cv_rag_settings *set, cv_rag_service **out, cv_error *err) {
+    cv_rag_service *s = calloc(1, sizeof *s);
+    if (!s) return cv_errorf(err, CV_ENOMEM, "rag: out of memory");
+    cv_status st;
+    if (set->top_k < 1 || set->top_k > CV_RAG_MAX_TOP_K) {
+        st = cv_errorf(err, CV_ERANGE, "rag_top_k: %u is outside [1, %d]", set->top_k, CV_RAG_MAX_TOP_K);
+        goto err;
+    }
+    if ((st = parse_policy(set->policy, "rag_policy", &s->answer_policy, err)) != CV_OK) goto err;
+    s->top_k = set->top_k;
+    s->min_score = set->min_score;
+    s->max_context_tokens = set->max_context_tokens;
+    s->audit = set->audit;
+    s->audit_user = set->audit_user;
+    s->default_answer = strdup(set->default_answer ? set->default_answer : "");
+    s->default_answer_zh = strdup(set->default_answer_zh ? set->default_answer_zh : "");
+    if (!s->default_answer || !s->default_answer_zh) {
+        st = cv_errorf(err, CV_ENOMEM, "rag: out of memory");
+        goto err;
+    }
+    if (!s->default_answer[0] && !s->default_answer_zh[0]) {
+        st = cv_errorf(err, CV_EINVAL, "rag_default_answer: empty (and so is rag_default_answer_zh)");
+        goto err;
+    }
+    if ((st = cv_pii_create(CV_PII_PLACEHOLDER, &s->pii, err)) != CV_OK) goto err;
+    if (set->knowledge_bases && (st = open_kbs(s, set->knowledge_bases, err)) != CV_OK) goto err;
+    if (set->sources_path && set->sources_path[0] && (st = load_sources(s, set->sources_path, err)) != CV_OK)
+        goto err;
+    if (!s->n_kbs && !s->sources) {
+        st = cv_errorf(err, CV_EINVAL, "rag: neither rag_knowledge_bases nor rag_sources is set");
+        goto err;
+    }
+    *out = s;
+    return CV_OK;
+err:
+    cv_rag_service_free(s);
+    return st;
+}
+
+void cv_rag_service_free(cv_rag_service *s) {
+    if (!s) return;
+    for (size_t i = 0; i < s->n_kbs; i++) cv_rag_index_close(s->kbs[i].ix);
+    cv_rag_sources_free(s->sources);
+    for (size_t i = 0; i < s->n_source_names; i++) free(s->source_names[i]);
+    free(s->source_names);
+    cv_pii_free(s->pii);
+    free(s->default_answer);
+    free(s->default_answer_zh);
+    free(s);
+}
+
+int cv_rag_is_cjk_text(const char *text, size_t len) {
+    const uint8_t *p = (const uint8_t *)text;
+    size_t i = 0;
+    while (i < len) {
+        uint32_t cp;
+        int n = cv_utf8_decode(p + i, len - i, &cp);
+        if (n == 0) {
+            i++;
+            continue;
+        }
+        if ((cp >= 0x3040 && cp <= 0x30FF) ||   /* kana */
+            (cp >= 0x3400 && cp <= 0x4DBF) ||   /* Han extension A */
+            (cp >= 0x4E00 && cp <= 0x9FFF) ||   /* Han */
+            (cp >= 0xAC00 && cp <= 0xD7AF) ||   /* Hangul syllables */
+            (cp >= 0xF900 && cp <= 0xFAFF) ||   /* Han compatibility */
+            (cp >= 0x20000 && cp <= 0x3FFFF))   /* Han extensions B.. */
+            return 1;
+        i += (size_t)n;
+    }
+    return 0;
+}
+
+static char *own(cv_rag_outcome *o, const char *s, size_t n) {
+    char *c = strndup(s, n);
+    if (c) o->owned[o->n_owned++] = c;
+    return c;
+}
+
+static cv_status search_kb(const kb *k, const char *q, uint32_t top_k,
+                           float min_score, cv_rag_outcome *o, cv_error *err) {
+    cv_rag_searcher *sr = NULL;
+    cv_rag_hit hits[CV_RAG_MAX_TOP_K];
+    size_t n = 0;
+    cv_status st = cv_rag_searcher_create(k->ix, &sr, err);
+    if (st != CV_OK) return st;
+    cv_rag_search_opts so = {.k1 = -1, .b = -1};
+    st = cv_rag_search(sr, &so, q, strlen(q), hits, top_k, &n, err);
+    cv_rag_searcher_free(sr);
+    if (st != CV_OK) return st;
+    for (size_t i = 0; i < n && hits[i].score >= min_score; i++) {
+        cv_rag_doc d;
+        cv_rag_chunk c;
+        cv_rag_index_doc(k->ix, hits[i].doc, &d);
+        cv_rag_index_chunk(k->ix, hits[i].chunk, &c);
+        cv_rag_passage *p = &o->passages[o->n_passages];
+        p->source = k->source;
+        p->doc_id = own(o, d.id.ptr, d.id.len);
+        p->title = own(o, d.title.ptr, d.title.len);
+        p->url = own(o, d.url.ptr, d.url.len);
+        if (!p->doc_id || !p->title || !p->url) return cv_errorf(err, CV_ENOMEM, "rag: out of memory");
+        p->text = c.text.ptr;
+        p->len = c.text.len;
+        p->score = hits[i].score;
+        o->n_passages++;
+    }
+    return CV_OK;
+}
+
+static int wanted(const cv_rag_query *q, const char *name) {
+    if (!q->n_sources) return 1;
+    for (size_t i = 0; i < q->n_sources; i++)
+        if (!strcmp(q->sources[i], name)) return 1;
+    return 0;
+}
+
+/* The options after defaults and limits; kb NULL when no knowledge base is configured. */
+static cv_status resolve(const cv_rag_service *s, const cv_rag_query *q, const kb **k, uint32_t *top_k,
+                         float *min_score, int *answer, cv_error *err) {
+    *k = s->n_kbs ? &s->kbs[0] : NULL;
+    if (q->knowledge_base && q->knowledge_base[0]) {
+        *k = NULL;
+        for (size_t i = 0; i < s->n_kbs; i++)
+            if (!strcmp(s->kbs[i].name, q->knowledge_base)) *k = &s->kbs[i];
+        if (!*k) return cv_errorf(err, CV_EINVAL, "rag.knowledge_base: \"%.64s\" is not configured here", q->knowledge_base);
+    }
+    *top_k = q->top_k ? q->top_k : s->top_k;
+    if (*top_k > CV_RAG_MAX_TOP_K)
+        return cv_errorf(err, CV_EINVAL, "rag.top_k: %u is above the limit %d", *top_k, CV_RAG_MAX_TOP_K);
+    *min_score = q->min_score != 0 ? q->min_score : s->min_score;
+    if (!(*min_score >= 0)) return cv_errorf(err, CV_EINVAL, "rag.min_score: %g is negative", (double)*min_score);
+    *answer = s->answer_policy;
+    cv_status st;
+    if (q->policy && q->policy[0] && (st = parse_policy(q->policy, "rag.policy", answer, err)) != CV_OK) return st;
+    for (size_t i = 0; i < q->n_sources; i++) {
+        size_t j = 0;
+        while (j < s->n_source_names && strcmp(s->source_names[j], q->sources[i])) j++;
+        if (j == s->n_source_names)
+            return cv_errorf(err, CV_EINVAL, "rag.sources: \"%.64s\" is not a configured source", q->sources[i]);
+    }
+    if (!q->question || !q->question[0]) return cv_errorf(err, CV_EINVAL, "rag: the question is empty");
+    return CV_OK;
+}
+
+static void audit_line(void *user, const char *line) {
+    const cv_rag_service *s = user;
+    if (s->audit) s->audit(s->audit_user, line);
+}
+
+cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_measure_fn measure,
+                             void *measure_user, cv_rag_outcome *o, cv_error *err) {
+    memset(o, 0, sizeof *o);
+    const kb *k = NULL;
+    uint32_t top_k = 0;
+    float min_score = 0;
+    int answer = 0;
+    cv_status st = resolve(s, q, &k, &top_k, &min_score, &answer, err);
+    if (st != CV_OK) return st;
+    double t0 = now_ms();
+    if (s->sources) {
+        st = cv_rag_sources_fetch(s->sources, s->pii, q->question, 0, audit_line, s, &o->hits, err);
+        if (st != CV_OK) goto fail;
+    }
+    o->sources_ms = now_ms() - t0;
+    o->passages = calloc(top_k + o->hits.n + 1, sizeof *o->passages);
+    o->owned = calloc(3 * (size_t)top_k + 1, sizeof *o->owned);
+    if (!o->passages || !o->owned) {
+        st = cv_errorf(err, CV_ENOMEM, "rag: out of memory");
+        goto fail;
+    }
+    t0 = now_ms();
+    if (k && (st = search_kb(k, q->question, top_k, min_score, o, err)) != CV_OK) goto fail;
+    o->index_ms = now_ms() - t0;
+    for (size_t i = 0; i < o->hits.n; i++) {
+        const cv_rag_source_hit *h = &o->hits.v[i];
+        if (!wanted(q, h->source)) continue;
+        o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
+                                                        h->link ? h->link : "", h->text, strlen(h->text), 0};
+    }
+    if (!o->n_passages && !answer) {
+        int zh = s->default_answer_zh[0] && (cv_rag_is_cjk_text(q->question, strlen(q->question)) ||
+                                              !s->default_answer[0]);
+        o->default_answer = zh ? s->default_answer_zh : s->default_answer;
+        return CV_OK;
+    }
+    size_t budget = s->max_context_tokens;
+    if (q->max_context_tokens && q->max_context_tokens < budget) budget = q->max_context_tokens;
+    st = cv_rag_context_build(o->passages, o->n_passages, budget, measure, measure_user, &o->ctx, err);
+    if (st != CV_OK) goto fail;
+    return CV_OK;
+fail:
+    cv_rag_outcome_free(o);
+    return st;
+}
+
+void cv_rag_outcome_free(cv_rag_outcome *o) {
+    for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);
+    free(o->owned);
+    free(o->passages);
+    cv_rag_context_free(&o->ctx);
+    cv_rag_source_hits_free(&o->hits);
+    memset(o, 0, sizeof *o);
+}
