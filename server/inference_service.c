@@ -443,22 +443,30 @@ static void stream_fail(gen_stream *g, cv_rpc_code code, const char *msg) {
     cv_rpc_call_release(g->call);
 }
 
-/* Submits a tokenized prompt to the engine, whose sink feeds the open stream. */
+/* Submits a tokenized prompt to the engine, whose sink feeds the open stream.
+ * extra_stop (may be NULL) is a stop string added to the request's. */
 static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
-                          const Corvid__V1__SamplingParams *sp) {
+                          const Corvid__V1__SamplingParams *sp, const char *extra_stop) {
     cv_error err = {0};
     cv_engine_request r = {.prompt = prompt, .n_prompt = (int32_t)n_prompt};
     sampling_from_proto(sp, &r.sampling, &r.max_tokens, &r.ignore_eos, &g->seed);
     g->want_samples = r.sampling.logprobs;
-    if (sp) {
-        r.stop = (const char *const *)sp->stop;
-        r.n_stop = (int32_t)sp->n_stop;
+    size_t n_stop = sp ? sp->n_stop : 0;
+    const char **stop = calloc(n_stop + 1, sizeof *stop);
+    if (!stop) {
+        stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return;
     }
+    for (size_t i = 0; i < n_stop; i++) stop[i] = sp->stop[i];
+    if (extra_stop) stop[n_stop++] = extra_stop;
+    r.stop = stop;
+    r.n_stop = (int32_t)n_stop;
     cv_engine_sink sink = {sink_chunk, sink_final, g};
     pthread_mutex_lock(&g->mu);
     cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
     int gone = g->client_gone;
     pthread_mutex_unlock(&g->mu);
+    free(stop);
     if (st == CV_OK && gone) cv_engine_cancel(g->engine, g->engine_id);
     /* Nothing was queued: the submit error becomes the call's status. */
     if (st != CV_OK) stream_fail(g, code_of(st), err.msg);
@@ -467,7 +475,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
 static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
                          const Corvid__V1__SamplingParams *sp, const char *request_id) {
     gen_stream *g = stream_open(inf, slot, call, request_id);
-    if (g) stream_submit(g, prompt, n_prompt, sp);
+    if (g) stream_submit(g, prompt, n_prompt, sp, NULL);
 }
 
 /* ---- retrieval-augmented requests ---- */
@@ -542,10 +550,10 @@ static void stream_default_answer(gen_stream *g, const char *answer, double t0) 
 }
 
 /* The prompt text with the retrieved context (see rag_prompt.h for the templates). */
-static cv_status rag_prompt(const rag_job *j, const cv_rag_outcome *o, const char *question, char **out,
+static cv_status rag_prompt(const rag_job *j, const cv_rag_context *ctx, const char *question, char **out,
                             cv_error *err) {
     if (j->gen) {
-        *out = cv_rag_prompt_generate(&o->ctx, question);
+        *out = cv_rag_prompt_generate(ctx, question);
         return *out ? CV_OK : cv_errorf(err, CV_ENOMEM, "out of memory");
     }
     Corvid__V1__ChatRequest *r = j->chat;
@@ -553,7 +561,7 @@ static cv_status rag_prompt(const rag_job *j, const cv_rag_outcome *o, const cha
     cv_chat_msg *msgs = calloc(r->n_messages + 1, sizeof *msgs);
     cv_status st = CV_ENOMEM;
     size_t n = 0, i = 0;
-    if (!msgs || !(sys = cv_rag_prompt_system(&o->ctx))) goto out;
+    if (!msgs || !(sys = cv_rag_prompt_system(ctx))) goto out;
     if (r->n_messages && !strcmp(r->messages[0]->role, "system")) {
         size_t a = strlen(sys), b = strlen(r->messages[0]->content);
         if (!(merged = malloc(a + b + 3))) goto out;
@@ -583,16 +591,29 @@ static void *rag_thread(void *arg) {
     const char *question = j->gen ? j->gen->prompt : "";
     for (size_t i = 0; j->chat && i < j->chat->n_messages; i++)
         if (!strcmp(j->chat->messages[i]->role, "user")) question = j->chat->messages[i]->content;
-    /* A quarter of the model's context at most: the question and the answer need room. */
-    cv_rag_query q = {question, ro->knowledge_base, ro->top_k, ro->min_score,
-                      (const char *const *)ro->sources, ro->n_sources, ro->policy,
-                      (size_t)cv_engine_n_ctx(g->engine) / 4};
     cv_rag_outcome o;
     cv_error err = {0};
     char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
-    cv_status st = cv_rag_service_run(inf->rag, &q, count_tokens, g->slot->tok, &o, &err);
+    /* The context gets what the model's window leaves after the prompt without it and
+     * room to answer: the request's max_tokens, at most a quarter of the window. */
+    const Corvid__V1__SamplingParams *sp = j->gen ? j->gen->sampling : j->chat->sampling;
+    size_t n_ctx = (size_t)cv_engine_n_ctx(g->engine), bare = 0, room = n_ctx / 4;
+    if (sp && sp->max_tokens && sp->max_tokens < room) room = sp->max_tokens;
+    cv_rag_context empty = {.text = ""};
+    cv_status st = rag_prompt(j, &empty, question, &prompt, &err);
+    if (st != CV_OK) {
+        stream_fail(g, code_of(st), err.msg);
+        goto out;
+    }
+    bare = count_tokens(g->slot->tok, prompt, strlen(prompt));
+    free(prompt);
+    prompt = NULL;
+    cv_rag_query q = {question, ro->knowledge_base, ro->top_k, ro->min_score,
+                      (const char *const *)ro->sources, ro->n_sources, ro->policy,
+                      bare + room < n_ctx ? n_ctx - bare - room : 1};
+    st = cv_rag_service_run(inf->rag, &q, count_tokens, g->slot->tok, &o, &err);
     if (st != CV_OK) {
         stream_fail(g, code_of(st), err.msg);
         goto out;
@@ -610,11 +631,13 @@ static void *rag_thread(void *arg) {
         g->context_tokens = (uint32_t)o.ctx.tokens;
         unsigned flags = j->chat ? CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL
                                  : (j->gen->raw ? 0 : CV_TOK_ADD_SPECIAL);
-        if ((st = rag_prompt(j, &o, question, &prompt, &err)) != CV_OK ||
+        if ((st = rag_prompt(j, &o.ctx, question, &prompt, &err)) != CV_OK ||
             (st = tokenize(g->slot->tok, prompt, flags, &ids, &n, &err)) != CV_OK)
             stream_fail(g, code_of(st), err.msg);
         else
-            stream_submit(g, ids, n, j->gen ? j->gen->sampling : j->chat->sampling);
+            /* A base model answering the Generate template goes on with the next
+             * "Question:": the template's own structure ends the answer. */
+            stream_submit(g, ids, n, sp, j->gen ? "\nQuestion:" : NULL);
     }
     cv_rag_outcome_free(&o);
 out:

@@ -69,17 +69,18 @@ static size_t fit_prefix(const char *hdr, size_t hdr_len, const char *text, size
 static cv_status fill(const cv_rag_passage *p, size_t n, size_t limit, size_t budget,
                       cv_rag_measure_fn measure, void *user, cv_rag_context *out, cv_error *err) {
     sbuf b = {0}, blk = {0}, scratch = {0};
-    size_t used = 0;
+    size_t used = 0, seam = measure(user, "\n\n", 2);
     out->n_kept = 0;
     for (size_t i = 0; i < n && i < limit; i++) {
         blk.len = 0;
         if (add_header(&blk, out->n_kept + 1, &p[i])) goto oom;
         size_t hdr_len = blk.len;
         if (sb_add(&blk, p[i].text, p[i].len)) goto oom;
-        size_t cost = measure(user, blk.p, blk.len) + (out->n_kept ? 1 : 0);
+        size_t sep = out->n_kept ? seam : 0;
+        size_t cost = measure(user, blk.p, blk.len) + sep;
         if (used + cost > budget) {
-            size_t left = budget - used - (out->n_kept ? 1 : 0);
-            if (used + (out->n_kept ? 1 : 0) >= budget || left < CV_RAG_PROMPT_MIN_CUT) break;
+            if (used + sep >= budget || budget - used - sep < CV_RAG_PROMPT_MIN_CUT) break;
+            size_t left = budget - used - sep;
             char *hdr = strndup(blk.p, hdr_len);
             if (!hdr) goto oom;
             size_t keep = fit_prefix(hdr, hdr_len, p[i].text, p[i].len, left, measure, user, &scratch);
@@ -88,7 +89,7 @@ static cv_status fill(const cv_rag_passage *p, size_t n, size_t limit, size_t bu
             if (!keep) break;
             blk.len = hdr_len;
             if (sb_add(&blk, p[i].text, keep)) goto oom;
-            cost = left;
+            cost = left + sep;
             limit = i + 1; /* nothing after a cut passage */
         }
         if ((out->n_kept && sb_str(&b, "\n\n")) || sb_add(&b, blk.p, blk.len)) goto oom;

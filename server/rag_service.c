@@ -1,6 +1,7 @@
 #include "rag_service.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,12 +16,25 @@ typedef struct kb {
     cv_rag_index *ix;
 } kb;
 
+/* Sources configs for the subsets requests have named (rag.sources), built on first
+ * use so that a request waits only for the sources it asked for. */
+#define MAX_SUBSETS 16
+
+typedef struct subset {
+    uint64_t mask;
+    cv_rag_sources *sources;
+} subset;
+
 struct cv_rag_service {
     kb kbs[CV_RAG_MAX_KBS];
     size_t n_kbs;
-    cv_rag_sources *sources;
+    cv_rag_sources *sources;     /* all of them */
+    json_t *sources_json;        /* the config, for building subsets */
     char **source_names;
     size_t n_source_names;
+    pthread_mutex_t mu;          /* guards subsets */
+    subset subsets[MAX_SUBSETS];
+    size_t n_subsets;
     cv_pii *pii;
     uint32_t top_k;
     float min_score;
@@ -124,6 +138,10 @@ static cv_status load_sources(cv_rag_service *s, const char *path, cv_error *err
     root = json_loadb(buf, len, 0, &jerr);
     json_t *list = root ? json_object_get(root, "sources") : NULL;
     s->n_source_names = json_array_size(list);
+    if (s->n_source_names > 64) {
+        st = cv_errorf(err, CV_ERANGE, "rag_sources: %s has %zu sources, the limit is 64", path, s->n_source_names);
+        goto out;
+    }
     s->source_names = calloc(s->n_source_names ? s->n_source_names : 1, sizeof *s->source_names);
     if (!s->source_names) {
         st = cv_errorf(err, CV_ENOMEM, "rag_sources: out of memory");
@@ -136,6 +154,8 @@ static cv_status load_sources(cv_rag_service *s, const char *path, cv_error *err
             goto out;
         }
     }
+    s->sources_json = root;
+    root = NULL;
 out:
     json_decref(root);
     free(buf);
@@ -146,6 +166,7 @@ out:
 cv_status cv_rag_service_new(const cv_rag_settings *set, cv_rag_service **out, cv_error *err) {
     cv_rag_service *s = calloc(1, sizeof *s);
     if (!s) return cv_errorf(err, CV_ENOMEM, "rag: out of memory");
+    pthread_mutex_init(&s->mu, NULL);
     cv_status st;
     if (set->top_k < 1 || set->top_k > CV_RAG_MAX_TOP_K) {
         st = cv_errorf(err, CV_ERANGE, "rag_top_k: %u is outside [1, %d]", set->top_k, CV_RAG_MAX_TOP_K);
@@ -186,6 +207,9 @@ void cv_rag_service_free(cv_rag_service *s) {
     if (!s) return;
     for (size_t i = 0; i < s->n_kbs; i++) cv_rag_index_close(s->kbs[i].ix);
     cv_rag_sources_free(s->sources);
+    for (size_t i = 0; i < s->n_subsets; i++) cv_rag_sources_free(s->subsets[i].sources);
+    json_decref(s->sources_json);
+    pthread_mutex_destroy(&s->mu);
     for (size_t i = 0; i < s->n_source_names; i++) free(s->source_names[i]);
     free(s->source_names);
     cv_pii_free(s->pii);
@@ -252,11 +276,44 @@ static cv_status search_kb(const kb *k, const char *q, uint32_t top_k,
     return CV_OK;
 }
 
-static int wanted(const cv_rag_query *q, const char *name) {
-    if (!q->n_sources) return 1;
+/* The sources config for the names in q (all of them when none); *owned when the
+ * caller must free it (the subset cache is full). Names were checked by resolve. */
+static cv_status sources_for(cv_rag_service *s, const cv_rag_query *q, cv_rag_sources **out, int *owned,
+                             cv_error *err) {
+    *owned = 0;
+    uint64_t mask = 0, all = s->n_source_names == 64 ? ~0ull : (1ull << s->n_source_names) - 1;
     for (size_t i = 0; i < q->n_sources; i++)
-        if (!strcmp(q->sources[i], name)) return 1;
-    return 0;
+        for (size_t j = 0; j < s->n_source_names; j++)
+            if (!strcmp(s->source_names[j], q->sources[i])) mask |= 1ull << j;
+    if (!q->n_sources || mask == all) {
+        *out = s->sources;
+        return CV_OK;
+    }
+    cv_status st = CV_OK;
+    pthread_mutex_lock(&s->mu);
+    for (size_t i = 0; i < s->n_subsets; i++)
+        if (s->subsets[i].mask == mask) {
+            *out = s->subsets[i].sources;
+            goto out;
+        }
+    json_t *cfg = json_deep_copy(s->sources_json), *list = json_array();
+    char *text = NULL;
+    const json_t *src = json_object_get(s->sources_json, "sources");
+    for (size_t j = 0; cfg && list && j < s->n_source_names; j++)
+        if (mask >> j & 1) json_array_append(list, json_array_get(src, j));
+    if (!cfg || !list || json_object_set(cfg, "sources", list) ||
+        !(text = json_dumps(cfg, JSON_COMPACT))) {
+        st = cv_errorf(err, CV_ENOMEM, "rag: out of memory selecting sources");
+    } else if ((st = cv_rag_sources_parse(text, strlen(text), out, err)) == CV_OK) {
+        if (s->n_subsets < MAX_SUBSETS) s->subsets[s->n_subsets++] = (subset){mask, *out};
+        else *owned = 1;
+    }
+    free(text);
+    json_decref(list);
+    json_decref(cfg);
+out:
+    pthread_mutex_unlock(&s->mu);
+    return st;
 }
 
 /* The options after defaults and limits; kb NULL when no knowledge base is configured. */
@@ -303,7 +360,11 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     if (st != CV_OK) return st;
     double t0 = now_ms();
     if (s->sources) {
-        st = cv_rag_sources_fetch(s->sources, s->pii, q->question, 0, audit_line, s, &o->hits, err);
+        cv_rag_sources *src;
+        int owned;
+        if ((st = sources_for(s, q, &src, &owned, err)) != CV_OK) goto fail;
+        st = cv_rag_sources_fetch(src, s->pii, q->question, 0, audit_line, s, &o->hits, err);
+        if (owned) cv_rag_sources_free(src);
         if (st != CV_OK) goto fail;
     }
     o->sources_ms = now_ms() - t0;
@@ -318,7 +379,6 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     o->index_ms = now_ms() - t0;
     for (size_t i = 0; i < o->hits.n; i++) {
         const cv_rag_source_hit *h = &o->hits.v[i];
-        if (!wanted(q, h->source)) continue;
         o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
                                                         h->link ? h->link : "", h->text, strlen(h->text), 0};
     }

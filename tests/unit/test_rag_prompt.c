@@ -1,0 +1,149 @@
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "rag_prompt.h"
+#include "utf8.h"
+
+static unsigned seed;
+
+/* One "token" per code point: easy to reason about, and a cut inside a multi-byte
+ * character would show up as invalid UTF-8. */
+static size_t count_cps(void *user, const char *text, size_t len) {
+    (void)user;
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) n += ((unsigned char)text[i] & 0xC0) != 0x80;
+    return n;
+}
+
+static cv_rag_passage passage(const char *id, const char *text, float score) {
+    return (cv_rag_passage){"kb:t", id, "", "", text, strlen(text), score};
+}
+
+static void test_all_fit_numbered_in_order(void **state) {
+    (void)state;
+    cv_rag_passage p[2] = {passage("a", "alpha text", 3), passage("b", "beta text", 1)};
+    cv_rag_context c;
+    cv_error e = {0};
+    assert_int_equal(cv_rag_context_build(p, 2, 1000, count_cps, NULL, &c, &e), CV_OK);
+    assert_string_equal(c.text, "[1] a (kb:t)\nalpha text\n\n[2] b (kb:t)\nbeta text");
+    assert_int_equal(c.n_kept, 2);
+    assert_int_equal(c.kept[0], 0);
+    assert_int_equal(c.kept[1], 1);
+    assert_int_equal(c.tokens, count_cps(NULL, c.text, strlen(c.text)));
+    char *g = cv_rag_prompt_generate(&c, "why?");
+    assert_non_null(strstr(g, "Context:\n[1] a (kb:t)\nalpha text"));
+    assert_non_null(strstr(g, "\n\nQuestion: why?\nAnswer:"));
+    char *s = cv_rag_prompt_system(&c);
+    assert_non_null(strstr(s, "[2] b (kb:t)\nbeta text"));
+    assert_null(strstr(s, "Question:"));
+    free(g);
+    free(s);
+    cv_rag_context_free(&c);
+}
+
+static void test_title_used_when_present(void **state) {
+    (void)state;
+    cv_rag_passage p = {"web", "", "Weather", "http://w", "sunny", 5, 0};
+    cv_rag_context c;
+    assert_int_equal(cv_rag_context_build(&p, 1, 1000, count_cps, NULL, &c, NULL), CV_OK);
+    assert_string_equal(c.text, "[1] Weather (web)\nsunny");
+    cv_rag_context_free(&c);
+}
+
+static void test_lowest_ranked_dropped_and_cut_on_characters(void **state) {
+    (void)state;
+    /* 30 CJK characters (3 bytes each) after a 13-code-point header. */
+    char zh[128] = "";
+    for (int i = 0; i < 30; i++) strcat(zh, "知");
+    cv_rag_passage p[3] = {passage("a", "short", 9), passage("b", zh, 5), passage("c", "never", 1)};
+    cv_rag_context c;
+    /* "[1] a (kb:t)\nshort" = 18; seam "\n\n" 2; "[2] b (kb:t)\n" = 13: 40 leaves 7 characters. */
+    assert_int_equal(cv_rag_context_build(p, 3, 40, count_cps, NULL, &c, NULL), CV_OK);
+    assert_int_equal(c.n_kept, 2);
+    assert_int_equal(c.tokens, 40);
+    assert_true(cv_utf8_valid(c.text, strlen(c.text)));
+    assert_non_null(strstr(c.text, "\n\n[2] b (kb:t)\n知知知知知知知"));
+    assert_null(strstr(c.text, "知知知知知知知知"));
+    assert_null(strstr(c.text, "never"));
+    cv_rag_context_free(&c);
+    /* Less than CV_RAG_PROMPT_MIN_CUT left: the passage is dropped, not cut. */
+    assert_int_equal(cv_rag_context_build(p, 3, 18 + 2 + CV_RAG_PROMPT_MIN_CUT - 1, count_cps,
+                                          NULL, &c, NULL), CV_OK);
+    assert_int_equal(c.n_kept, 1);
+    cv_rag_context_free(&c);
+}
+
+static void test_nothing_fits(void **state) {
+    (void)state;
+    cv_rag_passage p = passage("a", "a text", 1);
+    cv_rag_context c;
+    assert_int_equal(cv_rag_context_build(&p, 1, 3, count_cps, NULL, &c, NULL), CV_OK);
+    assert_int_equal(c.n_kept, 0);
+    assert_string_equal(c.text, "");
+    assert_int_equal(c.tokens, 0);
+    cv_rag_context_free(&c);
+}
+
+/* A measure that charges one extra token per "\n\n" seam in the whole text: the
+ * block-by-block count underestimates; the result must still respect the budget. */
+static size_t count_with_seams(void *user, const char *text, size_t len) {
+    size_t n = count_cps(user, text, len);
+    for (size_t i = 0; i + 1 < len; i++) n += text[i] == '\n' && text[i + 1] == '\n';
+    return n;
+}
+
+static void random_text(char *buf, size_t cap) {
+    static const char *const pieces[] = {"a", "bc", " ", "é", "知识", "库", "😀", "\n"};
+    size_t len = 0, n = (size_t)(rand() % 60);
+    buf[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        const char *s = pieces[rand() % 8];
+        if (len + strlen(s) + 1 >= cap) break;
+        strcat(buf, s);
+        len += strlen(s);
+    }
+}
+
+static void test_random_budgets(void **state) {
+    (void)state;
+    char texts[8][256];
+    for (int round = 0; round < 500; round++) {
+        size_t n = 1 + (size_t)(rand() % 8);
+        cv_rag_passage p[8];
+        for (size_t i = 0; i < n; i++) {
+            random_text(texts[i], sizeof texts[i]);
+            p[i] = passage("d", texts[i], (float)(n - i));
+        }
+        size_t budget = (size_t)(rand() % 200);
+        cv_rag_measure_fn m = rand() % 2 ? count_cps : count_with_seams;
+        cv_rag_context c;
+        assert_int_equal(cv_rag_context_build(p, n, budget, m, NULL, &c, NULL), CV_OK);
+        if (c.tokens > budget) fail_msg("seed %u round %d: %zu tokens > budget %zu", seed, round, c.tokens, budget);
+        if (!cv_utf8_valid(c.text, strlen(c.text))) fail_msg("seed %u round %d: invalid UTF-8", seed, round);
+        for (size_t i = 0; i < c.n_kept; i++)
+            if (c.kept[i] != i) fail_msg("seed %u round %d: kept[%zu] = %zu: not a prefix of the ranking", seed,
+                                         round, i, c.kept[i]);
+        cv_rag_context_free(&c);
+    }
+}
+
+int main(void) {
+    seed = (unsigned)time(NULL);
+    printf("test_rag_prompt seed %u\n", seed);
+    srand(seed);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_all_fit_numbered_in_order),
+        cmocka_unit_test(test_title_used_when_present),
+        cmocka_unit_test(test_lowest_ranked_dropped_and_cut_on_characters),
+        cmocka_unit_test(test_nothing_fits),
+        cmocka_unit_test(test_random_budgets),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
