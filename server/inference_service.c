@@ -1,6 +1,7 @@
 #include "inference_service.h"
 
 #include <fcntl.h>
+#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -583,6 +584,18 @@ out:
     return st;
 }
 
+/* One structured log line per retrieval (the request id is the client's: escaped). */
+static void log_rag(const gen_stream *g, const cv_rag_outcome *o) {
+    json_t *l = json_pack("{s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:I,s:b}", "msg", "rag", "request_id", g->request_id,
+                          "index_ms", o->index_ms, "sources_ms", o->sources_ms, "prompt_ms", o->prompt_ms,
+                          "passages", (json_int_t)o->n_passages, "cited", (json_int_t)o->ctx.n_kept,
+                          "context_tokens", (json_int_t)o->ctx.tokens, "default_answer", o->default_answer != NULL);
+    char *line = l ? json_dumps(l, JSON_COMPACT) : NULL;
+    if (line) fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(l);
+}
+
 static void *rag_thread(void *arg) {
     rag_job *j = arg;
     gen_stream *g = j->g;
@@ -618,11 +631,7 @@ static void *rag_thread(void *arg) {
         stream_fail(g, code_of(st), err.msg);
         goto out;
     }
-    fprintf(stderr,
-            "{\"msg\":\"rag\",\"request_id\":\"%s\",\"index_ms\":%.3f,\"sources_ms\":%.3f,"
-            "\"passages\":%zu,\"cited\":%zu,\"context_tokens\":%zu,\"default_answer\":%s}\n",
-            g->request_id, o.index_ms, o.sources_ms, o.n_passages, o.ctx.n_kept, o.ctx.tokens,
-            o.default_answer ? "true" : "false");
+    log_rag(g, &o);
     if (o.default_answer) {
         stream_default_answer(g, o.default_answer, j->t0);
     } else if (o.ctx.n_kept && pack_context(g, &o) != CV_OK) {

@@ -390,8 +390,10 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     }
     size_t budget = s->max_context_tokens;
     if (q->max_context_tokens && q->max_context_tokens < budget) budget = q->max_context_tokens;
+    t0 = now_ms();
     st = cv_rag_context_build(o->passages, o->n_passages, budget, measure, measure_user, &o->ctx, err);
     if (st != CV_OK) goto fail;
+    o->prompt_ms = now_ms() - t0;
     return CV_OK;
 fail:
     cv_rag_outcome_free(o);

@@ -66,7 +66,7 @@ typedef struct cv_rag_outcome {
     size_t n_passages;
     cv_rag_context ctx;
     const char *default_answer;  /* non-NULL: answer this, do not run the model */
-    double index_ms, sources_ms; /* time spent searching / fetching */
+    double index_ms, sources_ms, prompt_ms; /* searching / fetching / fitting the budget */
     /* storage behind passages */
     char **owned;
     size_t n_owned;
