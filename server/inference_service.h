@@ -9,7 +9,11 @@
  *
  * With rag.enable the request's retrieval step runs on a thread of its own (live sources
  * block); its stream starts with a Context message listing the citations, or carries
- * the configured default answer with no model run (Final.default_answer).
+ * the configured default answer with no model run (Final.default_answer). The context
+ * budget is the smaller of rag_max_context_tokens and what the model's window leaves
+ * after the prompt without context and room to answer (max_tokens, at most a quarter
+ * of the window). A RAG Generate also stops at "\nQuestion:", where a base model
+ * would go on with a question of its own after the template's "Answer:".
  *
  * Mid-stream failures send a Final with FINISH_REASON_ERROR and the message, then the
  * gRPC status INTERNAL, so both stream readers and status counters see them.

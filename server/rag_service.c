@@ -241,7 +241,7 @@ int cv_rag_is_cjk_text(const char *text, size_t len) {
 }
 
 static char *own(cv_rag_outcome *o, const char *s, size_t n) {
-    char *c = strndup(s, n);
+    char *c = strndup(n ? s : "", n);
     if (c) o->owned[o->n_owned++] = c;
     return c;
 }
