@@ -5,6 +5,7 @@
  * with UNAVAILABLE, in-flight calls get drain_timeout to finish, then the rest are
  * cancelled and the process exits 0.
  */
+#include <jansson.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -48,19 +49,29 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Live-source audit lines go to the structured log on stderr. */
+/* Live-source requests go to the audit trail when there is one (set before serving),
+ * else to the structured log on stderr. */
 static void rag_audit(void *user, const char *line) {
-    (void)user;
-    fprintf(stderr, "%s\n", line);
+    cv_audit *a = *(cv_audit **)user;
+    json_t *j = a ? json_loads(line, 0, NULL) : NULL;
+    if (!j) {
+        fprintf(stderr, "%s\n", line);
+        return;
+    }
+    cv_audit_entry e = {CV_AUDIT_EXTERNAL_REQUEST, NULL, NULL, json_string_value(json_object_get(j, "url")),
+                        json_string_value(json_object_get(j, "outcome")), line};
+    cv_error err = {0};
+    if (cv_audit_write(a, &e, &err) != CV_OK) fprintf(stderr, "%s\n", line);
+    json_decref(j);
 }
 
 /* The knowledge bases and sources of the config, opened and checked; NULL when none. */
-static cv_status open_rag(const cv_config *c, cv_rag_service **out, cv_error *err) {
+static cv_status open_rag(const cv_config *c, cv_audit **audit, cv_rag_service **out, cv_error *err) {
     *out = NULL;
     if (!c->rag_knowledge_bases[0] && !c->rag_sources[0]) return CV_OK;
     cv_rag_settings s = {c->rag_knowledge_bases, c->rag_sources, (uint32_t)c->rag_top_k,
                          (float)c->rag_min_score, c->rag_policy, c->rag_default_answer,
-                         c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, NULL};
+                         c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, audit};
     return cv_rag_service_new(&s, out, err);
 }
 
@@ -116,7 +127,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     cv_rag_service *rag = NULL;
-    if (open_rag(&cfg, &rag, &err) != CV_OK) {
+    cv_audit *rag_audit_log = NULL; /* filled in once the auth config is loaded */
+    if (open_rag(&cfg, &rag_audit_log, &rag, &err) != CV_OK) {
         fprintf(stderr, "corvid-server: %s\n", err.msg);
         return 1;
     }
@@ -179,6 +191,7 @@ int main(int argc, char **argv) {
     if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
         cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
+    rag_audit_log = ro.audit;
     cv_infer_set_rag(inf, rag);
     state.health = health;
     state.router = router;
