@@ -8,7 +8,7 @@ a visible SKIP otherwise) answering a made-up fact from the knowledge base.
 Prints the added latency of retrieval (index and sources, p50/p99) as INFO lines."""
 import json
 import os
-import re
+import random
 import subprocess
 import threading
 import time
@@ -57,15 +57,24 @@ class SourceHandler(BaseHTTPRequestHandler):
             pass  # the client gave up on the slow source
 
 
-def build_kb():
-    src = os.path.join(TMP, "kb.jsonl")
+def build_kb(docs, name):
+    src = os.path.join(TMP, name + ".jsonl")
     with open(src, "w", encoding="utf-8") as f:
-        for d in DOCS:
+        for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
-    out = os.path.join(TMP, "kb.cvidx")
+    out = os.path.join(TMP, name + ".cvidx")
     subprocess.run([os.path.join(BIN, "corvid-index"), "build", src, "-o", out], check=True,
                    capture_output=True)
     return out
+
+
+def synthetic_docs(n, seed):
+    """n documents of 150 words drawn (Zipf-like) from a 5000-word vocabulary."""
+    rnd = random.Random(seed)
+    vocab = ["w%d" % i for i in range(5000)]
+    weights = [1.0 / (i + 1) for i in range(5000)]
+    return [{"id": "d%d" % i, "title": "doc %d" % i, "text": " ".join(rnd.choices(vocab, weights, k=150))}
+            for i in range(n)]
 
 
 def sources_config(port):
@@ -270,14 +279,18 @@ def pct(v, q):
     return v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
 
 
-def latency(srv_kb, srv_src):
-    """Added latency of retrieval over ~50 requests each (INFO, never asserted)."""
+def latency(srv_kb, srv_src, seed):
+    """Added latency of retrieval over 50 requests each (INFO, never asserted): the index
+    (the 3000-document knowledge base "big"), one local live source, and a whole call
+    answered with the default answer (retrieval and gRPC, no model)."""
     n = 50
+    rnd = random.Random(seed)
     b = len(rag_lines(srv_kb))
     wall = []
     for i in range(n):
+        q = " ".join("w%d" % rnd.randrange(5000) for _ in range(6))
         t0 = time.time()
-        stream(srv_kb.addr, "the corvid raven mascot %d" % i, rag=pb.RagOptions(enable=True, min_score=100))
+        stream(srv_kb.addr, q, rag=pb.RagOptions(enable=True, knowledge_base="big", top_k=5, min_score=1000))
         wall.append((time.time() - t0) * 1e3)
     idx = [l["index_ms"] for l in rag_lines(srv_kb)[b:]]
     b = len(rag_lines(srv_src))
@@ -285,7 +298,7 @@ def latency(srv_kb, srv_src):
         stream(srv_src.addr, "news number %d" % i, rag=pb.RagOptions(enable=True, sources=["news"]), n=1)
     src = [l["sources_ms"] for l in rag_lines(srv_src)[b:]]
     assert len(idx) == n and len(src) == n
-    print("INFO rag latency over %d requests: index p50 %.3f ms p99 %.3f ms; sources (one local source) "
+    print("INFO rag latency over %d requests: index (3000 docs) p50 %.3f ms p99 %.3f ms; sources (one local source) "
           "p50 %.2f ms p99 %.2f ms; whole default-answer call p50 %.2f ms p99 %.2f ms"
           % (n, pct(idx, .5), pct(idx, .99), pct(src, .5), pct(src, .99), pct(wall, .5), pct(wall, .99)))
 
@@ -310,11 +323,14 @@ def real_model_grounded(kb, model, chat):
 
 def main():
     c = Checks()
-    kb = build_kb()
+    seed = int(time.time())
+    print("seed %d" % seed)
+    kb = build_kb(DOCS, "kb")
+    big = build_kb(synthetic_docs(3000, seed), "big")
     http = ThreadingHTTPServer(("127.0.0.1", 0), SourceHandler)
     http.daemon_threads = True
     threading.Thread(target=http.serve_forever, daemon=True).start()
-    srv = Server("--model", MODEL, "--rag-kb", "docs=" + kb)
+    srv = Server("--model", MODEL, "--rag-kb", "docs=%s,big=%s" % (kb, big))
     src = Server("--model", MODEL, "--rag-kb", "docs=" + kb, "--rag-sources", sources_config(http.server_port))
     try:
         c.run("context message first with the right citations", context_first_with_citations, srv)
@@ -330,7 +346,7 @@ def main():
         c.run("rag without a knowledge base is FAILED_PRECONDITION", no_rag_configured)
         c.run("live source cited, PII masked outbound, slow source skipped", live_source_masked_and_slow_skipped, src)
         c.run("rag.sources picks sources by name", only_named_sources, src)
-        c.run("retrieval latency (INFO)", latency, srv, src)
+        c.run("retrieval latency (INFO)", latency, srv, src, seed)
     finally:
         srv.stop()
         src.stop()
