@@ -1,7 +1,6 @@
 #include "inference_service.h"
 
 #include <fcntl.h>
-#include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -9,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <jansson.h>
 
 #include "corvid/v1/inference.pb-c.h"
 #include "rag_service.h"
@@ -228,6 +229,30 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
     return pack_response(&r, len);
 }
 
+/* One JSON line per finished request, with its id, on stderr. */
+static void log_request(const char *request_id, const char *version, cv_rpc_code code, const cv_engine_final *f,
+                        const char *error) {
+    static const char *const names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+                                        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+                                        "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
+                                        "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg", "request",
+                          "request_id", request_id, "version", version, "code",
+                          (unsigned)code < sizeof names / sizeof names[0] ? names[code] : "UNKNOWN");
+    if (!o) return;
+    if (f) {
+        json_object_set_new(o, "prompt_tokens", json_integer(f->prompt_tokens));
+        json_object_set_new(o, "completion_tokens", json_integer(f->completion_tokens));
+        json_object_set_new(o, "ttft_ms", json_real(f->ttft_s * 1e3));
+        json_object_set_new(o, "total_ms", json_real(f->total_s * 1e3));
+    }
+    if (error && *error) json_object_set_new(o, "error", json_string(error));
+    char *line = json_dumps(o, JSON_COMPACT);
+    if (line) fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(o);
+}
+
 static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *more,
                                   cv_rpc_code *code, const char **status_msg) {
     gen_stream *g = ctx;
@@ -280,6 +305,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
         int ran = g->fail_code == CV_RPC_OK;
         cv_stats_request(g->slot->stats, (int)*code, ran && g->final.ttft_s > 0 ? g->final.ttft_s : -1,
                          ran ? g->final.total_s : 0, ran ? (uint32_t)g->final.completion_tokens : 0);
+        log_request(g->request_id, g->slot->version, *code, ran ? &g->final : NULL, *status_msg);
     }
     pthread_mutex_unlock(&g->mu);
     return p;
@@ -359,8 +385,10 @@ static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_
 }
 
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
-static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, cv_rpc_code code, const char *msg) {
+static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
+                   const char *msg) {
     cv_stats_request(slot->stats, (int)code, -1, 0, 0);
+    log_request(request_id, slot->version, code, NULL, msg);
     cv_rpc_reply(call, code, msg, NULL, 0);
     cv_router_release(inf->router, slot);
 }
@@ -388,15 +416,15 @@ static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, c
 
 #ifdef CORVID_TESTING
 /* Fails the request on purpose at the version's configured rate (tests of rollback). */
-static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call) {
+static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
     float rate = cv_router_fault_rate(inf->router, slot);
     if (rate <= 0 || (float)random_seed() / 18446744073709551616.0f >= rate) return 0;
-    refuse(inf, slot, call, CV_RPC_INTERNAL, "injected fault (CORVID_TESTING build)");
+    refuse(inf, slot, call, request_id, CV_RPC_INTERNAL, "injected fault (CORVID_TESTING build)");
     return 1;
 }
 #else
-static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call) {
-    (void)inf, (void)slot, (void)call;
+static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
+    (void)inf, (void)slot, (void)call, (void)request_id;
     return 0;
 }
 #endif
@@ -420,7 +448,7 @@ static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, i
 static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
     gen_stream *g = calloc(1, sizeof *g);
     if (!g) {
-        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        refuse(inf, slot, call, request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         return NULL;
     }
     pthread_mutex_init(&g->mu, NULL);
@@ -428,7 +456,9 @@ static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, 
     g->slot = slot;
     g->call = call;
     g->engine = slot->engine;
-    snprintf(g->request_id, sizeof g->request_id, "%s", request_id ? request_id : "");
+    /* Every stream has an id for logs and the final message; clients may bring their own. */
+    if (request_id && *request_id) snprintf(g->request_id, sizeof g->request_id, "%s", request_id);
+    else snprintf(g->request_id, sizeof g->request_id, "req-%016llx", (unsigned long long)random_seed());
     atomic_fetch_add(&inf->in_flight, 1);
     cv_rpc_stream_start(call, &gen_ops, g);
     return g;
@@ -662,26 +692,27 @@ out:
 /* Takes the request over (it is freed by the job) and answers through a stream once
  * retrieval is done. Returns 0 when the job owns the request. */
 static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, rag_job *proto) {
+    const char *rid = proto->gen ? proto->gen->request_id : proto->chat->request_id;
     if (!inf->rag) {
-        refuse(inf, slot, call, CV_RPC_FAILED_PRECONDITION,
+        refuse(inf, slot, call, rid, CV_RPC_FAILED_PRECONDITION,
                "rag: this server has no knowledge base or live source configured "
                "(rag_knowledge_bases, rag_sources)");
         return -1;
     }
     if (atomic_fetch_add(&inf->rag_jobs, 1) >= MAX_RAG_JOBS) {
         atomic_fetch_sub(&inf->rag_jobs, 1);
-        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "rag: 64 retrievals are running already");
+        refuse(inf, slot, call, rid, CV_RPC_RESOURCE_EXHAUSTED, "rag: 64 retrievals are running already");
         return -1;
     }
     rag_job *j = malloc(sizeof *j);
     if (!j) {
         atomic_fetch_sub(&inf->rag_jobs, 1);
-        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        refuse(inf, slot, call, rid, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         return -1;
     }
     *j = *proto;
     j->t0 = mono_s();
-    j->g = stream_open(inf, slot, call, j->gen ? j->gen->request_id : j->chat->request_id);
+    j->g = stream_open(inf, slot, call, rid);
     if (!j->g) {
         free(j);
         atomic_fetch_sub(&inf->rag_jobs, 1);
@@ -713,9 +744,9 @@ static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     size_t n = 0;
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
-    if (!slot || injected_fault(inf, slot, call)) goto out;
+    if (!slot || injected_fault(inf, slot, call, r->request_id)) goto out;
     if (!r->prompt[0]) {
-        refuse(inf, slot, call, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
+        refuse(inf, slot, call, r->request_id, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
         goto out;
     }
     if (r->rag && r->rag->enable) {
@@ -724,7 +755,7 @@ static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     }
     cv_status st = tokenize(slot->tok, r->prompt, r->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(inf, slot, call, code_of(st), err.msg);
+        refuse(inf, slot, call, r->request_id, code_of(st), err.msg);
         goto out;
     }
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
@@ -746,15 +777,15 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     cv_chat_msg *msgs = NULL;
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
-    if (!slot || injected_fault(inf, slot, call)) goto out;
+    if (!slot || injected_fault(inf, slot, call, r->request_id)) goto out;
     cv_chat_family fam = slot->chat_family;
     if (r->chat_template[0]) {
         if (cv_chat_family_from_name(r->chat_template, &fam, &err) != CV_OK) {
-            refuse(inf, slot, call, CV_RPC_INVALID_ARGUMENT, err.msg);
+            refuse(inf, slot, call, r->request_id, CV_RPC_INVALID_ARGUMENT, err.msg);
             goto out;
         }
     } else if (!slot->has_chat) {
-        refuse(inf, slot, call, CV_RPC_FAILED_PRECONDITION,
+        refuse(inf, slot, call, r->request_id, CV_RPC_FAILED_PRECONDITION,
                "chat_template: the model's file names no known chat template; name one "
                "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
         goto out;
@@ -765,7 +796,7 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     }
     msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
     if (!msgs) {
-        refuse(inf, slot, call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        refuse(inf, slot, call, r->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         goto out;
     }
     for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
@@ -773,7 +804,7 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     if (st == CV_OK)
         st = tokenize(slot->tok, prompt, CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(inf, slot, call, code_of(st), err.msg);
+        refuse(inf, slot, call, r->request_id, code_of(st), err.msg);
         goto out;
     }
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);

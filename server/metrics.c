@@ -76,7 +76,7 @@ static void engine_gauge(buf *b, const char *name, const char *help, const cv_me
     }
 }
 
-char *cv_metrics_render(const cv_metrics_slot *slots, size_t n) {
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus) {
     buf b = {malloc(4096), 0, 4096, 0};
     if (!b.p) return NULL;
     put(&b, "# HELP corvid_requests_total Finished requests by model version and gRPC status.\n"
@@ -120,6 +120,20 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n) {
         for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
             put(&b, "corvid_slot_state{version=\"%s\",state=\"%s\"} %d\n", slots[i].version, states[k],
                 strcmp(slots[i].state, states[k]) == 0);
+    if (n_gpus > 0) {
+        put(&b, "# HELP corvid_gpu_utilization_ratio GPU busy share over NVML's sample period.\n"
+                "# TYPE corvid_gpu_utilization_ratio gauge\n");
+        for (int i = 0; i < n_gpus; i++)
+            put(&b, "corvid_gpu_utilization_ratio{gpu=\"%u\"} %.2f\n", gpus[i].index, gpus[i].utilization);
+        put(&b, "# HELP corvid_gpu_memory_used_bytes GPU memory in use.\n# TYPE corvid_gpu_memory_used_bytes gauge\n");
+        for (int i = 0; i < n_gpus; i++)
+            put(&b, "corvid_gpu_memory_used_bytes{gpu=\"%u\"} %llu\n", gpus[i].index,
+                (unsigned long long)gpus[i].memory_used);
+        put(&b, "# HELP corvid_gpu_memory_total_bytes GPU memory in all.\n# TYPE corvid_gpu_memory_total_bytes gauge\n");
+        for (int i = 0; i < n_gpus; i++)
+            put(&b, "corvid_gpu_memory_total_bytes{gpu=\"%u\"} %llu\n", gpus[i].index,
+                (unsigned long long)gpus[i].memory_total);
+    }
     if (b.oom) {
         free(b.p);
         return NULL;

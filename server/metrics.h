@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "engine.h"
+#include "gpu_metrics.h"
 #include "stats.h"
 
 typedef struct cv_metrics_slot {
@@ -20,7 +21,8 @@ typedef struct cv_metrics_slot {
     const cv_engine_stats *engine; /* NULL when the slot has no engine */
 } cv_metrics_slot;
 
-/* Appends the exposition to a malloc'd NUL-terminated buffer; NULL when out of memory. */
-char *cv_metrics_render(const cv_metrics_slot *slots, size_t n);
+/* The exposition as a malloc'd NUL-terminated string; NULL when out of memory. GPU
+ * gauges are written only for the samples given (none without NVML). */
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus);
 
 #endif

@@ -79,6 +79,7 @@ static cv_status open_rag(const cv_config *c, cv_audit **audit, cv_rag_service *
 typedef struct server {
     cv_health *health;
     cv_router *router;
+    cv_gpu_metrics *gpu;     /* NULL without NVML */
     atomic_int draining;
 } server;
 
@@ -92,7 +93,9 @@ static char *render_metrics(void *ctx) {
         m[i] = (cv_metrics_slot){info[i].version, draining ? "draining" : cv_slot_state_name(info[i].state),
                                  info[i].weight, &info[i].total, info[i].has_engine ? &info[i].engine : NULL};
     }
-    return cv_metrics_render(m, (size_t)n);
+    cv_gpu_sample gpus[CV_GPU_MAX];
+    int n_gpus = s->gpu ? cv_gpu_metrics_read(s->gpu, gpus) : 0;
+    return cv_metrics_render(m, (size_t)n, gpus, n_gpus);
 }
 
 static int is_ready(void *ctx) {
@@ -198,6 +201,9 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_SERVICES; i++)
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
     if (cfg.metrics_listen[0]) {
+        cv_error gerr = {0};
+        if (cv_gpu_metrics_open(&state.gpu, &gerr) != CV_OK)
+            fprintf(stderr, "{\"level\":\"info\",\"msg\":\"%s\"}\n", gerr.msg);
         cv_http_callbacks cb = {render_metrics, is_ready, &state};
         int mport = 0;
         if (cv_http_start(cfg.metrics_listen, &cb, &http, &mport, &err) != CV_OK) goto out;
@@ -255,6 +261,7 @@ out:
     /* The engine goes first: streams still running get their final (cancelled) event and
      * release their calls, which lets the rpc server shut down without waiting. */
     cv_http_stop(http);
+    cv_gpu_metrics_close(state.gpu);
     cv_router_stop(router);
     cv_rpc_server_free(srv);
     cv_admin_free(admin);

@@ -1,6 +1,7 @@
 """corvid-server's /metrics, /healthz and /readyz, parsed with prometheus_client's text
 parser (an independent implementation of the exposition format). A stream cancelled
 mid-way must hand its KV blocks back, visibly in corvid_kv_blocks_used."""
+import json
 import os
 import threading
 import time
@@ -93,6 +94,28 @@ def cancel_returns_kv_blocks(srv, url):
     assert value(fams, "corvid_requests", version="stories260K", code="CANCELLED") >= 1
 
 
+def request_log_lines(srv):
+    with grpc.insecure_channel(srv.addr) as ch:
+        gen = ch.unary_stream("/corvid.v1.Inference/Generate",
+                              request_serializer=pb.GenerateRequest.SerializeToString,
+                              response_deserializer=pb.GenerateResponse.FromString)
+        finals = [m.final for m in gen(pb.GenerateRequest(prompt="Once upon a time", request_id="trace-\"7\"",
+                                                          sampling=pb.SamplingParams(max_tokens=3)), timeout=30)
+                  if m.WhichOneof("kind") == "final"]
+        minted = [m.final for m in gen(pb.GenerateRequest(prompt="Once upon a time",
+                                                          sampling=pb.SamplingParams(max_tokens=3)), timeout=30)
+                  if m.WhichOneof("kind") == "final"]
+    assert finals[0].request_id == 'trace-"7"' and minted[0].request_id.startswith("req-"), (finals, minted)
+    time.sleep(0.2)
+    logs = [json.loads(line) for line in srv.output().splitlines() if line.startswith("{")]
+    req = [e for e in logs if e.get("msg") == "request"]
+    assert all(e["request_id"] for e in req), req
+    ids = {e["request_id"] for e in req}
+    assert 'trace-"7"' in ids and minted[0].request_id in ids, ids
+    one = [e for e in req if e["request_id"] == 'trace-"7"'][0]
+    assert one["code"] == "OK" and one["completion_tokens"] == 3 and one["version"] == "stories260K", one
+
+
 def health_endpoints(url):
     with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
         assert r.status == 200
@@ -127,6 +150,7 @@ def main():
         c.run("metrics parse, names and counts", metrics_names_and_counts, srv, url)
         c.run("cancel mid-stream returns KV blocks", cancel_returns_kv_blocks, srv, url)
         c.run("/healthz, /readyz, 404", health_endpoints, url)
+        c.run("one JSON log line per request, with its id", request_log_lines, srv)
     finally:
         srv.stop()
     c.run("/readyz is 503 without a model", not_ready_without_model)
