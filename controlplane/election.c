@@ -160,9 +160,12 @@ static void *election_main(void *arg) {
         campaign(e, lease, renewed);
         if (leading(e, NULL)) {
             lead(e, lease);
-            /* Whatever ended the term, that lease is done with: drop it. */
+            /* Whatever ended the term, that lease is done with: drop it, and sit
+             * out one TTL so that a healthier peer takes over rather than racing
+             * this one (which just failed to hold its lease) back in. */
             cv_etcd_lease_revoke(e->c, lease, &err);
             lease = 0;
+            nap(e, e->ttl_s * 1000);
         } else {
             nap(e, e->poll_ms);
         }

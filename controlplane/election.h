@@ -9,7 +9,8 @@
  * As leader it renews the lease every ttl_s/3. It steps down when a keepalive
  * finds the lease gone, or when renewals have failed for long enough that the lease
  * may have expired by now (leadership is only believed up to 2/3 of the TTL past
- * the last renewal sent, so a leader gives up before etcd could hand over).
+ * the last renewal sent, so a leader gives up before etcd could hand over). A
+ * contender that stepped down sits out one TTL before campaigning again.
  *
  * Every write a leader makes must carry the fence: cv_election_fence gives the
  * compare (the leader key's create_revision equals ours) to add to a txn, and
