@@ -620,7 +620,7 @@ static void log_rag(const gen_stream *g, const cv_rag_outcome *o) {
                           "index_ms", o->index_ms, "sources_ms", o->sources_ms, "prompt_ms", o->prompt_ms,
                           "passages", (json_int_t)o->n_passages, "cited", (json_int_t)o->ctx.n_kept,
                           "context_tokens", (json_int_t)o->ctx.tokens, "default_answer", o->default_answer != NULL);
-    char *line = l ? json_dumps(l, JSON_COMPACT) : NULL;
+    char *line = l ? json_dumps(l, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     if (line) fprintf(stderr, "%s\n", line);
     free(line);
     json_decref(l);
