@@ -119,8 +119,9 @@ cv_status cv_fleet_open(const cv_cp_config *cfg, cv_fleet **out, cv_error *err) 
     if (!f) return cv_errorf(err, CV_ENOMEM, "out of memory");
     f->cfg = cfg;
     bool changed;
-    cv_status st = cfg->n_servers ? set_members(f, cfg->servers, cfg->n_servers, &changed, err)
-                                  : cv_fleet_refresh(f, 0, &changed, err);
+    /* A DNS fleet starts empty: its first cv_fleet_refresh resolves it, so a name
+     * without records yet (no ready pods) delays the fleet instead of failing start. */
+    cv_status st = set_members(f, cfg->servers, cfg->n_servers, &changed, err);
     if (st) {
         cv_fleet_close(f);
         return st;

@@ -3,7 +3,8 @@
  * A static list of host:port, or a DNS name whose A/AAAA records (a Kubernetes
  * headless Service) are re-resolved every dns_refresh_ms: addresses that appear join
  * the fleet, addresses that vanish leave it. A failed resolution keeps the last
- * membership (a DNS outage must not empty the fleet).
+ * membership (a DNS outage must not empty the fleet). A DNS fleet is empty until
+ * its first cv_fleet_refresh.
  *
  * cv_fleet_probe calls Admin.GetStatus on every server in parallel, each bounded by
  * admin_timeout_ms; a server that does not answer is unreachable until it does.

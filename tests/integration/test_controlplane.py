@@ -9,7 +9,7 @@ is killed mid-rollout. Each prints its timings; the last line gathers them."""
 import hashlib
 import json
 import os
-import signal
+import shutil
 import subprocess
 import threading
 import time
@@ -365,6 +365,8 @@ def main():
                 with open(path) as f:
                     print("".join(f.readlines()[-30:]))
     print("controlplane timings:", json.dumps(report, sort_keys=True))
+    if not c.failed:
+        shutil.rmtree(TMP, ignore_errors=True)
     c.finish()
 
 

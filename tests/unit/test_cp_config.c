@@ -98,12 +98,23 @@ static void test_fleet_from_dns_and_unreachable_probe(void **state) {
     assert_int_equal(cv_cp_config_parse(text, strlen(text), &cfg, &err), CV_OK);
     cv_fleet *f;
     assert_int_equal(cv_fleet_open(&cfg, &f, &err), CV_OK);
+    assert_int_equal(cv_fleet_count(f), 0); /* resolved on the first refresh */
+    bool changed = false;
+    assert_int_equal(cv_fleet_refresh(f, 1000000, &changed, &err), CV_OK);
+    assert_true(changed);
     assert_true(cv_fleet_count(f) >= 1);
     cv_fleet_server *first = cv_fleet_at(f, 0);
-    bool changed = true;
-    assert_int_equal(cv_fleet_refresh(f, 1000000, &changed, &err), CV_OK);
+    assert_int_equal(cv_fleet_refresh(f, 1000050, &changed, &err), CV_OK);
+    assert_false(changed); /* not due yet */
+    assert_int_equal(cv_fleet_refresh(f, 1000100, &changed, &err), CV_OK);
     assert_false(changed); /* same records: the same servers, kept */
     assert_ptr_equal(cv_fleet_at(f, 0), first);
+    /* Records that change replace the membership (the name is read at each refresh). */
+    snprintf(cfg.dns_name, sizeof cfg.dns_name, "127.0.0.2");
+    assert_int_equal(cv_fleet_refresh(f, 1000200, &changed, &err), CV_OK);
+    assert_true(changed);
+    assert_int_equal(cv_fleet_count(f), 1);
+    assert_string_equal(cv_fleet_at(f, 0)->addr, "127.0.0.2:9");
     cv_fleet_probe(f, 1);
     for (size_t i = 0; i < cv_fleet_count(f); i++) {
         assert_false(cv_fleet_at(f, i)->reachable); /* nothing listens on port 9 */
