@@ -251,7 +251,7 @@ static void *load_thread(void *arg) {
     }
     cv_audit_entry ae = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri,
                          en->info.state == CV_SLOT_READY ? "ready" : "failed", en->info.message};
-    char detail[700];
+    char detail[128 + 65 + 512 + 32];
     snprintf(detail, sizeof detail, "version=%s sha256=%s: %s", a->version, sha[0] ? sha : "-", en->info.message);
     ae.detail = detail;
     pthread_mutex_unlock(&r->mu);

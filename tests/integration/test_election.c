@@ -116,7 +116,7 @@ static void test_fenced_leader_steps_down_when_lease_revoked(void **state) {
     } else {
         assert_int_equal(got, CV_ENOTFOUND);
     }
-    wait_state(a, true, 2 * TTL_S * 1000);
+    wait_state(a, true, 3 * TTL_S * 1000);
     cv_election_get_status(a, &sa);
     assert_int_equal(sa.terms, 2);
     cv_election_stop(a);

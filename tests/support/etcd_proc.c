@@ -1,6 +1,7 @@
 #include "etcd_proc.h"
 
 #include <curl/curl.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -172,8 +173,35 @@ void cv_test_etcd_kill(cv_test_etcd *e, int sig) {
     e->pid = 0;
 }
 
+/* Whether every thread of pid is (or none is) in the stopped state. */
+static bool threads_stopped(pid_t pid, bool stopped) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return false;
+    bool all = true;
+    for (struct dirent *de; all && (de = readdir(d));) {
+        if (de->d_name[0] == '.') continue;
+        char stat_path[384], buf[512];
+        snprintf(stat_path, sizeof stat_path, "%s/%s/stat", path, de->d_name);
+        FILE *f = fopen(stat_path, "r");
+        if (!f) continue; /* the thread just exited */
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        const char *rp = strrchr(buf, ')'); /* the state follows "(comm) " */
+        if (rp && rp[1] == ' ') all = (rp[2] == 'T' || rp[2] == 't') == stopped;
+    }
+    closedir(d);
+    return all;
+}
+
 void cv_test_etcd_pause(cv_test_etcd *e, bool paused) {
-    if (e->pid > 0) kill(e->pid, paused ? SIGSTOP : SIGCONT);
+    if (e->pid <= 0) return;
+    kill(e->pid, paused ? SIGSTOP : SIGCONT);
+    /* kill() returns before the threads stop: a request sent right after could
+     * still be answered. Wait (up to 2 s) until the state has really changed. */
+    for (int i = 0; i < 400 && !threads_stopped(e->pid, paused); i++) cv_test_sleep_ms(5);
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {

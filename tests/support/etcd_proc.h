@@ -32,7 +32,8 @@ cv_status cv_test_etcd_start(cv_test_etcd *e, cv_error *err);
 cv_status cv_test_etcd_launch(cv_test_etcd *e, bool main, cv_error *err);
 /* Sends sig (SIGTERM, SIGKILL) and reaps the process. */
 void cv_test_etcd_kill(cv_test_etcd *e, int sig);
-/* SIGSTOP / SIGCONT: etcd keeps its sockets but answers nothing. */
+/* SIGSTOP / SIGCONT: etcd keeps its sockets but answers nothing. Returns once
+ * every thread of etcd has stopped (or runs again). */
 void cv_test_etcd_pause(cv_test_etcd *e, bool paused);
 /* Kills etcd (if running) and removes its data dir. */
 void cv_test_etcd_destroy(cv_test_etcd *e);
