@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Same file, same run: corvid's bench-decode, then llama.cpp's llama-bench (prompt 512,
-# 128 generated tokens), printed as one JSON object with the ratios corvid / llama.cpp.
+# Same file, same run: corvid's bench-decode and llama.cpp's llama-bench (prompt 512,
+# 128 generated tokens), alternated run by run so that a change in machine load hits
+# both, then one JSON object with corvid's medians, llama.cpp's medians and the ratios.
 #   bench/compare-llamacpp.sh MODEL.gguf [THREADS] [RUNS]
 # LLAMA_BENCH names llama.cpp's llama-bench (built beside the project, never in it).
 set -eu
@@ -8,27 +9,39 @@ model=$1 threads=${2:-2} runs=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bench=${CORVID_BIN:-$here/build/bin}/bench-decode
 llama=${LLAMA_BENCH:-/work/peer/llama.cpp/build/bin/llama-bench}
-ours=$("$bench" -m "$model" -t "$threads" --runs "$runs")
 if [ ! -x "$llama" ]; then
     echo "compare-llamacpp: no llama-bench at $llama (set LLAMA_BENCH)" >&2
-    echo "$ours"
-    exit 0
+    exec "$bench" -m "$model" -t "$threads" --runs "$runs"
 fi
-peer=$("$llama" -m "$model" -t "$threads" -p 512 -n 128 -r "$runs" -o json 2>/dev/null)
-/usr/bin/python3 - "$ours" "$peer" <<'EOF'
-import json, sys
-ours, peer = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-def speed(kind):
-    for t in peer:
-        if (t["n_prompt"] > 0) == (kind == "prefill") and (t["n_gen"] > 0) == (kind == "decode"):
-            return t["avg_ts"]
-pp, tg = speed("prefill"), speed("decode")
-ours.update({
+ours=() peer=()
+for _ in $(seq "$runs"); do
+    ours+=("$("$bench" -m "$model" -t "$threads" --runs 1)")
+    peer+=("$("$llama" -m "$model" -t "$threads" -p 512 -n 128 -r 1 -o json 2>/dev/null | tr -d '\n')")
+done
+/usr/bin/python3 - "${#ours[@]}" "${ours[@]}" "${peer[@]}" <<'EOF'
+import json, statistics, sys
+n = int(sys.argv[1])
+ours = [json.loads(s) for s in sys.argv[2:2 + n]]
+peer = [json.loads(s) for s in sys.argv[2 + n:]]
+med = lambda xs: statistics.median(xs)
+out = dict(ours[0])
+for k in ("read_bandwidth_gbs", "prefill_tokens_per_s", "decode_tokens_per_s",
+          "batch4_tokens_per_s", "batch16_tokens_per_s", "peak_rss_bytes"):
+    out[k] = med([o[k] for o in ours])
+out["runs"] = n
+def speed(run, prefill):
+    return next(t["avg_ts"] for t in run if (t["n_prompt"] > 0) == prefill and (t["n_gen"] > 0) != prefill)
+pp, tg = med([speed(r, True) for r in peer]), med([speed(r, False) for r in peer])
+wb, bw = out["weight_bytes_per_token"], out["read_bandwidth_gbs"]
+out.update({
+    "batch16_over_batch1": out["batch16_tokens_per_s"] / out["decode_tokens_per_s"],
+    "decode_gbs": wb * out["decode_tokens_per_s"] / 1e9,
+    "roofline_fraction": wb * out["decode_tokens_per_s"] / 1e9 / bw,
     "llamacpp_prefill_tokens_per_s": pp,
     "llamacpp_decode_tokens_per_s": tg,
-    "prefill_vs_llamacpp": ours["prefill_tokens_per_s"] / pp,
-    "decode_vs_llamacpp": ours["decode_tokens_per_s"] / tg,
-    "llamacpp_roofline_fraction": ours["weight_bytes_per_token"] * tg / 1e9 / ours["read_bandwidth_gbs"],
+    "llamacpp_roofline_fraction": wb * tg / 1e9 / bw,
+    "prefill_vs_llamacpp": out["prefill_tokens_per_s"] / pp,
+    "decode_vs_llamacpp": out["decode_tokens_per_s"] / tg,
 })
-print(json.dumps(ours))
+print(json.dumps(out))
 EOF
