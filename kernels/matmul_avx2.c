@@ -8,7 +8,8 @@
  * vector, so the scale work (weight scale x activation scale, one FMA) is done for 4
  * outputs at a time instead of per output.
  *   Q4_0: maddubs(level, a) with the unsigned levels 0..15; the offset of 8 comes off
- *         as 8 * sum(a) per block (exact, in integers).
+ *         as 8 * sum(a) per block (exact, in integers); the four rows' int16 pair sums
+ *         are added in int16 and widened once.
  *   Q8_0: maddubs(|w|, sign(a, w)) (no saturation: |w|, |a| <= 127).
  * Each output sums its blocks in order with the same integer and float steps whatever
  * the tile shape or thread split, so results do not depend on the thread count.
@@ -58,6 +59,14 @@ INLINE __m128i reduce4(__m256i p0, __m256i p1, __m256i p2, __m256i p3) {
     return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+/* The same from int16 pair sums, adding in int16 first (one widening instead of four):
+ * exact while 8 lanes of a row sum below 2^15, true for Q4_0 (8 x 2 x 15 x 127). */
+INLINE __m128i reduce4_i16(__m256i p0, __m256i p1, __m256i p2, __m256i p3, __m256i ones) {
+    __m256i h = _mm256_hadd_epi16(_mm256_hadd_epi16(p0, p1), _mm256_hadd_epi16(p2, p3));
+    h = _mm256_madd_epi16(h, ones);
+    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
 /* Scales of block b of four rows (rows past RM repeat row 0; their lanes are unused). */
 INLINE __m128 scales4(const uint8_t *w, size_t ws, int RM, int64_t b, size_t blk) {
     const __m128i idx = _mm_setr_epi32(0, RM > 1 ? (int)ws : 0, RM > 2 ? (int)(2 * ws) : 0, RM > 3 ? (int)(3 * ws) : 0);
@@ -102,15 +111,14 @@ INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, s
             __m256i p[4];
             _Pragma("GCC unroll 4")
             for (int r = 0; r < 4; r++) {
-                if (r >= RM) {
+                if (r >= RM)
                     p[r] = _mm256_setzero_si256();
-                } else if (kind == W_Q4_0) {
-                    p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wq[r], aq), ones);
-                } else {
+                else if (kind == W_Q4_0)
+                    p[r] = _mm256_maddubs_epi16(wq[r], aq);
+                else
                     p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(wa[r], _mm256_sign_epi8(aq, wq[r])), ones);
-                }
             }
-            __m128i s = reduce4(p[0], p[1], p[2], p[3]);
+            __m128i s = kind == W_Q4_0 ? reduce4_i16(p[0], p[1], p[2], p[3], ones) : reduce4(p[0], p[1], p[2], p[3]);
             if (kind == W_Q4_0) s = _mm_sub_epi32(s, _mm_set1_epi32(((const int32_t *)(ad + nb))[b]));
             acc[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(s), _mm_mul_ps(dw, _mm_set1_ps(ad[b])), acc[t]);
         }
