@@ -16,6 +16,19 @@
 #include "quant.h"
 #include "../support/test_rng.h"
 
+/* Tolerances, relative to max(1, |reference|) unless said otherwise. The fast kernels
+ * differ from the reference by summation order, float (not double) sums, and exp/tanh
+ * approximations accurate to a few ulp. */
+#define TOL_MATMUL 2e-4      /* fast vs reference, relative to sqrt(cols) */
+#define TOL_MATMUL_F64 1e-5  /* reference vs float64, relative to sqrt(cols) and |y| */
+#define TOL_RMSNORM 2e-6
+#define TOL_ROPE 1e-6
+#define TOL_SOFTMAX 2e-6
+#define TOL_GLU 1e-6
+#define TOL_SOFTCAP 2e-6
+#define TOL_ATTENTION 2e-5   /* fast (online softmax) vs reference (three passes) */
+#define TOL_F64 1e-5         /* any reference vs its float64 formula, absolute */
+
 static cv_test_rng g_rng;
 
 static uint64_t rnd(void) { return cv_test_rng_next(&g_rng); }
@@ -110,7 +123,7 @@ static void check_matmul(pair *p, cv_type type, int64_t rows, int64_t cols, int3
     cv_quant_force_scalar(0);
     p->fast->ops->matmul(p->fast, &wf, x, yf, n);
     double scale = sqrt((double)cols);
-    double tol = 2e-4;
+    double tol = TOL_MATMUL;
     for (int64_t i = 0; i < (int64_t)n * rows; i++) {
         if (!(fabs((double)yf[i] - yr[i]) <= tol * scale))
             fail_msg("matmul %s %lldx%lld n=%d: y[%lld] fast %.7g vs reference %.7g", cv_type_get(type)->name,
@@ -132,7 +145,7 @@ static void check_matmul(pair *p, cv_type type, int64_t rows, int64_t cols, int3
             cv_dequantize_row(type, (char *)w.data + r * w.t.row_stride, wrow, cols);
             double s = 0;
             for (int64_t c = 0; c < cols; c++) s += (double)wrow[c] * arow[c];
-            if (!(fabs(s - yr[(int64_t)t * rows + r]) <= 1e-5 * scale + 1e-5 * fabs(s)))
+            if (!(fabs(s - yr[(int64_t)t * rows + r]) <= TOL_MATMUL_F64 * (scale + fabs(s))))
                 fail_msg("matmul reference %s: y[%d][%lld] = %.7g, float64 says %.7g", cv_type_get(type)->name, t,
                          (long long)r, yr[(int64_t)t * rows + r], s);
         }
@@ -253,12 +266,12 @@ static void test_rmsnorm(void **state) {
             p->ref->ops->rmsnorm(p->ref, x, w, a, rows, dim, 1e-6f, add_one);
             memcpy(b, x, sizeof(float) * rows * dim);
             p->fast->ops->rmsnorm(p->fast, b, w, b, rows, dim, 1e-6f, add_one); /* in place */
-            assert_close(b, a, rows * dim, 2e-6, "rmsnorm");
+            assert_close(b, a, rows * dim, TOL_RMSNORM, "rmsnorm");
             double ss = 0;
             for (int32_t i = 0; i < dim; i++) ss += (double)x[i] * x[i];
             double r = 1 / sqrt(ss / dim + 1e-6);
             for (int32_t i = 0; i < dim; i++)
-                assert_true(fabs(a[i] - x[i] * r * (w[i] + add_one)) <= 1e-5 * fmax(1, fabs(a[i])));
+                assert_true(fabs(a[i] - x[i] * r * (w[i] + add_one)) <= TOL_F64 * fmax(1, fabs(a[i])));
         }
         free(x);
         free(w);
@@ -285,7 +298,7 @@ static void test_rope(void **state) {
                 memcpy(b, x, sizeof(float) * nt * nh * hd);
                 p->ref->ops->rope(p->ref, &rp, a, nt, nh, hd, pos);
                 p->fast->ops->rope(p->fast, &rp, b, nt, nh, hd, pos);
-                assert_close(b, a, nt * nh * hd, 1e-6, "rope");
+                assert_close(b, a, nt * nh * hd, TOL_ROPE, "rope");
                 /* Position 0 is the identity; dims past n_rot pass through. */
                 assert_memory_equal(a, x, sizeof(float) * nh * hd);
                 for (int32_t t = 0; t < nt; t++)
@@ -297,8 +310,8 @@ static void test_rope(void **state) {
                 double th = 77.0 * 0.5 * pow(10000.0, -2.0 * i / n_rots[r]) / (f ? factors[i] : 1.0);
                 int ia = modes[m] == CV_ROPE_NEOX ? i : 2 * i, ib = modes[m] == CV_ROPE_NEOX ? i + n_rots[r] / 2 : 2 * i + 1;
                 const float *src = x + (2 * nh + 1) * hd, *dst = a + (2 * nh + 1) * hd;
-                assert_true(fabs(dst[ia] - (src[ia] * cos(th) - src[ib] * sin(th))) < 1e-5);
-                assert_true(fabs(dst[ib] - (src[ia] * sin(th) + src[ib] * cos(th))) < 1e-5);
+                assert_true(fabs(dst[ia] - (src[ia] * cos(th) - src[ib] * sin(th))) < TOL_F64);
+                assert_true(fabs(dst[ib] - (src[ia] * sin(th) + src[ib] * cos(th))) < TOL_F64);
                 free(x);
                 free(a);
                 free(b);
@@ -314,10 +327,10 @@ static void test_softmax(void **state) {
         memcpy(b, a, sizeof(float) * 3 * n);
         p->ref->ops->softmax(p->ref, a, 3, n);
         p->fast->ops->softmax(p->fast, b, 3, n);
-        assert_close(b, a, 3 * n, 2e-6, "softmax");
+        assert_close(b, a, 3 * n, TOL_SOFTMAX, "softmax");
         double s = 0;
         for (int32_t i = 0; i < n; i++) s += a[i];
-        assert_true(fabs(s - 1) < 1e-5);
+        assert_true(fabs(s - 1) < TOL_F64);
         free(a);
         free(b);
     }
@@ -331,14 +344,14 @@ static void test_glu_and_elementwise(void **state) {
         p->ref->ops->glu(p->ref, (cv_glu_kind)kind, g, u, a, n);
         memcpy(b, g, sizeof(float) * n);
         p->fast->ops->glu(p->fast, (cv_glu_kind)kind, b, u, b, n); /* out aliases gate */
-        assert_close(b, a, n, 1e-6, kind ? "geglu" : "swiglu");
+        assert_close(b, a, n, TOL_GLU, kind ? "geglu" : "swiglu");
     }
     /* Known values: silu(1) = 1 / (1 + e^-1); gelu_tanh(1) = 0.5 (1 + tanh(sqrt(2/pi) 1.044715)). */
     float one = 1, x1 = 1, y;
     p->ref->ops->glu(p->ref, CV_GLU_SWIGLU, &x1, &one, &y, 1);
-    assert_true(fabs(y - 0.7310585786) < 1e-6);
+    assert_true(fabs(y - 0.7310585786) < TOL_GLU);
     p->ref->ops->glu(p->ref, CV_GLU_GEGLU, &x1, &one, &y, 1);
-    assert_true(fabs(y - 0.5 * (1 + tanh(0.7978845608 * 1.044715))) < 1e-6);
+    assert_true(fabs(y - 0.5 * (1 + tanh(0.7978845608 * 1.044715))) < TOL_GLU);
 
     p->ref->ops->add(p->ref, g, u, a, n);
     memcpy(b, g, sizeof(float) * n);
@@ -356,7 +369,7 @@ static void test_glu_and_elementwise(void **state) {
     memcpy(b, g, sizeof(float) * n);
     p->ref->ops->softcap(p->ref, a, 5.0f, n);
     p->fast->ops->softcap(p->fast, b, 5.0f, n);
-    assert_close(b, a, n, 2e-6, "softcap");
+    assert_close(b, a, n, TOL_SOFTCAP, "softcap");
     for (int64_t i = 0; i < n; i++) assert_true(fabsf(a[i]) <= 5.0f);
     free(g);
     free(u);
@@ -436,7 +449,7 @@ static void check_attention(pair *p, cv_type kvt, int32_t n_heads, int32_t n_kv,
     float *q = fill(total * qw, 1.5f), *oa = malloc(sizeof(float) * total * qw), *ob = malloc(sizeof(float) * total * qw);
     p->ref->ops->attention(p->ref, &ap, &kv, rows, total, q, oa);
     p->fast->ops->attention(p->fast, &ap, &kv, rows, total, q, ob);
-    assert_close(ob, oa, total * qw, 2e-5, "attention fast vs reference");
+    assert_close(ob, oa, total * qw, TOL_ATTENTION, "attention fast vs reference");
     i = 0;
     int32_t group = n_heads / n_kv;
     double sc[128];
@@ -460,7 +473,7 @@ static void check_attention(pair *p, cv_type kvt, int32_t n_heads, int32_t n_kv,
                     double o = 0;
                     for (int32_t pp = r->lo; pp <= r->pos; pp++)
                         o += exp(sc[pp - r->lo] - mx) / sum * vc[s][pp * width + g * hd + e];
-                    if (!(fabs(o - oa[i * qw + h * hd + e]) < 1e-5))
+                    if (!(fabs(o - oa[i * qw + h * hd + e]) < TOL_F64))
                         fail_msg("attention reference: token %d head %d dim %d: %.7g, float64 says %.7g", i, h, e,
                                  oa[i * qw + h * hd + e], o);
                 }
