@@ -297,7 +297,14 @@ static void cpu_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_l
     int32_t group = p->n_heads / kv->n_kv_heads;
     int32_t splits = (group + CV_ATTN_MAX_GROUP - 1) / CV_ATTN_MAX_GROUP;
     attn_ctx a = {cb->k, p, kv, rows, q, out, kv->n_kv_heads * splits, splits, group};
-    cv_threadpool_for(cb->pool, attn_item, &a, (int64_t)n * a.per_token);
+    int64_t items = (int64_t)n * a.per_token, work = 0;
+    for (int32_t i = 0; i < n && work < PAR_MIN_WORK; i++)
+        work += (int64_t)(rows[i].pos - rows[i].lo + 1) * p->n_heads * kv->head_dim;
+    if (work < PAR_MIN_WORK) {
+        for (int64_t i = 0; i < items; i++) attn_item(&a, i, 0);
+        return;
+    }
+    cv_threadpool_for(cb->pool, attn_item, &a, items);
 }
 
 static void cpu_destroy(cv_backend *be) {

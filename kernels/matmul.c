@@ -43,6 +43,9 @@ typedef struct mm_task {
 /* Up to this many tokens (decode) every thread converts the whole batch itself: a
  * microsecond of duplicated work instead of a second dispatch. */
 #define PRIVATE_ACT_MAX 4
+/* About 100 us of tile work per item; below SERIAL_MACS the caller does it all. */
+#define ITEM_MACS ((int64_t)1 << 22)
+#define SERIAL_MACS ((int64_t)1 << 17)
 
 static void mm_convert_item(void *ctx, int64_t t, int ith) {
     (void)ith;
@@ -74,11 +77,16 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
                    const cv_tensor *w, const float *x, float *y, int32_t n) {
     int nth = cv_threadpool_size(pool);
     mm_task m = {.k = k, .w = w, .scratch = scratch};
-    /* Several items per thread so that a thread that starts late or runs slow is made
-     * up for by the others; items of up to 128 rows so that each is a long stream. */
-    int64_t units = w->rows / (16 * 4 * (int64_t)nth);
+    /* Items of 16..128 rows: several per thread and about ITEM_MACS of work each, so
+     * that a thread that starts late, runs slow or is preempted holding an item delays
+     * the others little; as long as that allows, so that each is a long stream. */
+    int64_t macs_per_16 = 16 * w->cols * (int64_t)n;
+    int64_t by_work = ITEM_MACS / macs_per_16, by_balance = w->rows / (16 * 4 * (int64_t)nth);
+    int64_t units = by_work < by_balance ? by_work : by_balance;
     m.item_rows = 16 * (units < 1 ? 1 : units > 8 ? 8 : units);
     int64_t items = (w->rows + m.item_rows - 1) / m.item_rows;
+    /* Too little work to be worth waking the pool (small models, tiny matrices). */
+    if (w->rows * w->cols * (int64_t)n < SERIAL_MACS) nth = 1;
     int32_t chunk = n;
     m.act_bytes = k->act_row_bytes(w->type, w->cols);
     if (m.act_bytes) {
@@ -92,6 +100,11 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
         m.n = n - c0 < chunk ? n - c0 : chunk;
         m.x = x + (int64_t)c0 * w->cols;
         m.y = y + (int64_t)c0 * w->rows;
+        if (nth == 1) {
+            for (int32_t t = 0; m.act_bytes && !m.private_act && t < m.n; t++) mm_convert_item(&m, t, 0);
+            for (int64_t i = 0; i < items; i++) mm_rows_item(&m, i, 0);
+            continue;
+        }
         if (m.act_bytes && !m.private_act) cv_threadpool_for(pool, mm_convert_item, &m, m.n);
         cv_threadpool_for(pool, mm_rows_item, &m, items);
     }
