@@ -135,6 +135,96 @@ INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, s
     }
 }
 
+/* Q4_0 at n >= 2: 8 rows x RN tokens with the weights transposed in registers, so
+ * that each row's sums stay in their own lanes and nothing is reduced horizontally.
+ * Block b of each of the 8 rows (32 levels = 8 groups of 4) is transposed into V[k] =
+ * group k of rows 0..7; maddubs(V[k], 4 activation bytes of group k broadcast) puts row
+ * j's pair sums in int16 lanes 2j, 2j+1; the 8 groups add up in int16 (at most
+ * 8 x 2 x 15 x 127 < 2^15) and one madd widens them to one int32 lane per row. The
+ * transposition is paid once per block for RN tokens. Same integer sums and the same
+ * float steps per output as tile(), so the two tile shapes mix freely. */
+INLINE void transpose8(__m256i v[8]) {
+    __m256i a0 = _mm256_unpacklo_epi32(v[0], v[1]), a1 = _mm256_unpackhi_epi32(v[0], v[1]);
+    __m256i a2 = _mm256_unpacklo_epi32(v[2], v[3]), a3 = _mm256_unpackhi_epi32(v[2], v[3]);
+    __m256i a4 = _mm256_unpacklo_epi32(v[4], v[5]), a5 = _mm256_unpackhi_epi32(v[4], v[5]);
+    __m256i a6 = _mm256_unpacklo_epi32(v[6], v[7]), a7 = _mm256_unpackhi_epi32(v[6], v[7]);
+    __m256i b0 = _mm256_unpacklo_epi64(a0, a2), b1 = _mm256_unpackhi_epi64(a0, a2);
+    __m256i b2 = _mm256_unpacklo_epi64(a1, a3), b3 = _mm256_unpackhi_epi64(a1, a3);
+    __m256i b4 = _mm256_unpacklo_epi64(a4, a6), b5 = _mm256_unpackhi_epi64(a4, a6);
+    __m256i b6 = _mm256_unpacklo_epi64(a5, a7), b7 = _mm256_unpackhi_epi64(a5, a7);
+    v[0] = _mm256_permute2x128_si256(b0, b4, 0x20);
+    v[1] = _mm256_permute2x128_si256(b1, b5, 0x20);
+    v[2] = _mm256_permute2x128_si256(b2, b6, 0x20);
+    v[3] = _mm256_permute2x128_si256(b3, b7, 0x20);
+    v[4] = _mm256_permute2x128_si256(b0, b4, 0x31);
+    v[5] = _mm256_permute2x128_si256(b1, b5, 0x31);
+    v[6] = _mm256_permute2x128_si256(b2, b6, 0x31);
+    v[7] = _mm256_permute2x128_si256(b3, b7, 0x31);
+}
+
+/* Activation bytes 4k..4k+3 in every 32-bit lane. */
+INLINE __m256i group4(const uint8_t *qs, int k) {
+    int32_t v;
+    memcpy(&v, qs + 4 * k, 4);
+    return _mm256_set1_epi32(v);
+}
+
+INLINE void tile8_q4_0(const int RN, const uint8_t *w, size_t ws, const uint8_t *act, size_t astride, int64_t nb,
+                       float *y, int64_t ldy) {
+    const size_t blk = sizeof(cv_block_q4_0);
+    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+    const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ws));
+    const size_t qpart = q8_part(nb);
+    const uint8_t *pf = w + 8 * ws;
+    __m256 acc[8];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        _mm_prefetch((const char *)pf + b * 8 * blk, _MM_HINT_T0);
+        _mm_prefetch((const char *)pf + b * 8 * blk + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)pf + b * 8 * blk + 128, _MM_HINT_T0);
+        __m256i v[8];
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < 8; r++) {
+            __m128i q = _mm_loadu_si128((const __m128i *)(w + r * ws + b * blk + 2));
+            v[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1), low4);
+        }
+        transpose8(v);
+        __m256i g = _mm256_i32gather_epi32((const int *)(w + b * blk), idx, 1);
+        g = _mm256_shuffle_epi8(g, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4,
+                                                    5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+        g = _mm256_permute4x64_epi64(g, 0x08);
+        const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(g));
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *arow = act + t * astride;
+            const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
+            const float *ad = (const float *)(arow + qpart);
+            __m256i s16 = _mm256_maddubs_epi16(v[0], group4(aq, 0));
+            _Pragma("GCC unroll 8")
+            for (int k = 1; k < 8; k++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(v[k], group4(aq, k)));
+            __m256i s = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(((const int32_t *)(ad + nb))[b]));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, _mm256_set1_ps(ad[b])), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) _mm256_storeu_ps(y + t * ldy, acc[t]);
+}
+
+INLINE void tile8_any(int rn, const uint8_t *w, size_t ws, const uint8_t *act, size_t as, int64_t nb, float *y,
+                      int64_t ldy) {
+    switch (rn) {
+    case 8: tile8_q4_0(8, w, ws, act, as, nb, y, ldy); break;
+    case 7: tile8_q4_0(7, w, ws, act, as, nb, y, ldy); break;
+    case 6: tile8_q4_0(6, w, ws, act, as, nb, y, ldy); break;
+    case 5: tile8_q4_0(5, w, ws, act, as, nb, y, ldy); break;
+    case 4: tile8_q4_0(4, w, ws, act, as, nb, y, ldy); break;
+    case 3: tile8_q4_0(3, w, ws, act, as, nb, y, ldy); break;
+    case 2: tile8_q4_0(2, w, ws, act, as, nb, y, ldy); break;
+    default: tile8_q4_0(1, w, ws, act, as, nb, y, ldy); break;
+    }
+}
+
 /* Tiles of 4 rows x up to 4 tokens; the rows' tail takes a narrower tile. */
 INLINE void tile_any(const int kind, int rm, int rn, const uint8_t *w, size_t ws, const uint8_t *act, size_t as,
                      int64_t nb, float *y, int64_t ldy) {
@@ -164,12 +254,20 @@ INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1
     const uint8_t *A = act;
     for (int64_t rb = r0; rb < r1; rb += ROW_BLOCK) {
         int64_t re = rb + ROW_BLOCK < r1 ? rb + ROW_BLOCK : r1;
-        for (int32_t t = 0; t < n; t += 4) {
-            int rn = n - t < 4 ? n - t : 4;
-            for (int64_t r = rb; r < re; r += 4) {
+        const int tstep = kind == W_Q4_0 && n > 1 ? 8 : 4;
+        for (int32_t t = 0; t < n; t += tstep) {
+            int rn = n - t < tstep ? n - t : tstep;
+            int64_t r = rb;
+            const uint8_t *wr = (const uint8_t *)w->data;
+            if (tstep == 8)
+                for (; r + 8 <= re; r += 8)
+                    tile8_any(rn, wr + r * ws, ws, A + (size_t)t * act_stride, act_stride, nb, y + (int64_t)t * ldy + r,
+                              ldy);
+            for (; r < re; r += 4) {
                 int rm = re - r < 4 ? (int)(re - r) : 4;
-                tile_any(kind, rm, rn, (const uint8_t *)w->data + r * ws, ws, A + (size_t)t * act_stride, act_stride,
-                         nb, y + (int64_t)t * ldy + r, ldy);
+                for (int32_t tt = t; tt < t + rn; tt += 4)
+                    tile_any(kind, rm, t + rn - tt < 4 ? t + rn - tt : 4, wr + r * ws, ws, A + (size_t)tt * act_stride,
+                             act_stride, nb, y + (int64_t)tt * ldy + r, ldy);
             }
         }
     }
