@@ -6,7 +6,8 @@
  * each weight block is unpacked once for RN tokens, each activation block once for 4
  * rows. The integer block sums of the 4 rows are reduced together into one 4-lane
  * vector, so the scale work (weight scale x activation scale, one FMA) is done for 4
- * outputs at a time instead of per output.
+ * outputs at a time instead of per output. Q4_0 with several tokens uses tiles of 8
+ * rows x 8 tokens instead (tile8_q4_0).
  *   Q4_0: maddubs(level, a) with the unsigned levels 0..15; the offset of 8 comes off
  *         as 8 * sum(a) per block (exact, in integers); the four rows' int16 pair sums
  *         are added in int16 and widened once.
