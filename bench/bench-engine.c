@@ -1,0 +1,144 @@
+/* bench-engine: the engine's own throughput, in process, with no gRPC in the way.
+ *
+ *   bench-engine -m MODEL [-t THREADS] [--concurrency C] [--requests N] [--max-tokens M] [--runs R]
+ *
+ * Keeps C requests in flight (greedy, EOS ignored, "Once upon a time") until N have
+ * finished, through the same continuous-batching engine corvid-server uses. Prints the
+ * median over R runs of output tokens per second: the denominator of the server's
+ * overhead ratio (bench/serve-overhead.sh runs bench-load against corvid-server at the
+ * same concurrency beside it).
+ */
+#include <getopt.h>
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "slot.h"
+
+typedef struct counter {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long tokens;
+    int in_flight, finished;
+} counter;
+
+static void on_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n,
+                     const cv_sample *samples) {
+    (void)text, (void)len, (void)ids, (void)samples;
+    counter *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    c->tokens += n;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void on_final(void *ctx, const cv_engine_final *f) {
+    (void)f;
+    counter *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    c->in_flight--;
+    c->finished++;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int main(int argc, char **argv) {
+    const char *model = NULL;
+    int threads = 0, conc = 1, requests = 16, max_tokens = 100, runs = 3;
+    static const struct option lo[] = {{"model", required_argument, 0, 'm'},
+                                       {"threads", required_argument, 0, 't'},
+                                       {"concurrency", required_argument, 0, 'c'},
+                                       {"requests", required_argument, 0, 'n'},
+                                       {"max-tokens", required_argument, 0, 'x'},
+                                       {"runs", required_argument, 0, 'r'},
+                                       {0, 0, 0, 0}};
+    int o;
+    while ((o = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 't': threads = atoi(optarg); break;
+        case 'c': conc = atoi(optarg); break;
+        case 'n': requests = atoi(optarg); break;
+        case 'x': max_tokens = atoi(optarg); break;
+        case 'r': runs = atoi(optarg); break;
+        default:
+            fprintf(stderr, "usage: bench-engine -m MODEL [-t N] [--concurrency C] [--requests N] "
+                            "[--max-tokens M] [--runs R]\n");
+            return 2;
+        }
+    }
+    if (!model || conc < 1 || requests < 1 || max_tokens < 1 || runs < 1 || runs > 64) {
+        fprintf(stderr, "bench-engine: -m MODEL is required; counts must be positive\n");
+        return 2;
+    }
+    cv_slot_options so = {.threads = threads};
+    cv_engine_config_default(&so.engine);
+    so.engine.max_running = conc;
+    so.engine.max_waiting = requests;
+    so.engine.max_batch_tokens = conc > 256 ? conc : 256;
+    cv_slot *slot;
+    cv_error err = {0};
+    if (cv_slot_load(model, NULL, &so, NULL, &slot, &err) != CV_OK) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+        return 1;
+    }
+    int32_t prompt[64];
+    size_t n_prompt;
+    if (cv_tok_encode(slot->tok, "Once upon a time", 16, CV_TOK_ADD_SPECIAL, prompt, 64, &n_prompt, &err) != CV_OK) {
+        fprintf(stderr, "bench-engine: %s\n", err.msg);
+        return 1;
+    }
+    double tps[64];
+    for (int r = 0; r < runs; r++) {
+        counter c = {.in_flight = 0};
+        pthread_mutex_init(&c.mu, NULL);
+        pthread_cond_init(&c.cv, NULL);
+        cv_engine_request req = {.prompt = prompt, .n_prompt = (int32_t)n_prompt, .max_tokens = max_tokens,
+                                 .ignore_eos = 1};
+        req.sampling.top_p = 1;
+        req.sampling.repeat_penalty = 1;
+        cv_engine_sink sink = {on_chunk, on_final, &c};
+        double t0 = now_s();
+        int submitted = 0;
+        pthread_mutex_lock(&c.mu);
+        while (c.finished < requests) {
+            while (submitted < requests && c.in_flight < conc) {
+                c.in_flight++;
+                submitted++;
+                pthread_mutex_unlock(&c.mu);
+                if (cv_engine_submit(slot->engine, &req, &sink, NULL, &err) != CV_OK) {
+                    fprintf(stderr, "bench-engine: %s\n", err.msg);
+                    return 1;
+                }
+                pthread_mutex_lock(&c.mu);
+            }
+            pthread_cond_wait(&c.cv, &c.mu);
+        }
+        pthread_mutex_unlock(&c.mu);
+        tps[r] = (double)c.tokens / (now_s() - t0);
+        pthread_mutex_destroy(&c.mu);
+        pthread_cond_destroy(&c.cv);
+    }
+    qsort(tps, (size_t)runs, sizeof tps[0], cmp);
+    json_t *out = json_pack("{s:s,s:i,s:i,s:i,s:i,s:f}", "model", model, "concurrency", conc, "requests", requests,
+                            "max_tokens", max_tokens, "runs", runs, "output_tokens_per_s", tps[runs / 2]);
+    char *text = json_dumps(out, JSON_COMPACT);
+    printf("%s\n", text);
+    free(text);
+    json_decref(out);
+    cv_slot_free(slot);
+    return 0;
+}
