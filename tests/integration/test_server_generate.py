@@ -173,6 +173,25 @@ def corvidctl_streams_and_reports(srv):
     assert r.returncode == 1 and "NOT_FOUND" in r.stderr and "nope" in r.stderr, r.stderr
 
 
+def slow_reader_stalls_nobody(srv):
+    """A client that opens streams and reads nothing must not hold up the engine or
+    another client: the reader's streams still finish once it reads."""
+    ch = grpc.insecure_channel(srv.addr)
+    gen = generate_rpc(ch)
+    idle = [gen(pb.GenerateRequest(prompt=p, sampling=pb.SamplingParams(max_tokens=100, ignore_eos=True)),
+                timeout=60) for p in PROMPTS[:4]]
+    t0 = time.time()
+    ids, _, final = run_stream(srv.addr, "Once upon a time", 100, ignore_eos=True)
+    busy_s = time.time() - t0
+    assert final.finish_reason == pb.FINISH_REASON_LENGTH and len(ids) == 100
+    for call in idle:  # read late: everything was kept (coalesced) and arrives in order
+        got = [m for m in call]
+        assert got[-1].WhichOneof("kind") == "final" and got[-1].final.usage.completion_tokens == 100
+        assert sum(len(m.chunk.token_ids) for m in got if m.WhichOneof("kind") == "chunk") == 100
+    ch.close()
+    print("slow reader: the other stream took %.3f s" % busy_s)
+
+
 def tokenize_and_list_models(srv):
     with grpc.insecure_channel(srv.addr) as ch:
         tok = ch.unary_unary("/corvid.v1.Inference/Tokenize", request_serializer=pb.TokenizeRequest.SerializeToString,
@@ -247,6 +266,7 @@ def main():
         c.run("stop string ends the stream, held back", stop_string_ends_the_stream, srv)
         c.run("bad requests: INVALID_ARGUMENT / NOT_FOUND with messages", bad_requests, srv)
         c.run("tokenize and list models", tokenize_and_list_models, srv)
+        c.run("slow readers stall nobody; their output waits, coalesced", slow_reader_stalls_nobody, srv)
         c.run("corvidctl streams, --json equals corvid-run, health, errors", corvidctl_streams_and_reports, srv)
     finally:
         srv.terminate()
