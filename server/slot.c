@@ -10,8 +10,9 @@
 void cv_slot_default_version(const char *path, char *out, size_t cap) {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
-    size_t n = strcspn(b, ".");
-    if (n == 0) n = strlen(b);
+    size_t n = strlen(b);
+    /* Only the extension goes: "tinyllama-1.1b-q4_0.gguf" is version "tinyllama-1.1b-q4_0". */
+    if (n > 5 && strcmp(b + n - 5, ".gguf") == 0) n -= 5;
     if (n >= cap) n = cap - 1;
     memcpy(out, b, n);
     out[n] = 0;

@@ -36,7 +36,7 @@ typedef struct cv_slot {
 /* stats (may be NULL) is borrowed: it must outlive the slot. */
 cv_status cv_slot_load(const char *path, const char *version, const cv_slot_options *opt,
                        cv_stats *stats, cv_slot **out, cv_error *err);
-/* A model file's name without directories and extensions: the version when none is given. */
+/* A model file's name without directories and the .gguf extension: the version when none is given. */
 void cv_slot_default_version(const char *path, char *out, size_t cap);
 /* Stops the engine: requests still queued or running end as cancelled. NULL is fine. */
 void cv_slot_stop(cv_slot *s);
