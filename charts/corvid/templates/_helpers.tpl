@@ -1,0 +1,218 @@
+{{/* Names, labels and the two generated configs shared by the templates. */}}
+
+{{- define "corvid.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "corvid.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corvid.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "corvid.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (list $ "server"). */}}
+{{- define "corvid.selectorLabels" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: {{ include "corvid.name" $ }}
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "corvid.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "corvid.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "corvid.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag -}}
+{{- if not .Values.gpu.enabled -}}{{- $tag = printf "%s%s" $tag .Values.image.cpuTagSuffix -}}{{- end -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+
+{{- define "corvid.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "corvid.fullname" .)) .Values.tls.existingSecret -}}
+{{- end -}}
+
+{{- define "corvid.jwtSecretName" -}}
+{{- default (printf "%s-jwt" (include "corvid.fullname" .)) .Values.auth.jwt.existingSecret -}}
+{{- end -}}
+
+{{- define "corvid.modelClaimName" -}}
+{{- default (printf "%s-models" (include "corvid.fullname" .)) .Values.model.pvc.existingClaim -}}
+{{- end -}}
+
+{{/* host:port of the server Service, as clients in the cluster reach it. */}}
+{{- define "corvid.serverAddress" -}}
+{{- printf "%s.%s.svc:%d" (include "corvid.fullname" .) .Release.Namespace (int .Values.server.port) -}}
+{{- end -}}
+
+{{- define "corvid.etcdEndpoints" -}}
+{{- if .Values.etcd.enabled -}}
+{{- list (printf "http://%s-etcd.%s.svc:2379" (include "corvid.fullname" .) .Release.Namespace) | toJson -}}
+{{- else -}}
+{{- .Values.controlplane.etcd.endpoints | toJson -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+server.json: only keys corvid-server accepts today (server/config.c); the chart's test
+runs `corvid-server --check-config` on it. Paths are the pod's mount points.
+*/}}
+{{- define "corvid.serverConfig" -}}
+{{- $c := .Values.server.config -}}
+{{- $cfg := dict
+  "listen" (printf "0.0.0.0:%d" (int .Values.server.port))
+  "metrics_listen" (printf "0.0.0.0:%d" (int .Values.server.metricsPort))
+  "model" (printf "/models/%s" .Values.model.file)
+  "model_version" .Values.model.version
+  "threads" $c.threads
+  "max_running" $c.maxRunning
+  "max_waiting" $c.maxWaiting
+  "kv_block_tokens" $c.kvBlockTokens
+  "max_batch_tokens" $c.maxBatchTokens
+  "n_ctx" $c.ctx
+  "kv_type" $c.kvType
+  "kv_memory_mb" $c.kvMemoryMb
+  "max_tokens_default" $c.maxTokensDefault
+  "drain_timeout_s" $c.drainTimeoutSeconds
+-}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}
+
+{{/*
+server-pending.json: settings chosen in values whose server side is not built yet
+(TLS with a plaintext health port, JWT/allowlist/rate limit/audit, CUDA with tensor
+parallelism). They belong in server.json once corvid-server accepts these keys; until
+then the server does not read this file and NOTES.txt says so. Empty when nothing is
+pending.
+*/}}
+{{- define "corvid.serverPendingConfig" -}}
+{{- $p := dict -}}
+{{- if .Values.gpu.enabled -}}
+{{- $_ := set $p "device" "cuda" -}}
+{{- $_ := set $p "tp" (int .Values.gpu.count) -}}
+{{- end -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $p "health_listen" (printf "0.0.0.0:%d" (int .Values.server.healthPort)) -}}
+{{- $_ := set $p "tls" (dict "cert" "/etc/corvid/tls/tls.crt" "key" "/etc/corvid/tls/tls.key") -}}
+{{- end -}}
+{{- if .Values.auth.enabled -}}
+{{- $j := .Values.auth.jwt -}}
+{{- $keyFile := ternary "/etc/corvid/jwt/hmac.key" "/etc/corvid/jwt/public.pem" (eq $j.algorithm "HS256") -}}
+{{- $key := dict "alg" $j.algorithm "file" $keyFile -}}
+{{- if $j.keyId -}}{{- $_ := set $key "kid" $j.keyId -}}{{- end -}}
+{{- $jwt := dict "keys" (list $key) -}}
+{{- if $j.issuer -}}{{- $_ := set $jwt "issuer" $j.issuer -}}{{- end -}}
+{{- if $j.audience -}}{{- $_ := set $jwt "audience" $j.audience -}}{{- end -}}
+{{- $_ := set $p "jwt" $jwt -}}
+{{- $_ := set $p "rate_limit" (dict "requests_per_second" .Values.auth.rateLimit.requestsPerSecond "burst" .Values.auth.rateLimit.burst) -}}
+{{- $_ := set $p "audit_log" (ternary "stderr" "" .Values.auth.auditLog) -}}
+{{- end -}}
+{{- if .Values.auth.allowlist -}}
+{{- $_ := set $p "allowlist" .Values.auth.allowlist -}}
+{{- end -}}
+{{- if $p -}}{{- toPrettyJson $p -}}{{- end -}}
+{{- end -}}
+
+{{/* controlplane.json: corvid-controlplane's config (its binary is still being built). */}}
+{{- define "corvid.controlplaneConfig" -}}
+{{- $r := .Values.controlplane.rollout -}}
+{{- $servers := dict
+  "dns" (printf "%s-servers.%s.svc.cluster.local" (include "corvid.fullname" .) .Release.Namespace)
+  "port" (int .Values.server.port)
+  "probe_interval_s" .Values.controlplane.probeIntervalSeconds
+-}}
+{{- if .Values.tls.enabled -}}{{- $_ := set $servers "tls_ca" "/etc/corvid/tls/ca.crt" -}}{{- end -}}
+{{- if .Values.auth.enabled -}}{{- $_ := set $servers "token_env" "CORVID_TOKEN" -}}{{- end -}}
+{{- $cfg := dict
+  "metrics_listen" (printf "0.0.0.0:%d" (int .Values.controlplane.metricsPort))
+  "etcd" (dict "endpoints" (include "corvid.etcdEndpoints" . | fromJsonArray) "prefix" .Values.controlplane.etcd.prefix)
+  "election" (dict "lease_ttl_s" .Values.controlplane.leaseTtlSeconds)
+  "servers" $servers
+  "rollout_defaults" (dict
+    "strategy" $r.strategy
+    "steps" $r.steps
+    "analysis" (dict
+      "max_error_rate" $r.analysis.maxErrorRate
+      "max_p99_ttft_s" $r.analysis.maxP99TtftSeconds
+      "window_s" $r.analysis.windowSeconds
+      "min_requests" $r.analysis.minRequests))
+-}}
+{{- toPrettyJson $cfg -}}
+{{- end -}}
+
+{{/* Refuses values that the schema cannot relate to each other. */}}
+{{- define "corvid.validate" -}}
+{{- $s := .Values.server -}}
+{{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (int (ceil $s.config.drainTimeoutSeconds))) -}}
+{{- fail (printf "server.terminationGracePeriodSeconds (%d) must exceed server.preStopSleepSeconds (%d) + server.config.drainTimeoutSeconds (%v): the pod would be killed while streams drain" (int $s.terminationGracePeriodSeconds) (int $s.preStopSleepSeconds) $s.config.drainTimeoutSeconds) -}}
+{{- end -}}
+{{- if lt (int $s.config.maxBatchTokens) (int $s.config.maxRunning) -}}
+{{- fail (printf "server.config.maxBatchTokens (%d) must be at least server.config.maxRunning (%d)" (int $s.config.maxBatchTokens) (int $s.config.maxRunning)) -}}
+{{- end -}}
+{{- $prev := 0 -}}
+{{- range .Values.controlplane.rollout.steps -}}
+{{- if le (int .) $prev -}}
+{{- fail (printf "controlplane.rollout.steps must increase: %v" $.Values.controlplane.rollout.steps) -}}
+{{- end -}}
+{{- $prev = int . -}}
+{{- end -}}
+{{- if ne $prev 100 -}}
+{{- fail (printf "controlplane.rollout.steps must end at 100 (full traffic to the candidate): %v" .Values.controlplane.rollout.steps) -}}
+{{- end -}}
+{{- if and (eq .Values.model.source "download") (not .Values.model.uri) -}}
+{{- fail "model.source=download needs model.uri (and model.sha256)" -}}
+{{- end -}}
+{{- if and .Values.model.uri (not .Values.model.sha256) -}}
+{{- fail "model.uri is set but model.sha256 is empty: the download must be checked" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) (or (not .Values.tls.cert) (not .Values.tls.key)) -}}
+{{- fail "tls.enabled needs tls.existingSecret, or tls.cert and tls.key" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (eq (int .Values.server.healthPort) (int .Values.server.port)) -}}
+{{- fail "server.healthPort must differ from server.port: the health port stays plaintext under TLS" -}}
+{{- end -}}
+{{- if .Values.auth.enabled -}}
+{{- $j := .Values.auth.jwt -}}
+{{- if and (not $j.existingSecret) (eq $j.algorithm "HS256") (lt (len $j.hmacSecret) 32) -}}
+{{- fail "auth.jwt.hmacSecret must be at least 32 bytes (or use auth.jwt.existingSecret)" -}}
+{{- end -}}
+{{- if and (not $j.existingSecret) (ne $j.algorithm "HS256") (not $j.publicKey) -}}
+{{- fail (printf "auth.jwt.algorithm %s needs auth.jwt.publicKey (or auth.jwt.existingSecret)" $j.algorithm) -}}
+{{- end -}}
+{{- if and .Values.controlplane.enabled (not .Values.auth.adminTokenSecret.name) -}}
+{{- fail "auth.enabled with the control plane needs auth.adminTokenSecret.name (a token with the admin scope)" -}}
+{{- end -}}
+{{- if and .Values.tests.enabled (not .Values.auth.testTokenSecret.name) -}}
+{{- fail "auth.enabled with tests.enabled needs auth.testTokenSecret.name (a token with the inference scope)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Port the kubelet's gRPC probes use: the plaintext health port under TLS. */}}
+{{- define "corvid.probePort" -}}
+{{- if .Values.tls.enabled -}}{{ .Values.server.healthPort }}{{- else -}}{{ .Values.server.port }}{{- end -}}
+{{- end -}}
+
+{{/* corvidctl's TLS and token arguments for in-cluster clients. */}}
+{{- define "corvid.clientArgs" -}}
+{{- if .Values.tls.enabled }} --tls-ca /etc/corvid/tls/ca.crt{{ end -}}
+{{- end -}}

@@ -1,0 +1,482 @@
+"""charts/corvid rendered by Helm's own engine (helm-python-sdk, pinned, installed into a
+cache outside the repo; a failed install fails the test) with the default values,
+with values-gpu-canary-tls.yaml and with a downloaded model plus the trial etcd, then
+checked offline:
+
+- every object against the Kubernetes JSON schemas of kubernetes-validate (strict: an
+  unknown field is an error), at the chart's oldest supported version and the newest;
+  the prometheus-operator objects structurally (their CRD schemas are not shipped);
+- yamllint on the rendered manifests and the values files; `helm lint --strict`;
+- invariants: probe ports are container ports, the gRPC probes ask for health service
+  names that a real corvid-server answers SERVING, server.json passes
+  `corvid-server --check-config` while each key of server-pending.json is still
+  refused (so the pending list stays true), grace period > preStop + drain timeout,
+  non-root and read-only root everywhere, GPUs and tp only in GPU mode;
+- values.schema.json and the template checks reject each file of tests/helm/bad-values;
+- every corvid_* metric a dashboard panel or alert rule uses is exported by a real
+  corvid-server (stories260K) scraped on 127.0.0.1, except the names listed in PENDING,
+  which are printed on every run and must not be exported yet;
+- files/fetch-model.sh against a local HTTP server (good digest, bad digest, kept file);
+- the Dockerfile builds with the commands .ci/run uses.
+"""
+import glob
+import http.server
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.request
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helm"))
+import chartlib  # noqa: E402
+from corvid_testlib import BIN, SHARED, TMP, Checks, Server, free_port, proto_modules  # noqa: E402
+
+# Metrics the dashboard and alerts use that nothing exports yet: GPU figures come from
+# corvid-server's NVML module, the rollout phase from corvid-controlplane.
+PENDING = {
+    "corvid_gpu_utilization_ratio": "corvid-server (NVML)",
+    "corvid_gpu_memory_used_bytes": "corvid-server (NVML)",
+    "corvid_gpu_memory_total_bytes": "corvid-server (NVML)",
+    "corvid_rollout_phase": "corvid-controlplane",
+}
+KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
+GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
+MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+
+checks = Checks()
+try:
+    chartlib.ensure_tools()
+except Exception as e:  # the whole test depends on these: fail loudly, do not skip
+    print("FAIL installing the chart tools: %s" % e)
+    print("0 passed, 1 failed")
+    sys.exit(1)
+
+import helm_python  # noqa: E402
+import kubernetes_validate  # noqa: E402
+import kubernetes_validate.utils as kv_utils  # noqa: E402
+import yaml  # noqa: E402
+
+RENDERS = {}
+
+
+def render_all():
+    RENDERS["default"] = chartlib.render()
+    RENDERS["gpu-canary-tls"] = chartlib.render(chartlib.load_values(GPU_VALUES))
+    # The objects neither file turns on: a downloaded model and the trial etcd.
+    RENDERS["download-etcd"] = chartlib.render({"model": {"source": "download", "uri": "https://example.invalid/m.gguf",
+                                                          "sha256": "ab" * 32}, "etcd": {"enabled": True}})
+    for name, m in RENDERS.items():
+        kinds = sorted({d["kind"] for _, d in chartlib.documents(m)})
+        print("  %s: %d objects, kinds %s" % (name, len(chartlib.documents(m)), ", ".join(kinds)))
+
+
+def docs(name):
+    return chartlib.documents(RENDERS[name])
+
+
+def kube_schemas():
+    newest = kv_utils.latest_version()
+    counted = 0
+    for name in RENDERS:
+        for path, d in docs(name):
+            if d["apiVersion"].startswith("monitoring.coreos.com/"):
+                continue
+            for v in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(d, v or newest, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    raise AssertionError("%s %s %s (k8s %s): %s at %s" % (
+                        name, d["kind"], d["metadata"]["name"], v or newest, e.message, "/".join(map(str, e.path))))
+                counted += 1
+    print("  %d object validations against k8s %s and %s" % (counted, KUBE_VERSIONS[0], newest))
+
+
+def prometheus_operator_objects():
+    """Fields the operator requires (its CRDs are not available offline)."""
+    d = docs("gpu-canary-tls")
+    sm = chartlib.find(d, "ServiceMonitor")
+    ports = {p["name"] for _, s in d if s["kind"] == "Service" for p in s["spec"]["ports"]}
+    for ep in sm["spec"]["endpoints"]:
+        assert ep["port"] in ports, ep
+        assert re.fullmatch(r"([0-9]+(ms|s|m|h))+", ep["interval"]), ep
+    sel = sm["spec"]["selector"]["matchLabels"]
+    scraped = [s for _, s in d if s["kind"] == "Service" and sel.items() <= s["metadata"]["labels"].items()
+               and any(p["name"] == "metrics" for p in s["spec"]["ports"])]
+    assert {s["metadata"]["name"] for s in scraped} == {"corvid", "corvid-controlplane"}, scraped
+    rule = chartlib.find(d, "PrometheusRule")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh"}, alerts
+    for a in alerts.values():
+        assert a["for"] == "5m" and a["expr"].strip() and a["labels"]["severity"], a
+    assert re.search(r"> 0\.8\s*$", alerts["CorvidGPUUtilizationHigh"]["expr"])
+    assert "histogram_quantile(0.99," in alerts["CorvidP99LatencyHigh"]["expr"]
+    assert re.search(r"> 0\.5\s*$", alerts["CorvidP99LatencyHigh"]["expr"])
+    assert re.search(r"> 0\.05\s*$", alerts["CorvidErrorRateHigh"]["expr"])
+    assert not [x for _, x in docs("default") if x["apiVersion"].startswith("monitoring.coreos.com/")]
+
+
+def yamllint_all():
+    out = os.path.join(TMP, "rendered")
+    os.makedirs(out, exist_ok=True)
+    files = []
+    for name, m in RENDERS.items():
+        for path, text in m.items():
+            if path.endswith(".yaml") and text.strip():
+                f = os.path.join(out, name + "--" + path.replace("/", "_"))
+                with open(f, "w") as fh:
+                    fh.write(text if text.startswith("---") else "---\n" + text.lstrip("\n"))
+                files.append(f)
+    files += [os.path.join(chartlib.CHART, f) for f in ("Chart.yaml", "values.yaml", "values-gpu-canary-tls.yaml")]
+    files += glob.glob(os.path.join(chartlib.ROOT, "tests", "helm", "bad-values", "*.yaml"))
+    cfg = os.path.join(chartlib.ROOT, "tests", "helm", "yamllint.yaml")
+    r = subprocess.run(["yamllint", "-f", "parsable", "-s", "-c", cfg] + files, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    assert r.returncode == 0, r.stdout
+    print("  yamllint: %d files clean" % len(files))
+
+
+def helm_lint():
+    for name, values in (("default", None), ("gpu-canary-tls", chartlib.load_values(GPU_VALUES))):
+        rep = helm_python.lint(chartlib.CHART, values, strict=True, namespace="ai")
+        bad = [m for m in rep.get("messages") or [] if m["severity"] >= 2] + list(rep.get("errors") or [])
+        assert not bad, (name, bad)
+
+
+def probe_ports():
+    for name in RENDERS:
+        for obj, spec in chartlib.pod_specs(docs(name)):
+            for c in spec.get("containers", []):
+                ports = {p["containerPort"] for p in c.get("ports", [])}
+                names = {p["name"] for p in c.get("ports", [])}
+                for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                    pr = c.get(kind)
+                    if not pr:
+                        continue
+                    for how in ("grpc", "httpGet", "tcpSocket"):
+                        if how in pr:
+                            port = pr[how]["port"]
+                            ok = port in ports if isinstance(port, int) else port in names
+                            assert ok, "%s %s/%s %s port %r not among %s" % (name, obj, c["name"], kind, port,
+                                                                          sorted(ports) + sorted(names))
+    server = chartlib.find(docs("default"), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"]["grpc"] == {"port": 50051, "service": "corvid.v1.Inference"}
+    assert server["startupProbe"]["grpc"]["service"] == "corvid.v1.Inference"
+    assert server["livenessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    tls = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert tls[kind]["grpc"]["port"] == 50052, (kind, tls[kind])
+    # The startup probe gives a model this long to load (period x threshold).
+    sp = tls["startupProbe"]
+    assert sp["periodSeconds"] * sp["failureThreshold"] >= 600, sp
+
+
+def config_maps(name):
+    return chartlib.find(docs(name), "ConfigMap", "-server")["data"]
+
+
+def server_config_accepted():
+    exe = os.path.join(BIN, "corvid-server")
+    for name in RENDERS:
+        data = config_maps(name)
+        path = os.path.join(TMP, name + "-server.json")
+        with open(path, "w") as f:
+            f.write(data["server.json"])
+        r = subprocess.run([exe, "--check-config", "--config", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        assert r.returncode == 0, "%s server.json refused: %s" % (name, r.stdout)
+        cmd = chartlib.find(docs(name), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]["command"]
+        assert cmd == ["corvid-server", "--config", "/etc/corvid/server.json"], cmd
+    # A key the server does not know must still be refused, or the check above proves nothing.
+    bad = os.path.join(TMP, "bad-server.json")
+    with open(bad, "w") as f:
+        json.dump(dict(json.loads(config_maps("default")["server.json"]), no_such_key=1), f)
+    r = subprocess.run([exe, "--check-config", "--config", bad], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and "no_such_key" in r.stdout, r.stdout
+
+
+def pending_server_keys():
+    """Keys waiting for server support: listed, and each still refused today."""
+    assert "server-pending.json" not in config_maps("default")
+    pending = json.loads(config_maps("gpu-canary-tls")["server-pending.json"])
+    print("  pending server keys (rendered into server-pending.json, not read yet): " + ", ".join(sorted(pending)))
+    assert {"tls", "health_listen", "device", "tp", "jwt"} <= set(pending), pending
+    assert pending["tp"] == 2 and pending["device"] == "cuda"
+    base = json.loads(config_maps("gpu-canary-tls")["server.json"])
+    now_accepted = []
+    for key, value in pending.items():
+        path = os.path.join(TMP, "pending-%s.json" % key)
+        with open(path, "w") as f:
+            json.dump(dict(base, **{key: value}), f)
+        r = subprocess.run([os.path.join(BIN, "corvid-server"), "--check-config", "--config", path],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30)
+        if r.returncode == 0:
+            now_accepted.append(key)
+    assert not now_accepted, ("corvid-server accepts %s now: move them from corvid.serverPendingConfig into "
+                              "corvid.serverConfig (charts/corvid/templates/_helpers.tpl)" % now_accepted)
+
+
+def drain_within_grace():
+    for name in RENDERS:
+        spec = chartlib.find(docs(name), "Deployment", "-server")["spec"]["template"]["spec"]
+        drain = json.loads(config_maps(name)["server.json"])["drain_timeout_s"]
+        sleep = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        grace = spec["terminationGracePeriodSeconds"]
+        assert grace > sleep + drain, (name, grace, sleep, drain)
+
+
+def security_contexts():
+    for name in RENDERS:
+        for obj, spec in chartlib.pod_specs(docs(name)):
+            psc = spec["securityContext"]
+            assert psc["runAsNonRoot"] is True and psc["runAsUser"] > 0, (name, obj, psc)
+            assert spec.get("automountServiceAccountToken") is False, (name, obj)
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                sc = c["securityContext"]
+                assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False, (obj, c)
+                assert "ALL" in sc["capabilities"]["drop"], (obj, c)
+                assert c.get("resources", {}).get("limits", {}).get("memory"), (name, obj, c["name"])
+
+
+def gpu_and_cpu_modes():
+    cpu = chartlib.find(docs("default"), "Deployment", "-server")["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu), "GPU resources in CPU-only mode"
+    assert cpu["containers"][0]["image"].endswith("-cpu"), cpu["containers"][0]["image"]
+    gpu = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]
+    c = gpu["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 2, c["resources"]
+    assert not c["image"].endswith("-cpu")
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
+    cp = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-controlplane")
+    assert cp["spec"]["replicas"] == 2
+    cfg = json.loads(chartlib.find(docs("gpu-canary-tls"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    assert cfg["rollout_defaults"]["strategy"] == "canary" and cfg["rollout_defaults"]["steps"][-1] == 100, cfg
+    assert cfg["servers"]["dns"].startswith("corvid-servers.ai.svc"), cfg
+    headless = chartlib.find(docs("gpu-canary-tls"), "Service", "-servers")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert len(cfg["etcd"]["endpoints"]) == 3
+
+
+def model_storage():
+    init = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]["initContainers"][0]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    v = chartlib.load_values(GPU_VALUES)["model"]
+    assert env["MODEL_URI"] == v["uri"] and env["MODEL_SHA256"] == v["sha256"], env
+    assert env["MODEL_PATH"] == json.loads(config_maps("gpu-canary-tls")["server.json"])["model"]
+    spec = chartlib.find(docs("download-etcd"), "Deployment", "-server")["spec"]["template"]["spec"]
+    vol = [x for x in spec["volumes"] if x["name"] == "models"][0]
+    assert "emptyDir" in vol, vol
+    assert not [d for _, d in docs("download-etcd") if d["kind"] == "PersistentVolumeClaim"]
+    claim = [x for x in chartlib.find(docs("default"), "Deployment", "-server")["spec"]["template"]["spec"]["volumes"]
+             if x["name"] == "models"][0]["persistentVolumeClaim"]["claimName"]
+    assert chartlib.find(docs("default"), "PersistentVolumeClaim")["metadata"]["name"] == claim
+
+
+def trial_etcd():
+    sts = chartlib.find(docs("download-etcd"), "StatefulSet", "-etcd")
+    svc = chartlib.find(docs("download-etcd"), "Service", "-etcd")
+    assert sts["spec"]["serviceName"] == svc["metadata"]["name"] and svc["spec"]["clusterIP"] == "None"
+    cfg = json.loads(chartlib.find(docs("download-etcd"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    assert cfg["etcd"]["endpoints"] == ["http://corvid-etcd.ai.svc:2379"], cfg["etcd"]
+    args = sts["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--listen-client-urls=http://0.0.0.0:2379" in args, args
+    assert not [d for _, d in docs("default") if d["kind"] == "StatefulSet"]
+
+
+def chart_made_secrets():
+    """tls.cert/key and an HS256 secret in values: the chart writes the Secrets itself."""
+    key = os.path.join(TMP, "k.pem")
+    crt = os.path.join(TMP, "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=corvid.ai.svc"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hmac = os.urandom(24).hex()
+    print("  HS256 secret drawn for this run: %d bytes" % len(hmac))
+    m = chartlib.render({"tls": {"enabled": True, "cert": open(crt).read(), "key": open(key).read()},
+                         "auth": {"enabled": True, "jwt": {"hmacSecret": hmac},
+                                  "adminTokenSecret": {"name": "admin-token", "key": "token"},
+                                  "testTokenSecret": {"name": "test-token", "key": "token"}}})
+    d = chartlib.documents(m)
+    for _, x in d:
+        kubernetes_validate.validate(x, kv_utils.latest_version(), strict=True)
+    import base64
+    tls = chartlib.find(d, "Secret", "-tls")
+    assert tls["type"] == "kubernetes.io/tls"
+    assert base64.b64decode(tls["data"]["tls.crt"]).decode() == open(crt).read()
+    jwt = chartlib.find(d, "Secret", "-jwt")
+    assert base64.b64decode(jwt["data"]["hmac.key"]).decode() == hmac
+    test_pod = chartlib.find(d, "Pod", "-test")["spec"]["containers"][0]
+    assert "--tls-ca /etc/corvid/tls/ca.crt" in test_pod["command"][2]
+    assert test_pod["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "test-token"
+
+
+def bad_values_rejected():
+    files = sorted(glob.glob(os.path.join(chartlib.ROOT, "tests", "helm", "bad-values", "*.yaml")))
+    assert len(files) >= 10, files
+    for f in files:
+        expect = re.search(r"^# expect: (.+)$", open(f).read(), re.M).group(1)
+        try:
+            chartlib.render(chartlib.load_values(f))
+        except helm_python.HelmError as e:
+            msg = str(e)
+            assert expect in msg, "%s: refused, but the message does not name %r: %s" % (os.path.basename(f), expect, msg)
+            continue
+        raise AssertionError("%s rendered; it must be refused" % os.path.basename(f))
+    print("  %d bad values files refused, each naming the offending key" % len(files))
+
+
+def helm_test_pod():
+    pod = chartlib.find(docs("default"), "Pod", "-test")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][2]
+    svc = chartlib.find(docs("default"), "Service", "corvid")
+    port = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "grpc"][0]
+    addr = "corvid.ai.svc:%d" % port
+    assert re.search(r"^corvidctl health -a %s --service corvid\.v1\.Inference " % re.escape(addr), script, re.M), script
+    assert re.search(r"^corvidctl generate -a %s -p 'Once upon a time' -n 8 " % re.escape(addr), script, re.M), script
+
+
+def promql_names():
+    """(name, where) of every corvid_* metric in the dashboard and the alert rules."""
+    found = []
+    dash = json.loads(chartlib.find(docs("default"), "ConfigMap", "-dashboard")["data"]["corvid.json"])
+    exprs = [("dashboard: " + p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]
+    exprs += [("dashboard variable " + v["name"], v["query"]["query"]) for v in dash["templating"]["list"]
+              if isinstance(v.get("query"), dict)]
+    rule = chartlib.find(docs("gpu-canary-tls"), "PrometheusRule")
+    exprs += [("alert " + r["alert"], r["expr"]) for g in rule["spec"]["groups"] for r in g["rules"]]
+    for where, e in exprs:
+        for n in re.findall(r"\bcorvid_[a-z0-9_]+", e):
+            found.append((n, where))
+    return found, exprs
+
+
+def metric_names_exported():
+    used, exprs = promql_names()
+    assert len(exprs) >= 15, len(exprs)
+    mport = free_port()
+    srv = Server("--model", MODEL, "--metrics-listen", "127.0.0.1:%d" % mport)
+    try:
+        # One request first, so every per-version series has samples.
+        r = subprocess.run([os.path.join(BIN, "corvidctl"), "generate", "-a", srv.addr, "-p", "Once upon a time",
+                            "-n", "8", "--timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, timeout=90)
+        assert r.returncode == 0, r.stdout
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=10) as resp:
+            text = resp.read().decode()
+        # The probes' service names, asked of the real server: all SERVING once loaded.
+        health_services_serving(srv.addr)
+    finally:
+        srv.stop()
+    exported = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
+    missing = sorted({(n, w) for n, w in used if n not in exported and n not in PENDING})
+    assert not missing, "used but not exported: %s" % missing
+    pend_used = sorted({n for n, _ in used if n in PENDING})
+    print("  %d names used, all exported except the pending ones below" % len({n for n, _ in used}))
+    for n in pend_used:
+        print("  PENDING (not exported yet, must come from %s): %s" % (PENDING[n], n))
+    assert set(pend_used) == set(PENDING), "PENDING lists names no panel or rule uses: %s" % (set(PENDING) - set(pend_used))
+    now = sorted(n for n in PENDING if n in exported)
+    assert not now, "now exported, drop them from PENDING: %s" % now
+
+
+def health_services_serving(addr):
+    import grpc
+    _, _, health_pb2 = proto_modules()
+    wanted = set()
+    for name in RENDERS:
+        spec = chartlib.find(docs(name), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
+        for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+            wanted.add(spec[kind]["grpc"].get("service", ""))
+    with grpc.insecure_channel(addr) as ch:
+        check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                               request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                               response_deserializer=health_pb2.HealthCheckResponse.FromString)
+        for svc in sorted(wanted):
+            st = check(health_pb2.HealthCheckRequest(service=svc), timeout=5).status
+            assert st == health_pb2.HealthCheckResponse.SERVING, (svc, st)
+    print("  probe services SERVING on a loaded server: %s" % sorted(wanted))
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+
+def fetch_model_script():
+    script = os.path.join(chartlib.CHART, "files", "fetch-model.sh")
+    www = tempfile.mkdtemp(dir=TMP)
+    body = os.urandom(4096 + int.from_bytes(os.urandom(2), "little"))
+    with open(os.path.join(www, "m.gguf"), "wb") as f:
+        f.write(body)
+    import hashlib
+    good = hashlib.sha256(body).hexdigest()
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                          lambda *a, **k: _Files(*a, directory=www, **k))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    uri = "http://127.0.0.1:%d/m.gguf" % srv.server_address[1]
+
+    def run(dest, uri, sha):
+        env = dict(os.environ, MODEL_PATH=dest, MODEL_URI=uri, MODEL_SHA256=sha, MODEL_DOWNLOAD_TIMEOUT="30")
+        return subprocess.run(["sh", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=60)
+    try:
+        vol = tempfile.mkdtemp(dir=TMP)
+        dest = os.path.join(vol, "model.gguf")
+        r = run(dest, uri, good.upper())
+        assert r.returncode == 0 and open(dest, "rb").read() == body, r.stdout
+        # Kept on the next start: the URI is dead now and must not be needed.
+        r = run(dest, "http://127.0.0.1:1/gone", good)
+        assert r.returncode == 0 and "present" in r.stdout, r.stdout
+        vol2 = tempfile.mkdtemp(dir=TMP)
+        dest2 = os.path.join(vol2, "model.gguf")
+        wrong = "0" * 64
+        r = run(dest2, uri, wrong)
+        assert r.returncode != 0 and good in r.stdout and wrong in r.stdout, r.stdout
+        assert os.listdir(vol2) == [], os.listdir(vol2)
+        r = run(dest2, "", "")
+        assert r.returncode != 0 and "no model at" in r.stdout, r.stdout
+        r = run(dest, "", wrong)
+        assert r.returncode != 0 and good in r.stdout, r.stdout
+    finally:
+        srv.shutdown()
+
+
+def dockerfile_matches_ci():
+    docker = open(os.path.join(chartlib.ROOT, "Dockerfile")).read()
+    ci = open(os.path.join(chartlib.ROOT, ".ci", "run")).read()
+    assert "apt-get install -y -qq $(cat .ci/apt-packages)" in ci
+    assert "COPY .ci/apt-packages" in docker and "$(cat .ci/apt-packages)" in docker
+    for target in ('make -j"$nproc_" all', 'make -j"$nproc_" CUDA=1 BUILD=build/cuda all'):
+        assert target in ci, ".ci/run no longer runs %r: update the Dockerfile with it" % target
+    assert re.search(r'make -j"\$\(nproc\)" all', docker), "the CPU build differs from .ci/run"
+    assert re.search(r'make -j"\$\(nproc\)" CUDA=1 BUILD=build/cuda all', docker), "the CUDA build differs from .ci/run"
+    assert re.search(r"^USER 10001", docker, re.M), "the image must run as the chart's user"
+    ignore = open(os.path.join(chartlib.ROOT, ".dockerignore")).read().split()
+    assert "build" in ignore and ".git" in ignore, ignore
+
+
+checks.run("render default, values-gpu-canary-tls.yaml, download+etcd", render_all)
+if len(RENDERS) == 3:
+    checks.run("kubernetes schemas (strict)", kube_schemas)
+    checks.run("prometheus-operator objects", prometheus_operator_objects)
+    checks.run("yamllint", yamllint_all)
+    checks.run("helm lint --strict", helm_lint)
+    checks.run("probe ports are container ports", probe_ports)
+    checks.run("server.json passes corvid-server --check-config", server_config_accepted)
+    checks.run("server-pending.json keys are still refused", pending_server_keys)
+    checks.run("grace period > preStop + drain timeout", drain_within_grace)
+    checks.run("non-root, read-only root, limits", security_contexts)
+    checks.run("GPU and CPU-only modes, control plane", gpu_and_cpu_modes)
+    checks.run("model storage", model_storage)
+    checks.run("trial etcd", trial_etcd)
+    checks.run("chart-made TLS and JWT secrets", chart_made_secrets)
+    checks.run("helm test pod", helm_test_pod)
+    checks.run("dashboard and alert metric names are exported", metric_names_exported)
+checks.run("bad values are refused", bad_values_rejected)
+checks.run("fetch-model.sh", fetch_model_script)
+checks.run("Dockerfile uses .ci/run's build commands", dockerfile_matches_ci)
+checks.finish()
