@@ -4,7 +4,8 @@ rendered documents.
 
 Helm comes from helm-python-sdk, whose wheel bundles libhelm_c (a C ABI over Helm's
 Go SDK v4), so `render` is `helm template`. kubernetes-validate ships the Kubernetes
-JSON schemas, so validation needs no network either.
+JSON schemas, so validation needs no network either; dockerfile wraps BuildKit's own
+Dockerfile parser.
 """
 import os
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 
-PINS = ["helm-python-sdk==0.2.2", "kubernetes-validate==1.37.0"]
+PINS = ["helm-python-sdk==0.2.2", "kubernetes-validate==1.37.0", "dockerfile==3.4.0"]
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "charts", "corvid")
 
@@ -38,12 +39,20 @@ def ensure_tools():
             shutil.rmtree(tmp, ignore_errors=True)
             raise RuntimeError("pip install %s failed (exit %d):\n%s" % (" ".join(PINS), r.returncode, r.stdout))
         open(os.path.join(tmp, ".complete"), "w").close()
-        shutil.rmtree(target, ignore_errors=True)
-        os.rename(tmp, target)
+        if os.path.isdir(target) and not os.path.isfile(os.path.join(target, ".complete")):
+            shutil.rmtree(target, ignore_errors=True)  # a torn earlier install
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            # Another run finished the same install first: use its copy.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not os.path.isfile(os.path.join(target, ".complete")):
+                raise
     if target not in sys.path:
         sys.path.insert(0, target)
     import helm_python  # noqa: F401
     import kubernetes_validate  # noqa: F401
+    import dockerfile  # noqa: F401
     import yaml  # noqa: F401
 
 
