@@ -230,7 +230,7 @@ def pending_server_keys():
     pending = json.loads(config_maps("gpu-canary-tls")["server-pending.json"])
     print("  pending server keys (rendered into server-pending.json, not read yet): " + ", ".join(sorted(pending)))
     assert {"tls", "health_listen", "device", "tp", "jwt"} <= set(pending), pending
-    assert pending["tp"] == 2 and pending["device"] == "cuda"
+    assert pending["tp"] == 2 and pending["device"] == "cuda" and pending["rate_limit"] == {"per_second": 20, "burst": 40}
     notes = RENDERS["gpu-canary-tls"]["corvid/templates/NOTES.txt"]
     assert "NOT in effect yet" in notes and '"tp": 2' in notes, notes
     assert "NOT in effect" not in RENDERS["default"]["corvid/templates/NOTES.txt"]

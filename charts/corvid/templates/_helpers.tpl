@@ -123,7 +123,9 @@ pending.
 {{- if $j.issuer -}}{{- $_ := set $jwt "issuer" $j.issuer -}}{{- end -}}
 {{- if $j.audience -}}{{- $_ := set $jwt "audience" $j.audience -}}{{- end -}}
 {{- $_ := set $p "jwt" $jwt -}}
-{{- $_ := set $p "rate_limit" (dict "requests_per_second" .Values.auth.rateLimit.requestsPerSecond "burst" .Values.auth.rateLimit.burst) -}}
+{{- if gt (float64 .Values.auth.rateLimit.requestsPerSecond) 0.0 -}}
+{{- $_ := set $p "rate_limit" (dict "per_second" .Values.auth.rateLimit.requestsPerSecond "burst" .Values.auth.rateLimit.burst) -}}
+{{- end -}}
 {{- $_ := set $p "audit_log" (ternary "stderr" "" .Values.auth.auditLog) -}}
 {{- end -}}
 {{- if .Values.auth.allowlist -}}
@@ -197,6 +199,9 @@ pending.
 {{- end -}}
 {{- if and (not $j.existingSecret) (ne $j.algorithm "HS256") (not $j.publicKey) -}}
 {{- fail (printf "auth.jwt.algorithm %s needs auth.jwt.publicKey (or auth.jwt.existingSecret)" $j.algorithm) -}}
+{{- end -}}
+{{- if and (gt (float64 .Values.auth.rateLimit.requestsPerSecond) 0.0) (lt (int .Values.auth.rateLimit.burst) 1) -}}
+{{- fail "auth.rateLimit.burst must be at least 1 when auth.rateLimit.requestsPerSecond is set" -}}
 {{- end -}}
 {{- if and .Values.controlplane.enabled (not .Values.auth.adminTokenSecret.name) -}}
 {{- fail "auth.enabled with the control plane needs auth.adminTokenSecret.name (a token with the admin scope)" -}}
