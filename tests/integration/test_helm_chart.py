@@ -229,8 +229,12 @@ def pending_server_keys():
     assert "server-pending.json" not in config_maps("default")
     pending = json.loads(config_maps("gpu-canary-tls")["server-pending.json"])
     print("  pending server keys (rendered into server-pending.json, not read yet): " + ", ".join(sorted(pending)))
-    assert {"tls", "health_listen", "device", "tp", "jwt"} <= set(pending), pending
-    assert pending["tp"] == 2 and pending["device"] == "cuda" and pending["rate_limit"] == {"per_second": 20, "burst": 40}
+    assert set(pending) == {"tls", "health_listen", "device", "tp", "auth"}, pending
+    assert pending["tp"] == 2 and pending["device"] == "cuda"
+    auth = pending["auth"]
+    assert set(auth) == {"jwt", "allowlist", "rate_limit", "audit_log"}, auth
+    assert auth["rate_limit"] == {"per_second": 20, "burst": 40} and auth["audit_log"] == "-", auth
+    assert auth["jwt"]["keys"] == [{"alg": "ES256", "kid": "corvid-2026", "public_key_file": "/etc/corvid/jwt/public.pem"}]
     notes = RENDERS["gpu-canary-tls"]["corvid/templates/NOTES.txt"]
     assert "NOT in effect yet" in notes and '"tp": 2' in notes, notes
     assert "NOT in effect" not in RENDERS["default"]["corvid/templates/NOTES.txt"]

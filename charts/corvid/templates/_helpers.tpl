@@ -99,10 +99,10 @@ runs `corvid-server --check-config` on it. Paths are the pod's mount points.
 
 {{/*
 server-pending.json: settings chosen in values whose server side is not built yet
-(TLS with a plaintext health port, JWT/allowlist/rate limit/audit, CUDA with tensor
-parallelism). They belong in server.json once corvid-server accepts these keys; until
-then the server does not read this file and NOTES.txt says so. Empty when nothing is
-pending.
+(TLS with a plaintext health port, CUDA with tensor parallelism, and the "auth"
+section in the form server/auth.h parses: jwt, allowlist, rate_limit, audit_log).
+They belong in server.json once corvid-server accepts these keys; until then the
+server does not read this file and NOTES.txt says so. Empty when nothing is pending.
 */}}
 {{- define "corvid.serverPendingConfig" -}}
 {{- $p := dict -}}
@@ -114,23 +114,29 @@ pending.
 {{- $_ := set $p "health_listen" (printf "0.0.0.0:%d" (int .Values.server.healthPort)) -}}
 {{- $_ := set $p "tls" (dict "cert" "/etc/corvid/tls/tls.crt" "key" "/etc/corvid/tls/tls.key") -}}
 {{- end -}}
+{{- $auth := dict -}}
 {{- if .Values.auth.enabled -}}
 {{- $j := .Values.auth.jwt -}}
-{{- $keyFile := ternary "/etc/corvid/jwt/hmac.key" "/etc/corvid/jwt/public.pem" (eq $j.algorithm "HS256") -}}
-{{- $key := dict "alg" $j.algorithm "file" $keyFile -}}
+{{- $key := dict "alg" $j.algorithm -}}
+{{- if eq $j.algorithm "HS256" -}}
+{{- $_ := set $key "secret_file" "/etc/corvid/jwt/hmac.key" -}}
+{{- else -}}
+{{- $_ := set $key "public_key_file" "/etc/corvid/jwt/public.pem" -}}
+{{- end -}}
 {{- if $j.keyId -}}{{- $_ := set $key "kid" $j.keyId -}}{{- end -}}
 {{- $jwt := dict "keys" (list $key) -}}
 {{- if $j.issuer -}}{{- $_ := set $jwt "issuer" $j.issuer -}}{{- end -}}
 {{- if $j.audience -}}{{- $_ := set $jwt "audience" $j.audience -}}{{- end -}}
-{{- $_ := set $p "jwt" $jwt -}}
+{{- $_ := set $auth "jwt" $jwt -}}
 {{- if gt (float64 .Values.auth.rateLimit.requestsPerSecond) 0.0 -}}
-{{- $_ := set $p "rate_limit" (dict "per_second" .Values.auth.rateLimit.requestsPerSecond "burst" .Values.auth.rateLimit.burst) -}}
+{{- $_ := set $auth "rate_limit" (dict "per_second" .Values.auth.rateLimit.requestsPerSecond "burst" .Values.auth.rateLimit.burst) -}}
 {{- end -}}
-{{- $_ := set $p "audit_log" (ternary "stderr" "" .Values.auth.auditLog) -}}
+{{- if .Values.auth.auditLog -}}{{- $_ := set $auth "audit_log" "-" -}}{{- end -}}
 {{- end -}}
 {{- if .Values.auth.allowlist -}}
-{{- $_ := set $p "allowlist" .Values.auth.allowlist -}}
+{{- $_ := set $auth "allowlist" .Values.auth.allowlist -}}
 {{- end -}}
+{{- if $auth -}}{{- $_ := set $p "auth" $auth -}}{{- end -}}
 {{- if $p -}}{{- toPrettyJson $p -}}{{- end -}}
 {{- end -}}
 
