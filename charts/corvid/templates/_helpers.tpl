@@ -140,29 +140,33 @@ server does not read this file and NOTES.txt says so. Empty when nothing is pend
 {{- if $p -}}{{- toPrettyJson $p -}}{{- end -}}
 {{- end -}}
 
-{{/* controlplane.json: corvid-controlplane's config (its binary is still being built). */}}
+{{/*
+controlplane.json in the form controlplane/cp_config.h parses (unknown keys are refused;
+the chart's test runs the real corvid-controlplane on it). The fleet comes from the
+headless Service; every replica campaigns for the lease, one leads.
+*/}}
 {{- define "corvid.controlplaneConfig" -}}
-{{- $r := .Values.controlplane.rollout -}}
-{{- $servers := dict
-  "dns" (printf "%s-servers.%s.svc.cluster.local" (include "corvid.fullname" .) .Release.Namespace)
-  "port" (int .Values.server.port)
-  "probe_interval_s" .Values.controlplane.probeIntervalSeconds
+{{- $cp := .Values.controlplane -}}
+{{- $r := $cp.rollout -}}
+{{- $defaults := dict
+  "strategy" $r.strategy
+  "max_error_rate" $r.analysis.maxErrorRate
+  "max_p99_ttft_ms" (mulf $r.analysis.maxP99TtftSeconds 1000)
+  "window_ms" (mul $r.analysis.windowSeconds 1000)
+  "min_requests" $r.analysis.minRequests
+  "failure_limit" $r.analysis.failureLimit
 -}}
-{{- if .Values.tls.enabled -}}{{- $_ := set $servers "tls_ca" "/etc/corvid/tls/ca.crt" -}}{{- end -}}
-{{- if .Values.auth.enabled -}}{{- $_ := set $servers "token_env" "CORVID_TOKEN" -}}{{- end -}}
+{{- if eq $r.strategy "canary" -}}{{- $_ := set $defaults "steps" $r.steps -}}{{- end -}}
 {{- $cfg := dict
-  "metrics_listen" (printf "0.0.0.0:%d" (int .Values.controlplane.metricsPort))
-  "etcd" (dict "endpoints" (include "corvid.etcdEndpoints" . | fromJsonArray) "prefix" .Values.controlplane.etcd.prefix)
-  "election" (dict "lease_ttl_s" .Values.controlplane.leaseTtlSeconds)
-  "servers" $servers
-  "rollout_defaults" (dict
-    "strategy" $r.strategy
-    "steps" $r.steps
-    "analysis" (dict
-      "max_error_rate" $r.analysis.maxErrorRate
-      "max_p99_ttft_s" $r.analysis.maxP99TtftSeconds
-      "window_s" $r.analysis.windowSeconds
-      "min_requests" $r.analysis.minRequests))
+  "etcd" (include "corvid.etcdEndpoints" . | fromJsonArray | join ",")
+  "prefix" $cp.etcd.prefix
+  "dns" (dict
+    "name" (printf "%s-servers.%s.svc.cluster.local" (include "corvid.fullname" .) .Release.Namespace)
+    "port" (int .Values.server.port)
+    "refresh_ms" (mul $cp.dnsRefreshSeconds 1000))
+  "election_ttl_s" $cp.leaseTtlSeconds
+  "smoke_prompt" .Values.tests.prompt
+  "defaults" $defaults
 -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
