@@ -308,21 +308,14 @@ cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit
 }
 
 cv_status cv_admin_register(cv_admin *a, cv_rpc_server *srv, cv_error *err) {
-    static const struct {
-        const char *path;
-        cv_rpc_handler h;
-    } methods[] = {
+    static const cv_rpc_method_def methods[] = {
         {"/corvid.v1.Admin/LoadModel", on_load},
         {"/corvid.v1.Admin/SetTraffic", on_traffic},
         {"/corvid.v1.Admin/UnloadModel", on_unload},
         {"/corvid.v1.Admin/GetStatus", on_status},
         {"/corvid.v1.Admin/SetFaultInjection", on_fault},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        cv_status st = cv_rpc_register(srv, methods[i].path, methods[i].h, a, err);
-        if (st != CV_OK) return st;
-    }
-    return CV_OK;
+    return cv_rpc_register_all(srv, methods, sizeof methods / sizeof methods[0], a, err);
 }
 
 void cv_admin_free(cv_admin *a) {

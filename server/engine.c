@@ -391,6 +391,21 @@ static void *engine_loop(void *arg) {
 
 /* ---- public ---- */
 
+/* Everything cv_engine_new allocates, for its error path and cv_engine_free. */
+static void free_parts(cv_engine *e) {
+    cv_kv_free(e->kv);
+    free(e->running);
+    free(e->free_kv);
+    free(e->b_tokens);
+    free(e->b_pos);
+    free(e->b_seq);
+    free(e->b_want);
+    free(e->b_owner);
+    free(e->b_chunk);
+    free(e->logits);
+    free(e);
+}
+
 cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *cfg,
                         cv_engine **out, cv_error *err) {
     const cv_model_opts *mo = cv_model_options(m);
@@ -472,17 +487,7 @@ cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *
     *out = e;
     return CV_OK;
 err:
-    cv_kv_free(e->kv);
-    free(e->running);
-    free(e->free_kv);
-    free(e->b_tokens);
-    free(e->b_pos);
-    free(e->b_seq);
-    free(e->b_want);
-    free(e->b_owner);
-    free(e->b_chunk);
-    free(e->logits);
-    free(e);
+    free_parts(e);
     return st;
 }
 
@@ -495,17 +500,7 @@ void cv_engine_free(cv_engine *e) {
     pthread_join(e->thread, NULL);
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
-    cv_kv_free(e->kv);
-    free(e->running);
-    free(e->free_kv);
-    free(e->b_tokens);
-    free(e->b_pos);
-    free(e->b_seq);
-    free(e->b_want);
-    free(e->b_owner);
-    free(e->b_chunk);
-    free(e->logits);
-    free(e);
+    free_parts(e);
 }
 
 int32_t cv_engine_n_ctx(const cv_engine *e) { return e->cfg.n_ctx; }

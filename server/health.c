@@ -239,7 +239,9 @@ static void on_watch(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
 }
 
 cv_status cv_health_register(cv_health *h, cv_rpc_server *srv, cv_error *err) {
-    if (cv_rpc_register(srv, "/grpc.health.v1.Health/Check", on_check, h, err) != CV_OK)
-        return err ? err->code : CV_ENOMEM;
-    return cv_rpc_register(srv, "/grpc.health.v1.Health/Watch", on_watch, h, err);
+    static const cv_rpc_method_def methods[] = {
+        {"/grpc.health.v1.Health/Check", on_check},
+        {"/grpc.health.v1.Health/Watch", on_watch},
+    };
+    return cv_rpc_register_all(srv, methods, 2, h, err);
 }

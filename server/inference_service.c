@@ -917,20 +917,13 @@ cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
 }
 
 cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err) {
-    static const struct {
-        const char *path;
-        cv_rpc_handler h;
-    } methods[] = {
+    static const cv_rpc_method_def methods[] = {
         {"/corvid.v1.Inference/Generate", on_generate},
         {"/corvid.v1.Inference/Chat", on_chat},
         {"/corvid.v1.Inference/Tokenize", on_tokenize},
         {"/corvid.v1.Inference/ListModels", on_list_models},
     };
-    for (size_t i = 0; i < sizeof methods / sizeof methods[0]; i++) {
-        cv_status st = cv_rpc_register(srv, methods[i].path, methods[i].h, inf, err);
-        if (st != CV_OK) return st;
-    }
-    return CV_OK;
+    return cv_rpc_register_all(srv, methods, sizeof methods / sizeof methods[0], inf, err);
 }
 
 void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) { inf->rag = rag; }

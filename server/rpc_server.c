@@ -459,6 +459,15 @@ static int add_port(cv_rpc_server *s, const char *addr, int tls) {
     return bound;
 }
 
+cv_status cv_rpc_register_all(cv_rpc_server *s, const cv_rpc_method_def *methods, size_t n, void *ctx,
+                              cv_error *err) {
+    for (size_t i = 0; i < n; i++) {
+        cv_status st = cv_rpc_register(s, methods[i].path, methods[i].handler, ctx, err);
+        if (st != CV_OK) return st;
+    }
+    return CV_OK;
+}
+
 cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
     grpc_init();
     grpc_arg args[2];

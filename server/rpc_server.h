@@ -77,6 +77,13 @@ cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_er
 /* Register before cv_rpc_server_start. */
 cv_status cv_rpc_register(cv_rpc_server *s, const char *method, cv_rpc_handler h, void *ctx,
                           cv_error *err);
+typedef struct cv_rpc_method_def {
+    const char *path;
+    cv_rpc_handler handler;
+} cv_rpc_method_def;
+/* Registers a service's methods, all with the same ctx. */
+cv_status cv_rpc_register_all(cv_rpc_server *s, const cv_rpc_method_def *methods, size_t n, void *ctx,
+                              cv_error *err);
 /* Binds, starts the completion-queue thread; *port receives the bound port. */
 cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err);
 /* New calls are refused from now on (UNAVAILABLE); in-flight ones continue. */
