@@ -224,20 +224,27 @@ def server_config_accepted():
 
 
 def pending_server_keys():
-    """Keys waiting for server support: listed, and each still refused today."""
+    """TLS, the health port and the access policy reach the server through server.json
+    (auth.json beside it); only CUDA/tp wait, and each of those is still refused."""
     assert "server-pending.json" not in config_maps("default")
-    pending = json.loads(config_maps("gpu-canary-tls")["server-pending.json"])
-    print("  pending server keys (rendered into server-pending.json, not read yet): " + ", ".join(sorted(pending)))
-    assert set(pending) == {"tls", "health_listen", "device", "tp", "auth"}, pending
-    assert pending["tp"] == 2 and pending["device"] == "cuda"
-    auth = pending["auth"]
+    assert "auth.json" not in config_maps("default")
+    cms = config_maps("gpu-canary-tls")
+    base = json.loads(cms["server.json"])
+    assert base["tls_cert"] == "/etc/corvid/tls/tls.crt" and base["tls_key"] == "/etc/corvid/tls/tls.key", base
+    assert base["health_listen"].endswith(":50052") and base["auth_config"] == "/etc/corvid/auth.json", base
+    auth = json.loads(cms["auth.json"])
     assert set(auth) == {"jwt", "allowlist", "rate_limit", "audit_log"}, auth
     assert auth["rate_limit"] == {"per_second": 20, "burst": 40} and auth["audit_log"] == "-", auth
     assert auth["jwt"]["keys"] == [{"alg": "ES256", "kid": "corvid-2026", "public_key_file": "/etc/corvid/jwt/public.pem"}]
+    mounts = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
+    assert any(m["mountPath"] == "/etc/corvid/auth.json" for m in mounts["volumeMounts"]), mounts["volumeMounts"]
+    pending = json.loads(cms["server-pending.json"])
+    print("  pending server keys (rendered into server-pending.json, not read yet): " + ", ".join(sorted(pending)))
+    assert set(pending) == {"device", "tp"}, pending
+    assert pending["tp"] == 2 and pending["device"] == "cuda"
     notes = RENDERS["gpu-canary-tls"]["corvid/templates/NOTES.txt"]
     assert "NOT in effect yet" in notes and '"tp": 2' in notes, notes
     assert "NOT in effect" not in RENDERS["default"]["corvid/templates/NOTES.txt"]
-    base = json.loads(config_maps("gpu-canary-tls")["server.json"])
     now_accepted = []
     for key, value in pending.items():
         path = os.path.join(TMP, "pending-%s.json" % key)

@@ -94,26 +94,22 @@ runs `corvid-server --check-config` on it. Paths are the pod's mount points.
   "max_tokens_default" $c.maxTokensDefault
   "drain_timeout_s" $c.drainTimeoutSeconds
 -}}
+{{- if .Values.tls.enabled -}}
+{{- $_ := set $cfg "tls_cert" "/etc/corvid/tls/tls.crt" -}}
+{{- $_ := set $cfg "tls_key" "/etc/corvid/tls/tls.key" -}}
+{{- $_ := set $cfg "health_listen" (printf "0.0.0.0:%d" (int .Values.server.healthPort)) -}}
+{{- end -}}
+{{- if include "corvid.serverAuthConfig" . -}}
+{{- $_ := set $cfg "auth_config" "/etc/corvid/auth.json" -}}
+{{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
 
 {{/*
-server-pending.json: settings chosen in values whose server side is not built yet
-(TLS with a plaintext health port, CUDA with tensor parallelism, and the "auth"
-section in the form server/auth.h parses: jwt, allowlist, rate_limit, audit_log).
-They belong in server.json once corvid-server accepts these keys; until then the
-server does not read this file and NOTES.txt says so. Empty when nothing is pending.
+auth.json: the access policy in the form server/auth.h parses (jwt, allowlist,
+rate_limit, audit_log), read through server.json's auth_config. Empty when off.
 */}}
-{{- define "corvid.serverPendingConfig" -}}
-{{- $p := dict -}}
-{{- if .Values.gpu.enabled -}}
-{{- $_ := set $p "device" "cuda" -}}
-{{- $_ := set $p "tp" (int .Values.gpu.count) -}}
-{{- end -}}
-{{- if .Values.tls.enabled -}}
-{{- $_ := set $p "health_listen" (printf "0.0.0.0:%d" (int .Values.server.healthPort)) -}}
-{{- $_ := set $p "tls" (dict "cert" "/etc/corvid/tls/tls.crt" "key" "/etc/corvid/tls/tls.key") -}}
-{{- end -}}
+{{- define "corvid.serverAuthConfig" -}}
 {{- $auth := dict -}}
 {{- if .Values.auth.enabled -}}
 {{- $j := .Values.auth.jwt -}}
@@ -136,7 +132,21 @@ server does not read this file and NOTES.txt says so. Empty when nothing is pend
 {{- if .Values.auth.allowlist -}}
 {{- $_ := set $auth "allowlist" .Values.auth.allowlist -}}
 {{- end -}}
-{{- if $auth -}}{{- $_ := set $p "auth" $auth -}}{{- end -}}
+{{- if $auth -}}{{- toPrettyJson $auth -}}{{- end -}}
+{{- end -}}
+
+{{/*
+server-pending.json: settings chosen in values whose server side is not built yet (CUDA
+with tensor parallelism). They belong in server.json once corvid-server accepts these
+keys; until then the server does not read this file and NOTES.txt says so. Empty when
+nothing is pending.
+*/}}
+{{- define "corvid.serverPendingConfig" -}}
+{{- $p := dict -}}
+{{- if .Values.gpu.enabled -}}
+{{- $_ := set $p "device" "cuda" -}}
+{{- $_ := set $p "tp" (int .Values.gpu.count) -}}
+{{- end -}}
 {{- if $p -}}{{- toPrettyJson $p -}}{{- end -}}
 {{- end -}}
 
