@@ -306,6 +306,15 @@ def server_rejoins(fl, report):
     assert fl.status()["phase"] == "rolled_back"
 
 
+def wait_traffic(fl, i, want, timeout=5):
+    """The leader writes a decision to etcd before it reaches the servers: wait for them."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and fl.traffic(i) != want:
+        time.sleep(0.05)
+    got = fl.traffic(i)
+    assert got == want, (i, got, want)
+
+
 def operator_commands(fl, report):
     register(fl, "v8", Q8)
     rid = fl.start("v8", "--steps", "10,50,100", "--window", "30s")
@@ -313,7 +322,8 @@ def operator_commands(fl, report):
     rc, out, err = fl.cli("rollout", "pause", MODEL)
     assert rc == 0, err
     st = fl.wait_phase(["paused"], 5, rid)
-    assert st["traffic"] == 10 and fl.traffic(0) == {"v6": 90, "v8": 10}, (st, fl.traffic(0))
+    assert st["traffic"] == 10, st
+    wait_traffic(fl, 0, {"v6": 90, "v8": 10})
     rc, out, err = fl.cli("rollout", "resume", MODEL)
     assert rc == 0, err
     fl.wait_phase(["observing"], 5, rid)
@@ -324,7 +334,7 @@ def operator_commands(fl, report):
     report["g_promote_command_s"] = round(time.time() - t0, 2)
     assert "operator" in st["message"] and st["active"] == "v8", st
     for i in range(2):
-        assert fl.traffic(i) == {"v8": 100}, fl.traffic(i)
+        wait_traffic(fl, i, {"v8": 100})
     register(fl, "v9", F32)
     rid = fl.start("v9", "--steps", "10,100", "--window", "30s")
     fl.wait_phase(["observing"], 30, rid)
@@ -333,7 +343,7 @@ def operator_commands(fl, report):
     st = fl.wait_phase(["rolled_back"], 5, rid)
     assert "aborted by the operator" in st["message"], st
     for i in range(2):
-        assert fl.traffic(i) == {"v8": 100}, fl.traffic(i)
+        wait_traffic(fl, i, {"v8": 100})
     rc, out, err = fl.cli("rollout", "start", MODEL, "nope")
     assert rc == 1 and "not registered" in err, (rc, err)
 
