@@ -12,6 +12,7 @@
 #include <stddef.h>
 
 #include "backend.h"
+#include "cpu_features.h"
 
 typedef struct cv_cpu_options {
     int n_threads;        /* <= 0: one per online CPU */
@@ -22,7 +23,5 @@ typedef struct cv_cpu_options {
 /* opt may be NULL for the defaults. */
 cv_status cv_cpu_backend_create(const cv_cpu_options *opt, cv_backend **out, cv_error *err);
 int cv_cpu_backend_threads(const cv_backend *be);
-/* 1 when this CPU runs the AVX2 kernels. */
-int cv_cpu_has_avx2(void);
 
 #endif

@@ -12,11 +12,11 @@
  */
 #include "quant.h"
 
-#include <cpuid.h>
 #include <math.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#include "cpu_features.h"
 #include "quant_avx2.h"
 #include "quant_blocks.h"
 
@@ -694,14 +694,11 @@ static _Atomic int g_cpu_avx2 = -1;  /* -1: not probed yet */
 
 void cv_quant_force_scalar(int on) { atomic_store_explicit(&g_force_scalar, on, memory_order_relaxed); }
 
-/* AVX2 + FMA (with the OS saving YMM state, which __builtin_cpu_supports checks) and
- * F16C, probed once: cpuid is far too slow to run per dot product. */
+/* cpu_features' answer, probed once: cpuid is far too slow to run per dot product. */
 static int cpu_has_avx2(void) {
     int v = atomic_load_explicit(&g_cpu_avx2, memory_order_relaxed);
     if (v < 0) {
-        unsigned a, b, c, d;
-        const int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
-        v = f16c && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+        v = cv_cpu_has_avx2();
         atomic_store_explicit(&g_cpu_avx2, v, memory_order_relaxed);
     }
     return v;
