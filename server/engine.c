@@ -271,8 +271,8 @@ static int32_t plan_batch_locked(cv_engine *e) {
             for (int32_t i = 0; i < e->cfg.max_running; i++) {
                 seq *s = e->running[i];
                 if (!s || e->b_chunk[i]) continue;
-                int32_t todo = s->n_tokens - s->n_fed;
-                if ((pass == 0) != (todo == 1)) continue;
+                int32_t unfed = s->n_tokens - s->n_fed;
+                if ((pass == 0) != (unfed == 1)) continue;
                 if (pick < 0 || s->admitted < e->running[pick]->admitted) pick = i;
             }
             if (pick < 0 || budget == 0) break;
