@@ -6,7 +6,8 @@
  * element-wise sum over the ranks. On a device backend the reduction is enqueued in
  * order with the rank's ops (it has happened for any later op of that backend, and a
  * failure may surface at the backend's synchronize); a host implementation returns when
- * the sum is in place. Implementations: NCCL (cv_comm_nccl_create, cuda_backend.h).
+ * the sum is in place. Implementations: NCCL (cv_comm_nccl_create, cuda_backend.h) and
+ * host threads (cv_comm_cpu_create, comm_cpu.h).
  */
 #ifndef CV_COMM_H
 #define CV_COMM_H
