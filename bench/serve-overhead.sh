@@ -4,6 +4,7 @@
 #   batched = bench-load at concurrency C / bench-engine at concurrency C (in process)
 #   scaling = bench-load at concurrency C / bench-load at concurrency 1
 # Usage: bench/serve-overhead.sh MODEL [C] [MAX_TOKENS] [REQUESTS_PER_STREAM]
+# THREADS=N gives every side the same --threads (default: each binary's default).
 # Prints one JSON object. Medians of 3 runs each; the machine's noise applies to both sides.
 set -eu
 model=${1:?usage: serve-overhead.sh MODEL [CONCURRENCY] [MAX_TOKENS] [REQUESTS_PER_STREAM]}
@@ -11,9 +12,10 @@ conc=${2:-64}
 ntok=${3:-100}
 per=${4:-2}
 bin=${CORVID_BIN:-build/bin}
+threads=${THREADS:+--threads $THREADS}
 tmp=$(mktemp -d)
 port=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/corvid-server" --listen "127.0.0.1:$port" --model "$model" --max-running "$conc" \
+"$bin/corvid-server" $threads --listen "127.0.0.1:$port" --model "$model" --max-running "$conc" \
     --max-batch-tokens $((conc > 256 ? conc : 256)) --max-waiting 4096 2>"$tmp/server.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
@@ -22,13 +24,13 @@ for _ in $(seq 1 600); do grep -q '"model ready"' "$tmp/server.log" && break; sl
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 field() { /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-run_tps=$(for _ in 1 2 3; do "$bin/corvid-run" -m "$model" -p "Once upon a time" -n "$ntok" --temp 0 --json \
+run_tps=$(for _ in 1 2 3; do "$bin/corvid-run" $threads -m "$model" -p "Once upon a time" -n "$ntok" --temp 0 --json \
             | field decode_tokens_per_s; done | median)
 load1=$(for _ in 1 2 3; do "$bin/bench-load" --addr "127.0.0.1:$port" --concurrency 1 --requests 3 \
           --max-tokens "$ntok" --ignore-eos | field output_tokens_per_s; done | median)
 loadc=$(for _ in 1 2 3; do "$bin/bench-load" --addr "127.0.0.1:$port" --concurrency "$conc" \
           --requests $((conc * per)) --max-tokens "$ntok" --ignore-eos | field output_tokens_per_s; done | median)
-engc=$("$bin/bench-engine" -m "$model" --concurrency "$conc" --requests $((conc * per)) --max-tokens "$ntok" \
+engc=$("$bin/bench-engine" $threads -m "$model" --concurrency "$conc" --requests $((conc * per)) --max-tokens "$ntok" \
         --runs 3 | field output_tokens_per_s)
 /usr/bin/python3 - "$model" "$conc" "$run_tps" "$load1" "$loadc" "$engc" <<'PY'
 import json, sys

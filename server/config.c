@@ -37,6 +37,7 @@ static const key_spec keys[] = {
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),
+    NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000),
     STR("model_cache_dir", "--model-cache-dir", model_cache_dir),
     STR("auth_config", "--auth-config", auth_config),
     STR("tls_cert", "--tls-cert", tls_cert),
@@ -66,6 +67,7 @@ void cv_config_defaults(cv_config *c) {
     c->kv_memory_mb = 512;
     c->max_tokens_default = 256;
     c->drain_timeout_s = 30;
+    c->stream_flush_ms = 5;
     c->max_download_mb = 64 << 10;
     c->rag_top_k = 4;
     c->rag_min_score = 1.0;

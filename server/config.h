@@ -24,6 +24,7 @@ typedef struct cv_config {
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
+    int stream_flush_ms;       /* streams' output goes out in rounds at most this often */
     char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */
     char tls_cert[1024];       /* PEM chain: TLS on listen when set, with tls_key */
     char tls_key[1024];

@@ -86,6 +86,7 @@ static double mono_s(void) {
 static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     gen_stream *g = ctx;
+    int first = g->t_last_token == 0; /* the first token goes out at once: it is the TTFT */
     if (n_ids) {
         double t = mono_s();
         if (g->t_last_token > 0) cv_stats_inter_token(g->slot->stats, t - g->t_last_token);
@@ -117,7 +118,8 @@ static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *i
     int overflow = g->overflow;
     pthread_mutex_unlock(&g->mu);
     if (overflow) cv_engine_cancel(g->engine, g->engine_id);
-    cv_rpc_stream_wake(g->call);
+    if (first) cv_rpc_stream_wake(g->call);
+    else cv_rpc_stream_wake_batched(g->call);
 }
 
 static void sink_final(void *ctx, const cv_engine_final *f) {

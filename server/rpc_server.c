@@ -3,6 +3,7 @@
 #include "auth.h"
 #include "tls_files.h"
 
+#include <errno.h>
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -41,6 +42,14 @@ struct cv_rpc_server {
     atomic_int active;
     atomic_int shutting_down;
     tag shutdown_tag;
+    /* Streams woken by producers wait here for the sender thread, so that packing and
+     * grpc_call_start_batch never run on a producer's (the engine's) thread. */
+    pthread_mutex_t wake_mu;
+    pthread_cond_t wake_cv;
+    cv_rpc_call *wake_head, *wake_tail;
+    pthread_t sender;
+    int sender_running;  /* under wake_mu; 0 before start and after the sender drained */
+    int sender_stop;
 };
 
 typedef struct md_pair { char *key, *value; } md_pair;
@@ -58,6 +67,9 @@ struct cv_rpc_call {
     int refs;          /* pending batches + the service's hold on a stream */
     int send_busy;     /* a SEND_MESSAGE is in flight */
     int finished;      /* status sent or being sent */
+    int urgent;        /* send without waiting for a round until nothing is pending */
+    int wake_queued;   /* on the server's wake list, holding a ref */
+    cv_rpc_call *wake_next;
     const cv_rpc_stream_ops *ops;
     void *ctx;
     char *peer, *method;
@@ -157,7 +169,10 @@ static void pump_locked(cv_rpc_call *c) {
         cv_rpc_code code = CV_RPC_OK;
         const char *status_msg = NULL;
         cv_rpc_produce p = c->ops->produce(c->ctx, &msg, &len, &more, &code, &status_msg);
-        if (p == CV_RPC_NOTHING) return;
+        if (p == CV_RPC_NOTHING) {
+            c->urgent = 0;
+            return;
+        }
         if (p == CV_RPC_FINISH) {
             send_status_locked(c, code, status_msg, NULL, 0);
             return;
@@ -181,6 +196,15 @@ static void pump_locked(cv_rpc_call *c) {
     }
 }
 
+/* Pumps a stream taken off the wake list and drops the list's ref. */
+static void send_woken(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    c->wake_queued = 0;
+    pump_locked(c);
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+}
+
 void cv_rpc_reply(cv_rpc_call *c, cv_rpc_code code, const char *status_msg,
                   const uint8_t *msg, size_t len) {
     pthread_mutex_lock(&c->mu);
@@ -199,11 +223,75 @@ void cv_rpc_stream_start(cv_rpc_call *c, const cv_rpc_stream_ops *ops, void *ctx
 
 void cv_rpc_stream_wake(cv_rpc_call *c) {
     pthread_mutex_lock(&c->mu);
+    c->urgent = 1;
     pump_locked(c);
     pthread_mutex_unlock(&c->mu);
 }
 
+void cv_rpc_stream_wake_batched(cv_rpc_call *c) {
+    cv_rpc_server *s = c->srv;
+    pthread_mutex_lock(&c->mu);
+    if (c->wake_queued || c->finished) {
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    c->wake_queued = 1;
+    c->refs++;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_lock(&s->wake_mu);
+    if (s->sender_running) {
+        c->wake_next = NULL;
+        if (s->wake_tail) s->wake_tail->wake_next = c;
+        else s->wake_head = c;
+        s->wake_tail = c;
+        /* One signal per batch of wakes: the sender takes the whole list at once. */
+        if (s->wake_head == c) pthread_cond_signal(&s->wake_cv);
+        pthread_mutex_unlock(&s->wake_mu);
+        return;
+    }
+    pthread_mutex_unlock(&s->wake_mu);
+    send_woken(c); /* no rounds (interval 0), or the sender already drained: send here */
+}
+
 void cv_rpc_call_release(cv_rpc_call *c) { call_unref(c); }
+
+static void *sender_loop(void *arg) {
+    cv_rpc_server *s = arg;
+    pthread_mutex_lock(&s->wake_mu);
+    for (;;) {
+        while (!s->wake_head && !s->sender_stop) pthread_cond_wait(&s->wake_cv, &s->wake_mu);
+        cv_rpc_call *c = s->wake_head;
+        if (!c) break; /* stopping, and nothing left to send */
+        s->wake_head = s->wake_tail = NULL;
+        pthread_mutex_unlock(&s->wake_mu);
+        struct timespec next;
+        clock_gettime(CLOCK_MONOTONIC, &next);
+        while (c) {
+            cv_rpc_call *after = c->wake_next;
+            send_woken(c);
+            c = after;
+        }
+        pthread_mutex_lock(&s->wake_mu);
+        /* Let output pile up until the next round; wakes meanwhile only queue. */
+        next.tv_nsec += (long)s->cfg.flush_interval_ms * 1000000L;
+        next.tv_sec += next.tv_nsec / 1000000000L;
+        next.tv_nsec %= 1000000000L;
+        while (!s->sender_stop && pthread_cond_timedwait(&s->wake_cv, &s->wake_mu, &next) != ETIMEDOUT) {
+        }
+    }
+    s->sender_running = 0;
+    pthread_mutex_unlock(&s->wake_mu);
+    return NULL;
+}
+
+static void sender_stop(cv_rpc_server *s) {
+    pthread_mutex_lock(&s->wake_mu);
+    int running = s->sender_running;
+    s->sender_stop = 1;
+    pthread_cond_signal(&s->wake_cv);
+    pthread_mutex_unlock(&s->wake_mu);
+    if (running) pthread_join(s->sender, NULL);
+}
 
 void cv_rpc_hold(cv_rpc_call *c) {
     pthread_mutex_lock(&c->mu);
@@ -344,8 +432,10 @@ static void on_close(cv_rpc_call *c) {
 static void on_send(cv_rpc_call *c) {
     pthread_mutex_lock(&c->mu);
     c->send_busy = 0;
-    pump_locked(c);
+    int later = c->srv->cfg.flush_interval_ms > 0 && !c->urgent;
+    if (!later) pump_locked(c);
     pthread_mutex_unlock(&c->mu);
+    if (later) cv_rpc_stream_wake_batched(c); /* the rest goes out with the next round */
     call_unref(c);
 }
 
@@ -392,6 +482,12 @@ cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_er
     s->cfg = *cfg;
     s->cfg.listen = s->listen;
     pthread_mutex_init(&s->tls_mu, NULL);
+    pthread_mutex_init(&s->wake_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s->wake_cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (!s->cfg.max_request_bytes) s->cfg.max_request_bytes = 4u << 20;
     atomic_init(&s->accepting, 1);
     s->shutdown_tag = (tag){TAG_SHUTDOWN, NULL};
@@ -503,6 +599,12 @@ cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
             goto err_started;
         }
     }
+    s->sender_running = s->cfg.flush_interval_ms > 0;
+    if (s->sender_running && pthread_create(&s->sender, NULL, sender_loop, s) != 0) {
+        s->sender_running = 0;
+        cv_errorf(err, CV_ENOMEM, "rpc server: cannot start the sender thread");
+        goto err_started;
+    }
     if (pthread_create(&s->thread, NULL, cq_loop, s) != 0) {
         cv_errorf(err, CV_ENOMEM, "rpc server: cannot start the completion-queue thread");
         goto err_started;
@@ -516,6 +618,7 @@ err_started:
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
     grpc_server_cancel_all_calls(s->server);
     cq_loop(s);
+    sender_stop(s);
 err:
     grpc_server_destroy(s->server);
     s->server = NULL;
@@ -541,6 +644,7 @@ void cv_rpc_server_free(cv_rpc_server *s) {
         grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
         grpc_server_cancel_all_calls(s->server);
         pthread_join(s->thread, NULL);
+        sender_stop(s);
         grpc_server_destroy(s->server);
         grpc_completion_queue_shutdown(s->cq);
         for (;;) {
@@ -561,5 +665,7 @@ void cv_rpc_server_free(cv_rpc_server *s) {
     free(s->listen);
     cv_tls_files_free(s->cfg.tls);
     pthread_mutex_destroy(&s->tls_mu);
+    pthread_mutex_destroy(&s->wake_mu);
+    pthread_cond_destroy(&s->wake_cv);
     free(s);
 }

@@ -71,6 +71,11 @@ typedef struct cv_rpc_config {
     /* With TLS: a plaintext port that serves only grpc.health.v1 (Kubernetes probes). */
     const char *health_listen;
     cv_auth *auth;               /* checked on every call before its handler; NULL: none */
+    /* Output woken with cv_rpc_stream_wake_batched is sent in rounds at most this often
+     * (ms), from a sender thread; 0: at once, on the waking thread. A round carries
+     * everything a stream produced since the last one, so a fast producer costs one
+     * message per round instead of one per token. */
+    int flush_interval_ms;
 } cv_rpc_config;
 
 cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_error *err);
@@ -103,8 +108,12 @@ void cv_rpc_stream_start(cv_rpc_call *call, const cv_rpc_stream_ops *ops, void *
 /* For a unary answer that comes later from another thread: keeps the call alive until
  * cv_rpc_call_release (after the cv_rpc_reply). Call from the handler. */
 void cv_rpc_hold(cv_rpc_call *call);
-/* Thread-safe: there may be something to send. */
+/* Thread-safe: there may be something to send; send it now (and keep sending until
+ * produce() has nothing): a stream's first output, its end, rare events. */
 void cv_rpc_stream_wake(cv_rpc_call *call);
+/* Thread-safe: there may be something to send; it may wait for the next round (see
+ * flush_interval_ms), so a producer's hot path never packs or writes. */
+void cv_rpc_stream_wake_batched(cv_rpc_call *call);
 /* The service's last touch of a stream call (see the top comment). */
 void cv_rpc_call_release(cv_rpc_call *call);
 

@@ -161,6 +161,7 @@ int main(int argc, char **argv) {
     server state = {0};
     int rc = 1, port = 0;
     cv_rpc_config rcfg = {.listen = cfg.listen, .health_listen = cfg.health_listen,
+                          .flush_interval_ms = cfg.stream_flush_ms,
                           .require_client_cert = cfg.tls_client_ca[0] != 0};
     /* Logs and the audit trail get partial masks (138****5678): readable, not leaking. */
     if (cv_pii_create(CV_PII_PARTIAL, &pii, &err) != CV_OK) goto out;

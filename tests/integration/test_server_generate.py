@@ -126,7 +126,7 @@ def bad_requests(srv):
 def deadline_exceeded():
     """A request whose deadline passes while it waits behind others: the client gets
     DEADLINE_EXCEEDED, the server drops it and everyone else finishes normally."""
-    srv = Server("--model", MODEL, "--max-running", "1", "--max-waiting", "16")
+    srv = Server("--model", MODEL, "--max-running", "1", "--max-waiting", "32")
     try:
         done, errors = [], []
 
@@ -136,7 +136,8 @@ def deadline_exceeded():
             except Exception as e:  # collected and asserted below
                 errors.append(repr(e))
 
-        ts = [threading.Thread(target=long_stream) for _ in range(8)]
+        # 24 full-context streams ahead of it take far longer than its 30 ms deadline.
+        ts = [threading.Thread(target=long_stream) for _ in range(24)]
         for t in ts:
             t.start()
         time.sleep(0.02)
@@ -147,7 +148,7 @@ def deadline_exceeded():
                           grpc.StatusCode.DEADLINE_EXCEEDED)
         for t in ts:
             t.join()
-        assert not errors and done == [pb.FINISH_REASON_LENGTH] * 8, (errors, done)
+        assert not errors and done == [pb.FINISH_REASON_LENGTH] * 24, (errors, done)
     finally:
         srv.stop()
 
@@ -256,6 +257,30 @@ def sigterm_drains_in_flight_streams():
         srv.stop()
 
 
+def output_goes_out_in_rounds():
+    """stories260K makes a token in well under a millisecond: with the default 5 ms
+    rounds its 123 tokens arrive in a few messages, the first token alone (it is the
+    TTFT); with --stream-flush-ms 0 nothing is held back. Same tokens either way."""
+    got = {}
+    for flush in ("5", "0"):
+        srv = Server("--model", MODEL, "--stream-flush-ms", flush)
+        try:
+            with grpc.insecure_channel(srv.addr) as ch:
+                req = pb.GenerateRequest(prompt="Once upon a time",
+                                         sampling=pb.SamplingParams(max_tokens=123, ignore_eos=True))
+                msgs = [m for m in generate_rpc(ch)(req, timeout=60)]
+        finally:
+            srv.stop()
+        chunks = [list(m.chunk.token_ids) for m in msgs if m.WhichOneof("kind") == "chunk"]
+        assert msgs[-1].WhichOneof("kind") == "final" and msgs[-1].final.usage.completion_tokens == 123
+        got[flush] = (chunks, sum(chunks, []))
+    rounds, ids = got["5"]
+    print("5 ms rounds: %d chunk messages for 123 tokens, sizes %s" % (len(rounds), [len(c) for c in rounds]))
+    assert len(rounds[0]) == 1, rounds[0]
+    assert len(rounds) <= 40, len(rounds)
+    assert ids == got["0"][1]
+
+
 def main():
     c = Checks()
     srv = Server("--model", MODEL, "--threads", "2")
@@ -275,6 +300,7 @@ def main():
     c.run("queue overflow is RESOURCE_EXHAUSTED with the limits", queue_overflow)
     c.run("deadline passes while queued: DEADLINE_EXCEEDED, others unaffected", deadline_exceeded)
     c.run("SIGTERM lets in-flight streams finish, exit 0", sigterm_drains_in_flight_streams)
+    c.run("a fast model's output goes out in rounds; the first token alone", output_goes_out_in_rounds)
     c.finish()
 
 
