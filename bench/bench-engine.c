@@ -57,13 +57,16 @@ static int cmp(const void *a, const void *b) {
 
 int main(int argc, char **argv) {
     const char *model = NULL;
-    int threads = 0, conc = 1, requests = 16, max_tokens = 100, runs = 3;
+    int threads = 0, conc = 1, requests = 16, max_tokens = 100, runs = 3, tp = 1;
+    cv_device device = CV_DEVICE_CPU;
     static const struct option lo[] = {{"model", required_argument, 0, 'm'},
                                        {"threads", required_argument, 0, 't'},
                                        {"concurrency", required_argument, 0, 'c'},
                                        {"requests", required_argument, 0, 'n'},
                                        {"max-tokens", required_argument, 0, 'x'},
                                        {"runs", required_argument, 0, 'r'},
+                                       {"tp", required_argument, 0, 'p'},
+                                       {"device", required_argument, 0, 'd'},
                                        {0, 0, 0, 0}};
     int o;
     while ((o = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
@@ -74,9 +77,11 @@ int main(int argc, char **argv) {
         case 'n': requests = atoi(optarg); break;
         case 'x': max_tokens = atoi(optarg); break;
         case 'r': runs = atoi(optarg); break;
+        case 'p': tp = atoi(optarg); break;
+        case 'd': device = strcmp(optarg, "cuda") ? CV_DEVICE_CPU : CV_DEVICE_CUDA; break;
         default:
             fprintf(stderr, "usage: bench-engine -m MODEL [-t N] [--concurrency C] [--requests N] "
-                            "[--max-tokens M] [--runs R]\n");
+                            "[--max-tokens M] [--runs R] [--device cpu|cuda] [--tp N]\n");
             return 2;
         }
     }
@@ -84,7 +89,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-engine: -m MODEL is required; counts must be positive\n");
         return 2;
     }
-    cv_slot_options so = {.threads = threads};
+    cv_slot_options so = {.threads = threads, .device = device, .tp = tp};
     cv_engine_config_default(&so.engine);
     so.engine.max_running = conc;
     so.engine.max_waiting = requests;
@@ -133,8 +138,10 @@ int main(int argc, char **argv) {
         pthread_cond_destroy(&c.cv);
     }
     qsort(tps, (size_t)runs, sizeof tps[0], cmp);
-    json_t *out = json_pack("{s:s,s:i,s:i,s:i,s:i,s:f}", "model", model, "concurrency", conc, "requests", requests,
-                            "max_tokens", max_tokens, "runs", runs, "output_tokens_per_s", tps[runs / 2]);
+    json_t *out = json_pack("{s:s,s:s,s:i,s:i,s:i,s:i,s:i,s:f}", "model", model, "device",
+                            device == CV_DEVICE_CUDA ? "cuda" : "cpu", "tp", tp, "concurrency", conc,
+                            "requests", requests, "max_tokens", max_tokens, "runs", runs,
+                            "output_tokens_per_s", tps[runs / 2]);
     char *text = json_dumps(out, JSON_COMPACT);
     printf("%s\n", text);
     free(text);

@@ -7,6 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cuda_backend.h"
+#include "tp.h"
+
 typedef enum { K_STR, K_INT, K_LONG, K_DOUBLE } key_kind;
 
 /* One table drives the JSON keys, the flags and their limits. */
@@ -28,6 +31,8 @@ static const key_spec keys[] = {
     STR("model", "--model", model),
     STR("model_version", "--model-version", model_version),
     NUM("threads", "--threads", K_INT, threads, 0, 256),
+    STR("device", "--device", device),
+    NUM("tp", "--tp", K_INT, tp, 1, CV_TP_MAX),
     NUM("max_running", "--max-running", K_INT, max_running, 1, 4096),
     NUM("max_waiting", "--max-waiting", K_INT, max_waiting, 0, 1000000),
     NUM("kv_block_tokens", "--kv-block-tokens", K_INT, kv_block_tokens, 1, 4096),
@@ -59,6 +64,8 @@ static const key_spec keys[] = {
 void cv_config_defaults(cv_config *c) {
     memset(c, 0, sizeof *c);
     strcpy(c->listen, "127.0.0.1:50051");
+    strcpy(c->device, "cpu");
+    c->tp = 1;
     c->max_running = 64;
     c->max_waiting = 256;
     c->kv_block_tokens = 16;
@@ -188,6 +195,10 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
     if (!c->listen[0]) return cv_errorf(err, CV_EINVAL, "listen: an address is required");
     if (!strchr(c->listen, ':'))
         return cv_errorf(err, CV_EINVAL, "listen: \"%s\" has no port (want HOST:PORT)", c->listen);
+    if (strcmp(c->device, "cpu") != 0 && strcmp(c->device, "cuda") != 0)
+        return cv_errorf(err, CV_EINVAL, "device: \"%s\" is neither cpu nor cuda", c->device);
+    if (strcmp(c->device, "cuda") == 0 && !cv_cuda_compiled())
+        return cv_errorf(err, CV_EUNSUPPORTED, "device: this corvid-server was built without CUDA (make CUDA=1)");
     if (strcmp(c->kv_type, "f16") != 0 && strcmp(c->kv_type, "f32") != 0)
         return cv_errorf(err, CV_EINVAL, "kv_type: \"%s\" is neither f16 nor f32", c->kv_type);
     if (c->max_batch_tokens < c->max_running)

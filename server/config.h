@@ -14,7 +14,9 @@ typedef struct cv_config {
     char metrics_listen[256];  /* "" = no HTTP metrics endpoint */
     char model[1024];          /* GGUF path; "" = start with no model */
     char model_version[128];   /* "" = the model file's base name */
-    int threads;               /* 0 = number of cores */
+    int threads;               /* 0 = number of cores; split between the tp ranks */
+    char device[8];            /* "cpu" or "cuda" (a CUDA build only) */
+    int tp;                    /* tensor-parallel ranks, 1..8 (cuda: GPUs 0..tp-1) */
     int max_running;           /* sequences decoded together */
     int max_waiting;           /* queued requests beyond which RESOURCE_EXHAUSTED */
     int kv_block_tokens;       /* tokens per KV block */

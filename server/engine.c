@@ -37,7 +37,7 @@ typedef struct seq {
 } seq;
 
 struct cv_engine {
-    cv_model *model;
+    cv_tp *tp;
     const cv_tok *tok;
     cv_engine_config cfg;
     int32_t n_vocab;
@@ -328,7 +328,7 @@ static void *engine_loop(void *arg) {
 
         cv_batch b = {rows, e->b_tokens, e->b_pos, e->b_seq, e->b_want};
         cv_error err = {0};
-        cv_status st = cv_model_forward(e->model, e->kv, &b, e->logits, &err);
+        cv_status st = cv_tp_forward(e->tp, e->kv, &b, e->logits, &err);
 
         pthread_mutex_lock(&e->mu);
         e->stats.steps++;
@@ -406,8 +406,9 @@ static void free_parts(cv_engine *e) {
     free(e);
 }
 
-cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *cfg,
+cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cfg,
                         cv_engine **out, cv_error *err) {
+    const cv_model *m = cv_tp_model(tp);
     const cv_model_opts *mo = cv_model_options(m);
     const cv_hparams *hp = cv_model_hparams(m);
     if (cfg->max_running < 1 || cfg->max_batch_tokens < 1 || cfg->kv_block_tokens < 1 ||
@@ -425,7 +426,7 @@ cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *
 
     cv_engine *e = calloc(1, sizeof *e);
     if (!e) return cv_errorf(err, CV_ENOMEM, "engine: out of memory");
-    e->model = m;
+    e->tp = tp;
     e->tok = tok;
     e->cfg = *cfg;
     e->n_vocab = hp->n_vocab;
@@ -435,12 +436,12 @@ cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *
     if (e->cfg.n_ctx > hp->n_ctx_train) e->cfg.n_ctx = hp->n_ctx_train;
     if (e->cfg.max_tokens_default <= 0) e->cfg.max_tokens_default = 256;
 
-    cv_kv_config kc = cv_model_kv_config(m, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
+    cv_kv_config kc = cv_tp_kv_config(tp, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
     kc.block_size = e->cfg.kv_block_tokens;
     int32_t blocks_per_seq = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size;
     kc.max_seq_len = blocks_per_seq * kc.block_size;
-    size_t per_block = 2 * (size_t)kc.n_layers * kc.n_kv_heads * kc.head_dim * kc.block_size *
-                       (kc.type == CV_TYPE_F32 ? 4 : 2);
+    size_t per_block = 2 * (size_t)kc.n_layers * kc.n_ranks * kc.n_kv_heads * kc.head_dim *
+                       kc.block_size * (kc.type == CV_TYPE_F32 ? 4 : 2);
     int64_t want = (int64_t)blocks_per_seq * e->cfg.max_running;
     int64_t budget = e->cfg.kv_bytes ? (int64_t)(e->cfg.kv_bytes / per_block) : want;
     if (budget < blocks_per_seq) {

@@ -24,6 +24,7 @@
 
 #include "cv_error.h"
 #include "model.h"
+#include "tp.h"
 #include "sampler.h"
 #include "tokenizer.h"
 
@@ -90,8 +91,9 @@ typedef struct cv_engine_stats {
 typedef struct cv_engine cv_engine;
 
 void cv_engine_config_default(cv_engine_config *c);
-/* The engine borrows m and tok (they must outlive it) and starts its thread. */
-cv_status cv_engine_new(cv_model *m, const cv_tok *tok, const cv_engine_config *cfg,
+/* The engine borrows the model's runner and tok (they must outlive it) and starts its
+ * thread, the only one that drives tp. */
+cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cfg,
                         cv_engine **out, cv_error *err);
 /* Cancels everything still queued or running (their final events arrive), stops the
  * thread and frees the KV cache. */

@@ -36,11 +36,11 @@ static cv_status pick(const cv_gen_callbacks *cb, float *row, int32_t n_vocab, i
     return CV_OK;
 }
 
-cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
+cv_status cv_generate(cv_tp *tp, cv_kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
                       const cv_gen_params *p, const cv_gen_callbacks *cb, cv_gen_stats *st,
                       cv_error *err) {
-    const cv_model_opts *mo = cv_model_options(m);
-    const int32_t n_vocab = cv_model_hparams(m)->n_vocab;
+    const cv_model_opts *mo = cv_model_options(cv_tp_model(tp));
+    const int32_t n_vocab = cv_model_hparams(cv_tp_model(tp))->n_vocab;
     const int32_t n_ctx = cv_kv_config_of(kv)->max_seq_len;
     memset(st, 0, sizeof *st);
     st->n_prompt = n_prompt;
@@ -77,7 +77,7 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
             b.want[i] = p->all_logits || at + i == n_prompt - 1;
         }
         cv_batch batch = {.n = n, .tokens = b.tokens, .pos = b.pos, .seq = b.seq, .want_logits = b.want};
-        if ((s = cv_model_forward(m, kv, &batch, b.logits, err))) goto out;
+        if ((s = cv_tp_forward(tp, kv, &batch, b.logits, err))) goto out;
         if (p->all_logits && cb->on_logits) {
             /* Every row but the prompt's last is only observed; the last one is sampled. */
             int32_t observed = at + n == n_prompt ? n - 1 : n;
@@ -104,7 +104,7 @@ cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32
         b.pos[0] = pos++;
         b.seq[0] = p->seq;
         cv_batch batch = {.n = 1, .tokens = b.tokens, .pos = b.pos, .seq = b.seq, .want_logits = NULL};
-        if ((s = cv_model_forward(m, kv, &batch, b.logits, err))) goto out;
+        if ((s = cv_tp_forward(tp, kv, &batch, b.logits, err))) goto out;
         if ((s = pick(cb, b.logits, n_vocab, &tok, err))) goto out;
     }
     st->decode_s = cv_seconds() - t1;

@@ -1,5 +1,6 @@
 /* generate: the single-sequence generation loop (prefill in chunks, then one token per
- * step) over a model and a KV cache, as used by corvid-run and the benchmarks.
+ * step) over a model's runner (tp.h) and its KV cache, as used by corvid-run and the
+ * benchmarks.
  *
  * Token choice, streaming and stopping are the caller's, through callbacks, so the
  * loop knows nothing about samplers, stop strings or output formats. The host logits
@@ -13,6 +14,7 @@
 #include "cv_error.h"
 #include "kv_cache.h"
 #include "model.h"
+#include "tp.h"
 
 typedef struct cv_gen_callbacks {
     /* Picks the next token from a logits row; NULL = greedy argmax. A negative return
@@ -42,7 +44,7 @@ typedef struct cv_gen_stats {
 /* Runs prompt[0..n_prompt) then generates. Fails with CV_ERANGE when the prompt does
  * not fit the cache's per-sequence context; generation stops early (no error) when
  * the context is full. */
-cv_status cv_generate(cv_model *m, cv_kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
+cv_status cv_generate(cv_tp *tp, cv_kv_cache *kv, const int32_t *prompt, int32_t n_prompt,
                       const cv_gen_params *p, const cv_gen_callbacks *cb, cv_gen_stats *st,
                       cv_error *err);
 

@@ -13,6 +13,10 @@
  * a device copy of every block table kept up to date by cv_kv_reserve (the ops read
  * block tables from device memory: cv_kv_device_table).
  *
+ * A tensor-parallel model (n_ranks > 1) keeps one set of pools per rank, each holding
+ * that rank's n_kv_heads heads in its own backend's memory, under one set of block
+ * tables and one free list: every rank's sequence s uses the same blocks.
+ *
  * Sequences are numbered 0..max_seqs-1. cv_kv_reserve grows a sequence to hold n
  * positions, taking blocks from a free list; it fails with CV_EBUSY (and changes
  * nothing) when the free list runs short, so the caller can preempt another sequence.
@@ -29,6 +33,8 @@
 #include "cv_error.h"
 #include "quant.h"
 
+#define CV_KV_MAX_RANKS 8
+
 typedef struct cv_kv_config {
     int32_t n_layers;
     int32_t n_kv_heads;
@@ -38,7 +44,9 @@ typedef struct cv_kv_config {
     int32_t max_seqs;     /* sequence ids 0..max_seqs-1 */
     int32_t max_seq_len;  /* positions one sequence may hold (its table's capacity) */
     cv_type type;         /* CV_TYPE_F16 or CV_TYPE_F32 */
-    cv_backend *backend;  /* whose memory holds the pools; NULL or a CPU backend: host */
+    int32_t n_ranks;      /* tensor-parallel ranks, 1..CV_KV_MAX_RANKS (0: 1) */
+    /* Whose memory holds rank r's pools; NULL or a CPU backend: host. */
+    cv_backend *backends[CV_KV_MAX_RANKS];
 } cv_kv_config;
 
 typedef struct cv_kv_cache cv_kv_cache;
@@ -47,9 +55,9 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
 void cv_kv_free(cv_kv_cache *kv);
 
 const cv_kv_config *cv_kv_config_of(const cv_kv_cache *kv);
-/* Bytes of K+V memory for all layers (whether touched or not). */
+/* Bytes of K+V memory for all layers and ranks (whether touched or not). */
 size_t cv_kv_bytes(const cv_kv_cache *kv);
-/* Bytes of K+V memory that one token position takes across all layers. */
+/* Bytes of K+V memory that one token position takes across all layers and ranks. */
 size_t cv_kv_bytes_per_token(const cv_kv_cache *kv);
 
 /* Make sequence `seq` able to hold positions 0..n_pos-1. CV_EBUSY when not enough
@@ -63,12 +71,12 @@ void cv_kv_release(cv_kv_cache *kv, int32_t seq);
 int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq);
 /* Its block table (valid until the next reserve/release of that sequence). */
 const int32_t *cv_kv_block_table(const cv_kv_cache *kv, int32_t seq);
-/* The same table in the backend's memory, for cv_attn_row.block_table. */
-const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t seq);
+/* The same table in rank `rank`'s backend memory, for cv_attn_row.block_table. */
+const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t rank, int32_t seq);
 int32_t cv_kv_free_blocks(const cv_kv_cache *kv);
 
-/* The K and V pools of one layer. */
-void *cv_kv_k_pool(const cv_kv_cache *kv, int32_t layer);
-void *cv_kv_v_pool(const cv_kv_cache *kv, int32_t layer);
+/* The K and V pools of one layer on one rank. */
+void *cv_kv_k_pool(const cv_kv_cache *kv, int32_t rank, int32_t layer);
+void *cv_kv_v_pool(const cv_kv_cache *kv, int32_t rank, int32_t layer);
 
 #endif

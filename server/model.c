@@ -20,6 +20,10 @@ struct cv_model {
     cv_backend *be;
     cv_hparams hp;
     cv_model_opts opts;
+    /* This shard: rank of n_ranks, and its share of the heads and ffn rows (all of
+     * them when n_ranks is 1). */
+    int32_t rank, n_ranks;
+    int32_t n_heads, n_kv_heads, ffn_dim;
     cv_glu_kind glu;
     cv_tensor tok_embd, output;
     float *output_norm;
@@ -220,8 +224,13 @@ static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t n
     return CV_OK;
 }
 
+/* Which part of a weight a shard holds: all of it, its block of rows (the outputs of
+ * a column-parallel projection, or of a vector) or of columns (the inputs of a
+ * row-parallel one). Row counts were checked to divide by plan_shard. */
+typedef enum split { WHOLE, ROWS, COLS } split;
+
 static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
-                             int64_t rows, cv_tensor *out, cv_error *err) {
+                             int64_t rows, split sp, cv_tensor *out, cv_error *err) {
     const cv_gguf_tensor *t;
     cv_status s = find(g, name, cols, rows, &t, err);
     if (s) return s;
@@ -231,6 +240,20 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
     if (host.row_stride == 0)
         return cv_errorf(err, CV_EFORMAT, "model: tensor %s: row of %lld is not whole %s blocks",
                          name, (long long)cols, cv_type_get(t->type)->name);
+    if (sp == ROWS) {
+        host.rows = rows / m->n_ranks;
+        host.data = (char *)host.data + (size_t)(m->rank * host.rows) * host.row_stride;
+    } else if (sp == COLS) {
+        const cv_type_info *ti = cv_type_get(t->type);
+        host.cols = cols / m->n_ranks;
+        if (cols % m->n_ranks || host.cols % ti->block_elems)
+            return cv_errorf(err, CV_EUNSUPPORTED,
+                             "model: tp %d cannot split %s: its %lld input columns give %lld per "
+                             "rank, not a multiple of the %s block of %u",
+                             m->n_ranks, name, (long long)cols, (long long)host.cols, ti->name,
+                             ti->block_elems);
+        host.data = (char *)host.data + cv_type_row_bytes(t->type, m->rank * host.cols);
+    }
     s = m->be->ops->weight_load(m->be, &host, out, err);
     if (s) return cv_error_wrap(err, "model: loading %s", name);
     return CV_OK;
@@ -239,7 +262,7 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
 /* A vector (norm weight, bias, frequency factors) as F32 in backend memory. `optional`:
  * an absent tensor gives NULL. */
 static cv_status load_vector(cv_model *m, const cv_gguf *g, const char *name, int64_t n,
-                             int optional, float **out, cv_error *err) {
+                             split sp, int optional, float **out, cv_error *err) {
     *out = NULL;
     if (optional && !cv_gguf_find_tensor(g, name)) return CV_OK;
     const cv_gguf_tensor *t;
@@ -251,9 +274,10 @@ static cv_status load_vector(cv_model *m, const cv_gguf *g, const char *name, in
     float *host = malloc((size_t)n * sizeof *host);
     if (!host) return cv_errorf(err, CV_ENOMEM, "model: out of memory for %s", name);
     cv_dequantize_row(t->type, t->data, host, n);
+    const int64_t part = sp == ROWS ? n / m->n_ranks : n, first = sp == ROWS ? m->rank * part : 0;
     void *dev;
-    s = alloc_scratch(m, &dev, (size_t)n * sizeof(float), err);
-    if (!s) s = m->be->ops->upload(m->be, dev, host, (size_t)n * sizeof(float), err);
+    s = alloc_scratch(m, &dev, (size_t)part * sizeof(float), err);
+    if (!s) s = m->be->ops->upload(m->be, dev, host + first, (size_t)part * sizeof(float), err);
     free(host);
     if (s) return s;
     *out = dev;
@@ -270,15 +294,15 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         return cv_errorf(err, CV_ERANGE, "model: vocabulary of %lld tokens (limit %d)",
                          (long long)te->ne[1], 1 << 24);
     hp->n_vocab = (int32_t)te->ne[1];
-    cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, &m->tok_embd, err);
+    cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, WHOLE, &m->tok_embd, err);
     if (s) return s;
     hp->tied_output = cv_gguf_find_tensor(g, "output.weight") == NULL;
     if (hp->tied_output) m->output = m->tok_embd;
-    else if ((s = load_matrix(m, g, "output.weight", dim, hp->n_vocab, &m->output, err)))
+    else if ((s = load_matrix(m, g, "output.weight", dim, hp->n_vocab, WHOLE, &m->output, err)))
         return s;
-    if ((s = load_vector(m, g, "output_norm.weight", dim, 0, &m->output_norm, err))) return s;
+    if ((s = load_vector(m, g, "output_norm.weight", dim, WHOLE, 0, &m->output_norm, err))) return s;
 
-    if ((s = load_vector(m, g, "rope_freqs.weight", hp->n_rot / 2, 1, &m->rope_factors, err)))
+    if ((s = load_vector(m, g, "rope_freqs.weight", hp->n_rot / 2, WHOLE, 1, &m->rope_factors, err)))
         return s;
     cv_str st = cv_gguf_get_str(g, "llama.rope.scaling.type");
     if (!m->rope_factors && hp->arch == CV_ARCH_LLAMA && st.len == 6 && !memcmp(st.ptr, "llama3", 6)) {
@@ -307,27 +331,27 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         cv_layer *L = &m->layers[il];
         char n[96];
 #define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
-        if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, 0, &L->attn_norm, err)) ||
-            (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, 0, &L->ffn_norm, err)) ||
-            (s = load_matrix(m, g, NAME("attn_q.weight"), dim, qd, &L->wq, err)) ||
-            (s = load_matrix(m, g, NAME("attn_k.weight"), dim, kvd, &L->wk, err)) ||
-            (s = load_matrix(m, g, NAME("attn_v.weight"), dim, kvd, &L->wv, err)) ||
-            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, &L->wo, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, &L->gate, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, &L->up, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, &L->down, err)))
+        if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, WHOLE, 0, &L->attn_norm, err)) ||
+            (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, WHOLE, 0, &L->ffn_norm, err)) ||
+            (s = load_matrix(m, g, NAME("attn_q.weight"), dim, qd, ROWS, &L->wq, err)) ||
+            (s = load_matrix(m, g, NAME("attn_k.weight"), dim, kvd, ROWS, &L->wk, err)) ||
+            (s = load_matrix(m, g, NAME("attn_v.weight"), dim, kvd, ROWS, &L->wv, err)) ||
+            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS, &L->wo, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, ROWS, &L->gate, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, ROWS, &L->up, err)) ||
+            (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, COLS, &L->down, err)))
             return s;
         if (hp->arch == CV_ARCH_QWEN2 &&
-            ((s = load_vector(m, g, NAME("attn_q.bias"), qd, 0, &L->bq, err)) ||
-             (s = load_vector(m, g, NAME("attn_k.bias"), kvd, 0, &L->bk, err)) ||
-             (s = load_vector(m, g, NAME("attn_v.bias"), kvd, 0, &L->bv, err))))
+            ((s = load_vector(m, g, NAME("attn_q.bias"), qd, ROWS, 0, &L->bq, err)) ||
+             (s = load_vector(m, g, NAME("attn_k.bias"), kvd, ROWS, 0, &L->bk, err)) ||
+             (s = load_vector(m, g, NAME("attn_v.bias"), kvd, ROWS, 0, &L->bv, err))))
             return s;
         if (gemma &&
-            ((s = load_vector(m, g, NAME("attn_q_norm.weight"), hp->head_dim, 0, &L->q_norm, err)) ||
-             (s = load_vector(m, g, NAME("attn_k_norm.weight"), hp->head_dim, 0, &L->k_norm, err)) ||
-             (s = load_vector(m, g, NAME("post_attention_norm.weight"), dim, 0, &L->post_attn_norm,
-                              err)) ||
-             (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, 0, &L->post_ffn_norm, err))))
+            ((s = load_vector(m, g, NAME("attn_q_norm.weight"), hp->head_dim, WHOLE, 0, &L->q_norm, err)) ||
+             (s = load_vector(m, g, NAME("attn_k_norm.weight"), hp->head_dim, WHOLE, 0, &L->k_norm, err)) ||
+             (s = load_vector(m, g, NAME("post_attention_norm.weight"), dim, WHOLE, 0,
+                              &L->post_attn_norm, err)) ||
+             (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, WHOLE, 0, &L->post_ffn_norm, err))))
             return s;
 #undef NAME
         L->sliding = gemma && (swa_flags.n ? cv_gguf_arr_i64(&swa_flags, (uint64_t)il) != 0
@@ -348,8 +372,8 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
 static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
     const cv_hparams *hp = &m->hp;
     const size_t B = (size_t)m->opts.max_batch, O = (size_t)m->opts.max_logits, f = sizeof(float);
-    const size_t qd = (size_t)hp->n_heads * (size_t)hp->head_dim;
-    const size_t kvd = (size_t)hp->n_kv_heads * (size_t)hp->head_dim;
+    const size_t qd = (size_t)m->n_heads * (size_t)hp->head_dim;
+    const size_t kvd = (size_t)m->n_kv_heads * (size_t)hp->head_dim;
     struct { void **p; size_t bytes; } s[] = {
         {(void **)&m->x, B * (size_t)hp->dim * f},
         {(void **)&m->xb, B * (size_t)hp->dim * f},
@@ -357,8 +381,8 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
         {(void **)&m->k, B * kvd * f},
         {(void **)&m->v, B * kvd * f},
         {(void **)&m->att, B * qd * f},
-        {(void **)&m->hb, B * (size_t)hp->ffn_dim * f},
-        {(void **)&m->hb2, B * (size_t)hp->ffn_dim * f},
+        {(void **)&m->hb, B * (size_t)m->ffn_dim * f},
+        {(void **)&m->hb2, B * (size_t)m->ffn_dim * f},
         {(void **)&m->xo, O * (size_t)hp->dim * f},
         {(void **)&m->logits, O * (size_t)hp->n_vocab * f},
         {(void **)&m->d_tokens, B * sizeof(int32_t)},
@@ -379,6 +403,33 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
     return CV_OK;
 }
 
+/* This rank's share of the heads and ffn rows; refuses a count that does not divide,
+ * naming the first tensor it would split (columns are checked per tensor at load). */
+static cv_status plan_shard(cv_model *m, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const int32_t n = m->opts.tp_size > 1 ? m->opts.tp_size : 1;
+    if (m->opts.tp_rank < 0 || m->opts.tp_rank >= n ||
+        (n > 1 && (!m->opts.tp_comm || m->opts.tp_comm->size != n)))
+        return cv_errorf(err, CV_EINVAL, "model: tp rank %d of %d, comm of %d ranks", m->opts.tp_rank,
+                         n, m->opts.tp_comm ? m->opts.tp_comm->size : 0);
+    const struct { const char *tensor, *key; int32_t count; } dims[] = {
+        {"attn_q.weight", "attention.head_count", hp->n_heads},
+        {"attn_k.weight", "attention.head_count_kv", hp->n_kv_heads},
+        {"ffn_gate.weight", "feed_forward_length", hp->ffn_dim},
+    };
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i].count % n)
+            return cv_errorf(err, CV_EUNSUPPORTED,
+                             "model: tp %d cannot split blk.0.%s: %s.%s = %d is not divisible by %d",
+                             n, dims[i].tensor, cv_arch_name(hp->arch), dims[i].key, dims[i].count, n);
+    m->rank = m->opts.tp_rank;
+    m->n_ranks = n;
+    m->n_heads = hp->n_heads / n;
+    m->n_kv_heads = hp->n_kv_heads / n;
+    m->ffn_dim = hp->ffn_dim / n;
+    return CV_OK;
+}
+
 cv_status cv_model_load(cv_backend *be, const cv_gguf *g, const cv_model_opts *opts,
                         cv_model **out, cv_error *err) {
     *out = NULL;
@@ -391,6 +442,7 @@ cv_status cv_model_load(cv_backend *be, const cv_gguf *g, const cv_model_opts *o
     m->be = be;
     m->opts = *opts;
     cv_status s = read_hparams(g, &m->hp, err);
+    if (!s) s = plan_shard(m, err);
     if (!s) s = load_weights(m, g, err);
     if (!s) s = alloc_all_scratch(m, err);
     if (s) {
@@ -429,10 +481,11 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
     const int32_t block = 16;
     if (n_ctx <= 0) n_ctx = m->hp.n_ctx_train;
     int32_t per_seq = (n_ctx + block - 1) / block;
-    return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->hp.n_kv_heads,
+    return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->n_kv_heads,
                           .head_dim = m->hp.head_dim, .block_size = block,
                           .n_blocks = per_seq * max_seqs, .max_seqs = max_seqs,
-                          .max_seq_len = n_ctx, .type = kv_type, .backend = m->be};
+                          .max_seq_len = n_ctx, .type = kv_type, .n_ranks = 1,
+                          .backends = {m->be}};
 }
 
 /* ---- forward ---- */
@@ -441,8 +494,8 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
 static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batch *b,
                                int32_t *n_out, cv_error *err) {
     const cv_kv_config *kc = cv_kv_config_of(kv);
-    if (kc->n_layers != m->hp.n_layers || kc->n_kv_heads != m->hp.n_kv_heads ||
-        kc->head_dim != m->hp.head_dim)
+    if (kc->n_layers != m->hp.n_layers || kc->n_kv_heads != m->n_kv_heads ||
+        kc->head_dim != m->hp.head_dim || kc->n_ranks != m->n_ranks)
         return cv_errorf(err, CV_EINVAL, "model: kv cache shape does not match the model");
     if (b->n < 1 || b->n > m->opts.max_batch)
         return cv_errorf(err, CV_ERANGE, "model: batch of %d rows (limit %d)", b->n,
@@ -452,7 +505,7 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
         if (b->tokens[i] < 0 || b->tokens[i] >= m->hp.n_vocab)
             return cv_errorf(err, CV_EINVAL, "model: token %d of row %d outside the vocabulary of %d",
                              b->tokens[i], i, m->hp.n_vocab);
-        const int32_t *table = cv_kv_device_table(kv, b->seq[i]);
+        const int32_t *table = cv_kv_device_table(kv, m->rank, b->seq[i]);
         if (!table || b->pos[i] < 0 || b->pos[i] >= cv_kv_capacity(kv, b->seq[i]))
             return cv_errorf(err, CV_ERANGE,
                              "model: row %d: position %d of sequence %d is not reserved in the kv cache",
@@ -472,6 +525,12 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
     return CV_OK;
 }
 
+/* Sums x[0..n) over the ranks of a sharded model (nothing to do for a whole one). */
+static cv_status allreduce(cv_model *m, float *x, int64_t n, cv_error *err) {
+    if (m->n_ranks == 1) return CV_OK;
+    return m->opts.tp_comm->ops->allreduce_sum(m->opts.tp_comm, m->rank, x, n, err);
+}
+
 cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, float *logits,
                            cv_error *err) {
     int32_t n_out = 0;
@@ -480,15 +539,17 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
     cv_backend *be = m->be;
     const cv_backend_ops *op = be->ops;
     const cv_hparams *hp = &m->hp;
+    /* Head and ffn counts are this shard's (the whole model's when not sharded). */
     const int32_t n = b->n, dim = hp->dim, hd = hp->head_dim;
-    const int32_t qd = hp->n_heads * hd, kvd = hp->n_kv_heads * hd;
+    const int32_t n_heads = m->n_heads, n_kv_heads = m->n_kv_heads;
+    const int32_t qd = n_heads * hd, kvd = n_kv_heads * hd;
     if ((s = op->upload(be, m->d_tokens, b->tokens, (size_t)n * sizeof(int32_t), err)) ||
         (s = op->upload(be, m->d_pos, b->pos, (size_t)n * sizeof(int32_t), err)) ||
         (s = op->upload(be, m->d_rows, m->h_rows, (size_t)n * sizeof(cv_attn_row), err)) ||
         (s = op->upload(be, m->d_rows_swa, m->h_rows_swa, (size_t)n * sizeof(cv_attn_row), err)) ||
         (s = op->upload(be, m->d_out_rows, m->h_out_rows, (size_t)n_out * sizeof(int32_t), err)))
         return s;
-    const cv_attn_params ap = {.n_heads = hp->n_heads, .scale = hp->attn_scale, .softcap = 0};
+    const cv_attn_params ap = {.n_heads = n_heads, .scale = hp->attn_scale, .softcap = 0};
     const cv_kv_config *kc = cv_kv_config_of(kv);
 
     op->get_rows(be, &m->tok_embd, m->d_tokens, n, m->x);
@@ -496,7 +557,7 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
 
     for (int32_t il = 0; il < hp->n_layers; il++) {
         const cv_layer *L = &m->layers[il];
-        const cv_kv_layer kl = {.k = cv_kv_k_pool(kv, il), .v = cv_kv_v_pool(kv, il),
+        const cv_kv_layer kl = {.k = cv_kv_k_pool(kv, m->rank, il), .v = cv_kv_v_pool(kv, m->rank, il),
                                 .type = kc->type, .block_size = kc->block_size,
                                 .n_kv_heads = kc->n_kv_heads, .head_dim = kc->head_dim};
         const cv_attn_row *rows = L->sliding ? m->d_rows_swa : m->d_rows;
@@ -512,14 +573,15 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
             op->add_bias(be, m->v, L->bv, n, kvd);
         }
         if (L->q_norm) {
-            op->rmsnorm(be, m->q, L->q_norm, m->q, n * hp->n_heads, hd, hp->rms_eps, 0);
-            op->rmsnorm(be, m->k, L->k_norm, m->k, n * hp->n_kv_heads, hd, hp->rms_eps, 0);
+            op->rmsnorm(be, m->q, L->q_norm, m->q, n * n_heads, hd, hp->rms_eps, 0);
+            op->rmsnorm(be, m->k, L->k_norm, m->k, n * n_kv_heads, hd, hp->rms_eps, 0);
         }
-        op->rope(be, &L->rope, m->q, n, hp->n_heads, hd, m->d_pos);
-        op->rope(be, &L->rope, m->k, n, hp->n_kv_heads, hd, m->d_pos);
+        op->rope(be, &L->rope, m->q, n, n_heads, hd, m->d_pos);
+        op->rope(be, &L->rope, m->k, n, n_kv_heads, hd, m->d_pos);
         op->kv_store(be, &kl, rows, n, m->k, m->v);
         op->attention(be, &ap, &kl, rows, n, m->q, m->att);
         op->matmul(be, &L->wo, m->att, m->xb, n);
+        if ((s = allreduce(m, m->xb, (int64_t)n * dim, err))) return s;
         if (L->post_attn_norm)
             op->rmsnorm(be, m->xb, L->post_attn_norm, m->xb, n, dim, hp->rms_eps, 0);
         op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
@@ -528,14 +590,15 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         op->rmsnorm(be, m->x, L->ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
         op->matmul(be, &L->gate, m->xb, m->hb, n);
         op->matmul(be, &L->up, m->xb, m->hb2, n);
-        op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * hp->ffn_dim);
+        op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * m->ffn_dim);
         op->matmul(be, &L->down, m->hb, m->xb, n);
+        if ((s = allreduce(m, m->xb, (int64_t)n * dim, err))) return s;
         if (L->post_ffn_norm)
             op->rmsnorm(be, m->xb, L->post_ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
         op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
     }
 
-    if (n_out > 0) {
+    if (n_out > 0 && m->rank == 0) {
         /* Only the rows that want logits go through the (large) output projection. */
         const cv_tensor xs = {.type = CV_TYPE_F32, .rows = n, .cols = dim,
                               .row_stride = (size_t)dim * sizeof(float), .data = m->x,

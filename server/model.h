@@ -10,6 +10,17 @@
  *
  * Every computation goes through the backend's ops table, so the same forward pass
  * runs on any backend.
+ *
+ * Tensor parallelism (Megatron style): a model loaded with tp_size N > 1 is rank
+ * tp_rank's shard. It holds heads [r*H/N, (r+1)*H/N) of Q (and K/V by kv heads, with
+ * their qwen2 biases) and rows [r*F/N, (r+1)*F/N) of ffn gate/up; attn_output and
+ * ffn_down take the matching input columns, and the partial outputs are summed across
+ * the ranks through tp_comm right after each of them. Embeddings, norms (gemma3's
+ * per-head QK-norm included) and the output head are whole on every rank; only rank 0
+ * computes logits. Column splits of a quantized weight must fall on its block
+ * boundaries: a shape that cannot be split is refused at load, naming the tensor.
+ * The N ranks' forward calls must run concurrently (one thread each: tp.h), on one
+ * cv_kv_cache made with n_ranks = N; cv_model_hparams describes the whole model.
  */
 #ifndef CV_MODEL_H
 #define CV_MODEL_H
@@ -17,6 +28,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "comm.h"
 #include "cv_error.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -54,6 +66,9 @@ typedef struct cv_hparams {
 typedef struct cv_model_opts {
     int32_t max_batch;       /* tokens per forward call (prefill chunk) */
     int32_t max_logits;      /* rows per call that may ask for logits (<= max_batch) */
+    int32_t tp_rank;         /* this shard, 0..tp_size-1 */
+    int32_t tp_size;         /* tensor-parallel ranks (0 or 1: the whole model) */
+    cv_comm *tp_comm;        /* their all-reduce; needed when tp_size > 1 */
 } cv_model_opts;
 
 typedef struct cv_model cv_model;
@@ -70,7 +85,8 @@ const char *cv_arch_name(cv_arch a);
 uint64_t cv_model_weight_bytes(const cv_model *m);
 /* A KV cache configuration for this model: n_ctx positions per sequence (0 = the
  * training context), max_seqs sequences, all of whose positions fit at once, in the
- * memory of the model's backend. */
+ * memory of the model's backend. For a shard: this rank's kv heads, one rank (tp.h
+ * fills in the others). */
 cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
                                 cv_type kv_type);
 
@@ -79,7 +95,9 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
  * 0..pos[i]-1 of that sequence were fed by earlier steps or earlier rows of this one.
  * The rows with want_logits[i] != 0 (only the last row when want_logits is NULL; at
  * most max_logits rows) get logits, written in row order to logits[n_out][n_vocab]
- * in host memory. Tokens outside the vocabulary are a CV_EINVAL error. */
+ * in host memory (rank 0 only: other shards ignore `logits`). Tokens outside the
+ * vocabulary are a CV_EINVAL error; a batch is checked before the first all-reduce, so
+ * every shard of a bad batch fails alike. */
 typedef struct cv_batch {
     int32_t n;
     const int32_t *tokens;

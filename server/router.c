@@ -429,7 +429,7 @@ int cv_router_snapshot(cv_router *r, int window_seconds, cv_slot_info *out) {
         cv_stats_window(en->stats, window_seconds, &out[n].window);
         if (en->slot && en->slot->engine) {
             const cv_slot *s = en->slot;
-            const cv_hparams *hp = cv_model_hparams(s->model);
+            const cv_hparams *hp = cv_model_hparams(cv_tp_model(s->tp));
             out[n].has_engine = 1;
             cv_engine_get_stats(s->engine, &out[n].engine);
             snprintf(out[n].name, sizeof out[n].name, "%s", s->name);

@@ -5,8 +5,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "cpu_backend.h"
-
 void cv_slot_default_version(const char *path, char *out, size_t cap) {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
@@ -87,12 +85,11 @@ cv_status cv_slot_load(const char *path, const char *version, const cv_slot_opti
     s->has_chat = cv_chat_detect(cv_gguf_get_str(s->gguf, "tokenizer.chat_template"),
                                  cv_gguf_get_str(s->gguf, "general.architecture"), name,
                                  &s->chat_family, NULL) == CV_OK;
-    cv_cpu_options co = {.n_threads = opt->threads};
-    if ((st = cv_cpu_backend_create(&co, &s->backend, err)) != CV_OK) goto err;
+    cv_tp_config tc = {.device = opt->device, .tp = opt->tp, .threads = opt->threads};
     cv_model_opts mo = {.max_batch = opt->engine.max_batch_tokens,
                         .max_logits = opt->engine.max_running};
-    if ((st = cv_model_load(s->backend, s->gguf, &mo, &s->model, err)) != CV_OK) goto err;
-    if ((st = cv_engine_new(s->model, s->tok, &opt->engine, &s->engine, err)) != CV_OK) goto err;
+    if ((st = cv_tp_load(&tc, s->gguf, &mo, &s->tp, err)) != CV_OK) goto err;
+    if ((st = cv_engine_new(s->tp, s->tok, &opt->engine, &s->engine, err)) != CV_OK) goto err;
     if ((st = warm_up(s, err)) != CV_OK) goto err;
     *out = s;
     return CV_OK;
@@ -111,8 +108,7 @@ void cv_slot_stop(cv_slot *s) {
 void cv_slot_free(cv_slot *s) {
     if (!s) return;
     cv_slot_stop(s);
-    cv_model_free(s->model);
-    cv_backend_destroy(s->backend);
+    cv_tp_free(s->tp);
     cv_tok_free(s->tok);
     cv_gguf_close(s->gguf);
     free(s);

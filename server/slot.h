@@ -1,7 +1,7 @@
 /* slot: one loaded model version, everything a request needs to run on it.
  *
- * cv_slot_load opens and validates the GGUF, builds its tokenizer, a CPU backend, the
- * model and an engine, in that order; any failure undoes the earlier steps and names
+ * cv_slot_load opens and validates the GGUF, builds its tokenizer, the model's runner
+ * (its backends and tensor-parallel shards: tp.h) and an engine, in that order; any failure undoes the earlier steps and names
  * the file. The slot owns all of them. Several slots may live at once (blue/green).
  */
 #ifndef CV_SLOT_H
@@ -13,9 +13,12 @@
 #include "model.h"
 #include "stats.h"
 #include "tokenizer.h"
+#include "tp.h"
 
 typedef struct cv_slot_options {
-    int threads;                 /* <= 0: one per core */
+    int threads;                 /* <= 0: one per core; split between the tp ranks */
+    cv_device device;            /* CV_DEVICE_CPU or CV_DEVICE_CUDA */
+    int tp;                      /* tensor-parallel ranks (0: 1) */
     cv_engine_config engine;
 } cv_slot_options;
 
@@ -27,8 +30,7 @@ typedef struct cv_slot {
     cv_chat_family chat_family;
     cv_gguf *gguf;
     cv_tok *tok;
-    cv_backend *backend;
-    cv_model *model;
+    cv_tp *tp;
     cv_engine *engine;
     cv_stats *stats;             /* requests served by this version (borrowed) */
 } cv_slot;

@@ -16,6 +16,11 @@ static const cv_synth_shape k_shapes[] = {
     {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1},
     {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0},
     {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0},
+    /* Tensor-parallel tests: 8 heads, 4 kv heads and ffn 512 split 2 and 4 ways with
+     * every column share a whole number of 32-element blocks. */
+    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0},
+    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0},
+    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0},
 };
 #define N_SHAPES (int)(sizeof k_shapes / sizeof k_shapes[0])
 
@@ -269,6 +274,7 @@ static void spec(tensor_spec *t, int layer, const char *what, int64_t ne0, int64
 /* The tensors llama.cpp's converter writes for the shape, in its usual order. */
 static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, tensor_spec *t) {
     const int64_t hd = s->n_embd / s->n_head, q = hd * s->n_head, kv = hd * s->n_head_kv;
+    const int gemma = !strcmp(s->arch, "gemma3");
     int64_t n = 0;
     spec(&t[n++], -1, "token_embd.weight", s->n_embd, n_vocab, FILL_NORMAL);
     for (int l = 0; l < (int)s->n_layer; l++) {
@@ -279,11 +285,17 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, tensor_spe
         if (s->qkv_bias) spec(&t[n++], l, "attn_k.bias", kv, 0, FILL_NORMAL);
         spec(&t[n++], l, "attn_v.weight", s->n_embd, kv, FILL_NORMAL);
         if (s->qkv_bias) spec(&t[n++], l, "attn_v.bias", kv, 0, FILL_NORMAL);
+        if (gemma) {
+            spec(&t[n++], l, "attn_q_norm.weight", hd, 0, FILL_ONES);
+            spec(&t[n++], l, "attn_k_norm.weight", hd, 0, FILL_ONES);
+        }
         spec(&t[n++], l, "attn_output.weight", q, s->n_embd, FILL_NORMAL);
+        if (gemma) spec(&t[n++], l, "post_attention_norm.weight", s->n_embd, 0, FILL_ONES);
         spec(&t[n++], l, "ffn_norm.weight", s->n_embd, 0, FILL_ONES);
         spec(&t[n++], l, "ffn_gate.weight", s->n_embd, s->n_ff, FILL_NORMAL);
         spec(&t[n++], l, "ffn_up.weight", s->n_embd, s->n_ff, FILL_NORMAL);
         spec(&t[n++], l, "ffn_down.weight", s->n_ff, s->n_embd, FILL_NORMAL);
+        if (gemma) spec(&t[n++], l, "post_ffw_norm.weight", s->n_embd, 0, FILL_ONES);
     }
     spec(&t[n++], -1, "output_norm.weight", s->n_embd, 0, FILL_ONES);
     if (!s->tied) spec(&t[n++], -1, "output.weight", s->n_embd, n_vocab, FILL_NORMAL);
@@ -311,13 +323,19 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         (st = cv_gguf_set_u32(w, ARCH_KEY("rope.dimension_count"), s->n_embd / s->n_head, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("vocab_size"), n_vocab, err)))
         return st;
+    /* gemma3: a short window, alternating with global layers, so that both kinds run
+     * (and the window slides) within a test's few dozen positions. */
+    if (!strcmp(s->arch, "gemma3") &&
+        ((st = cv_gguf_set_u32(w, ARCH_KEY("attention.sliding_window"), 8, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("attention.sliding_window_pattern"), 2, err))))
+        return st;
 #undef ARCH_KEY
     return CV_OK;
 }
 
 cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const char *out_path, cv_error *err) {
     if (!cv_qrecipe_get(o->recipe)) return cv_errorf(err, CV_EINVAL, "recipe %d is not a known recipe", (int)o->recipe);
-    const int64_t max_tensors = 3 + (int64_t)s->n_layer * 12;
+    const int64_t max_tensors = 3 + (int64_t)s->n_layer * 13;
     tensor_spec *specs = calloc((size_t)max_tensors, sizeof *specs);
     void **bufs = calloc((size_t)max_tensors, sizeof *bufs);
     cv_gguf_writer *w = cv_gguf_writer_new();

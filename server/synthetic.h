@@ -28,7 +28,7 @@
 
 typedef struct cv_synth_shape {
     const char *name;   /* "tinyllama-1.1b", ... */
-    const char *arch;   /* general.architecture: "llama" or "qwen2" */
+    const char *arch;   /* general.architecture: "llama", "qwen2" or "gemma3" */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     float rope_base, rms_eps;
     int qkv_bias;       /* attn_q/k/v biases (qwen2) */

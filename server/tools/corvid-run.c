@@ -20,8 +20,6 @@
 #include <string.h>
 
 #include "chat_template.h"
-#include "cpu_backend.h"
-#include "cuda_backend.h"
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -30,6 +28,7 @@
 #include "quant.h"
 #include "sampler.h"
 #include "tokenizer.h"
+#include "tp.h"
 
 typedef enum run_mode { MODE_NONE = 0, MODE_INFO, MODE_TOKENIZE, MODE_GENERATE, MODE_PPL } run_mode;
 
@@ -46,8 +45,9 @@ typedef struct run_opts {
     const char *system;      /* --system: a system message for --chat */
     int32_t n_predict;
     int32_t n_ctx;           /* 0: the model's training context */
-    int threads;             /* 0: one per CPU */
+    int threads;             /* 0: one per CPU (split between the tp ranks) */
     int cuda;                /* --device cuda */
+    int tp;                  /* --tp: tensor-parallel ranks */
     int json;
     int ignore_eos;
     cv_type kv_type;
@@ -66,8 +66,9 @@ static void usage(FILE *f) {
           "  corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
           "             [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
           "             [--ctx N] [--kv-type f16|f32] [--ignore-eos] [--json] [--dump-logits FILE]\n"
+          "             [--device cpu|cuda] [--tp N]\n"
           "             [--chat [--chat-template NAME] [--system TEXT]]\n"
-          "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json]\n"
+          "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json] [--device D] [--tp N]\n"
           "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised)\n"
           "  --prompt-ids IDS     generate from comma-separated token ids\n"
           "  -n N                 generate at most N tokens (default 128)\n"
@@ -76,6 +77,9 @@ static void usage(FILE *f) {
           "                       --seed (0): same seed and prompt, same tokens\n"
           "  -t THREADS           CPU threads (default: one per core)\n"
           "  --device cpu|cuda    where the model runs (default cpu; cuda needs make CUDA=1)\n"
+          "  --tp N               tensor parallelism: shard heads and ffn over N ranks, 1..8\n"
+          "                       (cpu: threads of this process, -t split between them;\n"
+          "                       cuda: GPUs 0..N-1 with NCCL); default 1\n"
           "  --ctx N              context length (default: the model's)\n"
           "  --kv-type f16|f32    KV cache element type (default f16)\n"
           "  --ignore-eos         keep generating after an end-of-generation token\n"
@@ -119,7 +123,7 @@ static int parse_num(const char *name, const char *v, double lo, double hi, doub
 static int parse_args(int argc, char **argv, run_opts *o) {
     enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL, OPT_TEMP, OPT_TOPK, OPT_TOPP,
            OPT_MINP, OPT_REPEAT, OPT_SEED, OPT_KV, OPT_JSON, OPT_PPL, OPT_IDS, OPT_DUMP,
-           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM, OPT_DEVICE };
+           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM, OPT_DEVICE, OPT_TP };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"info", no_argument, 0, OPT_INFO},
@@ -129,6 +133,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         {"prompt-ids", required_argument, 0, OPT_IDS},
         {"n-predict", required_argument, 0, 'n'},
         {"threads", required_argument, 0, 't'},
+        {"tp", required_argument, 0, OPT_TP},
         {"temp", required_argument, 0, OPT_TEMP},
         {"top-k", required_argument, 0, OPT_TOPK},
         {"top-p", required_argument, 0, OPT_TOPP},
@@ -179,6 +184,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
             break;
         case 'n': if (parse_num("-n", optarg, 0, 1 << 24, &d)) return -1; o->n_predict = (int32_t)d; break;
         case 't': if (parse_num("-t", optarg, 1, 512, &d)) return -1; o->threads = (int)d; break;
+        case OPT_TP: if (parse_num("--tp", optarg, 1, CV_TP_MAX, &d)) return -1; o->tp = (int)d; break;
         case OPT_CTX: if (parse_num("--ctx", optarg, 1, 1 << 24, &d)) return -1; o->n_ctx = (int32_t)d; break;
         case OPT_TEMP: if (parse_num("--temp", optarg, -any, any, &d)) return -1; o->sp.temperature = (float)d; break;
         case OPT_TOPK: if (parse_num("--top-k", optarg, INT32_MIN, INT32_MAX, &d)) return -1; o->sp.top_k = (int32_t)d; break;
@@ -351,30 +357,30 @@ static int run_tokenize(const run_opts *o) {
 
 /* ---- model runtime shared by generation and perplexity ---- */
 
-/* What a run holds open: file, tokenizer, backend, model and KV cache. */
+/* What a run holds open: file, tokenizer, the model's runner (backends and shards),
+ * rank 0's model and the KV cache. */
 typedef struct runtime {
     cv_gguf *g;
     cv_tok *tok;
-    cv_backend *be;
+    cv_tp *tp;
     cv_model *m;
     cv_kv_cache *kv;
 } runtime;
 
 static void runtime_close(runtime *rt) {
     cv_kv_free(rt->kv);
-    cv_model_free(rt->m);
-    cv_backend_destroy(rt->be);
+    cv_tp_free(rt->tp);
     cv_tok_free(rt->tok);
     cv_gguf_close(rt->g);
 }
 
-static cv_status open_backend(const run_opts *o, cv_backend **be, cv_error *e) {
-    if (!o->cuda) {
-        cv_cpu_options co = {.n_threads = o->threads};
-        return cv_cpu_backend_create(&co, be, e);
-    }
-    if (cv_cuda_backend_create(NULL, be, e)) return cv_error_wrap(e, "--device cuda");
-    return CV_OK;
+static cv_status open_runner(const run_opts *o, const cv_gguf *g, const cv_model_opts *mo, cv_tp **tp,
+                             cv_error *e) {
+    cv_tp_config tc = {.device = o->cuda ? CV_DEVICE_CUDA : CV_DEVICE_CPU, .tp = o->tp,
+                       .threads = o->threads};
+    cv_status st = cv_tp_load(&tc, g, mo, tp, e);
+    if (st && o->cuda) return cv_error_wrap(e, "--device cuda");
+    return st;
 }
 
 static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_logits,
@@ -383,15 +389,15 @@ static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_
     cv_model_opts mo = {.max_batch = max_batch, .max_logits = max_logits};
     cv_status st;
     if ((st = cv_gguf_open(o->model, &rt->g, e)) || (st = cv_tok_load(rt->g, &rt->tok, e)) ||
-        (st = open_backend(o, &rt->be, e)) ||
-        (st = cv_model_load(rt->be, rt->g, &mo, &rt->m, e)))
+        (st = open_runner(o, rt->g, &mo, &rt->tp, e)))
         goto err;
+    rt->m = cv_tp_model(rt->tp);
     if (o->n_ctx > cv_model_hparams(rt->m)->n_ctx_train) {
         st = cv_errorf(e, CV_ERANGE, "--ctx %d exceeds the model's context of %d", o->n_ctx,
                        cv_model_hparams(rt->m)->n_ctx_train);
         goto err;
     }
-    cv_kv_config kc = cv_model_kv_config(rt->m, o->n_ctx, 1, o->kv_type);
+    cv_kv_config kc = cv_tp_kv_config(rt->tp, o->n_ctx, 1, o->kv_type);
     if ((st = cv_kv_create(&kc, &rt->kv, e))) goto err;
     return CV_OK;
 err:
@@ -571,7 +577,7 @@ static int run_generate(const run_opts *o) {
     cv_gen_params gp = {.n_predict = o->n_predict, .seq = 0, .all_logits = o->dump_logits != NULL};
     cv_gen_callbacks cb = {.sample = gen_sample, .on_logits = gen_logits, .on_token = gen_token, .ctx = &g};
     cv_gen_stats gs;
-    if ((st = cv_generate(rt.m, rt.kv, prompt, n_prompt, &gp, &cb, &gs, &e))) goto out;
+    if ((st = cv_generate(rt.tp, rt.kv, prompt, n_prompt, &gp, &cb, &gs, &e))) goto out;
     const char *tail;
     size_t tail_len;
     cv_tok_stream_flush(g.stream, &tail, &tail_len);
@@ -683,7 +689,7 @@ static int run_ppl(const run_opts *o) {
         cv_gen_params gp = {.n_predict = 0, .seq = 0, .all_logits = 1};
         cv_gen_callbacks cb = {.on_logits = ppl_logits, .ctx = &acc};
         cv_gen_stats gs;
-        if ((st = cv_generate(rt.m, rt.kv, ids + at, n - 1, &gp, &cb, &gs, &e))) goto out;
+        if ((st = cv_generate(rt.tp, rt.kv, ids + at, n - 1, &gp, &cb, &gs, &e))) goto out;
     }
     const double ppl = exp(acc.nll / (double)acc.n), dt = cv_seconds() - t0;
     if (o->json)

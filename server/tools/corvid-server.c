@@ -33,7 +33,8 @@ static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v
 static void usage(void) {
     fprintf(stderr,
             "usage: corvid-server [--config FILE] [--listen HOST:PORT] [--model PATH]\n"
-            "                     [--model-version NAME] [--threads N] [--max-running N]\n"
+            "                     [--model-version NAME] [--threads N] [--device cpu|cuda] [--tp N]\n"
+            "                     [--max-running N]\n"
             "                     [--max-waiting N] [--kv-memory-mb N] [--kv-block-tokens N]\n"
             "                     [--max-tokens-default N] [--drain-timeout SECONDS]\n"
             "                     [--metrics-listen HOST:PORT] [--check-config]\n"
@@ -174,7 +175,8 @@ int main(int argc, char **argv) {
         cv_tls_paths tp = {cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca[0] ? cfg.tls_client_ca : NULL};
         if (cv_tls_files_load(&tp, &rcfg.tls, &err) != CV_OK) goto out;
     }
-    cv_router_options ro = {.slot = {.threads = cfg.threads},
+    cv_router_options ro = {.slot = {.threads = cfg.threads, .tp = cfg.tp,
+                                     .device = strcmp(cfg.device, "cuda") ? CV_DEVICE_CPU : CV_DEVICE_CUDA},
                             .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0),
                             .audit = auth ? cv_auth_audit(auth) : NULL};
     snprintf(ro.cache_dir, sizeof ro.cache_dir, "%s", cfg.model_cache_dir);

@@ -120,7 +120,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
             cv_status st = cv_kv_reserve(kv, s, n, &e);
             if (st == CV_OK) {
                 /* Stamp every position of the new range in layer 1's V pool. */
-                float *v = cv_kv_v_pool(kv, 1);
+                float *v = cv_kv_v_pool(kv, 0, 1);
                 const int32_t *t = cv_kv_block_table(kv, s);
                 for (int32_t p = len[s]; p < n; p++)
                     v[(t[p / 2] * 2 + p % 2) * 4] = (float)(s * 100 + p);
@@ -130,7 +130,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
             }
         }
         int used[40] = {0}, total = 0;
-        float *v = cv_kv_v_pool(kv, 1);
+        float *v = cv_kv_v_pool(kv, 0, 1);
         for (int32_t q = 0; q < 6; q++) {
             const int32_t *t = cv_kv_block_table(kv, q);
             assert_true(cv_kv_capacity(kv, q) >= len[q]);
@@ -145,7 +145,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
         assert_int_equal(total + cv_kv_free_blocks(kv), 40);
     }
     /* Pools of different layers and K/V do not overlap. */
-    uint8_t *k0 = cv_kv_k_pool(kv, 0), *v0 = cv_kv_v_pool(kv, 0), *k1 = cv_kv_k_pool(kv, 1);
+    uint8_t *k0 = cv_kv_k_pool(kv, 0, 0), *v0 = cv_kv_v_pool(kv, 0, 0), *k1 = cv_kv_k_pool(kv, 0, 1);
     assert_int_equal(v0 - k0, 40 * 2 * 4 * 4);
     assert_int_equal(k1 - v0, 40 * 2 * 4 * 4);
     cv_kv_free(kv);
@@ -182,33 +182,68 @@ static void test_device_backend_mirrors_block_tables(void **state) {
     static const cv_backend_ops ops = {.alloc = fake_alloc, .free = fake_free, .upload = fake_upload};
     fake_dev dev = {.base = {.ops = &ops, .device = CV_DEVICE_CUDA, .name = "fake"}};
     cv_kv_config cfg = small_cfg();
-    cfg.backend = &dev.base;
+    cfg.backends[0] = &dev.base;
     cv_kv_cache *kv;
     cv_error e = {0};
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
     assert_int_equal(dev.n_allocs, 2); /* pools, tables */
     assert_int_equal(cv_kv_reserve(kv, 2, 6, &e), CV_OK);
     assert_int_equal(cv_kv_reserve(kv, 2, 13, &e), CV_OK);
-    const int32_t *host = cv_kv_block_table(kv, 2), *devt = cv_kv_device_table(kv, 2);
+    const int32_t *host = cv_kv_block_table(kv, 2), *devt = cv_kv_device_table(kv, 0, 2);
     assert_ptr_not_equal(host, devt);
     assert_memory_equal(host, devt, 4 * sizeof(int32_t));
     /* A failed upload leaves the sequence and the free list as they were. */
     dev.fail_uploads = 1;
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_EIO);
-    assert_non_null(strstr(e.msg, "block table of sequence 1: device lost"));
+    assert_non_null(strstr(e.msg, "block table of sequence 1 on rank 0: device lost"));
     assert_int_equal(cv_kv_capacity(kv, 1), 0);
     assert_int_equal(cv_kv_free_blocks(kv), 6);
     dev.fail_uploads = 0;
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
-    assert_memory_equal(cv_kv_block_table(kv, 1), cv_kv_device_table(kv, 1), 2 * sizeof(int32_t));
+    assert_memory_equal(cv_kv_block_table(kv, 1), cv_kv_device_table(kv, 0, 1), 2 * sizeof(int32_t));
     cv_kv_free(kv);
     assert_int_equal(dev.n_allocs, 0);
     /* On the host both views are the same table. */
-    cfg.backend = NULL;
+    cfg.backends[0] = NULL;
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
     assert_int_equal(cv_kv_reserve(kv, 0, 1, &e), CV_OK);
-    assert_ptr_equal(cv_kv_block_table(kv, 0), cv_kv_device_table(kv, 0));
+    assert_ptr_equal(cv_kv_block_table(kv, 0), cv_kv_device_table(kv, 0, 0));
     cv_kv_free(kv);
+}
+
+/* Tensor-parallel ranks: a pool set each (here one on the host, one on a device), one
+ * set of block tables, mirrored to the device rank; a failed mirror changes nothing. */
+static void test_ranks_share_block_tables(void **state) {
+    (void)state;
+    static const cv_backend_ops ops = {.alloc = fake_alloc, .free = fake_free, .upload = fake_upload};
+    fake_dev dev = {.base = {.ops = &ops, .device = CV_DEVICE_CUDA, .name = "fake"}};
+    cv_kv_config cfg = small_cfg();
+    cv_kv_cache *one, *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &one, &e), CV_OK);
+    cfg.n_ranks = 2;
+    cfg.backends[1] = &dev.base;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(dev.n_allocs, 2);
+    assert_int_equal(cv_kv_bytes(kv), 2 * cv_kv_bytes(one));
+    assert_int_equal(cv_kv_bytes_per_token(kv), 2 * cv_kv_bytes_per_token(one));
+    assert_ptr_not_equal(cv_kv_k_pool(kv, 0, 1), cv_kv_k_pool(kv, 1, 1));
+    assert_int_equal(cv_kv_reserve(kv, 3, 9, &e), CV_OK);
+    assert_ptr_equal(cv_kv_device_table(kv, 0, 3), cv_kv_block_table(kv, 3));
+    assert_memory_equal(cv_kv_device_table(kv, 1, 3), cv_kv_block_table(kv, 3), 3 * sizeof(int32_t));
+    assert_null(cv_kv_device_table(kv, 2, 3));
+    dev.fail_uploads = 1;
+    assert_int_equal(cv_kv_reserve(kv, 0, 4, &e), CV_EIO);
+    assert_non_null(strstr(e.msg, "sequence 0 on rank 1: device lost"));
+    assert_int_equal(cv_kv_capacity(kv, 0), 0);
+    assert_int_equal(cv_kv_free_blocks(kv), cfg.n_blocks - 3);
+    cfg.n_ranks = CV_KV_MAX_RANKS + 1;
+    cv_kv_cache *bad = NULL;
+    assert_int_equal(cv_kv_create(&cfg, &bad, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "n_ranks"));
+    cv_kv_free(kv);
+    cv_kv_free(one);
+    assert_int_equal(dev.n_allocs, 0);
 }
 
 int main(void) {
@@ -219,6 +254,7 @@ int main(void) {
         cmocka_unit_test(test_bad_config_is_rejected),
         cmocka_unit_test(test_random_traffic_keeps_blocks_disjoint),
         cmocka_unit_test(test_device_backend_mirrors_block_tables),
+        cmocka_unit_test(test_ranks_share_block_tables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

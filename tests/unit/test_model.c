@@ -65,7 +65,7 @@ static float *read_logits(const char *name) {
 
 typedef struct loaded {
     cv_gguf *g;
-    cv_backend *be;
+    cv_tp *tp;
     cv_model *m;
     cv_kv_cache *kv;
 } loaded;
@@ -75,18 +75,17 @@ static void load(const char *name, cv_type kv_type, int32_t max_seqs, loaded *l)
     char *p = shared_path(name);
     assert_int_equal(cv_gguf_open(p, &l->g, &e), CV_OK);
     free(p);
-    cv_cpu_options co = {.n_threads = 2};
-    assert_int_equal(cv_cpu_backend_create(&co, &l->be, &e), CV_OK);
+    cv_tp_config tc = {.device = CV_DEVICE_CPU, .tp = 1, .threads = 2};
     cv_model_opts mo = {.max_batch = 64, .max_logits = 64};
-    if (cv_model_load(l->be, l->g, &mo, &l->m, &e)) fail_msg("%s", e.msg);
-    cv_kv_config kc = cv_model_kv_config(l->m, 0, max_seqs, kv_type);
+    if (cv_tp_load(&tc, l->g, &mo, &l->tp, &e)) fail_msg("%s", e.msg);
+    l->m = cv_tp_model(l->tp);
+    cv_kv_config kc = cv_tp_kv_config(l->tp, 0, max_seqs, kv_type);
     assert_int_equal(cv_kv_create(&kc, &l->kv, &e), CV_OK);
 }
 
 static void unload(loaded *l) {
     cv_kv_free(l->kv);
-    cv_model_free(l->m);
-    cv_backend_destroy(l->be);
+    cv_tp_free(l->tp);
     cv_gguf_close(l->g);
 }
 
@@ -122,7 +121,7 @@ static void greedy_case(const char *model, cv_type kv_type, const char *ref_name
     cv_gen_callbacks cb = {.on_logits = rec_logits, .on_token = rec_token, .ctx = &r};
     cv_gen_stats st;
     cv_error e = {0};
-    if (cv_generate(l.m, l.kv, prompt_ids, 5, &gp, &cb, &st, &e)) fail_msg("%s", e.msg);
+    if (cv_generate(l.tp, l.kv, prompt_ids, 5, &gp, &cb, &st, &e)) fail_msg("%s", e.msg);
     assert_int_equal(st.n_generated, N_GEN);
     assert_int_equal(r.n, N_GEN);
     int same = 0;
@@ -256,7 +255,7 @@ static void test_forward_rejects_bad_batches(void **s) {
     cv_gen_params gp = {.n_predict = 1};
     cv_gen_callbacks cb = {0};
     cv_gen_stats st;
-    assert_int_equal(cv_generate(l.m, l.kv, longp, 200, &gp, &cb, &st, &e), CV_ERANGE);
+    assert_int_equal(cv_generate(l.tp, l.kv, longp, 200, &gp, &cb, &st, &e), CV_ERANGE);
     assert_non_null(strstr(e.msg, "longer than the context of 128"));
     unload(&l);
 }
