@@ -230,8 +230,8 @@ int main(int argc, char **argv) {
             cv_errorf(&err, CV_EFORMAT, "%s", n ? info[0].message : "model vanished while loading");
             goto out;
         }
-        fprintf(stderr, "{\"msg\":\"model ready\",\"version\":\"%s\",\"path\":\"%s\",\"load_s\":%.3f}\n",
-                version, cfg.model, now_s() - t0);
+        fprintf(stderr, "{\"msg\":\"model ready\",\"version\":\"%s\",\"path\":\"%s\",\"device\":\"%s\",\"tp\":%d,"
+                "\"load_s\":%.3f}\n", version, cfg.model, cfg.device, cfg.tp, now_s() - t0);
     }
 
     /* Until a signal: keep the Inference health in step with what the router serves. */
