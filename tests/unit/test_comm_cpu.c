@@ -7,22 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "../support/test_rng.h"
 #include "comm_cpu.h"
 
 static uint64_t g_seed;
 
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 /* Values of mixed sign and magnitude, so that the order of the additions shows. */
-static float rand_float(uint64_t *s) {
-    uint64_t r = splitmix(s);
+static float rand_float(cv_test_rng *s) {
+    uint64_t r = cv_test_rng_next(s);
     float u = (float)(r >> 40) / (float)(1 << 24) * 2.0f - 1.0f;
     return u * (float)(1 << (r & 15));
 }
@@ -58,7 +51,7 @@ static void *rank_main(void *arg) {
 }
 
 static void run_case(int size, int64_t n, int rounds) {
-    uint64_t st = g_seed ^ ((uint64_t)size << 48) ^ ((uint64_t)n << 8) ^ (uint64_t)rounds;
+    cv_test_rng st = cv_test_rng_new(g_seed ^ ((uint64_t)size << 48) ^ ((uint64_t)n << 8) ^ (uint64_t)rounds);
     const size_t per_round = (size_t)size * (size_t)n;
     float *in = malloc((size_t)rounds * per_round * sizeof *in);
     float *want = malloc((size_t)rounds * (size_t)n * sizeof *want);
@@ -158,9 +151,7 @@ static void test_rank_count_checked(void **state) {
 }
 
 int main(void) {
-    const char *s = getenv("CORVID_TEST_SEED");
-    g_seed = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL) ^ (uint64_t)clock();
-    printf("test_comm_cpu: seed %llu (set CORVID_TEST_SEED to repeat)\n", (unsigned long long)g_seed);
+    g_seed = cv_test_seed("test_comm_cpu");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_serial_sum),
         cmocka_unit_test(test_many_consecutive),

@@ -20,24 +20,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../support/test_rng.h"
+#include "../support/test_tmpdir.h"
 #include "cuda_backend.h"
 #include "gguf.h"
 #include "kv_cache.h"
 #include "synthetic.h"
 #include "tp.h"
 
-static char g_dir[] = "/tmp/corvid-test-tp-XXXXXX";
+static char g_dir[160];
 static uint64_t g_seed;
-
-static uint64_t splitmix(uint64_t *s) {
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
 
 static void synth_path(const char *shape, cv_qrecipe recipe, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s-%d.gguf", g_dir, shape, (int)recipe);
@@ -93,7 +87,7 @@ static void forward(run *r, const step *s, float *logits) {
 /* A prefill of sequence 0, then sequence 0 decoding while sequence 1 prefills (one
  * batch), then both decoding, past gemma3's sliding window of 8. */
 static int build_steps(int32_t n_vocab, step *steps) {
-    uint64_t st = g_seed;
+    cv_test_rng st = cv_test_rng_new(g_seed);
     int32_t len[N_SEQ] = {0, 0};
     int n = 0;
     const int32_t plan[][N_SEQ] = {{12, 0}, {1, 10}, {1, 1}, {1, 1}, {1, 1}, {1, 1}, {1, 1}};
@@ -104,7 +98,7 @@ static int build_steps(int32_t n_vocab, step *steps) {
                 int32_t row = steps[n].n++;
                 steps[n].seq[row] = q;
                 steps[n].pos[row] = len[q]++;
-                steps[n].tok[row] = (int32_t)(splitmix(&st) % (uint64_t)n_vocab);
+                steps[n].tok[row] = (int32_t)(cv_test_rng_next(&st) % (uint64_t)n_vocab);
             }
     }
     return n;
@@ -115,7 +109,7 @@ static int build_steps(int32_t n_vocab, step *steps) {
 #define TOL_QUANT 0.05
 
 static void logits_match(const char *shape, cv_qrecipe recipe, int tp) {
-    char path[256];
+    char path[512];
     synth_path(shape, recipe, path, sizeof path);
     run whole, split;
     cv_error e = {0};
@@ -187,7 +181,7 @@ static void test_unsplittable_shapes_are_refused(void **s) {
                    (const char *[]){"tp 4", "blk.0.attn_output.weight", "64 input columns", "16 per rank",
                                     "Q8_0 block of 32", NULL});
     expect_refused(f32, 9, CV_EINVAL, (const char *[]){"tp 9", "1..8", NULL});
-    char path[256];
+    char path[512];
     synth_path("tp-llama", CV_QRECIPE_F32, path, sizeof path);
     run r;
     cv_error e = {0};
@@ -205,7 +199,7 @@ static void test_unsplittable_shapes_are_refused(void **s) {
 /* Threads split between ranks: 2 over 4 ranks still gives each one a thread. */
 static void test_thread_budget_split(void **s) {
     (void)s;
-    char path[256];
+    char path[512];
     synth_path("tp-llama", CV_QRECIPE_F32, path, sizeof path);
     cv_gguf *g;
     cv_error e = {0};
@@ -226,20 +220,16 @@ static void test_thread_budget_split(void **s) {
 
 static int teardown(void **s) {
     (void)s;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", g_dir);
-    return system(cmd) == 0 ? 0 : -1;
+    return cv_test_rmtree(g_dir);
 }
 
 static int setup(void **s) {
     (void)s;
-    return mkdtemp(g_dir) ? 0 : -1;
+    return cv_test_tmpdir(g_dir, sizeof g_dir, "test-tp");
 }
 
 int main(void) {
-    const char *env = getenv("CORVID_TEST_SEED");
-    g_seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL);
-    printf("test_tp: seed %llu (CORVID_TEST_SEED to repeat)\n", (unsigned long long)g_seed);
+    g_seed = cv_test_seed("test_tp");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama_tp2),
         cmocka_unit_test(test_llama_tp4),
