@@ -1,7 +1,8 @@
 # corvid: one GNU Makefile, out-of-tree build in $(BUILD).
 #
 # Sources are found by convention, so adding a module means adding files, not rules:
-#   kernels/*.c            -> libcorvid_kernels.a   (*_avx2.c get -mavx2 -mfma -mf16c)
+#   kernels/*.c            -> libcorvid_kernels.a   (*_avx2.c get -mavx2 -mfma -mf16c, *_avx512.c
+#                             also AVX-512 F/BW/VL/VNNI; both run only where cpu_features says so)
 #   kernels/cuda/*.cu      -> libcorvid_cuda.a      (only with CUDA=1)
 #   server/*.c             -> libcorvid_engine.a
 #   api/*.c                -> libcorvid_client.a
@@ -27,6 +28,7 @@ CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD 
 CPPFLAGS := -Ikernels -Iserver -Iapi/include -Iapi -Icontrolplane -I$(BUILD)/gen
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 AVX2FLAGS := -mavx2 -mfma -mf16c
+AVX512FLAGS := $(AVX2FLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512vnni
 
 ifeq ($(CUDA),1)
 CPPFLAGS += -DCV_CUDA=1 -I/usr/local/cuda/include
@@ -83,6 +85,7 @@ $(BUILD)/obj/%.o: %.c | $(PROTO_H)
 	@$(CC) $(CFLAGS) $(CPPFLAGS) $(XFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%_avx2.o: XFLAGS += $(AVX2FLAGS)
+$(BUILD)/obj/%_avx512.o: XFLAGS += $(AVX512FLAGS)
 
 $(BUILD)/gen-obj/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)

@@ -12,6 +12,7 @@ typedef struct cpu_backend {
     cv_threadpool *pool;
     const cv_cpu_kernels *k;
     int fast;
+    int vnni;           /* AVX-512 VNNI matmul tiles for several tokens */
     void *scratch;
     size_t scratch_bytes;
 } cpu_backend;
@@ -83,7 +84,8 @@ static cv_status cpu_synchronize(cv_backend *be, cv_error *err) {
 }
 
 static const cv_matmul_kernel *mm_kernel(cpu_backend *cb, cv_type t) {
-    const cv_matmul_kernel *k = cb->fast ? cv_matmul_avx2_for(t) : NULL;
+    const cv_matmul_kernel *k = cb->vnni ? cv_matmul_avx512_for(t) : NULL;
+    if (!k && cb->fast) k = cv_matmul_avx2_for(t);
     return k ? k : &cv_matmul_ref;
 }
 
@@ -324,7 +326,8 @@ cv_status cv_cpu_backend_create(const cv_cpu_options *opt, cv_backend **out, cv_
     if (!cb) return cv_errorf(err, CV_ENOMEM, "cpu backend: out of memory");
     cb->fast = !opt->force_scalar && cv_cpu_has_avx2();
     cb->k = cb->fast ? &cv_cpu_kernels_avx2 : &cv_cpu_kernels_ref;
-    cb->base = (cv_backend){&cpu_ops, CV_DEVICE_CPU, cb->fast ? "cpu-avx2" : "cpu-scalar"};
+    cb->vnni = cb->fast && !opt->no_avx512 && cv_cpu_has_avx512vnni();
+    cb->base = (cv_backend){&cpu_ops, CV_DEVICE_CPU, cb->vnni ? "cpu-avx512" : cb->fast ? "cpu-avx2" : "cpu-scalar"};
     cb->scratch_bytes = opt->scratch_bytes ? (opt->scratch_bytes + 63) & ~(size_t)63 : (size_t)16 << 20;
     cb->scratch = aligned_alloc(64, cb->scratch_bytes);
     if (!cb->scratch) {

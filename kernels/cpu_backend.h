@@ -2,8 +2,9 @@
  *
  * It owns a persistent thread pool and one scratch buffer (the converted activations
  * of matmul), both made at create: no op allocates. Kernels are the AVX2/FMA/F16C set
- * when the CPU has those features, else the scalar reference; force_scalar pins the
- * reference (tests compare the two). Weights are used in place: weight_load makes a
+ * when the CPU has those features (with AVX-512 VNNI matmul tiles for several tokens
+ * where it has those too), else the scalar reference; force_scalar pins the reference
+ * and no_avx512 the AVX2 tiles (tests compare them). Weights are used in place: weight_load makes a
  * view, so a memory-mapped file must outlive the tensors made from it.
  */
 #ifndef CV_CPU_BACKEND_H
@@ -17,6 +18,7 @@
 typedef struct cv_cpu_options {
     int n_threads;        /* <= 0: one per online CPU */
     int force_scalar;     /* 1: reference kernels even where AVX2 is available */
+    int no_avx512;        /* 1: AVX2 matmul tiles even where AVX-512 VNNI is available */
     size_t scratch_bytes; /* 0: 16 MiB; bounds one converted activation row (weight_load checks) */
 } cv_cpu_options;
 

@@ -21,3 +21,16 @@ int cv_cpu_has_avx2(void) {
     return 0;
 #endif
 }
+
+int cv_cpu_has_avx512vnni(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    if (!cv_cpu_has_avx2()) return 0;
+    unsigned a, b, c, d, lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xE6) != 0xE6) return 0; /* XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) && (c & bit_AVX512VNNI);
+#else
+    return 0;
+#endif
+}

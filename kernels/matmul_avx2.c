@@ -1,8 +1,8 @@
 /* AVX2 matmul tiles for Q4_0 and Q8_0 weights (the decode hot path).
  *
  * Activations are converted once per call by cv_quantize_row_act (Q8_0, the same bytes
- * as the reference), followed in the scratch row by each block's scale as a float and,
- * for Q4_0, 8 x the sum of its quants. A tile is 4 weight rows x RN activation rows:
+ * as the reference) into the row layout of matmul_x86.h. A tile is 4 weight rows x RN
+ * activation rows:
  * each weight block is unpacked once for RN tokens, each activation block once for 4
  * rows. The integer block sums of the 4 rows are reduced together into one 4-lane
  * vector, so the scale work (weight scale x activation scale, one FMA) is done for 4
@@ -15,42 +15,34 @@
  * Each output sums its blocks in order with the same integer and float steps whatever
  * the tile shape or thread split, so results do not depend on the thread count.
  */
-#include <immintrin.h>
-#include <string.h>
-
 #include "matmul.h"
+#include "matmul_x86.h"
 #include "quant_blocks.h"
-
-#define INLINE static inline __attribute__((always_inline))
 
 enum { W_Q4_0, W_Q8_0 };
 
-/* Layout of one converted activation row of nb blocks in the scratch. */
-static size_t q8_part(int64_t nb) { return ((size_t)nb * sizeof(cv_block_q8_0) + 31) & ~(size_t)31; }
-
-static size_t act_bytes(cv_type wtype, int64_t cols) {
+size_t cv_matmul_x86_act_bytes(cv_type wtype, int64_t cols) {
     (void)wtype;
     int64_t nb = cols / 32;
     return q8_part(nb) + (size_t)nb * (sizeof(float) + sizeof(int32_t));
 }
 
-static void act_convert(cv_type wtype, const float *x, void *act, int64_t cols) {
+void cv_matmul_x86_act_convert(cv_type wtype, const float *x, void *act, int64_t cols) {
     int64_t nb = cols / 32;
     const cv_block_q8_0 *q = act;
     cv_quantize_row_act(CV_TYPE_Q8_0, x, act, cols);
     float *d = (float *)((char *)act + q8_part(nb));
-    int32_t *s8 = (int32_t *)(d + nb);
+    int32_t *off = (int32_t *)(d + nb);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    const int32_t k = wtype == CV_TYPE_Q4_0 ? 8 : 128;
     for (int64_t b = 0; b < nb; b++) {
         d[b] = _cvtsh_ss(q[b].d);
-        if (wtype == CV_TYPE_Q4_0) {
-            __m256i a = _mm256_loadu_si256((const __m256i *)q[b].qs);
-            __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, a), ones16);
-            __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
-            h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
-            s8[b] = 8 * _mm_cvtsi128_si32(h);
-        }
+        __m256i a = _mm256_loadu_si256((const __m256i *)q[b].qs);
+        __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, a), ones16);
+        __m128i h = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4E));
+        h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xB1));
+        off[b] = k * _mm_cvtsi128_si32(h);
     }
 }
 
@@ -79,7 +71,7 @@ INLINE __m128 scales4(const uint8_t *w, size_t ws, int RM, int64_t b, size_t blk
 INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, size_t ws, const uint8_t *act,
                  size_t astride, int64_t nb, float *y, int64_t ldy) {
     const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : sizeof(cv_block_q8_0);
-    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
     const size_t qpart = q8_part(nb);
     __m128 acc[4];
     _Pragma("GCC unroll 4")
@@ -96,8 +88,7 @@ INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, s
         for (int r = 0; r < RM; r++) {
             const uint8_t *blkp = w + r * ws + b * blk;
             if (kind == W_Q4_0) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(blkp + 2));
-                wq[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1), low4);
+                wq[r] = q4_levels(blkp);
             } else {
                 wq[r] = _mm256_loadu_si256((const __m256i *)(blkp + 2));
                 wa[r] = _mm256_abs_epi8(wq[r]);
@@ -144,36 +135,10 @@ INLINE void tile(const int kind, const int RM, const int RN, const uint8_t *w, s
  * 8 x 2 x 15 x 127 < 2^15) and one madd widens them to one int32 lane per row. The
  * transposition is paid once per block for RN tokens. Same integer sums and the same
  * float steps per output as tile(), so the two tile shapes mix freely. */
-INLINE void transpose8(__m256i v[8]) {
-    __m256i a0 = _mm256_unpacklo_epi32(v[0], v[1]), a1 = _mm256_unpackhi_epi32(v[0], v[1]);
-    __m256i a2 = _mm256_unpacklo_epi32(v[2], v[3]), a3 = _mm256_unpackhi_epi32(v[2], v[3]);
-    __m256i a4 = _mm256_unpacklo_epi32(v[4], v[5]), a5 = _mm256_unpackhi_epi32(v[4], v[5]);
-    __m256i a6 = _mm256_unpacklo_epi32(v[6], v[7]), a7 = _mm256_unpackhi_epi32(v[6], v[7]);
-    __m256i b0 = _mm256_unpacklo_epi64(a0, a2), b1 = _mm256_unpackhi_epi64(a0, a2);
-    __m256i b2 = _mm256_unpacklo_epi64(a1, a3), b3 = _mm256_unpackhi_epi64(a1, a3);
-    __m256i b4 = _mm256_unpacklo_epi64(a4, a6), b5 = _mm256_unpackhi_epi64(a4, a6);
-    __m256i b6 = _mm256_unpacklo_epi64(a5, a7), b7 = _mm256_unpackhi_epi64(a5, a7);
-    v[0] = _mm256_permute2x128_si256(b0, b4, 0x20);
-    v[1] = _mm256_permute2x128_si256(b1, b5, 0x20);
-    v[2] = _mm256_permute2x128_si256(b2, b6, 0x20);
-    v[3] = _mm256_permute2x128_si256(b3, b7, 0x20);
-    v[4] = _mm256_permute2x128_si256(b0, b4, 0x31);
-    v[5] = _mm256_permute2x128_si256(b1, b5, 0x31);
-    v[6] = _mm256_permute2x128_si256(b2, b6, 0x31);
-    v[7] = _mm256_permute2x128_si256(b3, b7, 0x31);
-}
-
-/* Activation bytes 4k..4k+3 in every 32-bit lane. */
-INLINE __m256i group4(const uint8_t *qs, int k) {
-    int32_t v;
-    memcpy(&v, qs + 4 * k, 4);
-    return _mm256_set1_epi32(v);
-}
-
 INLINE void tile8_q4_0(const int RN, const uint8_t *w, size_t ws, const uint8_t *act, size_t astride, int64_t nb,
                        float *y, int64_t ldy) {
     const size_t blk = sizeof(cv_block_q4_0);
-    const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+    const __m256i ones = _mm256_set1_epi16(1);
     const __m256i idx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)ws));
     const size_t qpart = q8_part(nb);
     const uint8_t *pf = w + 8 * ws;
@@ -187,8 +152,7 @@ INLINE void tile8_q4_0(const int RN, const uint8_t *w, size_t ws, const uint8_t 
         __m256i v[8];
         _Pragma("GCC unroll 8")
         for (int r = 0; r < 8; r++) {
-            __m128i q = _mm_loadu_si128((const __m128i *)(w + r * ws + b * blk + 2));
-            v[r] = _mm256_and_si256(_mm256_inserti128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1), low4);
+            v[r] = q4_levels(w + r * ws + b * blk);
         }
         transpose8(v);
         __m256i g = _mm256_i32gather_epi32((const int *)(w + b * blk), idx, 1);
@@ -284,8 +248,8 @@ static void rows_q8_0(const cv_tensor *w, int64_t r0, int64_t r1, const void *ac
     rows_kind(W_Q8_0, w, r0, r1, act, act_stride, n, y, ldy);
 }
 
-static const cv_matmul_kernel k_q4_0 = {act_bytes, act_convert, rows_q4_0};
-static const cv_matmul_kernel k_q8_0 = {act_bytes, act_convert, rows_q8_0};
+static const cv_matmul_kernel k_q4_0 = {cv_matmul_x86_act_bytes, cv_matmul_x86_act_convert, rows_q4_0};
+static const cv_matmul_kernel k_q8_0 = {cv_matmul_x86_act_bytes, cv_matmul_x86_act_convert, rows_q8_0};
 
 const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype) {
     switch (wtype) {

@@ -197,6 +197,53 @@ static void test_matmul_thread_count_invariant(void **state) {
     }
 }
 
+/* The AVX-512 VNNI tiles give the AVX2 tiles' bits for every shape: full 16-row tiles,
+ * row tails, token counts around the 16-token tile, one token; Q8_0 weights include
+ * -128, the byte the unsigned flip must still get right. */
+static void test_matmul_avx512_bit_identical_to_avx2(void **state) {
+    (void)state;
+    if (!cv_cpu_has_avx512vnni()) {
+        printf("SKIP: this CPU has no AVX-512 VNNI: its tiles cannot run here\n");
+        return;
+    }
+    cv_backend *a2 = NULL, *a5 = NULL;
+    cv_cpu_options o2 = {.n_threads = 2, .no_avx512 = 1}, o5 = {.n_threads = 2};
+    assert_int_equal(cv_cpu_backend_create(&o2, &a2, NULL), CV_OK);
+    assert_int_equal(cv_cpu_backend_create(&o5, &a5, NULL), CV_OK);
+    assert_string_equal(a5->name, "cpu-avx512");
+    const cv_type types[] = {CV_TYPE_Q4_0, CV_TYPE_Q8_0};
+    const int64_t shapes[][2] = {{16, 32}, {53, 256}, {130, 2048}, {256, 96}};
+    const int32_t ns[] = {1, 2, 3, 15, 16, 17, 33, 40};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int64_t rows = shapes[s][0], cols = shapes[s][1];
+            wmat w = make_weight(types[i], rows, cols);
+            if (types[i] == CV_TYPE_Q8_0) /* every 5th row starts with quants of -128 */
+                for (int64_t r = 0; r < rows; r += 5) memset((char *)w.data + r * w.t.row_stride + 2, 0x80, 7);
+            cv_tensor t2, t5;
+            assert_int_equal(a2->ops->weight_load(a2, &w.t, &t2, NULL), CV_OK);
+            assert_int_equal(a5->ops->weight_load(a5, &w.t, &t5, NULL), CV_OK);
+            for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
+                int32_t n = ns[j];
+                float *x = fill((int64_t)n * cols, 1.5f);
+                float *y2 = calloc((size_t)n * rows, sizeof *y2), *y5 = calloc((size_t)n * rows, sizeof *y5);
+                assert_true(y2 && y5);
+                a2->ops->matmul(a2, &t2, x, y2, n);
+                a5->ops->matmul(a5, &t5, x, y5, n);
+                for (int64_t k = 0; k < (int64_t)n * rows; k++)
+                    if (memcmp(&y2[k], &y5[k], sizeof(float)))
+                        fail_msg("%s %lldx%lld n=%d: y[%lld] avx512 %.9g vs avx2 %.9g", cv_type_get(types[i])->name,
+                                 (long long)rows, (long long)cols, n, (long long)k, y5[k], y2[k]);
+                free(x);
+                free(y2);
+                free(y5);
+            }
+            free(w.data);
+        }
+    cv_backend_destroy(a2);
+    cv_backend_destroy(a5);
+}
+
 /* A scratch too small for all tokens makes the matmul run in token chunks. */
 static void test_matmul_chunks_when_scratch_is_small(void **state) {
     pair *p = *state;
@@ -510,6 +557,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_fast_matches_reference),
         cmocka_unit_test(test_matmul_thread_count_invariant),
+        cmocka_unit_test(test_matmul_avx512_bit_identical_to_avx2),
         cmocka_unit_test(test_matmul_chunks_when_scratch_is_small),
         cmocka_unit_test(test_weight_load_rejects_bad_shapes),
         cmocka_unit_test(test_get_rows_dequantizes),

@@ -1,0 +1,122 @@
+/* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 weights with several tokens (batched
+ * decode, prefill); one token and row tails go to the AVX2 kernels.
+ *
+ * A tile is 16 weight rows x up to RN tokens. Block b of the 16 rows is turned into 8
+ * vectors V[k] whose 32-bit lane j holds bytes 4k..4k+3 of row j's 32 weights, as
+ * unsigned bytes: Q4_0 levels 0..15 as they are, Q8_0 bytes + 128. One vpdpbusd per k
+ * with the token's activation bytes 4k..4k+3 broadcast adds row j's 4 products into
+ * lane j, so 8 instructions give the 16 rows' block sums with nothing to reduce; the
+ * bias of the unsigned weights comes off as k x sum(a) (matmul_x86.h). Unpacking and
+ * transposing a block is paid once for RN tokens.
+ *
+ * The integer block sums are exact, and the float steps per output (convert, times
+ * weight scale x activation scale, FMA into the running sum, blocks in order) are the
+ * AVX2 tiles' own, so every output is bit-identical to the AVX2 kernel's: the choice of
+ * kernel, like the thread count or the batch, never changes a result.
+ */
+#include "matmul.h"
+#include "matmul_x86.h"
+
+enum { W_Q4_0, W_Q8_0 };
+
+/* Tokens per tile: 8 weight vectors + RN accumulators + a few temporaries fit the 32
+ * zmm registers. */
+#define RN_MAX 16
+
+/* Row j's 32 weights of one block as unsigned bytes (see the top comment). */
+INLINE __m256i ubytes(const int kind, const uint8_t *blk) {
+    if (kind == W_Q4_0) return q4_levels(blk);
+    return _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), _mm256_set1_epi8((char)0x80));
+}
+
+INLINE void tile16(const int kind, const int RN, const uint8_t *w, size_t ws, const uint8_t *act, size_t astride,
+                   int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : sizeof(cv_block_q8_0);
+    const size_t qpart = q8_part(nb);
+    /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
+     * this tile reads its own. */
+    const uint8_t *pf = w + 16 * ws;
+    __m512 acc[RN_MAX];
+    _Pragma("GCC unroll 16")
+    for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        __m256i lo[8], hi[8];
+        uint16_t h[16];
+        _Pragma("GCC unroll 8")
+        for (int r = 0; r < 8; r++) {
+            lo[r] = ubytes(kind, w + r * ws + b * blk);
+            hi[r] = ubytes(kind, w + (r + 8) * ws + b * blk);
+        }
+        _Pragma("GCC unroll 16")
+        for (int r = 0; r < 16; r++) memcpy(&h[r], w + r * ws + b * blk, sizeof h[r]);
+        transpose8(lo);
+        transpose8(hi);
+        __m512i v[8];
+        _Pragma("GCC unroll 8")
+        for (int k = 0; k < 8; k++) v[k] = _mm512_inserti64x4(_mm512_castsi256_si512(lo[k]), hi[k], 1);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+        _Pragma("GCC unroll 16")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *arow = act + t * astride;
+            const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
+            const float *ad = (const float *)(arow + qpart);
+            const int32_t *off = (const int32_t *)(ad + nb);
+            __m512i s = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) {
+                int32_t a4;
+                memcpy(&a4, aq + 4 * k, 4);
+                s = _mm512_dpbusd_epi32(s, v[k], _mm512_set1_epi32(a4));
+            }
+            s = _mm512_sub_epi32(s, _mm512_set1_epi32(off[b]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[b])), acc[t]);
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+INLINE void tile16_any(const int kind, int rn, const uint8_t *w, size_t ws, const uint8_t *act, size_t as,
+                       int64_t nb, float *y, int64_t ldy) {
+    switch (rn) {
+#define CASE(N) case N: tile16(kind, N, w, ws, act, as, nb, y, ldy); break;
+    CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
+    CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
+#undef CASE
+    default: tile16(kind, 1, w, ws, act, as, nb, y, ldy); break;
+    }
+}
+
+INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
+                      size_t act_stride, int32_t n, float *y, int64_t ldy) {
+    const cv_matmul_kernel *base = cv_matmul_avx2_for(w->type);
+    if (n < 2) {
+        base->rows(w, r0, r1, act, act_stride, n, y, ldy);
+        return;
+    }
+    const int64_t nb = w->cols / 32;
+    const size_t ws = w->row_stride;
+    const uint8_t *A = act, *W = w->data;
+    int64_t r = r0;
+    /* 16 rows (18..34 bytes x cols / 32 each) stay in L1 while every token passes. */
+    for (; r + 16 <= r1; r += 16)
+        for (int32_t t = 0; t < n; t += RN_MAX)
+            tile16_any(kind, n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, ws, A + (size_t)t * act_stride, act_stride,
+                       nb, y + (int64_t)t * ldy + r, ldy);
+    if (r < r1) base->rows(w, r, r1, act, act_stride, n, y, ldy);
+}
+
+/* One entry for both formats: the tensor says which tile to instantiate. */
+static void rows_vnni(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    if (w->type == CV_TYPE_Q4_0) rows_kind(W_Q4_0, w, r0, r1, act, act_stride, n, y, ldy);
+    else rows_kind(W_Q8_0, w, r0, r1, act, act_stride, n, y, ldy);
+}
+
+/* Same activation layout as the AVX2 kernels (the tails and n = 1 run there). */
+static const cv_matmul_kernel k_vnni = {cv_matmul_x86_act_bytes, cv_matmul_x86_act_convert, rows_vnni};
+
+const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
+    return wtype == CV_TYPE_Q4_0 || wtype == CV_TYPE_Q8_0 ? &k_vnni : NULL;
+}
