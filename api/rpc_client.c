@@ -7,6 +7,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,11 @@ int cv_rpcc_channel_new(const corvid_client_options *opt, cv_rpcc_channel **out,
     } else {
         creds = grpc_insecure_credentials_create();
     }
-    ch->channel = grpc_channel_create(opt->addr, creds, NULL);
+    grpc_arg name_arg = {.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                         .value.string = (char *)opt->tls_server_name};
+    grpc_channel_args args = {.num_args = 1, .args = &name_arg};
+    bool override = opt->root_certs_pem && opt->tls_server_name && *opt->tls_server_name;
+    ch->channel = grpc_channel_create(opt->addr, creds, override ? &args : NULL);
     grpc_channel_credentials_release(creds);
     ch->timeout_s = opt->timeout_s;
     if (opt->bearer_token) {

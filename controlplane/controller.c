@@ -13,11 +13,13 @@
 #include "etcd_watch.h"
 #include "fleet.h"
 #include "rollout.h"
+#include "server_creds.h"
 
 #define SMOKE_MEMO 64
 
 typedef struct controller {
     const cv_cp_config *cfg;
+    cv_cp_metrics *metrics;
     cv_etcd *etcd;
     cv_election *election;
     cv_fleet *fleet;
@@ -141,6 +143,7 @@ static int smoke(controller *c, cv_fleet_server *s, const cv_rollout_status *st,
             if (ev.kind == CORVID_EVENT_CHUNK) tokens += (int)ev.n_token_ids;
         corvid_stream_free(stream);
     }
+    if (rc < 0) cv_cp_metrics_count_server_error(c->metrics, ce.code);
     if (rc < 0 || tokens == 0) {
         snprintf(why, cap, "%s: %.200s", rc < 0 ? corvid_code_name(ce.code) : "no tokens",
                  rc < 0 ? ce.message : "the stream ended empty");
@@ -152,8 +155,29 @@ static int smoke(controller *c, cv_fleet_server *s, const cv_rollout_status *st,
     return 1;
 }
 
+/* What to look at when a server refuses the control plane. */
+static const char *hint(const cv_cp_config *cfg, int code) {
+    if (code == CORVID_UNAUTHENTICATED)
+        return cfg->token_file[0] || cfg->token_env[0]
+                   ? " (the server refused the token of server_token_file/server_token_env)"
+                   : " (the server wants a token: set server_token_file or server_token_env)";
+    if (code == CORVID_PERMISSION_DENIED) return " (the token needs the admin scope)";
+    if (code == CORVID_UNAVAILABLE)
+        return cfg->tls_ca[0] ? " (down, unreachable, or TLS refused: check server_tls)"
+                              : " (down, unreachable, or it wants TLS: see server_tls)";
+    return "";
+}
+
+/* A failed call to a server: logged and counted. `what` names the call and its version. */
+static void server_failed(controller *c, const char *model, const cv_fleet_server *s,
+                          const char *what, const char *version, const corvid_error *ce) {
+    cv_cp_metrics_count_server_error(c->metrics, ce->code);
+    logf_(model, "server %s: %s%s%s: %s: %s%s", s->addr, what, version ? " " : "", version ? version : "",
+          corvid_code_name(ce->code), ce->message, hint(c->cfg, ce->code));
+}
+
 /* Drives one server towards the desired state; failures wait for the next tick. */
-static void apply(const model_keys *mk, cv_fleet_server *s,
+static void apply(controller *c, const model_keys *mk, cv_fleet_server *s,
                   const cv_rollout_desired *d) {
     corvid_error ce;
     for (size_t i = 0; i < d->n_load; i++) {
@@ -167,7 +191,7 @@ static void apply(const model_keys *mk, cv_fleet_server *s,
         }
         if (corvid_admin_load(s->client, d->load[i], v.uri, v.sha256[0] ? v.sha256 : NULL, 0, NULL,
                               &ce) != 0)
-            logf_(mk->name, "server %s: loading %s: %s", s->addr, d->load[i], ce.message);
+            server_failed(c, mk->name, s, "loading", d->load[i], &ce);
     }
     /* Weights only onto ready versions; a server still loading the candidate (one that
      * joined mid-rollout) stays on the active version until it is ready. */
@@ -183,12 +207,12 @@ static void apply(const model_keys *mk, cv_fleet_server *s,
         !weights_match(s, &eff)) {
         if (corvid_admin_set_traffic(s->client, eff.weight_versions, eff.weights, eff.n_weights,
                                      &ce) != 0)
-            logf_(mk->name, "server %s: set traffic: %s", s->addr, ce.message);
+            server_failed(c, mk->name, s, "set traffic", NULL, &ce);
     }
     const corvid_slot_status *old = d->unload ? cv_fleet_slot(s, d->unload) : NULL;
     if (old && slot_state(old) != CV_SLOT_DRAINING && slot_state(old) != CV_SLOT_LOADING &&
         corvid_admin_unload(s->client, d->unload, 0, NULL, &ce) != 0)
-        logf_(mk->name, "server %s: unload %s: %s", s->addr, d->unload, ce.message);
+        server_failed(c, mk->name, s, "unloading", d->unload, &ce);
 }
 
 static cv_status put_fenced(controller *c, const char *key, const char *value, cv_error *err) {
@@ -214,7 +238,29 @@ static void mark_failed(controller *c, const model_keys *mk, const char *version
     }
 }
 
-static void reconcile_model(controller *c, const model_keys *mk) {
+/* The phase etcd holds for the model: none without a readable status. */
+static cv_rollout_phase status_phase(const model_keys *mk) {
+    cv_rollout_status st;
+    if (!mk->status ||
+        cv_rollout_status_parse(mk->status->value, mk->status->value_len, &st, NULL) != CV_OK)
+        return CV_PHASE_NONE;
+    return st.phase;
+}
+
+/* What a status write that moved the rollout means for the counters. */
+static void count_events(controller *c, const char *model, const char *was_id,
+                         cv_rollout_phase was, const cv_rollout_status *st) {
+    if (strcmp(was_id, st->id) != 0 && st->phase == CV_PHASE_STAGING)
+        cv_cp_metrics_count_rollout(c->metrics, model, CV_CP_ROLLOUT_STARTED);
+    if (st->phase == was) return;
+    if (st->phase == CV_PHASE_PROMOTED)
+        cv_cp_metrics_count_rollout(c->metrics, model, CV_CP_ROLLOUT_COMPLETED);
+    if (st->phase == CV_PHASE_ROLLED_BACK)
+        cv_cp_metrics_count_rollout(c->metrics, model, CV_CP_ROLLOUT_ROLLED_BACK);
+}
+
+/* One reconcile of one model; returns the phase etcd holds for it afterwards. */
+static cv_rollout_phase reconcile_model(controller *c, const model_keys *mk) {
     cv_error err;
     cv_rollout_spec spec;
     cv_rollout_status st;
@@ -222,13 +268,14 @@ static void reconcile_model(controller *c, const model_keys *mk) {
     if (cv_rollout_spec_parse(mk->rollout->value, mk->rollout->value_len, &c->cfg->defaults, &spec,
                               &err) != CV_OK) {
         logf_(mk->name, "%s", err.msg);
-        return;
+        return status_phase(mk);
     }
     if (mk->status &&
         cv_rollout_status_parse(mk->status->value, mk->status->value_len, &st, &err) != CV_OK) {
         logf_(mk->name, "%s; starting from an empty status", err.msg);
         memset(&st, 0, sizeof st);
     }
+    cv_rollout_phase held = st.phase;
     int64_t now = wall_ms();
     size_t n = cv_fleet_count(c->fleet);
     cv_rollout_server_obs *obs_s = calloc(n ? n : 1, sizeof *obs_s);
@@ -269,6 +316,8 @@ static void reconcile_model(controller *c, const model_keys *mk) {
         obs.analysis = &analysis;
     }
     cv_rollout_phase was = st.phase;
+    char was_id[sizeof st.id];
+    memcpy(was_id, st.id, sizeof was_id);
     if (cv_rollout_step(&spec, &c->limits, &obs, &st)) {
         char *json = cv_rollout_status_json(&st);
         char key[512];
@@ -279,6 +328,8 @@ static void reconcile_model(controller *c, const model_keys *mk) {
             logf_(mk->name, "writing the status: %s (servers left alone)", err.msg);
             goto out;
         }
+        held = st.phase;
+        count_events(c, mk->name, was_id, was, &st);
         if (st.phase != was)
             logf_(mk->name, "%s -> %s: %s", cv_rollout_phase_name(was),
                   cv_rollout_phase_name(st.phase), st.message);
@@ -289,7 +340,7 @@ static void reconcile_model(controller *c, const model_keys *mk) {
     cv_rollout_desired_state(&spec, &c->limits, &st, now, &want);
     for (size_t i = 0; i < n; i++) {
         cv_fleet_server *s = cv_fleet_at(c->fleet, i);
-        if (s->reachable) apply(mk, s, &want);
+        if (s->reachable) apply(c, mk, s, &want);
     }
 out:
     free(obs_s);
@@ -297,6 +348,7 @@ out:
     free(names);
     free(up);
     free(smoke_why);
+    return held;
 }
 
 /* The observation window the probes ask for: the longest of the rollouts' windows. */
@@ -315,19 +367,42 @@ static uint32_t probe_window(controller *c, const cv_etcd_range_result *r) {
     return w;
 }
 
-static void tick(controller *c, const char *models_prefix) {
+/* Probes the fleet; a server whose answer changed is logged, every failure counted. */
+static size_t probe(controller *c, uint32_t window_s) {
+    cv_fleet_probe(c->fleet, window_s);
+    size_t healthy = 0;
+    for (size_t i = 0; i < cv_fleet_count(c->fleet); i++) {
+        cv_fleet_server *s = cv_fleet_at(c->fleet, i);
+        if (s->reachable) {
+            healthy++;
+            if (s->changed) logf_("fleet", "server %s answers", s->addr);
+            continue;
+        }
+        cv_cp_metrics_count_server_error(c->metrics, s->error_code);
+        if (s->changed)
+            logf_("fleet", "server %s: GetStatus: %s%s", s->addr, s->error, hint(c->cfg, s->error_code));
+    }
+    return healthy;
+}
+
+/* Every replica reads the models' keys (readiness, the phases it reports); the leader
+ * then probes the fleet and reconciles each model. */
+static void tick(controller *c, const char *models_prefix, bool leader) {
     cv_error err;
-    cv_election_status es;
-    cv_election_get_status(c->election, &es);
-    if (!es.leader) return;
     cv_etcd_range_result r;
     cv_etcd_range_req req = {.key = models_prefix, .prefix = true};
-    if (cv_etcd_range(c->etcd, &req, &r, &err) != CV_OK) {
+    cv_status got = cv_etcd_range(c->etcd, &req, &r, &err);
+    cv_cp_metrics_set_etcd(c->metrics, got == CV_OK, cv_etcd_failed_calls(c->etcd));
+    if (got != CV_OK) {
         logf_("etcd", "%s", err.msg);
         return;
     }
-    cv_fleet_probe(c->fleet, probe_window(c, &r));
-    size_t plen = strlen(models_prefix);
+    long healthy = leader ? (long)probe(c, probe_window(c, &r)) : -1;
+    cv_cp_metrics_set_fleet(c->metrics, cv_fleet_count(c->fleet), healthy);
+    const char *names[CV_CP_METRICS_MODELS];
+    cv_rollout_phase phases[CV_CP_METRICS_MODELS];
+    model_keys *mks = calloc(CV_CP_METRICS_MODELS, sizeof *mks);
+    size_t n_models = 0, plen = strlen(models_prefix);
     for (size_t i = 0; i < r.n_kvs; i++) {
         const cv_etcd_kv *kv = &r.kvs[i];
         const char *rest = kv->key + plen, *slash = strchr(rest, '/');
@@ -342,13 +417,21 @@ static void tick(controller *c, const char *models_prefix) {
                 strncmp(r.kvs[k].key, kv->key, mk.prefix_len) == 0 &&
                 strcmp(r.kvs[k].key + mk.prefix_len, "status") == 0)
                 mk.status = &r.kvs[k];
-        reconcile_model(c, &mk);
+        cv_rollout_phase phase = leader ? reconcile_model(c, &mk) : status_phase(&mk);
+        if (!mks || n_models == CV_CP_METRICS_MODELS) continue; /* not reported, still run */
+        mks[n_models] = mk;
+        names[n_models] = mks[n_models].name;
+        phases[n_models++] = phase;
     }
+    if (mks) cv_cp_metrics_set_phases(c->metrics, names, phases, n_models);
+    free(mks);
     cv_etcd_range_result_free(&r);
 }
 
-cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop, cv_error *err) {
+cv_status cv_controller_run(const cv_cp_config *cfg, cv_cp_metrics *metrics,
+                            volatile sig_atomic_t *stop, cv_error *err) {
     controller c = {.cfg = cfg,
+                    .metrics = metrics,
                     .limits = {.stage_ms = cfg->stage_deadline_s * 1000LL,
                                .shift_ms = cfg->shift_deadline_s * 1000LL,
                                .observe_ms = cfg->observe_deadline_s * 1000LL,
@@ -361,8 +444,10 @@ cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop
     cv_etcd_config ec = {.endpoints = cfg->etcd, .timeout_ms = 3000, .attempt_timeout_ms = 1000};
     cv_election_config el = {.prefix = cfg->prefix, .id = cfg->id, .ttl_s = cfg->election_ttl_s};
     cv_etcd_watch_config wc = {.prefix = models_prefix, .idle_timeout_ms = 30000};
-    cv_status st;
-    if ((st = cv_etcd_open(&ec, &c.etcd, err)) || (st = cv_fleet_open(cfg, &c.fleet, err)) ||
+    cv_server_creds creds;
+    cv_status st = cv_server_creds_load(cfg, &creds, err);
+    if (st) return st;
+    if ((st = cv_etcd_open(&ec, &c.etcd, err)) || (st = cv_fleet_open(cfg, &creds, &c.fleet, err)) ||
         (st = cv_election_start(c.etcd, &el, &c.election, err)) ||
         (st = cv_etcd_watch_start(c.etcd, &wc, &watch, err)))
         goto done;
@@ -383,12 +468,15 @@ cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop
         if (es.leader != was_leader)
             logf_("election", "%s %s", cfg->id, es.leader ? "is the leader" : "is a follower");
         was_leader = es.leader;
-        tick(&c, models_prefix);
+        cv_cp_metrics_set_leader(metrics, es.leader);
+        tick(&c, models_prefix, es.leader);
     }
 done:
     if (watch) cv_etcd_watch_stop(watch);
     if (c.election) cv_election_stop(c.election);
     cv_fleet_close(c.fleet);
     cv_etcd_close(c.etcd);
+    cv_server_creds_free(&creds);
+    cv_cp_metrics_set_leader(metrics, false);
     return st;
 }

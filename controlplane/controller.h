@@ -13,6 +13,10 @@
  * until the election notices (at most 2/3 of the TTL after its last renewal), and
  * its status writes are refused by etcd from the moment the key is gone.
  * Probes ask GetStatus for the longest rollout window, rounded up to whole seconds.
+ * Every replica reads the models' keys each tick: that read makes it ready (metrics),
+ * and the phases it reports come from it. Server calls present the credentials of
+ * server_creds.h, loaded once at start; a refused call is logged (once per change for
+ * probes) with what to check, and counted.
  */
 #ifndef CV_CONTROLLER_H
 #define CV_CONTROLLER_H
@@ -20,8 +24,11 @@
 #include <signal.h>
 
 #include "cp_config.h"
+#include "cp_metrics.h"
 
-/* Runs until *stop turns non-zero; resigns leadership on the way out. */
-cv_status cv_controller_run(const cv_cp_config *cfg, volatile sig_atomic_t *stop, cv_error *err);
+/* Runs until *stop turns non-zero; resigns leadership on the way out. Fails at once
+ * when the server credentials cannot be loaded. */
+cv_status cv_controller_run(const cv_cp_config *cfg, cv_cp_metrics *metrics,
+                            volatile sig_atomic_t *stop, cv_error *err);
 
 #endif

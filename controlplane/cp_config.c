@@ -87,6 +87,58 @@ static cv_status dns_field(json_t *v, cv_cp_config *cfg, cv_error *err) {
     return CV_OK;
 }
 
+/* String keys: the name as written in messages, the field and its capacity. */
+typedef struct str_key {
+    const char *name;
+    size_t offset, cap;
+} str_key;
+
+#define STR_KEY(name, field) {name, offsetof(cv_cp_config, field), sizeof(((cv_cp_config *)0)->field)}
+
+static const str_key str_keys[] = {
+    STR_KEY("etcd", etcd),
+    STR_KEY("prefix", prefix),
+    STR_KEY("id", id),
+    STR_KEY("smoke_prompt", smoke_prompt),
+    STR_KEY("metrics_listen", metrics_listen),
+    STR_KEY("server_token_file", token_file),
+    STR_KEY("server_token_env", token_env),
+};
+
+static const str_key tls_keys[] = {
+    STR_KEY("server_tls.ca", tls_ca),
+    STR_KEY("server_tls.cert", tls_cert),
+    STR_KEY("server_tls.key", tls_key),
+    STR_KEY("server_tls.server_name", tls_server_name),
+};
+
+/* CV_ENOTFOUND (err untouched) when `name` is none of the n keys. */
+static cv_status str_key_field(const str_key *keys, size_t n, const char *name, json_t *v,
+                               cv_cp_config *cfg, cv_error *err) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, keys[i].name) == 0)
+            return str_field(v, name, (char *)cfg + keys[i].offset, keys[i].cap, err);
+    return CV_ENOTFOUND;
+}
+
+static cv_status tls_field(json_t *v, cv_cp_config *cfg, cv_error *err) {
+    if (!json_is_object(v)) return cv_errorf(err, CV_EFORMAT, "\"server_tls\" must be an object");
+    const char *key;
+    json_t *f;
+    json_object_foreach(v, key, f) {
+        char name[64];
+        snprintf(name, sizeof name, "server_tls.%.40s", key);
+        cv_status st = str_key_field(tls_keys, sizeof tls_keys / sizeof tls_keys[0], name, f, cfg, err);
+        if (st == CV_ENOTFOUND) return cv_errorf(err, CV_EFORMAT, "unknown key \"%s\"", name);
+        if (st) return st;
+    }
+    if (!cfg->tls_ca[0])
+        return cv_errorf(err, CV_EFORMAT, "\"server_tls\" needs \"ca\" (the CA that signed the servers)");
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+        return cv_errorf(err, CV_EFORMAT, "\"server_tls\": \"cert\" and \"key\" go together (mTLS)");
+    return CV_OK;
+}
+
 typedef struct int_key {
     const char *name;
     int lo, hi;
@@ -110,16 +162,14 @@ static cv_status field(const char *key, json_t *v, cv_cp_config *cfg, cv_error *
         if (strcmp(key, int_keys[i].name) == 0)
             return int_field(v, key, int_keys[i].lo, int_keys[i].hi,
                              (int *)((char *)cfg + int_keys[i].offset), err);
-    if (strcmp(key, "etcd") == 0) return str_field(v, key, cfg->etcd, sizeof cfg->etcd, err);
-    if (strcmp(key, "prefix") == 0) return str_field(v, key, cfg->prefix, sizeof cfg->prefix, err);
-    if (strcmp(key, "id") == 0) return str_field(v, key, cfg->id, sizeof cfg->id, err);
-    if (strcmp(key, "smoke_prompt") == 0)
-        return str_field(v, key, cfg->smoke_prompt, sizeof cfg->smoke_prompt, err);
+    cv_status st = str_key_field(str_keys, sizeof str_keys / sizeof str_keys[0], key, v, cfg, err);
+    if (st != CV_ENOTFOUND) return st;
+    if (strcmp(key, "server_tls") == 0) return tls_field(v, cfg, err);
     if (strcmp(key, "servers") == 0) return servers_field(v, cfg, err);
     if (strcmp(key, "dns") == 0) return dns_field(v, cfg, err);
     if (strcmp(key, "defaults") == 0) {
         if (!json_is_object(v)) return cv_errorf(err, CV_EFORMAT, "\"defaults\" must be an object");
-        cv_status st = cv_rollout_spec_fields(v, &cfg->defaults, err);
+        st = cv_rollout_spec_fields(v, &cfg->defaults, err);
         return st ? cv_error_wrap(err, "defaults") : CV_OK;
     }
     return cv_errorf(err, CV_EFORMAT, "unknown key \"%s\"", key);
@@ -141,6 +191,9 @@ cv_status cv_cp_config_parse(const char *text, size_t len, cv_cp_config *cfg, cv
         st = cv_errorf(err, CV_EFORMAT, "\"defaults\" cannot hold \"id\"");
     if (!st && (cfg->n_servers > 0) == (cfg->dns_name[0] != 0))
         st = cv_errorf(err, CV_EFORMAT, "exactly one of \"servers\" and \"dns\" is required");
+    if (!st && cfg->token_file[0] && cfg->token_env[0])
+        st = cv_errorf(err, CV_EFORMAT,
+                       "\"server_token_file\" and \"server_token_env\" both set: choose one");
     json_decref(o);
     return st ? cv_error_wrap(err, "config") : CV_OK;
 }

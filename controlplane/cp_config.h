@@ -13,11 +13,19 @@
  *   "shift_deadline_s": 60,
  *   "keep_previous_s": 300,                   old version stays loaded after promotion
  *   "smoke_prompt": "Hello", "smoke_tokens": 4,
+ *   "metrics_listen": "0.0.0.0:9465",         /metrics, /healthz, /readyz (off when absent)
+ *   "server_tls": {"ca": "ca.pem",            TLS to the servers' Admin API (off when
+ *                  "cert": "c.pem", "key": "c.key",   absent); cert+key: mTLS;
+ *                  "server_name": "corvid.ns.svc"},   name checked in their certificate
+ *                                             (default: the address's host)
+ *   "server_token_file": "/run/token",        bearer token (admin scope) for the servers,
+ *   "server_token_env": "CORVID_TOKEN",       from a file or an environment variable
  *   "defaults": {rollout fields, see rollout.h: strategy, steps, max_error_rate,
  *                max_p99_ttft_ms, window_ms, min_requests, failure_limit}
  * }
  * Unknown keys, wrong types and out-of-range values are refused with the key named.
- * Exactly one of "servers" and "dns" is required.
+ * Exactly one of "servers" and "dns" is required; at most one token source. Parsing
+ * reads no file: server_creds.h loads the TLS material and the token at start.
  */
 #ifndef CV_CP_CONFIG_H
 #define CV_CP_CONFIG_H
@@ -45,6 +53,9 @@ typedef struct cv_cp_config {
     int keep_previous_s;
     char smoke_prompt[256];
     int smoke_tokens;
+    char metrics_listen[128]; /* "" when off */
+    char tls_ca[512], tls_cert[512], tls_key[512], tls_server_name[256]; /* tls_ca "": plaintext */
+    char token_file[512], token_env[128];                                   /* both "": none */
     cv_rollout_spec defaults;
 } cv_cp_config;
 

@@ -22,6 +22,7 @@ struct cv_etcd {
     pthread_mutex_t mu; /* guards pool */
     CURL *pool[POOL_MAX];
     size_t n_pool;
+    atomic_uint_fast64_t failed_calls;
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -131,6 +132,8 @@ void cv_etcd_close(cv_etcd *c) {
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
+
+uint64_t cv_etcd_failed_calls(cv_etcd *c) { return atomic_load(&c->failed_calls); }
 
 size_t cv_etcd_endpoint_count(const cv_etcd *c) { return c->n_urls; }
 const char *cv_etcd_endpoint(const cv_etcd *c, size_t i) { return c->urls[i % c->n_urls]; }
@@ -315,6 +318,7 @@ static cv_status call(cv_etcd *c, const char *what, const char *path, json_t *re
                   c->cfg.timeout_ms, attempts, list[0] ? list : e.msg);
     }
 out:
+    if (st) atomic_fetch_add(&c->failed_calls, 1);
     give_back(c, h);
     free(body);
     return st;

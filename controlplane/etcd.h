@@ -152,6 +152,10 @@ cv_status cv_etcd_lease_grant(cv_etcd *c, int64_t ttl_s, int64_t *id, int64_t *g
 cv_status cv_etcd_lease_keepalive(cv_etcd *c, int64_t id, int64_t *ttl, cv_error *err);
 cv_status cv_etcd_lease_revoke(cv_etcd *c, int64_t id, cv_error *err);
 
+/* Calls (of any thread) that ended in an error: no endpoint answered in time, or
+ * etcd answered with an error status. A compare that fails in a txn is no error. */
+uint64_t cv_etcd_failed_calls(cv_etcd *c);
+
 void cv_etcd_kv_free(cv_etcd_kv *kv);
 void cv_etcd_range_result_free(cv_etcd_range_result *r);
 void cv_etcd_txn_result_free(cv_etcd_txn_result *r);

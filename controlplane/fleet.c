@@ -9,6 +9,7 @@
 
 struct cv_fleet {
     const cv_cp_config *cfg;
+    const cv_server_creds *creds;
     cv_fleet_server **servers;
     size_t n;
     int64_t next_resolve_ms;
@@ -21,12 +22,13 @@ static void server_free(cv_fleet_server *s) {
     free(s);
 }
 
-static cv_status server_new(const cv_cp_config *cfg, const char *addr, cv_fleet_server **out,
+static cv_status server_new(const cv_fleet *f, const char *addr, cv_fleet_server **out,
                             cv_error *err) {
     cv_fleet_server *s = calloc(1, sizeof *s);
     if (!s) return cv_errorf(err, CV_ENOMEM, "out of memory");
     snprintf(s->addr, sizeof s->addr, "%s", addr);
-    corvid_client_options opt = {.addr = s->addr, .timeout_s = cfg->admin_timeout_ms / 1e3};
+    corvid_client_options opt = {.addr = s->addr, .timeout_s = f->cfg->admin_timeout_ms / 1e3};
+    cv_server_creds_apply(f->creds, &opt);
     corvid_error ce;
     if (corvid_client_new(&opt, &s->client, &ce) != 0) {
         free(s);
@@ -99,7 +101,7 @@ static cv_status set_members(cv_fleet *f, char *const *addrs, size_t n, bool *ch
             }
         }
         if (next[i]) continue;
-        cv_status st = server_new(f->cfg, addrs[i], &next[i], err);
+        cv_status st = server_new(f, addrs[i], &next[i], err);
         if (st) {
             for (size_t k = 0; k < i; k++) server_free(next[k]); /* old ones already moved */
             free(next);
@@ -114,10 +116,12 @@ static cv_status set_members(cv_fleet *f, char *const *addrs, size_t n, bool *ch
     return CV_OK;
 }
 
-cv_status cv_fleet_open(const cv_cp_config *cfg, cv_fleet **out, cv_error *err) {
+cv_status cv_fleet_open(const cv_cp_config *cfg, const cv_server_creds *creds, cv_fleet **out,
+                        cv_error *err) {
     cv_fleet *f = calloc(1, sizeof *f);
     if (!f) return cv_errorf(err, CV_ENOMEM, "out of memory");
     f->cfg = cfg;
+    f->creds = creds;
     bool changed;
     /* A DNS fleet starts empty: its first cv_fleet_refresh resolves it, so a name
      * without records yet (no ready pods) delays the fleet instead of failing start. */
@@ -159,16 +163,21 @@ static void *probe_one(void *arg) {
     probe_job *job = arg;
     cv_fleet_server *s = job->server;
     corvid_error ce;
+    char before[sizeof s->error];
+    memcpy(before, s->error, sizeof before);
     corvid_server_status_free(&s->status);
     memset(&s->status, 0, sizeof s->status);
     s->reachable = corvid_admin_status(s->client, job->window_s, &s->status, &ce) == 0;
     if (!s->reachable) {
+        s->error_code = ce.code;
         snprintf(s->error, sizeof s->error, "%s: %.480s", corvid_code_name(ce.code), ce.message);
         corvid_server_status_free(&s->status);
         memset(&s->status, 0, sizeof s->status);
     } else {
         s->error[0] = 0;
+        s->error_code = CORVID_OK;
     }
+    s->changed = strcmp(before, s->error) != 0;
     return NULL;
 }
 

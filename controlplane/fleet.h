@@ -8,6 +8,7 @@
  *
  * cv_fleet_probe calls Admin.GetStatus on every server in parallel, each bounded by
  * admin_timeout_ms; a server that does not answer is unreachable until it does.
+ * Every client presents the same credentials (TLS CA, client certificate, token).
  * Servers are owned by the fleet; pointers stay valid until the next refresh.
  */
 #ifndef CV_FLEET_H
@@ -18,19 +19,23 @@
 
 #include "corvid/client.h"
 #include "cp_config.h"
+#include "server_creds.h"
 
 typedef struct cv_fleet_server {
     char addr[288];
     corvid_client *client;
     bool reachable;
     char error[512];             /* why the last probe failed */
+    int error_code;              /* its status code (corvid/client.h) */
+    bool changed;                /* the last probe changed reachable or error (worth a log) */
     corvid_server_status status; /* the last probe's answer, when reachable */
 } cv_fleet_server;
 
 typedef struct cv_fleet cv_fleet;
 
-/* cfg must outlive the fleet. */
-cv_status cv_fleet_open(const cv_cp_config *cfg, cv_fleet **out, cv_error *err);
+/* cfg and creds must outlive the fleet. */
+cv_status cv_fleet_open(const cv_cp_config *cfg, const cv_server_creds *creds, cv_fleet **out,
+                        cv_error *err);
 void cv_fleet_close(cv_fleet *f);
 /* Re-resolves the DNS name when due; *changed says whether membership moved. */
 cv_status cv_fleet_refresh(cv_fleet *f, int64_t now_ms, bool *changed, cv_error *err);

@@ -1,6 +1,8 @@
 /* corvid-controlplane: runs the control plane, or edits and reads its keys in etcd.
  *
- *   corvid-controlplane run --config FILE
+ *   corvid-controlplane run --config FILE [--metrics-listen HOST:PORT]
+ *   corvid-controlplane --check-config --config FILE   (parse and check; no etcd, no
+ *       files it names are read: those are read by run)
  *   corvid-controlplane version add MODEL VERSION --uri U --sha256 H [--notes TEXT]
  *   corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]
  *       [--steps 10,50,100] [--max-error-rate 0.05] [--max-p99-ttft-ms 500]
@@ -20,7 +22,9 @@
 
 #include "controller.h"
 #include "cp_config.h"
+#include "cp_metrics.h"
 #include "etcd.h"
+#include "http_endpoint.h"
 #include "rollout.h"
 
 static volatile sig_atomic_t stop_flag;
@@ -34,12 +38,14 @@ typedef struct opts {
     size_t n_words;
     const char *etcd, *prefix, *config, *uri, *sha256, *notes, *strategy, *steps;
     const char *max_error_rate, *max_p99, *window, *min_requests, *failure_limit;
-    bool json;
+    const char *metrics_listen;
+    bool json, check_config;
 } opts;
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: corvid-controlplane run --config FILE\n"
+            "usage: corvid-controlplane run --config FILE [--metrics-listen HOST:PORT]\n"
+            "       corvid-controlplane --check-config --config FILE\n"
             "       corvid-controlplane version add MODEL VERSION --uri U --sha256 H [--notes T]\n"
             "       corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]\n"
             "           [--steps 10,50,100] [--max-error-rate R] [--max-p99-ttft-ms MS]\n"
@@ -63,11 +69,13 @@ static int parse_args(int argc, char **argv, int first, opts *o) {
         {"--max-p99-ttft-ms", offsetof(opts, max_p99)},
         {"--window", offsetof(opts, window)},      {"--min-requests", offsetof(opts, min_requests)},
         {"--failure-limit", offsetof(opts, failure_limit)},
+        {"--metrics-listen", offsetof(opts, metrics_listen)},
     };
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--json") == 0) {
-            o->json = true;
+        if (strcmp(a, "--json") == 0 || strcmp(a, "--check-config") == 0) {
+            if (strcmp(a, "--json") == 0) o->json = true;
+            else o->check_config = true;
             continue;
         }
         if (a[0] != '-') {
@@ -96,6 +104,8 @@ static int settings(const opts *o, cv_cp_config *cfg) {
     }
     if (o->etcd) snprintf(cfg->etcd, sizeof cfg->etcd, "%s", o->etcd);
     if (o->prefix) snprintf(cfg->prefix, sizeof cfg->prefix, "%s", o->prefix);
+    if (o->metrics_listen)
+        snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", o->metrics_listen);
     if (!cfg->etcd[0]) {
         fprintf(stderr, "corvid-controlplane: no etcd endpoints (--etcd or the config's \"etcd\")\n");
         return 2;
@@ -295,27 +305,62 @@ static int rollout_status(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
     return 0;
 }
 
+static char *render_metrics(void *ctx) { return cv_cp_metrics_render(ctx); }
+static int is_ready(void *ctx) { return cv_cp_metrics_ready(ctx); }
+
+/* What run would refuse, found without etcd: the endpoints' and the listener's syntax. */
+static int check_config(const cv_cp_config *cfg) {
+    cv_error err;
+    cv_etcd *c = NULL;
+    cv_etcd_config ec = {.endpoints = cfg->etcd};
+    if (cv_etcd_open(&ec, &c, &err) != CV_OK) return fail(&err);
+    cv_etcd_close(c);
+    if (cfg->metrics_listen[0] && cv_http_check_addr(cfg->metrics_listen, &err) != CV_OK) return fail(&err);
+    printf("config ok\n");
+    return 0;
+}
+
 static int run(cv_cp_config *cfg) {
     cv_error err;
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
-    fprintf(stderr, "corvid-controlplane: %s running, etcd %s, %zu static servers%s%s\n", cfg->id,
-            cfg->etcd, cfg->n_servers, cfg->dns_name[0] ? ", dns " : "", cfg->dns_name);
-    return cv_controller_run(cfg, &stop_flag, &err) == CV_OK ? 0 : fail(&err);
+    cv_cp_metrics *metrics = NULL;
+    cv_http *http = NULL;
+    if (cv_cp_metrics_new(&metrics, &err) != CV_OK) return fail(&err);
+    if (cfg->metrics_listen[0]) {
+        cv_http_callbacks cb = {render_metrics, is_ready, metrics};
+        int port = 0;
+        if (cv_http_start(cfg->metrics_listen, &cb, &http, &port, &err) != CV_OK) {
+            cv_cp_metrics_free(metrics);
+            return fail(&err);
+        }
+        fprintf(stderr, "corvid-controlplane: metrics on http://%s (port %d): /metrics /healthz /readyz\n",
+                cfg->metrics_listen, port);
+    }
+    fprintf(stderr, "corvid-controlplane: %s running, etcd %s, %zu static servers%s%s%s%s\n", cfg->id,
+            cfg->etcd, cfg->n_servers, cfg->dns_name[0] ? ", dns " : "", cfg->dns_name,
+            cfg->tls_ca[0] ? ", TLS to servers" : "",
+            cfg->token_file[0] || cfg->token_env[0] ? ", bearer token" : "");
+    int rc = cv_controller_run(cfg, metrics, &stop_flag, &err) == CV_OK ? 0 : fail(&err);
+    cv_http_stop(http);
+    cv_cp_metrics_free(metrics);
+    return rc;
 }
 
 int main(int argc, char **argv) {
     if (argc < 2) return usage();
-    const char *cmd = argv[1];
+    /* Options may come first only for --check-config, which takes no subcommand. */
+    const char *cmd = argv[1][0] == '-' ? "" : argv[1];
     const char *sub = argc > 2 && strcmp(cmd, "run") != 0 ? argv[2] : "";
     opts o = {0};
-    if (parse_args(argc, argv, 2, &o)) return 2;
+    if (parse_args(argc, argv, cmd[0] ? 2 : 1, &o)) return 2;
+    if (o.check_config && !o.config) return usage();
     cv_cp_config cfg;
     int rc = settings(&o, &cfg);
     if (rc) return rc;
-    if (strcmp(cmd, "run") == 0) {
-        rc = o.config ? run(&cfg) : usage();
+    if (o.check_config || strcmp(cmd, "run") == 0) {
+        rc = !o.config ? usage() : o.check_config ? check_config(&cfg) : run(&cfg);
         cv_cp_config_free(&cfg);
         return rc;
     }

@@ -2,7 +2,9 @@
  * status that come out of etcd (written by anyone with access to it).
  *
  * The first byte picks the parser; the rest is its input. A status that parses must
- * encode back and parse to the same struct; a spec that parses must have valid steps.
+ * encode back and parse to the same struct; a spec that parses must have valid steps;
+ * a config that parses holds TLS material only with its CA, a client certificate only
+ * with its key, and at most one token source.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,7 +21,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cv_cp_config_defaults(&cfg);
     switch (data[0] % 3) {
     case 0:
-        cv_cp_config_parse(text, len, &cfg, NULL);
+        if (cv_cp_config_parse(text, len, &cfg, NULL) != CV_OK) break;
+        if ((cfg.tls_cert[0] || cfg.tls_key[0] || cfg.tls_server_name[0]) && !cfg.tls_ca[0]) abort();
+        if (!cfg.tls_cert[0] != !cfg.tls_key[0] || (cfg.token_file[0] && cfg.token_env[0])) abort();
         break;
     case 1: {
         cv_rollout_spec spec;

@@ -8,16 +8,18 @@ checked offline:
   the prometheus-operator objects structurally (their CRD schemas are not shipped);
 - yamllint on the rendered manifests and the values files; `helm lint --strict`;
 - invariants: probe ports are container ports, the gRPC probes ask for health service
-  names that a real corvid-server answers SERVING, server.json passes
-  `corvid-server --check-config` and controlplane.json the real corvid-controlplane,
+  names that a real corvid-server answers SERVING, the control plane's HTTP probes
+  are /healthz and /readyz on its metrics port, server.json passes
+  `corvid-server --check-config` and controlplane.json `corvid-controlplane
+  --check-config` (with TLS and token settings that match the pod's mounts and env),
   while each key of server-pending.json is accepted
   by the server now (device cuda: a CUDA build), grace period > preStop + drain timeout,
   non-root and read-only root everywhere, GPUs and tp only in GPU mode;
 - values.schema.json and the template checks reject each file of tests/helm/bad-values;
 - every corvid_* metric a dashboard panel or alert rule uses is exported by a real
-  corvid-server (stories260K) scraped on 127.0.0.1, except the GPU gauges (written only
-  where NVML finds GPUs: checked in server/metrics.c instead) and the names listed in
-  PENDING, which are printed on every run and must not be exported yet;
+  corvid-server (stories260K) or a real corvid-controlplane (leading a rollout on a
+  real etcd), both scraped on 127.0.0.1, except the GPU gauges (written only where
+  NVML finds GPUs: checked in server/metrics.c instead);
 - files/fetch-model.sh against a local HTTP server (good digest, bad digest, kept file);
 - the Dockerfile (BuildKit's parser): both variants, .ci/run's build commands, the
   chart's user and ports.
@@ -36,12 +38,13 @@ import urllib.request
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helm"))
 import chartlib  # noqa: E402
 from corvid_testlib import BIN, SHARED, TMP, Checks, Server, free_port, proto_modules  # noqa: E402
+from cp_testlib import ControlPlane, cli  # noqa: E402
+from etcd_testlib import Etcd  # noqa: E402
 
 # Metrics the dashboard and alerts use that a CPU-only test machine cannot see:
 # corvid-server writes the GPU gauges only where NVML finds GPUs (the test checks that
-# server/metrics.c writes them), and corvid-controlplane has no metrics endpoint yet.
+# server/metrics.c writes them).
 GPU_ONLY = {"corvid_gpu_utilization_ratio", "corvid_gpu_memory_used_bytes", "corvid_gpu_memory_total_bytes"}
-PENDING = {"corvid_rollout_phase": "corvid-controlplane"}
 KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
 GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
 MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
@@ -105,7 +108,7 @@ def prometheus_operator_objects():
     sel = sm["spec"]["selector"]["matchLabels"]
     scraped = [s for _, s in d if s["kind"] == "Service" and sel.items() <= s["metadata"]["labels"].items()
                and any(p["name"] == "metrics" for p in s["spec"]["ports"])]
-    assert {s["metadata"]["name"] for s in scraped} == {"corvid"}, scraped
+    assert {s["metadata"]["name"] for s in scraped} == {"corvid", "corvid-controlplane"}, scraped
     rule = chartlib.find(d, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
     assert set(alerts) == {"CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh"}, alerts
@@ -193,6 +196,12 @@ def probe_ports():
     tls = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]["containers"][0]
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert tls[kind]["grpc"]["port"] == 50052, (kind, tls[kind])
+    for name in RENDERS:
+        cp = chartlib.find(docs(name), "Deployment", "-controlplane")["spec"]["template"]["spec"]["containers"][0]
+        assert cp["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}, cp["livenessProbe"]
+        assert cp["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, cp["readinessProbe"]
+        cfg = json.loads(chartlib.find(docs(name), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+        assert cfg["metrics_listen"] == "0.0.0.0:%d" % cp["ports"][0]["containerPort"], (cfg, cp["ports"])
     # The startup probe gives a model this long to load (period x threshold).
     sp = tls["startupProbe"]
     assert sp["periodSeconds"] * sp["failureThreshold"] >= 600, sp
@@ -245,6 +254,8 @@ def pending_server_keys():
     notes = RENDERS["gpu-canary-tls"]["corvid/templates/NOTES.txt"]
     assert "NOT in effect yet" in notes and '"tp": 2' in notes, notes
     assert "NOT in effect" not in RENDERS["default"]["corvid/templates/NOTES.txt"]
+    # The control plane presents the CA and the admin token now: no warning about it.
+    assert "does not yet present" not in notes and "(TLS), with the admin token" in notes, notes
     # corvid-server reads both now (--device, --tp): they belong in corvid.serverConfig.
     for key, value in pending.items():
         path = os.path.join(TMP, "pending-%s.json" % key)
@@ -257,34 +268,39 @@ def pending_server_keys():
 
 
 def controlplane_config():
-    """controlplane.json through the real corvid-controlplane: `run` parses the config
-    before it reaches for etcd, and says "running" only once the config is accepted."""
+    """controlplane.json through `corvid-controlplane --check-config`; under TLS and auth
+    it names the mounted CA and the env var that holds the admin token."""
     exe = os.path.join(BIN, "corvid-controlplane")
     cmd = chartlib.find(docs("default"), "Deployment", "-controlplane")["spec"]["template"]["spec"]["containers"][0]
     assert cmd["command"] == ["corvid-controlplane", "run", "--config", "/etc/corvid/controlplane.json"], cmd
 
-    def start(path):
-        # An etcd that answers nothing: the run stops at its first etcd call.
-        p = subprocess.Popen([exe, "run", "--config", path, "--etcd", "http://127.0.0.1:%d" % free_port()],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        try:
-            out, _ = p.communicate(timeout=3)
-        except subprocess.TimeoutExpired:
-            p.terminate()
-            out, _ = p.communicate(timeout=10)
-        return out
+    def check(path):
+        r = subprocess.run([exe, "--check-config", "--config", path], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=30)
+        return r.returncode, r.stdout
     for name in RENDERS:
         text = chartlib.find(docs(name), "ConfigMap", "-controlplane")["data"]["controlplane.json"]
         path = os.path.join(TMP, name + "-controlplane.json")
         with open(path, "w") as f:
             f.write(text)
-        out = start(path)
-        assert " running, etcd " in out and ", dns corvid-servers.ai.svc.cluster.local" in out, (name, out)
-    bad = os.path.join(TMP, "bad-controlplane.json")
-    with open(bad, "w") as f:
-        json.dump(dict(json.loads(text), metrics_listen="0.0.0.0:9465"), f)
-    out = start(bad)
-    assert "running" not in out and "metrics_listen" in out, out
+        rc, out = check(path)
+        assert rc == 0 and out.strip() == "config ok", (name, out)
+    tls = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-controlplane")["spec"]["template"]["spec"]
+    cfg = json.loads(chartlib.find(docs("gpu-canary-tls"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    c = tls["containers"][0]
+    assert cfg["server_tls"] == {"ca": "/etc/corvid/tls/ca.crt", "server_name": "corvid.ai.svc"}, cfg
+    assert any(m["mountPath"] == cfg["server_tls"]["ca"] for m in c["volumeMounts"]), c["volumeMounts"]
+    assert cfg["server_token_env"] in {e["name"] for e in c["env"]}, c["env"]
+    plain = json.loads(chartlib.find(docs("default"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    assert "server_tls" not in plain and "server_token_env" not in plain, plain
+    # The check refuses what run would refuse, or passing it proves nothing.
+    for bad_key, needle in ((dict(no_such_key=1), "no_such_key"), (dict(metrics_listen="0.0.0.0"), "metrics_listen"),
+                            (dict(server_tls={"server_name": "x"}), "needs \"ca\"")):
+        bad = os.path.join(TMP, "bad-controlplane.json")
+        with open(bad, "w") as f:
+            json.dump(dict(cfg, **bad_key), f)
+        rc, out = check(bad)
+        assert rc != 0 and needle in out, (bad_key, out)
 
 
 def drain_within_grace():
@@ -423,6 +439,24 @@ def promql_names():
     return found, exprs
 
 
+def controlplane_exports(server_addr):
+    """The names a real corvid-controlplane exports while it leads a rollout of one
+    registered version on a real etcd, driving the server at server_addr."""
+    etcd = Etcd()
+    cp = None
+    try:
+        cp = ControlPlane("cp-dashboard", {"etcd": etcd.url, "servers": [server_addr], "poll_ms": 200,
+                                           "election_ttl_s": 3})
+        cli(etcd.url, "version", "add", "stories", "v2", "--uri", MODEL)
+        cli(etcd.url, "rollout", "start", "stories", "v2", "--min-requests", "0", "--window", "500ms")
+        cp.wait(lambda: any(n == "corvid_rollout_phase" for n, _ in cp.metrics()), 20, "corvid_rollout_phase")
+        return {n for n, _ in cp.metrics()}
+    finally:
+        if cp:
+            cp.stop()
+        etcd.destroy()
+
+
 def metric_names_exported():
     used, exprs = promql_names()
     assert len(exprs) >= 15, len(exprs)
@@ -438,24 +472,20 @@ def metric_names_exported():
             text = resp.read().decode()
         # The probes' service names, asked of the real server: all SERVING once loaded.
         health_services_serving(srv.addr)
+        from_cp = controlplane_exports(srv.addr)
     finally:
         srv.stop()
-    exported = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
+    from_server = {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)[{ ]", text, re.M)}
     names = {n for n, _ in used}
-    missing = sorted({(n, w) for n, w in used if n not in exported and n not in PENDING and n not in GPU_ONLY})
+    missing = sorted({(n, w) for n, w in used if n not in from_server | from_cp and n not in GPU_ONLY})
     assert not missing, "used but not exported: %s" % missing
     source = open(os.path.join(chartlib.ROOT, "server", "metrics.c")).read()
     for n in sorted(GPU_ONLY):
         assert n in names, "GPU_ONLY lists %s, which no panel or rule uses" % n
         assert '"%s{gpu=' % n in source, "server/metrics.c does not write %s" % n
         print("  GPU only (written by server/metrics.c where NVML finds GPUs; none here): %s" % n)
-    for n in sorted(PENDING):
-        assert n in names, "PENDING lists %s, which no panel or rule uses" % n
-        print("  PENDING (not exported yet, must come from %s): %s" % (PENDING[n], n))
-    print("  %d names used; the other %d exported by the server scraped here" % (
-        len(names), len(names - GPU_ONLY - set(PENDING))))
-    now = sorted(n for n in PENDING if n in exported)
-    assert not now, "now exported, drop them from PENDING: %s" % now
+    print("  %d names used: %d exported by the server, %d by the control plane scraped here, %d GPU only" % (
+        len(names), len(names & from_server), len(names & from_cp), len(names & GPU_ONLY)))
 
 
 def health_services_serving(addr):

@@ -21,7 +21,9 @@ static void test_full_config(void **state) {
              "{\"etcd\":\"http://127.0.0.1:1,http://127.0.0.1:2\",\"prefix\":\"/x\",\"id\":\"cp-1\","
              "\"servers\":[\"127.0.0.1:5000\",\"[::1]:5001\"],\"poll_ms\":%d,\"keep_previous_s\":0,"
              "\"smoke_prompt\":\"Hi\",\"defaults\":{\"strategy\":\"canary\",\"steps\":[25,100],"
-             "\"window_ms\":1500,\"min_requests\":7}}",
+             "\"window_ms\":1500,\"min_requests\":7},\"metrics_listen\":\"0.0.0.0:9465\","
+             "\"server_tls\":{\"ca\":\"/t/ca.crt\",\"cert\":\"/t/c.crt\",\"key\":\"/t/c.key\","
+             "\"server_name\":\"corvid.ai.svc\"},\"server_token_env\":\"CORVID_TOKEN\"}",
              poll);
     cv_cp_config cfg;
     cv_error err;
@@ -37,6 +39,13 @@ static void test_full_config(void **state) {
     assert_int_equal(cfg.defaults.n_steps, 2);
     assert_int_equal(cfg.defaults.min_requests, 7);
     assert_int_equal(cfg.defaults.failure_limit, 2);
+    assert_string_equal(cfg.metrics_listen, "0.0.0.0:9465");
+    assert_string_equal(cfg.tls_ca, "/t/ca.crt");
+    assert_string_equal(cfg.tls_cert, "/t/c.crt");
+    assert_string_equal(cfg.tls_key, "/t/c.key");
+    assert_string_equal(cfg.tls_server_name, "corvid.ai.svc");
+    assert_string_equal(cfg.token_env, "CORVID_TOKEN");
+    assert_string_equal(cfg.token_file, "");
     cv_cp_config_free(&cfg);
 }
 
@@ -57,6 +66,13 @@ static void test_refusals_name_the_key(void **state) {
         {"{\"servers\":[\"a:1\"],\"defaults\":{\"steps\":[10]}}", "defaults: steps"},
         {"{\"servers\":[\"a:1\"],\"defaults\":{\"id\":\"x\"}}", "cannot hold \"id\""},
         {"{\"servers\":[\"a:1\"],\"prefix\":\"\"}", "\"prefix\" is 0 bytes"},
+        {"{\"servers\":[\"a:1\"],\"server_tls\":{\"cert\":\"c\",\"key\":\"k\"}}", "needs \"ca\""},
+        {"{\"servers\":[\"a:1\"],\"server_tls\":{\"ca\":\"a\",\"cert\":\"c\"}}", "go together"},
+        {"{\"servers\":[\"a:1\"],\"server_tls\":{\"ca\":\"a\",\"crt\":\"c\"}}", "\"server_tls.crt\""},
+        {"{\"servers\":[\"a:1\"],\"server_tls\":{\"ca\":7}}", "\"server_tls.ca\" must be a string"},
+        {"{\"servers\":[\"a:1\"],\"server_tls\":\"on\"}", "\"server_tls\" must be an object"},
+        {"{\"servers\":[\"a:1\"],\"server_token_file\":\"f\",\"server_token_env\":\"E\"}", "choose one"},
+        {"{\"servers\":[\"a:1\"],\"metrics_listen\":\"\"}", "\"metrics_listen\" is 0 bytes"},
         {"[1]", "not a JSON object"},
         {"{\"servers\":", "config: line 1"},
     };
@@ -97,7 +113,8 @@ static void test_fleet_from_dns_and_unreachable_probe(void **state) {
     cv_cp_config_defaults(&cfg);
     assert_int_equal(cv_cp_config_parse(text, strlen(text), &cfg, &err), CV_OK);
     cv_fleet *f;
-    assert_int_equal(cv_fleet_open(&cfg, &f, &err), CV_OK);
+    cv_server_creds none = {0};
+    assert_int_equal(cv_fleet_open(&cfg, &none, &f, &err), CV_OK);
     assert_int_equal(cv_fleet_count(f), 0); /* resolved on the first refresh */
     bool changed = false;
     assert_int_equal(cv_fleet_refresh(f, 1000000, &changed, &err), CV_OK);

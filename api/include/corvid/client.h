@@ -44,6 +44,9 @@ typedef struct corvid_client_options {
     const char *client_key_pem;
     const char *bearer_token;    /* sent as "authorization: Bearer ..." when set */
     double timeout_s;            /* per call; 0 = none */
+    /* TLS: the name the server's certificate must carry, when addr's host is not it
+     * (an address from a DNS lookup: pod IPs behind a Service's certificate). */
+    const char *tls_server_name;
 } corvid_client_options;
 
 typedef struct corvid_client corvid_client;

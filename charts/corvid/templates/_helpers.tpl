@@ -152,8 +152,10 @@ nothing is pending.
 
 {{/*
 controlplane.json in the form controlplane/cp_config.h parses (unknown keys are refused;
-the chart's test runs the real corvid-controlplane on it). The fleet comes from the
-headless Service; every replica campaigns for the lease, one leads.
+the chart's test runs `corvid-controlplane --check-config` on it). The fleet comes from
+the headless Service; every replica campaigns for the lease, one leads. Under TLS it
+verifies the servers with the TLS Secret's ca.crt against the Service's name (it calls
+pod IPs); under auth it presents the admin token from $CORVID_TOKEN.
 */}}
 {{- define "corvid.controlplaneConfig" -}}
 {{- $cp := .Values.controlplane -}}
@@ -177,7 +179,15 @@ headless Service; every replica campaigns for the lease, one leads.
   "election_ttl_s" $cp.leaseTtlSeconds
   "smoke_prompt" .Values.tests.prompt
   "defaults" $defaults
+  "metrics_listen" (printf "0.0.0.0:%d" (int $cp.metricsPort))
 -}}
+{{- if .Values.tls.enabled -}}
+{{- $name := default (printf "%s.%s.svc" (include "corvid.fullname" .) .Release.Namespace) $cp.serverName -}}
+{{- $_ := set $cfg "server_tls" (dict "ca" "/etc/corvid/tls/ca.crt" "server_name" $name) -}}
+{{- end -}}
+{{- if .Values.auth.enabled -}}
+{{- $_ := set $cfg "server_token_env" "CORVID_TOKEN" -}}
+{{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
 

@@ -72,12 +72,21 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss, socklen_t *
     return 0;
 }
 
-cv_status cv_http_start(const char *addr, const cv_http_callbacks *cb, cv_http **out, int *port,
-                        cv_error *err) {
+cv_status cv_http_check_addr(const char *addr, cv_error *err) {
     struct sockaddr_storage ss;
     socklen_t sl;
     if (parse_addr(addr, &ss, &sl) != 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen: \"%s\" is not IPv4:PORT or [IPv6]:PORT", addr);
+    return CV_OK;
+}
+
+cv_status cv_http_start(const char *addr, const cv_http_callbacks *cb, cv_http **out, int *port,
+                        cv_error *err) {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    cv_status st = cv_http_check_addr(addr, err);
+    if (st) return st;
+    parse_addr(addr, &ss, &sl);
     cv_http *h = calloc(1, sizeof *h);
     if (!h) return cv_errorf(err, CV_ENOMEM, "metrics endpoint: out of memory");
     h->cb = *cb;
