@@ -98,15 +98,20 @@ $(BUILD)/obj/%.cu.o: %.cu
 define mklib
 	@mkdir -p $(dir $@)
 	@rm -f $@
-	@ar rcs $@ $^
+	@ar rcs $@ $(filter %.o,$^)
 endef
 
-$(LIB_KERNELS): $(call obj,$(KERNEL_SRC)) ; $(mklib)
+# An archive is also rebuilt when its list of sources changes (a file moved or removed),
+# not only when a member is newer: a stale member would define its symbols twice.
+members = $(BUILD)/lib/$(1).members$(shell mkdir -p $(BUILD)/lib && echo '$(2)' | \
+  cmp -s - $(BUILD)/lib/$(1).members || echo '$(2)' > $(BUILD)/lib/$(1).members)
+
+$(LIB_KERNELS): $(call obj,$(KERNEL_SRC)) $(call members,kernels,$(KERNEL_SRC)) ; $(mklib)
 $(LIB_CUDA): $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRC)) ; $(mklib)
-$(LIB_ENGINE): $(call obj,$(ENGINE_SRC)) ; $(mklib)
-$(LIB_CLIENT): $(call obj,$(CLIENT_SRC)) ; $(mklib)
-$(LIB_CP): $(call obj,$(CP_SRC)) ; $(mklib)
-$(LIB_TESTSUP): $(call obj,$(TESTSUP_SRC)) ; $(mklib)
+$(LIB_ENGINE): $(call obj,$(ENGINE_SRC)) $(call members,engine,$(ENGINE_SRC)) ; $(mklib)
+$(LIB_CLIENT): $(call obj,$(CLIENT_SRC)) $(call members,client,$(CLIENT_SRC)) ; $(mklib)
+$(LIB_CP): $(call obj,$(CP_SRC)) $(call members,cp,$(CP_SRC)) ; $(mklib)
+$(LIB_TESTSUP): $(call obj,$(TESTSUP_SRC)) $(call members,testsupport,$(TESTSUP_SRC)) ; $(mklib)
 $(LIB_PROTO): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(mklib)
 
 LINK = @echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
