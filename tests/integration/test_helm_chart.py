@@ -441,15 +441,17 @@ def promql_names():
 
 def controlplane_exports(server_addr):
     """The names a real corvid-controlplane exports while it leads a rollout of one
-    registered version on a real etcd, driving the server at server_addr."""
+    registered version on a real etcd, driving the server at server_addr and failing
+    to reach a second address where nothing listens (so server errors are counted)."""
     etcd = Etcd()
     cp = None
     try:
-        cp = ControlPlane("cp-dashboard", {"etcd": etcd.url, "servers": [server_addr], "poll_ms": 200,
-                                           "election_ttl_s": 3})
+        cp = ControlPlane("cp-dashboard", {"etcd": etcd.url, "servers": [server_addr, "127.0.0.1:%d" % free_port()],
+                                           "poll_ms": 200, "election_ttl_s": 3, "admin_timeout_ms": 500})
         cli(etcd.url, "version", "add", "stories", "v2", "--uri", MODEL)
-        cli(etcd.url, "rollout", "start", "stories", "v2", "--min-requests", "0", "--window", "500ms")
-        cp.wait(lambda: any(n == "corvid_rollout_phase" for n, _ in cp.metrics()), 20, "corvid_rollout_phase")
+        cli(etcd.url, "rollout", "start", "stories", "v2")
+        wanted = {"corvid_rollout_phase", "corvid_controlplane_server_errors_total"}
+        cp.wait(lambda: wanted <= {n for n, _ in cp.metrics()}, 20, " and ".join(sorted(wanted)))
         return {n for n, _ in cp.metrics()}
     finally:
         if cp:
