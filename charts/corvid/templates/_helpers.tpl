@@ -73,8 +73,9 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
 {{/*
-server.json: only keys corvid-server accepts today (server/config.c); the chart's test
-runs `corvid-server --check-config` on it. Paths are the pod's mount points.
+server.json in the form corvid-server parses (server/config.c); the chart's test runs
+`corvid-server --check-config` on it. Paths are the pod's mount points. GPU mode: CUDA,
+and the model sharded over the pod's GPUs (tp = gpu.count).
 */}}
 {{- define "corvid.serverConfig" -}}
 {{- $c := .Values.server.config -}}
@@ -101,6 +102,10 @@ runs `corvid-server --check-config` on it. Paths are the pod's mount points.
 {{- end -}}
 {{- if include "corvid.serverAuthConfig" . -}}
 {{- $_ := set $cfg "auth_config" "/etc/corvid/auth.json" -}}
+{{- end -}}
+{{- if .Values.gpu.enabled -}}
+{{- $_ := set $cfg "device" "cuda" -}}
+{{- $_ := set $cfg "tp" (int .Values.gpu.count) -}}
 {{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
@@ -133,21 +138,6 @@ rate_limit, audit_log), read through server.json's auth_config. Empty when off.
 {{- $_ := set $auth "allowlist" .Values.auth.allowlist -}}
 {{- end -}}
 {{- if $auth -}}{{- toPrettyJson $auth -}}{{- end -}}
-{{- end -}}
-
-{{/*
-server-pending.json: settings chosen in values whose server side is not built yet (CUDA
-with tensor parallelism). They belong in server.json once corvid-server accepts these
-keys; until then the server does not read this file and NOTES.txt says so. Empty when
-nothing is pending.
-*/}}
-{{- define "corvid.serverPendingConfig" -}}
-{{- $p := dict -}}
-{{- if .Values.gpu.enabled -}}
-{{- $_ := set $p "device" "cuda" -}}
-{{- $_ := set $p "tp" (int .Values.gpu.count) -}}
-{{- end -}}
-{{- if $p -}}{{- toPrettyJson $p -}}{{- end -}}
 {{- end -}}
 
 {{/*
