@@ -7,10 +7,14 @@
  * Ceilings: device-to-device copy bandwidth (bytes read + written per second) over
  * M MiB (default 2048), and cuBLAS FP16 GEMM throughput at N x N x N (default 8192).
  * Per model: decode at B = 1, 8, 32 sequences stepping together for S steps (default
- * 64) from an empty context, and one prefill of P random tokens (default 512).
- * Each figure is the median of R runs (default 3).
- *   decode roofline_fraction = weight bytes x steps/s / copy bandwidth
+ * 64) from an empty context, with CUDA graphs and op by op (graphs off), and one
+ * prefill of P random tokens (default 512). Each figure is the median of R runs
+ * (default 3).
+ *   decode roofline_fraction = weight bytes x steps/s / copy bandwidth (with graphs)
+ *   decode graph_speedup     = tokens/s with graphs / tokens/s op by op
+ *   decode tokens_equal      = both modes generated the same greedy tokens
  *   prefill gemm_fraction    = 2 x matmul parameters x tokens/s / GEMM throughput
+ * The backend's graph counters (captures, replays, steps op by op) close the output.
  * One JSON object on stdout; without CUDA or a GPU, {"error": ...} and exit 2.
  */
 #include <getopt.h>
@@ -65,8 +69,9 @@ static double matmul_params(const cv_hparams *hp) {
     return hp->n_layers * (hp->dim * (qd + 2 * kvd) + qd * hp->dim + 3.0 * hp->dim * hp->ffn_dim);
 }
 
-/* Tokens per second of b sequences decoding `steps` greedy tokens together. */
-static cv_status time_decode(run *r, int32_t b, int32_t steps, double *tps, cv_error *err) {
+/* Tokens per second of b sequences decoding `steps` greedy tokens together; *digest
+ * folds in every token generated. */
+static cv_status time_decode(run *r, int32_t b, int32_t steps, double *tps, uint64_t *digest, cv_error *err) {
     const int32_t nv = cv_model_hparams(r->m)->n_vocab;
     cv_status s = CV_OK;
     for (int32_t i = 0; i < b; i++) {
@@ -82,7 +87,10 @@ static cv_status time_decode(run *r, int32_t b, int32_t steps, double *tps, cv_e
         }
         cv_batch batch = {.n = b, .tokens = r->tok, .pos = r->pos, .seq = r->seq, .want_logits = r->want};
         if (!s) s = cv_model_forward(r->m, r->kv, &batch, r->logits, err);
-        for (int32_t i = 0; i < b && !s; i++) r->tok[i] = cv_argmax(r->logits + (size_t)i * nv, nv);
+        for (int32_t i = 0; i < b && !s; i++) {
+            r->tok[i] = cv_argmax(r->logits + (size_t)i * nv, nv);
+            *digest = (*digest ^ (uint64_t)r->tok[i]) * 0x100000001b3ULL;
+        }
     }
     *tps = (double)b * steps / (cv_seconds() - t0);
     for (int32_t i = 0; i < b; i++) cv_kv_release(r->kv, i);
@@ -139,14 +147,24 @@ static cv_status bench_model(const cfg *c, cv_backend *be, const char *path, dou
     double tps[MAX_RUNS], b1 = 0;
     for (int bi = 0; bi < N_BATCHES; bi++) {
         const int32_t b = DECODE_BATCHES[bi];
-        for (int i = 0; i < c->runs; i++)
-            if ((s = time_decode(&r, b, c->steps, &tps[i], err))) goto out;
-        const double t = median(tps, c->runs);
-        if (b == 1) b1 = t;
-        json_array_append_new(dec, json_pack("{s:i, s:f, s:f, s:f}", "batch", b, "tokens_per_s", t,
-                                             "roofline_fraction", wbytes * (t / b) / (copy_gbps * 1e9),
-                                             "aggregate_over_b1", b1 > 0 ? t / b1 : 0.0));
+        double t[2];
+        uint64_t digest[2];
+        for (int graphs = 1; graphs >= 0; graphs--) {
+            if ((s = cv_cuda_graphs_enable(be, graphs, err))) goto out;
+            for (int i = 0; i < c->runs; i++) {
+                digest[graphs] = 0xcbf29ce484222325ULL;
+                if ((s = time_decode(&r, b, c->steps, &tps[i], &digest[graphs], err))) goto out;
+            }
+            t[graphs] = median(tps, c->runs);
+        }
+        if (b == 1) b1 = t[1];
+        json_array_append_new(dec, json_pack("{s:i, s:f, s:f, s:f, s:f, s:f, s:b}", "batch", b, "tokens_per_s", t[1],
+                                             "eager_tokens_per_s", t[0], "graph_speedup", t[1] / t[0],
+                                             "roofline_fraction", wbytes * (t[1] / b) / (copy_gbps * 1e9),
+                                             "aggregate_over_b1", b1 > 0 ? t[1] / b1 : 0.0, "tokens_equal",
+                                             digest[0] == digest[1]));
     }
+    if ((s = cv_cuda_graphs_enable(be, 1, err))) goto out;
     for (int i = 0; i < c->runs; i++)
         if ((s = time_prefill(&r, c->prefill, &tps[i], err))) goto out;
     const double pt = median(tps, c->runs), pflops = 2 * matmul_params(hp) * pt / 1e12;
@@ -224,6 +242,12 @@ int main(int argc, char **argv) {
 out:;
     json_t *j = json_pack("{s:i, s:f, s:f, s:i, s:O}", "device", c.device, "copy_gbps", gbps, "gemm_fp16_tflops",
                           tflops, "runs", c.runs, "models", models);
+    cv_cuda_graph_stats gs;
+    if (!cv_cuda_graph_stats_get(be, &gs, &err))
+        json_object_set_new(j, "graphs", json_pack("{s:b, s:I, s:I, s:I, s:i, s:s}", "enabled", gs.enabled, "captures",
+                                                   (json_int_t)gs.captures, "replays", (json_int_t)gs.replays, "eager",
+                                                   (json_int_t)gs.eager, "cached", gs.cached, "off_reason",
+                                                   gs.off_reason));
     if (rc) json_object_set_new(j, "error", json_string(err.msg));
     json_dumpf(j, stdout, JSON_COMPACT);
     putchar('\n');

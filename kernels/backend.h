@@ -148,6 +148,17 @@ typedef struct cv_backend_ops {
      * q and out are [n][n_heads * head_dim]; out must not alias q. */
     void (*attention)(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv,
                       const cv_attn_row *rows, int32_t n, const float *q, float *out);
+
+    /* Optional (NULL where a backend has none): the ops called between graph_begin and
+     * graph_end form one step that the backend may record once (a CUDA graph) and
+     * replay whenever a later step calls the same ops with the same arguments, pointers
+     * and values alike. So a step's changing inputs (token ids, positions, attention
+     * rows) must reach the ops through buffers filled before graph_begin, not as
+     * values. Any other call of the table in between (upload, synchronize, ...) first
+     * runs the ops so far, and the rest of the step runs unrecorded: always correct,
+     * only slower. Errors surface at the next synchronize, as for ops. */
+    void (*graph_begin)(cv_backend *be);
+    void (*graph_end)(cv_backend *be);
 } cv_backend_ops;
 
 struct cv_backend {

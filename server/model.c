@@ -552,6 +552,10 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
     const cv_attn_params ap = {.n_heads = n_heads, .scale = hp->attn_scale, .softcap = 0};
     const cv_kv_config *kc = cv_kv_config_of(kv);
 
+    /* A decode step (every row wants logits) may run as one recorded graph: all it reads
+     * that changes from step to step is in the buffers uploaded above. */
+    const int graph = op->graph_begin && n_out == n;
+    if (graph) op->graph_begin(be);
     op->get_rows(be, &m->tok_embd, m->d_tokens, n, m->x);
     if (hp->embd_scale != 1.0f) op->scale(be, m->x, hp->embd_scale, (int64_t)n * dim);
 
@@ -608,8 +612,10 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         op->matmul(be, &m->output, m->xo, m->logits, n_out);
         if (hp->final_softcap > 0)
             op->softcap(be, m->logits, hp->final_softcap, (int64_t)n_out * hp->n_vocab);
-        s = op->download(be, logits, m->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float), err);
-        if (s) return s;
     }
+    if (graph) op->graph_end(be);
+    if (n_out > 0 &&
+        (s = op->download(be, logits, m->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float), err)))
+        return s;
     return op->synchronize(be, err);
 }

@@ -33,6 +33,7 @@ static cv_status nccl_allreduce_sum(cv_comm *c, int rank, float *buf, int64_t n,
     if (dev != cudaSuccess)
         return cv_errorf(err, CV_EIO, "nccl: cudaSetDevice(%d) for rank %d: %s", cb->device, rank,
                          cudaGetErrorString(dev));
+    cv_cuda_graph_flush(cb); /* the ops recorded so far of a graph step come first */
     ncclResult_t rc = ncclAllReduce(buf, buf, (size_t)n, ncclFloat, ncclSum, nc->comms[rank], cb->stream);
     if (rc != ncclSuccess)
         return cv_errorf(err, CV_EIO, "nccl: ncclAllReduce of %lld floats on rank %d (device %d): %s", (long long)n,

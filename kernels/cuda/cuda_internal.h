@@ -17,8 +17,18 @@
 #endif
 extern "C" {
 #include "cuda_backend.h"
+#include "op_tape.h"
 #include "quant_blocks.h"
+#include "tape_cache.h"
 }
+
+/* Graphs kept per backend: a few batch sizes of decode, each with and without logits. */
+#define CV_CUDA_GRAPHS 32
+/* Tapes seen once (a graph is captured the second time a tape comes). */
+#define CV_CUDA_GRAPH_SEEN 64
+
+/* Where a backend is between graph_begin and graph_end. */
+enum { CUDA_STEP_NONE = 0, CUDA_STEP_RECORDING, CUDA_STEP_UNRECORDED };
 
 typedef struct cuda_backend {
     cv_backend base;
@@ -31,6 +41,16 @@ typedef struct cuda_backend {
     void *gemm_x;
     size_t gemm_x_bytes;
     int32_t max_gemm_rows;
+    /* cuBLAS's workspace, ours so that graph capture never makes cuBLAS allocate. */
+    void *cublas_ws;
+    /* CUDA graphs of steps (cuda_graph.cu): the step's ops are recorded on tape and run at
+     * graph_end, from a cached graph, as a new capture, or op by op. */
+    int step;                 /* CUDA_STEP_* */
+    cv_op_tape tape;
+    cv_tape_cache graphs;
+    uint64_t seen[CV_CUDA_GRAPH_SEEN]; /* hashes of tapes run once without a graph */
+    int n_seen;
+    cv_cuda_graph_stats gstats;
     /* First failure since the last synchronize. */
     int failed;
     cv_error err;
@@ -51,6 +71,23 @@ static inline unsigned cv_cuda_blocks(int64_t n) {
     int64_t b = (n + 255) / 256;
     return (unsigned)(b < 1 ? 1 : b > 65535 ? 65535 : b);
 }
+
+/* The compute ops that launch at once (cuda_backend.cu); the backend's own table
+ * records them instead while a step is recorded. */
+extern const cv_backend_ops cv_cuda_eager_ops;
+
+/* cuda_graph.cu */
+void cv_cuda_graph_init(cuda_backend *cb, int on, const char *off_reason);
+void cv_cuda_graph_destroy(cuda_backend *cb);
+/* An op of the backend's table: recorded during a step, else launched. */
+void cv_cuda_graph_submit(cuda_backend *cb, const cv_op *op);
+/* Before any stream work that is not an op: runs a step recorded so far op by op and
+ * leaves the rest of the step unrecorded, so that stream order stays call order. */
+void cv_cuda_graph_flush(cuda_backend *cb);
+/* Drops every graph (they name buffers that are about to be freed). */
+void cv_cuda_graph_invalidate(cuda_backend *cb);
+void cv_cuda_graph_begin(cv_backend *be);
+void cv_cuda_graph_end(cv_backend *be);
 
 /* cuda_matmul.cu */
 int cv_cuda_type_ok(cv_type t);

@@ -101,6 +101,29 @@ __device__ __forceinline__ void dequant8(const uint8_t *row, int64_t g, float *v
     }
 }
 
+/* Element c of a row of a float type (F32, F16, BF16), for rows that are not made of
+ * aligned groups of 8 (an odd width, a column view). */
+template <int T>
+__device__ __forceinline__ float elem(const uint8_t *row, int64_t c) {
+    if (T == CV_TYPE_F32) return ((const float *)row)[c];
+    const uint16_t h = ((const uint16_t *)row)[c];
+    return T == CV_TYPE_F16 ? h2f(h) : bf2f(h);
+}
+
+template <int T>
+constexpr bool float_type() {
+    return T == CV_TYPE_F32 || T == CV_TYPE_F16 || T == CV_TYPE_BF16;
+}
+
+/* Whether w's rows can be read as aligned groups of 8 (dequant8): always for the block
+ * types (blocks of 32 or 256, read bytewise), and for float types whose rows are whole
+ * 16-byte-aligned groups; activations then have rows of a multiple of 8 floats too. */
+static bool grouped(const cv_tensor *w) {
+    const cv_type_info *ti = cv_type_get(w->type);
+    if (ti && ti->block_elems > 1) return true;
+    return w->cols % 8 == 0 && w->row_stride % 16 == 0 && (uintptr_t)w->data % 16 == 0;
+}
+
 /* Calls f.template operator()<T>() for the run-time type t. */
 #define CV_CUDA_TYPES(X) X(CV_TYPE_F32) X(CV_TYPE_F16) X(CV_TYPE_BF16) X(CV_TYPE_Q4_0) X(CV_TYPE_Q5_0) \
     X(CV_TYPE_Q8_0) X(CV_TYPE_Q4_K) X(CV_TYPE_Q5_K) X(CV_TYPE_Q6_K)
@@ -115,6 +138,20 @@ int cv_cuda_type_ok(cv_type t) {
 /* ---- small batch: y[b][r] = x[b] . w[r] for b < n <= CV_CUDA_SMALL_BATCH ---- */
 
 #define MV_WARPS 4
+
+/* Lane 0 of the warp of row r writes the warp's sums of the first n (or NB) rows. */
+template <int NB>
+__device__ __forceinline__ void warp_store(float *acc, int n, float *y, int64_t rows, int64_t r, int lane) {
+#pragma unroll
+    for (int b = 0; b < NB; b++) {
+        if (NB == 1 || b < n) {
+            float s = acc[b];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) y[b * rows + r] = s;
+        }
+    }
+}
 
 /* One warp per weight row; each lane dequantizes groups of 8 and applies them to every
  * activation row, so the weight is read once for the whole batch. NB is the batch the
@@ -143,15 +180,27 @@ matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, co
             }
         }
     }
+    warp_store<NB>(acc, n, y, rows, r, lane);
+}
+
+/* The same for float-type rows that are not grouped(): one element at a time. */
+template <int T>
+__global__ void __launch_bounds__(MV_WARPS * 32)
+matvec_elem_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x, float *y, int n) {
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const uint8_t *wr = w + r * row_bytes;
+    float acc[CV_CUDA_SMALL_BATCH];
 #pragma unroll
-    for (int b = 0; b < NB; b++) {
-        if (NB == 1 || b < n) {
-            float s = acc[b];
+    for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++) acc[b] = 0.f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        const float v = elem<T>(wr, c);
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) y[b * rows + r] = s;
-        }
+        for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++)
+            if (b < n) acc[b] += v * x[b * cols + c];
     }
+    warp_store<CV_CUDA_SMALL_BATCH>(acc, n, y, rows, r, lane);
 }
 
 /* ---- embedding lookup ---- */
@@ -166,6 +215,13 @@ __global__ void get_rows_kernel(const uint8_t *t, size_t stride, int64_t cols, c
 #pragma unroll
         for (int i = 0; i < 8; i++) o[g * 8 + i] = v[i];
     }
+}
+
+template <int T>
+__global__ void get_rows_elem_kernel(const uint8_t *t, size_t stride, int64_t cols, const int32_t *ids, float *out) {
+    const uint8_t *row = t + (int64_t)ids[blockIdx.x] * stride;
+    float *o = out + (int64_t)blockIdx.x * cols;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) o[c] = elem<T>(row, c);
 }
 
 /* ---- cuBLAS path ---- */
@@ -200,6 +256,19 @@ template <int T>
 static void launch_matvec(cuda_backend *cb, const cv_tensor *w, const float *x, float *y, int32_t n) {
     unsigned blocks = (unsigned)((w->rows + MV_WARPS - 1) / MV_WARPS);
     const uint8_t *wd = (const uint8_t *)w->data;
+    /* matvec_kernel reads activations as float4: their rows must start 16-byte aligned */
+    const bool aligned = grouped(w) && (uintptr_t)x % 16 == 0;
+    if constexpr (float_type<T>()) {
+        if (!aligned) {
+            matvec_elem_kernel<T><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x,
+                                                                         y, n);
+            CUDA_LAUNCHED(cb, "matvec_elem_kernel");
+            return;
+        }
+    } else if (!aligned) {
+        cv_cuda_fail(cb, __FILE__, __LINE__, "matmul", "activations of a quantized weight not 16-byte aligned");
+        return;
+    }
     if (n == 1)
         matvec_kernel<T, 1><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x, y, n);
     else
@@ -221,11 +290,14 @@ static void gemm(cuda_backend *cb, const cv_tensor *w, const float *x, float *y,
     const cv_type t = w->type;
     const void *A = w->data;
     cudaDataType at = CUDA_R_32F;
+    /* float weights are read in place, rows row_stride apart; the others dequantized packed */
+    int lda = (int)(w->row_stride / (t == CV_TYPE_F32 ? 4 : 2));
     if (t == CV_TYPE_F16) at = CUDA_R_16F;
     else if (t == CV_TYPE_BF16) at = CUDA_R_16BF;
     else if (t != CV_TYPE_F32) {
         at = CUDA_R_16F;
         A = cb->gemm_w;
+        lda = (int)w->cols;
         switch (t) {
 #define X(T) case T: launch_dequant<T, __half>(cb, w, (__half *)cb->gemm_w); break;
             CV_CUDA_TYPES(X)
@@ -251,7 +323,7 @@ static void gemm(cuda_backend *cb, const cv_tensor *w, const float *x, float *y,
             B = cb->gemm_x;
         }
         CUBLAS_CHECK(cb, cublasGemmEx(cb->cublas, CUBLAS_OP_T, CUBLAS_OP_N, (int)w->rows, nb, (int)w->cols, &one, A,
-                                      at, (int)w->cols, B, bt, (int)w->cols, &zero, y + (int64_t)b0 * w->rows,
+                                      at, lda, B, bt, (int)w->cols, &zero, y + (int64_t)b0 * w->rows,
                                       CUDA_R_32F, (int)w->rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
@@ -270,21 +342,26 @@ void cv_cuda_matmul(cuda_backend *cb, const cv_tensor *w, const float *x, float 
     }
 }
 
+template <int T>
+static void launch_get_rows(cuda_backend *cb, const cv_tensor *t, const int32_t *ids, int32_t n, float *out) {
+    const uint8_t *td = (const uint8_t *)t->data;
+    if constexpr (float_type<T>()) {
+        if (!grouped(t)) {
+            get_rows_elem_kernel<T><<<(unsigned)n, 128, 0, cb->stream>>>(td, t->row_stride, t->cols, ids, out);
+            CUDA_LAUNCHED(cb, "get_rows_elem_kernel");
+            return;
+        }
+    }
+    get_rows_kernel<T><<<(unsigned)n, 128, 0, cb->stream>>>(td, t->row_stride, t->cols, ids, out);
+    CUDA_LAUNCHED(cb, "get_rows_kernel");
+}
+
 void cv_cuda_get_rows(cuda_backend *cb, const cv_tensor *t, const int32_t *ids, int32_t n, float *out) {
     if (n <= 0) return;
-    if (t->cols % 8 != 0) {
-        cv_cuda_fail(cb, __FILE__, __LINE__, "get_rows", "row length not a multiple of 8");
-        return;
-    }
     switch (t->type) {
-#define X(T)                                                                                          \
-    case T:                                                                                           \
-        get_rows_kernel<T><<<(unsigned)n, 128, 0, cb->stream>>>((const uint8_t *)t->data, t->row_stride, \
-                                                                t->cols, ids, out);                   \
-        break;
+#define X(T) case T: launch_get_rows<T>(cb, t, ids, n, out); break;
         CV_CUDA_TYPES(X)
 #undef X
-    default: cv_cuda_fail(cb, __FILE__, __LINE__, "get_rows", "table type not supported"); return;
+    default: cv_cuda_fail(cb, __FILE__, __LINE__, "get_rows", "table type not supported");
     }
-    CUDA_LAUNCHED(cb, "get_rows_kernel");
 }

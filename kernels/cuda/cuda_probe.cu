@@ -22,12 +22,17 @@ static int cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Median of the times between consecutive events ev[0..reps]. */
-static float median_ms(cudaEvent_t *ev, int reps) {
+/* Median of the times between consecutive events ev[0..reps]; cudaEventElapsedTime's
+ * error if one fails. */
+static cudaError_t event_median_ms(cudaEvent_t *ev, int reps, float *ms) {
     float t[64];
-    for (int i = 0; i < reps; i++) cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
+    for (int i = 0; i < reps; i++) {
+        cudaError_t rc = cudaEventElapsedTime(&t[i], ev[i], ev[i + 1]);
+        if (rc != cudaSuccess) return rc;
+    }
     qsort(t, (size_t)reps, sizeof *t, cmp_float);
-    return t[reps / 2];
+    *ms = t[reps / 2];
+    return cudaSuccess;
 }
 
 __global__ void random_half(__half *x, int64_t n, uint32_t seed) {
@@ -41,6 +46,7 @@ __global__ void random_half(__half *x, int64_t n, uint32_t seed) {
 extern "C" cv_status cv_cuda_copy_bandwidth(int device, size_t bytes, int reps, double *gbps, cv_error *err) {
     cv_status s = CV_OK;
     void *a = NULL, *b = NULL;
+    float ms = 0;
     cudaEvent_t ev[65] = {0};
     if (reps < 1 || reps > 64) return cv_errorf(err, CV_EINVAL, "cuda probe: reps %d not in [1, 64]", reps);
     PROBE(cudaSetDevice(device));
@@ -55,8 +61,9 @@ extern "C" cv_status cv_cuda_copy_bandwidth(int device, size_t bytes, int reps, 
     }
     PROBE(cudaEventRecord(ev[reps]));
     PROBE(cudaEventSynchronize(ev[reps]));
+    PROBE(event_median_ms(ev, reps, &ms));
     /* bytes read plus bytes written */
-    *gbps = 2.0 * (double)bytes / (median_ms(ev, reps) * 1e-3) / 1e9;
+    *gbps = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
 out:
     for (int i = 0; i <= reps && i < 65; i++)
         if (ev[i]) cudaEventDestroy(ev[i]);
@@ -70,6 +77,7 @@ extern "C" cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int re
     __half *a = NULL, *b = NULL;
     float *c = NULL;
     cublasHandle_t h = NULL;
+    float ms = 0;
     cudaEvent_t ev[65] = {0};
     const float one = 1.f, zero = 0.f;
     cublasStatus_t bs;
@@ -97,7 +105,8 @@ extern "C" cv_status cv_cuda_gemm_tflops(int device, int m, int n, int k, int re
     }
     PROBE(cudaEventRecord(ev[reps]));
     PROBE(cudaEventSynchronize(ev[reps]));
-    *tflops = 2.0 * m * (double)n * k / (median_ms(ev, reps) * 1e-3) / 1e12;
+    PROBE(event_median_ms(ev, reps, &ms));
+    *tflops = 2.0 * m * (double)n * k / (ms * 1e-3) / 1e12;
 out:
     for (int i = 0; i <= reps && i < 65; i++)
         if (ev[i]) cudaEventDestroy(ev[i]);

@@ -1,9 +1,14 @@
 /* Every op of the CUDA backend against the CPU backend (the reference semantics) on
  * fresh random data, with the device outputs poisoned (NaN bytes) before each op, so
- * an op that writes nothing cannot pass. Needs a CUDA build and a GPU: without a CUDA
- * build, or with no device (no GPU, or no driver: cudaErrorInsufficientDriver), the
- * GPU cases print a SKIP line and are not registered, and what runs checks that the
- * backend refuses to start with a clear message. CORVID_TEST_SEED=N replays a run. */
+ * an op that writes nothing cannot pass; then CUDA graphs: graph steps of plain ops,
+ * and whole decode steps of two models (stories260K from $CORVID_SHARED, odd widths
+ * and F32; a synthetic Q4_K_M llama) replayed from graphs against the same steps run
+ * op by op (bit for bit) and on the CPU (within a budget), across a step where a block
+ * table grows. Needs a CUDA build and a GPU: without a CUDA build, or with no device
+ * (no GPU: cudaErrorNoDevice, or no usable driver: cudaErrorInsufficientDriver), the
+ * GPU cases print a SKIP line naming which and are not registered, and what runs
+ * checks that the backend refuses to start with that message. CORVID_TEST_SEED=N
+ * replays a run. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,8 +23,14 @@
 #include "backend.h"
 #include "cpu_backend.h"
 #include "cuda_backend.h"
+#include "generate.h"
+#include "gguf.h"
+#include "kv_cache.h"
+#include "model.h"
 #include "quant.h"
+#include "synthetic.h"
 #include "../support/test_rng.h"
+#include "../support/test_tmpdir.h"
 
 static cv_test_rng g_rng;
 static cv_backend *g_cpu, *g_gpu;
@@ -345,6 +356,209 @@ static void test_error_surfaces_at_synchronize(void **state) {
     assert_int_equal(g_gpu->ops->synchronize(g_gpu, &err), CV_OK);
 }
 
+/* ---- CUDA graphs ---- */
+
+static cv_cuda_graph_stats graph_stats(cv_backend *be) {
+    cv_cuda_graph_stats st = {0};
+    cv_error err = {0};
+    if (cv_cuda_graph_stats_get(be, &st, &err)) fail_msg("%s", err.msg);
+    return st;
+}
+
+/* Graph steps of plain ops with new data uploaded before each: the first runs op by op,
+ * the second is captured, the third replays; a step with one argument changed by value
+ * is a new step, not a replay; an upload in the middle of a step keeps call order. */
+static void test_graph_steps(void **state) {
+    (void)state;
+    const int64_t n = 40009;
+    cv_error err = {0};
+    if (cv_cuda_graphs_enable(g_gpu, 1, &err)) fail_msg("%s", err.msg);
+    float *da = poisoned(n), *db = poisoned(n), *dout = poisoned(n);
+    const cv_backend_ops *op = g_gpu->ops;
+    const cv_cuda_graph_stats st0 = graph_stats(g_gpu);
+    const float scales[] = {0.25f, 0.25f, 0.25f, 0.5f, 0.25f, 0.5f};
+    for (int step = 0; step < 6; step++) {
+        float *a = fill(n, 4.0f), *b = fill(n, 4.0f), *want = malloc(sizeof(float) * n);
+        assert_non_null(want);
+        if (op->upload(g_gpu, da, a, sizeof(float) * n, &err) || op->upload(g_gpu, db, b, sizeof(float) * n, &err))
+            fail_msg("%s", err.msg);
+        op->graph_begin(g_gpu);
+        op->add(g_gpu, da, db, dout, n);
+        op->scale(g_gpu, dout, scales[step], n);
+        op->softcap(g_gpu, dout, 1.5f, n);
+        op->graph_end(g_gpu);
+        g_cpu->ops->add(g_cpu, a, b, want, n);
+        g_cpu->ops->scale(g_cpu, want, scales[step], n);
+        g_cpu->ops->softcap(g_cpu, want, 1.5f, n);
+        float *got = from_dev(dout, n);
+        char what[64];
+        snprintf(what, sizeof what, "graph step %d (scale %g)", step, scales[step]);
+        assert_close(got, want, n, 1e-6, what);
+        free(got), free(a), free(b), free(want);
+    }
+    cv_cuda_graph_stats st = graph_stats(g_gpu);
+    printf("graph steps: %lld captured, %lld replayed, %lld op by op\n", (long long)(st.captures - st0.captures),
+           (long long)(st.replays - st0.replays), (long long)(st.eager - st0.eager));
+    /* scale 0.25: first sight, capture, replay, -, replay; scale 0.5: first sight, capture */
+    assert_int_equal(st.captures - st0.captures, 2);
+    assert_int_equal(st.replays - st0.replays, 2);
+    assert_int_equal(st.eager - st0.eager, 2);
+    assert_true(st.enabled);
+
+    /* an upload between two ops of a step lands between them */
+    float *a = fill(n, 1.0f), *b = fill(n, 1.0f), *b2 = fill(n, 1.0f), *want = malloc(sizeof(float) * n);
+    assert_non_null(want);
+    if (op->upload(g_gpu, da, a, sizeof(float) * n, &err) || op->upload(g_gpu, db, b, sizeof(float) * n, &err))
+        fail_msg("%s", err.msg);
+    op->graph_begin(g_gpu);
+    op->add(g_gpu, da, db, dout, n);
+    if (op->upload(g_gpu, db, b2, sizeof(float) * n, &err)) fail_msg("%s", err.msg);
+    op->add(g_gpu, dout, db, dout, n);
+    op->graph_end(g_gpu);
+    for (int64_t i = 0; i < n; i++) want[i] = a[i] + b[i] + b2[i];
+    float *got = from_dev(dout, n);
+    assert_close(got, want, n, 1e-6, "upload inside a graph step");
+    assert_int_equal(graph_stats(g_gpu).eager - st.eager, 1);
+    free(got), free(a), free(b), free(b2), free(want), dfree(da), dfree(db), dfree(dout);
+}
+
+/* One model on one backend with its own KV cache. */
+typedef struct side {
+    const char *name;
+    cv_backend *be;
+    cv_model *m;
+    cv_kv_cache *kv;
+    float *logits;
+} side;
+
+enum { GRAPH_SEQS = 20, GRAPH_CTX = 64 };
+
+static void side_load(side *s, const char *name, cv_backend *be, const cv_gguf *g) {
+    cv_error err = {0};
+    s->name = name;
+    s->be = be;
+    cv_model_opts mo = {.max_batch = 64, .max_logits = GRAPH_SEQS};
+    if (cv_model_load(be, g, &mo, &s->m, &err)) fail_msg("%s: %s", name, err.msg);
+    cv_kv_config kc = cv_model_kv_config(s->m, GRAPH_CTX, GRAPH_SEQS, CV_TYPE_F16);
+    if (cv_kv_create(&kc, &s->kv, &err)) fail_msg("%s: %s", name, err.msg);
+    s->logits = malloc(sizeof(float) * GRAPH_SEQS * (size_t)cv_model_hparams(s->m)->n_vocab);
+    assert_non_null(s->logits);
+}
+
+static void side_free(side *s) {
+    cv_kv_free(s->kv);
+    cv_model_free(s->m);
+    free(s->logits);
+}
+
+/* Reserves the rows' positions and runs the batch on the three sides. */
+static void step3(side *sides, const cv_batch *b) {
+    cv_error err = {0};
+    for (int k = 0; k < 3; k++) {
+        for (int32_t i = 0; i < b->n; i++)
+            if (cv_kv_reserve(sides[k].kv, b->seq[i], b->pos[i] + 1, &err)) fail_msg("%s", err.msg);
+        if (cv_model_forward(sides[k].m, sides[k].kv, b, sides[k].logits, &err))
+            fail_msg("%s: forward of %d rows: %s", sides[k].name, b->n, err.msg);
+    }
+}
+
+/* Decode steps with graphs (sides[0]) against the same steps op by op (sides[1], bit for
+ * bit while B <= CV_CUDA_SMALL_BATCH, where no cuBLAS is involved) and on the CPU
+ * (sides[2], within cpu_budget of the logits' scale). Phases of B = 3, 2, 3 again and
+ * 20 sequences: each new B runs op by op once, is captured once, then replays; B = 3
+ * comes back to its cached graph. Sequences 0 and 1 cross a block boundary (position 16)
+ * during replays, so the graphs must read the block tables the cache grew. */
+static void check_graph_decode(const char *what, const char *path, double cpu_budget) {
+    cv_gguf *g = NULL;
+    cv_backend *eager = NULL;
+    cv_error err = {0};
+    if (cv_gguf_open(path, &g, &err)) fail_msg("%s: %s", path, err.msg);
+    cv_cuda_options eo = {.no_graphs = 1};
+    if (cv_cuda_backend_create(&eo, &eager, &err)) fail_msg("%s", err.msg);
+    if (cv_cuda_graphs_enable(g_gpu, 1, &err)) fail_msg("%s", err.msg);
+    side sides[3];
+    side_load(&sides[0], "cuda graphs", g_gpu, g);
+    side_load(&sides[1], "cuda op by op", eager, g);
+    side_load(&sides[2], "cpu", g_cpu, g);
+    const int32_t nv = cv_model_hparams(sides[0].m)->n_vocab;
+    int32_t pos[GRAPH_SEQS], tok[GRAPH_SEQS], seq[GRAPH_SEQS], ptok[16], ppos[16], pseq[16];
+    uint8_t want[GRAPH_SEQS];
+    memset(want, 1, sizeof want);
+    /* prompts: 14 and 15 tokens for sequences 0 and 1, 2..12 for the others (never 1,
+     * which would be a graph step of its own) */
+    for (int32_t s = 0; s < GRAPH_SEQS; s++) {
+        const int32_t len = s < 2 ? 14 + s : 2 + (int32_t)(cv_test_rng_next(&g_rng) % 11);
+        for (int32_t i = 0; i < len; i++) {
+            ptok[i] = 3 + (int32_t)(cv_test_rng_next(&g_rng) % (uint64_t)(nv - 3));
+            ppos[i] = i, pseq[i] = s;
+        }
+        const cv_batch b = {.n = len, .tokens = ptok, .pos = ppos, .seq = pseq, .want_logits = NULL};
+        step3(sides, &b);
+        tok[s] = cv_argmax(sides[1].logits, nv);
+        pos[s] = len;
+        seq[s] = s;
+    }
+    const cv_cuda_graph_stats st0 = graph_stats(g_gpu);
+    const struct { int32_t b, steps; } phases[] = {{3, 8}, {2, 3}, {3, 3}, {GRAPH_SEQS, 3}};
+    int grew_on_replay = 0;
+    for (size_t ph = 0; ph < sizeof phases / sizeof *phases; ph++) {
+        const int32_t B = phases[ph].b;
+        for (int32_t st = 0; st < phases[ph].steps; st++) {
+            const int32_t cap0 = cv_kv_capacity(sides[0].kv, 0), cap1 = cv_kv_capacity(sides[0].kv, 1);
+            const int64_t replays = graph_stats(g_gpu).replays;
+            const cv_batch b = {.n = B, .tokens = tok, .pos = pos, .seq = seq, .want_logits = want};
+            step3(sides, &b);
+            const int grew = cv_kv_capacity(sides[0].kv, 0) != cap0 || cv_kv_capacity(sides[0].kv, 1) != cap1;
+            if (grew && graph_stats(g_gpu).replays == replays + 1) grew_on_replay++;
+            char label[128];
+            snprintf(label, sizeof label, "%s: decode B=%d step %d, graphs vs op by op", what, B, st);
+            if (B <= CV_CUDA_SMALL_BATCH) {
+                if (memcmp(sides[0].logits, sides[1].logits, sizeof(float) * (size_t)B * nv))
+                    assert_close(sides[0].logits, sides[1].logits, (int64_t)B * nv, 0, label);
+            } else {
+                assert_close(sides[0].logits, sides[1].logits, (int64_t)B * nv, 1e-5, label);
+            }
+            snprintf(label, sizeof label, "%s: decode B=%d step %d, graphs vs CPU", what, B, st);
+            assert_close(sides[0].logits, sides[2].logits, (int64_t)B * nv, cpu_budget, label);
+            for (int32_t i = 0; i < B; i++) {
+                tok[i] = cv_argmax(sides[1].logits + (size_t)i * nv, nv);
+                pos[i]++;
+            }
+        }
+    }
+    const cv_cuda_graph_stats st = graph_stats(g_gpu), est = graph_stats(eager);
+    printf("%s: decode graphs: %lld captured, %lld replayed, %lld op by op, %d cached; a block table grew "
+           "during %d replay(s)\n",
+           what, (long long)(st.captures - st0.captures), (long long)(st.replays - st0.replays),
+           (long long)(st.eager - st0.eager), st.cached, grew_on_replay);
+    assert_true(st.enabled);
+    assert_int_equal(st.captures - st0.captures, 3);
+    assert_int_equal(st.replays - st0.replays, 6 + 1 + 3 + 1);
+    assert_int_equal(st.eager - st0.eager, 3);
+    assert_true(grew_on_replay >= 1);
+    assert_false(est.enabled);
+    assert_int_equal(est.captures + est.replays, 0);
+    for (int k = 0; k < 3; k++) side_free(&sides[k]);
+    cv_backend_destroy(eager);
+    cv_gguf_close(g);
+}
+
+static void test_graph_decode(void **state) {
+    (void)state;
+    const char *shared = getenv("CORVID_SHARED");
+    if (!shared) fail_msg("CORVID_SHARED is not set (the directory holding models/stories260K.gguf)");
+    char path[4096], dir[256];
+    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
+    check_graph_decode("stories260K", path, 1e-3);
+    if (cv_test_tmpdir(dir, sizeof dir, "cuda-graphs")) fail_msg("cannot make a temporary directory");
+    snprintf(path, sizeof path, "%s/tiny-q4km.gguf", dir);
+    cv_synth_opts so = {.recipe = CV_QRECIPE_Q4_K_M, .seed = cv_test_rng_next(&g_rng), .n_threads = 1};
+    cv_error err = {0};
+    if (cv_synth_write(cv_synth_find("tiny"), &so, path, &err)) fail_msg("%s", err.msg);
+    check_graph_decode("synthetic tiny Q4_K_M", path, 3e-2);
+    cv_test_rmtree(dir);
+}
+
 /* ---- NCCL: one thread per rank, as a tensor-parallel model runs ---- */
 
 enum { NCCL_N = 4099 };
@@ -449,6 +663,8 @@ int main(void) {
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_error_surfaces_at_synchronize),
+        cmocka_unit_test(test_graph_steps),
+        cmocka_unit_test(test_graph_decode),
         cmocka_unit_test(test_nccl_allreduce),
     };
     int failed = cmocka_run_group_tests_name("cuda_ops", tests, NULL, NULL);
