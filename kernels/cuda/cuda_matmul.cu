@@ -139,25 +139,12 @@ int cv_cuda_type_ok(cv_type t) {
 
 #define MV_WARPS 4
 
-/* Lane 0 of the warp of row r writes the warp's sums of the first n (or NB) rows. */
-template <int NB>
-__device__ __forceinline__ void warp_store(float *acc, int n, float *y, int64_t rows, int64_t r, int lane) {
-#pragma unroll
-    for (int b = 0; b < NB; b++) {
-        if (NB == 1 || b < n) {
-            float s = acc[b];
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) y[b * rows + r] = s;
-        }
-    }
-}
-
 /* One warp per weight row; each lane dequantizes groups of 8 and applies them to every
  * activation row, so the weight is read once for the whole batch. NB is the batch the
  * accumulators are sized for: 1 (decode of one sequence, no per-row predicates) or
- * CV_CUDA_SMALL_BATCH. */
-template <int T, int NB>
+ * CV_CUDA_SMALL_BATCH. ELEM (float types whose rows are not grouped()) reads one
+ * element at a time instead. */
+template <int T, int NB, bool ELEM>
 __global__ void __launch_bounds__(MV_WARPS * 32)
 matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x, float *y, int n) {
     const int lane = threadIdx.x & 31;
@@ -167,40 +154,37 @@ matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, co
     float acc[NB];
 #pragma unroll
     for (int b = 0; b < NB; b++) acc[b] = 0.f;
-    for (int64_t g = lane; g < cols / 8; g += 32) {
-        float v[8];
-        dequant8<T>(wr, g, v);
+    if constexpr (ELEM) {
+        for (int64_t c = lane; c < cols; c += 32) {
+            const float v = elem<T>(wr, c);
 #pragma unroll
-        for (int b = 0; b < NB; b++) {
-            if (NB == 1 || b < n) {
-                const float4 *xp = (const float4 *)(x + b * cols + g * 8);
-                float4 a = __ldg(xp), c = __ldg(xp + 1);
-                acc[b] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * c.x + v[5] * c.y +
-                          v[6] * c.z + v[7] * c.w;
+            for (int b = 0; b < NB; b++)
+                if (NB == 1 || b < n) acc[b] += v * x[b * cols + c];
+        }
+    } else {
+        for (int64_t g = lane; g < cols / 8; g += 32) {
+            float v[8];
+            dequant8<T>(wr, g, v);
+#pragma unroll
+            for (int b = 0; b < NB; b++) {
+                if (NB == 1 || b < n) {
+                    const float4 *xp = (const float4 *)(x + b * cols + g * 8);
+                    float4 a = __ldg(xp), c = __ldg(xp + 1);
+                    acc[b] += v[0] * a.x + v[1] * a.y + v[2] * a.z + v[3] * a.w + v[4] * c.x + v[5] * c.y +
+                              v[6] * c.z + v[7] * c.w;
+                }
             }
         }
     }
-    warp_store<NB>(acc, n, y, rows, r, lane);
-}
-
-/* The same for float-type rows that are not grouped(): one element at a time. */
-template <int T>
-__global__ void __launch_bounds__(MV_WARPS * 32)
-matvec_elem_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const float *x, float *y, int n) {
-    const int lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    const uint8_t *wr = w + r * row_bytes;
-    float acc[CV_CUDA_SMALL_BATCH];
 #pragma unroll
-    for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++) acc[b] = 0.f;
-    for (int64_t c = lane; c < cols; c += 32) {
-        const float v = elem<T>(wr, c);
+    for (int b = 0; b < NB; b++) {
+        if (NB == 1 || b < n) {
+            float s = acc[b];
 #pragma unroll
-        for (int b = 0; b < CV_CUDA_SMALL_BATCH; b++)
-            if (b < n) acc[b] += v * x[b * cols + c];
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) y[b * rows + r] = s;
+        }
     }
-    warp_store<CV_CUDA_SMALL_BATCH>(acc, n, y, rows, r, lane);
 }
 
 /* ---- embedding lookup ---- */
@@ -252,29 +236,33 @@ size_t cv_cuda_gemm_w_bytes(const cv_tensor *w) {
     return (size_t)w->rows * (size_t)w->cols * 2;
 }
 
+template <int T, bool ELEM>
+static void launch_matvec_as(cuda_backend *cb, const cv_tensor *w, const float *x, float *y, int32_t n) {
+    const unsigned blocks = (unsigned)((w->rows + MV_WARPS - 1) / MV_WARPS);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    if (n == 1)
+        matvec_kernel<T, 1, ELEM><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x, y,
+                                                                           n);
+    else
+        matvec_kernel<T, CV_CUDA_SMALL_BATCH, ELEM><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(
+            wd, w->row_stride, w->rows, w->cols, x, y, n);
+    CUDA_LAUNCHED(cb, "matvec_kernel");
+}
+
 template <int T>
 static void launch_matvec(cuda_backend *cb, const cv_tensor *w, const float *x, float *y, int32_t n) {
-    unsigned blocks = (unsigned)((w->rows + MV_WARPS - 1) / MV_WARPS);
-    const uint8_t *wd = (const uint8_t *)w->data;
-    /* matvec_kernel reads activations as float4: their rows must start 16-byte aligned */
+    /* the grouped kernel reads activations as float4: their rows must start 16-byte aligned */
     const bool aligned = grouped(w) && (uintptr_t)x % 16 == 0;
     if constexpr (float_type<T>()) {
         if (!aligned) {
-            matvec_elem_kernel<T><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x,
-                                                                         y, n);
-            CUDA_LAUNCHED(cb, "matvec_elem_kernel");
+            launch_matvec_as<T, true>(cb, w, x, y, n);
             return;
         }
     } else if (!aligned) {
         cv_cuda_fail(cb, __FILE__, __LINE__, "matmul", "activations of a quantized weight not 16-byte aligned");
         return;
     }
-    if (n == 1)
-        matvec_kernel<T, 1><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows, w->cols, x, y, n);
-    else
-        matvec_kernel<T, CV_CUDA_SMALL_BATCH><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(wd, w->row_stride, w->rows,
-                                                                                      w->cols, x, y, n);
-    CUDA_LAUNCHED(cb, "matvec_kernel");
+    launch_matvec_as<T, false>(cb, w, x, y, n);
 }
 
 template <int T, typename H>
