@@ -614,7 +614,7 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
             op->softcap(be, m->logits, hp->final_softcap, (int64_t)n_out * hp->n_vocab);
     }
     if (graph) op->graph_end(be);
-    if (n_out > 0 &&
+    if (n_out > 0 && m->rank == 0 &&
         (s = op->download(be, logits, m->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float), err)))
         return s;
     return op->synchronize(be, err);
