@@ -5,7 +5,7 @@
     cp.value("corvid_controlplane_leader")
     cp.http("/readyz")           # (HTTP status, body)
     cp.wait(lambda: ..., 10, "what")
-    cp.log(); cp.stop()          # SIGTERM (resigns the lease), then SIGKILL after 10 s
+    cp.log(); cp.stop()          # SIGTERM (resigns the lease; must exit 0), SIGKILL after 10 s
 
 The process is only ever signalled by its own PID.
 """
@@ -85,13 +85,16 @@ class ControlPlane:
         raise AssertionError("%s: %s not within %ss; log:\n%s" % (self.name, what, timeout, self.log()[-3000:]))
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """SIGTERM: it resigns and must exit 0 (a sanitizer report would make it fail)."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        assert self.proc.returncode == 0, "%s exited %d:\n%s" % (self.name, self.proc.returncode, self.log()[-3000:])
 
 
 def cli(etcd_url, *args):
