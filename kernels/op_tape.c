@@ -7,6 +7,11 @@ _Static_assert(sizeof(cv_op) == 8 * sizeof(int32_t) + 3 * sizeof(int64_t) + 4 * 
                                    6 * sizeof(void *),
                "cv_op has no padding bytes");
 _Static_assert(sizeof(cv_op) % sizeof(uint64_t) == 0, "cv_op is a whole number of words");
+/* 8 entries for memory and weights, 12 compute ops, graph_begin/end. A new compute op
+ * needs a kind, a d_ function and a cv_op_apply case here, or a deferring backend's
+ * table would have a NULL in its place. */
+_Static_assert(sizeof(cv_backend_ops) == 22 * sizeof(void (*)(void)),
+               "cv_backend_ops changed: if a compute op was added, op_tape.c must record it");
 
 /* Slots of the struct arguments: their ints from i[3], their pointers from p[4]. */
 static void put_tensor(cv_op *o, const cv_tensor *t) {
