@@ -1,6 +1,6 @@
 #include "comm_cpu.h"
 
-#include <sched.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -13,9 +13,10 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* As the thread pool: pause for a while (ranks reach a reduction within microseconds
- * of each other in a decode step), then yield a core the machine may not have spare. */
-#define SPIN_LIMIT 8192
+/* Ranks reach a reduction within microseconds of each other when each has a core: pause
+ * for a while, then sleep, so that on a machine with fewer free cores than ranks the
+ * rank still computing gets the core (yielding in a loop would keep taking it back). */
+#define SPIN_LIMIT 16384
 
 /* Slices are whole cache lines of floats, so two ranks never write one line. */
 #define SLICE_ALIGN 16
@@ -26,21 +27,37 @@ typedef struct cpu_comm {
     int64_t *ns;
     _Atomic int bar_count;
     _Atomic unsigned bar_gen;
+    _Atomic int sleepers;    /* ranks blocked on cv (or about to be) */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
 } cpu_comm;
 
 /* Reusable: the last rank to arrive resets the count before it opens the barrier by
- * moving the generation on, so a rank that races into the next barrier counts anew. */
+ * moving the generation on, so a rank that races into the next barrier counts anew.
+ * A sleeper registers before it rechecks the generation under the mutex, and the
+ * opener looks for sleepers after moving the generation on: either the sleeper sees
+ * the new generation, or the opener sees it and broadcasts under the same mutex. */
 static void barrier(cpu_comm *c) {
     unsigned g = atomic_load(&c->bar_gen);
     if (atomic_fetch_add(&c->bar_count, 1) == c->base.size - 1) {
         atomic_store(&c->bar_count, 0);
         atomic_fetch_add(&c->bar_gen, 1);
+        if (atomic_load(&c->sleepers) > 0) {
+            pthread_mutex_lock(&c->mu);
+            pthread_cond_broadcast(&c->cv);
+            pthread_mutex_unlock(&c->mu);
+        }
         return;
     }
-    for (unsigned spins = 0; atomic_load(&c->bar_gen) == g;) {
-        if (++spins < SPIN_LIMIT) cpu_relax();
-        else sched_yield();
+    for (unsigned spins = 0; spins < SPIN_LIMIT; spins++) {
+        if (atomic_load(&c->bar_gen) != g) return;
+        cpu_relax();
     }
+    pthread_mutex_lock(&c->mu);
+    atomic_fetch_add(&c->sleepers, 1);
+    while (atomic_load(&c->bar_gen) == g) pthread_cond_wait(&c->cv, &c->mu);
+    atomic_fetch_sub(&c->sleepers, 1);
+    pthread_mutex_unlock(&c->mu);
 }
 
 static cv_status cpu_allreduce_sum(cv_comm *base, int rank, float *buf, int64_t n, cv_error *err) {
@@ -77,6 +94,8 @@ static cv_status cpu_allreduce_sum(cv_comm *base, int rank, float *buf, int64_t 
 
 static void cpu_destroy(cv_comm *base) {
     cpu_comm *c = (cpu_comm *)base;
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
     free(c->bufs);
     free(c->ns);
     free(c);
@@ -93,6 +112,8 @@ cv_status cv_comm_cpu_create(int size, cv_comm **out, cv_error *err) {
         return cv_errorf(err, CV_EINVAL, "comm cpu: %d ranks (need 1..%d)", size, CV_COMM_CPU_MAX_RANKS);
     cpu_comm *c = calloc(1, sizeof *c);
     if (!c) return cv_errorf(err, CV_ENOMEM, "comm cpu: out of memory");
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
     c->bufs = calloc((size_t)size, sizeof *c->bufs);
     c->ns = calloc((size_t)size, sizeof *c->ns);
     if (!c->bufs || !c->ns) {

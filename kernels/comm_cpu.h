@@ -5,7 +5,7 @@
  * elements for all of them and writes the result into every buffer, and a second
  * barrier ends the call. Each element is summed in rank order 0, 1, ..., size-1 by
  * exactly one thread, so the result is bit-identical on every rank and from run to
- * run: greedy decoding stays reproducible. Waiting ranks spin briefly, then yield.
+ * run: greedy decoding stays reproducible. Waiting ranks spin briefly, then sleep.
  * Ranks that pass different n all get CV_EINVAL. Nothing is allocated after create.
  */
 #ifndef CV_COMM_CPU_H

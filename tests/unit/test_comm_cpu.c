@@ -96,14 +96,14 @@ static void test_matches_serial_sum(void **state) {
     const int64_t sizes[] = {1, 2, 3, 15, 16, 17, 31, 33, 257, 1001, 100003};
     for (int size = 1; size <= 4; size++)
         for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-            run_case(size, sizes[i], sizes[i] > 10000 ? 4 : 40);
+            run_case(size, sizes[i], sizes[i] > 10000 ? 4 : 20);
 }
 
 /* Many back-to-back reductions: the barrier must be reusable without a rank lapping
  * another (a fast rank overwriting its published buffer while a slow one still reads). */
 static void test_many_consecutive(void **state) {
     (void)state;
-    for (int size = 2; size <= 4; size++) run_case(size, 67, 1000);
+    for (int size = 2; size <= 4; size++) run_case(size, 67, 400);
 }
 
 static void *mismatch_rank(void *arg) {
