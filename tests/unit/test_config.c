@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "cuda_backend.h"
 
 static char path[64];
 
@@ -77,11 +78,37 @@ static void test_flags_override_file_wherever_they_stand(void **state) {
     assert_non_null(strstr(e.msg, "has no port"));
 }
 
+/* device and tp: defaults, limits, and cuda only where the build has it. */
+static void test_device_and_tp(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    cv_config_defaults(&c);
+    assert_string_equal(c.device, "cpu");
+    assert_int_equal(c.tp, 1);
+    assert_int_equal(load("{\"device\":\"cpu\",\"tp\":4}", &c, &e), CV_OK);
+    assert_int_equal(c.tp, 4);
+    assert_int_equal(cv_config_validate(&c, &e), CV_OK);
+    assert_int_equal(load("{\"tp\":9}", &c, &e), CV_ERANGE);
+    assert_non_null(strstr(e.msg, "\"tp\": 9 is outside [1, 8]"));
+    assert_int_equal(load("{\"device\":\"gpu\"}", &c, &e), CV_OK);
+    assert_int_equal(cv_config_validate(&c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "device: \"gpu\" is neither cpu nor cuda"));
+    assert_int_equal(load("{\"device\":\"cuda\",\"tp\":2}", &c, &e), CV_OK);
+    if (cv_cuda_compiled()) {
+        assert_int_equal(cv_config_validate(&c, &e), CV_OK);
+    } else {
+        assert_int_equal(cv_config_validate(&c, &e), CV_EUNSUPPORTED);
+        assert_non_null(strstr(e.msg, "this corvid-server was built without CUDA (make CUDA=1)"));
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file_values_are_applied),
         cmocka_unit_test(test_bad_files_name_the_key),
         cmocka_unit_test(test_flags_override_file_wherever_they_stand),
+        cmocka_unit_test(test_device_and_tp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
