@@ -1,8 +1,10 @@
 /* bench-decode: prefill and decode speed of a GGUF model on the CPU backend, as a
  * fraction of this machine's memory read bandwidth measured in the same run.
  *
- *   bench-decode -m MODEL [-t THREADS] [--runs R] [--kv-type f16|f32]
+ *   bench-decode -m MODEL [-t THREADS] [--runs R] [--kv-type f16|f32] [--tp N]
  *
+ * --tp N shards the model over N ranks (threads of this process, THREADS split
+ * between them; tp.h); weight bytes per step are then summed over the ranks.
  * Prefill: one 512-token prompt (random ids) per run. Decode: 128 greedy steps from
  * an empty context at batch 1; batched decode: B = 4 and 16 sequences stepping
  * together. Each figure is the median of R runs (default 3). roofline_fraction =
@@ -18,13 +20,13 @@
 #include <sys/resource.h>
 #include <time.h>
 
-#include "cpu_backend.h"
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
 #include "membw.h"
 #include "model.h"
 #include "threadpool.h"
+#include "tp.h"
 
 #define PREFILL 512
 #define DECODE 128
@@ -34,7 +36,7 @@
 /* ---- model runs ---- */
 
 typedef struct bench {
-    cv_model *m;
+    cv_tp *tp;
     cv_kv_cache *kv;
     int32_t n_vocab;
     int32_t *tokens, *pos, *seq;
@@ -43,7 +45,7 @@ typedef struct bench {
 
 static cv_status step(bench *b, int32_t n, const uint8_t *want, cv_error *err) {
     cv_batch batch = {.n = n, .tokens = b->tokens, .pos = b->pos, .seq = b->seq, .want_logits = want};
-    return cv_model_forward(b->m, b->kv, &batch, b->logits, err);
+    return cv_tp_forward(b->tp, b->kv, &batch, b->logits, err);
 }
 
 static cv_status run_prefill(bench *b, double *tps, cv_error *err) {
@@ -85,12 +87,13 @@ static cv_status run_decode(bench *b, int32_t n_seq, int32_t steps, double *tps,
 
 int main(int argc, char **argv) {
     const char *path = NULL;
-    int threads = 0, runs = 3;
+    int threads = 0, runs = 3, tp = 1;
     cv_type kv_type = CV_TYPE_F16;
     static const struct option lo[] = {{"model", required_argument, 0, 'm'},
                                        {"threads", required_argument, 0, 't'},
                                        {"runs", required_argument, 0, 'r'},
                                        {"kv-type", required_argument, 0, 'k'},
+                                       {"tp", required_argument, 0, 'p'},
                                        {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
@@ -99,11 +102,12 @@ int main(int argc, char **argv) {
         case 't': threads = atoi(optarg); break;
         case 'r': runs = atoi(optarg); break;
         case 'k': kv_type = !strcmp(optarg, "f32") ? CV_TYPE_F32 : CV_TYPE_F16; break;
+        case 'p': tp = atoi(optarg); break;
         default: path = NULL; optind = argc + 1; break;
         }
     }
     if (!path || optind != argc || runs < 1 || runs > MAX_RUNS || threads < 0) {
-        fprintf(stderr, "usage: bench-decode -m MODEL [-t THREADS] [--runs 1..%d] [--kv-type f16|f32]\n",
+        fprintf(stderr, "usage: bench-decode -m MODEL [-t THREADS] [--runs 1..%d] [--kv-type f16|f32] [--tp N]\n",
                 MAX_RUNS);
         return 1;
     }
@@ -112,19 +116,17 @@ int main(int argc, char **argv) {
 
     cv_error err = {0};
     cv_gguf *g = NULL;
-    cv_backend *be = NULL;
     cv_threadpool *pool = NULL;
     bench b = {0};
     int rc = 1;
-    cv_cpu_options co = {.n_threads = threads};
+    cv_tp_config tc = {.device = CV_DEVICE_CPU, .tp = tp, .threads = threads};
     cv_model_opts mo = {.max_batch = PREFILL, .max_logits = 16};
-    if (cv_gguf_open(path, &g, &err) || cv_cpu_backend_create(&co, &be, &err) ||
-        cv_model_load(be, g, &mo, &b.m, &err))
-        goto out;
-    threads = cv_cpu_backend_threads(be);
-    cv_kv_config kc = cv_model_kv_config(b.m, PREFILL, 16, kv_type);
+    if (cv_gguf_open(path, &g, &err) || cv_tp_load(&tc, g, &mo, &b.tp, &err)) goto out;
+    threads = cv_tp_threads(b.tp);
+    cv_kv_config kc = cv_tp_kv_config(b.tp, PREFILL, 16, kv_type);
     if (cv_kv_create(&kc, &b.kv, &err)) goto out;
-    b.n_vocab = cv_model_hparams(b.m)->n_vocab;
+    const cv_hparams *hp = cv_model_hparams(cv_tp_model(b.tp));
+    b.n_vocab = hp->n_vocab;
     b.tokens = malloc(PREFILL * sizeof(int32_t));
     b.pos = malloc(PREFILL * sizeof(int32_t));
     b.seq = malloc(PREFILL * sizeof(int32_t));
@@ -151,10 +153,10 @@ int main(int argc, char **argv) {
 
     const double mpf = cv_median(pf, runs), md1 = cv_median(d1, runs), md4 = cv_median(d4, runs),
                  md16 = cv_median(d16, runs);
-    const uint64_t wb = cv_model_weight_bytes(b.m);
+    const uint64_t wb = cv_tp_weight_bytes(b.tp);
     json_t *o = json_pack(
-        "{s:s, s:s, s:i, s:i, s:i, s:s, s:I, s:I, s:f, s:i, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I}",
-        "model", path, "arch", cv_arch_name(cv_model_hparams(b.m)->arch), "threads", threads,
+        "{s:s, s:s, s:i, s:i, s:i, s:i, s:s, s:I, s:I, s:f, s:i, s:f, s:i, s:f, s:f, s:f, s:f, s:f, s:f, s:I, s:I}",
+        "model", path, "arch", cv_arch_name(hp->arch), "threads", threads, "tp", cv_tp_size(b.tp),
         "runs", runs, "seed", (int)(seed & 0x7fffffff), "kv_type", kv_type == CV_TYPE_F16 ? "f16" : "f32",
         "file_bytes", (json_int_t)cv_gguf_file_size(g), "weight_bytes_per_token", (json_int_t)wb,
         "read_bandwidth_gbs", bw, "prefill_tokens", PREFILL, "prefill_tokens_per_s", mpf,
@@ -182,8 +184,7 @@ out:
     free(b.seq);
     free(b.logits);
     cv_kv_free(b.kv);
-    cv_model_free(b.m);
-    cv_backend_destroy(be);
+    cv_tp_free(b.tp);
     cv_gguf_close(g);
     return rc;
 }

@@ -13,10 +13,13 @@
 #define cpu_relax() ((void)0)
 #endif
 
-/* Ranks reach a reduction within microseconds of each other when each has a core: pause
- * for a while, then sleep, so that on a machine with fewer free cores than ranks the
- * rank still computing gets the core (yielding in a loop would keep taking it back). */
-#define SPIN_LIMIT 16384
+/* Ranks reach a reduction within microseconds of each other when each has a core: a
+ * waiter pauses for a while, then sleeps, so that on a machine with fewer free cores
+ * than ranks the rank still computing gets the core. How long it pauses adapts: a wait
+ * that ended in sleep halves the next spin (the ranks are sharing cores: spinning only
+ * delays the others), one that ended while spinning doubles it, within these bounds. */
+#define SPIN_MIN 64
+#define SPIN_MAX 16384
 
 /* Slices are whole cache lines of floats, so two ranks never write one line. */
 #define SLICE_ALIGN 16
@@ -28,6 +31,7 @@ typedef struct cpu_comm {
     _Atomic int bar_count;
     _Atomic unsigned bar_gen;
     _Atomic int sleepers;    /* ranks blocked on cv (or about to be) */
+    _Atomic unsigned spin;   /* pauses before sleeping, SPIN_MIN..SPIN_MAX */
     pthread_mutex_t mu;
     pthread_cond_t cv;
 } cpu_comm;
@@ -49,10 +53,15 @@ static void barrier(cpu_comm *c) {
         }
         return;
     }
-    for (unsigned spins = 0; spins < SPIN_LIMIT; spins++) {
-        if (atomic_load(&c->bar_gen) != g) return;
+    const unsigned limit = atomic_load_explicit(&c->spin, memory_order_relaxed);
+    for (unsigned spins = 0; spins < limit; spins++) {
+        if (atomic_load(&c->bar_gen) != g) {
+            if (limit < SPIN_MAX) atomic_store_explicit(&c->spin, 2 * limit, memory_order_relaxed);
+            return;
+        }
         cpu_relax();
     }
+    if (limit > SPIN_MIN) atomic_store_explicit(&c->spin, limit / 2, memory_order_relaxed);
     pthread_mutex_lock(&c->mu);
     atomic_fetch_add(&c->sleepers, 1);
     while (atomic_load(&c->bar_gen) == g) pthread_cond_wait(&c->cv, &c->mu);
@@ -121,6 +130,7 @@ cv_status cv_comm_cpu_create(int size, cv_comm **out, cv_error *err) {
         return cv_errorf(err, CV_ENOMEM, "comm cpu: out of memory");
     }
     c->base = (cv_comm){.ops = &cpu_comm_ops, .size = size, .name = "cpu"};
+    atomic_init(&c->spin, SPIN_MAX);
     *out = &c->base;
     return CV_OK;
 }

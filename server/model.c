@@ -365,7 +365,8 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             m->weight_bytes += (uint64_t)ws[i]->rows * cv_type_row_bytes(ws[i]->type, ws[i]->cols);
     }
-    m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
+    if (m->rank == 0) /* the only shard that computes logits */
+        m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
     return CV_OK;
 }
 
