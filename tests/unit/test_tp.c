@@ -196,6 +196,31 @@ static void test_unsplittable_shapes_are_refused(void **s) {
     cv_gguf_close(r.g);
 }
 
+/* A bad batch is refused by every rank before the first all-reduce (no rank is left
+ * waiting for the others), with rank 0's message, and the runner stays usable. */
+static void test_bad_batch_fails_on_every_rank(void **s) {
+    (void)s;
+    char path[512];
+    synth_path("tp-llama", CV_QRECIPE_F32, path, sizeof path);
+    run r;
+    cv_error e = {0};
+    if (open_run(path, 4, &r, &e)) fail_msg("%s", e.msg);
+    float *logits = malloc(sizeof(float) * 512);
+    assert_non_null(logits);
+    int32_t tok = 512, pos = 0, seq = 0;
+    cv_batch b = {.n = 1, .tokens = &tok, .pos = &pos, .seq = &seq};
+    assert_int_equal(cv_kv_reserve(r.kv, 0, 1, &e), CV_OK);
+    assert_int_equal(cv_tp_forward(r.tp, r.kv, &b, logits, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "token 512 of row 0 outside the vocabulary of 512"));
+    pos = 40; /* not reserved */
+    tok = 7;
+    assert_int_equal(cv_tp_forward(r.tp, r.kv, &b, logits, &e), CV_ERANGE);
+    pos = 0;
+    assert_int_equal(cv_tp_forward(r.tp, r.kv, &b, logits, &e), CV_OK);
+    free(logits);
+    close_run(&r);
+}
+
 /* Threads split between ranks: 2 over 4 ranks still gives each one a thread. */
 static void test_thread_budget_split(void **s) {
     (void)s;
@@ -238,6 +263,7 @@ int main(void) {
         cmocka_unit_test(test_llama_q4_0_tp4),
         cmocka_unit_test(test_gemma3_q8_0_tp2),
         cmocka_unit_test(test_unsplittable_shapes_are_refused),
+        cmocka_unit_test(test_bad_batch_fails_on_every_rank),
         cmocka_unit_test(test_thread_budget_split),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
