@@ -123,9 +123,12 @@ cv_status cv_chat_detect(cv_str tmpl, cv_str arch, cv_str name, cv_chat_family *
 
 /* ---- rendering ---- */
 
+/* The prompt being built, with the spans of message content in it. */
 typedef struct sb {
     char *p;
     size_t len, cap;
+    cv_tok_span *spans;
+    size_t n_spans, cap_spans;
     bool oom;
 } sb;
 
@@ -149,19 +152,45 @@ static void put(sb *b, const char *s, size_t n) {
 
 static void puts_(sb *b, const char *s) { put(b, s, strlen(s)); }
 
+/* Message content: written like template text, and remembered as a span. */
+static void put_content(sb *b, const char *s, size_t n) {
+    size_t start = b->len;
+    put(b, s, n);
+    if (b->oom || n == 0) return;
+    if (b->n_spans == b->cap_spans) {
+        size_t cap = b->cap_spans ? 2 * b->cap_spans : 8;
+        cv_tok_span *sp = realloc(b->spans, cap * sizeof *sp);
+        if (!sp) {
+            b->oom = true;
+            return;
+        }
+        b->spans = sp;
+        b->cap_spans = cap;
+    }
+    b->spans[b->n_spans++] = (cv_tok_span){start, n};
+}
+
+static void puts_content(sb *b, const char *s) { put_content(b, s, strlen(s)); }
+
 /* Python's str.strip() / Jinja's trim, for ASCII whitespace. */
 static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
 
-static void put_trimmed(sb *b, const char *s) {
+static void put_content_trimmed(sb *b, const char *s) {
     size_t n = strlen(s);
     while (n && is_ws(*s)) s++, n--;
     while (n && is_ws(s[n - 1])) n--;
-    put(b, s, n);
+    put_content(b, s, n);
 }
 
-/* Strips trailing whitespace written since offset `from`. */
+/* Strips trailing whitespace written since offset `from`, and from the content
+ * spans it ends. */
 static void rtrim_from(sb *b, size_t from) {
     while (!b->oom && b->len > from && is_ws(b->p[b->len - 1])) b->p[--b->len] = 0;
+    while (b->n_spans && b->spans[b->n_spans - 1].start >= b->len) b->n_spans--;
+    if (b->n_spans) {
+        cv_tok_span *last = &b->spans[b->n_spans - 1];
+        if (last->start + last->len > b->len) last->len = b->len - last->start;
+    }
 }
 
 typedef enum { SYSTEM, USER, ASSISTANT } role;
@@ -211,17 +240,17 @@ static void render_llama2(sb *b, const cv_chat_msg *m, const role *r, size_t n, 
             if (first == 1 && i == 1) {
                 size_t from = b->len;
                 puts_(b, "<<SYS>>\n");
-                puts_(b, m[0].content);
+                puts_content(b, m[0].content);
                 puts_(b, "\n<</SYS>>\n\n");
-                puts_(b, m[i].content);
+                puts_content(b, m[i].content);
                 rtrim_from(b, from); /* the template strips the combined text */
             } else {
-                put_trimmed(b, m[i].content);
+                put_content_trimmed(b, m[i].content);
             }
             puts_(b, " [/INST]");
         } else {
             puts_(b, " ");
-            put_trimmed(b, m[i].content);
+            put_content_trimmed(b, m[i].content);
             puts_(b, " </s>");
         }
     }
@@ -236,7 +265,7 @@ static void render_llama3(sb *b, const cv_chat_msg *m, const role *r, size_t n, 
         puts_(b, "<|start_header_id|>");
         puts_(b, role_name(r[i]));
         puts_(b, "<|end_header_id|>\n\n");
-        put_trimmed(b, m[i].content);
+        put_content_trimmed(b, m[i].content);
         puts_(b, "<|eot_id|>");
     }
     if (gen) puts_(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
@@ -246,13 +275,14 @@ static void chatml_turn(sb *b, const char *role_s, const char *content) {
     puts_(b, "<|im_start|>");
     puts_(b, role_s);
     puts_(b, "\n");
-    puts_(b, content);
+    puts_content(b, content);
     puts_(b, "<|im_end|>\n");
 }
 
 static void render_chatml(sb *b, const cv_chat_msg *m, const role *r, size_t n, bool gen,
                           bool qwen_default_system) {
-    if (qwen_default_system && r[0] != SYSTEM) chatml_turn(b, "system", QWEN_DEFAULT_SYSTEM);
+    if (qwen_default_system && r[0] != SYSTEM) /* the template's own text, not content */
+        puts_(b, "<|im_start|>system\n" QWEN_DEFAULT_SYSTEM "<|im_end|>\n");
     for (size_t i = 0; i < n; i++) chatml_turn(b, role_name(r[i]), m[i].content);
     if (gen) puts_(b, "<|im_start|>assistant\n");
 }
@@ -261,16 +291,16 @@ static void render_deepseek_r1(sb *b, const cv_chat_msg *m, const role *r, size_
     const char *system = NULL;
     for (size_t i = 0; i < n; i++)
         if (r[i] == SYSTEM) system = m[i].content; /* the template keeps the last one */
-    if (system) puts_(b, system);
+    if (system) puts_content(b, system);
     for (size_t i = 0; i < n; i++) {
         if (r[i] == USER) {
             puts_(b, DS_USER);
-            puts_(b, m[i].content);
+            puts_content(b, m[i].content);
         } else if (r[i] == ASSISTANT) {
             const char *c = m[i].content, *t;
             while ((t = strstr(c, "</think>")) != NULL) c = t + strlen("</think>");
             puts_(b, DS_ASSISTANT);
-            puts_(b, c);
+            puts_content(b, c);
             puts_(b, DS_EOS);
         }
     }
@@ -282,18 +312,24 @@ static void render_gemma(sb *b, const cv_chat_msg *m, const role *r, size_t n, s
     for (size_t i = first; i < n; i++) {
         puts_(b, r[i] == USER ? "<start_of_turn>user\n" : "<start_of_turn>model\n");
         if (i == first && first == 1) {
-            puts_(b, m[0].content);
+            puts_content(b, m[0].content);
             puts_(b, "\n\n");
         }
-        put_trimmed(b, m[i].content);
+        put_content_trimmed(b, m[i].content);
         puts_(b, "<end_of_turn>\n");
     }
     if (gen) puts_(b, "<start_of_turn>model\n");
 }
 
+void cv_chat_prompt_free(cv_chat_prompt *p) {
+    free(p->text);
+    free(p->content);
+    memset(p, 0, sizeof *p);
+}
+
 cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
-                        bool add_generation_prompt, char **out, cv_error *err) {
-    *out = NULL;
+                        bool add_generation_prompt, cv_chat_prompt *out, cv_error *err) {
+    memset(out, 0, sizeof *out);
     if ((unsigned)f >= N_FAMILIES)
         return cv_errorf(err, CV_EINVAL, "chat template family %d does not exist", (int)f);
     if (n == 0) return cv_errorf(err, CV_EINVAL, "the chat has no messages");
@@ -321,10 +357,37 @@ cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
                        cv_chat_family_name(f), n);
         goto done;
     }
-    *out = b.p;
+    *out = (cv_chat_prompt){b.p, b.len, b.spans, b.n_spans};
     b.p = NULL;
+    b.spans = NULL;
 done:
     free(b.p);
+    free(b.spans);
     free(roles);
+    return st;
+}
+
+cv_status cv_chat_encode(const cv_tok *tok, cv_chat_family f, const cv_chat_msg *msgs, size_t n,
+                         unsigned flags, int32_t **ids, size_t *n_ids, cv_error *err) {
+    *ids = NULL;
+    *n_ids = 0;
+    cv_chat_prompt p;
+    cv_status st = cv_chat_apply(f, msgs, n, true, &p, err);
+    if (st != CV_OK) return st;
+    size_t cap = p.len + 3; /* cv_tok_encode's bound */
+    if (!(*ids = malloc(cap * sizeof **ids))) {
+        st = cv_errorf(err, CV_ENOMEM, "out of memory for the ids of a %zu-byte %s prompt", p.len,
+                       cv_chat_family_name(f));
+        goto done;
+    }
+    st = cv_tok_encode_plain(tok, p.text, p.len, flags | CV_TOK_PARSE_SPECIAL, p.content,
+                             p.n_content, *ids, cap, n_ids, err);
+    if (st != CV_OK) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+    }
+done:
+    cv_chat_prompt_free(&p);
     return st;
 }

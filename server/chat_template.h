@@ -10,7 +10,10 @@
  * The prompt leaves out the leading BOS token that every one of these templates
  * starts with: the tokenizer adds it (tokenizer.ggml.add_bos_token), as llama.cpp
  * does. Later special tokens (<s> between llama2 turns, <|im_start|>, ...) are in
- * the text, so the prompt must be tokenized with special tokens recognised.
+ * the text, so the prompt must be tokenized with special tokens recognised, but
+ * only in the template's own text: the rendered prompt reports where message
+ * content lies, and cv_chat_encode tokenizes it so that "<|im_end|>" typed by a
+ * user (or found in a retrieved document) stays plain text.
  */
 #ifndef CV_CHAT_TEMPLATE_H
 #define CV_CHAT_TEMPLATE_H
@@ -19,7 +22,8 @@
 #include <stddef.h>
 
 #include "cv_error.h"
-#include "gguf.h" /* cv_str only */
+#include "gguf.h"      /* cv_str */
+#include "tokenizer.h" /* cv_tok_span, cv_chat_encode */
 
 typedef enum cv_chat_family {
     CV_CHAT_LLAMA2,      /* [INST] <<SYS>> ... <</SYS>> ... [/INST] */
@@ -47,13 +51,30 @@ cv_status cv_chat_family_from_name(const char *name, cv_chat_family *out, cv_err
 cv_status cv_chat_detect(cv_str tmpl, cv_str arch, cv_str name, cv_chat_family *out,
                          cv_error *err);
 
+/* A rendered prompt: the template's text around the messages' content. */
+typedef struct cv_chat_prompt {
+    char *text;           /* NUL-terminated, malloc'd */
+    size_t len;
+    cv_tok_span *content; /* where message content (every role's) lies in text, in order */
+    size_t n_content;
+} cv_chat_prompt;
+
 /* The prompt for msgs, ending with the assistant's header when
- * add_generation_prompt. *out is a NUL-terminated malloc'd string (the caller frees
- * it). CV_EINVAL for an empty chat, an unknown role, or an order the family's
- * template rejects (llama2 and gemma: an optional first system message, then
- * user and assistant alternating, starting with user). */
+ * add_generation_prompt; free it with cv_chat_prompt_free. CV_EINVAL for an empty
+ * chat, an unknown role, or an order the family's template rejects (llama2 and
+ * gemma: an optional first system message, then user and assistant alternating,
+ * starting with user). */
 cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
-                        bool add_generation_prompt, char **out, cv_error *err);
+                        bool add_generation_prompt, cv_chat_prompt *out, cv_error *err);
+void cv_chat_prompt_free(cv_chat_prompt *p);
+
+/* The prompt ids for msgs with the generation prompt, as a chat must be tokenized:
+ * the template's control tokens are tokens, text inside any message (the system
+ * message and retrieved context included) never is, so content cannot open or
+ * close a turn. flags: CV_TOK_ADD_SPECIAL or 0 (control tokens are always parsed
+ * in the template's own text). *ids is malloc'd. */
+cv_status cv_chat_encode(const cv_tok *tok, cv_chat_family f, const cv_chat_msg *msgs, size_t n,
+                         unsigned flags, int32_t **ids, size_t *n_ids, cv_error *err);
 
 /* The text that ends an assistant turn in this family ("<end_of_turn>",
  * "<|eot_id|>", ...): the engine stops on it (as a token or a stop string). */

@@ -511,6 +511,32 @@ static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const 
     if (g) stream_submit(g, prompt, n_prompt, sp, NULL);
 }
 
+/* The chat template a request gets: the one it names, else the model's own.
+ * CV_RPC_OK, or the status to answer with and its message in err. */
+static cv_rpc_code chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam,
+                               cv_error *err) {
+    *fam = slot->chat_family;
+    if (name[0])
+        return cv_chat_family_from_name(name, fam, err) == CV_OK ? CV_RPC_OK : CV_RPC_INVALID_ARGUMENT;
+    if (slot->has_chat) return CV_RPC_OK;
+    cv_errorf(err, CV_EUNSUPPORTED,
+              "chat_template: the model's file names no known chat template; name one "
+              "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+    return CV_RPC_FAILED_PRECONDITION;
+}
+
+/* The prompt ids of a request's chat messages (see cv_chat_encode). */
+static cv_status encode_messages(const cv_tok *tok, cv_chat_family fam,
+                                 Corvid__V1__ChatMessage *const *m, size_t n, unsigned flags,
+                                 int32_t **ids, size_t *n_ids, cv_error *err) {
+    cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i]->role, m[i]->content};
+    cv_status st = cv_chat_encode(tok, fam, msgs, n, flags, ids, n_ids, err);
+    free(msgs);
+    return st;
+}
+
 /* ---- retrieval-augmented requests ---- */
 
 /* One RAG request between its handler and its engine submit, on its own thread. */
@@ -582,18 +608,24 @@ static void stream_default_answer(gen_stream *g, const char *answer, double t0) 
     cv_rpc_call_release(g->call);
 }
 
-/* The prompt text with the retrieved context (see rag_prompt.h for the templates). */
-static cv_status rag_prompt(const rag_job *j, const cv_rag_context *ctx, const char *question, char **out,
-                            cv_error *err) {
+/* The prompt ids with the retrieved context (see rag_prompt.h for the templates). For
+ * Chat the context is system-message content: a passage quoting a chat format's
+ * control tokens cannot open a turn. */
+static cv_status rag_prompt_ids(const rag_job *j, const cv_tok *tok, const cv_rag_context *ctx,
+                                const char *question, int32_t **ids, size_t *n_ids, cv_error *err) {
+    cv_status st;
     if (j->gen) {
-        *out = cv_rag_prompt_generate(ctx, question);
-        return *out ? CV_OK : cv_errorf(err, CV_ENOMEM, "out of memory");
+        char *text = cv_rag_prompt_generate(ctx, question);
+        if (!text) return cv_errorf(err, CV_ENOMEM, "out of memory");
+        st = tokenize(tok, text, j->gen->raw ? 0 : CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+        free(text);
+        return st;
     }
     Corvid__V1__ChatRequest *r = j->chat;
     char *sys = NULL, *merged = NULL;
     cv_chat_msg *msgs = calloc(r->n_messages + 1, sizeof *msgs);
-    cv_status st = CV_ENOMEM;
     size_t n = 0, i = 0;
+    st = CV_ENOMEM;
     if (!msgs || !(sys = cv_rag_prompt_system(ctx))) goto out;
     if (r->n_messages && !strcmp(r->messages[0]->role, "system")) {
         size_t a = strlen(sys), b = strlen(r->messages[0]->content);
@@ -607,7 +639,7 @@ static cv_status rag_prompt(const rag_job *j, const cv_rag_context *ctx, const c
         msgs[n++] = (cv_chat_msg){"system", sys};
     }
     for (; i < r->n_messages; i++) msgs[n++] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
-    st = cv_chat_apply(j->fam, msgs, n, true, out, err);
+    st = cv_chat_encode(tok, j->fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
 out:
     if (st == CV_ENOMEM) cv_errorf(err, st, "out of memory");
     free(sys);
@@ -638,7 +670,6 @@ static void *rag_thread(void *arg) {
         if (!strcmp(j->chat->messages[i]->role, "user")) question = j->chat->messages[i]->content;
     cv_rag_outcome o;
     cv_error err = {0};
-    char *prompt = NULL;
     int32_t *ids = NULL;
     size_t n = 0;
     /* The context gets what the model's window leaves after the prompt without it and
@@ -647,14 +678,13 @@ static void *rag_thread(void *arg) {
     size_t n_ctx = (size_t)cv_engine_n_ctx(g->engine), bare = 0, room = n_ctx / 4;
     if (sp && sp->max_tokens && sp->max_tokens < room) room = sp->max_tokens;
     cv_rag_context empty = {.text = ""};
-    cv_status st = rag_prompt(j, &empty, question, &prompt, &err);
+    cv_status st = rag_prompt_ids(j, g->slot->tok, &empty, question, &ids, &bare, &err);
     if (st != CV_OK) {
         stream_fail(g, code_of(st), err.msg);
         goto out;
     }
-    bare = count_tokens(g->slot->tok, prompt, strlen(prompt));
-    free(prompt);
-    prompt = NULL;
+    free(ids);
+    ids = NULL;
     cv_rag_query q = {question, ro->knowledge_base, ro->top_k, ro->min_score,
                       (const char *const *)ro->sources, ro->n_sources, ro->policy,
                       bare + room < n_ctx ? n_ctx - bare - room : 1};
@@ -670,10 +700,7 @@ static void *rag_thread(void *arg) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         g->context_tokens = (uint32_t)o.ctx.tokens;
-        unsigned flags = j->chat ? CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL
-                                 : (j->gen->raw ? 0 : CV_TOK_ADD_SPECIAL);
-        if ((st = rag_prompt(j, &o.ctx, question, &prompt, &err)) != CV_OK ||
-            (st = tokenize(g->slot->tok, prompt, flags, &ids, &n, &err)) != CV_OK)
+        if ((st = rag_prompt_ids(j, g->slot->tok, &o.ctx, question, &ids, &n, &err)) != CV_OK)
             stream_fail(g, code_of(st), err.msg);
         else
             /* A base model answering the Generate template goes on with the next
@@ -682,7 +709,6 @@ static void *rag_thread(void *arg) {
     }
     cv_rag_outcome_free(&o);
 out:
-    free(prompt);
     free(ids);
     if (j->gen) corvid__v1__generate_request__free_unpacked(j->gen, NULL);
     if (j->chat) corvid__v1__chat_request__free_unpacked(j->chat, NULL);
@@ -775,36 +801,21 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     }
     int32_t *ids = NULL;
     size_t n = 0;
-    char *prompt = NULL;
-    cv_chat_msg *msgs = NULL;
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
     if (!slot || injected_fault(inf, slot, call, r->request_id)) goto out;
-    cv_chat_family fam = slot->chat_family;
-    if (r->chat_template[0]) {
-        if (cv_chat_family_from_name(r->chat_template, &fam, &err) != CV_OK) {
-            refuse(inf, slot, call, r->request_id, CV_RPC_INVALID_ARGUMENT, err.msg);
-            goto out;
-        }
-    } else if (!slot->has_chat) {
-        refuse(inf, slot, call, r->request_id, CV_RPC_FAILED_PRECONDITION,
-               "chat_template: the model's file names no known chat template; name one "
-               "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+    cv_chat_family fam;
+    cv_rpc_code code = chat_family(slot, r->chat_template, &fam, &err);
+    if (code != CV_RPC_OK) {
+        refuse(inf, slot, call, r->request_id, code, err.msg);
         goto out;
     }
     if (r->rag && r->rag->enable) {
         if (rag_start(inf, slot, call, &(rag_job){.chat = r, .fam = fam}) == 0) r = NULL;
         goto out;
     }
-    msgs = calloc(r->n_messages ? r->n_messages : 1, sizeof *msgs);
-    if (!msgs) {
-        refuse(inf, slot, call, r->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
-        goto out;
-    }
-    for (size_t i = 0; i < r->n_messages; i++) msgs[i] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
-    cv_status st = cv_chat_apply(fam, msgs, r->n_messages, true, &prompt, &err);
-    if (st == CV_OK)
-        st = tokenize(slot->tok, prompt, CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL, &ids, &n, &err);
+    cv_status st = encode_messages(slot->tok, fam, r->messages, r->n_messages, CV_TOK_ADD_SPECIAL,
+                                   &ids, &n, &err);
     if (st != CV_OK) {
         refuse(inf, slot, call, r->request_id, code_of(st), err.msg);
         goto out;
@@ -812,8 +823,6 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
 out:
     free(ids);
-    free(prompt);
-    free(msgs);
     if (r) corvid__v1__chat_request__free_unpacked(r, NULL);
 }
 
@@ -844,7 +853,23 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     slot = pick_slot(inf, call, r->model, NULL, NULL);
     if (!slot) goto out;
     unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
-    cv_status st = tokenize(slot->tok, r->text, flags, &ids, &n, &err);
+    cv_status st;
+    if (r->n_messages && (r->text[0] || r->parse_special)) {
+        st = cv_errorf(&err, CV_EINVAL,
+                       "messages: tokenized as Chat would, so text and parse_special must be unset");
+    } else if (r->n_messages) {
+        cv_chat_family fam;
+        cv_rpc_code code = chat_family(slot, r->chat_template, &fam, &err);
+        if (code != CV_RPC_OK) {
+            cv_rpc_reply(call, code, err.msg, NULL, 0);
+            goto out;
+        }
+        st = encode_messages(slot->tok, fam, r->messages, r->n_messages, flags, &ids, &n, &err);
+    } else if (r->chat_template[0]) {
+        st = cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
+    } else {
+        st = tokenize(slot->tok, r->text, flags, &ids, &n, &err);
+    }
     if (st != CV_OK) {
         cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
         goto out;

@@ -426,8 +426,9 @@ int32_t cv_tok_find(const cv_tok *t, const char *text, size_t len) { return tok_
 
 /* ---- encoding ---- */
 
-/* The special token starting at p (leftmost-longest), or -1. */
-static int32_t match_special(const cv_tok *t, const char *p, size_t rem, int parse_special,
+/* The special token starting at p (leftmost-longest), or -1. Control and unknown
+ * tokens match only when their whole text fits in ctl_max bytes (0: never). */
+static int32_t match_special(const cv_tok *t, const char *p, size_t rem, size_t ctl_max,
                              size_t *mlen) {
     uint8_t c = (uint8_t)p[0];
     if (!(t->special_first[c >> 3] & (1u << (c & 7)))) return -1;
@@ -438,7 +439,7 @@ static int32_t match_special(const cv_tok *t, const char *p, size_t rem, int par
         if (id < 0) continue;
         uint8_t ty = t->type[id];
         if (ty == CV_TOK_TYPE_USER_DEFINED ||
-            (parse_special && (ty == CV_TOK_TYPE_CONTROL || ty == CV_TOK_TYPE_UNKNOWN))) {
+            (l <= ctl_max && (ty == CV_TOK_TYPE_CONTROL || ty == CV_TOK_TYPE_UNKNOWN))) {
             *mlen = l;
             return id;
         }
@@ -453,23 +454,47 @@ static cv_status encode_fragment(const cv_tok *t, const char *s, size_t len, int
     return tok_bpe_encode(t, s, len, o, err);
 }
 
-cv_status cv_tok_encode(const cv_tok *t, const char *text, size_t len, unsigned flags,
-                        int32_t *ids, size_t cap, size_t *n, cv_error *err) {
+static cv_status check_spans(const cv_tok_span *plain, size_t n_plain, size_t len, cv_error *err) {
+    size_t end = 0;
+    for (size_t i = 0; i < n_plain; i++) {
+        if (plain[i].start < end || plain[i].start > len || plain[i].len > len - plain[i].start)
+            return cv_errorf(err, CV_EINVAL,
+                             "plain span %zu [%zu, +%zu) is not inside the %zu-byte text after the "
+                             "previous span's end %zu: spans must be sorted and disjoint",
+                             i, plain[i].start, plain[i].len, len, end);
+        end = plain[i].start + plain[i].len;
+    }
+    return CV_OK;
+}
+
+/* How many bytes from p a control token may take: none inside a plain span, up to
+ * the next span outside one. *k is the first span that does not end before p. */
+static size_t control_room(const cv_tok_span *plain, size_t n_plain, size_t *k, size_t p,
+                           size_t len) {
+    while (*k < n_plain && (plain[*k].len == 0 || plain[*k].start + plain[*k].len <= p)) (*k)++;
+    if (*k == n_plain) return len - p;
+    return plain[*k].start <= p ? 0 : plain[*k].start - p;
+}
+
+cv_status cv_tok_encode_plain(const cv_tok *t, const char *text, size_t len, unsigned flags,
+                              const cv_tok_span *plain, size_t n_plain, int32_t *ids, size_t cap,
+                              size_t *n, cv_error *err) {
     *n = 0;
     if (len > TOK_MAX_INPUT)
         return cv_errorf(err, CV_ERANGE, "text of %zu bytes exceeds the tokenizer's limit of %zu",
                          len, TOK_MAX_INPUT);
+    cv_status st = check_spans(plain, n_plain, len, err);
+    if (st != CV_OK) return st;
     tok_out o = {ids, cap, 0};
-    cv_status st = CV_OK;
     int add = (flags & CV_TOK_ADD_SPECIAL) != 0, parse = (flags & CV_TOK_PARSE_SPECIAL) != 0;
     if (add && t->add_bos) tok_out_push(&o, t->bos);
     /* SPM puts its leading space on the first text fragment and on any text that
      * follows a special token, as llama.cpp does. */
     int after_special = 1;
-    size_t start = 0;
+    size_t start = 0, k = 0;
     for (size_t p = 0; p < len && st == CV_OK;) {
-        size_t ml;
-        int32_t id = t->n_special_lens ? match_special(t, text + p, len - p, parse, &ml) : -1;
+        size_t ml, room = parse ? control_room(plain, n_plain, &k, p, len) : 0;
+        int32_t id = t->n_special_lens ? match_special(t, text + p, len - p, room, &ml) : -1;
         if (id < 0) {
             p++;
             continue;
@@ -490,6 +515,11 @@ cv_status cv_tok_encode(const cv_tok *t, const char *text, size_t len, unsigned 
     if (o.n > cap)
         return cv_errorf(err, CV_ERANGE, "the text needs %zu ids, room for %zu", o.n, cap);
     return CV_OK;
+}
+
+cv_status cv_tok_encode(const cv_tok *t, const char *text, size_t len, unsigned flags,
+                        int32_t *ids, size_t cap, size_t *n, cv_error *err) {
+    return cv_tok_encode_plain(t, text, len, flags, NULL, 0, ids, cap, n, err);
 }
 
 /* ---- decoding ---- */

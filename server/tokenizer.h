@@ -9,8 +9,9 @@
  *    deepseek-r1-qwen, deepseek-llm), each byte mapped to a printable code point,
  *    then merged by tokenizer.ggml.merges rank.
  * Special tokens (control/unknown types) in the input are matched as whole tokens
- * only with CV_TOK_PARSE_SPECIAL; user-defined tokens are always matched. Matching
- * is leftmost-longest. Input need not be valid UTF-8: invalid bytes go through
+ * only with CV_TOK_PARSE_SPECIAL (and, with cv_tok_encode_plain, only outside the
+ * caller's plain spans); user-defined tokens are always matched. Matching is
+ * leftmost-longest. Input need not be valid UTF-8: invalid bytes go through
  * byte fallback (SPM) or their byte tokens (BPE).
  *
  * The tokenizer copies what it needs: the GGUF handle may be closed after
@@ -76,6 +77,22 @@ int32_t cv_tok_find(const cv_tok *t, const char *text, size_t len);
  * room). At most len + 3 ids are ever needed. */
 cv_status cv_tok_encode(const cv_tok *t, const char *text, size_t len, unsigned flags,
                         int32_t *ids, size_t cap, size_t *n, cv_error *err);
+
+/* A byte range [start, start + len) of a text. */
+typedef struct cv_tok_span {
+    size_t start, len;
+} cv_tok_span;
+
+/* cv_tok_encode, except that with CV_TOK_PARSE_SPECIAL a control (or unknown) token
+ * is matched only where its whole text lies outside the plain spans: text inside
+ * them (a chat message's content between the template's own control tokens) is
+ * encoded as without that flag, so it can never become a control token. The
+ * spans must be sorted and disjoint (CV_EINVAL otherwise); empty ones are allowed.
+ * Where no control-token text meets a span, the ids are exactly cv_tok_encode's:
+ * the text is cut into the same fragments. */
+cv_status cv_tok_encode_plain(const cv_tok *t, const char *text, size_t len, unsigned flags,
+                              const cv_tok_span *plain, size_t n_plain, int32_t *ids, size_t cap,
+                              size_t *n, cv_error *err);
 
 /* Bytes of one token. The pointer stays valid while t lives. An id outside the
  * vocabulary yields CV_EINVAL. */

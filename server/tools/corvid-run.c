@@ -69,7 +69,8 @@ static void usage(FILE *f) {
           "             [--device cpu|cuda] [--tp N]\n"
           "             [--chat [--chat-template NAME] [--system TEXT]]\n"
           "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json] [--device D] [--tp N]\n"
-          "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised)\n"
+          "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised,\n"
+          "                       except with --chat: then only the template's own)\n"
           "  --prompt-ids IDS     generate from comma-separated token ids\n"
           "  -n N                 generate at most N tokens (default 128)\n"
           "  --temp T             temperature, 0 = greedy (default 0.8); --top-k (40),\n"
@@ -432,9 +433,11 @@ static cv_status tokenize(const cv_tok *tok, const char *text, size_t len, unsig
     return st;
 }
 
-/* The prompt text for --chat: the model's (or the forced) template around a user
- * message and an optional system message. *out is malloc'd. */
-static cv_status chat_prompt(const run_opts *o, const cv_gguf *g, char **out, cv_error *e) {
+/* The prompt ids for --chat: the model's (or the forced) template around a user
+ * message and an optional system message, neither of which can hold a control
+ * token (see cv_chat_encode). *ids is malloc'd. */
+static cv_status chat_prompt(const run_opts *o, const cv_gguf *g, const cv_tok *tok, int32_t **ids,
+                             int32_t *n_ids, cv_error *e) {
     cv_chat_family fam;
     cv_status st = o->chat_template
         ? cv_chat_family_from_name(o->chat_template, &fam, e)
@@ -446,7 +449,10 @@ static cv_status chat_prompt(const run_opts *o, const cv_gguf *g, char **out, cv
     size_t n = 0;
     if (o->system) msgs[n++] = (cv_chat_msg){.role = "system", .content = o->system};
     msgs[n++] = (cv_chat_msg){.role = "user", .content = o->text};
-    return cv_chat_apply(fam, msgs, n, true, out, e);
+    size_t got;
+    st = cv_chat_encode(tok, fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, &got, e);
+    *n_ids = (int32_t)got;
+    return st;
 }
 
 /* ---- -p / --prompt-ids: generation ---- */
@@ -544,16 +550,11 @@ static int run_generate(const run_opts *o) {
     if (st) return fail(NULL, &e);
     g.tok = rt.tok;
     const int32_t n_vocab = cv_model_hparams(rt.m)->n_vocab;
-    char *chat_text = NULL;
-    const char *text = o->text;
-    if (o->chat) {
-        if ((st = chat_prompt(o, rt.g, &chat_text, &e))) goto out;
-        text = chat_text;
-    }
-    st = o->prompt_ids ? parse_ids(o->prompt_ids, n_vocab, &prompt, &n_prompt, &e)
-                       : tokenize(rt.tok, text, strlen(text), CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL,
-                                  &prompt, &n_prompt, &e);
-    free(chat_text);
+    if (o->prompt_ids) st = parse_ids(o->prompt_ids, n_vocab, &prompt, &n_prompt, &e);
+    else if (o->chat) st = chat_prompt(o, rt.g, rt.tok, &prompt, &n_prompt, &e);
+    else /* a prompt typed on the command line is the operator's: its control tokens count */
+        st = tokenize(rt.tok, o->text, strlen(o->text), CV_TOK_ADD_SPECIAL | CV_TOK_PARSE_SPECIAL,
+                      &prompt, &n_prompt, &e);
     if (st) goto out;
     for (int32_t i = 0; i < n_prompt; i++)
         if (prompt[i] >= n_vocab) {

@@ -2,14 +2,60 @@
  * the messages from clients, both untrusted.
  * Input: template \0 architecture \0 name \0 then messages as (role byte, content \0).
  * Checks: detection never reads outside its strings; every family renders or
- * refuses without memory errors; ChatML keeps every content verbatim. */
+ * refuses without memory errors; the content spans are sorted, disjoint, inside the
+ * prompt and each lies within one message's text (ChatML: exactly each message);
+ * ChatML and Qwen2 prompts tokenized by cv_chat_encode hold exactly the template's
+ * <|im_start|> and <|im_end|> tokens, whatever the messages say. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "chat_template.h"
+#include "gguf.h"
+#include "tokenizer.h"
 
 #define MAX_MSGS 16
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "check failed: %s\n", #c); __builtin_trap(); } } while (0)
+
+enum { ID_IM_START = 259, ID_IM_END = 260, N_VOCAB = 261 };
+
+/* SPM with byte fallback only: <unk> <s> </s>, the 256 byte tokens, then ChatML's
+ * two control tokens. */
+static cv_tok *chatml_tokenizer(void) {
+    static cv_tok *t;
+    if (t) return t;
+    static char bytes[256][7];
+    const char *toks[N_VOCAB];
+    float scores[N_VOCAB] = {0};
+    int32_t types[N_VOCAB];
+    toks[0] = "<unk>", toks[1] = "<s>", toks[2] = "</s>";
+    types[0] = CV_TOK_TYPE_UNKNOWN, types[1] = types[2] = CV_TOK_TYPE_CONTROL;
+    for (int b = 0; b < 256; b++) {
+        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
+        toks[3 + b] = bytes[b];
+        types[3 + b] = CV_TOK_TYPE_BYTE;
+    }
+    toks[ID_IM_START] = "<|im_start|>", toks[ID_IM_END] = "<|im_end|>";
+    types[ID_IM_START] = types[ID_IM_END] = CV_TOK_TYPE_CONTROL;
+    cv_gguf_writer *w = cv_gguf_writer_new();
+    cv_error e;
+    uint8_t *buf;
+    size_t len;
+    cv_gguf *g;
+    CHECK(w);
+    CHECK(cv_gguf_set_str(w, "tokenizer.ggml.model", "llama", &e) == CV_OK);
+    CHECK(cv_gguf_set_str_arr(w, "tokenizer.ggml.tokens", toks, N_VOCAB, &e) == CV_OK);
+    CHECK(cv_gguf_set_arr(w, "tokenizer.ggml.scores", CV_GGUF_FLOAT32, scores, N_VOCAB, &e) == CV_OK);
+    CHECK(cv_gguf_set_arr(w, "tokenizer.ggml.token_type", CV_GGUF_INT32, types, N_VOCAB, &e) == CV_OK);
+    CHECK(cv_gguf_write_memory(w, &buf, &len, &e) == CV_OK);
+    cv_gguf_writer_free(w);
+    CHECK(cv_gguf_open_memory(buf, len, &g, &e) == CV_OK);
+    CHECK(cv_tok_load(g, &t, &e) == CV_OK);
+    cv_gguf_close(g);
+    free(buf);
+    return t;
+}
 
 static const char *next_field(const uint8_t **p, const uint8_t *end, size_t *len) {
     const uint8_t *start = *p, *z = memchr(start, 0, (size_t)(end - start));
@@ -17,6 +63,46 @@ static const char *next_field(const uint8_t **p, const uint8_t *end, size_t *len
     *len = (size_t)(z - start);
     *p = z < end ? z + 1 : end;
     return (const char *)start;
+}
+
+static void check_spans(const cv_chat_prompt *pr, const cv_chat_msg *msgs, size_t n, int exact) {
+    CHECK(strlen(pr->text) == pr->len);
+    size_t end = 0, m = 0;
+    for (size_t i = 0; i < pr->n_content; i++) {
+        cv_tok_span s = pr->content[i];
+        CHECK(s.len > 0 && s.start >= end && s.start + s.len <= pr->len);
+        end = s.start + s.len;
+        if (exact) {
+            while (m < n && !msgs[m].content[0]) m++; /* empty content leaves no span */
+            CHECK(m < n && strlen(msgs[m].content) == s.len);
+            CHECK(memcmp(pr->text + s.start, msgs[m].content, s.len) == 0);
+            m++;
+            continue;
+        }
+        int found = 0;
+        for (size_t k = 0; k < n && !found; k++)
+            found = memmem(msgs[k].content, strlen(msgs[k].content), pr->text + s.start, s.len) != NULL;
+        CHECK(found);
+    }
+}
+
+/* cv_chat_encode on ChatML: one <|im_start|> per turn (the Qwen2 default system turn
+ * and the generation prompt included), one <|im_end|> per closed turn. */
+static void check_chatml_ids(cv_chat_family f, const cv_chat_msg *msgs, size_t n) {
+    int32_t *ids;
+    size_t n_ids;
+    cv_error e;
+    if (cv_chat_encode(chatml_tokenizer(), f, msgs, n, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &e) != CV_OK) {
+        CHECK(ids == NULL);
+        return;
+    }
+    size_t turns = n + (f == CV_CHAT_QWEN2 && strcmp(msgs[0].role, "system") != 0), starts = 0, ends = 0;
+    for (size_t i = 0; i < n_ids; i++) {
+        starts += ids[i] == ID_IM_START;
+        ends += ids[i] == ID_IM_END;
+    }
+    CHECK(starts == turns + 1 && ends == turns);
+    free(ids);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -48,16 +134,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     for (int fi = CV_CHAT_LLAMA2; fi <= CV_CHAT_GEMMA; fi++) {
         for (int gen = 0; gen < 2; gen++) {
-            char *out = NULL;
+            cv_chat_prompt out;
             if (cv_chat_apply((cv_chat_family)fi, msgs, n, gen, &out, &err) != CV_OK) {
-                if (out) abort();
+                if (out.text || out.content) abort();
                 continue;
             }
-            if (fi == CV_CHAT_CHATML)
-                for (size_t i = 0; i < n; i++)
-                    if (!strstr(out, msgs[i].content)) abort();
-            free(out);
+            check_spans(&out, msgs, n, fi == CV_CHAT_CHATML);
+            cv_chat_prompt_free(&out);
         }
+        if (fi == CV_CHAT_CHATML || fi == CV_CHAT_QWEN2) check_chatml_ids((cv_chat_family)fi, msgs, n);
     }
     free(buf);
     return 0;

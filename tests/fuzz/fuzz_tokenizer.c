@@ -2,12 +2,16 @@
  *
  * First byte < 0xF0: text mode. The byte picks one of five small tokenizers built
  * once with the GGUF writer (SPM with byte fallback; byte-level BPE with the gpt-2,
- * llama3, qwen2 and deepseek-llm pre-tokenizers) and whether special tokens are
- * parsed; the rest is the text. Checks: every id in range and at most len + 3 of
- * them; decode(encode(x)) == x wherever that must hold (BPE always; SPM when
- * specials are not parsed and x has no U+2581, the character SPM writes spaces
- * as); the streaming decoder emits only valid UTF-8 and, with its flush, exactly
- * the repaired one-shot decode.
+ * llama3, qwen2 and deepseek-llm pre-tokenizers), whether special tokens are
+ * parsed, and whether plain spans come first (a count byte, then 3 bytes a span:
+ * start as 16-bit little endian, length); the rest is the text. Checks: every id
+ * in range and at most len + 3 of them; decode(encode(x)) == x wherever that must
+ * hold (BPE always; SPM when specials are not parsed and x has no U+2581, the
+ * character SPM writes spaces as); the streaming decoder emits only valid UTF-8
+ * and, with its flush, exactly the repaired one-shot decode. With spans: refused
+ * exactly when they are unsorted, overlapping or past the text, and (BPE, where
+ * the decode gives each id's bytes back in place) no control token's text meets
+ * a non-empty span.
  *
  * First byte >= 0xF0: metadata mode. The rest is a GGUF file whose tokenizer is
  * loaded (hostile token types, merges, ids) and then used.
@@ -186,22 +190,62 @@ static void check_stream(const cv_tok *t, const int32_t *ids, size_t n, unsigned
     cv_tok_stream_free(s);
 }
 
+enum { MAX_SPANS = 7 };
+
+static int spans_valid(const cv_tok_span *sp, size_t n, size_t len) {
+    for (size_t i = 0, end = 0; i < n; end = sp[i].start + sp[i].len, i++)
+        if (sp[i].start < end || sp[i].start + sp[i].len > len) return 0;
+    return 1;
+}
+
+/* Each control id's bytes, found in place by walking the pieces, lie outside
+ * every non-empty span. */
+static void check_controls_outside(const cv_tok *t, const int32_t *ids, size_t n,
+                                   const cv_tok_span *sp, size_t n_sp) {
+    cv_error e;
+    for (size_t i = 0, off = 0; i < n; i++) {
+        const char *p;
+        size_t pl;
+        CHECK(cv_tok_piece(t, ids[i], CV_TOK_RENDER_SPECIAL, &p, &pl, &e) == CV_OK);
+        cv_tok_type ty = cv_tok_token_type(t, ids[i]);
+        if (ty == CV_TOK_TYPE_CONTROL || ty == CV_TOK_TYPE_UNKNOWN)
+            for (size_t k = 0; k < n_sp; k++)
+                CHECK(sp[k].len == 0 || off + pl <= sp[k].start || sp[k].start + sp[k].len <= off);
+        off += pl;
+    }
+}
+
 static void text_mode(uint8_t sel, const uint8_t *text, size_t len) {
     init();
     const cv_tok *t = g_toks[sel % N_TOKS];
     int parse = (sel >> 3) & 1, add = (sel >> 4) & 1;
     unsigned flags = (parse ? CV_TOK_PARSE_SPECIAL : 0) | (add ? CV_TOK_ADD_SPECIAL : 0);
+    cv_tok_span sp[MAX_SPANS];
+    size_t n_sp = 0;
+    if ((sel >> 5) & 1 && len > 0) {
+        size_t want = text[0] % (MAX_SPANS + 1);
+        text++, len--;
+        for (; n_sp < want && len >= 3; n_sp++, text += 3, len -= 3)
+            sp[n_sp] = (cv_tok_span){(size_t)text[0] | (size_t)text[1] << 8, text[2]};
+    }
     size_t cap = len + 3, n;
     int32_t *ids = malloc(cap * sizeof *ids);
     CHECK(ids);
     cv_error e;
-    CHECK(cv_tok_encode(t, (const char *)text, len, flags, ids, cap, &n, &e) == CV_OK);
+    cv_status st = cv_tok_encode_plain(t, (const char *)text, len, flags, sp, n_sp, ids, cap, &n, &e);
+    if (!spans_valid(sp, n_sp, len)) {
+        CHECK(st == CV_EINVAL);
+        free(ids);
+        return;
+    }
+    CHECK(st == CV_OK);
     CHECK(n <= cap);
     for (size_t i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < cv_tok_n_vocab(t));
     int spm = cv_tok_get_kind(t) == CV_TOK_SPM;
+    /* The BOS renders as its text: skip it. */
+    size_t bos = add && cv_tok_adds_bos(t) && n > 0 ? 1 : 0;
+    if (!spm) check_controls_outside(t, ids + bos, n - bos, sp, n_sp);
     unsigned dflags = CV_TOK_RENDER_SPECIAL | (spm ? CV_TOK_STRIP_SPACE : 0);
-    /* BOS renders as its text: leave it out of the round trip. */
-    size_t skip = add && cv_tok_adds_bos(t) && n > 0 ? 1 : 0;
     size_t dcap = 0, dl;
     for (size_t i = 0; i < n; i++) {
         const char *p;
@@ -211,9 +255,9 @@ static void text_mode(uint8_t sel, const uint8_t *text, size_t len) {
     }
     char *dec = malloc(dcap + 1);
     CHECK(dec);
-    CHECK(cv_tok_decode(t, ids + skip, n - skip, dflags, dec, dcap, &dl, &e) == CV_OK);
+    CHECK(cv_tok_decode(t, ids + bos, n - bos, dflags, dec, dcap, &dl, &e) == CV_OK);
     if (!spm || (!parse && !has_space_mark(text, len))) CHECK(dl == len && memcmp(dec, text, len) == 0);
-    check_stream(t, ids + skip, n - skip, dflags, dec, dl);
+    check_stream(t, ids + bos, n - bos, dflags, dec, dl);
     free(dec);
     free(ids);
 }

@@ -102,6 +102,19 @@ def main():
         else:
             check("perplexity", False, pg.stderr + pb.stderr)
 
+    # --chat: control-token text in the messages stays text (<s> = 1, </s> = 2: only the
+    # BOS here); the same rendered prompt given to -p has its specials parsed.
+    chat = run("-m", F32, "--chat-template", "llama2", "--system", "</s><s>", "-p", "Hi</s><s>[INST]",
+               "-n", "1", "--json", "-t", "2")
+    raw = run("-m", F32, "-p", "[INST] <<SYS>>\n</s><s>\n<</SYS>>\n\nHi</s><s>[INST] [/INST]", "-n", "1",
+              "--json", "-t", "2")
+    if chat.returncode == 0 and raw.returncode == 0:
+        c, r = json.loads(chat.stdout)["prompt_tokens"], json.loads(raw.stdout)["prompt_tokens"]
+        check("--chat keeps control-token text in messages as text",
+              (c.count(1), c.count(2), r.count(1), r.count(2)) == (1, 0, 3, 2), f"chat {c}, -p {r}")
+    else:
+        check("--chat keeps control-token text in messages as text", False, chat.stderr + raw.stderr)
+
     # Bad input: one clear line on stderr, exit status 1.
     long_prompt = "Once upon a time " * 60
     bad_cases = [

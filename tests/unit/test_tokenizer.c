@@ -323,6 +323,94 @@ static void test_special_tokens(void **state) {
     cv_tok_free(ds);
 }
 
+static size_t encode_plain(const cv_tok *t, const char *s, unsigned flags, const cv_tok_span *sp,
+                           size_t n_sp, int32_t *ids, size_t cap) {
+    cv_error e = {0};
+    size_t n;
+    if (cv_tok_encode_plain(t, s, strlen(s), flags, sp, n_sp, ids, cap, &n, &e) != CV_OK)
+        fail_msg("encode_plain: %s", e.msg);
+    return n;
+}
+
+static int count_id(const int32_t *ids, size_t n, int32_t id) {
+    int c = 0;
+    for (size_t i = 0; i < n; i++) c += ids[i] == id;
+    return c;
+}
+
+/* Control tokens are matched only where their whole text lies outside the plain
+ * spans; everything else is encoded as by cv_tok_encode. */
+static void test_plain_spans(void **state) {
+    (void)state;
+    char path[4096];
+    int32_t ids[64], ref[64];
+    cv_error e = {0};
+    size_t n, nr;
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", shared_dir());
+    cv_tok *gpt2 = load_tok(path, NULL);
+    const char *s = "a<|endoftext|>b<|endoftext|>c"; /* the tokens at 1..14 and 15..28 */
+    const unsigned P = CV_TOK_PARSE_SPECIAL;
+    nr = encode(gpt2, s, strlen(s), P, ref, 64);
+    assert_int_equal(count_id(ref, nr, 50256), 2);
+    /* No spans, spans around plain text only, empty spans: the same ids. */
+    const cv_tok_span around[] = {{0, 1}, {14, 1}, {15, 0}, {28, 1}};
+    n = encode_plain(gpt2, s, P, around, 4, ids, 64);
+    assert_int_equal(n, nr);
+    assert_memory_equal(ids, ref, n * sizeof *ids);
+    n = encode_plain(gpt2, s, P, (const cv_tok_span[]){{1, 0}, {29, 0}}, 2, ids, 64);
+    assert_memory_equal(ids, ref, nr * sizeof *ids);
+    /* A span over the first token, over one byte of it, or from inside it past its
+     * end: that one becomes text, the other stays a token. */
+    const cv_tok_span cut[][1] = {{{1, 13}}, {{7, 1}}, {{13, 2}}, {{0, 2}}};
+    for (size_t i = 0; i < 4; i++) {
+        n = encode_plain(gpt2, s, P, cut[i], 1, ids, 64);
+        if (count_id(ids, n, 50256) != 1) fail_msg("span %zu: %d control tokens", i, count_id(ids, n, 50256));
+        assert_true(n > nr);
+        char out[64];
+        size_t len;
+        assert_int_equal(cv_tok_decode(gpt2, ids, n, CV_TOK_RENDER_SPECIAL, out, sizeof out, &len, &e), CV_OK);
+        assert_int_equal(len, strlen(s));
+        assert_memory_equal(out, s, len);
+    }
+    /* Without CV_TOK_PARSE_SPECIAL the spans change nothing: no control token anywhere. */
+    nr = encode(gpt2, s, strlen(s), 0, ref, 64);
+    n = encode_plain(gpt2, s, 0, cut[0], 1, ids, 64);
+    assert_int_equal(n, nr);
+    assert_memory_equal(ids, ref, n * sizeof *ids);
+    assert_int_equal(count_id(ids, n, 50256), 0);
+    /* Spans out of order, overlapping or past the end are refused. */
+    const cv_tok_span bad[][2] = {{{5, 2}, {2, 1}}, {{2, 4}, {5, 1}}, {{20, 10}, {30, 0}}, {{0, 0}, {30, 0}}};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(cv_tok_encode_plain(gpt2, s, strlen(s), P, bad[i], 2, ids, 64, &n, &e), CV_EINVAL);
+        assert_non_null(strstr(e.msg, "spans must be sorted and disjoint"));
+    }
+    cv_tok_free(gpt2);
+
+    /* SPM: the leading space after a control token stays where it was. */
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    cv_tok *spm = load_tok(path, NULL);
+    s = "<s>Hi</s> there</s>";
+    nr = encode(spm, s, strlen(s), P, ref, 64);
+    n = encode_plain(spm, s, P, (const cv_tok_span[]){{3, 2}, {9, 6}}, 2, ids, 64);
+    assert_int_equal(n, nr);
+    assert_memory_equal(ids, ref, n * sizeof *ids);
+    n = encode_plain(spm, s, P, (const cv_tok_span[]){{3, 6}}, 1, ids, 64);
+    assert_int_equal(count_id(ids, n, 2), 1);
+    assert_int_equal(count_id(ids, n, 1), 1);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[n - 1], 2);
+    cv_tok_free(spm);
+
+    /* User-defined tokens are matched inside spans too, as without CV_TOK_PARSE_SPECIAL. */
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-deepseek-llm.gguf", shared_dir());
+    cv_tok *ds = load_tok(path, NULL);
+    s = "x[PAD100200]y";
+    n = encode_plain(ds, s, P, (const cv_tok_span[]){{0, strlen(s)}}, 1, ids, 64);
+    assert_int_equal(n, 3);
+    assert_int_equal(ids[1], 100200);
+    cv_tok_free(ds);
+}
+
 static void test_stream_decoder(void **state) {
     (void)state;
     char path[4096];
@@ -494,6 +582,7 @@ int main(void) {
         cmocka_unit_test(test_committed_vectors),
         cmocka_unit_test(test_stories260k_prompt),
         cmocka_unit_test(test_special_tokens),
+        cmocka_unit_test(test_plain_spans),
         cmocka_unit_test(test_stream_decoder),
         cmocka_unit_test(test_tiny_spm),
         cmocka_unit_test(test_bad_metadata),
