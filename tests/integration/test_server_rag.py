@@ -131,7 +131,8 @@ def rag_lines(srv):
 
 
 def context_first_with_citations(srv):
-    ctx, text, ids, fin = split(stream(srv.addr, "What is the corvid mascot?", rag=pb.RagOptions(enable=True)))
+    # A short question: stories260K's window of 128 leaves the passage little room.
+    ctx, text, ids, fin = split(stream(srv.addr, "The corvid mascot?", rag=pb.RagOptions(enable=True)))
     assert ctx is not None, "no context message"
     c = ctx.citations[0]
     assert (c.source, c.document_id, c.title) == ("kb:docs", "mascot", "Project mascot"), c
