@@ -229,6 +229,22 @@ static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t n
  * row-parallel one). Row counts were checked to divide by plan_shard. */
 typedef enum split { WHOLE, ROWS, COLS } split;
 
+/* A column share as a view would make the CPU kernels stream every other piece of each
+ * row (and prefetch the other ranks' pieces): on the CPU it is copied into rows of its
+ * own. Other backends pack rows as they upload. */
+static cv_status pack_rows(cv_model *m, cv_tensor *host, cv_error *err) {
+    if (m->be->device != CV_DEVICE_CPU) return CV_OK;
+    const size_t rb = cv_type_row_bytes(host->type, host->cols);
+    void *packed;
+    cv_status s = alloc_scratch(m, &packed, rb * (size_t)host->rows, err);
+    if (s) return s;
+    for (int64_t r = 0; r < host->rows; r++)
+        memcpy((char *)packed + (size_t)r * rb, (const char *)host->data + (size_t)r * host->row_stride, rb);
+    host->data = packed;
+    host->row_stride = rb;
+    return CV_OK;
+}
+
 static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
                              int64_t rows, split sp, cv_tensor *out, cv_error *err) {
     const cv_gguf_tensor *t;
@@ -253,6 +269,7 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
                              m->n_ranks, name, (long long)cols, (long long)host.cols, ti->name,
                              ti->block_elems);
         host.data = (char *)host.data + cv_type_row_bytes(t->type, m->rank * host.cols);
+        if ((s = pack_rows(m, &host, err))) return s;
     }
     s = m->be->ops->weight_load(m->be, &host, out, err);
     if (s) return cv_error_wrap(err, "model: loading %s", name);

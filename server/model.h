@@ -18,7 +18,9 @@
  * the ranks through tp_comm right after each of them. Embeddings, norms (gemma3's
  * per-head QK-norm included) and the output head are whole on every rank; only rank 0
  * computes logits. Column splits of a quantized weight must fall on its block
- * boundaries: a shape that cannot be split is refused at load, naming the tensor.
+ * boundaries: a shape that cannot be split is refused at load, naming the tensor. On
+ * the CPU a shard's column shares are copied into memory of their own (row slices stay
+ * views of the file).
  * The N ranks' forward calls must run concurrently (one thread each: tp.h), on one
  * cv_kv_cache made with n_ranks = N; cv_model_hparams describes the whole model.
  */
