@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "threadpool.h"
+
 typedef struct cv_layer {
     float *attn_norm, *ffn_norm;
     float *post_attn_norm, *post_ffn_norm;  /* gemma3 sandwich norms, else NULL */
@@ -24,6 +26,7 @@ struct cv_model {
      * them when n_ranks is 1). */
     int32_t rank, n_ranks;
     int32_t n_heads, n_kv_heads, ffn_dim;
+    int32_t vocab_lo, vocab_n;              /* its block of the vocabulary (logits columns) */
     cv_glu_kind glu;
     cv_tensor tok_embd, output;
     float *output_norm;
@@ -225,8 +228,9 @@ static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t n
 }
 
 /* Which part of a weight a shard holds: all of it, its block of rows (the outputs of
- * a column-parallel projection, or of a vector) or of columns (the inputs of a
- * row-parallel one). Row counts were checked to divide by plan_shard. */
+ * a column-parallel projection, or of a vector; cv_split_range's blocks, even where
+ * plan_shard checked the count divides) or of columns (the inputs of a row-parallel
+ * one). */
 typedef enum split { WHOLE, ROWS, COLS } split;
 
 /* A column share as a view would make the CPU kernels stream every other piece of each
@@ -257,8 +261,10 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
         return cv_errorf(err, CV_EFORMAT, "model: tensor %s: row of %lld is not whole %s blocks",
                          name, (long long)cols, cv_type_get(t->type)->name);
     if (sp == ROWS) {
-        host.rows = rows / m->n_ranks;
-        host.data = (char *)host.data + (size_t)(m->rank * host.rows) * host.row_stride;
+        int64_t lo, hi;
+        cv_split_range(rows, 1, m->rank, m->n_ranks, &lo, &hi);
+        host.rows = hi - lo;
+        host.data = (char *)host.data + (size_t)lo * host.row_stride;
     } else if (sp == COLS) {
         const cv_type_info *ti = cv_type_get(t->type);
         host.cols = cols / m->n_ranks;
@@ -291,7 +297,9 @@ static cv_status load_vector(cv_model *m, const cv_gguf *g, const char *name, in
     float *host = malloc((size_t)n * sizeof *host);
     if (!host) return cv_errorf(err, CV_ENOMEM, "model: out of memory for %s", name);
     cv_dequantize_row(t->type, t->data, host, n);
-    const int64_t part = sp == ROWS ? n / m->n_ranks : n, first = sp == ROWS ? m->rank * part : 0;
+    int64_t first = 0, end = n;
+    if (sp == ROWS) cv_split_range(n, 1, m->rank, m->n_ranks, &first, &end);
+    const int64_t part = end - first;
     void *dev;
     s = alloc_scratch(m, &dev, (size_t)part * sizeof(float), err);
     if (!s) s = m->be->ops->upload(m->be, dev, host + first, (size_t)part * sizeof(float), err);
@@ -313,9 +321,16 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
     hp->n_vocab = (int32_t)te->ne[1];
     cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, WHOLE, &m->tok_embd, err);
     if (s) return s;
+    int64_t vlo, vhi;
+    cv_split_range(hp->n_vocab, 1, m->rank, m->n_ranks, &vlo, &vhi);
+    m->vocab_lo = (int32_t)vlo;
+    m->vocab_n = (int32_t)(vhi - vlo);
+    /* The output projection: this shard's block of the vocabulary, of the embedding
+     * itself when they are tied (shared outright when the model is whole). */
     hp->tied_output = cv_gguf_find_tensor(g, "output.weight") == NULL;
-    if (hp->tied_output) m->output = m->tok_embd;
-    else if ((s = load_matrix(m, g, "output.weight", dim, hp->n_vocab, WHOLE, &m->output, err)))
+    if (hp->tied_output && m->n_ranks == 1) m->output = m->tok_embd;
+    else if ((s = load_matrix(m, g, hp->tied_output ? "token_embd.weight" : "output.weight", dim,
+                              hp->n_vocab, ROWS, &m->output, err)))
         return s;
     if ((s = load_vector(m, g, "output_norm.weight", dim, WHOLE, 0, &m->output_norm, err))) return s;
 
@@ -382,8 +397,7 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             m->weight_bytes += (uint64_t)ws[i]->rows * cv_type_row_bytes(ws[i]->type, ws[i]->cols);
     }
-    if (m->rank == 0) /* the only shard that computes logits */
-        m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
+    m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
     return CV_OK;
 }
 
@@ -402,7 +416,7 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
         {(void **)&m->hb, B * (size_t)m->ffn_dim * f},
         {(void **)&m->hb2, B * (size_t)m->ffn_dim * f},
         {(void **)&m->xo, O * (size_t)hp->dim * f},
-        {(void **)&m->logits, O * (size_t)hp->n_vocab * f},
+        {(void **)&m->logits, O * (size_t)m->vocab_n * f},
         {(void **)&m->d_tokens, B * sizeof(int32_t)},
         {(void **)&m->d_pos, B * sizeof(int32_t)},
         {(void **)&m->d_out_rows, O * sizeof(int32_t)},
@@ -543,6 +557,18 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
     return CV_OK;
 }
 
+/* Each row's block of logits into its place in the caller's rows (one copy when the
+ * block is the whole row). */
+static cv_status download_logits(cv_model *m, float *logits, int32_t n_out, cv_error *err) {
+    const size_t V = (size_t)m->hp.n_vocab, part = (size_t)m->vocab_n;
+    if (part == V) return m->be->ops->download(m->be, logits, m->logits, (size_t)n_out * V * sizeof(float), err);
+    cv_status s = CV_OK;
+    for (int32_t i = 0; i < n_out && !s; i++)
+        s = m->be->ops->download(m->be, logits + (size_t)i * V + (size_t)m->vocab_lo, m->logits + (size_t)i * part,
+                                 part * sizeof(float), err);
+    return s;
+}
+
 /* Sums x[0..n) over the ranks of a sharded model (nothing to do for a whole one). */
 static cv_status allreduce(cv_model *m, float *x, int64_t n, cv_error *err) {
     if (m->n_ranks == 1) return CV_OK;
@@ -620,7 +646,7 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
     }
 
-    if (n_out > 0 && m->rank == 0) {
+    if (n_out > 0) {
         /* Only the rows that want logits go through the (large) output projection. */
         const cv_tensor xs = {.type = CV_TYPE_F32, .rows = n, .cols = dim,
                               .row_stride = (size_t)dim * sizeof(float), .data = m->x,
@@ -629,11 +655,9 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         op->rmsnorm(be, m->xo, m->output_norm, m->xo, n_out, dim, hp->rms_eps, 0);
         op->matmul(be, &m->output, m->xo, m->logits, n_out);
         if (hp->final_softcap > 0)
-            op->softcap(be, m->logits, hp->final_softcap, (int64_t)n_out * hp->n_vocab);
+            op->softcap(be, m->logits, hp->final_softcap, (int64_t)n_out * m->vocab_n);
     }
     if (graph) op->graph_end(be);
-    if (n_out > 0 && m->rank == 0 &&
-        (s = op->download(be, logits, m->logits, (size_t)n_out * (size_t)hp->n_vocab * sizeof(float), err)))
-        return s;
+    if (n_out > 0 && (s = download_logits(m, logits, n_out, err))) return s;
     return op->synchronize(be, err);
 }

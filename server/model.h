@@ -15,9 +15,9 @@
  * tp_rank's shard. It holds heads [r*H/N, (r+1)*H/N) of Q (and K/V by kv heads, with
  * their qwen2 biases) and rows [r*F/N, (r+1)*F/N) of ffn gate/up; attn_output and
  * ffn_down take the matching input columns, and the partial outputs are summed across
- * the ranks through tp_comm right after each of them. Embeddings, norms (gemma3's
- * per-head QK-norm included) and the output head are whole on every rank; only rank 0
- * computes logits. Column splits of a quantized weight must fall on its block
+ * the ranks through tp_comm right after each of them. Embeddings and norms (gemma3's
+ * per-head QK-norm included) are whole on every rank; the output head is split by
+ * vocabulary, each rank writing its block of every logits row. Column splits of a quantized weight must fall on its block
  * boundaries: a shape that cannot be split is refused at load, naming the tensor. On
  * the CPU a shard's column shares are copied into memory of their own (row slices stay
  * views of the file).
@@ -97,7 +97,8 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
  * 0..pos[i]-1 of that sequence were fed by earlier steps or earlier rows of this one.
  * The rows with want_logits[i] != 0 (only the last row when want_logits is NULL; at
  * most max_logits rows) get logits, written in row order to logits[n_out][n_vocab]
- * in host memory (rank 0 only: other shards ignore `logits`). Tokens outside the
+ * in host memory (a shard writes its block of columns of those rows: all ranks get the
+ * same `logits`, host memory their threads share). Tokens outside the
  * vocabulary are a CV_EINVAL error; a batch is checked before the first all-reduce, so
  * every shard of a bad batch fails alike. */
 typedef struct cv_batch {

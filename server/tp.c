@@ -33,6 +33,7 @@ struct cv_tp {
     int stopping;
     cv_kv_cache *kv;
     const cv_batch *batch;
+    float *logits;
 };
 
 static void *rank_main(void *arg) {
@@ -46,8 +47,9 @@ static void *rank_main(void *arg) {
         seen = tp->gen;
         cv_kv_cache *kv = tp->kv;
         const cv_batch *b = tp->batch;
+        float *logits = tp->logits;
         pthread_mutex_unlock(&tp->mu);
-        r->st = cv_model_forward(r->m, kv, b, NULL, &r->err);
+        r->st = cv_model_forward(r->m, kv, b, logits, &r->err);
         pthread_mutex_lock(&tp->mu);
         if (--tp->pending == 0) pthread_cond_signal(&tp->done);
     }
@@ -165,6 +167,7 @@ cv_status cv_tp_forward(cv_tp *tp, cv_kv_cache *kv, const cv_batch *b, float *lo
     pthread_mutex_lock(&tp->mu);
     tp->kv = kv;
     tp->batch = b;
+    tp->logits = logits;
     tp->pending = tp->n - 1;
     tp->gen++;
     pthread_cond_broadcast(&tp->go);

@@ -4,7 +4,8 @@
  * device r for rank r), their cv_comm (host threads, or NCCL across GPUs), one shard
  * model per rank loaded from one cv_gguf (model.h says what a shard holds) and a
  * worker thread for every rank but 0. cv_tp_forward runs one step on every rank
- * (rank 0 on the caller's thread) and returns rank 0's logits.
+ * (rank 0 on the caller's thread); each writes its block of the vocabulary into the
+ * caller's logits.
  *
  * Design: callers (engine, generate, corvid-run, the benchmarks) hold a cv_tp where
  * they held a backend and a model, and keep their one cv_kv_cache: cv_tp_kv_config
@@ -55,7 +56,7 @@ uint64_t cv_tp_weight_bytes(const cv_tp *tp);
 cv_kv_config cv_tp_kv_config(const cv_tp *tp, int32_t n_ctx, int32_t max_seqs, cv_type kv_type);
 
 /* cv_model_forward on every rank with a cache made from cv_tp_kv_config; logits as
- * there (rank 0's). The first failing rank's error is reported, rank 0's first. */
+ * there, whole rows. The first failing rank's error is reported, rank 0's first. */
 cv_status cv_tp_forward(cv_tp *tp, cv_kv_cache *kv, const cv_batch *b, float *logits, cv_error *err);
 
 #endif

@@ -29,6 +29,8 @@ MODELS = os.path.join(SHARED, "models")
 STORIES = os.path.join(MODELS, "stories260K.gguf")
 PROMPT_IDS = "1,403,407,261,378"  # <s> Once upon a time
 SYNTH_PROMPT = "1,300,301,302,303,304,305,306,307,308,309,310"
+QWEN = os.path.join(os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models")),
+                    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 # `make CUDA=1` builds libcorvid_cuda.a beside the others (make test sets CORVID_BUILD).
 CUDA_BUILD = os.path.exists(os.path.join(os.environ.get("CORVID_BUILD", os.path.join(BIN, "..")), "lib",
                                          "libcorvid_cuda.a"))
@@ -85,6 +87,19 @@ def synthetic(shape, qtype):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     same_tokens(path, [2, 4], SYNTH_PROMPT, 64, *(["--kv-type", "f32"] if qtype == "Q4_0" else []))
+
+
+def real_qwen2():
+    """A trained model of real size: Qwen2.5-Coder 0.5B (make models). Its Q4_K_M file
+    has ffn_down in Q6_K, whose 4864 columns split 2 ways are not whole 256-blocks; as
+    Q8_0 every share is whole 32-blocks."""
+    refused(QWEN, 2, "tp 2 cannot split blk.0.ffn_down.weight", "4864 input columns give 2432 per rank",
+            "Q6_K block of 256")
+    path = os.path.join(TMP, "qwen2.5-coder-0.5b-q8_0.gguf")
+    r = subprocess.run([os.path.join(BIN, "corvid-quantize"), QWEN, path, "Q8_0"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    same_tokens(path, [2], "750,75698,1445,1648", 48)  # def fibonacci(n):
 
 
 def generate_rpc(ch):
@@ -185,6 +200,10 @@ def main():
     for shape, qtype in (("tp-llama", "F32"), ("tp-llama", "Q8_0"), ("tp-llama", "Q4_0"), ("tp-qwen2", "Q8_0"),
                          ("tp-qwen2", "Q4_0"), ("tp-gemma3", "F32"), ("tp-gemma3", "Q4_0")):
         c.run("synthetic %s %s: tp 2 and tp 4 equal tp 1" % (shape, qtype), synthetic, shape, qtype)
+    if os.path.exists(QWEN):
+        c.run("Qwen2.5-Coder 0.5B: Q4_K_M refused at tp 2, Q8_0 tp 2 equals tp 1", real_qwen2)
+    else:
+        print("SKIP Qwen2.5-Coder 0.5B: %s is missing (run `make models`)" % QWEN)
     c.run("corvid-server --tp 2 streams equal --tp 1, alone and batched", server_tp2_equals_tp1)
     c.run("--tp / --device validated by --check-config", server_config_validated)
     c.run("corvid-server --tp 4 on an unsplittable file fails with the reason", server_refuses_unsplittable_model)

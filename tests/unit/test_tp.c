@@ -153,6 +153,8 @@ static void test_llama_tp2(void **s) { (void)s; logits_match("tp-llama", CV_QREC
 static void test_llama_tp4(void **s) { (void)s; logits_match("tp-llama", CV_QRECIPE_F32, 4); }
 static void test_qwen2_tp2(void **s) { (void)s; logits_match("tp-qwen2", CV_QRECIPE_F32, 2); }
 static void test_gemma3_tp2(void **s) { (void)s; logits_match("tp-gemma3", CV_QRECIPE_F32, 2); }
+/* Tied embeddings: each rank's block of the vocabulary comes from token_embd itself. */
+static void test_qwen2_tied_tp2(void **s) { (void)s; logits_match("tiny-qwen2", CV_QRECIPE_F32, 2); }
 static void test_llama_q4_0_tp4(void **s) { (void)s; logits_match("tp-llama", CV_QRECIPE_Q4_0, 4); }
 static void test_gemma3_q8_0_tp2(void **s) { (void)s; logits_match("tp-gemma3", CV_QRECIPE_Q8_0, 2); }
 
@@ -260,6 +262,7 @@ int main(void) {
         cmocka_unit_test(test_llama_tp4),
         cmocka_unit_test(test_qwen2_tp2),
         cmocka_unit_test(test_gemma3_tp2),
+        cmocka_unit_test(test_qwen2_tied_tp2),
         cmocka_unit_test(test_llama_q4_0_tp4),
         cmocka_unit_test(test_gemma3_q8_0_tp2),
         cmocka_unit_test(test_unsplittable_shapes_are_refused),
