@@ -258,14 +258,32 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
             ks[t] = kbase + slot * slot_bytes;
             vs[t] = vbase + slot * slot_bytes;
         }
+        /* Paged slots are scattered: ask for all of the chunk's keys and values at once,
+         * so that their misses overlap instead of each load waiting on its own. */
+        for (int32_t t = 0; t < cn; t++)
+            for (size_t o = 0; o < (size_t)hd * esz; o += 64) {
+                _mm_prefetch((const char *)ks[t] + o, _MM_HINT_T0);
+                _mm_prefetch((const char *)vs[t] + o, _MM_HINT_T0);
+            }
         for (int32_t t = 0; t < cn; t++) {
             /* Four heads at a time share each converted 8-lane piece of the key. */
             for (int32_t j0 = 0; j0 < n_group; j0 += 4) {
                 int32_t nj = n_group - j0 < 4 ? n_group - j0 : 4;
                 __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                for (int32_t d = 0; d < hd8; d += 8) {
-                    __m256 kk = load8(kv->type, ks[t], d);
-                    for (int32_t j = 0; j < nj; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + j] + d), kk, acc[j]);
+                if (nj == 4) { /* the common case, spelled out so that acc stays in registers */
+                    for (int32_t d = 0; d < hd8; d += 8) {
+                        __m256 kk = load8(kv->type, ks[t], d);
+                        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0] + d), kk, acc[0]);
+                        acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 1] + d), kk, acc[1]);
+                        acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 2] + d), kk, acc[2]);
+                        acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 3] + d), kk, acc[3]);
+                    }
+                } else {
+                    for (int32_t d = 0; d < hd8; d += 8) {
+                        __m256 kk = load8(kv->type, ks[t], d);
+                        for (int32_t j = 0; j < nj; j++)
+                            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + j] + d), kk, acc[j]);
+                    }
                 }
                 for (int32_t j = 0; j < nj; j++) {
                     float s = hsum(acc[j]);
@@ -305,12 +323,32 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
             }
             l[j] += sum;
         }
-        for (int32_t t = 0; t < cn; t++) {
-            for (int32_t d = 0; d < hd8; d += 8) {
-                __m256 vv = load8(kv->type, vs[t], d);
-                for (int32_t j = 0; j < n_group; j++)
-                    _mm256_storeu_ps(oh[j] + d, _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), vv, _mm256_loadu_ps(oh[j] + d)));
+        /* Each head's output stays in registers, 32 lanes at a time, across the chunk's
+         * positions (the values, converted again per head, come from L1). */
+        for (int32_t j = 0; j < n_group; j++) {
+            int32_t d0 = 0;
+            for (; d0 + 32 <= hd8; d0 += 32) {
+                __m256 o0 = _mm256_loadu_ps(oh[j] + d0), o1 = _mm256_loadu_ps(oh[j] + d0 + 8);
+                __m256 o2 = _mm256_loadu_ps(oh[j] + d0 + 16), o3 = _mm256_loadu_ps(oh[j] + d0 + 24);
+                for (int32_t t = 0; t < cn; t++) {
+                    __m256 w = _mm256_set1_ps(sc[j][t]);
+                    o0 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0), o0);
+                    o1 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 8), o1);
+                    o2 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 16), o2);
+                    o3 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 24), o3);
+                }
+                _mm256_storeu_ps(oh[j] + d0, o0);
+                _mm256_storeu_ps(oh[j] + d0 + 8, o1);
+                _mm256_storeu_ps(oh[j] + d0 + 16, o2);
+                _mm256_storeu_ps(oh[j] + d0 + 24, o3);
             }
+            for (; d0 < hd8; d0 += 8) {
+                __m256 o = _mm256_loadu_ps(oh[j] + d0);
+                for (int32_t t = 0; t < cn; t++) o = _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), load8(kv->type, vs[t], d0), o);
+                _mm256_storeu_ps(oh[j] + d0, o);
+            }
+        }
+        for (int32_t t = 0; t < cn; t++) {
             for (int32_t d = hd8; d < hd; d++) {
                 float vv = load1(kv->type, vs[t], d);
                 for (int32_t j = 0; j < n_group; j++) oh[j][d] += sc[j][t] * vv;
