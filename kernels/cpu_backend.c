@@ -12,7 +12,7 @@ typedef struct cpu_backend {
     cv_threadpool *pool;
     const cv_cpu_kernels *k;
     int fast;
-    int vnni;           /* AVX-512 VNNI matmul tiles for several tokens */
+    int vnni;           /* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 */
     void *scratch;
     size_t scratch_bytes;
 } cpu_backend;

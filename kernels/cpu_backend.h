@@ -2,7 +2,7 @@
  *
  * It owns a persistent thread pool and one scratch buffer (the converted activations
  * of matmul), both made at create: no op allocates. Kernels are the AVX2/FMA/F16C set
- * when the CPU has those features (with AVX-512 VNNI matmul tiles for several tokens
+ * when the CPU has those features (with AVX-512 VNNI matmul tiles for Q4_0 and Q8_0
  * where it has those too), else the scalar reference; force_scalar pins the reference
  * and no_avx512 the AVX2 tiles (tests compare them). Weights are used in place: weight_load makes a
  * view, so a memory-mapped file must outlive the tensors made from it.

@@ -32,8 +32,8 @@ typedef struct cv_matmul_kernel {
 extern const cv_matmul_kernel cv_matmul_ref;
 /* NULL when the AVX2 kernels do not cover the type. */
 const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype);
-/* AVX-512 VNNI for several tokens, bit-identical to the AVX2 kernels; NULL when it does
- * not cover the type. Only where cv_cpu_has_avx512vnni(). */
+/* AVX-512 VNNI, bit-identical to the AVX2 kernels; NULL when it does not cover the
+ * type. Only where cv_cpu_has_avx512vnni(). */
 const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype);
 
 void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,

@@ -1,5 +1,7 @@
-/* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 weights with several tokens (batched
- * decode, prefill); one token and row tails go to the AVX2 kernels.
+/* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 weights, for any number of tokens (one
+ * token too: decode is compute-bound on a core that reads 24 GB/s, and the transposed
+ * tile needs a third of the AVX2 tile's instructions per block); row tails go to the
+ * AVX2 kernels.
  *
  * A tile is 16 weight rows x up to RN tokens. Block b of the 16 rows is turned into 8
  * vectors V[k] whose 32-bit lane j holds bytes 4k..4k+3 of row j's 32 weights, as
@@ -125,10 +127,6 @@ INLINE void tile16_any(const int kind, int rn, const uint8_t *w, size_t ws, cons
 INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
                       size_t act_stride, int32_t n, float *y, int64_t ldy) {
     const cv_matmul_kernel *base = cv_matmul_avx2_for(w->type);
-    if (n < 2) {
-        base->rows(w, r0, r1, act, act_stride, n, y, ldy);
-        return;
-    }
     const int64_t nb = w->cols / 32;
     const size_t ws = w->row_stride;
     const uint8_t *A = act, *W = w->data;
