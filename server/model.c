@@ -237,8 +237,9 @@ typedef enum split { WHOLE, ROWS, COLS } split;
  * row (and prefetch the other ranks' pieces): on the CPU it is copied into rows of its
  * own. Other backends pack rows as they upload. */
 static cv_status pack_rows(cv_model *m, cv_tensor *host, cv_error *err) {
-    if (m->be->device != CV_DEVICE_CPU) return CV_OK;
     const size_t rb = cv_type_row_bytes(host->type, host->cols);
+    /* Whole rows (tp 1) are used in place in the file's mapping, never copied. */
+    if (m->be->device != CV_DEVICE_CPU || rb == host->row_stride) return CV_OK;
     void *packed;
     cv_status s = alloc_scratch(m, &packed, rb * (size_t)host->rows, err);
     if (s) return s;
