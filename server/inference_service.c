@@ -43,7 +43,7 @@ typedef struct gen_stream {
     int overflow;            /* the client fell too far behind */
     cv_rpc_code fail_code;   /* the request was refused at submit: only a status goes out */
     int client_gone;         /* cancelled, disconnected or past its deadline */
-    int have_final, final_sent;
+    int have_final;
     uint8_t *context_msg;    /* the RAG Context message, sent before anything else */
     size_t context_len;
     uint32_t context_tokens;
@@ -282,12 +282,13 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
         *msg = pack_chunk_locked(g, len);
         *more = g->have_final;
         p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
-    } else if (g->have_final && !g->final_sent) {
+    } else if (g->have_final) {
+        /* The final message goes out with the status, in one batch. */
         *msg = pack_final_locked(g, len);
-        g->final_sent = 1;
-        p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
-    } else if (g->final_sent) {
-        switch (g->final.reason) {
+        if (!*msg) {
+            *code = CV_RPC_RESOURCE_EXHAUSTED;
+            *status_msg = "out of memory packing the final message";
+        } else switch (g->final.reason) {
         case CV_FINISH_ERROR:
             *code = CV_RPC_INTERNAL;
             *status_msg = g->error;

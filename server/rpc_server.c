@@ -174,7 +174,8 @@ static void pump_locked(cv_rpc_call *c) {
             return;
         }
         if (p == CV_RPC_FINISH) {
-            send_status_locked(c, code, status_msg, NULL, 0);
+            send_status_locked(c, code, status_msg, msg, len);
+            free(msg);
             return;
         }
         grpc_slice body = grpc_slice_new(msg, len, free);

@@ -46,7 +46,8 @@ typedef void (*cv_rpc_handler)(void *ctx, cv_rpc_call *call, const uint8_t *req,
 typedef enum cv_rpc_produce {
     CV_RPC_NOTHING,  /* nothing pending now: wait for the next wake */
     CV_RPC_MESSAGE,  /* *msg (malloc'd, taken over by the server) is the next message */
-    CV_RPC_FINISH    /* send *code / *status_msg (owned by the service) and end */
+    CV_RPC_FINISH    /* send *code / *status_msg (owned by the service) and end; a *msg
+                        set too (malloc'd, taken over) goes out first, in the same batch */
 } cv_rpc_produce;
 
 typedef struct cv_rpc_stream_ops {
