@@ -141,6 +141,7 @@ static void send_status_locked(cv_rpc_call *c, cv_rpc_code code, const char *sta
     grpc_slice details = grpc_slice_from_copied_string(status_msg ? status_msg : "");
     if (msg) {
         grpc_slice body = grpc_slice_from_copied_buffer((const char *)msg, len);
+        if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb); /* a stream's previous message, sent */
         c->send_bb = grpc_raw_byte_buffer_create(&body, 1);
         grpc_slice_unref(body);
         ops[n].op = GRPC_OP_SEND_MESSAGE;
