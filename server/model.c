@@ -33,6 +33,7 @@ struct cv_model {
     float *rope_factors;                    /* llama3 frequency factors, or NULL */
     cv_layer *layers;
     uint64_t weight_bytes;
+    uint64_t copied_bytes;   /* weights packed into the model's own memory */
     /* Backend vectors allocated at load (norms, biases, scratch), freed at the end. */
     void **allocs;
     int n_allocs, cap_allocs;
@@ -57,6 +58,7 @@ const char *cv_arch_name(cv_arch a) {
 const cv_hparams *cv_model_hparams(const cv_model *m) { return &m->hp; }
 const cv_model_opts *cv_model_options(const cv_model *m) { return &m->opts; }
 uint64_t cv_model_weight_bytes(const cv_model *m) { return m->weight_bytes; }
+uint64_t cv_model_copied_bytes(const cv_model *m) { return m->copied_bytes; }
 
 /* ---- hyperparameters ---- */
 
@@ -247,6 +249,7 @@ static cv_status pack_rows(cv_model *m, cv_tensor *host, cv_error *err) {
         memcpy((char *)packed + (size_t)r * rb, (const char *)host->data + (size_t)r * host->row_stride, rb);
     host->data = packed;
     host->row_stride = rb;
+    m->copied_bytes += rb * (size_t)host->rows;
     return CV_OK;
 }
 

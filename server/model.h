@@ -85,6 +85,10 @@ const char *cv_arch_name(cv_arch a);
 /* Bytes of weights one forward step reads (every matmul weight once, plus one
  * embedding row): the numerator of the decode roofline. */
 uint64_t cv_model_weight_bytes(const cv_model *m);
+/* Bytes of weights copied into the model's own memory: a CPU shard's column shares of
+ * attn_output and ffn_down, packed into rows. 0 at tp 1, where every weight is used in
+ * place (from the file's mapping, on the CPU). */
+uint64_t cv_model_copied_bytes(const cv_model *m);
 /* A KV cache configuration for this model: n_ctx positions per sequence (0 = the
  * training context), max_seqs sequences, all of whose positions fit at once, in the
  * memory of the model's backend. For a shard: this rank's kv heads, one rank (tp.h

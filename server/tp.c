@@ -155,6 +155,12 @@ uint64_t cv_tp_weight_bytes(const cv_tp *tp) {
     return sum;
 }
 
+uint64_t cv_tp_copied_bytes(const cv_tp *tp) {
+    uint64_t sum = 0;
+    for (int r = 0; r < tp->n; r++) sum += cv_model_copied_bytes(tp->ranks[r].m);
+    return sum;
+}
+
 cv_kv_config cv_tp_kv_config(const cv_tp *tp, int32_t n_ctx, int32_t max_seqs, cv_type kv_type) {
     cv_kv_config kc = cv_model_kv_config(tp->ranks[0].m, n_ctx, max_seqs, kv_type);
     kc.n_ranks = tp->n;

@@ -51,6 +51,8 @@ cv_backend *cv_tp_backend(const cv_tp *tp, int rank);
 int cv_tp_threads(const cv_tp *tp);
 /* Bytes of weights one forward step reads, summed over the ranks. */
 uint64_t cv_tp_weight_bytes(const cv_tp *tp);
+/* cv_model_copied_bytes summed over the ranks: 0 at tp 1. */
+uint64_t cv_tp_copied_bytes(const cv_tp *tp);
 
 /* cv_model_kv_config for every rank: each rank's kv heads in its backend's memory. */
 cv_kv_config cv_tp_kv_config(const cv_tp *tp, int32_t n_ctx, int32_t max_seqs, cv_type kv_type);

@@ -120,6 +120,15 @@ static void logits_match(const char *shape, cv_qrecipe recipe, int tp) {
     /* Each rank holds its share of the weights: together, the whole model's matrices,
      * plus the embedding row every rank reads and the output head (replicated). */
     assert_true(cv_tp_weight_bytes(split.tp) > cv_tp_weight_bytes(whole.tp));
+    /* tp 1 reads every weight in place from the mapping; the shards pack their column
+     * shares of attn_output and ffn_down (on the CPU), and nothing else. */
+    assert_int_equal(cv_tp_copied_bytes(whole.tp), 0);
+    const cv_hparams *hp = cv_model_hparams(cv_tp_model(whole.tp));
+    cv_type wo = cv_gguf_find_tensor(whole.g, "blk.0.attn_output.weight")->type;
+    cv_type wd = cv_gguf_find_tensor(whole.g, "blk.0.ffn_down.weight")->type;
+    uint64_t shares = (uint64_t)hp->n_layers * ((uint64_t)hp->dim * cv_type_row_bytes(wo, hp->n_heads * hp->head_dim) +
+                                                (uint64_t)hp->dim * cv_type_row_bytes(wd, hp->ffn_dim));
+    assert_int_equal(cv_tp_copied_bytes(split.tp), shares);
     const int32_t n_vocab = cv_model_hparams(cv_tp_model(whole.tp))->n_vocab;
     step steps[8];
     int n_steps = build_steps(n_vocab, steps);
