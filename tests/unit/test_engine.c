@@ -25,6 +25,7 @@ typedef struct result {
     size_t text_len;
     int done;
     cv_engine_final final;
+    useconds_t chunk_delay_us; /* a slow consumer: stretches a generation so a cancel lands */
 } result;
 
 static void on_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n,
@@ -37,7 +38,9 @@ static void on_chunk(void *ctx, const char *text, size_t len, const int32_t *ids
         memcpy(r->text + r->text_len, text, len);
         r->text_len += len;
     }
+    pthread_cond_signal(&r->cv);
     pthread_mutex_unlock(&r->mu);
+    if (r->chunk_delay_us) usleep(r->chunk_delay_us);
 }
 
 static void on_final(void *ctx, const cv_engine_final *f) {
@@ -165,13 +168,17 @@ static void test_cancel_returns_blocks(void **state) {
     cv_slot *s = load(4, 8, 64, 0);
     result r;
     result_init(&r);
+    /* 2 ms per chunk makes the 100 tokens take at least 200 ms however fast the model
+     * is, so the cancel below lands mid-generation even on a loaded machine. */
+    r.chunk_delay_us = 2000;
     uint64_t id;
     submit(s, "Once upon a time", 100, &r, &id);
+    pthread_mutex_lock(&r.mu);
+    while (r.n_ids < 3 && !r.done) pthread_cond_wait(&r.cv, &r.mu);
+    pthread_mutex_unlock(&r.mu);
     cv_engine_stats st;
-    do {
-        usleep(1000);
-        cv_engine_get_stats(s->engine, &st);
-    } while (st.kv_blocks_used == 0 && !r.done);
+    cv_engine_get_stats(s->engine, &st);
+    assert_true(st.kv_blocks_used > 0);
     cv_engine_cancel(s->engine, id);
     result_wait(&r);
     assert_int_equal(r.final.reason, CV_FINISH_CANCELLED);
