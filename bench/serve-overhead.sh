@@ -5,7 +5,9 @@
 #   scaling = bench-load at concurrency C / bench-load at concurrency 1
 # Usage: bench/serve-overhead.sh MODEL [C] [MAX_TOKENS] [REQUESTS_PER_STREAM]
 # THREADS=N gives every side the same --threads (default: each binary's default).
-# Prints one JSON object. Medians of 3 runs each; the machine's noise applies to both sides.
+# Prints one JSON object. Medians of 3 runs each (7 for corvid-run; 20 requests a run at
+# concurrency 1, so that the first, cold request is not a third of the sample); the
+# machine's noise applies to both sides.
 set -eu
 model=${1:?usage: serve-overhead.sh MODEL [CONCURRENCY] [MAX_TOKENS] [REQUESTS_PER_STREAM]}
 conc=${2:-64}
@@ -24,9 +26,10 @@ for _ in $(seq 1 600); do grep -q '"model ready"' "$tmp/server.log" && break; sl
 median() { sort -g | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 field() { /usr/bin/python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
 
-run_tps=$(for _ in 1 2 3; do "$bin/corvid-run" $threads -m "$model" -p "Once upon a time" -n "$ntok" --temp 0 --json \
+# A 100-token decode of a tiny model takes milliseconds: 7 runs for a steady median.
+run_tps=$(for _ in 1 2 3 4 5 6 7; do "$bin/corvid-run" $threads -m "$model" -p "Once upon a time" -n "$ntok" --temp 0 --json \
             | field decode_tokens_per_s; done | median)
-load1=$(for _ in 1 2 3; do "$bin/bench-load" --addr "127.0.0.1:$port" --concurrency 1 --requests 3 \
+load1=$(for _ in 1 2 3; do "$bin/bench-load" --addr "127.0.0.1:$port" --concurrency 1 --requests 20 \
           --max-tokens "$ntok" --ignore-eos | field output_tokens_per_s; done | median)
 loadc=$(for _ in 1 2 3; do "$bin/bench-load" --addr "127.0.0.1:$port" --concurrency "$conc" \
           --requests $((conc * per)) --max-tokens "$ntok" --ignore-eos | field output_tokens_per_s; done | median)
