@@ -10,6 +10,7 @@
 #include "chat_template.h"
 #include "gguf.h"
 #include "tokenizer.h"
+#include "../support/test_models.h"
 #include "../support/test_rng.h"
 
 static uint64_t g_seed;
@@ -257,24 +258,8 @@ static void test_detect_fallback_and_errors(void **state) {
                                     S("llama"), S("Mistral"), &f, &e), CV_EUNSUPPORTED);
 }
 
-/* A real file `make models` fetches, or a visible skip when it is not in the cache. */
-static cv_gguf *open_model_file(const char *file) {
-    const char *dir = getenv("CORVID_MODELS");
-    const char *home = getenv("HOME");
-    char path[1024];
-    if (dir) snprintf(path, sizeof path, "%s/%s", dir, file);
-    else snprintf(path, sizeof path, "%s/.cache/corvid/models/%s", home ? home : "", file);
-    cv_gguf *g = NULL;
-    cv_error e = {0};
-    if (cv_gguf_open(path, &g, &e) != CV_OK) {
-        printf("SKIP: %s not available (%s); `make models` fetches it\n", file, e.msg);
-        skip();
-    }
-    return g;
-}
-
 static void detect_file(const char *file, cv_chat_family want) {
-    cv_gguf *g = open_model_file(file);
+    cv_gguf *g = cv_test_open_model(file);
     cv_error e = {0};
     cv_chat_family got;
     cv_status st = cv_chat_detect(cv_gguf_get_str(g, "tokenizer.chat_template"),
@@ -548,7 +533,7 @@ static void test_no_injection_shared_vocabs(void **state) {
 }
 
 static void check_model_file(const char *file, const cv_chat_family *fams, size_t n) {
-    cv_gguf *g = open_model_file(file);
+    cv_gguf *g = cv_test_open_model(file);
     cv_tok *t = load_tokenizer(g);
     cv_gguf_close(g);
     for (size_t i = 0; i < n; i++) check_family(t, fams[i]);

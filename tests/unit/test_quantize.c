@@ -18,6 +18,8 @@
 #include "quant.h"
 #include "quantize.h"
 #include "synthetic.h"
+#include "../support/test_models.h"
+#include "../support/test_tmpdir.h"
 
 static char g_dir[200];
 static uint64_t g_seed;
@@ -442,16 +444,7 @@ static void test_quantize_k_recipes_on_synthetic(void **state) {
  * their K-quant fallbacks (Q5_0, Q8_0) and Q4_K/Q6_K blocks decode to finite,
  * plausible weights, and both dot paths agree with the dequantized rows. */
 static void check_real_file(const char *file) {
-    const char *dir = getenv("CORVID_MODELS"), *home = getenv("HOME");
-    char path[1024];
-    if (dir) snprintf(path, sizeof path, "%s/%s", dir, file);
-    else snprintf(path, sizeof path, "%s/.cache/corvid/models/%s", home ? home : "", file);
-    cv_gguf *g = NULL;
-    cv_error e = {0};
-    if (cv_gguf_open(path, &g, &e) != CV_OK) {
-        printf("SKIP: %s not available (%s); `make models` fetches it\n", file, e.msg);
-        skip();
-    }
+    cv_gguf *g = cv_test_open_model(file);
     int seen[CV_TYPE_COUNT] = {0};
     for (int64_t i = 0; i < cv_gguf_n_tensors(g); i++) {
         const cv_gguf_tensor *t = cv_gguf_tensor_at(g, i);
@@ -535,9 +528,7 @@ static int setup(void **state) {
     const char *s = getenv("CORVID_TEST_SEED");
     g_seed = s ? strtoull(s, NULL, 10) : (uint64_t)time(NULL);
     printf("test_quantize: seed %llu (CORVID_TEST_SEED to repeat)\n", (unsigned long long)g_seed);
-    const char *tmp = getenv("TMPDIR");
-    snprintf(g_dir, sizeof g_dir, "%s/corvid-quantize-XXXXXX", tmp ? tmp : "/tmp");
-    return mkdtemp(g_dir) ? 0 : -1;
+    return cv_test_tmpdir(g_dir, sizeof g_dir, "quantize");
 }
 
 static int teardown(void **state) {
