@@ -13,6 +13,7 @@
 #include "gguf.h"
 #include "rag_index.h"
 #include "tokenizer.h"
+#include "../support/test_tmpdir.h"
 
 static unsigned seed;
 static char dir[64];
@@ -356,8 +357,7 @@ int main(void) {
     seed = (unsigned)time(NULL);
     printf("test_rag_index seed %u\n", seed);
     srand(seed);
-    snprintf(dir, sizeof dir, "/tmp/corvid-rag-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    if (cv_test_tmpdir(dir, sizeof dir, "rag")) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_build_open_search_english_and_chinese, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bm25_matches_independent_formula, setup, teardown),

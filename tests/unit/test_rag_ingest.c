@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "rag_ingest.h"
+#include "../support/test_tmpdir.h"
 
 static char dir[64];
 
@@ -119,8 +120,7 @@ static void test_errors_name_file_line_and_field(void **state) {
 }
 
 int main(void) {
-    snprintf(dir, sizeof dir, "/tmp/corvid-ingest-XXXXXX");
-    if (!mkdtemp(dir)) return 1;
+    if (cv_test_tmpdir(dir, sizeof dir, "ingest")) return 1;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_txt_md_jsonl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors_name_file_line_and_field, setup, teardown),

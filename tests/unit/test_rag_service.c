@@ -10,8 +10,9 @@
 
 #include "rag_index.h"
 #include "rag_service.h"
+#include "../support/test_tmpdir.h"
 
-static char dir[] = "/tmp/corvid-rag-service-XXXXXX";
+static char dir[200];
 static char kb_path[256], kb2_path[256], spec[600];
 
 static size_t count_bytes(void *user, const char *text, size_t len) {
@@ -34,7 +35,7 @@ static void write_index(const char *path, const char *const *docs, size_t n) {
 
 static int setup(void **state) {
     (void)state;
-    if (!mkdtemp(dir)) return -1;
+    if (cv_test_tmpdir(dir, sizeof dir, "rag-service")) return -1;
     static const char *const docs[] = {
         "mascot", "Project mascot", "The corvid project's mascot is a raven named Quill.",
         "kv", "KV cache", "The paged KV cache keeps keys and values in blocks.",
