@@ -149,17 +149,14 @@ int cv_tp_threads(const cv_tp *tp) {
     return sum;
 }
 
-uint64_t cv_tp_weight_bytes(const cv_tp *tp) {
+static uint64_t sum_over_ranks(const cv_tp *tp, uint64_t (*per_rank)(const cv_model *)) {
     uint64_t sum = 0;
-    for (int r = 0; r < tp->n; r++) sum += cv_model_weight_bytes(tp->ranks[r].m);
+    for (int r = 0; r < tp->n; r++) sum += per_rank(tp->ranks[r].m);
     return sum;
 }
 
-uint64_t cv_tp_copied_bytes(const cv_tp *tp) {
-    uint64_t sum = 0;
-    for (int r = 0; r < tp->n; r++) sum += cv_model_copied_bytes(tp->ranks[r].m);
-    return sum;
-}
+uint64_t cv_tp_weight_bytes(const cv_tp *tp) { return sum_over_ranks(tp, cv_model_weight_bytes); }
+uint64_t cv_tp_copied_bytes(const cv_tp *tp) { return sum_over_ranks(tp, cv_model_copied_bytes); }
 
 cv_kv_config cv_tp_kv_config(const cv_tp *tp, int32_t n_ctx, int32_t max_seqs, cv_type kv_type) {
     cv_kv_config kc = cv_model_kv_config(tp->ranks[0].m, n_ctx, max_seqs, kv_type);
