@@ -16,6 +16,10 @@ import traceback
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CORVID_BIN", os.path.join(ROOT, "build", "bin"))
 SHARED = os.environ.get("CORVID_SHARED", os.path.join(ROOT, "..", "shared"))
+# The real models `make models` downloads.
+MODELS = os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models"))
+GEMMA = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")
+QWEN = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 TMP = tempfile.mkdtemp(prefix="corvid-it-")
 
 

@@ -60,7 +60,6 @@ except Exception as e:  # the whole test depends on these: fail loudly, do not s
 import helm_python  # noqa: E402
 import kubernetes_validate  # noqa: E402
 import kubernetes_validate.utils as kv_utils  # noqa: E402
-import yaml  # noqa: E402
 
 RENDERS = {}
 

@@ -14,14 +14,11 @@ import os
 
 import grpc
 
-from corvid_testlib import SHARED, Checks, Server, proto_modules
+from corvid_testlib import GEMMA, QWEN, SHARED, Checks, Server, proto_modules
 from test_server_rag import build_kb, expect_status, split, stream
 
 pb, _, _ = proto_modules()
 STORIES = os.path.join(SHARED, "models", "stories260K.gguf")
-MODELS = os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models"))
-QWEN = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-GEMMA = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")
 
 RAG_INSTRUCTION = "Answer using only the context below; cite passages by number, like [1].\n\nContext:\n"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

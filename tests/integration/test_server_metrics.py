@@ -11,12 +11,10 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from corvid_testlib import SHARED, Checks, Server, free_port, proto_modules
+from corvid_testlib import GEMMA, SHARED, Checks, Server, free_port, proto_modules
 
 pb, _, _ = proto_modules()
 MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
-GEMMA = os.path.join(os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models")),
-                     "gemma-3-270m-q4_k_m.gguf")
 NAMES = ["corvid_requests", "corvid_time_to_first_token_seconds", "corvid_inter_token_latency_seconds",
          "corvid_request_duration_seconds", "corvid_generated_tokens", "corvid_queue_depth",
          "corvid_running_sequences", "corvid_kv_blocks_used", "corvid_kv_blocks_total", "corvid_batch_size",

@@ -17,13 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
-from corvid_testlib import BIN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, GEMMA, QWEN, SHARED, TMP, Checks, Server, proto_modules
 
 pb, _, _ = proto_modules()
 MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
-MODELS = os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models"))
-QWEN = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
-GEMMA = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")
 
 DOCS = [
     {"id": "mascot", "title": "Project mascot",

@@ -22,15 +22,13 @@ import threading
 
 import grpc
 
-from corvid_testlib import BIN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, QWEN, SHARED, TMP, Checks, Server, proto_modules
 
 pb, _, _ = proto_modules()
 MODELS = os.path.join(SHARED, "models")
 STORIES = os.path.join(MODELS, "stories260K.gguf")
 PROMPT_IDS = "1,403,407,261,378"  # <s> Once upon a time
 SYNTH_PROMPT = "1,300,301,302,303,304,305,306,307,308,309,310"
-QWEN = os.path.join(os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models")),
-                    "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 # `make CUDA=1` builds libcorvid_cuda.a beside the others (make test sets CORVID_BUILD).
 CUDA_BUILD = os.path.exists(os.path.join(os.environ.get("CORVID_BUILD", os.path.join(BIN, "..")), "lib",
                                          "libcorvid_cuda.a"))
