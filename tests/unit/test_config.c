@@ -10,12 +10,12 @@
 
 #include "config.h"
 #include "cuda_backend.h"
+#include "../support/test_tmpdir.h"
 
-static char path[64];
+static char path[4096];
 
 static void write_config(const char *text) {
-    strcpy(path, "/tmp/corvid-config-XXXXXX");
-    int fd = mkstemp(path);
+    int fd = cv_test_tmpfile(path, sizeof path, "config");
     assert_true(fd >= 0);
     assert_int_equal(write(fd, text, strlen(text)), (ssize_t)strlen(text));
     close(fd);

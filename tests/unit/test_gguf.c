@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "gguf.h"
+#include "../support/test_tmpdir.h"
 
 static uint64_t rng_state;
 
@@ -95,8 +96,8 @@ static void expect_bad(const void *buf, size_t len, const char *field) {
     if (!strstr(e.msg, field) || !strstr(e.msg, "at byte "))
         fail_msg("message \"%s\" does not name \"%s\" and a byte offset", e.msg, field);
 
-    char path[] = "/tmp/test_gguf_XXXXXX";
-    int fd = mkstemp(path);
+    char path[4096];
+    int fd = cv_test_tmpfile(path, sizeof path, "gguf");
     assert_true(fd >= 0);
     assert_int_equal(write(fd, buf, len), (ssize_t)len);
     close(fd);
@@ -838,8 +839,8 @@ static void test_round_trip_every_type(void **state) {
         snprintf(name, sizeof name, "%.*s", (int)t->name.len, t->name.ptr);
         ok(cv_gguf_add_tensor(w2, name, t->type, t->n_dims, t->ne, t->data, &e), &e);
     }
-    char path[] = "/tmp/test_gguf_rt_XXXXXX";
-    int fd = mkstemp(path);
+    char path[4096];
+    int fd = cv_test_tmpfile(path, sizeof path, "gguf-rt");
     assert_true(fd >= 0);
     close(fd);
     ok(cv_gguf_write(w2, path, &e), &e);
@@ -894,8 +895,8 @@ static void test_open_errors(void **state) {
     assert_int_equal(cv_gguf_open("/nonexistent/m.gguf", &g, &e), CV_ENOTFOUND);
     assert_non_null(strstr(e.msg, "/nonexistent/m.gguf"));
     assert_int_equal(cv_gguf_open("/tmp", &g, &e), CV_EINVAL);
-    char path[] = "/tmp/test_gguf_empty_XXXXXX";
-    int fd = mkstemp(path);
+    char path[4096];
+    int fd = cv_test_tmpfile(path, sizeof path, "gguf-empty");
     close(fd);
     assert_int_equal(cv_gguf_open(path, &g, &e), CV_EFORMAT);
     assert_non_null(strstr(e.msg, "header needs 24 bytes, the file has 0"));

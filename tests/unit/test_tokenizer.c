@@ -17,6 +17,7 @@
 #include "tokenizer.h"
 #include "utf8.h"
 #include "../support/test_rng.h"
+#include "../support/test_tmpdir.h"
 
 #define VOCAB_SEP "\n__ggml_vocab_test__\n"
 #define DATA_DIR "tests/data/tokenizer"
@@ -55,8 +56,8 @@ static char *slurp(const char *path, size_t *len) {
 
 /* Writes w to a temporary file (then removed), frees w and opens the result. */
 static cv_status write_and_open(cv_gguf_writer *w, cv_gguf **g, cv_error *e) {
-    char tmp[] = "/tmp/cv-tok-XXXXXX";
-    int fd = mkstemp(tmp);
+    char tmp[4096];
+    int fd = cv_test_tmpfile(tmp, sizeof tmp, "tok");
     assert_true(fd >= 0);
     close(fd);
     cv_error we = {0};
