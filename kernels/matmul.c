@@ -2,12 +2,12 @@
 
 #include <string.h>
 
-static size_t ref_act_row_bytes(cv_type wtype, int64_t cols) {
+size_t cv_matmul_vec_dot_act_bytes(cv_type wtype, int64_t cols) {
     cv_type vt = cv_type_vec_dot_type(wtype);
     return vt == CV_TYPE_F32 ? 0 : cv_type_row_bytes(vt, cols);
 }
 
-static void ref_convert(cv_type wtype, const float *x, void *act, int64_t cols) {
+void cv_matmul_vec_dot_act_convert(cv_type wtype, const float *x, void *act, int64_t cols) {
     cv_quantize_row_act(cv_type_vec_dot_type(wtype), x, act, cols);
 }
 
@@ -25,7 +25,7 @@ static void ref_rows(const cv_tensor *w, int64_t r0, int64_t r1, const void *act
     }
 }
 
-const cv_matmul_kernel cv_matmul_ref = {ref_act_row_bytes, ref_convert, ref_rows};
+const cv_matmul_kernel cv_matmul_ref = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert, ref_rows};
 
 typedef struct mm_task {
     const cv_matmul_kernel *k;

@@ -27,6 +27,11 @@ typedef struct cv_matmul_kernel {
                  int32_t n, float *y, int64_t ldy);
 } cv_matmul_kernel;
 
+/* Activations in quant's vec_dot type of wtype (cv_quantize_row_act), as cv_matmul_ref
+ * and the K-quant tiles take them. */
+size_t cv_matmul_vec_dot_act_bytes(cv_type wtype, int64_t cols);
+void cv_matmul_vec_dot_act_convert(cv_type wtype, const float *x, void *act, int64_t cols);
+
 /* Row by row over quant's cv_vec_dot_rows, for every supported type: the reference
  * when quant is forced scalar, quant's AVX2 dots otherwise. */
 extern const cv_matmul_kernel cv_matmul_ref;

@@ -244,6 +244,82 @@ static void test_matmul_avx512_bit_identical_to_avx2(void **state) {
     cv_backend_destroy(a5);
 }
 
+/* K-quant weights of random bytes (every level, scale and min the format can hold),
+ * with extreme super-block scales: the largest half, a subnormal, zero, negative ones,
+ * and every third row saturated (all scales, mins and levels at their maximum). */
+static wmat make_k_weight(cv_type type, int64_t rows, int64_t cols) {
+    static const uint16_t halves[] = {0x7BFF, 0x0001, 0x0000, 0x8400, 0x3C00, 0x1A3F, 0xA955, 0x2E66};
+    wmat w;
+    size_t rb = cv_type_row_bytes(type, cols), bb = cv_type_get(type)->block_bytes;
+    w.data = malloc(rb * (size_t)rows);
+    assert_non_null(w.data);
+    uint8_t *d = w.data;
+    for (size_t i = 0; i < rb * (size_t)rows; i++) d[i] = (uint8_t)rnd();
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < cols / 256; b++) {
+            uint8_t *blk = d + r * rb + b * bb;
+            if (r % 3 == 2) memset(blk, type == CV_TYPE_Q6_K ? 0xFF : 0xFF, bb);
+            if (type == CV_TYPE_Q6_K && r % 3 == 2) memset(blk + 192, (r / 3) % 2 ? 0x80 : 0x7F, 16);
+            uint16_t h[2] = {halves[rnd() % 8], halves[rnd() % 8]};
+            memcpy(blk + (type == CV_TYPE_Q6_K ? 208 : 0), h, type == CV_TYPE_Q6_K ? 2 : 4);
+        }
+    w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU};
+    return w;
+}
+
+/* The Q4_K and Q6_K tiles (AVX2, and AVX-512 VNNI where the CPU has it) sum the same
+ * integers as the scalar reference dot and take its float steps, so every output must
+ * be bit-identical to the reference: row tails of every size, tokens 1..17 and past
+ * the tiles, several thread counts. Activations include an all-zero row and spikes. */
+static void test_matmul_k_quants_bit_identical_to_reference(void **state) {
+    pair *p = *state;
+    cv_backend *be[3] = {p->fast, NULL, NULL};
+    cv_cpu_options o2 = {.n_threads = 3, .no_avx512 = 1}, o1 = {.n_threads = 1};
+    assert_int_equal(cv_cpu_backend_create(&o2, &be[1], NULL), CV_OK);
+    assert_int_equal(cv_cpu_backend_create(&o1, &be[2], NULL), CV_OK);
+    const cv_type types[] = {CV_TYPE_Q4_K, CV_TYPE_Q6_K};
+    const int64_t shapes[][2] = {{1, 256}, {7, 512}, {16, 256}, {29, 768}, {53, 256}, {130, 2048}};
+    const int32_t ns[] = {1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 33};
+    for (size_t i = 0; i < 2; i++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            int64_t rows = shapes[s][0], cols = shapes[s][1];
+            wmat w = make_k_weight(types[i], rows, cols);
+            for (size_t j = 0; j < sizeof ns / sizeof ns[0]; j++) {
+                int32_t n = ns[j];
+                if (rows * n > 20000 && n != 17) continue; /* the big shape: one batch is enough */
+                float *x = fill((int64_t)n * cols, 1.5f);
+                if (n > 2) {
+                    memset(x + cols, 0, (size_t)cols * sizeof *x);
+                    x[2 * cols + 5] = 900.0f;
+                    x[2 * cols + cols - 1] = -3000.0f;
+                }
+                float *yr = calloc((size_t)n * rows, sizeof *yr), *yf = calloc((size_t)n * rows, sizeof *yf);
+                assert_true(yr && yf);
+                cv_tensor t;
+                assert_int_equal(p->ref->ops->weight_load(p->ref, &w.t, &t, NULL), CV_OK);
+                cv_quant_force_scalar(1);
+                p->ref->ops->matmul(p->ref, &t, x, yr, n);
+                cv_quant_force_scalar(0);
+                for (int b = 0; b < 3; b++) {
+                    assert_int_equal(be[b]->ops->weight_load(be[b], &w.t, &t, NULL), CV_OK);
+                    memset(yf, 0xAB, (size_t)n * rows * sizeof *yf);
+                    be[b]->ops->matmul(be[b], &t, x, yf, n);
+                    for (int64_t k = 0; k < (int64_t)n * rows; k++)
+                        if (memcmp(&yf[k], &yr[k], sizeof(float)))
+                            fail_msg("%s %s %lldx%lld n=%d: y[%lld] = %.9g, reference %.9g", be[b]->name,
+                                     cv_type_get(types[i])->name, (long long)rows, (long long)cols, n, (long long)k,
+                                     yf[k], yr[k]);
+                }
+                free(x);
+                free(yr);
+                free(yf);
+            }
+            free(w.data);
+        }
+    cv_backend_destroy(be[1]);
+    cv_backend_destroy(be[2]);
+}
+
 /* A scratch too small for all tokens makes the matmul run in token chunks. */
 static void test_matmul_chunks_when_scratch_is_small(void **state) {
     pair *p = *state;
@@ -558,6 +634,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_fast_matches_reference),
         cmocka_unit_test(test_matmul_thread_count_invariant),
         cmocka_unit_test(test_matmul_avx512_bit_identical_to_avx2),
+        cmocka_unit_test(test_matmul_k_quants_bit_identical_to_reference),
         cmocka_unit_test(test_matmul_chunks_when_scratch_is_small),
         cmocka_unit_test(test_weight_load_rejects_bad_shapes),
         cmocka_unit_test(test_get_rows_dequantizes),
