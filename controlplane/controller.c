@@ -16,6 +16,10 @@
 #include "server_creds.h"
 
 #define SMOKE_MEMO 64
+/* How often the credential files are stat()ed. Kubernetes takes up to a minute or so to
+ * bring a changed Secret into the pod, so a second adds little to that, and costs a
+ * few stat() calls; a reload only follows a real change (a new connection per server). */
+#define CREDS_CHECK_MS 1000
 
 typedef struct controller {
     const cv_cp_config *cfg;
@@ -23,6 +27,8 @@ typedef struct controller {
     cv_etcd *etcd;
     cv_election *election;
     cv_fleet *fleet;
+    cv_server_creds_store *creds;
+    const cv_server_creds *fleet_creds; /* the snapshot the fleet's clients were made from */
     cv_rollout_limits limits;
     /* Smoke prompts already passed: "rollout id/version@addr" (leader-local memory). */
     char smoked[SMOKE_MEMO][384];
@@ -43,11 +49,13 @@ typedef struct version_rec {
     bool found;
 } version_rec;
 
-static int64_t wall_ms(void) {
+static int64_t clock_ms(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
+    clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
+
+static int64_t wall_ms(void) { return clock_ms(CLOCK_REALTIME); }
 
 static void logf_(const char *model, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void logf_(const char *model, const char *fmt, ...) {
@@ -428,6 +436,41 @@ static void tick(controller *c, const char *models_prefix, bool leader) {
     cv_etcd_range_result_free(&r);
 }
 
+static void publish_creds_stats(controller *c) {
+    cv_server_creds_stats cs;
+    cv_server_creds_store_stats(c->creds, &cs);
+    cv_cp_metrics_set_creds(c->metrics, cs.reloads, cs.errors, cs.loaded_unix_ms, cs.last_ok);
+}
+
+/* Looks at the credential files when due and moves the fleet onto the set in use: every
+ * server gets a new client, so connections made with a revoked token or certificate
+ * close. A refused version is logged once (the store tries each version once). */
+static void refresh_creds(controller *c) {
+    cv_error err;
+    char moved[128];
+    cv_server_creds_change ch = cv_server_creds_store_refresh(c->creds, clock_ms(CLOCK_MONOTONIC),
+                                                              CREDS_CHECK_MS, moved, sizeof moved, &err);
+    if (ch != CV_CREDS_UNCHANGED) publish_creds_stats(c);
+    if (ch == CV_CREDS_REFUSED)
+        logf_("credentials", "%s: still presenting the last good credentials; tried again when a "
+              "file changes", err.msg);
+    else if (ch == CV_CREDS_RELOADED)
+        logf_("credentials", "reloaded (%s changed): new clients for %zu servers", moved,
+              cv_fleet_count(c->fleet));
+    const cv_server_creds *now = cv_server_creds_store_get(c->creds);
+    if (now == c->fleet_creds) { /* the same while we hold it: it cannot be freed and reused */
+        cv_server_creds_release(now);
+        return;
+    }
+    if (cv_fleet_set_creds(c->fleet, now, &err) != CV_OK) {
+        logf_("credentials", "remaking the servers' clients: %s (tried again on the next tick)", err.msg);
+        cv_server_creds_release(now);
+        return;
+    }
+    cv_server_creds_release(c->fleet_creds);
+    c->fleet_creds = now;
+}
+
 cv_status cv_controller_run(const cv_cp_config *cfg, cv_cp_metrics *metrics,
                             volatile sig_atomic_t *stop, cv_error *err) {
     controller c = {.cfg = cfg,
@@ -444,10 +487,12 @@ cv_status cv_controller_run(const cv_cp_config *cfg, cv_cp_metrics *metrics,
     cv_etcd_config ec = {.endpoints = cfg->etcd, .timeout_ms = 3000, .attempt_timeout_ms = 1000};
     cv_election_config el = {.prefix = cfg->prefix, .id = cfg->id, .ttl_s = cfg->election_ttl_s};
     cv_etcd_watch_config wc = {.prefix = models_prefix, .idle_timeout_ms = 30000};
-    cv_server_creds creds;
-    cv_status st = cv_server_creds_load(cfg, &creds, err);
+    cv_status st = cv_server_creds_store_open(cfg, &c.creds, err);
     if (st) return st;
-    if ((st = cv_etcd_open(&ec, &c.etcd, err)) || (st = cv_fleet_open(cfg, &creds, &c.fleet, err)) ||
+    publish_creds_stats(&c);
+    c.fleet_creds = cv_server_creds_store_get(c.creds);
+    if ((st = cv_etcd_open(&ec, &c.etcd, err)) ||
+        (st = cv_fleet_open(cfg, c.fleet_creds, &c.fleet, err)) ||
         (st = cv_election_start(c.etcd, &el, &c.election, err)) ||
         (st = cv_etcd_watch_start(c.etcd, &wc, &watch, err)))
         goto done;
@@ -457,6 +502,7 @@ cv_status cv_controller_run(const cv_cp_config *cfg, cv_cp_metrics *metrics,
         poll(&pfd, 1, cfg->poll_ms);
         cv_etcd_watch_event ev;
         while (cv_etcd_watch_next(watch, 0, &ev, NULL) == CV_OK) cv_etcd_watch_event_free(&ev);
+        refresh_creds(&c); /* before the fleet makes clients for servers that join */
         bool changed;
         cv_error ferr;
         if (cv_fleet_refresh(c.fleet, wall_ms(), &changed, &ferr) != CV_OK)
@@ -476,7 +522,8 @@ done:
     if (c.election) cv_election_stop(c.election);
     cv_fleet_close(c.fleet);
     cv_etcd_close(c.etcd);
-    cv_server_creds_free(&creds);
+    cv_server_creds_release(c.fleet_creds);
+    cv_server_creds_store_close(c.creds);
     cv_cp_metrics_set_leader(metrics, false);
     return st;
 }

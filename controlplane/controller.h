@@ -15,8 +15,11 @@
  * Probes ask GetStatus for the longest rollout window, rounded up to whole seconds.
  * Every replica reads the models' keys each tick: that read makes it ready (metrics),
  * and the phases it reports come from it. Server calls present the credentials of
- * server_creds.h, loaded once at start; a refused call is logged (once per change for
- * probes) with what to check, and counted.
+ * server_creds.h, loaded at start; every replica looks at their files once a second, and
+ * a set that changed and loads replaces every server's client (connections made with
+ * the old token or certificate close), while one that does not load is logged once and
+ * the last good set stays in use. A refused call is logged (once per change for probes)
+ * with what to check, and counted.
  */
 #ifndef CV_CONTROLLER_H
 #define CV_CONTROLLER_H

@@ -25,7 +25,8 @@
  * }
  * Unknown keys, wrong types and out-of-range values are refused with the key named.
  * Exactly one of "servers" and "dns" is required; at most one token source. Parsing
- * reads no file: server_creds.h loads the TLS material and the token at start.
+ * reads no file: server_creds.h loads the TLS material and the token at start, and
+ * again when the files change.
  */
 #ifndef CV_CP_CONFIG_H
 #define CV_CP_CONFIG_H

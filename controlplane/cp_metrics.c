@@ -26,6 +26,9 @@ struct cv_cp_metrics {
     atomic_size_t discovered;
     atomic_long healthy;
     atomic_uint_fast64_t server_errors[CODE_BUCKETS];
+    atomic_uint_fast64_t creds_reloads, creds_errors;
+    atomic_int_fast64_t creds_loaded_ms;
+    atomic_bool creds_ok;
     pthread_mutex_t mu;
     model_entry models[CV_CP_METRICS_MODELS];
     size_t n_models;
@@ -36,6 +39,7 @@ cv_status cv_cp_metrics_new(cv_cp_metrics **out, cv_error *err) {
     if (!m) return cv_errorf(err, CV_ENOMEM, "metrics: out of memory");
     pthread_mutex_init(&m->mu, NULL);
     atomic_store(&m->healthy, -1);
+    atomic_store(&m->creds_ok, true); /* nothing refused yet */
     *out = m;
     return CV_OK;
 }
@@ -90,6 +94,14 @@ void cv_cp_metrics_set_fleet(cv_cp_metrics *m, size_t discovered, long healthy) 
 
 void cv_cp_metrics_count_server_error(cv_cp_metrics *m, int code) {
     atomic_fetch_add(&m->server_errors[code >= 0 && code < CORVID_CODES ? code : CORVID_CODES], 1);
+}
+
+void cv_cp_metrics_set_creds(cv_cp_metrics *m, uint64_t reloads, uint64_t errors,
+                             int64_t loaded_unix_ms, bool last_ok) {
+    atomic_store(&m->creds_reloads, reloads);
+    atomic_store(&m->creds_errors, errors);
+    atomic_store(&m->creds_loaded_ms, loaded_unix_ms);
+    atomic_store(&m->creds_ok, last_ok);
 }
 
 bool cv_cp_metrics_ready(cv_cp_metrics *m) { return atomic_load(&m->ready); }
@@ -154,6 +166,22 @@ static void render_locked(FILE *f, cv_cp_metrics *m) {
                "Servers that answered the leader's last Admin.GetStatus probe.");
         fprintf(f, "corvid_controlplane_servers_healthy %ld\n", healthy);
     }
+    header(f, "corvid_controlplane_creds_reloads_total", "counter",
+           "Server credential sets (TLS files, token file) reloaded after a file changed.");
+    fprintf(f, "corvid_controlplane_creds_reloads_total %llu\n",
+            (unsigned long long)atomic_load(&m->creds_reloads));
+    header(f, "corvid_controlplane_creds_reload_errors_total", "counter",
+           "Changed credential files refused (unreadable, wrong PEM kind, bad token); "
+           "the last good set stays in use.");
+    fprintf(f, "corvid_controlplane_creds_reload_errors_total %llu\n",
+            (unsigned long long)atomic_load(&m->creds_errors));
+    header(f, "corvid_controlplane_creds_last_reload_successful", "gauge",
+           "0 while the newest credential files on disk are refused ones.");
+    fprintf(f, "corvid_controlplane_creds_last_reload_successful %d\n", atomic_load(&m->creds_ok) ? 1 : 0);
+    header(f, "corvid_controlplane_creds_loaded_timestamp_seconds", "gauge",
+           "When the server credentials in use were read (Unix time).");
+    fprintf(f, "corvid_controlplane_creds_loaded_timestamp_seconds %.3f\n",
+            (double)atomic_load(&m->creds_loaded_ms) / 1e3);
     header(f, "corvid_controlplane_server_errors_total", "counter",
            "Admin calls to servers that failed, by gRPC status (CLIENT_ERROR: on this side).");
     for (int c = 0; c < CODE_BUCKETS; c++) {

@@ -5,8 +5,10 @@
  * Prometheus text exposition. Every replica reports the rollout phases it reads from
  * etcd (the leader writes them), so a dashboard sees them whichever replica it scrapes;
  * the fleet's health and the rollout counters come from the leader's own work, so a
- * follower reports no servers_healthy gauge and counts nothing. Metric names and labels
- * are a contract with the chart's dashboard and alert rules (charts/corvid).
+ * follower reports no servers_healthy gauge and counts no rollouts or server errors.
+ * Every replica keeps its server credentials fresh and reports their reloads. Metric
+ * names and labels are a contract with the chart's dashboard and alert rules
+ * (charts/corvid).
  *
  * Ready: etcd answered this replica's last read (the config was read before start).
  * At most CV_CP_METRICS_MODELS models are tracked; others are left out of the text.
@@ -46,6 +48,9 @@ void cv_cp_metrics_count_rollout(cv_cp_metrics *m, const char *model, cv_cp_roll
 void cv_cp_metrics_set_fleet(cv_cp_metrics *m, size_t discovered, long healthy);
 /* One failed Admin call to a server, by its gRPC status code (corvid/client.h). */
 void cv_cp_metrics_count_server_error(cv_cp_metrics *m, int code);
+/* The server credentials' reload figures so far (server_creds.h: cv_server_creds_stats). */
+void cv_cp_metrics_set_creds(cv_cp_metrics *m, uint64_t reloads, uint64_t errors,
+                             int64_t loaded_unix_ms, bool last_ok);
 
 bool cv_cp_metrics_ready(cv_cp_metrics *m);
 /* The exposition as a malloc'd NUL-terminated string; NULL when out of memory. */

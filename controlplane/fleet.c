@@ -22,17 +22,26 @@ static void server_free(cv_fleet_server *s) {
     free(s);
 }
 
+/* The client copies what it needs from creds: they may go once it is made. */
+static cv_status client_new(const cv_fleet *f, const cv_server_creds *creds, const char *addr,
+                            corvid_client **out, cv_error *err) {
+    corvid_client_options opt = {.addr = addr, .timeout_s = f->cfg->admin_timeout_ms / 1e3};
+    cv_server_creds_apply(creds, &opt);
+    corvid_error ce;
+    if (corvid_client_new(&opt, out, &ce) != 0)
+        return cv_errorf(err, CV_EINVAL, "server %s: %s", addr, ce.message);
+    return CV_OK;
+}
+
 static cv_status server_new(const cv_fleet *f, const char *addr, cv_fleet_server **out,
                             cv_error *err) {
     cv_fleet_server *s = calloc(1, sizeof *s);
     if (!s) return cv_errorf(err, CV_ENOMEM, "out of memory");
     snprintf(s->addr, sizeof s->addr, "%s", addr);
-    corvid_client_options opt = {.addr = s->addr, .timeout_s = f->cfg->admin_timeout_ms / 1e3};
-    cv_server_creds_apply(f->creds, &opt);
-    corvid_error ce;
-    if (corvid_client_new(&opt, &s->client, &ce) != 0) {
+    cv_status st = client_new(f, f->creds, s->addr, &s->client, err);
+    if (st) {
         free(s);
-        return cv_errorf(err, CV_EINVAL, "server %s: %s", addr, ce.message);
+        return st;
     }
     snprintf(s->error, sizeof s->error, "not probed yet");
     *out = s;
@@ -132,6 +141,22 @@ cv_status cv_fleet_open(const cv_cp_config *cfg, const cv_server_creds *creds, c
     }
     *out = f;
     return CV_OK;
+}
+
+cv_status cv_fleet_set_creds(cv_fleet *f, const cv_server_creds *creds, cv_error *err) {
+    corvid_client **fresh = calloc(f->n ? f->n : 1, sizeof *fresh);
+    if (!fresh) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    cv_status st = CV_OK;
+    for (size_t i = 0; i < f->n && !st; i++)
+        st = client_new(f, creds, f->servers[i]->addr, &fresh[i], err);
+    for (size_t i = 0; i < f->n; i++) {
+        corvid_client *drop = st ? fresh[i] : f->servers[i]->client;
+        if (!st) f->servers[i]->client = fresh[i];
+        corvid_client_free(drop);
+    }
+    free(fresh);
+    if (!st) f->creds = creds;
+    return st;
 }
 
 void cv_fleet_close(cv_fleet *f) {

@@ -8,7 +8,9 @@
  *
  * cv_fleet_probe calls Admin.GetStatus on every server in parallel, each bounded by
  * admin_timeout_ms; a server that does not answer is unreachable until it does.
- * Every client presents the same credentials (TLS CA, client certificate, token).
+ * Every client presents the same credentials (TLS CA, client certificate, token);
+ * cv_fleet_set_creds replaces every client, closing the connections made with the old
+ * set, so a revoked token or certificate is not presented again.
  * Servers are owned by the fleet; pointers stay valid until the next refresh.
  */
 #ifndef CV_FLEET_H
@@ -33,9 +35,13 @@ typedef struct cv_fleet_server {
 
 typedef struct cv_fleet cv_fleet;
 
-/* cfg and creds must outlive the fleet. */
+/* cfg must outlive the fleet; creds must stay until cv_fleet_set_creds replaces them
+ * (servers that join later get clients made from them). */
 cv_status cv_fleet_open(const cv_cp_config *cfg, const cv_server_creds *creds, cv_fleet **out,
                         cv_error *err);
+/* A new client for every server, made from creds; all or nothing: on failure the old
+ * clients and credentials stay. Not while a cv_fleet_probe runs. */
+cv_status cv_fleet_set_creds(cv_fleet *f, const cv_server_creds *creds, cv_error *err);
 void cv_fleet_close(cv_fleet *f);
 /* Re-resolves the DNS name when due; *changed says whether membership moved. */
 cv_status cv_fleet_refresh(cv_fleet *f, int64_t now_ms, bool *changed, cv_error *err);

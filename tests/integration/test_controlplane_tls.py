@@ -4,12 +4,18 @@ probes the server and rolls a version out; with another CA, without a token, or 
 a server name the certificate does not carry, every call fails with a logged reason
 that says what to check, counted in corvid_controlplane_server_errors_total by status.
 The token never reaches the log. A token file that is missing stops start-up.
+Rotation without a restart: a token file replaced by rename or by the Kubernetes `..data`
+symlink swap, and TLS files swapped the same way, are picked up within seconds (a
+revoked token stops being presented: the connections are remade); a new version that
+does not load is refused once, logged with its file and counted, and the last good
+credentials stay in use.
 Keys and certificates are made fresh by tests/data/auth/gen.sh, tokens by mint_jwt.py."""
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 
 from corvid_testlib import ROOT, SHARED, TMP, Checks, Server
 from cp_testlib import CP, ControlPlane, cli
@@ -26,17 +32,57 @@ def k(name):
     return os.path.join(KEYS, name)
 
 
-def mint(scope):
+MINTED = []  # every token made here: none may reach a log
+
+
+def mint(scope, key="jwt-hs256.secret"):
+    """A JWT signed with `key` (another secret than the server's: a revoked token)."""
     claims = {"sub": "corvid-controlplane", "iss": "https://idp.test", "aud": "corvid", "scope": scope}
     r = subprocess.run([sys.executable, os.path.join(AUTH, "mint_jwt.py"), "--alg", "HS256", "--key",
-                        k("jwt-hs256.secret"), "--kid", "hs", "--ttl", "600", json.dumps(claims)],
+                        k(key), "--kid", "hs", "--ttl", "600", json.dumps(claims)],
                        capture_output=True, text=True, check=True)
-    return r.stdout.strip()
+    MINTED.append(r.stdout.strip())
+    return MINTED[-1]
+
+
+def put(path, text):
+    """A new version of a file as a script or cert-manager writes it: aside, then rename."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.rename(path + ".tmp", path)
+
+
+class SecretVolume:
+    """A Kubernetes Secret mounted as a volume: NAME -> ..data/NAME, ..data -> ..vN; a new
+    version is a new directory and an atomic rename of a new ..data link over the old."""
+
+    def __init__(self, name, files):
+        self.dir = os.path.join(TMP, name)
+        os.makedirs(self.dir)
+        self.n = 0
+        self.update(files)
+        for f in files:
+            os.symlink(os.path.join("..data", f), os.path.join(self.dir, f))
+
+    def update(self, files):
+        self.n += 1
+        version = "..v%d" % self.n
+        os.makedirs(os.path.join(self.dir, version))
+        for f, text in files.items():
+            with open(os.path.join(self.dir, version, f), "w") as out:
+                out.write(text)
+        os.symlink(version, os.path.join(self.dir, "..data_tmp"))
+        os.rename(os.path.join(self.dir, "..data_tmp"), os.path.join(self.dir, "..data"))
+
+    def path(self, f):
+        return os.path.join(self.dir, f)
 
 
 class World:
     def __init__(self):
         subprocess.run(["sh", os.path.join(AUTH, "gen.sh"), KEYS], check=True, capture_output=True)
+        with open(k("revoked.secret"), "w") as f:
+            f.write(os.urandom(32).hex())
         policy = os.path.join(TMP, "policy.json")
         with open(policy, "w") as f:
             json.dump({"jwt": {"keys": [{"kid": "hs", "alg": "HS256", "secret_file": k("jwt-hs256.secret")}],
@@ -125,10 +171,101 @@ def wrong_server_name(w):
             server_tls=dict(w.tls, server_name="not-this-server.test"), server_token_file=w.token_file)
 
 
+def errors(cp, code):
+    return cp.value("corvid_controlplane_server_errors_total", code=code) or 0
+
+
+def healthy(cp):
+    return cp.value("corvid_controlplane_servers_healthy") == 1
+
+
+def token_rotated_by_rename(w):
+    path = os.path.join(TMP, "rotated-token")
+    put(path, mint("inference") + "\n")  # the server refuses it: no admin scope
+    cp = w.cp("cp-rename", server_tls=w.tls, server_token_file=path)
+    cp.wait(lambda: errors(cp, "PERMISSION_DENIED") >= 1, 20, "PERMISSION_DENIED counted")
+    assert cp.value("corvid_controlplane_servers_healthy") == 0
+    put(path, mint("admin") + "\n")
+    cp.wait(lambda: healthy(cp), 10, "the server answering with the new token")
+    assert cp.value("corvid_controlplane_creds_reloads_total") == 1
+    assert cp.value("corvid_controlplane_creds_last_reload_successful") == 1
+    assert "credentials: reloaded (server_token_file changed)" in cp.log(), cp.log()
+    cp.stop()
+
+
+def token_rotated_by_symlink_swap(w):
+    vol = SecretVolume("token-secret", {"token": w.token + "\n"})
+    cp = w.cp("cp-k8s-token", server_tls=w.tls, server_token_file=vol.path("token"))
+    cp.wait(lambda: healthy(cp), 20, "the server answering")
+    loaded = cp.value("corvid_controlplane_creds_loaded_timestamp_seconds")
+    assert abs(loaded - time.time()) < 60, loaded
+    # The token is revoked (signed with a key the server no longer trusts): once the new
+    # one is in place, the old one must not be presented any more, on any connection.
+    vol.update({"token": mint("admin", key="revoked.secret")})
+    cp.wait(lambda: errors(cp, "UNAUTHENTICATED") >= 1 and not healthy(cp), 10, "the revoked token refused")
+    vol.update({"token": mint("admin inference")})
+    cp.wait(lambda: healthy(cp), 10, "the server answering with the third token")
+    assert cp.value("corvid_controlplane_creds_reloads_total") == 2
+    assert cp.value("corvid_controlplane_creds_loaded_timestamp_seconds") > loaded
+    cp.stop()
+
+
+def bad_token_file_keeps_the_good_one(w):
+    path = os.path.join(TMP, "keep-token")
+    put(path, w.token)
+    cp = w.cp("cp-bad-file", server_tls=w.tls, server_token_file=path)
+    cp.wait(lambda: healthy(cp), 20, "the server answering")
+    refused = lambda: [x for x in cp.log().splitlines() if "credentials:" in x and path in x]  # noqa: E731
+    for n, text in enumerate(["\n", "two words\n"], 1):
+        put(path, text)
+        cp.wait(lambda: cp.value("corvid_controlplane_creds_reload_errors_total") == n, 10, "version %d refused" % n)
+        assert cp.value("corvid_controlplane_creds_last_reload_successful") == 0
+    time.sleep(1.5)  # more looks at the files and probes: each bad version counted once
+    assert cp.value("corvid_controlplane_creds_reload_errors_total") == 2
+    lines = refused()
+    assert len(lines) == 2, lines
+    assert "is empty" in lines[0] and "still presenting the last good credentials" in lines[0], lines[0]
+    assert "is not a printable character" in lines[1], lines[1]
+    assert healthy(cp) and errors(cp, "UNAUTHENTICATED") == 0, cp.log()
+    assert cp.value("corvid_controlplane_creds_reloads_total") == 0
+    put(path, mint("admin"))
+    cp.wait(lambda: cp.value("corvid_controlplane_creds_reloads_total") == 1, 10, "the good version loaded")
+    assert cp.value("corvid_controlplane_creds_last_reload_successful") == 1
+    cp.wait(lambda: healthy(cp), 10, "the server answering")
+    cp.stop()
+    print("  %s" % refused()[0][:240])
+
+
+def tls_files_rotated(w):
+    pem = lambda name: open(k(name)).read()  # noqa: E731
+    good = {"ca.crt": pem("ca.pem"), "tls.crt": pem("client.pem"), "tls.key": pem("client.key")}
+    vol = SecretVolume("tls-secret", dict(good, **{"ca.crt": pem("other-ca.pem")}))
+    tls = {"ca": vol.path("ca.crt"), "cert": vol.path("tls.crt"), "key": vol.path("tls.key")}
+    cp = w.cp("cp-k8s-tls", server_tls=tls, server_token_file=w.token_file)
+    cp.wait(lambda: errors(cp, "UNAVAILABLE") >= 1, 20, "the server's certificate refused")
+    assert cp.value("corvid_controlplane_servers_healthy") == 0
+    vol.update(good)  # the right CA
+    cp.wait(lambda: healthy(cp), 10, "the server answering with the new CA")
+    # A CA file that holds a key: refused, the working set stays.
+    vol.update(dict(good, **{"ca.crt": pem("client.key")}))
+    cp.wait(lambda: cp.value("corvid_controlplane_creds_reload_errors_total") == 1, 10, "the bad CA refused")
+    assert "server_tls.ca %s: no PEM CERTIFICATE block" % vol.path("ca.crt") in cp.log(), cp.log()
+    time.sleep(0.5)
+    assert healthy(cp)
+    # A client certificate from a CA the server does not trust: presented at once.
+    before = errors(cp, "UNAVAILABLE")
+    vol.update(dict(good, **{"tls.crt": pem("other-client.pem"), "tls.key": pem("other-client.key")}))
+    cp.wait(lambda: errors(cp, "UNAVAILABLE") > before and not healthy(cp), 10, "the new client certificate used")
+    assert cp.value("corvid_controlplane_creds_reloads_total") == 2
+    assert "reloaded (server_tls.ca, server_tls.cert, server_tls.key changed)" in cp.log(), cp.log()
+    cp.stop()
+
+
 def token_never_logged(w):
     for cp in w.cps:
-        assert w.token not in cp.log(), cp.name
-        assert w.token.split(".")[2] not in cp.log(), cp.name
+        for token in MINTED:
+            assert token not in cp.log(), cp.name
+            assert token.split(".")[2] not in cp.log(), cp.name
 
 
 def missing_token_file_stops_start():
@@ -149,7 +286,14 @@ def main():
         c.run("no token: UNAUTHENTICATED, logged with what to set, counted", no_token, w)
         c.run("a token without the admin scope (from an env var): PERMISSION_DENIED", inference_only_token, w)
         c.run("server_name the certificate does not carry: refused", wrong_server_name, w)
-        c.run("the token never reaches the log", token_never_logged, w)
+        c.run("a token file replaced by rename: the new token is used, no restart", token_rotated_by_rename, w)
+        c.run("a Secret's ..data symlink swap: a revoked token stops being presented", token_rotated_by_symlink_swap,
+              w)
+        c.run("a bad token file: refused once per version, counted, the old token kept",
+              bad_token_file_keeps_the_good_one, w)
+        c.run("CA and client certificate swapped in a Secret volume: used; a bad CA file kept out",
+              tls_files_rotated, w)
+        c.run("no token reaches the log", token_never_logged, w)
     finally:
         w.close()
     c.run("a missing token file stops start-up, naming the file", missing_token_file_stops_start)

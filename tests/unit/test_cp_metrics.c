@@ -97,6 +97,29 @@ static void test_phases_and_counters(void **state) {
     cv_cp_metrics_free(m);
 }
 
+static void test_creds_reloads(void **state) {
+    (void)state;
+    cv_cp_metrics *m;
+    cv_error err;
+    assert_int_equal(cv_cp_metrics_new(&m, &err), CV_OK);
+    char *t = cv_cp_metrics_render(m);
+    assert_true(sample(t, "corvid_controlplane_creds_last_reload_successful") == 1); /* nothing refused */
+    assert_true(sample(t, "corvid_controlplane_creds_reload_errors_total") == 0);
+    free(t);
+    uint64_t reloads = cv_test_rng_next(&rng) % 100, errors = 1 + cv_test_rng_next(&rng) % 100;
+    int64_t at_ms = 1700000000000LL + (int64_t)(cv_test_rng_next(&rng) % 100000000) * 10;
+    cv_cp_metrics_set_creds(m, reloads, errors, at_ms, false);
+    t = cv_cp_metrics_render(m);
+    assert_non_null(strstr(t, "# TYPE corvid_controlplane_creds_reloads_total counter"));
+    assert_non_null(strstr(t, "# TYPE corvid_controlplane_creds_loaded_timestamp_seconds gauge"));
+    assert_true(sample(t, "corvid_controlplane_creds_reloads_total") == (double)reloads);
+    assert_true(sample(t, "corvid_controlplane_creds_reload_errors_total") == (double)errors);
+    assert_true(sample(t, "corvid_controlplane_creds_last_reload_successful") == 0);
+    assert_true(sample(t, "corvid_controlplane_creds_loaded_timestamp_seconds") == (double)at_ms / 1e3);
+    free(t);
+    cv_cp_metrics_free(m);
+}
+
 static void test_model_table_is_bounded(void **state) {
     (void)state;
     cv_cp_metrics *m;
@@ -136,6 +159,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_leader_ready_fleet),
         cmocka_unit_test(test_phases_and_counters),
+        cmocka_unit_test(test_creds_reloads),
         cmocka_unit_test(test_model_table_is_bounded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
