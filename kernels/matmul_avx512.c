@@ -150,5 +150,10 @@ static void rows_vnni(const cv_tensor *w, int64_t r0, int64_t r1, const void *ac
 static const cv_matmul_kernel k_vnni = {cv_matmul_x86_act_bytes, cv_matmul_x86_act_convert, rows_vnni};
 
 const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
-    return wtype == CV_TYPE_Q4_0 || wtype == CV_TYPE_Q8_0 ? &k_vnni : NULL;
+    switch (wtype) {
+    case CV_TYPE_Q4_0: case CV_TYPE_Q8_0: return &k_vnni;
+    case CV_TYPE_Q4_K: return &cv_matmul_avx512_q4_K;
+    case CV_TYPE_Q6_K: return &cv_matmul_avx512_q6_K;
+    default: return NULL;
+    }
 }

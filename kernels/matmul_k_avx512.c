@@ -1,0 +1,259 @@
+/* AVX-512 VNNI matmul tiles for the K-quants of Q4_K_M files: Q4_K and Q6_K weights,
+ * for any number of tokens (batch-1 decode too: it is compute-bound on one core);
+ * row tails go to the AVX2 tiles (matmul_k_avx2.c).
+ *
+ * A tile is 16 weight rows x up to RN_MAX tokens over quant's Q8_K activation rows.
+ * Each 32-byte stretch of the 16 rows' quants is transposed in registers (rows i and
+ * i + 8 share a vector, two rounds of in-lane unpacks, one two-source permute), so
+ * that lane j belongs to row j: one vpdpbusd per 4 elements with the token's
+ * activation bytes broadcast adds row j's 4 products into lane j, and a sub-block's
+ * sum is multiplied by the rows' scales with one vpmulld. Levels are unsigned (Q4_K
+ * 0..15, Q6_K 0..63); the mins (Q4_K) and the -32 (Q6_K) come off through the
+ * activations' bsums with vpdpwssd. Unpacking a super-block is paid once for RN tokens.
+ *
+ * The integer sums per super-block are the reference dot's, and the float steps per
+ * output are the AVX2 tiles' (the reference's own), so every output is bit-identical
+ * to the AVX2 kernel and to the scalar reference.
+ */
+#include <stddef.h>
+
+#include "matmul.h"
+#include "matmul_x86.h"
+
+/* Tokens per tile: 8 weight vectors, RN sums and temporaries fit the 32 zmm registers. */
+#define RN_MAX 8
+
+enum { W_Q4_K, W_Q6_K };
+
+#define A_QS offsetof(cv_block_q8_K, qs)
+#define A_BSUMS offsetof(cv_block_q8_K, bsums)
+
+INLINE __m512i pick16(__m512i v, int32_t pattern) {
+    const __m512i base = _mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0);
+    return _mm512_shuffle_epi8(v, _mm512_add_epi8(_mm512_set1_epi32(pattern), base));
+}
+
+INLINE __m512i join(__m256i lo, __m256i hi) { return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1); }
+
+INLINE __m512i bcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* The 32 bytes at rp[j] + off of the 16 rows, transposed: v[k] lane j = dword k of row j. */
+INLINE void rows16_dwords(const uint8_t *const rp[16], size_t off, __m512i v[8]) {
+    __m512i z[8];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < 8; i++)
+        z[i] = join(_mm256_loadu_si256((const __m256i *)(rp[i] + off)),
+                    _mm256_loadu_si256((const __m256i *)(rp[i + 8] + off)));
+    /* z[i] lanes: row i dwords 0-3, 4-7, row i+8 dwords 0-3, 4-7. After the in-lane
+     * 4 x 4 transposes, b[g] (g < 4, from z[0..3]) holds dword g / g+4 of rows 0-3 and
+     * 8-11, b[g + 4] the same of rows 4-7 and 12-15. */
+    __m512i b[8];
+    _Pragma("GCC unroll 2")
+    for (int q = 0; q < 2; q++) {
+        const __m512i *s = z + 4 * q;
+        __m512i a0 = _mm512_unpacklo_epi32(s[0], s[1]), a1 = _mm512_unpackhi_epi32(s[0], s[1]);
+        __m512i a2 = _mm512_unpacklo_epi32(s[2], s[3]), a3 = _mm512_unpackhi_epi32(s[2], s[3]);
+        b[4 * q] = _mm512_unpacklo_epi64(a0, a2);
+        b[4 * q + 1] = _mm512_unpackhi_epi64(a0, a2);
+        b[4 * q + 2] = _mm512_unpacklo_epi64(a1, a3);
+        b[4 * q + 3] = _mm512_unpackhi_epi64(a1, a3);
+    }
+    const __m512i lo = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13), hi = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
+    _Pragma("GCC unroll 4")
+    for (int g = 0; g < 4; g++) {
+        v[g] = _mm512_permutex2var_epi64(b[g], lo, b[g + 4]);
+        v[g + 4] = _mm512_permutex2var_epi64(b[g], hi, b[g + 4]);
+    }
+}
+
+/* Dwords 0..3 of the 16 bytes at rp[j] + off: h[g] lane j = dword g of row j. */
+INLINE void head16(const uint8_t *const rp[16], size_t off, __m512i h[4]) {
+    __m256i a[4], b[4];
+    head8(rp, off, a);
+    head8(rp + 8, off, b);
+    _Pragma("GCC unroll 4")
+    for (int g = 0; g < 4; g++) h[g] = join(a[g], b[g]);
+}
+
+INLINE void tile16_q4_K(const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
+                        size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = sizeof(cv_block_q4_K);
+    __m512 acc[RN_MAX];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
+         * this tile reads its own. */
+        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        const size_t wo = (size_t)b * blk;
+        const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
+        __m512i h[4], s03, s47, m03, m47;
+        head16(rp, wo, h);
+        K4_SCALES(h[1], h[2], h[3], s03, s47, m03, m47);
+        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+        const __m512 dmw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
+        __m512i sumi[RN_MAX];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < RN; t++) sumi[t] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 4")
+        for (int c = 0; c < 4; c++) {
+            __m512i p[8];
+            rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
+            _Pragma("GCC unroll 2")
+            for (int half = 0; half < 2; half++) {
+                const int j = 2 * c + half;
+                const __m512i sc = pick16(j < 4 ? s03 : s47, K_PICK(j % 4, -1, -1, -1));
+                __m512i v[8];
+                _Pragma("GCC unroll 8")
+                for (int k = 0; k < 8; k++) v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
+                _Pragma("GCC unroll 8")
+                for (int t = 0; t < RN; t++) {
+                    const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
+                    __m512i s = _mm512_setzero_si512();
+                    _Pragma("GCC unroll 8")
+                    for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+                }
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *at = ab + t * astride;
+            __m512i summ = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8")
+            for (int j = 0; j < 8; j++)
+                summ = _mm512_dpwssd_epi32(summ, pick16(j < 4 ? m03 : m47, K_PICK(j % 4, -1, j % 4, -1)),
+                                           bcast4(at + A_BSUMS + 4 * j));
+            float da;
+            memcpy(&da, at, sizeof da);
+            const __m512 d16 = _mm512_set1_ps(da);
+            const __m512 r = _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(d16, dw), _mm512_cvtepi32_ps(sumi[t])),
+                                           _mm512_mul_ps(_mm512_mul_ps(d16, dmw), _mm512_cvtepi32_ps(summ)));
+            acc[t] = _mm512_add_ps(acc[t], r);
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+/* Q6_K's signed scales bytes b0, b1 of each dword as int16 pairs. */
+INLINE __m512i q6_scale_pair16(__m512i h, int b0, int b1) {
+    return _mm512_srai_epi16(pick16(h, K_PICK(-1, b0, -1, b1)), 8);
+}
+
+INLINE void tile16_q6_K(const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
+                        size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = sizeof(cv_block_q6_K);
+    __m512 acc[RN_MAX];
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        const size_t wo = (size_t)b * blk;
+        const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
+        __m512i h[4];
+        head16(rp, wo + offsetof(cv_block_q6_K, scales), h);
+        uint16_t hd[16];
+        _Pragma("GCC unroll 16")
+        for (int r = 0; r < 16; r++) memcpy(&hd[r], rp[r] + wo + offsetof(cv_block_q6_K, d), sizeof hd[r]);
+        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
+        __m512i sumi[RN_MAX];
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < RN; t++) sumi[t] = _mm512_setzero_si512();
+        _Pragma("GCC unroll 2")
+        for (int hh = 0; hh < 2; hh++) {
+            __m512i l0[8], l1[8], qh[8];
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
+            _Pragma("GCC unroll 4")
+            for (int m = 0; m < 4; m++) {
+                __m512i v[8];
+                _Pragma("GCC unroll 8")
+                for (int k = 0; k < 8; k++) v[k] = Q6_LEVELS(m % 2 ? l1[k] : l0[k], qh[k], m);
+                _Pragma("GCC unroll 2")
+                for (int sub = 0; sub < 2; sub++) {
+                    const int g = 8 * hh + 2 * m + sub;
+                    /* the signed scale of sub-block g as an int32 */
+                    const __m512i sc = _mm512_srai_epi32(pick16(h[g / 4], K_PICK(-1, -1, -1, g % 4)), 24);
+                    _Pragma("GCC unroll 8")
+                    for (int t = 0; t < RN; t++) {
+                        const uint8_t *aq = ab + t * astride + A_QS + 128 * hh + 32 * m + 16 * sub;
+                        __m512i s = _mm512_setzero_si512();
+                        _Pragma("GCC unroll 4")
+                        for (int k = 0; k < 4; k++) s = _mm512_dpbusd_epi32(s, v[4 * sub + k], bcast4(aq + 4 * k));
+                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+                    }
+                }
+            }
+        }
+        _Pragma("GCC unroll 8")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *at = ab + t * astride;
+            __m512i off = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8")
+            for (int i = 0; i < 8; i++)
+                off = _mm512_dpwssd_epi32(off, q6_scale_pair16(h[i / 2], 2 * (i % 2), 2 * (i % 2) + 1),
+                                          bcast4(at + A_BSUMS + 4 * i));
+            const __m512i s = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32(off, 5));
+            float da;
+            memcpy(&da, at, sizeof da);
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(da), dw), _mm512_cvtepi32_ps(s)));
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
+}
+
+INLINE void tile16_any(const int kind, int rn, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
+                       size_t as, int64_t nb, float *y, int64_t ldy) {
+#define TILE(RN)                                                                                                   \
+    kind == W_Q4_K ? tile16_q4_K(RN, rp, pf, act, as, nb, y, ldy) : tile16_q6_K(RN, rp, pf, act, as, nb, y, ldy)
+    switch (rn) {
+    case 8: TILE(8); break;
+    case 7: TILE(7); break;
+    case 6: TILE(6); break;
+    case 5: TILE(5); break;
+    case 4: TILE(4); break;
+    case 3: TILE(3); break;
+    case 2: TILE(2); break;
+    default: TILE(1); break;
+    }
+#undef TILE
+}
+
+INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
+                      size_t act_stride, int32_t n, float *y, int64_t ldy) {
+    const int64_t nb = w->cols / CV_QK_K;
+    const size_t ws = w->row_stride;
+    const uint8_t *A = act, *W = w->data;
+    int64_t r = r0;
+    /* 16 rows stay in L1/L2 while every token passes over them. */
+    for (; r + 16 <= r1; r += 16) {
+        const uint8_t *rp[16];
+        for (int i = 0; i < 16; i++) rp[i] = W + (r + i) * ws;
+        for (int32_t t = 0; t < n; t += RN_MAX)
+            tile16_any(kind, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, A + (size_t)t * act_stride,
+                       act_stride, nb, y + (int64_t)t * ldy + r, ldy);
+    }
+    if (r < r1) cv_matmul_avx2_for(w->type)->rows(w, r, r1, act, act_stride, n, y, ldy);
+}
+
+static void rows_q4_K(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    rows_kind(W_Q4_K, w, r0, r1, act, act_stride, n, y, ldy);
+}
+
+static void rows_q6_K(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    rows_kind(W_Q6_K, w, r0, r1, act, act_stride, n, y, ldy);
+}
+
+const cv_matmul_kernel cv_matmul_avx512_q4_K = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert,
+                                                rows_q4_K};
+const cv_matmul_kernel cv_matmul_avx512_q6_K = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert,
+                                                rows_q6_K};
