@@ -32,6 +32,7 @@ struct cv_model {
     float *output_norm;
     float *rope_factors;                    /* llama3 frequency factors, or NULL */
     cv_layer *layers;
+    uint8_t *sliding;                       /* per layer: its `sliding` flag (kv config) */
     uint64_t weight_bytes;
     uint64_t copied_bytes;   /* weights packed into the model's own memory */
     /* Backend vectors allocated at load (norms, biases, scratch), freed at the end. */
@@ -360,7 +361,8 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
                          "model: gemma3.attention.sliding_window_pattern has %llu flags for %d layers",
                          (unsigned long long)swa_flags.n, hp->n_layers);
     m->layers = calloc((size_t)hp->n_layers, sizeof *m->layers);
-    if (!m->layers) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
+    m->sliding = calloc((size_t)hp->n_layers, 1);
+    if (!m->layers || !m->sliding) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
     m->weight_bytes = cv_type_row_bytes(m->tok_embd.type, dim);
     const int gemma = hp->arch == CV_ARCH_GEMMA3;
     for (int32_t il = 0; il < hp->n_layers; il++) {
@@ -392,6 +394,7 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
 #undef NAME
         L->sliding = gemma && (swa_flags.n ? cv_gguf_arr_i64(&swa_flags, (uint64_t)il) != 0
                                            : (il + 1) % hp->swa_period != 0);
+        m->sliding[il] = (uint8_t)L->sliding;
         L->rope = (cv_rope_params){
             .mode = hp->rope_mode, .n_rot = hp->n_rot,
             .freq_base = L->sliding ? hp->rope_base_local : hp->rope_base,
@@ -502,6 +505,7 @@ void cv_model_free(cv_model *m) {
         }
         free(m->layers);
     }
+    free(m->sliding);
     if (m->output.data && m->output.data != m->tok_embd.data) be->ops->weight_release(be, &m->output);
     if (m->tok_embd.data) be->ops->weight_release(be, &m->tok_embd);
     for (int i = 0; i < m->n_allocs; i++) be->ops->free(be, m->allocs[i]);
@@ -517,11 +521,14 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
     const int32_t block = 16;
     if (n_ctx <= 0) n_ctx = m->hp.n_ctx_train;
     int32_t per_seq = (n_ctx + block - 1) / block;
+    /* Sliding layers get a ring long enough for the window plus one forward call's rows
+     * of one sequence (at most max_batch). */
     return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->n_kv_heads,
                           .head_dim = m->hp.head_dim, .block_size = block,
                           .n_blocks = per_seq * max_seqs, .max_seqs = max_seqs,
                           .max_seq_len = n_ctx, .type = kv_type, .n_ranks = 1,
-                          .backends = {m->be}};
+                          .backends = {m->be}, .sliding = m->sliding,
+                          .window = m->hp.sliding_window, .max_step = m->opts.max_batch};
 }
 
 /* ---- forward ---- */
@@ -533,6 +540,21 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
     if (kc->n_layers != m->hp.n_layers || kc->n_kv_heads != m->n_kv_heads ||
         kc->head_dim != m->hp.head_dim || kc->n_ranks != m->n_ranks)
         return cv_errorf(err, CV_EINVAL, "model: kv cache shape does not match the model");
+    /* With a ring, the cache's sliding layers must be exactly the model's (their rows
+     * read the ring's table), its window at least the model's, and the ring must outlast
+     * the rows one call may add to a sequence. */
+    if (cv_kv_ring_blocks(kc)) {
+        for (int32_t il = 0; il < m->hp.n_layers; il++)
+            if ((cv_kv_layer_group(kv, il) == CV_KV_SLIDING) != m->sliding[il])
+                return cv_errorf(err, CV_EINVAL, "model: kv cache %s layer %d in its sliding-window "
+                                 "ring; the model's layer %d %s", m->sliding[il] ? "does not keep" : "keeps",
+                                 il, il, m->sliding[il] ? "slides" : "reads every position");
+        if (kc->window < m->hp.sliding_window || kc->max_step < m->opts.max_batch)
+            return cv_errorf(err, CV_EINVAL,
+                             "model: kv cache ring holds a window of %d for steps of %d rows; the "
+                             "model needs a window of %d and steps of %d rows",
+                             kc->window, kc->max_step, m->hp.sliding_window, m->opts.max_batch);
+    }
     if (b->n < 1 || b->n > m->opts.max_batch)
         return cv_errorf(err, CV_ERANGE, "model: batch of %d rows (limit %d)", b->n,
                          m->opts.max_batch);
@@ -541,13 +563,15 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
         if (b->tokens[i] < 0 || b->tokens[i] >= m->hp.n_vocab)
             return cv_errorf(err, CV_EINVAL, "model: token %d of row %d outside the vocabulary of %d",
                              b->tokens[i], i, m->hp.n_vocab);
-        const int32_t *table = cv_kv_device_table(kv, m->rank, b->seq[i]);
+        const int32_t *table = cv_kv_device_table(kv, m->rank, CV_KV_FULL, b->seq[i]);
         if (!table || b->pos[i] < 0 || b->pos[i] >= cv_kv_capacity(kv, b->seq[i]))
             return cv_errorf(err, CV_ERANGE,
                              "model: row %d: position %d of sequence %d is not reserved in the kv cache",
                              i, b->pos[i], b->seq[i]);
         m->h_rows[i] = (cv_attn_row){.block_table = table, .pos = b->pos[i], .lo = 0};
-        m->h_rows_swa[i] = m->h_rows[i];
+        /* Sliding layers read their group's table: the ring, or the full table. */
+        m->h_rows_swa[i] = (cv_attn_row){
+            .block_table = cv_kv_device_table(kv, m->rank, CV_KV_SLIDING, b->seq[i]), .pos = b->pos[i]};
         if (m->hp.sliding_window && b->pos[i] >= m->hp.sliding_window)
             m->h_rows_swa[i].lo = b->pos[i] - m->hp.sliding_window + 1;
         if (b->want_logits ? b->want_logits[i] != 0 : i == b->n - 1) {

@@ -22,22 +22,22 @@ static void test_reserve_takes_blocks_and_release_returns_them(void **state) {
     cv_kv_cache *kv;
     cv_error e = {0};
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
-    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
     assert_int_equal(cv_kv_bytes_per_token(kv), 3 * 2 * 2 * 8 * 2);
     assert_int_equal(cv_kv_bytes(kv), 10 * 4 * cv_kv_bytes_per_token(kv));
 
     assert_int_equal(cv_kv_reserve(kv, 1, 5, &e), CV_OK);   /* 2 blocks */
     assert_int_equal(cv_kv_capacity(kv, 1), 8);
-    assert_int_equal(cv_kv_free_blocks(kv), 8);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 8);
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);   /* still fits */
-    assert_int_equal(cv_kv_free_blocks(kv), 8);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 8);
     assert_int_equal(cv_kv_reserve(kv, 1, 9, &e), CV_OK);   /* one more */
-    assert_int_equal(cv_kv_free_blocks(kv), 7);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 7);
     assert_int_equal(cv_kv_reserve(kv, 0, 0, &e), CV_OK);   /* empty is fine */
     assert_int_equal(cv_kv_capacity(kv, 0), 0);
 
     cv_kv_release(kv, 1);
-    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
     assert_int_equal(cv_kv_capacity(kv, 1), 0);
     cv_kv_free(kv);
 }
@@ -53,11 +53,11 @@ static void test_exhaustion_is_busy_and_changes_nothing(void **state) {
     assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_EBUSY); /* needs 2, 1 free */
     assert_non_null(strstr(e.msg, "needs 2 more blocks, 1 free"));
     assert_int_equal(cv_kv_capacity(kv, 2), 0);
-    assert_int_equal(cv_kv_free_blocks(kv), 1);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 1);
     /* Preempting sequence 0 makes room. */
     cv_kv_release(kv, 0);
     assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_OK);
-    assert_int_equal(cv_kv_free_blocks(kv), 5);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 5);
     cv_kv_free(kv);
 }
 
@@ -71,9 +71,9 @@ static void test_limits_are_range_errors(void **state) {
     assert_non_null(strstr(e.msg, "25 positions exceed the limit of 24"));
     assert_int_equal(cv_kv_reserve(kv, 4, 1, &e), CV_ERANGE);
     assert_int_equal(cv_kv_reserve(kv, -1, 1, &e), CV_ERANGE);
-    assert_null(cv_kv_block_table(kv, 4));
+    assert_null(cv_kv_block_table(kv, CV_KV_FULL, 4));
     cv_kv_release(kv, 7); /* out of range: ignored */
-    assert_int_equal(cv_kv_free_blocks(kv), 10);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
     cv_kv_free(kv);
 }
 
@@ -121,7 +121,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
             if (st == CV_OK) {
                 /* Stamp every position of the new range in layer 1's V pool. */
                 float *v = cv_kv_v_pool(kv, 0, 1);
-                const int32_t *t = cv_kv_block_table(kv, s);
+                const int32_t *t = cv_kv_block_table(kv, CV_KV_FULL, s);
                 for (int32_t p = len[s]; p < n; p++)
                     v[(t[p / 2] * 2 + p % 2) * 4] = (float)(s * 100 + p);
                 len[s] = n;
@@ -132,7 +132,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
         int used[40] = {0}, total = 0;
         float *v = cv_kv_v_pool(kv, 0, 1);
         for (int32_t q = 0; q < 6; q++) {
-            const int32_t *t = cv_kv_block_table(kv, q);
+            const int32_t *t = cv_kv_block_table(kv, CV_KV_FULL, q);
             assert_true(cv_kv_capacity(kv, q) >= len[q]);
             for (int32_t b = 0; b < cv_kv_capacity(kv, q) / 2; b++) {
                 assert_true(t[b] >= 0 && t[b] < 40);
@@ -142,7 +142,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
             for (int32_t p = 0; p < len[q]; p++)
                 assert_true(v[(t[p / 2] * 2 + p % 2) * 4] == (float)(q * 100 + p));
         }
-        assert_int_equal(total + cv_kv_free_blocks(kv), 40);
+        assert_int_equal(total + cv_kv_free_blocks(kv, CV_KV_FULL), 40);
     }
     /* Pools of different layers and K/V do not overlap. */
     uint8_t *k0 = cv_kv_k_pool(kv, 0, 0), *v0 = cv_kv_v_pool(kv, 0, 0), *k1 = cv_kv_k_pool(kv, 0, 1);
@@ -189,7 +189,7 @@ static void test_device_backend_mirrors_block_tables(void **state) {
     assert_int_equal(dev.n_allocs, 2); /* pools, tables */
     assert_int_equal(cv_kv_reserve(kv, 2, 6, &e), CV_OK);
     assert_int_equal(cv_kv_reserve(kv, 2, 13, &e), CV_OK);
-    const int32_t *host = cv_kv_block_table(kv, 2), *devt = cv_kv_device_table(kv, 0, 2);
+    const int32_t *host = cv_kv_block_table(kv, CV_KV_FULL, 2), *devt = cv_kv_device_table(kv, 0, CV_KV_FULL, 2);
     assert_ptr_not_equal(host, devt);
     assert_memory_equal(host, devt, 4 * sizeof(int32_t));
     /* A failed upload leaves the sequence and the free list as they were. */
@@ -197,17 +197,17 @@ static void test_device_backend_mirrors_block_tables(void **state) {
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_EIO);
     assert_non_null(strstr(e.msg, "block table of sequence 1 on rank 0: device lost"));
     assert_int_equal(cv_kv_capacity(kv, 1), 0);
-    assert_int_equal(cv_kv_free_blocks(kv), 6);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 6);
     dev.fail_uploads = 0;
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
-    assert_memory_equal(cv_kv_block_table(kv, 1), cv_kv_device_table(kv, 0, 1), 2 * sizeof(int32_t));
+    assert_memory_equal(cv_kv_block_table(kv, CV_KV_FULL, 1), cv_kv_device_table(kv, 0, CV_KV_FULL, 1), 2 * sizeof(int32_t));
     cv_kv_free(kv);
     assert_int_equal(dev.n_allocs, 0);
     /* On the host both views are the same table. */
     cfg.backends[0] = NULL;
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
     assert_int_equal(cv_kv_reserve(kv, 0, 1, &e), CV_OK);
-    assert_ptr_equal(cv_kv_block_table(kv, 0), cv_kv_device_table(kv, 0, 0));
+    assert_ptr_equal(cv_kv_block_table(kv, CV_KV_FULL, 0), cv_kv_device_table(kv, 0, CV_KV_FULL, 0));
     cv_kv_free(kv);
 }
 
@@ -229,14 +229,14 @@ static void test_ranks_share_block_tables(void **state) {
     assert_int_equal(cv_kv_bytes_per_token(kv), 2 * cv_kv_bytes_per_token(one));
     assert_ptr_not_equal(cv_kv_k_pool(kv, 0, 1), cv_kv_k_pool(kv, 1, 1));
     assert_int_equal(cv_kv_reserve(kv, 3, 9, &e), CV_OK);
-    assert_ptr_equal(cv_kv_device_table(kv, 0, 3), cv_kv_block_table(kv, 3));
-    assert_memory_equal(cv_kv_device_table(kv, 1, 3), cv_kv_block_table(kv, 3), 3 * sizeof(int32_t));
-    assert_null(cv_kv_device_table(kv, 2, 3));
+    assert_ptr_equal(cv_kv_device_table(kv, 0, CV_KV_FULL, 3), cv_kv_block_table(kv, CV_KV_FULL, 3));
+    assert_memory_equal(cv_kv_device_table(kv, 1, CV_KV_FULL, 3), cv_kv_block_table(kv, CV_KV_FULL, 3), 3 * sizeof(int32_t));
+    assert_null(cv_kv_device_table(kv, 2, CV_KV_FULL, 3));
     dev.fail_uploads = 1;
     assert_int_equal(cv_kv_reserve(kv, 0, 4, &e), CV_EIO);
     assert_non_null(strstr(e.msg, "sequence 0 on rank 1: device lost"));
     assert_int_equal(cv_kv_capacity(kv, 0), 0);
-    assert_int_equal(cv_kv_free_blocks(kv), cfg.n_blocks - 3);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), cfg.n_blocks - 3);
     cfg.n_ranks = CV_KV_MAX_RANKS + 1;
     cv_kv_cache *bad = NULL;
     assert_int_equal(cv_kv_create(&cfg, &bad, &e), CV_EINVAL);
