@@ -246,6 +246,210 @@ static void test_ranks_share_block_tables(void **state) {
     assert_int_equal(dev.n_allocs, 0);
 }
 
+/* Layers 0, 1 and 3 slide over 6 positions with steps of up to 3: rings of
+ * ceil((6 + 3 - 1) / 2) = 4 blocks of 2 slots; layer 2 keeps every position. */
+static const uint8_t k_sliding[4] = {1, 1, 0, 1};
+
+static cv_kv_config ring_cfg(void) {
+    return (cv_kv_config){.n_layers = 4, .n_kv_heads = 1, .head_dim = 4, .block_size = 2,
+                          .n_blocks = 60, .max_seqs = 3, .max_seq_len = 40, .type = CV_TYPE_F32,
+                          .sliding = k_sliding, .window = 6, .max_step = 3};
+}
+
+static void test_sliding_layers_get_a_ring(void **state) {
+    (void)state;
+    cv_kv_config cfg = ring_cfg();
+    assert_int_equal(cv_kv_ring_blocks(&cfg), 4);
+    const size_t layer_block = 2 * 2 * 4 * 4; /* K+V x 2 slots x 4 dims x f32 */
+    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_FULL), 1 * layer_block);
+    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_SLIDING), 3 * layer_block);
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    for (int32_t l = 0; l < 4; l++) assert_int_equal(cv_kv_layer_group(kv, l), k_sliding[l] ? CV_KV_SLIDING : CV_KV_FULL);
+    assert_int_equal(cv_kv_total_blocks(kv, CV_KV_SLIDING), 3 * 4); /* default: a ring per sequence */
+    assert_int_equal(cv_kv_config_of(kv)->n_ring_blocks, 12);
+    assert_int_equal(cv_kv_bytes(kv), 60 * layer_block + 12 * 3 * layer_block);
+    assert_int_equal(cv_kv_bytes_per_token(kv), layer_block / 2);
+
+    /* Short of a ring: a plain table in both groups. */
+    assert_int_equal(cv_kv_reserve(kv, 0, 5, &e), CV_OK);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 3);
+    static const int32_t first3[3] = {0, 1, 2};
+    assert_memory_equal(cv_kv_block_table(kv, CV_KV_SLIDING, 0), first3, sizeof first3);
+    /* 33 positions: 17 entries; the sliding ones repeat the ring of 4. */
+    assert_int_equal(cv_kv_reserve(kv, 0, 33, &e), CV_OK);
+    assert_int_equal(cv_kv_capacity(kv, 0), 34);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 17);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 4);
+    const int32_t *ring = cv_kv_block_table(kv, CV_KV_SLIDING, 0);
+    for (int32_t i = 0; i < 17; i++) assert_int_equal(ring[i], ring[i % 4]);
+    assert_int_equal(cv_kv_seq_bytes(kv, 0), 17 * layer_block + 4 * 3 * layer_block);
+    /* Pools: sliding layers use their group's blocks, apart from the full layer's. */
+    uint8_t *k2 = cv_kv_k_pool(kv, 0, 2), *v2 = cv_kv_v_pool(kv, 0, 2);
+    uint8_t *k0 = cv_kv_k_pool(kv, 0, 0), *k1 = cv_kv_k_pool(kv, 0, 1), *v3 = cv_kv_v_pool(kv, 0, 3);
+    assert_int_equal(v2 - k2, 60 * layer_block / 2);
+    assert_int_equal(k0 - k2, 60 * layer_block);
+    assert_int_equal(k1 - k0, 12 * layer_block);
+    assert_int_equal(v3 - k0, 5 * 12 * layer_block / 2);
+
+    cv_kv_release(kv, 0);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60);
+    cv_kv_free(kv);
+
+    /* Rings for one and a half sequences: the second ring is busy, and nothing moves. */
+    cfg.n_ring_blocks = 6;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 2, 9, &e), CV_EBUSY);
+    assert_non_null(strstr(e.msg, "sequence 2 needs 4 more sliding-window blocks, 2 free"));
+    assert_int_equal(cv_kv_capacity(kv, 2), 0);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 4);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 2);
+    cv_kv_release(kv, 1);
+    assert_int_equal(cv_kv_reserve(kv, 2, 9, &e), CV_OK);
+    cv_kv_release(kv, 2);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 6);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60);
+    cv_kv_free(kv);
+
+    /* A ring as long as the context saves nothing: one group, as without a window. */
+    cfg.max_seq_len = 8;
+    assert_int_equal(cv_kv_ring_blocks(&cfg), 0);
+    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_FULL), 4 * layer_block);
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_layer_group(kv, 0), CV_KV_FULL);
+    assert_int_equal(cv_kv_total_blocks(kv, CV_KV_SLIDING), 0);
+    assert_int_equal(cv_kv_reserve(kv, 0, 8, &e), CV_OK);
+    assert_ptr_equal(cv_kv_block_table(kv, CV_KV_SLIDING, 0), cv_kv_block_table(kv, CV_KV_FULL, 0));
+    cv_kv_free(kv);
+    cfg = ring_cfg();
+    cfg.max_step = 0;
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "max_step = 0"));
+}
+
+/* Both groups' tables are mirrored to a device rank, the ring's repeats included; a
+ * failed mirror gives back the blocks of both groups. */
+static void test_device_mirrors_ring_tables(void **state) {
+    (void)state;
+    static const cv_backend_ops ops = {.alloc = fake_alloc, .free = fake_free, .upload = fake_upload};
+    fake_dev dev = {.base = {.ops = &ops, .device = CV_DEVICE_CUDA, .name = "fake"}};
+    cv_kv_config cfg = ring_cfg();
+    cfg.n_ranks = 2;
+    cfg.backends[1] = &dev.base;
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 1, 7, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 1, 21, &e), CV_OK);
+    for (int g = CV_KV_FULL; g <= CV_KV_SLIDING; g++) {
+        assert_ptr_equal(cv_kv_device_table(kv, 0, g, 1), cv_kv_block_table(kv, g, 1));
+        assert_memory_equal(cv_kv_device_table(kv, 1, g, 1), cv_kv_block_table(kv, g, 1), 11 * sizeof(int32_t));
+    }
+    assert_ptr_not_equal(cv_kv_device_table(kv, 1, CV_KV_FULL, 1), cv_kv_device_table(kv, 1, CV_KV_SLIDING, 1));
+    dev.fail_uploads = 1;
+    assert_int_equal(cv_kv_reserve(kv, 0, 10, &e), CV_EIO);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 11);
+    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 4);
+    cv_kv_free(kv);
+    assert_int_equal(dev.n_allocs, 0);
+}
+
+/* Steps of 1..max_step positions per sequence, as a forward pass does them: store the
+ * step's positions first, then every one of them must still read its whole window
+ * through the sliding table. Rings of live sequences never share a block. */
+static void test_ring_keeps_every_window_a_step_reads(void **state) {
+    (void)state;
+    unsigned seed = (unsigned)time(NULL);
+    printf("seed %u\n", seed);
+    srand(seed);
+    cv_kv_config cfg = ring_cfg();
+    cfg.n_ring_blocks = 10; /* two and a half rings: some reserves are busy */
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    int32_t len[3] = {0};
+    int busy = 0;
+    for (int step = 0; step < 3000; step++) {
+        int32_t s = rand() % 3;
+        if (rand() % 16 == 0 || len[s] == 40) {
+            cv_kv_release(kv, s);
+            len[s] = 0;
+            continue;
+        }
+        int32_t n = len[s] + 1 + rand() % 3;
+        if (n > 40) n = 40;
+        cv_status st = cv_kv_reserve(kv, s, n, &e);
+        if (st != CV_OK) {
+            assert_int_equal(st, CV_EBUSY);
+            busy++;
+            continue;
+        }
+        float *k = cv_kv_k_pool(kv, 0, 3);
+        const int32_t *t = cv_kv_block_table(kv, CV_KV_SLIDING, s);
+        for (int32_t p = len[s]; p < n; p++) k[(t[p / 2] * 2 + p % 2) * 4] = (float)(s * 100 + p);
+        for (int32_t p = len[s]; p < n; p++)
+            for (int32_t r = p - 5 < 0 ? 0 : p - 5; r <= p; r++)
+                assert_true(k[(t[r / 2] * 2 + r % 2) * 4] == (float)(s * 100 + r));
+        len[s] = n;
+        int used[10] = {0}, held = 0;
+        for (int32_t q = 0; q < 3; q++) {
+            const int32_t *tq = cv_kv_block_table(kv, CV_KV_SLIDING, q);
+            int32_t entries = cv_kv_capacity(kv, q) / 2;
+            for (int32_t b = 0; b < (entries < 4 ? entries : 4); b++, held++) assert_int_equal(used[tq[b]]++, 0);
+        }
+        assert_int_equal(held + cv_kv_free_blocks(kv, CV_KV_SLIDING), 10);
+    }
+    assert_true(busy > 0);
+    cv_kv_free(kv);
+}
+
+/* Gemma 3 shapes (f16, blocks of 16, steps of 256 rows): K+V bytes one sequence holds
+ * with the ring, against every position in every layer. 270M: 18 layers, 1 kv head of
+ * 256, window 512, every 6th layer global. 27B: 62 layers, 16 kv heads of 128, window
+ * 1024 (its config is checked without allocating 2.5 GiB). */
+static void test_gemma3_sequences_hold_less(void **state) {
+    (void)state;
+    static uint8_t sl270[18], sl27[62];
+    for (int l = 0; l < 18; l++) sl270[l] = (l + 1) % 6 != 0;
+    for (int l = 0; l < 62; l++) sl27[l] = (l + 1) % 6 != 0;
+    const struct { const char *name; cv_kv_config cfg; int32_t ctx; size_t want; int alloc; } c[] = {
+        {"gemma3 270M", {.n_layers = 18, .n_kv_heads = 1, .head_dim = 256, .sliding = sl270, .window = 512},
+         4096, (3 * 4096 + 15 * 768) * 1024, 1},
+        {"gemma3 270M", {.n_layers = 18, .n_kv_heads = 1, .head_dim = 256, .sliding = sl270, .window = 512},
+         32768, (3 * 32768 + 15 * 768) * 1024, 1},
+        {"gemma3 27B", {.n_layers = 62, .n_kv_heads = 16, .head_dim = 128, .sliding = sl27, .window = 1024},
+         32768, ((size_t)10 * 32768 + 52 * 1280) * 8192, 0},
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        cv_kv_config cfg = c[i].cfg;
+        cfg.block_size = 16;
+        cfg.max_step = 256;
+        cfg.type = CV_TYPE_F16;
+        cfg.max_seqs = 1;
+        cfg.max_seq_len = c[i].ctx;
+        cfg.n_blocks = c[i].ctx / 16;
+        size_t ring = c[i].ctx / 16 * cv_kv_block_bytes(&cfg, CV_KV_FULL) +
+                      (size_t)cv_kv_ring_blocks(&cfg) * cv_kv_block_bytes(&cfg, CV_KV_SLIDING);
+        if (c[i].alloc) {
+            cv_kv_cache *kv;
+            cv_error e = {0};
+            assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+            assert_int_equal(cv_kv_reserve(kv, 0, c[i].ctx, &e), CV_OK);
+            assert_int_equal(cv_kv_seq_bytes(kv, 0), ring);
+            cv_kv_free(kv);
+        }
+        cfg.window = 0;
+        size_t full = c[i].ctx / 16 * cv_kv_block_bytes(&cfg, CV_KV_FULL);
+        printf("%s, %d positions: %.1f MiB with the ring, %.1f MiB without (%.1fx)\n", c[i].name, c[i].ctx,
+               ring / 1048576.0, full / 1048576.0, (double)full / ring);
+        assert_int_equal(ring, c[i].want);
+        assert_int_equal(full, (size_t)c[i].ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reserve_takes_blocks_and_release_returns_them),
@@ -255,6 +459,10 @@ int main(void) {
         cmocka_unit_test(test_random_traffic_keeps_blocks_disjoint),
         cmocka_unit_test(test_device_backend_mirrors_block_tables),
         cmocka_unit_test(test_ranks_share_block_tables),
+        cmocka_unit_test(test_sliding_layers_get_a_ring),
+        cmocka_unit_test(test_device_mirrors_ring_tables),
+        cmocka_unit_test(test_ring_keeps_every_window_a_step_reads),
+        cmocka_unit_test(test_gemma3_sequences_hold_less),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
