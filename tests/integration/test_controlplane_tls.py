@@ -215,14 +215,14 @@ def bad_token_file_keeps_the_good_one(w):
     put(path, w.token)
     cp = w.cp("cp-bad-file", server_tls=w.tls, server_token_file=path)
     cp.wait(lambda: healthy(cp), 20, "the server answering")
-    refused = lambda: [x for x in cp.log().splitlines() if "credentials:" in x and path in x]  # noqa: E731
+    refusals = lambda: [x for x in cp.log().splitlines() if "credentials:" in x and path in x]  # noqa: E731
     for n, text in enumerate(["\n", "two words\n"], 1):
         put(path, text)
         cp.wait(lambda: cp.value("corvid_controlplane_creds_reload_errors_total") == n, 10, "version %d refused" % n)
         assert cp.value("corvid_controlplane_creds_last_reload_successful") == 0
     time.sleep(1.5)  # more looks at the files and probes: each bad version counted once
     assert cp.value("corvid_controlplane_creds_reload_errors_total") == 2
-    lines = refused()
+    lines = refusals()
     assert len(lines) == 2, lines
     assert "is empty" in lines[0] and "still presenting the last good credentials" in lines[0], lines[0]
     assert "is not a printable character" in lines[1], lines[1]
@@ -233,7 +233,7 @@ def bad_token_file_keeps_the_good_one(w):
     assert cp.value("corvid_controlplane_creds_last_reload_successful") == 1
     cp.wait(lambda: healthy(cp), 10, "the server answering")
     cp.stop()
-    print("  %s" % refused()[0][:240])
+    print("  %s" % refusals()[0][:240])
 
 
 def tls_files_rotated(w):

@@ -86,6 +86,13 @@ static cv_server_creds_store *open_store(const char *name, const char *token_tex
     return s;
 }
 
+static char moved[128]; /* the config keys the last look() found moved */
+static cv_error look_err; /* why the last look() refused */
+
+static cv_server_creds_change look(cv_server_creds_store *s, int64_t now_ms, int64_t interval_ms) {
+    return cv_server_creds_store_refresh(s, now_ms, interval_ms, moved, sizeof moved, &look_err);
+}
+
 static void expect_token(cv_server_creds_store *s, const char *token) {
     const cv_server_creds *c = cv_server_creds_store_get(s);
     assert_string_equal(c->token, token);
@@ -137,10 +144,9 @@ static void test_token_env_and_plaintext(void **state) {
     cv_server_creds_free(&c);
     /* A store has no file to watch: the environment is read once. */
     cv_server_creds_store *s;
-    char moved[16];
     assert_int_equal(cv_server_creds_store_open(&cfg, &s, &err), CV_OK);
     setenv("CORVID_TEST_CP_TOKEN", "changed", 1);
-    assert_int_equal(cv_server_creds_store_refresh(s, 5000, 1000, moved, sizeof moved, &err), CV_CREDS_UNCHANGED);
+    assert_int_equal(look(s, 5000, 1000), CV_CREDS_UNCHANGED);
     expect_token(s, token);
     cv_server_creds_store_close(s);
     unsetenv("CORVID_TEST_CP_TOKEN");
@@ -213,16 +219,15 @@ static void test_store_follows_rename_and_symlink_swap(void **state) {
     snprintf(cfg.token_file, sizeof cfg.token_file, "%s", link);
     cv_server_creds_store *s;
     cv_error err;
-    char moved[128];
     assert_int_equal(cv_server_creds_store_open(&cfg, &s, &err), CV_OK);
     const cv_server_creds *first = cv_server_creds_store_get(s);
     assert_string_equal(first->token, t1);
-    assert_int_equal(cv_server_creds_store_refresh(s, 0, 1000, moved, sizeof moved, &err), CV_CREDS_UNCHANGED);
+    assert_int_equal(look(s, 0, 1000), CV_CREDS_UNCHANGED);
 
     secret_version("v2", t2);
     /* Not due yet: the last look was at 0. */
-    assert_int_equal(cv_server_creds_store_refresh(s, 999, 1000, moved, sizeof moved, &err), CV_CREDS_UNCHANGED);
-    assert_int_equal(cv_server_creds_store_refresh(s, 1000, 1000, moved, sizeof moved, &err), CV_CREDS_RELOADED);
+    assert_int_equal(look(s, 999, 1000), CV_CREDS_UNCHANGED);
+    assert_int_equal(look(s, 1000, 1000), CV_CREDS_RELOADED);
     assert_string_equal(moved, "server_token_file");
     expect_token(s, t2);
     assert_string_equal(first->token, t1); /* a held snapshot stays as it was */
@@ -230,14 +235,14 @@ static void test_store_follows_rename_and_symlink_swap(void **state) {
     cv_server_creds_release(first);
 
     rotate("swap-ca.pem", CERT2);
-    assert_int_equal(cv_server_creds_store_refresh(s, 2000, 1000, moved, sizeof moved, &err), CV_CREDS_RELOADED);
+    assert_int_equal(look(s, 2000, 1000), CV_CREDS_RELOADED);
     assert_string_equal(moved, "server_tls.ca");
     const cv_server_creds *c = cv_server_creds_store_get(s);
     assert_string_equal(c->ca_pem, CERT2);
     assert_ptr_equal(cv_server_creds_store_get(s), c); /* the same set until a reload */
     cv_server_creds_release(c);
     cv_server_creds_release(c);
-    assert_int_equal(cv_server_creds_store_refresh(s, 3000, 1000, moved, sizeof moved, &err), CV_CREDS_UNCHANGED);
+    assert_int_equal(look(s, 3000, 1000), CV_CREDS_UNCHANGED);
     cv_server_creds_stats st;
     cv_server_creds_store_stats(s, &st);
     assert_int_equal(st.reloads, 2);
@@ -256,8 +261,6 @@ static void test_store_keeps_the_last_good_set(void **state) {
     snprintf(spaced, sizeof spaced, "%s %s", next, next);
     cv_cp_config cfg;
     cv_server_creds_store *s = open_store("keep", good_nl, &cfg);
-    cv_error err;
-    char moved[128];
     struct {
         const char *file, *text, *needle;
     } bad[] = {
@@ -273,13 +276,13 @@ static void test_store_keeps_the_last_good_set(void **state) {
         if (bad[i].text) rotate(bad[i].file, bad[i].text);
         else assert_int_equal(unlink(path), 0);
         now += 1000;
-        assert_int_equal(cv_server_creds_store_refresh(s, now, 1000, moved, sizeof moved, &err), CV_CREDS_REFUSED);
-        if (!strstr(err.msg, bad[i].needle) || !strstr(err.msg, path))
-            fail_msg("case %zu: got \"%s\"", i, err.msg);
-        assert_null(strstr(err.msg, next));
+        assert_int_equal(look(s, now, 1000), CV_CREDS_REFUSED);
+        if (!strstr(look_err.msg, bad[i].needle) || !strstr(look_err.msg, path))
+            fail_msg("case %zu: got \"%s\"", i, look_err.msg);
+        assert_null(strstr(look_err.msg, next));
         /* The same bad version is refused once, not at every look. */
         now += 1000;
-        assert_int_equal(cv_server_creds_store_refresh(s, now, 1000, moved, sizeof moved, &err), CV_CREDS_UNCHANGED);
+        assert_int_equal(look(s, now, 1000), CV_CREDS_UNCHANGED);
         expect_token(s, good);
         cv_server_creds_stats st;
         cv_server_creds_store_stats(s, &st);
@@ -289,11 +292,11 @@ static void test_store_keeps_the_last_good_set(void **state) {
     }
     rotate("keep-ca.pem", CERT2);
     now += 1000;
-    assert_int_equal(cv_server_creds_store_refresh(s, now, 1000, moved, sizeof moved, &err), CV_CREDS_REFUSED);
-    assert_non_null(strstr(err.msg, "keep-token")); /* the CA is fine now, the token still gone */
+    assert_int_equal(look(s, now, 1000), CV_CREDS_REFUSED);
+    assert_non_null(strstr(look_err.msg, "keep-token")); /* the CA is fine now, the token still gone */
     rotate("keep-token", next);
     now += 1000;
-    assert_int_equal(cv_server_creds_store_refresh(s, now, 1000, moved, sizeof moved, &err), CV_CREDS_RELOADED);
+    assert_int_equal(look(s, now, 1000), CV_CREDS_RELOADED);
     assert_string_equal(moved, "server_token_file");
     expect_token(s, next);
     cv_server_creds_stats st;
@@ -332,8 +335,6 @@ static void test_store_snapshots_across_threads(void **state) {
     random_token(token, sizeof token);
     cv_cp_config cfg;
     cv_server_creds_store *s = open_store("mt", token, &cfg);
-    cv_error err;
-    char moved[64];
     volatile int done = 0;
     reader readers[READERS];
     pthread_t th[READERS];
@@ -345,7 +346,7 @@ static void test_store_snapshots_across_threads(void **state) {
     for (int k = 1; k <= ROTATIONS; k++) {
         random_token(token, sizeof token);
         rotate("mt-token", token);
-        reloaded += cv_server_creds_store_refresh(s, k, 0, moved, sizeof moved, &err) == CV_CREDS_RELOADED;
+        reloaded += look(s, k, 0) == CV_CREDS_RELOADED;
     }
     done = 1;
     for (int i = 0; i < READERS; i++) pthread_join(th[i], NULL);
