@@ -11,7 +11,7 @@ import grpc
 
 from corvid_testlib import BIN, GEMMA, SHARED, Checks, Server, proto_modules
 
-pb, admin_pb, _ = proto_modules()
+pb, admin_pb, health_pb = proto_modules()
 MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben", "One day, a bird", "Tom had a red ball",
            "The sun was", "In the park", "Mom said"]
@@ -262,6 +262,22 @@ def sigterm_drains_in_flight_streams():
         assert started.wait(30), "no first token: " + srv.output()
         srv.terminate()
         with grpc.insecure_channel(srv.addr) as ch:
+            # The signal is handled asynchronously: the drain has begun once a health check
+            # is refused (UNAVAILABLE) or answers NOT_SERVING.
+            check = ch.unary_unary("/grpc.health.v1.Health/Check",
+                                   request_serializer=health_pb.HealthCheckRequest.SerializeToString,
+                                   response_deserializer=health_pb.HealthCheckResponse.FromString)
+            deadline = time.time() + 10
+            while True:
+                try:
+                    if check(health_pb.HealthCheckRequest(), timeout=5).status != \
+                            health_pb.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
+                    break
+                assert time.time() < deadline, "health still SERVING 10 s after SIGTERM"
+                time.sleep(0.01)
             expect_status(lambda: list(generate_rpc(ch)(req, timeout=10)), grpc.StatusCode.UNAVAILABLE)
         assert "r" not in out, "the stream ended before the drain was checked: the model is too fast for this test"
         t.join(60)
