@@ -91,14 +91,19 @@ uint64_t cv_model_weight_bytes(const cv_model *m);
 uint64_t cv_model_copied_bytes(const cv_model *m);
 /* A KV cache configuration for this model: n_ctx positions per sequence (0 = the
  * training context), max_seqs sequences, all of whose positions fit at once, in the
- * memory of the model's backend. For a shard: this rank's kv heads, one rank (tp.h
- * fills in the others). */
+ * memory of the model's backend. Sliding-window layers (gemma3) are named with their
+ * window and max_step = max_batch, so they get a ring of window + max_batch - 1
+ * positions per sequence when that is shorter than n_ctx (kv_cache.h); set window to
+ * 0 to keep every position in every layer. For a shard: this rank's kv heads, one
+ * rank (tp.h fills in the others). */
 cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
                                 cv_type kv_type);
 
 /* One forward step. Row i feeds token tokens[i] at position pos[i] of KV sequence
  * seq[i]; the caller has reserved those positions (cv_kv_reserve), and positions
  * 0..pos[i]-1 of that sequence were fed by earlier steps or earlier rows of this one.
+ * With a sliding ring, the cache's sliding layers, window and max_step must match the
+ * model (what cv_model_kv_config gives): otherwise CV_EINVAL, naming the difference.
  * The rows with want_logits[i] != 0 (only the last row when want_logits is NULL; at
  * most max_logits rows) get logits, written in row order to logits[n_out][n_vocab]
  * in host memory (a shard writes its block of columns of those rows: all ranks get the

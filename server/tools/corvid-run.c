@@ -51,6 +51,7 @@ typedef struct run_opts {
     int json;
     int ignore_eos;
     cv_type kv_type;
+    int swa_full;            /* --swa-full-cache: sliding-window layers keep every position */
     cv_sampler_params sp;
 } run_opts;
 
@@ -66,7 +67,7 @@ static void usage(FILE *f) {
           "  corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
           "             [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
           "             [--ctx N] [--kv-type f16|f32] [--ignore-eos] [--json] [--dump-logits FILE]\n"
-          "             [--device cpu|cuda] [--tp N]\n"
+          "             [--device cpu|cuda] [--tp N] [--swa-full-cache]\n"
           "             [--chat [--chat-template NAME] [--system TEXT]]\n"
           "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json] [--device D] [--tp N]\n"
           "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised,\n"
@@ -83,6 +84,8 @@ static void usage(FILE *f) {
           "                       cuda: GPUs 0..N-1 with NCCL); default 1\n"
           "  --ctx N              context length (default: the model's)\n"
           "  --kv-type f16|f32    KV cache element type (default f16)\n"
+          "  --swa-full-cache     sliding-window layers keep every position in the KV cache\n"
+          "                       (default: a ring of window + 255 positions); for comparisons\n"
           "  --ignore-eos         keep generating after an end-of-generation token\n"
           "  --json               print one JSON object instead of streaming text\n"
           "  --dump-logits FILE   write every logits row (float32) to FILE\n"
@@ -124,7 +127,7 @@ static int parse_num(const char *name, const char *v, double lo, double hi, doub
 static int parse_args(int argc, char **argv, run_opts *o) {
     enum { OPT_INFO = 256, OPT_TOKENIZE, OPT_PARSE_SPECIAL, OPT_TEMP, OPT_TOPK, OPT_TOPP,
            OPT_MINP, OPT_REPEAT, OPT_SEED, OPT_KV, OPT_JSON, OPT_PPL, OPT_IDS, OPT_DUMP,
-           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM, OPT_DEVICE, OPT_TP };
+           OPT_NOEOS, OPT_CTX, OPT_CHAT, OPT_CHAT_TEMPLATE, OPT_SYSTEM, OPT_DEVICE, OPT_TP, OPT_SWA_FULL };
     static const struct option opts[] = {
         {"model", required_argument, 0, 'm'},
         {"info", no_argument, 0, OPT_INFO},
@@ -143,6 +146,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         {"seed", required_argument, 0, OPT_SEED},
         {"ctx", required_argument, 0, OPT_CTX},
         {"kv-type", required_argument, 0, OPT_KV},
+        {"swa-full-cache", no_argument, 0, OPT_SWA_FULL},
         {"ignore-eos", no_argument, 0, OPT_NOEOS},
         {"json", no_argument, 0, OPT_JSON},
         {"dump-logits", required_argument, 0, OPT_DUMP},
@@ -209,6 +213,7 @@ static int parse_args(int argc, char **argv, run_opts *o) {
             o->cuda = !strcmp(optarg, "cuda");
             break;
         case OPT_NOEOS: o->ignore_eos = 1; break;
+        case OPT_SWA_FULL: o->swa_full = 1; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_DUMP: o->dump_logits = optarg; break;
         case OPT_CHAT: o->chat = 1; break;
@@ -399,6 +404,7 @@ static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_
         goto err;
     }
     cv_kv_config kc = cv_tp_kv_config(rt->tp, o->n_ctx, 1, o->kv_type);
+    if (o->swa_full) kc.window = 0;
     if ((st = cv_kv_create(&kc, &rt->kv, e))) goto err;
     return CV_OK;
 err:
@@ -515,7 +521,7 @@ static int gen_token(void *ctx, int32_t id) {
 static double per_s(double n, double s) { return s > 0 ? n / s : 0; }
 
 static int print_json(const int32_t *prompt, int32_t n_prompt, const gen_out *g,
-                      const cv_gen_stats *st) {
+                      const cv_gen_stats *st, const cv_kv_cache *kv) {
     json_t *o = json_object(), *pt = json_array(), *tk = json_array();
     if (!o || !pt || !tk) goto oom;
     for (int32_t i = 0; i < n_prompt; i++) json_array_append_new(pt, json_integer(prompt[i]));
@@ -528,6 +534,8 @@ static int print_json(const int32_t *prompt, int32_t n_prompt, const gen_out *g,
     /* The first token comes from the prefill: decode steps are the ones after it. */
     json_object_set_new(o, "decode_tokens_per_s",
                         json_real(per_s(st->n_generated > 1 ? st->n_generated - 1 : 0, st->decode_s)));
+    /* The cache holds one sequence of the whole context: its K+V bytes. */
+    json_object_set_new(o, "kv_bytes", json_integer((json_int_t)cv_kv_bytes(kv)));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     if (!s) return 1;
@@ -590,7 +598,7 @@ static int run_generate(const run_opts *o) {
         goto out;
     }
     if (o->json) {
-        if (print_json(prompt, n_prompt, &g, &gs)) st = cv_errorf(&e, CV_ENOMEM, "out of memory");
+        if (print_json(prompt, n_prompt, &g, &gs, rt.kv)) st = cv_errorf(&e, CV_ENOMEM, "out of memory");
     } else {
         putchar('\n');
         fflush(stdout);

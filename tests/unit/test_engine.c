@@ -1,6 +1,7 @@
 /* engine: continuous batching over the real stories260K model. Greedy tokens must not
  * depend on batching, chunking or preemption; cancel must return KV blocks; limits must
- * refuse with the numbers in the message. */
+ * refuse with the numbers in the message. A synthetic Gemma 3 model (window 8) checks
+ * the same with sliding-window rings against a cache that keeps every position. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,9 +13,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../support/test_tmpdir.h"
 #include "slot.h"
+#include "synthetic.h"
 
-#define MAX_OUT 128
+#define MAX_OUT 256
 
 typedef struct result {
     pthread_mutex_t mu;
@@ -71,18 +74,25 @@ static const char *model_path(void) {
     return path;
 }
 
-static cv_slot *load(int max_running, int max_waiting, int batch, size_t kv_bytes) {
+static char g_dir[160];
+
+static cv_slot *load_file(const char *path, int max_running, int max_waiting, int batch, size_t kv_bytes,
+                          int block) {
     cv_slot_options so = {.threads = 2};
     cv_engine_config_default(&so.engine);
     so.engine.max_running = max_running;
     so.engine.max_waiting = max_waiting;
     so.engine.max_batch_tokens = batch;
     so.engine.kv_bytes = kv_bytes;
-    so.engine.kv_block_tokens = 4;
+    so.engine.kv_block_tokens = block;
     cv_slot *s = NULL;
     cv_error err = {0};
-    if (cv_slot_load(model_path(), NULL, &so, NULL, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
+    if (cv_slot_load(path, NULL, &so, NULL, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
     return s;
+}
+
+static cv_slot *load(int max_running, int max_waiting, int batch, size_t kv_bytes) {
+    return load_file(model_path(), max_running, max_waiting, batch, kv_bytes, 4);
 }
 
 static const char *prompts[] = {"Once upon a time", "The little dog", "Lily and Ben",
@@ -231,12 +241,74 @@ static void test_limits_are_refused_with_numbers(void **state) {
     cv_slot_free(s);
 }
 
+/* Gemma 3 with a window of 8 and blocks of 16: alone with batches of 512 rows the ring
+ * (8 + 511 positions) would outgrow the 256-position context, so every layer keeps
+ * every position; with batches of 25 rows each sequence's sliding layer keeps a ring
+ * of 2 blocks that wraps 6 times in 200 tokens, while prompt chunks outgrow the window
+ * and 12 sequences preempt each other. The greedy tokens must be the same. */
+static void test_sliding_window_rings_keep_greedy_tokens(void **state) {
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/gemma3.gguf", g_dir);
+    cv_synth_opts o = {.recipe = CV_QRECIPE_F32, .seed = 5, .n_threads = 1};
+    cv_error err = {0};
+    if (cv_synth_write(cv_synth_find("tp-gemma3"), &o, path, &err)) fail_msg("%s", err.msg);
+    enum { N = 200 };
+    cv_slot *solo = load_file(path, 1, 64, 512, 0, 16);
+    result ref[N_PROMPTS];
+    reference(solo, N, ref);
+    int distinct = 0;
+    for (int i = 0; i < N; i++) {
+        int seen = 0;
+        for (int j = 0; j < i; j++) seen |= ref[0].ids[j] == ref[0].ids[i];
+        distinct += !seen;
+    }
+    printf("gemma3 synthetic: %d distinct tokens in the first reference's %d\n", distinct, N);
+    cv_engine_stats st;
+    cv_engine_get_stats(solo->engine, &st);
+    assert_int_equal(st.kv_blocks_total, 16); /* no ring: one group, 256 positions */
+    cv_slot_free(solo);
+    /* Per block of 16 positions, one layer's K+V: 4 kv heads x 32 dims x 2 x f16. The
+     * budget: 24 blocks for rings (2 for each of 12 sequences) and 24 for the global
+     * layer, under two sequences of 200 positions (13 blocks each). */
+    const size_t per_block = 16 * 2 * 4 * 32 * 2;
+    cv_slot *tight = load_file(path, 12, 64, 25, 48 * per_block, 16);
+    cv_engine_get_stats(tight->engine, &st);
+    assert_int_equal(st.kv_blocks_total, 48); /* blocks of both groups: 24 of two layers without rings */
+    check_batched_equals(tight, ref, N, 2);
+    cv_engine_get_stats(tight->engine, &st);
+    printf("gemma3 synthetic, 12 sequences in 48 blocks: %llu preemptions\n", (unsigned long long)st.preemptions);
+    assert_true(st.preemptions > 0);
+    assert_int_equal(st.kv_blocks_used, 0);
+    cv_slot_free(tight);
+    /* Too small for one whole sequence (16 global blocks and a ring of 2): refused. */
+    cv_slot_options so = {.threads = 2};
+    cv_engine_config_default(&so.engine);
+    so.engine.max_batch_tokens = 25;
+    so.engine.kv_block_tokens = 16;
+    so.engine.kv_bytes = 17 * per_block;
+    cv_slot *s = NULL;
+    assert_int_equal(cv_slot_load(path, NULL, &so, NULL, &s, &err), CV_EINVAL);
+    assert_non_null(strstr(err.msg, "one sequence of 256 positions needs 18 blocks"));
+}
+
+static int setup(void **state) {
+    (void)state;
+    return cv_test_tmpdir(g_dir, sizeof g_dir, "test-engine");
+}
+
+static int teardown(void **state) {
+    (void)state;
+    return cv_test_rmtree(g_dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batching_does_not_change_greedy_tokens),
         cmocka_unit_test(test_preemption_recomputes_the_same_tokens),
         cmocka_unit_test(test_cancel_returns_blocks),
         cmocka_unit_test(test_limits_are_refused_with_numbers),
+        cmocka_unit_test(test_sliding_window_rings_keep_greedy_tokens),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, setup, teardown);
 }
