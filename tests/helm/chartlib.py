@@ -98,3 +98,28 @@ def pod_specs(docs):
         elif d["kind"] == "Pod":
             out.append((d["metadata"]["name"], d["spec"]))
     return out
+
+
+def secret_key_at(spec, container, path):
+    """(volume, key): the Secret key a container of the pod spec reads at `path`. The
+    path must lie inside a whole-volume mount of a secret volume: a subPath mount is
+    refused because the kubelet never updates one, so a rotated Secret would not reach
+    the process. Raises AssertionError naming the path otherwise."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    # The deepest mount holding the path is the one the container sees there.
+    for m in sorted(container.get("volumeMounts", []), key=lambda m: -len(m["mountPath"])):
+        if m.get("subPath") or m.get("subPathExpr"):
+            assert m["mountPath"] != path, "%s is a subPath mount: the kubelet never updates it" % path
+            continue
+        rel = os.path.relpath(path, m["mountPath"])
+        if rel.startswith(".."):
+            continue
+        secret = volumes[m["name"]].get("secret")
+        assert secret, "%s is in volume %s, not a Secret" % (path, m["name"])
+        items = secret.get("items")
+        if items is None:
+            return volumes[m["name"]], rel
+        keys = [i["key"] for i in items if i["path"] == rel]
+        assert keys, "%s: volume %s projects no key to %s (items %s)" % (path, m["name"], rel, items)
+        return volumes[m["name"]], keys[0]
+    raise AssertionError("%s is not inside any volume mount of container %s" % (path, container["name"]))

@@ -13,8 +13,12 @@ checked offline:
   `corvid-server --check-config` (device cuda: by a CUDA=1 build when there is one,
   else with device cpu, the rest the same, and the refusal of cuda checked) and
   controlplane.json `corvid-controlplane --check-config` (with TLS and token settings
-  that match the pod's mounts and env), grace period > preStop + drain timeout,
+  that match the pod's mounts), grace period > preStop + drain timeout,
   non-root and read-only root everywhere, GPUs and tp only in GPU mode;
+- the control plane's credentials (CA, admin token) are files in whole-volume Secret
+  mounts, never subPath nor env; a real corvid-controlplane on the rendered config,
+  with the pod's Secret volumes laid out as the kubelet does, takes a rotated token and
+  CA without a restart and refuses a bad CA (keeping the last good set);
 - values.schema.json and the template checks reject each file of tests/helm/bad-values;
 - every corvid_* metric a dashboard panel or alert rule uses is exported by a real
   corvid-server (stories260K) or a real corvid-controlplane (leading a rollout on a
@@ -29,6 +33,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +52,7 @@ from etcd_testlib import Etcd  # noqa: E402
 GPU_ONLY = {"corvid_gpu_utilization_ratio", "corvid_gpu_memory_used_bytes", "corvid_gpu_memory_total_bytes"}
 KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
 GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
+THREE_ALERTS = ("CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh")
 MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
 
 checks = Checks()
@@ -110,9 +116,23 @@ def prometheus_operator_objects():
     assert {s["metadata"]["name"] for s in scraped} == {"corvid", "corvid-controlplane"}, scraped
     rule = chartlib.find(d, "PrometheusRule")
     alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert set(alerts) == {"CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh"}, alerts
-    for a in alerts.values():
-        assert a["for"] == "5m" and a["expr"].strip() and a["labels"]["severity"], a
+    creds = "CorvidControlPlaneCredentialsRefused"
+    assert set(alerts) == set(THREE_ALERTS) | {creds}, alerts
+    for n in THREE_ALERTS:
+        a = alerts[n]
+        assert a["for"] == "5m" and a["expr"].strip() and a["labels"]["severity"] == "critical", a
+    # Each control plane replica on its own: a follower with a refused set is a problem too.
+    a = alerts[creds]
+    assert a["for"] == "10m" and a["labels"]["severity"] == "warning", a
+    assert re.fullmatch(r'min by \(namespace, pod\) \(corvid_controlplane_creds_last_reload_successful'
+                        r'\{namespace="ai", service="corvid-controlplane"\}\) == 0', a["expr"].strip()), a["expr"]
+    desc = a["annotations"]["description"]
+    for needle in ("corvid-controlplane-token", "corvid-grpc-tls", "ca.crt", "credentials:"):
+        assert needle in desc, (needle, desc)
+    # Nothing to rotate without TLS or auth: no credentials alert.
+    plain = chartlib.find(chartlib.documents(chartlib.render({"metrics": {"prometheusRule": {"enabled": True}}})),
+                          "PrometheusRule")
+    assert {r["alert"] for g in plain["spec"]["groups"] for r in g["rules"]} == set(THREE_ALERTS), plain
     assert re.search(r"> 0\.8\s*$", alerts["CorvidGPUUtilizationHigh"]["expr"])
     assert "histogram_quantile(0.99," in alerts["CorvidP99LatencyHigh"]["expr"]
     assert re.search(r"> 0\.5\s*$", alerts["CorvidP99LatencyHigh"]["expr"])
@@ -269,8 +289,8 @@ def server_keys():
 
 
 def controlplane_config():
-    """controlplane.json through `corvid-controlplane --check-config`; under TLS and auth
-    it names the mounted CA and the env var that holds the admin token."""
+    """controlplane.json through `corvid-controlplane --check-config` (which reads none
+    of the files it names: credential_mounts checks those paths against the pod)."""
     exe = os.path.join(BIN, "corvid-controlplane")
     cmd = chartlib.find(docs("default"), "Deployment", "-controlplane")["spec"]["template"]["spec"]["containers"][0]
     assert cmd["command"] == ["corvid-controlplane", "run", "--config", "/etc/corvid/controlplane.json"], cmd
@@ -286,14 +306,11 @@ def controlplane_config():
             f.write(text)
         rc, out = check(path)
         assert rc == 0 and out.strip() == "config ok", (name, out)
-    tls = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-controlplane")["spec"]["template"]["spec"]
-    cfg = json.loads(chartlib.find(docs("gpu-canary-tls"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
-    c = tls["containers"][0]
+    _, _, cfg = controlplane_pod(docs("gpu-canary-tls"))
     assert cfg["server_tls"] == {"ca": "/etc/corvid/tls/ca.crt", "server_name": "corvid.ai.svc"}, cfg
-    assert any(m["mountPath"] == cfg["server_tls"]["ca"] for m in c["volumeMounts"]), c["volumeMounts"]
-    assert cfg["server_token_env"] in {e["name"] for e in c["env"]}, c["env"]
+    assert cfg["server_token_file"] == "/etc/corvid/admin-token/token", cfg
     plain = json.loads(chartlib.find(docs("default"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
-    assert "server_tls" not in plain and "server_token_env" not in plain, plain
+    assert not {"server_tls", "server_token_file", "server_token_env"} & set(plain), plain
     # The check refuses what run would refuse, or passing it proves nothing.
     for bad_key, needle in ((dict(no_such_key=1), "no_such_key"), (dict(metrics_listen="0.0.0.0"), "metrics_listen"),
                             (dict(server_tls={"server_name": "x"}), "needs \"ca\"")):
@@ -372,26 +389,154 @@ def trial_etcd():
     assert not [d for _, d in docs("default") if d["kind"] == "StatefulSet"]
 
 
-def chart_made_secrets():
-    """tls.cert/key and an HS256 secret in values: the chart writes the Secrets itself."""
-    key = os.path.join(TMP, "k.pem")
-    crt = os.path.join(TMP, "c.pem")
+def self_signed(stem):
+    """(certificate PEM, key PEM) of a fresh self-signed P-256 certificate for corvid.ai.svc."""
+    key = os.path.join(TMP, stem + ".key")
+    crt = os.path.join(TMP, stem + ".pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-keyout", key, "-out", crt, "-days", "2", "-subj", "/CN=corvid.ai.svc"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return open(crt).read(), open(key).read()
+
+
+def controlplane_pod(d):
+    """(pod spec, container, parsed controlplane.json) of a render's control plane."""
+    spec = chartlib.find(d, "Deployment", "-controlplane")["spec"]["template"]["spec"]
+    cfg = json.loads(chartlib.find(d, "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    return spec, spec["containers"][0], cfg
+
+
+def check_credential_mounts(d, tls_secret, token_secret, token_key):
+    """Every credential file of controlplane.json is a key of the expected Secret in a
+    whole-volume mount (the kubelet updates those, and the control plane re-reads
+    them); none is a subPath mount, none comes through the environment (read once)."""
+    spec, c, cfg = controlplane_pod(d)
+    assert "server_token_env" not in cfg and not c.get("env") and not c.get("envFrom"), (cfg, c.get("env"))
+    for x in spec.get("initContainers", []) + spec["containers"]:
+        for m in x.get("volumeMounts", []):
+            vol = [v for v in spec["volumes"] if v["name"] == m["name"]][0]
+            assert not ("secret" in vol and m.get("subPath")), "subPath mount of a Secret: %s" % m
+    want = {cfg["server_tls"]["ca"]: (tls_secret, "ca.crt"), cfg["server_token_file"]: (token_secret, token_key)}
+    assert not {"cert", "key"} & set(cfg["server_tls"]), cfg  # no client certificate: the chart has none
+    for path, (secret, key) in want.items():
+        vol, got = chartlib.secret_key_at(spec, c, path)
+        assert (vol["secret"]["secretName"], got) == (secret, key), (path, vol, got)
+    # The servers' private key stays out of the control plane's pods.
+    tls_vol = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == tls_secret][0]
+    assert [i["key"] for i in tls_vol["secret"]["items"]] == ["ca.crt"], tls_vol
+
+
+def credential_mounts():
+    check_credential_mounts(docs("gpu-canary-tls"), "corvid-grpc-tls", "corvid-controlplane-token", "token")
+    for name in ("default", "download-etcd"):  # neither TLS nor auth: nothing to mount
+        spec, _, cfg = controlplane_pod(docs(name))
+        assert not [v for v in spec["volumes"] if "secret" in v] and "server_tls" not in cfg, (name, spec)
+
+
+class PodSecretVolumes:
+    """The Secret volumes of one container laid out under `root` + mountPath as the
+    kubelet's atomic writer does: each projected file is a symlink NAME -> ..data/NAME,
+    ..data a symlink to a timestamped directory; an update writes a new directory, then
+    renames a new ..data link over the old one and removes the old directory."""
+
+    def __init__(self, root, spec, container, secrets):
+        self.root = root
+        self.mounts = {}  # Secret name -> (directory, volume)
+        self.n = 0
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for m in container["volumeMounts"]:
+            vol = volumes[m["name"]]
+            if "secret" in vol:
+                assert not m.get("subPath"), "%s: the kubelet never updates a subPath mount" % m["mountPath"]
+                name = vol["secret"]["secretName"]
+                self.mounts[name] = (root + m["mountPath"], vol)
+                self.update(name, secrets[name])
+
+    def path(self, pod_path):
+        return self.root + pod_path
+
+    def update(self, secret, data):
+        d, vol = self.mounts[secret]
+        items = vol["secret"].get("items") or [{"key": k, "path": k} for k in data]
+        self.n += 1
+        gen = "..2026_11_28_00_00_%02d.%d" % (self.n, os.getpid())
+        for it in items:
+            f = os.path.join(d, gen, it["path"])
+            os.makedirs(os.path.dirname(f), exist_ok=True)
+            with open(f, "w") as fh:
+                fh.write(data[it["key"]])
+            os.chmod(f, vol["secret"].get("defaultMode", 0o644))
+        old = os.readlink(os.path.join(d, "..data")) if os.path.islink(os.path.join(d, "..data")) else None
+        os.symlink(gen, os.path.join(d, "..data_tmp"))
+        os.rename(os.path.join(d, "..data_tmp"), os.path.join(d, "..data"))
+        for it in items:
+            top = it["path"].split("/")[0]
+            if not os.path.lexists(os.path.join(d, top)):
+                os.symlink(os.path.join("..data", top), os.path.join(d, top))
+        if old:
+            shutil.rmtree(os.path.join(d, old))
+
+
+def controlplane_rotation():
+    """A real corvid-controlplane on the rendered controlplane.json of values-gpu-canary-
+    tls.yaml (TLS and auth), its pod's Secret volumes laid out under a temp root as the
+    kubelet lays them out: a new admin token and a new CA put into the Secrets are
+    loaded without a restart, a CA Secret holding no certificate is refused and counted
+    (creds_last_reload_successful 0, what the alert watches) with the last good set kept."""
+    spec, c, cfg = controlplane_pod(docs("gpu-canary-tls"))
+    ca1, key1 = self_signed("rotation-ca1")
+    ca2, _ = self_signed("rotation-ca2")
+    tokens = ["corvid-admin-%s" % os.urandom(12).hex() for _ in range(2)]
+    tls = {"tls.crt": ca1, "tls.key": key1, "ca.crt": ca1}
+    vols = PodSecretVolumes(tempfile.mkdtemp(dir=TMP), spec, c, {"corvid-grpc-tls": tls,
+                                                                 "corvid-controlplane-token": {"token": tokens[0] + "\n"}})
+    assert not os.path.lexists(vols.path("/etc/corvid/tls/tls.key"))
+    etcd = Etcd()
+    cp = None
+    try:
+        run = dict(cfg, etcd=etcd.url, servers=["127.0.0.1:%d" % free_port()], poll_ms=200,
+                   server_tls=dict(cfg["server_tls"], ca=vols.path(cfg["server_tls"]["ca"])),
+                   server_token_file=vols.path(cfg["server_token_file"]))
+        del run["dns"]  # the cluster's headless Service: one address where nothing listens instead
+        cp = ControlPlane("cp-chart-rotation", run)
+        creds = lambda: {n[len("corvid_controlplane_creds_"):]: v for (n, _), v in cp.metrics().items()  # noqa: E731
+                         if n.startswith("corvid_controlplane_creds_")}
+        assert creds()["last_reload_successful"] == 1 and creds()["reloads_total"] == 0, creds()
+        vols.update("corvid-controlplane-token", {"token": tokens[1]})
+        cp.wait(lambda: creds()["reloads_total"] == 1, 10, "the new admin token loaded")
+        assert "credentials: reloaded (server_token_file changed)" in cp.log(), cp.log()
+        vols.update("corvid-grpc-tls", dict(tls, **{"ca.crt": key1}))
+        cp.wait(lambda: creds()["reload_errors_total"] == 1, 10, "a ca.crt without a certificate refused")
+        assert creds()["last_reload_successful"] == 0 and creds()["reloads_total"] == 1, creds()
+        assert "server_tls.ca %s: no PEM CERTIFICATE block" % vols.path("/etc/corvid/tls/ca.crt") in cp.log(), cp.log()
+        vols.update("corvid-grpc-tls", dict(tls, **{"ca.crt": ca2}))
+        cp.wait(lambda: creds()["reloads_total"] == 2, 10, "the new CA loaded")
+        assert creds()["last_reload_successful"] == 1, creds()
+        assert "reloaded (server_tls.ca changed)" in cp.log(), cp.log()
+        assert not [t for t in tokens if t in cp.log()], "a token reached the log"
+    finally:
+        if cp:
+            cp.stop()
+        etcd.destroy()
+
+
+def chart_made_secrets():
+    """tls.cert/key and an HS256 secret in values: the chart writes the Secrets itself."""
+    cert, key = self_signed("chart-made")
     hmac = os.urandom(24).hex()
     print("  HS256 secret drawn for this run: %d bytes" % len(hmac))
-    m = chartlib.render({"tls": {"enabled": True, "cert": open(crt).read(), "key": open(key).read()},
+    m = chartlib.render({"tls": {"enabled": True, "cert": cert, "key": key},
                          "auth": {"enabled": True, "jwt": {"hmacSecret": hmac},
-                                  "adminTokenSecret": {"name": "admin-token", "key": "token"},
+                                  "adminTokenSecret": {"name": "admin-token", "key": "admin.jwt"},
                                   "testTokenSecret": {"name": "test-token", "key": "token"}}})
     d = chartlib.documents(m)
+    check_credential_mounts(d, "corvid-tls", "admin-token", "admin.jwt")
     for _, x in d:
         kubernetes_validate.validate(x, kv_utils.latest_version(), strict=True)
     import base64
     tls = chartlib.find(d, "Secret", "-tls")
     assert tls["type"] == "kubernetes.io/tls"
-    assert base64.b64decode(tls["data"]["tls.crt"]).decode() == open(crt).read()
+    assert base64.b64decode(tls["data"]["tls.crt"]).decode() == cert
     jwt = chartlib.find(d, "Secret", "-jwt")
     assert base64.b64decode(jwt["data"]["hmac.key"]).decode() == hmac
     test_pod = chartlib.find(d, "Pod", "-test")["spec"]["containers"][0]
@@ -601,6 +746,9 @@ if len(RENDERS) == 3:
     checks.run("server.json passes corvid-server --check-config", server_config_accepted)
     checks.run("TLS, auth, device and tp reach the server through server.json", server_keys)
     checks.run("controlplane.json", controlplane_config)
+    checks.run("control plane credentials: whole Secret volumes, no subPath, no env", credential_mounts)
+    checks.run("control plane takes rotated Secrets from the pod's volumes, refuses a bad one",
+               controlplane_rotation)
     checks.run("grace period > preStop + drain timeout", drain_within_grace)
     checks.run("non-root, read-only root, limits", security_contexts)
     checks.run("GPU and CPU-only modes, control plane", gpu_and_cpu_modes)

@@ -145,7 +145,10 @@ controlplane.json in the form controlplane/cp_config.h parses (unknown keys are 
 the chart's test runs `corvid-controlplane --check-config` on it). The fleet comes from
 the headless Service; every replica campaigns for the lease, one leads. Under TLS it
 verifies the servers with the TLS Secret's ca.crt against the Service's name (it calls
-pod IPs); under auth it presents the admin token from $CORVID_TOKEN.
+pod IPs); under auth it presents the admin token read from the mounted Secret. Both
+are files in whole-volume Secret mounts (controlplane.yaml), which the control plane
+re-reads when the kubelet updates them; a token from server_token_env would be read
+only once, at start.
 */}}
 {{- define "corvid.controlplaneConfig" -}}
 {{- $cp := .Values.controlplane -}}
@@ -176,7 +179,7 @@ pod IPs); under auth it presents the admin token from $CORVID_TOKEN.
 {{- $_ := set $cfg "server_tls" (dict "ca" "/etc/corvid/tls/ca.crt" "server_name" $name) -}}
 {{- end -}}
 {{- if .Values.auth.enabled -}}
-{{- $_ := set $cfg "server_token_env" "CORVID_TOKEN" -}}
+{{- $_ := set $cfg "server_token_file" "/etc/corvid/admin-token/token" -}}
 {{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
