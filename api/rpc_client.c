@@ -78,6 +78,7 @@ int cv_rpcc_channel_new(const corvid_client_options *opt, cv_rpcc_channel **out,
 void cv_rpcc_channel_free(cv_rpcc_channel *ch) {
     if (!ch) return;
     if (ch->channel) grpc_channel_destroy(ch->channel);
+    if (ch->auth) explicit_bzero(ch->auth, strlen(ch->auth)); /* it holds the bearer token */
     free(ch->auth);
     free(ch);
     grpc_shutdown();
