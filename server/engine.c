@@ -391,37 +391,6 @@ static void *engine_loop(void *arg) {
 
 /* ---- public ---- */
 
-/* Block counts of kc's groups from the KV budget. Without sliding layers: one group,
- * blocks_per_seq for each running sequence, or what the budget holds. With them, the
- * sliding group comes first, up to a full ring per running sequence (so it never runs
- * out before the full group does), as long as one sequence of n_ctx positions still
- * fits in the full group; the rest of the budget goes to the full group. */
-static cv_status split_kv_budget(const cv_engine_config *c, int32_t blocks_per_seq, cv_kv_config *kc,
-                                 cv_error *err) {
-    const int64_t full_b = (int64_t)cv_kv_block_bytes(kc, CV_KV_FULL);
-    const int64_t ring_b = (int64_t)cv_kv_block_bytes(kc, CV_KV_SLIDING);
-    const int64_t ring = cv_kv_ring_blocks(kc);
-    int64_t full = (int64_t)blocks_per_seq * c->max_running, rings = ring * c->max_running;
-    if (c->kv_bytes) {
-        const int64_t budget = (int64_t)c->kv_bytes, one = blocks_per_seq * full_b + ring * ring_b;
-        if (budget < one)
-            return cv_errorf(err, CV_EINVAL,
-                             "engine: a KV budget of %zu bytes holds %lld blocks of %d tokens; one "
-                             "sequence of %d positions needs %lld blocks (%lld bytes)",
-                             c->kv_bytes, (long long)(budget / (full_b + ring_b)), kc->block_size,
-                             c->n_ctx, (long long)(blocks_per_seq + ring), (long long)one);
-        if (ring && (budget - blocks_per_seq * full_b) / ring_b < rings)
-            rings = (budget - blocks_per_seq * full_b) / ring_b;
-        if ((budget - rings * ring_b) / full_b < full) full = (budget - rings * ring_b) / full_b;
-    }
-    if (full > INT32_MAX || rings > INT32_MAX)
-        return cv_errorf(err, CV_ERANGE, "engine: %lld KV blocks of %d tokens (limit %d)",
-                         (long long)(full > rings ? full : rings), kc->block_size, INT32_MAX);
-    kc->n_blocks = (int32_t)full;
-    kc->n_ring_blocks = (int32_t)rings;
-    return CV_OK;
-}
-
 /* Everything cv_engine_new allocates, for its error path and cv_engine_free. */
 static void free_parts(cv_engine *e) {
     cv_kv_free(e->kv);
@@ -457,7 +426,6 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
 
     cv_engine *e = calloc(1, sizeof *e);
     if (!e) return cv_errorf(err, CV_ENOMEM, "engine: out of memory");
-    cv_status st;
     e->tp = tp;
     e->tok = tok;
     e->cfg = *cfg;
@@ -470,13 +438,24 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
 
     cv_kv_config kc = cv_tp_kv_config(tp, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
     kc.block_size = e->cfg.kv_block_tokens;
-    int32_t blocks_per_seq = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size;
-    kc.max_seq_len = blocks_per_seq * kc.block_size;
-    if ((st = split_kv_budget(&e->cfg, blocks_per_seq, &kc, err))) {
+    kc.max_seq_len = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size * kc.block_size;
+    /* Memory blocks for every running sequence at n_ctx, or what the budget holds (both
+     * layer groups share them: kv_cache.h). */
+    const int32_t blocks_per_seq = cv_kv_blocks_for(&kc, kc.max_seq_len);
+    const size_t per_block = cv_kv_block_bytes(&kc);
+    int64_t want = (int64_t)blocks_per_seq * e->cfg.max_running;
+    int64_t budget = e->cfg.kv_bytes ? (int64_t)(e->cfg.kv_bytes / per_block) : want;
+    if (budget < blocks_per_seq) {
+        cv_errorf(err, CV_EINVAL,
+                  "engine: a KV budget of %zu bytes holds %lld blocks of %d tokens; one "
+                  "sequence of %d positions needs %d blocks (%zu bytes)",
+                  e->cfg.kv_bytes, (long long)budget, kc.block_size, e->cfg.n_ctx,
+                  blocks_per_seq, (size_t)blocks_per_seq * per_block);
         free(e);
-        return st;
+        return CV_EINVAL;
     }
-    st = cv_kv_create(&kc, &e->kv, err);
+    kc.n_blocks = (int32_t)(budget < want ? budget : want);
+    cv_status st = cv_kv_create(&kc, &e->kv, err);
     if (st != CV_OK) {
         free(e);
         return st;
@@ -614,8 +593,7 @@ void cv_engine_get_stats(cv_engine *e, cv_engine_stats *st) {
     *st = e->stats;
     st->running = e->n_running;
     st->waiting = e->n_waiting;
-    st->kv_blocks_total = cv_kv_total_blocks(e->kv, CV_KV_FULL) + cv_kv_total_blocks(e->kv, CV_KV_SLIDING);
-    st->kv_blocks_used = st->kv_blocks_total - cv_kv_free_blocks(e->kv, CV_KV_FULL) -
-                         cv_kv_free_blocks(e->kv, CV_KV_SLIDING);
+    st->kv_blocks_total = cv_kv_config_of(e->kv)->n_blocks;
+    st->kv_blocks_used = st->kv_blocks_total - cv_kv_free_blocks(e->kv);
     pthread_mutex_unlock(&e->mu);
 }

@@ -4,9 +4,8 @@
  * engine's own thread runs continuous batching: every step decodes one token for
  * each running sequence and feeds prompt chunks of admitted ones (chunked prefill)
  * in one batched forward pass of at most max_batch_tokens rows. KV blocks are taken
- * as sequences grow (a sliding-window model's local layers hold a ring of blocks per
- * sequence instead: kv_cache.h; the budget gives them a full ring for each running
- * sequence first, the rest to the global layers); when they run out, the youngest
+ * as sequences grow (a sliding-window model's local layers take only a ring of them
+ * per sequence, from the same budget: kv_cache.h); when they run out, the youngest
  * running sequence is preempted (its blocks freed, its prompt plus the tokens it
  * already produced recomputed later), so the oldest always make progress.
  *
@@ -39,8 +38,8 @@ typedef struct cv_engine_config {
     int32_t n_ctx;             /* positions per sequence; 0 = the training context, at most
                                   CV_ENGINE_DEFAULT_CTX; never more than the training context */
     int32_t kv_block_tokens;   /* token slots per KV block */
-    size_t kv_bytes;           /* KV cache budget (both layer groups); 0 = enough for every
-                                  running sequence at n_ctx */
+    size_t kv_bytes;           /* KV cache budget; 0 = enough for every running sequence
+                                  at n_ctx */
     cv_type kv_type;           /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
     int32_t max_tokens_default;
 } cv_engine_config;
@@ -84,9 +83,9 @@ typedef struct cv_engine_sink {
 
 typedef struct cv_engine_stats {
     int32_t running, waiting;
-    /* Blocks of both layer groups (kv_cache.h): the full group's, each block_size
-     * positions of every layer that reads all positions (all layers without sliding
-     * ones), plus the sliding rings' (block_size positions of the sliding layers). */
+    /* KV memory blocks (kv_cache.h): each holds block_size positions of every layer,
+     * or, with sliding-window rings, of every sliding layer or of several blocks of
+     * the global layers; a block partly used counts as used. */
     int32_t kv_blocks_used, kv_blocks_total;
     int32_t last_batch_rows;   /* rows of the most recent forward pass */
     uint64_t steps;

@@ -9,32 +9,38 @@
 /* One layer group's bookkeeping, shared by the ranks. */
 typedef struct kv_group {
     int32_t n_layers;
-    int32_t n_blocks;
     int32_t ring;           /* blocks a sequence holds at most: its table repeats after */
-    size_t pool_bytes;      /* one layer's K (or V) pool */
-    size_t offset;          /* of the group's pools in a rank's memory */
-    int32_t *free_ids;      /* stack of free block ids */
-    int32_t n_free;
-    int32_t *tables;        /* max_seqs * table_cap */
+    int32_t *tables;        /* max_seqs * table_cap block ids */
 } kv_group;
 
 /* One tensor-parallel rank's memory. */
 typedef struct kv_rank {
     cv_backend *dev;        /* a non-CPU backend holding mem and d_tables, else NULL */
-    uint8_t *mem;           /* per group: 2 * n_layers pools, K0 V0 K1 V1 ... */
+    uint8_t *mem;           /* n_blocks memory blocks (layout: kv_cache.h) */
     int32_t *d_tables;      /* every group's tables in dev's memory (NULL on the host) */
 } kv_rank;
 
 struct cv_kv_cache {
     cv_kv_config cfg;
-    size_t mem_bytes;       /* one rank's pools */
+    size_t unit;            /* bytes of one layer's K (or V) for one block: a block id's step */
+    size_t gap;             /* from a layer's K pool to its V pool; twice that to the next layer */
+    size_t mem_bytes;       /* one rank's memory */
     kv_rank ranks[CV_KV_MAX_RANKS];
     kv_group groups[N_GROUPS];
     int32_t n_groups;       /* 1, or 2 with a sliding ring */
+    int32_t wide;           /* the group with a memory block per block (the other packs `pack`) */
+    int32_t id_scale;       /* block id of memory block m: m * id_scale */
+    int32_t pack;           /* narrow blocks per memory block */
     uint8_t *layer_group;   /* per layer: its cv_kv_group */
     int32_t *layer_index;   /* per layer: its index within its group */
     int32_t table_cap;      /* entries per sequence table */
     int32_t *n_entries;     /* table entries filled per sequence (the same in every group) */
+    int32_t *free_mem;      /* stack of free memory blocks */
+    int32_t n_free;
+    /* Narrow blocks: slab s = m * pack + j is block j of memory block m. The free ones
+     * of partly used memory blocks form a doubly linked list (-1 ends it). */
+    int32_t *slab_next, *slab_prev, slab_head, n_free_slabs;
+    int32_t *slabs_used;    /* per memory block */
 };
 
 static size_t slot_bytes(const cv_kv_config *c) {
@@ -48,17 +54,38 @@ static int32_t n_sliding(const cv_kv_config *c) {
 }
 
 int32_t cv_kv_ring_blocks(const cv_kv_config *c) {
-    if (c->window <= 0 || c->max_step <= 0 || c->block_size <= 0 || !n_sliding(c)) return 0;
+    const int32_t slides = n_sliding(c);
+    if (c->window <= 0 || c->max_step <= 0 || c->block_size <= 0 || slides == 0 || slides == c->n_layers)
+        return 0;
     int64_t ring = ((int64_t)c->window + c->max_step - 1 + c->block_size - 1) / c->block_size;
     int64_t cap = ((int64_t)c->max_seq_len + c->block_size - 1) / c->block_size;
     return ring < cap ? (int32_t)ring : 0;
 }
 
-size_t cv_kv_block_bytes(const cv_kv_config *c, cv_kv_group group) {
-    const int32_t slides = cv_kv_ring_blocks(c) ? n_sliding(c) : 0;
-    const int32_t layers = group == CV_KV_SLIDING ? slides : c->n_layers - slides;
+/* Layers of each group under c: [CV_KV_FULL], [CV_KV_SLIDING] (0 without a ring). */
+static void group_layers(const cv_kv_config *c, int32_t layers[N_GROUPS]) {
+    layers[CV_KV_SLIDING] = cv_kv_ring_blocks(c) ? n_sliding(c) : 0;
+    layers[CV_KV_FULL] = c->n_layers - layers[CV_KV_SLIDING];
+}
+
+size_t cv_kv_block_bytes(const cv_kv_config *c) {
+    int32_t layers[N_GROUPS];
+    group_layers(c, layers);
+    const int32_t wide = layers[0] > layers[1] ? layers[0] : layers[1];
     const size_t ranks = c->n_ranks > 0 ? (size_t)c->n_ranks : 1;
-    return 2 * (size_t)layers * ranks * slot_bytes(c) * (size_t)c->block_size;
+    return 2 * (size_t)wide * ranks * slot_bytes(c) * (size_t)c->block_size;
+}
+
+int32_t cv_kv_blocks_for(const cv_kv_config *c, int32_t n_pos) {
+    int32_t layers[N_GROUPS];
+    group_layers(c, layers);
+    const int32_t entries = (n_pos + c->block_size - 1) / c->block_size;
+    if (!layers[CV_KV_SLIDING]) return entries;
+    const int32_t ring = cv_kv_ring_blocks(c), slid = entries < ring ? entries : ring;
+    const int32_t wide = layers[CV_KV_FULL] >= layers[CV_KV_SLIDING] ? CV_KV_FULL : CV_KV_SLIDING;
+    const int32_t pack = layers[wide] / layers[!wide];
+    const int32_t n_wide = wide == CV_KV_FULL ? entries : slid, n_narrow = wide == CV_KV_FULL ? slid : entries;
+    return n_wide + (n_narrow + pack - 1) / pack;
 }
 
 static cv_status check_config(const cv_kv_config *cfg, cv_error *err) {
@@ -77,15 +104,14 @@ static cv_status check_config(const cv_kv_config *cfg, cv_error *err) {
     if (cfg->n_ranks < 0 || cfg->n_ranks > CV_KV_MAX_RANKS)
         return cv_errorf(err, CV_EINVAL, "kv cache: n_ranks = %d (need 1..%d)", cfg->n_ranks,
                          CV_KV_MAX_RANKS);
-    if (cfg->window < 0 || cfg->n_ring_blocks < 0 || (cfg->window > 0 && cfg->max_step <= 0))
-        return cv_errorf(err, CV_EINVAL,
-                         "kv cache: window = %d, max_step = %d, n_ring_blocks = %d (need >= 0, "
-                         "and max_step > 0 with a window)",
-                         cfg->window, cfg->max_step, cfg->n_ring_blocks);
+    if (cfg->window < 0 || (cfg->window > 0 && cfg->max_step <= 0))
+        return cv_errorf(err, CV_EINVAL, "kv cache: window = %d, max_step = %d (need >= 0, and "
+                         "max_step > 0 with a window)", cfg->window, cfg->max_step);
     return CV_OK;
 }
 
-/* Splits the layers into groups and sizes their pools; fails on sizes past 64 TiB. */
+/* Splits the layers into groups and lays out the memory; fails past 64 TiB or block
+ * ids past int32. */
 static cv_status plan_groups(cv_kv_cache *kv, cv_error *err) {
     const cv_kv_config *c = &kv->cfg;
     const int32_t ring = cv_kv_ring_blocks(c);
@@ -95,27 +121,22 @@ static cv_status plan_groups(cv_kv_cache *kv, cv_error *err) {
         kv->layer_group[l] = (uint8_t)g;
         kv->layer_index[l] = kv->groups[g].n_layers++;
     }
-    kv->groups[CV_KV_FULL].n_blocks = c->n_blocks;
     kv->groups[CV_KV_FULL].ring = kv->table_cap;
-    if (ring) {
-        kv->groups[CV_KV_SLIDING].n_blocks = c->n_ring_blocks ? c->n_ring_blocks : ring * c->max_seqs;
-        kv->groups[CV_KV_SLIDING].ring = ring;
-    }
-    kv->cfg.n_ring_blocks = kv->groups[CV_KV_SLIDING].n_blocks;
-    size_t total = 0;
-    for (int32_t i = 0; i < kv->n_groups; i++) {
-        kv_group *g = &kv->groups[i];
-        size_t pool, pools;
-        if (__builtin_mul_overflow(slot_bytes(c), (size_t)c->block_size, &pool) ||
-            __builtin_mul_overflow(pool, (size_t)g->n_blocks, &pool) ||
-            __builtin_mul_overflow(pool, 2 * (size_t)g->n_layers, &pools) ||
-            __builtin_add_overflow(total, pools, &total) || total > ((size_t)1 << 46))
-            return cv_errorf(err, CV_ERANGE, "kv cache: %d layers x %d blocks x %d slots x %zu bytes "
-                             "exceeds 64 TiB", g->n_layers, g->n_blocks, c->block_size, slot_bytes(c));
-        g->pool_bytes = pool;
-        g->offset = total - pools;
-    }
+    kv->groups[CV_KV_SLIDING].ring = ring;
+    const kv_group *G = kv->groups;
+    kv->wide = G[CV_KV_FULL].n_layers >= G[CV_KV_SLIDING].n_layers ? CV_KV_FULL : CV_KV_SLIDING;
+    const int32_t wide_layers = G[kv->wide].n_layers;
+    kv->id_scale = ring ? 2 * wide_layers : 1;
+    kv->pack = ring ? wide_layers / G[!kv->wide].n_layers : 1;
+    size_t block, total;
+    if (__builtin_mul_overflow(slot_bytes(c), (size_t)c->block_size, &kv->unit) ||
+        __builtin_mul_overflow(kv->unit, 2 * (size_t)wide_layers, &block) ||
+        __builtin_mul_overflow(block, (size_t)c->n_blocks, &total) || total > ((size_t)1 << 46) ||
+        (int64_t)c->n_blocks * kv->id_scale > INT32_MAX)
+        return cv_errorf(err, CV_ERANGE, "kv cache: %d layers x %d blocks x %d slots x %zu bytes "
+                         "exceeds 64 TiB", c->n_layers, c->n_blocks, c->block_size, slot_bytes(c));
     kv->mem_bytes = total;
+    kv->gap = ring ? kv->unit : kv->unit * (size_t)c->n_blocks;
     return CV_OK;
 }
 
@@ -154,7 +175,8 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
     kv->layer_group = calloc((size_t)cfg->n_layers, 1);
     kv->layer_index = calloc((size_t)cfg->n_layers, sizeof *kv->layer_index);
     kv->n_entries = calloc((size_t)cfg->max_seqs, sizeof *kv->n_entries);
-    if (!kv->layer_group || !kv->layer_index || !kv->n_entries) goto oom;
+    kv->free_mem = malloc((size_t)cfg->n_blocks * sizeof *kv->free_mem);
+    if (!kv->layer_group || !kv->layer_index || !kv->n_entries || !kv->free_mem) goto oom;
     if (cfg->sliding && cfg->window > 0) {
         uint8_t *copy = malloc((size_t)cfg->n_layers);
         if (!copy) goto oom;
@@ -162,16 +184,20 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
         kv->cfg.sliding = copy;
     }
     if ((st = plan_groups(kv, err))) goto err;
-    const size_t table_len = (size_t)cfg->max_seqs * (size_t)kv->table_cap;
-    for (int32_t i = 0; i < kv->n_groups; i++) {
-        kv_group *g = &kv->groups[i];
-        g->free_ids = malloc((size_t)g->n_blocks * sizeof *g->free_ids);
-        g->tables = malloc(table_len * sizeof *g->tables);
-        if (!g->free_ids || !g->tables) goto oom;
-        /* Pop order 0, 1, 2...: low blocks first keeps a short sequence's memory compact. */
-        for (int32_t b = 0; b < g->n_blocks; b++) g->free_ids[b] = g->n_blocks - 1 - b;
-        g->n_free = g->n_blocks;
+    /* Pop order 0, 1, 2...: low blocks first keeps a short sequence's memory compact. */
+    for (int32_t b = 0; b < cfg->n_blocks; b++) kv->free_mem[b] = cfg->n_blocks - 1 - b;
+    kv->n_free = cfg->n_blocks;
+    kv->slab_head = -1;
+    if (kv->n_groups == 2) {
+        const size_t slabs = (size_t)cfg->n_blocks * (size_t)kv->pack;
+        kv->slab_next = malloc(slabs * sizeof *kv->slab_next);
+        kv->slab_prev = malloc(slabs * sizeof *kv->slab_prev);
+        kv->slabs_used = calloc((size_t)cfg->n_blocks, sizeof *kv->slabs_used);
+        if (!kv->slab_next || !kv->slab_prev || !kv->slabs_used) goto oom;
     }
+    const size_t table_len = (size_t)cfg->max_seqs * (size_t)kv->table_cap;
+    for (int32_t i = 0; i < kv->n_groups; i++)
+        if (!(kv->groups[i].tables = malloc(table_len * sizeof(int32_t)))) goto oom;
     for (int32_t r = 0; r < kv->cfg.n_ranks; r++)
         if ((st = alloc_rank(kv, r, (size_t)kv->n_groups * table_len * sizeof(int32_t), err))) goto err;
     *out = kv;
@@ -194,22 +220,28 @@ void cv_kv_free(cv_kv_cache *kv) {
             munmap(kr->mem, kv->mem_bytes);
         }
     }
-    for (int32_t i = 0; i < N_GROUPS; i++) {
-        free(kv->groups[i].free_ids);
-        free(kv->groups[i].tables);
-    }
+    for (int32_t i = 0; i < N_GROUPS; i++) free(kv->groups[i].tables);
     free((void *)kv->cfg.sliding);
     free(kv->layer_group);
     free(kv->layer_index);
     free(kv->n_entries);
+    free(kv->free_mem);
+    free(kv->slab_next);
+    free(kv->slab_prev);
+    free(kv->slabs_used);
     free(kv);
 }
 
 const cv_kv_config *cv_kv_config_of(const cv_kv_cache *kv) { return &kv->cfg; }
 size_t cv_kv_bytes(const cv_kv_cache *kv) { return kv->mem_bytes * (size_t)kv->cfg.n_ranks; }
 
+/* K+V bytes of one block of positions in all layers of group g, all ranks. */
+static size_t group_block_bytes(const cv_kv_cache *kv, int32_t g) {
+    return 2 * (size_t)kv->groups[g].n_layers * kv->unit * (size_t)kv->cfg.n_ranks;
+}
+
 size_t cv_kv_bytes_per_token(const cv_kv_cache *kv) {
-    return cv_kv_block_bytes(&kv->cfg, CV_KV_FULL) / (size_t)kv->cfg.block_size;
+    return group_block_bytes(kv, CV_KV_FULL) / (size_t)kv->cfg.block_size;
 }
 
 /* Blocks a sequence with `entries` table entries holds in group g. */
@@ -219,7 +251,7 @@ size_t cv_kv_seq_bytes(const cv_kv_cache *kv, int32_t seq) {
     if (seq < 0 || seq >= kv->cfg.max_seqs) return 0;
     size_t sum = 0;
     for (int32_t i = 0; i < kv->n_groups; i++)
-        sum += (size_t)held(&kv->groups[i], kv->n_entries[seq]) * cv_kv_block_bytes(&kv->cfg, (cv_kv_group)i);
+        sum += (size_t)held(&kv->groups[i], kv->n_entries[seq]) * group_block_bytes(kv, i);
     return sum;
 }
 
@@ -231,13 +263,66 @@ static int32_t *host_table(const cv_kv_cache *kv, int32_t group, int32_t seq) {
     return kv->groups[group].tables + (size_t)seq * (size_t)kv->table_cap;
 }
 
-/* Gives back the blocks that entries [from, to) of seq's tables took from the free
- * lists (pushed in reverse, so the next reserve gets the same blocks back in order). */
+/* ---- the narrow group's blocks, packed into memory blocks ---- */
+
+static void slab_link(cv_kv_cache *kv, int32_t s) {
+    kv->slab_prev[s] = -1;
+    kv->slab_next[s] = kv->slab_head;
+    if (kv->slab_head >= 0) kv->slab_prev[kv->slab_head] = s;
+    kv->slab_head = s;
+    kv->n_free_slabs++;
+}
+
+static void slab_unlink(cv_kv_cache *kv, int32_t s) {
+    if (kv->slab_prev[s] >= 0) kv->slab_next[kv->slab_prev[s]] = kv->slab_next[s];
+    else kv->slab_head = kv->slab_next[s];
+    if (kv->slab_next[s] >= 0) kv->slab_prev[kv->slab_next[s]] = kv->slab_prev[s];
+    kv->n_free_slabs--;
+}
+
+/* A free block of group g (the caller checked there is one), as its block id. */
+static int32_t take(cv_kv_cache *kv, int32_t g) {
+    if (g == kv->wide) return kv->free_mem[--kv->n_free] * kv->id_scale;
+    if (kv->slab_head < 0) { /* a fresh memory block: its other slabs become free */
+        const int32_t m = kv->free_mem[--kv->n_free];
+        for (int32_t j = kv->pack; j-- > 0;) slab_link(kv, m * kv->pack + j);
+    }
+    const int32_t s = kv->slab_head, m = s / kv->pack;
+    slab_unlink(kv, s);
+    kv->slabs_used[m]++;
+    return m * kv->id_scale + (s % kv->pack) * 2 * kv->groups[g].n_layers;
+}
+
+static void put(cv_kv_cache *kv, int32_t g, int32_t id) {
+    const int32_t m = id / kv->id_scale;
+    if (g == kv->wide) {
+        kv->free_mem[kv->n_free++] = m;
+        return;
+    }
+    const int32_t s = m * kv->pack + (id % kv->id_scale) / (2 * kv->groups[g].n_layers);
+    if (--kv->slabs_used[m] > 0) {
+        slab_link(kv, s);
+        return;
+    }
+    for (int32_t j = 0; j < kv->pack; j++) /* all its other slabs are free: the block is */
+        if (m * kv->pack + j != s) slab_unlink(kv, m * kv->pack + j);
+    kv->free_mem[kv->n_free++] = m;
+}
+
+/* Memory blocks that `more[g]` more blocks of each group would take from the free list. */
+static int32_t blocks_needed(const cv_kv_cache *kv, const int32_t more[N_GROUPS]) {
+    if (kv->n_groups == 1) return more[0];
+    const int32_t narrow = more[!kv->wide] - kv->n_free_slabs;
+    return more[kv->wide] + (narrow > 0 ? (narrow + kv->pack - 1) / kv->pack : 0);
+}
+
+/* Gives back the blocks that entries [from, to) of seq's tables took, newest first, so
+ * the next reserve gets the same blocks back in order. */
 static void give_back(cv_kv_cache *kv, int32_t seq, int32_t from, int32_t to) {
-    for (int32_t i = 0; i < kv->n_groups; i++) {
-        kv_group *g = &kv->groups[i];
+    for (int32_t i = kv->n_groups; i-- > 0;) {
+        const kv_group *g = &kv->groups[i];
         const int32_t *table = host_table(kv, i, seq);
-        for (int32_t e = held(g, to); e-- > held(g, from);) g->free_ids[g->n_free++] = table[e];
+        for (int32_t e = held(g, to); e-- > held(g, from);) put(kv, i, table[e]);
     }
 }
 
@@ -251,18 +336,16 @@ cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *e
     const int32_t need = (n_pos + kv->cfg.block_size - 1) / kv->cfg.block_size;
     const int32_t have = kv->n_entries[seq];
     if (need <= have) return CV_OK;
+    int32_t more[N_GROUPS] = {0, 0};
+    for (int32_t i = 0; i < kv->n_groups; i++) more[i] = held(&kv->groups[i], need) - held(&kv->groups[i], have);
+    const int32_t blocks = blocks_needed(kv, more);
+    if (blocks > kv->n_free)
+        return cv_errorf(err, CV_EBUSY, "kv cache: sequence %d needs %d more blocks, %d free", seq,
+                         blocks, kv->n_free);
     for (int32_t i = 0; i < kv->n_groups; i++) {
         const kv_group *g = &kv->groups[i];
-        const int32_t more = held(g, need) - held(g, have);
-        if (more > g->n_free)
-            return cv_errorf(err, CV_EBUSY, "kv cache: sequence %d needs %d more %sblocks, %d free",
-                             seq, more, i == CV_KV_SLIDING ? "sliding-window " : "", g->n_free);
-    }
-    for (int32_t i = 0; i < kv->n_groups; i++) {
-        kv_group *g = &kv->groups[i];
         int32_t *table = host_table(kv, i, seq);
-        for (int32_t e = have; e < need; e++)
-            table[e] = e < g->ring ? g->free_ids[--g->n_free] : table[e % g->ring];
+        for (int32_t e = have; e < need; e++) table[e] = e < g->ring ? take(kv, i) : table[e % g->ring];
     }
     const size_t table_len = (size_t)kv->cfg.max_seqs * (size_t)kv->table_cap;
     for (int32_t r = 0; r < kv->cfg.n_ranks; r++) {
@@ -312,17 +395,10 @@ const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t rank, cv_kv_gro
     return d + ((size_t)g * (size_t)kv->cfg.max_seqs + (size_t)seq) * (size_t)kv->table_cap;
 }
 
-int32_t cv_kv_free_blocks(const cv_kv_cache *kv, cv_kv_group group) {
-    return (int32_t)group < kv->n_groups ? kv->groups[group].n_free : 0;
-}
-
-int32_t cv_kv_total_blocks(const cv_kv_cache *kv, cv_kv_group group) {
-    return (int32_t)group < kv->n_groups ? kv->groups[group].n_blocks : 0;
-}
+int32_t cv_kv_free_blocks(const cv_kv_cache *kv) { return kv->n_free; }
 
 static uint8_t *pool(const cv_kv_cache *kv, int32_t rank, int32_t layer, int32_t v) {
-    const kv_group *g = &kv->groups[kv->layer_group[layer]];
-    return kv->ranks[rank].mem + g->offset + ((size_t)kv->layer_index[layer] * 2 + (size_t)v) * g->pool_bytes;
+    return kv->ranks[rank].mem + ((size_t)kv->layer_index[layer] * 2 + (size_t)v) * kv->gap;
 }
 
 void *cv_kv_k_pool(const cv_kv_cache *kv, int32_t rank, int32_t layer) { return pool(kv, rank, layer, 0); }

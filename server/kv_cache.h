@@ -1,40 +1,50 @@
 /* kv_cache: paged key/value cache shared by all sequences of one model.
  *
- * Memory is split into fixed-size blocks of block_size token slots. Layout of a pool
- * (what the backend's attention and kv_store ops read and write): element (block b,
- * slot s, kv head h, dim d) is at
+ * Positions live in blocks of block_size token slots. Layout of a pool (what the
+ * backend's attention and kv_store ops read and write): element (block b, slot s, kv
+ * head h, dim d) is at
  *   pool + ((b * block_size + s) * n_kv_heads + h) * head_dim + d
  * with elements of type F16 (default) or F32. Position p of a sequence lives in block
  * table[p / block_size], slot p % block_size.
  *
- * Layers form one or two groups, each with its own pools, block ids, free list and
- * block table per sequence; a block id names the same slots in every pool of its group.
+ * Layers form one or two groups, each with a block table per sequence; a block id
+ * names the same slots in every pool of its group.
  *  - CV_KV_FULL: layers that attend to every earlier position. Its table grows with
  *    the sequence (one block per block_size positions). Without sliding layers this
- *    is every layer and the cache is exactly a plain paged cache.
+ *    is every layer and the cache is exactly a plain paged cache: each layer's K and V
+ *    pools of n_blocks blocks one after the other, block ids 0..n_blocks-1.
  *  - CV_KV_SLIDING: layers that only read the last `window` positions (Gemma 3's local
- *    layers). A sequence holds at most a ring of cv_kv_ring_blocks() blocks here; its
- *    table is virtual, entry i = ring[i % R], filled for every reserved position, so
- *    position p lands in ring slot p mod (R * block_size) and the attention ops read it
- *    through the table unchanged. A forward step first stores the K/V of all its rows,
- *    then reads positions pos-window+1..pos for each: the ring holds window + max_step
- *    - 1 positions, so the rows of one step (at most max_step per sequence) never
- *    overwrite a position that a row of the same step still reads.
- *  The sliding group exists only when the config names sliding layers and the ring is
+ *    layers). A sequence holds at most a ring of R = cv_kv_ring_blocks() blocks here;
+ *    its table is virtual, entry i = ring[i % R], filled for every reserved position,
+ *    so position p lands in ring slot p mod (R * block_size) and the attention ops read
+ *    it through the table unchanged. A forward step first stores the K/V of all its
+ *    rows, then reads positions pos-window+1..pos for each: the ring holds window +
+ *    max_step - 1 positions, so the rows of one step (at most max_step per sequence)
+ *    never overwrite a position that a row of the same step still reads.
+ *  The sliding group exists only when some but not all layers slide and the ring is
  *  shorter than max_seq_len; otherwise every layer is in the full group.
  *
- * The pools live where the model's backend computes: anonymous host mappings for the
+ * Memory: n_blocks memory blocks and one free list for both groups, so memory follows
+ * the mix of sequences (short ones use both groups alike, long ones mostly the full
+ * group). A memory block holds one block of every layer of the group with more layers
+ * (the wide group), or pack = wide layers / narrow layers blocks of the other: memory
+ * block m is K0 V0 K1 V1 ... of the wide group's layers, or pack runs of the narrow
+ * group's; ids count layer-blocks, so a layer's pool starts at its own offset in block 0
+ * and block m's id is m * 2 * wide layers (+ j * 2 * narrow layers for the narrow
+ * group's j-th). A memory block partly used by narrow blocks counts as used.
+ *
+ * The memory lives where the model's backend computes: anonymous host mappings for the
  * CPU (untouched blocks cost no resident memory), backend allocations otherwise, with
  * a device copy of every block table kept up to date by cv_kv_reserve (the ops read
  * block tables from device memory: cv_kv_device_table).
  *
- * A tensor-parallel model (n_ranks > 1) keeps one set of pools per rank, each holding
- * that rank's n_kv_heads heads in its own backend's memory, under one set of block
- * tables and free lists: every rank's sequence s uses the same blocks.
+ * A tensor-parallel model (n_ranks > 1) keeps one copy of the memory per rank, each
+ * holding that rank's n_kv_heads heads in its own backend's memory, under one set of
+ * block tables and one free list: every rank's sequence s uses the same blocks.
  *
  * Sequences are numbered 0..max_seqs-1. cv_kv_reserve grows a sequence to hold n
- * positions, taking blocks from the free lists; it fails with CV_EBUSY (and changes
- * nothing) when either group runs short, so the caller can preempt another sequence.
+ * positions, taking blocks from the free list; it fails with CV_EBUSY (and changes
+ * nothing) when the free list runs short, so the caller can preempt another sequence.
  * All memory is allocated by cv_kv_create: reserving and releasing never allocate.
  * Not thread-safe: one engine thread owns a cache.
  */
@@ -60,7 +70,7 @@ typedef struct cv_kv_config {
     int32_t n_kv_heads;
     int32_t head_dim;
     int32_t block_size;   /* token slots per block */
-    int32_t n_blocks;     /* blocks of the full group */
+    int32_t n_blocks;     /* memory blocks in the whole cache (see above) */
     int32_t max_seqs;     /* sequence ids 0..max_seqs-1 */
     int32_t max_seq_len;  /* positions one sequence may hold (its table's capacity) */
     cv_type type;         /* CV_TYPE_F16 or CV_TYPE_F32 */
@@ -72,8 +82,7 @@ typedef struct cv_kv_config {
      * pos-window+1..pos; the array is copied by cv_kv_create. */
     const uint8_t *sliding;
     int32_t window;
-    int32_t max_step;      /* most positions one forward step adds to one sequence */
-    int32_t n_ring_blocks; /* blocks of the sliding group; 0: a full ring per sequence */
+    int32_t max_step;     /* most positions one forward step adds to one sequence */
 } cv_kv_config;
 
 typedef struct cv_kv_cache cv_kv_cache;
@@ -84,12 +93,13 @@ void cv_kv_free(cv_kv_cache *kv);
 /* Blocks in a sequence's sliding ring under this config: ceil((window + max_step - 1)
  * / block_size), or 0 when it has no sliding group (see above). */
 int32_t cv_kv_ring_blocks(const cv_kv_config *cfg);
-/* Bytes of K+V memory one block of `group` takes across its layers and all ranks
- * under this config (0 for a group without layers). */
-size_t cv_kv_block_bytes(const cv_kv_config *cfg, cv_kv_group group);
+/* Bytes of one memory block under this config, all ranks. */
+size_t cv_kv_block_bytes(const cv_kv_config *cfg);
+/* Memory blocks one sequence of n_pos positions takes on its own (narrow blocks
+ * rounded up to whole memory blocks). */
+int32_t cv_kv_blocks_for(const cv_kv_config *cfg, int32_t n_pos);
 
-/* The config as created; n_ring_blocks is the sliding group's actual block count (0
- * without one) and sliding points to the cache's copy. */
+/* The config as created (sliding points to the cache's copy). */
 const cv_kv_config *cv_kv_config_of(const cv_kv_cache *kv);
 /* Bytes of K+V memory for all layers and ranks (whether touched or not). */
 size_t cv_kv_bytes(const cv_kv_cache *kv);
@@ -101,11 +111,11 @@ size_t cv_kv_seq_bytes(const cv_kv_cache *kv, int32_t seq);
 /* The group that holds layer `layer`'s K and V. */
 cv_kv_group cv_kv_layer_group(const cv_kv_cache *kv, int32_t layer);
 
-/* Make sequence `seq` able to hold positions 0..n_pos-1. CV_EBUSY when either group
- * has not enough free blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of range, or the
+/* Make sequence `seq` able to hold positions 0..n_pos-1. CV_EBUSY when not enough
+ * free memory blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of range, or the
  * backend's error when the device copy of the table cannot be updated. */
 cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *err);
-/* Give all blocks of `seq` back to the free lists; the sequence is empty again. */
+/* Give all blocks of `seq` back to the free list; the sequence is empty again. */
 void cv_kv_release(cv_kv_cache *kv, int32_t seq);
 
 /* Positions sequence `seq` can hold now (a multiple of block_size). */
@@ -116,9 +126,8 @@ int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq);
 const int32_t *cv_kv_block_table(const cv_kv_cache *kv, cv_kv_group group, int32_t seq);
 /* The same table in rank `rank`'s backend memory, for cv_attn_row.block_table. */
 const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t rank, cv_kv_group group, int32_t seq);
-/* Blocks of `group` free, and in all (0 and 0 for a group the cache does not have). */
-int32_t cv_kv_free_blocks(const cv_kv_cache *kv, cv_kv_group group);
-int32_t cv_kv_total_blocks(const cv_kv_cache *kv, cv_kv_group group);
+/* Memory blocks free (of cv_kv_config_of(kv)->n_blocks). */
+int32_t cv_kv_free_blocks(const cv_kv_cache *kv);
 
 /* The K and V pools of one layer on one rank (block ids of the layer's group). */
 void *cv_kv_k_pool(const cv_kv_cache *kv, int32_t rank, int32_t layer);

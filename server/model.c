@@ -518,17 +518,16 @@ void cv_model_free(cv_model *m) {
 
 cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
                                 cv_type kv_type) {
-    const int32_t block = 16;
     if (n_ctx <= 0) n_ctx = m->hp.n_ctx_train;
-    int32_t per_seq = (n_ctx + block - 1) / block;
     /* Sliding layers get a ring long enough for the window plus one forward call's rows
      * of one sequence (at most max_batch). */
-    return (cv_kv_config){.n_layers = m->hp.n_layers, .n_kv_heads = m->n_kv_heads,
-                          .head_dim = m->hp.head_dim, .block_size = block,
-                          .n_blocks = per_seq * max_seqs, .max_seqs = max_seqs,
-                          .max_seq_len = n_ctx, .type = kv_type, .n_ranks = 1,
-                          .backends = {m->be}, .sliding = m->sliding,
-                          .window = m->hp.sliding_window, .max_step = m->opts.max_batch};
+    cv_kv_config kc = {.n_layers = m->hp.n_layers, .n_kv_heads = m->n_kv_heads,
+                       .head_dim = m->hp.head_dim, .block_size = 16, .max_seqs = max_seqs,
+                       .max_seq_len = n_ctx, .type = kv_type, .n_ranks = 1,
+                       .backends = {m->be}, .sliding = m->sliding,
+                       .window = m->hp.sliding_window, .max_step = m->opts.max_batch};
+    kc.n_blocks = cv_kv_blocks_for(&kc, n_ctx) * max_seqs;
+    return kc;
 }
 
 /* ---- forward ---- */

@@ -94,8 +94,9 @@ uint64_t cv_model_copied_bytes(const cv_model *m);
  * memory of the model's backend. Sliding-window layers (gemma3) are named with their
  * window and max_step = max_batch, so they get a ring of window + max_batch - 1
  * positions per sequence when that is shorter than n_ctx (kv_cache.h); set window to
- * 0 to keep every position in every layer. For a shard: this rank's kv heads, one
- * rank (tp.h fills in the others). */
+ * 0 to keep every position in every layer. n_blocks is cv_kv_blocks_for(n_ctx) per
+ * sequence: a caller that changes the config recomputes it. For a shard: this rank's
+ * kv heads, one rank (tp.h fills in the others). */
 cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_seqs,
                                 cv_type kv_type);
 

@@ -404,7 +404,10 @@ static cv_status runtime_open(const run_opts *o, int32_t max_batch, int32_t max_
         goto err;
     }
     cv_kv_config kc = cv_tp_kv_config(rt->tp, o->n_ctx, 1, o->kv_type);
-    if (o->swa_full) kc.window = 0;
+    if (o->swa_full) {
+        kc.window = 0;
+        kc.n_blocks = cv_kv_blocks_for(&kc, kc.max_seq_len);
+    }
     if ((st = cv_kv_create(&kc, &rt->kv, e))) goto err;
     return CV_OK;
 err:

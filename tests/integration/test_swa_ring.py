@@ -44,12 +44,13 @@ def run_ring_equals_full_cache(ref):
     assert len(ring["tokens"]) == LONG[1], "the generation stopped at %d tokens" % len(ring["tokens"])
     same = next((i for i, (a, b) in enumerate(zip(ring["tokens"], full["tokens"])) if a != b), None)
     assert ring["tokens"] == full["tokens"], "first difference at generated token %s" % same
-    # 18 layers of one 256-wide kv head (f16): 1 KiB per layer and position. The 3
-    # global layers keep all 2048 positions, the 15 sliding ones a ring of 768.
+    # 18 layers of one 256-wide kv head (f16): 1 KiB per layer and position. The 15
+    # sliding layers keep a ring of 48 blocks of 16 positions (768), the 3 global ones
+    # all 128 blocks, 5 to a memory block of 15 layers' block.
     print("KV cache for %d positions: %.2f MiB with the ring, %.2f MiB without" %
           (CTX, ring["kv_bytes"] / 2**20, full["kv_bytes"] / 2**20))
     assert full["kv_bytes"] == 18 * 1024 * CTX
-    assert ring["kv_bytes"] == (3 * CTX + 15 * 768) * 1024
+    assert ring["kv_bytes"] == (48 + 26) * 15 * 16 * 1024
 
 
 def server_streams_equal_corvid_run(ref):

@@ -268,13 +268,13 @@ static void test_sliding_window_rings_keep_greedy_tokens(void **state) {
     cv_engine_get_stats(solo->engine, &st);
     assert_int_equal(st.kv_blocks_total, 16); /* no ring: one group, 256 positions */
     cv_slot_free(solo);
-    /* Per block of 16 positions, one layer's K+V: 4 kv heads x 32 dims x 2 x f16. The
-     * budget: 24 blocks for rings (2 for each of 12 sequences) and 24 for the global
-     * layer, under two sequences of 200 positions (13 blocks each). */
+    /* A memory block holds 16 positions of one layer (the sliding and the global layer
+     * draw from the same ones): 4 kv heads x 32 dims x K+V x f16 each. 48 of them hold
+     * three sequences of 200 positions (13 global blocks and a ring of 2 each). */
     const size_t per_block = 16 * 2 * 4 * 32 * 2;
     cv_slot *tight = load_file(path, 12, 64, 25, 48 * per_block, 16);
     cv_engine_get_stats(tight->engine, &st);
-    assert_int_equal(st.kv_blocks_total, 48); /* blocks of both groups: 24 of two layers without rings */
+    assert_int_equal(st.kv_blocks_total, 48); /* without rings: 24 blocks of both layers */
     check_batched_equals(tight, ref, N, 2);
     cv_engine_get_stats(tight->engine, &st);
     printf("gemma3 synthetic, 12 sequences in 48 blocks: %llu preemptions\n", (unsigned long long)st.preemptions);

@@ -22,22 +22,22 @@ static void test_reserve_takes_blocks_and_release_returns_them(void **state) {
     cv_kv_cache *kv;
     cv_error e = {0};
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
     assert_int_equal(cv_kv_bytes_per_token(kv), 3 * 2 * 2 * 8 * 2);
     assert_int_equal(cv_kv_bytes(kv), 10 * 4 * cv_kv_bytes_per_token(kv));
 
     assert_int_equal(cv_kv_reserve(kv, 1, 5, &e), CV_OK);   /* 2 blocks */
     assert_int_equal(cv_kv_capacity(kv, 1), 8);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 8);
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);   /* still fits */
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 8);
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
     assert_int_equal(cv_kv_reserve(kv, 1, 9, &e), CV_OK);   /* one more */
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 7);
+    assert_int_equal(cv_kv_free_blocks(kv), 7);
     assert_int_equal(cv_kv_reserve(kv, 0, 0, &e), CV_OK);   /* empty is fine */
     assert_int_equal(cv_kv_capacity(kv, 0), 0);
 
     cv_kv_release(kv, 1);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
     assert_int_equal(cv_kv_capacity(kv, 1), 0);
     cv_kv_free(kv);
 }
@@ -53,11 +53,11 @@ static void test_exhaustion_is_busy_and_changes_nothing(void **state) {
     assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_EBUSY); /* needs 2, 1 free */
     assert_non_null(strstr(e.msg, "needs 2 more blocks, 1 free"));
     assert_int_equal(cv_kv_capacity(kv, 2), 0);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 1);
+    assert_int_equal(cv_kv_free_blocks(kv), 1);
     /* Preempting sequence 0 makes room. */
     cv_kv_release(kv, 0);
     assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_OK);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 5);
+    assert_int_equal(cv_kv_free_blocks(kv), 5);
     cv_kv_free(kv);
 }
 
@@ -73,7 +73,7 @@ static void test_limits_are_range_errors(void **state) {
     assert_int_equal(cv_kv_reserve(kv, -1, 1, &e), CV_ERANGE);
     assert_null(cv_kv_block_table(kv, CV_KV_FULL, 4));
     cv_kv_release(kv, 7); /* out of range: ignored */
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 10);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);
     cv_kv_free(kv);
 }
 
@@ -142,7 +142,7 @@ static void test_random_traffic_keeps_blocks_disjoint(void **state) {
             for (int32_t p = 0; p < len[q]; p++)
                 assert_true(v[(t[p / 2] * 2 + p % 2) * 4] == (float)(q * 100 + p));
         }
-        assert_int_equal(total + cv_kv_free_blocks(kv, CV_KV_FULL), 40);
+        assert_int_equal(total + cv_kv_free_blocks(kv), 40);
     }
     /* Pools of different layers and K/V do not overlap. */
     uint8_t *k0 = cv_kv_k_pool(kv, 0, 0), *v0 = cv_kv_v_pool(kv, 0, 0), *k1 = cv_kv_k_pool(kv, 0, 1);
@@ -197,7 +197,7 @@ static void test_device_backend_mirrors_block_tables(void **state) {
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_EIO);
     assert_non_null(strstr(e.msg, "block table of sequence 1 on rank 0: device lost"));
     assert_int_equal(cv_kv_capacity(kv, 1), 0);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 6);
+    assert_int_equal(cv_kv_free_blocks(kv), 6);
     dev.fail_uploads = 0;
     assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
     assert_memory_equal(cv_kv_block_table(kv, CV_KV_FULL, 1), cv_kv_device_table(kv, 0, CV_KV_FULL, 1), 2 * sizeof(int32_t));
@@ -236,7 +236,7 @@ static void test_ranks_share_block_tables(void **state) {
     assert_int_equal(cv_kv_reserve(kv, 0, 4, &e), CV_EIO);
     assert_non_null(strstr(e.msg, "sequence 0 on rank 1: device lost"));
     assert_int_equal(cv_kv_capacity(kv, 0), 0);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), cfg.n_blocks - 3);
+    assert_int_equal(cv_kv_free_blocks(kv), cfg.n_blocks - 3);
     cfg.n_ranks = CV_KV_MAX_RANKS + 1;
     cv_kv_cache *bad = NULL;
     assert_int_equal(cv_kv_create(&cfg, &bad, &e), CV_EINVAL);
@@ -247,7 +247,8 @@ static void test_ranks_share_block_tables(void **state) {
 }
 
 /* Layers 0, 1 and 3 slide over 6 positions with steps of up to 3: rings of
- * ceil((6 + 3 - 1) / 2) = 4 blocks of 2 slots; layer 2 keeps every position. */
+ * ceil((6 + 3 - 1) / 2) = 4 blocks of 2 slots; layer 2 keeps every position. A memory
+ * block holds one block of the 3 sliding layers or 3 blocks of layer 2. */
 static const uint8_t k_sliding[4] = {1, 1, 0, 1};
 
 static cv_kv_config ring_cfg(void) {
@@ -261,66 +262,64 @@ static void test_sliding_layers_get_a_ring(void **state) {
     cv_kv_config cfg = ring_cfg();
     assert_int_equal(cv_kv_ring_blocks(&cfg), 4);
     const size_t layer_block = 2 * 2 * 4 * 4; /* K+V x 2 slots x 4 dims x f32 */
-    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_FULL), 1 * layer_block);
-    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_SLIDING), 3 * layer_block);
+    assert_int_equal(cv_kv_block_bytes(&cfg), 3 * layer_block);
+    assert_int_equal(cv_kv_blocks_for(&cfg, 5), 3 + 1);
+    assert_int_equal(cv_kv_blocks_for(&cfg, 33), 4 + 6); /* ring of 4, 17 blocks of layer 2 */
     cv_kv_cache *kv;
     cv_error e = {0};
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
     for (int32_t l = 0; l < 4; l++) assert_int_equal(cv_kv_layer_group(kv, l), k_sliding[l] ? CV_KV_SLIDING : CV_KV_FULL);
-    assert_int_equal(cv_kv_total_blocks(kv, CV_KV_SLIDING), 3 * 4); /* default: a ring per sequence */
-    assert_int_equal(cv_kv_config_of(kv)->n_ring_blocks, 12);
-    assert_int_equal(cv_kv_bytes(kv), 60 * layer_block + 12 * 3 * layer_block);
+    assert_int_equal(cv_kv_bytes(kv), 60 * 3 * layer_block);
     assert_int_equal(cv_kv_bytes_per_token(kv), layer_block / 2);
 
-    /* Short of a ring: a plain table in both groups. */
+    /* Short of a ring: a plain table in both groups. Layer 2's blocks are the thirds of
+     * memory block 0 (ids in layer-blocks: 0, 2, 4), the sliding ones blocks 1..3. */
     assert_int_equal(cv_kv_reserve(kv, 0, 5, &e), CV_OK);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 3);
-    static const int32_t first3[3] = {0, 1, 2};
-    assert_memory_equal(cv_kv_block_table(kv, CV_KV_SLIDING, 0), first3, sizeof first3);
+    assert_int_equal(cv_kv_free_blocks(kv), 60 - 4);
+    static const int32_t full3[3] = {0, 2, 4}, ring3[3] = {6, 12, 18};
+    assert_memory_equal(cv_kv_block_table(kv, CV_KV_FULL, 0), full3, sizeof full3);
+    assert_memory_equal(cv_kv_block_table(kv, CV_KV_SLIDING, 0), ring3, sizeof ring3);
     /* 33 positions: 17 entries; the sliding ones repeat the ring of 4. */
     assert_int_equal(cv_kv_reserve(kv, 0, 33, &e), CV_OK);
     assert_int_equal(cv_kv_capacity(kv, 0), 34);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 17);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 4);
+    assert_int_equal(cv_kv_free_blocks(kv), 60 - 10);
     const int32_t *ring = cv_kv_block_table(kv, CV_KV_SLIDING, 0);
     for (int32_t i = 0; i < 17; i++) assert_int_equal(ring[i], ring[i % 4]);
     assert_int_equal(cv_kv_seq_bytes(kv, 0), 17 * layer_block + 4 * 3 * layer_block);
-    /* Pools: sliding layers use their group's blocks, apart from the full layer's. */
-    uint8_t *k2 = cv_kv_k_pool(kv, 0, 2), *v2 = cv_kv_v_pool(kv, 0, 2);
-    uint8_t *k0 = cv_kv_k_pool(kv, 0, 0), *k1 = cv_kv_k_pool(kv, 0, 1), *v3 = cv_kv_v_pool(kv, 0, 3);
-    assert_int_equal(v2 - k2, 60 * layer_block / 2);
-    assert_int_equal(k0 - k2, 60 * layer_block);
-    assert_int_equal(k1 - k0, 12 * layer_block);
-    assert_int_equal(v3 - k0, 5 * 12 * layer_block / 2);
-
+    /* Each group's layers start at their own offset in memory block 0. */
+    uint8_t *k0 = cv_kv_k_pool(kv, 0, 0);
+    assert_ptr_equal(cv_kv_k_pool(kv, 0, 2), k0);
+    assert_int_equal((uint8_t *)cv_kv_v_pool(kv, 0, 2) - k0, layer_block / 2);
+    assert_int_equal((uint8_t *)cv_kv_k_pool(kv, 0, 1) - k0, layer_block);
+    assert_int_equal((uint8_t *)cv_kv_v_pool(kv, 0, 3) - k0, 5 * layer_block / 2);
     cv_kv_release(kv, 0);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60);
+    assert_int_equal(cv_kv_free_blocks(kv), 60);
     cv_kv_free(kv);
 
-    /* Rings for one and a half sequences: the second ring is busy, and nothing moves. */
-    cfg.n_ring_blocks = 6;
+    /* Room for 8 memory blocks: a second sequence is busy, and nothing moves. */
+    cfg.n_blocks = 8;
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
-    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 1, 8, &e), CV_OK); /* 4 ring blocks, 4 thirds of 2 */
+    assert_int_equal(cv_kv_free_blocks(kv), 2);
     assert_int_equal(cv_kv_reserve(kv, 2, 9, &e), CV_EBUSY);
-    assert_non_null(strstr(e.msg, "sequence 2 needs 4 more sliding-window blocks, 2 free"));
+    assert_non_null(strstr(e.msg, "sequence 2 needs 5 more blocks, 2 free"));
     assert_int_equal(cv_kv_capacity(kv, 2), 0);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 4);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 2);
+    assert_int_equal(cv_kv_free_blocks(kv), 2);
+    assert_int_equal(cv_kv_reserve(kv, 2, 2, &e), CV_OK); /* the free third and one block */
+    assert_int_equal(cv_kv_free_blocks(kv), 1);
     cv_kv_release(kv, 1);
     assert_int_equal(cv_kv_reserve(kv, 2, 9, &e), CV_OK);
     cv_kv_release(kv, 2);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 6);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60);
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
     cv_kv_free(kv);
 
     /* A ring as long as the context saves nothing: one group, as without a window. */
+    cfg = ring_cfg();
     cfg.max_seq_len = 8;
     assert_int_equal(cv_kv_ring_blocks(&cfg), 0);
-    assert_int_equal(cv_kv_block_bytes(&cfg, CV_KV_FULL), 4 * layer_block);
+    assert_int_equal(cv_kv_block_bytes(&cfg), 4 * layer_block);
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
     assert_int_equal(cv_kv_layer_group(kv, 0), CV_KV_FULL);
-    assert_int_equal(cv_kv_total_blocks(kv, CV_KV_SLIDING), 0);
     assert_int_equal(cv_kv_reserve(kv, 0, 8, &e), CV_OK);
     assert_ptr_equal(cv_kv_block_table(kv, CV_KV_SLIDING, 0), cv_kv_block_table(kv, CV_KV_FULL, 0));
     cv_kv_free(kv);
@@ -349,30 +348,37 @@ static void test_device_mirrors_ring_tables(void **state) {
         assert_memory_equal(cv_kv_device_table(kv, 1, g, 1), cv_kv_block_table(kv, g, 1), 11 * sizeof(int32_t));
     }
     assert_ptr_not_equal(cv_kv_device_table(kv, 1, CV_KV_FULL, 1), cv_kv_device_table(kv, 1, CV_KV_SLIDING, 1));
+    assert_int_equal(cv_kv_free_blocks(kv), 60 - 4 - 4); /* ring of 4, 11 thirds */
     dev.fail_uploads = 1;
     assert_int_equal(cv_kv_reserve(kv, 0, 10, &e), CV_EIO);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_FULL), 60 - 11);
-    assert_int_equal(cv_kv_free_blocks(kv, CV_KV_SLIDING), 12 - 4);
+    assert_int_equal(cv_kv_free_blocks(kv), 60 - 8);
+    assert_int_equal(cv_kv_capacity(kv, 0), 0);
     cv_kv_free(kv);
     assert_int_equal(dev.n_allocs, 0);
 }
 
 /* Steps of 1..max_step positions per sequence, as a forward pass does them: store the
- * step's positions first, then every one of them must still read its whole window
- * through the sliding table. Rings of live sequences never share a block. */
+ * step's positions first (in a sliding layer and in the full layer, whose pools start
+ * at the same address), then every one of them must still read its whole window
+ * through the sliding table, and every position of every live sequence must still be
+ * intact in the full layer. Memory blocks move between the groups as sequences come
+ * and go; none is lost. */
 static void test_ring_keeps_every_window_a_step_reads(void **state) {
     (void)state;
     unsigned seed = (unsigned)time(NULL);
     printf("seed %u\n", seed);
     srand(seed);
     cv_kv_config cfg = ring_cfg();
-    cfg.n_ring_blocks = 10; /* two and a half rings: some reserves are busy */
+    cfg.n_blocks = 14; /* under three long sequences: some reserves are busy */
     cv_kv_cache *kv;
     cv_error e = {0};
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    float *ks = cv_kv_k_pool(kv, 0, 0), *kf = cv_kv_k_pool(kv, 0, 2);
+    assert_ptr_equal(ks, kf);
+#define AT(t, p) (((t)[(p) / 2] * 2 + (p) % 2) * 4)
     int32_t len[3] = {0};
     int busy = 0;
-    for (int step = 0; step < 3000; step++) {
+    for (int step = 0; step < 4000; step++) {
         int32_t s = rand() % 3;
         if (rand() % 16 == 0 || len[s] == 40) {
             cv_kv_release(kv, s);
@@ -387,41 +393,47 @@ static void test_ring_keeps_every_window_a_step_reads(void **state) {
             busy++;
             continue;
         }
-        float *k = cv_kv_k_pool(kv, 0, 3);
-        const int32_t *t = cv_kv_block_table(kv, CV_KV_SLIDING, s);
-        for (int32_t p = len[s]; p < n; p++) k[(t[p / 2] * 2 + p % 2) * 4] = (float)(s * 100 + p);
-        for (int32_t p = len[s]; p < n; p++)
-            for (int32_t r = p - 5 < 0 ? 0 : p - 5; r <= p; r++)
-                assert_true(k[(t[r / 2] * 2 + r % 2) * 4] == (float)(s * 100 + r));
-        len[s] = n;
-        int used[10] = {0}, held = 0;
-        for (int32_t q = 0; q < 3; q++) {
-            const int32_t *tq = cv_kv_block_table(kv, CV_KV_SLIDING, q);
-            int32_t entries = cv_kv_capacity(kv, q) / 2;
-            for (int32_t b = 0; b < (entries < 4 ? entries : 4); b++, held++) assert_int_equal(used[tq[b]]++, 0);
+        const int32_t *ts = cv_kv_block_table(kv, CV_KV_SLIDING, s), *tf = cv_kv_block_table(kv, CV_KV_FULL, s);
+        for (int32_t p = len[s]; p < n; p++) {
+            ks[AT(ts, p)] = (float)(s * 100 + p);
+            kf[AT(tf, p)] = (float)(-s * 100 - p);
         }
-        assert_int_equal(held + cv_kv_free_blocks(kv, CV_KV_SLIDING), 10);
+        for (int32_t p = len[s]; p < n; p++)
+            for (int32_t r = p - 5 < 0 ? 0 : p - 5; r <= p; r++) assert_true(ks[AT(ts, r)] == (float)(s * 100 + r));
+        len[s] = n;
+        for (int32_t q = 0; q < 3; q++) {
+            assert_true(cv_kv_capacity(kv, q) >= len[q]);
+            const int32_t *t = cv_kv_block_table(kv, CV_KV_FULL, q);
+            for (int32_t p = 0; p < len[q]; p++) assert_true(kf[AT(t, p)] == (float)(-q * 100 - p));
+        }
     }
+#undef AT
     assert_true(busy > 0);
+    for (int32_t q = 0; q < 3; q++) cv_kv_release(kv, q);
+    assert_int_equal(cv_kv_free_blocks(kv), 14);
+    /* All of it is one sequence's again. */
+    assert_int_equal(cv_kv_reserve(kv, 0, 40, &e), CV_OK);
+    assert_int_equal(cv_kv_free_blocks(kv), 14 - cv_kv_blocks_for(&cfg, 40));
     cv_kv_free(kv);
 }
 
 /* Gemma 3 shapes (f16, blocks of 16, steps of 256 rows): K+V bytes one sequence holds
- * with the ring, against every position in every layer. 270M: 18 layers, 1 kv head of
- * 256, window 512, every 6th layer global. 27B: 62 layers, 16 kv heads of 128, window
- * 1024 (its config is checked without allocating 2.5 GiB). */
+ * with the ring and the memory blocks it takes, against every position in every
+ * layer. 270M: 18 layers, 1 kv head of 256, window 512, every 6th layer global. 27B:
+ * 62 layers, 16 kv heads of 128, window 1024 (checked without allocating 3 GiB). */
 static void test_gemma3_sequences_hold_less(void **state) {
     (void)state;
     static uint8_t sl270[18], sl27[62];
     for (int l = 0; l < 18; l++) sl270[l] = (l + 1) % 6 != 0;
     for (int l = 0; l < 62; l++) sl27[l] = (l + 1) % 6 != 0;
-    const struct { const char *name; cv_kv_config cfg; int32_t ctx; size_t want; int alloc; } c[] = {
+    const size_t kib = 1024;
+    const struct { const char *name; cv_kv_config cfg; int32_t ctx; size_t held, taken; } c[] = {
         {"gemma3 270M", {.n_layers = 18, .n_kv_heads = 1, .head_dim = 256, .sliding = sl270, .window = 512},
-         4096, (3 * 4096 + 15 * 768) * 1024, 1},
+         4096, (3 * 4096 + 15 * 768) * kib, (48 + 52) * 15 * 16 * kib},
         {"gemma3 270M", {.n_layers = 18, .n_kv_heads = 1, .head_dim = 256, .sliding = sl270, .window = 512},
-         32768, (3 * 32768 + 15 * 768) * 1024, 1},
+         32768, (3 * 32768 + 15 * 768) * kib, (48 + 410) * 15 * 16 * kib},
         {"gemma3 27B", {.n_layers = 62, .n_kv_heads = 16, .head_dim = 128, .sliding = sl27, .window = 1024},
-         32768, ((size_t)10 * 32768 + 52 * 1280) * 8192, 0},
+         32768, ((size_t)10 * 32768 + 52 * 1280) * 8 * kib, (size_t)(80 + 410) * 52 * 16 * 8 * kib},
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         cv_kv_config cfg = c[i].cfg;
@@ -430,23 +442,25 @@ static void test_gemma3_sequences_hold_less(void **state) {
         cfg.type = CV_TYPE_F16;
         cfg.max_seqs = 1;
         cfg.max_seq_len = c[i].ctx;
-        cfg.n_blocks = c[i].ctx / 16;
-        size_t ring = c[i].ctx / 16 * cv_kv_block_bytes(&cfg, CV_KV_FULL) +
-                      (size_t)cv_kv_ring_blocks(&cfg) * cv_kv_block_bytes(&cfg, CV_KV_SLIDING);
-        if (c[i].alloc) {
+        cfg.n_blocks = cv_kv_blocks_for(&cfg, c[i].ctx);
+        const size_t taken = (size_t)cfg.n_blocks * cv_kv_block_bytes(&cfg);
+        assert_int_equal(taken, c[i].taken);
+        if (cfg.n_layers == 18) {
             cv_kv_cache *kv;
             cv_error e = {0};
             assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+            assert_int_equal(cv_kv_bytes(kv), taken);
             assert_int_equal(cv_kv_reserve(kv, 0, c[i].ctx, &e), CV_OK);
-            assert_int_equal(cv_kv_seq_bytes(kv, 0), ring);
+            assert_int_equal(cv_kv_free_blocks(kv), 0);
+            assert_int_equal(cv_kv_seq_bytes(kv, 0), c[i].held);
             cv_kv_free(kv);
         }
         cfg.window = 0;
-        size_t full = c[i].ctx / 16 * cv_kv_block_bytes(&cfg, CV_KV_FULL);
-        printf("%s, %d positions: %.1f MiB with the ring, %.1f MiB without (%.1fx)\n", c[i].name, c[i].ctx,
-               ring / 1048576.0, full / 1048576.0, (double)full / ring);
-        assert_int_equal(ring, c[i].want);
+        const size_t full = (size_t)cv_kv_blocks_for(&cfg, c[i].ctx) * cv_kv_block_bytes(&cfg);
         assert_int_equal(full, (size_t)c[i].ctx * cfg.n_layers * 2 * cfg.n_kv_heads * cfg.head_dim * 2);
+        printf("%s, %d positions: %.1f MiB held (%.1f MiB of memory blocks) with the ring, %.1f MiB "
+               "without (%.1fx)\n", c[i].name, c[i].ctx, c[i].held / 1048576.0, taken / 1048576.0,
+               full / 1048576.0, (double)full / taken);
     }
 }
 
