@@ -464,6 +464,43 @@ static void test_gemma3_sequences_hold_less(void **state) {
     }
 }
 
+/* Sequences of n_pos positions that fit in cfg's cache, reserved one after the other. */
+static int32_t count_fitting(const cv_kv_config *cfg, int32_t n_pos) {
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(cfg, &kv, &e), CV_OK);
+    int32_t n = 0;
+    while (n < cfg->max_seqs && cv_kv_reserve(kv, n, n_pos, &e) == CV_OK) n++;
+    cv_kv_free(kv);
+    return n;
+}
+
+/* The server's defaults on Gemma 3 270M: 512 MiB for 64 sequences of up to 4096
+ * positions. Without rings that is 1820 blocks of all 18 layers: 7 sequences of 4096
+ * positions, or 62 of 455. With them, 2184 memory blocks: 22 of the long ones,
+ * and (both groups drawing from the same blocks) still as many short ones. */
+static void test_gemma3_budget_holds_more_sequences(void **state) {
+    (void)state;
+    static uint8_t sl[18];
+    for (int l = 0; l < 18; l++) sl[l] = (l + 1) % 6 != 0;
+    cv_kv_config cfg = {.n_layers = 18, .n_kv_heads = 1, .head_dim = 256, .block_size = 16, .max_seqs = 64,
+                        .max_seq_len = 4096, .type = CV_TYPE_F16, .sliding = sl, .window = 512, .max_step = 256};
+    const size_t budget = (size_t)512 << 20;
+    cfg.n_blocks = (int32_t)(budget / cv_kv_block_bytes(&cfg));
+    assert_int_equal(cfg.n_blocks, 2184);
+    const int32_t ring_long = count_fitting(&cfg, 4096), ring_short = count_fitting(&cfg, 455);
+    cfg.window = 0;
+    cfg.n_blocks = (int32_t)(budget / cv_kv_block_bytes(&cfg));
+    assert_int_equal(cfg.n_blocks, 1820);
+    const int32_t full_long = count_fitting(&cfg, 4096), full_short = count_fitting(&cfg, 455);
+    printf("512 MiB, gemma3 270M: %d sequences of 4096 positions with rings, %d without; %d of 455 with, "
+           "%d without\n", ring_long, full_long, ring_short, full_short);
+    assert_int_equal(full_long, 7);
+    assert_int_equal(ring_long, 22);
+    assert_int_equal(full_short, 62);
+    assert_true(ring_short >= full_short);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reserve_takes_blocks_and_release_returns_them),
@@ -477,6 +514,7 @@ int main(void) {
         cmocka_unit_test(test_device_mirrors_ring_tables),
         cmocka_unit_test(test_ring_keeps_every_window_a_step_reads),
         cmocka_unit_test(test_gemma3_sequences_hold_less),
+        cmocka_unit_test(test_gemma3_budget_holds_more_sequences),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
