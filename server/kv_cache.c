@@ -131,10 +131,12 @@ static cv_status plan_groups(cv_kv_cache *kv, cv_error *err) {
     size_t block, total;
     if (__builtin_mul_overflow(slot_bytes(c), (size_t)c->block_size, &kv->unit) ||
         __builtin_mul_overflow(kv->unit, 2 * (size_t)wide_layers, &block) ||
-        __builtin_mul_overflow(block, (size_t)c->n_blocks, &total) || total > ((size_t)1 << 46) ||
-        (int64_t)c->n_blocks * kv->id_scale > INT32_MAX)
+        __builtin_mul_overflow(block, (size_t)c->n_blocks, &total) || total > ((size_t)1 << 46))
         return cv_errorf(err, CV_ERANGE, "kv cache: %d layers x %d blocks x %d slots x %zu bytes "
                          "exceeds 64 TiB", c->n_layers, c->n_blocks, c->block_size, slot_bytes(c));
+    if ((int64_t)c->n_blocks * kv->id_scale > INT32_MAX)
+        return cv_errorf(err, CV_ERANGE, "kv cache: %d blocks of %d layer-blocks each exceed the "
+                         "int32 block ids", c->n_blocks, kv->id_scale);
     kv->mem_bytes = total;
     kv->gap = ring ? kv->unit : kv->unit * (size_t)c->n_blocks;
     return CV_OK;

@@ -112,8 +112,8 @@ size_t cv_kv_seq_bytes(const cv_kv_cache *kv, int32_t seq);
 cv_kv_group cv_kv_layer_group(const cv_kv_cache *kv, int32_t layer);
 
 /* Make sequence `seq` able to hold positions 0..n_pos-1. CV_EBUSY when not enough
- * free memory blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of range, or the
- * backend's error when the device copy of the table cannot be updated. */
+ * free memory blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of
+ * range, or the backend's error when the device copy of the table cannot be updated. */
 cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *err);
 /* Give all blocks of `seq` back to the free list; the sequence is empty again. */
 void cv_kv_release(cv_kv_cache *kv, int32_t seq);
