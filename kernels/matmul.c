@@ -46,6 +46,9 @@ typedef struct mm_task {
 /* About 100 us of tile work per item; below SERIAL_MACS the caller does it all. */
 #define ITEM_MACS ((int64_t)1 << 22)
 #define SERIAL_MACS ((int64_t)1 << 17)
+/* Converted activations per chunk of a long batch: a quarter of a 1 MiB L2, leaving
+ * room for the item's weight rows. */
+#define CHUNK_ACT_BYTES ((size_t)256 << 10)
 
 static void mm_convert_item(void *ctx, int64_t t, int ith) {
     (void)ith;
@@ -77,14 +80,6 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
                    const cv_tensor *w, const float *x, float *y, int32_t n) {
     int nth = cv_threadpool_size(pool);
     mm_task m = {.k = k, .w = w, .scratch = scratch};
-    /* Items of 16..128 rows: several per thread and about ITEM_MACS of work each, so
-     * that a thread that starts late, runs slow or is preempted holding an item delays
-     * the others little; as long as that allows, so that each is a long stream. */
-    int64_t macs_per_16 = 16 * w->cols * (int64_t)n;
-    int64_t by_work = ITEM_MACS / macs_per_16, by_balance = w->rows / (16 * 4 * (int64_t)nth);
-    int64_t units = by_work < by_balance ? by_work : by_balance;
-    m.item_rows = 16 * (units < 1 ? 1 : units > 8 ? 8 : units);
-    int64_t items = (w->rows + m.item_rows - 1) / m.item_rows;
     /* Too little work to be worth waking the pool (small models, tiny matrices). */
     if (w->rows * w->cols * (int64_t)n < SERIAL_MACS) nth = 1;
     int32_t chunk = n;
@@ -92,10 +87,24 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
     if (m.act_bytes) {
         m.act_bytes = (m.act_bytes + 63) & ~(size_t)63;
         size_t fit = scratch_bytes / m.act_bytes; /* >= 1: weight_load checked */
-        if (fit < (size_t)n) chunk = (int32_t)fit;
         m.private_act = n <= PRIVATE_ACT_MAX && (size_t)n * (size_t)nth <= fit;
         if (m.private_act) memset(m.converted, 0, (size_t)nth);
+        /* A long batch (prefill) goes in chunks whose converted rows stay in each
+         * core's L2 while all the items pass over them: otherwise every 16 rows stream
+         * the whole batch in from L3 again. */
+        size_t in_l2 = CHUNK_ACT_BYTES / m.act_bytes / 16 * 16;
+        if (in_l2 < 16) in_l2 = 16;
+        if (in_l2 < fit) fit = in_l2;
+        if (fit < (size_t)n) chunk = (int32_t)fit;
     }
+    /* Items of 16..128 rows: several per thread and about ITEM_MACS of work each, so
+     * that a thread that starts late, runs slow or is preempted holding an item delays
+     * the others little; as long as that allows, so that each is a long stream. */
+    int64_t macs_per_16 = 16 * w->cols * (int64_t)chunk;
+    int64_t by_work = ITEM_MACS / macs_per_16, by_balance = w->rows / (16 * 4 * (int64_t)nth);
+    int64_t units = by_work < by_balance ? by_work : by_balance;
+    m.item_rows = 16 * (units < 1 ? 1 : units > 8 ? 8 : units);
+    int64_t items = (w->rows + m.item_rows - 1) / m.item_rows;
     for (int32_t c0 = 0; c0 < n; c0 += chunk) {
         m.n = n - c0 < chunk ? n - c0 : chunk;
         m.x = x + (int64_t)c0 * w->cols;

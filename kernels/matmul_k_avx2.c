@@ -144,15 +144,17 @@ INLINE void tile_q6_K(const int RN, const uint8_t *const rp[8], int rm, const ui
         for (int t = 0; t < RN; t++) sumi[t] = _mm256_setzero_si256();
         _Pragma("GCC unroll 2")
         for (int hh = 0; hh < 2; hh++) {
-            __m256i l0[8], l1[8], qh[8];
-            rows8_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
-            rows8_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
+            __m256i qh[8];
             rows8_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
+            /* runs 0 and 2 share their ql bytes, as do runs 1 and 3 */
+            __m256i l[8];
             _Pragma("GCC unroll 4")
-            for (int m = 0; m < 4; m++) {
+            for (int mi = 0; mi < 4; mi++) {
+                const int m = mi / 2 + 2 * (mi % 2);
+                if (m < 2) rows8_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32 * (size_t)m, l);
                 __m256i v[8];
                 _Pragma("GCC unroll 8")
-                for (int k = 0; k < 8; k++) v[k] = Q6_LEVELS(m % 2 ? l1[k] : l0[k], qh[k], m);
+                for (int k = 0; k < 8; k++) v[k] = Q6_LEVELS(l[k], qh[k], m);
                 _Pragma("GCC unroll 2")
                 for (int sub = 0; sub < 2; sub++) {
                     const int g = 8 * hh + 2 * m + sub;
