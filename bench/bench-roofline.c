@@ -6,9 +6,10 @@
  * triad: a[i] = b[i] + s * c[i] over three arrays of M/3 MiB (membw.h). Each figure is
  * the median of R runs (default 7), for 1 thread and for N (default: all CPUs).
  * --matmul also times the CPU backend's matmul on the weights of a TinyLlama-1.1B-shaped
- * model (22 layers of random Q4_0 and Q8_0 weights, all resident): a decode token at
- * B = 1 (reported as weight bytes / time and as a fraction of the N-thread read
- * bandwidth) and a 512-token prefill at B = 512 (matmuls only, tokens/s).
+ * model (22 layers of random weights, all resident, one model each of Q4_0, Q8_0, Q4_K
+ * and Q6_K): a decode token at B = 1 (reported as weight bytes / time and as a
+ * fraction of the N-thread read bandwidth) and a 512-token prefill at B = 512
+ * (matmuls only, tokens/s).
  * One JSON object on stdout.
  */
 #include <stdio.h>
@@ -56,9 +57,11 @@ static int model_make(cv_backend *be, cv_type type, model *m) {
         p[i] = (uint8_t)x;
     }
     size_t blk = cv_type_get(type)->block_bytes, off = 0;
+    /* Q6_K keeps its scale last; Q4_K has a second one (dmin) after d. */
+    size_t d_at = type == CV_TYPE_Q6_K ? blk - 2 : 0, n_d = type == CV_TYPE_Q4_K ? 2 : 1;
     for (size_t i = 0; i + blk <= m->bytes; i += blk) {
         uint16_t d = cv_fp32_to_fp16(0.01f);
-        memcpy(p + i, &d, 2);
+        for (size_t k = 0; k < n_d; k++) memcpy(p + i + d_at + 2 * k, &d, 2);
     }
     for (int i = 0; i < N_MATS; i++) {
         shape s = i == N_MATS - 1 ? k_head : k_layer[i % 7];
@@ -147,6 +150,8 @@ int main(int argc, char **argv) {
         printf(",\"matmul_backend\":\"%s\",\"matmul\":{", be->name);
         bench_matmul(be, CV_TYPE_Q4_0, runs, readn, 1);
         bench_matmul(be, CV_TYPE_Q8_0, runs, readn, 0);
+        bench_matmul(be, CV_TYPE_Q4_K, runs, readn, 0);
+        bench_matmul(be, CV_TYPE_Q6_K, runs, readn, 0);
         printf("}");
         cv_backend_destroy(be);
     }

@@ -255,8 +255,7 @@ const cv_matmul_kernel *cv_matmul_avx2_for(cv_type wtype) {
     switch (wtype) {
     case CV_TYPE_Q4_0: return &k_q4_0;
     case CV_TYPE_Q8_0: return &k_q8_0;
-    case CV_TYPE_Q4_K: return &cv_matmul_avx2_q4_K;
-    case CV_TYPE_Q6_K: return &cv_matmul_avx2_q6_K;
+    case CV_TYPE_Q4_K: case CV_TYPE_Q6_K: return &cv_matmul_avx2_k;
     default: return NULL;
     }
 }

@@ -152,8 +152,7 @@ static const cv_matmul_kernel k_vnni = {cv_matmul_x86_act_bytes, cv_matmul_x86_a
 const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
     switch (wtype) {
     case CV_TYPE_Q4_0: case CV_TYPE_Q8_0: return &k_vnni;
-    case CV_TYPE_Q4_K: return &cv_matmul_avx512_q4_K;
-    case CV_TYPE_Q6_K: return &cv_matmul_avx512_q6_K;
+    case CV_TYPE_Q4_K: case CV_TYPE_Q6_K: return &cv_matmul_avx512_k;
     default: return NULL;
     }
 }

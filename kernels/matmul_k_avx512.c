@@ -79,65 +79,45 @@ INLINE void head16(const uint8_t *const rp[16], size_t off, __m512i h[4]) {
     for (int g = 0; g < 4; g++) h[g] = join(a[g], b[g]);
 }
 
-INLINE void tile16_q4_K(const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
-                        size_t astride, int64_t nb, float *y, int64_t ldy) {
-    const size_t blk = sizeof(cv_block_q4_K);
-    __m512 acc[RN_MAX];
-    _Pragma("GCC unroll 8")
-    for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
-         * this tile reads its own. */
-        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
-        const size_t wo = (size_t)b * blk;
-        const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
-        __m512i h[4], s03, s47, m03, m47;
-        head16(rp, wo, h);
-        K4_SCALES(h[1], h[2], h[3], s03, s47, m03, m47);
-        const __m512 dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
-        const __m512 dmw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
-        __m512i sumi[RN_MAX];
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < RN; t++) sumi[t] = _mm512_setzero_si512();
-        _Pragma("GCC unroll 4")
-        for (int c = 0; c < 4; c++) {
-            __m512i p[8];
-            rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
-            _Pragma("GCC unroll 2")
-            for (int half = 0; half < 2; half++) {
-                const int j = 2 * c + half;
-                const __m512i sc = pick16(j < 4 ? s03 : s47, K_PICK(j % 4, -1, -1, -1));
-                __m512i v[8];
-                _Pragma("GCC unroll 8")
-                for (int k = 0; k < 8; k++) v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
-                _Pragma("GCC unroll 8")
-                for (int t = 0; t < RN; t++) {
-                    const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
-                    __m512i s = _mm512_setzero_si512();
-                    _Pragma("GCC unroll 8")
-                    for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
-                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
-                }
-            }
-        }
-        _Pragma("GCC unroll 8")
-        for (int t = 0; t < RN; t++) {
-            const uint8_t *at = ab + t * astride;
-            __m512i summ = _mm512_setzero_si512();
+/* Super-block b (weights at rp[j] + wo, activations at ab + t * astride) of the 16 rows
+ * for RN tokens: sumi[t] = sum_j sc_j x (quants . activations) and summ[t] =
+ * sum_j m_j x (sub-block sum of the activations), per row; dw, dmw: d and dmin. */
+INLINE void sums_q4_K(const int RN, const uint8_t *const rp[16], size_t wo, const uint8_t *ab, size_t astride,
+                      __m512i sumi[], __m512i summ[], __m512 *dw, __m512 *dmw) {
+    __m512i h[4], s03, s47, m03, m47;
+    head16(rp, wo, h);
+    K4_SCALES(h[1], h[2], h[3], s03, s47, m03, m47);
+    *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+    *dmw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
+    _Pragma("GCC unroll 4")
+    for (int c = 0; c < 4; c++) {
+        __m512i p[8];
+        rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
+        _Pragma("GCC unroll 2")
+        for (int half = 0; half < 2; half++) {
+            const int j = 2 * c + half;
+            const __m512i sc = pick16(j < 4 ? s03 : s47, K_PICK(j % 4, -1, -1, -1));
+            __m512i v[8];
             _Pragma("GCC unroll 8")
-            for (int j = 0; j < 8; j++)
-                summ = _mm512_dpwssd_epi32(summ, pick16(j < 4 ? m03 : m47, K_PICK(j % 4, -1, j % 4, -1)),
-                                           bcast4(at + A_BSUMS + 4 * j));
-            float da;
-            memcpy(&da, at, sizeof da);
-            const __m512 d16 = _mm512_set1_ps(da);
-            const __m512 r = _mm512_sub_ps(_mm512_mul_ps(_mm512_mul_ps(d16, dw), _mm512_cvtepi32_ps(sumi[t])),
-                                           _mm512_mul_ps(_mm512_mul_ps(d16, dmw), _mm512_cvtepi32_ps(summ)));
-            acc[t] = _mm512_add_ps(acc[t], r);
+            for (int k = 0; k < 8; k++) v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
+            _Pragma("GCC unroll 8")
+            for (int t = 0; t < RN; t++) {
+                const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
+                __m512i s = _mm512_setzero_si512();
+                _Pragma("GCC unroll 8")
+                for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+            }
         }
     }
     _Pragma("GCC unroll 8")
-    for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
+    for (int t = 0; t < RN; t++) {
+        const uint8_t *bs = ab + t * astride + A_BSUMS;
+        _Pragma("GCC unroll 8")
+        for (int j = 0; j < 8; j++)
+            summ[t] = _mm512_dpwssd_epi32(summ[t], pick16(j < 4 ? m03 : m47, K_PICK(j % 4, -1, j % 4, -1)),
+                                          bcast4(bs + 4 * j));
+    }
 }
 
 /* Q6_K's signed scales bytes b0, b1 of each dword as int16 pairs. */
@@ -145,64 +125,79 @@ INLINE __m512i q6_scale_pair16(__m512i h, int b0, int b1) {
     return _mm512_srai_epi16(pick16(h, K_PICK(-1, b0, -1, b1)), 8);
 }
 
-INLINE void tile16_q6_K(const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
-                        size_t astride, int64_t nb, float *y, int64_t ldy) {
-    const size_t blk = sizeof(cv_block_q6_K);
+/* The same for Q6_K: sumi[t] = sum_g sc_g x ((levels - 32) . activations); dw: d. */
+INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, const uint8_t *ab, size_t astride,
+                      __m512i sumi[], __m512 *dw) {
+    __m512i h[4];
+    head16(rp, wo + offsetof(cv_block_q6_K, scales), h);
+    uint16_t hd[16];
+    _Pragma("GCC unroll 16")
+    for (int r = 0; r < 16; r++) memcpy(&hd[r], rp[r] + wo + offsetof(cv_block_q6_K, d), sizeof hd[r]);
+    *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
+    _Pragma("GCC unroll 2")
+    for (int hh = 0; hh < 2; hh++) {
+        __m512i l0[8], l1[8], qh[8];
+        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
+        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
+        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
+        _Pragma("GCC unroll 4")
+        for (int m = 0; m < 4; m++) {
+            __m512i v[8];
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) v[k] = Q6_LEVELS(m % 2 ? l1[k] : l0[k], qh[k], m);
+            _Pragma("GCC unroll 2")
+            for (int sub = 0; sub < 2; sub++) {
+                const int g = 8 * hh + 2 * m + sub;
+                /* the signed scale of sub-block g as an int32 */
+                const __m512i sc = _mm512_srai_epi32(pick16(h[g / 4], K_PICK(-1, -1, -1, g % 4)), 24);
+                _Pragma("GCC unroll 8")
+                for (int t = 0; t < RN; t++) {
+                    const uint8_t *aq = ab + t * astride + A_QS + 128 * hh + 32 * m + 16 * sub;
+                    __m512i s = _mm512_setzero_si512();
+                    _Pragma("GCC unroll 4")
+                    for (int k = 0; k < 4; k++) s = _mm512_dpbusd_epi32(s, v[4 * sub + k], bcast4(aq + 4 * k));
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+                }
+            }
+        }
+    }
+    _Pragma("GCC unroll 8")
+    for (int t = 0; t < RN; t++) {
+        const uint8_t *bs = ab + t * astride + A_BSUMS;
+        __m512i off = _mm512_setzero_si512();
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < 8; i++)
+            off = _mm512_dpwssd_epi32(off, q6_scale_pair16(h[i / 2], 2 * (i % 2), 2 * (i % 2) + 1), bcast4(bs + 4 * i));
+        sumi[t] = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32(off, 5));
+    }
+}
+
+/* 16 rows x RN tokens, super-blocks in order with the AVX2 tiles' float steps. */
+INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
+                   size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = kind == W_Q4_K ? sizeof(cv_block_q4_K) : sizeof(cv_block_q6_K);
     __m512 acc[RN_MAX];
     _Pragma("GCC unroll 8")
     for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
+        /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
+         * this tile reads its own. */
         for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
-        const size_t wo = (size_t)b * blk;
         const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
-        __m512i h[4];
-        head16(rp, wo + offsetof(cv_block_q6_K, scales), h);
-        uint16_t hd[16];
-        _Pragma("GCC unroll 16")
-        for (int r = 0; r < 16; r++) memcpy(&hd[r], rp[r] + wo + offsetof(cv_block_q6_K, d), sizeof hd[r]);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
-        __m512i sumi[RN_MAX];
+        __m512i sumi[RN_MAX], summ[RN_MAX];
         _Pragma("GCC unroll 8")
-        for (int t = 0; t < RN; t++) sumi[t] = _mm512_setzero_si512();
-        _Pragma("GCC unroll 2")
-        for (int hh = 0; hh < 2; hh++) {
-            __m512i l0[8], l1[8], qh[8];
-            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
-            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
-            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
-            _Pragma("GCC unroll 4")
-            for (int m = 0; m < 4; m++) {
-                __m512i v[8];
-                _Pragma("GCC unroll 8")
-                for (int k = 0; k < 8; k++) v[k] = Q6_LEVELS(m % 2 ? l1[k] : l0[k], qh[k], m);
-                _Pragma("GCC unroll 2")
-                for (int sub = 0; sub < 2; sub++) {
-                    const int g = 8 * hh + 2 * m + sub;
-                    /* the signed scale of sub-block g as an int32 */
-                    const __m512i sc = _mm512_srai_epi32(pick16(h[g / 4], K_PICK(-1, -1, -1, g % 4)), 24);
-                    _Pragma("GCC unroll 8")
-                    for (int t = 0; t < RN; t++) {
-                        const uint8_t *aq = ab + t * astride + A_QS + 128 * hh + 32 * m + 16 * sub;
-                        __m512i s = _mm512_setzero_si512();
-                        _Pragma("GCC unroll 4")
-                        for (int k = 0; k < 4; k++) s = _mm512_dpbusd_epi32(s, v[4 * sub + k], bcast4(aq + 4 * k));
-                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
-                    }
-                }
-            }
-        }
+        for (int t = 0; t < RN; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
+        __m512 dw, dmw = _mm512_setzero_ps();
+        if (kind == W_Q4_K) sums_q4_K(RN, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
+        else sums_q6_K(RN, rp, (size_t)b * blk, ab, astride, sumi, &dw);
         _Pragma("GCC unroll 8")
         for (int t = 0; t < RN; t++) {
-            const uint8_t *at = ab + t * astride;
-            __m512i off = _mm512_setzero_si512();
-            _Pragma("GCC unroll 8")
-            for (int i = 0; i < 8; i++)
-                off = _mm512_dpwssd_epi32(off, q6_scale_pair16(h[i / 2], 2 * (i % 2), 2 * (i % 2) + 1),
-                                          bcast4(at + A_BSUMS + 4 * i));
-            const __m512i s = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32(off, 5));
             float da;
-            memcpy(&da, at, sizeof da);
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(da), dw), _mm512_cvtepi32_ps(s)));
+            memcpy(&da, ab + t * astride, sizeof da);
+            const __m512 d16 = _mm512_set1_ps(da);
+            __m512 r = _mm512_mul_ps(_mm512_mul_ps(d16, dw), _mm512_cvtepi32_ps(sumi[t]));
+            if (kind == W_Q4_K) r = _mm512_sub_ps(r, _mm512_mul_ps(_mm512_mul_ps(d16, dmw), _mm512_cvtepi32_ps(summ[t])));
+            acc[t] = _mm512_add_ps(acc[t], r);
         }
     }
     _Pragma("GCC unroll 8")
@@ -211,19 +206,12 @@ INLINE void tile16_q6_K(const int RN, const uint8_t *const rp[16], const uint8_t
 
 INLINE void tile16_any(const int kind, int rn, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
                        size_t as, int64_t nb, float *y, int64_t ldy) {
-#define TILE(RN)                                                                                                   \
-    kind == W_Q4_K ? tile16_q4_K(RN, rp, pf, act, as, nb, y, ldy) : tile16_q6_K(RN, rp, pf, act, as, nb, y, ldy)
     switch (rn) {
-    case 8: TILE(8); break;
-    case 7: TILE(7); break;
-    case 6: TILE(6); break;
-    case 5: TILE(5); break;
-    case 4: TILE(4); break;
-    case 3: TILE(3); break;
-    case 2: TILE(2); break;
-    default: TILE(1); break;
+#define CASE(N) case N: tile16(kind, N, rp, pf, act, as, nb, y, ldy); break;
+    CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
+#undef CASE
+    default: tile16(kind, 1, rp, pf, act, as, nb, y, ldy); break;
     }
-#undef TILE
 }
 
 INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
@@ -240,20 +228,14 @@ INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1
             tile16_any(kind, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, A + (size_t)t * act_stride,
                        act_stride, nb, y + (int64_t)t * ldy + r, ldy);
     }
-    if (r < r1) cv_matmul_avx2_for(w->type)->rows(w, r, r1, act, act_stride, n, y, ldy);
+    if (r < r1) cv_matmul_avx2_k.rows(w, r, r1, act, act_stride, n, y, ldy);
 }
 
-static void rows_q4_K(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
-                      float *y, int64_t ldy) {
-    rows_kind(W_Q4_K, w, r0, r1, act, act_stride, n, y, ldy);
+/* One entry for both formats: the tensor says which tile to instantiate. */
+static void rows_k(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                   float *y, int64_t ldy) {
+    if (w->type == CV_TYPE_Q4_K) rows_kind(W_Q4_K, w, r0, r1, act, act_stride, n, y, ldy);
+    else rows_kind(W_Q6_K, w, r0, r1, act, act_stride, n, y, ldy);
 }
 
-static void rows_q6_K(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
-                      float *y, int64_t ldy) {
-    rows_kind(W_Q6_K, w, r0, r1, act, act_stride, n, y, ldy);
-}
-
-const cv_matmul_kernel cv_matmul_avx512_q4_K = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert,
-                                                rows_q4_K};
-const cv_matmul_kernel cv_matmul_avx512_q6_K = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert,
-                                                rows_q6_K};
+const cv_matmul_kernel cv_matmul_avx512_k = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert, rows_k};

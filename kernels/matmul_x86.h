@@ -23,10 +23,9 @@
 size_t cv_matmul_x86_act_bytes(cv_type wtype, int64_t cols);
 void cv_matmul_x86_act_convert(cv_type wtype, const float *x, void *act, int64_t cols);
 
-/* The K-quant tiles (matmul_k_avx2.c, matmul_k_avx512.c), which cv_matmul_avx2_for and
- * cv_matmul_avx512_for hand out. */
-extern const cv_matmul_kernel cv_matmul_avx2_q4_K, cv_matmul_avx2_q6_K;
-extern const cv_matmul_kernel cv_matmul_avx512_q4_K, cv_matmul_avx512_q6_K;
+/* The Q4_K and Q6_K tiles (matmul_k_avx2.c, matmul_k_avx512.c), which
+ * cv_matmul_avx2_for and cv_matmul_avx512_for hand out. */
+extern const cv_matmul_kernel cv_matmul_avx2_k, cv_matmul_avx512_k;
 
 #define INLINE static inline __attribute__((always_inline))
 
