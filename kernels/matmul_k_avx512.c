@@ -2,7 +2,7 @@
  * for any number of tokens (batch-1 decode too: it is compute-bound on one core);
  * row tails go to the AVX2 tiles (matmul_k_avx2.c).
  *
- * A tile is 16 weight rows x up to RN_MAX tokens over quant's Q8_K activation rows.
+ * A tile is 16 weight rows x up to 16 tokens over quant's Q8_K activation rows.
  * Each 32-byte stretch of the 16 rows' quants is transposed in registers (rows i and
  * i + 8 share a vector, two rounds of in-lane unpacks, one two-source permute), so
  * that lane j belongs to row j: one vpdpbusd per 4 elements with the token's
@@ -20,8 +20,10 @@
 #include "matmul.h"
 #include "matmul_x86.h"
 
-/* Tokens per tile: 8 weight vectors, RN sums and temporaries fit the 32 zmm registers. */
-#define RN_MAX 8
+/* Tokens per tile. With 16 the per-token sums no longer all fit the 32 zmm registers
+ * and some live in L1, which costs less than unpacking the weights twice (measured:
+ * 5-15% faster than 8 at 16 tokens and in prefill). */
+#define RN_MAX 16
 
 enum { W_Q4_K, W_Q6_K };
 
@@ -100,7 +102,7 @@ INLINE void sums_q4_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
             __m512i v[8];
             _Pragma("GCC unroll 8")
             for (int k = 0; k < 8; k++) v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
-            _Pragma("GCC unroll 8")
+            _Pragma("GCC unroll 16")
             for (int t = 0; t < RN; t++) {
                 const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
                 __m512i s = _mm512_setzero_si512();
@@ -110,7 +112,7 @@ INLINE void sums_q4_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
             }
         }
     }
-    _Pragma("GCC unroll 8")
+    _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) {
         const uint8_t *bs = ab + t * astride + A_BSUMS;
         _Pragma("GCC unroll 8")
@@ -150,7 +152,7 @@ INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
                 const int g = 8 * hh + 2 * m + sub;
                 /* the signed scale of sub-block g as an int32 */
                 const __m512i sc = _mm512_srai_epi32(pick16(h[g / 4], K_PICK(-1, -1, -1, g % 4)), 24);
-                _Pragma("GCC unroll 8")
+                _Pragma("GCC unroll 16")
                 for (int t = 0; t < RN; t++) {
                     const uint8_t *aq = ab + t * astride + A_QS + 128 * hh + 32 * m + 16 * sub;
                     __m512i s = _mm512_setzero_si512();
@@ -161,7 +163,7 @@ INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
             }
         }
     }
-    _Pragma("GCC unroll 8")
+    _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) {
         const uint8_t *bs = ab + t * astride + A_BSUMS;
         __m512i off = _mm512_setzero_si512();
@@ -177,7 +179,7 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], co
                    size_t astride, int64_t nb, float *y, int64_t ldy) {
     const size_t blk = kind == W_Q4_K ? sizeof(cv_block_q4_K) : sizeof(cv_block_q6_K);
     __m512 acc[RN_MAX];
-    _Pragma("GCC unroll 8")
+    _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
         /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
@@ -185,12 +187,12 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], co
         for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
         const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
         __m512i sumi[RN_MAX], summ[RN_MAX];
-        _Pragma("GCC unroll 8")
+        _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
         __m512 dw, dmw = _mm512_setzero_ps();
         if (kind == W_Q4_K) sums_q4_K(RN, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
         else sums_q6_K(RN, rp, (size_t)b * blk, ab, astride, sumi, &dw);
-        _Pragma("GCC unroll 8")
+        _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) {
             float da;
             memcpy(&da, ab + t * astride, sizeof da);
@@ -200,7 +202,7 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], co
             acc[t] = _mm512_add_ps(acc[t], r);
         }
     }
-    _Pragma("GCC unroll 8")
+    _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
@@ -208,6 +210,7 @@ INLINE void tile16_any(const int kind, int rn, const uint8_t *const rp[16], cons
                        size_t as, int64_t nb, float *y, int64_t ldy) {
     switch (rn) {
 #define CASE(N) case N: tile16(kind, N, rp, pf, act, as, nb, y, ldy); break;
+    CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
     CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
 #undef CASE
     default: tile16(kind, 1, rp, pf, act, as, nb, y, ldy); break;
