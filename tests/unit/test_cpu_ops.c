@@ -14,6 +14,7 @@
 #include "backend.h"
 #include "cpu_backend.h"
 #include "quant.h"
+#include "quant_blocks.h"
 #include "../support/test_rng.h"
 
 /* Tolerances, relative to max(1, |reference|) unless said otherwise. The fast kernels
@@ -245,8 +246,9 @@ static void test_matmul_avx512_bit_identical_to_avx2(void **state) {
 }
 
 /* K-quant weights of random bytes (every level, scale and min the format can hold),
- * with extreme super-block scales: the largest half, a subnormal, zero, negative ones,
- * and every third row saturated (all scales, mins and levels at their maximum). */
+ * with extreme super-block scales (the largest half, a subnormal, zero, negative ones;
+ * Q4_K's d and dmin drawn apart) and every third row saturated: all levels, scales and
+ * mins at their maximum (Q6_K's signed scales at +127 or -128). */
 static wmat make_k_weight(cv_type type, int64_t rows, int64_t cols) {
     static const uint16_t halves[] = {0x7BFF, 0x0001, 0x0000, 0x8400, 0x3C00, 0x1A3F, 0xA955, 0x2E66};
     wmat w;
@@ -258,10 +260,12 @@ static wmat make_k_weight(cv_type type, int64_t rows, int64_t cols) {
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < cols / 256; b++) {
             uint8_t *blk = d + r * rb + b * bb;
-            if (r % 3 == 2) memset(blk, type == CV_TYPE_Q6_K ? 0xFF : 0xFF, bb);
-            if (type == CV_TYPE_Q6_K && r % 3 == 2) memset(blk + 192, (r / 3) % 2 ? 0x80 : 0x7F, 16);
+            int q6 = type == CV_TYPE_Q6_K;
+            if (r % 3 == 2) memset(blk, 0xFF, bb);
+            if (q6 && r % 3 == 2) /* Q6_K's scales are signed: alternate both extremes */
+                memset(blk + offsetof(cv_block_q6_K, scales), (r / 3) % 2 ? 0x80 : 0x7F, sizeof(((cv_block_q6_K *)0)->scales));
             uint16_t h[2] = {halves[rnd() % 8], halves[rnd() % 8]};
-            memcpy(blk + (type == CV_TYPE_Q6_K ? 208 : 0), h, type == CV_TYPE_Q6_K ? 2 : 4);
+            memcpy(blk + (q6 ? offsetof(cv_block_q6_K, d) : offsetof(cv_block_q4_K, d)), h, q6 ? 2 : 4);
         }
     w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU};
     return w;
