@@ -39,6 +39,7 @@ static const key_spec keys[] = {
     NUM("max_batch_tokens", "--max-batch-tokens", K_INT, max_batch_tokens, 1, 65536),
     NUM("n_ctx", "--ctx", K_INT, n_ctx, 0, 1 << 24),
     STR("kv_type", "--kv-type", kv_type),
+    NUM("kv_swa_full_cache", "--kv-swa-full-cache", K_INT, kv_swa_full_cache, 0, 1),
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),

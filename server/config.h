@@ -23,6 +23,7 @@ typedef struct cv_config {
     int max_batch_tokens;      /* rows per forward pass: decode rows + prefill chunks */
     int n_ctx;                 /* positions per sequence; 0 = the model's training context, at most 4096 */
     char kv_type[8];           /* "f16" or "f32" */
+    int kv_swa_full_cache;     /* 1: sliding-window layers keep every position (no ring) */
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */

@@ -439,6 +439,7 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
     cv_kv_config kc = cv_tp_kv_config(tp, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
     kc.block_size = e->cfg.kv_block_tokens;
     kc.max_seq_len = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size * kc.block_size;
+    if (e->cfg.kv_swa_full_cache) kc.window = 0;
     /* Memory blocks for every running sequence at n_ctx, or what the budget holds (both
      * layer groups share them: kv_cache.h). */
     const int32_t blocks_per_seq = cv_kv_blocks_for(&kc, kc.max_seq_len);

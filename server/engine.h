@@ -41,6 +41,8 @@ typedef struct cv_engine_config {
     size_t kv_bytes;           /* KV cache budget; 0 = enough for every running sequence
                                   at n_ctx */
     cv_type kv_type;           /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
+    int kv_swa_full_cache;     /* sliding-window layers keep every position instead of a
+                                  ring (an escape hatch and a baseline: kv_cache.h) */
     int32_t max_tokens_default;
 } cv_engine_config;
 

@@ -34,7 +34,7 @@ static void usage(void) {
     fprintf(stderr,
             "usage: corvid-server [--config FILE] [--listen HOST:PORT] [--model PATH]\n"
             "                     [--model-version NAME] [--threads N] [--device cpu|cuda] [--tp N]\n"
-            "                     [--max-running N]\n"
+            "                     [--max-running N] [--kv-type f16|f32] [--kv-swa-full-cache 0|1]\n"
             "                     [--max-waiting N] [--kv-memory-mb N] [--kv-block-tokens N]\n"
             "                     [--max-tokens-default N] [--drain-timeout SECONDS]\n"
             "                     [--metrics-listen HOST:PORT] [--check-config]\n"
@@ -188,6 +188,7 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_block_tokens = cfg.kv_block_tokens;
     ro.slot.engine.kv_bytes = (size_t)cfg.kv_memory_mb << 20;
     ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
+    ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
         cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, ro.audit, &admin, &err) != CV_OK)

@@ -10,10 +10,11 @@ import os
 import subprocess
 import sys
 import threading
+import urllib.request
 
 import grpc
 
-from corvid_testlib import BIN, GEMMA, Checks, Server, proto_modules
+from corvid_testlib import BIN, GEMMA, Checks, Server, free_port, proto_modules
 
 pb, _, _ = proto_modules()
 CTX = 2048
@@ -71,6 +72,28 @@ def server_streams_equal_corvid_run(ref):
         srv.stop()
 
 
+def server_full_cache_switch(ref):
+    """kv_swa_full_cache 1 turns the rings off in the server: the default 512 MiB budget
+    then holds memory blocks of all 18 layers instead of the 15 sliding ones, and the
+    tokens stay corvid-run's."""
+    for flag, layers in (("0", 15), ("1", 18)):
+        mport = free_port()
+        srv = Server("--model", GEMMA, "--ctx", str(CTX), "--threads", "2", "--kv-swa-full-cache", flag,
+                     "--metrics-listen", "127.0.0.1:%d" % mport, ready_timeout=120)
+        try:
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport, timeout=5) as r:
+                lines = [ln for ln in r.read().decode().splitlines() if ln.startswith("corvid_kv_blocks_total{")]
+            assert len(lines) == 1, lines
+            total = int(float(lines[0].split()[-1]))
+            assert total == (512 << 20) // (layers * 16 * 1024), (flag, total)
+            if flag == "1":
+                got = []
+                stream(srv.addr, SHORT[0], SHORT[1], got)
+                assert got == ref[SHORT]["tokens"], "full-cache server differs from corvid-run"
+        finally:
+            srv.stop()
+
+
 def main():
     c = Checks()
     if not os.path.exists(GEMMA):
@@ -79,6 +102,7 @@ def main():
     ref = {case: corvid_run(*case) for case in (LONG, SHORT)}
     c.run("corvid-run: %d tokens past the window, ring == every position" % LONG[1], run_ring_equals_full_cache, ref)
     c.run("corvid-server: two batched streams == corvid-run", server_streams_equal_corvid_run, ref)
+    c.run("corvid-server --kv-swa-full-cache 1: every position kept, same tokens", server_full_cache_switch, ref)
     c.finish()
 
 
