@@ -19,6 +19,7 @@
 
 #include "../support/test_rng.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_tp_run.h"
 #include "gguf.h"
 #include "kv_cache.h"
 #include "synthetic.h"
@@ -30,11 +31,8 @@ static char g_dir[160];
 static char g_model[256];
 static uint64_t g_seed;
 
-typedef struct run {
-    cv_gguf *g;
-    cv_tp *tp;
-    cv_kv_cache *kv;
-} run;
+typedef cv_test_run run;
+typedef cv_test_rows batch;
 
 /* ring: the model's own kv config (a ring for the sliding layer); else every position. */
 static void open_run(int tp, int ring, run *r) {
@@ -54,27 +52,6 @@ static void open_run(int tp, int ring, run *r) {
     if (cv_kv_create(&kc, &r->kv, &e)) fail_msg("%s", e.msg);
     assert_int_equal(cv_kv_layer_group(r->kv, 0), ring ? CV_KV_SLIDING : CV_KV_FULL);
     assert_int_equal(cv_kv_layer_group(r->kv, 1), CV_KV_FULL);
-}
-
-static void close_run(run *r) {
-    cv_kv_free(r->kv);
-    cv_tp_free(r->tp);
-    cv_gguf_close(r->g);
-}
-
-typedef struct batch {
-    int32_t n;
-    int32_t seq[MAX_ROWS], pos[MAX_ROWS], tok[MAX_ROWS];
-} batch;
-
-static void forward(run *r, const batch *b, float *logits) {
-    cv_error e = {0};
-    uint8_t want[MAX_ROWS];
-    memset(want, 1, sizeof want);
-    for (int32_t i = 0; i < b->n; i++)
-        if (cv_kv_reserve(r->kv, b->seq[i], b->pos[i] + 1, &e)) fail_msg("reserve: %s", e.msg);
-    cv_batch cb = {.n = b->n, .tokens = b->tok, .pos = b->pos, .seq = b->seq, .want_logits = want};
-    if (cv_tp_forward(r->tp, r->kv, &cb, logits, &e)) fail_msg("forward: %s", e.msg);
 }
 
 /* Random steps over N_SEQ sequences until each has CTX positions: every step gives
@@ -119,7 +96,7 @@ static void drive(run *runs, int n_runs, step_fn step) {
 }
 
 static void step_identical(run *runs, int n_runs, const batch *b, float **logits, int32_t n_vocab) {
-    for (int i = 0; i < n_runs; i++) forward(&runs[i], b, logits[i]);
+    for (int i = 0; i < n_runs; i++) cv_test_forward(&runs[i], b, logits[i]);
     for (int32_t r = 0; r < b->n; r++)
         if (memcmp(logits[0] + (size_t)r * n_vocab, logits[1] + (size_t)r * n_vocab, sizeof(float) * (size_t)n_vocab))
             fail_msg("seed %llu: sequence %d position %d: ring and full cache logits differ",
@@ -146,14 +123,14 @@ static void test_ring_logits_equal_full_cache(void **s) {
     assert_int_equal(cv_kv_free_blocks(runs[0].kv), 0);
     for (int32_t q = 0; q < N_SEQ; q++) cv_kv_release(runs[0].kv, q);
     assert_int_equal(cv_kv_free_blocks(runs[0].kv), N_SEQ * (16 + 2));
-    close_run(&runs[0]);
-    close_run(&runs[1]);
+    cv_test_run_close(&runs[0]);
+    cv_test_run_close(&runs[1]);
 }
 
 static double g_worst, g_scale;
 
 static void step_close(run *runs, int n_runs, const batch *b, float **logits, int32_t n_vocab) {
-    for (int i = 0; i < n_runs; i++) forward(&runs[i], b, logits[i]);
+    for (int i = 0; i < n_runs; i++) cv_test_forward(&runs[i], b, logits[i]);
     for (size_t i = 0; i < (size_t)b->n * (size_t)n_vocab; i++) {
         double d = fabs((double)logits[0][i] - logits[1][i]);
         if (!(d <= g_worst)) g_worst = d; /* NaN too */
@@ -173,8 +150,8 @@ static void test_tp2_ring_matches_tp1_full_cache(void **s) {
     assert_true(g_scale > 0.1);
     if (!(g_worst <= 1e-4 * (g_scale > 1 ? g_scale : 1)))
         fail_msg("seed %llu: logits differ by %g", (unsigned long long)g_seed, g_worst);
-    close_run(&runs[0]);
-    close_run(&runs[1]);
+    cv_test_run_close(&runs[0]);
+    cv_test_run_close(&runs[1]);
 }
 
 /* A cache whose ring does not fit the model is refused, naming both sides. */
@@ -205,7 +182,7 @@ static void test_mismatched_ring_is_refused(void **s) {
     printf("%s\n", e.msg);
     assert_non_null(strstr(e.msg, "does not keep layer 0"));
     free(logits);
-    close_run(&r);
+    cv_test_run_close(&r);
 }
 
 static int setup(void **s) {

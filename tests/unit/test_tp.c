@@ -24,6 +24,7 @@
 
 #include "../support/test_rng.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_tp_run.h"
 #include "cuda_backend.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -41,11 +42,7 @@ static void synth_path(const char *shape, cv_qrecipe recipe, char *out, size_t c
     if (cv_synth_write(cv_synth_find(shape), &o, out, &e)) fail_msg("%s: %s", shape, e.msg);
 }
 
-typedef struct run {
-    cv_gguf *g;
-    cv_tp *tp;
-    cv_kv_cache *kv;
-} run;
+typedef cv_test_run run;
 
 enum { MAX_ROWS = 32, N_SEQ = 2 };
 
@@ -62,27 +59,8 @@ static cv_status open_run(const char *path, int tp, run *r, cv_error *e) {
     return st;
 }
 
-static void close_run(run *r) {
-    cv_kv_free(r->kv);
-    cv_tp_free(r->tp);
-    cv_gguf_close(r->g);
-}
-
 /* One batch: rows[i] = (seq, pos, token), every row wants logits. */
-typedef struct step {
-    int32_t n;
-    int32_t seq[MAX_ROWS], pos[MAX_ROWS], tok[MAX_ROWS];
-} step;
-
-static void forward(run *r, const step *s, float *logits) {
-    cv_error e = {0};
-    uint8_t want[MAX_ROWS];
-    memset(want, 1, sizeof want);
-    for (int32_t i = 0; i < s->n; i++)
-        if (cv_kv_reserve(r->kv, s->seq[i], s->pos[i] + 1, &e)) fail_msg("reserve: %s", e.msg);
-    cv_batch b = {.n = s->n, .tokens = s->tok, .pos = s->pos, .seq = s->seq, .want_logits = want};
-    if (cv_tp_forward(r->tp, r->kv, &b, logits, &e)) fail_msg("forward: %s", e.msg);
-}
+typedef cv_test_rows step;
 
 /* A prefill of sequence 0, then sequence 0 decoding while sequence 1 prefills (one
  * batch), then both decoding, past gemma3's sliding window of 8. */
@@ -138,8 +116,8 @@ static void logits_match(const char *shape, cv_qrecipe recipe, int tp) {
     assert_non_null(b);
     double worst = 0, scale = 0;
     for (int k = 0; k < n_steps; k++) {
-        forward(&whole, &steps[k], a);
-        forward(&split, &steps[k], b);
+        cv_test_forward(&whole, &steps[k], a);
+        cv_test_forward(&split, &steps[k], b);
         for (size_t i = 0; i < (size_t)steps[k].n * (size_t)n_vocab; i++) {
             double d = fabs((double)a[i] - b[i]);
             if (!(d <= worst)) worst = d; /* NaN too */
@@ -154,8 +132,8 @@ static void logits_match(const char *shape, cv_qrecipe recipe, int tp) {
         fail_msg("seed %llu: %s tp %d logits differ by %g", (unsigned long long)g_seed, shape, tp, worst);
     free(a);
     free(b);
-    close_run(&split);
-    close_run(&whole);
+    cv_test_run_close(&split);
+    cv_test_run_close(&whole);
 }
 
 static void test_llama_tp2(void **s) { (void)s; logits_match("tp-llama", CV_QRECIPE_F32, 2); }
@@ -173,7 +151,7 @@ static void expect_refused(const char *path, int tp, cv_status code, const char 
     assert_int_equal(open_run(path, tp, &r, &e), code);
     for (; *parts; parts++)
         if (!strstr(e.msg, *parts)) fail_msg("tp %d: '%s' lacks '%s'", tp, e.msg, *parts);
-    close_run(&r);
+    cv_test_run_close(&r);
 }
 
 static void test_unsplittable_shapes_are_refused(void **s) {
@@ -229,7 +207,7 @@ static void test_bad_batch_fails_on_every_rank(void **s) {
     pos = 0;
     assert_int_equal(cv_tp_forward(r.tp, r.kv, &b, logits, &e), CV_OK);
     free(logits);
-    close_run(&r);
+    cv_test_run_close(&r);
 }
 
 /* Threads split between ranks: 2 over 4 ranks still gives each one a thread. */
