@@ -1,17 +1,28 @@
 # corvid: one GNU Makefile, out-of-tree build in $(BUILD).
 #
-# Sources are found by convention, so adding a module means adding files, not rules:
-#   kernels/*.c            -> libcorvid_kernels.a   (*_avx2.c get -mavx2 -mfma -mf16c, *_avx512.c
-#                             also AVX-512 F/BW/VL/VNNI; both run only where cpu_features says so)
-#   kernels/cuda/*.cu      -> libcorvid_cuda.a      (only with CUDA=1)
-#   server/*.c             -> libcorvid_engine.a
-#   api/*.c                -> libcorvid_client.a
-#   controlplane/*.c       -> libcorvid_cp.a
-#   proto/**/*.proto       -> $(BUILD)/gen (protoc-c), libcorvid_proto.a
-#   {server,api,controlplane}/tools/NAME.c, bench/NAME.c -> $(BUILD)/bin/NAME
-#   tests/unit/test_*.c    -> $(BUILD)/test/test_*  (cmocka)
-#   tests/integration/test_*.c -> $(BUILD)/test/test_*  (cmocka, + tests/support/*.c)
-#   tests/fuzz/fuzz_*.c    -> $(BUILD)/fuzz/fuzz_*  (libFuzzer, clang)
+# The code is a stack of layers, one archive each (docs/ARCHITECTURE.md). A layer's
+# objects are compiled with the include paths of the layers below it and nothing else,
+# so an include that crosses a boundary does not compile; `make check-layers` also
+# refuses path tricks and system headers a layer must not use (gRPC outside service/
+# and api/, ...). Sources are found by convention, so adding a module means adding files:
+#   kernels/base/*.c  base      errors, timing, UTF-8, gRPC status names, the HTTP endpoint
+#   kernels/cpu/*.c   kernels   CPU backend (public headers: kernels/*.h); *_avx2.c get
+#                               -mavx2 -mfma -mf16c, *_avx512.c also AVX-512 F/BW/VL/VNNI
+#   kernels/cuda/*.cu cuda      CUDA backend (only with CUDA=1)
+#   server/gguf       gguf      GGUF read/write, quantize, synthetic models
+#   server/text       text      tokenizers, UTF-8, chat templates, stop strings
+#   server/model      model     forward pass, paged KV cache, tensor parallel, generate
+#   server/engine     engine    continuous batching, sampler, slots, router, model fetch
+#   server/security   security  auth, JWT, allowlist, rate limit, audit, PII, TLS files
+#   server/rag        rag       BM25 index, sources, prompt assembly, retrieval per request
+#   server/service    service   gRPC services, health, metrics, config (the only gRPC user)
+#   proto/**/*.proto  proto     protoc-c output in $(BUILD)/gen
+#   api/*.c           client    libcorvid_client (public header api/include/corvid/client.h)
+#   controlplane/*.c  cp        etcd, election, rollouts (sees the client API and base)
+#   tests/support     testsupport
+# Binaries ({server,api,controlplane}/tools/NAME.c, bench/NAME.c, tests/{unit,integration}/
+# test_*.c, tests/fuzz/fuzz_*.c) link the layers whose headers they include, and those
+# layers' own dependencies: nothing else.
 
 BUILD   ?= build
 CC      ?= gcc
@@ -23,49 +34,132 @@ NVCC    ?= /usr/local/cuda/bin/nvcc
 FUZZ_SECONDS ?= 60
 MODELS_DIR ?= $(HOME)/.cache/corvid/models
 
-PKGS    := grpc libprotobuf-c libcurl jansson libmicrohttpd openssl libutf8proc zlib
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD -MP $(SAN) $(EXTRA_CFLAGS)
-CPPFLAGS := -Ikernels -Iserver -Iapi/include -Iapi -Icontrolplane -I$(BUILD)/gen
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 AVX2FLAGS := -mavx2 -mfma -mf16c
 AVX512FLAGS := $(AVX2FLAGS) -mavx512f -mavx512bw -mavx512vl -mavx512vnni
+SYSLIBS := -lm -lpthread
 
 ifeq ($(CUDA),1)
-CPPFLAGS += -DCV_CUDA=1 -I/usr/local/cuda/include
-LDLIBS   += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lnccl -lstdc++
-NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Xcompiler -Wall,-Wextra -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+CUDA_CPPFLAGS := -DCV_CUDA=1 -I/usr/local/cuda/include
+SYSLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lnccl -lstdc++
+NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Ikernels/base -Ikernels/cpu -Xcompiler -Wall,-Wextra -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 
-KERNEL_SRC := $(wildcard kernels/*.c)
-CUDA_SRC   := $(wildcard kernels/cuda/*.cu)
-ENGINE_SRC := $(wildcard server/*.c)
-CLIENT_SRC := $(wildcard api/*.c)
-CP_SRC     := $(wildcard controlplane/*.c)
+# ---- the layers: folders, the folder its users see, what it uses, system packages ----
+LAYERS := base kernels cuda gguf text model engine security rag service proto client cp testsupport
+
+DIRS_base := kernels/base
+PUB_base  := kernels/base
+USES_base :=
+PKGS_base := libmicrohttpd
+
+DIRS_kernels := kernels/cpu
+PUB_kernels  := kernels
+USES_kernels := base
+
+DIRS_cuda := kernels/cuda
+PUB_cuda  := kernels
+USES_cuda := kernels base
+
+DIRS_gguf := server/gguf
+USES_gguf := kernels
+
+DIRS_text := server/text
+USES_text := gguf
+PKGS_text := libutf8proc
+
+DIRS_model := server/model
+USES_model := gguf kernels
+
+DIRS_engine := server/engine
+USES_engine := model text
+PKGS_engine := libcurl openssl
+
+DIRS_security := server/security
+USES_security := base
+PKGS_security := jansson openssl
+
+DIRS_rag := server/rag
+USES_rag := security base
+PKGS_rag := libcurl jansson zlib libutf8proc
+
+DIRS_service := server/service
+USES_service := engine security rag proto
+PKGS_service := grpc jansson
+
+PUB_proto  := $(BUILD)/gen
+PKGS_proto := libprotobuf-c
+
+DIRS_client := api
+PUB_client  := api/include
+USES_client := proto base
+PKGS_client := grpc
+
+DIRS_cp := controlplane
+USES_cp := client base
+PKGS_cp := libcurl jansson openssl
+
+DIRS_testsupport := tests/support
+USES_testsupport := base
+
+$(foreach l,$(LAYERS),$(eval PUB_$(l) ?= $(DIRS_$(l))))
+$(foreach l,$(LAYERS),$(eval LIB_$(l) := $(BUILD)/lib/libcorvid_$(l).a))
+$(foreach l,$(LAYERS),$(eval SRC_$(l) := $(foreach d,$(DIRS_$(l)),$(wildcard $(d)/*.c))))
+$(foreach l,$(LAYERS),$(eval HDRS_$(l) := $(notdir $(foreach d,$(DIRS_$(l)) $(PUB_$(l)),$(wildcard $(d)/*.h)))))
+HDRS_proto := $(patsubst proto/%.proto,%.pb-c.h,$(shell find proto -name '*.proto'))
+HDRS_client := corvid/client.h $(notdir $(wildcard api/*.h))
+SRC_cuda := $(if $(filter 1,$(CUDA)),$(wildcard kernels/cuda/*.cu))
+HDRS_cuda := $(notdir $(wildcard kernels/cuda/*.h))
+
+comma := ,
+space := $(subst ,, )
+# A layer and everything below it.
+closure = $(sort $(1) $(foreach l,$(1),$(call closure,$(USES_$(l)))))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(filter %.c,$(1))) $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(filter %.cu,$(1)))
+incflags = $(addprefix -I,$(foreach l,$(1),$(DIRS_$(l)) $(PUB_$(l))))
+pkglibs = $(if $(strip $(1)),$(shell pkg-config --libs $(sort $(1)) 2>/dev/null))
+
+# Each layer's objects see their own folder and what the layers they use publish.
+define layer_rules
+$(call obj,$(SRC_$(1))): LAYER_CPPFLAGS := $(addprefix -I,$(DIRS_$(1)) $(PUB_$(1))) \
+  $(addprefix -I,$(foreach l,$(call closure,$(USES_$(1))),$(PUB_$(l)))) $(CUDA_CPPFLAGS)
+$(LIB_$(1)): $(call obj,$(SRC_$(1))) $(call members,$(1),$(SRC_$(1))) ; $$(mklib)
+endef
+
+# The layers a source file's includes name (a tests/support header counts with its own).
+inc_re := s/^\#include "\(.*\)".*/\1/p
+src_includes = $(shell f='$(1)'; sed -n '$(inc_re)' "$$f"; \
+  for h in $$(sed -n '$(inc_re)' "$$f" | grep '^\.\./'); do sed -n '$(inc_re)' "$$(dirname "$$f")/$$h"; done)
+# With CUDA=1 whoever links the kernels may reach the CUDA backend (tp.c, config.c).
+with_cuda = $(1) $(if $(and $(filter 1,$(CUDA)),$(filter kernels,$(1))),cuda)
+src_layers = $(call with_cuda,$(call closure,$(foreach l,$(LAYERS),$(if $(filter $(HDRS_$(l)),$(notdir $(2)) $(2)),$(l)))))
+
+# A binary: its object sees every folder of the layers it uses (tests are white-box);
+# it links those archives (grouped: order does not matter) and their system packages.
+define bin_rules
+$(2)_LAYERS := $$(call src_layers,$(1),$$(call src_includes,$(1)))
+$(call obj,$(1)): LAYER_CPPFLAGS := $$(call incflags,$$($(2)_LAYERS)) $(CUDA_CPPFLAGS)
+$(call obj,$(1)): | $$(if $$(filter proto,$$($(2)_LAYERS)),$(PROTO_H))
+$(2): $(call obj,$(1)) $$(foreach l,$$($(2)_LAYERS),$$(LIB_$$(l)))
+	@mkdir -p $$(dir $$@)
+	@echo "  LINK  $$@"
+	@$$(CC) $$(CFLAGS) -o $$@ $$< -Wl,--start-group $$(foreach l,$$($(2)_LAYERS),$$(LIB_$$(l))) -Wl,--end-group \
+	  $$(call pkglibs,jansson $$(foreach l,$$($(2)_LAYERS),$$(PKGS_$$(l)))) $(SYSLIBS) $(3)
+endef
+
 PROTO      := $(shell find proto -name '*.proto' 2>/dev/null)
 PROTO_C    := $(patsubst proto/%.proto,$(BUILD)/gen/%.pb-c.c,$(PROTO))
 PROTO_H    := $(PROTO_C:.c=.h)
 TOOL_SRC   := $(wildcard server/tools/*.c api/tools/*.c controlplane/tools/*.c bench/*.c)
-TEST_SRC   := $(wildcard tests/unit/test_*.c)
-ITEST_SRC  := $(wildcard tests/integration/test_*.c)
-TESTSUP_SRC := $(wildcard tests/support/*.c)
+TEST_SRC   := $(wildcard tests/unit/test_*.c tests/integration/test_*.c)
 FUZZ_SRC   := $(wildcard tests/fuzz/fuzz_*.c)
 
-obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
-LIB_KERNELS := $(BUILD)/lib/libcorvid_kernels.a
-LIB_CUDA    := $(BUILD)/lib/libcorvid_cuda.a
-LIB_ENGINE  := $(BUILD)/lib/libcorvid_engine.a
-LIB_CLIENT  := $(BUILD)/lib/libcorvid_client.a
-LIB_CP      := $(BUILD)/lib/libcorvid_cp.a
-LIB_PROTO   := $(BUILD)/lib/libcorvid_proto.a
-LIB_TESTSUP := $(BUILD)/lib/libcorvid_testsupport.a
-ALL_LIBS    := $(LIB_CP) $(LIB_CLIENT) $(LIB_ENGINE) $(LIB_PROTO) $(LIB_KERNELS) $(if $(filter 1,$(CUDA)),$(LIB_CUDA))
-
 TOOLS := $(foreach s,$(TOOL_SRC),$(BUILD)/bin/$(basename $(notdir $(s))))
-TESTS := $(patsubst tests/unit/%.c,$(BUILD)/test/%,$(TEST_SRC)) \
-         $(patsubst tests/integration/%.c,$(BUILD)/test/%,$(ITEST_SRC))
-FUZZERS := $(patsubst tests/fuzz/%.c,$(BUILD)/fuzz/%,$(FUZZ_SRC))
+TESTS := $(foreach s,$(TEST_SRC),$(BUILD)/test/$(basename $(notdir $(s))))
+FUZZERS := $(foreach s,$(FUZZ_SRC),$(BUILD)/fuzz/$(basename $(notdir $(s))))
 
-.PHONY: all tools tests test testing-server asan fuzz fuzz-build fuzzers bench deps clean run models
+.PHONY: all tools tests test testing-server asan tsan fuzz fuzz-build fuzzers bench deps clean run models check-layers
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -78,18 +172,17 @@ $(BUILD)/gen/%.pb-c.c $(BUILD)/gen/%.pb-c.h: proto/%.proto
 	@mkdir -p $(BUILD)/gen
 	protoc-c --c_out=$(BUILD)/gen -Iproto $<
 
-# Every object may include generated protobuf headers: generate them first.
-$(BUILD)/obj/%.o: %.c | $(PROTO_H)
+$(BUILD)/obj/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC    $<"
-	@$(CC) $(CFLAGS) $(CPPFLAGS) $(XFLAGS) -c $< -o $@
+	@$(CC) $(CFLAGS) $(LAYER_CPPFLAGS) $(XFLAGS) -c $< -o $@
 
 $(BUILD)/obj/%_avx2.o: XFLAGS += $(AVX2FLAGS)
 $(BUILD)/obj/%_avx512.o: XFLAGS += $(AVX512FLAGS)
 
 $(BUILD)/gen-obj/%.o: $(BUILD)/gen/%.c
 	@mkdir -p $(dir $@)
-	$(CC) $(filter-out -Werror,$(CFLAGS)) $(CPPFLAGS) -c $< -o $@
+	@$(CC) $(filter-out -Werror,$(CFLAGS)) -I$(BUILD)/gen -c $< -o $@
 
 $(BUILD)/obj/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
@@ -106,30 +199,21 @@ endef
 members = $(BUILD)/lib/$(1).members$(shell mkdir -p $(BUILD)/lib && echo '$(2)' | \
   cmp -s - $(BUILD)/lib/$(1).members || echo '$(2)' > $(BUILD)/lib/$(1).members)
 
-$(LIB_KERNELS): $(call obj,$(KERNEL_SRC)) $(call members,kernels,$(KERNEL_SRC)) ; $(mklib)
-$(LIB_CUDA): $(patsubst %.cu,$(BUILD)/obj/%.cu.o,$(CUDA_SRC)) ; $(mklib)
-$(LIB_ENGINE): $(call obj,$(ENGINE_SRC)) $(call members,engine,$(ENGINE_SRC)) ; $(mklib)
-$(LIB_CLIENT): $(call obj,$(CLIENT_SRC)) $(call members,client,$(CLIENT_SRC)) ; $(mklib)
-$(LIB_CP): $(call obj,$(CP_SRC)) $(call members,cp,$(CP_SRC)) ; $(mklib)
-$(LIB_TESTSUP): $(call obj,$(TESTSUP_SRC)) $(call members,testsupport,$(TESTSUP_SRC)) ; $(mklib)
-$(LIB_PROTO): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(mklib)
+$(foreach l,$(filter-out proto,$(LAYERS)),$(eval $(call layer_rules,$(l))))
+$(LIB_proto): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(mklib)
+# Only the gRPC users wait for the generated headers.
+$(call obj,$(SRC_service) $(SRC_client)): | $(PROTO_H)
 
-LINK = @echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS)
+# The layer table goes to the checker as NAME:DIRS:PUBLIC:SEES:LIBRARIES (tests are
+# white-box: not checked).
+check-layers: $(PROTO_H)
+	@python3 tests/check_layers.py $(foreach l,$(filter-out testsupport,$(LAYERS)),$(l):$(subst $(space),$(comma),$(strip \
+	  $(DIRS_$(l)))):$(subst $(space),$(comma),$(strip $(PUB_$(l)))):$(subst $(space),$(comma),$(strip \
+	  $(filter-out $(l),$(call closure,$(l))))):$(subst $(space),$(comma),$(strip $(PKGS_$(l)) $(if $(filter cuda,$(l)),cuda))))
 
-define tool_rule
-$(BUILD)/bin/$(basename $(notdir $(1))): $(call obj,$(1)) $(ALL_LIBS)
-	@mkdir -p $$(dir $$@)
-	$$(LINK)
-endef
-$(foreach s,$(TOOL_SRC),$(eval $(call tool_rule,$(s))))
-
-$(BUILD)/test/%: $(BUILD)/obj/tests/unit/%.o $(ALL_LIBS)
-	@mkdir -p $(dir $@)
-	$(LINK) -lcmocka
-
-$(BUILD)/test/%: $(BUILD)/obj/tests/integration/%.o $(LIB_TESTSUP) $(ALL_LIBS)
-	@mkdir -p $(dir $@)
-	@echo "  LINK  $@"; $(CC) $(CFLAGS) -o $@ $< $(LIB_TESTSUP) -Wl,--start-group $(ALL_LIBS) -Wl,--end-group $(LDLIBS) -lcmocka
+$(foreach s,$(TOOL_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/bin/$(basename $(notdir $(s))))))
+$(foreach s,$(TEST_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/test/$(basename $(notdir $(s))),-lcmocka)))
+$(foreach s,$(FUZZ_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/fuzz/$(basename $(notdir $(s))),-fsanitize=fuzzer)))
 
 # corvid-server with CORVID_TESTING (Admin.SetFaultInjection), for rollout tests.
 testing-server:
@@ -150,10 +234,6 @@ fuzz-build:
 
 # A target of its own so that $(FUZZERS) is expanded with the sub-make's BUILD.
 fuzzers: $(FUZZERS)
-
-$(BUILD)/fuzz/%: $(BUILD)/obj/tests/fuzz/%.o $(ALL_LIBS)
-	@mkdir -p $(dir $@)
-	$(LINK) -fsanitize=fuzzer
 
 fuzz: fuzz-build
 	@tests/fuzz/run.sh build/fuzz-obj/fuzz $(FUZZ_SECONDS)

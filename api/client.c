@@ -4,6 +4,7 @@
 #include "corvid/client.h"
 #include "corvid/v1/inference.pb-c.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "grpc_status.h"
 #include "rpc_client.h"
 
 struct corvid_client {
@@ -16,16 +17,8 @@ struct corvid_stream {
     corvid_citation *citations;
 };
 
-static const char *const code_names[] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-};
-
 const char *corvid_code_name(int code) {
-    if (code >= 0 && code < (int)(sizeof code_names / sizeof code_names[0])) return code_names[code];
-    return code == CORVID_CLIENT_ERROR ? "CLIENT_ERROR" : "UNKNOWN";
+    return code == CORVID_CLIENT_ERROR ? "CLIENT_ERROR" : cv_grpc_status_name(code);
 }
 
 cv_rpcc_channel *cv_client_channel(corvid_client *c) { return c->ch; }

@@ -13,15 +13,11 @@
 
 #include "cv_error.h"
 #include "threadpool.h"
+#include "timing.h"
 
 #define CV_MEMBW_MAX_RUNS 64
 
 cv_status cv_membw_read(cv_threadpool *pool, size_t bytes, int runs, double *gbps, cv_error *err);
 cv_status cv_membw_triad(cv_threadpool *pool, size_t bytes, int runs, double *gbps, cv_error *err);
-
-/* Median of v[0..n) (sorts v); n >= 1. */
-double cv_median(double *v, int n);
-/* CLOCK_MONOTONIC in seconds. */
-double cv_seconds(void);
 
 #endif

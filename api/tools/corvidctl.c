@@ -314,17 +314,10 @@ static int consume(corvid_stream *s, int json) {
     return rc;
 }
 
-static const char *const code_names_short[CORVID_CODES] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-};
-
 static json_t *codes_json(const uint64_t *counts) {
     json_t *o = json_object();
     for (int c = 0; c < CORVID_CODES; c++)
-        if (counts[c]) json_object_set_new(o, code_names_short[c], json_integer((json_int_t)counts[c]));
+        if (counts[c]) json_object_set_new(o, corvid_code_name(c), json_integer((json_int_t)counts[c]));
     return o;
 }
 

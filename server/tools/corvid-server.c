@@ -66,6 +66,11 @@ static void rag_audit(void *user, const char *line) {
     json_decref(j);
 }
 
+static void audit_model_load(void *ctx, const char *uri, int ready, const char *detail) {
+    cv_audit_entry e = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri, ready ? "ready" : "failed", detail};
+    cv_audit_write(ctx, &e, NULL);
+}
+
 /* The knowledge bases and sources of the config, opened and checked; NULL when none. */
 static cv_status open_rag(const cv_config *c, cv_audit **audit, cv_rag_service **out, cv_error *err) {
     *out = NULL;
@@ -177,8 +182,12 @@ int main(int argc, char **argv) {
     }
     cv_router_options ro = {.slot = {.threads = cfg.threads, .tp = cfg.tp,
                                      .device = strcmp(cfg.device, "cuda") ? CV_DEVICE_CPU : CV_DEVICE_CUDA},
-                            .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0),
-                            .audit = auth ? cv_auth_audit(auth) : NULL};
+                            .max_download_bytes = (uint64_t)(cfg.max_download_mb * 1048576.0)};
+    cv_audit *audit = auth ? cv_auth_audit(auth) : NULL;
+    if (audit) {
+        ro.on_load = audit_model_load;
+        ro.on_load_ctx = audit;
+    }
     snprintf(ro.cache_dir, sizeof ro.cache_dir, "%s", cfg.model_cache_dir);
     cv_engine_config_default(&ro.slot.engine);
     ro.slot.engine.max_running = cfg.max_running;
@@ -191,14 +200,14 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
-        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, ro.audit, &admin, &err) != CV_OK)
+        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
         goto out;
     cv_status created = cv_rpc_server_new(&rcfg, &srv, &err);
     rcfg.tls = NULL; /* the rpc server owns the TLS files from here, even when it failed */
     if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
         cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
-    rag_audit_log = ro.audit;
+    rag_audit_log = audit;
     cv_infer_set_rag(inf, rag);
     state.health = health;
     state.router = router;
@@ -244,7 +253,7 @@ int main(int argc, char **argv) {
         sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGHUP) {
             /* Log rotation: the audit file is reopened; TLS files are picked up by themselves. */
-            if (ro.audit && cv_audit_reopen(ro.audit, &err) != CV_OK)
+            if (audit && cv_audit_reopen(audit, &err) != CV_OK)
                 fprintf(stderr, "{\"msg\":\"audit log reopen failed\",\"error\":\"%s\"}\n", err.msg);
             continue;
         }

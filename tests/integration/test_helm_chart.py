@@ -23,7 +23,7 @@ checked offline:
 - every corvid_* metric a dashboard panel or alert rule uses is exported by a real
   corvid-server (stories260K) or a real corvid-controlplane (leading a rollout on a
   real etcd), both scraped on 127.0.0.1, except the GPU gauges (written only where
-  NVML finds GPUs: checked in server/metrics.c instead);
+  NVML finds GPUs: checked in server/service/metrics.c instead);
 - files/fetch-model.sh against a local HTTP server (good digest, bad digest, kept file);
 - the Dockerfile (BuildKit's parser): both variants, .ci/run's build commands, the
   chart's user and ports.
@@ -48,7 +48,7 @@ from etcd_testlib import Etcd  # noqa: E402
 
 # Metrics the dashboard and alerts use that a CPU-only test machine cannot see:
 # corvid-server writes the GPU gauges only where NVML finds GPUs (the test checks that
-# server/metrics.c writes them).
+# server/service/metrics.c writes them).
 GPU_ONLY = {"corvid_gpu_utilization_ratio", "corvid_gpu_memory_used_bytes", "corvid_gpu_memory_total_bytes"}
 KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
 GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
@@ -627,11 +627,11 @@ def metric_names_exported():
     names = {n for n, _ in used}
     missing = sorted({(n, w) for n, w in used if n not in from_server | from_cp and n not in GPU_ONLY})
     assert not missing, "used but not exported: %s" % missing
-    source = open(os.path.join(chartlib.ROOT, "server", "metrics.c")).read()
+    source = open(os.path.join(chartlib.ROOT, "server", "service", "metrics.c")).read()
     for n in sorted(GPU_ONLY):
         assert n in names, "GPU_ONLY lists %s, which no panel or rule uses" % n
-        assert '"%s{gpu=' % n in source, "server/metrics.c does not write %s" % n
-        print("  GPU only (written by server/metrics.c where NVML finds GPUs; none here): %s" % n)
+        assert '"%s{gpu=' % n in source, "server/service/metrics.c does not write %s" % n
+        print("  GPU only (written by server/service/metrics.c where NVML finds GPUs; none here): %s" % n)
     print("  %d names used: %d exported by the server, %d by the control plane scraped here, %d GPU only" % (
         len(names), len(names & from_server), len(names & from_cp), len(names & GPU_ONLY)))
 

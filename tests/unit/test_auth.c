@@ -79,10 +79,10 @@ static char *bearer(const char *alg, const char *sub, const char *scope, int64_t
 #define OKPEER "ipv4:10.1.2.3:40000"
 
 static void expect(cv_auth *a, const char *method, const char *authz, const char *peer,
-                   cv_rpc_code code, const char *want) {
+                   cv_auth_verdict code, const char *want) {
     cv_auth_result r;
-    cv_rpc_code got = cv_auth_check(a, method, authz, peer, &r);
-    if (got != code || r.code != code || (want && !strstr(r.message, want)))
+    cv_auth_verdict got = cv_auth_check(a, method, authz, peer, &r);
+    if (got != code || r.verdict != code || (want && !strstr(r.message, want)))
         fail_msg("%s from %s: got %d '%s', want %d containing '%s'", method, peer, got, r.message,
                  code, want ? want : "");
     if (authz && strlen(authz) > 20) assert_null(strstr(r.message, authz + 7));
@@ -95,11 +95,11 @@ static void test_disabled_allows_everything(void **state) {
     assert_int_equal(cv_auth_new(NULL, NULL, &a, &e), CV_OK);
     assert_false(cv_auth_requires_token(a));
     assert_null(cv_auth_audit(a));
-    expect(a, ADMIN, NULL, "ipv4:8.8.8.8:1", CV_RPC_OK, NULL);
-    expect(a, GEN, "garbage", "unix:/x", CV_RPC_OK, NULL);
+    expect(a, ADMIN, NULL, "ipv4:8.8.8.8:1", CV_AUTH_ALLOW, NULL);
+    expect(a, GEN, "garbage", "unix:/x", CV_AUTH_ALLOW, NULL);
     cv_auth_free(a);
     a = auth_from("{}");
-    expect(a, ADMIN, NULL, "ipv4:8.8.8.8:1", CV_RPC_OK, NULL);
+    expect(a, ADMIN, NULL, "ipv4:8.8.8.8:1", CV_AUTH_ALLOW, NULL);
     cv_auth_free(a);
 }
 
@@ -114,33 +114,33 @@ static void test_full_policy(void **state) {
     char *old = bearer("HS256", "ops", "admin", NOW - 10);
 
     /* Probes need nothing, from anywhere. */
-    expect(a, HEALTH, NULL, "ipv4:8.8.8.8:1", CV_RPC_OK, NULL);
+    expect(a, HEALTH, NULL, "ipv4:8.8.8.8:1", CV_AUTH_ALLOW, NULL);
     /* Allowlist first. */
-    expect(a, ADMIN, adm, "ipv4:8.8.8.8:1", CV_RPC_PERMISSION_DENIED,
+    expect(a, ADMIN, adm, "ipv4:8.8.8.8:1", CV_AUTH_DENIED,
            "client address 8.8.8.8 is not in the allowlist");
-    expect(a, ADMIN, adm, "ipv6:%5B::2%5D:1", CV_RPC_PERMISSION_DENIED, "client address ::2 is not");
-    expect(a, ADMIN, adm, "unix:/tmp/s", CV_RPC_PERMISSION_DENIED, "the allowlist admits IP clients only");
+    expect(a, ADMIN, adm, "ipv6:%5B::2%5D:1", CV_AUTH_DENIED, "client address ::2 is not");
+    expect(a, ADMIN, adm, "unix:/tmp/s", CV_AUTH_DENIED, "the allowlist admits IP clients only");
     /* Then the token. */
-    expect(a, ADMIN, NULL, OKPEER, CV_RPC_UNAUTHENTICATED, "missing authorization metadata");
-    expect(a, ADMIN, "Basic b3BzOnB3", OKPEER, CV_RPC_UNAUTHENTICATED,
+    expect(a, ADMIN, NULL, OKPEER, CV_AUTH_UNAUTHENTICATED, "missing authorization metadata");
+    expect(a, ADMIN, "Basic b3BzOnB3", OKPEER, CV_AUTH_UNAUTHENTICATED,
            "authorization scheme 'Basic' is not supported: use Bearer");
-    expect(a, ADMIN, "Bearer", OKPEER, CV_RPC_UNAUTHENTICATED, "scheme 'Bearer' is not supported");
-    expect(a, ADMIN, old, OKPEER, CV_RPC_UNAUTHENTICATED, "invalid token: token expired at");
-    expect(a, ADMIN, "Bearer a.b", OKPEER, CV_RPC_UNAUTHENTICATED, "invalid token: token has 2 parts");
+    expect(a, ADMIN, "Bearer", OKPEER, CV_AUTH_UNAUTHENTICATED, "scheme 'Bearer' is not supported");
+    expect(a, ADMIN, old, OKPEER, CV_AUTH_UNAUTHENTICATED, "invalid token: token expired at");
+    expect(a, ADMIN, "Bearer a.b", OKPEER, CV_AUTH_UNAUTHENTICATED, "invalid token: token has 2 parts");
     /* Then the scope. */
-    expect(a, ADMIN, inf, "ipv6:%5B::1%5D:9", CV_RPC_PERMISSION_DENIED,
+    expect(a, ADMIN, inf, "ipv6:%5B::1%5D:9", CV_AUTH_DENIED,
            "/corvid.v1.Admin/LoadModel needs scope admin; the token of 'app' has inference");
-    expect(a, "/corvid.v1.Secret/Do", inf, OKPEER, CV_RPC_PERMISSION_DENIED, "needs scope admin");
-    expect(a, GEN, adm, OKPEER, CV_RPC_PERMISSION_DENIED, "needs scope inference; the token of 'ops' has admin");
+    expect(a, "/corvid.v1.Secret/Do", inf, OKPEER, CV_AUTH_DENIED, "needs scope admin");
+    expect(a, GEN, adm, OKPEER, CV_AUTH_DENIED, "needs scope inference; the token of 'ops' has admin");
 
     cv_auth_result r;
-    assert_int_equal(cv_auth_check(a, GEN, inf, OKPEER, &r), CV_RPC_OK);
+    assert_int_equal(cv_auth_check(a, GEN, inf, OKPEER, &r), CV_AUTH_ALLOW);
     assert_string_equal(r.subject, "app");
     assert_int_equal(r.scopes, CV_SCOPE_INFERENCE);
     /* Scheme case and surrounding blanks do not matter. */
     char *loose = malloc(strlen(adm) + 8);
     sprintf(loose, " bEaReR \t%s \r\n", adm + 7);
-    assert_int_equal(cv_auth_check(a, ADMIN, loose, "ipv6:[::ffff:10.9.9.9]:1", &r), CV_RPC_OK);
+    assert_int_equal(cv_auth_check(a, ADMIN, loose, "ipv6:[::ffff:10.9.9.9]:1", &r), CV_AUTH_ALLOW);
     assert_string_equal(r.subject, "ops");
     free(loose);
 
@@ -151,7 +151,7 @@ static void test_full_policy(void **state) {
                              "{\"alg\":\"HS256\",\"kid\":\"idp\"}", payload);
     char *fb = malloc(strlen(forged) + 8);
     sprintf(fb, "Bearer %s", forged);
-    expect(a, ADMIN, fb, OKPEER, CV_RPC_UNAUTHENTICATED, "alg HS256 does not match key 'idp' alg RS256");
+    expect(a, ADMIN, fb, OKPEER, CV_AUTH_UNAUTHENTICATED, "alg HS256 does not match key 'idp' alg RS256");
 
     cv_auth_free(a);
 
@@ -195,27 +195,27 @@ static void test_rate_limit_per_subject_and_ip(void **state) {
     cv_auth *a = auth_from(full_config());
     char *alice = bearer("HS256", "alice", "inference", NOW + 300);
     char *bob = bearer("HS256", "bob", "inference", NOW + 300);
-    for (int i = 0; i < 3; i++) expect(a, GEN, alice, OKPEER, CV_RPC_OK, NULL);
-    expect(a, GEN, alice, "ipv4:10.7.7.7:1", CV_RPC_RESOURCE_EXHAUSTED,
+    for (int i = 0; i < 3; i++) expect(a, GEN, alice, OKPEER, CV_AUTH_ALLOW, NULL);
+    expect(a, GEN, alice, "ipv4:10.7.7.7:1", CV_AUTH_RATE_LIMITED,
            "rate limit of 1 requests/s (burst 3) reached for subject alice; retry in 1.00 s");
-    expect(a, GEN, bob, OKPEER, CV_RPC_OK, NULL);
+    expect(a, GEN, bob, OKPEER, CV_AUTH_ALLOW, NULL);
     mono_now += 400000000; /* 0.4 s */
-    expect(a, GEN, alice, OKPEER, CV_RPC_RESOURCE_EXHAUSTED, "retry in 0.60 s");
+    expect(a, GEN, alice, OKPEER, CV_AUTH_RATE_LIMITED, "retry in 0.60 s");
     mono_now += 600000000;
-    expect(a, GEN, alice, OKPEER, CV_RPC_OK, NULL);
+    expect(a, GEN, alice, OKPEER, CV_AUTH_ALLOW, NULL);
     free(alice);
     free(bob);
     cv_auth_free(a);
 
     /* Without JWT the client IP is the key: ports do not matter, addresses do. */
     a = auth_from("{\"rate_limit\": {\"per_second\": 0.5}}");
-    expect(a, GEN, NULL, "ipv4:10.0.0.1:1000", CV_RPC_OK, NULL);
-    expect(a, GEN, NULL, "ipv4:10.0.0.1:1001", CV_RPC_RESOURCE_EXHAUSTED,
+    expect(a, GEN, NULL, "ipv4:10.0.0.1:1000", CV_AUTH_ALLOW, NULL);
+    expect(a, GEN, NULL, "ipv4:10.0.0.1:1001", CV_AUTH_RATE_LIMITED,
            "(burst 1) reached for client 10.0.0.1; retry in 2.00 s");
-    expect(a, GEN, NULL, "ipv6:[::ffff:10.0.0.1]:7", CV_RPC_RESOURCE_EXHAUSTED, "client 10.0.0.1");
-    expect(a, GEN, NULL, "ipv4:10.0.0.2:1000", CV_RPC_OK, NULL);
-    expect(a, HEALTH, NULL, "ipv4:10.0.0.2:1000", CV_RPC_OK, NULL);
-    expect(a, HEALTH, NULL, "ipv4:10.0.0.2:1000", CV_RPC_OK, NULL);
+    expect(a, GEN, NULL, "ipv6:[::ffff:10.0.0.1]:7", CV_AUTH_RATE_LIMITED, "client 10.0.0.1");
+    expect(a, GEN, NULL, "ipv4:10.0.0.2:1000", CV_AUTH_ALLOW, NULL);
+    expect(a, HEALTH, NULL, "ipv4:10.0.0.2:1000", CV_AUTH_ALLOW, NULL);
+    expect(a, HEALTH, NULL, "ipv4:10.0.0.2:1000", CV_AUTH_ALLOW, NULL);
     cv_auth_free(a);
 }
 
@@ -233,7 +233,7 @@ static void test_secret_sources(void **state) {
              "\"issuer\":\"https://idp.test\",\"audience\":\"corvid\"}}", p2);
     cv_auth *a = auth_from(cfg);
     char *t = bearer("HS256", "s", "inference", NOW + 60);
-    expect(a, GEN, t, OKPEER, CV_RPC_OK, NULL);
+    expect(a, GEN, t, OKPEER, CV_AUTH_ALLOW, NULL);
     cv_auth_free(a);
 
     /* The same secret from the environment (printable, so it fits a variable). */
@@ -247,12 +247,12 @@ static void test_secret_sources(void **state) {
     char *tok = tjwt_make("HS256", NULL, (unsigned char *)envsecret, 40, "{\"alg\":\"HS256\"}", payload);
     char *b = malloc(strlen(tok) + 8);
     sprintf(b, "Bearer %s", tok);
-    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_RPC_OK, NULL);
+    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_AUTH_ALLOW, NULL);
     /* Leeway defaults to 30 s. */
     wall_now = NOW + 60 + 29;
-    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_RPC_OK, NULL);
+    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_AUTH_ALLOW, NULL);
     wall_now = NOW + 60 + 30;
-    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_RPC_UNAUTHENTICATED, "expired");
+    expect(a, ADMIN, b, "ipv4:1.2.3.4:5", CV_AUTH_UNAUTHENTICATED, "expired");
     wall_now = NOW;
     cv_auth_free(a);
     free(t);

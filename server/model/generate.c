@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "membw.h"
+#include "timing.h"
 
 int32_t cv_argmax(const float *x, int32_t n) {
     int32_t best = 0;

@@ -10,6 +10,7 @@
 #ifndef CV_ADMIN_SERVICE_H
 #define CV_ADMIN_SERVICE_H
 
+#include "audit.h"
 #include "router.h"
 #include "rpc_server.h"
 

@@ -23,6 +23,7 @@
  * then one token from the caller's bucket, keyed by subject, else by client IP
  * (RESOURCE_EXHAUSTED, with the wait). Allowlist and token failures are audited as
  * auth_failure; rate-limit refusals are not (they would flood the log: count them).
+ * The names of the verdicts in the comment above are the gRPC codes they map to.
  * Messages never contain the token. Thread-safe; safe on the completion-queue thread
  * (no blocking beyond one audit write()).
  */
@@ -35,7 +36,16 @@
 #include "jwt.h"
 #include "pii.h"
 #include "ratelimit.h"
-#include "rpc_server.h"
+
+/* What the check decided. The protocol layer maps it to its own status (gRPC
+ * UNAUTHENTICATED / PERMISSION_DENIED / RESOURCE_EXHAUSTED, HTTP 401 / 403 / 429), so
+ * this layer knows no protocol. */
+typedef enum cv_auth_verdict {
+    CV_AUTH_ALLOW = 0,
+    CV_AUTH_UNAUTHENTICATED,  /* no credentials, or they do not verify */
+    CV_AUTH_DENIED,           /* the address or the token's scopes do not admit the call */
+    CV_AUTH_RATE_LIMITED      /* the caller's bucket is empty */
+} cv_auth_verdict;
 
 typedef struct cv_auth_options {
     cv_jwt_clock wall;        /* NULL: time() */
@@ -45,7 +55,7 @@ typedef struct cv_auth_options {
 } cv_auth_options;
 
 typedef struct cv_auth_result {
-    cv_rpc_code code;                       /* CV_RPC_OK or the refusal */
+    cv_auth_verdict verdict;                /* CV_AUTH_ALLOW or the refusal */
     char message[512];                      /* the gRPC status message when refused */
     char subject[CV_JWT_MAX_SUBJECT + 1];   /* "" without a verified token */
     unsigned scopes;                        /* CV_SCOPE_* of the token */
@@ -62,7 +72,7 @@ cv_status cv_auth_load_file(const char *path, const cv_auth_options *opt, cv_aut
 void cv_auth_free(cv_auth *a);
 
 /* authorization: the metadata value or NULL; peer: gRPC's peer string. */
-cv_rpc_code cv_auth_check(cv_auth *a, const char *method, const char *authorization,
+cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *authorization,
                           const char *peer, cv_auth_result *res);
 
 /* The audit log (NULL when none is configured), for admin actions and model loads. */

@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "grpc_status.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,13 +39,6 @@ static void put(buf *b, const char *fmt, ...) {
         b->cap = cap;
     }
 }
-
-static const char *const code_names[CV_STATS_CODES] = {
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-    "UNAUTHENTICATED",
-};
 
 static void histogram(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
                       size_t n, size_t off) {
@@ -86,7 +81,7 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
         for (int c = 0; c < CV_STATS_CODES; c++)
             if (slots[i].total->requests[c] || c == 0)
                 put(&b, "corvid_requests_total{version=\"%s\",code=\"%s\"} %llu\n", slots[i].version,
-                    code_names[c], (unsigned long long)slots[i].total->requests[c]);
+                    cv_grpc_status_name(c), (unsigned long long)slots[i].total->requests[c]);
     }
     histogram(&b, "corvid_time_to_first_token_seconds", "Submit to first generated token.", slots, n,
               offsetof(cv_stats_view, ttft));

@@ -29,11 +29,14 @@ typedef enum cv_slot_state {
     CV_SLOT_DRAINING = 4
 } cv_slot_state;
 
-typedef struct cv_audit cv_audit;
+/* Told every load's outcome (ready or failed) once, off the router's lock; the server
+ * writes it to the audit log. uri: what was asked for; detail: version, sha256, reason. */
+typedef void (*cv_router_load_hook)(void *ctx, const char *uri, int ready, const char *detail);
 
 typedef struct cv_router_options {
     cv_slot_options slot;
-    cv_audit *audit;             /* model_load outcomes are written here; NULL: none */
+    cv_router_load_hook on_load; /* NULL: nobody is told */
+    void *on_load_ctx;
     char cache_dir[1024];        /* downloads land here */
     uint64_t max_download_bytes; /* 0: no limit */
 } cv_router_options;

@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "corvid/v1/inference.pb-c.h"
+#include "grpc_status.h"
 #include "rag_service.h"
 
 /* Retrievals running at once (each on its own thread: live sources block). */
@@ -233,13 +234,9 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
 /* One JSON line per finished request, with its id, on stderr. */
 static void log_request(const char *request_id, const char *version, cv_rpc_code code, const cv_engine_final *f,
                         const char *error) {
-    static const char *const names[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
-                                        "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                        "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED",
-                                        "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"};
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg", "request",
                           "request_id", request_id, "version", version, "code",
-                          (unsigned)code < sizeof names / sizeof names[0] ? names[code] : "UNKNOWN");
+                          cv_grpc_status_name((int)code));
     if (!o) return;
     if (f) {
         json_object_set_new(o, "prompt_tokens", json_integer(f->prompt_tokens));

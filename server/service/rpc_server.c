@@ -385,6 +385,16 @@ static int over_tls(cv_rpc_call *c) {
     return tls;
 }
 
+static cv_rpc_code auth_code(cv_auth_verdict v) {
+    switch (v) {
+    case CV_AUTH_ALLOW: return CV_RPC_OK;
+    case CV_AUTH_UNAUTHENTICATED: return CV_RPC_UNAUTHENTICATED;
+    case CV_AUTH_DENIED: return CV_RPC_PERMISSION_DENIED;
+    case CV_AUTH_RATE_LIMITED: return CV_RPC_RESOURCE_EXHAUSTED;
+    }
+    return CV_RPC_INTERNAL;
+}
+
 static void on_recv(cv_rpc_call *c, int ok) {
     cv_rpc_server *s = c->srv;
     cv_auth_result ar;
@@ -392,9 +402,9 @@ static void on_recv(cv_rpc_call *c, int ok) {
         cv_rpc_reply(c, CV_RPC_PERMISSION_DENIED, "this port serves only grpc.health.v1: use the TLS port",
                      NULL, 0);
     } else if (s->cfg.auth && cv_auth_check(s->cfg.auth, c->method, cv_rpc_metadata(c, "authorization"),
-                                            cv_rpc_peer(c), &ar) != CV_RPC_OK) {
+                                            cv_rpc_peer(c), &ar) != CV_AUTH_ALLOW) {
         /* Before the method lookup: an unauthenticated caller learns nothing about methods. */
-        cv_rpc_reply(c, ar.code, ar.message, NULL, 0);
+        cv_rpc_reply(c, auth_code(ar.verdict), ar.message, NULL, 0);
     } else if (!atomic_load(&s->accepting)) {
         cv_rpc_reply(c, CV_RPC_UNAVAILABLE, "server is draining: retry on another replica", NULL, 0);
     } else if (!ok || !c->recv_bb) {

@@ -246,11 +246,12 @@ int cv_auth_requires_token(const cv_auth *a) { return a->jwt != NULL; }
 
 /* ---- the per-call check ---- */
 
-static const char *code_name(cv_rpc_code c) {
-    switch (c) {
-    case CV_RPC_UNAUTHENTICATED: return "UNAUTHENTICATED";
-    case CV_RPC_PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case CV_RPC_RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+/* Audit outcomes keep the names operators already grep for: the gRPC codes. */
+static const char *verdict_name(cv_auth_verdict v) {
+    switch (v) {
+    case CV_AUTH_UNAUTHENTICATED: return "UNAUTHENTICATED";
+    case CV_AUTH_DENIED: return "PERMISSION_DENIED";
+    case CV_AUTH_RATE_LIMITED: return "RESOURCE_EXHAUSTED";
     default: return "OK";
     }
 }
@@ -262,20 +263,20 @@ static int method_scope(const char *m) {
     return CV_SCOPE_ADMIN;
 }
 
-static cv_rpc_code refuse(cv_auth *a, cv_auth_result *res, cv_rpc_code code, const char *method,
+static cv_auth_verdict refuse(cv_auth *a, cv_auth_result *res, cv_auth_verdict code, const char *method,
                           const char *peer, const char *fmt, ...)
     __attribute__((format(printf, 6, 7)));
 
-static cv_rpc_code refuse(cv_auth *a, cv_auth_result *res, cv_rpc_code code, const char *method,
+static cv_auth_verdict refuse(cv_auth *a, cv_auth_result *res, cv_auth_verdict code, const char *method,
                           const char *peer, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(res->message, sizeof res->message, fmt, ap);
     va_end(ap);
-    res->code = code;
-    if (a->audit && code != CV_RPC_RESOURCE_EXHAUSTED) {
+    res->verdict = code;
+    if (a->audit && code != CV_AUTH_RATE_LIMITED) {
         cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, res->subject[0] ? res->subject : NULL, peer,
-                            method, code_name(code), res->message};
+                            method, verdict_name(code), res->message};
         cv_audit_write(a->audit, &e, NULL);
     }
     return code;
@@ -301,11 +302,11 @@ static void scope_names(unsigned s, char buf[32]) {
     if (!s) snprintf(buf, 32, "no known scope");
 }
 
-cv_rpc_code cv_auth_check(cv_auth *a, const char *method, const char *authorization,
+cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *authorization,
                           const char *peer, cv_auth_result *res) {
     memset(res, 0, sizeof *res);
     int need = method_scope(method);
-    if (need < 0) return CV_RPC_OK;
+    if (need < 0) return CV_AUTH_ALLOW;
     cv_ip ip;
     cv_error e = {0};
     int have_ip = cv_ip_parse_peer(peer, &ip, &e) == CV_OK;
@@ -314,15 +315,15 @@ cv_rpc_code cv_auth_check(cv_auth *a, const char *method, const char *authorizat
 
     if (cv_allowlist_count(a->allow)) {
         if (!have_ip)
-            return refuse(a, res, CV_RPC_PERMISSION_DENIED, method, peer,
+            return refuse(a, res, CV_AUTH_DENIED, method, peer,
                           "the allowlist admits IP clients only: %s", e.msg);
         if (!cv_allowlist_allows(a->allow, &ip))
-            return refuse(a, res, CV_RPC_PERMISSION_DENIED, method, peer,
+            return refuse(a, res, CV_AUTH_DENIED, method, peer,
                           "client address %s is not in the allowlist", ip_text);
     }
     if (a->jwt) {
         if (!authorization || !*authorization)
-            return refuse(a, res, CV_RPC_UNAUTHENTICATED, method, peer,
+            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
                           "missing authorization metadata: send 'authorization: Bearer <JWT>'");
         size_t len = 0;
         const char *tok = bearer_token(authorization, &len);
@@ -332,18 +333,18 @@ cv_rpc_code cv_auth_check(cv_auth *a, const char *method, const char *authorizat
             snprintf(scheme, sizeof scheme, "%.*s", (int)(n < 16 ? n : 16), authorization);
             for (char *c = scheme; *c; c++)
                 if (!isalnum((unsigned char)*c) && *c != '-') *c = '?';
-            return refuse(a, res, CV_RPC_UNAUTHENTICATED, method, peer,
+            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
                           "authorization scheme '%s' is not supported: use Bearer", scheme);
         }
         cv_jwt_claims c;
         if (cv_jwt_verify(a->jwt, tok, len, &c, &e) != CV_OK)
-            return refuse(a, res, CV_RPC_UNAUTHENTICATED, method, peer, "invalid token: %s", e.msg);
+            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer, "invalid token: %s", e.msg);
         memcpy(res->subject, c.subject, sizeof res->subject);
         res->scopes = c.scopes;
         if (!(c.scopes & (unsigned)need)) {
             char have[32];
             scope_names(c.scopes, have);
-            return refuse(a, res, CV_RPC_PERMISSION_DENIED, method, peer,
+            return refuse(a, res, CV_AUTH_DENIED, method, peer,
                           "%.200s needs scope %s; the token of '%.64s' has %s", method,
                           need == CV_SCOPE_ADMIN ? "admin" : "inference", c.subject, have);
         }
@@ -355,10 +356,10 @@ cv_rpc_code cv_auth_check(cv_auth *a, const char *method, const char *authorizat
         else snprintf(key, sizeof key, "peer:%s", peer);
         double wait = 0;
         if (!cv_ratelimit_take(a->rl, key, &wait))
-            return refuse(a, res, CV_RPC_RESOURCE_EXHAUSTED, method, peer,
+            return refuse(a, res, CV_AUTH_RATE_LIMITED, method, peer,
                           "rate limit of %g requests/s (burst %g) reached for %s %.64s; retry in %.2f s",
                           a->rl_rate, a->rl_burst, res->subject[0] ? "subject" : "client",
                           res->subject[0] ? res->subject : have_ip ? ip_text : peer, wait);
     }
-    return CV_RPC_OK;
+    return CV_AUTH_ALLOW;
 }

@@ -6,7 +6,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "audit.h"
 #include "model_fetch.h"
 
 typedef struct entry {
@@ -249,13 +248,11 @@ static void *load_thread(void *arg) {
         if (!serving_locked(r)) en->info.weight = 100;
         snprintf(en->info.message, sizeof en->info.message, "loaded in %.2f s", en->info.load_seconds);
     }
-    cv_audit_entry ae = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri,
-                         en->info.state == CV_SLOT_READY ? "ready" : "failed", en->info.message};
+    int ready = en->info.state == CV_SLOT_READY;
     char detail[128 + 65 + 512 + 32];
     snprintf(detail, sizeof detail, "version=%s sha256=%s: %s", a->version, sha[0] ? sha : "-", en->info.message);
-    ae.detail = detail;
     pthread_mutex_unlock(&r->mu);
-    if (r->opt.audit) cv_audit_write(r->opt.audit, &ae, NULL);
+    if (r->opt.on_load) r->opt.on_load(r->opt.on_load_ctx, uri, ready, detail);
     cv_slot_free(slot);
     end_op(r);
     free(a);
