@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# The corvid image: corvid-server, corvidctl, corvid-run, corvid-index, corvid-quantize
-# (and corvid-controlplane once it is built), run as user 10001, the chart's runAsUser.
+# The corvid image: corvid-server, corvid-controlplane, corvidctl, corvid-run, corvid-index
+# and corvid-quantize, run as user 10001, the chart's runAsUser.
 #
 #   docker build -t corvid:0.1.0 .                              # CUDA build (default)
 #   docker build --build-arg VARIANT=cpu -t corvid:0.1.0-cpu .  # CPU-only build

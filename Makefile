@@ -6,7 +6,7 @@
 # refuses path tricks and system headers a layer must not use (gRPC outside service/
 # and api/, ...). Sources are found by convention, so adding a module means adding files:
 #   kernels/base/*.c  base      errors, timing, UTF-8, gRPC status names, the HTTP endpoint
-#   kernels/cpu/*.c   kernels   CPU backend (public headers: kernels/*.h); *_avx2.c get
+#   kernels/cpu/*.c   cpu       CPU backend (public headers: kernels/*.h); *_avx2.c get
 #                               -mavx2 -mfma -mf16c, *_avx512.c also AVX-512 F/BW/VL/VNNI
 #   kernels/cuda/*.cu cuda      CUDA backend (only with CUDA=1)
 #   server/gguf       gguf      GGUF read/write, quantize, synthetic models
@@ -42,34 +42,34 @@ SYSLIBS := -lm -lpthread
 ifeq ($(CUDA),1)
 CUDA_CPPFLAGS := -DCV_CUDA=1 -I/usr/local/cuda/include
 SYSLIBS  += -L/usr/local/cuda/lib64 -Wl,-rpath,/usr/local/cuda/lib64 -lcudart -lcublas -lnccl -lstdc++
-NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Ikernels/base -Ikernels/cpu -Xcompiler -Wall,-Wextra -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Ikernels/base -Xcompiler -Wall,-Wextra -Werror all-warnings -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 endif
 
 # ---- the layers: folders, the folder its users see, what it uses, system packages ----
-LAYERS := base kernels cuda gguf text model engine security rag service proto client cp testsupport
+LAYERS := base cpu cuda gguf text model engine security rag service proto client cp testsupport
 
 DIRS_base := kernels/base
 PUB_base  := kernels/base
 USES_base :=
 PKGS_base := libmicrohttpd
 
-DIRS_kernels := kernels/cpu
-PUB_kernels  := kernels
-USES_kernels := base
+DIRS_cpu := kernels/cpu
+PUB_cpu  := kernels
+USES_cpu := base
 
 DIRS_cuda := kernels/cuda
 PUB_cuda  := kernels
-USES_cuda := kernels base
+USES_cuda := cpu base
 
 DIRS_gguf := server/gguf
-USES_gguf := kernels
+USES_gguf := cpu
 
 DIRS_text := server/text
 USES_text := gguf
 PKGS_text := libutf8proc
 
 DIRS_model := server/model
-USES_model := gguf kernels
+USES_model := gguf cpu
 
 DIRS_engine := server/engine
 USES_engine := model text
@@ -132,7 +132,7 @@ inc_re := s/^\#include "\(.*\)".*/\1/p
 src_includes = $(shell f='$(1)'; sed -n '$(inc_re)' "$$f"; \
   for h in $$(sed -n '$(inc_re)' "$$f" | grep '^\.\./'); do sed -n '$(inc_re)' "$$(dirname "$$f")/$$h"; done)
 # With CUDA=1 whoever links the kernels may reach the CUDA backend (tp.c, config.c).
-with_cuda = $(1) $(if $(and $(filter 1,$(CUDA)),$(filter kernels,$(1))),cuda)
+with_cuda = $(1) $(if $(and $(filter 1,$(CUDA)),$(filter cpu,$(1))),cuda)
 src_layers = $(call with_cuda,$(call closure,$(foreach l,$(LAYERS),$(if $(filter $(HDRS_$(l)),$(notdir $(2)) $(2)),$(l)))))
 
 # A binary: its object sees every folder of the layers it uses (tests are white-box);
@@ -215,9 +215,23 @@ $(foreach s,$(TOOL_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/bin/$(basename $(n
 $(foreach s,$(TEST_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/test/$(basename $(notdir $(s))),-lcmocka)))
 $(foreach s,$(FUZZ_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/fuzz/$(basename $(notdir $(s))),-fsanitize=fuzzer)))
 
-# corvid-server with CORVID_TESTING (Admin.SetFaultInjection), for rollout tests.
-testing-server:
-	@$(MAKE) --no-print-directory BUILD=$(BUILD)/testing EXTRA_CFLAGS=-DCORVID_TESTING $(BUILD)/testing/bin/corvid-server
+# corvid-server with CORVID_TESTING (Admin.SetFaultInjection), for rollout tests. Only the
+# service layer and the main differ: the other layers are this build's own archives.
+TBUILD := $(BUILD)/testing
+TESTING_OBJ := $(patsubst $(BUILD)/obj/%,$(TBUILD)/obj/%,$(call obj,$(SRC_service) server/tools/corvid-server.c))
+TESTING_LAYERS := $(filter-out service,$(call src_layers,server/tools/corvid-server.c,$(call src_includes,server/tools/corvid-server.c)))
+$(TESTING_OBJ): LAYER_CPPFLAGS := $(call incflags,$(call closure,service)) $(CUDA_CPPFLAGS)
+$(TBUILD)/obj/%.o: %.c | $(PROTO_H)
+	@mkdir -p $(dir $@)
+	@echo "  CC    $< (CORVID_TESTING)"
+	@$(CC) $(CFLAGS) -DCORVID_TESTING $(LAYER_CPPFLAGS) -c $< -o $@
+$(TBUILD)/lib/libcorvid_service.a: $(filter-out %/corvid-server.o,$(TESTING_OBJ)) ; $(mklib)
+$(TBUILD)/bin/corvid-server: $(TESTING_OBJ) $(TBUILD)/lib/libcorvid_service.a $(foreach l,$(TESTING_LAYERS),$(LIB_$(l)))
+	@mkdir -p $(dir $@)
+	@echo "  LINK  $@"
+	@$(CC) $(CFLAGS) -o $@ $(filter %/corvid-server.o,$^) -Wl,--start-group $(filter %.a,$^) -Wl,--end-group \
+	  $(call pkglibs,jansson $(foreach l,service $(TESTING_LAYERS),$(PKGS_$(l)))) $(SYSLIBS)
+testing-server: $(TBUILD)/bin/corvid-server
 
 test: all testing-server
 	@CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
@@ -270,4 +284,4 @@ deps:
 clean:
 	rm -rf $(BUILD) build
 
--include $(shell find $(BUILD)/obj -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD)/obj $(TBUILD)/obj -name '*.d' 2>/dev/null)

@@ -1,6 +1,6 @@
 /* backend: the compute interface between the model runtime and a device.
  *
- * A backend (CPU now, CUDA later) is an object with one ops table. The runtime gets its
+ * A backend (kernels/cpu, kernels/cuda) is an object with one ops table. The runtime gets its
  * memory and its weights onto the device through the table and then calls ops in order;
  * ops on one backend run in call order, so a later op sees an earlier op's results.
  * Every pointer an op takes is memory of that backend (host memory for the CPU backend,
@@ -13,7 +13,7 @@
  * ne[0]), so matmul computes Y[B][rows] = X[B][cols] . W^T. Outputs may alias inputs
  * only where an op says so.
  *
- * Tensor parallelism (later) keeps this shape: a shard of a weight is a cv_tensor view
+ * Tensor parallelism keeps this shape: a shard of a weight is a cv_tensor view
  * (a row range, or a column range through row_stride), each rank owns one backend, and
  * the sharded model calls a cv_comm all-reduce on backend buffers between two ops.
  */
