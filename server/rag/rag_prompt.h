@@ -21,6 +21,8 @@
  *
  *   Question: QUESTION
  *   Answer:
+ * and a base model answering it would go on with a "Question:" of its own:
+ * CV_RAG_GENERATE_STOP is the stop string that ends the answer there.
  * For Chat the same instruction and context become a system message (prepended to the
  * chat's own first system message when it has one) and go through the chat template.
  */
@@ -33,6 +35,7 @@
 #include "rag_index.h" /* cv_rag_measure_fn */
 
 #define CV_RAG_PROMPT_MIN_CUT 16
+#define CV_RAG_GENERATE_STOP "\nQuestion:"
 
 typedef struct cv_rag_passage {
     const char *source;   /* "kb:<name>" or a live source's name */

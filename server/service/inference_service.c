@@ -12,16 +12,13 @@
 
 #include "corvid/v1/inference.pb-c.h"
 #include "grpc_status.h"
-#include "rag_service.h"
-
-/* Retrievals running at once (each on its own thread: live sources block). */
-#define MAX_RAG_JOBS 64
+#include "rag_request.h"
+#include "timing.h"
 
 struct cv_infer {
     cv_router *router;
     atomic_int in_flight;
-    cv_rag_service *rag;     /* NULL: requests asking for RAG get FAILED_PRECONDITION */
-    atomic_int rag_jobs;
+    cv_rag_runner rag;       /* no service: requests asking for RAG get FAILED_PRECONDITION */
 };
 
 /* ---- one response stream ---- */
@@ -77,18 +74,12 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
 }
 
 /* Engine thread: append and wake the sender. */
-static double mono_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     gen_stream *g = ctx;
     int first = g->t_last_token == 0; /* the first token goes out at once: it is the TTFT */
     if (n_ids) {
-        double t = mono_s();
+        double t = cv_seconds();
         if (g->t_last_token > 0) cv_stats_inter_token(g->slot->stats, t - g->t_last_token);
         g->t_last_token = t;
     }
@@ -531,24 +522,60 @@ static cv_status encode_messages(const cv_tok *tok, cv_chat_family fam,
     return st;
 }
 
-/* ---- retrieval-augmented requests ---- */
-
-/* One RAG request between its handler and its engine submit, on its own thread. */
-typedef struct rag_job {
-    gen_stream *g;
-    Corvid__V1__GenerateRequest *gen; /* exactly one of gen / chat */
+/* A Generate or Chat request: exactly one of gen / chat, and the chat template it gets. */
+typedef struct infer_req {
+    Corvid__V1__GenerateRequest *gen;
     Corvid__V1__ChatRequest *chat;
     cv_chat_family fam;
+} infer_req;
+
+static const Corvid__V1__SamplingParams *req_sampling(const infer_req *r) {
+    return r->gen ? r->gen->sampling : r->chat->sampling;
+}
+
+static void req_free(infer_req *r) {
+    if (r->gen) corvid__v1__generate_request__free_unpacked(r->gen, NULL);
+    if (r->chat) corvid__v1__chat_request__free_unpacked(r->chat, NULL);
+    r->gen = NULL;
+    r->chat = NULL;
+}
+
+/* ---- retrieval-augmented requests: rag_request.h does the work; here the protobuf
+ * request becomes a cv_rag_request and the result becomes stream messages ---- */
+
+/* One RAG request while its retrieval runs. */
+typedef struct rag_job {
+    gen_stream *g;
+    infer_req req;       /* owned */
+    cv_rag_msg *msgs;    /* chat's messages, for the rag layer */
     double t0;
 } rag_job;
 
-static size_t count_tokens(void *user, const char *text, size_t len) {
+/* The model as the rag layer sees it (user: the job). */
+static size_t rag_count_tokens(void *user, const char *text, size_t len) {
+    const rag_job *j = user;
     int32_t *ids = malloc(sizeof *ids * (len + 3));
     size_t n = 0;
     /* Out of memory counts as too long: the passage is left out. */
-    if (!ids || cv_tok_encode(user, text, len, 0, ids, len + 3, &n, NULL) != CV_OK) n = (size_t)-1 / 2;
+    if (!ids || cv_tok_encode(j->g->slot->tok, text, len, 0, ids, len + 3, &n, NULL) != CV_OK) n = (size_t)-1 / 2;
     free(ids);
     return n;
+}
+
+static cv_status rag_encode_prompt(void *user, const char *text, int32_t **ids, size_t *n_ids, cv_error *err) {
+    const rag_job *j = user;
+    return tokenize(j->g->slot->tok, text, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+}
+
+static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int32_t **ids, size_t *n_ids,
+                                 cv_error *err) {
+    const rag_job *j = user;
+    cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i].role, m[i].content};
+    cv_status st = cv_chat_encode(j->g->slot->tok, j->req.fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+    free(msgs);
+    return st;
 }
 
 /* The Context message listing the kept passages in citation order. */
@@ -594,7 +621,7 @@ static void stream_default_answer(gen_stream *g, const char *answer, double t0) 
         snprintf(g->error, sizeof g->error, "out of memory");
         g->final.reason = CV_FINISH_ERROR;
     }
-    g->final.total_s = mono_s() - t0;
+    g->final.total_s = cv_seconds() - t0;
     g->default_answer = 1;
     g->have_final = 1;
     pthread_mutex_unlock(&g->mu);
@@ -602,222 +629,125 @@ static void stream_default_answer(gen_stream *g, const char *answer, double t0) 
     cv_rpc_call_release(g->call);
 }
 
-/* The prompt ids with the retrieved context (see rag_prompt.h for the templates). For
- * Chat the context is system-message content: a passage quoting a chat format's
- * control tokens cannot open a turn. */
-static cv_status rag_prompt_ids(const rag_job *j, const cv_tok *tok, const cv_rag_context *ctx,
-                                const char *question, int32_t **ids, size_t *n_ids, cv_error *err) {
-    cv_status st;
-    if (j->gen) {
-        char *text = cv_rag_prompt_generate(ctx, question);
-        if (!text) return cv_errorf(err, CV_ENOMEM, "out of memory");
-        st = tokenize(tok, text, j->gen->raw ? 0 : CV_TOK_ADD_SPECIAL, ids, n_ids, err);
-        free(text);
-        return st;
-    }
-    Corvid__V1__ChatRequest *r = j->chat;
-    char *sys = NULL, *merged = NULL;
-    cv_chat_msg *msgs = calloc(r->n_messages + 1, sizeof *msgs);
-    size_t n = 0, i = 0;
-    st = CV_ENOMEM;
-    if (!msgs || !(sys = cv_rag_prompt_system(ctx))) goto out;
-    if (r->n_messages && !strcmp(r->messages[0]->role, "system")) {
-        size_t a = strlen(sys), b = strlen(r->messages[0]->content);
-        if (!(merged = malloc(a + b + 3))) goto out;
-        memcpy(merged, r->messages[0]->content, b);
-        memcpy(merged + b, "\n\n", 2);
-        memcpy(merged + b + 2, sys, a + 1);
-        msgs[n++] = (cv_chat_msg){"system", merged};
-        i = 1;
-    } else {
-        msgs[n++] = (cv_chat_msg){"system", sys};
-    }
-    for (; i < r->n_messages; i++) msgs[n++] = (cv_chat_msg){r->messages[i]->role, r->messages[i]->content};
-    st = cv_chat_encode(tok, j->fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
-out:
-    if (st == CV_ENOMEM) cv_errorf(err, st, "out of memory");
-    free(sys);
-    free(merged);
-    free(msgs);
-    return st;
-}
-
-/* One structured log line per retrieval (the request id is the client's: escaped). */
-static void log_rag(const gen_stream *g, const cv_rag_outcome *o) {
-    json_t *l = json_pack("{s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:I,s:b}", "msg", "rag", "request_id", g->request_id,
-                          "index_ms", o->index_ms, "sources_ms", o->sources_ms, "prompt_ms", o->prompt_ms,
-                          "passages", (json_int_t)o->n_passages, "cited", (json_int_t)o->ctx.n_kept,
-                          "context_tokens", (json_int_t)o->ctx.tokens, "default_answer", o->default_answer != NULL);
-    char *line = l ? json_dumps(l, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
-    if (line) fprintf(stderr, "%s\n", line);
-    free(line);
-    json_decref(l);
-}
-
-static void *rag_thread(void *arg) {
-    rag_job *j = arg;
+/* The job's end (on its thread): the result into the stream, then the request is freed. */
+static void rag_done(void *user, const cv_rag_result *r) {
+    rag_job *j = user;
     gen_stream *g = j->g;
-    cv_infer *inf = g->inf;
-    const Corvid__V1__RagOptions *ro = j->gen ? j->gen->rag : j->chat->rag;
-    const char *question = j->gen ? j->gen->prompt : "";
-    for (size_t i = 0; j->chat && i < j->chat->n_messages; i++)
-        if (!strcmp(j->chat->messages[i]->role, "user")) question = j->chat->messages[i]->content;
-    cv_rag_outcome o;
-    cv_error err = {0};
-    int32_t *ids = NULL;
-    size_t n = 0;
-    /* The context gets what the model's window leaves after the prompt without it and
-     * room to answer: the request's max_tokens, at most a quarter of the window. */
-    const Corvid__V1__SamplingParams *sp = j->gen ? j->gen->sampling : j->chat->sampling;
-    size_t n_ctx = (size_t)cv_engine_n_ctx(g->engine), bare = 0, room = n_ctx / 4;
-    if (sp && sp->max_tokens && sp->max_tokens < room) room = sp->max_tokens;
-    cv_rag_context empty = {.text = ""};
-    cv_status st = rag_prompt_ids(j, g->slot->tok, &empty, question, &ids, &bare, &err);
-    if (st != CV_OK) {
-        stream_fail(g, code_of(st), err.msg);
-        goto out;
-    }
-    free(ids);
-    ids = NULL;
-    cv_rag_query q = {question, ro->knowledge_base, ro->top_k, ro->min_score,
-                      (const char *const *)ro->sources, ro->n_sources, ro->policy,
-                      bare + room < n_ctx ? n_ctx - bare - room : 1};
-    st = cv_rag_service_run(inf->rag, &q, count_tokens, g->slot->tok, &o, &err);
-    if (st != CV_OK) {
-        stream_fail(g, code_of(st), err.msg);
-        goto out;
-    }
-    log_rag(g, &o);
-    if (o.default_answer) {
-        stream_default_answer(g, o.default_answer, j->t0);
-    } else if (o.ctx.n_kept && pack_context(g, &o) != CV_OK) {
+    if (r->status != CV_OK) {
+        stream_fail(g, code_of(r->status), r->error);
+    } else if (r->default_answer) {
+        stream_default_answer(g, r->default_answer, j->t0);
+    } else if (r->outcome->ctx.n_kept && pack_context(g, r->outcome) != CV_OK) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
-        g->context_tokens = (uint32_t)o.ctx.tokens;
-        if ((st = rag_prompt_ids(j, g->slot->tok, &o.ctx, question, &ids, &n, &err)) != CV_OK)
-            stream_fail(g, code_of(st), err.msg);
-        else
-            /* A base model answering the Generate template goes on with the next
-             * "Question:": the template's own structure ends the answer. */
-            stream_submit(g, ids, n, sp, j->gen ? "\nQuestion:" : NULL);
+        g->context_tokens = (uint32_t)r->outcome->ctx.tokens;
+        stream_submit(g, r->ids, r->n_ids, req_sampling(&j->req), r->extra_stop);
     }
-    cv_rag_outcome_free(&o);
-out:
-    free(ids);
-    if (j->gen) corvid__v1__generate_request__free_unpacked(j->gen, NULL);
-    if (j->chat) corvid__v1__chat_request__free_unpacked(j->chat, NULL);
+    req_free(&j->req);
+    free(j->msgs);
     free(j);
-    atomic_fetch_sub(&inf->rag_jobs, 1);
-    return NULL;
 }
 
-/* Takes the request over (it is freed by the job) and answers through a stream once
+/* Takes the request over (the job frees it) and answers through a stream once
  * retrieval is done. Returns 0 when the job owns the request. */
-static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, rag_job *proto) {
-    const char *rid = proto->gen ? proto->gen->request_id : proto->chat->request_id;
-    if (!inf->rag) {
+static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const infer_req *r) {
+    const char *rid = r->gen ? r->gen->request_id : r->chat->request_id;
+    if (!inf->rag.cfg.service) {
         refuse(inf, slot, call, rid, CV_RPC_FAILED_PRECONDITION,
                "rag: this server has no knowledge base or live source configured "
                "(rag_knowledge_bases, rag_sources)");
         return -1;
     }
-    if (atomic_fetch_add(&inf->rag_jobs, 1) >= MAX_RAG_JOBS) {
-        atomic_fetch_sub(&inf->rag_jobs, 1);
-        refuse(inf, slot, call, rid, CV_RPC_RESOURCE_EXHAUSTED, "rag: 64 retrievals are running already");
-        return -1;
-    }
+    size_t n_msgs = r->chat ? r->chat->n_messages : 0;
     rag_job *j = malloc(sizeof *j);
-    if (!j) {
-        atomic_fetch_sub(&inf->rag_jobs, 1);
+    cv_rag_msg *msgs = calloc(n_msgs ? n_msgs : 1, sizeof *msgs);
+    if (!j || !msgs) {
+        free(j);
+        free(msgs);
         refuse(inf, slot, call, rid, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
         return -1;
     }
-    *j = *proto;
-    j->t0 = mono_s();
-    j->g = stream_open(inf, slot, call, rid);
-    if (!j->g) {
+    *j = (rag_job){.req = *r, .msgs = msgs, .t0 = cv_seconds()};
+    for (size_t i = 0; i < n_msgs; i++)
+        msgs[i] = (cv_rag_msg){r->chat->messages[i]->role, r->chat->messages[i]->content};
+    if (!(j->g = stream_open(inf, slot, call, rid))) {
+        free(msgs);
         free(j);
-        atomic_fetch_sub(&inf->rag_jobs, 1);
         return -1;
     }
-    pthread_attr_t attr;
-    pthread_t th;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&th, &attr, rag_thread, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        stream_fail(j->g, CV_RPC_RESOURCE_EXHAUSTED, "rag: cannot start a retrieval thread");
+    const Corvid__V1__RagOptions *ro = r->gen ? r->gen->rag : r->chat->rag;
+    const Corvid__V1__SamplingParams *sp = req_sampling(r);
+    cv_rag_request req = {
+        .request_id = j->g->request_id,
+        .prompt = r->gen ? r->gen->prompt : NULL,
+        .messages = msgs,
+        .n_messages = n_msgs,
+        .max_tokens = sp ? sp->max_tokens : 0,
+        .options = {.knowledge_base = ro->knowledge_base, .top_k = ro->top_k, .min_score = ro->min_score,
+                    .sources = (const char *const *)ro->sources, .n_sources = ro->n_sources,
+                    .policy = ro->policy},
+        .model = {rag_count_tokens, rag_encode_prompt, rag_encode_chat, j,
+                  (size_t)cv_engine_n_ctx(slot->engine)},
+    };
+    cv_error err = {0};
+    cv_status st = cv_rag_request_start(&inf->rag, &req, rag_done, j, &err);
+    if (st != CV_OK) {
+        stream_fail(j->g, code_of(st), err.msg);
+        free(msgs);
         free(j);
-        atomic_fetch_sub(&inf->rag_jobs, 1);
         return -1;
     }
     return 0;
 }
 
-static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    cv_infer *inf = ctx;
-    Corvid__V1__GenerateRequest *r = corvid__v1__generate_request__unpack(NULL, len, req);
-    if (!r) {
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed GenerateRequest", NULL, 0);
-        return;
-    }
+/* Generate and Chat once unpacked: validated, then tokenized and streamed, or handed
+ * to a retrieval job. The request is freed here unless the job took it. */
+static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
+    const char *model = r.gen ? r.gen->model : r.chat->model;
+    const char *version = r.gen ? r.gen->model_version : r.chat->model_version;
+    const char *rid = r.gen ? r.gen->request_id : r.chat->request_id;
+    const Corvid__V1__RagOptions *ro = r.gen ? r.gen->rag : r.chat->rag;
     int32_t *ids = NULL;
     size_t n = 0;
     cv_error err = {0};
-    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
-    if (!slot || injected_fault(inf, slot, call, r->request_id)) goto out;
-    if (!r->prompt[0]) {
-        refuse(inf, slot, call, r->request_id, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
+    cv_slot *slot = pick_slot(inf, call, model, version, rid);
+    if (!slot || injected_fault(inf, slot, call, rid)) goto out;
+    if (r.gen && !r.gen->prompt[0]) {
+        refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
         goto out;
     }
-    if (r->rag && r->rag->enable) {
-        if (rag_start(inf, slot, call, &(rag_job){.gen = r}) == 0) r = NULL;
+    cv_rpc_code code = r.chat ? chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;
+    if (code != CV_RPC_OK) {
+        refuse(inf, slot, call, rid, code, err.msg);
         goto out;
     }
-    cv_status st = tokenize(slot->tok, r->prompt, r->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
+    if (ro && ro->enable) {
+        if (rag_start(inf, slot, call, &r) == 0) r = (infer_req){0};
+        goto out;
+    }
+    cv_status st = r.gen ? tokenize(slot->tok, r.gen->prompt, r.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err)
+                         : encode_messages(slot->tok, r.fam, r.chat->messages, r.chat->n_messages,
+                                           CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(inf, slot, call, r->request_id, code_of(st), err.msg);
+        refuse(inf, slot, call, rid, code_of(st), err.msg);
         goto out;
     }
-    start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
+    start_stream(inf, slot, call, ids, n, req_sampling(&r), rid);
 out:
     free(ids);
-    if (r) corvid__v1__generate_request__free_unpacked(r, NULL);
+    req_free(&r);
+}
+
+static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    Corvid__V1__GenerateRequest *r = corvid__v1__generate_request__unpack(NULL, len, req);
+    if (!r) cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed GenerateRequest", NULL, 0);
+    else serve(ctx, call, (infer_req){.gen = r});
 }
 
 static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    cv_infer *inf = ctx;
     Corvid__V1__ChatRequest *r = corvid__v1__chat_request__unpack(NULL, len, req);
-    if (!r) {
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ChatRequest", NULL, 0);
-        return;
-    }
-    int32_t *ids = NULL;
-    size_t n = 0;
-    cv_error err = {0};
-    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, r->request_id);
-    if (!slot || injected_fault(inf, slot, call, r->request_id)) goto out;
-    cv_chat_family fam;
-    cv_rpc_code code = chat_family(slot, r->chat_template, &fam, &err);
-    if (code != CV_RPC_OK) {
-        refuse(inf, slot, call, r->request_id, code, err.msg);
-        goto out;
-    }
-    if (r->rag && r->rag->enable) {
-        if (rag_start(inf, slot, call, &(rag_job){.chat = r, .fam = fam}) == 0) r = NULL;
-        goto out;
-    }
-    cv_status st = encode_messages(slot->tok, fam, r->messages, r->n_messages, CV_TOK_ADD_SPECIAL,
-                                   &ids, &n, &err);
-    if (st != CV_OK) {
-        refuse(inf, slot, call, r->request_id, code_of(st), err.msg);
-        goto out;
-    }
-    start_stream(inf, slot, call, ids, n, r->sampling, r->request_id);
-out:
-    free(ids);
-    if (r) corvid__v1__chat_request__free_unpacked(r, NULL);
+    if (!r) cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ChatRequest", NULL, 0);
+    else serve(ctx, call, (infer_req){.chat = r});
 }
 
 static void reply_packed(cv_rpc_call *call, const ProtobufCMessage *m) {
@@ -932,7 +862,7 @@ cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
     if (!inf) return cv_errorf(err, CV_ENOMEM, "inference service: out of memory");
     inf->router = router;
     atomic_init(&inf->in_flight, 0);
-    atomic_init(&inf->rag_jobs, 0);
+    cv_rag_runner_init(&inf->rag, &(cv_rag_runner_config){0});
     *out = inf;
     return CV_OK;
 }
@@ -947,7 +877,9 @@ cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err) {
     return cv_rpc_register_all(srv, methods, sizeof methods / sizeof methods[0], inf, err);
 }
 
-void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) { inf->rag = rag; }
+void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) {
+    cv_rag_runner_init(&inf->rag, &(cv_rag_runner_config){.service = rag});
+}
 
 int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
 

@@ -7,13 +7,12 @@
  * RESOURCE_EXHAUSTED so that memory per stream stays bounded. A client cancel, deadline
  * or disconnect cancels the engine request within one step.
  *
- * With rag.enable the request's retrieval step runs on a thread of its own (live sources
- * block); its stream starts with a Context message listing the citations, or carries
- * the configured default answer with no model run (Final.default_answer). The context
- * budget is the smaller of rag_max_context_tokens and what the model's window leaves
- * after the prompt without context and room to answer (max_tokens, at most a quarter
- * of the window). A RAG Generate also stops at "\nQuestion:", where a base model
- * would go on with a question of its own after the template's "Answer:".
+ * With rag.enable the request's retrieval step runs on a thread of its own
+ * (rag_request.h: the budget, the prompt with the context, the bound on jobs at once);
+ * its stream starts with a Context message listing the citations, or carries the
+ * configured default answer with no model run (Final.default_answer). A RAG Generate
+ * also stops at "\nQuestion:", where a base model would go on with a question of its
+ * own after the template's "Answer:".
  *
  * Mid-stream failures send a Final with FINISH_REASON_ERROR and the message, then the
  * gRPC status INTERNAL, so both stream readers and status counters see them.
