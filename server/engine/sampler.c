@@ -56,14 +56,19 @@ static void rng_seed(uint64_t s[4], uint64_t seed) {
 
 /* ---- parameters ---- */
 
-void cv_sampler_params_default(cv_sampler_params *p) {
+void cv_sampler_params_off(cv_sampler_params *p) {
     memset(p, 0, sizeof *p);
-    p->temperature = 0.8f;
-    p->top_k = 40;
-    p->top_p = 0.95f;
-    p->min_p = 0.05f;
+    p->top_p = 1.0f;
     p->repeat_penalty = 1.0f;
-    p->repeat_last_n = 64;
+    p->repeat_last_n = CV_SAMPLER_DEFAULT_REPEAT_LAST_N;
+}
+
+void cv_sampler_params_default(cv_sampler_params *p) {
+    cv_sampler_params_off(p);
+    p->temperature = (float)CV_SAMPLER_DEFAULT_TEMPERATURE;
+    p->top_k = CV_SAMPLER_DEFAULT_TOP_K;
+    p->top_p = (float)CV_SAMPLER_DEFAULT_TOP_P;
+    p->min_p = (float)CV_SAMPLER_DEFAULT_MIN_P;
 }
 
 cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err) {

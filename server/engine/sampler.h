@@ -26,6 +26,17 @@
 #define CV_SAMPLER_MAX_TOP_LOGPROBS 20
 #define CV_SAMPLER_MAX_REPEAT_LAST_N (1 << 20)
 
+/* The defaults, named once (cv_sampler_params_default; the server's repeat window;
+ * corvid-run's usage text through CV_SAMPLER_STR). Plain literals so that they also
+ * read as text. */
+#define CV_SAMPLER_DEFAULT_TEMPERATURE 0.8
+#define CV_SAMPLER_DEFAULT_TOP_K 40
+#define CV_SAMPLER_DEFAULT_TOP_P 0.95
+#define CV_SAMPLER_DEFAULT_MIN_P 0.05
+#define CV_SAMPLER_DEFAULT_REPEAT_LAST_N 64
+#define CV_SAMPLER_STR(x) CV_SAMPLER_STR_(x)
+#define CV_SAMPLER_STR_(x) #x
+
 typedef struct cv_sampler_params {
     float temperature;      /* >= 0; 0 = greedy */
     int32_t top_k;          /* >= 0; 0 = off; values above the vocabulary mean off */
@@ -52,11 +63,17 @@ typedef struct cv_sample {
 
 typedef struct cv_sampler cv_sampler;
 
-/* temperature 0.8, top_k 40, top_p 0.95, min_p 0.05, repeat_penalty 1 (off),
- * repeat_last_n 64, seed 0, no logprobs. */
+/* The CV_SAMPLER_DEFAULT_* values (temperature 0.8, top_k 40, top_p 0.95, min_p 0.05,
+ * repeat_last_n 64), repeat_penalty 1 (off), seed 0, no logprobs. */
 void cv_sampler_params_default(cv_sampler_params *p);
 
-/* CV_EINVAL naming the field, its value and the allowed range. */
+/* Every stage off: greedy, no top-k/top-p/min-p, repeat_penalty 1, seed 0, no logprobs;
+ * repeat_last_n is the default window (it matters once a penalty is set). What a server
+ * request gets for the fields it leaves at 0. */
+void cv_sampler_params_off(cv_sampler_params *p);
+
+/* The one range check of every field (engine submit and cv_sampler_new call it):
+ * CV_EINVAL naming the field, its value and the allowed range. */
 cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err);
 
 cv_status cv_sampler_new(const cv_sampler_params *p, int32_t n_vocab, cv_sampler **out,

@@ -45,8 +45,7 @@ static void warm_final(void *ctx, const cv_engine_final *f) {
 static cv_status warm_up(cv_slot *s, cv_error *err) {
     int32_t prompt[2] = {cv_tok_bos(s->tok) >= 0 ? cv_tok_bos(s->tok) : 0, 0};
     cv_engine_request r = {.prompt = prompt, .n_prompt = 2, .max_tokens = 2, .ignore_eos = 1};
-    r.sampling.top_p = 1;
-    r.sampling.repeat_penalty = 1;
+    cv_sampler_params_off(&r.sampling);
     warmup w = {.reason = CV_FINISH_ERROR};
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);

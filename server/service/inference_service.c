@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -341,34 +342,35 @@ static cv_rpc_code code_of(cv_status st) {
     }
 }
 
-/* Proto sampling (zero = off / server default) to the sampler's parameters. */
+/* A proto uint32 as the int32 the engine takes: a value too large stays too large (the
+ * engine's range check names it) instead of wrapping to a negative one. */
+static int32_t as_i32(uint32_t v) { return v > INT32_MAX ? INT32_MAX : (int32_t)v; }
+
+/* Proto sampling to the sampler's parameters: a field at 0 keeps the sampler's "off"
+ * value (cv_sampler_params_off) or the server's default. The ranges are checked once,
+ * by the engine's submit (cv_sampler_params_validate). */
 static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_params *sp,
                                 int32_t *max_tokens, int *ignore_eos, uint64_t *seed) {
-    memset(sp, 0, sizeof *sp);
-    sp->top_p = 1.0f;
-    sp->repeat_penalty = 1.0f;
-    sp->repeat_last_n = 64;
+    cv_sampler_params_off(sp);
     *max_tokens = 0;
     *ignore_eos = 0;
     *seed = random_seed();
-    if (!p) {
-        sp->seed = *seed;
-        return;
+    if (p) {
+        sp->temperature = p->temperature;
+        sp->top_k = p->top_k;
+        if (p->top_p != 0) sp->top_p = p->top_p;
+        sp->min_p = p->min_p;
+        if (p->repetition_penalty != 0) sp->repeat_penalty = p->repetition_penalty;
+        if (p->repetition_window) sp->repeat_last_n = as_i32(p->repetition_window);
+        if (p->seed) *seed = p->seed->value;
+        if (p->logprobs) {
+            sp->logprobs = true;
+            sp->top_logprobs = as_i32(p->logprobs);
+        }
+        *max_tokens = as_i32(p->max_tokens);
+        *ignore_eos = p->ignore_eos;
     }
-    sp->temperature = p->temperature;
-    sp->top_k = p->top_k;
-    if (p->top_p != 0) sp->top_p = p->top_p;
-    sp->min_p = p->min_p;
-    if (p->repetition_penalty != 0) sp->repeat_penalty = p->repetition_penalty;
-    if (p->repetition_window) sp->repeat_last_n = (int32_t)p->repetition_window;
-    if (p->seed) *seed = p->seed->value;
     sp->seed = *seed;
-    if (p->logprobs) {
-        sp->logprobs = true;
-        sp->top_logprobs = (int32_t)p->logprobs;
-    }
-    *max_tokens = (int32_t)p->max_tokens;
-    *ignore_eos = p->ignore_eos;
 }
 
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */

@@ -74,8 +74,10 @@ static void usage(FILE *f) {
           "                       except with --chat: then only the template's own)\n"
           "  --prompt-ids IDS     generate from comma-separated token ids\n"
           "  -n N                 generate at most N tokens (default 128)\n"
-          "  --temp T             temperature, 0 = greedy (default 0.8); --top-k (40),\n"
-          "                       --top-p (0.95), --min-p (0.05), --repeat-penalty (1 = off),\n"
+          "  --temp T             temperature, 0 = greedy (default " CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TEMPERATURE)
+          "); --top-k (" CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TOP_K) "),\n"
+          "                       --top-p (" CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TOP_P) "), --min-p ("
+          CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_MIN_P) "), --repeat-penalty (1 = off),\n"
           "                       --seed (0): same seed and prompt, same tokens\n"
           "  -t THREADS           CPU threads (default: one per core)\n"
           "  --device cpu|cuda    where the model runs (default cpu; cuda needs make CUDA=1)\n"

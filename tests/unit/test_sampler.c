@@ -69,6 +69,25 @@ static void expect_invalid(cv_sampler_params p, const char *field, const char *v
     if (!strstr(e.msg, field) || !strstr(e.msg, value)) fail_msg("message '%s' lacks '%s' or '%s'", e.msg, field, value);
 }
 
+/* The defaults are the named constants; "off" turns every stage off; both are valid. */
+static void test_defaults_and_off(void **state) {
+    (void)state;
+    cv_sampler_params p;
+    cv_sampler_params_default(&p);
+    assert_true(p.temperature == (float)CV_SAMPLER_DEFAULT_TEMPERATURE && p.temperature == 0.8f);
+    assert_int_equal(p.top_k, CV_SAMPLER_DEFAULT_TOP_K);
+    assert_true(p.top_p == (float)CV_SAMPLER_DEFAULT_TOP_P && p.min_p == (float)CV_SAMPLER_DEFAULT_MIN_P);
+    assert_true(p.repeat_penalty == 1.0f);
+    assert_int_equal(p.repeat_last_n, CV_SAMPLER_DEFAULT_REPEAT_LAST_N);
+    assert_int_equal(cv_sampler_params_validate(&p, NULL), CV_OK);
+    cv_sampler_params_off(&p);
+    assert_true(p.temperature == 0.0f && p.top_k == 0 && p.top_p == 1.0f && p.min_p == 0.0f);
+    assert_true(p.repeat_penalty == 1.0f && !p.logprobs && p.top_logprobs == 0 && p.seed == 0);
+    assert_int_equal(p.repeat_last_n, CV_SAMPLER_DEFAULT_REPEAT_LAST_N);
+    assert_int_equal(cv_sampler_params_validate(&p, NULL), CV_OK);
+    assert_string_equal(CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TEMPERATURE), "0.8");
+}
+
 static void test_validation_names_field_and_value(void **state) {
     (void)state;
     cv_sampler_params p = plain(1.0f);
@@ -476,6 +495,7 @@ int main(void) {
     g_seed = cv_test_seed("test_sampler");
     g_rng = cv_test_rng_new(g_seed);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults_and_off),
         cmocka_unit_test(test_validation_names_field_and_value),
         cmocka_unit_test(test_greedy_is_argmax_lowest_id_on_ties),
         cmocka_unit_test(test_top_k_never_leaves_the_k_best),
