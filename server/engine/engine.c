@@ -78,7 +78,7 @@ void cv_engine_config_default(cv_engine_config *c) {
     c->max_batch_tokens = 256;
     c->kv_block_tokens = 16;
     c->kv_type = CV_TYPE_F16;
-    c->max_tokens_default = 256;
+    c->max_tokens_default = CV_ENGINE_MAX_TOKENS_DEFAULT;
 }
 
 static void seq_free(seq *s) {
@@ -434,7 +434,7 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
      * sequences of a long-context model (32k positions each would take gigabytes). */
     if (e->cfg.n_ctx <= 0) e->cfg.n_ctx = hp->n_ctx_train < CV_ENGINE_DEFAULT_CTX ? hp->n_ctx_train : CV_ENGINE_DEFAULT_CTX;
     if (e->cfg.n_ctx > hp->n_ctx_train) e->cfg.n_ctx = hp->n_ctx_train;
-    if (e->cfg.max_tokens_default <= 0) e->cfg.max_tokens_default = 256;
+    if (e->cfg.max_tokens_default <= 0) e->cfg.max_tokens_default = CV_ENGINE_MAX_TOKENS_DEFAULT;
 
     cv_kv_config kc = cv_tp_kv_config(tp, e->cfg.n_ctx, e->cfg.max_running, e->cfg.kv_type);
     kc.block_size = e->cfg.kv_block_tokens;
@@ -526,9 +526,9 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
     seq *s = calloc(1, sizeof *s);
     if (!s) return cv_errorf(err, CV_ENOMEM, "engine: out of memory");
     s->max_tokens = r->max_tokens ? r->max_tokens : e->cfg.max_tokens_default;
-    /* Room for the prompt and every token it may generate within the context. */
-    int32_t cap = r->n_prompt + s->max_tokens;
-    if (cap > e->cfg.n_ctx) cap = e->cfg.n_ctx;
+    /* Room for the prompt and every token it may generate within the context (compared
+     * first: n_prompt + max_tokens may not fit in an int32). */
+    int32_t cap = s->max_tokens < e->cfg.n_ctx - r->n_prompt ? r->n_prompt + s->max_tokens : e->cfg.n_ctx;
     s->tokens = malloc(sizeof(int32_t) * (size_t)cap);
     if (!s->tokens) goto oom;
     memcpy(s->tokens, r->prompt, sizeof(int32_t) * (size_t)r->n_prompt);

@@ -30,6 +30,8 @@
 #include "tokenizer.h"
 
 #define CV_ENGINE_DEFAULT_CTX 4096
+/* Tokens a request generates when it says 0 (the server's max_tokens_default). */
+#define CV_ENGINE_MAX_TOKENS_DEFAULT 256
 
 typedef struct cv_engine_config {
     int32_t max_running;       /* sequences decoded together */
@@ -43,7 +45,7 @@ typedef struct cv_engine_config {
     cv_type kv_type;           /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
     int kv_swa_full_cache;     /* sliding-window layers keep every position instead of a
                                   ring (an escape hatch and a baseline: kv_cache.h) */
-    int32_t max_tokens_default;
+    int32_t max_tokens_default; /* for requests that say 0; <= 0: CV_ENGINE_MAX_TOKENS_DEFAULT */
 } cv_engine_config;
 
 typedef enum cv_finish {

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "cuda_backend.h"
+#include "engine.h"
+#include "rag_service.h"
 #include "tp.h"
 
 typedef enum { K_STR, K_INT, K_LONG, K_DOUBLE } key_kind;
@@ -53,7 +55,7 @@ static const key_spec keys[] = {
     NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24),
     STR("rag_knowledge_bases", "--rag-kb", rag_knowledge_bases),
     STR("rag_sources", "--rag-sources", rag_sources),
-    NUM("rag_top_k", "--rag-top-k", K_INT, rag_top_k, 1, 20),
+    NUM("rag_top_k", "--rag-top-k", K_INT, rag_top_k, 1, CV_RAG_MAX_TOP_K),
     NUM("rag_min_score", "--rag-min-score", K_DOUBLE, rag_min_score, 0, 1e6),
     STR("rag_policy", "--rag-policy", rag_policy),
     STR("rag_default_answer", "--rag-default-answer", rag_default_answer),
@@ -67,13 +69,16 @@ void cv_config_defaults(cv_config *c) {
     strcpy(c->listen, "127.0.0.1:50051");
     strcpy(c->device, "cpu");
     c->tp = 1;
+    /* The engine's defaults, but for more sequences at once. */
+    cv_engine_config e;
+    cv_engine_config_default(&e);
     c->max_running = 64;
-    c->max_waiting = 256;
-    c->kv_block_tokens = 16;
-    c->max_batch_tokens = 256;
+    c->max_waiting = e.max_waiting;
+    c->kv_block_tokens = e.kv_block_tokens;
+    c->max_batch_tokens = e.max_batch_tokens;
     strcpy(c->kv_type, "f16");
     c->kv_memory_mb = 512;
-    c->max_tokens_default = 256;
+    c->max_tokens_default = e.max_tokens_default;
     c->drain_timeout_s = 30;
     c->stream_flush_ms = 5;
     c->max_download_mb = 64 << 10;

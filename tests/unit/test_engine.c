@@ -238,6 +238,15 @@ static void test_limits_are_refused_with_numbers(void **state) {
     }
     assert_true(refused >= 1);
     for (int i = 0; i < 3; i++) result_wait(&r[i]);
+    /* max_tokens at INT32_MAX: the context is the limit (prompt + max_tokens overflowed
+     * an int32 when the sequence was sized). */
+    req.max_tokens = INT32_MAX;
+    result_init(&r[0]);
+    sink.ctx = &r[0];
+    assert_int_equal(cv_engine_submit(s->engine, &req, &sink, NULL, &err), CV_OK);
+    result_wait(&r[0]);
+    assert_int_equal(r[0].final.reason, CV_FINISH_LENGTH);
+    assert_int_equal(r[0].final.prompt_tokens + r[0].final.completion_tokens, 128);
     cv_slot_free(s);
 }
 
