@@ -5,10 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "kv_cache.h"
 #include "stop.h"
+#include "timing.h"
 
 typedef struct seq {
     uint64_t id;
@@ -64,12 +64,6 @@ struct cv_engine {
     int32_t *b_chunk;       /* per running slot: rows fed this step */
     float *logits;          /* [max_running][n_vocab] */
 };
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 void cv_engine_config_default(cv_engine_config *c) {
     memset(c, 0, sizeof *c);
@@ -155,7 +149,7 @@ static void finish(seq *s) {
         .completion_tokens = s->n_generated,
         .queue_s = s->t_scheduled > 0 ? s->t_scheduled - s->t_submit : 0,
         .ttft_s = s->t_first_token > 0 ? s->t_first_token - s->t_submit : 0,
-        .total_s = now_s() - s->t_submit,
+        .total_s = cv_seconds() - s->t_submit,
         .stop_string = s->end_stop,
         .error = s->end == CV_FINISH_ERROR ? s->end_error : NULL,
     };
@@ -251,7 +245,7 @@ static int32_t schedule_locked(cv_engine *e, seq **done) {
         while (e->running[slot]) slot++;
         s->kv_seq = e->free_kv[--e->n_free_kv];
         s->admitted = ++e->admit_counter;
-        if (s->t_scheduled == 0) s->t_scheduled = now_s();
+        if (s->t_scheduled == 0) s->t_scheduled = cv_seconds();
         e->running[slot] = s;
         e->n_running++;
     }
@@ -348,7 +342,7 @@ static void *engine_loop(void *arg) {
                 cv_sample smp;
                 cv_sampler_sample(s->sampler, e->logits + (size_t)out_row * e->n_vocab, &smp);
                 out_row++;
-                if (s->t_first_token == 0) s->t_first_token = now_s();
+                if (s->t_first_token == 0) s->t_first_token = cv_seconds();
                 s->tokens[s->n_tokens++] = smp.token;
                 s->n_generated++;
                 done = on_token(e, s, &smp);
@@ -548,7 +542,7 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
             if (!(s->stop_strs[s->n_stop] = strdup(r->stop[s->n_stop]))) goto oom;
     }
     atomic_init(&s->cancelled, 0);
-    s->t_submit = now_s();
+    s->t_submit = cv_seconds();
 
     pthread_mutex_lock(&e->mu);
     if (e->stopping) {

@@ -4,9 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "model_fetch.h"
+#include "timing.h"
 
 typedef struct entry {
     int used;
@@ -38,12 +38,6 @@ const char *cv_slot_state_name(cv_slot_state s) {
     case CV_SLOT_DRAINING: return "draining";
     }
     return "unknown";
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static entry *find_locked(cv_router *r, const char *version) {
@@ -227,7 +221,7 @@ static void *load_thread(void *arg) {
     cv_stats *stats = en->stats;
     pthread_mutex_unlock(&r->mu);
 
-    double t0 = now_s();
+    double t0 = cv_seconds();
     cv_error err = {0};
     cv_slot *slot = NULL;
     cv_status st = cv_model_fetch(uri, sha, r->opt.cache_dir, r->opt.max_download_bytes, path, sizeof path, &err);
@@ -235,7 +229,7 @@ static void *load_thread(void *arg) {
 
     pthread_mutex_lock(&r->mu);
     en = find_locked(r, a->version);
-    en->info.load_seconds = now_s() - t0;
+    en->info.load_seconds = cv_seconds() - t0;
     if (st != CV_OK || r->stopping) {
         en->info.state = CV_SLOT_FAILED;
         snprintf(en->info.message, sizeof en->info.message, "%s",

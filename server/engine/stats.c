@@ -3,7 +3,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "timing.h"
 
 /* Seconds: from 5 ms (a token on a small model) to a minute (a long generation). */
 static const double bounds[CV_STATS_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -21,12 +22,6 @@ struct cv_stats {
 };
 
 const double *cv_stats_bounds(void) { return bounds; }
-
-static int64_t now_second(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec;
-}
 
 cv_stats *cv_stats_new(void) {
     cv_stats *s = calloc(1, sizeof *s);
@@ -58,7 +53,7 @@ static void hist_merge(cv_hist *dst, const cv_hist *src) {
 
 /* The bucket of the current second, reset if it held an older one. Lock held. */
 static cv_stats_view *current(cv_stats *s) {
-    int64_t t = now_second();
+    int64_t t = (int64_t)cv_seconds();
     second *sec = &s->ring[t % CV_STATS_WINDOW_MAX];
     if (sec->t != t) {
         memset(&sec->v, 0, sizeof sec->v);
@@ -97,7 +92,7 @@ void cv_stats_window(cv_stats *s, int seconds, cv_stats_view *out) {
     if (seconds < 1) seconds = 1;
     if (seconds > CV_STATS_WINDOW_MAX) seconds = CV_STATS_WINDOW_MAX;
     memset(out, 0, sizeof *out);
-    int64_t now = now_second();
+    int64_t now = (int64_t)cv_seconds();
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < CV_STATS_WINDOW_MAX; i++) {
         const second *sec = &s->ring[i];

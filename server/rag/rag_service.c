@@ -5,9 +5,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "rag_index.h"
+#include "timing.h"
 #include "utf8.h"
 
 typedef struct kb {
@@ -44,12 +44,6 @@ struct cv_rag_service {
     cv_rag_audit_fn audit;
     void *audit_user;
 };
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 static cv_status parse_policy(const char *p, const char *field, int *answer, cv_error *err) {
     if (!strcmp(p, "refuse")) *answer = 0;
@@ -358,7 +352,7 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     int answer = 0;
     cv_status st = resolve(s, q, &k, &top_k, &min_score, &answer, err);
     if (st != CV_OK) return st;
-    double t0 = now_ms();
+    double t0 = cv_seconds();
     if (s->sources) {
         cv_rag_sources *src;
         int owned;
@@ -367,16 +361,16 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
         if (owned) cv_rag_sources_free(src);
         if (st != CV_OK) goto fail;
     }
-    o->sources_ms = now_ms() - t0;
+    o->sources_ms = (cv_seconds() - t0) * 1e3;
     o->passages = calloc(top_k + o->hits.n + 1, sizeof *o->passages);
     o->owned = calloc(3 * (size_t)top_k + 1, sizeof *o->owned);
     if (!o->passages || !o->owned) {
         st = cv_errorf(err, CV_ENOMEM, "rag: out of memory");
         goto fail;
     }
-    t0 = now_ms();
+    t0 = cv_seconds();
     if (k && (st = search_kb(k, q->question, top_k, min_score, o, err)) != CV_OK) goto fail;
-    o->index_ms = now_ms() - t0;
+    o->index_ms = (cv_seconds() - t0) * 1e3;
     for (size_t i = 0; i < o->hits.n; i++) {
         const cv_rag_source_hit *h = &o->hits.v[i];
         o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
@@ -390,10 +384,10 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     }
     size_t budget = s->max_context_tokens;
     if (q->max_context_tokens && q->max_context_tokens < budget) budget = q->max_context_tokens;
-    t0 = now_ms();
+    t0 = cv_seconds();
     st = cv_rag_context_build(o->passages, o->n_passages, budget, measure, measure_user, &o->ctx, err);
     if (st != CV_OK) goto fail;
-    o->prompt_ms = now_ms() - t0;
+    o->prompt_ms = (cv_seconds() - t0) * 1e3;
     return CV_OK;
 fail:
     cv_rag_outcome_free(o);

@@ -6,7 +6,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "timing.h"
 
 #define SRC_MAX 32
 #define SRC_MAX_HEADERS 32
@@ -30,12 +31,6 @@ struct cv_rag_sources {
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc;
 static void curl_init(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
 
 void cv_rag_sources_free(cv_rag_sources *s) {
     if (!s) return;
@@ -390,7 +385,7 @@ cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const
         st = cv_errorf(err, CV_ENOMEM, "sources: out of memory preparing the query");
         goto done;
     }
-    double start = now_ms(), deadline = start + budget_ms;
+    double start = cv_seconds() * 1e3, deadline = start + budget_ms;
     for (size_t i = 0; i < s->n; i++) {
         request *r = &req[i];
         r->c = &s->src[i];
@@ -430,13 +425,13 @@ cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const
             curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
             r->done = 1;
             r->rc = msg->data.result;
-            r->end = now_ms();
+            r->end = cv_seconds() * 1e3;
         }
-        double left_ms = deadline - now_ms();
+        double left_ms = deadline - cv_seconds() * 1e3;
         if (!running || left_ms <= 0) break;
         curl_multi_poll(m, NULL, 0, left_ms < 50 ? (int)left_ms + 1 : 50, NULL);
     }
-    double end = now_ms();
+    double end = cv_seconds() * 1e3;
     for (size_t i = 0; i < s->n; i++) {
         if (!req[i].done) req[i].end = end;
         finish_request(s, i, &req[i], budget_ms, audit, audit_user, out, &oom);

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "timing.h"
 
 #define MAX_SERVICES 32
 #define MAX_NAME 128
@@ -190,8 +191,7 @@ void cv_health_shutdown(cv_health *h, double timeout_s) {
         cv_rpc_stream_wake(w->call);
     }
     pthread_mutex_unlock(&h->mu);
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
+    double start = cv_seconds();
     for (;;) {
         /* Release the calls of watchers that sent their last status. */
         pthread_mutex_lock(&h->mu);
@@ -205,8 +205,7 @@ void cv_health_shutdown(cv_health *h, double timeout_s) {
             cv_rpc_call_release(done->call);
             continue;
         }
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (!left || (now.tv_sec - start.tv_sec) + (now.tv_nsec - start.tv_nsec) * 1e-9 > timeout_s) return;
+        if (!left || cv_seconds() - start > timeout_s) return;
         nanosleep(&(struct timespec){0, 5 * 1000 * 1000}, NULL);
     }
 }

@@ -1,6 +1,7 @@
 #include "rpc_server.h"
 
 #include "auth.h"
+#include "timing.h"
 #include "tls_files.h"
 
 #include <errno.h>
@@ -523,13 +524,12 @@ cv_status cv_rpc_register(cv_rpc_server *s, const char *path, cv_rpc_handler h, 
 /* gRPC asks on handshakes; new valid files on disk become the served certificates. */
 static grpc_ssl_certificate_config_reload_status fetch_certs(void *ctx, grpc_ssl_server_certificate_config **config) {
     cv_rpc_server *s = ctx;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    double now = cv_seconds();
     pthread_mutex_lock(&s->tls_mu);
     cv_tls_files *fresh = NULL;
     cv_error err = {0};
     grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
-    if (cv_tls_files_check(s->cfg.tls, ts.tv_sec + ts.tv_nsec * 1e-9, 1.0, &fresh, &err) != CV_OK) {
+    if (cv_tls_files_check(s->cfg.tls, now, 1.0, &fresh, &err) != CV_OK) {
         fprintf(stderr, "{\"msg\":\"TLS files changed but are not usable; serving the old ones\",\"error\":\"%s\"}\n",
                 err.msg);
         fresh = NULL;
