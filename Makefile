@@ -26,13 +26,14 @@
 
 BUILD   ?= build
 CC      ?= gcc
-SHARED  ?= $(abspath ../shared)
 SAN     ?=
 OPT     ?= -O2
 CUDA    ?= 0
 NVCC    ?= /usr/local/cuda/bin/nvcc
 FUZZ_SECONDS ?= 60
 MODELS_DIR ?= $(HOME)/.cache/corvid/models
+# The committed test fixtures (stories260K, tokenizer vocabularies): tests/data/*/README.md.
+TESTDATA := $(abspath tests/data)
 
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) -g -Wall -Wextra -Werror -pthread -MMD -MP $(SAN) $(EXTRA_CFLAGS)
 AVX2FLAGS := -mavx2 -mfma -mf16c
@@ -235,7 +236,7 @@ testing-server: $(TBUILD)/bin/corvid-server
 
 test: all testing-server
 	@CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
-	  CORVID_SHARED=$(SHARED) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh
+	  CORVID_DATA=$(TESTDATA) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh
 
 ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
@@ -252,9 +253,9 @@ fuzzers: $(FUZZERS)
 fuzz: fuzz-build
 	@tests/fuzz/run.sh build/fuzz-obj/fuzz $(FUZZ_SECONDS)
 
-# The quick benchmarks, one JSON object each, on this machine and the shared small model.
+# The quick benchmarks, one JSON object each, on this machine and the committed small model.
 # The others need a server, a corpus or a big model: see README "Benchmarks".
-BENCH_MODEL ?= $(SHARED)/models/stories260K.gguf
+BENCH_MODEL ?= $(TESTDATA)/models/stories260K.gguf
 bench: tools
 	$(BUILD)/bin/bench-roofline
 	$(BUILD)/bin/bench-quant

@@ -3,7 +3,8 @@
  *   bench-swap [--runs N] [--window-ms W] [--poll-ms P] [--concurrency C]
  *
  * Starts its own etcd (PATH or $CORVID_ETCD_BIN), two corvid-servers from
- * $CORVID_TESTING_BIN (fault injection) serving stories260K from $CORVID_SHARED, and
+ * $CORVID_TESTING_BIN (fault injection) serving stories260K from $CORVID_DATA/models
+ * (default tests/data, run from the repository root), and
  * corvid-controlplane from $CORVID_BIN, in a temp dir, on free loopback ports; C client
  * threads per server generate 8 tokens at a time throughout. Each run:
  *  - rollout: a good version blue-green; time from the rollout key's write to every
@@ -129,7 +130,7 @@ typedef struct bench {
     cv_etcd *etcd;
     corvid_client *admin[N_SERVERS];
     char addr[N_SERVERS][64];
-    const char *models;
+    const char *data; /* the fixture folder: stories260K is under its models/ */
     int window_ms, poll_ms;
 } bench;
 
@@ -154,7 +155,7 @@ static int sha256_file(const char *path, char out[65]) {
 
 static int register_version(bench *b, const char *version, const char *file) {
     char path[512], sha[65], key[256];
-    snprintf(path, sizeof path, "%s/models/%s", b->models, file);
+    snprintf(path, sizeof path, "%s/models/%s", b->data, file);
     if (sha256_file(path, sha)) return -1;
     snprintf(key, sizeof key, "/corvid/models/bench/versions/%s", version);
     return put(b, key, json_pack("{ssss}", "uri", path, "sha256", sha));
@@ -295,10 +296,16 @@ int main(int argc, char **argv) {
         }
     }
     const char *testing = getenv("CORVID_TESTING_BIN"), *bin = getenv("CORVID_BIN");
-    b.models = getenv("CORVID_SHARED");
-    if (!testing || !bin || !b.models || runs < 1 || runs > MAX_RUNS || conc < 1 || conc > 64 ||
+    const char *data = getenv("CORVID_DATA");
+    /* Absolute: the path goes into etcd and on to the servers. */
+    if (!(b.data = realpath(data && *data ? data : "tests/data", NULL))) {
+        fprintf(stderr, "bench-swap: no fixture folder %s (set CORVID_DATA, or run from the repository root)\n",
+                data && *data ? data : "tests/data");
+        return 2;
+    }
+    if (!testing || !bin || runs < 1 || runs > MAX_RUNS || conc < 1 || conc > 64 ||
         b.window_ms < 100 || b.poll_ms < 10) {
-        fprintf(stderr, "bench-swap: needs CORVID_TESTING_BIN, CORVID_BIN, CORVID_SHARED; "
+        fprintf(stderr, "bench-swap: needs CORVID_TESTING_BIN and CORVID_BIN; "
                         "runs 1..%d, concurrency 1..64, window >= 100 ms, poll >= 10 ms\n", MAX_RUNS);
         return 2;
     }
@@ -318,7 +325,7 @@ int main(int argc, char **argv) {
                          "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
                          "--initial-cluster", cluster, NULL};
     if (spawn(etcd_argv, "etcd.log") < 0) return 1;
-    snprintf(f32, sizeof f32, "%s/models/stories260K.gguf", b.models);
+    snprintf(f32, sizeof f32, "%s/models/stories260K.gguf", b.data);
     snprintf(server_bin, sizeof server_bin, "%s/corvid-server", testing);
     snprintf(cp_bin, sizeof cp_bin, "%s/corvid-controlplane", bin);
     json_t *servers = json_array();

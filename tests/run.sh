@@ -6,8 +6,8 @@
 # cmocka binaries report their own counts. An integration script counts as one test
 # unless it prints its own "N passed, N failed" line, whose counts are then used.
 set -u
-: "${CORVID_TESTBIN:?}" "${CORVID_BIN:?}" "${CORVID_SHARED:?}"
-export CORVID_TESTBIN CORVID_BIN CORVID_SHARED
+: "${CORVID_TESTBIN:?}" "${CORVID_BIN:?}"
+export CORVID_TESTBIN CORVID_BIN
 passed=0 failed=0
 failures=()
 

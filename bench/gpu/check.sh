@@ -98,7 +98,7 @@ if [ $make_bundle = 1 ]; then
     ldd "$bundle"/bin/* | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
         grep -Ev '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcublasLt|libnccl)\.so' |
         while read -r f; do cp -L "$f" "$bundle/lib/"; done
-    cp "${CORVID_SHARED:-$root/../shared}/models/stories260K.gguf" "$bundle/models/"
+    cp "${CORVID_DATA:-$root/tests/data}/models/stories260K.gguf" "$bundle/models/"
     du -sh "$bundle"
     log "bundle: done; carry build/gpu-bundle to the device machine"
     exit 0
@@ -122,7 +122,7 @@ if cudalibs=$(cuda_lib_path); then
 fi
 log "build: binaries in $bin; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
-stories=${CORVID_SHARED:-$root/../shared}/models/stories260K.gguf
+stories=${CORVID_DATA:-$root/tests/data}/models/stories260K.gguf
 [ -e "$stories" ] || stories=$bundle/models/stories260K.gguf
 
 # ---- models ----
@@ -136,7 +136,7 @@ synth() { # shape type -> path; fails when the time budget runs out first
     echo "$f"
 }
 greedy_models=()
-if [ -e "$stories" ]; then greedy_models+=("$stories"); else log "greedy: stories260K not found (CORVID_SHARED)"; fi
+if [ -e "$stories" ]; then greedy_models+=("$stories"); else log "greedy: stories260K not found (CORVID_DATA)"; fi
 greedy_models+=("$(synth tiny Q4_0)" "$(synth tiny Q4_K_M)")
 log "models: small synthetic models written"
 
@@ -161,8 +161,8 @@ fi
 # ---- 2. kernels ----
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem,driver_version --format=csv,noheader || true
 log "kernels: test_cuda_ops"
-# its decode-graph case reads models/stories260K.gguf under CORVID_SHARED
-if CORVID_SHARED=$(cd "$(dirname "$stories")/.." && pwd) "$testbin/test_cuda_ops" >"$out/test_cuda_ops.log" 2>&1 &&
+# its decode-graph case reads models/stories260K.gguf under CORVID_DATA
+if CORVID_DATA=$(cd "$(dirname "$stories")/.." && pwd) "$testbin/test_cuda_ops" >"$out/test_cuda_ops.log" 2>&1 &&
     ! grep -q '^SKIP' "$out/test_cuda_ops.log"; then
     log "kernels: PASS ($(grep -E '^\[  PASSED  \]' "$out/test_cuda_ops.log"))"
 else

@@ -15,7 +15,8 @@ import traceback
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CORVID_BIN", os.path.join(ROOT, "build", "bin"))
-SHARED = os.environ.get("CORVID_SHARED", os.path.join(ROOT, "..", "shared"))
+# The committed fixtures (tests/data: stories260K, vocabularies; see the READMEs there).
+DATA = os.path.abspath(os.environ.get("CORVID_DATA") or os.path.join(ROOT, "tests", "data"))
 # The real models `make models` downloads.
 MODELS = os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/models"))
 GEMMA = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")

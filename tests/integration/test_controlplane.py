@@ -17,13 +17,13 @@ import time
 import grpc
 
 import corvid_testlib
-from corvid_testlib import BIN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
 from etcd_testlib import Etcd, b64, unb64
 
 _, admin_pb, _ = proto_modules()
-F32 = os.path.join(SHARED, "models", "stories260K.gguf")
-Q8 = os.path.join(SHARED, "models", "stories260K-Q8_0-mixed.gguf")
-Q4 = os.path.join(SHARED, "models", "stories260K-Q4_0-mixed.gguf")
+F32 = os.path.join(DATA, "models", "stories260K.gguf")
+Q8 = os.path.join(DATA, "models", "stories260K-Q8_0-mixed.gguf")
+Q4 = os.path.join(DATA, "models", "stories260K-Q4_0-mixed.gguf")
 TESTING_BIN = os.environ.get("CORVID_TESTING_BIN", os.path.join(os.path.dirname(BIN), "testing", "bin"))
 CP = os.path.join(BIN, "corvid-controlplane")
 POLL_MS, WINDOW_MS, TTL_S, UNMEASURABLE_S = 250, 1500, 3, 4

@@ -6,12 +6,12 @@ import hashlib
 import os
 import time
 
-from corvid_testlib import SHARED, TMP, Checks, Server
+from corvid_testlib import DATA, TMP, Checks, Server
 from cp_testlib import ControlPlane, cli
 from etcd_testlib import Etcd
 
-F32 = os.path.join(SHARED, "models", "stories260K.gguf")
-Q8 = os.path.join(SHARED, "models", "stories260K-Q8_0-mixed.gguf")
+F32 = os.path.join(DATA, "models", "stories260K.gguf")
+Q8 = os.path.join(DATA, "models", "stories260K-Q8_0-mixed.gguf")
 MODEL = "stories"
 PHASES = ["none", "staging", "shifting", "observing", "promoted", "rolling_back", "rolled_back", "paused", "failed"]
 

@@ -17,12 +17,12 @@ import subprocess
 import sys
 import time
 
-from corvid_testlib import ROOT, SHARED, TMP, Checks, Server
+from corvid_testlib import DATA, ROOT, TMP, Checks, Server
 from cp_testlib import CP, ControlPlane, cli
 from etcd_testlib import Etcd
 
-F32 = os.path.join(SHARED, "models", "stories260K.gguf")
-Q8 = os.path.join(SHARED, "models", "stories260K-Q8_0-mixed.gguf")
+F32 = os.path.join(DATA, "models", "stories260K.gguf")
+Q8 = os.path.join(DATA, "models", "stories260K-Q8_0-mixed.gguf")
 AUTH = os.path.join(ROOT, "tests", "data", "auth")
 KEYS = os.path.join(TMP, "keys")
 MODEL = "stories"

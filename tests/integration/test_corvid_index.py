@@ -10,14 +10,15 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from checks import check, summary  # noqa: E402
+from corvid_testlib import DATA  # noqa: E402
 
 BIN = os.path.join(os.environ["CORVID_BIN"], "corvid-index")
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "rag")
+RAG = os.path.join(DATA, "rag")
 INPUTS = ["store.jsonl", "warranty.md", "gift-cards.txt"]
 
 
 def run(*args):
-    p = subprocess.run([BIN, *args], cwd=DATA, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([BIN, *args], cwd=RAG, capture_output=True, text=True, timeout=60)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -40,7 +41,7 @@ def main():
     rc, out, _ = run("info", index)
     check("info", rc == 0 and "documents 8" in out and "chunks 8" in out, out)
 
-    questions = [json.loads(l) for l in open(os.path.join(DATA, "questions.jsonl"), encoding="utf-8")]
+    questions = [json.loads(l) for l in open(os.path.join(RAG, "questions.jsonl"), encoding="utf-8")]
     found = 0
     for item in questions:
         hits, err = query(index, item["q"], "-k", "5")
@@ -89,7 +90,7 @@ def main():
     check("bad overlap", rc == 1 and "overlap" in err, err)
 
     # chunks limited in a model's tokens
-    model = os.path.join(os.environ["CORVID_SHARED"], "models", "stories260K.gguf")
+    model = os.path.join(DATA, "models", "stories260K.gguf")
     tok_index = os.path.join(tmp, "tok.idx")
     rc, _, err = run("build", *INPUTS, "-o", tok_index, "--tokenizer", model, "--chunk-tokens", "32")
     rc2, out, _ = run("info", tok_index)

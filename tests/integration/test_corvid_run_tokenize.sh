@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# corvid-run --tokenize / --info on the shared stories260K model and a vocabulary-only
+# corvid-run --tokenize / --info on the committed stories260K model and a vocabulary-only
 # GGUF, and hostile inputs: every bad file must end with a message and exit status 1,
 # never a signal.
 set -u
-: "${CORVID_BIN:?}" "${CORVID_SHARED:?}"
+: "${CORVID_BIN:?}"
+data=${CORVID_DATA:-$(cd "$(dirname "$0")/../data" && pwd)}
 run="$CORVID_BIN/corvid-run"
-model="$CORVID_SHARED/models/stories260K.gguf"
-vocab="$CORVID_SHARED/vocab/ggml-vocab-deepseek-llm.gguf"
+model="$data/models/stories260K.gguf"
+vocab="$data/vocab/ggml-vocab-deepseek-llm.gguf"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 passed=0 failed=0

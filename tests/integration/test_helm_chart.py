@@ -42,7 +42,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helm"))
 import chartlib  # noqa: E402
-from corvid_testlib import BIN, SHARED, TMP, Checks, Server, free_port, proto_modules  # noqa: E402
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, free_port, proto_modules  # noqa: E402
 from cp_testlib import ControlPlane, cli  # noqa: E402
 from etcd_testlib import Etcd  # noqa: E402
 
@@ -53,7 +53,7 @@ GPU_ONLY = {"corvid_gpu_utilization_ratio", "corvid_gpu_memory_used_bytes", "cor
 KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
 GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
 THREE_ALERTS = ("CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh")
-MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 
 checks = Checks()
 try:

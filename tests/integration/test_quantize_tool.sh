@@ -2,7 +2,8 @@
 # corvid-quantize end to end: exit codes and messages, a real model through a mixed
 # recipe, and synthetic files that are the same bytes for the same seed.
 set -u
-: "${CORVID_BIN:?}" "${CORVID_SHARED:?}"
+: "${CORVID_BIN:?}"
+data=${CORVID_DATA:-$(cd "$(dirname "$0")/../data" && pwd)}
 q="$CORVID_BIN/corvid-quantize"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
@@ -16,7 +17,7 @@ check() {  # check NAME COMMAND...: the command's status is the result
 check "no arguments is a usage error" test "$rc" -eq 2
 check "usage is printed" grep -q '^usage: corvid-quantize' "$dir/err"
 
-"$q" "$CORVID_SHARED/models/stories260K.gguf" "$dir/x.gguf" Q3_K 2>"$dir/err"; rc=$?
+"$q" "$data/models/stories260K.gguf" "$dir/x.gguf" Q3_K 2>"$dir/err"; rc=$?
 check "unknown type is a usage error" test "$rc" -eq 2
 check "unknown type is named" grep -q "unknown type 'Q3_K'" "$dir/err"
 check "nothing written for a bad type" test ! -e "$dir/x.gguf"
@@ -25,7 +26,7 @@ check "nothing written for a bad type" test ! -e "$dir/x.gguf"
 check "missing input fails" test "$rc" -eq 1
 check "missing input is named" grep -q 'missing.gguf' "$dir/err"
 
-"$q" "$CORVID_SHARED/models/stories260K.gguf" "$dir/q4.gguf" Q4_0 2>"$dir/err"; rc=$?
+"$q" "$data/models/stories260K.gguf" "$dir/q4.gguf" Q4_0 2>"$dir/err"; rc=$?
 check "stories260K to Q4_0" test "$rc" -eq 0
 check "172-column ffn_down kept in F32 with a note" grep -q 'blk.0.ffn_down.weight (172 columns) -> F32' "$dir/err"
 check "summary line" grep -q 'general.file_type 2' "$dir/err"

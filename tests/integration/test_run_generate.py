@@ -1,7 +1,7 @@
 """corvid-run's generation and perplexity modes on stories260K (a real trained llama),
 end to end: tokenizer, model, sampler, streaming and --json output, and bad input.
 
-Greedy ids must equal the fixtures of $CORVID_SHARED/models/REFERENCE.md (llama2.c
+Greedy ids must equal the reference runs of tests/data/models/README.md (llama2.c
 run.c and llama.cpp): F32 and Q8_0-mixed all 64, Q4_0-mixed at least the first 23.
 Logit tolerances are checked in tests/unit/test_model.c.
 """
@@ -12,8 +12,11 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from corvid_testlib import DATA  # noqa: E402
+
 BIN = os.path.join(os.environ["CORVID_BIN"], "corvid-run")
-MODELS = os.path.join(os.environ["CORVID_SHARED"], "models")
+MODELS = os.path.join(DATA, "models")
 F32 = os.path.join(MODELS, "stories260K.gguf")
 PROMPT_IDS = [1, 403, 407, 261, 378]
 REF_F32 = [int(x) for x in """432 383 286 261 376 298 315 421 395 317 426 338 401 396 267 337

@@ -15,11 +15,11 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
 
 pb, admin_pb, _ = proto_modules()
-F32 = os.path.join(SHARED, "models", "stories260K.gguf")
-Q4 = os.path.join(SHARED, "models", "stories260K-Q4_0-mixed.gguf")
+F32 = os.path.join(DATA, "models", "stories260K.gguf")
+Q4 = os.path.join(DATA, "models", "stories260K-Q4_0-mixed.gguf")
 TESTING_BIN = os.environ.get("CORVID_TESTING_BIN", os.path.join(os.path.dirname(BIN), "testing", "bin"))
 PROMPT = "Once upon a time"
 N = 40

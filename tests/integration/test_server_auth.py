@@ -10,10 +10,10 @@ import time
 
 import grpc
 
-from corvid_testlib import ROOT, SHARED, TMP, Checks, Server, free_port, proto_modules
+from corvid_testlib import DATA, ROOT, TMP, Checks, Server, free_port, proto_modules
 
 pb, admin_pb, health_pb = proto_modules()
-MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 AUTH = os.path.join(ROOT, "tests", "data", "auth")
 KEYS = os.path.join(TMP, "keys")
 

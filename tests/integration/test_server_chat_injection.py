@@ -14,11 +14,11 @@ import os
 
 import grpc
 
-from corvid_testlib import GEMMA, QWEN, SHARED, Checks, Server, proto_modules
+from corvid_testlib import DATA, GEMMA, QWEN, Checks, Server, proto_modules
 from test_server_rag import build_kb, expect_status, split, stream
 
 pb, _, _ = proto_modules()
-STORIES = os.path.join(SHARED, "models", "stories260K.gguf")
+STORIES = os.path.join(DATA, "models", "stories260K.gguf")
 
 RAG_INSTRUCTION = "Answer using only the context below; cite passages by number, like [1].\n\nContext:\n"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."

@@ -9,10 +9,10 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, GEMMA, SHARED, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, GEMMA, Checks, Server, proto_modules
 
 pb, admin_pb, health_pb = proto_modules()
-MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 PROMPTS = ["Once upon a time", "The little dog", "Lily and Ben", "One day, a bird", "Tom had a red ball",
            "The sun was", "In the park", "Mom said"]
 

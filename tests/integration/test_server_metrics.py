@@ -11,10 +11,10 @@ import urllib.request
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from corvid_testlib import GEMMA, SHARED, Checks, Server, free_port, proto_modules
+from corvid_testlib import DATA, GEMMA, Checks, Server, free_port, proto_modules
 
 pb, _, _ = proto_modules()
-MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 NAMES = ["corvid_requests", "corvid_time_to_first_token_seconds", "corvid_inter_token_latency_seconds",
          "corvid_request_duration_seconds", "corvid_generated_tokens", "corvid_queue_depth",
          "corvid_running_sequences", "corvid_kv_blocks_used", "corvid_kv_blocks_total", "corvid_batch_size",

@@ -17,10 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
-from corvid_testlib import BIN, GEMMA, QWEN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, GEMMA, QWEN, TMP, Checks, Server, proto_modules
 
 pb, _, _ = proto_modules()
-MODEL = os.path.join(SHARED, "models", "stories260K.gguf")
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 
 DOCS = [
     {"id": "mascot", "title": "Project mascot",

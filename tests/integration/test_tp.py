@@ -22,10 +22,10 @@ import threading
 
 import grpc
 
-from corvid_testlib import BIN, QWEN, SHARED, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, QWEN, TMP, Checks, Server, proto_modules
 
 pb, _, _ = proto_modules()
-MODELS = os.path.join(SHARED, "models")
+MODELS = os.path.join(DATA, "models")
 STORIES = os.path.join(MODELS, "stories260K.gguf")
 PROMPT_IDS = "1,403,407,261,378"  # <s> Once upon a time
 SYNTH_PROMPT = "1,300,301,302,303,304,305,306,307,308,309,310"

@@ -12,6 +12,7 @@
 #include "tokenizer.h"
 #include "../support/test_models.h"
 #include "../support/test_rng.h"
+#include "../support/test_data.h"
 
 static uint64_t g_seed;
 static cv_test_rng g_rng;
@@ -297,12 +298,6 @@ static const char *const k_marks[] = {
 };
 #define N_MARKS (sizeof k_marks / sizeof k_marks[0])
 
-static const char *shared_dir(void) {
-    const char *s = getenv("CORVID_SHARED");
-    assert_non_null(s);
-    return s;
-}
-
 static cv_tok *load_tokenizer(const cv_gguf *g) {
     cv_tok *t;
     cv_error e = {0};
@@ -310,12 +305,12 @@ static cv_tok *load_tokenizer(const cv_gguf *g) {
     return t;
 }
 
-/* A shared vocabulary (shared/vocab) with the chat format's control tokens appended
- * (typed CONTROL, score 0): the shared files are the real merges and pieces, but
+/* A vocabulary of tests/data/vocab with the chat format's control tokens appended
+ * (typed CONTROL, score 0): those files are the real merges and pieces, but
  * only Llama 2's and DeepSeek's carry (some of) their chat tokens. */
 static cv_tok *vocab_with(const char *file, const char *const *extra, size_t n_extra) {
     char path[4096];
-    snprintf(path, sizeof path, "%s/vocab/%s", shared_dir(), file);
+    snprintf(path, sizeof path, "%s/vocab/%s", cv_test_data_dir(), file);
     cv_gguf *g;
     cv_error e = {0};
     if (cv_gguf_open(path, &g, &e) != CV_OK) fail_msg("%s: %s", path, e.msg);
@@ -505,7 +500,7 @@ static void check_family(const cv_tok *t, cv_chat_family f) {
     }
 }
 
-static void test_no_injection_shared_vocabs(void **state) {
+static void test_no_injection_llamacpp_vocabs(void **state) {
     (void)state;
     static const char *const llama3[] = {"<|begin_of_text|>", "<|start_header_id|>",
                                          "<|end_header_id|>", "<|eot_id|>"};
@@ -567,7 +562,7 @@ int main(void) {
         cmocka_unit_test(test_detect_fallback_and_errors),
         cmocka_unit_test(test_detect_gemma3_file),
         cmocka_unit_test(test_detect_qwen2_file),
-        cmocka_unit_test(test_no_injection_shared_vocabs),
+        cmocka_unit_test(test_no_injection_llamacpp_vocabs),
         cmocka_unit_test(test_no_injection_qwen2_file),
         cmocka_unit_test(test_no_injection_gemma3_file),
     };

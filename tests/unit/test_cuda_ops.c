@@ -1,7 +1,7 @@
 /* Every op of the CUDA backend against the CPU backend (the reference semantics) on
  * fresh random data, with the device outputs poisoned (NaN bytes) before each op, so
  * an op that writes nothing cannot pass; then CUDA graphs: graph steps of plain ops,
- * and whole decode steps of two models (stories260K from $CORVID_SHARED, odd widths
+ * and whole decode steps of two models (stories260K from tests/data, odd widths
  * and F32; a synthetic Q4_K_M llama) replayed from graphs against the same steps run
  * op by op (bit for bit) and on the CPU (within a budget), across a step where a block
  * table grows. Needs a CUDA build and a GPU: without a CUDA build, or with no device
@@ -31,6 +31,7 @@
 #include "synthetic.h"
 #include "../support/test_rng.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_data.h"
 
 static cv_test_rng g_rng;
 static cv_backend *g_cpu, *g_gpu;
@@ -550,10 +551,8 @@ static void check_graph_decode(const char *what, const char *path, double cpu_bu
 
 static void test_graph_decode(void **state) {
     (void)state;
-    const char *shared = getenv("CORVID_SHARED");
-    if (!shared) fail_msg("CORVID_SHARED is not set (the directory holding models/stories260K.gguf)");
     char path[4096], dir[256];
-    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared);
+    cv_test_data(path, sizeof path, "models/stories260K.gguf");
     check_graph_decode("stories260K", path, 1e-3);
     if (cv_test_tmpdir(dir, sizeof dir, "cuda-graphs")) fail_msg("cannot make a temporary directory");
     snprintf(path, sizeof path, "%s/tiny-q4km.gguf", dir);

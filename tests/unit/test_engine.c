@@ -16,6 +16,7 @@
 #include "../support/test_tmpdir.h"
 #include "slot.h"
 #include "synthetic.h"
+#include "../support/test_data.h"
 
 #define MAX_OUT 256
 
@@ -69,9 +70,7 @@ static void result_wait(result *r) {
 
 static const char *model_path(void) {
     static char path[1024];
-    const char *shared = getenv("CORVID_SHARED");
-    snprintf(path, sizeof path, "%s/models/stories260K.gguf", shared ? shared : "../shared");
-    return path;
+    return cv_test_data(path, sizeof path, "models/stories260K.gguf");
 }
 
 static char g_dir[160];

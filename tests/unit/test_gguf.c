@@ -1,5 +1,5 @@
 /* GGUF reader and writer: hostile files (one test per class of damage), round trips
- * of every value and tensor type, and the real files under $CORVID_SHARED. */
+ * of every value and tensor type, and the real files under tests/data. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,7 @@
 
 #include "gguf.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_data.h"
 
 static uint64_t rng_state;
 
@@ -905,9 +906,8 @@ static void test_open_errors(void **state) {
 
 /* ---- real files ---- */
 
-static char *shared_path(const char *rel) {
-    const char *root = getenv("CORVID_SHARED");
-    if (!root) fail_msg("CORVID_SHARED is not set");
+static char *data_path(const char *rel) {
+    const char *root = cv_test_data_dir();
     char *p = malloc(strlen(root) + strlen(rel) + 2);
     sprintf(p, "%s/%s", root, rel);
     return p;
@@ -920,7 +920,7 @@ static cv_str str_or_fail(cv_str s) {
 
 static void test_real_stories260k(void **state) {
     (void)state;
-    char *path = shared_path("models/stories260K.gguf");
+    char *path = data_path("models/stories260K.gguf");
     cv_gguf *g;
     cv_error e = {0};
     ok(cv_gguf_open(path, &g, &e), &e);
@@ -981,7 +981,7 @@ static void test_real_stories260k(void **state) {
     free(path);
 
     /* The mixed-quant variants: Q8_0 for most weights, F32 for the 172-wide ffn_down. */
-    path = shared_path("models/stories260K-Q8_0-mixed.gguf");
+    path = data_path("models/stories260K-Q8_0-mixed.gguf");
     ok(cv_gguf_open(path, &g, &e), &e);
     assert_int_equal(cv_gguf_get_u32(g, "general.file_type", 0), 7);
     assert_int_equal(cv_gguf_find_tensor(g, "token_embd.weight")->type, CV_TYPE_Q8_0);
@@ -993,7 +993,7 @@ static void test_real_stories260k(void **state) {
 
 static void test_real_vocab_only(void **state) {
     (void)state;
-    char *path = shared_path("vocab/ggml-vocab-llama-spm.gguf");
+    char *path = data_path("vocab/ggml-vocab-llama-spm.gguf");
     cv_gguf *g;
     cv_error e = {0};
     ok(cv_gguf_open(path, &g, &e), &e);
@@ -1014,7 +1014,7 @@ static void test_real_vocab_only(void **state) {
     cv_gguf_close(g);
     free(path);
 
-    path = shared_path("vocab/ggml-vocab-gpt-2.gguf");
+    path = data_path("vocab/ggml-vocab-gpt-2.gguf");
     ok(cv_gguf_open(path, &g, &e), &e);
     cv_gguf_arr merges;
     assert_true(cv_gguf_get_arr(g, "tokenizer.ggml.merges", &merges));

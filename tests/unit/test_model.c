@@ -26,6 +26,7 @@
 #include "gguf.h"
 #include "kv_cache.h"
 #include "model.h"
+#include "../support/test_data.h"
 
 #define N_VOCAB 512
 #define N_GEN 64
@@ -42,9 +43,8 @@ static const int32_t ref_q4[N_GEN] = {
     264, 261, 262, 423, 388, 268, 414, 444, 373, 282, 412, 427, 285, 353, 265, 298,
     420, 277, 264, 426, 338, 286, 384, 393, 269, 282, 420, 277, 418, 373, 311, 372};
 
-static char *shared_path(const char *name) {
-    const char *dir = getenv("CORVID_SHARED");
-    assert_non_null(dir);
+static char *data_path(const char *name) {
+    const char *dir = cv_test_data_dir();
     char *p = malloc(strlen(dir) + strlen(name) + 16);
     assert_non_null(p);
     sprintf(p, "%s/models/%s", dir, name);
@@ -52,7 +52,7 @@ static char *shared_path(const char *name) {
 }
 
 static float *read_logits(const char *name) {
-    char *p = shared_path(name);
+    char *p = data_path(name);
     FILE *f = fopen(p, "rb");
     assert_non_null(f);
     float *x = malloc(sizeof(float) * N_GEN * N_VOCAB);
@@ -72,7 +72,7 @@ typedef struct loaded {
 
 static void load(const char *name, cv_type kv_type, int32_t max_seqs, loaded *l) {
     cv_error e = {0};
-    char *p = shared_path(name);
+    char *p = data_path(name);
     assert_int_equal(cv_gguf_open(p, &l->g, &e), CV_OK);
     free(p);
     cv_tp_config tc = {.device = CV_DEVICE_CPU, .tp = 1, .threads = 2};
@@ -266,7 +266,7 @@ typedef enum { EDIT_ARCH, EDIT_DROP, EDIT_SHAPE, EDIT_TYPE, EDIT_HEADS } edit_ki
 
 static cv_status load_edited(edit_kind kind, cv_error *e) {
     cv_gguf *src, *g;
-    char *p = shared_path("stories260K.gguf");
+    char *p = data_path("stories260K.gguf");
     assert_int_equal(cv_gguf_open(p, &src, e), CV_OK);
     free(p);
     cv_gguf_writer *w = cv_gguf_writer_new();

@@ -1,7 +1,7 @@
 /* Tests for server/quantize and server/synthetic: llama.cpp's stories260K files
  * against our reference quantizers (byte for byte), model rewrites within each
  * format's error, the recipes' per-tensor rules, and synthetic models (shapes, keys,
- * statistics, determinism). Fixtures from $CORVID_SHARED/models and /vocab. */
+ * statistics, determinism). Fixtures from tests/data/models and /vocab. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,15 +20,12 @@
 #include "synthetic.h"
 #include "../support/test_models.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_data.h"
 
 static char g_dir[200];
 static uint64_t g_seed;
 
-static void fixture(char *out, size_t n, const char *rel) {
-    const char *shared = getenv("CORVID_SHARED");
-    assert_non_null(shared);
-    assert_true(snprintf(out, n, "%s/%s", shared, rel) < (int)n);
-}
+static void fixture(char *out, size_t n, const char *rel) { cv_test_data(out, n, rel); }
 
 static void tmp_path(char *out, size_t n, const char *name) {
     assert_true(snprintf(out, n, "%s/%s", g_dir, name) < (int)n);

@@ -14,6 +14,7 @@
 #include "rag_index.h"
 #include "tokenizer.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_data.h"
 
 static unsigned seed;
 static char dir[64];
@@ -180,10 +181,8 @@ static size_t count_tokens(void *user, const char *text, size_t len) {
 
 static void test_chunks_limited_in_tokens(void **state) {
     fx *f = *state;
-    const char *shared = getenv("CORVID_SHARED");
-    assert_non_null(shared);
     char model[512];
-    snprintf(model, sizeof model, "%s/models/stories260K.gguf", shared);
+    cv_test_data(model, sizeof model, "models/stories260K.gguf");
     cv_gguf *g = NULL;
     cv_tok *tok = NULL;
     cv_error e = {0};

@@ -1,4 +1,4 @@
-/* tokenizer: the shared vocabularies' reference ids (llama.cpp's vocab tests),
+/* tokenizer: llama.cpp's vocabularies and their reference ids (tests/data/vocab),
  * the committed Llama 3 / Qwen2 / GPT-2 / DeepSeek vectors made by Hugging Face
  * tokenizers (tests/data/tokenizer), stories260K's prompt, special tokens,
  * decode round trips on random text, the streaming decoder, and bad metadata. */
@@ -18,9 +18,9 @@
 #include "utf8.h"
 #include "../support/test_rng.h"
 #include "../support/test_tmpdir.h"
+#include "../support/test_data.h"
 
 #define VOCAB_SEP "\n__ggml_vocab_test__\n"
-#define DATA_DIR "tests/data/tokenizer"
 
 static uint64_t g_seed;
 static cv_test_rng g_rng;
@@ -31,12 +31,6 @@ static char *path_in(const char *dir, const char *name) {
     static char buf[4096];
     snprintf(buf, sizeof buf, "%s/%s", dir, name);
     return buf;
-}
-
-static const char *shared_dir(void) {
-    const char *s = getenv("CORVID_SHARED");
-    assert_non_null(s);
-    return s;
 }
 
 static char *slurp(const char *path, size_t *len) {
@@ -186,27 +180,28 @@ static void check_roundtrip(const cv_tok *t, const char *vocab_name) {
     }
 }
 
-static void check_shared_vocab(const char *name) {
+static void check_llamacpp_vocab(const char *name) {
     char vocab[4096], inp[4096], out[4096];
-    snprintf(vocab, sizeof vocab, "%s/vocab/ggml-vocab-%s.gguf", shared_dir(), name);
-    snprintf(inp, sizeof inp, "%s/vocab/ggml-vocab-%s.gguf.inp", shared_dir(), name);
-    snprintf(out, sizeof out, "%s/vocab/ggml-vocab-%s.gguf.out", shared_dir(), name);
+    snprintf(vocab, sizeof vocab, "%s/vocab/ggml-vocab-%s.gguf", cv_test_data_dir(), name);
+    snprintf(inp, sizeof inp, "%s/vocab/ggml-vocab-%s.gguf.inp", cv_test_data_dir(), name);
+    snprintf(out, sizeof out, "%s/vocab/ggml-vocab-%s.gguf.out", cv_test_data_dir(), name);
     cv_tok *t = load_tok(vocab, NULL);
     check_vectors(t, inp, out);
     check_roundtrip(t, name);
     cv_tok_free(t);
 }
 
-static void test_shared_vocabs(void **state) {
+static void test_llamacpp_vocabs(void **state) {
     (void)state;
-    check_shared_vocab("llama-spm");
-    check_shared_vocab("gpt-2");
-    check_shared_vocab("deepseek-llm");
+    check_llamacpp_vocab("llama-spm");
+    check_llamacpp_vocab("gpt-2");
+    check_llamacpp_vocab("deepseek-llm");
 }
 
-/* Vectors made by tokenizers with a pre-tokenizer over a shared vocabulary (see
- * the header of each .out file): Llama 3 and Qwen2 have no shared vocabulary of
- * their own; the GPT-2 and DeepSeek ones add inputs the shared files lack. */
+/* Vectors made by tokenizers with a pre-tokenizer over one of llama.cpp's vocabularies
+ * (see the header of each .out file): Llama 3 and Qwen2 have no vocabulary file of their
+ * own in tests/data/vocab; the GPT-2 and DeepSeek ones add inputs llama.cpp's vectors
+ * lack. */
 static void test_committed_vectors(void **state) {
     (void)state;
     static const struct {
@@ -219,19 +214,19 @@ static void test_committed_vectors(void **state) {
         {"deepseek-llm-extra", "ggml-vocab-deepseek-llm.gguf", "deepseek-llm"},
     };
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
-        char vpath[4096], out[4096];
-        snprintf(vpath, sizeof vpath, "%s/vocab/%s", shared_dir(), sets[i].vocab);
-        snprintf(out, sizeof out, DATA_DIR "/%s.out", sets[i].name);
+        char vpath[4096], inp[4096], out[4096];
+        snprintf(vpath, sizeof vpath, "%s/vocab/%s", cv_test_data_dir(), sets[i].vocab);
+        snprintf(out, sizeof out, "%s/tokenizer/%s.out", cv_test_data_dir(), sets[i].name);
         cv_tok *t = load_tok(vpath, sets[i].pre);
         assert_string_equal(cv_tok_pre_name(t), sets[i].pre);
-        check_vectors(t, DATA_DIR "/bpe-inputs.inp", out);
+        check_vectors(t, cv_test_data(inp, sizeof inp, "tokenizer/bpe-inputs.inp"), out);
         cv_tok_free(t);
     }
 }
 
 static void test_stories260k_prompt(void **state) {
     (void)state;
-    cv_tok *t = load_tok(path_in(shared_dir(), "models/stories260K.gguf"), NULL);
+    cv_tok *t = load_tok(path_in(cv_test_data_dir(), "models/stories260K.gguf"), NULL);
     assert_string_equal(cv_tok_kind_name(t), "spm");
     assert_int_equal(cv_tok_n_vocab(t), 512);
     assert_int_equal(cv_tok_bos(t), 1);
@@ -265,7 +260,7 @@ static void test_special_tokens(void **state) {
     char path[4096];
     int32_t ids[64];
     size_t n;
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", cv_test_data_dir());
     cv_tok *spm = load_tok(path, NULL);
     const char *s = "<s>Hi</s>";
     /* Parsed: control tokens; SPM adds its space after a special token. */
@@ -293,7 +288,7 @@ static void test_special_tokens(void **state) {
     assert_memory_equal(p, "<s>", 3);
     cv_tok_free(spm);
 
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", cv_test_data_dir());
     cv_tok *gpt2 = load_tok(path, NULL);
     s = "a<|endoftext|>b";
     n = encode(gpt2, s, strlen(s), CV_TOK_PARSE_SPECIAL, ids, 64);
@@ -307,7 +302,7 @@ static void test_special_tokens(void **state) {
     assert_int_equal(encode(gpt2, "a", 1, CV_TOK_ADD_SPECIAL, ids, 64), 1);
     cv_tok_free(gpt2);
 
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-deepseek-llm.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-deepseek-llm.gguf", cv_test_data_dir());
     cv_tok *ds = load_tok(path, NULL);
     /* User-defined tokens are matched whether or not specials are parsed,
      * leftmost-longest ([PAD100200] over a shorter [PAD10020] prefix). */
@@ -347,7 +342,7 @@ static void test_plain_spans(void **state) {
     int32_t ids[64], ref[64];
     cv_error e = {0};
     size_t n, nr;
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-gpt-2.gguf", cv_test_data_dir());
     cv_tok *gpt2 = load_tok(path, NULL);
     const char *s = "a<|endoftext|>b<|endoftext|>c"; /* the tokens at 1..14 and 15..28 */
     const unsigned P = CV_TOK_PARSE_SPECIAL;
@@ -388,7 +383,7 @@ static void test_plain_spans(void **state) {
     cv_tok_free(gpt2);
 
     /* SPM: the leading space after a control token stays where it was. */
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", cv_test_data_dir());
     cv_tok *spm = load_tok(path, NULL);
     s = "<s>Hi</s> there</s>";
     nr = encode(spm, s, strlen(s), P, ref, 64);
@@ -403,7 +398,7 @@ static void test_plain_spans(void **state) {
     cv_tok_free(spm);
 
     /* User-defined tokens are matched inside spans too, as without CV_TOK_PARSE_SPECIAL. */
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-deepseek-llm.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-deepseek-llm.gguf", cv_test_data_dir());
     cv_tok *ds = load_tok(path, NULL);
     s = "x[PAD100200]y";
     n = encode_plain(ds, s, P, (const cv_tok_span[]){{0, strlen(s)}}, 1, ids, 64);
@@ -415,7 +410,7 @@ static void test_plain_spans(void **state) {
 static void test_stream_decoder(void **state) {
     (void)state;
     char path[4096];
-    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", shared_dir());
+    snprintf(path, sizeof path, "%s/vocab/ggml-vocab-llama-spm.gguf", cv_test_data_dir());
     cv_tok *t = load_tok(path, NULL);
     const char *text = "Hi 😀 你好 \xF0\x9F\xA6\x9C!";
     int32_t ids[64];
@@ -579,7 +574,7 @@ int main(void) {
     g_seed = cv_test_seed("test_tokenizer");
     g_rng = cv_test_rng_new(g_seed);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_shared_vocabs),
+        cmocka_unit_test(test_llamacpp_vocabs),
         cmocka_unit_test(test_committed_vectors),
         cmocka_unit_test(test_stories260k_prompt),
         cmocka_unit_test(test_special_tokens),

@@ -3,7 +3,7 @@
  * sandwich norms) synthetic models, through prefill, mixed and decode batches of two
  * sequences; shapes that cannot split are refused naming the tensor, the dimension
  * and tp. Synthetic models are written to a temp dir; stories260K comes from
- * $CORVID_SHARED.
+ * tests/data.
  *
  * The bound: the row-parallel projections add their partial sums per rank, then across
  * ranks, so F32 weights give float rounding (~1e-6 here). With Q8_0/Q4_0 weights the
@@ -30,6 +30,7 @@
 #include "kv_cache.h"
 #include "synthetic.h"
 #include "tp.h"
+#include "../support/test_data.h"
 
 static char g_dir[160];
 static uint64_t g_seed;
@@ -156,11 +157,9 @@ static void expect_refused(const char *path, int tp, cv_status code, const char 
 
 static void test_unsplittable_shapes_are_refused(void **s) {
     (void)s;
-    const char *shared = getenv("CORVID_SHARED");
-    assert_non_null(shared);
     char f32[512], q8[512];
-    snprintf(f32, sizeof f32, "%s/models/stories260K.gguf", shared);
-    snprintf(q8, sizeof q8, "%s/models/stories260K-Q8_0-mixed.gguf", shared);
+    cv_test_data(f32, sizeof f32, "models/stories260K.gguf");
+    cv_test_data(q8, sizeof q8, "models/stories260K-Q8_0-mixed.gguf");
     /* 8 heads over 3 ranks; 4 kv heads over 8; 64 Q8_0 columns over 4 ranks are 16 each. */
     expect_refused(f32, 3, CV_EUNSUPPORTED,
                    (const char *[]){"tp 3", "blk.0.attn_q.weight", "llama.attention.head_count = 8", NULL});

@@ -2,14 +2,16 @@
 """Generates the BPE pre-tokenizer test vectors in this folder.
 
 Expected ids come from Hugging Face `tokenizers` (an independent implementation):
-a byte-level BPE built from a shared vocabulary GGUF's tokens and merges, with the
+a byte-level BPE built from the tokens and merges of a vocabulary GGUF in ../vocab, with the
 pre-tokenizer a model's tokenizer.json names (Split on its regex, "isolated", then
 ByteLevel without its own regex). The corvid unit test loads the same GGUF with
 tokenizer.ggml.pre replaced by the pre-tokenizer's name and must give the same ids.
 The tests do not need Python; rerun this only to change the vectors:
 
   pip install --target ~/.cache/corvid/py tokenizers gguf
-  PYTHONPATH=~/.cache/corvid/py python3 tests/data/tokenizer/gen_vectors.py $CORVID_SHARED/vocab
+  PYTHONPATH=~/.cache/corvid/py python3 tests/data/tokenizer/gen_vectors.py [VOCAB_DIR]
+
+VOCAB_DIR defaults to tests/data/vocab.
 
 Output: bpe-inputs.inp (the inputs, separated by lines __ggml_vocab_test__ as in
 llama.cpp's vocab tests) and per config NAME.out: '#' header lines naming the source,
@@ -150,8 +152,8 @@ def build(vocab, merges, regexes, ignore_merges):
 
 
 def main():
-    vocab_dir = sys.argv[1]
     out_dir = os.path.dirname(os.path.abspath(__file__))
+    vocab_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(out_dir, "..", "vocab")
     inputs = FIXED + random_inputs(150, 20261128)
     with open(os.path.join(out_dir, "bpe-inputs.inp"), "w", encoding="utf-8", newline="") as f:
         for s in inputs:
