@@ -43,6 +43,15 @@ def proto_modules():
     return inference_pb2, admin_pb2, health_pb2
 
 
+def have_model(path, what):
+    """True when the real model `make models` fetches is at path; otherwise prints a
+    visible SKIP line for what, naming the command that fetches it."""
+    if os.path.exists(path):
+        return True
+    print("SKIP %s: %s not found (run `make models`)" % (what, path))
+    return False
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
