@@ -3,14 +3,25 @@
 # 128 generated tokens), alternated run by run so that a change in machine load hits
 # both, then one JSON object with corvid's medians, llama.cpp's medians and the ratios.
 #   bench/compare-llamacpp.sh MODEL.gguf [THREADS] [RUNS]
-# LLAMA_BENCH names llama.cpp's llama-bench (built beside the project, never in it).
+# LLAMA_BENCH names llama.cpp's llama-bench binary (built outside the project, never in
+# it): LLAMA_BENCH=/path/to/llama.cpp/build/bin/llama-bench bench/compare-llamacpp.sh ...
+# Without it the script says how to set it and runs corvid's bench-decode alone.
 set -eu
 model=$1 threads=${2:-2} runs=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
 bench=${CORVID_BIN:-$here/build/bin}/bench-decode
-llama=${LLAMA_BENCH:-/work/peer/llama.cpp/build/bin/llama-bench}
-if [ ! -x "$llama" ]; then
-    echo "compare-llamacpp: no llama-bench at $llama (set LLAMA_BENCH)" >&2
+llama=${LLAMA_BENCH:-}
+if [ -z "$llama" ] || [ ! -x "$llama" ]; then
+    if [ -z "$llama" ]; then
+        echo "compare-llamacpp: LLAMA_BENCH is not set." >&2
+    else
+        echo "compare-llamacpp: LLAMA_BENCH=$llama is not an executable." >&2
+    fi
+    echo "  Set it to llama.cpp's llama-bench, built outside this repository:" >&2
+    echo "    git clone https://github.com/ggml-org/llama.cpp && cmake -S llama.cpp -B llama.cpp/build \\" >&2
+    echo "      && cmake --build llama.cpp/build --target llama-bench -j" >&2
+    echo "    LLAMA_BENCH=\$PWD/llama.cpp/build/bin/llama-bench $0 $*" >&2
+    echo "  Running corvid's bench-decode alone (no llamacpp_* fields)." >&2
     exec "$bench" -m "$model" -t "$threads" --runs "$runs"
 fi
 ours=() peer=()
