@@ -1,11 +1,14 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cuda_backend.h"
 #include "engine.h"
@@ -14,7 +17,7 @@
 
 typedef enum { K_STR, K_INT, K_LONG, K_DOUBLE } key_kind;
 
-/* One table drives the JSON keys, the flags and their limits. */
+/* One table drives the JSON keys, the flags, their limits and the usage text. */
 typedef struct key_spec {
     const char *json;   /* key in the config file */
     const char *flag;   /* --flag */
@@ -22,45 +25,74 @@ typedef struct key_spec {
     size_t off;
     size_t size;        /* buffer size for strings */
     double min, max;
+    const char *value;  /* the flag's value in the usage ("HOST:PORT") */
+    const char *help;
+    const char *dflt;   /* the default in words; NULL: cv_config_defaults' value */
 } key_spec;
 
-#define STR(j, f, m) {j, f, K_STR, offsetof(cv_config, m), sizeof(((cv_config *)0)->m), 0, 0}
-#define NUM(j, f, k, m, lo, hi) {j, f, k, offsetof(cv_config, m), 0, lo, hi}
+#define STR(j, f, m, v, h, d) {j, f, K_STR, offsetof(cv_config, m), sizeof(((cv_config *)0)->m), 0, 0, v, h, d}
+#define NUM(j, f, k, m, lo, hi, v, h, d) {j, f, k, offsetof(cv_config, m), 0, lo, hi, v, h, d}
 
 static const key_spec keys[] = {
-    STR("listen", "--listen", listen),
-    STR("metrics_listen", "--metrics-listen", metrics_listen),
-    STR("model", "--model", model),
-    STR("model_version", "--model-version", model_version),
-    NUM("threads", "--threads", K_INT, threads, 0, 256),
-    STR("device", "--device", device),
-    NUM("tp", "--tp", K_INT, tp, 1, CV_TP_MAX),
-    NUM("max_running", "--max-running", K_INT, max_running, 1, 4096),
-    NUM("max_waiting", "--max-waiting", K_INT, max_waiting, 0, 1000000),
-    NUM("kv_block_tokens", "--kv-block-tokens", K_INT, kv_block_tokens, 1, 4096),
-    NUM("max_batch_tokens", "--max-batch-tokens", K_INT, max_batch_tokens, 1, 65536),
-    NUM("n_ctx", "--ctx", K_INT, n_ctx, 0, 1 << 24),
-    STR("kv_type", "--kv-type", kv_type),
-    NUM("kv_swa_full_cache", "--kv-swa-full-cache", K_INT, kv_swa_full_cache, 0, 1),
-    NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24),
-    NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20),
-    NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400),
-    NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000),
-    STR("model_cache_dir", "--model-cache-dir", model_cache_dir),
-    STR("auth_config", "--auth-config", auth_config),
-    STR("tls_cert", "--tls-cert", tls_cert),
-    STR("tls_key", "--tls-key", tls_key),
-    STR("tls_client_ca", "--tls-client-ca", tls_client_ca),
-    STR("health_listen", "--health-listen", health_listen),
-    NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24),
-    STR("rag_knowledge_bases", "--rag-kb", rag_knowledge_bases),
-    STR("rag_sources", "--rag-sources", rag_sources),
-    NUM("rag_top_k", "--rag-top-k", K_INT, rag_top_k, 1, CV_RAG_MAX_TOP_K),
-    NUM("rag_min_score", "--rag-min-score", K_DOUBLE, rag_min_score, 0, 1e6),
-    STR("rag_policy", "--rag-policy", rag_policy),
-    STR("rag_default_answer", "--rag-default-answer", rag_default_answer),
-    STR("rag_default_answer_zh", "--rag-default-answer-zh", rag_default_answer_zh),
-    NUM("rag_max_context_tokens", "--rag-max-context-tokens", K_INT, rag_max_context_tokens, 16, 1 << 20),
+    STR("listen", "--listen", listen, "HOST:PORT", "gRPC address", NULL),
+    STR("metrics_listen", "--metrics-listen", metrics_listen, "HOST:PORT",
+        "HTTP /metrics, /healthz and /readyz", "off"),
+    STR("model", "--model", model, "PATH", "GGUF file loaded at start", "none"),
+    STR("model_version", "--model-version", model_version, "NAME", "the version name of --model",
+        "the file name"),
+    NUM("threads", "--threads", K_INT, threads, 0, 256, "N",
+        "CPU threads of the compute pool (with --tp, split between the ranks)", "one per core"),
+    STR("device", "--device", device, "cpu|cuda", "where the model runs (cuda needs a make CUDA=1 build)", NULL),
+    NUM("tp", "--tp", K_INT, tp, 1, CV_TP_MAX, "N",
+        "tensor-parallel ranks, 1..8 (on cuda rank r is GPU r)", NULL),
+    NUM("max_running", "--max-running", K_INT, max_running, 1, 4096, "N", "sequences batched together", NULL),
+    NUM("max_waiting", "--max-waiting", K_INT, max_waiting, 0, 1000000, "N",
+        "requests queued beyond them (more: RESOURCE_EXHAUSTED)", NULL),
+    NUM("kv_block_tokens", "--kv-block-tokens", K_INT, kv_block_tokens, 1, 4096, "N",
+        "positions per KV cache block", NULL),
+    NUM("max_batch_tokens", "--max-batch-tokens", K_INT, max_batch_tokens, 1, 65536, "N",
+        "rows of one forward pass (decode rows + prefill chunks)", NULL),
+    NUM("n_ctx", "--ctx", K_INT, n_ctx, 0, 1 << 24, "N", "positions per sequence",
+        "the model's training context, at most 4096"),
+    STR("kv_type", "--kv-type", kv_type, "f16|f32", "KV cache element type", NULL),
+    NUM("kv_swa_full_cache", "--kv-swa-full-cache", K_INT, kv_swa_full_cache, 0, 1, "0|1",
+        "1: sliding-window layers keep every position instead of a ring", NULL),
+    NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24, "MB",
+        "KV cache budget (all ranks together)", NULL),
+    NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20, "N",
+        "tokens generated when a request says 0", NULL),
+    NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400, "SECONDS",
+        "on SIGTERM, how long in-flight streams may finish", NULL),
+    NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000, "MS",
+        "a stream's tokens after the first go out in rounds at most this often (0: each at once)", NULL),
+    STR("model_cache_dir", "--model-cache-dir", model_cache_dir, "DIR",
+        "where Admin.LoadModel downloads http(s) URIs", "none: downloads refused"),
+    STR("auth_config", "--auth-config", auth_config, "FILE",
+        "access policy: JWT keys, allowlist, rate limit, audit log", "none: no checks"),
+    STR("tls_cert", "--tls-cert", tls_cert, "FILE", "PEM certificate chain: TLS on --listen (with --tls-key)",
+        "none"),
+    STR("tls_key", "--tls-key", tls_key, "FILE", "PEM private key of --tls-cert", "none"),
+    STR("tls_client_ca", "--tls-client-ca", tls_client_ca, "FILE",
+        "PEM CA: clients must present a certificate it signed (mTLS)", "none"),
+    STR("health_listen", "--health-listen", health_listen, "HOST:PORT",
+        "with TLS: a plaintext port serving only gRPC health", "none"),
+    NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24, "MB",
+        "largest model file a download may bring", NULL),
+    STR("rag_knowledge_bases", "--rag-kb", rag_knowledge_bases, "NAME=PATH[,NAME=PATH...]",
+        "RAG knowledge bases (corvid-index files); the first is the default", "none"),
+    STR("rag_sources", "--rag-sources", rag_sources, "FILE", "RAG live HTTP sources config", "none"),
+    NUM("rag_top_k", "--rag-top-k", K_INT, rag_top_k, 1, CV_RAG_MAX_TOP_K, "K", "chunks retrieved when a request says 0",
+        NULL),
+    NUM("rag_min_score", "--rag-min-score", K_DOUBLE, rag_min_score, 0, 1e6, "S",
+        "BM25 score a chunk must reach when a request says 0", NULL),
+    STR("rag_policy", "--rag-policy", rag_policy, "refuse|answer",
+        "when nothing relevant is found: the default answer (refuse) or the model (answer)", NULL),
+    STR("rag_default_answer", "--rag-default-answer", rag_default_answer, "TEXT",
+        "the default answer", NULL),
+    STR("rag_default_answer_zh", "--rag-default-answer-zh", rag_default_answer_zh, "TEXT",
+        "the default answer to CJK questions", NULL),
+    NUM("rag_max_context_tokens", "--rag-max-context-tokens", K_INT, rag_max_context_tokens, 16, 1 << 20, "N",
+        "retrieved context budget in model tokens (also capped by the model's window)", NULL),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -155,32 +187,50 @@ out:
     return st;
 }
 
-cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, int *check_only, cv_error *err) {
-    *check_only = 0;
+static const key_spec *find_flag(const char *flag) {
+    for (size_t j = 0; j < N_KEYS; j++)
+        if (strcmp(keys[j].flag, flag) == 0) return &keys[j];
+    return NULL;
+}
+
+cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, cv_config_cmdline *cl, cv_error *err) {
+    memset(cl, 0, sizeof *cl);
+    /* The command line's shape first: --help wins, and a typo is found before any file is read. */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            cl->help = 1;
+            return CV_OK;
+        }
+        if (strcmp(a, "--check-config") == 0) continue;
+        if (strcmp(a, "--config") != 0 && !find_flag(a)) {
+            cl->usage_error = 1;
+            return cv_errorf(err, CV_EINVAL, "unknown option %s", a);
+        }
+        if (i + 1 >= argc) {
+            cl->usage_error = 1;
+            return cv_errorf(err, CV_EINVAL, "%s needs a value", a);
+        }
+        i++;
+    }
     /* --config is applied first so that flags override the file wherever they stand. */
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--config") == 0) {
-            if (i + 1 >= argc) return cv_errorf(err, CV_EINVAL, "--config needs a file name");
             cv_status st = cv_config_load_file(c, argv[++i], err);
             if (st != CV_OK) return st;
+        } else if (strcmp(argv[i], "--check-config") != 0) {
+            i++;
         }
     }
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--config") == 0) {
-            i++;
-            continue;
-        }
         if (strcmp(a, "--check-config") == 0) {
-            *check_only = 1;
+            cl->check_only = 1;
             continue;
         }
-        const key_spec *k = NULL;
-        for (size_t j = 0; j < N_KEYS; j++)
-            if (strcmp(keys[j].flag, a) == 0) k = &keys[j];
-        if (!k) return cv_errorf(err, CV_EINVAL, "unknown option %s (see --help)", a);
-        if (i + 1 >= argc) return cv_errorf(err, CV_EINVAL, "%s needs a value", a);
         const char *v = argv[++i];
+        if (strcmp(a, "--config") == 0) continue;
+        const key_spec *k = find_flag(a);
         cv_status st;
         if (k->kind == K_STR) {
             st = set_str(c, k, a, v, err);
@@ -195,6 +245,63 @@ cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, int *check_o
         if (st != CV_OK) return st;
     }
     return CV_OK;
+}
+
+/* A regular file this process can read, or an error naming the key and the path. */
+static cv_status check_readable(const char *key, const char *path, cv_error *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return cv_errorf(err, CV_ENOTFOUND, "%s: cannot read %s: %s", key, path, strerror(errno));
+    struct stat st;
+    int regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    close(fd);
+    if (!regular) return cv_errorf(err, CV_EINVAL, "%s: %s is not a regular file", key, path);
+    return CV_OK;
+}
+
+cv_status cv_config_check_files(const cv_config *c, cv_error *err) {
+    /* A model given as a URL is refused (or fetched) by the load itself. */
+    if (c->model[0] && (!strstr(c->model, "://") || strncmp(c->model, "file://", 7) == 0)) {
+        cv_status st = check_readable("model", strncmp(c->model, "file://", 7) == 0 ? c->model + 7 : c->model, err);
+        if (st != CV_OK) return st;
+    }
+    const struct { const char *key, *path; } files[] = {
+        {"auth_config", c->auth_config},
+        {"tls_cert", c->tls_cert},
+        {"tls_key", c->tls_key},
+        {"tls_client_ca", c->tls_client_ca},
+    };
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        if (!files[i].path[0]) continue;
+        cv_status st = check_readable(files[i].key, files[i].path, err);
+        if (st != CV_OK) return st;
+    }
+    return CV_OK;
+}
+
+void cv_config_usage(FILE *f) {
+    cv_config d;
+    cv_config_defaults(&d);
+    fprintf(f, "usage: corvid-server [--config FILE] [--check-config] [--FLAG VALUE]...\n"
+               "       corvid-server --model m.gguf [--listen 127.0.0.1:50051] [--metrics-listen 127.0.0.1:9464]\n"
+               "Every setting is a key of the JSON file given by --config and a flag; flags win.\n"
+               "  --config FILE\n"
+               "      the settings file: a JSON object of the keys below\n"
+               "  --check-config\n"
+               "      check the settings and that the files they name can be read, then exit\n"
+               "  -h, --help\n"
+               "      this text\n"
+               "settings: --flag VALUE (config key, default)\n");
+    for (size_t i = 0; i < N_KEYS; i++) {
+        const key_spec *k = &keys[i];
+        char dflt[600];
+        const char *p = (const char *)&d + k->off;
+        if (k->dflt) snprintf(dflt, sizeof dflt, "%s", k->dflt);
+        else if (k->kind == K_STR) snprintf(dflt, sizeof dflt, strchr(p, ' ') ? "\"%s\"" : "%s", p);
+        else if (k->kind == K_INT) snprintf(dflt, sizeof dflt, "%d", *(const int *)p);
+        else if (k->kind == K_LONG) snprintf(dflt, sizeof dflt, "%ld", *(const long *)p);
+        else snprintf(dflt, sizeof dflt, "%g", *(const double *)p);
+        fprintf(f, "  %s %s  (%s, default %s)\n      %s\n", k->flag, k->value, k->json, dflt, k->help);
+    }
 }
 
 cv_status cv_config_validate(const cv_config *c, cv_error *err) {

@@ -7,6 +7,8 @@
 #ifndef CV_CONFIG_H
 #define CV_CONFIG_H
 
+#include <stdio.h>
+
 #include "cv_error.h"
 
 typedef struct cv_config {
@@ -46,13 +48,28 @@ typedef struct cv_config {
     int rag_max_context_tokens;      /* retrieved context budget, model tokens */
 } cv_config;
 
+/* What the command line asked besides settings. */
+typedef struct cv_config_cmdline {
+    int check_only;  /* --check-config */
+    int help;        /* --help or -h: nothing was applied */
+    int usage_error; /* the error is the command line's shape (an unknown flag, a flag
+                      * without its value), not a value */
+} cv_config_cmdline;
+
 void cv_config_defaults(cv_config *c);
 /* Reads and validates a JSON object file on top of c. */
 cv_status cv_config_load_file(cv_config *c, const char *path, cv_error *err);
-/* Applies --flag VALUE pairs; argv[0] is skipped. Unknown flags are errors.
- * *check_only is set by --check-config. */
-cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, int *check_only, cv_error *err);
+/* Applies --config FILE, then the --flag VALUE pairs (so flags win wherever they
+ * stand); argv[0] is skipped. Unknown flags and flags without a value are errors
+ * (cl->usage_error), found before any file is read. */
+cv_status cv_config_parse_args(cv_config *c, int argc, char **argv, cv_config_cmdline *cl, cv_error *err);
 /* Cross-field checks after everything is applied. */
 cv_status cv_config_validate(const cv_config *c, cv_error *err);
+/* The files the settings name (model, auth_config, tls_cert, tls_key, tls_client_ca)
+ * are regular files this process can read; the error names the key and the path. */
+cv_status cv_config_check_files(const cv_config *c, cv_error *err);
+/* corvid-server's usage: every flag with its key, its default and what it does, from
+ * the same table the parser uses. */
+void cv_config_usage(FILE *f);
 
 #endif

@@ -17,6 +17,7 @@
 #include "admin_service.h"
 #include "audit.h"
 #include "auth.h"
+#include "cli.h"
 #include "config.h"
 #include "health.h"
 #include "http_endpoint.h"
@@ -30,19 +31,7 @@
 static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v1.Admin"};
 #define N_SERVICES (sizeof service_names / sizeof service_names[0])
 
-static void usage(void) {
-    fprintf(stderr,
-            "usage: corvid-server [--config FILE] [--listen HOST:PORT] [--model PATH]\n"
-            "                     [--model-version NAME] [--threads N] [--device cpu|cuda] [--tp N]\n"
-            "                     [--max-running N] [--kv-type f16|f32] [--kv-swa-full-cache 0|1]\n"
-            "                     [--max-waiting N] [--kv-memory-mb N] [--kv-block-tokens N]\n"
-            "                     [--max-tokens-default N] [--drain-timeout SECONDS]\n"
-            "                     [--metrics-listen HOST:PORT] [--check-config]\n"
-            "                     [--rag-kb NAME=PATH[,NAME=PATH...]] [--rag-sources FILE]\n"
-            "                     [--rag-top-k K] [--rag-min-score S] [--rag-policy refuse|answer]\n"
-            "                     [--rag-default-answer TEXT] [--rag-default-answer-zh TEXT]\n"
-            "                     [--rag-max-context-tokens N]\n");
-}
+static void usage(FILE *f) { cv_config_usage(f); }
 
 static double now_s(void) {
     struct timespec ts;
@@ -120,21 +109,18 @@ static int drain(cv_rpc_server *srv, cv_health *h, cv_router *r, double timeout_
 }
 
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            usage();
-            return 0;
-        }
-    }
     cv_config cfg;
     cv_error err = {0};
-    int check_only = 0;
+    cv_config_cmdline cl;
     cv_config_defaults(&cfg);
-    if (cv_config_parse_args(&cfg, argc, argv, &check_only, &err) != CV_OK ||
-        cv_config_validate(&cfg, &err) != CV_OK) {
+    cv_status parsed = cv_config_parse_args(&cfg, argc, argv, &cl, &err);
+    if (cl.help) cv_cli_help(usage);
+    if (cl.usage_error) cv_cli_usage_error("corvid-server", usage, "%s", err.msg);
+    if (parsed != CV_OK || cv_config_validate(&cfg, &err) != CV_OK || cv_config_check_files(&cfg, &err) != CV_OK) {
         fprintf(stderr, "corvid-server: %s\n", err.msg);
         return 1;
     }
+    int check_only = cl.check_only;
     cv_rag_service *rag = NULL;
     cv_audit *rag_audit_log = NULL; /* filled in once the auth config is loaded */
     if (open_rag(&cfg, &rag_audit_log, &rag, &err) != CV_OK) {

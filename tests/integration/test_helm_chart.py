@@ -230,7 +230,18 @@ def config_maps(name):
     return chartlib.find(docs(name), "ConfigMap", "-server")["data"]
 
 
+# The files server.json names are the pod's mounts, absent here, and --check-config
+# refuses a file it cannot read: each is replaced by a stand-in (where the pod mounts
+# them is checked by server_keys).
+POD_FILES = ("model", "auth_config", "tls_cert", "tls_key", "tls_client_ca")
+
+
 def check_server_config(exe, cfg, name):
+    cfg = dict(cfg)
+    for key in POD_FILES:
+        if cfg.get(key):
+            cfg[key] = os.path.join(TMP, "%s-%s" % (name, key))
+            open(cfg[key], "w").close()
     path = os.path.join(TMP, name + "-server.json")
     with open(path, "w") as f:
         json.dump(cfg, f)

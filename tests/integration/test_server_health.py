@@ -95,7 +95,7 @@ def bad_flags():
     r = subprocess.run([os.path.join(BIN, "corvid-server"), "--max-running", "0"], capture_output=True, text=True)
     assert r.returncode == 1 and "--max-running: 0 is outside [1, 4096]" in r.stderr, r.stderr
     r = subprocess.run([os.path.join(BIN, "corvid-server"), "--bogus"], capture_output=True, text=True)
-    assert r.returncode == 1 and "unknown option --bogus" in r.stderr, r.stderr
+    assert r.returncode == 2 and "unknown option --bogus" in r.stderr and "usage:" in r.stderr, r.stderr
 
 
 def main():

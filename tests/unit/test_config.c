@@ -65,13 +65,14 @@ static void test_flags_override_file_wherever_they_stand(void **state) {
     char *argv[] = {"corvid-server", "--max-running", "4", "--config", path, "--check-config", NULL};
     cv_config c;
     cv_error e = {0};
-    int check = 0;
+    cv_config_cmdline cl;
     cv_config_defaults(&c);
-    assert_int_equal(cv_config_parse_args(&c, 6, argv, &check, &e), CV_OK);
+    assert_int_equal(cv_config_parse_args(&c, 6, argv, &cl, &e), CV_OK);
     unlink(path);
     assert_int_equal(c.max_running, 4);
     assert_string_equal(c.listen, "127.0.0.1:1");
-    assert_int_equal(check, 1);
+    assert_int_equal(cl.check_only, 1);
+    assert_int_equal(cl.usage_error, 0);
     assert_int_equal(cv_config_validate(&c, &e), CV_OK);
     strcpy(c.listen, "localhost");
     assert_int_equal(cv_config_validate(&c, &e), CV_EINVAL);
@@ -103,12 +104,70 @@ static void test_device_and_tp(void **state) {
     }
 }
 
+/* The command line's shape (unknown flags, flags without a value, --help) is told apart
+ * from a refused value, and is found before --config's file is read. */
+static void test_command_line_shape(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    cv_config_cmdline cl;
+    char *unknown[] = {"corvid-server", "--max-runing", "4", NULL};
+    cv_config_defaults(&c);
+    assert_int_equal(cv_config_parse_args(&c, 3, unknown, &cl, &e), CV_EINVAL);
+    assert_int_equal(cl.usage_error, 1);
+    assert_non_null(strstr(e.msg, "unknown option --max-runing"));
+    char *missing[] = {"corvid-server", "--config", "/nonexistent.json", "--listen", NULL};
+    assert_int_equal(cv_config_parse_args(&c, 4, missing, &cl, &e), CV_EINVAL);
+    assert_int_equal(cl.usage_error, 1);
+    assert_non_null(strstr(e.msg, "--listen needs a value"));
+    char *help[] = {"corvid-server", "--config", "/nonexistent.json", "--rag-policy", "-h", "--help", NULL};
+    assert_int_equal(cv_config_parse_args(&c, 6, help, &cl, &e), CV_OK);
+    assert_int_equal(cl.help, 1);
+    assert_string_equal(c.rag_policy, "refuse"); /* nothing applied; "-h" there was a value */
+    char *range[] = {"corvid-server", "--max-running", "0", NULL};
+    assert_int_equal(cv_config_parse_args(&c, 3, range, &cl, &e), CV_ERANGE);
+    assert_int_equal(cl.usage_error, 0);
+}
+
+/* --check-config's file checks name the key and the path. */
+static void test_files_must_be_readable(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    cv_config_defaults(&c);
+    assert_int_equal(cv_config_check_files(&c, &e), CV_OK);
+    strcpy(c.model, "/nonexistent/m.gguf");
+    assert_int_equal(cv_config_check_files(&c, &e), CV_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "model: cannot read /nonexistent/m.gguf"));
+    write_config("{}");
+    assert_true(strlen(path) < 900);
+    strcpy(c.model, "file://");
+    strcat(c.model, path);
+    assert_int_equal(cv_config_check_files(&c, &e), CV_OK);
+    strcpy(c.model, "https://example.invalid/m.gguf"); /* the load decides about URLs */
+    assert_int_equal(cv_config_check_files(&c, &e), CV_OK);
+    strcpy(c.tls_cert, path);
+    strcpy(c.tls_key, "/nonexistent/key.pem");
+    assert_int_equal(cv_config_check_files(&c, &e), CV_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "tls_key: cannot read /nonexistent/key.pem"));
+    strcpy(c.tls_key, "/");
+    assert_int_equal(cv_config_check_files(&c, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "tls_key: / is not a regular file"));
+    strcpy(c.tls_key, path);
+    strcpy(c.auth_config, "/nonexistent/auth.json");
+    assert_int_equal(cv_config_check_files(&c, &e), CV_ENOTFOUND);
+    assert_non_null(strstr(e.msg, "auth_config: cannot read /nonexistent/auth.json"));
+    unlink(path);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file_values_are_applied),
         cmocka_unit_test(test_bad_files_name_the_key),
         cmocka_unit_test(test_flags_override_file_wherever_they_stand),
         cmocka_unit_test(test_device_and_tp),
+        cmocka_unit_test(test_command_line_shape),
+        cmocka_unit_test(test_files_must_be_readable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
