@@ -243,10 +243,18 @@ void corvid_stream_free(corvid_stream *s) {
 
 int corvid_tokenize(corvid_client *c, const char *model, const char *text, int raw, int32_t **ids,
                     size_t *n_ids, corvid_error *err) {
+    corvid_tokenize_params p = {.text = text, .model = model, .raw = raw};
+    return corvid_tokenize_with(c, &p, ids, n_ids, err);
+}
+
+int corvid_tokenize_with(corvid_client *c, const corvid_tokenize_params *p, int32_t **ids, size_t *n_ids,
+                         corvid_error *err) {
     Corvid__V1__TokenizeRequest r = CORVID__V1__TOKENIZE_REQUEST__INIT;
-    r.model = str_or_empty(model);
-    r.text = str_or_empty(text);
-    r.raw = raw;
+    r.model = str_or_empty(p->model);
+    r.model_version = str_or_empty(p->model_version);
+    r.text = str_or_empty(p->text);
+    r.raw = p->raw;
+    r.parse_special = p->parse_special;
     uint8_t *resp;
     size_t len;
     if (unary_packed(c, "/corvid.v1.Inference/Tokenize", &r.base, &resp, &len, err) != 0) return -1;

@@ -776,7 +776,7 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     char **pieces = NULL;
     cv_error err = {0};
     cv_slot *slot;
-    slot = pick_slot(inf, call, r->model, NULL, NULL);
+    slot = pick_slot(inf, call, r->model, r->model_version, NULL);
     if (!slot) goto out;
     unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
     cv_status st;

@@ -158,7 +158,18 @@ int corvid_stream_next(corvid_stream *s, corvid_event *ev, corvid_error *err);
 void corvid_stream_cancel(corvid_stream *s);
 void corvid_stream_free(corvid_stream *s);
 
+typedef struct corvid_tokenize_params {
+    const char *text;
+    const char *model;           /* NULL: the server's */
+    const char *model_version;   /* NULL: routed by traffic weight; unknown: NOT_FOUND */
+    int raw;                     /* no BOS/EOS added */
+    int parse_special;           /* control-token text in text becomes control tokens */
+} corvid_tokenize_params;
+
 /* *ids is malloc'd: free() it. */
+int corvid_tokenize_with(corvid_client *c, const corvid_tokenize_params *p, int32_t **ids, size_t *n_ids,
+                         corvid_error *err);
+/* corvid_tokenize_with without a version or parse_special. */
 int corvid_tokenize(corvid_client *c, const char *model, const char *text, int raw,
                     int32_t **ids, size_t *n_ids, corvid_error *err);
 
