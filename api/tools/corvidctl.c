@@ -4,7 +4,7 @@
  *   corvidctl chat -a ADDR -p TEXT [--system TEXT] [--message ROLE=TEXT]... [--json]
  *   (generate and chat: --rag [--kb NAME] [--rag-top-k K] [--min-score S] [--source NAME]...
  *    [--policy refuse|answer] prints the citations, a blank line, then the answer)
- *   corvidctl tokenize -a ADDR -p TEXT [--raw]
+ *   corvidctl tokenize -a ADDR -p TEXT [--raw] [--model-version V]
  *   corvidctl models -a ADDR
  *   corvidctl health -a ADDR [--service NAME]     exit 0 only when SERVING
  *   corvidctl admin load -a ADDR --version V --uri U [--sha256 H] [--wait]
@@ -12,8 +12,10 @@
  *   corvidctl admin unload -a ADDR --version V [--wait]
  *   corvidctl admin status -a ADDR [--window SECONDS] [--json]
  *   corvidctl admin fault -a ADDR --version V --rate R     (CORVID_TESTING servers)
+ *   corvidctl help [COMMAND], corvidctl [COMMAND] --help
  *
- * Errors print the gRPC status and message on stderr and exit 1.
+ * Each command takes only its own options (k_commands, option_scope). Errors print the
+ * gRPC status and message on stderr and exit 1; a wrong command line exits 2 (cli.h).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -21,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "corvid/client.h"
 
 #define MAX_STOP 16
@@ -47,31 +50,165 @@ typedef struct opts {
     int json, raw;
 } opts;
 
+/* The commands, the options each takes (a bit per command) and their usage texts. */
+enum { C_GENERATE = 1, C_CHAT = 2, C_TOKENIZE = 4, C_MODELS = 8, C_HEALTH = 16, C_ADMIN = 32, C_ALL = 63 };
+
+static const char k_sampling_usage[] =
+    "  -n, --max-tokens N       generate at most N tokens (default: the server's)\n"
+    "  --temp T                 temperature, 0 = greedy (default)\n"
+    "  --top-k K  --top-p P  --min-p M  --repeat-penalty R\n"
+    "                           sampling filters (default: off)\n"
+    "  --seed S                 the same seed and prompt give the same tokens\n"
+    "  --stop TEXT              stop string, repeatable (at most 16)\n"
+    "  --ignore-eos             keep generating after an end-of-generation token\n"
+    "  --logprobs N             ask for N alternatives per token (0..20)\n"
+    "  --model NAME             refused unless the server serves NAME\n"
+    "  --model-version V        pin version V (default: routed by traffic weight)\n"
+    "  --json                   one JSON object at the end instead of streaming text:\n"
+    "                           tokens, text, finish_reason, model_version, ttft_ms, ...\n"
+    "  --rag                    ground the answer in the server's knowledge base and live\n"
+    "                           sources; the citations are printed first, then a blank line\n"
+    "  --kb NAME                knowledge base (default: the server's first)\n"
+    "  --rag-top-k K            chunks retrieved (server limit 20)\n"
+    "  --min-score S            BM25 score a chunk must reach\n"
+    "  --source NAME            live source, repeatable (default: all configured)\n"
+    "  --policy refuse|answer   nothing relevant found: the default answer, or the model\n"
+    "                           (--kb, --rag-top-k, --min-score, --source, --policy imply --rag)\n";
+
+static const struct command {
+    const char *name;
+    unsigned bit;
+    const char *synopsis; /* the usage's first lines and what the command does */
+    const char *options;  /* its own options; NULL: none beyond the connection's */
+} k_commands[] = {
+    {"generate", C_GENERATE,
+     "usage: corvidctl generate -a HOST:PORT -p TEXT [options]\n"
+     "  streams the continuation of TEXT\n"
+     "  -p, --prompt TEXT        the prompt\n"
+     "  --raw                    no BOS/EOS added to the prompt\n",
+     k_sampling_usage},
+    {"chat", C_CHAT,
+     "usage: corvidctl chat -a HOST:PORT -p TEXT [--system TEXT] [--message ROLE=TEXT]... [options]\n"
+     "  streams the answer to a conversation, formatted by the model's chat template\n"
+     "  -p, --prompt TEXT        the last user message\n"
+     "  --system TEXT            a system message, first\n"
+     "  --message ROLE=TEXT      a turn before -p (role system, user or assistant), repeatable\n"
+     "  --template NAME          force a template: llama2, llama3, chatml, qwen2, deepseek-r1, gemma\n",
+     k_sampling_usage},
+    {"tokenize", C_TOKENIZE,
+     "usage: corvidctl tokenize -a HOST:PORT -p TEXT [--raw] [--model NAME] [--model-version V]\n"
+     "  prints the token ids of TEXT on one line\n"
+     "  -p, --prompt TEXT        the text\n"
+     "  --raw                    no BOS/EOS added\n"
+     "  --model NAME             refused unless the server serves NAME\n"
+     "  --model-version V        the tokenizer of version V (default: routed by traffic weight;\n"
+     "                           a version the server does not hold: NOT_FOUND)\n",
+     NULL},
+    {"models", C_MODELS,
+     "usage: corvidctl models -a HOST:PORT\n"
+     "  lists the model versions the server holds: name, version, architecture, state,\n"
+     "  context, vocabulary and traffic weight\n",
+     NULL},
+    {"health", C_HEALTH,
+     "usage: corvidctl health -a HOST:PORT [--service NAME]\n"
+     "  prints SERVING or NOT_SERVING; exit 0 only when SERVING\n"
+     "  --service NAME           \"\" (the server, default), corvid.v1.Inference (a version takes\n"
+     "                           traffic) or corvid.v1.Admin\n",
+     NULL},
+    {"admin", C_ADMIN,
+     "usage: corvidctl admin load -a HOST:PORT --version V --uri URI [--sha256 HEX] [--wait]\n"
+     "       corvidctl admin unload -a HOST:PORT --version V [--wait]\n"
+     "       corvidctl admin traffic -a HOST:PORT V1=W1 [V2=W2]...\n"
+     "       corvidctl admin status -a HOST:PORT [--window SECONDS] [--json]\n"
+     "       corvidctl admin fault -a HOST:PORT --version V --rate R   (CORVID_TESTING servers)\n"
+     "  model versions: load one beside the serving ones, route traffic by weight, drain and\n"
+     "  unload; traffic and fault print the status afterwards\n"
+     "  --version V              the model version\n"
+     "  --uri URI                a path, file://, http:// or https:// (a download needs --sha256)\n"
+     "  --sha256 HEX             the file's digest, checked before it is loaded\n"
+     "  --wait                   return once the load or unload is done\n"
+     "  V=W                      a version's traffic weight, 0..1000000 (at most 8 pairs)\n"
+     "  --window SECONDS         the status window, 1..600\n"
+     "  --rate R                 fail this share of the version's requests on purpose, 0..1\n"
+     "  --json                   the status as one JSON object\n",
+     NULL},
+};
+#define N_COMMANDS (sizeof k_commands / sizeof k_commands[0])
+
+static const char k_connection_usage[] =
+    "connection (every command):\n"
+    "  -a, --addr HOST:PORT     the server (required)\n"
+    "  --timeout SECONDS        deadline of each call (default: none)\n"
+    "  --token TOKEN            bearer token (default: $CORVID_TOKEN)\n"
+    "  --tls-ca FILE            TLS: the CA of the server's certificate\n"
+    "  --tls-cert FILE  --tls-key FILE\n"
+    "                           mTLS: this client's certificate and key\n"
+    "  -h, --help               this text\n";
+
+/* The command whose usage is printed; NULL: all of them. */
+static const struct command *g_command;
+
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: corvidctl COMMAND -a HOST:PORT [options]\n"
-            "commands: generate, chat, tokenize, models, health,\n"
-            "          admin load|traffic|unload|status|fault\n"
-            "  --version V  --uri U  --sha256 H  --wait   (admin load/unload)\n"
-            "  V1=W1 V2=W2 ...          traffic weights (admin traffic)\n"
-            "  --window SECONDS         status window (admin status)\n"
-            "  -p, --prompt TEXT        prompt (generate, tokenize) or user message (chat)\n"
-            "  --system TEXT            system message (chat)\n"
-            "  --message ROLE=TEXT      a chat turn, repeatable, before the -p turn\n"
-            "  -n, --max-tokens N       --temp T  --top-k K  --top-p P  --min-p M\n"
-            "  --repeat-penalty R       --seed S  --stop TEXT (repeatable)  --ignore-eos\n"
-            "  --logprobs N             --model NAME  --model-version V  --template NAME\n"
-            "  --json                   one JSON object at the end instead of streaming text\n"
-            "  --raw                    no BOS/EOS (generate, tokenize)\n"
-            "  --rag                    ground the answer in the server's knowledge base and\n"
-            "                           sources; citations are printed first (generate, chat)\n"
-            "  --kb NAME  --rag-top-k K  --min-score S  --source NAME (repeatable)\n"
-            "  --policy refuse|answer   RAG options (each implies --rag)\n"
-            "  --service NAME           health of one service (health)\n"
-            "  --timeout SECONDS        per call deadline\n"
-            "  --token TOKEN            bearer token (default: $CORVID_TOKEN)\n"
-            "  --tls-ca FILE  --tls-cert FILE  --tls-key FILE\n");
+    if (g_command) {
+        fputs(g_command->synopsis, f);
+        if (g_command->options) fputs(g_command->options, f);
+        fputs(k_connection_usage, f);
+        return;
+    }
+    fputs("usage: corvidctl COMMAND -a HOST:PORT [options]\n"
+          "       corvidctl help [COMMAND]        (or corvidctl [COMMAND] --help)\n"
+          "commands: generate, chat, tokenize, models, health, admin load|unload|traffic|status|fault\n"
+          "Errors print the gRPC status and message on stderr and exit 1; a wrong command line\n"
+          "exits 2.\n",
+          f);
+    for (size_t i = 0; i < N_COMMANDS; i++) {
+        fputc('\n', f);
+        fputs(k_commands[i].synopsis, f);
+        if (k_commands[i].options && (i == 0 || k_commands[i].options != k_commands[i - 1].options))
+            fputs(k_commands[i].options, f);
+        else if (k_commands[i].options)
+            fputs("  sampling, --json and RAG options as for generate\n", f);
+    }
+    fputc('\n', f);
+    fputs(k_connection_usage, f);
 }
+
+static const struct command *find_command(const char *name) {
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(k_commands[i].name, name)) return &k_commands[i];
+    return NULL;
+}
+
+/* The commands an option belongs to; 0: no such option. */
+static unsigned option_scope(const char *a) {
+    static const struct {
+        const char *name;
+        unsigned scope;
+    } k[] = {
+        {"-a", C_ALL}, {"--addr", C_ALL}, {"--timeout", C_ALL}, {"--token", C_ALL},
+        {"--tls-ca", C_ALL}, {"--tls-cert", C_ALL}, {"--tls-key", C_ALL},
+        {"-p", C_GENERATE | C_CHAT | C_TOKENIZE}, {"--prompt", C_GENERATE | C_CHAT | C_TOKENIZE},
+        {"--model", C_GENERATE | C_CHAT | C_TOKENIZE}, {"--model-version", C_GENERATE | C_CHAT | C_TOKENIZE},
+        {"--raw", C_GENERATE | C_TOKENIZE},
+        {"--system", C_CHAT}, {"--message", C_CHAT}, {"--template", C_CHAT},
+        {"-n", C_GENERATE | C_CHAT}, {"--max-tokens", C_GENERATE | C_CHAT}, {"--temp", C_GENERATE | C_CHAT},
+        {"--top-k", C_GENERATE | C_CHAT}, {"--top-p", C_GENERATE | C_CHAT}, {"--min-p", C_GENERATE | C_CHAT},
+        {"--repeat-penalty", C_GENERATE | C_CHAT}, {"--seed", C_GENERATE | C_CHAT},
+        {"--stop", C_GENERATE | C_CHAT}, {"--ignore-eos", C_GENERATE | C_CHAT},
+        {"--logprobs", C_GENERATE | C_CHAT}, {"--rag", C_GENERATE | C_CHAT}, {"--kb", C_GENERATE | C_CHAT},
+        {"--rag-top-k", C_GENERATE | C_CHAT}, {"--min-score", C_GENERATE | C_CHAT},
+        {"--source", C_GENERATE | C_CHAT}, {"--policy", C_GENERATE | C_CHAT},
+        {"--json", C_GENERATE | C_CHAT | C_ADMIN},
+        {"--service", C_HEALTH},
+        {"--version", C_ADMIN}, {"--uri", C_ADMIN}, {"--sha256", C_ADMIN}, {"--wait", C_ADMIN},
+        {"--window", C_ADMIN}, {"--rate", C_ADMIN},
+    };
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (!strcmp(k[i].name, a)) return k[i].scope;
+    return 0;
+}
+
+#define USAGE_ERROR(...) cv_cli_usage_error("corvidctl", usage, __VA_ARGS__)
 
 static char *read_file(const char *path) {
     FILE *f = fopen(path, "rb");
@@ -94,51 +231,46 @@ static char *read_file(const char *path) {
     return buf;
 }
 
-static int parse_num(const char *flag, const char *v, double lo, double hi, double *out) {
-    char *end;
-    errno = 0;
-    double d = strtod(v, &end);
-    if (errno || end == v || *end || d < lo || d > hi) {
-        fprintf(stderr, "corvidctl: %s wants a number in [%g, %g], got \"%s\"\n", flag, lo, hi, v);
-        return -1;
-    }
-    *out = d;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, opts *o) {
     memset(o, 0, sizeof *o);
-    if (argc < 2) {
-        usage(stderr);
-        return -1;
-    }
+    if (argc < 2) USAGE_ERROR("a command is required");
     o->cmd = argv[1];
+    if (cv_cli_is_help(o->cmd)) cv_cli_help(usage);
+    if (!strcmp(o->cmd, "help")) {
+        if (argc > 3) USAGE_ERROR("help takes at most one command");
+        if (argc == 3 && !(g_command = find_command(argv[2]))) USAGE_ERROR("unknown command \"%s\"", argv[2]);
+        cv_cli_help(usage);
+    }
+    if (o->cmd[0] == '-') USAGE_ERROR("unknown option %s (the command comes first)", o->cmd);
+    if (!(g_command = find_command(o->cmd))) USAGE_ERROR("unknown command \"%s\"", o->cmd);
     o->client.bearer_token = getenv("CORVID_TOKEN");
     int first = 2;
     if (!strcmp(o->cmd, "admin")) {
-        if (argc < 3) {
-            fprintf(stderr, "corvidctl: admin needs load, traffic, unload, status or fault\n");
-            return -1;
-        }
+        if (argc >= 3 && cv_cli_is_help(argv[2])) cv_cli_help(usage);
+        if (argc < 3 || argv[2][0] == '-') USAGE_ERROR("admin needs load, unload, traffic, status or fault");
         o->sub = argv[2];
+        static const char *const subs[] = {"load", "unload", "traffic", "status", "fault"};
+        size_t k = 0;
+        while (k < sizeof subs / sizeof subs[0] && strcmp(subs[k], o->sub) != 0) k++;
+        if (k == sizeof subs / sizeof subs[0]) USAGE_ERROR("unknown admin command \"%s\"", o->sub);
         first = 3;
     }
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         double d;
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        unsigned scope = option_scope(a);
+        if (scope && !(scope & g_command->bit)) USAGE_ERROR("%s is not an option of %s", a, o->cmd);
 #define NEED_VALUE()                                                      \
     do {                                                                  \
-        if (!v) {                                                         \
-            fprintf(stderr, "corvidctl: %s needs a value\n", a);          \
-            return -1;                                                    \
-        }                                                                 \
+        if (!v) USAGE_ERROR("%s needs a value", a);                       \
         i++;                                                              \
     } while (0)
 #define NUM(lo, hi)                                                       \
     do {                                                                  \
         NEED_VALUE();                                                     \
-        if (parse_num(a, v, lo, hi, &d) != 0) return -1;                  \
+        if (cv_cli_number("corvidctl", a, v, lo, hi, &d) != 0) return -1; \
     } while (0)
         if (!strcmp(a, "-a") || !strcmp(a, "--addr")) { NEED_VALUE(); o->client.addr = v; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { NEED_VALUE(); o->prompt = v; }
@@ -218,22 +350,23 @@ static int parse_args(int argc, char **argv, opts *o) {
             char *role = strndup(v, (size_t)(eq - v));
             if (!role) return -1;
             o->messages[o->n_messages++] = (corvid_chat_message){role, eq + 1};
-        } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            exit(0);
+        } else if (o->sub && !strcmp(o->sub, "traffic") && a[0] != '-') {
+            USAGE_ERROR("\"%s\" is not VERSION=WEIGHT", a);
         } else {
-            fprintf(stderr, "corvidctl: unknown option %s\n", a);
-            return -1;
+            USAGE_ERROR("unknown option %s", a);
         }
 #undef NUM
 #undef NEED_VALUE
     }
     o->sampling.stop = o->stop;
     o->rag.sources = o->sources;
-    if (!o->client.addr) {
-        fprintf(stderr, "corvidctl: -a HOST:PORT is required\n");
-        return -1;
-    }
+    if (!o->client.addr) USAGE_ERROR("-a HOST:PORT is required");
+    if ((g_command->bit & (C_GENERATE | C_CHAT | C_TOKENIZE)) && !o->prompt) USAGE_ERROR("%s needs -p TEXT", o->cmd);
+    if (o->sub && (!strcmp(o->sub, "load") || !strcmp(o->sub, "unload") || !strcmp(o->sub, "fault")) &&
+        !o->slot_version)
+        USAGE_ERROR("admin %s needs --version", o->sub);
+    if (o->sub && !strcmp(o->sub, "load") && !o->uri) USAGE_ERROR("admin load needs --uri");
+    if (o->sub && !strcmp(o->sub, "traffic") && !o->n_traffic) USAGE_ERROR("admin traffic needs VERSION=WEIGHT pairs");
     return 0;
 }
 
@@ -373,10 +506,6 @@ static int admin(corvid_client *c, const opts *o) {
     corvid_slot_status slot;
     if (!strcmp(o->sub, "load") || !strcmp(o->sub, "unload")) {
         int load = !strcmp(o->sub, "load");
-        if (!o->slot_version || (load && !o->uri)) {
-            fprintf(stderr, "corvidctl: admin %s needs --version%s\n", o->sub, load ? " and --uri" : "");
-            return 2;
-        }
         int r = load ? corvid_admin_load(c, o->slot_version, o->uri, o->sha256, o->wait, &slot, &err)
                      : corvid_admin_unload(c, o->slot_version, o->wait, &slot, &err);
         if (r != 0) return fail(o->sub, &err);
@@ -384,21 +513,10 @@ static int admin(corvid_client *c, const opts *o) {
         return strcmp(slot.state, "failed") == 0 ? 1 : 0;
     }
     if (!strcmp(o->sub, "traffic")) {
-        if (!o->n_traffic) {
-            fprintf(stderr, "corvidctl: admin traffic needs VERSION=WEIGHT pairs\n");
-            return 2;
-        }
         if (corvid_admin_set_traffic(c, o->traffic_v, o->traffic_w, o->n_traffic, &err) != 0)
             return fail("traffic", &err);
     } else if (!strcmp(o->sub, "fault")) {
-        if (!o->slot_version) {
-            fprintf(stderr, "corvidctl: admin fault needs --version and --rate\n");
-            return 2;
-        }
         if (corvid_admin_set_fault(c, o->slot_version, (float)o->rate, &err) != 0) return fail("fault", &err);
-    } else if (strcmp(o->sub, "status") != 0) {
-        fprintf(stderr, "corvidctl: unknown admin command \"%s\"\n", o->sub);
-        return 2;
     }
     corvid_server_status st;
     if (corvid_admin_status(c, (uint32_t)o->window, &st, &err) != 0) return fail("status", &err);
@@ -415,11 +533,6 @@ int main(int argc, char **argv) {
     if (corvid_client_new(&o.client, &c, &err) != 0) return fail("connect", &err);
     int rc = 0;
     if (!strcmp(o.cmd, "generate") || !strcmp(o.cmd, "chat")) {
-        if (!o.prompt) {
-            fprintf(stderr, "corvidctl: %s needs -p TEXT\n", o.cmd);
-            rc = 2;
-            goto out;
-        }
         corvid_stream *s;
         int r;
         if (!strcmp(o.cmd, "generate")) {
@@ -446,12 +559,8 @@ int main(int argc, char **argv) {
     } else if (!strcmp(o.cmd, "tokenize")) {
         int32_t *ids;
         size_t n;
-        if (!o.prompt) {
-            fprintf(stderr, "corvidctl: tokenize needs -p TEXT\n");
-            rc = 2;
-            goto out;
-        }
-        if (corvid_tokenize(c, o.model, o.prompt, o.raw, &ids, &n, &err) != 0) {
+        corvid_tokenize_params p = {.text = o.prompt, .model = o.model, .model_version = o.version, .raw = o.raw};
+        if (corvid_tokenize_with(c, &p, &ids, &n, &err) != 0) {
             rc = fail("tokenize", &err);
             goto out;
         }
@@ -480,10 +589,6 @@ int main(int argc, char **argv) {
         }
         printf("%s\n", serving ? "SERVING" : "NOT_SERVING");
         rc = serving ? 0 : 1;
-    } else {
-        fprintf(stderr, "corvidctl: unknown command \"%s\"\n", o.cmd);
-        usage(stderr);
-        rc = 2;
     }
 out:
     corvid_client_free(c);
