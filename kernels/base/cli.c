@@ -41,7 +41,7 @@ int cv_cli_number(const char *prog, const char *flag, const char *value, double 
     errno = 0;
     double d = strtod(value, &end);
     if (errno || end == value || *end || !(d >= lo && d <= hi)) {
-        fprintf(stderr, "%s: %s wants a number in [%g, %g], got \"%s\"\n", prog, flag, lo, hi, value);
+        fprintf(stderr, "%s: %s wants a number in [%.15g, %.15g], got \"%s\"\n", prog, flag, lo, hi, value);
         return -1;
     }
     *out = d;

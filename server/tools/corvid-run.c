@@ -10,7 +10,7 @@
  * Options are parsed into one struct and each mode is one function (see the
  * k_modes table): a new mode adds a flag, a field and a function. Vocabulary-only
  * GGUF files (no tensors) are accepted. Any error prints one line on stderr and
- * exits with status 1.
+ * exits with status 1; a wrong command line exits 2 with the usage (cli.h).
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "chat_template.h"
+#include "cli.h"
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -56,30 +57,31 @@ typedef struct run_opts {
 } run_opts;
 
 static void usage(FILE *f) {
-    fputs("usage:\n"
-          "  corvid-run -m MODEL --info\n"
-          "  corvid-run -m MODEL --tokenize TEXT [--parse-special]\n"
-          "options:\n"
-          "  -m, --model PATH     GGUF file (a vocabulary-only file is enough for --tokenize)\n"
+    fputs("usage: corvid-run -m MODEL --info\n"
+          "       corvid-run -m MODEL --tokenize TEXT [--parse-special]\n"
+          "       corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
+          "                  [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
+          "                  [--ctx N] [--kv-type f16|f32] [--swa-full-cache] [--ignore-eos] [--json]\n"
+          "                  [--dump-logits FILE] [--device cpu|cuda] [--tp N]\n"
+          "                  [--chat [--chat-template NAME] [--system TEXT]]\n"
+          "       corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json] [--device D] [--tp N]\n"
+          "modes (one of):\n"
           "  --info               architecture, hyperparameters, tensors, tokenizer, template\n"
           "  --tokenize TEXT      print TEXT's token ids on one line (BOS when the model adds it)\n"
-          "  --parse-special      treat control-token text in TEXT (<s>, <|im_end|>) as tokens\n"
-          "  corvid-run -m MODEL (-p PROMPT | --prompt-ids IDS) [-n N] [--temp T] [--top-k K]\n"
-          "             [--top-p P] [--min-p M] [--repeat-penalty R] [--seed S] [-t THREADS]\n"
-          "             [--ctx N] [--kv-type f16|f32] [--ignore-eos] [--json] [--dump-logits FILE]\n"
-          "             [--device cpu|cuda] [--tp N] [--swa-full-cache]\n"
-          "             [--chat [--chat-template NAME] [--system TEXT]]\n"
-          "  corvid-run -m MODEL --ppl FILE [-t THREADS] [--ctx N] [--json] [--device D] [--tp N]\n"
-          "  -p, --prompt TEXT    generate from TEXT (special-token text is recognised,\n"
-          "                       except with --chat: then only the template's own)\n"
+          "  -p, --prompt TEXT    generate from TEXT, streaming text to stdout (special-token text\n"
+          "                       is recognised, except with --chat: then only the template's own)\n"
           "  --prompt-ids IDS     generate from comma-separated token ids\n"
-          "  -n N                 generate at most N tokens (default 128)\n"
+          "  --ppl FILE           perplexity of FILE in windows of the context length\n"
+          "options:\n"
+          "  -m, --model PATH     GGUF file (a vocabulary-only file is enough for --tokenize)\n"
+          "  --parse-special      treat control-token text in TEXT (<s>, <|im_end|>) as tokens\n"
+          "  -n, --n-predict N    generate at most N tokens (default 128)\n"
           "  --temp T             temperature, 0 = greedy (default " CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TEMPERATURE)
           "); --top-k (" CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TOP_K) "),\n"
           "                       --top-p (" CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_TOP_P) "), --min-p ("
           CV_SAMPLER_STR(CV_SAMPLER_DEFAULT_MIN_P) "), --repeat-penalty (1 = off),\n"
           "                       --seed (0): same seed and prompt, same tokens\n"
-          "  -t THREADS           CPU threads (default: one per core)\n"
+          "  -t, --threads N      CPU threads (default: one per core)\n"
           "  --device cpu|cuda    where the model runs (default cpu; cuda needs make CUDA=1)\n"
           "  --tp N               tensor parallelism: shard heads and ffn over N ranks, 1..8\n"
           "                       (cpu: threads of this process, -t split between them;\n"
@@ -94,9 +96,12 @@ static void usage(FILE *f) {
           "  --chat               -p is a user message, formatted by the model's chat template\n"
           "  --chat-template NAME force a template: llama2, llama3, chatml, qwen2, deepseek-r1, gemma\n"
           "  --system TEXT        a system message for --chat\n"
-          "  --ppl FILE           perplexity of FILE in windows of the context length\n",
+          "  -h, --help           this text\n"
+          "Errors print one line on stderr and exit 1; a wrong command line exits 2.\n",
           f);
 }
+
+#define USAGE_ERROR(...) cv_cli_usage_error("corvid-run", usage, __VA_ARGS__)
 
 /* what: context for the message, or NULL when the message names it already. */
 static int fail(const char *what, const cv_error *e) {
@@ -105,25 +110,14 @@ static int fail(const char *what, const cv_error *e) {
     return 1;
 }
 
-static int set_mode(run_opts *o, run_mode m) {
-    if (o->mode != MODE_NONE && o->mode != m) {
-        fputs("corvid-run: choose one mode (--info, --tokenize, -p/--prompt-ids or --ppl)\n", stderr);
-        return -1;
-    }
+static void set_mode(run_opts *o, run_mode m) {
+    if (o->mode != MODE_NONE && o->mode != m) USAGE_ERROR("choose one mode: --info, --tokenize, -p/--prompt-ids or --ppl");
     o->mode = m;
-    return 0;
 }
 
 /* A number in [lo, hi], or a message naming the option. */
 static int parse_num(const char *name, const char *v, double lo, double hi, double *out) {
-    char *end;
-    double d = strtod(v, &end);
-    if (end == v || *end || !(d >= lo && d <= hi)) {
-        fprintf(stderr, "corvid-run: %s '%s' is not a number in [%g, %g]\n", name, v, lo, hi);
-        return -1;
-    }
-    *out = d;
-    return 0;
+    return cv_cli_number("corvid-run", name, v, lo, hi, out);
 }
 
 static int parse_args(int argc, char **argv, run_opts *o) {
@@ -168,25 +162,26 @@ static int parse_args(int argc, char **argv, run_opts *o) {
     double d;
     /* Range checks of sampling values are the sampler's (cv_sampler_params_validate). */
     const double any = 1e30;
-    while ((c = getopt_long(argc, argv, "m:p:n:t:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:p:n:t:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm': o->model = optarg; break;
-        case OPT_INFO: if (set_mode(o, MODE_INFO)) return -1; break;
+        case OPT_INFO: set_mode(o, MODE_INFO); break;
         case OPT_TOKENIZE:
-            if (set_mode(o, MODE_TOKENIZE)) return -1;
+            set_mode(o, MODE_TOKENIZE);
             o->text = optarg;
             break;
         case OPT_PARSE_SPECIAL: o->parse_special = 1; break;
         case 'p':
-            if (set_mode(o, MODE_GENERATE)) return -1;
+            set_mode(o, MODE_GENERATE);
             o->text = optarg;
             break;
         case OPT_IDS:
-            if (set_mode(o, MODE_GENERATE)) return -1;
+            set_mode(o, MODE_GENERATE);
             o->prompt_ids = optarg;
             break;
         case OPT_PPL:
-            if (set_mode(o, MODE_PPL)) return -1;
+            set_mode(o, MODE_PPL);
             o->ppl_file = optarg;
             break;
         case 'n': if (parse_num("-n", optarg, 0, 1 << 24, &d)) return -1; o->n_predict = (int32_t)d; break;
@@ -221,22 +216,15 @@ static int parse_args(int argc, char **argv, run_opts *o) {
         case OPT_CHAT: o->chat = 1; break;
         case OPT_CHAT_TEMPLATE: o->chat = 1; o->chat_template = optarg; break;
         case OPT_SYSTEM: o->system = optarg; break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'h': cv_cli_help(usage);
+        default: cv_cli_getopt_error("corvid-run", usage, c, argv);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "corvid-run: unexpected argument '%s'\n", argv[optind]);
-        return -1;
-    }
-    if (!o->model || o->mode == MODE_NONE) {
-        usage(stderr);
-        return -1;
-    }
-    if ((o->chat || o->system) && !(o->mode == MODE_GENERATE && o->text)) {
-        fputs("corvid-run: --chat, --chat-template and --system need -p\n", stderr);
-        return -1;
-    }
+    if (optind < argc) USAGE_ERROR("unexpected argument '%s'", argv[optind]);
+    if (!o->model) USAGE_ERROR("-m MODEL is required");
+    if (o->mode == MODE_NONE) USAGE_ERROR("a mode is required: --info, --tokenize, -p/--prompt-ids or --ppl");
+    if ((o->chat || o->system) && !(o->mode == MODE_GENERATE && o->text))
+        USAGE_ERROR("--chat, --chat-template and --system need -p");
     cv_error e;
     if (o->mode == MODE_GENERATE && cv_sampler_params_validate(&o->sp, &e) != CV_OK) {
         fail(NULL, &e);

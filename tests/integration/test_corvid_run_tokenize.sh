@@ -49,7 +49,10 @@ expect_fail "empty file" "$tmp/empty.gguf" --tokenize hi
 expect_fail "random bytes" "$tmp/random.gguf" --tokenize hi
 expect_fail "truncated header" "$tmp/header.gguf" --tokenize hi
 expect_fail "truncated tensor data" "$tmp/data.gguf" --info
-expect_fail "no mode" "$model"
+# No mode is a wrong command line: exit 2 with the usage.
+"$run" -m "$model" >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check "no mode: exit 2 with the usage (rc $rc)" "$([ $rc -eq 2 ] && grep -q '^usage: corvid-run' "$tmp/err"; echo $?)"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
