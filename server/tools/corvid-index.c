@@ -6,6 +6,8 @@
  *   corvid-index query INDEX "question" [-k 5] [--json] [--chunks] [--k1 X] [--b X]
  *   corvid-index info INDEX
  *   corvid-index sources CONFIG "question" [--budget-ms N] [--audit FILE]
+ *
+ * Errors print one line and exit 1; a wrong command line exits 2 with the usage (cli.h).
  */
 #include <getopt.h>
 #include <jansson.h>
@@ -13,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "gguf.h"
 #include "pii.h"
 #include "rag_index.h"
@@ -21,17 +24,32 @@
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
-    fputs("usage:\n"
-          "  corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]\n"
-          "                     [--stopwords FILE | --no-stopwords]\n"
-          "                     [--tokenizer MODEL.gguf --chunk-tokens N]\n"
-          "  corvid-index add INDEX INPUT... [--tokenizer MODEL.gguf --chunk-tokens N]\n"
-          "  corvid-index query INDEX \"question\" [-k 5] [--json] [--chunks] [--k1 X] [--b X]\n"
-          "  corvid-index info INDEX\n"
-          "  corvid-index sources CONFIG \"question\" [--budget-ms N] [--audit FILE]\n"
-          "inputs: .txt, .md, .jsonl (fields id, title, text, url)\n",
+    fputs("usage: corvid-index build INPUT... -o INDEX [--chunk-chars N] [--overlap N] [--k1 X] [--b X]\n"
+          "                          [--stopwords FILE | --no-stopwords]\n"
+          "                          [--tokenizer MODEL.gguf --chunk-tokens N]\n"
+          "       corvid-index add INDEX INPUT... [--tokenizer MODEL.gguf --chunk-tokens N]\n"
+          "       corvid-index query INDEX \"question\" [-k 5] [--json] [--chunks] [--k1 X] [--b X]\n"
+          "       corvid-index info INDEX\n"
+          "       corvid-index sources CONFIG \"question\" [--budget-ms N] [--audit FILE]\n"
+          "inputs: .txt, .md, .jsonl (fields id, title, text, url)\n"
+          "  -o, --output INDEX   the index file build writes\n"
+          "  --chunk-chars N      characters per chunk (16..1000000)\n"
+          "  --overlap N          characters shared by neighbouring chunks\n"
+          "  --k1 X  --b X        BM25 parameters (build: stored in the index; query: override)\n"
+          "  --stopwords FILE     one stopword per line ('#' comments); --no-stopwords: none\n"
+          "  --tokenizer MODEL.gguf --chunk-tokens N\n"
+          "                       also limit chunks to N tokens of that model's tokenizer\n"
+          "  -k N                 hits returned by query (default 5)\n"
+          "  --json               query: one JSON object\n"
+          "  --chunks             query: rank chunks and print their text, not documents\n"
+          "  --budget-ms N        sources: time budget of the live fetches\n"
+          "  --audit FILE         sources: append the audit lines to FILE (default stderr)\n"
+          "  -h, --help           this text\n"
+          "Errors print one line on stderr and exit 1; a wrong command line exits 2.\n",
           f);
 }
+
+#define USAGE_ERROR(...) cv_cli_usage_error("corvid-index", usage, __VA_ARGS__)
 
 static int fail(const cv_error *e) {
     fprintf(stderr, "corvid-index: %s\n", e->msg);
@@ -51,14 +69,7 @@ typedef struct args {
 } args;
 
 static int parse_num(const char *s, double lo, double hi, const char *name, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "corvid-index: %s '%s': expected a number in [%g, %g]\n", name, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
+    return cv_cli_number("corvid-index", name, s, lo, hi, out);
 }
 
 static int parse_args(int argc, char **argv, args *a) {
@@ -76,7 +87,8 @@ static int parse_args(int argc, char **argv, args *a) {
     a->k1 = a->b = -1;
     int c;
     double v;
-    while ((c = getopt_long(argc, argv, "o:k:h", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":o:k:h", opts, NULL)) != -1) {
         switch (c) {
         case 'o': a->output = optarg; break;
         case 'c': if (parse_num(optarg, 16, 1000000, "--chunk-chars", &v)) return -1;
@@ -99,8 +111,8 @@ static int parse_args(int argc, char **argv, args *a) {
         case 'T': a->tokenizer = optarg; break;
         case 't': if (parse_num(optarg, 8, 1000000, "--chunk-tokens", &v)) return -1;
                   a->chunk_tokens = (uint32_t)v; break;
-        case 'h': usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case 'h': cv_cli_help(usage);
+        default: cv_cli_getopt_error("corvid-index", usage, c, argv);
         }
     }
     a->pos = argv + optind;
@@ -175,10 +187,8 @@ static int cmd_build(args *a) {
     cv_rag_builder *b = NULL;
     cv_tok *tok = NULL;
     int rc = 1;
-    if (!a->output || a->n_pos < 1) {
-        usage(stderr);
-        return 2;
-    }
+    if (!a->output) USAGE_ERROR("build needs -o INDEX");
+    if (a->n_pos < 1) USAGE_ERROR("build needs at least one INPUT");
     if (a->stopwords ? load_stopwords(a->stopwords, &an, &e)
                      : cv_rag_analyzer_create(a->no_stopwords ? (const char *[]){""} : NULL, 0, &an, &e))
         return fail(&e);
@@ -202,10 +212,7 @@ static int cmd_add(args *a) {
     cv_error e = {0};
     cv_rag_index *ix = NULL;
     cv_rag_builder *b = NULL;
-    if (a->n_pos < 2) {
-        usage(stderr);
-        return 2;
-    }
+    if (a->n_pos < 2) USAGE_ERROR("add needs INDEX and at least one INPUT");
     if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
     cv_rag_index_info info;
     cv_rag_index_info_get(ix, &info);
@@ -272,10 +279,7 @@ static int cmd_query(args *a) {
     cv_rag_searcher *s = NULL;
     cv_rag_hit hits[1000];
     size_t n = 0;
-    if (a->n_pos != 2) {
-        usage(stderr);
-        return 2;
-    }
+    if (a->n_pos != 2) USAGE_ERROR("query needs INDEX and one question");
     if (cv_rag_index_open(a->pos[0], 0, &ix, &e)) return fail(&e);
     cv_rag_search_opts so = {a->k1, a->b, a->chunks ? 0 : 1};
     int rc = 1;
@@ -304,10 +308,7 @@ static int cmd_query(args *a) {
 static int cmd_info(args *a) {
     cv_error e = {0};
     cv_rag_index *ix = NULL;
-    if (a->n_pos != 1) {
-        usage(stderr);
-        return 2;
-    }
+    if (a->n_pos != 1) USAGE_ERROR("info needs one INDEX");
     if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
     cv_rag_index_info i;
     cv_rag_index_info_get(ix, &i);
@@ -326,10 +327,7 @@ static void audit_line(void *user, const char *line) {
 
 static int cmd_sources(args *a) {
     cv_error e = {0};
-    if (a->n_pos != 2) {
-        usage(stderr);
-        return 2;
-    }
+    if (a->n_pos != 2) USAGE_ERROR("sources needs CONFIG and one question");
     FILE *f = fopen(a->pos[0], "rb"), *audit = NULL;
     char buf[1 << 16];
     size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
@@ -374,23 +372,20 @@ done:
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) {
-        usage(stderr);
-        return 2;
-    }
+    static const struct {
+        const char *name;
+        int (*run)(args *);
+    } cmds[] = {{"build", cmd_build}, {"add", cmd_add}, {"query", cmd_query}, {"info", cmd_info},
+                {"sources", cmd_sources}};
+    if (argc < 2) USAGE_ERROR("a command is required");
     const char *cmd = argv[1];
-    args a = {0};
-    if (parse_args(argc - 1, argv + 1, &a)) return 2;
-    if (strcmp(cmd, "build") == 0) return cmd_build(&a);
-    if (strcmp(cmd, "add") == 0) return cmd_add(&a);
-    if (strcmp(cmd, "query") == 0) return cmd_query(&a);
-    if (strcmp(cmd, "info") == 0) return cmd_info(&a);
-    if (strcmp(cmd, "sources") == 0) return cmd_sources(&a);
-    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0) {
-        usage(stdout);
-        return 0;
+    if (cv_cli_is_help(cmd) || strcmp(cmd, "help") == 0) cv_cli_help(usage);
+    if (cmd[0] == '-') USAGE_ERROR("unknown option %s (the command comes first)", cmd);
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        if (strcmp(cmd, cmds[i].name) != 0) continue;
+        args a = {0};
+        if (parse_args(argc - 1, argv + 1, &a)) return 2;
+        return cmds[i].run(&a);
     }
-    fprintf(stderr, "corvid-index: unknown command '%s'\n", cmd);
-    usage(stderr);
-    return 2;
+    USAGE_ERROR("unknown command '%s'", cmd);
 }
