@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "quantize.h"
 #include "synthetic.h"
 
@@ -14,8 +15,19 @@ static void usage(FILE *f) {
             "       corvid-quantize --synthetic SHAPE --type TYPE [--vocab-from FILE.gguf] [--seed N]\n"
             "                       [--threads N] OUT.gguf\n"
             "       corvid-quantize --list-shapes\n"
-            "TYPE: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_K_M\n");
+            "TYPE: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, Q4_K_M (llama.cpp's mix); norms, biases and\n"
+            "tensors whose rows do not divide into blocks stay F32, with a note\n"
+            "  --synthetic SHAPE    write a random-weight model of a real shape (--list-shapes)\n"
+            "  --type TYPE          the synthetic model's weight type\n"
+            "  --vocab-from FILE    take the synthetic model's tokenizer from a GGUF file\n"
+            "  --seed N             the synthetic weights' seed: the same bytes for a seed (default 0)\n"
+            "  --threads N          quantizing threads, 0..1024 (default 0: one per core)\n"
+            "  --list-shapes        the synthetic shapes and their dimensions\n"
+            "  -h, --help           this text\n"
+            "Errors print one line on stderr and exit 1; a wrong command line (or TYPE, SHAPE) exits 2.\n");
 }
+
+#define USAGE_ERROR(...) cv_cli_usage_error("corvid-quantize", usage, __VA_ARGS__)
 
 static void list_shapes(void) {
     printf("%-16s %-6s %6s %6s %5s %4s %6s %7s %6s\n", "shape", "arch", "dim", "layers", "heads", "kv", "ffn",
@@ -46,9 +58,8 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int has_value = i + 1 < argc;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 0;
+        if (cv_cli_is_help(a)) {
+            cv_cli_help(usage);
         } else if (!strcmp(a, "--list-shapes")) {
             list_shapes();
             return 0;
@@ -66,14 +77,14 @@ int main(int argc, char **argv) {
                 return 2;
             }
         } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "corvid-quantize: unknown option or missing value: %s\n", a);
-            usage(stderr);
-            return 2;
+            static const char *const valued[] = {"--synthetic", "--type", "--vocab-from", "--seed", "--threads"};
+            for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++)
+                if (!strcmp(a, valued[k])) USAGE_ERROR("%s needs a value", a);
+            USAGE_ERROR("unknown option %s", a);
         } else if (n_pos < 3) {
             pos[n_pos++] = a;
         } else {
-            usage(stderr);
-            return 2;
+            USAGE_ERROR("unexpected argument '%s'", a);
         }
     }
     cv_error err = {0};
@@ -84,10 +95,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "corvid-quantize: unknown shape '%s' (--list-shapes lists them)\n", shape);
             return 2;
         }
-        if (!type || n_pos != 1) {
-            usage(stderr);
-            return 2;
-        }
+        if (!type) USAGE_ERROR("--synthetic needs --type TYPE");
+        if (n_pos != 1) USAGE_ERROR("--synthetic needs one OUT.gguf");
         if (cv_qrecipe_parse(type, &r, &err)) {
             fprintf(stderr, "corvid-quantize: %s\n", err.msg);
             return 2;
@@ -99,10 +108,8 @@ int main(int argc, char **argv) {
         }
         return 0;
     }
-    if (n_pos != 3 || type || vocab) {
-        usage(stderr);
-        return 2;
-    }
+    if (type || vocab) USAGE_ERROR("--type and --vocab-from go with --synthetic");
+    if (n_pos != 3) USAGE_ERROR("IN.gguf, OUT.gguf and TYPE are required");
     if (cv_qrecipe_parse(pos[2], &r, &err)) {
         fprintf(stderr, "corvid-quantize: %s\n", err.msg);
         return 2;
