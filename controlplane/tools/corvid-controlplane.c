@@ -10,7 +10,8 @@
  *   corvid-controlplane rollout status MODEL [--json]
  *   corvid-controlplane rollout promote|abort|pause|resume MODEL
  * Every subcommand takes --etcd URL[,URL...] and --prefix P, or reads both from
- * --config FILE. Exit status: 0 done, 1 refused or failed, 2 usage.
+ * --config FILE. Exit status: 0 done, 1 refused or failed, 2 a wrong command line
+ * (named, with the usage: cli.h); --help, -h and help [COMMAND] print the usage.
  */
 #include <jansson.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "controller.h"
 #include "cp_config.h"
 #include "cp_metrics.h"
@@ -42,56 +44,133 @@ typedef struct opts {
     bool json, check_config;
 } opts;
 
-static int usage(void) {
-    fprintf(stderr,
-            "usage: corvid-controlplane run --config FILE [--metrics-listen HOST:PORT]\n"
-            "       corvid-controlplane --check-config --config FILE\n"
-            "       corvid-controlplane version add MODEL VERSION --uri U --sha256 H [--notes T]\n"
-            "       corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]\n"
-            "           [--steps 10,50,100] [--max-error-rate R] [--max-p99-ttft-ms MS]\n"
-            "           [--window 60s] [--min-requests N] [--failure-limit N]\n"
-            "       corvid-controlplane rollout status MODEL [--json]\n"
-            "       corvid-controlplane rollout promote|abort|pause|resume MODEL\n"
-            "  every subcommand: --etcd URL[,URL...] --prefix P (or --config FILE)\n");
-    return 2;
+/* The command whose usage is printed ("run", "version", "rollout"); NULL: all. */
+static const char *g_command;
+
+static const struct {
+    const char *name, *text;
+} k_usage[] = {
+    {"run",
+     "usage: corvid-controlplane run --config FILE [--metrics-listen HOST:PORT]\n"
+     "       corvid-controlplane --check-config --config FILE [--metrics-listen HOST:PORT]\n"
+     "  run: watch etcd, elect a leader, roll model versions out to the servers\n"
+     "  --check-config           check the config and exit (contacts no etcd, reads none\n"
+     "                           of the files it names)\n"
+     "  --metrics-listen HOST:PORT\n"
+     "                           /metrics, /healthz and /readyz (over the config's metrics_listen)\n"},
+    {"version",
+     "usage: corvid-controlplane version add MODEL VERSION --uri URI [--sha256 HEX] [--notes TEXT]\n"
+     "  registers a version of MODEL: where it is, the sha256 the servers check, notes\n"},
+    {"rollout",
+     "usage: corvid-controlplane rollout start MODEL VERSION [--strategy bluegreen|canary]\n"
+     "           [--steps 10,50,100] [--max-error-rate R] [--max-p99-ttft-ms MS]\n"
+     "           [--window 60s] [--min-requests N] [--failure-limit N]\n"
+     "       corvid-controlplane rollout status MODEL [--json]\n"
+     "       corvid-controlplane rollout promote|abort|pause|resume MODEL\n"
+     "  --strategy S             bluegreen (all traffic at once) or canary (implied by --steps)\n"
+     "  --steps 10,50,100        canary traffic percentages, each watched for one window\n"
+     "  --max-error-rate R       share of server-fault answers that fails a window, 0..1\n"
+     "  --max-p99-ttft-ms MS     p99 time to first token that fails a window (0: not judged)\n"
+     "  --window D               how long each step is watched (60s, 1500ms, 2m)\n"
+     "  --min-requests N         answered requests before a window is judged\n"
+     "  --failure-limit N        consecutive failing windows that roll back\n"
+     "  --json                   status: the status key as stored\n"
+     "  (the config's \"defaults\" fill what a rollout does not say)\n"},
+};
+
+static void usage(FILE *f) {
+    if (!g_command)
+        fputs("usage: corvid-controlplane run|version|rollout ... [options]\n"
+              "       corvid-controlplane help [COMMAND]      (or corvid-controlplane [COMMAND] --help)\n",
+              f);
+    for (size_t i = 0; i < sizeof k_usage / sizeof k_usage[0]; i++) {
+        if (g_command && strcmp(g_command, k_usage[i].name) != 0) continue;
+        if (!g_command) fputc('\n', f);
+        fputs(k_usage[i].text, f);
+    }
+    if (!g_command) fputc('\n', f);
+    fputs("every command:\n"
+          "  --config FILE            the control plane's config (JSON; etcd and prefix from it)\n"
+          "  --etcd URL[,URL...]      etcd endpoints (over the config's)\n"
+          "  --prefix P               key prefix in etcd (default /corvid)\n"
+          "  -h, --help               this text\n"
+          "Exit status: 0 done, 1 refused or failed, 2 a wrong command line.\n",
+          f);
 }
 
-static int parse_args(int argc, char **argv, int first, opts *o) {
+#define USAGE_ERROR(...) cv_cli_usage_error("corvid-controlplane", usage, __VA_ARGS__)
+
+static void parse_args(int argc, char **argv, int first, const char *cmd, opts *o) {
+    /* scope: the command an option belongs to; NULL: every command. */
     static const struct {
         const char *name;
         size_t offset;
+        const char *scope;
     } valued[] = {
-        {"--etcd", offsetof(opts, etcd)},          {"--prefix", offsetof(opts, prefix)},
-        {"--config", offsetof(opts, config)},      {"--uri", offsetof(opts, uri)},
-        {"--sha256", offsetof(opts, sha256)},      {"--notes", offsetof(opts, notes)},
-        {"--strategy", offsetof(opts, strategy)},  {"--steps", offsetof(opts, steps)},
-        {"--max-error-rate", offsetof(opts, max_error_rate)},
-        {"--max-p99-ttft-ms", offsetof(opts, max_p99)},
-        {"--window", offsetof(opts, window)},      {"--min-requests", offsetof(opts, min_requests)},
-        {"--failure-limit", offsetof(opts, failure_limit)},
-        {"--metrics-listen", offsetof(opts, metrics_listen)},
+        {"--etcd", offsetof(opts, etcd), NULL},
+        {"--prefix", offsetof(opts, prefix), NULL},
+        {"--config", offsetof(opts, config), NULL},
+        {"--uri", offsetof(opts, uri), "version"},
+        {"--sha256", offsetof(opts, sha256), "version"},
+        {"--notes", offsetof(opts, notes), "version"},
+        {"--strategy", offsetof(opts, strategy), "rollout"},
+        {"--steps", offsetof(opts, steps), "rollout"},
+        {"--max-error-rate", offsetof(opts, max_error_rate), "rollout"},
+        {"--max-p99-ttft-ms", offsetof(opts, max_p99), "rollout"},
+        {"--window", offsetof(opts, window), "rollout"},
+        {"--min-requests", offsetof(opts, min_requests), "rollout"},
+        {"--failure-limit", offsetof(opts, failure_limit), "rollout"},
+        {"--metrics-listen", offsetof(opts, metrics_listen), "run"},
     };
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
-        if (strcmp(a, "--json") == 0 || strcmp(a, "--check-config") == 0) {
-            if (strcmp(a, "--json") == 0) o->json = true;
-            else o->check_config = true;
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        if (strcmp(a, "--json") == 0) {
+            if (strcmp(cmd, "rollout") != 0) USAGE_ERROR("--json is an option of rollout status");
+            o->json = true;
+            continue;
+        }
+        if (strcmp(a, "--check-config") == 0) {
+            if (cmd[0] && strcmp(cmd, "run") != 0) USAGE_ERROR("--check-config takes no command but run");
+            o->check_config = true;
             continue;
         }
         if (a[0] != '-') {
-            if (o->n_words == sizeof o->words / sizeof o->words[0]) return usage();
+            if (o->n_words == sizeof o->words / sizeof o->words[0]) USAGE_ERROR("unexpected argument '%s'", a);
             o->words[o->n_words++] = a;
             continue;
         }
         size_t k = 0;
         while (k < sizeof valued / sizeof valued[0] && strcmp(valued[k].name, a) != 0) k++;
-        if (k == sizeof valued / sizeof valued[0] || i + 1 >= argc) {
-            fprintf(stderr, "corvid-controlplane: %s: unknown option or missing value\n", a);
-            return usage();
-        }
+        if (k == sizeof valued / sizeof valued[0]) USAGE_ERROR("unknown option %s", a);
+        /* run's options also apply to --check-config, which takes no command. */
+        const char *scope = valued[k].scope;
+        if (scope && strcmp(scope, cmd) != 0 && !(!cmd[0] && !strcmp(scope, "run")))
+            USAGE_ERROR("%s is not an option of %s", a, cmd[0] ? cmd : "--check-config");
+        if (i + 1 >= argc) USAGE_ERROR("%s needs a value", a);
         *(const char **)((char *)o + valued[k].offset) = argv[++i];
     }
-    return 0;
+}
+
+/* The words and options each command needs, checked before anything is read. */
+static void check_command(const char *cmd, const opts *o) {
+    static const char *const rollout_subs[] = {"start", "status", "promote", "abort", "pause", "resume"};
+    const size_t n_subs = sizeof rollout_subs / sizeof rollout_subs[0];
+    if (!cmd[0] || !strcmp(cmd, "run")) {
+        if (!cmd[0] && !o->check_config) USAGE_ERROR("a command is required");
+        if (!o->config) USAGE_ERROR("%s needs --config FILE", cmd[0] ? cmd : "--check-config");
+        if (o->n_words) USAGE_ERROR("unexpected argument '%s'", o->words[0]);
+    } else if (!strcmp(cmd, "version")) {
+        if (o->n_words == 0 || strcmp(o->words[0], "add") != 0) USAGE_ERROR("version needs add MODEL VERSION");
+        if (o->n_words != 3) USAGE_ERROR("version add needs MODEL and VERSION");
+        if (!o->uri) USAGE_ERROR("version add needs --uri");
+    } else {
+        size_t k = 0;
+        while (o->n_words && k < n_subs && strcmp(rollout_subs[k], o->words[0]) != 0) k++;
+        if (!o->n_words || k == n_subs) USAGE_ERROR("rollout needs start, status, promote, abort, pause or resume");
+        size_t want = k == 0 ? 3 : 2;
+        if (o->n_words != want) USAGE_ERROR("rollout %s needs %s", o->words[0], want == 3 ? "MODEL and VERSION" : "one MODEL");
+    }
 }
 
 /* Endpoints and prefix: flags over the config file. */
@@ -107,8 +186,8 @@ static int settings(const opts *o, cv_cp_config *cfg) {
     if (o->metrics_listen)
         snprintf(cfg->metrics_listen, sizeof cfg->metrics_listen, "%s", o->metrics_listen);
     if (!cfg->etcd[0]) {
-        fprintf(stderr, "corvid-controlplane: no etcd endpoints (--etcd or the config's \"etcd\")\n");
-        return 2;
+        cv_cp_config_free(cfg);
+        USAGE_ERROR("no etcd endpoints (--etcd or the config's \"etcd\")");
     }
     return 0;
 }
@@ -140,7 +219,6 @@ static int put_json(cv_etcd *c, const char *key, json_t *o) {
 }
 
 static int version_add(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
-    if (o->n_words != 3 || strcmp(o->words[0], "add") != 0 || !o->uri) return usage();
     char key[512];
     snprintf(key, sizeof key, "%s/models/%s/versions/%s", cfg->prefix, o->words[1], o->words[2]);
     json_t *v = json_pack("{ssssss}", "uri", o->uri, "sha256", o->sha256 ? o->sha256 : "", "notes",
@@ -174,7 +252,6 @@ static int set_number(json_t *o, const char *flag, const char *text, bool intege
 static int rollout_start(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
     cv_error err;
     char key[512];
-    if (o->n_words != 3) return usage();
     snprintf(key, sizeof key, "%s/models/%s/versions/%s", cfg->prefix, o->words[1], o->words[2]);
     cv_etcd_kv kv;
     if (cv_etcd_get(c, key, &kv, NULL, &err) != CV_OK) {
@@ -277,7 +354,6 @@ static int rollout_status(const cv_cp_config *cfg, cv_etcd *c, const opts *o) {
     char key[512];
     cv_error err;
     cv_etcd_kv kv;
-    if (o->n_words != 2) return usage();
     model_key(key, sizeof key, cfg, o->words[1], "status");
     if (cv_etcd_get(c, key, &kv, NULL, &err) != CV_OK) {
         if (err.code == CV_ENOTFOUND) fprintf(stderr, "corvid-controlplane: %s has no status yet\n", o->words[1]);
@@ -349,37 +425,45 @@ static int run(cv_cp_config *cfg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 2) return usage();
+    static const char *const commands[] = {"run", "version", "rollout"};
+    if (argc < 2) USAGE_ERROR("a command is required");
+    if (cv_cli_is_help(argv[1])) cv_cli_help(usage);
+    if (!strcmp(argv[1], "help")) {
+        for (size_t k = 0; argc == 3 && k < sizeof commands / sizeof commands[0]; k++)
+            if (!strcmp(argv[2], commands[k])) g_command = commands[k];
+        if (argc > 3 || (argc == 3 && !g_command)) USAGE_ERROR("help takes one of run, version, rollout");
+        cv_cli_help(usage);
+    }
     /* Options may come first only for --check-config, which takes no subcommand. */
     const char *cmd = argv[1][0] == '-' ? "" : argv[1];
-    const char *sub = argc > 2 && strcmp(cmd, "run") != 0 ? argv[2] : "";
+    for (size_t k = 0; cmd[0] && k < sizeof commands / sizeof commands[0]; k++)
+        if (!strcmp(cmd, commands[k])) g_command = commands[k];
+    if (cmd[0] && !g_command) USAGE_ERROR("unknown command \"%s\"", cmd);
     opts o = {0};
-    if (parse_args(argc, argv, cmd[0] ? 2 : 1, &o)) return 2;
-    if (o.check_config && !o.config) return usage();
+    parse_args(argc, argv, cmd[0] ? 2 : 1, cmd, &o);
+    check_command(cmd, &o);
     cv_cp_config cfg;
     int rc = settings(&o, &cfg);
     if (rc) return rc;
     if (o.check_config || strcmp(cmd, "run") == 0) {
-        rc = !o.config ? usage() : o.check_config ? check_config(&cfg) : run(&cfg);
+        rc = o.check_config ? check_config(&cfg) : run(&cfg);
         cv_cp_config_free(&cfg);
         return rc;
     }
     cv_etcd *c = NULL;
-    if (strcmp(cmd, "version") != 0 && strcmp(cmd, "rollout") != 0) rc = usage();
-    else rc = open_etcd(&cfg, &c);
+    rc = open_etcd(&cfg, &c);
     if (rc) {
         cv_cp_config_free(&cfg);
         return rc;
     }
+    const char *sub = o.words[0];
     if (strcmp(cmd, "version") == 0) rc = version_add(&cfg, c, &o);
     else if (strcmp(sub, "start") == 0) rc = rollout_start(&cfg, c, &o);
     else if (strcmp(sub, "status") == 0) rc = rollout_status(&cfg, c, &o);
-    else if (o.n_words != 2) rc = usage();
     else if (strcmp(sub, "promote") == 0) rc = rollout_command(&cfg, c, o.words[1], "promote", true);
     else if (strcmp(sub, "abort") == 0) rc = rollout_command(&cfg, c, o.words[1], "abort", true);
     else if (strcmp(sub, "pause") == 0) rc = rollout_command(&cfg, c, o.words[1], "paused", true);
-    else if (strcmp(sub, "resume") == 0) rc = rollout_command(&cfg, c, o.words[1], "paused", false);
-    else rc = usage();
+    else rc = rollout_command(&cfg, c, o.words[1], "paused", false);
     cv_etcd_close(c);
     cv_cp_config_free(&cfg);
     return rc;
