@@ -20,6 +20,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "cli.h"
 #include "generate.h"
 #include "gguf.h"
 #include "kv_cache.h"
@@ -85,6 +86,27 @@ static cv_status run_decode(bench *b, int32_t n_seq, int32_t steps, double *tps,
     return s;
 }
 
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: bench-decode -m MODEL [-t THREADS] [--runs 1..%d] [--kv-type f16|f32] [--tp N]\n"
+            "  prefill (512 tokens) and decode (batch 1, 4, 16) speed on the CPU backend, against the\n"
+            "  read bandwidth measured in the same run; one JSON object on stdout\n"
+            "  -m, --model PATH     GGUF model\n"
+            "  -t, --threads N      CPU threads (default: one per core; with --tp, split between ranks)\n"
+            "  --runs R             each figure is the median of R runs (default 3)\n"
+            "  --kv-type f16|f32    KV cache element type (default f16)\n"
+            "  --tp N               shard the model over N ranks, 1..%d (default 1)\n"
+            "  -h, --help           this text\n",
+            MAX_RUNS, CV_TP_MAX);
+}
+
+/* A whole number in [lo, hi] for flag, or exit 2 naming it. */
+static int int_arg(const char *flag, const char *v, int lo, int hi) {
+    long n;
+    if (cv_cli_int("bench-decode", flag, v, lo, hi, &n)) exit(CV_CLI_EXIT_USAGE);
+    return (int)n;
+}
+
 int main(int argc, char **argv) {
     const char *path = NULL;
     int threads = 0, runs = 3, tp = 1;
@@ -94,23 +116,29 @@ int main(int argc, char **argv) {
                                        {"runs", required_argument, 0, 'r'},
                                        {"kv-type", required_argument, 0, 'k'},
                                        {"tp", required_argument, 0, 'p'},
+                                       {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:t:h", lo, NULL)) != -1) {
         switch (c) {
         case 'm': path = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'r': runs = atoi(optarg); break;
-        case 'k': kv_type = !strcmp(optarg, "f32") ? CV_TYPE_F32 : CV_TYPE_F16; break;
-        case 'p': tp = atoi(optarg); break;
-        default: path = NULL; optind = argc + 1; break;
+        case 't': threads = int_arg("-t", optarg, 0, 512); break;
+        case 'r': runs = int_arg("--runs", optarg, 1, MAX_RUNS); break;
+        case 'k':
+            if (strcmp(optarg, "f16") && strcmp(optarg, "f32")) {
+                fprintf(stderr, "bench-decode: --kv-type wants f16 or f32, got \"%s\"\n", optarg);
+                return CV_CLI_EXIT_USAGE;
+            }
+            kv_type = !strcmp(optarg, "f32") ? CV_TYPE_F32 : CV_TYPE_F16;
+            break;
+        case 'p': tp = int_arg("--tp", optarg, 1, CV_TP_MAX); break;
+        case 'h': cv_cli_help(usage);
+        default: cv_cli_getopt_error("bench-decode", usage, c, argv);
         }
     }
-    if (!path || optind != argc || runs < 1 || runs > MAX_RUNS || threads < 0) {
-        fprintf(stderr, "usage: bench-decode -m MODEL [-t THREADS] [--runs 1..%d] [--kv-type f16|f32] [--tp N]\n",
-                MAX_RUNS);
-        return 1;
-    }
+    if (optind != argc) cv_cli_usage_error("bench-decode", usage, "unexpected argument '%s'", argv[optind]);
+    if (!path) cv_cli_usage_error("bench-decode", usage, "-m MODEL is required");
     unsigned seed = (unsigned)time(NULL);
     srand(seed);
 

@@ -1,6 +1,7 @@
 /* bench-engine: the engine's own throughput, in process, with no gRPC in the way.
  *
  *   bench-engine -m MODEL [-t THREADS] [--concurrency C] [--requests N] [--max-tokens M] [--runs R]
+ *                [--device cpu|cuda] [--tp N]
  *
  * Keeps C requests in flight (greedy, EOS ignored, "Once upon a time") until N have
  * finished, through the same continuous-batching engine corvid-server uses. Prints the
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "slot.h"
 
 typedef struct counter {
@@ -55,6 +57,30 @@ static int cmp(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+static void usage(FILE *f) {
+    fputs("usage: bench-engine -m MODEL [-t THREADS] [--concurrency C] [--requests N] [--max-tokens M]\n"
+          "                    [--runs R] [--device cpu|cuda] [--tp N]\n"
+          "  the engine's own output tokens/s in process (no gRPC): C requests in flight until N\n"
+          "  have finished; one JSON object on stdout\n"
+          "  -m, --model PATH     GGUF model\n"
+          "  -t, --threads N      CPU threads (default: one per core)\n"
+          "  --concurrency C      requests in flight (default 1)\n"
+          "  --requests N         requests in all (default 16)\n"
+          "  --max-tokens M       tokens per request (default 100)\n"
+          "  --runs R             the median of R runs, 1..64 (default 3)\n"
+          "  --device cpu|cuda    where the model runs (default cpu)\n"
+          "  --tp N               tensor-parallel ranks (default 1)\n"
+          "  -h, --help           this text\n",
+          f);
+}
+
+/* A whole number in [lo, hi] for flag, or exit 2 naming it. */
+static int int_arg(const char *flag, const char *v, int lo, int hi) {
+    long n;
+    if (cv_cli_int("bench-engine", flag, v, lo, hi, &n)) exit(CV_CLI_EXIT_USAGE);
+    return (int)n;
+}
+
 int main(int argc, char **argv) {
     const char *model = NULL;
     int threads = 0, conc = 1, requests = 16, max_tokens = 100, runs = 3, tp = 1;
@@ -67,28 +93,32 @@ int main(int argc, char **argv) {
                                        {"runs", required_argument, 0, 'r'},
                                        {"tp", required_argument, 0, 'p'},
                                        {"device", required_argument, 0, 'd'},
+                                       {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
     int o;
-    while ((o = getopt_long(argc, argv, "m:t:", lo, NULL)) != -1) {
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":m:t:h", lo, NULL)) != -1) {
         switch (o) {
         case 'm': model = optarg; break;
-        case 't': threads = atoi(optarg); break;
-        case 'c': conc = atoi(optarg); break;
-        case 'n': requests = atoi(optarg); break;
-        case 'x': max_tokens = atoi(optarg); break;
-        case 'r': runs = atoi(optarg); break;
-        case 'p': tp = atoi(optarg); break;
-        case 'd': device = strcmp(optarg, "cuda") ? CV_DEVICE_CPU : CV_DEVICE_CUDA; break;
-        default:
-            fprintf(stderr, "usage: bench-engine -m MODEL [-t N] [--concurrency C] [--requests N] "
-                            "[--max-tokens M] [--runs R] [--device cpu|cuda] [--tp N]\n");
-            return 2;
+        case 't': threads = int_arg("-t", optarg, 0, 512); break;
+        case 'c': conc = int_arg("--concurrency", optarg, 1, 4096); break;
+        case 'n': requests = int_arg("--requests", optarg, 1, 1000000); break;
+        case 'x': max_tokens = int_arg("--max-tokens", optarg, 1, 1 << 20); break;
+        case 'r': runs = int_arg("--runs", optarg, 1, 64); break;
+        case 'p': tp = int_arg("--tp", optarg, 1, 8); break;
+        case 'd':
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) {
+                fprintf(stderr, "bench-engine: --device wants cpu or cuda, got \"%s\"\n", optarg);
+                return CV_CLI_EXIT_USAGE;
+            }
+            device = strcmp(optarg, "cuda") ? CV_DEVICE_CPU : CV_DEVICE_CUDA;
+            break;
+        case 'h': cv_cli_help(usage);
+        default: cv_cli_getopt_error("bench-engine", usage, o, argv);
         }
     }
-    if (!model || conc < 1 || requests < 1 || max_tokens < 1 || runs < 1 || runs > 64) {
-        fprintf(stderr, "bench-engine: -m MODEL is required; counts must be positive\n");
-        return 2;
-    }
+    if (optind != argc) cv_cli_usage_error("bench-engine", usage, "unexpected argument '%s'", argv[optind]);
+    if (!model) cv_cli_usage_error("bench-engine", usage, "-m MODEL is required");
     cv_slot_options so = {.threads = threads, .device = device, .tp = tp};
     cv_engine_config_default(&so.engine);
     so.engine.max_running = conc;

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "cuda_backend.h"
 #include "generate.h"
 #include "gguf.h"
@@ -178,43 +179,64 @@ out:
     return s;
 }
 
-static int parse(int argc, char **argv, cfg *c) {
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: bench-gpu [-m MODEL]... [--device N] [--runs 1..%d] [--steps S] [--prefill P]\n"
+            "                 [--copy-mib M] [--gemm N]\n"
+            "  decode and prefill on the CUDA backend against the device's copy bandwidth and cuBLAS\n"
+            "  GEMM measured in the same run; one JSON object on stdout (without CUDA or a GPU:\n"
+            "  {\"error\": ...}, exit 2)\n"
+            "  -m, --model PATH     a GGUF model, repeatable (at most %d; none: the ceilings only)\n"
+            "  --device N           the GPU (default 0)\n"
+            "  --runs R             each figure is the median of R runs (default 3)\n"
+            "  --steps S            decode steps per batch size (default 64)\n"
+            "  --prefill P          prefill tokens (default 512)\n"
+            "  --copy-mib M         copy bandwidth buffer (default 2048)\n"
+            "  --gemm N             GEMM size N x N x N, at least 256 (default 8192)\n"
+            "  -h, --help           this text\n",
+            MAX_RUNS, MAX_MODELS);
+}
+
+#define USAGE_ERROR(...) cv_cli_usage_error("bench-gpu", usage, __VA_ARGS__)
+
+/* A whole number in [lo, hi] for flag, or exit 2 naming it. */
+static int int_arg(const char *flag, const char *v, int lo, int hi) {
+    long n;
+    if (cv_cli_int("bench-gpu", flag, v, lo, hi, &n)) exit(CV_CLI_EXIT_USAGE);
+    return (int)n;
+}
+
+static void parse(int argc, char **argv, cfg *c) {
     static const struct option lo[] = {
         {"model", required_argument, 0, 'm'}, {"device", required_argument, 0, 'd'},
         {"runs", required_argument, 0, 'r'},  {"steps", required_argument, 0, 's'},
         {"prefill", required_argument, 0, 'p'}, {"copy-mib", required_argument, 0, 'c'},
-        {"gemm", required_argument, 0, 'g'},  {0, 0, 0, 0}};
+        {"gemm", required_argument, 0, 'g'},  {"help", no_argument, 0, 'h'}, {0, 0, 0, 0}};
     *c = (cfg){.runs = 3, .steps = 64, .prefill = 512, .gemm = 8192, .copy_bytes = (size_t)2048 << 20};
     int o;
-    while ((o = getopt_long(argc, argv, "m:", lo, NULL)) != -1) {
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, ":m:h", lo, NULL)) != -1) {
         switch (o) {
         case 'm':
-            if (c->n_models == MAX_MODELS) return -1;
+            if (c->n_models == MAX_MODELS) USAGE_ERROR("at most %d models", MAX_MODELS);
             c->models[c->n_models++] = optarg;
             break;
-        case 'd': c->device = atoi(optarg); break;
-        case 'r': c->runs = atoi(optarg); break;
-        case 's': c->steps = atoi(optarg); break;
-        case 'p': c->prefill = atoi(optarg); break;
-        case 'c': c->copy_bytes = (size_t)atoi(optarg) << 20; break;
-        case 'g': c->gemm = atoi(optarg); break;
-        default: return -1;
+        case 'd': c->device = int_arg("--device", optarg, 0, 1023); break;
+        case 'r': c->runs = int_arg("--runs", optarg, 1, MAX_RUNS); break;
+        case 's': c->steps = int_arg("--steps", optarg, 1, 1 << 20); break;
+        case 'p': c->prefill = int_arg("--prefill", optarg, 1, 1 << 20); break;
+        case 'c': c->copy_bytes = (size_t)int_arg("--copy-mib", optarg, 1, 1 << 20) << 20; break;
+        case 'g': c->gemm = int_arg("--gemm", optarg, 256, 1 << 16); break;
+        case 'h': cv_cli_help(usage);
+        default: cv_cli_getopt_error("bench-gpu", usage, o, argv);
         }
     }
-    return optind == argc && c->runs >= 1 && c->runs <= MAX_RUNS && c->steps >= 1 && c->prefill >= 1 &&
-                   c->gemm >= 256 && c->copy_bytes > 0 && c->device >= 0
-               ? 0
-               : -1;
+    if (optind != argc) USAGE_ERROR("unexpected argument '%s'", argv[optind]);
 }
 
 int main(int argc, char **argv) {
     cfg c;
-    if (parse(argc, argv, &c)) {
-        fprintf(stderr, "usage: bench-gpu [-m MODEL]... [--device N] [--runs 1..%d] [--steps S] [--prefill P]\n"
-                        "                 [--copy-mib M] [--gemm N]   (at most %d models)\n",
-                MAX_RUNS, MAX_MODELS);
-        return 1;
-    }
+    parse(argc, argv, &c);
     srand(1);
     cv_error err = {0};
     cv_backend *be = NULL;

@@ -1,6 +1,6 @@
 /* bench-load: a load generator for corvid-server on libcorvid_client.
  *
- *   bench-load --addr HOST:PORT --concurrency C (--requests N | --duration S)
+ *   bench-load --addr HOST:PORT [--concurrency C] (--requests N | --duration S)
  *              [--prompts FILE] [--max-tokens M] [--temp T] [--ignore-eos] [--timeout S]
  *
  * C threads each run requests back to back (prompts taken round-robin from FILE, one
@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "corvid/client.h"
 
 #define MAX_PROMPTS 4096
@@ -154,6 +155,33 @@ static int load_prompts(const char *path, run *r) {
     return 0;
 }
 
+static void usage(FILE *f) {
+    fputs("usage: bench-load --addr HOST:PORT [--concurrency C] (--requests N | --duration S)\n"
+          "                  [--prompts FILE] [--max-tokens M] [--temp T] [--ignore-eos] [--timeout S]\n"
+          "  C client threads run generate requests back to back against corvid-server; one JSON\n"
+          "  object on stdout: requests by status, TTFT, inter-token and end-to-end latency, tokens/s\n"
+          "  --addr HOST:PORT     the server\n"
+          "  --concurrency C      client threads, 1..4096 (default 1)\n"
+          "  --requests N         stop after N requests in all\n"
+          "  --duration S         or after S seconds\n"
+          "  --prompts FILE       prompts, one a line, taken round-robin (default: built in)\n"
+          "  --max-tokens M       tokens per request (default 64)\n"
+          "  --temp T             temperature (default 0: greedy)\n"
+          "  --ignore-eos         generate all M tokens\n"
+          "  --timeout S          deadline of each request (default none)\n"
+          "  -h, --help           this text\n",
+          f);
+}
+
+#define USAGE_ERROR(...) cv_cli_usage_error("bench-load", usage, __VA_ARGS__)
+
+/* A number in [lo, hi] for flag, or exit 2 naming it. */
+static double num_arg(const char *flag, const char *v, double lo, double hi) {
+    double d;
+    if (cv_cli_number("bench-load", flag, v, lo, hi, &d)) exit(CV_CLI_EXIT_USAGE);
+    return d;
+}
+
 int main(int argc, char **argv) {
     const char *addr = NULL, *prompts = NULL;
     int conc = 1;
@@ -161,27 +189,30 @@ int main(int argc, char **argv) {
     run r = {.max_requests = -1, .max_tokens = 64};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        int has = v != NULL;
-        if (!strcmp(a, "--addr") && has) addr = argv[++i];
-        else if (!strcmp(a, "--concurrency") && has) conc = atoi(argv[++i]);
-        else if (!strcmp(a, "--requests") && has) r.max_requests = atol(argv[++i]);
-        else if (!strcmp(a, "--duration") && has) duration = atof(argv[++i]);
-        else if (!strcmp(a, "--prompts") && has) prompts = argv[++i];
-        else if (!strcmp(a, "--max-tokens") && has) r.max_tokens = (uint32_t)atoi(argv[++i]);
-        else if (!strcmp(a, "--temp") && has) r.temperature = (float)atof(argv[++i]);
-        else if (!strcmp(a, "--timeout") && has) timeout = atof(argv[++i]);
-        else if (!strcmp(a, "--ignore-eos")) r.ignore_eos = 1;
-        else {
-            fprintf(stderr, "usage: bench-load --addr HOST:PORT --concurrency C (--requests N | --duration S)\n"
-                            "                  [--prompts FILE] [--max-tokens M] [--temp T] [--ignore-eos]\n"
-                            "                  [--timeout S]\n");
-            return 2;
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        if (!strcmp(a, "--ignore-eos")) {
+            r.ignore_eos = 1;
+            continue;
         }
+        static const char *const valued[] = {"--addr", "--concurrency", "--requests", "--duration",
+                                             "--prompts", "--max-tokens", "--temp", "--timeout"};
+        size_t k = 0;
+        while (k < sizeof valued / sizeof valued[0] && strcmp(valued[k], a) != 0) k++;
+        if (k == sizeof valued / sizeof valued[0])
+            USAGE_ERROR(a[0] == '-' ? "unknown option %s" : "unexpected argument '%s'", a);
+        if (!v) USAGE_ERROR("%s needs a value", a);
+        i++;
+        if (!strcmp(a, "--addr")) addr = v;
+        else if (!strcmp(a, "--concurrency")) conc = (int)num_arg(a, v, 1, 4096);
+        else if (!strcmp(a, "--requests")) r.max_requests = (long)num_arg(a, v, 0, 1e12);
+        else if (!strcmp(a, "--duration")) duration = num_arg(a, v, 0.001, 1e7);
+        else if (!strcmp(a, "--prompts")) prompts = v;
+        else if (!strcmp(a, "--max-tokens")) r.max_tokens = (uint32_t)num_arg(a, v, 1, 1 << 24);
+        else if (!strcmp(a, "--temp")) r.temperature = (float)num_arg(a, v, 0, 100);
+        else timeout = num_arg(a, v, 0, 1e7);
     }
-    if (!addr || conc < 1 || (r.max_requests < 0 && duration <= 0)) {
-        fprintf(stderr, "bench-load: --addr, --concurrency >= 1 and --requests or --duration are required\n");
-        return 2;
-    }
+    if (!addr) USAGE_ERROR("--addr HOST:PORT is required");
+    if (r.max_requests < 0 && duration <= 0) USAGE_ERROR("--requests N or --duration S is required");
     if (load_prompts(prompts, &r) != 0) return 1;
     corvid_client_options co = {.addr = addr, .timeout_s = timeout};
     corvid_error err = {0};

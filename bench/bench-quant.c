@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "cli.h"
 #include "quant.h"
 
 static double cpu_seconds(void) {
@@ -63,20 +64,30 @@ static double time_act(cv_type at, int64_t n, const float *x, void *dst, int run
     return median(v, runs);
 }
 
+static void usage(FILE *f) {
+    fputs("usage: bench-quant [--runs R] [--kib K]\n"
+          "  dot-product throughput of every weight type, AVX2 against the scalar reference, and\n"
+          "  the activation quantizers, in thread CPU time; one JSON object on stdout\n"
+          "  --runs R             each figure is the median of R passes, 1..63 (default 7)\n"
+          "  --kib K              weight matrix size in KiB, 64..4194304 (default 2048: in cache)\n"
+          "  -h, --help           this text\n",
+          f);
+}
+
 int main(int argc, char **argv) {
     int runs = 7;
-    long kib = 2048;
+    long kib = 2048, v;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--kib") && i + 1 < argc) kib = atol(argv[++i]);
-        else {
-            fprintf(stderr, "usage: bench-quant [--runs R] [--kib K]\n");
-            return 2;
-        }
-    }
-    if (runs < 1 || runs > 63 || kib < 64 || kib > (1L << 22)) {
-        fprintf(stderr, "bench-quant: --runs must be 1..63 and --kib 64..4194304\n");
-        return 2;
+        const char *a = argv[i];
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        int is_runs = !strcmp(a, "--runs"), is_kib = !strcmp(a, "--kib");
+        if (!is_runs && !is_kib)
+            cv_cli_usage_error("bench-quant", usage, a[0] == '-' ? "unknown option %s" : "unexpected argument '%s'", a);
+        if (i + 1 >= argc) cv_cli_usage_error("bench-quant", usage, "%s needs a value", a);
+        if (cv_cli_int("bench-quant", a, argv[++i], is_runs ? 1 : 64, is_runs ? 63 : 1L << 22, &v))
+            return CV_CLI_EXIT_USAGE;
+        if (is_runs) runs = (int)v;
+        else kib = v;
     }
     const int64_t n = 2048;
     const cv_type types[] = {CV_TYPE_F32, CV_TYPE_F16, CV_TYPE_BF16, CV_TYPE_Q4_0, CV_TYPE_Q5_0,

@@ -30,6 +30,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "cli.h"
 #include "pii.h"
 #include "rag_index.h"
 #include "rag_sources.h"
@@ -476,22 +477,41 @@ static void measure_sources(double *p50, double *p99, size_t *results) {
     MHD_stop_daemon(d);
 }
 
+static void usage(FILE *f) {
+    fputs("usage: bench-rag [--questions FILE.jsonl] [--runs R] [--dump-corpus FILE.jsonl] [--keep-index FILE]\n"
+          "  BM25 knowledge base on the man pages, /usr/share/doc and fortunes-zh of this machine: build\n"
+          "  throughput, open time, query latency, recall@5, and the latency of live sources; one JSON\n"
+          "  object on stdout\n"
+          "  --questions FILE     labeled questions (default tests/data/rag/bench-questions.jsonl)\n"
+          "  --runs R             index builds, the median reported, 1..100 (default 3)\n"
+          "  --dump-corpus FILE   write the corpus as JSON lines (id, title, text)\n"
+          "  --keep-index FILE    keep the built index there\n"
+          "  -h, --help           this text\n",
+          f);
+}
+
 int main(int argc, char **argv) {
     const char *qpath = "tests/data/rag/bench-questions.jsonl", *dump = NULL, *keep = NULL;
     int runs = 3;
+    long n;
     static const struct option opts[] = {{"questions", required_argument, 0, 'q'},
                                          {"runs", required_argument, 0, 'r'},
                                          {"dump-corpus", required_argument, 0, 'd'},
                                          {"keep-index", required_argument, 0, 'k'},
+                                         {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     int c;
-    while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
         if (c == 'q') qpath = optarg;
-        else if (c == 'r') runs = atoi(optarg) > 0 ? atoi(optarg) : 1;
+        else if (c == 'r' && cv_cli_int("bench-rag", "--runs", optarg, 1, 100, &n)) return CV_CLI_EXIT_USAGE;
+        else if (c == 'r') runs = (int)n;
         else if (c == 'd') dump = optarg;
         else if (c == 'k') keep = optarg;
-        else return 2;
+        else if (c == 'h') cv_cli_help(usage);
+        else cv_cli_getopt_error("bench-rag", usage, c, argv);
     }
+    if (optind != argc) cv_cli_usage_error("bench-rag", usage, "unexpected argument '%s'", argv[optind]);
     size_t nq;
     question *qs = load_questions(qpath, &nq);
 

@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "backend.h"
+#include "cli.h"
 #include "cpu_backend.h"
 #include "membw.h"
 #include "threadpool.h"
@@ -105,22 +106,38 @@ static void bench_matmul(cv_backend *be, cv_type type, int runs, double read_bw,
     free(y);
 }
 
+static void usage(FILE *f) {
+    fputs("usage: bench-roofline [-t N] [--mib M] [--runs R] [--matmul]\n"
+          "  this machine's memory read and triad bandwidth, for 1 thread and N; one JSON object on\n"
+          "  stdout\n"
+          "  -t N                 threads (default: all CPUs)\n"
+          "  --mib M              buffer size in MiB, at least 16 (default 1024)\n"
+          "  --runs R             each figure is the median of R runs, 1..64 (default 7)\n"
+          "  --matmul             also time the CPU matmul on a TinyLlama-1.1B-shaped model (Q4_0,\n"
+          "                       Q8_0, Q4_K, Q6_K): a decode token and a 512-token prefill\n"
+          "  -h, --help           this text\n",
+          f);
+}
+
 int main(int argc, char **argv) {
     int threads = 0, runs = 7, do_matmul = 0;
-    long mib = 1024;
+    long mib = 1024, v;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "-t") && i + 1 < argc) threads = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--mib") && i + 1 < argc) mib = atol(argv[++i]);
-        else if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--matmul")) do_matmul = 1;
-        else {
-            fprintf(stderr, "usage: bench-roofline [-t N] [--mib M] [--runs R] [--matmul]\n");
-            return 1;
+        const char *a = argv[i];
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        if (!strcmp(a, "--matmul")) {
+            do_matmul = 1;
+            continue;
         }
-    }
-    if (runs < 1 || runs > CV_MEMBW_MAX_RUNS || mib < 16) {
-        fprintf(stderr, "bench-roofline: --runs must be 1..64 and --mib at least 16\n");
-        return 1;
+        int which = !strcmp(a, "-t") ? 1 : !strcmp(a, "--mib") ? 2 : !strcmp(a, "--runs") ? 3 : 0;
+        if (!which)
+            cv_cli_usage_error("bench-roofline", usage, a[0] == '-' ? "unknown option %s" : "unexpected argument '%s'", a);
+        if (i + 1 >= argc) cv_cli_usage_error("bench-roofline", usage, "%s needs a value", a);
+        const long lo = which == 1 ? 0 : which == 2 ? 16 : 1, hi = which == 1 ? 4096 : which == 2 ? 1L << 30 : CV_MEMBW_MAX_RUNS;
+        if (cv_cli_int("bench-roofline", a, argv[++i], lo, hi, &v)) return CV_CLI_EXIT_USAGE;
+        if (which == 1) threads = (int)v;
+        else if (which == 2) mib = v;
+        else runs = (int)v;
     }
     cv_error err = {0};
     cv_threadpool *one = NULL, *all = NULL;

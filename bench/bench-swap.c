@@ -34,6 +34,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 
+#include "cli.h"
 #include "corvid/client.h"
 #include "etcd.h"
 #include "rollout.h"
@@ -280,20 +281,41 @@ static int wait_ready(bench *b) {
     return -1;
 }
 
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: bench-swap [--runs N] [--window-ms W] [--poll-ms P] [--concurrency C]\n"
+            "  corvid-controlplane's time to roll a version out and to roll a failing one back, with\n"
+            "  its own etcd and two corvid-servers on stories260K under client load; one JSON object\n"
+            "  on stdout. Needs CORVID_TESTING_BIN, CORVID_BIN and CORVID_SHARED (make test sets them)\n"
+            "  --runs N             rollouts and rollbacks, 1..%d (default 3)\n"
+            "  --window-ms W        the rollout window, at least 100 (default 1500)\n"
+            "  --poll-ms P          the control plane's poll, at least 10 (default 250)\n"
+            "  --concurrency C      client threads per server, 1..64 (default 3)\n"
+            "  -h, --help           this text\n",
+            MAX_RUNS);
+}
+
 int main(int argc, char **argv) {
     int runs = 3, conc = 3;
     bench b = {.window_ms = 1500, .poll_ms = 250};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        bool has = i + 1 < argc;
-        if (!strcmp(a, "--runs") && has) runs = atoi(argv[++i]);
-        else if (!strcmp(a, "--window-ms") && has) b.window_ms = atoi(argv[++i]);
-        else if (!strcmp(a, "--poll-ms") && has) b.poll_ms = atoi(argv[++i]);
-        else if (!strcmp(a, "--concurrency") && has) conc = atoi(argv[++i]);
-        else {
-            fprintf(stderr, "usage: bench-swap [--runs N] [--window-ms W] [--poll-ms P] [--concurrency C]\n");
-            return 2;
-        }
+        if (cv_cli_is_help(a)) cv_cli_help(usage);
+        static const struct {
+            const char *name;
+            long lo, hi;
+        } k[] = {{"--runs", 1, MAX_RUNS}, {"--window-ms", 100, 3600000}, {"--poll-ms", 10, 3600000}, {"--concurrency", 1, 64}};
+        size_t w = 0;
+        while (w < sizeof k / sizeof k[0] && strcmp(k[w].name, a) != 0) w++;
+        if (w == sizeof k / sizeof k[0])
+            cv_cli_usage_error("bench-swap", usage, a[0] == '-' ? "unknown option %s" : "unexpected argument '%s'", a);
+        if (i + 1 >= argc) cv_cli_usage_error("bench-swap", usage, "%s needs a value", a);
+        long v;
+        if (cv_cli_int("bench-swap", a, argv[++i], k[w].lo, k[w].hi, &v)) return CV_CLI_EXIT_USAGE;
+        if (w == 0) runs = (int)v;
+        else if (w == 1) b.window_ms = (int)v;
+        else if (w == 2) b.poll_ms = (int)v;
+        else conc = (int)v;
     }
     const char *testing = getenv("CORVID_TESTING_BIN"), *bin = getenv("CORVID_BIN");
     const char *data = getenv("CORVID_DATA");

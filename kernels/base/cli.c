@@ -47,3 +47,15 @@ int cv_cli_number(const char *prog, const char *flag, const char *value, double 
     *out = d;
     return 0;
 }
+
+int cv_cli_int(const char *prog, const char *flag, const char *value, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < lo || v > hi) {
+        fprintf(stderr, "%s: %s wants a whole number in [%ld, %ld], got \"%s\"\n", prog, flag, lo, hi, value);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}

@@ -36,5 +36,7 @@ _Noreturn void cv_cli_getopt_error(const char *prog, cv_cli_usage_fn *usage, int
 /* A number in [lo, hi]: 0, or -1 after "prog: FLAG wants a number in [lo, hi], got
  * "VALUE"" on stderr (the caller picks the exit status). */
 int cv_cli_number(const char *prog, const char *flag, const char *value, double lo, double hi, double *out);
+/* The same for a whole number. */
+int cv_cli_int(const char *prog, const char *flag, const char *value, long lo, long hi, long *out);
 
 #endif
