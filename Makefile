@@ -272,16 +272,20 @@ bench: tools
 models:
 	@/usr/bin/python3 server/tools/fetch_models.py --dir $(MODELS_DIR)
 
-# The first command of the README: a server on the real Gemma 3 270M (or MODEL=path).
+# The first command of the README: a server on the real Gemma 3 270M (or MODEL=path),
+# gRPC on PORT and metrics on METRICS_PORT.
 DEFAULT_MODEL := $(MODELS_DIR)/gemma-3-270m-q4_k_m.gguf
 MODEL ?= $(DEFAULT_MODEL)
+PORT ?= 50051
+METRICS_PORT ?= 9464
 run: tools
 	@if [ "$(MODEL)" = "$(DEFAULT_MODEL)" ]; then $(MAKE) --no-print-directory models; fi
-	@echo "corvid-server: gRPC on 127.0.0.1:50051, metrics on http://127.0.0.1:9464/metrics"
-	@echo "try:  $(BUILD)/bin/corvidctl generate -a 127.0.0.1:50051 -p 'The capital of France is' -n 32"
-	@echo "      $(BUILD)/bin/corvidctl health -a 127.0.0.1:50051 --service corvid.v1.Inference"
+	@echo "corvid-server: gRPC on 127.0.0.1:$(PORT), metrics on http://127.0.0.1:$(METRICS_PORT)/metrics"
+	@echo "try:  $(BUILD)/bin/corvidctl generate -a 127.0.0.1:$(PORT) -p 'The capital of France is' -n 32"
+	@echo "      $(BUILD)/bin/corvidctl health -a 127.0.0.1:$(PORT) --service corvid.v1.Inference"
+	@echo "      curl -s http://127.0.0.1:$(METRICS_PORT)/metrics | grep corvid_requests_total"
 	@echo "stop with Ctrl-C (drains in-flight streams first)"
-	@exec $(BUILD)/bin/corvid-server --listen 127.0.0.1:50051 --metrics-listen 127.0.0.1:9464 --model $(MODEL)
+	@exec $(BUILD)/bin/corvid-server --listen 127.0.0.1:$(PORT) --metrics-listen 127.0.0.1:$(METRICS_PORT) --model $(MODEL)
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$(cat .ci/apt-packages); \
