@@ -247,7 +247,8 @@ static int parse_args(int argc, char **argv, opts *o) {
     int first = 2;
     if (!strcmp(o->cmd, "admin")) {
         if (argc >= 3 && cv_cli_is_help(argv[2])) cv_cli_help(usage);
-        if (argc < 3 || argv[2][0] == '-') USAGE_ERROR("admin needs load, unload, traffic, status or fault");
+        if (argc >= 3 && argv[2][0] == '-' && !option_scope(argv[2])) USAGE_ERROR("unknown option %s", argv[2]);
+        if (argc < 3 || argv[2][0] == '-') USAGE_ERROR("admin needs load, unload, traffic, status or fault first");
         o->sub = argv[2];
         static const char *const subs[] = {"load", "unload", "traffic", "status", "fault"};
         size_t k = 0;

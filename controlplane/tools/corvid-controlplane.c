@@ -431,7 +431,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "help")) {
         for (size_t k = 0; argc == 3 && k < sizeof commands / sizeof commands[0]; k++)
             if (!strcmp(argv[2], commands[k])) g_command = commands[k];
-        if (argc > 3 || (argc == 3 && !g_command)) USAGE_ERROR("help takes one of run, version, rollout");
+        if (argc == 3 && !g_command) USAGE_ERROR("unknown command \"%s\"", argv[2]);
+        if (argc > 3) USAGE_ERROR("help takes at most one command");
         cv_cli_help(usage);
     }
     /* Options may come first only for --check-config, which takes no subcommand. */
