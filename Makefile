@@ -86,7 +86,7 @@ PKGS_rag := libcurl jansson zlib libutf8proc
 
 DIRS_service := server/service
 USES_service := engine security rag proto
-PKGS_service := grpc jansson
+PKGS_service := grpc libprotobuf-c jansson
 
 PUB_proto  := $(BUILD)/gen
 PKGS_proto := libprotobuf-c

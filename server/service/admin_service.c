@@ -10,6 +10,7 @@
 
 #include "audit.h"
 #include "corvid/v1/admin.pb-c.h"
+#include "rpc_message.h"
 
 #define DEFAULT_WINDOW_S 60
 
@@ -48,18 +49,6 @@ static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *
     cv_audit_entry e = {CV_AUDIT_ADMIN_ACTION, *subject ? subject : NULL, cv_rpc_peer(call), cv_rpc_method(call),
                         st == CV_OK ? "ok" : cv_status_name(st), detail};
     cv_audit_write(a->audit, &e, NULL);
-}
-
-static void reply_msg(cv_rpc_call *call, const ProtobufCMessage *m) {
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf) {
-        cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
-        return;
-    }
-    protobuf_c_message_pack(m, buf);
-    cv_rpc_reply(call, CV_RPC_OK, NULL, buf, n);
-    free(buf);
 }
 
 /* Storage for one SlotStatus message built from a snapshot entry. */
@@ -131,13 +120,13 @@ static void reply_slot(cv_admin *a, cv_rpc_call *call, const char *version) {
         if (strcmp(info[i].version, version) != 0) continue;
         slot_msg m;
         fill_slot(&m, &info[i], DEFAULT_WINDOW_S);
-        reply_msg(call, &m.s.base);
+        cv_rpc_reply_message(call, &m.s.base);
         return;
     }
     Corvid__V1__SlotStatus gone = CORVID__V1__SLOT_STATUS__INIT;
     gone.version = (char *)version;
     gone.message = "unloaded";
-    reply_msg(call, &gone.base);
+    cv_rpc_reply_message(call, &gone.base);
 }
 
 typedef struct waiter {
@@ -234,7 +223,7 @@ static void reply_status(cv_admin *a, cv_rpc_call *call, int window_s) {
     resp.n_slots = (size_t)n;
     resp.slots = slots;
     resp.server_id = a->server_id;
-    reply_msg(call, &resp.base);
+    cv_rpc_reply_message(call, &resp.base);
     free(m);
 }
 

@@ -14,6 +14,7 @@
 #include "corvid/v1/inference.pb-c.h"
 #include "grpc_status.h"
 #include "rag_request.h"
+#include "rpc_message.h"
 #include "timing.h"
 
 struct cv_infer {
@@ -752,18 +753,6 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     else serve(ctx, call, (infer_req){.chat = r});
 }
 
-static void reply_packed(cv_rpc_call *call, const ProtobufCMessage *m) {
-    size_t n = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf) {
-        cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
-        return;
-    }
-    protobuf_c_message_pack(m, buf);
-    cv_rpc_reply(call, CV_RPC_OK, NULL, buf, n);
-    free(buf);
-}
-
 static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_infer *inf = ctx;
     Corvid__V1__TokenizeRequest *r = corvid__v1__tokenize_request__unpack(NULL, len, req);
@@ -821,7 +810,7 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     resp.n_pieces = n;
     resp.pieces = pieces;
     resp.model_version = slot->version;
-    reply_packed(call, &resp.base);
+    cv_rpc_reply_message(call, &resp.base);
 out:
     if (slot) cv_router_release(inf->router, slot);
     for (size_t i = 0; pieces && i < n; i++) free(pieces[i]);
@@ -856,7 +845,7 @@ static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, siz
     Corvid__V1__ListModelsResponse resp = CORVID__V1__LIST_MODELS_RESPONSE__INIT;
     resp.n_models = (size_t)n;
     resp.models = list;
-    reply_packed(call, &resp.base);
+    cv_rpc_reply_message(call, &resp.base);
 }
 
 cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
