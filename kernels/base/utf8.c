@@ -68,6 +68,27 @@ int cv_utf8_encode(uint32_t cp, char out[4]) {
     return 4;
 }
 
+cv_utf8_verdict cv_utf8_check(const char *s, size_t n, size_t *bad_offset) {
+    const uint8_t *p = (const uint8_t *)s;
+    size_t i = 0;
+    cv_utf8_verdict v = CV_UTF8_OK;
+    while (i < n) {
+        uint32_t cp;
+        int len = cv_utf8_decode(p + i, n - i, &cp);
+        if (len == 0) {
+            v = CV_UTF8_INVALID;
+            break;
+        }
+        if (cp == 0) {
+            v = CV_UTF8_NUL;
+            break;
+        }
+        i += (size_t)len;
+    }
+    if (bad_offset) *bad_offset = v == CV_UTF8_OK ? n : i;
+    return v;
+}
+
 int cv_utf8_valid(const char *s, size_t n) {
     const uint8_t *p = (const uint8_t *)s;
     size_t i = 0;

@@ -25,8 +25,23 @@ int cv_utf8_decode(const uint8_t *s, size_t n, uint32_t *cp);
  * or 0 for a value that is not a Unicode scalar value. */
 int cv_utf8_encode(uint32_t cp, char out[4]);
 
-/* 1 when s[0..n) is entirely valid UTF-8. */
+/* 1 when s[0..n) is entirely valid UTF-8 (U+0000 included). */
 int cv_utf8_valid(const char *s, size_t n);
+
+/* What cv_utf8_check found first in a text that arrived with an explicit length. */
+typedef enum cv_utf8_verdict {
+    CV_UTF8_OK = 0,      /* valid UTF-8 without U+0000 */
+    CV_UTF8_INVALID = 1, /* a byte that does not start or continue a valid character here */
+    CV_UTF8_NUL = 2      /* U+0000: valid UTF-8, but it would cut the text as a C string */
+} cv_utf8_verdict;
+
+/* Checks s[0..n) for input validation: strict UTF-8 (as cv_utf8_decode: no lone
+ * continuation bytes, truncated sequences, overlong forms, surrogates, nothing above
+ * U+10FFFF) and no NUL. *bad_offset (may be NULL) gets the byte offset of the first
+ * character that is not valid or is U+0000, or n when the verdict is CV_UTF8_OK. NUL is
+ * reported apart so that a caller can name it; the server refuses both, because its
+ * tokenizers and templates take C strings. */
+cv_utf8_verdict cv_utf8_check(const char *s, size_t n, size_t *bad_offset);
 
 typedef struct cv_utf8_stream {
     uint8_t pend[4]; /* start of a character still missing bytes */

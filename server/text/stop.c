@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "utf8.h"
+
 struct cv_stop {
     size_t n;
     char *str[CV_STOP_MAX_STRINGS]; /* copies, one allocation each */
@@ -24,20 +26,6 @@ static size_t utf8_seq_len(unsigned char b) {
     if (b >= 0xE0 && b <= 0xEF) return 3;
     if (b >= 0xF0 && b <= 0xF4) return 4;
     return 0;
-}
-
-/* Byte offset of the first invalid sequence, or len when all of it is valid
- * (structure only: lead byte, continuation count). */
-static size_t utf8_valid_prefix(const char *s, size_t len) {
-    size_t i = 0;
-    while (i < len) {
-        size_t l = utf8_seq_len((unsigned char)s[i]);
-        if (l == 0 || i + l > len) return i;
-        for (size_t j = 1; j < l; j++)
-            if (((unsigned char)s[i + j] & 0xC0) != 0x80) return i;
-        i += l;
-    }
-    return len;
 }
 
 /* The largest end <= len that does not cut a UTF-8 sequence which is still
@@ -63,8 +51,8 @@ cv_status cv_stop_new(const char *const *stops, size_t n, cv_stop **out, cv_erro
         if (l > CV_STOP_MAX_LEN)
             return cv_errorf(err, CV_EINVAL, "stop string %zu is %zu bytes long, at most %d allowed",
                              i, l, CV_STOP_MAX_LEN);
-        size_t bad = utf8_valid_prefix(stops[i], l);
-        if (bad != l)
+        size_t bad;
+        if (cv_utf8_check(stops[i], l, &bad) != CV_UTF8_OK)
             return cv_errorf(err, CV_EINVAL, "stop string %zu is not valid UTF-8 (byte %zu)", i,
                              bad);
     }

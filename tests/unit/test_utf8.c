@@ -133,6 +133,47 @@ static void test_stream_random_splits(void **state) {
     }
 }
 
+/* cv_utf8_check: the five malformed patterns a request may carry, and NUL, each at a
+ * known offset after valid text (multi-byte included), with the verdict and offset. */
+static void test_check(void **state) {
+    (void)state;
+    static const struct {
+        const char *s;
+        size_t n;
+        cv_utf8_verdict v;
+        size_t off;
+    } cases[] = {
+        {"", 0, CV_UTF8_OK, 0},
+        {"h\xC3\xA9llo \xF0\x9F\x99\x82", 11, CV_UTF8_OK, 11},
+        {"ab\x80" "cd", 5, CV_UTF8_INVALID, 2},               /* lone continuation byte */
+        {"\xC3\xA9\xE2\x82", 4, CV_UTF8_INVALID, 2},        /* truncated at the end */
+        {"a\xE2\x82z", 4, CV_UTF8_INVALID, 1},             /* truncated before ASCII */
+        {"abc\xC0\xAF", 5, CV_UTF8_INVALID, 3},            /* overlong '/' */
+        {"a\xE0\x80\xAF", 4, CV_UTF8_INVALID, 1},         /* overlong 3-byte */
+        {"xy\xED\xA0\x80", 5, CV_UTF8_INVALID, 2},        /* surrogate U+D800 */
+        {"\xED\xBF\xBF", 3, CV_UTF8_INVALID, 0},          /* surrogate U+DFFF */
+        {"1234\xF4\x90\x80\x80", 8, CV_UTF8_INVALID, 4}, /* U+110000 */
+        {"\xF5\x80\x80\x80", 4, CV_UTF8_INVALID, 0},     /* lead above F4 */
+        {"\xFF", 1, CV_UTF8_INVALID, 0},
+        {"ab\0cd", 5, CV_UTF8_NUL, 2},                    /* NUL inside */
+        {"\0", 1, CV_UTF8_NUL, 0},
+        {"\xC3\xA9\0", 3, CV_UTF8_NUL, 2},
+        {"a\0\x80", 3, CV_UTF8_NUL, 1},                   /* the first problem wins */
+        {"a\x80\0", 3, CV_UTF8_INVALID, 1},
+        {"\xC0\x80", 2, CV_UTF8_INVALID, 0},               /* overlong NUL is not NUL */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t off = 12345;
+        cv_utf8_verdict v = cv_utf8_check(cases[i].s, cases[i].n, &off);
+        if (v != cases[i].v || off != cases[i].off)
+            fail_msg("case %zu: verdict %d offset %zu, want %d at %zu", i, (int)v, off, (int)cases[i].v,
+                     cases[i].off);
+        assert_int_equal(cv_utf8_check(cases[i].s, cases[i].n, NULL), cases[i].v);
+        /* Agrees with cv_utf8_valid (NUL is valid UTF-8, so a NUL verdict tells nothing). */
+        if (v != CV_UTF8_NUL) assert_int_equal(cv_utf8_valid(cases[i].s, cases[i].n), v == CV_UTF8_OK);
+    }
+}
+
 int main(void) {
     g_seed = cv_test_seed("test_utf8");
     g_rng = cv_test_rng_new(g_seed);
@@ -141,6 +182,7 @@ int main(void) {
         cmocka_unit_test(test_encode_roundtrip),
         cmocka_unit_test(test_stream_known),
         cmocka_unit_test(test_stream_random_splits),
+        cmocka_unit_test(test_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
