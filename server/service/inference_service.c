@@ -537,8 +537,8 @@ static const Corvid__V1__SamplingParams *req_sampling(const infer_req *r) {
 }
 
 static void req_free(infer_req *r) {
-    if (r->gen) corvid__v1__generate_request__free_unpacked(r->gen, NULL);
-    if (r->chat) corvid__v1__chat_request__free_unpacked(r->chat, NULL);
+    if (r->gen) cv_rpc_free_request(&r->gen->base);
+    if (r->chat) cv_rpc_free_request(&r->chat->base);
     r->gen = NULL;
     r->chat = NULL;
 }
@@ -741,25 +741,29 @@ out:
     req_free(&r);
 }
 
+/* Every request of this service is unpacked here, and only here: its text fields
+ * (prompt, messages[i].content and role, sampling.stop[i], text, rag.*, ...) are checked
+ * for UTF-8 and NUL in one pass (rpc_message.h says how and why). NULL after answering
+ * INVALID_ARGUMENT. */
+static void *unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call, const uint8_t *req,
+                            size_t len) {
+    return cv_rpc_unpack_request(desc, call, req, len);
+}
+
 static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    Corvid__V1__GenerateRequest *r = corvid__v1__generate_request__unpack(NULL, len, req);
-    if (!r) cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed GenerateRequest", NULL, 0);
-    else serve(ctx, call, (infer_req){.gen = r});
+    Corvid__V1__GenerateRequest *r = unpack_request(&corvid__v1__generate_request__descriptor, call, req, len);
+    if (r) serve(ctx, call, (infer_req){.gen = r});
 }
 
 static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    Corvid__V1__ChatRequest *r = corvid__v1__chat_request__unpack(NULL, len, req);
-    if (!r) cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ChatRequest", NULL, 0);
-    else serve(ctx, call, (infer_req){.chat = r});
+    Corvid__V1__ChatRequest *r = unpack_request(&corvid__v1__chat_request__descriptor, call, req, len);
+    if (r) serve(ctx, call, (infer_req){.chat = r});
 }
 
 static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_infer *inf = ctx;
-    Corvid__V1__TokenizeRequest *r = corvid__v1__tokenize_request__unpack(NULL, len, req);
-    if (!r) {
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed TokenizeRequest", NULL, 0);
-        return;
-    }
+    Corvid__V1__TokenizeRequest *r = unpack_request(&corvid__v1__tokenize_request__descriptor, call, req, len);
+    if (!r) return;
     int32_t *ids = NULL;
     size_t n = 0;
     char **pieces = NULL;
@@ -816,17 +820,14 @@ out:
     for (size_t i = 0; pieces && i < n; i++) free(pieces[i]);
     free(pieces);
     free(ids);
-    corvid__v1__tokenize_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
 }
 
 static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_infer *inf = ctx;
-    Corvid__V1__ListModelsRequest *r = corvid__v1__list_models_request__unpack(NULL, len, req);
-    if (!r) {
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed ListModelsRequest", NULL, 0);
-        return;
-    }
-    corvid__v1__list_models_request__free_unpacked(r, NULL);
+    Corvid__V1__ListModelsRequest *r = unpack_request(&corvid__v1__list_models_request__descriptor, call, req, len);
+    if (!r) return;
+    cv_rpc_free_request(&r->base);
     cv_slot_info info[CV_ROUTER_MAX_VERSIONS];
     int n = cv_router_snapshot(inf->router, 1, info);
     Corvid__V1__ModelInfo mi[CV_ROUTER_MAX_VERSIONS], *list[CV_ROUTER_MAX_VERSIONS];
