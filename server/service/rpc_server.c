@@ -406,7 +406,9 @@ static void on_recv(cv_rpc_call *c, int ok) {
                                             cv_rpc_peer(c), &ar) != CV_AUTH_ALLOW) {
         /* Before the method lookup: an unauthenticated caller learns nothing about methods. */
         cv_rpc_reply(c, auth_code(ar.verdict), ar.message, NULL, 0);
-    } else if (!atomic_load(&s->accepting)) {
+    } else if (!atomic_load(&s->accepting) && !is_health(c->method)) {
+        /* Health stays answered while draining: Check then says NOT_SERVING, as a probe
+         * (and the README) expects, instead of failing like every other call. */
         cv_rpc_reply(c, CV_RPC_UNAVAILABLE, "server is draining: retry on another replica", NULL, 0);
     } else if (!ok || !c->recv_bb) {
         cv_rpc_reply(c, CV_RPC_INVALID_ARGUMENT, "request message missing", NULL, 0);

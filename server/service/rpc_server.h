@@ -92,7 +92,8 @@ cv_status cv_rpc_register_all(cv_rpc_server *s, const cv_rpc_method_def *methods
                               cv_error *err);
 /* Binds, starts the completion-queue thread; *port receives the bound port. */
 cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err);
-/* New calls are refused from now on (UNAVAILABLE); in-flight ones continue. */
+/* New calls are refused from now on (UNAVAILABLE), except grpc.health.v1 calls, which
+ * are still answered (a drain sets NOT_SERVING first); in-flight ones continue. */
 void cv_rpc_server_stop_accepting(cv_rpc_server *s);
 /* Number of calls not yet finished. */
 int cv_rpc_server_active_calls(cv_rpc_server *s);

@@ -238,8 +238,9 @@ def queue_overflow():
 
 def sigterm_drains_in_flight_streams():
     """Gemma 3 270M takes most of a second for 100 tokens on a CPU, so SIGTERM lands
-    mid-stream (stories260K would have finished): the stream still ends whole, a call made
-    during the drain is UNAVAILABLE, and the server exits 0."""
+    mid-stream (stories260K would have finished): the stream still ends whole, health Check
+    answers NOT_SERVING during the drain, another call made then is UNAVAILABLE, and the
+    server exits 0."""
     srv = Server("--model", GEMMA)
     try:
         started, out = threading.Event(), {}
@@ -263,22 +264,19 @@ def sigterm_drains_in_flight_streams():
         srv.terminate()
         with grpc.insecure_channel(srv.addr) as ch:
             # The signal is handled asynchronously: the drain has begun once a health check
-            # is refused (UNAVAILABLE) or answers NOT_SERVING.
+            # answers NOT_SERVING. Health is answered (status OK) throughout the drain, for
+            # the whole server and per service; every other call is UNAVAILABLE.
             check = ch.unary_unary("/grpc.health.v1.Health/Check",
                                    request_serializer=health_pb.HealthCheckRequest.SerializeToString,
                                    response_deserializer=health_pb.HealthCheckResponse.FromString)
             deadline = time.time() + 10
-            while True:
-                try:
-                    if check(health_pb.HealthCheckRequest(), timeout=5).status != \
-                            health_pb.HealthCheckResponse.SERVING:
-                        break
-                except grpc.RpcError as e:
-                    assert e.code() == grpc.StatusCode.UNAVAILABLE, (e.code(), e.details())
-                    break
+            while check(health_pb.HealthCheckRequest(), timeout=5).status == health_pb.HealthCheckResponse.SERVING:
                 assert time.time() < deadline, "health still SERVING 10 s after SIGTERM"
                 time.sleep(0.01)
-            expect_status(lambda: list(generate_rpc(ch)(req, timeout=10)), grpc.StatusCode.UNAVAILABLE)
+            for service in ("", "corvid.v1.Inference", "corvid.v1.Admin"):
+                st = check(health_pb.HealthCheckRequest(service=service), timeout=5).status
+                assert st == health_pb.HealthCheckResponse.NOT_SERVING, (service, st)
+            expect_status(lambda: list(generate_rpc(ch)(req, timeout=10)), grpc.StatusCode.UNAVAILABLE, "draining")
         assert "r" not in out, "the stream ended before the drain was checked: the model is too fast for this test"
         t.join(60)
         assert "r" in out, "in-flight stream did not complete: " + srv.output()
