@@ -72,7 +72,23 @@ void cv_sampler_params_default(cv_sampler_params *p) {
 }
 
 cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err) {
-    if (!(p->temperature >= 0.0f && isfinite(p->temperature)))
+    /* Names as the API (SamplingParams in inference.proto) spells them. */
+    static const struct {
+        const char *name;
+        size_t off;
+    } floats[] = {
+        {"temperature", offsetof(cv_sampler_params, temperature)},
+        {"top_p", offsetof(cv_sampler_params, top_p)},
+        {"min_p", offsetof(cv_sampler_params, min_p)},
+        {"repetition_penalty", offsetof(cv_sampler_params, repeat_penalty)},
+    };
+    for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++) {
+        float v = *(const float *)(const void *)((const char *)p + floats[i].off);
+        if (!isfinite(v))
+            return cv_errorf(err, CV_EINVAL, "%s %g is not a number: NaN and infinities are refused",
+                             floats[i].name, (double)v);
+    }
+    if (!(p->temperature >= 0.0f))
         return cv_errorf(err, CV_EINVAL,
                          "temperature %g is invalid: use 0 for greedy or a finite positive value",
                          (double)p->temperature);
@@ -85,15 +101,15 @@ cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err) 
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
         return cv_errorf(err, CV_EINVAL, "min_p %g is outside [0, 1]: use 0 to disable it",
                          (double)p->min_p);
-    if (!(p->repeat_penalty > 0.0f && isfinite(p->repeat_penalty)))
+    if (!(p->repeat_penalty > 0.0f))
         return cv_errorf(err, CV_EINVAL,
-                         "repeat_penalty %g must be a finite value > 0: use 1 to disable it",
+                         "repetition_penalty %g must be a finite value > 0: use 1 to disable it",
                          (double)p->repeat_penalty);
     if (p->repeat_last_n < 0 || p->repeat_last_n > CV_SAMPLER_MAX_REPEAT_LAST_N)
-        return cv_errorf(err, CV_EINVAL, "repeat_last_n %d is outside [0, %d]",
+        return cv_errorf(err, CV_EINVAL, "repetition_window %d is outside [0, %d]",
                          (int)p->repeat_last_n, CV_SAMPLER_MAX_REPEAT_LAST_N);
     if (p->top_logprobs < 0 || p->top_logprobs > CV_SAMPLER_MAX_TOP_LOGPROBS)
-        return cv_errorf(err, CV_EINVAL, "top_logprobs %d is outside [0, %d]",
+        return cv_errorf(err, CV_EINVAL, "logprobs %d is outside [0, %d]",
                          (int)p->top_logprobs, CV_SAMPLER_MAX_TOP_LOGPROBS);
     return CV_OK;
 }

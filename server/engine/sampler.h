@@ -73,7 +73,9 @@ void cv_sampler_params_default(cv_sampler_params *p);
 void cv_sampler_params_off(cv_sampler_params *p);
 
 /* The one range check of every field (engine submit and cv_sampler_new call it):
- * CV_EINVAL naming the field, its value and the allowed range. */
+ * CV_EINVAL naming the field as the API's SamplingParams spells it (repetition_penalty,
+ * repetition_window, logprobs for repeat_penalty, repeat_last_n, top_logprobs), its
+ * value and the allowed range; a NaN or infinite float "is not a number". */
 cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err);
 
 cv_status cv_sampler_new(const cv_sampler_params *p, int32_t n_vocab, cv_sampler **out,

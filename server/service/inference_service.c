@@ -2,6 +2,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -374,6 +375,28 @@ static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_
     sp->seed = *seed;
 }
 
+/* The request's sampling, checked by the engine's own rule (cv_sampler_params_validate)
+ * but before any work and with the API's path ("sampling.top_p ..."). A uint32 that the
+ * sampler's int32 cannot hold is refused here with the value the client sent, never
+ * wrapped ("-1") or clamped. */
+static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *err) {
+    if (!p) return CV_OK;
+    if (p->repetition_window > CV_SAMPLER_MAX_REPEAT_LAST_N)
+        return cv_errorf(err, CV_EINVAL, "sampling.repetition_window %" PRIu32 " is outside [0, %d]",
+                         p->repetition_window, CV_SAMPLER_MAX_REPEAT_LAST_N);
+    if (p->logprobs > CV_SAMPLER_MAX_TOP_LOGPROBS)
+        return cv_errorf(err, CV_EINVAL, "sampling.logprobs %" PRIu32 " is outside [0, %d]", p->logprobs,
+                         CV_SAMPLER_MAX_TOP_LOGPROBS);
+    cv_sampler_params sp;
+    int32_t max_tokens;
+    int ignore_eos;
+    uint64_t seed;
+    sampling_from_proto(p, &sp, &max_tokens, &ignore_eos, &seed);
+    cv_error e = {0};
+    if (cv_sampler_params_validate(&sp, &e) != CV_OK) return cv_errorf(err, CV_EINVAL, "sampling.%s", e.msg);
+    return CV_OK;
+}
+
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
 static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
                    const char *msg) {
@@ -717,6 +740,10 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     if (!slot || injected_fault(inf, slot, call, rid)) goto out;
     if (r.gen && !r.gen->prompt[0]) {
         refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
+        goto out;
+    }
+    if (check_sampling(req_sampling(&r), &err) != CV_OK) {
+        refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, err.msg);
         goto out;
     }
     cv_rpc_code code = r.chat ? chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;

@@ -124,7 +124,7 @@ def main():
         ("prompt longer than the context", ["-p", long_prompt], "longer than the context of 128"),
         ("negative temperature", ["-p", "x", "--temp", "-1"], "temperature"),
         ("top-p above 1", ["-p", "x", "--top-p", "1.5"], "top_p"),
-        ("zero repeat penalty", ["-p", "x", "--repeat-penalty", "0"], "repeat_penalty"),
+        ("zero repeat penalty", ["-p", "x", "--repeat-penalty", "0"], "repetition_penalty"),
         ("unknown kv type", ["-p", "x", "--kv-type", "q8"], "--kv-type 'q8'"),
         ("prompt id outside the vocabulary", ["--prompt-ids", "1,512"], "below 512"),
         ("context above the model's", ["-p", "x", "--ctx", "4096"], "exceeds the model's context"),

@@ -110,15 +110,27 @@ static void test_validation_names_field_and_value(void **state) {
     expect_invalid(p, "min_p", "-0.1");
     p = plain(1.0f);
     p.repeat_penalty = 0.0f;
-    expect_invalid(p, "repeat_penalty", "0");
+    expect_invalid(p, "repetition_penalty", "0");
     p.repeat_penalty = -1.0f;
-    expect_invalid(p, "repeat_penalty", "-1");
+    expect_invalid(p, "repetition_penalty", "-1");
     p = plain(1.0f);
     p.repeat_last_n = -1;
-    expect_invalid(p, "repeat_last_n", "-1");
+    expect_invalid(p, "repetition_window", "-1");
     p = plain(1.0f);
     p.top_logprobs = 21;
-    expect_invalid(p, "top_logprobs", "21");
+    expect_invalid(p, "logprobs 21", "21");
+    /* NaN and infinities are "not a number", never "negative" or "outside". */
+    p = plain(1.0f);
+    p.top_p = NAN;
+    expect_invalid(p, "top_p nan", "is not a number");
+    p = plain(INFINITY);
+    expect_invalid(p, "temperature inf", "is not a number");
+    p = plain(1.0f);
+    p.min_p = -INFINITY;
+    expect_invalid(p, "min_p -inf", "is not a number");
+    p = plain(1.0f);
+    p.repeat_penalty = NAN;
+    expect_invalid(p, "repetition_penalty nan", "is not a number");
 
     cv_error e = {0};
     cv_sampler *s = NULL;
