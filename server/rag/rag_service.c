@@ -1,6 +1,7 @@
 #include "rag_service.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -324,7 +325,10 @@ static cv_status resolve(const cv_rag_service *s, const cv_rag_query *q, const k
     if (*top_k > CV_RAG_MAX_TOP_K)
         return cv_errorf(err, CV_EINVAL, "rag.top_k: %u is above the limit %d", *top_k, CV_RAG_MAX_TOP_K);
     *min_score = q->min_score != 0 ? q->min_score : s->min_score;
-    if (!(*min_score >= 0)) return cv_errorf(err, CV_EINVAL, "rag.min_score: %g is negative", (double)*min_score);
+    if (!isfinite(*min_score))
+        return cv_errorf(err, CV_EINVAL, "rag.min_score: %g is not a number: NaN and infinities are refused",
+                         (double)*min_score);
+    if (*min_score < 0) return cv_errorf(err, CV_EINVAL, "rag.min_score: %g is negative", (double)*min_score);
     *answer = s->answer_policy;
     cv_status st;
     if (q->policy && q->policy[0] && (st = parse_policy(q->policy, "rag.policy", answer, err)) != CV_OK) return st;
