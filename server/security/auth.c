@@ -282,11 +282,11 @@ static cv_auth_verdict refuse(cv_auth *a, cv_auth_result *res, cv_auth_verdict c
     return code;
 }
 
-/* The token after "Bearer " (scheme case-insensitive, RFC 6750), trimmed; NULL if the
- * scheme is another one. */
+/* The token after "Bearer " (scheme case-insensitive, RFC 6750), trimmed; *len 0 when
+ * the scheme comes without a token; NULL if the scheme is another one. */
 static const char *bearer_token(const char *v, size_t *len) {
     while (*v == ' ' || *v == '\t') v++;
-    if (strncasecmp(v, "bearer", 6) != 0 || (v[6] != ' ' && v[6] != '\t')) return NULL;
+    if (strncasecmp(v, "bearer", 6) != 0 || (v[6] && v[6] != ' ' && v[6] != '\t')) return NULL;
     v += 6;
     while (*v == ' ' || *v == '\t') v++;
     size_t n = strlen(v);
@@ -336,6 +336,9 @@ cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *author
             return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
                           "authorization scheme '%s' is not supported: use Bearer", scheme);
         }
+        if (len == 0)
+            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
+                          "the Bearer token is missing: send 'authorization: Bearer <JWT>'");
         cv_jwt_claims c;
         if (cv_jwt_verify(a->jwt, tok, len, &c, &e) != CV_OK)
             return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer, "invalid token: %s", e.msg);

@@ -124,7 +124,9 @@ static void test_full_policy(void **state) {
     expect(a, ADMIN, NULL, OKPEER, CV_AUTH_UNAUTHENTICATED, "missing authorization metadata");
     expect(a, ADMIN, "Basic b3BzOnB3", OKPEER, CV_AUTH_UNAUTHENTICATED,
            "authorization scheme 'Basic' is not supported: use Bearer");
-    expect(a, ADMIN, "Bearer", OKPEER, CV_AUTH_UNAUTHENTICATED, "scheme 'Bearer' is not supported");
+    expect(a, ADMIN, "Bearer", OKPEER, CV_AUTH_UNAUTHENTICATED, "the Bearer token is missing");
+    expect(a, ADMIN, "  bearer \t ", OKPEER, CV_AUTH_UNAUTHENTICATED, "the Bearer token is missing");
+    expect(a, ADMIN, "Bearerx", OKPEER, CV_AUTH_UNAUTHENTICATED, "scheme 'Bearerx' is not supported");
     expect(a, ADMIN, old, OKPEER, CV_AUTH_UNAUTHENTICATED, "invalid token: token expired at");
     expect(a, ADMIN, "Bearer a.b", OKPEER, CV_AUTH_UNAUTHENTICATED, "invalid token: token has 2 parts");
     /* Then the scope. */
@@ -181,8 +183,8 @@ static void test_full_policy(void **state) {
     }
     fclose(f);
     assert_int_equal(perm, 6);
-    assert_int_equal(unauth, 6);
-    assert_int_equal(n, 12);
+    assert_int_equal(unauth, 8);
+    assert_int_equal(n, 14);
     free(adm);
     free(inf);
     free(old);
