@@ -316,6 +316,10 @@ cv_status cv_rag_index_open(const char *path, unsigned flags, cv_rag_index **out
     return CV_OK;
 }
 
+cv_status cv_rag_index_open_verified(const char *path, cv_rag_index **out, cv_error *err) {
+    return cv_rag_index_open(path, CV_RAG_VERIFY_CRC, out, err);
+}
+
 void cv_rag_index_close(cv_rag_index *ix) {
     if (!ix) return;
     if (ix->map) munmap(ix->map, ix->size);

@@ -78,6 +78,11 @@ enum { CV_RAG_VERIFY_CRC = 1 };
 
 cv_status cv_rag_index_open(const char *path, unsigned flags, cv_rag_index **out,
                             cv_error *err);
+/* The one way an index is opened to be served or queried: the server's knowledge bases
+ * and every corvid-index command that reads one (query, add, info). Every structural
+ * check and the CRC-32 of every section (cv_rag_index_open with CV_RAG_VERIFY_CRC), so a
+ * file the server refuses is refused by the CLI too. */
+cv_status cv_rag_index_open_verified(const char *path, cv_rag_index **out, cv_error *err);
 /* Same checks on a buffer that stays owned by the caller (fuzzing, tests). */
 cv_status cv_rag_index_open_mem(const void *data, size_t size, unsigned flags,
                                 cv_rag_index **out, cv_error *err);

@@ -85,7 +85,7 @@ static cv_status open_kbs(cv_rag_service *s, const char *spec, cv_error *err) {
         char *path = strndup(eq + 1, (size_t)(p + n - eq - 1));
         if (!path) return cv_errorf(err, CV_ENOMEM, "rag_knowledge_bases: out of memory");
         cv_error e = {0};
-        cv_status st = cv_rag_index_open(path, CV_RAG_VERIFY_CRC, &k->ix, &e);
+        cv_status st = cv_rag_index_open_verified(path, &k->ix, &e);
         if (st != CV_OK) {
             cv_errorf(err, st, "rag_knowledge_bases: knowledge base \"%s\" (%s): %s", k->name, path, e.msg);
             free(path);

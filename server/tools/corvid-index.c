@@ -213,7 +213,7 @@ static int cmd_add(args *a) {
     cv_rag_index *ix = NULL;
     cv_rag_builder *b = NULL;
     if (a->n_pos < 2) USAGE_ERROR("add needs INDEX and at least one INPUT");
-    if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
+    if (cv_rag_index_open_verified(a->pos[0], &ix, &e)) return fail(&e);
     cv_rag_index_info info;
     cv_rag_index_info_get(ix, &info);
     cv_rag_build_opts o;
@@ -280,7 +280,7 @@ static int cmd_query(args *a) {
     cv_rag_hit hits[1000];
     size_t n = 0;
     if (a->n_pos != 2) USAGE_ERROR("query needs INDEX and one question");
-    if (cv_rag_index_open(a->pos[0], 0, &ix, &e)) return fail(&e);
+    if (cv_rag_index_open_verified(a->pos[0], &ix, &e)) return fail(&e);
     cv_rag_search_opts so = {a->k1, a->b, a->chunks ? 0 : 1};
     int rc = 1;
     if (cv_rag_searcher_create(ix, &s, &e) ||
@@ -309,7 +309,7 @@ static int cmd_info(args *a) {
     cv_error e = {0};
     cv_rag_index *ix = NULL;
     if (a->n_pos != 1) USAGE_ERROR("info needs one INDEX");
-    if (cv_rag_index_open(a->pos[0], CV_RAG_VERIFY_CRC, &ix, &e)) return fail(&e);
+    if (cv_rag_index_open_verified(a->pos[0], &ix, &e)) return fail(&e);
     cv_rag_index_info i;
     cv_rag_index_info_get(ix, &i);
     printf("documents %u\nchunks %u\nterms %u\nchunk_chars %u\noverlap_chars %u\nk1 %g\nb %g\n"

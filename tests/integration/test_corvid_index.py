@@ -1,6 +1,7 @@
 """corvid-index end to end: build, query (text and JSON), add, info, a small recall
 check on tests/data/rag/questions.jsonl, and clean failures on bad inputs and on a
-corrupted index. Prints "N passed, N failed"."""
+corrupted index (query refuses every single-bit flip that corvid-server refuses).
+Prints "N passed, N failed"."""
 import json
 import os
 import random
@@ -116,6 +117,29 @@ def main():
         check(f"corrupt {trial}", rc in (0, 1) and (rc == 0 or "corvid-index: index" in err), f"rc {rc} {err}")
         rc, _, err = run("info", path)  # info verifies CRCs
         check(f"corrupt crc {trial}", rc == 1 or cor == data, f"rc {rc} {err}")
+
+    # single-bit flips anywhere in the file: `query` opens the index the way the server
+    # does (CRCs included), so it refuses exactly the flips the server refuses
+    server = os.path.join(os.environ["CORVID_BIN"], "corvid-server")
+    flips = random.sample(range(len(data) * 8), min(200, len(data) * 8))
+    server_refused = cli_refused = 0
+    mismatches = []
+    for bit in flips:
+        cor = bytearray(data)
+        cor[bit // 8] ^= 1 << (bit % 8)
+        path = os.path.join(tmp, "flip.idx")
+        with open(path, "wb") as f:
+            f.write(cor)
+        srv = subprocess.run([server, "--rag-kb", "docs=" + path, "--check-config"], capture_output=True,
+                             text=True, timeout=60)
+        rc, _, err = run("query", path, "refund 退货")
+        server_refused += srv.returncode != 0
+        cli_refused += rc != 0
+        if (srv.returncode != 0) != (rc != 0) or (rc != 0 and "corvid-index: index" not in err):
+            mismatches.append((bit, srv.returncode, rc, err.strip()[:120]))
+    check(f"bit flips: query refuses every flip the server refuses ({cli_refused} of {len(flips)} refused "
+          f"by the CLI, {server_refused} by the server)", not mismatches and server_refused > len(flips) // 2,
+          mismatches[:5])
 
     for f in os.listdir(tmp):
         os.unlink(os.path.join(tmp, f))
