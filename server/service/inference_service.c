@@ -548,6 +548,16 @@ static cv_status encode_messages(const cv_tok *tok, cv_chat_family fam,
     return st;
 }
 
+/* cv_chat_check on a request's messages. */
+static cv_status check_messages(cv_chat_family fam, Corvid__V1__ChatMessage *const *m, size_t n, cv_error *err) {
+    cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i]->role, m[i]->content};
+    cv_status st = cv_chat_check(fam, msgs, n, err);
+    free(msgs);
+    return st;
+}
+
 /* A Generate or Chat request: exactly one of gen / chat, and the chat template it gets. */
 typedef struct infer_req {
     Corvid__V1__GenerateRequest *gen;
@@ -749,6 +759,12 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     cv_rpc_code code = r.chat ? chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;
     if (code != CV_RPC_OK) {
         refuse(inf, slot, call, rid, code, err.msg);
+        goto out;
+    }
+    /* Roles and their order, on the messages as sent (a RAG request adds a system
+     * message later, which would shift the indices the errors name). */
+    if (r.chat && check_messages(r.fam, r.chat->messages, r.chat->n_messages, &err) != CV_OK) {
+        refuse(inf, slot, call, rid, code_of(err.code), err.msg);
         goto out;
     }
     if (ro && ro->enable) {

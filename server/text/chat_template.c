@@ -198,14 +198,14 @@ typedef enum { SYSTEM, USER, ASSISTANT } role;
 static cv_status roles_of(const cv_chat_msg *msgs, size_t n, role *roles, cv_error *err) {
     for (size_t i = 0; i < n; i++) {
         if (!msgs[i].role || !msgs[i].content)
-            return cv_errorf(err, CV_EINVAL, "chat message %zu has no %s", i,
+            return cv_errorf(err, CV_EINVAL, "messages[%zu].%s: missing", i,
                              msgs[i].role ? "content" : "role");
         if (strcmp(msgs[i].role, "system") == 0) roles[i] = SYSTEM;
         else if (strcmp(msgs[i].role, "user") == 0) roles[i] = USER;
         else if (strcmp(msgs[i].role, "assistant") == 0) roles[i] = ASSISTANT;
         else
             return cv_errorf(err, CV_EINVAL,
-                             "chat message %zu has role '%.32s': use system, user or assistant",
+                             "messages[%zu].role: '%.32s' is not a role: use system, user or assistant",
                              i, msgs[i].role);
     }
     return CV_OK;
@@ -218,15 +218,15 @@ static cv_status check_alternation(cv_chat_family f, const role *roles, size_t n
     size_t start = n > 0 && roles[0] == SYSTEM ? 1 : 0;
     if (start == n)
         return cv_errorf(err, CV_EINVAL,
-                         "%s template: the system message needs a user message after it",
+                         "messages: the %s template: the system message needs a user message after it",
                          cv_chat_family_name(f));
     for (size_t i = start; i < n; i++) {
         role want = (i - start) % 2 == 0 ? USER : ASSISTANT;
         if (roles[i] != want)
             return cv_errorf(err, CV_EINVAL,
-                             "%s template: message %zu should be %s: after an optional first "
-                             "system message, roles must alternate user/assistant",
-                             cv_chat_family_name(f), i, want == USER ? "user" : "assistant");
+                             "messages[%zu].role: the %s template needs %s here: after an optional "
+                             "first system message, roles must alternate user/assistant",
+                             i, cv_chat_family_name(f), want == USER ? "user" : "assistant");
     }
     *first = start;
     return CV_OK;
@@ -327,19 +327,36 @@ void cv_chat_prompt_free(cv_chat_prompt *p) {
     memset(p, 0, sizeof *p);
 }
 
+/* The checks of cv_chat_check; roles (n entries) and *first filled in. */
+static cv_status check_chat(cv_chat_family f, const cv_chat_msg *msgs, size_t n, role *roles, size_t *first,
+                            cv_error *err) {
+    if ((unsigned)f >= N_FAMILIES)
+        return cv_errorf(err, CV_EINVAL, "chat template family %d does not exist", (int)f);
+    if (n == 0) return cv_errorf(err, CV_EINVAL, "messages: the chat has no messages");
+    *first = 0;
+    cv_status st = roles_of(msgs, n, roles, err);
+    if (st == CV_OK && (f == CV_CHAT_LLAMA2 || f == CV_CHAT_GEMMA))
+        st = check_alternation(f, roles, n, first, err);
+    return st;
+}
+
+cv_status cv_chat_check(cv_chat_family f, const cv_chat_msg *msgs, size_t n, cv_error *err) {
+    role *roles = malloc((n ? n : 1) * sizeof *roles);
+    if (!roles) return cv_errorf(err, CV_ENOMEM, "roles of %zu chat messages", n);
+    size_t first;
+    cv_status st = check_chat(f, msgs, n, roles, &first, err);
+    free(roles);
+    return st;
+}
+
 cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
                         bool add_generation_prompt, cv_chat_prompt *out, cv_error *err) {
     memset(out, 0, sizeof *out);
-    if ((unsigned)f >= N_FAMILIES)
-        return cv_errorf(err, CV_EINVAL, "chat template family %d does not exist", (int)f);
-    if (n == 0) return cv_errorf(err, CV_EINVAL, "the chat has no messages");
-    role *roles = malloc(n * sizeof *roles);
+    role *roles = malloc((n ? n : 1) * sizeof *roles);
     if (!roles) return cv_errorf(err, CV_ENOMEM, "roles of %zu chat messages", n);
     sb b = {0};
     size_t first = 0;
-    cv_status st = roles_of(msgs, n, roles, err);
-    if (st == CV_OK && (f == CV_CHAT_LLAMA2 || f == CV_CHAT_GEMMA))
-        st = check_alternation(f, roles, n, &first, err);
+    cv_status st = check_chat(f, msgs, n, roles, &first, err);
     if (st != CV_OK) goto done;
     switch (f) {
     case CV_CHAT_LLAMA2: render_llama2(&b, msgs, roles, n, first); break;

@@ -66,6 +66,10 @@ typedef struct cv_chat_prompt {
  * starting with user). */
 cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
                         bool add_generation_prompt, cv_chat_prompt *out, cv_error *err);
+/* Only the checks of cv_chat_apply (nothing rendered), for a caller that wants them
+ * before other work. Messages name the request's fields ("messages[2].role: ..."), so
+ * pass the messages as the client sent them. */
+cv_status cv_chat_check(cv_chat_family f, const cv_chat_msg *msgs, size_t n, cv_error *err);
 void cv_chat_prompt_free(cv_chat_prompt *p);
 
 /* The prompt ids for msgs with the generation prompt, as a chat must be tokenized:

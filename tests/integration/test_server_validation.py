@@ -146,6 +146,24 @@ def limits_use_api_names_and_sent_values(srv):
             assert "-1" not in details and "2147483647" not in details, details  # not wrapped, not clamped
 
 
+def chat_roles_named_as_sent(srv, rag):
+    """messages[i].role with the client's index, RAG requests (which add a system message
+    of their own) included; an empty chat names messages."""
+    for server, opts in ((srv, None), (rag, pb.RagOptions(enable=True))):
+        msgs = [pb.ChatMessage(role="user", content="Hi"), pb.ChatMessage(role="tool", content="x")]
+        code, details = call(server, "Chat", True,
+                             pb.ChatRequest(chat_template="chatml", messages=msgs, rag=opts).SerializeToString())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("messages[1].role:") \
+            and "'tool'" in details, (opts, code, details)
+        msgs = [pb.ChatMessage(role="user", content="Hi"), pb.ChatMessage(role="user", content="again")]
+        code, details = call(server, "Chat", True,
+                             pb.ChatRequest(chat_template="gemma", messages=msgs, rag=opts).SerializeToString())
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("messages[1].role:"), \
+            (opts, code, details)
+    code, details = call(srv, "Chat", True, pb.ChatRequest(chat_template="chatml").SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("messages:"), (code, details)
+
+
 def rag_min_score_not_a_number(rag_srv):
     for v, needle in [(float("nan"), "not a number"), (float("inf"), "not a number"),
                       (float("-inf"), "not a number"), (-1.0, "is negative")]:
@@ -211,14 +229,16 @@ def main():
         c.run("a NUL from the client is refused, not cut", nul_set_from_python_is_refused, srv)
         c.run("request_id, model, rag.sources are checked too", other_text_fields_are_checked, srv)
         c.run("limits: API names, unwrapped unsigned values, NaN", limits_use_api_names_and_sent_values, srv)
+        rag = Server("--model", MODEL, "--threads", "1", "--rag-kb", "docs=" + build_kb())
+        try:
+            c.run("rag.min_score NaN/Inf: not a number", rag_min_score_not_a_number, rag)
+            c.run("RAG question with a knowledge base: refused before retrieval", rag_question_checked_with_kb, rag)
+            c.run("chat roles named messages[i].role as sent, with and without RAG", chat_roles_named_as_sent, srv,
+                  rag)
+        finally:
+            rag.stop()
     finally:
         srv.stop()
-    rag = Server("--model", MODEL, "--threads", "1", "--rag-kb", "docs=" + build_kb())
-    try:
-        c.run("rag.min_score NaN/Inf: not a number", rag_min_score_not_a_number, rag)
-        c.run("RAG question with a knowledge base: refused before retrieval", rag_question_checked_with_kb, rag)
-    finally:
-        rag.stop()
     c.run("Bearer without a token: the token is missing", bearer_without_token)
     c.finish()
 

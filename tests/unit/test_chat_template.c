@@ -73,9 +73,9 @@ static void test_llama2(void **state) {
                   "[INST] <<SYS>>\nYou are terse.\n<</SYS>>\n\nHi there [/INST] Hello! </s>"
                   "<s>[INST] 2+2? [/INST]");
     expect_prompt(CV_CHAT_LLAMA2, chat + 1, 1, true, "[INST] Hi there [/INST]");
-    expect_error(CV_CHAT_LLAMA2, chat + 2, 2, "message 0 should be user");
+    expect_error(CV_CHAT_LLAMA2, chat + 2, 2, "messages[0].role: the llama2 template needs user here");
     const cv_chat_msg late_system[] = {MSG("user", "a"), MSG("system", "b")};
-    expect_error(CV_CHAT_LLAMA2, late_system, 2, "message 1 should be assistant");
+    expect_error(CV_CHAT_LLAMA2, late_system, 2, "messages[1].role: the llama2 template needs assistant here");
 }
 
 /* meta-llama/Meta-Llama-3-8B-Instruct */
@@ -137,9 +137,9 @@ static void test_gemma(void **state) {
                   "<start_of_turn>model\nBonjour<end_of_turn>\n"
                   "<start_of_turn>user\nMerci<end_of_turn>\n<start_of_turn>model\n");
     expect_prompt(CV_CHAT_GEMMA, chat + 3, 1, false, "<start_of_turn>user\nMerci<end_of_turn>\n");
-    expect_error(CV_CHAT_GEMMA, chat, 1, "system message needs a user message after it");
+    expect_error(CV_CHAT_GEMMA, chat, 1, "messages: the gemma template: the system message needs a user message after it");
     const cv_chat_msg twice[] = {MSG("user", "a"), MSG("user", "b")};
-    expect_error(CV_CHAT_GEMMA, twice, 2, "gemma template: message 1 should be assistant");
+    expect_error(CV_CHAT_GEMMA, twice, 2, "messages[1].role: the gemma template needs assistant");
 }
 
 /* Every message's text is a content span, as trimmed by the template; the
@@ -173,9 +173,9 @@ static void test_content_spans(void **state) {
 static void test_bad_messages(void **state) {
     (void)state;
     const cv_chat_msg tool[] = {MSG("user", "a"), MSG("tool", "{}")};
-    expect_error(CV_CHAT_CHATML, tool, 2, "message 1 has role 'tool'");
+    expect_error(CV_CHAT_CHATML, tool, 2, "messages[1].role: 'tool' is not a role");
     const cv_chat_msg no_content[] = {{.role = "user", .content = NULL}};
-    expect_error(CV_CHAT_LLAMA3, no_content, 1, "message 0 has no content");
+    expect_error(CV_CHAT_LLAMA3, no_content, 1, "messages[0].content: missing");
     expect_error(CV_CHAT_LLAMA3, tool, 0, "no messages");
     expect_error((cv_chat_family)42, tool, 1, "family 42");
 }
