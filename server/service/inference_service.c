@@ -527,8 +527,12 @@ static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const 
 static cv_rpc_code chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam,
                                cv_error *err) {
     *fam = slot->chat_family;
-    if (name[0])
-        return cv_chat_family_from_name(name, fam, err) == CV_OK ? CV_RPC_OK : CV_RPC_INVALID_ARGUMENT;
+    if (name[0]) {
+        cv_error e = {0};
+        if (cv_chat_family_from_name(name, fam, &e) == CV_OK) return CV_RPC_OK;
+        cv_errorf(err, e.code, "chat_template: %s", e.msg);
+        return CV_RPC_INVALID_ARGUMENT;
+    }
     if (slot->has_chat) return CV_RPC_OK;
     cv_errorf(err, CV_EUNSUPPORTED,
               "chat_template: the model's file names no known chat template; name one "

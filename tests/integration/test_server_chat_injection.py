@@ -121,7 +121,7 @@ def tokenize_argument_errors(srv):
     expect_status(lambda: tokenize(srv.addr, messages=m, chat_template="vicuna"),
                   grpc.StatusCode.INVALID_ARGUMENT, "unknown chat template 'vicuna'")
     expect_status(lambda: tokenize(srv.addr, messages=[("tool", "x")], chat_template="chatml"),
-                  grpc.StatusCode.INVALID_ARGUMENT, "role 'tool'")
+                  grpc.StatusCode.INVALID_ARGUMENT, "messages[0].role: 'tool' is not a role")
     # raw leaves the BOS out, as for text.
     a = tokenize(srv.addr, messages=m, chat_template="llama2")
     b = tokenize(srv.addr, messages=m, chat_template="llama2", raw=True)

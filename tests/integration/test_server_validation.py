@@ -162,6 +162,10 @@ def chat_roles_named_as_sent(srv, rag):
             (opts, code, details)
     code, details = call(srv, "Chat", True, pb.ChatRequest(chat_template="chatml").SerializeToString())
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("messages:"), (code, details)
+    code, details = call(srv, "Chat", True, pb.ChatRequest(chat_template="vicuna", messages=[
+        pb.ChatMessage(role="user", content="Hi")]).SerializeToString())
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith("chat_template: unknown chat template"), \
+        (code, details)
 
 
 def rag_min_score_not_a_number(rag_srv):
