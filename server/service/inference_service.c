@@ -1,8 +1,8 @@
 #include "inference_service.h"
 
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -788,28 +788,24 @@ out:
     req_free(&r);
 }
 
-/* Every request of this service is unpacked here, and only here: its text fields
- * (prompt, messages[i].content and role, sampling.stop[i], text, rag.*, ...) are checked
- * for UTF-8 and NUL in one pass (rpc_message.h says how and why). NULL after answering
- * INVALID_ARGUMENT. */
-static void *unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call, const uint8_t *req,
-                            size_t len) {
-    return cv_rpc_unpack_request(desc, call, req, len);
-}
+/* Every request of this service is unpacked by cv_rpc_unpack_request, and only there
+ * are its text fields (prompt, messages[i].content and role, sampling.stop[i], text,
+ * rag.*, ...) checked, for UTF-8 and NUL in one pass (rpc_message.h says how and why);
+ * NULL after it answered INVALID_ARGUMENT. */
 
 static void on_generate(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    Corvid__V1__GenerateRequest *r = unpack_request(&corvid__v1__generate_request__descriptor, call, req, len);
+    Corvid__V1__GenerateRequest *r = cv_rpc_unpack_request(&corvid__v1__generate_request__descriptor, call, req, len);
     if (r) serve(ctx, call, (infer_req){.gen = r});
 }
 
 static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    Corvid__V1__ChatRequest *r = unpack_request(&corvid__v1__chat_request__descriptor, call, req, len);
+    Corvid__V1__ChatRequest *r = cv_rpc_unpack_request(&corvid__v1__chat_request__descriptor, call, req, len);
     if (r) serve(ctx, call, (infer_req){.chat = r});
 }
 
 static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_infer *inf = ctx;
-    Corvid__V1__TokenizeRequest *r = unpack_request(&corvid__v1__tokenize_request__descriptor, call, req, len);
+    Corvid__V1__TokenizeRequest *r = cv_rpc_unpack_request(&corvid__v1__tokenize_request__descriptor, call, req, len);
     if (!r) return;
     int32_t *ids = NULL;
     size_t n = 0;
@@ -872,7 +868,8 @@ out:
 
 static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_infer *inf = ctx;
-    Corvid__V1__ListModelsRequest *r = unpack_request(&corvid__v1__list_models_request__descriptor, call, req, len);
+    Corvid__V1__ListModelsRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__list_models_request__descriptor, call, req, len);
     if (!r) return;
     cv_rpc_free_request(&r->base);
     cv_slot_info info[CV_ROUTER_MAX_VERSIONS];

@@ -108,8 +108,8 @@ static int check_message(const ProtobufCMessage *m, const char *prefix, char *ms
 
 int cv_rpc_check_text(const ProtobufCMessage *m, char *msg, size_t cap) { return check_message(m, "", msg, cap); }
 
-ProtobufCMessage *cv_rpc_unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call,
-                                        const uint8_t *data, size_t len) {
+void *cv_rpc_unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call,
+                            const uint8_t *data, size_t len) {
     char msg[PATH_MAX_LEN + 100];
     ProtobufCMessage *m = protobuf_c_message_unpack(desc, &cv_rpc_pb_allocator, len, data);
     if (!m) {

@@ -31,8 +31,8 @@ void cv_rpc_reply_message(cv_rpc_call *call, const ProtobufCMessage *m);
 /* Unpacks a request of type desc with the sized allocator and checks its text; NULL
  * after answering INVALID_ARGUMENT ("malformed <Type>", or the field, the problem and
  * its byte offset). Free the message with cv_rpc_free_request. */
-ProtobufCMessage *cv_rpc_unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call,
-                                        const uint8_t *data, size_t len);
+void *cv_rpc_unpack_request(const ProtobufCMessageDescriptor *desc, cv_rpc_call *call,
+                            const uint8_t *data, size_t len);
 void cv_rpc_free_request(ProtobufCMessage *m);
 
 /* The allocator cv_rpc_unpack_request uses (for messages unpacked or freed elsewhere). */

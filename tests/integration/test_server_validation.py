@@ -82,7 +82,8 @@ def cases():
              pb.ChatMessage(role="user", content="Hé " + m)]), "messages[0].content"),
         ("Tokenize text", "Tokenize", False, lambda m: pb.TokenizeRequest(text="Hé " + m), "text"),
         ("Tokenize message", "Tokenize", False,
-         lambda m: pb.TokenizeRequest(chat_template="chatml", messages=[pb.ChatMessage(role="user", content="Hé " + m)]),
+         lambda m: pb.TokenizeRequest(chat_template="chatml",
+                                      messages=[pb.ChatMessage(role="user", content="Hé " + m)]),
          "messages[0].content"),
     ]
 
@@ -218,7 +219,8 @@ def bearer_without_token():
 def build_kb():
     src = os.path.join(TMP, "kb.jsonl")
     with open(src, "w", encoding="utf-8") as f:
-        f.write(json.dumps({"id": "mascot", "title": "Mascot", "text": "The corvid mascot is a raven named Quill."}) + "\n")
+        f.write(json.dumps({"id": "mascot", "title": "Mascot",
+                            "text": "The corvid mascot is a raven named Quill."}) + "\n")
     out = os.path.join(TMP, "kb.cvidx")
     subprocess.run([os.path.join(BIN, "corvid-index"), "build", src, "-o", out], check=True, capture_output=True)
     return out

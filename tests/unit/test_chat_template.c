@@ -137,7 +137,8 @@ static void test_gemma(void **state) {
                   "<start_of_turn>model\nBonjour<end_of_turn>\n"
                   "<start_of_turn>user\nMerci<end_of_turn>\n<start_of_turn>model\n");
     expect_prompt(CV_CHAT_GEMMA, chat + 3, 1, false, "<start_of_turn>user\nMerci<end_of_turn>\n");
-    expect_error(CV_CHAT_GEMMA, chat, 1, "messages: the gemma template: the system message needs a user message after it");
+    expect_error(CV_CHAT_GEMMA, chat, 1,
+                 "messages: the gemma template: the system message needs a user message after it");
     const cv_chat_msg twice[] = {MSG("user", "a"), MSG("user", "b")};
     expect_error(CV_CHAT_GEMMA, twice, 2, "messages[1].role: the gemma template needs assistant");
 }
