@@ -1,9 +1,12 @@
 #include "router.h"
 
+#include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "model_fetch.h"
 #include "timing.h"
@@ -28,6 +31,8 @@ struct cv_router {
     pthread_t op_thread;
     uint64_t rr;            /* round robin for requests without an id */
     int stopping;
+    int abandoned;          /* cv_router_stop gave up waiting for the op's thread */
+    atomic_int op_cancel;   /* the running load should stop */
 };
 
 const char *cv_slot_state_name(cv_slot_state s) {
@@ -67,9 +72,35 @@ cv_status cv_router_new(const cv_router_options *opt, cv_router **out, cv_error 
     return CV_OK;
 }
 
-static void join_op(cv_router *r) {
+void cv_router_cancel(cv_router *r) {
+    if (!r) return;
     pthread_mutex_lock(&r->mu);
+    r->stopping = 1;
+    atomic_store(&r->op_cancel, 1);
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits for the running op to end, at most stop_wait_s; then reaps its thread, or
+ * leaves it running (abandoned). */
+static void join_op(cv_router *r) {
+    double wait_s = r->opt.stop_wait_s > 0 ? r->opt.stop_wait_s : 5.0;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)wait_s;
+    until.tv_nsec += (long)((wait_s - (double)(time_t)wait_s) * 1e9);
+    if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+    pthread_mutex_lock(&r->mu);
+    int timed_out = 0;
+    while (r->op != OP_NONE && !timed_out)
+        timed_out = pthread_cond_timedwait(&r->cv, &r->mu, &until) == ETIMEDOUT;
     int live = r->op_thread_live;
+    if (r->op != OP_NONE) {
+        r->abandoned = 1;
+        if (live) pthread_detach(r->op_thread);
+        live = 0;
+        pthread_cond_broadcast(&r->cv);
+    }
     r->op_thread_live = 0;
     pthread_mutex_unlock(&r->mu);
     if (live) pthread_join(r->op_thread, NULL);
@@ -77,10 +108,7 @@ static void join_op(cv_router *r) {
 
 void cv_router_stop(cv_router *r) {
     if (!r) return;
-    pthread_mutex_lock(&r->mu);
-    r->stopping = 1;
-    pthread_cond_broadcast(&r->cv);
-    pthread_mutex_unlock(&r->mu);
+    cv_router_cancel(r);
     join_op(r);
     for (int i = 0; i < CV_ROUTER_MAX_VERSIONS; i++) cv_slot_stop(r->e[i].slot);
 }
@@ -88,6 +116,7 @@ void cv_router_stop(cv_router *r) {
 void cv_router_free(cv_router *r) {
     if (!r) return;
     cv_router_stop(r);
+    if (r->abandoned) return; /* its load thread still uses it; the process is ending */
     for (int i = 0; i < CV_ROUTER_MAX_VERSIONS; i++) {
         cv_slot_free(r->e[i].slot);
         entry_clear(&r->e[i]);
@@ -198,6 +227,7 @@ static cv_status claim_op_locked(cv_router *r, op_kind k, const char *version, c
         return cv_errorf(err, CV_EBUSY, "another operation is running: %s of version \"%s\"; retry when it ends",
                          r->op == OP_LOAD ? "load" : "unload", r->op_version);
     r->op = k;
+    atomic_store(&r->op_cancel, 0);
     snprintf(r->op_version, sizeof r->op_version, "%s", version);
     return CV_OK;
 }
@@ -224,16 +254,25 @@ static void *load_thread(void *arg) {
     double t0 = cv_seconds();
     cv_error err = {0};
     cv_slot *slot = NULL;
-    cv_status st = cv_model_fetch(uri, sha, r->opt.cache_dir, r->opt.max_download_bytes, path, sizeof path, &err);
-    if (st == CV_OK) st = cv_slot_load(path, a->version, &r->opt.slot, stats, &slot, &err);
+    cv_fetch_opts fo = {.cache_dir = r->opt.cache_dir, .model_dirs = r->opt.model_dirs,
+                        .model_sources = r->opt.model_sources, .max_bytes = r->opt.max_download_bytes,
+                        .cancel = &r->op_cancel};
+    cv_status st = cv_model_fetch(uri, sha, &fo, path, sizeof path, &err);
+    if (st == CV_OK && !atomic_load(&r->op_cancel))
+        st = cv_slot_load(path, a->version, &r->opt.slot, stats, &slot, &err);
 
     pthread_mutex_lock(&r->mu);
     en = find_locked(r, a->version);
     en->info.load_seconds = cv_seconds() - t0;
-    if (st != CV_OK || r->stopping) {
+    int forget = atomic_load(&r->op_cancel) && !r->stopping;
+    if (forget) {
+        /* Unloaded while loading: forget it. */
+        snprintf(en->info.message, sizeof en->info.message, "cancelled by an unload");
+        en->info.state = CV_SLOT_FAILED;
+    } else if (st != CV_OK || r->stopping) {
         en->info.state = CV_SLOT_FAILED;
         snprintf(en->info.message, sizeof en->info.message, "%s",
-                 st != CV_OK ? err.msg : "the server stopped while loading");
+                 r->stopping ? "the server stopped while loading" : err.msg);
     } else {
         en->slot = slot;
         slot = NULL;
@@ -248,6 +287,11 @@ static void *load_thread(void *arg) {
     pthread_mutex_unlock(&r->mu);
     if (r->opt.on_load) r->opt.on_load(r->opt.on_load_ctx, uri, ready, detail);
     cv_slot_free(slot);
+    if (forget) {
+        pthread_mutex_lock(&r->mu);
+        if ((en = find_locked(r, a->version))) entry_clear(en);
+        pthread_mutex_unlock(&r->mu);
+    }
     end_op(r);
     free(a);
     return NULL;
@@ -315,7 +359,9 @@ cv_status cv_router_load(cv_router *r, const char *version, const char *uri, con
                          sizeof r->e[0].info.version - 1);
     if (!uri || !*uri || strlen(uri) >= sizeof r->e[0].info.uri)
         return cv_errorf(err, CV_EINVAL, "uri: a path or URL is required");
-    cv_status st = cv_model_fetch_check(uri, sha256, r->opt.cache_dir, err);
+    cv_fetch_opts fo = {.cache_dir = r->opt.cache_dir, .model_dirs = r->opt.model_dirs,
+                        .model_sources = r->opt.model_sources};
+    cv_status st = cv_model_fetch_check(uri, sha256, &fo, err);
     if (st != CV_OK) return st;
     pthread_mutex_lock(&r->mu);
     entry *en = find_locked(r, version);
@@ -355,7 +401,14 @@ cv_status cv_router_unload(cv_router *r, const char *version, int wait, cv_error
     entry *en = find_locked(r, version ? version : "");
     cv_status st = CV_OK;
     if (!en) st = cv_errorf(err, CV_ENOTFOUND, "version \"%.100s\" is not loaded", version ? version : "");
-    else if (en->info.state == CV_SLOT_LOADING || en->info.state == CV_SLOT_DRAINING)
+    else if (en->info.state == CV_SLOT_LOADING && r->op == OP_LOAD && strcmp(r->op_version, version) == 0) {
+        /* Cancel the load: its thread forgets the version when it stops. */
+        atomic_store(&r->op_cancel, 1);
+        snprintf(en->info.message, sizeof en->info.message, "cancelling the load");
+        while (wait && r->op != OP_NONE && !r->abandoned) pthread_cond_wait(&r->cv, &r->mu);
+        pthread_mutex_unlock(&r->mu);
+        return CV_OK;
+    } else if (en->info.state == CV_SLOT_LOADING || en->info.state == CV_SLOT_DRAINING)
         st = cv_errorf(err, CV_EBUSY, "version \"%s\" is %s", version, cv_slot_state_name(en->info.state));
     if (st == CV_OK && en->info.state == CV_SLOT_FAILED) {
         entry_clear(en); /* nothing was loaded: forget it at once */
@@ -396,7 +449,7 @@ cv_status cv_router_set_traffic(cv_router *r, const char *const *versions, const
 
 void cv_router_wait_idle(cv_router *r) {
     pthread_mutex_lock(&r->mu);
-    while (r->op != OP_NONE) pthread_cond_wait(&r->cv, &r->mu);
+    while (r->op != OP_NONE && !r->abandoned) pthread_cond_wait(&r->cv, &r->mu);
     pthread_mutex_unlock(&r->mu);
 }
 

@@ -8,9 +8,15 @@
  * version they started on. Load, traffic and unload operations are serialized: while
  * one runs, another is refused with CV_EBUSY and a message naming the running one.
  *
- * A URI is a local path (or file://) or an http(s) URL, downloaded by libcurl into the
- * cache directory (resumable, size-limited, sha256 required); a sha256, when given, is
+ * A URI is a local path (or file://) under one of model_dirs, or an http(s) URL under
+ * one of model_sources, downloaded by libcurl into the cache directory (resumable,
+ * size-limited, sha256 required): model_fetch.h has the rules. A sha256, when given, is
  * checked before the file is opened. Loading includes a warm-up generation.
+ *
+ * A running load can be cancelled: unloading a loading version stops its download (or
+ * drops the model once it is opened) and forgets the version; cv_router_cancel and
+ * cv_router_stop do the same for shutdown, and cv_router_stop waits at most stop_wait_s
+ * for a load that cannot be stopped (the router is then left to the process's exit).
  */
 #ifndef CV_ROUTER_H
 #define CV_ROUTER_H
@@ -39,6 +45,9 @@ typedef struct cv_router_options {
     void *on_load_ctx;
     char cache_dir[1024];        /* downloads land here */
     uint64_t max_download_bytes; /* 0: no limit */
+    char model_dirs[4096];       /* comma-separated: local URIs must resolve under one */
+    char model_sources[4096];    /* comma-separated URL prefixes; "": no downloads */
+    double stop_wait_s;          /* cv_router_stop's wait for a running load; <= 0: 5 s */
 } cv_router_options;
 
 typedef struct cv_slot_info {
@@ -62,8 +71,12 @@ typedef struct cv_slot_info {
 typedef struct cv_router cv_router;
 
 cv_status cv_router_new(const cv_router_options *opt, cv_router **out, cv_error *err);
-/* Stops every engine (unfinished requests end as cancelled) and frees everything. */
+/* Shutdown begins: new operations are refused and a running load is cancelled. */
+void cv_router_cancel(cv_router *r);
+/* cv_router_cancel, waits for the running operation (at most stop_wait_s), then stops
+ * every engine (unfinished requests end as cancelled). */
 void cv_router_stop(cv_router *r);
+/* Frees everything; a router whose load outlived cv_router_stop is left allocated. */
 void cv_router_free(cv_router *r);
 
 /* A ready slot for a new request, its in-flight count taken. version pins one (smoke
@@ -81,8 +94,9 @@ cv_status cv_router_load(cv_router *r, const char *version, const char *uri, con
  * get a weight above 0. */
 cv_status cv_router_set_traffic(cv_router *r, const char *const *versions, const uint32_t *weights,
                                 int n, cv_error *err);
+/* A ready version drains, then is freed; a loading one is cancelled and forgotten. */
 cv_status cv_router_unload(cv_router *r, const char *version, int wait, cv_error *err);
-/* Blocks until no load or unload runs. */
+/* Blocks until no load or unload runs (or one was abandoned by cv_router_stop). */
 void cv_router_wait_idle(cv_router *r);
 cv_status cv_router_set_fault(cv_router *r, const char *version, float rate, cv_error *err);
 

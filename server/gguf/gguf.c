@@ -707,7 +707,7 @@ cv_status cv_gguf_open_memory(const void *buf, size_t len, cv_gguf **out, cv_err
 
 cv_status cv_gguf_open(const char *path, cv_gguf **out, cv_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block: refused below */
     if (fd < 0)
         return cv_errorf(err, errno == ENOENT ? CV_ENOTFOUND : CV_EIO, "%s: open: %s", path,
                          strerror(errno));

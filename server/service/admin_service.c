@@ -29,6 +29,8 @@ static cv_rpc_code code_of(cv_status st) {
     case CV_ERANGE: return CV_RPC_FAILED_PRECONDITION;
     case CV_EUNAVAILABLE: return CV_RPC_UNAVAILABLE;
     case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
+    case CV_EPERM: return CV_RPC_PERMISSION_DENIED;
+    case CV_ECANCELLED: return CV_RPC_CANCELLED;
     default: return CV_RPC_INTERNAL;
     }
 }

@@ -78,6 +78,12 @@ static const key_spec keys[] = {
         "with TLS: a plaintext port serving only gRPC health", "none"),
     NUM("max_download_mb", "--max-download-mb", K_DOUBLE, max_download_mb, 0.001, 1 << 24, "MB",
         "largest model file a download may bring", NULL),
+    STR("model_dirs", "--model-dirs", model_dirs, "DIR[,DIR...]",
+        "local files Admin.LoadModel may open lie under one of these (after resolving symlinks and ..)",
+        "the model cache dir and the directory of --model"),
+    STR("model_sources", "--model-sources", model_sources, "PREFIX[,PREFIX...]",
+        "URL prefixes Admin.LoadModel may download from (redirects must match too)",
+        "none: remote loads refused"),
     STR("rag_knowledge_bases", "--rag-kb", rag_knowledge_bases, "NAME=PATH[,NAME=PATH...]",
         "RAG knowledge bases (corvid-index files); the first is the default", "none"),
     STR("rag_sources", "--rag-sources", rag_sources, "FILE", "RAG live HTTP sources config", "none"),
@@ -278,6 +284,23 @@ cv_status cv_config_check_files(const cv_config *c, cv_error *err) {
     return CV_OK;
 }
 
+void cv_config_model_dirs(const cv_config *c, char *out, size_t cap) {
+    if (c->model_dirs[0]) {
+        snprintf(out, cap, "%s", c->model_dirs);
+        return;
+    }
+    size_t n = 0;
+    out[0] = 0;
+    if (c->model_cache_dir[0]) n = (size_t)snprintf(out, cap, "%s", c->model_cache_dir);
+    char real[PATH_MAX];
+    if (c->model[0] && realpath(c->model, real)) {
+        char *slash = strrchr(real, '/');
+        if (slash == real) slash[1] = 0;
+        else if (slash) *slash = 0;
+        if (n < cap) snprintf(out + n, cap - n, "%s%s", n ? "," : "", real);
+    }
+}
+
 void cv_config_usage(FILE *f) {
     cv_config d;
     cv_config_defaults(&d);
@@ -314,6 +337,20 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
         return cv_errorf(err, CV_EUNSUPPORTED, "device: this corvid-server was built without CUDA (make CUDA=1)");
     if (strcmp(c->kv_type, "f16") != 0 && strcmp(c->kv_type, "f32") != 0)
         return cv_errorf(err, CV_EINVAL, "kv_type: \"%s\" is neither f16 nor f32", c->kv_type);
+    /* Each model_sources prefix is an http(s) URL with a host: "example.com" alone would
+     * never match, and "http://" alone would allow every host. */
+    for (const char *p = c->model_sources; *p;) {
+        const char *end = strchr(p, ',');
+        size_t n = end ? (size_t)(end - p) : strlen(p);
+        while (n && (*p == ' ' || *p == '\t')) p++, n--;
+        size_t scheme = strncmp(p, "http://", 7) == 0 ? 7 : strncmp(p, "https://", 8) == 0 ? 8 : 0;
+        if (n && (!scheme || n <= scheme || p[scheme] == '/' || p[scheme] == ':'))
+            return cv_errorf(err, CV_EINVAL,
+                             "model_sources: \"%.*s\" is not an http:// or https:// URL prefix with a host",
+                             (int)(n > 200 ? 200 : n), p);
+        if (!end) break;
+        p = end + 1;
+    }
     if (c->max_batch_tokens < c->max_running)
         return cv_errorf(err, CV_EINVAL,
                          "max_batch_tokens (%d) must be at least max_running (%d): every running "

@@ -37,6 +37,9 @@ typedef struct cv_config {
     char health_listen[256];   /* with TLS: plaintext port serving only grpc.health.v1 */
     char model_cache_dir[1024];/* where Admin.LoadModel downloads URLs; "" = downloads refused */
     double max_download_mb;    /* largest model file a download may bring */
+    char model_dirs[4096];     /* "DIR[,DIR...]": Admin loads of local files must lie under one;
+                                * "" = model_cache_dir and the directory of model */
+    char model_sources[4096];  /* "PREFIX[,PREFIX...]": URLs Admin loads may download; "" = none */
     /* RAG (rag_service.h); on when a knowledge base or a sources file is set */
     char rag_knowledge_bases[4096]; /* "NAME=PATH[,NAME=PATH...]", the first is the default */
     char rag_sources[1024];    /* live sources config file (rag_sources.h) */
@@ -68,6 +71,9 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err);
 /* The files the settings name (model, auth_config, tls_cert, tls_key, tls_client_ca)
  * are regular files this process can read; the error names the key and the path. */
 cv_status cv_config_check_files(const cv_config *c, cv_error *err);
+/* The directories local model files may come from: model_dirs, or by default
+ * model_cache_dir and the directory of model (resolved), comma-separated. */
+void cv_config_model_dirs(const cv_config *c, char *out, size_t cap);
 /* corvid-server's usage: every flag with its key, its default and what it does, from
  * the same table the parser uses. */
 void cv_config_usage(FILE *f);

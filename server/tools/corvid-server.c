@@ -175,6 +175,9 @@ int main(int argc, char **argv) {
         ro.on_load_ctx = audit;
     }
     snprintf(ro.cache_dir, sizeof ro.cache_dir, "%s", cfg.model_cache_dir);
+    cv_config_model_dirs(&cfg, ro.model_dirs, sizeof ro.model_dirs);
+    snprintf(ro.model_sources, sizeof ro.model_sources, "%s", cfg.model_sources);
+    ro.stop_wait_s = cfg.drain_timeout_s > 0 ? cfg.drain_timeout_s : 1;
     cv_engine_config_default(&ro.slot.engine);
     ro.slot.engine.max_running = cfg.max_running;
     ro.slot.engine.max_waiting = cfg.max_waiting;
@@ -248,6 +251,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "{\"msg\":\"draining\",\"signal\":%d,\"timeout_s\":%g}\n", sig,
             cfg.drain_timeout_s);
     atomic_store(&state.draining, 1);
+    cv_router_cancel(router); /* a running load stops now; no new operation starts */
     for (size_t i = 0; i < N_SERVICES; i++)
         cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err);
     cv_rpc_server_stop_accepting(srv);

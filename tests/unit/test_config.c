@@ -160,8 +160,46 @@ static void test_files_must_be_readable(void **state) {
     unlink(path);
 }
 
+static void test_model_dirs_and_sources(void **state) {
+    (void)state;
+    cv_config c;
+    cv_error e = {0};
+    char dirs[4096];
+    cv_config_defaults(&c);
+    cv_config_model_dirs(&c, dirs, sizeof dirs);
+    assert_string_equal(dirs, "");
+    strcpy(c.model_cache_dir, "/var/cache/corvid");
+    strcpy(c.model, "/");
+    cv_config_model_dirs(&c, dirs, sizeof dirs);
+    assert_string_equal(dirs, "/var/cache/corvid,/");
+    strcpy(c.model, "/etc/hostname");
+    cv_config_model_dirs(&c, dirs, sizeof dirs);
+    assert_string_equal(dirs, "/var/cache/corvid,/etc");
+    strcpy(c.model_dirs, "/models,/more");
+    cv_config_model_dirs(&c, dirs, sizeof dirs);
+    assert_string_equal(dirs, "/models,/more");
+
+    assert_int_equal(load("{\"model_sources\": \"https://models.example.com/corvid/,http://127.0.0.1:\"}", &c, &e),
+                     CV_OK);
+    assert_int_equal(cv_config_validate(&c, &e), CV_OK);
+    const char *bad[] = {"models.example.com", "http://", "https:///x", "http://:80/", "https://ok.com,ftp://x"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cv_config_defaults(&c);
+        strcpy(c.model_sources, bad[i]);
+        assert_int_equal(cv_config_validate(&c, &e), CV_EINVAL);
+        assert_non_null(strstr(e.msg, "model_sources"));
+    }
+    char *argv[] = {"corvid-server", "--model-dirs", "/a,/b", "--model-sources", "https://h/"};
+    cv_config_cmdline cl;
+    cv_config_defaults(&c);
+    assert_int_equal(cv_config_parse_args(&c, 5, argv, &cl, &e), CV_OK);
+    assert_string_equal(c.model_dirs, "/a,/b");
+    assert_string_equal(c.model_sources, "https://h/");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_dirs_and_sources),
         cmocka_unit_test(test_file_values_are_applied),
         cmocka_unit_test(test_bad_files_name_the_key),
         cmocka_unit_test(test_flags_override_file_wherever_they_stand),
