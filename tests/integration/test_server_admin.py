@@ -125,10 +125,12 @@ def failed_loads_change_nothing(srv, adm):
     with open(corrupt, "wb") as f:
         f.write(data[: len(data) // 3])
     before = adm.status()
+    # corrupt.gguf lies in TMP, one of the server's model_dirs: a GGUF-looking file gets
+    # the reader's precise error there.
     cases = [("wrong-sha", F32, "0" * 64, "sha256 is"),
              ("corrupt", corrupt, "", "corrupt.gguf"),
-             ("missing", "/nonexistent/model.gguf", "", "No such file"),
-             ("unreachable", "http://127.0.0.1:9/model.gguf", sha256(F32), "http://127.0.0.1:9/model.gguf")]
+             ("missing", "/nonexistent/model.gguf", "", "outside model_dirs"),
+             ("unreachable", "http://127.0.0.1:9/model.gguf", sha256(F32), "download failed: cannot connect")]
     errors = []
 
     def traffic_meanwhile():
@@ -144,6 +146,7 @@ def failed_loads_change_nothing(srv, adm):
         st = adm.load(version, uri, sha)
         assert st.state == admin_pb.SLOT_STATE_FAILED, (version, st)
         assert needle in st.message, (version, st.message)
+        assert "HTTP" not in st.message and "127.0.0.1:9" not in st.message, st.message
     t.join(60)
     assert not errors, errors
     after = {s.version: s for s in adm.status().slots}
@@ -229,15 +232,22 @@ def downloads_resume_and_limit(srv, adm, cache):
 
 def download_size_limit():
     cache = os.path.join(TMP, "cache-small")
-    srv = Server("--model", F32, "--model-cache-dir", cache, "--max-download-mb", "0.1")
+    srv = Server("--model", F32, "--model-cache-dir", cache, "--max-download-mb", "0.5",
+                 "--model-sources", "http://127.0.0.1:")
     root = os.path.join(TMP, "www2")
     os.makedirs(root, exist_ok=True)
+    shutil.copy(F32, os.path.join(root, "f32.gguf"))
     shutil.copy(Q4, os.path.join(root, "q4.gguf"))
     files = Files(root)
     files.start()
     try:
-        st = Admin(srv.addr).load("big", files.url + "q4.gguf", sha256(Q4))
-        assert st.state == admin_pb.SLOT_STATE_FAILED and "limit of 104857 bytes" in st.message, st.message
+        adm = Admin(srv.addr)
+        st = adm.load("big", files.url + "f32.gguf", sha256(F32))
+        assert st.state == admin_pb.SLOT_STATE_FAILED and "limit of 524288 bytes" in st.message, st.message
+        # A download cut by the cap leaves nothing to resume.
+        assert os.listdir(cache) == [], os.listdir(cache)
+        st = adm.load("small", files.url + "q4.gguf", sha256(Q4))
+        assert st.state == admin_pb.SLOT_STATE_READY, st.message
     finally:
         files.httpd.shutdown()
         srv.stop()
@@ -324,7 +334,8 @@ def main():
     cache = os.path.join(TMP, "cache")
     os.makedirs(cache)
     srv = Server("--model", F32, "--model-version", "v1", "--max-running", "24", "--max-waiting", "64",
-                 "--model-cache-dir", cache, binary=os.path.join(TESTING_BIN, "corvid-server"))
+                 "--model-cache-dir", cache, "--model-dirs", os.path.dirname(F32) + "," + TMP,
+                 "--model-sources", "http://127.0.0.1:", binary=os.path.join(TESTING_BIN, "corvid-server"))
     adm = Admin(srv.addr)
     try:
         c.run("ten swaps under load: zero failures, tokens match the named version", swaps_under_load, srv, adm,
