@@ -68,6 +68,7 @@ import kubernetes_validate  # noqa: E402
 import kubernetes_validate.utils as kv_utils  # noqa: E402
 
 RENDERS = {}
+MODEL_SOURCES = ["https://example.invalid/", "https://mirror.example.invalid/corvid/"]
 
 
 def render_all():
@@ -75,7 +76,8 @@ def render_all():
     RENDERS["gpu-canary-tls"] = chartlib.render(chartlib.load_values(GPU_VALUES))
     # The objects neither file turns on: a downloaded model and the trial etcd.
     RENDERS["download-etcd"] = chartlib.render({"model": {"source": "download", "uri": "https://example.invalid/m.gguf",
-                                                          "sha256": "ab" * 32}, "etcd": {"enabled": True}})
+                                                          "sha256": "ab" * 32}, "etcd": {"enabled": True},
+                                                "server": {"config": {"modelSources": MODEL_SOURCES}}})
     for name, m in RENDERS.items():
         kinds = sorted({d["kind"] for _, d in chartlib.documents(m)})
         print("  %s: %d objects, kinds %s" % (name, len(chartlib.documents(m)), ", ".join(kinds)))
@@ -283,6 +285,12 @@ def server_keys():
         assert "NOT in effect" not in RENDERS[name]["corvid/templates/NOTES.txt"]
     default = json.loads(config_maps("default")["server.json"])
     assert "device" not in default and "tp" not in default, default  # the server's defaults: cpu, tp 1
+    # Admin loads open files under /models only (where the init container puts the model);
+    # remote URIs need model_sources, and then a writable cache.
+    assert default["model_dirs"] == "/models" and "model_sources" not in default, default
+    assert "model_cache_dir" not in default, default
+    dl = json.loads(config_maps("download-etcd")["server.json"])
+    assert dl["model_sources"] == ",".join(MODEL_SOURCES) and dl["model_cache_dir"] == "/tmp/model-cache", dl
     cms = config_maps("gpu-canary-tls")
     base = json.loads(cms["server.json"])
     assert base["device"] == "cuda" and base["tp"] == 2, base

@@ -94,7 +94,12 @@ and the model sharded over the pod's GPUs (tp = gpu.count).
   "kv_memory_mb" $c.kvMemoryMb
   "max_tokens_default" $c.maxTokensDefault
   "drain_timeout_s" $c.drainTimeoutSeconds
+  "model_dirs" "/models"
 -}}
+{{- with $c.modelSources -}}
+{{- $_ := set $cfg "model_sources" (join "," .) -}}
+{{- $_ := set $cfg "model_cache_dir" "/tmp/model-cache" -}}
+{{- end -}}
 {{- if .Values.tls.enabled -}}
 {{- $_ := set $cfg "tls_cert" "/etc/corvid/tls/tls.crt" -}}
 {{- $_ := set $cfg "tls_key" "/etc/corvid/tls/tls.key" -}}
