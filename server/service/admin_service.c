@@ -29,7 +29,9 @@ static cv_rpc_code code_of(cv_status st) {
     case CV_ERANGE: return CV_RPC_FAILED_PRECONDITION;
     case CV_EUNAVAILABLE: return CV_RPC_UNAVAILABLE;
     case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
-    case CV_EPERM: return CV_RPC_PERMISSION_DENIED;
+    /* Refused by the server's policy (model_sources, model_dirs): its configuration, not
+     * the caller's credentials, decides; PERMISSION_DENIED would point at the token. */
+    case CV_EPERM: return CV_RPC_FAILED_PRECONDITION;
     case CV_ECANCELLED: return CV_RPC_CANCELLED;
     default: return CV_RPC_INTERNAL;
     }
