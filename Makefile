@@ -106,6 +106,8 @@ USES_testsupport := base
 $(foreach l,$(LAYERS),$(eval PUB_$(l) ?= $(DIRS_$(l))))
 $(foreach l,$(LAYERS),$(eval LIB_$(l) := $(BUILD)/lib/libcorvid_$(l).a))
 $(foreach l,$(LAYERS),$(eval SRC_$(l) := $(foreach d,$(DIRS_$(l)),$(wildcard $(d)/*.c))))
+# Linked into every test binary by itself (see CMOCKA_FILTER), not through the archive.
+SRC_testsupport := $(filter-out tests/support/cmocka_filter.c,$(SRC_testsupport))
 $(foreach l,$(LAYERS),$(eval HDRS_$(l) := $(notdir $(foreach d,$(DIRS_$(l)) $(PUB_$(l)),$(wildcard $(d)/*.h)))))
 HDRS_proto := $(patsubst proto/%.proto,%.pb-c.h,$(shell find proto -name '*.proto'))
 HDRS_client := corvid/client.h $(notdir $(wildcard api/*.h))
@@ -142,7 +144,7 @@ define bin_rules
 $(2)_LAYERS := $$(call src_layers,$(1),$$(call src_includes,$(1)))
 $(call obj,$(1)): LAYER_CPPFLAGS := $$(call incflags,$$($(2)_LAYERS)) $(CUDA_CPPFLAGS)
 $(call obj,$(1)): | $$(if $$(filter proto,$$($(2)_LAYERS)),$(PROTO_H))
-$(2): $(call obj,$(1)) $$(foreach l,$$($(2)_LAYERS),$$(LIB_$$(l)))
+$(2): $(call obj,$(1)) $$(foreach l,$$($(2)_LAYERS),$$(LIB_$$(l))) $(filter %.o,$(3))
 	@mkdir -p $$(dir $$@)
 	@echo "  LINK  $$@"
 	@$$(CC) $$(CFLAGS) -o $$@ $$< -Wl,--start-group $$(foreach l,$$($(2)_LAYERS),$$(LIB_$$(l))) -Wl,--end-group \
@@ -213,7 +215,9 @@ check-layers: $(PROTO_H)
 	  $(filter-out $(l),$(call closure,$(l))))):$(subst $(space),$(comma),$(strip $(PKGS_$(l)) $(if $(filter cuda,$(l)),cuda))))
 
 $(foreach s,$(TOOL_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/bin/$(basename $(notdir $(s))))))
-$(foreach s,$(TEST_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/test/$(basename $(notdir $(s))),-lcmocka)))
+# Every test is linked with the case filter of tests/run.sh (tests/support/cmocka_filter.c).
+CMOCKA_FILTER := $(BUILD)/obj/tests/support/cmocka_filter.o -Wl,--wrap=_cmocka_run_group_tests
+$(foreach s,$(TEST_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/test/$(basename $(notdir $(s))),$(CMOCKA_FILTER) -lcmocka)))
 $(foreach s,$(FUZZ_SRC),$(eval $(call bin_rules,$(s),$(BUILD)/fuzz/$(basename $(notdir $(s))),-fsanitize=fuzzer)))
 
 # corvid-server with CORVID_TESTING (Admin.SetFaultInjection), for rollout tests. Only the
@@ -239,9 +243,10 @@ testing-server: $(TBUILD)/bin/corvid-server
 test-models:
 	@$(MAKE) --no-print-directory models || echo "make models failed: tests that need Gemma 3 / Qwen2.5 will SKIP"
 
+# T='PATTERN...' runs only the matching tests or cases (tests/run.sh).
 test: all testing-server test-models
 	@CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
-	  CORVID_DATA=$(TESTDATA) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh
+	  CORVID_DATA=$(TESTDATA) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh $(T)
 
 ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 asan:
