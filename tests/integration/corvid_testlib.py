@@ -3,8 +3,16 @@
 Generates the protobuf modules from proto/ into a temp dir with protoc, starts our
 binaries on free loopback ports, and counts checks so each test file ends with the
 runner's "N passed, N failed" line.
+
+Every long-lived process a test starts (corvid-server, etcd, corvid-controlplane, a
+load generator) goes through spawn(): it dies with the thread that started it
+(PR_SET_PDEATHSIG, SIGKILL), is killed when the test exits with an exception, and on
+SIGTERM, SIGINT or SIGHUP the test kills them all and exits at once (128 + signal).
 """
+import atexit
+import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,6 +30,60 @@ MODELS = os.environ.get("CORVID_MODELS", os.path.expanduser("~/.cache/corvid/mod
 GEMMA = os.path.join(MODELS, "gemma-3-270m-q4_k_m.gguf")
 QWEN = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 TMP = tempfile.mkdtemp(prefix="corvid-it-")
+
+_children = []
+_libc = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def spawn(argv, **kwargs):
+    """subprocess.Popen for a process that must not outlive the test (see the top)."""
+    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
+    _children.append(proc)
+    return proc
+
+
+def kill_children():
+    """SIGKILLs and reaps every spawn()ed process still running (SIGCONT first: a
+    stopped one would not die before it is continued)."""
+    for p in _children:
+        if p.poll() is None:
+            for sig in (signal.SIGCONT, signal.SIGKILL):
+                try:
+                    p.send_signal(sig)
+                except OSError:
+                    pass
+    for p in _children:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    _children[:] = [p for p in _children if p.poll() is None]
+
+
+def _on_signal(signum, frame):
+    kill_children()
+    print("%s: killed by signal %d; its processes are stopped" % (os.path.basename(sys.argv[0]), signum),
+          flush=True)
+    shutil.rmtree(TMP, ignore_errors=True)
+    os._exit(128 + signum)
+
+
+def _on_uncaught(kind, value, tb):
+    # Before the interpreter waits for non-daemon threads, which may be blocked on a server.
+    kill_children()
+    _excepthook(kind, value, tb)
+
+
+atexit.register(kill_children)
+_excepthook = sys.excepthook
+sys.excepthook = _on_uncaught
+for _sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(_sig, _on_signal)
 
 
 def proto_modules():
@@ -66,8 +128,8 @@ class Server:
         self.addr = "127.0.0.1:%d" % self.port
         self.log_path = os.path.join(TMP, "server-%d.log" % self.port)
         self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([binary or os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = spawn([binary or os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
+                          stdout=self.log, stderr=subprocess.STDOUT)
         # With a model, ready means the model is loaded; without, that gRPC listens.
         marker = '"model ready"' if "--model" in args else '"listening"'
         deadline = time.time() + ready_timeout

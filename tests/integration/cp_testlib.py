@@ -7,7 +7,8 @@
     cp.wait(lambda: ..., 10, "what")
     cp.log(); cp.stop()          # SIGTERM (resigns the lease; must exit 0), SIGKILL after 10 s
 
-The process is only ever signalled by its own PID.
+The process is only ever signalled by its own PID; it dies with the test
+(corvid_testlib.spawn).
 """
 import json
 import os
@@ -17,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 
-from corvid_testlib import BIN, TMP, free_port
+from corvid_testlib import BIN, TMP, free_port, spawn
 
 CP = os.path.join(BIN, "corvid-controlplane")
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
@@ -46,8 +47,7 @@ class ControlPlane:
             json.dump(cfg, f)
         self.log_path = os.path.join(TMP, name + ".log")
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([CP, "run", "--config", self.config], stdout=log, stderr=subprocess.STDOUT,
-                                     env=env)
+        self.proc = spawn([CP, "run", "--config", self.config], stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.wait(lambda: self.http("/healthz")[0] == 200, 10, "%s /healthz" % name)
 

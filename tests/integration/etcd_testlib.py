@@ -7,7 +7,7 @@
     etcd.destroy()                       # kill by PID, remove the data dir
 
 $CORVID_ETCD_BIN overrides the "etcd" binary on PATH. The process is only ever
-signalled by its own PID.
+signalled by its own PID; it dies with the test (corvid_testlib.spawn).
 """
 import base64
 import json
@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 
-from corvid_testlib import TMP, free_port
+from corvid_testlib import TMP, free_port, spawn
 
 
 def b64(s):
@@ -43,7 +43,7 @@ class Etcd:
     def launch(self):
         peer = "http://127.0.0.1:%d" % self.peer_port
         log = open(os.path.join(self.dir, "etcd.log"), "ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [os.environ.get("CORVID_ETCD_BIN") or "etcd", "--name", "n",
              "--data-dir", os.path.join(self.dir, "data"),
              "--listen-client-urls", self.url, "--advertise-client-urls", self.url,

@@ -17,7 +17,7 @@ import time
 import grpc
 
 import corvid_testlib
-from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn
 from etcd_testlib import Etcd, b64, unb64
 
 _, admin_pb, _ = proto_modules()
@@ -99,7 +99,7 @@ class Fleet:
         with open(path, "w") as f:
             json.dump(cfg, f)
         log = open(os.path.join(TMP, name + ".log"), "ab")
-        self.cps[name] = subprocess.Popen([CP, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT)
+        self.cps[name] = spawn([CP, "run", "--config", path], stdout=log, stderr=subprocess.STDOUT)
         log.close()
 
     def cli(self, *args):

@@ -174,6 +174,23 @@ static void child_contender(const char *prefix, int fd) {
     for (;;) pause();
 }
 
+/* The child contender of the running test; killed by the teardown if an assertion
+ * left it running (it also dies with this process: PR_SET_PDEATHSIG). */
+static pid_t g_child;
+
+static void kill_child(void) {
+    if (g_child <= 0) return;
+    kill(g_child, SIGKILL);
+    waitpid(g_child, NULL, 0);
+    g_child = 0;
+}
+
+static int teardown_child(void **state) {
+    (void)state;
+    kill_child();
+    return 0;
+}
+
 static void test_killed_leader_process_hands_over(void **state) {
     (void)state;
     char prefix[64];
@@ -187,6 +204,7 @@ static void test_killed_leader_process_hands_over(void **state) {
         close(p[0]);
         child_contender(prefix, p[1]);
     }
+    g_child = pid;
     close(p[1]);
     struct pollfd pfd = {.fd = p[0], .events = POLLIN};
     char msg[64] = {0};
@@ -195,8 +213,7 @@ static void test_killed_leader_process_hands_over(void **state) {
     close(p[0]);
     int64_t child_fence = 0;
     if (sscanf(msg, "L%" SCNd64, &child_fence) != 1) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
+        kill_child();
         fail_msg("child contender did not lead: %s", msg);
     }
 
@@ -209,8 +226,7 @@ static void test_killed_leader_process_hands_over(void **state) {
     assert_false(sb.leader);
     assert_string_equal(sb.holder, "P1");
 
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    kill_child();
     int64_t t0 = cv_test_now_ms();
     wait_state(b, true, HANDOVER_LIMIT_MS + 1000);
     int64_t ms = cv_test_now_ms() - t0;
@@ -225,7 +241,7 @@ static void test_killed_leader_process_hands_over(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_killed_leader_process_hands_over),
+        cmocka_unit_test_teardown(test_killed_leader_process_hands_over, teardown_child),
         cmocka_unit_test(test_fenced_leader_steps_down_when_lease_revoked),
         cmocka_unit_test(test_leader_unsure_of_its_lease_stops_leading),
     };

@@ -15,7 +15,7 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn
 
 pb, admin_pb, _ = proto_modules()
 F32 = os.path.join(DATA, "models", "stories260K.gguf")
@@ -81,9 +81,9 @@ def swaps_under_load(srv, adm, report):
     assert refs["v1"] != refs["v2"], "the two versions must be told apart by their tokens"
     st = adm.load("v2", Q4, sha256(Q4))
     assert st.state == admin_pb.SLOT_STATE_READY, st
-    load = subprocess.Popen([os.path.join(BIN, "bench-load"), "--addr", srv.addr, "--concurrency", "16",
-                             "--duration", "8", "--max-tokens", "24", "--ignore-eos"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    load = spawn([os.path.join(BIN, "bench-load"), "--addr", srv.addr, "--concurrency", "16",
+                  "--duration", "8", "--max-tokens", "24", "--ignore-eos"],
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stop, bad, seen = threading.Event(), [], {"v1": 0, "v2": 0}
 
     def checker():
