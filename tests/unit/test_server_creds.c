@@ -4,6 +4,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -312,7 +313,7 @@ static void test_store_keeps_the_last_good_set(void **state) {
 
 typedef struct reader {
     cv_server_creds_store *store;
-    volatile int *done;
+    atomic_int *done;
     long reads;
 } reader;
 
@@ -320,7 +321,7 @@ typedef struct reader {
  * freed, or a half-made one, shows here (and under ASan / TSan). */
 static void *read_loop(void *arg) {
     reader *r = arg;
-    while (!*r->done) {
+    while (!atomic_load(r->done)) {
         const cv_server_creds *c = cv_server_creds_store_get(r->store);
         if (!c->token || strlen(c->token) != 32 || strcmp(c->ca_pem, CERT) != 0) abort();
         cv_server_creds_release(c);
@@ -335,7 +336,7 @@ static void test_store_snapshots_across_threads(void **state) {
     random_token(token, sizeof token);
     cv_cp_config cfg;
     cv_server_creds_store *s = open_store("mt", token, &cfg);
-    volatile int done = 0;
+    atomic_int done = 0;
     reader readers[READERS];
     pthread_t th[READERS];
     for (int i = 0; i < READERS; i++) {
@@ -348,7 +349,7 @@ static void test_store_snapshots_across_threads(void **state) {
         rotate("mt-token", token);
         reloaded += look(s, k, 0) == CV_CREDS_RELOADED;
     }
-    done = 1;
+    atomic_store(&done, 1);
     for (int i = 0; i < READERS; i++) pthread_join(th[i], NULL);
     assert_int_equal(reloaded, ROTATIONS);
     expect_token(s, token);
