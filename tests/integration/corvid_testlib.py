@@ -10,7 +10,6 @@ load generator) goes through spawn(): it dies with the thread that started it
 SIGTERM, SIGINT or SIGHUP the test kills them all and exits at once (128 + signal).
 """
 import atexit
-import ctypes
 import fnmatch
 import os
 import shutil
@@ -33,17 +32,13 @@ QWEN = os.path.join(MODELS, "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf")
 TMP = tempfile.mkdtemp(prefix="corvid-it-")
 
 _children = []
-_libc = ctypes.CDLL(None, use_errno=True)
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def spawn(argv, **kwargs):
-    """subprocess.Popen for a process that must not outlive the test (see the top)."""
-    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
+    """subprocess.Popen for a process that must not outlive the test (see the top).
+    setpriv sets the death signal and execs argv (same pid). Not preexec_fn: that makes
+    Popen fork() a process whose gRPC threads hold locks, and a test hung in it."""
+    proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--"] + list(argv), **kwargs)
     _children.append(proc)
     return proc
 
