@@ -155,6 +155,57 @@ class Server:
         self.log.close()
 
 
+def sha256_file(path):
+    """The hex sha256 of a file, as Admin.LoadModel and the etcd version keys want it."""
+    import hashlib
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+class Admin:
+    """A grpcio client of corvid.v1.Admin: each method is one unary call with a deadline."""
+
+    def __init__(self, addr):
+        import grpc
+        self.grpc = grpc
+        self.pb = proto_modules()[1]
+        self.ch = grpc.insecure_channel(addr)
+
+    def call(self, method, req, resp_type, timeout=60):
+        m = self.ch.unary_unary("/corvid.v1.Admin/" + method, request_serializer=type(req).SerializeToString,
+                                response_deserializer=resp_type.FromString)
+        return m(req, timeout=timeout)
+
+    def load(self, version, uri, sha="", wait=True, timeout=60):
+        return self.call("LoadModel", self.pb.LoadModelRequest(version=version, uri=uri, sha256=sha, wait=wait),
+                         self.pb.SlotStatus, timeout)
+
+    def unload(self, version):
+        return self.call("UnloadModel", self.pb.UnloadModelRequest(version=version, wait=True), self.pb.SlotStatus)
+
+    def traffic(self, **weights):
+        req = self.pb.SetTrafficRequest(weights=[self.pb.TrafficWeight(version=v, weight=w)
+                                                 for v, w in weights.items()])
+        return self.call("SetTraffic", req, self.pb.GetStatusResponse)
+
+    def status(self, window=60):
+        return self.call("GetStatus", self.pb.GetStatusRequest(window_seconds=window), self.pb.GetStatusResponse)
+
+    def slots(self):
+        return {s.version: s for s in self.status().slots}
+
+    def slot(self, version):
+        return self.slots()[version]
+
+    def refused(self, version, uri, sha=""):
+        """The RpcError of a load that must fail."""
+        try:
+            self.load(version, uri, sha)
+        except self.grpc.RpcError as e:
+            return e
+        raise AssertionError("load of %s accepted" % uri)
+
+
 class Checks:
     """Runs named check functions; prints one line each and the closing count.
 

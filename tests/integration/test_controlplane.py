@@ -6,7 +6,6 @@ one left: (a) a good version rolls out blue-green, (b) a version whose sha256 is
 is rolled back, (c) a canary with 20% injected errors is rolled back by the analysis,
 (d) etcd is restarted mid-rollout, (e) the leader is killed mid-rollout, (f) a server
 is killed mid-rollout. Each prints its timings; the last line gathers them."""
-import hashlib
 import json
 import os
 import shutil
@@ -17,7 +16,7 @@ import time
 import grpc
 
 import corvid_testlib
-from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn
+from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn, sha256_file as sha256
 from etcd_testlib import Etcd, b64, unb64
 
 _, admin_pb, _ = proto_modules()
@@ -28,11 +27,6 @@ TESTING_BIN = os.environ.get("CORVID_TESTING_BIN", os.path.join(os.path.dirname(
 CP = os.path.join(BIN, "corvid-controlplane")
 POLL_MS, WINDOW_MS, TTL_S, UNMEASURABLE_S = 250, 1500, 3, 4
 MODEL = "stories"
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 class Load(threading.Thread):

@@ -2,11 +2,10 @@
 /healthz, /readyz (ready once etcd answered; not while etcd is stopped) and /metrics
 (leader, fleet, corvid_rollout_phase following a rollout phase by phase, the rollout
 counters, etcd errors), on the leader and on a follower."""
-import hashlib
 import os
 import time
 
-from corvid_testlib import DATA, TMP, Checks, Server
+from corvid_testlib import DATA, TMP, Checks, Server, sha256_file as sha256
 from cp_testlib import ControlPlane, cli
 from etcd_testlib import Etcd
 
@@ -14,11 +13,6 @@ F32 = os.path.join(DATA, "models", "stories260K.gguf")
 Q8 = os.path.join(DATA, "models", "stories260K-Q8_0-mixed.gguf")
 MODEL = "stories"
 PHASES = ["none", "staging", "shifting", "observing", "promoted", "rolling_back", "rolled_back", "paused", "failed"]
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
 
 
 class World:

@@ -5,7 +5,6 @@ departs from F32 at generated token 23) are swapped ten times under load: bench-
 (our C client, concurrency 16) and a Python grpcio client that checks every stream's
 tokens against the output of the version its final message names. Failed loads of
 every kind must leave the serving version untouched."""
-import hashlib
 import json
 import os
 import shutil
@@ -15,7 +14,7 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn
+from corvid_testlib import BIN, DATA, TMP, Admin, Checks, Server, proto_modules, spawn, sha256_file as sha256
 
 pb, admin_pb, _ = proto_modules()
 F32 = os.path.join(DATA, "models", "stories260K.gguf")
@@ -23,36 +22,6 @@ Q4 = os.path.join(DATA, "models", "stories260K-Q4_0-mixed.gguf")
 TESTING_BIN = os.environ.get("CORVID_TESTING_BIN", os.path.join(os.path.dirname(BIN), "testing", "bin"))
 PROMPT = "Once upon a time"
 N = 40
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-class Admin:
-    def __init__(self, addr):
-        self.ch = grpc.insecure_channel(addr)
-
-    def call(self, method, req, resp_type, timeout=60):
-        m = self.ch.unary_unary("/corvid.v1.Admin/" + method, request_serializer=type(req).SerializeToString,
-                                response_deserializer=resp_type.FromString)
-        return m(req, timeout=timeout)
-
-    def load(self, version, uri, sha="", wait=True):
-        return self.call("LoadModel", admin_pb.LoadModelRequest(version=version, uri=uri, sha256=sha, wait=wait),
-                         admin_pb.SlotStatus)
-
-    def traffic(self, **weights):
-        req = admin_pb.SetTrafficRequest(weights=[admin_pb.TrafficWeight(version=v, weight=w)
-                                                  for v, w in weights.items()])
-        return self.call("SetTraffic", req, admin_pb.GetStatusResponse)
-
-    def status(self, window=60):
-        return self.call("GetStatus", admin_pb.GetStatusRequest(window_seconds=window), admin_pb.GetStatusResponse)
-
-    def slot(self, version):
-        return [s for s in self.status().slots if s.version == version][0]
 
 
 def greedy(addr, prompt=PROMPT, n=N):
@@ -159,7 +128,7 @@ def failed_loads_change_nothing(srv, adm):
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and "failed" in e.details(), e.details()
     for version, _, _, _ in cases:
-        adm.call("UnloadModel", admin_pb.UnloadModelRequest(version=version, wait=True), admin_pb.SlotStatus)
+        adm.unload(version)
     assert sorted(s.version for s in adm.status().slots) == sorted(s.version for s in before.slots)
 
 
@@ -221,7 +190,7 @@ def downloads_resume_and_limit(srv, adm, cache):
     assert st.state == admin_pb.SLOT_STATE_READY, st.message
     assert files.ranges == ["bytes=100000-"], files.ranges
     assert sha256(os.path.join(cache, sha + ".gguf")) == sha
-    adm.call("UnloadModel", admin_pb.UnloadModelRequest(version="dl", wait=True), admin_pb.SlotStatus)
+    adm.unload("dl")
     try:
         adm.load("nosha", files.url + "q4.gguf")
         raise AssertionError("a download without sha256 was accepted")
@@ -279,7 +248,7 @@ def serialized_and_unload_drains(srv, adm, cache):
     t.start()
     time.sleep(0.05)
     adm.traffic(v1=100)
-    st = adm.call("UnloadModel", admin_pb.UnloadModelRequest(version="v3", wait=True), admin_pb.SlotStatus)
+    st = adm.unload("v3")
     t.join(60)
     assert st.message == "unloaded", st
     assert out["r"][1] == "v3" and len(out["r"][0]) == 100, out

@@ -9,7 +9,6 @@ is kept only for an interrupted origin that supports ranges (then resumed), rest
 when the origin ignores ranges or the .part is older than a day. A load stuck on a slow
 origin is cancelled by `corvidctl admin unload`, and SIGTERM exits within the drain
 timeout plus a few seconds."""
-import hashlib
 import http.server
 import os
 import shutil
@@ -20,7 +19,7 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, TMP, Admin, Checks, Server, proto_modules, sha256_file as sha256
 
 pb, admin_pb, _ = proto_modules()
 F32 = os.path.join(DATA, "models", "stories260K.gguf")
@@ -30,39 +29,6 @@ MD = os.path.join(TMP, "models")       # the model_dirs entry besides the data d
 CACHE = os.path.join(TMP, "cache")
 WWW = os.path.join(TMP, "www")
 LOADING, READY, FAILED = admin_pb.SLOT_STATE_LOADING, admin_pb.SLOT_STATE_READY, admin_pb.SLOT_STATE_FAILED
-
-
-def sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-class Admin:
-    def __init__(self, addr):
-        self.ch = grpc.insecure_channel(addr)
-
-    def call(self, method, req, resp_type, timeout=60):
-        m = self.ch.unary_unary("/corvid.v1.Admin/" + method, request_serializer=type(req).SerializeToString,
-                                response_deserializer=resp_type.FromString)
-        return m(req, timeout=timeout)
-
-    def load(self, version, uri, sha="", wait=True, timeout=60):
-        return self.call("LoadModel", admin_pb.LoadModelRequest(version=version, uri=uri, sha256=sha, wait=wait),
-                         admin_pb.SlotStatus, timeout)
-
-    def unload(self, version):
-        return self.call("UnloadModel", admin_pb.UnloadModelRequest(version=version, wait=True), admin_pb.SlotStatus)
-
-    def slots(self):
-        st = self.call("GetStatus", admin_pb.GetStatusRequest(window_seconds=60), admin_pb.GetStatusResponse)
-        return {s.version: s for s in st.slots}
-
-    def refused(self, version, uri, sha=""):
-        try:
-            self.load(version, uri, sha)
-        except grpc.RpcError as e:
-            return e
-        raise AssertionError("load of %s accepted" % uri)
 
 
 class Origin(threading.Thread):
