@@ -68,37 +68,38 @@ int cv_utf8_encode(uint32_t cp, char out[4]) {
     return 4;
 }
 
-cv_utf8_verdict cv_utf8_check(const char *s, size_t n, size_t *bad_offset) {
-    const uint8_t *p = (const uint8_t *)s;
+/* The offset of the first character that does not decode (or, with stop_at_nul, is
+ * U+0000), or n: the one scan behind cv_utf8_check and cv_utf8_valid. */
+static size_t scan(const uint8_t *p, size_t n, int stop_at_nul, cv_utf8_verdict *v) {
     size_t i = 0;
-    cv_utf8_verdict v = CV_UTF8_OK;
+    *v = CV_UTF8_OK;
     while (i < n) {
         uint32_t cp;
         int len = cv_utf8_decode(p + i, n - i, &cp);
         if (len == 0) {
-            v = CV_UTF8_INVALID;
+            *v = CV_UTF8_INVALID;
             break;
         }
-        if (cp == 0) {
-            v = CV_UTF8_NUL;
+        if (cp == 0 && stop_at_nul) {
+            *v = CV_UTF8_NUL;
             break;
         }
         i += (size_t)len;
     }
-    if (bad_offset) *bad_offset = v == CV_UTF8_OK ? n : i;
+    return i;
+}
+
+cv_utf8_verdict cv_utf8_check(const char *s, size_t n, size_t *bad_offset) {
+    cv_utf8_verdict v;
+    size_t i = scan((const uint8_t *)s, n, 1, &v);
+    if (bad_offset) *bad_offset = i;
     return v;
 }
 
 int cv_utf8_valid(const char *s, size_t n) {
-    const uint8_t *p = (const uint8_t *)s;
-    size_t i = 0;
-    while (i < n) {
-        uint32_t cp;
-        int len = cv_utf8_decode(p + i, n - i, &cp);
-        if (len == 0) return 0;
-        i += (size_t)len;
-    }
-    return 1;
+    cv_utf8_verdict v;
+    scan((const uint8_t *)s, n, 0, &v);
+    return v == CV_UTF8_OK;
 }
 
 void cv_utf8_stream_init(cv_utf8_stream *s) { memset(s, 0, sizeof *s); }
