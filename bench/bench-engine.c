@@ -19,6 +19,7 @@
 
 #include "cli.h"
 #include "slot.h"
+#include "timing.h"
 
 typedef struct counter {
     pthread_mutex_t mu;
@@ -44,12 +45,6 @@ static void on_final(void *ctx, const cv_engine_final *f) {
     c->finished++;
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
-}
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
 static int cmp(const void *a, const void *b) {
@@ -146,7 +141,7 @@ int main(int argc, char **argv) {
         req.sampling.top_p = 1;
         req.sampling.repeat_penalty = 1;
         cv_engine_sink sink = {on_chunk, on_final, &c};
-        double t0 = now_s();
+        double t0 = cv_seconds();
         int submitted = 0;
         pthread_mutex_lock(&c.mu);
         while (c.finished < requests) {
@@ -163,7 +158,7 @@ int main(int argc, char **argv) {
             pthread_cond_wait(&c.cv, &c.mu);
         }
         pthread_mutex_unlock(&c.mu);
-        tps[r] = (double)c.tokens / (now_s() - t0);
+        tps[r] = (double)c.tokens / (cv_seconds() - t0);
         pthread_mutex_destroy(&c.mu);
         pthread_cond_destroy(&c.cv);
     }

@@ -20,6 +20,7 @@
 
 #include "cli.h"
 #include "corvid/client.h"
+#include "timing.h"
 
 #define MAX_PROMPTS 4096
 #define MAX_CODES 128
@@ -45,12 +46,6 @@ typedef struct run {
     long tokens;
     char first_error[600];
 } run;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int push(samples *s, double v) {
     if (s->n == s->cap) {
@@ -83,7 +78,7 @@ static void one_request(run *r, const char *prompt) {
     p.sampling.ignore_eos = r->ignore_eos;
     corvid_stream *s;
     corvid_error err = {0};
-    double t0 = now_s(), first = 0, last = 0;
+    double t0 = cv_seconds(), first = 0, last = 0;
     long tokens = 0;
     samples gaps = {0};
     int code = CORVID_OK;
@@ -94,7 +89,7 @@ static void one_request(run *r, const char *prompt) {
         int rc;
         while ((rc = corvid_stream_next(s, &ev, &err)) == 1) {
             if (ev.kind != CORVID_EVENT_CHUNK || ev.n_token_ids == 0) continue;
-            double t = now_s();
+            double t = cv_seconds();
             if (!first) first = t;
             else push(&gaps, (t - last) / (double)ev.n_token_ids);
             last = t;
@@ -103,7 +98,7 @@ static void one_request(run *r, const char *prompt) {
         if (rc < 0) code = err.code;
         corvid_stream_free(s);
     }
-    double t1 = now_s();
+    double t1 = cv_seconds();
     pthread_mutex_lock(&r->mu);
     r->codes[code >= 0 && code < MAX_CODES ? code : MAX_CODES - 1]++;
     if (code == CORVID_OK) {
@@ -122,7 +117,7 @@ static void *worker(void *arg) {
     run *r = arg;
     for (;;) {
         long i = atomic_fetch_add(&r->started, 1);
-        if (r->max_requests >= 0 ? i >= r->max_requests : now_s() >= r->end_time) break;
+        if (r->max_requests >= 0 ? i >= r->max_requests : cv_seconds() >= r->end_time) break;
         one_request(r, r->prompts[(size_t)i % r->n_prompts]);
     }
     return NULL;
@@ -222,13 +217,13 @@ int main(int argc, char **argv) {
     }
     pthread_mutex_init(&r.mu, NULL);
     pthread_t *th = calloc((size_t)conc, sizeof *th);
-    double t0 = now_s();
+    double t0 = cv_seconds();
     r.end_time = t0 + duration;
     int n_started = 0;
     for (; th && n_started < conc; n_started++)
         if (pthread_create(&th[n_started], NULL, worker, &r) != 0) break;
     for (int i = 0; i < n_started; i++) pthread_join(th[i], NULL);
-    double elapsed = now_s() - t0;
+    double elapsed = cv_seconds() - t0;
 
     qsort(r.ttft.v, r.ttft.n, sizeof(double), cmp_double);
     qsort(r.itl.v, r.itl.n, sizeof(double), cmp_double);

@@ -34,6 +34,7 @@
 #include "pii.h"
 #include "rag_index.h"
 #include "rag_sources.h"
+#include "timing.h"
 
 typedef struct doc {
     char *id, *title, *text;
@@ -46,12 +47,6 @@ typedef struct corpus {
     size_t n, cap;
     size_t bytes;
 } corpus;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* This thread's CPU time: a query's cost without the time other processes held the
  * core (the wall-clock tail on a shared machine mostly measures the scheduler). */
@@ -464,9 +459,9 @@ static void measure_sources(double *p50, double *p99, size_t *results) {
     double lat[200];
     for (int i = 0; i < 200; i++) {
         cv_rag_source_hits h = {0};
-        double t = now();
+        double t = cv_seconds();
         cv_rag_sources_fetch(src, pii, "退货 refund policy 13812345678", 0, NULL, NULL, &h, NULL);
-        lat[i] = (now() - t) * 1e3;
+        lat[i] = (cv_seconds() - t) * 1e3;
         *results = h.n;
         cv_rag_source_hits_free(&h);
     }
@@ -515,14 +510,14 @@ int main(int argc, char **argv) {
     size_t nq;
     question *qs = load_questions(qpath, &nq);
 
-    double t0 = now();
+    double t0 = cv_seconds();
     corpus co = {0};
     load_man(&co, "/usr/share/man", "", 0);
     load_doc_tree(&co, "/usr/share/doc", "", 0);
     load_man(&co, "/usr/share/man/zh_CN", "zh_CN/", 1);
     static const char *const fortunes[] = {"chinese", "tang300", "song100"};
     for (size_t i = 0; i < 3; i++) load_fortunes(&co, "/usr/share/games/fortunes", fortunes[i]);
-    double t_load = now() - t0;
+    double t_load = cv_seconds() - t0;
     if (dump) {
         FILE *f = fopen(dump, "w");
         for (size_t i = 0; f && i < co.n; i++) {
@@ -546,7 +541,7 @@ int main(int argc, char **argv) {
     size_t n_chunks = 0;
     for (int r = 0; r < runs; r++) {
         cv_rag_builder *b = NULL;
-        double t = now();
+        double t = cv_seconds();
         if (cv_rag_builder_create(NULL, an, &b, &e)) return fprintf(stderr, "%s\n", e.msg), 1;
         for (size_t i = 0; i < co.n; i++) {
             /* text is sanitised by the builder; skip documents whose id is not UTF-8 */
@@ -555,7 +550,7 @@ int main(int argc, char **argv) {
             if (st && st != CV_EINVAL) return fprintf(stderr, "%s\n", e.msg), 1;
         }
         if (cv_rag_builder_write(b, path, &e)) return fprintf(stderr, "%s\n", e.msg), 1;
-        build_s[r] = now() - t;
+        build_s[r] = cv_seconds() - t;
         n_chunks = cv_rag_builder_n_chunks(b);
         cv_rag_builder_free(b);
     }
@@ -566,13 +561,13 @@ int main(int argc, char **argv) {
     double open_plain[5], open_crc[5];
     cv_rag_index *ix = NULL;
     for (int r = 0; r < 5; r++) {
-        double t = now();
+        double t = cv_seconds();
         if (cv_rag_index_open(path, CV_RAG_VERIFY_CRC, &ix, &e)) return fprintf(stderr, "%s\n", e.msg), 1;
-        open_crc[r] = now() - t;
+        open_crc[r] = cv_seconds() - t;
         cv_rag_index_close(ix);
-        t = now();
+        t = cv_seconds();
         if (cv_rag_index_open(path, 0, &ix, &e)) return fprintf(stderr, "%s\n", e.msg), 1;
-        open_plain[r] = now() - t;
+        open_plain[r] = cv_seconds() - t;
         if (r < 4) cv_rag_index_close(ix);
     }
     cv_rag_index_info info;
@@ -618,10 +613,10 @@ int main(int argc, char **argv) {
         for (size_t i = 0; i < nl; i++) {
             cv_rag_hit h[5];
             size_t n;
-            double t = now(), c = cpu_now();
+            double t = cv_seconds(), c = cpu_now();
             cv_rag_search(s, &so, load[i], strlen(load[i]), h, 5, &n, &e);
             cpu[i] = (cpu_now() - c) * 1e3;
-            lat[i] = (now() - t) * 1e3;
+            lat[i] = (cv_seconds() - t) * 1e3;
         }
         p50s[p] = percentile(lat, nl, 0.50);
         p99s[p] = percentile(lat, nl, 0.99);
@@ -636,14 +631,14 @@ int main(int argc, char **argv) {
     size_t scan_hits = 0;
     for (int i = 0; i < 9; i++) {
         const char *q = load[nq + (size_t)i];
-        double t = now();
+        double t = cv_seconds();
         scan_hits += scan_query(ix, q);
-        scan_ms[i] = (now() - t) * 1e3;
+        scan_ms[i] = (cv_seconds() - t) * 1e3;
         cv_rag_hit h[5];
         size_t n;
-        t = now();
+        t = cv_seconds();
         cv_rag_search(s, &so, q, strlen(q), h, 5, &n, &e);
-        idx_ms[i] = (now() - t) * 1e3;
+        idx_ms[i] = (cv_seconds() - t) * 1e3;
     }
     double scan_med = median(scan_ms, 9), idx_med = median(idx_ms, 9);
     size_t zh_docs = 0;

@@ -38,6 +38,7 @@
 #include "corvid/client.h"
 #include "etcd.h"
 #include "rollout.h"
+#include "timing.h"
 
 extern char **environ;
 
@@ -49,12 +50,6 @@ static pid_t children[8];
 static size_t n_children;
 static atomic_long ok_count, failed_count;
 static atomic_int stop_load;
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static void sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -189,8 +184,8 @@ static bool all_on(bench *b, const char *version, double *load_s) {
 
 static int wait_phase(bench *b, const char *id, cv_rollout_phase want, double timeout_s,
                       cv_rollout_status *out) {
-    double end = now_s() + timeout_s;
-    while (now_s() < end) {
+    double end = cv_seconds() + timeout_s;
+    while (cv_seconds() < end) {
         cv_etcd_kv kv;
         if (cv_etcd_get(b->etcd, "/corvid/models/bench/status", &kv, NULL, NULL) == CV_OK) {
             cv_status rc = cv_rollout_status_parse(kv.value, kv.value_len, out, NULL);
@@ -205,8 +200,8 @@ static int wait_phase(bench *b, const char *id, cv_rollout_phase want, double ti
 }
 
 static int wait_all_on(bench *b, const char *version, double timeout_s, double *load_s) {
-    double end = now_s() + timeout_s;
-    while (now_s() < end) {
+    double end = cv_seconds() + timeout_s;
+    while (cv_seconds() < end) {
         if (all_on(b, version, load_s)) return 0;
         sleep_ms(5);
     }
@@ -237,9 +232,9 @@ static int one_run(bench *b, int run, const char **active, double *to100, double
         return -1;
     snprintf(id, sizeof id, "good-%d", run);
     long f0 = atomic_load(&failed_count);
-    double t0 = now_s();
+    double t0 = cv_seconds();
     if (start_rollout(b, id, good, false) || wait_all_on(b, good, 60, load_s)) return -1;
-    *to100 = (now_s() - t0) * 1e3;
+    *to100 = (cv_seconds() - t0) * 1e3;
     *fail_to100 = (double)(atomic_load(&failed_count) - f0);
     if (wait_phase(b, id, CV_PHASE_PROMOTED, 60, &st)) return -1;
     *active = good;
@@ -254,23 +249,23 @@ static int one_run(bench *b, int run, const char **active, double *to100, double
         }
     }
     f0 = atomic_load(&failed_count);
-    t0 = now_s();
+    t0 = cv_seconds();
     if (wait_all_on(b, good, 60, NULL)) return -1;
-    *back = (now_s() - t0) * 1e3;
+    *back = (cv_seconds() - t0) * 1e3;
     *fail_back = (double)(atomic_load(&failed_count) - f0);
     return wait_phase(b, id, CV_PHASE_ROLLED_BACK, 30, &st);
 }
 
 static int wait_ready(bench *b) {
-    double end = now_s() + 60;
+    double end = cv_seconds() + 60;
     for (int i = 0; i < N_SERVERS; i++) {
         int serving = 0;
         corvid_error e;
-        while (!serving && now_s() < end)
+        while (!serving && cv_seconds() < end)
             if (corvid_health(b->admin[i], "", &serving, &e) != 0 || !serving) sleep_ms(50);
         if (!serving) return -1;
     }
-    while (now_s() < end) {
+    while (cv_seconds() < end) {
         cv_etcd_kv kv;
         if (cv_etcd_get(b->etcd, "/corvid/controlplane/leader", &kv, NULL, NULL) == CV_OK) {
             cv_etcd_kv_free(&kv);

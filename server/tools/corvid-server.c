@@ -27,17 +27,12 @@
 #include "rpc_server.h"
 #include "router.h"
 #include "tls_files.h"
+#include "timing.h"
 
 static const char *const service_names[] = {"", "corvid.v1.Inference", "corvid.v1.Admin"};
 #define N_SERVICES (sizeof service_names / sizeof service_names[0])
 
 static void usage(FILE *f) { cv_config_usage(f); }
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Live-source requests go to the audit trail when there is one (set before serving),
  * else to the structured log on stderr. */
@@ -100,9 +95,9 @@ static int is_ready(void *ctx) {
 
 /* Waits for in-flight calls (Watch streams excepted) to end, at most timeout_s. */
 static int drain(cv_rpc_server *srv, cv_health *h, cv_router *r, double timeout_s) {
-    double end = now_s() + timeout_s;
+    double end = cv_seconds() + timeout_s;
     while (cv_router_in_flight(r) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
-        if (now_s() > end) return -1;
+        if (cv_seconds() > end) return -1;
         usleep(20 * 1000);
     }
     return 0;
@@ -218,7 +213,7 @@ int main(int argc, char **argv) {
     cv_health_set(health, "corvid.v1.Admin", CV_HEALTH_SERVING, &err);
     fprintf(stderr, "{\"msg\":\"listening\",\"addr\":\"%s\",\"port\":%d}\n", cfg.listen, port);
     if (cfg.model[0]) {
-        double t0 = now_s();
+        double t0 = cv_seconds();
         char version[128];
         if (cfg.model_version[0]) snprintf(version, sizeof version, "%s", cfg.model_version);
         else cv_slot_default_version(cfg.model, version, sizeof version);
@@ -230,7 +225,7 @@ int main(int argc, char **argv) {
             goto out;
         }
         fprintf(stderr, "{\"msg\":\"model ready\",\"version\":\"%s\",\"path\":\"%s\",\"device\":\"%s\",\"tp\":%d,"
-                "\"load_s\":%.3f}\n", version, cfg.model, cfg.device, cfg.tp, now_s() - t0);
+                "\"load_s\":%.3f}\n", version, cfg.model, cfg.device, cfg.tp, cv_seconds() - t0);
     }
 
     /* Until a signal: keep the Inference health in step with what the router serves. */
