@@ -12,6 +12,7 @@
 
 #include "cuda_backend.h"
 #include "engine.h"
+#include "inference_service.h"
 #include "rag_service.h"
 #include "tp.h"
 
@@ -30,6 +31,8 @@ typedef struct key_spec {
     const char *dflt;   /* the default in words; NULL: cv_config_defaults' value */
 } key_spec;
 
+#define QUOTE_(x) #x
+#define QUOTE(x) QUOTE_(x) /* a macro's value in a help text */
 #define STR(j, f, m, v, h, d) {j, f, K_STR, offsetof(cv_config, m), sizeof(((cv_config *)0)->m), 0, 0, v, h, d}
 #define NUM(j, f, k, m, lo, hi, v, h, d) {j, f, k, offsetof(cv_config, m), 0, lo, hi, v, h, d}
 
@@ -61,6 +64,12 @@ static const key_spec keys[] = {
         "KV cache budget (all ranks together)", NULL),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20, "N",
         "tokens generated when a request says 0", NULL),
+    NUM("max_prompt_bytes", "--max-prompt-bytes", K_LONG, max_prompt_bytes, 0, 1 << 30, "BYTES",
+        "largest prompt (Generate prompt, Chat messages' roles and contents, Tokenize text), refused with "
+        "INVALID_ARGUMENT before any tokenizing; 0: the model's context x " QUOTE(CV_INFER_PROMPT_BYTES_PER_TOKEN)
+        " bytes, a bound no real text reaches (about 4 bytes a token in English, 3 in code and CJK); gRPC "
+        "refuses a request over 4 MiB before either",
+        "0: the context x " QUOTE(CV_INFER_PROMPT_BYTES_PER_TOKEN)),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400, "SECONDS",
         "on SIGTERM, how long in-flight streams may finish", NULL),
     NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000, "MS",

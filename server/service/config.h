@@ -28,6 +28,8 @@ typedef struct cv_config {
     int kv_swa_full_cache;     /* 1: sliding-window layers keep every position (no ring) */
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
+    long max_prompt_bytes;     /* prompt / messages / Tokenize text, checked before tokenizing;
+                                * 0 = the model's context x CV_INFER_PROMPT_BYTES_PER_TOKEN */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
     int stream_flush_ms;       /* streams' output goes out in rounds at most this often */
     char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */

@@ -20,6 +20,7 @@
 
 struct cv_infer {
     cv_router *router;
+    cv_infer_options opt;
     atomic_int in_flight;
     cv_rag_runner rag;       /* no service: requests asking for RAG get FAILED_PRECONDITION */
 };
@@ -456,6 +457,27 @@ static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, i
     return st;
 }
 
+/* max_prompt_bytes for a request on slot, on the bytes as sent (field: the API's name
+ * for them), before any tokenizing: CV_OK or CV_EINVAL with both numbers. */
+static cv_status check_prompt_size(const cv_infer *inf, const cv_slot *slot, const char *field, size_t bytes,
+                                   cv_error *err) {
+    size_t ctx = (size_t)cv_engine_n_ctx(slot->engine);
+    size_t limit = inf->opt.max_prompt_bytes ? inf->opt.max_prompt_bytes : ctx * CV_INFER_PROMPT_BYTES_PER_TOKEN;
+    if (bytes <= limit) return CV_OK;
+    if (inf->opt.max_prompt_bytes)
+        return cv_errorf(err, CV_EINVAL, "%s: %zu bytes is over max_prompt_bytes (%zu)", field, bytes, limit);
+    return cv_errorf(err, CV_EINVAL,
+                     "%s: %zu bytes is over max_prompt_bytes (%zu: the model's context of %zu tokens x %d bytes)",
+                     field, bytes, limit, ctx, CV_INFER_PROMPT_BYTES_PER_TOKEN);
+}
+
+/* The bytes of a request's messages as max_prompt_bytes counts them. */
+static size_t messages_bytes(Corvid__V1__ChatMessage *const *m, size_t n) {
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += cv_rpc_pb_strlen(m[i]->role) + cv_rpc_pb_strlen(m[i]->content);
+    return bytes;
+}
+
 /* Turns the call into a response stream that waits for output; NULL after answering
  * the error. */
 static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
@@ -752,6 +774,12 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, model, version, rid);
     if (!slot || injected_fault(inf, slot, call, rid)) goto out;
+    if ((r.gen ? check_prompt_size(inf, slot, "prompt", cv_rpc_pb_strlen(r.gen->prompt), &err)
+               : check_prompt_size(inf, slot, "messages", messages_bytes(r.chat->messages, r.chat->n_messages),
+                                   &err)) != CV_OK) {
+        refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, err.msg);
+        goto out;
+    }
     if (r.gen && !r.gen->prompt[0]) {
         refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, "prompt: must not be empty");
         goto out;
@@ -816,7 +844,10 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     if (!slot) goto out;
     unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
     cv_status st;
-    if (r->n_messages && (r->text[0] || r->parse_special)) {
+    if (r->n_messages ? check_prompt_size(inf, slot, "messages", messages_bytes(r->messages, r->n_messages), &err) != CV_OK
+                      : check_prompt_size(inf, slot, "text", cv_rpc_pb_strlen(r->text), &err) != CV_OK) {
+        st = CV_EINVAL;
+    } else if (r->n_messages && (r->text[0] || r->parse_special)) {
         st = cv_errorf(&err, CV_EINVAL,
                        "messages: tokenized as Chat would, so text and parse_special must be unset");
     } else if (r->n_messages) {
@@ -893,10 +924,11 @@ static void on_list_models(void *ctx, cv_rpc_call *call, const uint8_t *req, siz
     cv_rpc_reply_message(call, &resp.base);
 }
 
-cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err) {
+cv_status cv_infer_new(cv_router *router, const cv_infer_options *opt, cv_infer **out, cv_error *err) {
     cv_infer *inf = calloc(1, sizeof *inf);
     if (!inf) return cv_errorf(err, CV_ENOMEM, "inference service: out of memory");
     inf->router = router;
+    inf->opt = *opt;
     atomic_init(&inf->in_flight, 0);
     cv_rag_runner_init(&inf->rag, &(cv_rag_runner_config){0});
     *out = inf;

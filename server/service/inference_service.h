@@ -26,10 +26,24 @@
 
 #define CV_INFER_MAX_PENDING (1u << 20)
 
+/* The default prompt bound in bytes per token of the model's context: about 8x what
+ * real text takes (English about 4 bytes a token, code and CJK about 3), so a prompt
+ * over it could never fit the context whatever the tokenizer; it only stops work that
+ * would be thrown away. */
+#define CV_INFER_PROMPT_BYTES_PER_TOKEN 32
+
+typedef struct cv_infer_options {
+    /* A Generate prompt, a Chat's messages (roles and contents together) or a Tokenize
+     * text longer than this is refused with INVALID_ARGUMENT naming the field and both
+     * numbers, on the bytes as sent and before any tokenizing; 0: the slot's context
+     * x CV_INFER_PROMPT_BYTES_PER_TOKEN. */
+    size_t max_prompt_bytes;
+} cv_infer_options;
+
 typedef struct cv_infer cv_infer;
 
 /* Requests are routed by the router, which must outlive the service's streams. */
-cv_status cv_infer_new(cv_router *router, cv_infer **out, cv_error *err);
+cv_status cv_infer_new(cv_router *router, const cv_infer_options *opt, cv_infer **out, cv_error *err);
 cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err);
 /* Retrieval for requests with rag.enable (see rag_service.h); without one they get
  * FAILED_PRECONDITION. The service must outlive the streams (set before serving). */

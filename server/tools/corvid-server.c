@@ -183,8 +183,9 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
+    cv_infer_options io = {.max_prompt_bytes = (size_t)cfg.max_prompt_bytes};
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
-        cv_infer_new(router, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
+        cv_infer_new(router, &io, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
         goto out;
     cv_status created = cv_rpc_server_new(&rcfg, &srv, &err);
     rcfg.tls = NULL; /* the rpc server owns the TLS files from here, even when it failed */
