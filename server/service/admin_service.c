@@ -175,33 +175,33 @@ static void reply_after(cv_admin *a, cv_rpc_call *call, const char *version, int
     pthread_attr_destroy(&attr);
 }
 
-#define UNPACK(type, fn, name)                                                          \
-    type *r = fn##__unpack(NULL, len, req);                                             \
-    if (!r) {                                                                           \
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed " name, NULL, 0);        \
-        return;                                                                         \
-    }
-
+/* Requests are unpacked like Inference's (rpc_message.h): malformed bytes, invalid
+ * UTF-8 or a NUL in a version, URI or sha256 are answered INVALID_ARGUMENT naming the
+ * field, and the handler returns. */
 static void on_load(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
-    UNPACK(Corvid__V1__LoadModelRequest, corvid__v1__load_model_request, "LoadModelRequest");
+    Corvid__V1__LoadModelRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__load_model_request__descriptor, call, req, len);
+    if (!r) return;
     cv_error err = {0};
     cv_status st = cv_router_load(a->router, r->version, r->uri, r->sha256, 0, &err);
     audit(a, call, st, &err, "load version=%.100s uri=%.400s sha256=%.64s", r->version, r->uri, r->sha256);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
-    corvid__v1__load_model_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
 }
 
 static void on_unload(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
-    UNPACK(Corvid__V1__UnloadModelRequest, corvid__v1__unload_model_request, "UnloadModelRequest");
+    Corvid__V1__UnloadModelRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__unload_model_request__descriptor, call, req, len);
+    if (!r) return;
     cv_error err = {0};
     cv_status st = cv_router_unload(a->router, r->version, 0, &err);
     audit(a, call, st, &err, "unload version=%.100s", r->version);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
-    corvid__v1__unload_model_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
 }
 
 static void reply_status(cv_admin *a, cv_rpc_call *call, int window_s) {
@@ -233,9 +233,11 @@ static void reply_status(cv_admin *a, cv_rpc_call *call, int window_s) {
 
 static void on_status(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
-    UNPACK(Corvid__V1__GetStatusRequest, corvid__v1__get_status_request, "GetStatusRequest");
+    Corvid__V1__GetStatusRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__get_status_request__descriptor, call, req, len);
+    if (!r) return;
     int window = r->window_seconds ? (int)r->window_seconds : DEFAULT_WINDOW_S;
-    corvid__v1__get_status_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
     if (window > CV_STATS_WINDOW_MAX) {
         char msg[100];
         snprintf(msg, sizeof msg, "window_seconds %d is above %d", window, CV_STATS_WINDOW_MAX);
@@ -247,7 +249,9 @@ static void on_status(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t l
 
 static void on_traffic(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
-    UNPACK(Corvid__V1__SetTrafficRequest, corvid__v1__set_traffic_request, "SetTrafficRequest");
+    Corvid__V1__SetTrafficRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__set_traffic_request__descriptor, call, req, len);
+    if (!r) return;
     const char *versions[CV_ROUTER_MAX_VERSIONS];
     uint32_t weights[CV_ROUTER_MAX_VERSIONS];
     cv_error err = {0};
@@ -265,15 +269,16 @@ static void on_traffic(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t 
     for (size_t i = 0, n = strlen(what); i < r->n_weights && i < CV_ROUTER_MAX_VERSIONS && n < sizeof what - 80; i++)
         n += (size_t)snprintf(what + n, sizeof what - n, " %.60s=%u", r->weights[i]->version, r->weights[i]->weight);
     audit(a, call, st, &err, "%s", what);
-    corvid__v1__set_traffic_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_status(a, call, DEFAULT_WINDOW_S);
 }
 
 static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
-    UNPACK(Corvid__V1__SetFaultInjectionRequest, corvid__v1__set_fault_injection_request,
-           "SetFaultInjectionRequest");
+    Corvid__V1__SetFaultInjectionRequest *r =
+        cv_rpc_unpack_request(&corvid__v1__set_fault_injection_request__descriptor, call, req, len);
+    if (!r) return;
 #ifdef CORVID_TESTING
     cv_error err = {0};
     cv_status st = cv_router_set_fault(a->router, r->version, r->error_rate, &err);
@@ -285,7 +290,7 @@ static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
     cv_rpc_reply(call, CV_RPC_FAILED_PRECONDITION,
                  "fault injection exists only in builds made with CORVID_TESTING", NULL, 0);
 #endif
-    corvid__v1__set_fault_injection_request__free_unpacked(r, NULL);
+    cv_rpc_free_request(&r->base);
 }
 
 cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit, cv_admin **out,

@@ -1,6 +1,7 @@
 """Request validation through a real corvid-server (stories260K, grpcio client): every
 text field (Generate prompt, Chat message content and system text, stop strings, the RAG
-question, Tokenize text) refuses the five malformed UTF-8 patterns and a NUL with
+question, Tokenize text, and the Admin requests' version, uri, sha256 and traffic
+weights) refuses the five malformed UTF-8 patterns and a NUL with
 INVALID_ARGUMENT naming the field as the proto spells it and the byte offset; limits are
 reported with the API's names and the values the client sent (unsigned ones unwrapped,
 NaN as "not a number"); a Bearer header without a token says the token is missing."""
@@ -12,7 +13,7 @@ import grpc
 
 from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules
 
-pb, _, _ = proto_modules()
+pb, admin_pb, _ = proto_modules()
 MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 
 # (name, bytes, offset of the first bad byte within them); each follows 3 valid bytes
@@ -29,7 +30,7 @@ BAD = [
 
 
 def raw_rpc(ch, method, stream):
-    path = "/corvid.v1.Inference/" + method
+    path = method if method.startswith("/") else "/corvid.v1.Inference/" + method
     return ch.unary_stream(path) if stream else ch.unary_unary(path)
 
 
@@ -124,6 +125,31 @@ def other_text_fields_are_checked(srv):
                         "rag.sources[1]")]:
         code, details = call(srv, "Generate", True, msg.SerializeToString())
         assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field + ":"), (field, code, details)
+
+
+def admin_text_fields_refuse_bad_text(srv):
+    """Admin requests go through the same unpack and check: version, uri, sha256 and
+    weights[i].version, each with invalid UTF-8 and NUL, before the router sees them."""
+    A = "/corvid.v1.Admin/"
+    fields = [("LoadModel", lambda m: admin_pb.LoadModelRequest(version="Hé " + m, uri="x.gguf"), "version"),
+              ("LoadModel", lambda m: admin_pb.LoadModelRequest(version="v", uri="Hé " + m), "uri"),
+              ("LoadModel", lambda m: admin_pb.LoadModelRequest(version="v", uri="x", sha256="Hé " + m), "sha256"),
+              ("UnloadModel", lambda m: admin_pb.UnloadModelRequest(version="Hé " + m), "version"),
+              ("SetTraffic", lambda m: admin_pb.SetTrafficRequest(weights=[
+                  admin_pb.TrafficWeight(version="stories260K", weight=1),
+                  admin_pb.TrafficWeight(version="Hé " + m, weight=1)]), "weights[1].version")]
+    failures = []
+    for method, build, field in fields:
+        for name, bad, off in BAD:
+            marker = marker_for(bad)
+            code, details = call(srv, A + method, False, with_bytes(build(marker), marker, bad))
+            if code != grpc.StatusCode.INVALID_ARGUMENT or not details.startswith(field + ":") or \
+                    "byte %d" % (len(PREFIX) + off) not in details:
+                failures.append((method, field, name, code, details))
+    code, details = call(srv, A + "LoadModel", False, b"\x0a\xff")  # field 1 with a length past the end
+    if code != grpc.StatusCode.INVALID_ARGUMENT or details != "malformed LoadModelRequest":
+        failures.append(("LoadModel", "truncated wire", code, details))
+    assert not failures, "\n".join(map(str, failures))
 
 
 def limits_use_api_names_and_sent_values(srv):
@@ -234,6 +260,7 @@ def main():
               text_fields_refuse_bad_text, srv)
         c.run("a NUL from the client is refused, not cut", nul_set_from_python_is_refused, srv)
         c.run("request_id, model, rag.sources are checked too", other_text_fields_are_checked, srv)
+        c.run("Admin version, uri, sha256, weights[i].version: same check", admin_text_fields_refuse_bad_text, srv)
         c.run("limits: API names, unwrapped unsigned values, NaN", limits_use_api_names_and_sent_values, srv)
         rag = Server("--model", MODEL, "--threads", "1", "--rag-kb", "docs=" + build_kb())
         try:
