@@ -641,12 +641,14 @@ static cv_status parse(cv_gguf *g, cv_error *err) {
     cv_status s;
     uint64_t n_tensors, n_kv;
     snprintf(P.ctx, sizeof P.ctx, "header");
+    /* Not GGUF: say only that. The bytes of whatever file was named (a key, a password
+     * file) must never reach a message, a log or a remote caller. A file shorter than
+     * the magic that starts like it counts as a truncated GGUF. */
+    if (g->size && memcmp(g->base, GGUF_MAGIC, g->size < 4 ? (size_t)g->size : 4))
+        return fail(&P, 0, "not a GGUF file (it does not start with \"GGUF\")");
     if (g->size < GGUF_HEADER_BYTES)
         return fail(&P, 0, "truncated: the header needs %u bytes, the file has %llu",
                     GGUF_HEADER_BYTES, (unsigned long long)g->size);
-    if (memcmp(g->base, GGUF_MAGIC, 4))
-        return fail(&P, 0, "magic is %02x %02x %02x %02x, expected \"GGUF\"", g->base[0],
-                    g->base[1], g->base[2], g->base[3]);
     P.off = 4;
     get_u32(&P, &g->version, "version");
     if (g->version == 0x03000000u || g->version == 0x02000000u)

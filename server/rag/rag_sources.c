@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_error.h"
 #include "timing.h"
 
 #define SRC_MAX 32
@@ -136,7 +137,7 @@ cv_status cv_rag_sources_parse(const char *text, size_t len, cv_rag_sources **ou
     json_error_t je;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     if (!root) return cv_errorf(err, CV_EINVAL, "sources config: invalid JSON at line %d column %d: %s",
-                                je.line, je.column, je.text);
+                                je.line, je.column, cv_json_error_text(&je));
     cv_rag_sources *s = calloc(1, sizeof *s);
     cv_status st = CV_OK;
     if (!s) {

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "allowlist.h"
+#include "json_error.h"
 
 #define SECRET_FILE_MAX (1 << 20)
 
@@ -226,7 +227,7 @@ cv_status cv_auth_load_file(const char *path, const cv_auth_options *opt, cv_aut
     json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
     if (!j)
         return cv_errorf(err, CV_EFORMAT, "auth config %s: line %d column %d: %s", path, je.line,
-                         je.column, je.text);
+                         je.column, cv_json_error_text(&je));
     cv_status st = cv_auth_new(j, opt, out, err);
     json_decref(j);
     return st == CV_OK ? st : cv_error_wrap(err, "auth config %s", path);

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "json_error.h"
+
 typedef struct jwt_key {
     char *kid;  /* NULL: no kid */
     cv_jwt_alg alg;
@@ -280,11 +282,9 @@ static cv_status decode_json(const char *s, size_t n, const char *part, json_t *
     json_t *j = json_loadb((const char *)raw, len, JSON_REJECT_DUPLICATES, &je);
     free(raw);
     if (!j) {
-        /* jansson quotes the text near the error: keep token content out of messages. */
-        char *near = strstr(je.text, " near ");
-        if (near) *near = 0;
-        return cv_errorf(err, CV_EFORMAT, "token %s: not JSON: %s (at byte %d)", part, je.text,
-                         je.position);
+        /* Token content stays out of messages (json_error.h). */
+        return cv_errorf(err, CV_EFORMAT, "token %s: not JSON: %s (at byte %d)", part,
+                         cv_json_error_text(&je), je.position);
     }
     if (!json_is_object(j)) {
         json_decref(j);

@@ -13,6 +13,7 @@
 #include "cuda_backend.h"
 #include "engine.h"
 #include "inference_service.h"
+#include "json_error.h"
 #include "rag_service.h"
 #include "tp.h"
 
@@ -164,7 +165,7 @@ cv_status cv_config_load_file(cv_config *c, const char *path, cv_error *err) {
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
         return cv_errorf(err, CV_EFORMAT, "config %s: line %d column %d: %s", path, jerr.line,
-                         jerr.column, jerr.text);
+                         jerr.column, cv_json_error_text(&jerr));
     cv_status st = CV_OK;
     if (!json_is_object(root)) {
         st = cv_errorf(err, CV_EFORMAT, "config %s: the top level must be a JSON object", path);

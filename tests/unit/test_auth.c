@@ -271,6 +271,11 @@ static void test_secret_sources(void **state) {
     write_file(cpath, "{\"jwt\": 1,}", 11);
     assert_int_equal(cv_auth_load_file(cpath, &opts, &a, &e), CV_EFORMAT);
     assert_non_null(strstr(e.msg, "line 1 column"));
+    /* The HS256 secret file named as the policy by mistake: not one of its bytes. */
+    write_file(cpath, "s3cr3t-hmac-key-0123456789abcdef", 32);
+    assert_int_equal(cv_auth_load_file(cpath, &opts, &a, &e), CV_EFORMAT);
+    assert_null(strstr(e.msg, "s3cr"));
+    assert_non_null(strstr(e.msg, "line 1 column 1"));
 }
 
 static void test_config_errors(void **state) {

@@ -57,6 +57,14 @@ static void test_bad_files_name_the_key(void **state) {
     assert_int_equal(load("[1,2]", &c, &e), CV_EFORMAT);
     assert_int_equal(load("{\"listen\":", &c, &e), CV_EFORMAT);
     assert_non_null(strstr(e.msg, "line 1"));
+    /* A secret file given as the config by mistake: the position, never its bytes. */
+    const char *secrets[] = {"root:$6$s3cr3t:19000:0:99999:7:::\n", "{\"a\": tru_s3cr3t}", "{\"k\": \"s3cr3t",
+                             "\xffs3cr3t"};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(load(secrets[i], &c, &e), CV_EFORMAT);
+        if (strstr(e.msg, "s3cr3t") || strstr(e.msg, "root") || strstr(e.msg, "0xff") || !strstr(e.msg, "line 1 column"))
+            fail_msg("config error echoes the file or lost its position: %s", e.msg);
+    }
 }
 
 static void test_flags_override_file_wherever_they_stand(void **state) {

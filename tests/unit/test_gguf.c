@@ -160,8 +160,20 @@ static void test_bad_magic(void **state) {
     (void)state;
     uint8_t *buf; size_t len;
     build_small(&buf, &len);
-    buf[0] = 'X';
-    expect_bad(buf, len, "magic");
+    /* Bytes that cannot be printed as text and a secret-looking start: the message says
+     * "not a GGUF file" and never shows them, in any form. */
+    memcpy(buf, "\x01s3k", 4);
+    expect_bad(buf, len, "not a GGUF file");
+    cv_gguf *g = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_gguf_open_memory(buf, len, &g, &e), CV_EFORMAT);
+    assert_null(strstr(e.msg, "s3k"));
+    assert_null(strstr(e.msg, "73 33 6b"));
+    assert_null(strstr(e.msg, "01"));
+    assert_int_equal(cv_gguf_open_memory("GX", 2, &g, &e), CV_EFORMAT);
+    assert_non_null(strstr(e.msg, "not a GGUF file"));
+    assert_int_equal(cv_gguf_open_memory("GG", 2, &g, &e), CV_EFORMAT); /* a GGUF cut short */
+    assert_non_null(strstr(e.msg, "truncated"));
     free(buf);
 }
 
