@@ -31,6 +31,7 @@ set -u
 export CORVID_TESTBIN CORVID_BIN
 passed=0 failed=0 ran=0
 failures=()
+times=() # "seconds name" per test that ran: the slowest are listed at the end (CI budget)
 patterns=("$@")
 kill_after=${CORVID_TEST_KILL_AFTER:-10}
 cur_pid="" cur_tag="" cur_name="" cur_log="" seq=0
@@ -99,7 +100,7 @@ trap 'on_signal HUP' HUP
 
 run_one() { # name filter command...
     local name=$1 filter=$2; shift 2
-    local log rc
+    local log rc t0=$SECONDS
     log=$(mktemp)
     seq=$((seq + 1))
     cur_name=$name cur_tag="$$-$seq-$RANDOM" cur_log=$log
@@ -118,7 +119,8 @@ run_one() { # name filter command...
         return
     fi
     ran=$((ran + 1))
-    echo "=== $name"
+    times+=("$((SECONDS - t0)) $name")
+    echo "=== $name ($((SECONDS - t0)) s)"
     cat "$log"
     local p f
     p=$(grep -E '^\[  PASSED  \] [0-9]+ test' "$log" | awk '{s+=$4} END{print s+0}')
@@ -166,6 +168,9 @@ done
 if [ ${#patterns[@]} -gt 0 ] && [ $ran -eq 0 ]; then
     echo "no test matches: ${patterns[*]}"
     failed=$((failed + 1))
+fi
+if [ ${#times[@]} -gt 0 ]; then
+    echo "slowest: $(printf '%s\n' "${times[@]}" | sort -rn | head -n 10 | awk '{printf "%s%s %ss", (NR>1?", ":""), $2, $1}')"
 fi
 if [ ${#failures[@]} -gt 0 ]; then
     echo "failed: ${failures[*]}"
