@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,6 +21,9 @@ struct cv_audit {
     char *path;  /* NULL: stderr */
     int fd;
     const cv_pii *pii;
+    unsigned long long max_bytes;  /* 0: no rotation */
+    unsigned keep;                 /* rotated files kept: PATH.1 .. PATH.keep */
+    unsigned long long size;       /* bytes in the current file */
 };
 
 static const char *const event_names[] = {"admin_action", "auth_failure", "model_load",
@@ -29,9 +33,11 @@ const char *cv_audit_event_name(cv_audit_event ev) {
     return (unsigned)ev < 4 ? event_names[ev] : "unknown";
 }
 
-static cv_status open_fd(const char *path, int *fd, cv_error *err) {
+static cv_status open_fd(const char *path, int *fd, unsigned long long *size, cv_error *err) {
     *fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
     if (*fd < 0) return cv_errorf(err, CV_EIO, "audit log %s: %s", path, strerror(errno));
+    struct stat sb;
+    *size = fstat(*fd, &sb) == 0 ? (unsigned long long)sb.st_size : 0;
     return CV_OK;
 }
 
@@ -40,7 +46,7 @@ cv_status cv_audit_open(const char *path, cv_audit **out, cv_error *err) {
     if (!a) return cv_errorf(err, CV_ENOMEM, "audit: out of memory");
     a->fd = STDERR_FILENO;
     if (path && *path && strcmp(path, "-") != 0) {
-        cv_status st = (a->path = strdup(path)) ? open_fd(path, &a->fd, err)
+        cv_status st = (a->path = strdup(path)) ? open_fd(path, &a->fd, &a->size, err)
                                                 : cv_errorf(err, CV_ENOMEM, "audit: out of memory");
         if (st != CV_OK) {
             free(a->path);
@@ -64,16 +70,64 @@ void cv_audit_close(cv_audit *a) {
 cv_status cv_audit_reopen(cv_audit *a, cv_error *err) {
     if (!a->path) return CV_OK;
     int fd;
-    cv_status st = open_fd(a->path, &fd, err);
+    unsigned long long size;
+    cv_status st = open_fd(a->path, &fd, &size, err);
     if (st != CV_OK) return st;
     pthread_mutex_lock(&a->mu);
     close(a->fd);
     a->fd = fd;
+    a->size = size;
     pthread_mutex_unlock(&a->mu);
     return CV_OK;
 }
 
 void cv_audit_set_pii(cv_audit *a, const cv_pii *pii) { a->pii = pii; }
+
+void cv_audit_set_rotation(cv_audit *a, unsigned long long max_bytes, unsigned keep) {
+    if (!a->path) return;
+    a->max_bytes = max_bytes;
+    a->keep = keep;
+}
+
+/* PATH.i, or PATH for i == 0 (into buf, which holds strlen(path) + 12). */
+static void numbered(const char *path, unsigned i, char *buf, size_t cap) {
+    if (i) snprintf(buf, cap, "%s.%u", path, i);
+    else snprintf(buf, cap, "%s", path);
+}
+
+/* PATH.keep-1 -> PATH.keep, ..., PATH -> PATH.1, then a new PATH. Under a->mu. */
+static cv_status rotate(cv_audit *a, cv_error *err) {
+    size_t cap = strlen(a->path) + 12;
+    char *from = malloc(cap), *to = malloc(cap);
+    cv_status st = CV_OK;
+    if (!from || !to) {
+        st = cv_errorf(err, CV_ENOMEM, "audit: out of memory");
+        goto out;
+    }
+    if (a->keep == 0 && unlink(a->path) != 0 && errno != ENOENT) {
+        st = cv_errorf(err, CV_EIO, "audit log %s: cannot start it anew: %s", a->path, strerror(errno));
+        goto out;
+    }
+    for (unsigned i = a->keep; i >= 1; i--) {
+        numbered(a->path, i - 1, from, cap);
+        numbered(a->path, i, to, cap);
+        if (rename(from, to) != 0 && errno != ENOENT) {
+            st = cv_errorf(err, CV_EIO, "audit log %s: cannot rotate it to %s: %s", a->path, to,
+                           strerror(errno));
+            goto out;
+        }
+    }
+    int fd;
+    unsigned long long size;
+    if ((st = open_fd(a->path, &fd, &size, err)) != CV_OK) goto out;
+    close(a->fd);
+    a->fd = fd;
+    a->size = size;
+out:
+    free(from);
+    free(to);
+    return st;
+}
 
 static int b64url_char(char c) {
     return isalnum((unsigned char)c) || c == '-' || c == '_';
@@ -155,25 +209,42 @@ static json_t *clean_field(const char *s, const cv_pii *pii) {
     return j;
 }
 
-static void timestamp(char buf[40]) {
-    struct timespec ts;
+/* RFC 3339 UTC with milliseconds of a CLOCK_REALTIME time in seconds. */
+static json_t *timestamp(double t) {
+    char buf[40];
     struct tm tm;
+    time_t sec = (time_t)t;
+    long ms = (long)((t - (double)sec) * 1000);
+    gmtime_r(&sec, &tm);
+    size_t n = strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf + n, sizeof buf - n, ".%03ldZ", ms < 0 ? 0 : ms > 999 ? 999 : ms);
+    return json_string(buf);
+}
+
+static double now_realtime(void) {
+    struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    size_t n = strftime(buf, 40, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf + n, 40 - n, ".%03ldZ", ts.tv_nsec / 1000000);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
 cv_status cv_audit_write(cv_audit *a, const cv_audit_entry *e, cv_error *err) {
-    const char *names[] = {"subject", "peer", "method", "outcome", "detail"};
-    const char *vals[] = {e->subject, e->peer, e->method, e->outcome, e->detail};
-    char ts[40];
-    timestamp(ts);
+    return cv_audit_write_count(a, e, NULL, err);
+}
+
+cv_status cv_audit_write_count(cv_audit *a, const cv_audit_entry *e, const cv_audit_count *c, cv_error *err) {
+    const char *names[] = {"subject", "peer", "method", "outcome", "reason", "detail"};
+    const char *vals[] = {e->subject, e->peer, e->method, e->outcome, c ? c->reason : NULL, e->detail};
     json_t *o = json_object();
-    int bad = !o || json_object_set_new(o, "ts", json_string(ts)) ||
+    int bad = !o || json_object_set_new(o, "ts", timestamp(now_realtime())) ||
               json_object_set_new(o, "event", json_string(cv_audit_event_name(e->event)));
-    for (int i = 0; i < 5 && !bad; i++)
-        if (vals[i]) bad = json_object_set_new(o, names[i], clean_field(vals[i], i == 4 ? a->pii : NULL));
+    /* Personal data can be in the subject (an e-mail) and in the free text. */
+    for (int i = 0; i < 6 && !bad; i++)
+        if (vals[i])
+            bad = json_object_set_new(o, names[i], clean_field(vals[i], i == 0 || i == 5 ? a->pii : NULL));
+    if (c && !bad)
+        bad = json_object_set_new(o, "count", json_integer((json_int_t)c->count)) ||
+              json_object_set_new(o, "first", timestamp(c->first)) ||
+              json_object_set_new(o, "last", timestamp(c->last));
     char *line = bad ? NULL : json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!line) return cv_errorf(err, CV_ENOMEM, "audit: out of memory");
@@ -182,7 +253,8 @@ cv_status cv_audit_write(cv_audit *a, const cv_audit_entry *e, cv_error *err) {
     cv_status st = CV_OK;
     pthread_mutex_lock(&a->mu);
     size_t done = 0;
-    while (done < n + 1) {
+    if (a->max_bytes && a->size > 0 && a->size + n + 1 > a->max_bytes) st = rotate(a, err);
+    while (st == CV_OK && done < n + 1) {
         ssize_t w = write(a->fd, line + done, n + 1 - done);
         if (w < 0 && errno == EINTR) continue;
         if (w <= 0) {
@@ -192,6 +264,7 @@ cv_status cv_audit_write(cv_audit *a, const cv_audit_entry *e, cv_error *err) {
         }
         done += (size_t)w;
     }
+    a->size += done;
     pthread_mutex_unlock(&a->mu);
     free(line);
     return st;

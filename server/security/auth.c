@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "allowlist.h"
+#include "audit_tally.h"
 #include "json_error.h"
 
 #define SECRET_FILE_MAX (1 << 20)
@@ -20,6 +21,7 @@ struct cv_auth {
     cv_ratelimit *rl;       /* NULL: unlimited */
     double rl_rate, rl_burst;
     cv_audit *audit;        /* NULL: no audit log */
+    cv_audit_tally *failures; /* counts auth failures into audit, one line per key an interval */
 };
 
 /* ---- configuration ---- */
@@ -188,9 +190,46 @@ static cv_status parse_rate_limit(cv_auth *a, const json_t *j, const cv_auth_opt
     return st == CV_OK ? st : cv_error_wrap(err, "auth.rate_limit");
 }
 
+/* A number of section[key] in [lo, hi] into *v (left alone when the key is absent). */
+static cv_status audit_number(const json_t *section, const char *key, double lo, double hi, int whole,
+                              double *v, cv_error *err) {
+    const json_t *j = json_object_get(section, key);
+    if (!j) return CV_OK;
+    if (!json_object_get(section, "audit_log"))
+        return cv_errorf(err, CV_EINVAL, "auth.%s: set without audit_log", key);
+    double x = json_number_value(j);
+    if (!json_is_number(j) || !(x >= lo && x <= hi) || (whole && !json_is_integer(j)))
+        return cv_errorf(err, CV_EINVAL, "auth.%s: %s from %.10g to %.10g is needed", key,
+                         whole ? "a whole number" : "a number", lo, hi);
+    *v = x;
+    return CV_OK;
+}
+
+/* audit_log with its size bound and the failure tally (defaults in auth.h). */
+static cv_status parse_audit(cv_auth *a, const json_t *section, const cv_auth_options *opt, cv_error *err) {
+    double max_mb = CV_AUTH_AUDIT_MAX_MB, keep = CV_AUTH_AUDIT_KEEP, interval = CV_AUTH_AUDIT_INTERVAL_S,
+           max_keys = CV_AUTH_AUDIT_MAX_KEYS;
+    const json_t *log = json_object_get(section, "audit_log");
+    cv_status st;
+    if ((st = audit_number(section, "audit_max_mb", 0, 1048576, 0, &max_mb, err)) != CV_OK ||
+        (st = audit_number(section, "audit_keep", 0, 1000, 1, &keep, err)) != CV_OK ||
+        (st = audit_number(section, "audit_interval_s", 0.1, 3600, 0, &interval, err)) != CV_OK ||
+        (st = audit_number(section, "audit_max_keys", 1, 1000000, 1, &max_keys, err)) != CV_OK)
+        return st;
+    if (!log) return CV_OK;
+    if (!json_is_string(log))
+        return cv_errorf(err, CV_EINVAL, "auth.audit_log: not a string (a path, or \"-\" for stderr)");
+    if ((st = cv_audit_open(json_string_value(log), &a->audit, err)) != CV_OK) return st;
+    if (opt && opt->pii) cv_audit_set_pii(a->audit, opt->pii);
+    cv_audit_set_rotation(a->audit, (unsigned long long)(max_mb * 1048576.0), (unsigned)keep);
+    cv_audit_tally_config tc = {interval, (unsigned)max_keys};
+    return cv_audit_tally_new(a->audit, &tc, &a->failures, err);
+}
+
 cv_status cv_auth_new(const json_t *section, const cv_auth_options *opt, cv_auth **out,
                       cv_error *err) {
-    static const char *const keys[] = {"jwt", "allowlist", "rate_limit", "audit_log", NULL};
+    static const char *const keys[] = {"jwt", "allowlist", "rate_limit", "audit_log", "audit_max_mb",
+                                       "audit_keep", "audit_interval_s", "audit_max_keys", NULL};
     cv_auth *a = calloc(1, sizeof *a);
     if (!a) return cv_errorf(err, CV_ENOMEM, "auth: out of memory");
     cv_status st = cv_allowlist_new(&a->allow, err);
@@ -200,18 +239,11 @@ cv_status cv_auth_new(const json_t *section, const cv_auth_options *opt, cv_auth
         goto done;
     }
     if ((st = only_keys(section, "auth", keys, err)) != CV_OK) goto done;
-    const json_t *jwt = json_object_get(section, "jwt"), *log = json_object_get(section, "audit_log");
+    const json_t *jwt = json_object_get(section, "jwt");
     if (jwt && (st = parse_jwt(a, jwt, opt, err)) != CV_OK) goto done;
     if ((st = parse_allowlist(a, json_object_get(section, "allowlist"), err)) != CV_OK) goto done;
     if ((st = parse_rate_limit(a, json_object_get(section, "rate_limit"), opt, err)) != CV_OK) goto done;
-    if (log) {
-        if (!json_is_string(log)) {
-            st = cv_errorf(err, CV_EINVAL, "auth.audit_log: not a string (a path, or \"-\" for stderr)");
-            goto done;
-        }
-        if ((st = cv_audit_open(json_string_value(log), &a->audit, err)) != CV_OK) goto done;
-        if (opt && opt->pii) cv_audit_set_pii(a->audit, opt->pii);
-    }
+    st = parse_audit(a, section, opt, err);
 done:
     if (st != CV_OK) {
         cv_auth_free(a);
@@ -238,6 +270,7 @@ void cv_auth_free(cv_auth *a) {
     cv_jwt_verifier_free(a->jwt);
     cv_allowlist_free(a->allow);
     cv_ratelimit_free(a->rl);
+    cv_audit_tally_free(a->failures); /* writes the last interval's counts */
     cv_audit_close(a->audit);
     free(a);
 }
@@ -264,21 +297,28 @@ static int method_scope(const char *m) {
     return CV_SCOPE_ADMIN;
 }
 
-static cv_auth_verdict refuse(cv_auth *a, cv_auth_result *res, cv_auth_verdict code, const char *method,
-                          const char *peer, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
+/* The call being checked: what a refusal reports and counts. */
+typedef struct call_info {
+    const char *method, *peer;
+    const char *addr;  /* the client's IP, else the peer string: the tally's key */
+} call_info;
 
-static cv_auth_verdict refuse(cv_auth *a, cv_auth_result *res, cv_auth_verdict code, const char *method,
-                          const char *peer, const char *fmt, ...) {
+/* Fills res; auth failures (not rate-limit refusals, which the rate limit already
+ * bounds and the metrics count) go to the tally under reason, a fixed word. */
+static cv_auth_verdict refuse(cv_auth *a, const call_info *c, cv_auth_result *res, cv_auth_verdict code,
+                              const char *reason, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static cv_auth_verdict refuse(cv_auth *a, const call_info *c, cv_auth_result *res, cv_auth_verdict code,
+                              const char *reason, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(res->message, sizeof res->message, fmt, ap);
     va_end(ap);
     res->verdict = code;
-    if (a->audit && code != CV_AUTH_RATE_LIMITED) {
-        cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, res->subject[0] ? res->subject : NULL, peer,
-                            method, verdict_name(code), res->message};
-        cv_audit_write(a->audit, &e, NULL);
+    if (a->failures && code != CV_AUTH_RATE_LIMITED) {
+        cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, res->subject[0] ? res->subject : NULL, c->peer,
+                            c->method, verdict_name(code), res->message};
+        cv_audit_tally_add(a->failures, c->addr, reason, &e);
     }
     return code;
 }
@@ -313,18 +353,19 @@ cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *author
     int have_ip = cv_ip_parse_peer(peer, &ip, &e) == CV_OK;
     char ip_text[64] = "";
     if (have_ip) cv_ip_format(&ip, ip_text);
+    call_info ci = {method, peer, have_ip ? ip_text : peer};
 
     if (cv_allowlist_count(a->allow)) {
         if (!have_ip)
-            return refuse(a, res, CV_AUTH_DENIED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_DENIED, "not_ip_client",
                           "the allowlist admits IP clients only: %s", e.msg);
         if (!cv_allowlist_allows(a->allow, &ip))
-            return refuse(a, res, CV_AUTH_DENIED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_DENIED, "not_in_allowlist",
                           "client address %s is not in the allowlist", ip_text);
     }
     if (a->jwt) {
         if (!authorization || !*authorization)
-            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_UNAUTHENTICATED, "no_token",
                           "missing authorization metadata: send 'authorization: Bearer <JWT>'");
         size_t len = 0;
         const char *tok = bearer_token(authorization, &len);
@@ -334,21 +375,21 @@ cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *author
             snprintf(scheme, sizeof scheme, "%.*s", (int)(n < 16 ? n : 16), authorization);
             for (char *c = scheme; *c; c++)
                 if (!isalnum((unsigned char)*c) && *c != '-') *c = '?';
-            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_UNAUTHENTICATED, "bad_scheme",
                           "authorization scheme '%s' is not supported: use Bearer", scheme);
         }
         if (len == 0)
-            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_UNAUTHENTICATED, "no_token",
                           "the Bearer token is missing: send 'authorization: Bearer <JWT>'");
         cv_jwt_claims c;
         if (cv_jwt_verify(a->jwt, tok, len, &c, &e) != CV_OK)
-            return refuse(a, res, CV_AUTH_UNAUTHENTICATED, method, peer, "invalid token: %s", e.msg);
+            return refuse(a, &ci, res, CV_AUTH_UNAUTHENTICATED, "invalid_token", "invalid token: %s", e.msg);
         memcpy(res->subject, c.subject, sizeof res->subject);
         res->scopes = c.scopes;
         if (!(c.scopes & (unsigned)need)) {
             char have[32];
             scope_names(c.scopes, have);
-            return refuse(a, res, CV_AUTH_DENIED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_DENIED, "missing_scope",
                           "%.200s needs scope %s; the token of '%.64s' has %s", method,
                           need == CV_SCOPE_ADMIN ? "admin" : "inference", c.subject, have);
         }
@@ -360,7 +401,7 @@ cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *author
         else snprintf(key, sizeof key, "peer:%s", peer);
         double wait = 0;
         if (!cv_ratelimit_take(a->rl, key, &wait))
-            return refuse(a, res, CV_AUTH_RATE_LIMITED, method, peer,
+            return refuse(a, &ci, res, CV_AUTH_RATE_LIMITED, "rate_limited",
                           "rate limit of %g requests/s (burst %g) reached for %s %.64s; retry in %.2f s",
                           a->rl_rate, a->rl_burst, res->subject[0] ? "subject" : "client",
                           res->subject[0] ? res->subject : have_ip ? ip_text : peer, wait);

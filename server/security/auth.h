@@ -8,12 +8,20 @@
  *            "leeway_s": 30, "require_exp": true},
  *    "allowlist": ["10.0.0.0/8", "::1/128"],
  *    "rate_limit": {"per_second": 5, "burst": 10, "max_subjects": 10000},
- *    "audit_log": "/var/log/corvid/audit.jsonl" | "-" (stderr)}
+ *    "audit_log": "/var/log/corvid/audit.jsonl" | "-" (stderr),
+ *    "audit_max_mb": 64, "audit_keep": 4, "audit_interval_s": 10, "audit_max_keys": 1024}
  * Each key has exactly one of secret_file / secret_env (HS256: raw bytes, at least 32,
  * one trailing newline of a file dropped) or public_key_file (RS256/ES256: PEM
  * SubjectPublicKeyInfo). leeway_s: 0..600, default 30. burst defaults to per_second
  * (at least 1). No "jwt": no token needed. No "allowlist" or []: any address. No
  * "rate_limit": unlimited. No "audit_log": failures are not audited.
+ * The audit log (audit.h) starts anew past audit_max_mb (0..1048576, fractions
+ * allowed; 0: never, rotate it outside and send SIGHUP), keeping audit_keep (0..1000)
+ * older files PATH.1..PATH.N: at most (audit_keep + 1) x audit_max_mb on disk. Auth
+ * failures are counted per client address, reason and verified subject and written
+ * as one line with a count every audit_interval_s (0.1..3600) and at shutdown, at
+ * most audit_max_keys (1..1000000) keys an interval plus one line for the rest
+ * (audit_tally.h). The audit_* keys need audit_log; none of them rotates stderr.
  *
  * cv_auth_check, in order: /grpc.health.v1.Health/ methods pass untouched (probes);
  * the peer must be in the allowlist (PERMISSION_DENIED); with jwt, the
@@ -21,11 +29,13 @@
  * method's scope: /corvid.v1.Admin/ needs admin, /corvid.v1.Inference/ needs
  * inference, any other method needs admin (deny by default) (PERMISSION_DENIED);
  * then one token from the caller's bucket, keyed by subject, else by client IP
- * (RESOURCE_EXHAUSTED, with the wait). Allowlist and token failures are audited as
- * auth_failure; rate-limit refusals are not (they would flood the log: count them).
+ * (RESOURCE_EXHAUSTED, with the wait). Allowlist and token failures are counted into
+ * the audit log as auth_failure lines with reasons not_in_allowlist, not_ip_client,
+ * no_token, bad_scheme, invalid_token, missing_scope; rate-limit refusals are not
+ * audited (the metrics count them).
  * The names of the verdicts in the comment above are the gRPC codes they map to.
  * Messages never contain the token. Thread-safe; safe on the completion-queue thread
- * (no blocking beyond one audit write()).
+ * (a refusal costs a table lookup, the audit writes happen on the tally's thread).
  */
 #ifndef CV_AUTH_H
 #define CV_AUTH_H
@@ -46,6 +56,12 @@ typedef enum cv_auth_verdict {
     CV_AUTH_DENIED,           /* the address or the token's scopes do not admit the call */
     CV_AUTH_RATE_LIMITED      /* the caller's bucket is empty */
 } cv_auth_verdict;
+
+/* Defaults of the audit_* keys. */
+#define CV_AUTH_AUDIT_MAX_MB 64
+#define CV_AUTH_AUDIT_KEEP 4
+#define CV_AUTH_AUDIT_INTERVAL_S 10
+#define CV_AUTH_AUDIT_MAX_KEYS 1024
 
 typedef struct cv_auth_options {
     cv_jwt_clock wall;        /* NULL: time() */

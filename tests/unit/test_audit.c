@@ -138,16 +138,23 @@ static void test_tokens_never_written(void **state) {
     json_decref(lines);
 }
 
+/* An audit log at path masked with a new PII masker of style (*pii: free it). */
+static cv_audit *open_masked(const char *path, cv_pii_style style, cv_pii **pii) {
+    cv_audit *a = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_pii_create(style, pii, &e), CV_OK);
+    assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
+    cv_audit_set_pii(a, *pii);
+    return a;
+}
+
 static void test_pii_utf8_and_length(void **state) {
     (void)state;
     char path[320];
     path_in_dir(path, sizeof path, "pii.log");
-    cv_audit *a = NULL;
     cv_pii *pii = NULL;
+    cv_audit *a = open_masked(path, CV_PII_PLACEHOLDER, &pii);
     cv_error e = {0};
-    assert_int_equal(cv_pii_create(CV_PII_PLACEHOLDER, &pii, &e), CV_OK);
-    assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
-    cv_audit_set_pii(a, pii);
     cv_audit_entry en = {CV_AUDIT_EXTERNAL_REQUEST, NULL, NULL, "https://api.test/q", "ok",
                          "query from bob@example.com about \xff\xfe caf\xc3\xa9"};
     assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
@@ -264,6 +271,153 @@ static int teardown_dir(void **state) {
     return cv_test_rmtree(dir);
 }
 
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* Writes lines "n=<i>" padded to about 200 bytes, i from lo to hi - 1. */
+static void write_numbered(cv_audit *a, int lo, int hi) {
+    char detail[200];
+    for (int i = lo; i < hi; i++) {
+        int k = snprintf(detail, sizeof detail, "n=%d ", i);
+        memset(detail + k, 'p', sizeof detail - 1 - (size_t)k);
+        detail[sizeof detail - 1] = 0;
+        cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", detail};
+        cv_error e = {0};
+        assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
+    }
+}
+
+/* The n= numbers of a file's lines, in order, appended to nums. */
+static void numbers_of(const char *path, int *nums, int *n) {
+    json_t *lines = read_lines(path);
+    size_t i;
+    json_t *l;
+    json_array_foreach(lines, i, l) nums[(*n)++] = atoi(field(l, "detail") + 2);
+    json_decref(lines);
+}
+
+/* Size bound: PATH never passes max_bytes, PATH.1..PATH.keep hold the lines before,
+ * oldest in the highest number, PATH.keep+1 never exists, no line is lost or doubled
+ * among the files kept. */
+static void test_rotation_by_size(void **state) {
+    (void)state;
+    char path[320], p1[330], p2[330], p3[330];
+    path_in_dir(path, sizeof path, "size.log");
+    snprintf(p1, sizeof p1, "%s.1", path);
+    snprintf(p2, sizeof p2, "%s.2", path);
+    snprintf(p3, sizeof p3, "%s.3", path);
+    cv_audit *a = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
+    cv_audit_set_rotation(a, 2000, 2);
+    write_numbered(a, 0, 60); /* ~16 KB: 8 files' worth */
+    cv_audit_close(a);
+    assert_true(file_size(path) > 0 && file_size(path) <= 2000);
+    assert_true(file_size(p1) > 1500 && file_size(p1) <= 2000);
+    assert_true(file_size(p2) > 1500 && file_size(p2) <= 2000);
+    assert_int_equal(file_size(p3), -1);
+    int nums[64], n = 0;
+    numbers_of(p2, nums, &n);
+    numbers_of(p1, nums, &n);
+    numbers_of(path, nums, &n);
+    assert_true(n >= 15);
+    for (int i = 0; i < n; i++) assert_int_equal(nums[i], 60 - n + i);
+
+    /* Reopened on a file that is already near the bound: its size counts. */
+    assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
+    cv_audit_set_rotation(a, 2000, 2);
+    long before = file_size(path);
+    int room = (int)((2000 - before) / 250);
+    write_numbered(a, 60, 60 + room + 1);
+    assert_true(file_size(path) <= 2000);
+    assert_true(file_size(path) < before); /* it rotated once */
+    cv_audit_close(a);
+
+    /* keep 0: the file starts anew. */
+    char p0[320], p01[330];
+    path_in_dir(p0, sizeof p0, "zero.log");
+    snprintf(p01, sizeof p01, "%s.1", p0);
+    assert_int_equal(cv_audit_open(p0, &a, &e), CV_OK);
+    cv_audit_set_rotation(a, 1000, 0);
+    write_numbered(a, 0, 20);
+    cv_audit_close(a);
+    assert_true(file_size(p0) <= 1000);
+    assert_int_equal(file_size(p01), -1);
+    n = 0;
+    numbers_of(p0, nums, &n);
+    assert_true(n >= 1 && n <= 4 && nums[n - 1] == 19);
+}
+
+/* A rotation that cannot rename (PATH.1 is a directory with something in it): the
+ * write fails with the reason and the file does not grow past the bound. */
+static void test_rotation_failure_keeps_the_bound(void **state) {
+    (void)state;
+    char path[320], p1[330], inner[340];
+    path_in_dir(path, sizeof path, "stuck.log");
+    snprintf(p1, sizeof p1, "%s.1", path);
+    snprintf(inner, sizeof inner, "%s/x", p1);
+    assert_int_equal(mkdir(p1, 0700), 0);
+    assert_int_equal(mkdir(inner, 0700), 0);
+    cv_audit *a = NULL;
+    cv_error e = {0};
+    assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
+    cv_audit_set_rotation(a, 1000, 1);
+    write_numbered(a, 0, 3);
+    char big[400];
+    memset(big, 'b', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", big};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(cv_audit_write(a, &en, &e), CV_EIO);
+        assert_non_null(strstr(e.msg, "cannot rotate it to"));
+    }
+    cv_audit_close(a);
+    assert_true(file_size(path) <= 1000);
+    rmdir(inner);
+    rmdir(p1);
+}
+
+/* The subject is masked like the detail (an e-mail subject would otherwise be in the
+ * clear); a count line carries reason, count, first and last. */
+static void test_subject_masked_and_counts(void **state) {
+    (void)state;
+    char path[320];
+    path_in_dir(path, sizeof path, "subj.log");
+    cv_pii *pii = NULL;
+    cv_audit *a = open_masked(path, CV_PII_PARTIAL, &pii);
+    cv_error e = {0};
+    cv_audit_entry en = {CV_AUDIT_AUTH_FAILURE, "alice.smith@example.com", "10.0.0.7",
+                         "/corvid.v1.Admin/GetStatus", "PERMISSION_DENIED",
+                         "the token of 'alice.smith@example.com' has inference"};
+    cv_audit_count c = {"missing_scope", 412, 1767225600.25, 1767225609.5};
+    assert_int_equal(cv_audit_write_count(a, &en, &c, &e), CV_OK);
+    cv_audit_entry svc = {CV_AUDIT_ADMIN_ACTION, "ci-deploy", NULL, NULL, "ok", "x"};
+    assert_int_equal(cv_audit_write(a, &svc, &e), CV_OK);
+    cv_audit_close(a);
+    cv_pii_free(pii);
+    FILE *f = fopen(path, "r");
+    char all[4096];
+    size_t n = fread(all, 1, sizeof all - 1, f);
+    all[n] = 0;
+    fclose(f);
+    assert_null(strstr(all, "alice.smith"));
+    json_t *lines = read_lines(path);
+    json_t *l0 = json_array_get(lines, 0);
+    assert_string_equal(field(l0, "subject"), "a**********@example.com");
+    assert_non_null(strstr(field(l0, "detail"), "a**********@example.com"));
+    assert_string_equal(field(l0, "reason"), "missing_scope");
+    assert_int_equal(json_integer_value(json_object_get(l0, "count")), 412);
+    assert_string_equal(field(l0, "first"), "2026-01-01T00:00:00.250Z");
+    assert_string_equal(field(l0, "last"), "2026-01-01T00:00:09.500Z");
+    json_t *l1 = json_array_get(lines, 1);
+    assert_string_equal(field(l1, "subject"), "ci-deploy");
+    assert_null(json_object_get(l1, "count"));
+    assert_null(json_object_get(l1, "reason"));
+    json_decref(lines);
+}
+
 int main(void) {
     rng = cv_test_rng_new(cv_test_seed("test_audit"));
     if (cv_test_tmpdir(dir, sizeof dir, "audit") != 0) return 1;
@@ -273,6 +427,9 @@ int main(void) {
         cmocka_unit_test(test_pii_utf8_and_length),
         cmocka_unit_test(test_threads_lines_whole),
         cmocka_unit_test(test_reopen_stderr_and_errors),
+        cmocka_unit_test(test_rotation_by_size),
+        cmocka_unit_test(test_rotation_failure_keeps_the_bound),
+        cmocka_unit_test(test_subject_masked_and_counts),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_dir);
 }

@@ -157,13 +157,24 @@ static void test_full_policy(void **state) {
 
     cv_auth_free(a);
 
-    /* The audit log: one JSON line per refusal above, none with the token. */
+    /* The audit log, written when the tally is freed: one line per client address,
+     * reason and verified subject with the count, none with the token. */
     FILE *f = fopen(audit_path, "r");
     assert_non_null(f);
     char line[4096];
-    int n = 0, perm = 0, unauth = 0;
+    int n = 0, perm = 0, unauth = 0, total = 0;
+    struct { const char *peer, *reason, *subject, *detail; int count; } want[] = {
+        {"8.8.8.8", "not_in_allowlist", NULL, "client address 8.8.8.8 is not in the allowlist", 1},
+        {"::2", "not_in_allowlist", NULL, "client address ::2 is not", 1},
+        {"unix:/tmp/s", "not_ip_client", NULL, "the allowlist admits IP clients only", 1},
+        {"10.1.2.3", "no_token", NULL, "missing authorization metadata", 3},
+        {"10.1.2.3", "bad_scheme", NULL, "scheme 'Basic' is not supported", 2},
+        {"10.1.2.3", "invalid_token", NULL, "invalid token: token expired at", 3},
+        {"::1", "missing_scope", "app", "needs scope admin", 1},
+        {"10.1.2.3", "missing_scope", "app", "/corvid.v1.Secret/Do needs scope admin", 1},
+        {"10.1.2.3", "missing_scope", "ops", "needs scope inference", 1},
+    };
     while (fgets(line, sizeof line, f)) {
-        n++;
         const char *toks[] = {adm + 7, inf + 7, old + 7, forged};
         for (int i = 0; i < 4; i++) {
             const char *sig = strrchr(toks[i], '.') + 1;
@@ -173,18 +184,30 @@ static void test_full_policy(void **state) {
         assert_non_null(j);
         assert_string_equal(json_string_value(json_object_get(j, "event")), "auth_failure");
         const char *outcome = json_string_value(json_object_get(j, "outcome"));
-        perm += strcmp(outcome, "PERMISSION_DENIED") == 0;
-        unauth += strcmp(outcome, "UNAUTHENTICATED") == 0;
-        assert_non_null(json_object_get(j, "peer"));
+        int count = (int)json_integer_value(json_object_get(j, "count"));
+        perm += strcmp(outcome, "PERMISSION_DENIED") == 0 ? count : 0;
+        unauth += strcmp(outcome, "UNAUTHENTICATED") == 0 ? count : 0;
+        total += count;
         assert_non_null(json_object_get(j, "method"));
-        if (strstr(json_string_value(json_object_get(j, "detail")), "needs scope inference"))
-            assert_string_equal(json_string_value(json_object_get(j, "subject")), "ops");
+        assert_true(strcmp(json_string_value(json_object_get(j, "first")),
+                           json_string_value(json_object_get(j, "last"))) <= 0);
+        /* Lines come in the order the keys were first seen. */
+        assert_true(n < (int)(sizeof want / sizeof want[0]));
+        const char *subject = json_string_value(json_object_get(j, "subject"));
+        assert_string_equal(json_string_value(json_object_get(j, "peer")), want[n].peer);
+        assert_string_equal(json_string_value(json_object_get(j, "reason")), want[n].reason);
+        assert_non_null(strstr(json_string_value(json_object_get(j, "detail")), want[n].detail));
+        assert_int_equal(count, want[n].count);
+        if (want[n].subject) assert_string_equal(subject, want[n].subject);
+        else assert_null(subject);
         json_decref(j);
+        n++;
     }
     fclose(f);
+    assert_int_equal(n, 9);
     assert_int_equal(perm, 6);
     assert_int_equal(unauth, 8);
-    assert_int_equal(n, 14);
+    assert_int_equal(total, 14);
     free(adm);
     free(inf);
     free(old);
@@ -314,6 +337,14 @@ static void test_config_errors(void **state) {
         {"{\"rate_limit\":{\"per_second\":5,\"max_subjects\":0}}", "auth.rate_limit.max_subjects"},
         {"{\"audit_log\":7}", "auth.audit_log: not a string"},
         {"{\"audit_log\":\"/nonexistent/dir/audit.log\"}", "audit log /nonexistent/dir/audit.log: No such file"},
+        {"{\"audit_keep\":2}", "auth.audit_keep: set without audit_log"},
+        {"{\"audit_log\":\"-\",\"audit_max_mb\":-1}", "auth.audit_max_mb: a number from 0 to 1048576"},
+        {"{\"audit_log\":\"-\",\"audit_max_mb\":\"64\"}", "auth.audit_max_mb: a number from"},
+        {"{\"audit_log\":\"-\",\"audit_keep\":1.5}", "auth.audit_keep: a whole number from 0 to 1000"},
+        {"{\"audit_log\":\"-\",\"audit_keep\":1001}", "auth.audit_keep: a whole number from 0 to 1000"},
+        {"{\"audit_log\":\"-\",\"audit_interval_s\":0}", "auth.audit_interval_s: a number from 0.1 to 3600"},
+        {"{\"audit_log\":\"-\",\"audit_max_keys\":0}", "auth.audit_max_keys: a whole number from 1 to 1000000"},
+        {"{\"audit_log\":\"-\",\"audit_max_kb\":1}", "auth: unknown key \"audit_max_kb\""},
     };
     setenv("CORVID_TEST_SHORT", "short", 1);
     setenv("CORVID_TEST_JWT_SECRET", "0123456789abcdef0123456789abcdef", 1);
