@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_pool.h"
 #include "kv_cache.h"
 #include "stop.h"
 #include "timing.h"
@@ -73,6 +74,7 @@ void cv_engine_config_default(cv_engine_config *c) {
     c->kv_block_tokens = 16;
     c->kv_type = CV_TYPE_F16;
     c->max_tokens_default = CV_ENGINE_MAX_TOKENS_DEFAULT;
+    c->prefix_cache = 1;
 }
 
 static void seq_free(seq *s) {
@@ -248,6 +250,14 @@ static int32_t schedule_locked(cv_engine *e, seq **done) {
         if (s->t_scheduled == 0) s->t_scheduled = cv_seconds();
         e->running[slot] = s;
         e->n_running++;
+        if (cv_kv_config_of(e->kv)->prefix_cache) {
+            /* A table that cannot reach the device is a miss, fed in full. */
+            int32_t hit = 0;
+            if (cv_kv_share_prefix(e->kv, s->kv_seq, s->tokens, s->n_tokens - 1, &hit, NULL) != CV_OK) hit = 0;
+            s->n_fed = hit;
+            e->stats.prefix_queries += (uint64_t)s->n_tokens;
+            e->stats.prefix_hits += (uint64_t)hit;
+        }
     }
     return e->n_running;
 }
@@ -327,6 +337,10 @@ static void *engine_loop(void *arg) {
         pthread_mutex_lock(&e->mu);
         e->stats.steps++;
         e->stats.last_batch_rows = rows;
+        for (int32_t i = 0; i < e->cfg.max_running && st == CV_OK; i++)
+            if (e->running[i] && e->b_chunk[i])
+                cv_kv_publish(e->kv, e->running[i]->kv_seq, e->running[i]->tokens,
+                              e->running[i]->n_fed + e->b_chunk[i]);
         pthread_mutex_unlock(&e->mu);
 
         int32_t out_row = 0;
@@ -385,6 +399,15 @@ static void *engine_loop(void *arg) {
 
 /* ---- public ---- */
 
+/* The start of the prefix hash chain: the slot's salt and everything that decides a
+ * block's K/V besides its tokens. */
+static uint64_t prefix_seed(const cv_engine_config *c, const cv_hparams *hp, const cv_kv_config *kc) {
+    const double key[] = {(double)hp->arch, hp->n_layers, hp->n_kv_heads, hp->head_dim, hp->n_rot,
+                          (double)hp->rope_mode, hp->rope_base, hp->rope_base_local, hp->rope_freq_scale,
+                          hp->sliding_window, kc->window, (double)kc->type, kc->block_size};
+    return cv_bpool_hash_bytes(c->prefix_salt, key, sizeof key);
+}
+
 /* Everything cv_engine_new allocates, for its error path and cv_engine_free. */
 static void free_parts(cv_engine *e) {
     cv_kv_free(e->kv);
@@ -434,6 +457,8 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
     kc.block_size = e->cfg.kv_block_tokens;
     kc.max_seq_len = (e->cfg.n_ctx + kc.block_size - 1) / kc.block_size * kc.block_size;
     if (e->cfg.kv_swa_full_cache) kc.window = 0;
+    kc.prefix_cache = e->cfg.prefix_cache;
+    kc.prefix_seed = prefix_seed(&e->cfg, hp, &kc);
     /* Memory blocks for every running sequence at n_ctx, or what the budget holds (both
      * layer groups share them: kv_cache.h). */
     const int32_t blocks_per_seq = cv_kv_blocks_for(&kc, kc.max_seq_len);
@@ -590,5 +615,8 @@ void cv_engine_get_stats(cv_engine *e, cv_engine_stats *st) {
     st->waiting = e->n_waiting;
     st->kv_blocks_total = cv_kv_config_of(e->kv)->n_blocks;
     st->kv_blocks_used = st->kv_blocks_total - cv_kv_free_blocks(e->kv);
+    st->prefix_blocks = cv_kv_cached_blocks(e->kv);
+    st->prefix_evictions = cv_kv_evictions(e->kv);
+    st->prefix_cache = cv_kv_config_of(e->kv)->prefix_cache;
     pthread_mutex_unlock(&e->mu);
 }

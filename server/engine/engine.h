@@ -9,6 +9,15 @@
  * running sequence is preempted (its blocks freed, its prompt plus the tokens it
  * already produced recomputed later), so the oldest always make progress.
  *
+ * Prefix caching (prefix_cache, on by default; kv_cache.h): a sequence admitted (or
+ * re-admitted after preemption) first maps the longest run of cached full blocks that
+ * matches its tokens, leaving at least its last token to compute, and prefills only
+ * the rest; after every step the blocks it filled become shareable. Sequences sharing
+ * a prefix while both run hold the same blocks; blocks no sequence holds stay cached
+ * until the budget needs them. The chain is seeded with prefix_salt (the slot passes
+ * its version) and the model's K/V-deciding settings. Not with sliding-window rings
+ * (kv_swa_full_cache makes such a model cacheable).
+ *
  * Output goes to the request's sink on the engine thread: text chunks (complete UTF-8
  * characters, stop strings held back while a partial match is pending) with their
  * token ids, then exactly one final event. A sink must never block. After the final
@@ -46,6 +55,8 @@ typedef struct cv_engine_config {
     int kv_swa_full_cache;     /* sliding-window layers keep every position instead of a
                                   ring (an escape hatch and a baseline: kv_cache.h) */
     int32_t max_tokens_default; /* for requests that say 0; <= 0: CV_ENGINE_MAX_TOKENS_DEFAULT */
+    int prefix_cache;          /* share cached prefix blocks (above); default 1 */
+    uint64_t prefix_salt;      /* the model version's part of the prefix hash chain */
 } cv_engine_config;
 
 typedef enum cv_finish {
@@ -95,6 +106,12 @@ typedef struct cv_engine_stats {
     uint64_t steps;
     uint64_t preemptions;
     uint64_t tokens_generated;
+    /* Prefix cache: tokens of admitted sequences looked up and found (a preempted one
+     * counts again when re-admitted; queries - hits = prefill tokens computed), blocks
+     * in the index (held or not), blocks evicted from it; prefix_cache: on. */
+    uint64_t prefix_queries, prefix_hits, prefix_evictions;
+    int32_t prefix_blocks;
+    int prefix_cache;
 } cv_engine_stats;
 
 typedef struct cv_engine cv_engine;

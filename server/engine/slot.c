@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_pool.h"
+
 void cv_slot_default_version(const char *path, char *out, size_t cap) {
     const char *b = strrchr(path, '/');
     b = b ? b + 1 : path;
@@ -88,7 +90,11 @@ cv_status cv_slot_load(const char *path, const char *version, const cv_slot_opti
     cv_model_opts mo = {.max_batch = opt->engine.max_batch_tokens,
                         .max_logits = opt->engine.max_running};
     if ((st = cv_tp_load(&tc, s->gguf, &mo, &s->tp, err)) != CV_OK) goto err;
-    if ((st = cv_engine_new(s->tp, s->tok, &opt->engine, &s->engine, err)) != CV_OK) goto err;
+    /* Cached prefixes are named with the version and the file (kv_cache.h). */
+    cv_engine_config ec = opt->engine;
+    ec.prefix_salt = cv_bpool_hash_bytes(cv_bpool_hash_bytes(ec.prefix_salt, s->version, strlen(s->version)),
+                                         s->path, strlen(s->path));
+    if ((st = cv_engine_new(s->tp, s->tok, &ec, &s->engine, err)) != CV_OK) goto err;
     if ((st = warm_up(s, err)) != CV_OK) goto err;
     *out = s;
     return CV_OK;

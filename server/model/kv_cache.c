@@ -4,6 +4,8 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "block_pool.h"
+
 #define N_GROUPS 2
 
 /* One layer group's bookkeeping, shared by the ranks. */
@@ -35,8 +37,10 @@ struct cv_kv_cache {
     int32_t *layer_index;   /* per layer: its index within its group */
     int32_t table_cap;      /* entries per sequence table */
     int32_t *n_entries;     /* table entries filled per sequence (the same in every group) */
-    int32_t *free_mem;      /* stack of free memory blocks */
-    int32_t n_free;
+    cv_bpool *pool;         /* the memory blocks: free, in use, cached (block_pool.h) */
+    int prefix;             /* prefix caching on (one group only: see kv_cache.h) */
+    int32_t *n_published;   /* per sequence: leading full blocks offered to the index */
+    uint64_t *chain;        /* per sequence: the chain hash of those blocks */
     /* Narrow blocks: slab s = m * pack + j is block j of memory block m. The free ones
      * of partly used memory blocks form a doubly linked list (-1 ends it). */
     int32_t *slab_next, *slab_prev, slab_head, n_free_slabs;
@@ -177,8 +181,9 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
     kv->layer_group = calloc((size_t)cfg->n_layers, 1);
     kv->layer_index = calloc((size_t)cfg->n_layers, sizeof *kv->layer_index);
     kv->n_entries = calloc((size_t)cfg->max_seqs, sizeof *kv->n_entries);
-    kv->free_mem = malloc((size_t)cfg->n_blocks * sizeof *kv->free_mem);
-    if (!kv->layer_group || !kv->layer_index || !kv->n_entries || !kv->free_mem) goto oom;
+    kv->n_published = calloc((size_t)cfg->max_seqs, sizeof *kv->n_published);
+    kv->chain = malloc((size_t)cfg->max_seqs * sizeof *kv->chain);
+    if (!kv->layer_group || !kv->layer_index || !kv->n_entries || !kv->n_published || !kv->chain) goto oom;
     if (cfg->sliding && cfg->window > 0) {
         uint8_t *copy = malloc((size_t)cfg->n_layers);
         if (!copy) goto oom;
@@ -186,9 +191,10 @@ cv_status cv_kv_create(const cv_kv_config *cfg, cv_kv_cache **out, cv_error *err
         kv->cfg.sliding = copy;
     }
     if ((st = plan_groups(kv, err))) goto err;
-    /* Pop order 0, 1, 2...: low blocks first keeps a short sequence's memory compact. */
-    for (int32_t b = 0; b < cfg->n_blocks; b++) kv->free_mem[b] = cfg->n_blocks - 1 - b;
-    kv->n_free = cfg->n_blocks;
+    if ((st = cv_bpool_create(cfg->n_blocks, cfg->block_size, &kv->pool, err))) goto err;
+    kv->prefix = cfg->prefix_cache && kv->n_groups == 1;
+    kv->cfg.prefix_cache = kv->prefix;
+    for (int32_t s = 0; s < cfg->max_seqs; s++) kv->chain[s] = cfg->prefix_seed;
     kv->slab_head = -1;
     if (kv->n_groups == 2) {
         const size_t slabs = (size_t)cfg->n_blocks * (size_t)kv->pack;
@@ -227,7 +233,9 @@ void cv_kv_free(cv_kv_cache *kv) {
     free(kv->layer_group);
     free(kv->layer_index);
     free(kv->n_entries);
-    free(kv->free_mem);
+    free(kv->n_published);
+    free(kv->chain);
+    cv_bpool_free(kv->pool);
     free(kv->slab_next);
     free(kv->slab_prev);
     free(kv->slabs_used);
@@ -284,9 +292,9 @@ static void slab_unlink(cv_kv_cache *kv, int32_t s) {
 
 /* A free block of group g (the caller checked there is one), as its block id. */
 static int32_t take(cv_kv_cache *kv, int32_t g) {
-    if (g == kv->wide) return kv->free_mem[--kv->n_free] * kv->id_scale;
+    if (g == kv->wide) return cv_bpool_take(kv->pool) * kv->id_scale;
     if (kv->slab_head < 0) { /* a fresh memory block: its other slabs become free */
-        const int32_t m = kv->free_mem[--kv->n_free];
+        const int32_t m = cv_bpool_take(kv->pool);
         for (int32_t j = kv->pack; j-- > 0;) slab_link(kv, m * kv->pack + j);
     }
     const int32_t s = kv->slab_head, m = s / kv->pack;
@@ -298,7 +306,7 @@ static int32_t take(cv_kv_cache *kv, int32_t g) {
 static void put(cv_kv_cache *kv, int32_t g, int32_t id) {
     const int32_t m = id / kv->id_scale;
     if (g == kv->wide) {
-        kv->free_mem[kv->n_free++] = m;
+        cv_bpool_unref(kv->pool, m);
         return;
     }
     const int32_t s = m * kv->pack + (id % kv->id_scale) / (2 * kv->groups[g].n_layers);
@@ -308,7 +316,7 @@ static void put(cv_kv_cache *kv, int32_t g, int32_t id) {
     }
     for (int32_t j = 0; j < kv->pack; j++) /* all its other slabs are free: the block is */
         if (m * kv->pack + j != s) slab_unlink(kv, m * kv->pack + j);
-    kv->free_mem[kv->n_free++] = m;
+    cv_bpool_unref(kv->pool, m);
 }
 
 /* Memory blocks that `more[g]` more blocks of each group would take from the free list. */
@@ -328,6 +336,28 @@ static void give_back(cv_kv_cache *kv, int32_t seq, int32_t from, int32_t to) {
     }
 }
 
+/* Copies entries [from, to) of seq's tables to every device rank and makes them the
+ * sequence's; on failure gives their blocks back (the sequence is as it was). */
+static cv_status upload_tables(cv_kv_cache *kv, int32_t seq, int32_t from, int32_t to, cv_error *err) {
+    const size_t table_len = (size_t)kv->cfg.max_seqs * (size_t)kv->table_cap;
+    for (int32_t r = 0; r < kv->cfg.n_ranks; r++) {
+        const kv_rank *kr = &kv->ranks[r];
+        if (!kr->d_tables || from == to) continue;
+        for (int32_t i = 0; i < kv->n_groups; i++) {
+            const int32_t *table = host_table(kv, i, seq);
+            int32_t *d = kr->d_tables + (size_t)i * table_len + (size_t)seq * (size_t)kv->table_cap;
+            cv_status st = kr->dev->ops->upload(kr->dev, d + from, table + from,
+                                                (size_t)(to - from) * sizeof *table, err);
+            if (st) {
+                give_back(kv, seq, from, to);
+                return cv_error_wrap(err, "kv cache: block table of sequence %d on rank %d", seq, r);
+            }
+        }
+    }
+    kv->n_entries[seq] = to;
+    return CV_OK;
+}
+
 cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *err) {
     if (seq < 0 || seq >= kv->cfg.max_seqs)
         return cv_errorf(err, CV_ERANGE, "kv cache: sequence %d outside 0..%d", seq,
@@ -340,38 +370,63 @@ cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *e
     if (need <= have) return CV_OK;
     int32_t more[N_GROUPS] = {0, 0};
     for (int32_t i = 0; i < kv->n_groups; i++) more[i] = held(&kv->groups[i], need) - held(&kv->groups[i], have);
-    const int32_t blocks = blocks_needed(kv, more);
-    if (blocks > kv->n_free)
+    const int32_t blocks = blocks_needed(kv, more), avail = cv_bpool_available(kv->pool);
+    if (blocks > avail)
         return cv_errorf(err, CV_EBUSY, "kv cache: sequence %d needs %d more blocks, %d free", seq,
-                         blocks, kv->n_free);
+                         blocks, avail);
     for (int32_t i = 0; i < kv->n_groups; i++) {
         const kv_group *g = &kv->groups[i];
         int32_t *table = host_table(kv, i, seq);
         for (int32_t e = have; e < need; e++) table[e] = e < g->ring ? take(kv, i) : table[e % g->ring];
     }
-    const size_t table_len = (size_t)kv->cfg.max_seqs * (size_t)kv->table_cap;
-    for (int32_t r = 0; r < kv->cfg.n_ranks; r++) {
-        const kv_rank *kr = &kv->ranks[r];
-        if (!kr->d_tables) continue;
-        for (int32_t i = 0; i < kv->n_groups; i++) {
-            const int32_t *table = host_table(kv, i, seq);
-            int32_t *d = kr->d_tables + (size_t)i * table_len + (size_t)seq * (size_t)kv->table_cap;
-            cv_status st = kr->dev->ops->upload(kr->dev, d + have, table + have,
-                                                (size_t)(need - have) * sizeof *table, err);
-            if (st) { /* give the blocks back: the sequence is as it was */
-                give_back(kv, seq, have, need);
-                return cv_error_wrap(err, "kv cache: block table of sequence %d on rank %d", seq, r);
-            }
-        }
+    return upload_tables(kv, seq, have, need, err);
+}
+
+cv_status cv_kv_share_prefix(cv_kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n,
+                             int32_t *matched, cv_error *err) {
+    *matched = 0;
+    if (!kv->prefix || seq < 0 || seq >= kv->cfg.max_seqs || kv->n_entries[seq]) return CV_OK;
+    const int32_t bs = kv->cfg.block_size;
+    int32_t *table = host_table(kv, CV_KV_FULL, seq);
+    uint64_t h = kv->cfg.prefix_seed;
+    int32_t k = 0;
+    for (; k < kv->table_cap && (int64_t)(k + 1) * bs <= n; k++) {
+        const int32_t *t = tokens + (size_t)k * (size_t)bs;
+        const uint64_t next = cv_bpool_chain(h, t, bs);
+        const int32_t b = cv_bpool_find(kv->pool, next, h, t);
+        if (b < 0) break;
+        cv_bpool_ref(kv->pool, b);
+        table[k] = b; /* one group: block id = memory block */
+        h = next;
     }
-    kv->n_entries[seq] = need;
+    cv_status st = upload_tables(kv, seq, 0, k, err);
+    if (st) return st;
+    kv->n_published[seq] = k;
+    kv->chain[seq] = h;
+    *matched = k * bs;
     return CV_OK;
+}
+
+void cv_kv_publish(cv_kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n_pos) {
+    if (!kv->prefix || seq < 0 || seq >= kv->cfg.max_seqs) return;
+    const int32_t bs = kv->cfg.block_size;
+    const int32_t full = n_pos / bs < kv->n_entries[seq] ? n_pos / bs : kv->n_entries[seq];
+    const int32_t *table = host_table(kv, CV_KV_FULL, seq);
+    for (int32_t k = kv->n_published[seq]; k < full; k++) {
+        const int32_t *t = tokens + (size_t)k * (size_t)bs;
+        const uint64_t next = cv_bpool_chain(kv->chain[seq], t, bs);
+        cv_bpool_publish(kv->pool, table[k], next, kv->chain[seq], t);
+        kv->chain[seq] = next;
+        kv->n_published[seq] = k + 1;
+    }
 }
 
 void cv_kv_release(cv_kv_cache *kv, int32_t seq) {
     if (seq < 0 || seq >= kv->cfg.max_seqs) return;
     give_back(kv, seq, 0, kv->n_entries[seq]);
     kv->n_entries[seq] = 0;
+    kv->n_published[seq] = 0;
+    kv->chain[seq] = kv->cfg.prefix_seed;
 }
 
 int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq) {
@@ -397,7 +452,9 @@ const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t rank, cv_kv_gro
     return d + ((size_t)g * (size_t)kv->cfg.max_seqs + (size_t)seq) * (size_t)kv->table_cap;
 }
 
-int32_t cv_kv_free_blocks(const cv_kv_cache *kv) { return kv->n_free; }
+int32_t cv_kv_free_blocks(const cv_kv_cache *kv) { return cv_bpool_available(kv->pool); }
+int32_t cv_kv_cached_blocks(const cv_kv_cache *kv) { return cv_bpool_cached(kv->pool); }
+uint64_t cv_kv_evictions(const cv_kv_cache *kv) { return cv_bpool_evictions(kv->pool); }
 
 static uint8_t *pool(const cv_kv_cache *kv, int32_t rank, int32_t layer, int32_t v) {
     return kv->ranks[rank].mem + ((size_t)kv->layer_index[layer] * 2 + (size_t)v) * kv->gap;

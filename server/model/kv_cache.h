@@ -47,6 +47,21 @@
  * nothing) when the free list runs short, so the caller can preempt another sequence.
  * All memory is allocated by cv_kv_create: reserving and releasing never allocate.
  * Not thread-safe: one engine thread owns a cache.
+ *
+ * Prefix caching (prefix_cache != 0; block_pool.h): once a block of a sequence is full
+ * and its K/V computed, cv_kv_publish names it by the hash chain of every token up to
+ * its end, seeded with prefix_seed (what else decides its K/V: the model version, KV
+ * type, rope settings, block size). A new sequence's cv_kv_share_prefix maps the
+ * longest run of such blocks matching its tokens into its table (one more reference
+ * each) and the caller feeds only the rest. Shared blocks are full, so nobody writes
+ * them again: a sequence writes only positions past what it shared, into blocks of its
+ * own. Released blocks that are in the index stay cached until cv_kv_reserve needs
+ * their memory (least recently released first; a sequence gives its blocks back last
+ * first, so a prefix's head outlives its tail); cv_kv_free_blocks counts them as free.
+ * With a sliding ring the cache keeps no prefixes: a ring block holds only the last
+ * window of positions and is overwritten as the sequence grows, so the sliding layers'
+ * K/V of a prefix are gone by the time it could be shared. Every layer in the full
+ * group (window 0, kv_swa_full_cache in the engine) makes such a model cacheable.
  */
 #ifndef CV_KV_CACHE_H
 #define CV_KV_CACHE_H
@@ -83,6 +98,9 @@ typedef struct cv_kv_config {
     const uint8_t *sliding;
     int32_t window;
     int32_t max_step;     /* most positions one forward step adds to one sequence */
+    int prefix_cache;     /* keep and share full blocks (above); cv_kv_config_of says
+                             whether it is on: never with a sliding ring */
+    uint64_t prefix_seed; /* the hash chain's start */
 } cv_kv_config;
 
 typedef struct cv_kv_cache cv_kv_cache;
@@ -118,6 +136,20 @@ cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *e
 /* Give all blocks of `seq` back to the free list; the sequence is empty again. */
 void cv_kv_release(cv_kv_cache *kv, int32_t seq);
 
+/* For an empty sequence: maps the longest run of cached blocks that holds tokens
+ * 0..k-1 (k <= n, whole blocks) into its table, and sets *matched = k: its positions
+ * 0..k-1 are there, the caller feeds from k. 0 when prefix caching is off or seq
+ * already holds blocks. Fails only when the device copy of the table cannot be
+ * updated (nothing changes). */
+cv_status cv_kv_share_prefix(cv_kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n,
+                             int32_t *matched, cv_error *err);
+/* Positions 0..n_pos-1 of seq hold the K/V of tokens[0..n_pos-1]: its full blocks among
+ * them become cached (shareable). Call after each forward step; no-op when off. */
+void cv_kv_publish(cv_kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t n_pos);
+/* Blocks in the prefix index (held by sequences or not) and blocks evicted from it. */
+int32_t cv_kv_cached_blocks(const cv_kv_cache *kv);
+uint64_t cv_kv_evictions(const cv_kv_cache *kv);
+
 /* Positions sequence `seq` can hold now (a multiple of block_size). */
 int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq);
 /* Its block table in `group`, capacity / block_size entries (valid until the next
@@ -126,7 +158,8 @@ int32_t cv_kv_capacity(const cv_kv_cache *kv, int32_t seq);
 const int32_t *cv_kv_block_table(const cv_kv_cache *kv, cv_kv_group group, int32_t seq);
 /* The same table in rank `rank`'s backend memory, for cv_attn_row.block_table. */
 const int32_t *cv_kv_device_table(const cv_kv_cache *kv, int32_t rank, cv_kv_group group, int32_t seq);
-/* Memory blocks free (of cv_kv_config_of(kv)->n_blocks). */
+/* Memory blocks free (of cv_kv_config_of(kv)->n_blocks), cached ones nobody holds
+ * included. */
 int32_t cv_kv_free_blocks(const cv_kv_cache *kv);
 
 /* The K and V pools of one layer on one rank (block ids of the layer's group). */
