@@ -61,6 +61,8 @@ static const key_spec keys[] = {
     STR("kv_type", "--kv-type", kv_type, "f16|f32", "KV cache element type", NULL),
     NUM("kv_swa_full_cache", "--kv-swa-full-cache", K_INT, kv_swa_full_cache, 0, 1, "0|1",
         "1: sliding-window layers keep every position instead of a ring", NULL),
+    NUM("prefix_cache", "--prefix-cache", K_INT, prefix_cache, 0, 1, "0|1",
+        "1: requests reuse the KV blocks of cached prompt prefixes (not with sliding-window rings)", NULL),
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24, "MB",
         "KV cache budget (all ranks together)", NULL),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20, "N",
@@ -127,6 +129,7 @@ void cv_config_defaults(cv_config *c) {
     strcpy(c->kv_type, "f16");
     c->kv_memory_mb = 512;
     c->max_tokens_default = e.max_tokens_default;
+    c->prefix_cache = e.prefix_cache;
     c->drain_timeout_s = 30;
     c->stream_flush_ms = 5;
     c->max_download_mb = 64 << 10;

@@ -26,6 +26,7 @@ typedef struct cv_config {
     int n_ctx;                 /* positions per sequence; 0 = the model's training context, at most 4096 */
     char kv_type[8];           /* "f16" or "f32" */
     int kv_swa_full_cache;     /* 1: sliding-window layers keep every position (no ring) */
+    int prefix_cache;          /* 1: share cached KV blocks of common prompt prefixes */
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     long max_prompt_bytes;     /* prompt / messages / Tokenize text, checked before tokenizing;

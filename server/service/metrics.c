@@ -60,15 +60,22 @@ static void histogram(buf *b, const char *name, const char *help, const cv_metri
     }
 }
 
-/* One gauge per slot that has an engine, read from its engine stats. */
-static void engine_gauge(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
-                         size_t n, size_t off) {
-    put(b, "# HELP %s %s\n# TYPE %s gauge\n", name, help, name);
+/* One sample per slot that has an engine, read from its engine stats: an int32 gauge,
+ * or a uint64 counter. */
+static void engine_series(buf *b, const char *name, const char *help, int counter,
+                          const cv_metrics_slot *slots, size_t n, size_t off) {
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, counter ? "counter" : "gauge");
     for (size_t i = 0; i < n; i++) {
         if (!slots[i].engine) continue;
-        put(b, "%s{version=\"%s\"} %d\n", name, slots[i].version,
-            *(const int32_t *)((const char *)slots[i].engine + off));
+        const char *field = (const char *)slots[i].engine + off;
+        put(b, "%s{version=\"%s\"} %lld\n", name, slots[i].version,
+            counter ? (long long)*(const uint64_t *)field : (long long)*(const int32_t *)field);
     }
+}
+
+static void engine_gauge(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
+                         size_t n, size_t off) {
+    engine_series(b, name, help, 0, slots, n, off);
 }
 
 char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus) {
@@ -104,6 +111,15 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
                  offsetof(cv_engine_stats, kv_blocks_total));
     engine_gauge(&b, "corvid_batch_size", "Rows of the most recent forward pass.", slots, n,
                  offsetof(cv_engine_stats, last_batch_rows));
+    engine_series(&b, "corvid_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache "
+                  "(a preempted sequence's again when re-admitted).", 1, slots, n,
+                  offsetof(cv_engine_stats, prefix_queries));
+    engine_series(&b, "corvid_prefix_cache_hits_total", "Looked-up tokens found cached: not prefilled "
+                  "again.", 1, slots, n, offsetof(cv_engine_stats, prefix_hits));
+    engine_series(&b, "corvid_prefix_cache_evictions_total", "Cached KV blocks evicted for their memory.", 1,
+                  slots, n, offsetof(cv_engine_stats, prefix_evictions));
+    engine_gauge(&b, "corvid_prefix_cache_blocks", "KV blocks in the prefix cache, held by sequences or not.",
+                 slots, n, offsetof(cv_engine_stats, prefix_blocks));
     put(&b, "# HELP corvid_slot_traffic_weight Routing weight of new requests.\n"
             "# TYPE corvid_slot_traffic_weight gauge\n");
     for (size_t i = 0; i < n; i++)

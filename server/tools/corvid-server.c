@@ -182,6 +182,7 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_bytes = (size_t)cfg.kv_memory_mb << 20;
     ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
+    ro.slot.engine.prefix_cache = cfg.prefix_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
     cv_infer_options io = {.max_prompt_bytes = (size_t)cfg.max_prompt_bytes};
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||

@@ -75,8 +75,7 @@ static const char *model_path(void) {
 
 static char g_dir[160];
 
-static cv_slot *load_file(const char *path, int max_running, int max_waiting, int batch, size_t kv_bytes,
-                          int block) {
+static cv_slot_options options(int max_running, int max_waiting, int batch, size_t kv_bytes, int block) {
     cv_slot_options so = {.threads = 2};
     cv_engine_config_default(&so.engine);
     so.engine.max_running = max_running;
@@ -84,10 +83,20 @@ static cv_slot *load_file(const char *path, int max_running, int max_waiting, in
     so.engine.max_batch_tokens = batch;
     so.engine.kv_bytes = kv_bytes;
     so.engine.kv_block_tokens = block;
+    return so;
+}
+
+static cv_slot *load_opts(const char *path, const cv_slot_options *so) {
     cv_slot *s = NULL;
     cv_error err = {0};
-    if (cv_slot_load(path, NULL, &so, NULL, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
+    if (cv_slot_load(path, NULL, so, NULL, &s, &err) != CV_OK) fail_msg("load: %s", err.msg);
     return s;
+}
+
+static cv_slot *load_file(const char *path, int max_running, int max_waiting, int batch, size_t kv_bytes,
+                          int block) {
+    cv_slot_options so = options(max_running, max_waiting, batch, kv_bytes, block);
+    return load_opts(path, &so);
 }
 
 static cv_slot *load(int max_running, int max_waiting, int batch, size_t kv_bytes) {
@@ -99,10 +108,10 @@ static const char *prompts[] = {"Once upon a time", "The little dog", "Lily and 
 #define N_PROMPTS (int)(sizeof prompts / sizeof prompts[0])
 
 static void submit(cv_slot *s, const char *prompt, int n, result *r, uint64_t *id) {
-    int32_t ids[64];
+    int32_t ids[128];
     size_t n_ids;
     cv_error err = {0};
-    assert_int_equal(cv_tok_encode(s->tok, prompt, strlen(prompt), CV_TOK_ADD_SPECIAL, ids, 64, &n_ids, &err), CV_OK);
+    assert_int_equal(cv_tok_encode(s->tok, prompt, strlen(prompt), CV_TOK_ADD_SPECIAL, ids, 128, &n_ids, &err), CV_OK);
     cv_engine_request req = {.prompt = ids, .n_prompt = (int32_t)n_ids, .max_tokens = n, .ignore_eos = 1};
     req.sampling.top_p = 1;
     req.sampling.repeat_penalty = 1;
@@ -110,30 +119,38 @@ static void submit(cv_slot *s, const char *prompt, int n, result *r, uint64_t *i
     if (cv_engine_submit(s->engine, &req, &sink, id, &err) != CV_OK) fail_msg("submit: %s", err.msg);
 }
 
-/* Greedy outputs of each prompt run alone, one at a time. */
-static void reference(cv_slot *s, int n, result *ref) {
-    for (int i = 0; i < N_PROMPTS; i++) {
+/* Greedy outputs of each of the n_p prompts run alone, one at a time. */
+static void reference_of(cv_slot *s, const char *const *p, int n_p, int n, result *ref) {
+    for (int i = 0; i < n_p; i++) {
         result_init(&ref[i]);
-        submit(s, prompts[i], n, &ref[i], NULL);
+        submit(s, p[i], n, &ref[i], NULL);
         result_wait(&ref[i]);
         assert_int_equal(ref[i].n_ids, n);
     }
 }
 
-static void check_batched_equals(cv_slot *batched, const result *ref, int n, int copies) {
-    result *r = calloc((size_t)(N_PROMPTS * copies), sizeof *r);
-    for (int i = 0; i < N_PROMPTS * copies; i++) {
+/* All prompts `copies` times at once: every output must be its reference's. */
+static void check_equals_of(cv_slot *batched, const char *const *p, int n_p, const result *ref, int n,
+                            int copies) {
+    result *r = calloc((size_t)(n_p * copies), sizeof *r);
+    for (int i = 0; i < n_p * copies; i++) {
         result_init(&r[i]);
-        submit(batched, prompts[i % N_PROMPTS], n, &r[i], NULL);
+        submit(batched, p[i % n_p], n, &r[i], NULL);
     }
-    for (int i = 0; i < N_PROMPTS * copies; i++) {
+    for (int i = 0; i < n_p * copies; i++) {
         result_wait(&r[i]);
         assert_int_equal(r[i].final.reason, CV_FINISH_LENGTH);
         assert_int_equal(r[i].n_ids, n);
-        assert_memory_equal(r[i].ids, ref[i % N_PROMPTS].ids, sizeof(int32_t) * (size_t)n);
-        assert_int_equal(r[i].text_len, ref[i % N_PROMPTS].text_len);
+        assert_memory_equal(r[i].ids, ref[i % n_p].ids, sizeof(int32_t) * (size_t)n);
+        assert_int_equal(r[i].text_len, ref[i % n_p].text_len);
     }
     free(r);
+}
+
+static void reference(cv_slot *s, int n, result *ref) { reference_of(s, prompts, N_PROMPTS, n, ref); }
+
+static void check_batched_equals(cv_slot *batched, const result *ref, int n, int copies) {
+    check_equals_of(batched, prompts, N_PROMPTS, ref, n, copies);
 }
 
 static void test_batching_does_not_change_greedy_tokens(void **state) {
@@ -249,6 +266,158 @@ static void test_limits_are_refused_with_numbers(void **state) {
     cv_slot_free(s);
 }
 
+/* ---- prefix caching ---- */
+
+#define PREFIX "Once upon a time, there was a little girl named Lily. She loved to play outside in the park with her friends."
+static const char *const shared[] = {PREFIX " One day,", PREFIX " Lily saw a big dog", PREFIX " She had a red ball",
+                                     PREFIX " The sun was hot and", PREFIX " Her mom said", PREFIX " They ran to"};
+#define N_SHARED (int)(sizeof shared / sizeof shared[0])
+#define GEN 60
+/* stories260K's KV per position: K+V x 5 layers x 4 kv heads x head dim 8 x f16 */
+#define BLOCK_BYTES (4 * 2 * 5 * 4 * 8 * 2)
+
+static const char *const stories[] = {"models/stories260K.gguf", "models/stories260K-Q8_0-mixed.gguf",
+                                      "models/stories260K-Q4_0-mixed.gguf"};
+
+static cv_slot *load_cached(const char *path, int prefix_cache, int max_running, int batch, size_t kv_bytes, int tp) {
+    cv_slot_options so = options(max_running, 64, batch, kv_bytes, 4);
+    so.engine.prefix_cache = prefix_cache;
+    so.tp = tp;
+    return load_opts(path, &so);
+}
+
+static cv_engine_stats stats_of(cv_slot *s) {
+    cv_engine_stats st;
+    cv_engine_get_stats(s->engine, &st);
+    return st;
+}
+
+/* The shared-prefix prompts' greedy tokens, one at a time without the cache. */
+static void shared_reference(const char *path, result *ref) {
+    cv_slot *solo = load_cached(path, 0, 1, 512, 0, 1);
+    reference_of(solo, shared, N_SHARED, GEN, ref);
+    cv_engine_stats st = stats_of(solo);
+    assert_false(st.prefix_cache);
+    assert_int_equal(st.prefix_queries, 0);
+    cv_slot_free(solo);
+}
+
+/* One prompt alone; returns the prefix-cache hits its admission added. */
+static uint64_t run_alone(cv_slot *s, const char *prompt, const result *want) {
+    const uint64_t before = stats_of(s).prefix_hits;
+    result r;
+    result_init(&r);
+    submit(s, prompt, GEN, &r, NULL);
+    result_wait(&r);
+    assert_int_equal(r.n_ids, GEN);
+    assert_memory_equal(r.ids, want->ids, sizeof(int32_t) * GEN);
+    return stats_of(s).prefix_hits - before;
+}
+
+/* Greedy tokens with the cache are those without, for each stories260K file: a second
+ * sequence maps the blocks that a running one published (both then run on them), an
+ * identical prompt maps every whole block but the one with its last token, and many
+ * sequences sharing the prefix in 4 slots, their prompts in chunks of 16 rows, on one
+ * rank and on two (tensor parallel: the ranks share one set of tables). */
+static void test_prefix_cache_keeps_greedy_tokens(void **state) {
+    (void)state;
+    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
+        char path[1024];
+        cv_test_data(path, sizeof path, stories[f]);
+        result ref[N_SHARED];
+        shared_reference(path, ref);
+        cv_slot *s = load_cached(path, 1, 4, 16, 0, 1);
+        assert_true(stats_of(s).prefix_cache);
+        result r1, r2;
+        result_init(&r1);
+        result_init(&r2);
+        r1.chunk_delay_us = 2000; /* >= 120 ms for its 60 tokens: still running below */
+        submit(s, shared[1], GEN, &r1, NULL);
+        pthread_mutex_lock(&r1.mu);
+        while (r1.n_ids < 1) pthread_cond_wait(&r1.cv, &r1.mu);
+        pthread_mutex_unlock(&r1.mu);
+        assert_int_equal(stats_of(s).prefix_hits, 0);
+        submit(s, shared[2], GEN, &r2, NULL);
+        pthread_mutex_lock(&r2.mu);
+        while (r2.n_ids < 1) pthread_cond_wait(&r2.cv, &r2.mu);
+        pthread_mutex_unlock(&r2.mu);
+        pthread_mutex_lock(&r1.mu);
+        assert_false(r1.done);
+        pthread_mutex_unlock(&r1.mu);
+        result_wait(&r1);
+        result_wait(&r2);
+        assert_memory_equal(r1.ids, ref[1].ids, sizeof(int32_t) * GEN);
+        assert_memory_equal(r2.ids, ref[2].ids, sizeof(int32_t) * GEN);
+        cv_engine_stats st = stats_of(s);
+        printf("%s: the second of two running sequences found %llu of %llu tokens cached\n", stories[f],
+               (unsigned long long)st.prefix_hits, (unsigned long long)st.prefix_queries);
+        assert_true(st.prefix_hits >= 32); /* the prefix is 40 tokens: 8 whole blocks at least */
+        run_alone(s, shared[0], &ref[0]);
+        const int32_t n0 = ref[0].final.prompt_tokens;
+        assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
+        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+        assert_int_equal(stats_of(s).kv_blocks_used, 0);
+        cv_slot_free(s);
+        s = load_cached(path, 1, 4, 16, 0, 2);
+        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+        assert_true(stats_of(s).prefix_hits >= 32 * (2 * N_SHARED - 4));
+        cv_slot_free(s);
+    }
+}
+
+/* A cache of exactly one context (32 blocks of 4): a prefix's cached blocks are all
+ * evicted by a sequence that needs every block, then recomputed with the same tokens,
+ * then found again. */
+static void test_prefix_cache_evicts_and_recomputes(void **state) {
+    (void)state;
+    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
+        char path[1024];
+        cv_test_data(path, sizeof path, stories[f]);
+        result ref[N_SHARED];
+        shared_reference(path, ref);
+        const int32_t n0 = ref[0].final.prompt_tokens;
+        cv_slot *s = load_cached(path, 1, 1, 64, 32 * BLOCK_BYTES, 1);
+        assert_int_equal(stats_of(s).kv_blocks_total, 32);
+        assert_int_equal(run_alone(s, shared[0], &ref[0]), 0);
+        cv_engine_stats st = stats_of(s);
+        assert_true(st.prefix_blocks >= (n0 + GEN - 1) / 4 - 1);
+        assert_int_equal(st.prefix_evictions, 0);
+        result fill;
+        result_init(&fill);
+        submit(s, "The little dog", 200, &fill, NULL); /* runs to the context's end: 128 positions */
+        result_wait(&fill);
+        assert_int_equal(fill.final.prompt_tokens + fill.final.completion_tokens, 128);
+        cv_engine_stats after = stats_of(s);
+        assert_true(after.prefix_evictions >= (uint64_t)st.prefix_blocks);
+        assert_int_equal(run_alone(s, shared[0], &ref[0]), 0); /* nothing left: recomputed */
+        assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
+        cv_slot_free(s);
+    }
+}
+
+/* 12 sequences sharing the prefix in room for 60 blocks (about two of them): blocks
+ * run out, and the youngest, whose prefix blocks the oldest holds too, is preempted
+ * and later recomputed from what is still cached. The tokens must not change. */
+static void test_prefix_cache_preempts_shared_sequences(void **state) {
+    (void)state;
+    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
+        char path[1024];
+        cv_test_data(path, sizeof path, stories[f]);
+        result ref[N_SHARED];
+        shared_reference(path, ref);
+        cv_slot *s = load_cached(path, 1, 12, 64, 60 * BLOCK_BYTES, 1);
+        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+        cv_engine_stats st = stats_of(s);
+        printf("%s, 12 sequences in 60 blocks: %llu preemptions, %llu of %llu tokens cached, %llu evictions\n",
+               stories[f], (unsigned long long)st.preemptions, (unsigned long long)st.prefix_hits,
+               (unsigned long long)st.prefix_queries, (unsigned long long)st.prefix_evictions);
+        assert_true(st.preemptions > 0);
+        assert_true(st.prefix_hits >= 32 * 11);
+        assert_int_equal(st.kv_blocks_used, 0);
+        cv_slot_free(s);
+    }
+}
+
 /* Gemma 3 with a window of 8 and blocks of 16: alone with batches of 512 rows the ring
  * (8 + 511 positions) would outgrow the 256-position context, so every layer keeps
  * every position; with batches of 25 rows each sequence's sliding layer keeps a ring
@@ -300,6 +469,41 @@ static void test_sliding_window_rings_keep_greedy_tokens(void **state) {
     assert_non_null(strstr(err.msg, "one sequence of 256 positions needs 18 blocks"));
 }
 
+/* The synthetic Gemma 3 (window 8, blocks of 16): with sliding-window rings the cache
+ * keeps no prefixes (asked for, it stays off); with every position kept
+ * (kv_swa_full_cache) it shares them, and the sliding layers' window masks then read
+ * shared blocks. The tokens are those of the model alone without the cache. */
+static void test_prefix_cache_with_sliding_window_layers(void **state) {
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/gemma3-prefix.gguf", g_dir);
+    cv_synth_opts o = {.recipe = CV_QRECIPE_F32, .seed = 5, .n_threads = 1};
+    cv_error err = {0};
+    if (cv_synth_write(cv_synth_find("tp-gemma3"), &o, path, &err)) fail_msg("%s", err.msg);
+    enum { N = 100 };
+    cv_slot_options so = options(1, 64, 512, 0, 16);
+    so.engine.prefix_cache = 0;
+    cv_slot *s = load_opts(path, &so);
+    result ref[N_SHARED];
+    reference_of(s, shared, N_SHARED, N, ref);
+    cv_slot_free(s);
+    so = options(12, 64, 25, 0, 16);
+    s = load_opts(path, &so);
+    assert_false(stats_of(s).prefix_cache); /* rings: off */
+    check_equals_of(s, shared, N_SHARED, ref, N, 1);
+    cv_slot_free(s);
+    so = options(4, 64, 25, 0, 16);
+    so.engine.kv_swa_full_cache = 1;
+    s = load_opts(path, &so);
+    assert_true(stats_of(s).prefix_cache);
+    check_equals_of(s, shared, N_SHARED, ref, N, 2);
+    cv_engine_stats st = stats_of(s);
+    printf("gemma3 synthetic, every position kept: %llu of %llu tokens cached\n",
+           (unsigned long long)st.prefix_hits, (unsigned long long)st.prefix_queries);
+    assert_true(st.prefix_hits >= 16 * (2 * N_SHARED - 4));
+    cv_slot_free(s);
+}
+
 static int setup(void **state) {
     (void)state;
     return cv_test_tmpdir(g_dir, sizeof g_dir, "test-engine");
@@ -317,6 +521,10 @@ int main(void) {
         cmocka_unit_test(test_cancel_returns_blocks),
         cmocka_unit_test(test_limits_are_refused_with_numbers),
         cmocka_unit_test(test_sliding_window_rings_keep_greedy_tokens),
+        cmocka_unit_test(test_prefix_cache_keeps_greedy_tokens),
+        cmocka_unit_test(test_prefix_cache_evicts_and_recomputes),
+        cmocka_unit_test(test_prefix_cache_preempts_shared_sequences),
+        cmocka_unit_test(test_prefix_cache_with_sliding_window_layers),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

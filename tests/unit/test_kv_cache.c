@@ -211,6 +211,103 @@ static void test_device_backend_mirrors_block_tables(void **state) {
     cv_kv_free(kv);
 }
 
+/* Prefix caching: full blocks published by one sequence are mapped into another's
+ * table by their tokens (never the partial last block, never past a difference);
+ * shared blocks live until their last user, then stay cached, and are evicted (least
+ * recently released first, a prefix's tail before its head) only when a reserve needs
+ * them. A device rank gets the mapped entries too. */
+static void test_prefix_blocks_are_shared_cached_and_evicted(void **state) {
+    (void)state;
+    static const cv_backend_ops ops = {.alloc = fake_alloc, .free = fake_free, .upload = fake_upload};
+    fake_dev dev = {.base = {.ops = &ops, .device = CV_DEVICE_CUDA, .name = "fake"}};
+    cv_kv_config cfg = small_cfg(); /* 10 blocks of 4 */
+    cfg.prefix_cache = 1;
+    cfg.prefix_seed = 42;
+    cfg.backends[0] = &dev.base;
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_true(cv_kv_config_of(kv)->prefix_cache);
+    int32_t t[24];
+    for (int i = 0; i < 24; i++) t[i] = 100 + i;
+    int32_t hit = -1;
+    assert_int_equal(cv_kv_share_prefix(kv, 0, t, 23, &hit, &e), CV_OK);
+    assert_int_equal(hit, 0);
+    assert_int_equal(cv_kv_reserve(kv, 0, 10, &e), CV_OK);  /* blocks 0, 1, 2 */
+    cv_kv_publish(kv, 0, t, 10);                            /* two full ones */
+    assert_int_equal(cv_kv_cached_blocks(kv), 2);
+    cv_kv_publish(kv, 0, t, 10);                            /* idempotent */
+    assert_int_equal(cv_kv_cached_blocks(kv), 2);
+
+    /* Same 9 tokens: both full blocks. 7 tokens: only the first (whole blocks). */
+    assert_int_equal(cv_kv_share_prefix(kv, 1, t, 9, &hit, &e), CV_OK);
+    assert_int_equal(hit, 8);
+    assert_memory_equal(cv_kv_block_table(kv, CV_KV_FULL, 1), cv_kv_block_table(kv, CV_KV_FULL, 0), 2 * sizeof(int32_t));
+    assert_memory_equal(cv_kv_device_table(kv, 0, CV_KV_FULL, 1), cv_kv_block_table(kv, CV_KV_FULL, 0), 2 * sizeof(int32_t));
+    assert_int_equal(cv_kv_capacity(kv, 1), 8);
+    assert_int_equal(cv_kv_free_blocks(kv), 7);             /* shared: no new memory */
+    assert_int_equal(cv_kv_share_prefix(kv, 1, t, 9, &hit, &e), CV_OK);
+    assert_int_equal(hit, 0);                               /* not empty: nothing mapped */
+    assert_int_equal(cv_kv_share_prefix(kv, 2, t, 7, &hit, &e), CV_OK);
+    assert_int_equal(hit, 4);
+    int32_t u[24];
+    memcpy(u, t, sizeof u);
+    u[5] = 7;                                               /* differs in block 1 */
+    assert_int_equal(cv_kv_share_prefix(kv, 3, u, 20, &hit, &e), CV_OK);
+    assert_int_equal(hit, 4);
+    cv_kv_release(kv, 3);
+    cv_kv_release(kv, 2);
+
+    /* Sequence 1 grows past its shared blocks into its own and publishes them. */
+    assert_int_equal(cv_kv_reserve(kv, 1, 16, &e), CV_OK);
+    const int32_t *t1 = cv_kv_block_table(kv, CV_KV_FULL, 1), *t0 = cv_kv_block_table(kv, CV_KV_FULL, 0);
+    assert_int_not_equal(t1[2], t0[2]);
+    assert_int_equal(cv_kv_free_blocks(kv), 5);
+    cv_kv_publish(kv, 1, t, 16);
+    assert_int_equal(cv_kv_cached_blocks(kv), 4);           /* blocks 2 and 3 of t */
+    /* The owner of the first copy drops it: the shared ones stay with sequence 1. */
+    cv_kv_release(kv, 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 6);
+    cv_kv_release(kv, 1);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);            /* cached blocks count as free */
+    assert_int_equal(cv_kv_cached_blocks(kv), 4);
+    assert_int_equal(cv_kv_share_prefix(kv, 2, t, 23, &hit, &e), CV_OK);
+    assert_int_equal(hit, 16);
+    cv_kv_release(kv, 2);
+
+    /* 6 free blocks, 4 cached: a sequence of 8 blocks evicts two, the prefix's tail
+     * (t's blocks 3 then 2) first; the head is still found. */
+    assert_int_equal(cv_kv_reserve(kv, 3, 24, &e), CV_OK);  /* 6 blocks */
+    assert_int_equal(cv_kv_evictions(kv), 0);               /* all from the free stack */
+    assert_int_equal(cv_kv_reserve(kv, 2, 8, &e), CV_OK);   /* 2 more: evicts 2 */
+    assert_int_equal(cv_kv_evictions(kv), 2);
+    assert_int_equal(cv_kv_cached_blocks(kv), 2);
+    cv_kv_release(kv, 2);
+    assert_int_equal(cv_kv_share_prefix(kv, 2, t, 23, &hit, &e), CV_OK);
+    assert_int_equal(hit, 8);
+    /* A failed device upload maps nothing and drops the references again. */
+    cv_kv_release(kv, 2);
+    dev.fail_uploads = 1;
+    assert_int_equal(cv_kv_share_prefix(kv, 2, t, 23, &hit, &e), CV_EIO);
+    assert_int_equal(hit, 0);
+    assert_int_equal(cv_kv_capacity(kv, 2), 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 4);
+    dev.fail_uploads = 0;
+    cv_kv_free(kv);
+
+    /* Off: nothing is published or shared. */
+    cfg = small_cfg();
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_false(cv_kv_config_of(kv)->prefix_cache);
+    assert_int_equal(cv_kv_reserve(kv, 0, 8, &e), CV_OK);
+    cv_kv_publish(kv, 0, t, 8);
+    cv_kv_release(kv, 0);
+    assert_int_equal(cv_kv_cached_blocks(kv), 0);
+    assert_int_equal(cv_kv_share_prefix(kv, 1, t, 8, &hit, &e), CV_OK);
+    assert_int_equal(hit, 0);
+    cv_kv_free(kv);
+}
+
 /* Tensor-parallel ranks: a pool set each (here one on the host, one on a device), one
  * set of block tables, mirrored to the device rank; a failed mirror changes nothing. */
 static void test_ranks_share_block_tables(void **state) {
@@ -267,7 +364,9 @@ static void test_sliding_layers_get_a_ring(void **state) {
     assert_int_equal(cv_kv_blocks_for(&cfg, 33), 4 + 6); /* ring of 4, 17 blocks of layer 2 */
     cv_kv_cache *kv;
     cv_error e = {0};
+    cfg.prefix_cache = 1; /* asked for, but a ring keeps no prefixes (kv_cache.h) */
     assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_false(cv_kv_config_of(kv)->prefix_cache);
     for (int32_t l = 0; l < 4; l++) assert_int_equal(cv_kv_layer_group(kv, l), k_sliding[l] ? CV_KV_SLIDING : CV_KV_FULL);
     assert_int_equal(cv_kv_bytes(kv), 60 * 3 * layer_block);
     assert_int_equal(cv_kv_bytes_per_token(kv), layer_block / 2);
@@ -510,6 +609,7 @@ int main(void) {
         cmocka_unit_test(test_random_traffic_keeps_blocks_disjoint),
         cmocka_unit_test(test_device_backend_mirrors_block_tables),
         cmocka_unit_test(test_ranks_share_block_tables),
+        cmocka_unit_test(test_prefix_blocks_are_shared_cached_and_evicted),
         cmocka_unit_test(test_sliding_layers_get_a_ring),
         cmocka_unit_test(test_device_mirrors_ring_tables),
         cmocka_unit_test(test_ring_keeps_every_window_a_step_reads),
