@@ -314,108 +314,115 @@ static uint64_t run_alone(cv_slot *s, const char *prompt, const result *want) {
     return stats_of(s).prefix_hits - before;
 }
 
+/* body(path, name, its shared-prefix references) for each stories260K file. */
+static void each_stories_file(void (*body)(const char *path, const char *name, const result *ref)) {
+    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
+        char path[1024];
+        cv_test_data(path, sizeof path, stories[f]);
+        result ref[N_SHARED];
+        shared_reference(path, ref);
+        body(path, stories[f], ref);
+    }
+}
+
 /* Greedy tokens with the cache are those without, for each stories260K file: a second
  * sequence maps the blocks that a running one published (both then run on them), an
  * identical prompt maps every whole block but the one with its last token, and many
  * sequences sharing the prefix in 4 slots, their prompts in chunks of 16 rows, on one
  * rank and on two (tensor parallel: the ranks share one set of tables). */
+static void prefix_cache_keeps_greedy_tokens(const char *path, const char *name, const result *ref) {
+    cv_slot *s = load_cached(path, 1, 4, 16, 0, 1);
+    assert_true(stats_of(s).prefix_cache);
+    result r1, r2;
+    result_init(&r1);
+    result_init(&r2);
+    r1.chunk_delay_us = 2000; /* >= 120 ms for its 60 tokens: still running below */
+    submit(s, shared[1], GEN, &r1, NULL);
+    pthread_mutex_lock(&r1.mu);
+    while (r1.n_ids < 1) pthread_cond_wait(&r1.cv, &r1.mu);
+    pthread_mutex_unlock(&r1.mu);
+    assert_int_equal(stats_of(s).prefix_hits, 0);
+    submit(s, shared[2], GEN, &r2, NULL);
+    pthread_mutex_lock(&r2.mu);
+    while (r2.n_ids < 1) pthread_cond_wait(&r2.cv, &r2.mu);
+    pthread_mutex_unlock(&r2.mu);
+    pthread_mutex_lock(&r1.mu);
+    assert_false(r1.done);
+    pthread_mutex_unlock(&r1.mu);
+    result_wait(&r1);
+    result_wait(&r2);
+    assert_memory_equal(r1.ids, ref[1].ids, sizeof(int32_t) * GEN);
+    assert_memory_equal(r2.ids, ref[2].ids, sizeof(int32_t) * GEN);
+    cv_engine_stats st = stats_of(s);
+    printf("%s: the second of two running sequences found %llu of %llu tokens cached\n", name,
+           (unsigned long long)st.prefix_hits, (unsigned long long)st.prefix_queries);
+    assert_true(st.prefix_hits >= 32); /* the prefix is 40 tokens: 8 whole blocks at least */
+    run_alone(s, shared[0], &ref[0]);
+    const int32_t n0 = ref[0].final.prompt_tokens;
+    assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
+    check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+    assert_int_equal(stats_of(s).kv_blocks_used, 0);
+    cv_slot_free(s);
+    s = load_cached(path, 1, 4, 16, 0, 2);
+    check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+    assert_true(stats_of(s).prefix_hits >= 32 * (2 * N_SHARED - 4));
+    cv_slot_free(s);
+}
+
 static void test_prefix_cache_keeps_greedy_tokens(void **state) {
     (void)state;
-    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
-        char path[1024];
-        cv_test_data(path, sizeof path, stories[f]);
-        result ref[N_SHARED];
-        shared_reference(path, ref);
-        cv_slot *s = load_cached(path, 1, 4, 16, 0, 1);
-        assert_true(stats_of(s).prefix_cache);
-        result r1, r2;
-        result_init(&r1);
-        result_init(&r2);
-        r1.chunk_delay_us = 2000; /* >= 120 ms for its 60 tokens: still running below */
-        submit(s, shared[1], GEN, &r1, NULL);
-        pthread_mutex_lock(&r1.mu);
-        while (r1.n_ids < 1) pthread_cond_wait(&r1.cv, &r1.mu);
-        pthread_mutex_unlock(&r1.mu);
-        assert_int_equal(stats_of(s).prefix_hits, 0);
-        submit(s, shared[2], GEN, &r2, NULL);
-        pthread_mutex_lock(&r2.mu);
-        while (r2.n_ids < 1) pthread_cond_wait(&r2.cv, &r2.mu);
-        pthread_mutex_unlock(&r2.mu);
-        pthread_mutex_lock(&r1.mu);
-        assert_false(r1.done);
-        pthread_mutex_unlock(&r1.mu);
-        result_wait(&r1);
-        result_wait(&r2);
-        assert_memory_equal(r1.ids, ref[1].ids, sizeof(int32_t) * GEN);
-        assert_memory_equal(r2.ids, ref[2].ids, sizeof(int32_t) * GEN);
-        cv_engine_stats st = stats_of(s);
-        printf("%s: the second of two running sequences found %llu of %llu tokens cached\n", stories[f],
-               (unsigned long long)st.prefix_hits, (unsigned long long)st.prefix_queries);
-        assert_true(st.prefix_hits >= 32); /* the prefix is 40 tokens: 8 whole blocks at least */
-        run_alone(s, shared[0], &ref[0]);
-        const int32_t n0 = ref[0].final.prompt_tokens;
-        assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
-        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
-        assert_int_equal(stats_of(s).kv_blocks_used, 0);
-        cv_slot_free(s);
-        s = load_cached(path, 1, 4, 16, 0, 2);
-        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
-        assert_true(stats_of(s).prefix_hits >= 32 * (2 * N_SHARED - 4));
-        cv_slot_free(s);
-    }
+    each_stories_file(prefix_cache_keeps_greedy_tokens);
 }
 
 /* A cache of exactly one context (32 blocks of 4): a prefix's cached blocks are all
  * evicted by a sequence that needs every block, then recomputed with the same tokens,
  * then found again. */
+static void prefix_cache_evicts_and_recomputes(const char *path, const char *name, const result *ref) {
+    const int32_t n0 = ref[0].final.prompt_tokens;
+    cv_slot *s = load_cached(path, 1, 1, 64, 32 * BLOCK_BYTES, 1);
+    assert_int_equal(stats_of(s).kv_blocks_total, 32);
+    assert_int_equal(run_alone(s, shared[0], &ref[0]), 0);
+    cv_engine_stats st = stats_of(s);
+    assert_true(st.prefix_blocks >= (n0 + GEN - 1) / 4 - 1);
+    assert_int_equal(st.prefix_evictions, 0);
+    result fill;
+    result_init(&fill);
+    submit(s, "The little dog", 200, &fill, NULL); /* runs to the context's end: 128 positions */
+    result_wait(&fill);
+    assert_int_equal(fill.final.prompt_tokens + fill.final.completion_tokens, 128);
+    cv_engine_stats after = stats_of(s);
+    printf("%s: %d cached blocks, %llu evicted by a sequence of the whole context\n", name, st.prefix_blocks,
+           (unsigned long long)after.prefix_evictions);
+    assert_true(after.prefix_evictions >= (uint64_t)st.prefix_blocks);
+    assert_int_equal(run_alone(s, shared[0], &ref[0]), 0); /* nothing left: recomputed */
+    assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
+    cv_slot_free(s);
+}
+
 static void test_prefix_cache_evicts_and_recomputes(void **state) {
     (void)state;
-    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
-        char path[1024];
-        cv_test_data(path, sizeof path, stories[f]);
-        result ref[N_SHARED];
-        shared_reference(path, ref);
-        const int32_t n0 = ref[0].final.prompt_tokens;
-        cv_slot *s = load_cached(path, 1, 1, 64, 32 * BLOCK_BYTES, 1);
-        assert_int_equal(stats_of(s).kv_blocks_total, 32);
-        assert_int_equal(run_alone(s, shared[0], &ref[0]), 0);
-        cv_engine_stats st = stats_of(s);
-        assert_true(st.prefix_blocks >= (n0 + GEN - 1) / 4 - 1);
-        assert_int_equal(st.prefix_evictions, 0);
-        result fill;
-        result_init(&fill);
-        submit(s, "The little dog", 200, &fill, NULL); /* runs to the context's end: 128 positions */
-        result_wait(&fill);
-        assert_int_equal(fill.final.prompt_tokens + fill.final.completion_tokens, 128);
-        cv_engine_stats after = stats_of(s);
-        assert_true(after.prefix_evictions >= (uint64_t)st.prefix_blocks);
-        assert_int_equal(run_alone(s, shared[0], &ref[0]), 0); /* nothing left: recomputed */
-        assert_int_equal(run_alone(s, shared[0], &ref[0]), (n0 - 1) / 4 * 4);
-        cv_slot_free(s);
-    }
+    each_stories_file(prefix_cache_evicts_and_recomputes);
 }
 
 /* 12 sequences sharing the prefix in room for 60 blocks (about two of them): blocks
  * run out, and the youngest, whose prefix blocks the oldest holds too, is preempted
  * and later recomputed from what is still cached. The tokens must not change. */
+static void prefix_cache_preempts_shared_sequences(const char *path, const char *name, const result *ref) {
+    cv_slot *s = load_cached(path, 1, 12, 64, 60 * BLOCK_BYTES, 1);
+    check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
+    cv_engine_stats st = stats_of(s);
+    printf("%s, 12 sequences in 60 blocks: %llu preemptions, %llu of %llu tokens cached, %llu evictions\n",
+           name, (unsigned long long)st.preemptions, (unsigned long long)st.prefix_hits,
+           (unsigned long long)st.prefix_queries, (unsigned long long)st.prefix_evictions);
+    assert_true(st.preemptions > 0);
+    assert_true(st.prefix_hits >= 32 * 11);
+    assert_int_equal(st.kv_blocks_used, 0);
+    cv_slot_free(s);
+}
+
 static void test_prefix_cache_preempts_shared_sequences(void **state) {
     (void)state;
-    for (size_t f = 0; f < sizeof stories / sizeof stories[0]; f++) {
-        char path[1024];
-        cv_test_data(path, sizeof path, stories[f]);
-        result ref[N_SHARED];
-        shared_reference(path, ref);
-        cv_slot *s = load_cached(path, 1, 12, 64, 60 * BLOCK_BYTES, 1);
-        check_equals_of(s, shared, N_SHARED, ref, GEN, 2);
-        cv_engine_stats st = stats_of(s);
-        printf("%s, 12 sequences in 60 blocks: %llu preemptions, %llu of %llu tokens cached, %llu evictions\n",
-               stories[f], (unsigned long long)st.preemptions, (unsigned long long)st.prefix_hits,
-               (unsigned long long)st.prefix_queries, (unsigned long long)st.prefix_evictions);
-        assert_true(st.preemptions > 0);
-        assert_true(st.prefix_hits >= 32 * 11);
-        assert_int_equal(st.kv_blocks_used, 0);
-        cv_slot_free(s);
-    }
+    each_stories_file(prefix_cache_preempts_shared_sequences);
 }
 
 /* Gemma 3 with a window of 8 and blocks of 16: alone with batches of 512 rows the ring
