@@ -86,7 +86,7 @@ PKGS_rag := libcurl jansson zlib libutf8proc
 
 DIRS_service := server/service
 USES_service := engine security rag proto
-PKGS_service := grpc libprotobuf-c jansson
+PKGS_service := grpc libprotobuf-c jansson libmicrohttpd
 
 PUB_proto  := $(BUILD)/gen
 PKGS_proto := libprotobuf-c
@@ -162,7 +162,7 @@ TOOLS := $(foreach s,$(TOOL_SRC),$(BUILD)/bin/$(basename $(notdir $(s))))
 TESTS := $(foreach s,$(TEST_SRC),$(BUILD)/test/$(basename $(notdir $(s))))
 FUZZERS := $(foreach s,$(FUZZ_SRC),$(BUILD)/fuzz/$(basename $(notdir $(s))))
 
-.PHONY: all tools tests test testing-server asan tsan fuzz fuzz-build fuzzers bench deps clean run models check-layers test-models
+.PHONY: all tools tests test testing-server asan tsan fuzz fuzz-build fuzzers bench deps pydeps clean run models check-layers test-models test-pydeps
 .DEFAULT_GOAL := all
 .SECONDARY:
 
@@ -243,9 +243,14 @@ testing-server: $(TBUILD)/bin/corvid-server
 test-models:
 	@$(MAKE) --no-print-directory models || echo "make models failed: tests that need Gemma 3 / Qwen2.5 will SKIP"
 
+# The PyPI packages of the tests (tests/pypi-requirements.txt: the openai SDK) into a
+# venv outside the repo; where that fails, the tests that need them SKIP.
+test-pydeps:
+	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed: tests that need the openai SDK will SKIP"
+
 # T='PATTERN...' runs only the matching tests or cases (tests/run.sh).
-test: all testing-server test-models
-	@CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
+test: all testing-server test-models test-pydeps
+	@CORVID_VENV=$(VENV) CORVID_TESTING_BIN=$(abspath $(BUILD)/testing/bin) CORVID_BIN=$(abspath $(BUILD)/bin) CORVID_TESTBIN=$(abspath $(BUILD)/test) \
 	  CORVID_DATA=$(TESTDATA) CORVID_BUILD=$(abspath $(BUILD)) CORVID_MODELS=$(MODELS_DIR) tests/run.sh $(T)
 
 ASAN := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
@@ -304,23 +309,34 @@ models:
 	@/usr/bin/python3 server/tools/fetch_models.py --dir $(MODELS_DIR)
 
 # The first command of the README: a server on the real Gemma 3 270M (or MODEL=path),
-# gRPC on PORT and metrics on METRICS_PORT.
+# gRPC on PORT, metrics on METRICS_PORT and the OpenAI-compatible API on HTTP_PORT.
 DEFAULT_MODEL := $(MODELS_DIR)/gemma-3-270m-q4_k_m.gguf
 MODEL ?= $(DEFAULT_MODEL)
 PORT ?= 50051
 METRICS_PORT ?= 9464
+HTTP_PORT ?= 8080
 run: tools
 	@if [ "$(MODEL)" = "$(DEFAULT_MODEL)" ]; then $(MAKE) --no-print-directory models; fi
-	@echo "corvid-server: gRPC on 127.0.0.1:$(PORT), metrics on http://127.0.0.1:$(METRICS_PORT)/metrics"
+	@echo "corvid-server: gRPC on 127.0.0.1:$(PORT), metrics on http://127.0.0.1:$(METRICS_PORT)/metrics,"
+	@echo "               OpenAI-compatible API on http://127.0.0.1:$(HTTP_PORT)/v1"
 	@echo "try:  $(BUILD)/bin/corvidctl generate -a 127.0.0.1:$(PORT) -p 'The capital of France is' -n 32"
 	@echo "      $(BUILD)/bin/corvidctl health -a 127.0.0.1:$(PORT) --service corvid.v1.Inference"
 	@echo "      curl -s http://127.0.0.1:$(METRICS_PORT)/metrics | grep corvid_requests_total"
+	@echo "      curl -s http://127.0.0.1:$(HTTP_PORT)/v1/completions -H 'Content-Type: application/json' -d '{\"prompt\":\"The capital of France is\",\"max_tokens\":16}'"
 	@echo "stop with Ctrl-C (drains in-flight streams first)"
-	@exec $(BUILD)/bin/corvid-server --listen 127.0.0.1:$(PORT) --metrics-listen 127.0.0.1:$(METRICS_PORT) --model $(MODEL)
+	@exec $(BUILD)/bin/corvid-server --listen 127.0.0.1:$(PORT) --metrics-listen 127.0.0.1:$(METRICS_PORT) --http-listen 127.0.0.1:$(HTTP_PORT) --model $(MODEL)
 
 deps:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$(cat .ci/apt-packages); \
 	 else echo "run as root: apt-get update && apt-get install -y $$(tr '\n' ' ' < .ci/apt-packages)"; fi
+	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed (needs python3-venv and PyPI): the openai SDK tests will SKIP"
+
+# PyPI packages (tests/pypi-requirements.txt) into a venv that also sees Debian's
+# python3 packages (grpcio); idempotent: pip skips what is installed.
+VENV ?= $(HOME)/.cache/corvid/venv
+pydeps:
+	@[ -x $(VENV)/bin/python ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	@$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/pypi-requirements.txt
 
 clean:
 	rm -rf $(BUILD) build

@@ -1,5 +1,7 @@
 #include "utf8.h"
 
+#include <stdlib.h>
+
 #include <string.h>
 
 /* Total length of a sequence starting with lead byte b; 0 for a byte that can
@@ -143,4 +145,16 @@ size_t cv_utf8_stream_flush(cv_utf8_stream *s, char *out) {
     if (s->n_pend == 0) return 0;
     s->n_pend = 0;
     return put_replacement(out);
+}
+
+char *cv_utf8_repaired(const char *s, size_t n, size_t *len) {
+    char *out = malloc(CV_UTF8_STREAM_BOUND(n) + 4);
+    if (!out) return NULL;
+    cv_utf8_stream us;
+    cv_utf8_stream_init(&us);
+    size_t m = cv_utf8_stream_feed(&us, s, n, out);
+    m += cv_utf8_stream_flush(&us, out + m);
+    out[m] = 0;
+    *len = m;
+    return out;
 }

@@ -59,4 +59,8 @@ size_t cv_utf8_stream_feed(cv_utf8_stream *s, const char *in, size_t n, char *ou
  * bytes). Returns the bytes written; the stream is ready for reuse. */
 size_t cv_utf8_stream_flush(cv_utf8_stream *s, char *out);
 
+/* s[0..n) repaired in one go (as a stream fed once and flushed): a malloc'd,
+ * NUL-terminated copy that is valid UTF-8, its length in *len; NULL when out of memory. */
+char *cv_utf8_repaired(const char *s, size_t n, size_t *len);
+
 #endif

@@ -81,6 +81,8 @@ cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err) 
         {"top_p", offsetof(cv_sampler_params, top_p)},
         {"min_p", offsetof(cv_sampler_params, min_p)},
         {"repetition_penalty", offsetof(cv_sampler_params, repeat_penalty)},
+        {"presence_penalty", offsetof(cv_sampler_params, presence_penalty)},
+        {"frequency_penalty", offsetof(cv_sampler_params, frequency_penalty)},
     };
     for (size_t i = 0; i < sizeof floats / sizeof floats[0]; i++) {
         float v = *(const float *)(const void *)((const char *)p + floats[i].off);
@@ -105,6 +107,12 @@ cv_status cv_sampler_params_validate(const cv_sampler_params *p, cv_error *err) 
         return cv_errorf(err, CV_EINVAL,
                          "repetition_penalty %g must be a finite value > 0: use 1 to disable it",
                          (double)p->repeat_penalty);
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return cv_errorf(err, CV_EINVAL, "presence_penalty %g is outside [-2, 2]: use 0 to disable it",
+                         (double)p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return cv_errorf(err, CV_EINVAL, "frequency_penalty %g is outside [-2, 2]: use 0 to disable it",
+                         (double)p->frequency_penalty);
     if (p->repeat_last_n < 0 || p->repeat_last_n > CV_SAMPLER_MAX_REPEAT_LAST_N)
         return cv_errorf(err, CV_EINVAL, "repetition_window %d is outside [0, %d]",
                          (int)p->repeat_last_n, CV_SAMPLER_MAX_REPEAT_LAST_N);
@@ -253,22 +261,32 @@ static inline float sane(float x) {
     return x > FLT_MAX ? FLT_MAX : x;
 }
 
+/* Whether some penalty would change a logit now. */
+static int has_penalty(const cv_sampler *s) {
+    return s->hist_len > 0 &&
+           (s->p.repeat_penalty != 1.0f || s->p.presence_penalty != 0.0f || s->p.frequency_penalty != 0.0f);
+}
+
 static void load_logits(cv_sampler *s, const float *logits) {
     for (int32_t i = 0; i < s->n_vocab; i++) {
         s->cand[i].logit = sane(logits[i]);
         s->cand[i].id = i;
     }
-    if (s->p.repeat_penalty == 1.0f || s->hist_len == 0) return;
-    /* Each distinct token of the window is penalised once (llama.cpp semantics). */
-    const float pen = s->p.repeat_penalty;
+    if (!has_penalty(s)) return;
+    /* Each distinct token of the window gets the repetition and presence penalties
+     * once (llama.cpp semantics), the frequency penalty once per occurrence. */
+    const float pen = s->p.repeat_penalty, pres = s->p.presence_penalty, freq = s->p.frequency_penalty;
     for (int32_t i = 0; i < s->hist_len; i++) {
         int32_t t = s->hist[i];
         if (s->seen[t >> 3] & (1u << (t & 7))) continue;
         s->seen[t >> 3] |= (uint8_t)(1u << (t & 7));
         float *l = &s->cand[t].logit;
-        *l = *l > 0.0f ? *l / pen : *l * pen;
+        *l = (*l > 0.0f ? *l / pen : *l * pen) - pres;
     }
-    for (int32_t i = 0; i < s->hist_len; i++) s->seen[s->hist[i] >> 3] = 0;
+    for (int32_t i = 0; i < s->hist_len; i++) {
+        s->cand[s->hist[i]].logit -= freq;
+        s->seen[s->hist[i] >> 3] = 0;
+    }
 }
 
 /* Runs penalty, top-k, top-p and min-p: afterwards s->cand[0..return) is the
@@ -373,7 +391,7 @@ static int32_t plain_argmax(const float *logits, int32_t n) {
 
 int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out) {
     int32_t token;
-    if (s->p.temperature == 0.0f && (s->p.repeat_penalty == 1.0f || s->hist_len == 0)) {
+    if (s->p.temperature == 0.0f && !has_penalty(s)) {
         token = plain_argmax(logits, s->n_vocab);
         goto chosen;
     }

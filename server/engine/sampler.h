@@ -1,7 +1,7 @@
 /* sampler: picks the next token from a row of logits, one sampler per sequence.
  *
- * Pipeline (llama.cpp's default order): repetition penalty over the last
- * repeat_last_n tokens -> top-k -> top-p -> min-p -> temperature -> one draw from
+ * Pipeline (llama.cpp's default order): repetition, presence and frequency penalties
+ * over the last repeat_last_n tokens -> top-k -> top-p -> min-p -> temperature -> one draw from
  * the sampler's own xoshiro256** stream. temperature 0 is greedy (argmax after the
  * penalty; ties go to the lowest id). Candidates are ordered by (logit desc, id asc)
  * with our own selection and sort, so the same seed and the same logits give the
@@ -44,6 +44,11 @@ typedef struct cv_sampler_params {
     float min_p;            /* [0, 1]; 0 = off; relative to the best token's probability */
     float repeat_penalty;   /* > 0; 1 = off; positive logits divided, negative multiplied */
     int32_t repeat_last_n;  /* [0, CV_SAMPLER_MAX_REPEAT_LAST_N]; 0 = off */
+    /* [-2, 2]; 0 = off (OpenAI's semantics over the same window): a token seen in the
+     * window loses presence_penalty once and frequency_penalty per occurrence, after
+     * the repetition penalty, as llama.cpp orders them. */
+    float presence_penalty;
+    float frequency_penalty;
     uint64_t seed;
     bool logprobs;          /* report the chosen token's logprob */
     int32_t top_logprobs;   /* [0, CV_SAMPLER_MAX_TOP_LOGPROBS] alternatives; > 0 implies logprobs */

@@ -195,15 +195,9 @@ static json_t *clean_field(const char *s, const cv_pii *pii) {
         red = masked;
         len = strlen(masked);
     }
-    char *fixed = malloc(CV_UTF8_STREAM_BOUND(len) + 4);
-    json_t *j = NULL;
-    if (fixed) {
-        cv_utf8_stream us;
-        cv_utf8_stream_init(&us);
-        size_t m = cv_utf8_stream_feed(&us, red, len, fixed);
-        m += cv_utf8_stream_flush(&us, fixed + m);
-        j = json_stringn(fixed, m);
-    }
+    size_t m;
+    char *fixed = cv_utf8_repaired(red, len, &m);
+    json_t *j = fixed ? json_stringn(fixed, m) : NULL;
     free(fixed);
     free(red);
     return j;

@@ -294,6 +294,8 @@ static const char *verdict_name(cv_auth_verdict v) {
 static int method_scope(const char *m) {
     if (strncmp(m, "/grpc.health.v1.Health/", 23) == 0) return -1;
     if (strncmp(m, "/corvid.v1.Inference/", 21) == 0) return CV_SCOPE_INFERENCE;
+    /* The OpenAI-compatible HTTP API (openai_service.h) passes its path as the method. */
+    if (strncmp(m, "/v1/", 4) == 0) return CV_SCOPE_INFERENCE;
     return CV_SCOPE_ADMIN;
 }
 
@@ -400,11 +402,13 @@ cv_auth_verdict cv_auth_check(cv_auth *a, const char *method, const char *author
         else if (have_ip) snprintf(key, sizeof key, "ip:%s", ip_text);
         else snprintf(key, sizeof key, "peer:%s", peer);
         double wait = 0;
-        if (!cv_ratelimit_take(a->rl, key, &wait))
+        if (!cv_ratelimit_take(a->rl, key, &wait)) {
+            res->retry_after_s = wait;
             return refuse(a, &ci, res, CV_AUTH_RATE_LIMITED, "rate_limited",
                           "rate limit of %g requests/s (burst %g) reached for %s %.64s; retry in %.2f s",
                           a->rl_rate, a->rl_burst, res->subject[0] ? "subject" : "client",
                           res->subject[0] ? res->subject : have_ip ? ip_text : peer, wait);
+        }
     }
     return CV_AUTH_ALLOW;
 }

@@ -27,7 +27,8 @@
  * the peer must be in the allowlist (PERMISSION_DENIED); with jwt, the
  * "authorization: Bearer <JWT>" metadata must verify (UNAUTHENTICATED) and carry the
  * method's scope: /corvid.v1.Admin/ needs admin, /corvid.v1.Inference/ needs
- * inference, any other method needs admin (deny by default) (PERMISSION_DENIED);
+ * inference, and so do the OpenAI-compatible HTTP paths (/v1/...), any other method
+ * needs admin (deny by default) (PERMISSION_DENIED);
  * then one token from the caller's bucket, keyed by subject, else by client IP
  * (RESOURCE_EXHAUSTED, with the wait). Allowlist and token failures are counted into
  * the audit log as auth_failure lines with reasons not_in_allowlist, not_ip_client,
@@ -75,6 +76,7 @@ typedef struct cv_auth_result {
     char message[512];                      /* the gRPC status message when refused */
     char subject[CV_JWT_MAX_SUBJECT + 1];   /* "" without a verified token */
     unsigned scopes;                        /* CV_SCOPE_* of the token */
+    double retry_after_s;                   /* CV_AUTH_RATE_LIMITED: when a token is back */
 } cv_auth_result;
 
 typedef struct cv_auth cv_auth;

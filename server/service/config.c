@@ -14,6 +14,7 @@
 #include "engine.h"
 #include "inference_service.h"
 #include "json_error.h"
+#include "http_endpoint.h"
 #include "rag_service.h"
 #include "tp.h"
 
@@ -41,6 +42,9 @@ static const key_spec keys[] = {
     STR("listen", "--listen", listen, "HOST:PORT", "gRPC address", NULL),
     STR("metrics_listen", "--metrics-listen", metrics_listen, "HOST:PORT",
         "HTTP /metrics, /healthz and /readyz", "off"),
+    STR("http_listen", "--http-listen", http_listen, "HOST:PORT",
+        "OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models); HTTPS with tls_cert",
+        "off"),
     STR("model", "--model", model, "PATH", "GGUF file loaded at start", "none"),
     STR("model_version", "--model-version", model_version, "NAME", "the version name of --model",
         "the file name"),
@@ -380,5 +384,18 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
         return cv_errorf(err, CV_EINVAL, "rag_policy: \"%s\" is neither refuse nor answer", c->rag_policy);
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
+    if (c->http_listen[0]) {
+        cv_error e = {0};
+        if (cv_http_check_addr(c->http_listen, &e) != CV_OK)
+            return cv_errorf(err, CV_EINVAL, "http_listen: \"%s\" is not IPv4:PORT or [IPv6]:PORT", c->http_listen);
+        if (strcmp(c->http_listen, c->listen) == 0 || strcmp(c->http_listen, c->metrics_listen) == 0)
+            return cv_errorf(err, CV_EINVAL, "http_listen %s is also the address of listen or metrics_listen",
+                             c->http_listen);
+        /* MHD would ask for client certificates but not refuse a client without one:
+         * rather no HTTP API than one weaker than the gRPC policy says. */
+        if (c->tls_client_ca[0])
+            return cv_errorf(err, CV_EINVAL, "http_listen: mTLS (tls_client_ca) is not supported on the HTTP API; "
+                             "use JWT bearer tokens (auth_config) there, or leave http_listen off");
+    }
     return CV_OK;
 }

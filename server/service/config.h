@@ -14,6 +14,7 @@
 typedef struct cv_config {
     char listen[256];          /* gRPC address, "127.0.0.1:50051" */
     char metrics_listen[256];  /* "" = no HTTP metrics endpoint */
+    char http_listen[256];     /* "" = no OpenAI-compatible HTTP API */
     char model[1024];          /* GGUF path; "" = start with no model */
     char model_version[128];   /* "" = the model file's base name */
     int threads;               /* 0 = number of cores; split between the tp ranks */

@@ -7,13 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include <jansson.h>
 
 #include "corvid/v1/inference.pb-c.h"
 #include "grpc_status.h"
+#include "infer_core.h"
 #include "rag_request.h"
 #include "rpc_message.h"
 #include "timing.h"
@@ -34,83 +33,31 @@ typedef struct gen_stream {
     cv_engine *engine;
     uint64_t engine_id;
     pthread_mutex_t mu;
-    /* Output not yet sent, coalesced: the engine appends, produce() drains. */
-    char *text;
-    size_t text_len, text_cap;
-    int32_t *ids;
-    size_t n_ids, ids_cap;
-    cv_sample *samples;      /* parallel to ids when logprobs are on */
-    int want_samples;
-    int overflow;            /* the client fell too far behind */
+    cv_core_out out;         /* output not yet sent, coalesced: the engine appends, produce() drains */
     cv_rpc_code fail_code;   /* the request was refused at submit: only a status goes out */
     int client_gone;         /* cancelled, disconnected or past its deadline */
-    int have_final;
     uint8_t *context_msg;    /* the RAG Context message, sent before anything else */
     size_t context_len;
     uint32_t context_tokens;
     int default_answer;      /* the configured answer went out instead of the model's */
-    cv_engine_final final;
-    char stop_string[256];
-    char error[512];
     char request_id[128];
     uint64_t seed;
-    double t_last_token;     /* for inter-token gaps (engine thread only) */
 } gen_stream;
 
 static void stream_free(gen_stream *g) {
     pthread_mutex_destroy(&g->mu);
-    free(g->text);
-    free(g->ids);
-    free(g->samples);
+    cv_core_out_free(&g->out);
     free(g->context_msg);
     free(g);
-}
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 0;
-    size_t c = *cap ? *cap : 64;
-    while (c < need) c *= 2;
-    void *q = realloc(*p, c * elem);
-    if (!q) return -1;
-    *p = q;
-    *cap = c;
-    return 0;
 }
 
 /* Engine thread: append and wake the sender. */
 static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     gen_stream *g = ctx;
-    int first = g->t_last_token == 0; /* the first token goes out at once: it is the TTFT */
-    if (n_ids) {
-        double t = cv_seconds();
-        if (g->t_last_token > 0) cv_stats_inter_token(g->slot->stats, t - g->t_last_token);
-        g->t_last_token = t;
-    }
+    int first = cv_core_out_token(&g->out, g->slot->stats, n_ids);
     pthread_mutex_lock(&g->mu);
-    if (g->text_len + len > CV_INFER_MAX_PENDING) {
-        g->overflow = 1;
-    } else if (!g->overflow) {
-        size_t ids_cap_before = g->ids_cap;
-        if (grow((void **)&g->text, &g->text_cap, g->text_len + len + 1, 1) ||
-            grow((void **)&g->ids, &g->ids_cap, g->n_ids + (size_t)n_ids, sizeof *g->ids)) {
-            g->overflow = 1;
-        } else {
-            if (g->want_samples) {
-                size_t cap = ids_cap_before;
-                if (grow((void **)&g->samples, &cap, g->ids_cap, sizeof *g->samples)) g->overflow = 1;
-            }
-            if (!g->overflow) {
-                memcpy(g->text + g->text_len, text, len);
-                g->text_len += len;
-                memcpy(g->ids + g->n_ids, ids, sizeof *ids * (size_t)n_ids);
-                if (g->want_samples && samples)
-                    memcpy(g->samples + g->n_ids, samples, sizeof *samples * (size_t)n_ids);
-                g->n_ids += (size_t)n_ids;
-            }
-        }
-    }
-    int overflow = g->overflow;
+    int overflow = cv_core_out_append(&g->out, text, len, ids, n_ids, samples);
     pthread_mutex_unlock(&g->mu);
     if (overflow) cv_engine_cancel(g->engine, g->engine_id);
     if (first) cv_rpc_stream_wake(g->call);
@@ -120,12 +67,7 @@ static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *i
 static void sink_final(void *ctx, const cv_engine_final *f) {
     gen_stream *g = ctx;
     pthread_mutex_lock(&g->mu);
-    g->final = *f;
-    if (f->stop_string) snprintf(g->stop_string, sizeof g->stop_string, "%s", f->stop_string);
-    if (f->error) snprintf(g->error, sizeof g->error, "%s", f->error);
-    g->final.stop_string = NULL;
-    g->final.error = NULL;
-    g->have_final = 1;
+    cv_core_out_final(&g->out, f);
     pthread_mutex_unlock(&g->mu);
     cv_rpc_stream_wake(g->call);
     cv_rpc_call_release(g->call); /* the engine never calls us again */
@@ -140,27 +82,26 @@ static uint8_t *pack_response(Corvid__V1__GenerateResponse *r, size_t *len) {
 
 static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
     Corvid__V1__Chunk chunk = CORVID__V1__CHUNK__INIT;
-    if (g->text) g->text[g->text_len] = 0;
-    chunk.text = g->text ? g->text : "";
-    chunk.n_token_ids = g->n_ids;
-    chunk.token_ids = g->ids;
+    chunk.text = g->out.text ? g->out.text : "";
+    chunk.n_token_ids = g->out.n_ids;
+    chunk.token_ids = g->out.ids;
     Corvid__V1__Logprobs *lp = NULL, **lpp = NULL;
     Corvid__V1__TokenLogprob *tl = NULL;
     uint8_t *buf = NULL;
-    if (g->want_samples && g->n_ids) {
+    if (g->out.want_samples && g->out.n_ids) {
         size_t n_top = 0;
-        for (size_t i = 0; i < g->n_ids; i++) n_top += (size_t)g->samples[i].n_top;
-        lp = calloc(g->n_ids, sizeof *lp);
-        lpp = calloc(g->n_ids, sizeof *lpp);
-        tl = calloc(g->n_ids + n_top, sizeof *tl);
+        for (size_t i = 0; i < g->out.n_ids; i++) n_top += (size_t)g->out.samples[i].n_top;
+        lp = calloc(g->out.n_ids, sizeof *lp);
+        lpp = calloc(g->out.n_ids, sizeof *lpp);
+        tl = calloc(g->out.n_ids + n_top, sizeof *tl);
         Corvid__V1__TokenLogprob **tops = calloc(n_top ? n_top : 1, sizeof *tops);
         if (!lp || !lpp || !tl || !tops) {
             free(tops);
             goto out;
         }
         size_t t = 0, k = 0;
-        for (size_t i = 0; i < g->n_ids; i++) {
-            const cv_sample *s = &g->samples[i];
+        for (size_t i = 0; i < g->out.n_ids; i++) {
+            const cv_sample *s = &g->out.samples[i];
             corvid__v1__logprobs__init(&lp[i]);
             corvid__v1__token_logprob__init(&tl[t]);
             tl[t].id = s->token;
@@ -176,7 +117,7 @@ static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
             }
             lpp[i] = &lp[i];
         }
-        chunk.n_logprobs = g->n_ids;
+        chunk.n_logprobs = g->out.n_ids;
         chunk.logprobs = lpp;
         Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
         r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_CHUNK;
@@ -193,8 +134,7 @@ out:
     free(lp);
     free(lpp);
     free(tl);
-    g->text_len = 0;
-    g->n_ids = 0;
+    cv_core_out_consumed(&g->out);
     return buf;
 }
 
@@ -206,44 +146,24 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
         [CV_FINISH_ERROR] = CORVID__V1__FINISH_REASON__FINISH_REASON_ERROR,
     };
     Corvid__V1__Usage usage = CORVID__V1__USAGE__INIT;
-    usage.prompt_tokens = (uint32_t)g->final.prompt_tokens;
-    usage.completion_tokens = (uint32_t)g->final.completion_tokens;
+    usage.prompt_tokens = (uint32_t)g->out.final.prompt_tokens;
+    usage.completion_tokens = (uint32_t)g->out.final.completion_tokens;
     usage.context_tokens = g->context_tokens;
     Corvid__V1__Final fin = CORVID__V1__FINAL__INIT;
-    fin.finish_reason = reasons[g->final.reason];
+    fin.finish_reason = reasons[g->out.final.reason];
     fin.usage = &usage;
     fin.model_version = g->slot->version;
-    fin.time_to_first_token_ms = (float)(g->final.ttft_s * 1e3);
-    fin.total_ms = (float)(g->final.total_s * 1e3);
-    fin.error = g->error;
+    fin.time_to_first_token_ms = (float)(g->out.final.ttft_s * 1e3);
+    fin.total_ms = (float)(g->out.final.total_s * 1e3);
+    fin.error = g->out.error;
     fin.request_id = g->request_id;
     fin.seed = g->seed;
-    fin.stop_string = g->stop_string;
+    fin.stop_string = g->out.stop_string;
     fin.default_answer = g->default_answer;
     Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
     r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_FINAL;
     r.final = &fin;
     return pack_response(&r, len);
-}
-
-/* One JSON line per finished request, with its id, on stderr. */
-static void log_request(const char *request_id, const char *version, cv_rpc_code code, const cv_engine_final *f,
-                        const char *error) {
-    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg", "request",
-                          "request_id", request_id, "version", version, "code",
-                          cv_grpc_status_name((int)code));
-    if (!o) return;
-    if (f) {
-        json_object_set_new(o, "prompt_tokens", json_integer(f->prompt_tokens));
-        json_object_set_new(o, "completion_tokens", json_integer(f->completion_tokens));
-        json_object_set_new(o, "ttft_ms", json_real(f->ttft_s * 1e3));
-        json_object_set_new(o, "total_ms", json_real(f->total_s * 1e3));
-    }
-    if (error && *error) json_object_set_new(o, "error", json_string(error));
-    char *line = json_dumps(o, JSON_COMPACT);
-    if (line) fprintf(stderr, "%s\n", line);
-    free(line);
-    json_decref(o);
 }
 
 static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *more,
@@ -254,7 +174,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
     pthread_mutex_lock(&g->mu);
     if (g->fail_code != CV_RPC_OK) {
         *code = g->fail_code;
-        *status_msg = g->error;
+        *status_msg = g->out.error;
         p = CV_RPC_FINISH;
     } else if (g->context_msg) {
         *msg = g->context_msg;
@@ -262,27 +182,27 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
         g->context_msg = NULL;
         *more = 1;
         p = CV_RPC_MESSAGE;
-    } else if (g->overflow) {
+    } else if (g->out.overflow) {
         /* Wait for the engine's final (it was cancelled) before ending the call. */
-        if (g->have_final) {
+        if (g->out.have_final) {
             *code = CV_RPC_RESOURCE_EXHAUSTED;
             *status_msg = "client reads too slowly: more than 1 MiB of output pending";
             p = CV_RPC_FINISH;
         }
-    } else if (g->text_len || g->n_ids) {
+    } else if (g->out.text_len || g->out.n_ids) {
         *msg = pack_chunk_locked(g, len);
-        *more = g->have_final;
+        *more = g->out.have_final;
         p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
-    } else if (g->have_final) {
+    } else if (g->out.have_final) {
         /* The final message goes out with the status, in one batch. */
         *msg = pack_final_locked(g, len);
         if (!*msg) {
             *code = CV_RPC_RESOURCE_EXHAUSTED;
             *status_msg = "out of memory packing the final message";
-        } else switch (g->final.reason) {
+        } else switch (g->out.final.reason) {
         case CV_FINISH_ERROR:
             *code = CV_RPC_INTERNAL;
-            *status_msg = g->error;
+            *status_msg = g->out.error;
             break;
         case CV_FINISH_CANCELLED:
             *code = CV_RPC_CANCELLED;
@@ -297,9 +217,9 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
     if (p == CV_RPC_FINISH) {
         /* Once per stream: produce is never called again after FINISH. */
         int ran = g->fail_code == CV_RPC_OK;
-        cv_stats_request(g->slot->stats, (int)*code, ran && g->final.ttft_s > 0 ? g->final.ttft_s : -1,
-                         ran ? g->final.total_s : 0, ran ? (uint32_t)g->final.completion_tokens : 0);
-        log_request(g->request_id, g->slot->version, *code, ran ? &g->final : NULL, *status_msg);
+        cv_stats_request(g->slot->stats, (int)*code, ran && g->out.final.ttft_s > 0 ? g->out.final.ttft_s : -1,
+                         ran ? g->out.final.total_s : 0, ran ? (uint32_t)g->out.final.completion_tokens : 0);
+        cv_core_log_request(CV_CORE_GRPC, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);
     }
     pthread_mutex_unlock(&g->mu);
     return p;
@@ -325,26 +245,6 @@ static const cv_rpc_stream_ops gen_ops = {gen_produce, gen_cancel, gen_done};
 
 /* ---- request handling ---- */
 
-/* getrandom: one syscall per request, where opening /dev/urandom took three. */
-static uint64_t random_seed(void) {
-    uint64_t s = 0;
-    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = 0;
-    return s ? s : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
-}
-
-static cv_rpc_code code_of(cv_status st) {
-    switch (st) {
-    case CV_EINVAL: case CV_ERANGE: case CV_EFORMAT: return CV_RPC_INVALID_ARGUMENT;
-    case CV_EBUSY: case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
-    case CV_EUNAVAILABLE: return CV_RPC_UNAVAILABLE;
-    case CV_ENOTFOUND: return CV_RPC_NOT_FOUND;
-    case CV_ETIMEOUT: return CV_RPC_DEADLINE_EXCEEDED;
-    case CV_EAUTH: return CV_RPC_UNAUTHENTICATED;
-    case CV_EPERM: return CV_RPC_PERMISSION_DENIED;
-    default: return CV_RPC_INTERNAL;
-    }
-}
-
 /* A proto uint32 as the int32 the engine takes: a value too large stays too large (the
  * engine's range check names it) instead of wrapping to a negative one. */
 static int32_t as_i32(uint32_t v) { return v > INT32_MAX ? INT32_MAX : (int32_t)v; }
@@ -357,7 +257,7 @@ static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_
     cv_sampler_params_off(sp);
     *max_tokens = 0;
     *ignore_eos = 0;
-    *seed = random_seed();
+    *seed = cv_core_random_seed();
     if (p) {
         sp->temperature = p->temperature;
         sp->top_k = p->top_k;
@@ -402,7 +302,7 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
 static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
                    const char *msg) {
     cv_stats_request(slot->stats, (int)code, -1, 0, 0);
-    log_request(request_id, slot->version, code, NULL, msg);
+    cv_core_log_request(CV_CORE_GRPC, request_id, slot->version, code, NULL, msg);
     cv_rpc_reply(call, code, msg, NULL, 0);
     cv_router_release(inf->router, slot);
 }
@@ -410,21 +310,10 @@ static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *
 /* The slot a request runs on (to be released), or NULL after answering the error. */
 static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, const char *version,
                           const char *request_id) {
-    cv_error err = {0};
+    char msg[512];
     cv_slot *s;
-    cv_status st = cv_router_acquire(inf->router, request_id, version, &s, &err);
-    if (st != CV_OK) {
-        cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
-        return NULL;
-    }
-    if (model && *model && strcmp(model, s->name) != 0 && strcmp(model, s->version) != 0) {
-        char msg[400];
-        snprintf(msg, sizeof msg, "model \"%.100s\" is not served here (this server serves \"%.100s\")",
-                 model, s->name);
-        cv_rpc_reply(call, CV_RPC_NOT_FOUND, msg, NULL, 0);
-        cv_router_release(inf->router, s);
-        return NULL;
-    }
+    cv_rpc_code code = cv_core_acquire(inf->router, model, version, request_id, &s, msg, sizeof msg);
+    if (code != CV_RPC_OK) cv_rpc_reply(call, code, msg, NULL, 0);
     return s;
 }
 
@@ -432,7 +321,7 @@ static cv_slot *pick_slot(cv_infer *inf, cv_rpc_call *call, const char *model, c
 /* Fails the request on purpose at the version's configured rate (tests of rollback). */
 static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id) {
     float rate = cv_router_fault_rate(inf->router, slot);
-    if (rate <= 0 || (float)random_seed() / 18446744073709551616.0f >= rate) return 0;
+    if (rate <= 0 || (float)cv_core_random_seed() / 18446744073709551616.0f >= rate) return 0;
     refuse(inf, slot, call, request_id, CV_RPC_INTERNAL, "injected fault (CORVID_TESTING build)");
     return 1;
 }
@@ -442,20 +331,6 @@ static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const
     return 0;
 }
 #endif
-
-/* Tokenizes text into a malloc'd array. */
-static cv_status tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids,
-                          size_t *n, cv_error *err) {
-    size_t len = strlen(text), cap = len + 4;
-    *ids = malloc(sizeof **ids * cap);
-    if (!*ids) return cv_errorf(err, CV_ENOMEM, "out of memory tokenizing %zu bytes", len);
-    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, cap, n, err);
-    if (st != CV_OK) {
-        free(*ids);
-        *ids = NULL;
-    }
-    return st;
-}
 
 /* max_prompt_bytes for a request on slot, on the bytes as sent (field: the API's name
  * for them), before any tokenizing: CV_OK or CV_EINVAL with both numbers. */
@@ -493,7 +368,7 @@ static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, 
     g->engine = slot->engine;
     /* Every stream has an id for logs and the final message; clients may bring their own. */
     if (request_id && *request_id) snprintf(g->request_id, sizeof g->request_id, "%s", request_id);
-    else snprintf(g->request_id, sizeof g->request_id, "req-%016llx", (unsigned long long)random_seed());
+    else snprintf(g->request_id, sizeof g->request_id, "req-%016llx", (unsigned long long)cv_core_random_seed());
     atomic_fetch_add(&inf->in_flight, 1);
     cv_rpc_stream_start(call, &gen_ops, g);
     return g;
@@ -502,7 +377,7 @@ static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, 
 /* Ends an open stream with an error status before anything was sent. */
 static void stream_fail(gen_stream *g, cv_rpc_code code, const char *msg) {
     pthread_mutex_lock(&g->mu);
-    snprintf(g->error, sizeof g->error, "%s", msg);
+    snprintf(g->out.error, sizeof g->out.error, "%s", msg);
     g->fail_code = code;
     pthread_mutex_unlock(&g->mu);
     cv_rpc_stream_wake(g->call);
@@ -516,7 +391,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     cv_error err = {0};
     cv_engine_request r = {.prompt = prompt, .n_prompt = (int32_t)n_prompt};
     sampling_from_proto(sp, &r.sampling, &r.max_tokens, &r.ignore_eos, &g->seed);
-    g->want_samples = r.sampling.logprobs;
+    g->out.want_samples = r.sampling.logprobs;
     size_t n_stop = sp ? sp->n_stop : 0;
     const char **stop = calloc(n_stop + 1, sizeof *stop);
     if (!stop) {
@@ -535,31 +410,13 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     free(stop);
     if (st == CV_OK && gone) cv_engine_cancel(g->engine, g->engine_id);
     /* Nothing was queued: the submit error becomes the call's status. */
-    if (st != CV_OK) stream_fail(g, code_of(st), err.msg);
+    if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
 }
 
 static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
                          const Corvid__V1__SamplingParams *sp, const char *request_id) {
     gen_stream *g = stream_open(inf, slot, call, request_id);
     if (g) stream_submit(g, prompt, n_prompt, sp, NULL);
-}
-
-/* The chat template a request gets: the one it names, else the model's own.
- * CV_RPC_OK, or the status to answer with and its message in err. */
-static cv_rpc_code chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam,
-                               cv_error *err) {
-    *fam = slot->chat_family;
-    if (name[0]) {
-        cv_error e = {0};
-        if (cv_chat_family_from_name(name, fam, &e) == CV_OK) return CV_RPC_OK;
-        cv_errorf(err, e.code, "chat_template: %s", e.msg);
-        return CV_RPC_INVALID_ARGUMENT;
-    }
-    if (slot->has_chat) return CV_RPC_OK;
-    cv_errorf(err, CV_EUNSUPPORTED,
-              "chat_template: the model's file names no known chat template; name one "
-              "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
-    return CV_RPC_FAILED_PRECONDITION;
 }
 
 /* The prompt ids of a request's chat messages (see cv_chat_encode). */
@@ -626,7 +483,7 @@ static size_t rag_count_tokens(void *user, const char *text, size_t len) {
 
 static cv_status rag_encode_prompt(void *user, const char *text, int32_t **ids, size_t *n_ids, cv_error *err) {
     const rag_job *j = user;
-    return tokenize(j->g->slot->tok, text, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+    return cv_core_tokenize(j->g->slot->tok, text, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, ids, n_ids, err);
 }
 
 static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int32_t **ids, size_t *n_ids,
@@ -675,17 +532,15 @@ out:
 static void stream_default_answer(gen_stream *g, const char *answer, double t0) {
     size_t len = strlen(answer);
     pthread_mutex_lock(&g->mu);
-    if (grow((void **)&g->text, &g->text_cap, len + 1, 1) == 0) {
-        memcpy(g->text, answer, len);
-        g->text_len = len;
-        g->final.reason = CV_FINISH_STOP;
+    if (cv_core_out_append(&g->out, answer, len, NULL, 0, NULL) == 0) {
+        g->out.final.reason = CV_FINISH_STOP;
     } else {
-        snprintf(g->error, sizeof g->error, "out of memory");
-        g->final.reason = CV_FINISH_ERROR;
+        snprintf(g->out.error, sizeof g->out.error, "out of memory");
+        g->out.final.reason = CV_FINISH_ERROR;
     }
-    g->final.total_s = cv_seconds() - t0;
+    g->out.final.total_s = cv_seconds() - t0;
     g->default_answer = 1;
-    g->have_final = 1;
+    g->out.have_final = 1;
     pthread_mutex_unlock(&g->mu);
     cv_rpc_stream_wake(g->call);
     cv_rpc_call_release(g->call);
@@ -696,7 +551,7 @@ static void rag_done(void *user, const cv_rag_result *r) {
     rag_job *j = user;
     gen_stream *g = j->g;
     if (r->status != CV_OK) {
-        stream_fail(g, code_of(r->status), r->error);
+        stream_fail(g, cv_core_code_of(r->status), r->error);
     } else if (r->default_answer) {
         stream_default_answer(g, r->default_answer, j->t0);
     } else if (r->outcome->ctx.n_kept && pack_context(g, r->outcome) != CV_OK) {
@@ -754,7 +609,7 @@ static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const infe
     cv_error err = {0};
     cv_status st = cv_rag_request_start(&inf->rag, &req, rag_done, j, &err);
     if (st != CV_OK) {
-        stream_fail(j->g, code_of(st), err.msg);
+        stream_fail(j->g, cv_core_code_of(st), err.msg);
         free(msgs);
         free(j);
         return -1;
@@ -788,7 +643,7 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
         refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, err.msg);
         goto out;
     }
-    cv_rpc_code code = r.chat ? chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;
+    cv_rpc_code code = r.chat ? cv_core_chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;
     if (code != CV_RPC_OK) {
         refuse(inf, slot, call, rid, code, err.msg);
         goto out;
@@ -796,18 +651,18 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     /* Roles and their order, on the messages as sent (a RAG request adds a system
      * message later, which would shift the indices the errors name). */
     if (r.chat && check_messages(r.fam, r.chat->messages, r.chat->n_messages, &err) != CV_OK) {
-        refuse(inf, slot, call, rid, code_of(err.code), err.msg);
+        refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
         goto out;
     }
     if (ro && ro->enable) {
         if (rag_start(inf, slot, call, &r) == 0) r = (infer_req){0};
         goto out;
     }
-    cv_status st = r.gen ? tokenize(slot->tok, r.gen->prompt, r.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err)
+    cv_status st = r.gen ? cv_core_tokenize(slot->tok, r.gen->prompt, r.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err)
                          : encode_messages(slot->tok, r.fam, r.chat->messages, r.chat->n_messages,
                                            CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) {
-        refuse(inf, slot, call, rid, code_of(st), err.msg);
+        refuse(inf, slot, call, rid, cv_core_code_of(st), err.msg);
         goto out;
     }
     start_stream(inf, slot, call, ids, n, req_sampling(&r), rid);
@@ -852,7 +707,7 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
                        "messages: tokenized as Chat would, so text and parse_special must be unset");
     } else if (r->n_messages) {
         cv_chat_family fam;
-        cv_rpc_code code = chat_family(slot, r->chat_template, &fam, &err);
+        cv_rpc_code code = cv_core_chat_family(slot, r->chat_template, &fam, &err);
         if (code != CV_RPC_OK) {
             cv_rpc_reply(call, code, err.msg, NULL, 0);
             goto out;
@@ -861,10 +716,10 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     } else if (r->chat_template[0]) {
         st = cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
     } else {
-        st = tokenize(slot->tok, r->text, flags, &ids, &n, &err);
+        st = cv_core_tokenize(slot->tok, r->text, flags, &ids, &n, &err);
     }
     if (st != CV_OK) {
-        cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
+        cv_rpc_reply(call, cv_core_code_of(st), err.msg, NULL, 0);
         goto out;
     }
     pieces = calloc(n ? n : 1, sizeof *pieces);

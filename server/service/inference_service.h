@@ -20,11 +20,11 @@
 #ifndef CV_INFERENCE_SERVICE_H
 #define CV_INFERENCE_SERVICE_H
 
+#include "infer_core.h"
 #include "rpc_server.h"
 #include "rag_service.h"
 #include "router.h"
 
-#define CV_INFER_MAX_PENDING (1u << 20)
 
 /* The default prompt bound in bytes per token of the model's context: about 8x what
  * real text takes (English about 4 bytes a token, code and CJK about 3), so a prompt

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "utf8.h"
+#include "text_field.h"
 
 void cv_rpc_reply_message(cv_rpc_call *call, const ProtobufCMessage *m) {
     size_t n = protobuf_c_message_get_packed_size(m);
@@ -54,17 +54,7 @@ size_t cv_rpc_pb_strlen(const char *s) {
 /* ---- text check over the descriptor ---- */
 
 static int check_string(const char *s, const char *path, char *msg, size_t cap) {
-    size_t off;
-    switch (cv_utf8_check(s, cv_rpc_pb_strlen(s), &off)) {
-    case CV_UTF8_OK: return 0;
-    case CV_UTF8_INVALID:
-        snprintf(msg, cap, "%s: not valid UTF-8 at byte %zu", path, off);
-        return -1;
-    case CV_UTF8_NUL:
-        snprintf(msg, cap, "%s: NUL (U+0000) at byte %zu is not accepted in text", path, off);
-        return -1;
-    }
-    return -1;
+    return cv_text_field_check(s, cv_rpc_pb_strlen(s), path, msg, cap);
 }
 
 #define PATH_MAX_LEN 256

@@ -21,8 +21,10 @@
 #include "config.h"
 #include "health.h"
 #include "http_endpoint.h"
+#include "http_server.h"
 #include "inference_service.h"
 #include "metrics.h"
+#include "openai_service.h"
 #include "rag_service.h"
 #include "rpc_server.h"
 #include "router.h"
@@ -93,10 +95,12 @@ static int is_ready(void *ctx) {
     return !atomic_load(&s->draining) && cv_router_serving(s->router);
 }
 
-/* Waits for in-flight calls (Watch streams excepted) to end, at most timeout_s. */
-static int drain(cv_rpc_server *srv, cv_health *h, cv_router *r, double timeout_s) {
+/* Waits for in-flight calls (Watch streams excepted) and HTTP requests to end, at most
+ * timeout_s. */
+static int drain(cv_rpc_server *srv, cv_hs *api, cv_health *h, cv_router *r, double timeout_s) {
     double end = cv_seconds() + timeout_s;
-    while (cv_router_in_flight(r) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0) {
+    while (cv_router_in_flight(r) > 0 || cv_rpc_server_active_calls(srv) - cv_health_watchers(h) > 0 ||
+           cv_hs_active(api) > 0) {
         if (cv_seconds() > end) return -1;
         usleep(20 * 1000);
     }
@@ -143,6 +147,8 @@ int main(int argc, char **argv) {
     cv_infer *inf = NULL;
     cv_admin *admin = NULL;
     cv_http *http = NULL;
+    cv_hs *api = NULL;
+    cv_oai_service *oai = NULL;
     cv_pii *pii = NULL;
     cv_auth *auth = NULL;
     server state = {0};
@@ -209,6 +215,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "{\"msg\":\"metrics listening\",\"addr\":\"%s\",\"port\":%d}\n",
                 cfg.metrics_listen, mport);
     }
+    if (cfg.http_listen[0]) {
+        /* The OpenAI-compatible API: same router, auth and TLS files as gRPC. */
+        cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
+        int hport = 0;
+        if (cv_oai_service_new(router, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
+            cv_oai_service_register(oai, api, &err) != CV_OK || cv_hs_start(api, &hport, &err) != CV_OK)
+            goto out;
+        fprintf(stderr, "{\"msg\":\"http api listening\",\"addr\":\"%s\",\"port\":%d,\"tls\":%s}\n",
+                cfg.http_listen, hport, cfg.tls_cert[0] ? "true" : "false");
+    }
     if (cv_rpc_server_start(srv, &port, &err) != CV_OK) goto out;
     /* Live and administrable at once; Inference serves once a version takes traffic. */
     cv_health_set(health, "", CV_HEALTH_SERVING, &err);
@@ -252,7 +268,8 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_SERVICES; i++)
         cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err);
     cv_rpc_server_stop_accepting(srv);
-    if (drain(srv, health, router, cfg.drain_timeout_s) != 0)
+    cv_hs_stop_accepting(api);
+    if (drain(srv, api, health, router, cfg.drain_timeout_s) != 0)
         fprintf(stderr, "{\"msg\":\"drain timeout: cancelling the remaining calls\"}\n");
     cv_health_shutdown(health, 2);
     rc = 0;
@@ -263,6 +280,8 @@ out:
     cv_http_stop(http);
     cv_gpu_metrics_close(state.gpu);
     cv_router_stop(router);
+    cv_hs_free(api);
+    cv_oai_service_free(oai);
     cv_rpc_server_free(srv);
     cv_admin_free(admin);
     cv_infer_free(inf);

@@ -420,6 +420,57 @@ static void test_repetition_penalty_llama_cpp_semantics(void **state) {
     cv_sampler_free(s);
 }
 
+/* OpenAI's penalties: presence once per distinct token of the window, frequency per
+ * occurrence, both subtracted after the repetition penalty's division. */
+static void test_presence_and_frequency_penalties(void **state) {
+    (void)state;
+    const float l[4] = {2.0f, -1.0f, 0.5f, 3.0f};
+    cv_sampler_params p = plain(1.0f);
+    p.repeat_penalty = 2.0f;
+    p.presence_penalty = 0.25f;
+    p.frequency_penalty = 0.5f;
+    p.repeat_last_n = 3;
+    cv_sampler *s = make(&p, 4);
+    cv_error e = {0};
+    const int32_t hist[4] = {3, 0, 1, 1}; /* token 3 is out of the window */
+    assert_int_equal(cv_sampler_accept(s, hist, 4, &e), CV_OK);
+    int32_t ids[4];
+    float probs[4];
+    assert_int_equal(cv_sampler_candidates(s, l, ids, probs, 4), 4);
+    const float pen[4] = {2.0f / 2 - 0.25f - 0.5f, -1.0f * 2 - 0.25f - 2 * 0.5f, 0.5f, 3.0f};
+    double z = 0.0;
+    for (int i = 0; i < 4; i++) z += exp(pen[i]);
+    for (int i = 0; i < 4; i++) assert_float_equal(probs[i], exp(pen[ids[i]]) / z, 1e-6);
+    cv_sampler_free(s);
+
+    /* Greedy: token 0 (1.0) loses to token 1 (0.9) after two occurrences at 0.06 each,
+     * not after one; presence alone moves it once. */
+    const float two[2] = {1.0f, 0.9f};
+    p = plain(0.0f);
+    p.frequency_penalty = 0.06f;
+    s = make(&p, 2);
+    const int32_t zero = 0;
+    assert_int_equal(cv_sampler_accept(s, &zero, 1, &e), CV_OK);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 0);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 1);
+    cv_sampler_free(s);
+    p = plain(0.0f);
+    p.presence_penalty = 0.2f;
+    s = make(&p, 2);
+    assert_int_equal(cv_sampler_accept(s, &zero, 1, &e), CV_OK);
+    assert_int_equal(cv_sampler_sample(s, two, NULL), 1);
+    cv_sampler_free(s);
+
+    p = plain(0.0f);
+    p.presence_penalty = 2.5f;
+    assert_int_equal(cv_sampler_params_validate(&p, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "presence_penalty 2.5 is outside [-2, 2]"));
+    p.presence_penalty = 0;
+    p.frequency_penalty = NAN;
+    assert_int_equal(cv_sampler_params_validate(&p, &e), CV_EINVAL);
+    assert_non_null(strstr(e.msg, "frequency_penalty"));
+}
+
 static void test_logprobs_are_the_models_log_softmax(void **state) {
     (void)state;
     const int32_t n = 3000;
@@ -518,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_samplers_on_threads_are_independent),
         cmocka_unit_test(test_pinned_tokens_for_a_fixed_seed),
         cmocka_unit_test(test_repetition_penalty_llama_cpp_semantics),
+        cmocka_unit_test(test_presence_and_frequency_penalties),
         cmocka_unit_test(test_logprobs_are_the_models_log_softmax),
         cmocka_unit_test(test_non_finite_logits),
         cmocka_unit_test(test_large_vocabulary),

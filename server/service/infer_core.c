@@ -1,0 +1,183 @@
+#include "infer_core.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "grpc_status.h"
+#include "timing.h"
+
+/* getrandom: one syscall per request, where opening /dev/urandom took three. */
+uint64_t cv_core_random_seed(void) {
+    uint64_t s = 0;
+    if (getrandom(&s, sizeof s, 0) != (ssize_t)sizeof s) s = 0;
+    return s ? s : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
+}
+
+cv_rpc_code cv_core_code_of(cv_status st) {
+    switch (st) {
+    case CV_EINVAL: case CV_ERANGE: case CV_EFORMAT: return CV_RPC_INVALID_ARGUMENT;
+    case CV_EBUSY: case CV_ENOMEM: return CV_RPC_RESOURCE_EXHAUSTED;
+    case CV_EUNAVAILABLE: return CV_RPC_UNAVAILABLE;
+    case CV_ENOTFOUND: return CV_RPC_NOT_FOUND;
+    case CV_ETIMEOUT: return CV_RPC_DEADLINE_EXCEEDED;
+    case CV_EAUTH: return CV_RPC_UNAUTHENTICATED;
+    case CV_EPERM: return CV_RPC_PERMISSION_DENIED;
+    default: return CV_RPC_INTERNAL;
+    }
+}
+
+int cv_core_http_status(cv_rpc_code code) {
+    switch (code) {
+    case CV_RPC_OK: return 200;
+    case CV_RPC_INVALID_ARGUMENT: case CV_RPC_OUT_OF_RANGE: case CV_RPC_FAILED_PRECONDITION: return 400;
+    case CV_RPC_UNAUTHENTICATED: return 401;
+    case CV_RPC_PERMISSION_DENIED: return 403;
+    case CV_RPC_NOT_FOUND: return 404;
+    case CV_RPC_ALREADY_EXISTS: case CV_RPC_ABORTED: return 409;
+    case CV_RPC_RESOURCE_EXHAUSTED: return 429;
+    case CV_RPC_CANCELLED: return 499;
+    case CV_RPC_UNIMPLEMENTED: return 501;
+    case CV_RPC_UNAVAILABLE: return 503;
+    case CV_RPC_DEADLINE_EXCEEDED: return 504;
+    default: return 500;
+    }
+}
+
+cv_rpc_code cv_core_acquire(cv_router *r, const char *model, const char *version, const char *request_id,
+                            cv_slot **out, char *msg, size_t cap) {
+    cv_error err = {0};
+    cv_slot *s;
+    *out = NULL;
+    cv_status st = cv_router_acquire(r, request_id, version, &s, &err);
+    if (st != CV_OK) {
+        snprintf(msg, cap, "%s", err.msg);
+        return cv_core_code_of(st);
+    }
+    if (model && *model && strcmp(model, s->name) != 0 && strcmp(model, s->version) != 0) {
+        snprintf(msg, cap, "model \"%.100s\" is not served here (this server serves \"%.100s\")", model, s->name);
+        cv_router_release(r, s);
+        return CV_RPC_NOT_FOUND;
+    }
+    *out = s;
+    return CV_RPC_OK;
+}
+
+cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
+                           cv_error *err) {
+    size_t len = strlen(text), cap = len + 4;
+    *ids = malloc(sizeof **ids * cap);
+    if (!*ids) return cv_errorf(err, CV_ENOMEM, "out of memory tokenizing %zu bytes", len);
+    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, cap, n, err);
+    if (st != CV_OK) {
+        free(*ids);
+        *ids = NULL;
+    }
+    return st;
+}
+
+cv_rpc_code cv_core_chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam, cv_error *err) {
+    *fam = slot->chat_family;
+    if (name && name[0]) {
+        cv_error e = {0};
+        if (cv_chat_family_from_name(name, fam, &e) == CV_OK) return CV_RPC_OK;
+        cv_errorf(err, e.code, "chat_template: %s", e.msg);
+        return CV_RPC_INVALID_ARGUMENT;
+    }
+    if (slot->has_chat) return CV_RPC_OK;
+    cv_errorf(err, CV_EUNSUPPORTED,
+              "chat_template: the model's file names no known chat template; name one "
+              "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+    return CV_RPC_FAILED_PRECONDITION;
+}
+
+const char *cv_core_protocol_name(cv_core_protocol p) { return p == CV_CORE_HTTP ? "http" : "grpc"; }
+
+void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
+                         const cv_engine_final *f, const char *error) {
+    json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg",
+                          "request", "request_id", request_id, "version", version, "protocol",
+                          cv_core_protocol_name(proto), "code", cv_grpc_status_name((int)code));
+    if (!o) return;
+    if (f) {
+        json_object_set_new(o, "prompt_tokens", json_integer(f->prompt_tokens));
+        json_object_set_new(o, "completion_tokens", json_integer(f->completion_tokens));
+        json_object_set_new(o, "ttft_ms", json_real(f->ttft_s * 1e3));
+        json_object_set_new(o, "total_ms", json_real(f->total_s * 1e3));
+    }
+    if (error && *error) json_object_set_new(o, "error", json_string(error));
+    char *line = json_dumps(o, JSON_COMPACT);
+    if (line) fprintf(stderr, "%s\n", line);
+    free(line);
+    json_decref(o);
+}
+
+/* ---- pending output ---- */
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need) c *= 2;
+    void *q = realloc(*p, c * elem);
+    if (!q) return -1;
+    *p = q;
+    *cap = c;
+    return 0;
+}
+
+int cv_core_out_token(cv_core_out *o, cv_stats *stats, int32_t n_ids) {
+    int first = o->t_last_token == 0;
+    if (n_ids) {
+        double t = cv_seconds();
+        if (o->t_last_token > 0) cv_stats_inter_token(stats, t - o->t_last_token);
+        o->t_last_token = t;
+    }
+    return first;
+}
+
+int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                       const cv_sample *samples) {
+    if (o->overflow) return 1;
+    if (o->text_len + len > CV_INFER_MAX_PENDING) return o->overflow = 1;
+    size_t ids_cap_before = o->ids_cap;
+    if (grow((void **)&o->text, &o->text_cap, o->text_len + len + 1, 1) ||
+        grow((void **)&o->ids, &o->ids_cap, o->n_ids + (size_t)n_ids, sizeof *o->ids))
+        return o->overflow = 1;
+    if (o->want_samples) {
+        size_t cap = ids_cap_before;
+        if (grow((void **)&o->samples, &cap, o->ids_cap, sizeof *o->samples)) return o->overflow = 1;
+    }
+    memcpy(o->text + o->text_len, text, len);
+    o->text_len += len;
+    o->text[o->text_len] = 0;
+    memcpy(o->ids + o->n_ids, ids, sizeof *ids * (size_t)n_ids);
+    if (o->want_samples && samples) memcpy(o->samples + o->n_ids, samples, sizeof *samples * (size_t)n_ids);
+    o->n_ids += (size_t)n_ids;
+    return 0;
+}
+
+void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
+    o->final = *f;
+    snprintf(o->stop_string, sizeof o->stop_string, "%s", f->stop_string ? f->stop_string : "");
+    snprintf(o->error, sizeof o->error, "%s", f->error ? f->error : "");
+    o->final.stop_string = o->stop_string[0] ? o->stop_string : NULL;
+    o->final.error = o->error[0] ? o->error : NULL;
+    o->have_final = 1;
+}
+
+void cv_core_out_consumed(cv_core_out *o) {
+    o->text_len = 0;
+    o->n_ids = 0;
+    if (o->text) o->text[0] = 0;
+}
+
+void cv_core_out_free(cv_core_out *o) {
+    free(o->text);
+    free(o->ids);
+    free(o->samples);
+    memset(o, 0, sizeof *o);
+}

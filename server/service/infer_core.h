@@ -1,0 +1,81 @@
+/* infer_core: what the gRPC Inference service and the OpenAI HTTP service share on the
+ * way from a request to the engine: the slot a request runs on, its prompt ids, the
+ * status a failure maps to, the request log line, and the pending output of a running
+ * request (what the engine produced and the client has not been sent yet).
+ *
+ * Statuses are gRPC codes (cv_rpc_code) because gRPC was first; the HTTP service maps
+ * them to HTTP statuses with cv_core_http_status. Nothing here knows a wire format.
+ */
+#ifndef CV_INFER_CORE_H
+#define CV_INFER_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chat_template.h"
+#include "engine.h"
+#include "router.h"
+#include "rpc_server.h"
+
+/* A fresh non-zero seed (getrandom). */
+uint64_t cv_core_random_seed(void);
+/* The status a failed call of the layers below maps to. */
+cv_rpc_code cv_core_code_of(cv_status st);
+/* The HTTP status of a gRPC code (400, 401, 403, 404, 429, 503, 504, 500, ...). */
+int cv_core_http_status(cv_rpc_code code);
+
+/* The slot a request runs on: the version named (pinned), else one picked by traffic
+ * weight (sticky per request_id); model, when set, must name the slot's model or its
+ * version. CV_RPC_OK with *out acquired (cv_router_release it), else the code with
+ * the message in msg. */
+cv_rpc_code cv_core_acquire(cv_router *r, const char *model, const char *version, const char *request_id,
+                            cv_slot **out, char *msg, size_t cap);
+
+/* text tokenized into a malloc'd array. */
+cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
+                           cv_error *err);
+/* The chat template a request gets: the one it names (name "" for none), else the
+ * model's own. CV_RPC_OK, or the status and the message in err (naming chat_template). */
+cv_rpc_code cv_core_chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam, cv_error *err);
+
+typedef enum cv_core_protocol { CV_CORE_GRPC = 0, CV_CORE_HTTP = 1 } cv_core_protocol;
+const char *cv_core_protocol_name(cv_core_protocol p);
+
+/* One JSON line per finished request on stderr: its id, version, protocol, status
+ * (gRPC name), counts and times when it ran (f may be NULL), and the error. */
+void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
+                         const cv_engine_final *f, const char *error);
+
+/* ---- pending output of one request: the engine appends, the protocol drains ----
+ * The owner serializes access with its own lock; cv_core_out_token is the exception:
+ * it runs on the engine thread only, before the lock is taken. */
+typedef struct cv_core_out {
+    char *text;
+    size_t text_len, text_cap;
+    int32_t *ids;
+    size_t n_ids, ids_cap;
+    cv_sample *samples;      /* parallel to ids when want_samples */
+    int want_samples;
+    int overflow;            /* more than CV_INFER_MAX_PENDING bytes waited: cancel */
+    int have_final;
+    cv_engine_final final;   /* stop_string and error point into the arrays below */
+    char stop_string[256];
+    char error[512];
+    double t_last_token;     /* engine thread only */
+} cv_core_out;
+
+#define CV_INFER_MAX_PENDING (1u << 20)
+
+/* Engine thread, for n_ids new tokens: records the inter-token gap in stats; returns 1
+ * for the request's first token (which goes out at once: it is the TTFT). */
+int cv_core_out_token(cv_core_out *o, cv_stats *stats, int32_t n_ids);
+/* Appends a chunk; returns 1 when the client has fallen too far behind (or memory ran
+ * out): the owner cancels the engine request then. */
+int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                       const cv_sample *samples);
+void cv_core_out_final(cv_core_out *o, const cv_engine_final *f);
+/* Text and ids taken: empties the pending output (text stays NUL-terminated). */
+void cv_core_out_consumed(cv_core_out *o);
+void cv_core_out_free(cv_core_out *o);
+
+#endif

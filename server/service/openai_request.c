@@ -1,0 +1,322 @@
+#include "openai_request.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "json_error.h"
+#include "text_field.h"
+#include "utf8.h"
+
+/* What the request's strings point into. */
+typedef struct parsed {
+    json_t *doc;
+    char **joined;  /* content part arrays joined into one text, one per message */
+    size_t n_joined;
+} parsed;
+
+static cv_status fail(cv_oai_error *err, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static cv_status fail(cv_oai_error *err, const char *param, const char *fmt, ...) {
+    snprintf(err->param, sizeof err->param, "%s", param);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return CV_EINVAL;
+}
+
+static const char *type_name(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "object";
+    case JSON_ARRAY: return "array";
+    case JSON_STRING: return "string";
+    case JSON_INTEGER: return "integer";
+    case JSON_REAL: return "number";
+    case JSON_TRUE: case JSON_FALSE: return "boolean";
+    default: return "null";
+    }
+}
+
+static cv_status wrong_type(cv_oai_error *err, const char *param, const char *want, const json_t *v) {
+    return fail(err, param, "%s: expected %s, got %s", param, want, type_name(v));
+}
+
+/* A text field: a string of acceptable text (text_field.h). */
+static cv_status get_text(const json_t *v, const char *param, const char **out, cv_oai_error *err) {
+    if (!json_is_string(v)) return wrong_type(err, param, "a string", v);
+    char msg[sizeof err->message];
+    if (cv_text_field_check(json_string_value(v), json_string_length(v), param, msg, sizeof msg) != 0)
+        return fail(err, param, "%s", msg);
+    *out = json_string_value(v);
+    return CV_OK;
+}
+
+static cv_status get_number(const json_t *v, const char *param, double lo, double hi, int lo_open, float *out,
+                            cv_oai_error *err) {
+    if (!json_is_number(v)) return wrong_type(err, param, "a number", v);
+    double d = json_number_value(v);
+    if (!isfinite(d) || d < lo || d > hi || (lo_open && d == lo))
+        return fail(err, param, "%s: %g is outside %s%g, %g]", param, d, lo_open ? "(" : "[", lo, hi);
+    *out = (float)d;
+    return CV_OK;
+}
+
+static cv_status get_int(const json_t *v, const char *param, json_int_t lo, json_int_t hi, json_int_t *out,
+                         cv_oai_error *err) {
+    if (!json_is_integer(v)) return wrong_type(err, param, "an integer", v);
+    json_int_t i = json_integer_value(v);
+    if (i < lo || i > hi)
+        return fail(err, param, "%s: %lld is outside [%lld, %lld]", param, (long long)i, (long long)lo,
+                    (long long)hi);
+    *out = i;
+    return CV_OK;
+}
+
+static cv_status get_bool(const json_t *v, const char *param, int *out, cv_oai_error *err) {
+    if (!json_is_boolean(v)) return wrong_type(err, param, "a boolean", v);
+    *out = json_is_true(v);
+    return CV_OK;
+}
+
+/* The member, or NULL when absent or null. */
+static json_t *member(const json_t *o, const char *key) {
+    json_t *v = json_object_get(o, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+/* A message's content: a string, or text parts joined (kept in p). */
+static cv_status message_content(parsed *p, const json_t *c, size_t i, const char **out, cv_oai_error *err) {
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu].content", i);
+    if (json_is_string(c)) return get_text(c, param, out, err);
+    if (!json_is_array(c)) return wrong_type(err, param, "a string or an array of text parts", c);
+    size_t total = 0, k;
+    json_t *part;
+    json_array_foreach(c, k, part) {
+        char pp[96];
+        snprintf(pp, sizeof pp, "%s[%zu]", param, k);
+        if (!json_is_object(part)) return wrong_type(err, pp, "an object", part);
+        json_t *type = json_object_get(part, "type");
+        if (!json_is_string(type) || strcmp(json_string_value(type), "text") != 0)
+            return fail(err, pp, "%s.type: only \"text\" parts are supported", pp);
+        char tp[112];
+        snprintf(tp, sizeof tp, "%s.text", pp);
+        const char *t;
+        if (get_text(json_object_get(part, "text"), tp, &t, err) != CV_OK) return CV_EINVAL;
+        total += strlen(t);
+    }
+    char *joined = malloc(total + 1);
+    if (!joined) return fail(err, param, "%s: out of memory", param);
+    p->joined[p->n_joined++] = joined;
+    size_t at = 0;
+    json_array_foreach(c, k, part) {
+        const char *t = json_string_value(json_object_get(part, "text"));
+        size_t n = strlen(t);
+        memcpy(joined + at, t, n);
+        at += n;
+    }
+    joined[at] = 0;
+    *out = joined;
+    return CV_OK;
+}
+
+static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r, cv_oai_error *err) {
+    if (!msgs) return fail(err, "messages", "messages: required");
+    if (!json_is_array(msgs)) return wrong_type(err, "messages", "an array", msgs);
+    size_t n = json_array_size(msgs);
+    if (n == 0) return fail(err, "messages", "messages: must not be empty");
+    r->messages = calloc(n, sizeof *r->messages);
+    p->joined = calloc(n, sizeof *p->joined);
+    if (!r->messages || !p->joined) return fail(err, "messages", "messages: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *m = json_array_get(msgs, i);
+        char param[64];
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(m)) return wrong_type(err, param, "an object", m);
+        snprintf(param, sizeof param, "messages[%zu].role", i);
+        const char *role;
+        if (get_text(json_object_get(m, "role"), param, &role, err) != CV_OK) return CV_EINVAL;
+        if (strcmp(role, "developer") == 0) role = "system";
+        else if (strcmp(role, "tool") == 0) role = "user";
+        else if (strcmp(role, "system") != 0 && strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)
+            return fail(err, param, "%s: '%.32s' is not a role: use system, developer, user, assistant or tool",
+                        param, role);
+        const json_t *c = member(m, "content");
+        const char *content = "";
+        if (c) {
+            if (message_content(p, c, i, &content, err) != CV_OK) return CV_EINVAL;
+        } else if (strcmp(role, "assistant") != 0) {
+            /* An assistant turn that only called tools has no content; others must. */
+            snprintf(param, sizeof param, "messages[%zu].content", i);
+            return fail(err, param, "%s: required", param);
+        }
+        r->messages[i] = (cv_chat_msg){role, content};
+        r->n_messages++;
+    }
+    return CV_OK;
+}
+
+static cv_status parse_prompt(const json_t *v, cv_oai_request *r, cv_oai_error *err) {
+    if (!v) return fail(err, "prompt", "prompt: required");
+    if (json_is_array(v)) {
+        if (json_array_size(v) != 1)
+            return fail(err, "prompt", "prompt: only one prompt per request is supported (got %zu)",
+                        json_array_size(v));
+        return get_text(json_array_get(v, 0), "prompt[0]", &r->prompt, err);
+    }
+    if (!json_is_string(v)) return wrong_type(err, "prompt", "a string or an array of one string", v);
+    return get_text(v, "prompt", &r->prompt, err);
+}
+
+static cv_status parse_stop(const json_t *v, cv_oai_request *r, cv_oai_error *err) {
+    if (json_is_string(v)) {
+        r->n_stop = 1;
+        return get_text(v, "stop", &r->stop[0], err);
+    }
+    if (!json_is_array(v)) return wrong_type(err, "stop", "a string or an array of strings", v);
+    if (json_array_size(v) > CV_OAI_MAX_STOP)
+        return fail(err, "stop", "stop: at most %d sequences (got %zu)", CV_OAI_MAX_STOP, json_array_size(v));
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        char param[32];
+        snprintf(param, sizeof param, "stop[%zu]", i);
+        if (get_text(json_array_get(v, i), param, &r->stop[i], err) != CV_OK) return CV_EINVAL;
+        if (!r->stop[i][0]) return fail(err, param, "%s: must not be empty", param);
+        r->n_stop++;
+    }
+    return CV_OK;
+}
+
+static cv_status parse_logprobs(const json_t *o, cv_oai_request *r, cv_oai_error *err) {
+    const json_t *lp = member(o, "logprobs"), *top = member(o, "top_logprobs");
+    json_int_t i = 0;
+    if (r->kind == CV_OAI_COMPLETION) {
+        /* Completions: logprobs is the number of alternatives (0 = the chosen token only). */
+        if (lp) {
+            if (get_int(lp, "logprobs", 0, CV_OAI_MAX_LOGPROBS, &i, err) != CV_OK) return CV_EINVAL;
+            r->logprobs = 1;
+            r->top_logprobs = (int32_t)i;
+        }
+        return CV_OK;
+    }
+    if (lp && get_bool(lp, "logprobs", &r->logprobs, err) != CV_OK) return CV_EINVAL;
+    if (top) {
+        if (get_int(top, "top_logprobs", 0, CV_OAI_MAX_LOGPROBS, &i, err) != CV_OK) return CV_EINVAL;
+        if (!r->logprobs) return fail(err, "top_logprobs", "top_logprobs: needs logprobs: true");
+        r->top_logprobs = (int32_t)i;
+    }
+    return CV_OK;
+}
+
+/* corvid's own options, beside OpenAI's. */
+static cv_status parse_extension(const json_t *x, cv_oai_request *r, cv_oai_error *err) {
+    if (!json_is_object(x)) return wrong_type(err, "corvid", "an object", x);
+    const json_t *v;
+    json_int_t i;
+    if ((v = member(x, "model_version")) && get_text(v, "corvid.model_version", &r->model_version, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(x, "ignore_eos")) && get_bool(v, "corvid.ignore_eos", &r->ignore_eos, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(x, "top_k"))) {
+        if (get_int(v, "corvid.top_k", 0, INT32_MAX, &i, err) != CV_OK) return CV_EINVAL;
+        r->top_k = (int32_t)i;
+    }
+    if ((v = member(x, "min_p")) && get_number(v, "corvid.min_p", 0, 1, 0, &r->min_p, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(x, "repetition_penalty")) &&
+        get_number(v, "corvid.repetition_penalty", 0, 1e6, 1, &r->repetition_penalty, err) != CV_OK)
+        return CV_EINVAL;
+    return CV_OK;
+}
+
+/* Invalid UTF-8 anywhere in the body, before JSON parsing (whose message would quote
+ * the bad bytes); raw NUL bytes are left to the JSON parser, which refuses them. */
+static cv_status check_body(const char *body, size_t len, cv_oai_error *err) {
+    size_t at = 0;
+    while (at < len) {
+        size_t off;
+        cv_utf8_verdict v = cv_utf8_check(body + at, len - at, &off);
+        if (v == CV_UTF8_OK) break;
+        if (v == CV_UTF8_INVALID) return fail(err, "", "request body: not valid UTF-8 at byte %zu", at + off);
+        at += off + 1;
+    }
+    return CV_OK;
+}
+
+cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_request *r, cv_oai_error *err) {
+    memset(r, 0, sizeof *r);
+    memset(err, 0, sizeof *err);
+    r->kind = kind;
+    r->model = r->model_version = r->user = "";
+    r->temperature = 1.0f;
+    r->top_p = 1.0f;
+    r->repetition_penalty = 1.0f;
+    parsed *p = calloc(1, sizeof *p);
+    if (!p) return fail(err, "", "out of memory");
+    r->priv = p;
+    if (check_body(body, len, err) != CV_OK) return CV_EINVAL;
+    json_error_t je;
+    p->doc = json_loadb(body, len, JSON_ALLOW_NUL, &je);
+    if (!p->doc) return fail(err, "", "malformed JSON at byte %d: %s", je.position, cv_json_error_text(&je));
+    const json_t *o = p->doc, *v;
+    if (!json_is_object(o)) return fail(err, "", "the request body must be a JSON object, got %s", type_name(o));
+    json_int_t i;
+    if ((v = member(o, "model")) && get_text(v, "model", &r->model, err) != CV_OK) return CV_EINVAL;
+    if (kind == CV_OAI_CHAT ? parse_messages(p, member(o, "messages"), r, err) != CV_OK
+                            : parse_prompt(member(o, "prompt"), r, err) != CV_OK)
+        return CV_EINVAL;
+    static const char *const max_keys[] = {"max_tokens", "max_completion_tokens"};
+    for (size_t k = 0; k < 2; k++) {
+        if (!(v = member(o, max_keys[k]))) continue;
+        if (get_int(v, max_keys[k], 1, INT32_MAX, &i, err) != CV_OK) return CV_EINVAL;
+        r->max_tokens = (int32_t)i;
+    }
+    if ((v = member(o, "temperature")) && get_number(v, "temperature", 0, 2, 0, &r->temperature, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(o, "top_p")) && get_number(v, "top_p", 0, 1, 1, &r->top_p, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(o, "presence_penalty")) &&
+        get_number(v, "presence_penalty", -2, 2, 0, &r->presence_penalty, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(o, "frequency_penalty")) &&
+        get_number(v, "frequency_penalty", -2, 2, 0, &r->frequency_penalty, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(o, "stop")) && parse_stop(v, r, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(o, "seed"))) {
+        if (!json_is_integer(v)) return wrong_type(err, "seed", "an integer", v);
+        r->has_seed = 1;
+        r->seed = (uint64_t)json_integer_value(v);
+    }
+    if (parse_logprobs(o, r, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(o, "user")) && get_text(v, "user", &r->user, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(o, "n"))) {
+        if (!json_is_integer(v)) return wrong_type(err, "n", "an integer", v);
+        if (json_integer_value(v) != 1)
+            return fail(err, "n", "n: only 1 choice per request is supported (got %lld)",
+                        (long long)json_integer_value(v));
+    }
+    if ((v = member(o, "stream")) && get_bool(v, "stream", &r->stream, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(o, "stream_options"))) {
+        if (!json_is_object(v)) return wrong_type(err, "stream_options", "an object", v);
+        const json_t *u = member(v, "include_usage");
+        if (u && get_bool(u, "stream_options.include_usage", &r->include_usage, err) != CV_OK) return CV_EINVAL;
+    }
+    if ((v = member(o, "corvid")) && parse_extension(v, r, err) != CV_OK) return CV_EINVAL;
+    return CV_OK;
+}
+
+void cv_oai_request_free(cv_oai_request *r) {
+    parsed *p = r->priv;
+    if (p) {
+        for (size_t i = 0; i < p->n_joined; i++) free(p->joined[i]);
+        free(p->joined);
+        json_decref(p->doc);
+        free(p);
+    }
+    free(r->messages);
+    memset(r, 0, sizeof *r);
+}

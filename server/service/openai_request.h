@@ -1,0 +1,74 @@
+/* openai_request: the body of an OpenAI /v1/chat/completions or /v1/completions
+ * request (JSON) into a checked, protocol-free request. No I/O, no server state: the
+ * HTTP transport hands the bytes over, and the fuzzer (tests/fuzz/fuzz_openai_request.c)
+ * calls it the same way.
+ *
+ * Accepted: model, messages (roles system, developer (= system), user, assistant, tool;
+ * content a string, null for an assistant, or an array of {"type":"text","text":...}
+ * parts, joined), prompt (a string or an array of exactly one string), max_tokens and
+ * max_completion_tokens (the latter wins), temperature [0, 2], top_p (0, 1],
+ * stop (a string or up to 4 strings), seed (any integer, as its 64-bit pattern),
+ * presence_penalty and frequency_penalty [-2, 2], logprobs (chat: bool; completions:
+ * an integer 0..20, the alternatives), top_logprobs 0..20 (chat, needs logprobs),
+ * user, n (only 1), stream, stream_options.include_usage, and the extension
+ * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty"}.
+ * Unknown fields are ignored, as OpenAI's API does. null means absent.
+ *
+ * Refusals name the field as the API spells it (param) with a message: a wrong type
+ * ("temperature: expected a number, got string"), a value out of range, a text that is
+ * not valid UTF-8 or holds NUL (the same words as gRPC's, rpc_message.h), n != 1,
+ * malformed JSON with the byte where it broke. Tool role messages become user turns
+ * (the built-in templates know three roles); a tool call's arguments are not rendered.
+ */
+#ifndef CV_OPENAI_REQUEST_H
+#define CV_OPENAI_REQUEST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "chat_template.h"
+#include "cv_error.h"
+
+#define CV_OAI_MAX_STOP 4
+#define CV_OAI_MAX_LOGPROBS 20
+
+typedef enum cv_oai_kind { CV_OAI_CHAT, CV_OAI_COMPLETION } cv_oai_kind;
+
+typedef struct cv_oai_request {
+    cv_oai_kind kind;
+    const char *model;          /* "" when absent */
+    const char *model_version;  /* corvid.model_version: pins a version; "" when absent */
+    cv_chat_msg *messages;      /* chat: roles normalized to system / user / assistant */
+    size_t n_messages;
+    const char *prompt;         /* completions */
+    int32_t max_tokens;         /* 0: the server's default */
+    float temperature;          /* 1 when absent (OpenAI's default) */
+    float top_p;                /* 1 when absent */
+    int32_t top_k;              /* corvid.top_k, 0 = off */
+    float min_p;                /* corvid.min_p, 0 = off */
+    float repetition_penalty;   /* corvid.repetition_penalty, 1 = off */
+    float presence_penalty, frequency_penalty;
+    const char *stop[CV_OAI_MAX_STOP];
+    size_t n_stop;
+    int has_seed;
+    uint64_t seed;
+    int logprobs;               /* token logprobs wanted */
+    int32_t top_logprobs;       /* alternatives per token, 0..CV_OAI_MAX_LOGPROBS */
+    int ignore_eos;             /* corvid.ignore_eos (benchmarks) */
+    const char *user;           /* "" when absent */
+    int stream;
+    int include_usage;          /* stream_options.include_usage */
+    void *priv;                 /* the parsed document and joined texts: freed with the request */
+} cv_oai_request;
+
+typedef struct cv_oai_error {
+    char param[64];             /* the field as the API spells it ("messages[1].content"), "" for the body */
+    char message[512];
+} cv_oai_error;
+
+/* CV_OK with *out filled (free it with cv_oai_request_free, also after a failure), or
+ * CV_EINVAL with the field and message in *err. body need not be NUL-terminated. */
+cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_request *out, cv_oai_error *err);
+void cv_oai_request_free(cv_oai_request *r);
+
+#endif

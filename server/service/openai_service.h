@@ -1,0 +1,36 @@
+/* openai_service: the OpenAI-compatible API over http_server and the router's slots.
+ *
+ * POST /v1/chat/completions and /v1/completions: the body is parsed and checked by
+ * openai_request.h, the request goes to a slot like a gRPC one (infer_core.h: `model`
+ * names a version, which pins it, or the model, which is routed by the traffic
+ * weights; corvid.model_version pins too), the chat template or the tokenizer makes
+ * the prompt ids, and the engine runs it. Without `stream` the answer is one JSON
+ * object once the engine is done; with `stream: true` it is Server-Sent Events:
+ * chat.completion.chunk (the role in the first delta) or text_completion objects, the
+ * last one with finish_reason, a usage chunk when stream_options.include_usage, then
+ * `data: [DONE]`. A failure in the middle of a stream sends `data: {"error": {...}}`
+ * and ends the stream (no [DONE]). A client that falls more than 1 MiB behind is cut
+ * off (the connection closes), a client that goes away cancels its sequence.
+ *
+ * GET /v1/models lists the served model names (routed) and versions (pinned);
+ * GET /v1/models/{id} one of them (404 model_not_found otherwise).
+ *
+ * Statuses: 400 bad request (param names the field), 401 / 403 / 429 from the auth
+ * policy, 404 unknown model, 429 queue full (Retry-After: 1), 503 draining or nothing
+ * serving, 500 engine failure. Every finished request is counted in its slot's stats
+ * and logged as one JSON line with "protocol":"http".
+ */
+#ifndef CV_OPENAI_SERVICE_H
+#define CV_OPENAI_SERVICE_H
+
+#include "http_server.h"
+#include "router.h"
+
+typedef struct cv_oai_service cv_oai_service;
+
+cv_status cv_oai_service_new(cv_router *router, cv_oai_service **out, cv_error *err);
+/* Adds the /v1/ routes; the service must outlive the server's requests. */
+cv_status cv_oai_service_register(cv_oai_service *o, cv_hs *hs, cv_error *err);
+void cv_oai_service_free(cv_oai_service *o);
+
+#endif

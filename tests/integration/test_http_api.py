@@ -1,0 +1,448 @@
+"""The OpenAI-compatible HTTP API of a real corvid-server (--http-listen), from raw
+sockets, http.client and curl: completions and chat, SSE framing, the same greedy tokens
+as the gRPC stream and corvid-run, OpenAI error objects with their statuses, bad input
+(malformed JSON, a 64 MB body refused before it is read, a wrong content type, invalid
+UTF-8, NUL, a client that never reads), 256 open streams on a handful of threads,
+disconnects that cancel, SIGTERM draining HTTP streams, the JWT policy (401 / 403 / 429
+with Retry-After, audited) and TLS with the gRPC certificate. The official `openai` SDK
+is tested in test_http_openai_sdk.py."""
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+
+from corvid_testlib import BIN, DATA, GEMMA, ROOT, TMP, Checks, Server, free_port, have_model, proto_modules
+
+pb = proto_modules()[0]
+MODEL = os.path.join(DATA, "models", "stories260K.gguf")
+AUTH = os.path.join(ROOT, "tests", "data", "auth")
+PROMPT = "Once upon a time"
+
+
+class Api:
+    """corvid-server with the HTTP API on a free port."""
+
+    def __init__(self, *args, model=MODEL, tls=False):
+        self.http_port = free_port()
+        self.srv = Server("--model", model, "--http-listen", "127.0.0.1:%d" % self.http_port, *args)
+        self.tls = tls
+
+    def conn(self, timeout=60):
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=os.path.join(TMP, "keys", "ca.pem"))
+            return http.client.HTTPSConnection("127.0.0.1", self.http_port, timeout=timeout, context=ctx)
+        return http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=60):
+        """(status, headers, parsed JSON body or raw text)."""
+        c = self.conn(timeout)
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        data = body if isinstance(body, (bytes, str)) or body is None else json.dumps(body)
+        c.request(method, path, body=data, headers=h)
+        r = c.getresponse()
+        raw = r.read()
+        c.close()
+        try:
+            return r.status, dict(r.getheaders()), json.loads(raw)
+        except ValueError:
+            return r.status, dict(r.getheaders()), raw
+
+    def post(self, path, body, **kw):
+        return self.request("POST", path, body, **kw)
+
+    def stream(self, path, body, headers=None):
+        """The SSE events of a streaming request: (status, [parsed data], saw [DONE])."""
+        c = self.conn()
+        h = {"Content-Type": "application/json"}
+        h.update(headers or {})
+        c.request("POST", path, body=json.dumps(dict(body, stream=True)), headers=h)
+        r = c.getresponse()
+        assert r.status == 200, (r.status, r.read())
+        assert r.getheader("Content-Type") == "text/event-stream", r.getheader("Content-Type")
+        events, done = [], False
+        for block in r.read().decode().split("\n\n"):
+            if not block:
+                continue
+            assert block.startswith("data: "), repr(block)
+            if block == "data: [DONE]":
+                done = True
+            else:
+                events.append(json.loads(block[6:]))
+        c.close()
+        return events, done
+
+    def log(self):
+        return self.srv.output()
+
+    def stop(self):
+        self.srv.stop()
+
+
+def grpc_greedy(addr, prompt, n):
+    with grpc.insecure_channel(addr) as ch:
+        gen = ch.unary_stream("/corvid.v1.Inference/Generate", request_serializer=pb.GenerateRequest.SerializeToString,
+                              response_deserializer=pb.GenerateResponse.FromString)
+        ids, text = [], ""
+        for m in gen(pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(max_tokens=n)), timeout=60):
+            if m.WhichOneof("kind") == "chunk":
+                ids += list(m.chunk.token_ids)
+                text += m.chunk.text
+        return ids, text
+
+
+def corvid_run(prompt, n):
+    r = subprocess.run([os.path.join(BIN, "corvid-run"), "-m", MODEL, "-p", prompt, "-n", str(n), "--temp", "0",
+                        "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def request_line(api, rid, timeout=10):
+    """The server's JSON log line of the request with X-Request-Id rid."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for line in api.log().splitlines():
+            if '"request_id":"%s"' % rid in line:
+                return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError("no log line for %s:\n%s" % (rid, api.log()[-2000:]))
+
+
+# ---- checks on stories260K ----
+
+def greedy_equals_grpc_and_corvid_run(api):
+    n = 60
+    events, done = api.stream("/v1/completions", {"prompt": PROMPT, "max_tokens": n, "temperature": 0,
+                                                  "logprobs": 0, "stream_options": {"include_usage": True}})
+    assert done
+    text = "".join(c["text"] for e in events for c in e["choices"])
+    pieces = [t for e in events for c in e["choices"] if c["logprobs"] for t in c["logprobs"]["tokens"]]
+    usage = [e["usage"] for e in events if e.get("usage")]
+    ids, gtext = grpc_greedy(api.srv.addr, PROMPT, n)
+    ref = corvid_run(PROMPT, n)
+    assert ids == ref["tokens"], (ids, ref["tokens"])
+    assert text == gtext == ref["text"], (text, gtext, ref["text"])
+    assert len(pieces) == len(ids) == usage[0]["completion_tokens"], (len(pieces), len(ids), usage)
+    st, _, whole = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": n, "temperature": 0})
+    assert st == 200 and whole["choices"][0]["text"] == text, whole
+    assert whole["usage"]["completion_tokens"] == len(ids), whole["usage"]
+    assert whole["model"] == "stories260K" and whole["object"] == "text_completion", whole
+
+
+def sse_framing_with_curl(api):
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 8, "temperature": 0, "stream": True,
+                       "stream_options": {"include_usage": True}})
+    r = subprocess.run(["curl", "-sS", "-N", "-i", "-H", "Content-Type: application/json", "-d", body,
+                        "http://127.0.0.1:%d/v1/completions" % api.http_port], capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    head, _, payload = r.stdout.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    assert "Content-Type: text/event-stream" in head and "Transfer-Encoding: chunked" in head, head
+    blocks = payload.split("\n\n")
+    assert blocks[-1] == "" and blocks[-2] == "data: [DONE]", blocks[-3:]
+    objs = [json.loads(b[6:]) for b in blocks[:-2]]
+    assert all(b.startswith("data: {") for b in blocks[:-2]), blocks
+    assert all(o["object"] == "text_completion" and o["id"] == objs[0]["id"] for o in objs), objs
+    assert objs[-2]["choices"][0]["finish_reason"] == "length", objs[-2]
+    assert objs[-1]["choices"] == [] and objs[-1]["usage"]["completion_tokens"] == 8, objs[-1]
+
+
+def errors_are_openai_objects(api):
+    def err(status, body, param=None, needle=None, path="/v1/completions", headers=None):
+        st, h, b = api.post(path, body, headers=headers)
+        assert st == status, (st, b)
+        e = b["error"]
+        assert set(e) == {"message", "type", "param", "code"}, e
+        assert e["param"] == param, e
+        if needle:
+            assert needle in e["message"], e
+        return h, e
+    err(400, b'{"prompt": "x",', None, "malformed JSON at byte")
+    err(400, {"prompt": "x", "temperature": "hot"}, "temperature", "temperature: expected a number, got string")
+    err(400, {"prompt": "x", "max_tokens": 0}, "max_tokens", "outside [1,")
+    err(400, {"prompt": "x", "n": 2}, "n", "only 1 choice")
+    err(400, {"prompt": ["a", "b"]}, "prompt", "only one prompt")
+    err(400, {"prompt": "a\u0000b"}, "prompt", "prompt: NUL (U+0000) at byte 1 is not accepted in text")
+    err(400, b'{"prompt": "caf\xe9"}', None, "not valid UTF-8 at byte 15")
+    err(400, {"prompt": "x", "stop": ["a", 1]}, "stop[1]", "expected a string")
+    err(400, {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "not a role",
+        path="/v1/chat/completions")
+    err(400, {"prompt": "word " * 400}, "prompt", "context")
+    h, e = err(404, {"model": "gpt-4", "prompt": "x"}, "model", "not served here")
+    assert e["code"] == "model_not_found" and e["type"] == "not_found_error", e
+    st, _, b = api.post("/v1/completions", "{}", headers={"Content-Type": "text/plain"})
+    assert st == 415 and "application/json" in b["error"]["message"], b
+    # Unknown fields are ignored; application/json with a charset is fine.
+    st, _, b = api.post("/v1/completions", {"prompt": "x", "max_tokens": 1, "frobnicate": [1]},
+                        headers={"Content-Type": "application/json; charset=utf-8"})
+    assert st == 200, b
+    st, _, b = api.request("GET", "/v1/nothing")
+    assert st == 404 and b["error"]["type"] == "not_found_error", b
+    st, _, b = api.request("DELETE", "/v1/models")
+    assert st == 405, b
+    # Chat on a model without a chat template: 400 naming messages.
+    st, _, b = api.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert st == 400 and "chat template" in b["error"]["message"], b
+
+
+def big_body_refused_before_read(api):
+    """Headers announcing 64 MB: the 413 arrives without a byte of the body sent."""
+    s = socket.create_connection(("127.0.0.1", api.http_port), timeout=10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 67108864\r\n\r\n")
+    head = s.recv(4096).decode()
+    assert head.startswith("HTTP/1.1 413"), head
+    s.close()
+    # A chunked body that grows past the limit is cut off.
+    s = socket.create_connection(("127.0.0.1", api.http_port), timeout=10)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n")
+    chunk = b"%x\r\n%s\r\n" % (1 << 20, b" " * (1 << 20))
+    sent = 0
+    try:
+        for _ in range(64):
+            s.sendall(chunk)
+            sent += 1
+    except OSError:
+        pass
+    s.close()
+    assert sent < 64, "64 MiB chunked body accepted"
+    st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 2})
+    assert st == 200, b
+
+
+def slow_clients_do_not_stall_others(api):
+    """A client that never reads its stream, and one that stalls mid-body: others are served."""
+    never = socket.create_connection(("127.0.0.1", api.http_port), timeout=10)
+    never.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 120, "stream": True, "logprobs": 20}).encode()
+    never.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"X-Request-Id: never-reads\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    stall = socket.create_connection(("127.0.0.1", api.http_port), timeout=10)
+    stall.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{\"prompt\":")
+    t0 = time.time()
+    for _ in range(5):
+        st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 16, "temperature": 0})
+        assert st == 200, b
+    assert time.time() - t0 < 20, time.time() - t0
+    line = request_line(api, "never-reads")
+    assert line["code"] == "OK", line
+    never.close()
+    stall.close()
+
+
+def open_streams_without_a_thread_each(api):
+    """256 streaming requests open at once: all answered in full; the server's thread
+    count stays that of an idle server plus a few (no thread per stream)."""
+    pid = api.srv.proc.pid
+    idle = len(os.listdir("/proc/%d/task" % pid))
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 24, "stream": True}).encode()
+    socks = []
+    for i in range(256):
+        s = socket.create_connection(("127.0.0.1", api.http_port), timeout=60)
+        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        socks.append(s)
+    peak = len(os.listdir("/proc/%d/task" % pid))
+    done = 0
+    for s in socks:
+        data = b""
+        while not data.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n"):
+            part = s.recv(65536)
+            if not part:
+                break
+            data += part
+            peak = max(peak, len(os.listdir("/proc/%d/task" % pid)))
+        done += data.startswith(b"HTTP/1.1 200") and b"data: [DONE]" in data
+        s.close()
+    assert done == 256, done
+    assert peak <= idle + 2, (idle, peak)
+    print("256 streams: %d server threads idle, %d at most while open" % (idle, peak))
+
+
+def models_and_routing(api):
+    st, _, b = api.request("GET", "/v1/models")
+    assert st == 200 and b["object"] == "list", b
+    ids = {m["id"]: m for m in b["data"]}
+    assert "stories260K" in ids and ids["stories260K"]["corvid"]["kind"] == "version", ids
+    name = ids["stories260K"]["corvid"]["model"]
+    assert ids[name]["corvid"]["kind"] == "model", ids
+    st, _, m = api.request("GET", "/v1/models/stories260K")
+    assert st == 200 and m["id"] == "stories260K" and m["object"] == "model", m
+    st, _, m = api.request("GET", "/v1/models/nope")
+    assert st == 404 and m["error"]["code"] == "model_not_found", m
+    for model in ("stories260K", name):
+        st, _, r = api.post("/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": 2})
+        assert st == 200 and r["model"] == "stories260K", r
+
+
+# ---- Gemma: long generations for disconnects and drain ----
+
+def disconnect_cancels(api):
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 3000, "temperature": 0, "stream": True,
+                       "corvid": {"ignore_eos": True}}).encode()
+    s = socket.create_connection(("127.0.0.1", api.http_port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"X-Request-Id: gone-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    got = b""
+    while got.count(b"data: ") < 3:
+        got += s.recv(4096)
+    s.close()
+    line = request_line(api, "gone-stream")
+    assert line["code"] == "CANCELLED" and line["completion_tokens"] < 100, line
+    # Without stream: the hang-up watcher sees the close while the answer is pending.
+    body = json.dumps({"prompt": PROMPT, "max_tokens": 3000, "corvid": {"ignore_eos": True}}).encode()
+    s = socket.create_connection(("127.0.0.1", api.http_port), timeout=30)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"X-Request-Id: gone-whole\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.5)
+    t0 = time.time()
+    s.close()
+    line = request_line(api, "gone-whole")
+    assert line["code"] == "CANCELLED" and line["completion_tokens"] < 1000, line
+    assert time.time() - t0 < 2, time.time() - t0
+    st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 4})
+    assert st == 200, b
+
+
+def sigterm_drains_http_streams(api):
+    result = {}
+
+    def reader():
+        result["events"], result["done"] = api.stream("/v1/completions", {
+            "prompt": PROMPT, "max_tokens": 40, "temperature": 0, "corvid": {"ignore_eos": True},
+            "stream_options": {"include_usage": True}})
+    t = threading.Thread(target=reader)
+    t.start()
+    time.sleep(0.5)
+    api.srv.terminate()
+    time.sleep(0.2)
+    st, h, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 2})
+    assert st == 503 and b["error"]["type"] == "service_unavailable_error", (st, b)
+    t.join(60)
+    assert result.get("done"), result
+    assert result["events"][-1]["usage"]["completion_tokens"] == 40, result["events"][-1]
+    assert api.srv.wait(30) == 0
+
+
+# ---- auth and TLS ----
+
+def mint(key, claims):
+    r = subprocess.run([sys.executable, os.path.join(AUTH, "mint_jwt.py"), "--alg", "HS256", "--key",
+                        os.path.join(TMP, "keys", key), "--kid", "hs", "--ttl", "300", json.dumps(claims)],
+                       capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def auth_policy_applies(api):
+    def tok(scope):
+        return mint("jwt-hs256.secret", {"sub": "alice", "iss": "https://idp.test", "aud": "corvid", "scope": scope})
+    body = {"prompt": PROMPT, "max_tokens": 2}
+    st, _, b = api.post("/v1/completions", body)
+    assert st == 401 and b["error"]["type"] == "authentication_error", b
+    st, _, b = api.post("/v1/completions", body, headers={"Authorization": "Bearer not.a.jwt"})
+    assert st == 401, b
+    st, _, b = api.post("/v1/completions", body, headers={"Authorization": "Bearer " + tok("admin")})
+    assert st == 403 and "needs scope inference" in b["error"]["message"], b
+    good = {"Authorization": "Bearer " + tok("inference")}
+    st, _, b = api.request("GET", "/v1/models", headers=good)
+    assert st == 200, b
+    seen = []
+    for _ in range(6):
+        st, h, b = api.post("/v1/completions", body, headers=good)
+        seen.append(st)
+        if st == 429:
+            assert int(h["Retry-After"]) >= 1 and b["error"]["type"] == "rate_limit_error", (h, b)
+            break
+    assert seen[0] == 200 and seen[-1] == 429, seen
+    # Auth failures are tallied and written at shutdown (audit.h).
+    api.srv.terminate()
+    assert api.srv.wait(30) == 0
+    with open(os.path.join(TMP, "http-audit.jsonl")) as f:
+        audit = [json.loads(l) for l in f]
+    fails = [a for a in audit if a["event"] == "auth_failure" and a["method"] == "/v1/completions"]
+    assert sum(a.get("count", 1) for a in fails) >= 3, audit
+    assert not any("eyJ" in json.dumps(a) for a in audit), audit
+
+
+def tls_with_grpc_files(api):
+    st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 3})
+    assert st == 200 and b["usage"]["completion_tokens"] == 3, b
+    plain = http.client.HTTPConnection("127.0.0.1", api.http_port, timeout=10)
+    try:
+        plain.request("GET", "/v1/models")
+        r = plain.getresponse()
+        assert r.status != 200, r.status
+    except (OSError, http.client.HTTPException):
+        pass
+
+
+def config_refusals():
+    def refused(*args):
+        r = subprocess.run([os.path.join(BIN, "corvid-server"), "--check-config"] + list(args),
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, r.stdout
+        return r.stderr
+    assert "http_listen" in refused("--http-listen", "localhost")
+    assert "http_listen" in refused("--http-listen", "127.0.0.1:1", "--listen", "127.0.0.1:1")
+    k = os.path.join(TMP, "keys")
+    assert "mTLS" in refused("--http-listen", "127.0.0.1:1", "--tls-cert", k + "/server.pem", "--tls-key",
+                             k + "/server.key", "--tls-client-ca", k + "/ca.pem")
+
+
+def main():
+    c = Checks()
+    subprocess.run(["sh", os.path.join(AUTH, "gen.sh"), os.path.join(TMP, "keys")], check=True, capture_output=True)
+    api = Api("--max-running", "64", "--max-waiting", "256")
+    try:
+        c.run("greedy HTTP stream equals the gRPC stream and corvid-run", greedy_equals_grpc_and_corvid_run, api)
+        c.run("curl -N: SSE framing, [DONE], usage chunk", sse_framing_with_curl, api)
+        c.run("errors: OpenAI objects, statuses, param names the field", errors_are_openai_objects, api)
+        c.run("64 MB body refused before it is read; chunked cut off", big_body_refused_before_read, api)
+        c.run("a client that never reads and one that stalls do not stall others",
+              slow_clients_do_not_stall_others, api)
+        c.run("256 open streams without a thread per stream", open_streams_without_a_thread_each, api)
+        c.run("/v1/models; model names a version or the model", models_and_routing, api)
+    finally:
+        api.stop()
+    if have_model(GEMMA, "HTTP disconnect and drain on Gemma 3 270M"):
+        api = Api("--ctx", "4096", model=GEMMA)
+        try:
+            c.run("a disconnect cancels the sequence (stream and whole)", disconnect_cancels, api)
+            c.run("SIGTERM drains HTTP streams; new requests get 503", sigterm_drains_http_streams, api)
+        finally:
+            api.stop()
+    policy = os.path.join(TMP, "http-auth.json")
+    with open(policy, "w") as f:
+        json.dump({"jwt": {"keys": [{"kid": "hs", "alg": "HS256",
+                                     "secret_file": os.path.join(TMP, "keys", "jwt-hs256.secret")}],
+                           "issuer": "https://idp.test", "audience": "corvid"},
+                   "rate_limit": {"per_second": 0.2, "burst": 3},
+                   "audit_log": os.path.join(TMP, "http-audit.jsonl")}, f)
+    api = Api("--auth-config", policy)
+    try:
+        c.run("JWT policy: 401, 403, 429 with Retry-After, audited", auth_policy_applies, api)
+    finally:
+        api.stop()
+    k = os.path.join(TMP, "keys")
+    api = Api("--tls-cert", k + "/server.pem", "--tls-key", k + "/server.key", tls=True)
+    try:
+        c.run("HTTPS with the gRPC certificate files", tls_with_grpc_files, api)
+    finally:
+        api.stop()
+    c.run("config: bad http_listen, same port, mTLS refused", config_refusals)
+    c.finish()
+
+
+if __name__ == "__main__":
+    main()
