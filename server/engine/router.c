@@ -471,6 +471,7 @@ int cv_router_snapshot(cv_router *r, int window_seconds, cv_slot_info *out) {
         out[n] = en->info;
         cv_stats_totals(en->stats, &out[n].total);
         cv_stats_window(en->stats, window_seconds, &out[n].window);
+        for (int p = 0; p < CV_STATS_PROTOCOLS; p++) cv_stats_protocol_totals(en->stats, p, &out[n].by_protocol[p]);
         if (en->slot && en->slot->engine) {
             const cv_slot *s = en->slot;
             const cv_hparams *hp = cv_model_hparams(cv_tp_model(s->tp));

@@ -62,6 +62,7 @@ typedef struct cv_slot_info {
     float fault_error_rate;
     cv_stats_view total;         /* since the version was loaded */
     cv_stats_view window;        /* the snapshot's window */
+    cv_stats_view by_protocol[CV_STATS_PROTOCOLS]; /* lifetime, per protocol */
     int has_engine;
     cv_engine_stats engine;
     char name[128], architecture[32], chat_template[32];

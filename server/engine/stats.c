@@ -18,6 +18,7 @@ typedef struct second {
 struct cv_stats {
     pthread_mutex_t mu;
     cv_stats_view total;
+    cv_stats_view by_protocol[CV_STATS_PROTOCOLS];
     second ring[CV_STATS_WINDOW_MAX];
 };
 
@@ -62,11 +63,13 @@ static cv_stats_view *current(cv_stats *s) {
     return &sec->v;
 }
 
-void cv_stats_request(cv_stats *s, int code, double ttft_s, double total_s, uint32_t tokens) {
+static int protocol_index(int p) { return p >= 0 && p < CV_STATS_PROTOCOLS ? p : 0; }
+
+void cv_stats_request(cv_stats *s, int protocol, int code, double ttft_s, double total_s, uint32_t tokens) {
     if (code < 0 || code >= CV_STATS_CODES) code = 2; /* UNKNOWN */
     pthread_mutex_lock(&s->mu);
-    cv_stats_view *views[2] = {&s->total, current(s)};
-    for (int i = 0; i < 2; i++) {
+    cv_stats_view *views[3] = {&s->total, current(s), &s->by_protocol[protocol_index(protocol)]};
+    for (int i = 0; i < 3; i++) {
         views[i]->requests[code]++;
         if (ttft_s >= 0) hist_add(&views[i]->ttft, ttft_s);
         hist_add(&views[i]->latency, total_s);
@@ -75,9 +78,10 @@ void cv_stats_request(cv_stats *s, int code, double ttft_s, double total_s, uint
     pthread_mutex_unlock(&s->mu);
 }
 
-void cv_stats_inter_token(cv_stats *s, double gap_s) {
+void cv_stats_inter_token(cv_stats *s, int protocol, double gap_s) {
     pthread_mutex_lock(&s->mu);
     hist_add(&s->total.inter_token, gap_s);
+    hist_add(&s->by_protocol[protocol_index(protocol)].inter_token, gap_s);
     hist_add(&current(s)->inter_token, gap_s);
     pthread_mutex_unlock(&s->mu);
 }
@@ -85,6 +89,12 @@ void cv_stats_inter_token(cv_stats *s, double gap_s) {
 void cv_stats_totals(cv_stats *s, cv_stats_view *out) {
     pthread_mutex_lock(&s->mu);
     *out = s->total;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void cv_stats_protocol_totals(cv_stats *s, int protocol, cv_stats_view *out) {
+    pthread_mutex_lock(&s->mu);
+    *out = s->by_protocol[protocol_index(protocol)];
     pthread_mutex_unlock(&s->mu);
 }
 

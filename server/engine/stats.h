@@ -1,7 +1,9 @@
 /* stats: request figures of one model version, lifetime and over a sliding window.
  *
  * Every finished request is recorded once with its gRPC status code, time to first
- * token and end-to-end latency; inter-token gaps are recorded as they happen. Totals
+ * token and end-to-end latency; inter-token gaps are recorded as they happen. Each
+ * figure also counts under the protocol the request came over (lifetime totals only:
+ * Prometheus labels them; the window and GetStatus see all protocols together). Totals
  * feed Prometheus (cumulative counters and histograms); a ring of one-second buckets
  * answers "what happened in the last N seconds" (N <= CV_STATS_WINDOW_MAX) so that a
  * control plane can compute error rate and p99 TTFT for a recent window.
@@ -15,6 +17,7 @@
 #define CV_STATS_CODES 17        /* gRPC status codes 0..16 */
 #define CV_STATS_BUCKETS 14      /* latency histogram bounds, seconds (see cv_stats_bounds) */
 #define CV_STATS_WINDOW_MAX 600  /* seconds kept for window queries */
+#define CV_STATS_PROTOCOLS 2     /* what a request came over (the service names them: gRPC, HTTP) */
 
 typedef struct cv_hist {
     uint64_t counts[CV_STATS_BUCKETS + 1]; /* per bucket (not cumulative); last is +Inf */
@@ -36,11 +39,13 @@ void cv_stats_free(cv_stats *s);
 /* The upper bounds of the histogram buckets, ascending (CV_STATS_BUCKETS of them). */
 const double *cv_stats_bounds(void);
 
-/* ttft_s < 0 when no token was produced. */
-void cv_stats_request(cv_stats *s, int code, double ttft_s, double total_s, uint32_t tokens);
-void cv_stats_inter_token(cv_stats *s, double gap_s);
+/* ttft_s < 0 when no token was produced; protocol in [0, CV_STATS_PROTOCOLS). */
+void cv_stats_request(cv_stats *s, int protocol, int code, double ttft_s, double total_s, uint32_t tokens);
+void cv_stats_inter_token(cv_stats *s, int protocol, double gap_s);
 
 void cv_stats_totals(cv_stats *s, cv_stats_view *out);
+/* The lifetime totals of one protocol's requests. */
+void cv_stats_protocol_totals(cv_stats *s, int protocol, cv_stats_view *out);
 /* The last `seconds` seconds (clamped to 1..CV_STATS_WINDOW_MAX), now included. */
 void cv_stats_window(cv_stats *s, int seconds, cv_stats_view *out);
 

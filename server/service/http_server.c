@@ -20,12 +20,15 @@
 
 #include "auth.h"
 #include "http_endpoint.h"
+#include "metrics.h"
 
 #define MAX_ROUTES 16
+#define MAX_COUNTS 128  /* (endpoint, status) pairs counted; a handful in practice */
 
 typedef struct route {
     char method[8];
     char path[64];
+    char label[80];  /* the endpoint label of the metrics: the path, "{id}" for a prefix */
     int prefix, auth;
     cv_hs_handler h;
     void *ctx;
@@ -48,6 +51,13 @@ struct cv_hs {
     cv_hs_req **watched;
     size_t n_watched, cap_watched;
     uint64_t next_watch_id;
+    /* answered requests by endpoint (route index, MAX_ROUTES: other) and status */
+    pthread_mutex_t cmu;
+    struct {
+        int route, status;
+        uint64_t count;
+    } counts[MAX_COUNTS];
+    size_t n_counts;
 };
 
 typedef enum { MODE_NONE, MODE_HOLD, MODE_STREAM } req_mode;
@@ -65,6 +75,7 @@ struct cv_hs_req {
     size_t body_len, body_cap;
     const route *route;
     int reading;               /* the body is being read: the handler has not run yet */
+    int status;                /* of the answer queued (0: none yet), for the counts */
     int answered;              /* a response was queued (or the stream started) */
     struct MHD_Response *pending;
     unsigned pending_status;
@@ -331,6 +342,7 @@ static ssize_t read_stream(void *cls, uint64_t pos, char *buf, size_t max) {
 static enum MHD_Result queue_error(struct MHD_Connection *c, cv_hs_req *r, int status, const char *msg,
                                    const char *code, double retry_after_s) {
     r->answered = 1;
+    r->status = status;
     char *body = cv_hs_error_json(status, msg, NULL, code);
     if (!body) return MHD_NO;
     struct MHD_Response *resp = make_response("application/json", body, strlen(body), retry_after_s);
@@ -477,6 +489,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     pthread_mutex_lock(&r->mu);
     if (r->pending) {
         ok = MHD_queue_response(c, r->pending_status, r->pending);
+        r->status = (int)r->pending_status;
         MHD_destroy_response(r->pending);
         r->pending = NULL;
         r->answered = 1;
@@ -488,6 +501,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
             MHD_add_response_header(resp, "X-Accel-Buffering", "no");
             ok = MHD_queue_response(c, 200, resp);
             MHD_destroy_response(resp);
+            r->status = 200;
         } else {
             ok = MHD_NO;
         }
@@ -506,6 +520,33 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *c, const
     return ok;
 }
 
+static void count_answer(cv_hs *s, int route, int status) {
+    pthread_mutex_lock(&s->cmu);
+    size_t i = 0;
+    while (i < s->n_counts && (s->counts[i].route != route || s->counts[i].status != status)) i++;
+    if (i == s->n_counts && i < MAX_COUNTS) {
+        s->counts[i].route = route;
+        s->counts[i].status = status;
+        s->counts[i].count = 0;
+        s->n_counts++;
+    }
+    if (i < s->n_counts) s->counts[i].count++;
+    pthread_mutex_unlock(&s->cmu);
+}
+
+size_t cv_hs_counts(cv_hs *s, cv_metrics_http *out, size_t cap) {
+    if (!s) return 0;
+    pthread_mutex_lock(&s->cmu);
+    size_t n = 0;
+    for (; n < s->n_counts && n < cap; n++) {
+        int rt = s->counts[n].route;
+        out[n] = (cv_metrics_http){rt < s->n_routes ? s->routes[rt].label : "other", s->counts[n].status,
+                                   s->counts[n].count};
+    }
+    pthread_mutex_unlock(&s->cmu);
+    return n;
+}
+
 static void completed(void *cls, struct MHD_Connection *c, void **state, enum MHD_RequestTerminationCode toe) {
     (void)c;
     cv_hs *s = cls;
@@ -518,6 +559,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **state, enum MH
     int gone = toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && !r->stream_end;
     pthread_mutex_unlock(&r->mu);
     if (gone) cancel_once(r);
+    if (r->status) count_answer(s, r->route ? (int)(r->route - s->routes) : MAX_ROUTES, r->status);
     atomic_fetch_sub(&s->active, 1);
     req_unref(r);
 }
@@ -556,6 +598,7 @@ cv_status cv_hs_new(const cv_hs_config *cfg, cv_hs **out, cv_error *err) {
     if (!s->cfg.idle_timeout_s) s->cfg.idle_timeout_s = 120;
     s->ep = s->stop_fd = -1;
     pthread_mutex_init(&s->wmu, NULL);
+    pthread_mutex_init(&s->cmu, NULL);
     if (cfg->tls_cert && cfg->tls_cert[0]) {
         if (!(s->cert_pem = read_file(cfg->tls_cert, err, "tls_cert")) ||
             !(s->key_pem = read_file(cfg->tls_key, err, "tls_key"))) {
@@ -574,6 +617,7 @@ cv_status cv_hs_route(cv_hs *s, const char *method, const char *path, int prefix
     route *rt = &s->routes[s->n_routes++];
     snprintf(rt->method, sizeof rt->method, "%s", method);
     snprintf(rt->path, sizeof rt->path, "%s", path);
+    snprintf(rt->label, sizeof rt->label, "%s%s", path, prefix ? "{id}" : "");
     rt->prefix = prefix;
     rt->auth = auth;
     rt->h = h;
@@ -653,6 +697,7 @@ void cv_hs_free(cv_hs *s) {
     if (s->ep >= 0) close(s->ep);
     if (s->stop_fd >= 0) close(s->stop_fd);
     pthread_mutex_destroy(&s->wmu);
+    pthread_mutex_destroy(&s->cmu);
     free(s->watched);
     free(s->cert_pem);
     free(s->key_pem);

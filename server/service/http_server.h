@@ -58,6 +58,10 @@ cv_status cv_hs_start(cv_hs *s, int *port, cv_error *err);
 void cv_hs_stop_accepting(cv_hs *s);
 /* Requests read and not yet answered in full. */
 int cv_hs_active(cv_hs *s);
+/* Answered requests by endpoint and status (for /metrics): up to cap rows, the number
+ * written; labels stay valid while s lives. 0 for NULL. */
+typedef struct cv_metrics_http cv_metrics_http;
+size_t cv_hs_counts(cv_hs *s, cv_metrics_http *out, size_t cap);
 /* Waits (at most 5 s) for held and streaming requests to end, then stops. NULL is fine. */
 void cv_hs_free(cv_hs *s);
 

@@ -67,6 +67,18 @@ cv_rpc_code cv_core_acquire(cv_router *r, const char *model, const char *version
     return CV_RPC_OK;
 }
 
+cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot, const char *field, size_t bytes,
+                                    cv_error *err) {
+    size_t ctx = (size_t)cv_engine_n_ctx(slot->engine);
+    size_t limit = max_prompt_bytes ? max_prompt_bytes : ctx * CV_INFER_PROMPT_BYTES_PER_TOKEN;
+    if (bytes <= limit) return CV_OK;
+    if (max_prompt_bytes)
+        return cv_errorf(err, CV_EINVAL, "%s: %zu bytes is over max_prompt_bytes (%zu)", field, bytes, limit);
+    return cv_errorf(err, CV_EINVAL,
+                     "%s: %zu bytes is over max_prompt_bytes (%zu: the model's context of %zu tokens x %d bytes)",
+                     field, bytes, limit, ctx, CV_INFER_PROMPT_BYTES_PER_TOKEN);
+}
+
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err) {
     size_t len = strlen(text), cap = len + 4;
@@ -129,11 +141,11 @@ static int grow(void **p, size_t *cap, size_t need, size_t elem) {
     return 0;
 }
 
-int cv_core_out_token(cv_core_out *o, cv_stats *stats, int32_t n_ids) {
+int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, int32_t n_ids) {
     int first = o->t_last_token == 0;
     if (n_ids) {
         double t = cv_seconds();
-        if (o->t_last_token > 0) cv_stats_inter_token(stats, t - o->t_last_token);
+        if (o->t_last_token > 0) cv_stats_inter_token(stats, (int)proto, t - o->t_last_token);
         o->t_last_token = t;
     }
     return first;

@@ -17,6 +17,11 @@
 #include "router.h"
 #include "rpc_server.h"
 
+/* What a request came over: the index of its figures in stats.h (CV_STATS_PROTOCOLS)
+ * and the "protocol" label and log field. */
+typedef enum cv_core_protocol { CV_CORE_GRPC = 0, CV_CORE_HTTP = 1 } cv_core_protocol;
+const char *cv_core_protocol_name(cv_core_protocol p);
+
 /* A fresh non-zero seed (getrandom). */
 uint64_t cv_core_random_seed(void);
 /* The status a failed call of the layers below maps to. */
@@ -31,6 +36,18 @@ int cv_core_http_status(cv_rpc_code code);
 cv_rpc_code cv_core_acquire(cv_router *r, const char *model, const char *version, const char *request_id,
                             cv_slot **out, char *msg, size_t cap);
 
+/* The default prompt bound in bytes per token of the model's context: about 8x what
+ * real text takes (English about 4 bytes a token, code and CJK about 3), so a prompt
+ * over it could never fit the context whatever the tokenizer; it only stops work that
+ * would be thrown away. */
+#define CV_INFER_PROMPT_BYTES_PER_TOKEN 32
+
+/* max_prompt_bytes (0: the slot's context x CV_INFER_PROMPT_BYTES_PER_TOKEN) for a
+ * request on slot, on the bytes as sent (field: the API's name for them), before any
+ * tokenizing: CV_OK or CV_EINVAL with both numbers. */
+cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot, const char *field, size_t bytes,
+                                    cv_error *err);
+
 /* text tokenized into a malloc'd array. */
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err);
@@ -38,8 +55,6 @@ cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, 
  * model's own. CV_RPC_OK, or the status and the message in err (naming chat_template). */
 cv_rpc_code cv_core_chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam, cv_error *err);
 
-typedef enum cv_core_protocol { CV_CORE_GRPC = 0, CV_CORE_HTTP = 1 } cv_core_protocol;
-const char *cv_core_protocol_name(cv_core_protocol p);
 
 /* One JSON line per finished request on stderr: its id, version, protocol, status
  * (gRPC name), counts and times when it ran (f may be NULL), and the error. */
@@ -68,7 +83,7 @@ typedef struct cv_core_out {
 
 /* Engine thread, for n_ids new tokens: records the inter-token gap in stats; returns 1
  * for the request's first token (which goes out at once: it is the TTFT). */
-int cv_core_out_token(cv_core_out *o, cv_stats *stats, int32_t n_ids);
+int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, int32_t n_ids);
 /* Appends a chunk; returns 1 when the client has fallen too far behind (or memory ran
  * out): the owner cancels the engine request then. */
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,

@@ -55,7 +55,7 @@ static void stream_free(gen_stream *g) {
 static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     gen_stream *g = ctx;
-    int first = cv_core_out_token(&g->out, g->slot->stats, n_ids);
+    int first = cv_core_out_token(&g->out, g->slot->stats, CV_CORE_GRPC, n_ids);
     pthread_mutex_lock(&g->mu);
     int overflow = cv_core_out_append(&g->out, text, len, ids, n_ids, samples);
     pthread_mutex_unlock(&g->mu);
@@ -217,7 +217,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
     if (p == CV_RPC_FINISH) {
         /* Once per stream: produce is never called again after FINISH. */
         int ran = g->fail_code == CV_RPC_OK;
-        cv_stats_request(g->slot->stats, (int)*code, ran && g->out.final.ttft_s > 0 ? g->out.final.ttft_s : -1,
+        cv_stats_request(g->slot->stats, CV_CORE_GRPC, (int)*code, ran && g->out.final.ttft_s > 0 ? g->out.final.ttft_s : -1,
                          ran ? g->out.final.total_s : 0, ran ? (uint32_t)g->out.final.completion_tokens : 0);
         cv_core_log_request(CV_CORE_GRPC, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);
     }
@@ -301,7 +301,7 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
 static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
                    const char *msg) {
-    cv_stats_request(slot->stats, (int)code, -1, 0, 0);
+    cv_stats_request(slot->stats, CV_CORE_GRPC, (int)code, -1, 0, 0);
     cv_core_log_request(CV_CORE_GRPC, request_id, slot->version, code, NULL, msg);
     cv_rpc_reply(call, code, msg, NULL, 0);
     cv_router_release(inf->router, slot);
@@ -332,18 +332,9 @@ static int injected_fault(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const
 }
 #endif
 
-/* max_prompt_bytes for a request on slot, on the bytes as sent (field: the API's name
- * for them), before any tokenizing: CV_OK or CV_EINVAL with both numbers. */
 static cv_status check_prompt_size(const cv_infer *inf, const cv_slot *slot, const char *field, size_t bytes,
                                    cv_error *err) {
-    size_t ctx = (size_t)cv_engine_n_ctx(slot->engine);
-    size_t limit = inf->opt.max_prompt_bytes ? inf->opt.max_prompt_bytes : ctx * CV_INFER_PROMPT_BYTES_PER_TOKEN;
-    if (bytes <= limit) return CV_OK;
-    if (inf->opt.max_prompt_bytes)
-        return cv_errorf(err, CV_EINVAL, "%s: %zu bytes is over max_prompt_bytes (%zu)", field, bytes, limit);
-    return cv_errorf(err, CV_EINVAL,
-                     "%s: %zu bytes is over max_prompt_bytes (%zu: the model's context of %zu tokens x %d bytes)",
-                     field, bytes, limit, ctx, CV_INFER_PROMPT_BYTES_PER_TOKEN);
+    return cv_core_check_prompt_size(inf->opt.max_prompt_bytes, slot, field, bytes, err);
 }
 
 /* The bytes of a request's messages as max_prompt_bytes counts them. */

@@ -26,17 +26,11 @@
 #include "router.h"
 
 
-/* The default prompt bound in bytes per token of the model's context: about 8x what
- * real text takes (English about 4 bytes a token, code and CJK about 3), so a prompt
- * over it could never fit the context whatever the tokenizer; it only stops work that
- * would be thrown away. */
-#define CV_INFER_PROMPT_BYTES_PER_TOKEN 32
-
 typedef struct cv_infer_options {
     /* A Generate prompt, a Chat's messages (roles and contents together) or a Tokenize
      * text longer than this is refused with INVALID_ARGUMENT naming the field and both
      * numbers, on the bytes as sent and before any tokenizing; 0: the slot's context
-     * x CV_INFER_PROMPT_BYTES_PER_TOKEN. */
+     * x CV_INFER_PROMPT_BYTES_PER_TOKEN (infer_core.h). */
     size_t max_prompt_bytes;
 } cv_infer_options;
 

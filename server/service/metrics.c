@@ -1,6 +1,7 @@
 #include "metrics.h"
 
 #include "grpc_status.h"
+#include "infer_core.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -45,18 +46,20 @@ static void histogram(buf *b, const char *name, const char *help, const cv_metri
     put(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     const double *bounds = cv_stats_bounds();
     for (size_t i = 0; i < n; i++) {
-        if (!slots[i].total) continue;
-        const cv_hist *h = (const cv_hist *)((const char *)slots[i].total + off);
-        uint64_t cum = 0;
-        for (int k = 0; k < CV_STATS_BUCKETS; k++) {
-            cum += h->counts[k];
-            put(b, "%s_bucket{version=\"%s\",le=\"%g\"} %llu\n", name, slots[i].version, bounds[k],
-                (unsigned long long)cum);
+        for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++) {
+            const cv_hist *h = (const cv_hist *)((const char *)&slots[i].by_protocol[p] + off);
+            const char *v = slots[i].version, *pn = cv_core_protocol_name((cv_core_protocol)p);
+            uint64_t cum = 0;
+            for (int k = 0; k < CV_STATS_BUCKETS; k++) {
+                cum += h->counts[k];
+                put(b, "%s_bucket{version=\"%s\",protocol=\"%s\",le=\"%g\"} %llu\n", name, v, pn, bounds[k],
+                    (unsigned long long)cum);
+            }
+            put(b, "%s_bucket{version=\"%s\",protocol=\"%s\",le=\"+Inf\"} %llu\n", name, v, pn,
+                (unsigned long long)h->count);
+            put(b, "%s_sum{version=\"%s\",protocol=\"%s\"} %.9g\n", name, v, pn, h->sum);
+            put(b, "%s_count{version=\"%s\",protocol=\"%s\"} %llu\n", name, v, pn, (unsigned long long)h->count);
         }
-        put(b, "%s_bucket{version=\"%s\",le=\"+Inf\"} %llu\n", name, slots[i].version,
-            (unsigned long long)h->count);
-        put(b, "%s_sum{version=\"%s\"} %.9g\n", name, slots[i].version, h->sum);
-        put(b, "%s_count{version=\"%s\"} %llu\n", name, slots[i].version, (unsigned long long)h->count);
     }
 }
 
@@ -78,18 +81,19 @@ static void engine_gauge(buf *b, const char *name, const char *help, const cv_me
     engine_series(b, name, help, 0, slots, n, off);
 }
 
-char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus) {
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus,
+                        const cv_metrics_http *http, size_t n_http) {
     buf b = {malloc(4096), 0, 4096, 0};
     if (!b.p) return NULL;
-    put(&b, "# HELP corvid_requests_total Finished requests by model version and gRPC status.\n"
-            "# TYPE corvid_requests_total counter\n");
-    for (size_t i = 0; i < n; i++) {
-        if (!slots[i].total) continue;
-        for (int c = 0; c < CV_STATS_CODES; c++)
-            if (slots[i].total->requests[c] || c == 0)
-                put(&b, "corvid_requests_total{version=\"%s\",code=\"%s\"} %llu\n", slots[i].version,
-                    cv_grpc_status_name(c), (unsigned long long)slots[i].total->requests[c]);
-    }
+    put(&b, "# HELP corvid_requests_total Finished requests by model version, protocol (grpc, http) and gRPC "
+            "status.\n# TYPE corvid_requests_total counter\n");
+    for (size_t i = 0; i < n; i++)
+        for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
+            for (int c = 0; c < CV_STATS_CODES; c++)
+                if (slots[i].by_protocol[p].requests[c] || c == 0)
+                    put(&b, "corvid_requests_total{version=\"%s\",protocol=\"%s\",code=\"%s\"} %llu\n",
+                        slots[i].version, cv_core_protocol_name((cv_core_protocol)p), cv_grpc_status_name(c),
+                        (unsigned long long)slots[i].by_protocol[p].requests[c]);
     histogram(&b, "corvid_time_to_first_token_seconds", "Submit to first generated token.", slots, n,
               offsetof(cv_stats_view, ttft));
     histogram(&b, "corvid_inter_token_latency_seconds", "Gap between consecutive tokens of a stream.",
@@ -98,9 +102,9 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
               offsetof(cv_stats_view, latency));
     put(&b, "# HELP corvid_generated_tokens_total Tokens generated.\n# TYPE corvid_generated_tokens_total counter\n");
     for (size_t i = 0; i < n; i++)
-        if (slots[i].total)
-            put(&b, "corvid_generated_tokens_total{version=\"%s\"} %llu\n", slots[i].version,
-                (unsigned long long)slots[i].total->tokens);
+        for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
+            put(&b, "corvid_generated_tokens_total{version=\"%s\",protocol=\"%s\"} %llu\n", slots[i].version,
+                cv_core_protocol_name((cv_core_protocol)p), (unsigned long long)slots[i].by_protocol[p].tokens);
     engine_gauge(&b, "corvid_queue_depth", "Requests waiting for a batch slot.", slots, n,
                  offsetof(cv_engine_stats, waiting));
     engine_gauge(&b, "corvid_running_sequences", "Sequences decoded in every step.", slots, n,
@@ -144,6 +148,13 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
         for (int i = 0; i < n_gpus; i++)
             put(&b, "corvid_gpu_memory_total_bytes{gpu=\"%u\"} %llu\n", gpus[i].index,
                 (unsigned long long)gpus[i].memory_total);
+    }
+    if (http) {
+        put(&b, "# HELP corvid_http_requests_total Requests the HTTP API answered, by endpoint and HTTP status.\n"
+                "# TYPE corvid_http_requests_total counter\n");
+        for (size_t i = 0; i < n_http; i++)
+            put(&b, "corvid_http_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n", http[i].endpoint,
+                http[i].status, (unsigned long long)http[i].count);
     }
     if (b.oom) {
         free(b.p);

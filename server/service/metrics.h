@@ -17,12 +17,23 @@ typedef struct cv_metrics_slot {
     const char *version;
     const char *state;           /* loading, ready, failed, draining */
     unsigned weight;
-    const cv_stats_view *total;  /* since load; NULL for a version that never loaded */
+    /* Since load, one view per protocol (CV_STATS_PROTOCOLS, in cv_core_protocol
+     * order); NULL for a version that never loaded. */
+    const cv_stats_view *by_protocol;
     const cv_engine_stats *engine; /* NULL when the slot has no engine */
 } cv_metrics_slot;
 
+/* Requests the HTTP API answered, by endpoint and status (http_server.h counts them). */
+typedef struct cv_metrics_http {
+    const char *endpoint;  /* the route ("/v1/models/{id}"), or "other" */
+    int status;
+    uint64_t count;
+} cv_metrics_http;
+
 /* The exposition as a malloc'd NUL-terminated string; NULL when out of memory. GPU
- * gauges are written only for the samples given (none without NVML). */
-char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus);
+ * gauges are written only for the samples given (none without NVML); the HTTP series
+ * only when the API is on (http non-NULL). */
+char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sample *gpus, int n_gpus,
+                        const cv_metrics_http *http, size_t n_http);
 
 #endif

@@ -14,6 +14,7 @@
 
 struct cv_oai_service {
     cv_router *router;
+    size_t max_prompt_bytes;
     long started;  /* "created" of the models: when this server started */
 };
 
@@ -66,7 +67,7 @@ static cv_rpc_code final_code(const cv_core_out *o) {
 static void record(job *j) {
     const cv_engine_final *f = &j->out.final;
     cv_rpc_code code = final_code(&j->out);
-    cv_stats_request(j->slot->stats, (int)code, f->ttft_s > 0 ? f->ttft_s : -1, f->total_s,
+    cv_stats_request(j->slot->stats, CV_CORE_HTTP, (int)code, f->ttft_s > 0 ? f->ttft_s : -1, f->total_s,
                      (uint32_t)f->completion_tokens);
     cv_core_log_request(CV_CORE_HTTP, j->request_id, j->slot->version, code, f,
                         code == CV_RPC_RESOURCE_EXHAUSTED ? "client reads too slowly: more than 1 MiB pending"
@@ -251,7 +252,7 @@ static const cv_hs_stream_ops job_ops = {stream_produce, job_cancel, job_done};
 static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     job *j = ctx;
-    cv_core_out_token(&j->out, j->slot->stats, n_ids);
+    cv_core_out_token(&j->out, j->slot->stats, CV_CORE_HTTP, n_ids);
     pthread_mutex_lock(&j->mu);
     int overflow = cv_core_out_append(&j->out, text, len, ids, n_ids, samples);
     pthread_mutex_unlock(&j->mu);
@@ -325,7 +326,7 @@ static void refuse(cv_oai_service *svc, cv_hs_req *req, cv_slot *slot, const cha
                    const char *msg, const char *param) {
     int status = cv_core_http_status(code);
     if (slot) {
-        cv_stats_request(slot->stats, (int)code, -1, 0, 0);
+        cv_stats_request(slot->stats, CV_CORE_HTTP, (int)code, -1, 0, 0);
         cv_core_log_request(CV_CORE_HTTP, rid, slot->version, code, NULL, msg);
         cv_router_release(svc->router, slot);
     }
@@ -377,7 +378,15 @@ static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
         refuse(svc, req, NULL, rid, code, msg, code == CV_RPC_NOT_FOUND ? "model" : NULL);
         goto out;
     }
-    cv_status st;
+    size_t bytes = 0;
+    for (size_t i = 0; i < r.n_messages; i++) bytes += strlen(r.messages[i].role) + strlen(r.messages[i].content);
+    if (kind == CV_OAI_COMPLETION) bytes = strlen(r.prompt);
+    cv_status st = cv_core_check_prompt_size(svc->max_prompt_bytes, slot, kind == CV_OAI_CHAT ? "messages" : "prompt",
+                                             bytes, &err);
+    if (st != CV_OK) {
+        refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT, err.msg, kind == CV_OAI_CHAT ? "messages" : "prompt");
+        goto out;
+    }
     if (kind == CV_OAI_CHAT) {
         cv_chat_family fam;
         code = cv_core_chat_family(slot, NULL, &fam, &err);
@@ -492,10 +501,11 @@ static void on_model(void *ctx, cv_hs_req *req) {
 static void on_chat(void *ctx, cv_hs_req *req) { serve_completion(ctx, req, CV_OAI_CHAT); }
 static void on_completions(void *ctx, cv_hs_req *req) { serve_completion(ctx, req, CV_OAI_COMPLETION); }
 
-cv_status cv_oai_service_new(cv_router *router, cv_oai_service **out, cv_error *err) {
+cv_status cv_oai_service_new(cv_router *router, size_t max_prompt_bytes, cv_oai_service **out, cv_error *err) {
     cv_oai_service *o = calloc(1, sizeof *o);
     if (!o) return cv_errorf(err, CV_ENOMEM, "openai service: out of memory");
     o->router = router;
+    o->max_prompt_bytes = max_prompt_bytes;
     o->started = (long)time(NULL);
     *out = o;
     return CV_OK;

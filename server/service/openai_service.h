@@ -28,7 +28,8 @@
 
 typedef struct cv_oai_service cv_oai_service;
 
-cv_status cv_oai_service_new(cv_router *router, cv_oai_service **out, cv_error *err);
+/* max_prompt_bytes as gRPC's (inference_service.h): 0 for the default. */
+cv_status cv_oai_service_new(cv_router *router, size_t max_prompt_bytes, cv_oai_service **out, cv_error *err);
 /* Adds the /v1/ routes; the service must outlive the server's requests. */
 cv_status cv_oai_service_register(cv_oai_service *o, cv_hs *hs, cv_error *err);
 void cv_oai_service_free(cv_oai_service *o);

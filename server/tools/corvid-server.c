@@ -72,6 +72,7 @@ typedef struct server {
     cv_health *health;
     cv_router *router;
     cv_gpu_metrics *gpu;     /* NULL without NVML */
+    cv_hs *api;              /* the HTTP API, NULL when off */
     atomic_int draining;
 } server;
 
@@ -83,11 +84,13 @@ static char *render_metrics(void *ctx) {
     for (int i = 0; i < n; i++) {
         int draining = atomic_load(&s->draining) || info[i].state == CV_SLOT_DRAINING;
         m[i] = (cv_metrics_slot){info[i].version, draining ? "draining" : cv_slot_state_name(info[i].state),
-                                 info[i].weight, &info[i].total, info[i].has_engine ? &info[i].engine : NULL};
+                                 info[i].weight, info[i].by_protocol, info[i].has_engine ? &info[i].engine : NULL};
     }
     cv_gpu_sample gpus[CV_GPU_MAX];
     int n_gpus = s->gpu ? cv_gpu_metrics_read(s->gpu, gpus) : 0;
-    return cv_metrics_render(m, (size_t)n, gpus, n_gpus);
+    cv_metrics_http http[128];
+    size_t n_http = cv_hs_counts(s->api, http, sizeof http / sizeof http[0]);
+    return cv_metrics_render(m, (size_t)n, gpus, n_gpus, s->api ? http : NULL, n_http);
 }
 
 static int is_ready(void *ctx) {
@@ -205,6 +208,17 @@ int main(int argc, char **argv) {
     state.router = router;
     for (size_t i = 0; i < N_SERVICES; i++)
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
+    if (cfg.http_listen[0]) {
+        /* The OpenAI-compatible API: same router, auth and TLS files as gRPC. */
+        cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
+        int hport = 0;
+        if (cv_oai_service_new(router, (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
+            cv_oai_service_register(oai, api, &err) != CV_OK || cv_hs_start(api, &hport, &err) != CV_OK)
+            goto out;
+        fprintf(stderr, "{\"msg\":\"http api listening\",\"addr\":\"%s\",\"port\":%d,\"tls\":%s}\n",
+                cfg.http_listen, hport, cfg.tls_cert[0] ? "true" : "false");
+        state.api = api; /* before the metrics thread starts reading it */
+    }
     if (cfg.metrics_listen[0]) {
         cv_error gerr = {0};
         if (cv_gpu_metrics_open(&state.gpu, &gerr) != CV_OK)
@@ -214,16 +228,6 @@ int main(int argc, char **argv) {
         if (cv_http_start(cfg.metrics_listen, &cb, &http, &mport, &err) != CV_OK) goto out;
         fprintf(stderr, "{\"msg\":\"metrics listening\",\"addr\":\"%s\",\"port\":%d}\n",
                 cfg.metrics_listen, mport);
-    }
-    if (cfg.http_listen[0]) {
-        /* The OpenAI-compatible API: same router, auth and TLS files as gRPC. */
-        cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
-        int hport = 0;
-        if (cv_oai_service_new(router, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
-            cv_oai_service_register(oai, api, &err) != CV_OK || cv_hs_start(api, &hport, &err) != CV_OK)
-            goto out;
-        fprintf(stderr, "{\"msg\":\"http api listening\",\"addr\":\"%s\",\"port\":%d,\"tls\":%s}\n",
-                cfg.http_listen, hport, cfg.tls_cert[0] ? "true" : "false");
     }
     if (cv_rpc_server_start(srv, &port, &err) != CV_OK) goto out;
     /* Live and administrable at once; Inference serves once a version takes traffic. */

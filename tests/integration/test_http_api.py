@@ -32,7 +32,9 @@ class Api:
 
     def __init__(self, *args, model=MODEL, tls=False):
         self.http_port = free_port()
-        self.srv = Server("--model", model, "--http-listen", "127.0.0.1:%d" % self.http_port, *args)
+        self.metrics_port = free_port()
+        self.srv = Server("--model", model, "--http-listen", "127.0.0.1:%d" % self.http_port,
+                          "--metrics-listen", "127.0.0.1:%d" % self.metrics_port, *args)
         self.tls = tls
 
     def conn(self, timeout=60):
@@ -177,6 +179,7 @@ def errors_are_openai_objects(api):
     err(400, {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "not a role",
         path="/v1/chat/completions")
     err(400, {"prompt": "word " * 400}, "prompt", "context")
+    err(400, {"prompt": "x" * 5000}, "prompt", "prompt: 5000 bytes is over max_prompt_bytes (4096")
     h, e = err(404, {"model": "gpt-4", "prompt": "x"}, "model", "not served here")
     assert e["code"] == "model_not_found" and e["type"] == "not_found_error", e
     st, _, b = api.post("/v1/completions", "{}", headers={"Content-Type": "text/plain"})
@@ -284,6 +287,33 @@ def models_and_routing(api):
     for model in ("stories260K", name):
         st, _, r = api.post("/v1/completions", {"model": model, "prompt": PROMPT, "max_tokens": 2})
         assert st == 200 and r["model"] == "stories260K", r
+
+
+def metrics_and_logs_carry_the_protocol(api):
+    grpc_greedy(api.srv.addr, PROMPT, 3)
+    st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 3}, headers={"X-Request-Id": "metered"})
+    assert st == 200, b
+    line = request_line(api, "metered")
+    assert line["protocol"] == "http" and line["code"] == "OK" and line["completion_tokens"] == 3, line
+    c = http.client.HTTPConnection("127.0.0.1", api.metrics_port, timeout=10)
+    c.request("GET", "/metrics")
+    text = c.getresponse().read().decode()
+    c.close()
+
+    def value(series):
+        m = re.search("^" + re.escape(series) + r" (\S+)$", text, re.M)
+        assert m, (series, text[:3000])
+        return float(m.group(1))
+    http_ok = value('corvid_requests_total{version="stories260K",protocol="http",code="OK"}')
+    grpc_ok = value('corvid_requests_total{version="stories260K",protocol="grpc",code="OK"}')
+    assert http_ok >= 10 and grpc_ok >= 2, (http_ok, grpc_ok)
+    assert value('corvid_generated_tokens_total{version="stories260K",protocol="http"}') > 0
+    assert value('corvid_time_to_first_token_seconds_count{version="stories260K",protocol="http"}') >= 10
+    assert value('corvid_http_requests_total{endpoint="/v1/completions",status="200"}') >= 10
+    assert value('corvid_http_requests_total{endpoint="/v1/completions",status="400"}') >= 5
+    assert value('corvid_http_requests_total{endpoint="/v1/models/{id}",status="404"}') >= 1
+    assert value('corvid_http_requests_total{endpoint="other",status="404"}') >= 1
+    assert value('corvid_http_requests_total{endpoint="/v1/completions",status="415"}') >= 1
 
 
 # ---- Gemma: long generations for disconnects and drain ----
@@ -413,6 +443,8 @@ def main():
               slow_clients_do_not_stall_others, api)
         c.run("256 open streams without a thread per stream", open_streams_without_a_thread_each, api)
         c.run("/v1/models; model names a version or the model", models_and_routing, api)
+        c.run("metrics: protocol label, HTTP requests by endpoint and status; log line",
+              metrics_and_logs_carry_the_protocol, api)
     finally:
         api.stop()
     if have_model(GEMMA, "HTTP disconnect and drain on Gemma 3 270M"):

@@ -12,28 +12,36 @@
 
 static void test_slots_histograms_and_gpus(void **state) {
     (void)state;
-    cv_stats_view v;
-    memset(&v, 0, sizeof v);
-    v.requests[0] = 7;
-    v.requests[13] = 2;
-    v.ttft.counts[0] = 3;            /* <= 5 ms */
-    v.ttft.counts[CV_STATS_BUCKETS] = 1; /* +Inf */
-    v.ttft.count = 4;
-    v.ttft.sum = 70.5;
-    v.tokens = 123;
+    cv_stats_view views[2], *v = &views[0]; /* grpc, http */
+    memset(views, 0, sizeof views);
+    views[1].requests[0] = 4;
+    views[1].tokens = 5;
+    v->requests[0] = 7;
+    v->requests[13] = 2;
+    v->ttft.counts[0] = 3;            /* <= 5 ms */
+    v->ttft.counts[CV_STATS_BUCKETS] = 1; /* +Inf */
+    v->ttft.count = 4;
+    v->ttft.sum = 70.5;
+    v->tokens = 123;
     cv_engine_stats es = {.running = 2, .waiting = 5, .kv_blocks_used = 9, .kv_blocks_total = 64, .last_batch_rows = 3};
-    cv_metrics_slot slots[2] = {{"v1", "ready", 90, &v, &es}, {"v2", "loading", 10, NULL, NULL}};
+    cv_metrics_slot slots[2] = {{"v1", "ready", 90, views, &es}, {"v2", "loading", 10, NULL, NULL}};
     cv_gpu_sample gpus[1] = {{0, 0.83, 1000, 8000}};
-    char *text = cv_metrics_render(slots, 2, gpus, 1);
+    cv_metrics_http http[2] = {{"/v1/chat/completions", 200, 11}, {"other", 404, 2}};
+    char *text = cv_metrics_render(slots, 2, gpus, 1, http, 2);
     assert_non_null(text);
     const char *want[] = {
-        "corvid_requests_total{version=\"v1\",code=\"OK\"} 7\n",
-        "corvid_requests_total{version=\"v1\",code=\"INTERNAL\"} 2\n",
-        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",le=\"0.005\"} 3\n",
-        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",le=\"60\"} 3\n",
-        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",le=\"+Inf\"} 4\n",
-        "corvid_time_to_first_token_seconds_sum{version=\"v1\"} 70.5\n",
-        "corvid_generated_tokens_total{version=\"v1\"} 123\n",
+        "corvid_requests_total{version=\"v1\",protocol=\"grpc\",code=\"OK\"} 7\n",
+        "corvid_requests_total{version=\"v1\",protocol=\"grpc\",code=\"INTERNAL\"} 2\n",
+        "corvid_requests_total{version=\"v1\",protocol=\"http\",code=\"OK\"} 4\n",
+        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"0.005\"} 3\n",
+        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"60\"} 3\n",
+        "corvid_time_to_first_token_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"+Inf\"} 4\n",
+        "corvid_time_to_first_token_seconds_sum{version=\"v1\",protocol=\"grpc\"} 70.5\n",
+        "corvid_time_to_first_token_seconds_count{version=\"v1\",protocol=\"http\"} 0\n",
+        "corvid_generated_tokens_total{version=\"v1\",protocol=\"grpc\"} 123\n",
+        "corvid_generated_tokens_total{version=\"v1\",protocol=\"http\"} 5\n",
+        "corvid_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 11\n",
+        "corvid_http_requests_total{endpoint=\"other\",status=\"404\"} 2\n",
         "corvid_queue_depth{version=\"v1\"} 5\n",
         "corvid_kv_blocks_used{version=\"v1\"} 9\n",
         "corvid_slot_traffic_weight{version=\"v2\"} 10\n",
@@ -45,11 +53,13 @@ static void test_slots_histograms_and_gpus(void **state) {
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         if (!strstr(text, want[i])) fail_msg("missing: %s", want[i]);
     /* A version without figures or engine gets no counters or gauges of its own. */
+    assert_null(strstr(text, "corvid_requests_total{version=\"v1\",protocol=\"http\",code=\"INTERNAL\""));
     assert_null(strstr(text, "corvid_requests_total{version=\"v2\""));
     assert_null(strstr(text, "corvid_queue_depth{version=\"v2\""));
     free(text);
-    text = cv_metrics_render(slots, 1, NULL, 0);
+    text = cv_metrics_render(slots, 1, NULL, 0, NULL, 0);
     assert_null(strstr(text, "corvid_gpu_"));
+    assert_null(strstr(text, "corvid_http_requests_total")); /* the API is off */
     free(text);
 }
 
