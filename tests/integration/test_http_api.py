@@ -316,6 +316,16 @@ def metrics_and_logs_carry_the_protocol(api):
     assert value('corvid_http_requests_total{endpoint="/v1/completions",status="415"}') >= 1
 
 
+def bench_load_http_mode(api):
+    r = subprocess.run([os.path.join(BIN, "bench-load"), "--addr", "127.0.0.1:%d" % api.http_port, "--http",
+                        "--concurrency", "4", "--requests", "12", "--max-tokens", "16", "--ignore-eos"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    o = json.loads(r.stdout)
+    assert o["protocol"] == "http" and o["requests_ok"] == 12 and o["by_status"] == {"200": 12}, o
+    assert o["output_tokens"] == 12 * 16 and o["ttft_ms_p50"] > 0 and o["output_tokens_per_s"] > 0, o
+
+
 # ---- Gemma: long generations for disconnects and drain ----
 
 def disconnect_cancels(api):
@@ -443,6 +453,7 @@ def main():
               slow_clients_do_not_stall_others, api)
         c.run("256 open streams without a thread per stream", open_streams_without_a_thread_each, api)
         c.run("/v1/models; model names a version or the model", models_and_routing, api)
+        c.run("bench-load --http: same JSON, every request ok", bench_load_http_mode, api)
         c.run("metrics: protocol label, HTTP requests by endpoint and status; log line",
               metrics_and_logs_carry_the_protocol, api)
     finally:
