@@ -12,11 +12,17 @@
 #include "tokenizer.h"
 
 typedef enum tok_pre {
-    TOK_PRE_NONE = 0,     /* SPM: no pre-tokenizer */
-    TOK_PRE_GPT2,         /* gpt-2, default */
-    TOK_PRE_LLAMA3,       /* llama3, llama-bpe */
-    TOK_PRE_QWEN2,        /* qwen2, deepseek-r1-qwen */
-    TOK_PRE_DEEPSEEK_LLM  /* deepseek-llm */
+    TOK_PRE_NONE = 0,       /* SPM: no pre-tokenizer */
+    TOK_PRE_GPT2,           /* gpt-2, default */
+    TOK_PRE_LLAMA3,         /* llama3, llama-bpe, ... */
+    TOK_PRE_QWEN2,          /* qwen2 (Qwen2, 2.5, 3), deepseek-r1-qwen, ... */
+    TOK_PRE_QWEN35,         /* qwen35 */
+    TOK_PRE_DEEPSEEK_LLM,   /* deepseek-llm */
+    TOK_PRE_DEEPSEEK_CODER, /* deepseek-coder */
+    TOK_PRE_DEEPSEEK_V3,    /* deepseek-v3 */
+    TOK_PRE_FALCON,         /* falcon */
+    TOK_PRE_SMOLLM,         /* smollm, starcoder, refact, command-r, ... */
+    TOK_PRE_TEKKEN          /* tekken */
 } tok_pre;
 
 typedef struct tok_merge {
@@ -30,6 +36,7 @@ typedef struct tok_merge {
 struct cv_tok {
     cv_tok_kind kind;
     tok_pre pre;
+    const char *pre_name; /* the tokenizer.ggml.pre value (static), "" for SPM */
     int32_t n;
 
     char *text;          /* every token's vocabulary text, NUL-terminated */

@@ -2,6 +2,7 @@
  * encode dispatch, decoding and the streaming decoder. The segmenters live in
  * tok_spm.c and tok_bpe.c, the pre-tokenizers in tok_pretok.c.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -301,28 +302,62 @@ static const char *const k_eog_texts[] = {
     "<EOT>", "_<EOT>", ("<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>"),
 };
 
-static cv_status parse_pre(cv_tok *t, const cv_gguf *g, cv_error *err) {
-    static const struct { const char *name; tok_pre pre; } k_pre[] = {
-        {"default", TOK_PRE_GPT2}, {"gpt-2", TOK_PRE_GPT2}, {"gpt2", TOK_PRE_GPT2},
-        {"llama3", TOK_PRE_LLAMA3}, {"llama-v3", TOK_PRE_LLAMA3}, {"llama-bpe", TOK_PRE_LLAMA3},
-        {"qwen2", TOK_PRE_QWEN2}, {"deepseek-r1-qwen", TOK_PRE_QWEN2},
-        {"deepseek-llm", TOK_PRE_DEEPSEEK_LLM},
-    };
+/* The tokenizer.ggml.pre values llama.cpp maps to each supported rule set, and
+ * what it sets with them: ignore_merges (a word that is a token as a whole is
+ * taken as is) and BOS by default (tokenizer.ggml.add_bos_token overrides it). */
+enum { PRE_IGNORE_MERGES = 1, PRE_ADD_BOS = 2 };
+static const struct pre_name {
+    const char *name;
+    tok_pre pre;
+    unsigned flags;
+} k_pre_names[] = {
+    {"gpt-2", TOK_PRE_GPT2, 0}, {"default", TOK_PRE_GPT2, 0}, {"gpt2", TOK_PRE_GPT2, 0},
+    {"llama3", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"llama-v3", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"llama-bpe", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"falcon3", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"falcon-h1", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"pixtral", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"midm-2.0", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"lfm2", TOK_PRE_LLAMA3, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+    {"dbrx", TOK_PRE_LLAMA3, 0}, {"smaug-bpe", TOK_PRE_LLAMA3, 0},
+    {"qwen2", TOK_PRE_QWEN2, 0}, {"deepseek-r1-qwen", TOK_PRE_QWEN2, 0},
+    {"megrez", TOK_PRE_QWEN2, 0}, {"stablelm2", TOK_PRE_QWEN2, 0},
+    {"qwen35", TOK_PRE_QWEN35, 0},
+    {"deepseek-llm", TOK_PRE_DEEPSEEK_LLM, 0},
+    {"deepseek-coder", TOK_PRE_DEEPSEEK_CODER, 0},
+    {"deepseek-v3", TOK_PRE_DEEPSEEK_V3, 0},
+    {"falcon", TOK_PRE_FALCON, 0},
+    {"smollm", TOK_PRE_SMOLLM, 0}, {"starcoder", TOK_PRE_SMOLLM, 0},
+    {"refact", TOK_PRE_SMOLLM, 0}, {"command-r", TOK_PRE_SMOLLM, 0},
+    {"codeshell", TOK_PRE_SMOLLM, 0}, {"exaone", TOK_PRE_SMOLLM, 0},
+    {"minerva-7b", TOK_PRE_SMOLLM, 0},
+    {"tekken", TOK_PRE_TEKKEN, PRE_IGNORE_MERGES | PRE_ADD_BOS},
+};
+
+static cv_status parse_pre(cv_tok *t, const cv_gguf *g, unsigned *flags, cv_error *err) {
+    const size_t n_names = sizeof k_pre_names / sizeof k_pre_names[0];
     cv_str pre = cv_gguf_get_str(g, "tokenizer.ggml.pre");
+    *flags = 0;
     if (!pre.ptr) { /* older conversions: llama.cpp falls back to GPT-2's rules too */
         t->pre = TOK_PRE_GPT2;
+        t->pre_name = k_pre_names[0].name;
         return CV_OK;
     }
-    for (size_t i = 0; i < sizeof k_pre / sizeof k_pre[0]; i++) {
-        if (strlen(k_pre[i].name) == pre.len && memcmp(k_pre[i].name, pre.ptr, pre.len) == 0) {
-            t->pre = k_pre[i].pre;
+    for (size_t i = 0; i < n_names; i++) {
+        if (strlen(k_pre_names[i].name) == pre.len && memcmp(k_pre_names[i].name, pre.ptr, pre.len) == 0) {
+            t->pre = k_pre_names[i].pre;
+            t->pre_name = k_pre_names[i].name;
+            *flags = k_pre_names[i].flags;
             return CV_OK;
         }
     }
-    return cv_errorf(err, CV_EUNSUPPORTED,
-                     "tokenizer.ggml.pre = '%.*s' is not supported (supported: default, gpt-2, "
-                     "llama3, llama-bpe, qwen2, deepseek-r1-qwen, deepseek-llm)",
-                     (int)(pre.len > 64 ? 64 : pre.len), pre.ptr);
+    char names[1024];
+    size_t w = 0;
+    for (size_t i = 0; i < n_names && w < sizeof names; i++)
+        w += (size_t)snprintf(names + w, sizeof names - w, "%s%s", i ? ", " : "", k_pre_names[i].name);
+    return cv_errorf(err, CV_EUNSUPPORTED, "tokenizer.ggml.pre = '%.*s' is not supported (supported: %s)",
+                     (int)(pre.len > 64 ? 64 : pre.len), pre.ptr, names);
 }
 
 cv_status cv_tok_load(const cv_gguf *g, cv_tok **out, cv_error *err) {
@@ -332,11 +367,13 @@ cv_status cv_tok_load(const cv_gguf *g, cv_tok **out, cv_error *err) {
     cv_tok *t = calloc(1, sizeof *t);
     if (!t) return cv_errorf(err, CV_ENOMEM, "tokenizer: out of memory");
     cv_status st;
+    unsigned pre_flags = 0;
+    t->pre_name = "";
     if (model.len == 5 && memcmp(model.ptr, "llama", 5) == 0) {
         t->kind = CV_TOK_SPM;
     } else if (model.len == 4 && memcmp(model.ptr, "gpt2", 4) == 0) {
         t->kind = CV_TOK_BPE;
-        if ((st = parse_pre(t, g, err)) != CV_OK) goto fail;
+        if ((st = parse_pre(t, g, &pre_flags, err)) != CV_OK) goto fail;
     } else {
         st = cv_errorf(err, CV_EUNSUPPORTED,
                        "tokenizer.ggml.model = '%.*s' is not supported (supported: llama, gpt2)",
@@ -367,10 +404,10 @@ cv_status cv_tok_load(const cv_gguf *g, cv_tok **out, cv_error *err) {
     t->eos = get_id(t, g, "tokenizer.ggml.eos_token_id", spm ? 2 : -1);
     t->unk = get_id(t, g, "tokenizer.ggml.unknown_token_id", spm ? 0 : -1);
     t->add_bos = cv_gguf_get_bool(g, "tokenizer.ggml.add_bos_token",
-                                  spm || t->pre == TOK_PRE_LLAMA3) && t->bos >= 0;
+                                  spm || (pre_flags & PRE_ADD_BOS)) && t->bos >= 0;
     t->add_eos = cv_gguf_get_bool(g, "tokenizer.ggml.add_eos_token", 0) && t->eos >= 0;
     t->add_space_prefix = cv_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", spm);
-    t->ignore_merges = t->pre == TOK_PRE_LLAMA3;
+    t->ignore_merges = (pre_flags & PRE_IGNORE_MERGES) != 0;
     add_eog(t, t->eos);
     add_eog(t, get_id(t, g, "tokenizer.ggml.eot_token_id", -1));
     add_eog(t, get_id(t, g, "tokenizer.ggml.eom_token_id", -1));
@@ -388,15 +425,7 @@ fail:
 cv_tok_kind cv_tok_get_kind(const cv_tok *t) { return t->kind; }
 const char *cv_tok_kind_name(const cv_tok *t) { return t->kind == CV_TOK_SPM ? "spm" : "bpe"; }
 
-const char *cv_tok_pre_name(const cv_tok *t) {
-    switch (t->pre) {
-    case TOK_PRE_GPT2: return "gpt-2";
-    case TOK_PRE_LLAMA3: return "llama3";
-    case TOK_PRE_QWEN2: return "qwen2";
-    case TOK_PRE_DEEPSEEK_LLM: return "deepseek-llm";
-    default: return "";
-    }
-}
+const char *cv_tok_pre_name(const cv_tok *t) { return t->pre_name; }
 
 int32_t cv_tok_n_vocab(const cv_tok *t) { return t->n; }
 int32_t cv_tok_bos(const cv_tok *t) { return t->bos; }

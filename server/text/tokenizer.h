@@ -5,9 +5,10 @@
  *    U+2581, an optional leading space (tokenizer.ggml.add_space_prefix, default
  *    on), bytes without a piece fall back to <0xNN> byte tokens (else <unk>).
  *  - "gpt2" (byte-level BPE): text split into words by the pre-tokenizer that
- *    tokenizer.ggml.pre names (gpt-2/default, llama3/llama-bpe, qwen2,
- *    deepseek-r1-qwen, deepseek-llm), each byte mapped to a printable code point,
- *    then merged by tokenizer.ggml.merges rank.
+ *    tokenizer.ggml.pre names (gpt-2/default, llama3/llama-bpe and their variants,
+ *    qwen2, qwen35, deepseek-llm, deepseek-coder, deepseek-v3, falcon,
+ *    smollm/starcoder, tekken: the names llama.cpp gives them), each byte mapped
+ *    to a printable code point, then merged by tokenizer.ggml.merges rank.
  * Special tokens (control/unknown types) in the input are matched as whole tokens
  * only with CV_TOK_PARSE_SPECIAL (and, with cv_tok_encode_plain, only outside the
  * caller's plain spans); user-defined tokens are always matched. Matching is
@@ -56,7 +57,8 @@ void cv_tok_free(cv_tok *t);
 cv_tok_kind cv_tok_get_kind(const cv_tok *t);
 /* "spm" or "bpe". */
 const char *cv_tok_kind_name(const cv_tok *t);
-/* The pre-tokenizer's canonical name ("gpt-2", "llama3", ...); "" for SPM. */
+/* The pre-tokenizer's name as tokenizer.ggml.pre gives it ("gpt-2" when the key
+ * is absent); "" for SPM. */
 const char *cv_tok_pre_name(const cv_tok *t);
 int32_t cv_tok_n_vocab(const cv_tok *t);
 /* -1 when the model has none. */

@@ -1,8 +1,8 @@
 /* libFuzzer target for the tokenizer.
  *
- * First byte < 0xF0: text mode. The byte picks one of five small tokenizers built
- * once with the GGUF writer (SPM with byte fallback; byte-level BPE with the gpt-2,
- * llama3, qwen2 and deepseek-llm pre-tokenizers), whether special tokens are
+ * First byte < 0xF0: text mode. The byte picks one of eleven small tokenizers built
+ * once with the GGUF writer (SPM with byte fallback; byte-level BPE with each of the
+ * ten pre-tokenizer rule sets), whether special tokens are
  * parsed, and whether plain spans come first (a count byte, then 3 bytes a span:
  * start as 16-bit little endian, length); the rest is the text. Checks: every id
  * in range and at most len + 3 of them; decode(encode(x)) == x wherever that must
@@ -29,7 +29,7 @@
 
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "check failed: %s\n", #c); __builtin_trap(); } } while (0)
 
-enum { N_TOKS = 5 };
+enum { N_TOKS = 11 };
 static volatile uint64_t g_sink; /* keeps the reads of pieces from being optimised away */
 static cv_tok *g_toks[N_TOKS];
 
@@ -145,10 +145,11 @@ static cv_tok *build_bpe(const char *pre) {
 static void init(void) {
     if (g_toks[0]) return;
     g_toks[0] = build_spm();
-    g_toks[1] = build_bpe("gpt-2");
-    g_toks[2] = build_bpe("llama3");
-    g_toks[3] = build_bpe("qwen2");
-    g_toks[4] = build_bpe("deepseek-llm");
+    static const char *const pre[N_TOKS - 1] = {
+        "gpt-2", "llama3", "qwen2", "qwen35", "deepseek-llm", "deepseek-coder",
+        "deepseek-v3", "falcon", "smollm", "tekken",
+    };
+    for (int i = 0; i < N_TOKS - 1; i++) g_toks[i + 1] = build_bpe(pre[i]);
 }
 
 static int has_space_mark(const uint8_t *s, size_t n) {

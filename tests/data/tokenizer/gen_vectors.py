@@ -25,48 +25,26 @@ import tokenizers
 from gguf import GGUFReader
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 
+from pretok_regexes import RULES
+
 SEP = "\n__ggml_vocab_test__\n"
 
-# The regexes as the models' tokenizer.json files write them.
-LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
-          r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
-         r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-GPT2 = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
-
-# deepseek-llm's chain. Its letter class lists these ranges (the cased letters of
-# several scripts); written here as code points because several of its characters
-# change under Unicode normalisation when copied as text.
-DS_LETTER_RANGES = [
-    (0x41, 0x5A), (0x61, 0x7A), (0xB5, 0xB5), (0xC0, 0xD6), (0xD8, 0xF6), (0xF8, 0x1BA),
-    (0x1BC, 0x1BF), (0x1C4, 0x293), (0x295, 0x2AF), (0x370, 0x373), (0x376, 0x377),
-    (0x37B, 0x37D), (0x37F, 0x37F), (0x386, 0x386), (0x388, 0x38A), (0x38C, 0x38C),
-    (0x38E, 0x3A1), (0x3A3, 0x3F5), (0x3F7, 0x481), (0x48A, 0x52F), (0x531, 0x556),
-    (0x10A0, 0x10C5), (0x13A0, 0x13F5), (0x13F8, 0x13FD), (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF),
-    (0x1D00, 0x1D2B), (0x1D6B, 0x1D77), (0x1D79, 0x1D9A), (0x1E00, 0x1F15), (0x1F18, 0x1F1D),
-    (0x1F20, 0x1F45), (0x1F48, 0x1F4D), (0x1F50, 0x1F57), (0x1F59, 0x1F59), (0x1F5B, 0x1F5B),
-    (0x1F5D, 0x1F5D), (0x1F5F, 0x1F7D), (0x1F80, 0x1FB4), (0x1FB6, 0x1FBC), (0x1FBE, 0x1FBE),
-    (0x1FC2, 0x1FC4), (0x1FC6, 0x1FCC), (0x1FD0, 0x1FD3), (0x1FD6, 0x1FDB), (0x1FE0, 0x1FEC),
-    (0x1FF2, 0x1FF4), (0x1FF6, 0x1FFC), (0x2102, 0x2102), (0x2107, 0x2107), (0x210A, 0x2113),
-    (0x2115, 0x2115), (0x2119, 0x211D), (0x2124, 0x2124), (0x2126, 0x2126), (0x2128, 0x2128),
-    (0x212A, 0x212D), (0x212F, 0x2134), (0x2139, 0x2139), (0x213C, 0x213F), (0x2145, 0x2149),
-    (0x214E, 0x214E), (0x2183, 0x2184), (0x2C00, 0x2C7B), (0x2C7E, 0x2CE4), (0x2CEB, 0x2CEE),
-    (0x2CF2, 0x2CF3), (0xA640, 0xA66D), (0xA680, 0xA69B), (0xA722, 0xA76F), (0xA771, 0xA787),
-    (0xA78B, 0xA78E), (0xAB70, 0xABBF), (0xFB00, 0xFB06), (0xFB13, 0xFB17), (0xFF21, 0xFF3A),
-    (0xFF41, 0xFF5A), (0x10400, 0x1044F), (0x104B0, 0x104D3), (0x104D8, 0x104FB),
-    (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943),
-]
-DS_LETTERS = "\\s?[" + "".join(f"\\x{{{a:X}}}-\\x{{{b:X}}}" for a, b in DS_LETTER_RANGES) + "]+"
-DEEPSEEK_LLM = [r"[\r\n]", DS_LETTERS, "\\s?[!-/:-~！-／：-～‘-‟　-。]+", "\\s+$",
-                "[一-龥ࠀ-一가-퟿]+", "\\p{N}+"]
-
-# (name, vocab file, value for tokenizer.ggml.pre, regexes applied in turn, ignore_merges)
+# Vocabularies stand in for models that have none here (Llama 3, DeepSeek V3, Qwen3.5,
+# Mistral's tekken): BPE never merges across the pre-tokenizer's words, so the ids
+# still show where the words end. ignore_merges as llama.cpp sets it for the name.
 CONFIGS = [
-    ("llama3", "ggml-vocab-deepseek-llm.gguf", "llama3", [LLAMA3], True),
-    ("qwen2", "ggml-vocab-deepseek-llm.gguf", "qwen2", [QWEN2], False),
-    ("qwen2-gpt2vocab", "ggml-vocab-gpt-2.gguf", "qwen2", [QWEN2], False),
-    ("gpt2-extra", "ggml-vocab-gpt-2.gguf", "gpt-2", [GPT2], False),
-    ("deepseek-llm-extra", "ggml-vocab-deepseek-llm.gguf", "deepseek-llm", DEEPSEEK_LLM, False),
+    ("llama3", "ggml-vocab-deepseek-llm.gguf", "llama3", True),
+    ("qwen2", "ggml-vocab-deepseek-llm.gguf", "qwen2", False),
+    ("qwen2-gpt2vocab", "ggml-vocab-gpt-2.gguf", "qwen2", False),
+    ("gpt2-extra", "ggml-vocab-gpt-2.gguf", "gpt-2", False),
+    ("deepseek-llm-extra", "ggml-vocab-deepseek-llm.gguf", "deepseek-llm", False),
+    ("deepseek-coder-extra", "ggml-vocab-deepseek-coder.gguf", "deepseek-coder", False),
+    ("falcon-extra", "ggml-vocab-falcon.gguf", "falcon", False),
+    ("smollm-starcodervocab", "ggml-vocab-starcoder.gguf", "smollm", False),
+    ("qwen2-extra", "ggml-vocab-qwen2.gguf", "qwen2", False),
+    ("qwen35-qwen2vocab", "ggml-vocab-qwen2.gguf", "qwen35", False),
+    ("deepseek-v3-dsllmvocab", "ggml-vocab-deepseek-llm.gguf", "deepseek-v3", False),
+    ("tekken-qwen2vocab", "ggml-vocab-qwen2.gguf", "tekken", True),
 ]
 
 FIXED = [
@@ -158,7 +136,8 @@ def main():
     with open(os.path.join(out_dir, "bpe-inputs.inp"), "w", encoding="utf-8", newline="") as f:
         for s in inputs:
             f.write(s + SEP)
-    for name, vfile, pre, regexes, ignore in CONFIGS:
+    for name, vfile, pre, ignore in CONFIGS:
+        regexes = RULES[pre]
         vocab, merges = read_vocab(os.path.join(vocab_dir, vfile))
         tok = build(vocab, merges, regexes, ignore)
         with open(os.path.join(out_dir, name + ".out"), "w", encoding="utf-8", newline="") as f:
