@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "utf8.h"
+
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "gguf.c reads little-endian values in place: port it before building big-endian"
 #endif
@@ -341,6 +343,13 @@ static cv_status get_unique_name(parser *P, const char *what, const char *label,
     snprintf(P->ctx, sizeof P->ctx, "%s %lld", what, (long long)i);
     cv_status s = get_str(P, name, label);
     if (s) return s;
+    /* Names are text that reaches messages, logs and lookups by C string: no empty
+     * name, no invalid UTF-8, no NUL. */
+    size_t bad = 0;
+    if (name->len == 0) return fail(P, P->off, "empty %s", label);
+    if (cv_utf8_check(name->ptr, (size_t)name->len, &bad) != CV_UTF8_OK)
+        return fail(P, P->off - name->len + bad, "%s is not UTF-8 text without NUL (byte %zu of it)", label,
+                    bad);
     snprintf(P->ctx, sizeof P->ctx, "%s %lld '%s'", what, (long long)i, show(*name, shown));
     int64_t dup = index_insert(ix, names, stride, i);
     if (dup >= 0)
