@@ -78,7 +78,7 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     else if (a.len == 6 && !memcmp(a.ptr, "gemma3", 6)) hp->arch = CV_ARCH_GEMMA3;
     else
         return cv_errorf(err, CV_EUNSUPPORTED,
-                         "model: architecture '%.*s' is not supported (llama, qwen2, gemma3)",
+                         "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3)",
                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
 
     /* Required integers: absent reads as 0 and fails the range check below. The
@@ -91,28 +91,36 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         {"attention.head_count", &hp->n_heads, 4096},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
-        uint32_t v = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, ints[i].key), 0);
+        /* Read as 64 bits: a UINT64 above 2^32 is reported as it is, not as 0. */
+        uint64_t v = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, ints[i].key), 0);
         if (v == 0 || v > ints[i].max)
-            return cv_errorf(err, v ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %u (need 1..%u)",
-                             k, v, ints[i].max);
+            return cv_errorf(err, v ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %llu (need 1..%u)",
+                             k, (unsigned long long)v, ints[i].max);
         *ints[i].dst = (int32_t)v;
     }
-    hp->n_kv_heads = (int32_t)cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.head_count_kv"),
-                                              (uint32_t)hp->n_heads);
-    if (hp->n_kv_heads <= 0 || hp->n_heads % hp->n_kv_heads)
-        return cv_errorf(err, CV_ERANGE, "model: %s = %d does not divide head_count %d", k,
-                         hp->n_kv_heads, hp->n_heads);
-    uint32_t hd = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.key_length"),
-                                  (uint32_t)(hp->dim / hp->n_heads));
-    uint32_t hdv = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "attention.value_length"), hd);
+    uint64_t kvh = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.head_count_kv"),
+                                   (uint64_t)hp->n_heads);
+    if (kvh == 0 || kvh > (uint64_t)hp->n_heads || hp->n_heads % (int32_t)kvh)
+        return cv_errorf(err, CV_ERANGE, "model: %s = %llu does not divide head_count %d", k,
+                         (unsigned long long)kvh, hp->n_heads);
+    hp->n_kv_heads = (int32_t)kvh;
+    /* Without key_length the head size is embedding / heads, which must then be whole. */
+    uint64_t hd = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.key_length"), UINT64_MAX);
+    if (hd == UINT64_MAX && hp->dim % hp->n_heads)
+        return cv_errorf(err, CV_ERANGE, "model: %s.attention.head_count = %d does not divide "
+                         "embedding_length %d (and %s is absent)", cv_arch_name(hp->arch), hp->n_heads,
+                         hp->dim, k);
+    if (hd == UINT64_MAX) hd = (uint64_t)(hp->dim / hp->n_heads);
+    uint64_t hdv = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.value_length"), hd);
     if (hd == 0 || hd > 1024 || hd % 2 || hdv != hd)
         return cv_errorf(err, CV_ERANGE,
-                         "model: head size key_length %u / value_length %u (need equal, even, <= 1024)",
-                         hd, hdv);
+                         "model: head size key_length %llu / value_length %llu (need equal, even, <= 1024)",
+                         (unsigned long long)hd, (unsigned long long)hdv);
     hp->head_dim = (int32_t)hd;
-    uint32_t rot = cv_gguf_get_u32(g, arch_key(k, sizeof k, hp, "rope.dimension_count"), hd);
+    uint64_t rot = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "rope.dimension_count"), hd);
     if (rot == 0 || rot > hd || rot % 2)
-        return cv_errorf(err, CV_ERANGE, "model: %s = %u (need even, <= head size %u)", k, rot, hd);
+        return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need even, <= head size %llu)", k,
+                         (unsigned long long)rot, (unsigned long long)hd);
     hp->n_rot = (int32_t)rot;
     hp->rms_eps = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "attention.layer_norm_rms_epsilon"),
                                   1e-5f);
@@ -129,8 +137,9 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         if (st.len == 6 && !memcmp(st.ptr, "linear", 6) && f >= 1) hp->rope_freq_scale = 1.0f / f;
         else if (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)))
             return cv_errorf(err, CV_EUNSUPPORTED,
-                             "model: rope scaling '%.*s' (factor %g) is not supported (linear, llama3)",
-                             (int)(st.len > 32 ? 32 : st.len), st.ptr, f);
+                             "model: %s.rope.scaling.type = '%.*s' (factor %g) is not supported "
+                             "(linear, llama3)", cv_arch_name(hp->arch), (int)(st.len > 32 ? 32 : st.len),
+                             st.ptr, f);
     }
     hp->rope_mode = hp->arch == CV_ARCH_LLAMA ? CV_ROPE_NORM : CV_ROPE_NEOX;
     hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
@@ -324,6 +333,12 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         return cv_errorf(err, CV_ERANGE, "model: vocabulary of %lld tokens (limit %d)",
                          (long long)te->ne[1], 1 << 24);
     hp->n_vocab = (int32_t)te->ne[1];
+    /* The tokenizer must not make ids the embedding has no row for (fewer tokens than
+     * rows is fine: real models pad the embedding). */
+    cv_gguf_arr toks;
+    if (cv_gguf_get_arr(g, "tokenizer.ggml.tokens", &toks) && toks.n > (uint64_t)hp->n_vocab)
+        return cv_errorf(err, CV_ERANGE, "model: tokenizer.ggml.tokens has %llu tokens, token_embd.weight "
+                         "only %d rows", (unsigned long long)toks.n, hp->n_vocab);
     cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, WHOLE, &m->tok_embd, err);
     if (s) return s;
     int64_t vlo, vhi;

@@ -80,7 +80,7 @@ def bad_file_cases(rng, tmp):
     cases = []
     k2 = {("mamba" + k[5:] if k.startswith("llama.") else k): v for k, v in kvs.items()}
     k2["general.architecture"] = "mamba"
-    cases.append(("unknown architecture", k2, t, "architecture 'mamba' is not supported"))
+    cases.append(("unknown architecture", k2, t, "general.architecture = 'mamba' is not supported"))
     t2 = {k: v for k, v in t.items() if k != "blk.1.ffn_up.weight"}
     cases.append(("missing tensor", kvs, t2, "blk.1.ffn_up.weight is missing"))
     t3 = dict(t)

@@ -315,7 +315,7 @@ static void test_load_errors_name_the_problem(void **s) {
     (void)s;
     cv_error e = {0};
     assert_int_equal(load_edited(EDIT_ARCH, &e), CV_EUNSUPPORTED);
-    assert_non_null(strstr(e.msg, "architecture 'mamba'"));
+    assert_non_null(strstr(e.msg, "general.architecture = 'mamba'"));
     assert_int_equal(load_edited(EDIT_DROP, &e), CV_ENOTFOUND);
     assert_non_null(strstr(e.msg, "blk.2.ffn_up.weight is missing"));
     assert_int_equal(load_edited(EDIT_SHAPE, &e), CV_EFORMAT);
