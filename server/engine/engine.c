@@ -556,7 +556,9 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
     s->ignore_eos = r->ignore_eos;
     s->sink = *sink;
     s->want_samples = r->sampling.logprobs || r->sampling.top_logprobs > 0;
-    if ((st = cv_sampler_new(&r->sampling, e->n_vocab, &s->sampler, err)) != CV_OK) goto err;
+    /* The sampler sees the first cv_tok_n_vocab logits of each row: a model whose
+     * embedding is padded past the tokenizer (Qwen2.5) never yields an id without text. */
+    if ((st = cv_sampler_new(&r->sampling, cv_tok_n_vocab(e->tok), &s->sampler, err)) != CV_OK) goto err;
     if ((st = cv_sampler_accept(s->sampler, r->prompt, (size_t)r->n_prompt, err)) != CV_OK) goto err;
     if ((st = cv_tok_stream_new(e->tok, 0, &s->detok, err)) != CV_OK) goto err;
     if ((st = cv_stop_new(r->stop, (size_t)r->n_stop, &s->stop, err)) != CV_OK) goto err;

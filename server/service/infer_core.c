@@ -81,7 +81,7 @@ cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot
 
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err) {
-    size_t len = strlen(text), cap = len + 4;
+    size_t len = strlen(text), cap = CV_TOK_MAX_IDS(len);
     *ids = malloc(sizeof **ids * cap);
     if (!*ids) return cv_errorf(err, CV_ENOMEM, "out of memory tokenizing %zu bytes", len);
     cv_status st = cv_tok_encode(tok, text, len, flags, *ids, cap, n, err);

@@ -464,10 +464,10 @@ typedef struct rag_job {
 /* The model as the rag layer sees it (user: the job). */
 static size_t rag_count_tokens(void *user, const char *text, size_t len) {
     const rag_job *j = user;
-    int32_t *ids = malloc(sizeof *ids * (len + 3));
+    int32_t *ids = malloc(sizeof *ids * CV_TOK_MAX_IDS(len));
     size_t n = 0;
     /* Out of memory counts as too long: the passage is left out. */
-    if (!ids || cv_tok_encode(j->g->slot->tok, text, len, 0, ids, len + 3, &n, NULL) != CV_OK) n = (size_t)-1 / 2;
+    if (!ids || cv_tok_encode(j->g->slot->tok, text, len, 0, ids, CV_TOK_MAX_IDS(len), &n, NULL) != CV_OK) n = (size_t)-1 / 2;
     free(ids);
     return n;
 }

@@ -391,7 +391,7 @@ cv_status cv_chat_encode(const cv_tok *tok, cv_chat_family f, const cv_chat_msg 
     cv_chat_prompt p;
     cv_status st = cv_chat_apply(f, msgs, n, true, &p, err);
     if (st != CV_OK) return st;
-    size_t cap = p.len + 3; /* cv_tok_encode's bound */
+    size_t cap = CV_TOK_MAX_IDS(p.len);
     if (!(*ids = malloc(cap * sizeof **ids))) {
         st = cv_errorf(err, CV_ENOMEM, "out of memory for the ids of a %zu-byte %s prompt", p.len,
                        cv_chat_family_name(f));

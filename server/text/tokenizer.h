@@ -76,9 +76,13 @@ int32_t cv_tok_find(const cv_tok *t, const char *text, size_t len);
 
 /* Tokenizes text[0..len). Writes up to cap ids and sets *n to the number of ids
  * the text needs; when *n > cap the result is CV_ERANGE (call again with more
- * room). At most len + 3 ids are ever needed. */
+ * room). At most CV_TOK_MAX_IDS(len) ids are ever needed. */
 cv_status cv_tok_encode(const cv_tok *t, const char *text, size_t len, unsigned flags,
                         int32_t *ids, size_t cap, size_t *n, cv_error *err);
+/* The most ids len bytes of text can take: SPM writes each space as U+2581 (3 bytes),
+ * which a vocabulary without that piece spells as 3 byte tokens; then the leading
+ * U+2581, BOS and EOS. (len + 3 held only for vocabularies with U+2581.) */
+#define CV_TOK_MAX_IDS(len) (3 * (size_t)(len) + 5)
 
 /* A byte range [start, start + len) of a text. */
 typedef struct cv_tok_span {

@@ -334,14 +334,14 @@ static int run_tokenize(const run_opts *o) {
     cv_gguf_close(g);
     if (st != CV_OK) return fail(o->model, &e);
     size_t len = strlen(o->text), n;
-    int32_t *ids = malloc((len + 3) * sizeof *ids);
+    int32_t *ids = malloc(CV_TOK_MAX_IDS(len) * sizeof *ids);
     if (!ids) {
         cv_tok_free(t);
         fputs("corvid-run: out of memory\n", stderr);
         return 1;
     }
     unsigned flags = CV_TOK_ADD_SPECIAL | (o->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
-    st = cv_tok_encode(t, o->text, len, flags, ids, len + 3, &n, &e);
+    st = cv_tok_encode(t, o->text, len, flags, ids, CV_TOK_MAX_IDS(len), &n, &e);
     if (st == CV_OK) {
         for (size_t i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
         printf("\n");
@@ -425,9 +425,9 @@ static cv_status parse_ids(const char *s, int32_t n_vocab, int32_t **ids, int32_
 static cv_status tokenize(const cv_tok *tok, const char *text, size_t len, unsigned flags,
                           int32_t **ids, int32_t *n, cv_error *e) {
     size_t got;
-    *ids = malloc((len + 3) * sizeof **ids);
+    *ids = malloc(CV_TOK_MAX_IDS(len) * sizeof **ids);
     if (!*ids) return cv_errorf(e, CV_ENOMEM, "out of memory");
-    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, len + 3, &got, e);
+    cv_status st = cv_tok_encode(tok, text, len, flags, *ids, CV_TOK_MAX_IDS(len), &got, e);
     *n = (int32_t)got;
     return st;
 }
@@ -568,7 +568,8 @@ static int run_generate(const run_opts *o) {
         st = cv_errorf(&e, CV_ENOMEM, "out of memory");
         goto out;
     }
-    if ((st = cv_sampler_new(&o->sp, n_vocab, &g.sampler, &e)) ||
+    /* Only ids the tokenizer can print are sampled: a padded embedding has more rows. */
+    if ((st = cv_sampler_new(&o->sp, cv_tok_n_vocab(rt.tok), &g.sampler, &e)) ||
         (st = cv_sampler_accept(g.sampler, prompt, (size_t)n_prompt, &e)) ||
         (st = cv_tok_stream_new(rt.tok, 0, &g.stream, &e)))
         goto out;
