@@ -15,7 +15,9 @@
 #   server/engine     engine    continuous batching, sampler, slots, router, model fetch
 #   server/security   security  auth, JWT, allowlist, rate limit, audit, PII, TLS files
 #   server/rag        rag       BM25 index, sources, prompt assembly, retrieval per request
-#   server/service    service   gRPC services, health, metrics, config (the only gRPC user)
+#   server/service    service   gRPC services, health, metrics, config (the only gRPC user);
+#                               the chat page's files (server/service/chat_page/) are compiled
+#                               in through $(BUILD)/gen/chat_page_assets.inc
 #   proto/**/*.proto  proto     protoc-c output in $(BUILD)/gen
 #   api/*.c           client    libcorvid_client (public header api/include/corvid/client.h)
 #   controlplane/*.c  cp        etcd, election, rollouts (sees the client API and base)
@@ -207,9 +209,19 @@ $(LIB_proto): $(patsubst $(BUILD)/gen/%.c,$(BUILD)/gen-obj/%.o,$(PROTO_C)) ; $(m
 # Only the gRPC users wait for the generated headers.
 $(call obj,$(SRC_service) $(SRC_client)): | $(PROTO_H)
 
+# The chat page (server/service/chat_page/*) as C arrays that chat_page.c includes; also
+# rewritten when a file is added or removed (the members list changes).
+CHAT_PAGE := $(sort $(wildcard server/service/chat_page/*))
+CHAT_PAGE_INC := $(BUILD)/gen/chat_page_assets.inc
+$(CHAT_PAGE_INC): $(CHAT_PAGE) server/tools/embed_assets.py $(call members,chat_page,$(CHAT_PAGE))
+	@mkdir -p $(dir $@)
+	@echo "  GEN   $@"
+	@python3 server/tools/embed_assets.py $@ $(CHAT_PAGE)
+$(BUILD)/obj/server/service/chat_page.o: $(CHAT_PAGE_INC)
+
 # The layer table goes to the checker as NAME:DIRS:PUBLIC:SEES:LIBRARIES (tests are
 # white-box: not checked).
-check-layers: $(PROTO_H)
+check-layers: $(PROTO_H) $(CHAT_PAGE_INC)
 	@python3 tests/check_layers.py $(foreach l,$(filter-out testsupport,$(LAYERS)),$(l):$(subst $(space),$(comma),$(strip \
 	  $(DIRS_$(l)))):$(subst $(space),$(comma),$(strip $(PUB_$(l)))):$(subst $(space),$(comma),$(strip \
 	  $(filter-out $(l),$(call closure,$(l))))):$(subst $(space),$(comma),$(strip $(PKGS_$(l)) $(if $(filter cuda,$(l)),cuda))))
@@ -230,6 +242,7 @@ $(TBUILD)/obj/%.o: %.c | $(PROTO_H)
 	@mkdir -p $(dir $@)
 	@echo "  CC    $< (CORVID_TESTING)"
 	@$(CC) $(CFLAGS) -DCORVID_TESTING $(LAYER_CPPFLAGS) -c $< -o $@
+$(TBUILD)/obj/server/service/chat_page.o: $(CHAT_PAGE_INC)
 $(TBUILD)/lib/libcorvid_service.a: $(filter-out %/corvid-server.o,$(TESTING_OBJ)) ; $(mklib)
 $(TBUILD)/bin/corvid-server: $(TESTING_OBJ) $(TBUILD)/lib/libcorvid_service.a $(foreach l,$(TESTING_LAYERS),$(LIB_$(l)))
 	@mkdir -p $(dir $@)
