@@ -32,3 +32,15 @@ const cv_chat_asset *cv_chat_page_assets(size_t *n) {
     *n = N_ASSETS;
     return assets;
 }
+
+static void on_page(void *ctx, cv_hs_req *req) {
+    (void)ctx;
+    const cv_chat_asset *a = cv_chat_page_lookup(cv_hs_path(req));
+    if (a) cv_hs_reply_static(req, 200, a->content_type, a->data, a->len, cv_chat_page_headers);
+    else cv_hs_reply_error(req, 404, "no such file of the chat page", NULL, "not_found", 0);
+}
+
+cv_status cv_chat_page_register(cv_hs *hs, cv_error *err) {
+    cv_status st = cv_hs_route(hs, "GET", "/", 0, 0, on_page, NULL, err);
+    return st != CV_OK ? st : cv_hs_route(hs, "GET", ASSET_PREFIX, 1, 0, on_page, NULL, err);
+}

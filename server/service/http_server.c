@@ -231,8 +231,8 @@ static struct MHD_Response *make_response(const char *content_type, char *body, 
     return resp;
 }
 
-void cv_hs_reply(cv_hs_req *r, int status, const char *content_type, char *body, size_t len, double retry_after_s) {
-    struct MHD_Response *resp = make_response(content_type, body, len, retry_after_s);
+/* Stores the answer for the daemon thread to queue (and resumes a held request). */
+static void set_pending(cv_hs_req *r, int status, struct MHD_Response *resp) {
     pthread_mutex_lock(&r->mu);
     if (!r->pending && resp) {
         r->pending = resp;
@@ -245,6 +245,21 @@ void cv_hs_reply(cv_hs_req *r, int status, const char *content_type, char *body,
     }
     pthread_mutex_unlock(&r->mu);
     if (resp) MHD_destroy_response(resp);
+}
+
+void cv_hs_reply(cv_hs_req *r, int status, const char *content_type, char *body, size_t len, double retry_after_s) {
+    set_pending(r, status, make_response(content_type, body, len, retry_after_s));
+}
+
+void cv_hs_reply_static(cv_hs_req *r, int status, const char *content_type, const void *body, size_t len,
+                        const char *const headers[][2]) {
+    /* PERSISTENT: MHD sends from body as it is (the cast: MHD's API is not const). */
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, (void *)body, MHD_RESPMEM_PERSISTENT);
+    if (resp) {
+        MHD_add_response_header(resp, "Content-Type", content_type);
+        for (size_t i = 0; headers && headers[i][0]; i++) MHD_add_response_header(resp, headers[i][0], headers[i][1]);
+    }
+    set_pending(r, status, resp);
 }
 
 void cv_hs_reply_error(cv_hs_req *r, int status, const char *message, const char *param, const char *code,

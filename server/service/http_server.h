@@ -78,6 +78,10 @@ const char *cv_hs_header(cv_hs_req *r, const char *name);
  * From the handler, or from any thread after cv_hs_hold. */
 void cv_hs_reply(cv_hs_req *r, int status, const char *content_type, char *body, size_t len,
                  double retry_after_s);
+/* A compiled-in answer (body is not copied and must outlive the server) with extra
+ * headers: {name, value} pairs ending with {NULL, NULL} (NULL: none). From the handler. */
+void cv_hs_reply_static(cv_hs_req *r, int status, const char *content_type, const void *body, size_t len,
+                        const char *const headers[][2]);
 /* An OpenAI error object {"error":{"message","type","param","code"}} with status; the
  * type follows the status (invalid_request_error, authentication_error, ...). */
 void cv_hs_reply_error(cv_hs_req *r, int status, const char *message, const char *param, const char *code,

@@ -17,6 +17,7 @@
 #include "admin_service.h"
 #include "audit.h"
 #include "auth.h"
+#include "chat_page.h"
 #include "cli.h"
 #include "config.h"
 #include "health.h"
@@ -209,11 +210,12 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < N_SERVICES; i++)
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
     if (cfg.http_listen[0]) {
-        /* The OpenAI-compatible API: same router, auth and TLS files as gRPC. */
+        /* The OpenAI-compatible API: same router, auth and TLS files as gRPC; the chat page at /. */
         cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
         int hport = 0;
         if (cv_oai_service_new(router, (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
-            cv_oai_service_register(oai, api, &err) != CV_OK || cv_hs_start(api, &hport, &err) != CV_OK)
+            cv_oai_service_register(oai, api, &err) != CV_OK || cv_chat_page_register(api, &err) != CV_OK ||
+            cv_hs_start(api, &hport, &err) != CV_OK)
             goto out;
         fprintf(stderr, "{\"msg\":\"http api listening\",\"addr\":\"%s\",\"port\":%d,\"tls\":%s}\n",
                 cfg.http_listen, hport, cfg.tls_cert[0] ? "true" : "false");
