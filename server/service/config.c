@@ -77,6 +77,12 @@ static const key_spec keys[] = {
         " bytes, a bound no real text reaches (about 4 bytes a token in English, 3 in code and CJK); gRPC "
         "refuses a request over 4 MiB before either",
         "0: the context x " QUOTE(CV_INFER_PROMPT_BYTES_PER_TOKEN)),
+    NUM("request_threads", "--request-threads", K_INT, request_threads, 1, 64, "N",
+        "workers that tokenize prompts and render chat templates, off the gRPC thread; prompts of "
+        QUOTE(CV_INFER_LARGE_PROMPT_BYTES) " bytes and more use at most N - 1 of them, so short requests "
+        "never wait behind a long one", NULL),
+    NUM("request_queue", "--request-queue", K_INT, request_queue, 1, 1 << 20, "N",
+        "short and long requests waiting for those workers, each (more: RESOURCE_EXHAUSTED)", NULL),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400, "SECONDS",
         "on SIGTERM, how long in-flight streams may finish", NULL),
     NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000, "MS",
@@ -134,6 +140,8 @@ void cv_config_defaults(cv_config *c) {
     c->kv_memory_mb = 512;
     c->max_tokens_default = e.max_tokens_default;
     c->prefix_cache = e.prefix_cache;
+    c->request_threads = CV_INFER_REQUEST_THREADS;
+    c->request_queue = CV_INFER_REQUEST_QUEUE;
     c->drain_timeout_s = 30;
     c->stream_flush_ms = 5;
     c->max_download_mb = 64 << 10;

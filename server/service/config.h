@@ -32,6 +32,8 @@ typedef struct cv_config {
     int max_tokens_default;    /* when a request says 0 */
     long max_prompt_bytes;     /* prompt / messages / Tokenize text, checked before tokenizing;
                                 * 0 = the model's context x CV_INFER_PROMPT_BYTES_PER_TOKEN */
+    int request_threads;       /* workers that tokenize and render chat templates */
+    int request_queue;         /* requests waiting for them, per class (small, large) */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
     int stream_flush_ms;       /* streams' output goes out in rounds at most this often */
     char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */

@@ -14,12 +14,14 @@
 #include "grpc_status.h"
 #include "infer_core.h"
 #include "rag_request.h"
+#include "request_pool.h"
 #include "rpc_message.h"
 #include "timing.h"
 
 struct cv_infer {
     cv_router *router;
     cv_infer_options opt;
+    cv_request_pool *pool;   /* tokenizing and chat rendering, off the completion-queue thread */
     atomic_int in_flight;
     cv_rag_runner rag;       /* no service: requests asking for RAG get FAILED_PRECONDITION */
 };
@@ -404,12 +406,6 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
 }
 
-static void start_stream(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const int32_t *prompt, size_t n_prompt,
-                         const Corvid__V1__SamplingParams *sp, const char *request_id) {
-    gen_stream *g = stream_open(inf, slot, call, request_id);
-    if (g) stream_submit(g, prompt, n_prompt, sp, NULL);
-}
-
 /* The prompt ids of a request's chat messages (see cv_chat_encode). */
 static cv_status encode_messages(const cv_tok *tok, cv_chat_family fam,
                                  Corvid__V1__ChatMessage *const *m, size_t n, unsigned flags,
@@ -608,21 +604,81 @@ static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const infe
     return 0;
 }
 
-/* Generate and Chat once unpacked: validated, then tokenized and streamed, or handed
- * to a retrieval job. The request is freed here unless the job took it. */
+/* ---- tokenizing on the request pool: the same shape as a retrieval job (the stream
+ * is open and holds the call while the job runs; the job submits or fails it from the
+ * pool's thread), without the retrieval ---- */
+
+typedef struct prep_job {
+    gen_stream *g;
+    infer_req req; /* owned */
+} prep_job;
+
+/* On a pool worker: the prompt's ids (the chat template rendered first), then the engine. */
+static void prep_run(void *user) {
+    prep_job *j = user;
+    gen_stream *g = j->g;
+    pthread_mutex_lock(&g->mu);
+    int gone = g->client_gone;
+    pthread_mutex_unlock(&g->mu);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cv_error err = {0};
+    cv_status st = CV_OK;
+    if (gone) { /* cancelled, disconnected or past its deadline while queued: no work, no one to tell */
+        stream_fail(g, CV_RPC_CANCELLED, "cancelled while waiting to be tokenized");
+        goto out;
+    }
+    if (j->req.gen)
+        st = cv_core_tokenize(g->slot->tok, j->req.gen->prompt, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
+    else
+        st = encode_messages(g->slot->tok, j->req.fam, j->req.chat->messages, j->req.chat->n_messages,
+                             CV_TOK_ADD_SPECIAL, &ids, &n, &err);
+    if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
+    else stream_submit(g, ids, n, req_sampling(&j->req), NULL);
+out:
+    free(ids);
+    req_free(&j->req);
+    free(j);
+}
+
+/* Opens the stream and queues the request (bytes: its prompt's) on the pool. 0 when
+ * the job took the request over; otherwise the call was answered and it is the
+ * caller's to free. */
+static int prep_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const infer_req *r, size_t bytes) {
+    const char *rid = r->gen ? r->gen->request_id : r->chat->request_id;
+    prep_job *j = malloc(sizeof *j);
+    if (!j) {
+        refuse(inf, slot, call, rid, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+        return -1;
+    }
+    *j = (prep_job){.req = *r};
+    if (!(j->g = stream_open(inf, slot, call, rid))) {
+        free(j);
+        return -1;
+    }
+    gen_stream *g = j->g;
+    cv_error err = {0};
+    if (cv_request_pool_submit(inf->pool, prep_run, j, bytes, &err) != CV_OK) {
+        free(j);
+        stream_fail(g, cv_core_code_of(err.code), err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+/* Generate and Chat once unpacked: validated, then handed to the request pool (which
+ * tokenizes and submits) or to a retrieval job. The request is freed here unless the
+ * job took it. */
 static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     const char *model = r.gen ? r.gen->model : r.chat->model;
     const char *version = r.gen ? r.gen->model_version : r.chat->model_version;
     const char *rid = r.gen ? r.gen->request_id : r.chat->request_id;
     const Corvid__V1__RagOptions *ro = r.gen ? r.gen->rag : r.chat->rag;
-    int32_t *ids = NULL;
-    size_t n = 0;
     cv_error err = {0};
     cv_slot *slot = pick_slot(inf, call, model, version, rid);
     if (!slot || injected_fault(inf, slot, call, rid)) goto out;
-    if ((r.gen ? check_prompt_size(inf, slot, "prompt", cv_rpc_pb_strlen(r.gen->prompt), &err)
-               : check_prompt_size(inf, slot, "messages", messages_bytes(r.chat->messages, r.chat->n_messages),
-                                   &err)) != CV_OK) {
+    size_t bytes = r.gen ? cv_rpc_pb_strlen(r.gen->prompt) : messages_bytes(r.chat->messages, r.chat->n_messages);
+    if (check_prompt_size(inf, slot, r.gen ? "prompt" : "messages", bytes, &err) != CV_OK) {
         refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, err.msg);
         goto out;
     }
@@ -645,20 +701,9 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
         refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
         goto out;
     }
-    if (ro && ro->enable) {
-        if (rag_start(inf, slot, call, &r) == 0) r = (infer_req){0};
-        goto out;
-    }
-    cv_status st = r.gen ? cv_core_tokenize(slot->tok, r.gen->prompt, r.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err)
-                         : encode_messages(slot->tok, r.fam, r.chat->messages, r.chat->n_messages,
-                                           CV_TOK_ADD_SPECIAL, &ids, &n, &err);
-    if (st != CV_OK) {
-        refuse(inf, slot, call, rid, cv_core_code_of(st), err.msg);
-        goto out;
-    }
-    start_stream(inf, slot, call, ids, n, req_sampling(&r), rid);
+    if (ro && ro->enable ? rag_start(inf, slot, call, &r) == 0 : prep_start(inf, slot, call, &r, bytes) == 0)
+        r = (infer_req){0}; /* the job owns it now */
 out:
-    free(ids);
     req_free(&r);
 }
 
@@ -677,54 +722,42 @@ static void on_chat(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
     if (r) serve(ctx, call, (infer_req){.chat = r});
 }
 
-static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
-    cv_infer *inf = ctx;
-    Corvid__V1__TokenizeRequest *r = cv_rpc_unpack_request(&corvid__v1__tokenize_request__descriptor, call, req, len);
-    if (!r) return;
+/* A Tokenize call held while the pool tokenizes it. */
+typedef struct tok_job {
+    cv_infer *inf;
+    cv_rpc_call *call; /* held */
+    cv_slot *slot;     /* acquired */
+    Corvid__V1__TokenizeRequest *r; /* owned */
+    unsigned flags;
+    cv_chat_family fam; /* with messages */
+} tok_job;
+
+/* The ids and pieces of a checked request, as the call's answer. */
+static void tokenize_reply(const tok_job *j) {
+    const cv_tok *tok = j->slot->tok;
+    const Corvid__V1__TokenizeRequest *r = j->r;
     int32_t *ids = NULL;
     size_t n = 0;
     char **pieces = NULL;
     cv_error err = {0};
-    cv_slot *slot;
-    slot = pick_slot(inf, call, r->model, r->model_version, NULL);
-    if (!slot) goto out;
-    unsigned flags = (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0);
-    cv_status st;
-    if (r->n_messages ? check_prompt_size(inf, slot, "messages", messages_bytes(r->messages, r->n_messages), &err) != CV_OK
-                      : check_prompt_size(inf, slot, "text", cv_rpc_pb_strlen(r->text), &err) != CV_OK) {
-        st = CV_EINVAL;
-    } else if (r->n_messages && (r->text[0] || r->parse_special)) {
-        st = cv_errorf(&err, CV_EINVAL,
-                       "messages: tokenized as Chat would, so text and parse_special must be unset");
-    } else if (r->n_messages) {
-        cv_chat_family fam;
-        cv_rpc_code code = cv_core_chat_family(slot, r->chat_template, &fam, &err);
-        if (code != CV_RPC_OK) {
-            cv_rpc_reply(call, code, err.msg, NULL, 0);
-            goto out;
-        }
-        st = encode_messages(slot->tok, fam, r->messages, r->n_messages, flags, &ids, &n, &err);
-    } else if (r->chat_template[0]) {
-        st = cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
-    } else {
-        st = cv_core_tokenize(slot->tok, r->text, flags, &ids, &n, &err);
-    }
+    cv_status st = r->n_messages ? encode_messages(tok, j->fam, r->messages, r->n_messages, j->flags, &ids, &n, &err)
+                                 : cv_core_tokenize(tok, r->text, j->flags, &ids, &n, &err);
     if (st != CV_OK) {
-        cv_rpc_reply(call, cv_core_code_of(st), err.msg, NULL, 0);
+        cv_rpc_reply(j->call, cv_core_code_of(st), err.msg, NULL, 0);
         goto out;
     }
     pieces = calloc(n ? n : 1, sizeof *pieces);
     if (!pieces) {
-        cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+        cv_rpc_reply(j->call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
         const char *p;
         size_t plen;
-        if (cv_tok_piece(slot->tok, ids[i], CV_TOK_RENDER_SPECIAL, &p, &plen, &err) != CV_OK) plen = 0;
+        if (cv_tok_piece(tok, ids[i], CV_TOK_RENDER_SPECIAL, &p, &plen, &err) != CV_OK) plen = 0;
         pieces[i] = strndup(plen ? p : "", plen);
         if (!pieces[i]) {
-            cv_rpc_reply(call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
+            cv_rpc_reply(j->call, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL, 0);
             goto out;
         }
     }
@@ -733,13 +766,62 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     resp.ids = ids;
     resp.n_pieces = n;
     resp.pieces = pieces;
-    resp.model_version = slot->version;
-    cv_rpc_reply_message(call, &resp.base);
+    resp.model_version = j->slot->version;
+    cv_rpc_reply_message(j->call, &resp.base);
 out:
-    if (slot) cv_router_release(inf->router, slot);
     for (size_t i = 0; pieces && i < n; i++) free(pieces[i]);
     free(pieces);
     free(ids);
+}
+
+/* On a pool worker; a call whose client went away while queued gets no work. */
+static void tok_run(void *user) {
+    tok_job *j = user;
+    if (!cv_rpc_cancelled(j->call)) tokenize_reply(j);
+    cv_router_release(j->inf->router, j->slot);
+    cv_rpc_free_request(&j->r->base);
+    cv_rpc_call_release(j->call);
+    free(j);
+}
+
+/* Checked here (cheap, and the errors need no tokenizer), tokenized on the pool. */
+static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
+    cv_infer *inf = ctx;
+    Corvid__V1__TokenizeRequest *r = cv_rpc_unpack_request(&corvid__v1__tokenize_request__descriptor, call, req, len);
+    if (!r) return;
+    tok_job *j = NULL;
+    cv_error err = {0};
+    cv_rpc_code code = CV_RPC_INVALID_ARGUMENT;
+    cv_chat_family fam = 0;
+    cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, NULL);
+    if (!slot) goto out;
+    size_t bytes = r->n_messages ? messages_bytes(r->messages, r->n_messages) : cv_rpc_pb_strlen(r->text);
+    if (check_prompt_size(inf, slot, r->n_messages ? "messages" : "text", bytes, &err) != CV_OK) goto fail;
+    if (r->n_messages && (r->text[0] || r->parse_special)) {
+        cv_errorf(&err, CV_EINVAL, "messages: tokenized as Chat would, so text and parse_special must be unset");
+        goto fail;
+    }
+    if (!r->n_messages && r->chat_template[0]) {
+        cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
+        goto fail;
+    }
+    if (r->n_messages && (code = cv_core_chat_family(slot, r->chat_template, &fam, &err)) != CV_RPC_OK) goto fail;
+    if (!(j = malloc(sizeof *j))) {
+        code = CV_RPC_RESOURCE_EXHAUSTED;
+        cv_errorf(&err, CV_ENOMEM, "out of memory");
+        goto fail;
+    }
+    *j = (tok_job){inf, call, slot, r, (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0),
+                   fam};
+    cv_rpc_hold(call);
+    if (cv_request_pool_submit(inf->pool, tok_run, j, bytes, &err) == CV_OK) return; /* tok_run owns it all */
+    cv_rpc_call_release(call);
+    free(j);
+    code = cv_core_code_of(err.code);
+fail:
+    cv_rpc_reply(call, code, err.msg, NULL, 0);
+    cv_router_release(inf->router, slot);
+out:
     cv_rpc_free_request(&r->base);
 }
 
@@ -777,6 +859,15 @@ cv_status cv_infer_new(cv_router *router, const cv_infer_options *opt, cv_infer 
     inf->opt = *opt;
     atomic_init(&inf->in_flight, 0);
     cv_rag_runner_init(&inf->rag, &(cv_rag_runner_config){0});
+    cv_request_pool_config pc = {.threads = opt->request_threads ? opt->request_threads : CV_INFER_REQUEST_THREADS,
+                                 .max_queued = opt->request_queue ? opt->request_queue : CV_INFER_REQUEST_QUEUE,
+                                 .large_cost = CV_INFER_LARGE_PROMPT_BYTES,
+                                 .nice = CV_INFER_REQUEST_NICE};
+    cv_status st = cv_request_pool_new(&pc, &inf->pool, err);
+    if (st != CV_OK) {
+        free(inf);
+        return st;
+    }
     *out = inf;
     return CV_OK;
 }
@@ -797,4 +888,8 @@ void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) {
 
 int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
 
-void cv_infer_free(cv_infer *inf) { free(inf); }
+void cv_infer_free(cv_infer *inf) {
+    if (!inf) return;
+    cv_request_pool_free(inf->pool);
+    free(inf);
+}

@@ -1,10 +1,17 @@
 /* inference_service: corvid.v1.Inference over rpc_server and the router's model slots.
  *
- * Generate and Chat validate the request (INVALID_ARGUMENT naming the field), tokenize,
- * and submit to the slot's engine; the response stream is the engine's output: text
- * chunks, coalesced while the client is slower than generation, then one Final. A
- * client that falls more than CV_INFER_MAX_PENDING bytes behind is cut off with
- * RESOURCE_EXHAUSTED so that memory per stream stays bounded. A client cancel, deadline
+ * Generate and Chat validate the request (INVALID_ARGUMENT naming the field; a prompt
+ * over max_prompt_bytes before any tokenizing), open the response stream, and hand the
+ * request to the request pool (request_pool.h), whose worker renders the chat template,
+ * tokenizes and submits to the slot's engine; Tokenize is answered from the pool too, so
+ * the completion-queue thread never does work that grows with a prompt. A full pool
+ * queue is RESOURCE_EXHAUSTED at once; a request whose client goes away while queued
+ * is dropped untokenized when a worker reaches it (everything it held freed then).
+ *
+ * The response stream is the engine's output: text chunks, coalesced while the client
+ * is slower than generation, then one Final. A client that falls more than
+ * CV_INFER_MAX_PENDING bytes behind is cut off with RESOURCE_EXHAUSTED so that memory
+ * per stream stays bounded. A client cancel, deadline
  * or disconnect cancels the engine request within one step.
  *
  * With rag.enable the request's retrieval step runs on a thread of its own
@@ -25,6 +32,12 @@
 #include "rag_service.h"
 #include "router.h"
 
+/* The request pool: its defaults; a prompt of this many bytes or more is a large job
+ * (tokenizing it may take milliseconds to seconds); workers' nice increment. */
+#define CV_INFER_REQUEST_THREADS 2
+#define CV_INFER_REQUEST_QUEUE 64
+#define CV_INFER_LARGE_PROMPT_BYTES 16384
+#define CV_INFER_REQUEST_NICE 10
 
 typedef struct cv_infer_options {
     /* A Generate prompt, a Chat's messages (roles and contents together) or a Tokenize
@@ -32,6 +45,8 @@ typedef struct cv_infer_options {
      * numbers, on the bytes as sent and before any tokenizing; 0: the slot's context
      * x CV_INFER_PROMPT_BYTES_PER_TOKEN (infer_core.h). */
     size_t max_prompt_bytes;
+    int request_threads;  /* request pool workers (request_pool.h); 0: CV_INFER_REQUEST_THREADS */
+    int request_queue;    /* requests waiting per class; 0: CV_INFER_REQUEST_QUEUE */
 } cv_infer_options;
 
 typedef struct cv_infer cv_infer;

@@ -69,6 +69,7 @@ struct cv_rpc_call {
     int send_busy;     /* a SEND_MESSAGE is in flight */
     int finished;      /* status sent or being sent */
     int urgent;        /* send without waiting for a round until nothing is pending */
+    int gone;          /* the close said cancelled (c->cancelled, copied under mu) */
     int wake_queued;   /* on the server's wake list, holding a ref */
     cv_rpc_call *wake_next;
     const cv_rpc_stream_ops *ops;
@@ -308,6 +309,13 @@ const char *cv_rpc_metadata(const cv_rpc_call *c, const char *key) {
     return NULL;
 }
 
+int cv_rpc_cancelled(cv_rpc_call *c) {
+    pthread_mutex_lock(&c->mu);
+    int gone = c->gone;
+    pthread_mutex_unlock(&c->mu);
+    return gone;
+}
+
 const char *cv_rpc_peer(const cv_rpc_call *c) { return c->peer ? c->peer : ""; }
 const char *cv_rpc_subject(const cv_rpc_call *c) { return c->subject; }
 const char *cv_rpc_method(const cv_rpc_call *c) { return c->method ? c->method : ""; }
@@ -438,6 +446,7 @@ static void on_recv(cv_rpc_call *c, int ok) {
 
 static void on_close(cv_rpc_call *c) {
     pthread_mutex_lock(&c->mu);
+    c->gone = c->cancelled;
     int notify = c->cancelled && c->ops && !c->finished;
     pthread_mutex_unlock(&c->mu);
     if (notify && c->ops->on_cancel) c->ops->on_cancel(c->ctx);

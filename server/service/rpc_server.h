@@ -119,6 +119,10 @@ void cv_rpc_stream_wake_batched(cv_rpc_call *call);
 /* The service's last touch of a stream call (see the top comment). */
 void cv_rpc_call_release(cv_rpc_call *call);
 
+/* Thread-safe: the client cancelled, disconnected or passed its deadline (work for a
+ * held unary call may be skipped: its answer would go nowhere). */
+int cv_rpc_cancelled(cv_rpc_call *call);
+
 /* Request metadata value for key (lower-case), NUL-terminated copy; NULL if absent. */
 const char *cv_rpc_metadata(const cv_rpc_call *call, const char *key);
 const char *cv_rpc_peer(const cv_rpc_call *call);

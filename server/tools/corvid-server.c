@@ -194,7 +194,8 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.prefix_cache = cfg.prefix_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
-    cv_infer_options io = {.max_prompt_bytes = (size_t)cfg.max_prompt_bytes};
+    cv_infer_options io = {.max_prompt_bytes = (size_t)cfg.max_prompt_bytes, .request_threads = cfg.request_threads,
+                           .request_queue = cfg.request_queue};
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
         cv_infer_new(router, &io, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
         goto out;
