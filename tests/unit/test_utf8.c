@@ -174,6 +174,29 @@ static void test_check(void **state) {
     }
 }
 
+/* The scan takes ASCII 8 bytes at a time: a problem at every offset around the word
+ * boundaries is still found at its byte, and a valid character between runs is passed. */
+static void test_check_long_ascii_runs(void **state) {
+    (void)state;
+    char buf[48];
+    for (size_t at = 0; at + 2 <= sizeof buf; at++) {
+        memset(buf, 'a', sizeof buf);
+        buf[at] = '\0';
+        size_t off = 0;
+        assert_int_equal(cv_utf8_check(buf, sizeof buf, &off), CV_UTF8_NUL);
+        assert_int_equal(off, at);
+        assert_true(cv_utf8_valid(buf, sizeof buf));
+        buf[at] = (char)0x80;
+        assert_int_equal(cv_utf8_check(buf, sizeof buf, &off), CV_UTF8_INVALID);
+        assert_int_equal(off, at);
+        assert_false(cv_utf8_valid(buf, sizeof buf));
+        buf[at] = (char)0xC3; /* é, then ASCII again */
+        buf[at + 1] = (char)0xA9;
+        assert_int_equal(cv_utf8_check(buf, sizeof buf, &off), CV_UTF8_OK);
+        assert_int_equal(off, sizeof buf);
+    }
+}
+
 int main(void) {
     g_seed = cv_test_seed("test_utf8");
     g_rng = cv_test_rng_new(g_seed);
@@ -183,6 +206,7 @@ int main(void) {
         cmocka_unit_test(test_stream_known),
         cmocka_unit_test(test_stream_random_splits),
         cmocka_unit_test(test_check),
+        cmocka_unit_test(test_check_long_ascii_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
