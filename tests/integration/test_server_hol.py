@@ -221,6 +221,9 @@ def load_main(addr, kind, seconds):
     """--load: for `seconds`, large requests back to back: one method just under
     max_prompt_bytes ("generate", "tokenize", "chat"), or all three over it ("over",
     OVER_RATE a second); prints the status counts."""
+    # Real clients are on other machines: here they share the server's two cores, and
+    # their Python (packing, sending megabytes) yields to it, as the measuring side does not.
+    os.nice(10)
     reqs = load_requests(kind)
     if kind != "over":
         reqs = [reqs[["generate", "tokenize", "chat"].index(kind)]]
