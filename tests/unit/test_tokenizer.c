@@ -109,16 +109,17 @@ static int has_byte_tokens(const cv_tok *t, const char *s, size_t n) {
 /* Encodes every input of inp (separated by VOCAB_SEP) and compares with the
  * lines of out (leading '#' lines skipped); checks decode(encode(x)) == x too
  * where the vocabulary has every byte of x. */
-static void check_vectors(const cv_tok *t, const char *inp_path, const char *out_path) {
-    size_t ni, no;
-    char *inp = slurp(inp_path, &ni), *out = slurp(out_path, &no);
+static void check_vectors(const cv_tok *t, const char *inp, const char *inp_path,
+                          const char *out_path) {
+    size_t no;
+    char *out = slurp(out_path, &no);
     char *o = out;
     while (*o == '#') o = strchr(o, '\n') + 1;
     size_t cap = 1 << 16, cases = 0, bad = 0;
     int32_t *ids = malloc(cap * sizeof *ids);
     char *got = malloc(cap * 8), *dec = malloc(cap);
     assert_true(ids && got && dec);
-    for (char *p = inp, *q; (q = strstr(p, VOCAB_SEP)) != NULL; p = q + strlen(VOCAB_SEP)) {
+    for (const char *p = inp, *q; (q = strstr(p, VOCAB_SEP)) != NULL; p = q + strlen(VOCAB_SEP)) {
         char *eol = strchr(o, '\n');
         assert_non_null(eol);
         *eol = 0;
@@ -143,7 +144,7 @@ static void check_vectors(const cv_tok *t, const char *inp_path, const char *out
     print_message("%s vs %s: %zu cases\n", inp_path, out_path, cases);
     assert_true(cases > 0);
     assert_int_equal(bad, 0);
-    free(ids), free(got), free(dec), free(inp), free(out);
+    free(ids), free(got), free(dec), free(out);
 }
 
 /* Random text from a pool of ASCII, accented, CJK, emoji, odd spaces and a few
@@ -197,7 +198,10 @@ static void check_llamacpp_vocab(const char *name) {
     snprintf(inp, sizeof inp, "%s/vocab/ggml-vocab-%s.gguf.inp", cv_test_data_dir(), name);
     snprintf(out, sizeof out, "%s/vocab/ggml-vocab-%s.gguf.out", cv_test_data_dir(), name);
     cv_tok *t = load_tok(vocab, NULL);
-    check_vectors(t, inp, out);
+    size_t ni;
+    char *text = slurp(inp, &ni);
+    check_vectors(t, text, inp, out);
+    free(text);
     check_roundtrip(t, name);
     cv_tok_free(t);
 }
@@ -211,6 +215,22 @@ static void test_llamacpp_vocabs(void **state) {
     check_llamacpp_vocab("falcon");
     check_llamacpp_vocab("starcoder");
     check_llamacpp_vocab("qwen2");
+    check_llamacpp_vocab("tekken"); /* llama.cpp's inputs, ids by Mistral's tokenizer */
+}
+
+/* tests/data/tokenizer's inputs: bpe-inputs.inp, then split-inputs.inp when both. */
+static char *committed_inputs(int both) {
+    char path[4096];
+    size_t n1, n2 = 0;
+    char *a = slurp(cv_test_data(path, sizeof path, "tokenizer/bpe-inputs.inp"), &n1);
+    if (!both) return a;
+    char *b = slurp(cv_test_data(path, sizeof path, "tokenizer/split-inputs.inp"), &n2);
+    char *all = malloc(n1 + n2 + 1);
+    assert_non_null(all);
+    memcpy(all, a, n1);
+    memcpy(all + n1, b, n2 + 1);
+    free(a), free(b);
+    return all;
 }
 
 /* Vectors made by tokenizers with a pre-tokenizer over one of the vocabularies in
@@ -235,15 +255,26 @@ static void test_committed_vectors(void **state) {
         {"deepseek-v3-dsllmvocab", "ggml-vocab-deepseek-llm.gguf", "deepseek-v3"},
         {"tekken-qwen2vocab", "ggml-vocab-qwen2.gguf", "tekken"},
     };
+    char *inputs = committed_inputs(0);
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
-        char vpath[4096], inp[4096], out[4096];
+        char vpath[4096], out[4096];
         snprintf(vpath, sizeof vpath, "%s/vocab/%s", cv_test_data_dir(), sets[i].vocab);
         snprintf(out, sizeof out, "%s/tokenizer/%s.out", cv_test_data_dir(), sets[i].name);
         cv_tok *t = load_tok(vpath, sets[i].pre);
         assert_string_equal(cv_tok_pre_name(t), sets[i].pre);
-        check_vectors(t, cv_test_data(inp, sizeof inp, "tokenizer/bpe-inputs.inp"), out);
+        check_vectors(t, inputs, "tokenizer/bpe-inputs.inp", out);
         cv_tok_free(t);
     }
+    free(inputs);
+    /* tekken's own vocabulary with the ids Mistral's tokenizer (tiktoken) gives, on
+     * the split inputs too (make_tekken_vocab.py). */
+    inputs = committed_inputs(1);
+    char vpath[4096], out[4096];
+    cv_tok *t = load_tok(cv_test_data(vpath, sizeof vpath, "vocab/ggml-vocab-tekken.gguf"), NULL);
+    check_vectors(t, inputs, "tokenizer/bpe-inputs.inp + split-inputs.inp",
+                  cv_test_data(out, sizeof out, "tokenizer/tekken.out"));
+    cv_tok_free(t);
+    free(inputs);
 }
 
 static void test_stories260k_prompt(void **state) {
@@ -569,15 +600,9 @@ static void test_pretok_splits(void **state) {
     };
     static const char *const tokens[] = {"a"};
     char path[4096];
-    size_t n1, n2, no;
-    char *inp1 = slurp(cv_test_data(path, sizeof path, "tokenizer/bpe-inputs.inp"), &n1);
-    char *inp2 = slurp(cv_test_data(path, sizeof path, "tokenizer/split-inputs.inp"), &n2);
-    char *inp = malloc(n1 + n2 + 1);
-    char *got = malloc(1 << 16);
-    assert_true(inp && got);
-    memcpy(inp, inp1, n1);
-    memcpy(inp + n1, inp2, n2 + 1);
-    free(inp1), free(inp2);
+    size_t no;
+    char *inp = committed_inputs(1), *got = malloc(1 << 16);
+    assert_non_null(got);
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         spec sp = {"gpt2", names[i], tokens, 1, NULL, 0, NULL, 0, NULL, 0};
         cv_tok *t;
