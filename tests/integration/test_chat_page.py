@@ -16,6 +16,7 @@ $CORVID_BUILD/artifacts/chat_page.png (the path is printed).
 chromedriver is started by the test on a free port (spawn(): it dies with the test);
 Chromium is its child and is killed by PID at the end, whatever happened.
 """
+import json
 import os
 import sys
 
@@ -158,9 +159,19 @@ def main():
         return 0
     checks = Checks()
     version = "chat-v1"
+    # Auth on: the page itself is public, the API wants a JWT, which the user types in.
+    secret, policy = os.path.join(TMP, "jwt-hs256.secret"), os.path.join(TMP, "auth.json")
+    with open(secret, "w") as f:
+        f.write(os.urandom(32).hex())
+    with open(policy, "w") as f:
+        json.dump({"jwt": {"keys": [{"kid": "hs", "alg": "HS256", "secret_file": secret}]}}, f)
+    token = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "data", "auth", "mint_jwt.py"), "--alg",
+                            "HS256", "--key", secret, "--kid", "hs", "--ttl", "600",
+                            json.dumps({"sub": "chat-page-test", "scope": "inference"})],
+                           capture_output=True, text=True, check=True).stdout.strip()
     http_port, metrics_port = free_port(), free_port()
     server = Server("--model", model, "--model-version", version, "--http-listen", "127.0.0.1:%d" % http_port,
-                    "--metrics-listen", "127.0.0.1:%d" % metrics_port)
+                    "--metrics-listen", "127.0.0.1:%d" % metrics_port, "--auth-config", policy)
     base = "http://127.0.0.1:%d" % http_port
     browser = None
     try:
@@ -185,6 +196,13 @@ def main():
         def pick_model():
             d.get(base + "/")
             assert d.title == "corvid chat", d.title
+            status = d.find_element(By.ID, "model-status")
+            wait_for("the 401 shown", lambda: "401" in status.text)
+            assert "token" in status.text and not d.find_elements(By.CSS_SELECTOR, "#model option"), status.text
+            # The browser logs the refused fetch; nothing else may be in the console.
+            errs = browser.errors()
+            assert len(errs) == 1 and "/v1/models" in errs[0] and "401" in errs[0], errs
+            d.find_element(By.ID, "token").send_keys(token, Keys.TAB)
             # The page's list is the server's GET /v1/models: the model name, then the version.
             wait_for("the model list", lambda: len(d.find_elements(By.CSS_SELECTOR, "#model option")) >= 2)
             values = [o.get_attribute("value") for o in d.find_elements(By.CSS_SELECTOR, "#model option")]
@@ -248,7 +266,7 @@ def main():
             print("  stopped after %d tokens, %d characters shown" % (t2 - before, len(shown)))
 
         def console_clean():
-            errs = browser.errors()
+            errs = browser.errors()  # since the expected 401 (pick_model)
             assert not errs, errs
 
         def csp_blocks_remote_loads():
@@ -268,7 +286,7 @@ def main():
             print("  screenshot: %s" % path)
 
         checks.run("GET / and its assets: types and the CSP header", page_headers)
-        checks.run("the page lists the served versions and one is picked", pick_model)
+        checks.run("the page asks for a token, then lists the served versions; one is picked", pick_model)
         checks.run("a prompt sent with Enter streams its answer", streamed_answer)
         checks.run("Stop mid-stream ends the generation on the server", stop_mid_stream)
         checks.run("no errors in the browser console", console_clean)

@@ -8,13 +8,13 @@
 const $ = (id) => document.getElementById(id);
 const ui = {
   model: $("model"), reload: $("reload"), token: $("token"), rag: $("rag"),
-  maxTokens: $("max-tokens"), temperature: $("temperature"), clear: $("clear"),
+  maxTokens: $("max-tokens"), temperature: $("temperature"), system: $("system"), clear: $("clear"),
   status: $("model-status"), log: $("log"), composer: $("composer"),
   prompt: $("prompt"), send: $("send"), stop: $("stop"),
 };
 
-// The conversation sent with every request: user and assistant turns (reasoning is
-// shown, never sent back, as DeepSeek's API asks).
+// The conversation sent with every request after the system prompt: user and
+// assistant turns (reasoning is shown, never sent back, as DeepSeek's API asks).
 let history = [];
 let running = null; // the AbortController of the generation in flight
 
@@ -163,8 +163,10 @@ async function send(text) {
   addMessage("user", text);
   const m = addMessage("assistant", "");
   m.li.setAttribute("aria-busy", "true");
+  const system = ui.system.value.trim();
   const req = {
-    model, messages: history, stream: true, stream_options: { include_usage: true },
+    model, stream: true, stream_options: { include_usage: true },
+    messages: system ? [{ role: "system", content: system }, ...history] : history,
     max_tokens: Number(ui.maxTokens.value) || 256,
     temperature: Number(ui.temperature.value),
   };
