@@ -151,28 +151,54 @@ int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, i
     return first;
 }
 
+void cv_core_out_split(cv_core_out *o, int starts_inside) {
+    o->split = 1;
+    cv_think_init(&o->think, starts_inside);
+}
+
+/* The splitter's output into text or reasoning (room was made for all of it). */
+static void split_emit(void *ctx, int reasoning, const char *s, size_t n) {
+    cv_core_out *o = ctx;
+    char *dst = reasoning ? o->reasoning : o->text;
+    size_t *len = reasoning ? &o->reasoning_len : &o->text_len;
+    memcpy(dst + *len, s, n);
+    *len += n;
+    dst[*len] = 0;
+}
+
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     if (o->overflow) return 1;
-    if (o->text_len + len > CV_INFER_MAX_PENDING) return o->overflow = 1;
+    if (o->text_len + o->reasoning_len + len > CV_INFER_MAX_PENDING) return o->overflow = 1;
     size_t ids_cap_before = o->ids_cap;
-    if (grow((void **)&o->text, &o->text_cap, o->text_len + len + 1, 1) ||
+    /* Held marker bytes may come out with this piece: room for them too. */
+    size_t room = len + sizeof o->think.hold + 1;
+    if (grow((void **)&o->text, &o->text_cap, o->text_len + room, 1) ||
+        (o->split && grow((void **)&o->reasoning, &o->reasoning_cap, o->reasoning_len + room, 1)) ||
         grow((void **)&o->ids, &o->ids_cap, o->n_ids + (size_t)n_ids, sizeof *o->ids))
         return o->overflow = 1;
+    o->text[o->text_len] = 0; /* text and reasoning are C strings even when nothing is added */
+    if (o->split) o->reasoning[o->reasoning_len] = 0;
     if (o->want_samples) {
         size_t cap = ids_cap_before;
         if (grow((void **)&o->samples, &cap, o->ids_cap, sizeof *o->samples)) return o->overflow = 1;
     }
-    memcpy(o->text + o->text_len, text, len);
-    o->text_len += len;
-    o->text[o->text_len] = 0;
-    memcpy(o->ids + o->n_ids, ids, sizeof *ids * (size_t)n_ids);
-    if (o->want_samples && samples) memcpy(o->samples + o->n_ids, samples, sizeof *samples * (size_t)n_ids);
+    if (o->split) {
+        cv_think_feed(&o->think, text, len, split_emit, o);
+    } else {
+        memcpy(o->text + o->text_len, text, len);
+        o->text_len += len;
+        o->text[o->text_len] = 0;
+    }
+    if (n_ids) memcpy(o->ids + o->n_ids, ids, sizeof *ids * (size_t)n_ids);
+    if (n_ids && o->want_samples && samples) memcpy(o->samples + o->n_ids, samples, sizeof *samples * (size_t)n_ids);
     o->n_ids += (size_t)n_ids;
     return 0;
 }
 
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
+    if (o->split && o->think.n_hold && cv_core_out_append(o, "", 0, NULL, 0, NULL) == 0)
+        cv_think_flush(&o->think, split_emit, o);
     o->final = *f;
     snprintf(o->stop_string, sizeof o->stop_string, "%s", f->stop_string ? f->stop_string : "");
     snprintf(o->error, sizeof o->error, "%s", f->error ? f->error : "");
@@ -182,14 +208,16 @@ void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
 }
 
 void cv_core_out_consumed(cv_core_out *o) {
-    o->text_len = 0;
+    o->text_len = o->reasoning_len = 0;
     o->n_ids = 0;
     if (o->text) o->text[0] = 0;
+    if (o->reasoning) o->reasoning[0] = 0;
 }
 
 void cv_core_out_free(cv_core_out *o) {
     free(o->text);
     free(o->ids);
     free(o->samples);
+    free(o->reasoning);
     memset(o, 0, sizeof *o);
 }

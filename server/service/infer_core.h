@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "router.h"
 #include "rpc_server.h"
+#include "think_split.h"
 
 /* What a request came over: the index of its figures in stats.h (CV_STATS_PROTOCOLS)
  * and the "protocol" label and log field. */
@@ -72,6 +73,11 @@ typedef struct cv_core_out {
     cv_sample *samples;      /* parallel to ids when want_samples */
     int want_samples;
     int overflow;            /* more than CV_INFER_MAX_PENDING bytes waited: cancel */
+    /* With split (cv_core_out_split): think-block text goes to reasoning, not text. */
+    int split;
+    cv_think_split think;
+    char *reasoning;
+    size_t reasoning_len, reasoning_cap;
     int have_final;
     cv_engine_final final;   /* stop_string and error point into the arrays below */
     char stop_string[256];
@@ -89,6 +95,9 @@ int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, i
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples);
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f);
+/* A chat of a reasoning model: from now on text between the think markers goes to
+ * reasoning (think_split.h); starts_inside when the prompt opened the block. */
+void cv_core_out_split(cv_core_out *o, int starts_inside);
 /* Text and ids taken: empties the pending output (text stays NUL-terminated). */
 void cv_core_out_consumed(cv_core_out *o);
 void cv_core_out_free(cv_core_out *o);

@@ -85,6 +85,7 @@ static uint8_t *pack_response(Corvid__V1__GenerateResponse *r, size_t *len) {
 static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
     Corvid__V1__Chunk chunk = CORVID__V1__CHUNK__INIT;
     chunk.text = g->out.text ? g->out.text : "";
+    chunk.reasoning_text = g->out.reasoning ? g->out.reasoning : "";
     chunk.n_token_ids = g->out.n_ids;
     chunk.token_ids = g->out.ids;
     Corvid__V1__Logprobs *lp = NULL, **lpp = NULL;
@@ -191,7 +192,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
             *status_msg = "client reads too slowly: more than 1 MiB of output pending";
             p = CV_RPC_FINISH;
         }
-    } else if (g->out.text_len || g->out.n_ids) {
+    } else if (g->out.text_len || g->out.reasoning_len || g->out.n_ids) {
         *msg = pack_chunk_locked(g, len);
         *more = g->out.have_final;
         p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
@@ -446,6 +447,11 @@ static void req_free(infer_req *r) {
     r->chat = NULL;
 }
 
+/* A Chat's think-block text goes to Chunk.reasoning_text unless it asks for it inline. */
+static void split_reasoning(gen_stream *g, const infer_req *r, const int32_t *prompt, size_t n) {
+    if (r->chat && !r->chat->reasoning_inline) cv_core_out_split(&g->out, cv_think_prompt_opens(g->slot->tok, prompt, n));
+}
+
 /* ---- retrieval-augmented requests: rag_request.h does the work; here the protobuf
  * request becomes a cv_rag_request and the result becomes stream messages ---- */
 
@@ -545,6 +551,7 @@ static void rag_done(void *user, const cv_rag_result *r) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         g->context_tokens = (uint32_t)r->outcome->ctx.tokens;
+        split_reasoning(g, &j->req, r->ids, r->n_ids);
         stream_submit(g, r->ids, r->n_ids, req_sampling(&j->req), r->extra_stop);
     }
     req_free(&j->req);
@@ -634,7 +641,10 @@ static void prep_run(void *user) {
         st = encode_messages(g->slot->tok, j->req.fam, j->req.chat->messages, j->req.chat->n_messages,
                              CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
-    else stream_submit(g, ids, n, req_sampling(&j->req), NULL);
+    else {
+        split_reasoning(g, &j->req, ids, n);
+        stream_submit(g, ids, n, req_sampling(&j->req), NULL);
+    }
 out:
     free(ids);
     req_free(&j->req);

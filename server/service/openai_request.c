@@ -305,6 +305,13 @@ cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_re
         const json_t *u = member(v, "include_usage");
         if (u && get_bool(u, "stream_options.include_usage", &r->include_usage, err) != CV_OK) return CV_EINVAL;
     }
+    if ((v = member(o, "reasoning_format"))) {
+        const char *f;
+        if (get_text(v, "reasoning_format", &f, err) != CV_OK) return CV_EINVAL;
+        if (strcmp(f, "none") != 0 && strcmp(f, "deepseek") != 0)
+            return fail(err, "reasoning_format", "reasoning_format: '%.32s' is neither deepseek nor none", f);
+        r->reasoning_inline = strcmp(f, "none") == 0;
+    }
     if ((v = member(o, "corvid")) && parse_extension(v, r, err) != CV_OK) return CV_EINVAL;
     return CV_OK;
 }

@@ -10,7 +10,9 @@
  * stop (a string or up to 4 strings), seed (any integer, as its 64-bit pattern),
  * presence_penalty and frequency_penalty [-2, 2], logprobs (chat: bool; completions:
  * an integer 0..20, the alternatives), top_logprobs 0..20 (chat, needs logprobs),
- * user, n (only 1), stream, stream_options.include_usage, and the extension
+ * user, n (only 1), stream, stream_options.include_usage, reasoning_format (chat:
+ * "deepseek", the default, puts think-block text in reasoning_content; "none" leaves
+ * it in content, as llama.cpp's server names them), and the extension
  * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty"}.
  * Unknown fields are ignored, as OpenAI's API does. null means absent.
  *
@@ -58,6 +60,7 @@ typedef struct cv_oai_request {
     const char *user;           /* "" when absent */
     int stream;
     int include_usage;          /* stream_options.include_usage */
+    int reasoning_inline;       /* reasoning_format "none": no reasoning_content split */
     void *priv;                 /* the parsed document and joined texts: freed with the request */
 } cv_oai_request;
 

@@ -192,6 +192,11 @@ static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
         j->sent_role = 1;
         p = CV_HS_DATA;
     }
+    if (o->reasoning_len) {
+        fail |= emit(b, stream_chunk(j, json_pack("{s:s%}", "reasoning_content", o->reasoning, o->reasoning_len),
+                                     NULL, NULL));
+        p = CV_HS_DATA;
+    }
     if (o->text_len || (o->n_ids && o->want_samples)) {
         json_t *lp = NULL;
         if (o->want_samples && o->n_ids)
@@ -280,9 +285,12 @@ static void reply_whole(job *j) {
     json_t *choice = json_pack("{s:i,s:o,s:s}", "index", 0, "logprobs", lp ? lp : json_null(), "finish_reason",
                                finish_name(o->final.reason));
     const char *text = o->text ? o->text : "";
-    if (j->kind == CV_OAI_CHAT)
-        json_object_set_new(choice, "message", json_pack("{s:s,s:s%}", "role", "assistant", "content", text,
-                                                         o->text_len));
+    if (j->kind == CV_OAI_CHAT) {
+        json_t *m = json_pack("{s:s,s:s%}", "role", "assistant", "content", text, o->text_len);
+        if (o->reasoning_len)
+            json_object_set_new(m, "reasoning_content", json_stringn(o->reasoning, o->reasoning_len));
+        json_object_set_new(choice, "message", m);
+    }
     else
         json_object_set_new(choice, "text", json_stringn(text, o->text_len));
     json_t *r = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion" : "text_completion");
@@ -424,6 +432,7 @@ static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
     cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
     fill_engine_request(&r, &er);
     j->out.want_samples = er.sampling.logprobs;
+    if (kind == CV_OAI_CHAT && !r.reasoning_inline) cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
     /* The request is held (or streams) before the engine can call back. */
     if (r.stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
     else cv_hs_hold(req, &job_ops, j);

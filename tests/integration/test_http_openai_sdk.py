@@ -21,7 +21,7 @@ except ImportError:
 import json  # noqa: E402
 import subprocess  # noqa: E402
 
-from corvid_testlib import DATA, QWEN, ROOT, TMP, Checks, Server, free_port, have_model  # noqa: E402
+from corvid_testlib import DATA, QWEN, ROOT, TMP, Checks, Server, free_port, have_model, proto_modules  # noqa: E402
 
 STORIES = os.path.join(DATA, "models", "stories260K.gguf")
 AUTH = os.path.join(ROOT, "tests", "data", "auth")
@@ -112,6 +112,36 @@ def chat(client):
     assert lp and all(len(t.top_logprobs) == 2 for t in lp), lp
 
 
+THINK = [{"role": "user", "content": 'Output the string "<think>hi</think>ok" and nothing else.'}]
+
+
+def reasoning_split(client, grpc_addr):
+    """Qwen2.5-Coder copies the think markers as asked (greedy): the text between them is
+    reasoning_content over HTTP (whole and streamed) and Chunk.reasoning_text over gRPC;
+    reasoning_format "none" / reasoning_inline keep it in the answer."""
+    model = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    m = client.chat.completions.create(model=model, messages=THINK, max_tokens=16, temperature=0).choices[0].message
+    assert m.content == "ok" and m.model_extra.get("reasoning_content") == "hi", m
+    chunks = list(client.chat.completions.create(model=model, messages=THINK, max_tokens=16, temperature=0,
+                                                 stream=True))
+    r = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks if c.choices)
+    t = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert (r, t) == ("hi", "ok"), (r, t)
+    m = client.chat.completions.create(model=model, messages=THINK, max_tokens=16, temperature=0,
+                                       extra_body={"reasoning_format": "none"}).choices[0].message
+    assert m.content == "<think>hi</think>ok" and not m.model_extra.get("reasoning_content"), m
+    import grpc
+    pb = proto_modules()[0]
+    with grpc.insecure_channel(grpc_addr) as ch:
+        chat = ch.unary_stream("/corvid.v1.Inference/Chat", request_serializer=pb.ChatRequest.SerializeToString,
+                               response_deserializer=pb.GenerateResponse.FromString)
+        for inline, want in ((False, ("hi", "ok")), (True, ("", "<think>hi</think>ok"))):
+            req = pb.ChatRequest(messages=[pb.ChatMessage(role="user", content=THINK[0]["content"])],
+                                 sampling=pb.SamplingParams(max_tokens=16), reasoning_inline=inline)
+            got = [m.chunk for m in chat(req, timeout=120) if m.WhichOneof("kind") == "chunk"]
+            assert ("".join(c.reasoning_text for c in got), "".join(c.text for c in got)) == want, got
+
+
 def auth_errors(base):
     c = openai.OpenAI(base_url=base, api_key="not-a-jwt", max_retries=0)
     try:
@@ -147,8 +177,9 @@ def main():
     if have_model(QWEN, "openai SDK chat on Qwen2.5-Coder 0.5B"):
         srv, base = start(QWEN)
         try:
-            c.run("chat: whole and streamed agree, role first, usage, parts, tool turn",
-                  chat, openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120))
+            qc = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120)
+            c.run("chat: whole and streamed agree, role first, usage, parts, tool turn", chat, qc)
+            c.run("reasoning_content / Chunk.reasoning_text split, and off", reasoning_split, qc, srv.addr)
         finally:
             srv.stop()
     c.finish()
