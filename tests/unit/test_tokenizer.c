@@ -215,7 +215,9 @@ static void test_llamacpp_vocabs(void **state) {
     check_llamacpp_vocab("falcon");
     check_llamacpp_vocab("starcoder");
     check_llamacpp_vocab("qwen2");
-    check_llamacpp_vocab("tekken"); /* llama.cpp's inputs, ids by Mistral's tokenizer */
+    /* llama.cpp's inputs, ids by the models' own tokenizers (make_vocab.py) */
+    check_llamacpp_vocab("tekken");
+    check_llamacpp_vocab("deepseek-v3");
 }
 
 /* tests/data/tokenizer's inputs: bpe-inputs.inp, then split-inputs.inp when both. */
@@ -234,9 +236,9 @@ static char *committed_inputs(int both) {
 }
 
 /* Vectors made by tokenizers with a pre-tokenizer over one of the vocabularies in
- * tests/data/vocab (see the header of each .out file): Llama 3, Qwen3.5, DeepSeek V3 and
- * tekken have no vocabulary file of their own there and borrow one; the others add
- * inputs llama.cpp's vectors lack. */
+ * tests/data/vocab (see the header of each .out file): Llama 3 and Qwen3.5 have no
+ * vocabulary file of their own there and borrow one; the others add inputs llama.cpp's
+ * vectors lack. */
 static void test_committed_vectors(void **state) {
     (void)state;
     static const struct {
@@ -252,8 +254,6 @@ static void test_committed_vectors(void **state) {
         {"smollm-starcodervocab", "ggml-vocab-starcoder.gguf", "smollm"},
         {"qwen2-extra", "ggml-vocab-qwen2.gguf", "qwen2"},
         {"qwen35-qwen2vocab", "ggml-vocab-qwen2.gguf", "qwen35"},
-        {"deepseek-v3-dsllmvocab", "ggml-vocab-deepseek-llm.gguf", "deepseek-v3"},
-        {"tekken-qwen2vocab", "ggml-vocab-qwen2.gguf", "tekken"},
     };
     char *inputs = committed_inputs(0);
     for (size_t i = 0; i < sizeof sets / sizeof sets[0]; i++) {
@@ -266,14 +266,21 @@ static void test_committed_vectors(void **state) {
         cv_tok_free(t);
     }
     free(inputs);
-    /* tekken's own vocabulary with the ids Mistral's tokenizer (tiktoken) gives, on
-     * the split inputs too (make_tekken_vocab.py). */
+    /* Real vocabularies with the ids their model's own tokenizer gives, on the split
+     * inputs too (vocab/make_vocab.py): tekken by tiktoken over Mistral's file,
+     * deepseek-v3 by tokenizers running DeepSeek V4's tokenizer.json. */
     inputs = committed_inputs(1);
-    char vpath[4096], out[4096];
-    cv_tok *t = load_tok(cv_test_data(vpath, sizeof vpath, "vocab/ggml-vocab-tekken.gguf"), NULL);
-    check_vectors(t, inputs, "tokenizer/bpe-inputs.inp + split-inputs.inp",
-                  cv_test_data(out, sizeof out, "tokenizer/tekken.out"));
-    cv_tok_free(t);
+    static const char *const own[] = {"tekken", "deepseek-v3"};
+    for (size_t i = 0; i < sizeof own / sizeof own[0]; i++) {
+        char rel[256], vpath[4096], out[4096];
+        snprintf(rel, sizeof rel, "vocab/ggml-vocab-%s.gguf", own[i]);
+        cv_tok *t = load_tok(cv_test_data(vpath, sizeof vpath, rel), NULL);
+        assert_string_equal(cv_tok_pre_name(t), own[i]);
+        snprintf(rel, sizeof rel, "tokenizer/%s.out", own[i]);
+        check_vectors(t, inputs, "tokenizer/bpe-inputs.inp + split-inputs.inp",
+                      cv_test_data(out, sizeof out, rel));
+        cv_tok_free(t);
+    }
     free(inputs);
 }
 

@@ -29,9 +29,10 @@ from pretok_regexes import RULES
 
 SEP = "\n__ggml_vocab_test__\n"
 
-# Vocabularies stand in for models that have none here (Llama 3, DeepSeek V3, Qwen3.5,
-# Mistral's tekken): BPE never merges across the pre-tokenizer's words, so the ids
-# still show where the words end. ignore_merges as llama.cpp sets it for the name.
+# Vocabularies stand in for models that have none here (Llama 3, Qwen3.5): BPE never
+# merges across the pre-tokenizer's words, so the ids still show where the words end.
+# ignore_merges as llama.cpp sets it for the name. (tekken and deepseek-v3 have their
+# own vocabularies, and their own tokenizers' ids: ../vocab/make_vocab.py.)
 CONFIGS = [
     ("llama3", "ggml-vocab-deepseek-llm.gguf", "llama3", True),
     ("qwen2", "ggml-vocab-deepseek-llm.gguf", "qwen2", False),
@@ -43,8 +44,6 @@ CONFIGS = [
     ("smollm-starcodervocab", "ggml-vocab-starcoder.gguf", "smollm", False),
     ("qwen2-extra", "ggml-vocab-qwen2.gguf", "qwen2", False),
     ("qwen35-qwen2vocab", "ggml-vocab-qwen2.gguf", "qwen35", False),
-    ("deepseek-v3-dsllmvocab", "ggml-vocab-deepseek-llm.gguf", "deepseek-v3", False),
-    ("tekken-qwen2vocab", "ggml-vocab-qwen2.gguf", "tekken", True),
 ]
 
 FIXED = [
