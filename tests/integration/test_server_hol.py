@@ -252,7 +252,7 @@ def load_main(addr, kind, seconds):
 def measure(addr, seconds, with_load):
     """Health Check latencies, a stream's inter-message gaps and the short generations
     other clients finish, over `seconds`; with_load: under the --load processes."""
-    health_lat, gaps, shorts = [], [], [0]
+    health_lat, gaps, shorts, last = [], [], [0], [None]
     stop = threading.Event()
     ch = channel(addr)
     r = rpcs(ch)
@@ -271,16 +271,14 @@ def measure(addr, seconds, with_load):
         req = pb.GenerateRequest(prompt="Once upon a time", sampling=pb.SamplingParams(max_tokens=400,
                                                                                         ignore_eos=True))
         while not stop.is_set():
-            last = None
+            last[0] = None
             for m in r["generate"](req, timeout=120):
                 now = time.perf_counter()
-                if m.WhichOneof("kind") != "chunk":
-                    continue
-                if last is not None and not stop.is_set():
-                    gaps.append(now - last)
-                last = now
-                if stop.is_set():
+                if m.WhichOneof("kind") != "chunk" or stop.is_set():
                     break
+                if last[0] is not None:
+                    gaps.append(now - last[0])
+                last[0] = now
 
     def short():
         req = pb.GenerateRequest(prompt="Once", sampling=pb.SamplingParams(max_tokens=8))
@@ -302,6 +300,8 @@ def measure(addr, seconds, with_load):
         t.start()
     time.sleep(seconds - (1.0 if with_load else 0))
     stop.set()
+    if last[0] is not None:  # a stream stalled at the end: its open gap counts too
+        gaps.append(time.perf_counter() - last[0])
     for t in threads:
         t.join(130)
     load = {}
@@ -311,7 +311,8 @@ def measure(addr, seconds, with_load):
     ch.close()
     return {"health_p99_ms": round(pct(health_lat, 0.99) * 1e3, 1), "health_n": len(health_lat),
             "gap_p99_ms": round(pct(gaps, 0.99) * 1e3, 1), "gap_p50_ms": round(pct(gaps, 0.5) * 1e3, 1),
-            "gaps_n": len(gaps), "short_done": shorts[0], "load": load}
+            "gap_max_ms": round(max(gaps, default=float("nan")) * 1e3, 1), "gaps_n": len(gaps),
+            "short_done": shorts[0], "load": load}
 
 
 def probe(binary, before, seconds=8, threads="1"):
