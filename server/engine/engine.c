@@ -250,14 +250,12 @@ static int32_t schedule_locked(cv_engine *e, seq **done) {
         if (s->t_scheduled == 0) s->t_scheduled = cv_seconds();
         e->running[slot] = s;
         e->n_running++;
-        if (cv_kv_config_of(e->kv)->prefix_cache) {
-            /* A table that cannot reach the device is a miss, fed in full. */
-            int32_t hit = 0;
-            if (cv_kv_share_prefix(e->kv, s->kv_seq, s->tokens, s->n_tokens - 1, &hit, NULL) != CV_OK) hit = 0;
-            s->n_fed = hit;
-            e->stats.prefix_queries += (uint64_t)s->n_tokens;
-            e->stats.prefix_hits += (uint64_t)hit;
-        }
+        /* Off, or a table that cannot reach the device: a miss, fed in full. */
+        int32_t hit = 0;
+        if (cv_kv_share_prefix(e->kv, s->kv_seq, s->tokens, s->n_tokens - 1, &hit, NULL) != CV_OK) hit = 0;
+        s->n_fed = hit;
+        e->stats.prefix_queries += (uint64_t)s->n_tokens;
+        e->stats.prefix_hits += (uint64_t)hit;
     }
     return e->n_running;
 }

@@ -107,8 +107,9 @@ typedef struct cv_engine_stats {
     uint64_t preemptions;
     uint64_t tokens_generated;
     /* Prefix cache: tokens of admitted sequences looked up and found (a preempted one
-     * counts again when re-admitted; queries - hits = prefill tokens computed), blocks
-     * in the index (held or not), blocks evicted from it; prefix_cache: on. */
+     * counts again when re-admitted; with the cache off every token is a miss, so
+     * queries - hits is the prefill computed either way), blocks in the index (held or
+     * not), blocks evicted from it; prefix_cache: on. */
     uint64_t prefix_queries, prefix_hits, prefix_evictions;
     int32_t prefix_blocks;
     int prefix_cache;

@@ -116,7 +116,7 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
     engine_gauge(&b, "corvid_batch_size", "Rows of the most recent forward pass.", slots, n,
                  offsetof(cv_engine_stats, last_batch_rows));
     engine_series(&b, "corvid_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache "
-                  "(a preempted sequence's again when re-admitted).", 1, slots, n,
+                  "(a preempted sequence's again when re-admitted; all misses when it is off).", 1, slots, n,
                   offsetof(cv_engine_stats, prefix_queries));
     engine_series(&b, "corvid_prefix_cache_hits_total", "Looked-up tokens found cached: not prefilled "
                   "again.", 1, slots, n, offsetof(cv_engine_stats, prefix_hits));

@@ -298,7 +298,8 @@ static void shared_reference(const char *path, result *ref) {
     reference_of(solo, shared, N_SHARED, GEN, ref);
     cv_engine_stats st = stats_of(solo);
     assert_false(st.prefix_cache);
-    assert_int_equal(st.prefix_queries, 0);
+    assert_true(st.prefix_queries >= (uint64_t)(N_SHARED * 40)); /* counted, all missed */
+    assert_int_equal(st.prefix_hits, 0);
     cv_slot_free(solo);
 }
 
