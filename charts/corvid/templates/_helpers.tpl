@@ -92,6 +92,7 @@ and the model sharded over the pod's GPUs (tp = gpu.count).
   "n_ctx" $c.ctx
   "kv_type" $c.kvType
   "kv_memory_mb" $c.kvMemoryMb
+  "prefix_cache" (ternary 1 0 $c.prefixCache)
   "max_tokens_default" $c.maxTokensDefault
   "drain_timeout_s" $c.drainTimeoutSeconds
   "model_dirs" "/models"
