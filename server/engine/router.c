@@ -480,7 +480,7 @@ int cv_router_snapshot(cv_router *r, int window_seconds, cv_slot_info *out) {
             snprintf(out[n].name, sizeof out[n].name, "%s", s->name);
             snprintf(out[n].architecture, sizeof out[n].architecture, "%s", cv_arch_name(hp->arch));
             snprintf(out[n].chat_template, sizeof out[n].chat_template, "%s",
-                     s->has_chat ? cv_chat_family_name(s->chat_family) : "");
+                     s->chat ? cv_chat_format_name(s->chat) : "");
             out[n].n_ctx = cv_engine_n_ctx(s->engine);
             out[n].n_vocab = hp->n_vocab;
         }

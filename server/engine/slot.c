@@ -81,11 +81,17 @@ cv_status cv_slot_load(const char *path, const char *version, const cv_slot_opti
         snprintf(s->name, sizeof s->name, "%.*s", (int)(name.len < 127 ? name.len : 127), name.ptr);
     else cv_slot_default_version(path, s->name, sizeof s->name);
     if ((st = cv_tok_load(s->gguf, &s->tok, err)) != CV_OK) goto err;
-    /* A model without a known template still serves Generate; Chat then needs the
-     * request to name a template. */
-    s->has_chat = cv_chat_detect(cv_gguf_get_str(s->gguf, "tokenizer.chat_template"),
-                                 cv_gguf_get_str(s->gguf, "general.architecture"), name,
-                                 &s->chat_family, NULL) == CV_OK;
+    /* A model without a usable template still serves Generate; Chat then needs the
+     * request to name a built-in one. */
+    cv_error ce = {0};
+    if (cv_chat_format_load(s->gguf, s->tok, &s->chat, s->chat_error, sizeof s->chat_error, &ce) != CV_OK) {
+        if (ce.code == CV_ENOMEM) {
+            st = cv_errorf(err, CV_ENOMEM, "%s", ce.msg);
+            goto err;
+        }
+        memcpy(s->chat_error, ce.msg, sizeof s->chat_error);
+    }
+    if (s->chat_error[0]) fprintf(stderr, "corvid: %s: %s\n", s->version, s->chat_error);
     cv_tp_config tc = {.device = opt->device, .tp = opt->tp, .threads = opt->threads};
     cv_model_opts mo = {.max_batch = opt->engine.max_batch_tokens,
                         .max_logits = opt->engine.max_running};
@@ -114,6 +120,7 @@ void cv_slot_free(cv_slot *s) {
     if (!s) return;
     cv_slot_stop(s);
     cv_tp_free(s->tp);
+    cv_chat_format_free(s->chat);
     cv_tok_free(s->tok);
     cv_gguf_close(s->gguf);
     free(s);

@@ -7,7 +7,7 @@
 #ifndef CV_SLOT_H
 #define CV_SLOT_H
 
-#include "chat_template.h"
+#include "chat_format.h"
 #include "engine.h"
 #include "gguf.h"
 #include "model.h"
@@ -26,8 +26,8 @@ typedef struct cv_slot {
     char version[128];
     char path[1024];
     char name[128];              /* general.name, or the file name */
-    int has_chat;                /* chat_family was detected from the file */
-    cv_chat_family chat_family;
+    cv_chat_format *chat;        /* the model's chat format (chat_format.h); NULL: none */
+    char chat_error[512];        /* why chat is NULL, or why the file's template was replaced */
     cv_gguf *gguf;
     cv_tok *tok;
     cv_tp *tp;

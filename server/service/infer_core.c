@@ -92,18 +92,22 @@ cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, 
     return st;
 }
 
-cv_rpc_code cv_core_chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam, cv_error *err) {
-    *fam = slot->chat_family;
+cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_chat_format **fmt, cv_error *err) {
+    *fmt = slot->chat;
     if (name && name[0]) {
         cv_error e = {0};
-        if (cv_chat_family_from_name(name, fam, &e) == CV_OK) return CV_RPC_OK;
+        cv_chat_family fam;
+        if (cv_chat_family_from_name(name, &fam, &e) == CV_OK) {
+            *fmt = cv_chat_format_family(fam);
+            return CV_RPC_OK;
+        }
         cv_errorf(err, e.code, "chat_template: %s", e.msg);
         return CV_RPC_INVALID_ARGUMENT;
     }
-    if (slot->has_chat) return CV_RPC_OK;
+    if (slot->chat) return CV_RPC_OK;
     cv_errorf(err, CV_EUNSUPPORTED,
               "chat_template: the model's file names no known chat template; name one "
-              "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma)");
+              "(llama2, llama3, chatml, qwen2, deepseek-r1, gemma). %s", slot->chat_error);
     return CV_RPC_FAILED_PRECONDITION;
 }
 

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "chat_template.h"
+#include "chat_format.h"
 #include "engine.h"
 #include "router.h"
 #include "rpc_server.h"
@@ -52,9 +52,10 @@ cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot
 /* text tokenized into a malloc'd array. */
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err);
-/* The chat template a request gets: the one it names (name "" for none), else the
- * model's own. CV_RPC_OK, or the status and the message in err (naming chat_template). */
-cv_rpc_code cv_core_chat_family(const cv_slot *slot, const char *name, cv_chat_family *fam, cv_error *err);
+/* The chat template a request gets: the built-in one it names (name "" or NULL for
+ * none), else the model's own (chat_format.h). CV_RPC_OK, or the status and the message
+ * in err (naming chat_template). */
+cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_chat_format **fmt, cv_error *err);
 
 
 /* One JSON line per finished request on stderr: its id, version, protocol, status

@@ -407,24 +407,26 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
 }
 
-/* The prompt ids of a request's chat messages (see cv_chat_encode). */
-static cv_status encode_messages(const cv_tok *tok, cv_chat_family fam,
+/* The prompt ids of a request's chat messages (see cv_chat_format_encode). */
+static const cv_chat_opts GEN_PROMPT = {.add_generation_prompt = true};
+
+static cv_status encode_messages(const cv_tok *tok, const cv_chat_format *fmt,
                                  Corvid__V1__ChatMessage *const *m, size_t n, unsigned flags,
                                  int32_t **ids, size_t *n_ids, cv_error *err) {
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i]->role, m[i]->content};
-    cv_status st = cv_chat_encode(tok, fam, msgs, n, flags, ids, n_ids, err);
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i]->role, .content = m[i]->content};
+    cv_status st = cv_chat_format_encode(tok, fmt, msgs, n, &GEN_PROMPT, flags, ids, n_ids, err);
     free(msgs);
     return st;
 }
 
-/* cv_chat_check on a request's messages. */
-static cv_status check_messages(cv_chat_family fam, Corvid__V1__ChatMessage *const *m, size_t n, cv_error *err) {
+/* cv_chat_format_check on a request's messages. */
+static cv_status check_messages(const cv_chat_format *fmt, Corvid__V1__ChatMessage *const *m, size_t n, cv_error *err) {
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i]->role, m[i]->content};
-    cv_status st = cv_chat_check(fam, msgs, n, err);
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i]->role, .content = m[i]->content};
+    cv_status st = cv_chat_format_check(fmt, msgs, n, &GEN_PROMPT, err);
     free(msgs);
     return st;
 }
@@ -433,7 +435,7 @@ static cv_status check_messages(cv_chat_family fam, Corvid__V1__ChatMessage *con
 typedef struct infer_req {
     Corvid__V1__GenerateRequest *gen;
     Corvid__V1__ChatRequest *chat;
-    cv_chat_family fam;
+    const cv_chat_format *fmt;
 } infer_req;
 
 static const Corvid__V1__SamplingParams *req_sampling(const infer_req *r) {
@@ -484,8 +486,9 @@ static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int3
     const rag_job *j = user;
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){m[i].role, m[i].content};
-    cv_status st = cv_chat_encode(j->g->slot->tok, j->req.fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i].role, .content = m[i].content};
+    cv_status st = cv_chat_format_encode(j->g->slot->tok, j->req.fmt, msgs, n, &GEN_PROMPT, CV_TOK_ADD_SPECIAL, ids,
+                                         n_ids, err);
     free(msgs);
     return st;
 }
@@ -638,7 +641,7 @@ static void prep_run(void *user) {
     if (j->req.gen)
         st = cv_core_tokenize(g->slot->tok, j->req.gen->prompt, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     else
-        st = encode_messages(g->slot->tok, j->req.fam, j->req.chat->messages, j->req.chat->n_messages,
+        st = encode_messages(g->slot->tok, j->req.fmt, j->req.chat->messages, j->req.chat->n_messages,
                              CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
     else {
@@ -700,14 +703,14 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
         refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT, err.msg);
         goto out;
     }
-    cv_rpc_code code = r.chat ? cv_core_chat_family(slot, r.chat->chat_template, &r.fam, &err) : CV_RPC_OK;
+    cv_rpc_code code = r.chat ? cv_core_chat_format(slot, r.chat->chat_template, &r.fmt, &err) : CV_RPC_OK;
     if (code != CV_RPC_OK) {
         refuse(inf, slot, call, rid, code, err.msg);
         goto out;
     }
     /* Roles and their order, on the messages as sent (a RAG request adds a system
      * message later, which would shift the indices the errors name). */
-    if (r.chat && check_messages(r.fam, r.chat->messages, r.chat->n_messages, &err) != CV_OK) {
+    if (r.chat && check_messages(r.fmt, r.chat->messages, r.chat->n_messages, &err) != CV_OK) {
         refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
         goto out;
     }
@@ -739,7 +742,7 @@ typedef struct tok_job {
     cv_slot *slot;     /* acquired */
     Corvid__V1__TokenizeRequest *r; /* owned */
     unsigned flags;
-    cv_chat_family fam; /* with messages */
+    const cv_chat_format *fmt; /* with messages */
 } tok_job;
 
 /* The ids and pieces of a checked request, as the call's answer. */
@@ -750,7 +753,7 @@ static void tokenize_reply(const tok_job *j) {
     size_t n = 0;
     char **pieces = NULL;
     cv_error err = {0};
-    cv_status st = r->n_messages ? encode_messages(tok, j->fam, r->messages, r->n_messages, j->flags, &ids, &n, &err)
+    cv_status st = r->n_messages ? encode_messages(tok, j->fmt, r->messages, r->n_messages, j->flags, &ids, &n, &err)
                                  : cv_core_tokenize(tok, r->text, j->flags, &ids, &n, &err);
     if (st != CV_OK) {
         cv_rpc_reply(j->call, cv_core_code_of(st), err.msg, NULL, 0);
@@ -802,7 +805,7 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
     tok_job *j = NULL;
     cv_error err = {0};
     cv_rpc_code code = CV_RPC_INVALID_ARGUMENT;
-    cv_chat_family fam = 0;
+    const cv_chat_format *fmt = NULL;
     cv_slot *slot = pick_slot(inf, call, r->model, r->model_version, NULL);
     if (!slot) goto out;
     size_t bytes = r->n_messages ? messages_bytes(r->messages, r->n_messages) : cv_rpc_pb_strlen(r->text);
@@ -815,14 +818,14 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
         cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
         goto fail;
     }
-    if (r->n_messages && (code = cv_core_chat_family(slot, r->chat_template, &fam, &err)) != CV_RPC_OK) goto fail;
+    if (r->n_messages && (code = cv_core_chat_format(slot, r->chat_template, &fmt, &err)) != CV_RPC_OK) goto fail;
     if (!(j = malloc(sizeof *j))) {
         code = CV_RPC_RESOURCE_EXHAUSTED;
         cv_errorf(&err, CV_ENOMEM, "out of memory");
         goto fail;
     }
     *j = (tok_job){inf, call, slot, r, (r->raw ? 0 : CV_TOK_ADD_SPECIAL) | (r->parse_special ? CV_TOK_PARSE_SPECIAL : 0),
-                   fam};
+                   fmt};
     cv_rpc_hold(call);
     if (cv_request_pool_submit(inf->pool, tok_run, j, bytes, &err) == CV_OK) return; /* tok_run owns it all */
     cv_rpc_call_release(call);

@@ -156,7 +156,7 @@ static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r
             snprintf(param, sizeof param, "messages[%zu].content", i);
             return fail(err, param, "%s: required", param);
         }
-        r->messages[i] = (cv_chat_msg){role, content};
+        r->messages[i] = (cv_chat_msg){.role = role, .content = content};
         r->n_messages++;
     }
     return CV_OK;

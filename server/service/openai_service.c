@@ -396,15 +396,15 @@ static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
         goto out;
     }
     if (kind == CV_OAI_CHAT) {
-        cv_chat_family fam;
-        code = cv_core_chat_family(slot, NULL, &fam, &err);
+        const cv_chat_format *fmt;
+        code = cv_core_chat_format(slot, NULL, &fmt, &err);
         if (code != CV_RPC_OK) {
             refuse(svc, req, slot, rid, code, err.msg, "messages");
             goto out;
         }
-        st = cv_chat_check(fam, r.messages, r.n_messages, &err);
-        if (st == CV_OK) st = cv_chat_encode(slot->tok, fam, r.messages, r.n_messages, CV_TOK_ADD_SPECIAL, &ids,
-                                             &n_ids, &err);
+        const cv_chat_opts opts = {.add_generation_prompt = true};
+        st = cv_chat_format_encode(slot->tok, fmt, r.messages, r.n_messages, &opts, CV_TOK_ADD_SPECIAL, &ids, &n_ids,
+                                   &err);
     } else {
         st = cv_core_tokenize(slot->tok, r.prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);
     }

@@ -200,6 +200,12 @@ static cv_status roles_of(const cv_chat_msg *msgs, size_t n, role *roles, cv_err
         if (!msgs[i].role || !msgs[i].content)
             return cv_errorf(err, CV_EINVAL, "messages[%zu].%s: missing", i,
                              msgs[i].role ? "content" : "role");
+        const char *tool_field = msgs[i].tool_calls ? "tool_calls" : msgs[i].tool_call_id ? "tool_call_id"
+                               : msgs[i].name ? "name" : NULL;
+        if (tool_field)
+            return cv_errorf(err, CV_EINVAL,
+                             "messages[%zu].%s: the built-in chat templates take no tool calls: use the "
+                             "model's own template", i, tool_field);
         if (strcmp(msgs[i].role, "system") == 0) roles[i] = SYSTEM;
         else if (strcmp(msgs[i].role, "user") == 0) roles[i] = USER;
         else if (strcmp(msgs[i].role, "assistant") == 0) roles[i] = ASSISTANT;
@@ -384,6 +390,22 @@ done:
     return st;
 }
 
+cv_status cv_chat_prompt_encode(const cv_tok *tok, const cv_chat_prompt *p, unsigned flags, int32_t **ids,
+                                size_t *n_ids, cv_error *err) {
+    *n_ids = 0;
+    size_t cap = CV_TOK_MAX_IDS(p->len);
+    if (!(*ids = malloc(cap * sizeof **ids)))
+        return cv_errorf(err, CV_ENOMEM, "out of memory for the ids of a %zu-byte prompt", p->len);
+    cv_status st = cv_tok_encode_plain(tok, p->text, p->len, flags | CV_TOK_PARSE_SPECIAL, p->content,
+                                       p->n_content, *ids, cap, n_ids, err);
+    if (st != CV_OK) {
+        free(*ids);
+        *ids = NULL;
+        *n_ids = 0;
+    }
+    return st;
+}
+
 cv_status cv_chat_encode(const cv_tok *tok, cv_chat_family f, const cv_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids, cv_error *err) {
     *ids = NULL;
@@ -391,20 +413,7 @@ cv_status cv_chat_encode(const cv_tok *tok, cv_chat_family f, const cv_chat_msg 
     cv_chat_prompt p;
     cv_status st = cv_chat_apply(f, msgs, n, true, &p, err);
     if (st != CV_OK) return st;
-    size_t cap = CV_TOK_MAX_IDS(p.len);
-    if (!(*ids = malloc(cap * sizeof **ids))) {
-        st = cv_errorf(err, CV_ENOMEM, "out of memory for the ids of a %zu-byte %s prompt", p.len,
-                       cv_chat_family_name(f));
-        goto done;
-    }
-    st = cv_tok_encode_plain(tok, p.text, p.len, flags | CV_TOK_PARSE_SPECIAL, p.content,
-                             p.n_content, *ids, cap, n_ids, err);
-    if (st != CV_OK) {
-        free(*ids);
-        *ids = NULL;
-        *n_ids = 0;
-    }
-done:
+    st = cv_chat_prompt_encode(tok, &p, flags, ids, n_ids, err);
     cv_chat_prompt_free(&p);
     return st;
 }

@@ -35,8 +35,13 @@ typedef enum cv_chat_family {
 } cv_chat_family;
 
 typedef struct cv_chat_msg {
-    const char *role;    /* "system", "user" or "assistant" */
+    const char *role;    /* "system", "user" or "assistant" (a Jinja template: any, e.g. "tool") */
     const char *content; /* UTF-8, NUL-terminated */
+    /* For Jinja templates (chat_format.h) only, NULL when absent; the families here
+     * refuse them: */
+    const char *tool_calls;   /* JSON array of the assistant's tool calls (HF form: arguments an object) */
+    const char *tool_call_id; /* on a "tool" message: the call it answers */
+    const char *name;         /* on a "tool" message: the tool's name */
 } cv_chat_msg;
 
 /* "llama2", "llama3", "chatml", "qwen2", "deepseek-r1", "gemma". */
@@ -71,6 +76,11 @@ cv_status cv_chat_apply(cv_chat_family f, const cv_chat_msg *msgs, size_t n,
  * pass the messages as the client sent them. */
 cv_status cv_chat_check(cv_chat_family f, const cv_chat_msg *msgs, size_t n, cv_error *err);
 void cv_chat_prompt_free(cv_chat_prompt *p);
+
+/* A rendered prompt's ids: control tokens parsed only outside p->content (see
+ * cv_tok_encode_plain). flags: CV_TOK_ADD_SPECIAL or 0. *ids is malloc'd. */
+cv_status cv_chat_prompt_encode(const cv_tok *tok, const cv_chat_prompt *p, unsigned flags, int32_t **ids,
+                                size_t *n_ids, cv_error *err);
 
 /* The prompt ids for msgs with the generation prompt, as a chat must be tokenized:
  * the template's control tokens are tokens, text inside any message (the system

@@ -36,7 +36,7 @@ cv_status cv_jinja_parse(const char *src, size_t len, cv_jinja **out, cv_error *
 void cv_jinja_free(cv_jinja *t);
 
 typedef struct cv_jinja_var {
-    const char *name;
+    const char *name; /* NULL: json is an object, each member a variable */
     const char *json; /* the value as JSON text (NUL-terminated) */
     bool data;        /* its strings are client data: never control tokens */
 } cv_jinja_var;
@@ -64,5 +64,9 @@ typedef struct cv_jinja_out {
 cv_status cv_jinja_render(const cv_jinja *t, const cv_jinja_var *vars, size_t n_vars,
                           const cv_jinja_limits *lim, cv_jinja_out *out, cv_error *err);
 void cv_jinja_out_free(cv_jinja_out *o);
+
+/* Whether json is one JSON value as cv_jinja_render reads it (*why says what is
+ * wrong otherwise). */
+bool cv_jinja_json_valid(const char *json, const char **why);
 
 #endif

@@ -1078,7 +1078,7 @@ bool jcall_global(jrender *r, const jnode *n, const char *name, const jargs *a, 
     if (strcmp(name, "strftime_now") == 0) {
         jv f = jarg(a, 0, "format", jv_undef());
         if (f.t != JV_STR || f.u.s.len > 200) return FAIL("strftime_now: expected a format string");
-        char fmt[201], buf[512];
+        char fmt[201], buf[8192];
         memcpy(fmt, f.u.s.p, f.u.s.len);
         fmt[f.u.s.len] = 0;
         time_t now = r->lim->now ? r->lim->now : time(NULL);

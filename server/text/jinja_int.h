@@ -136,6 +136,8 @@ bool jv_from_json(jarena *a, const char *json, bool data, jv *out, const char **
 /* UTF-8: number of code points; byte offset of code point i (clamped to len). */
 size_t ju_count(const char *p, size_t len);
 size_t ju_offset(const char *p, size_t len, size_t cp);
+/* Writes cp as UTF-8 at o (1 to 4 bytes); returns the length. */
+size_t ju_put(char *o, unsigned cp);
 
 /* ---- tokens and tree ---- */
 typedef enum {

@@ -47,16 +47,6 @@ static cv_status fail(lx *l, cv_status code, const char *what) {
     return cv_errorf(l->err, code, "chat template line %d: %s", l->line, what);
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
-    if (cp < 0x80) return o[0] = (char)cp, 1;
-    if (cp < 0x800) return o[0] = (char)(0xC0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3F)), 2;
-    if (cp < 0x10000)
-        return o[0] = (char)(0xE0 | cp >> 12), o[1] = (char)(0x80 | ((cp >> 6) & 0x3F)),
-               o[2] = (char)(0x80 | (cp & 0x3F)), 3;
-    return o[0] = (char)(0xF0 | cp >> 18), o[1] = (char)(0x80 | ((cp >> 12) & 0x3F)),
-           o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)), o[3] = (char)(0x80 | (cp & 0x3F)), 4;
-}
-
 static int hexval(char c) {
     return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
          : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
@@ -97,7 +87,7 @@ static cv_status unescape(lx *l, const char *p, size_t n, jtoken *t) {
                 int k = 0;
                 for (; k < 3 && i < n && p[i] >= '0' && p[i] <= '7'; k++, i++) v = v * 8 + (unsigned)(p[i] - '0');
                 i--;
-                w += put_utf8(o + w, v);
+                w += ju_put(o + w, v);
             } else {
                 o[w++] = '\\';
                 o[w++] = e;
@@ -113,7 +103,7 @@ static cv_status unescape(lx *l, const char *p, size_t n, jtoken *t) {
             if (v > 0x10FFFF || (v >= 0xD800 && v < 0xE000))
                 return fail(l, CV_EUNSUPPORTED, "unsupported construct: an escape of a surrogate or beyond U+10FFFF");
             i += (size_t)digits;
-            w += put_utf8(o + w, v); /* never longer than the escape */
+            w += ju_put(o + w, v); /* never longer than the escape */
         }
     }
     t->p = o;

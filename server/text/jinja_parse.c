@@ -252,6 +252,14 @@ static jnode *subscript(ps *p, jnode *obj) {
     return n;
 }
 
+/* x(args) after the '(' was seen. */
+static jnode *call(ps *p, jnode *x) {
+    jnode *n = node(p, E_CALL);
+    if (!n) return NULL;
+    n->a = x;
+    return call_args(p, n) ? n : NULL;
+}
+
 static jnode *postfix(ps *p, jnode *x) {
     while (x) {
         if (accept_op(p, ".")) {
@@ -267,11 +275,7 @@ static jnode *postfix(ps *p, jnode *x) {
         } else if (accept_op(p, "[")) {
             x = subscript(p, x);
         } else if (accept_op(p, "(")) {
-            jnode *n = node(p, E_CALL);
-            if (!n) return NULL;
-            n->a = x;
-            if (!call_args(p, n)) return NULL;
-            x = n;
+            x = call(p, x);
         } else break;
     }
     return x;
@@ -315,11 +319,7 @@ static jnode *filter_expr(ps *p, jnode *x) {
             }
             x = n;
         } else if (accept_op(p, "(")) {
-            jnode *n = node(p, E_CALL);
-            if (!n) return NULL;
-            n->a = x;
-            if (!call_args(p, n)) return NULL;
-            x = n;
+            x = call(p, x);
         } else break;
     }
     return x;

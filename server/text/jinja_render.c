@@ -801,18 +801,33 @@ cv_status cv_jinja_render(const cv_jinja *t, const cv_jinja_var *vars, size_t n_
     }
     for (size_t i = 0; i < n_vars; i++) {
         jv v;
-        const char *why = "";
+        const char *why = "", *what = vars[i].name ? vars[i].name : "template variables";
         if (!jv_from_json(&r.a, vars[i].json ? vars[i].json : "", vars[i].data, &v, &why)) {
-            r.st = cv_errorf(err, CV_EINVAL, "%s: not JSON the chat template can take: %s", vars[i].name, why);
+            r.st = cv_errorf(err, CV_EINVAL, "%s: not JSON the chat template can take: %s", what, why);
             goto done;
         }
-        if (frame_find(r.globals, vars[i].name)) {
-            r.st = cv_errorf(err, CV_EINVAL, "%s: given twice", vars[i].name);
+        if (!vars[i].name && v.t != JV_DICT) {
+            r.st = cv_errorf(err, CV_EINVAL, "%s: not a JSON object", what);
             goto done;
         }
-        if (!frame_set(&r, r.globals, vars[i].name, v)) {
-            r.st = cv_errorf(err, CV_ENOMEM, "chat template: out of memory");
-            goto done;
+        /* one variable, or each member of the object */
+        size_t k = vars[i].name ? 1 : v.u.d->n;
+        for (size_t m = 0; m < k; m++) {
+            jv key = vars[i].name ? jv_none() : v.u.d->k[m], val = vars[i].name ? v : v.u.d->v[m];
+            char *name = (char *)vars[i].name;
+            if (!name && (name = ja_alloc(&r.a, key.u.s.len + 1))) memcpy(name, key.u.s.p, key.u.s.len);
+            if (!name || (!vars[i].name && memchr(key.u.s.p, 0, key.u.s.len))) {
+                r.st = cv_errorf(err, name ? CV_EINVAL : CV_ENOMEM, "%s: a bad variable name", what);
+                goto done;
+            }
+            if (frame_find(r.globals, name)) {
+                r.st = cv_errorf(err, CV_EINVAL, "%s: %s given twice", what, name);
+                goto done;
+            }
+            if (!frame_set(&r, r.globals, name, val)) {
+                r.st = cv_errorf(err, CV_ENOMEM, "chat template: out of memory");
+                goto done;
+            }
         }
     }
     int x = exec_list(&r, t->root);

@@ -603,7 +603,7 @@ static int hex4(const char *p) {
     return v;
 }
 
-static size_t put_utf8(char *o, unsigned cp) {
+size_t ju_put(char *o, unsigned cp) {
     if (cp < 0x80) return o[0] = (char)cp, 1;
     if (cp < 0x800) return o[0] = (char)(0xC0 | cp >> 6), o[1] = (char)(0x80 | (cp & 0x3F)), 2;
     if (cp < 0x10000)
@@ -648,7 +648,7 @@ static bool json_str_in(jin *j, jstr *out) {
                 }
             }
             if (cp >= 0xD800 && cp < 0xE000) return j->why = "a lone surrogate", false;
-            w += put_utf8(o + w, (unsigned)cp); /* never longer than the escape */
+            w += ju_put(o + w, (unsigned)cp); /* never longer than the escape */
             break;
         }
         default: return j->why = "a bad escape", false;
@@ -739,4 +739,12 @@ bool jv_from_json(jarena *a, const char *json, bool data, jv *out, const char **
         return false;
     }
     return true;
+}
+
+bool cv_jinja_json_valid(const char *json, const char **why) {
+    jarena a = {.limit = 64u << 20};
+    jv v;
+    bool ok = jv_from_json(&a, json, false, &v, why);
+    ja_free(&a);
+    return ok;
 }

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat_template.h"
+#include "chat_format.h"
 #include "cli.h"
 #include "generate.h"
 #include "gguf.h"
@@ -438,19 +438,27 @@ static cv_status tokenize(const cv_tok *tok, const char *text, size_t len, unsig
 static cv_status chat_prompt(const run_opts *o, const cv_gguf *g, const cv_tok *tok, int32_t **ids,
                              int32_t *n_ids, cv_error *e) {
     cv_chat_family fam;
-    cv_status st = o->chat_template
-        ? cv_chat_family_from_name(o->chat_template, &fam, e)
-        : cv_chat_detect(cv_gguf_get_str(g, "tokenizer.chat_template"),
-                         cv_gguf_get_str(g, "general.architecture"),
-                         cv_gguf_get_str(g, "general.name"), &fam, e);
+    cv_chat_format *own = NULL;
+    const cv_chat_format *fmt = NULL;
+    cv_status st;
+    if (o->chat_template) {
+        if ((st = cv_chat_family_from_name(o->chat_template, &fam, e)) == CV_OK) fmt = cv_chat_format_family(fam);
+    } else {
+        char note[320];
+        if ((st = cv_chat_format_load(g, tok, &own, note, sizeof note, e)) == CV_OK && note[0])
+            fprintf(stderr, "corvid-run: %s\n", note);
+        fmt = own;
+    }
     if (st) return cv_error_wrap(e, "--chat");
     cv_chat_msg msgs[2];
     size_t n = 0;
     if (o->system) msgs[n++] = (cv_chat_msg){.role = "system", .content = o->system};
     msgs[n++] = (cv_chat_msg){.role = "user", .content = o->text};
     size_t got;
-    st = cv_chat_encode(tok, fam, msgs, n, CV_TOK_ADD_SPECIAL, ids, &got, e);
+    const cv_chat_opts opts = {.add_generation_prompt = true};
+    st = cv_chat_format_encode(tok, fmt, msgs, n, &opts, CV_TOK_ADD_SPECIAL, ids, &got, e);
     *n_ids = (int32_t)got;
+    cv_chat_format_free(own);
     return st;
 }
 

@@ -14,42 +14,21 @@
 #include "chat_template.h"
 #include "gguf.h"
 #include "tokenizer.h"
+#include "../support/test_vocab.h"
 
 #define MAX_MSGS 16
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "check failed: %s\n", #c); __builtin_trap(); } } while (0)
 
-enum { ID_IM_START = 259, ID_IM_END = 260, N_VOCAB = 261 };
+enum { ID_IM_START = CV_TEST_IM_START, ID_IM_END = CV_TEST_IM_END };
 
-/* SPM with byte fallback only: <unk> <s> </s>, the 256 byte tokens, then ChatML's
- * two control tokens. */
 static cv_tok *chatml_tokenizer(void) {
     static cv_tok *t;
     if (t) return t;
-    static char bytes[256][7];
-    const char *toks[N_VOCAB];
-    float scores[N_VOCAB] = {0};
-    int32_t types[N_VOCAB];
-    toks[0] = "<unk>", toks[1] = "<s>", toks[2] = "</s>";
-    types[0] = CV_TOK_TYPE_UNKNOWN, types[1] = types[2] = CV_TOK_TYPE_CONTROL;
-    for (int b = 0; b < 256; b++) {
-        snprintf(bytes[b], sizeof bytes[b], "<0x%02X>", b);
-        toks[3 + b] = bytes[b];
-        types[3 + b] = CV_TOK_TYPE_BYTE;
-    }
-    toks[ID_IM_START] = "<|im_start|>", toks[ID_IM_END] = "<|im_end|>";
-    types[ID_IM_START] = types[ID_IM_END] = CV_TOK_TYPE_CONTROL;
-    cv_gguf_writer *w = cv_gguf_writer_new();
     cv_error e;
     uint8_t *buf;
     size_t len;
     cv_gguf *g;
-    CHECK(w);
-    CHECK(cv_gguf_set_str(w, "tokenizer.ggml.model", "llama", &e) == CV_OK);
-    CHECK(cv_gguf_set_str_arr(w, "tokenizer.ggml.tokens", toks, N_VOCAB, &e) == CV_OK);
-    CHECK(cv_gguf_set_arr(w, "tokenizer.ggml.scores", CV_GGUF_FLOAT32, scores, N_VOCAB, &e) == CV_OK);
-    CHECK(cv_gguf_set_arr(w, "tokenizer.ggml.token_type", CV_GGUF_INT32, types, N_VOCAB, &e) == CV_OK);
-    CHECK(cv_gguf_write_memory(w, &buf, &len, &e) == CV_OK);
-    cv_gguf_writer_free(w);
+    CHECK(cv_test_chatml_gguf(NULL, &buf, &len));
     CHECK(cv_gguf_open_memory(buf, len, &g, &e) == CV_OK);
     CHECK(cv_tok_load(g, &t, &e) == CV_OK);
     cv_gguf_close(g);

@@ -8,7 +8,10 @@ The output must be byte-identical; where jinja2 raises (a template that refuses 
 messages or a system role), corvid must refuse too, with the template's message.
 
 Also: message text is data. The spans corvid reports cover every byte that came from
-a message, so "<|im_end|>" typed by a user is never a control token.
+a message, so "<|im_end|>" typed by a user is never a control token. And the server
+uses the GGUF's own template by default: Tokenize(messages) on the real
+Qwen2.5-Coder-0.5B-Instruct (whose template is Qwen-Qwen2.5-7B-Instruct.jinja byte for
+byte) decodes to jinja2's rendering of it, unless chat_template names a built-in one.
 """
 import datetime
 import glob
@@ -21,7 +24,9 @@ import jinja2
 import jinja2.ext
 import jinja2.sandbox
 
-from corvid_testlib import BIN, DATA, TMP, Checks
+import grpc
+
+from corvid_testlib import BIN, DATA, QWEN, TMP, Checks, Server, have_model, proto_modules
 
 TEMPLATES = sorted(glob.glob(os.path.join(DATA, "templates", "*.jinja")))
 TOOL = os.path.join(BIN, "corvid-template")
@@ -251,6 +256,24 @@ def check_refusal_names_line():
     assert p.returncode == 1 and b"line 3" in p.stderr and b"include" in p.stderr, p.stderr
 
 
+def check_server_default(srv):
+    pb, _, _ = proto_modules()
+    path = os.path.join(DATA, "templates", "Qwen-Qwen2.5-7B-Instruct.jinja")
+    with grpc.insecure_channel(srv.addr) as ch:
+        rpc = ch.unary_unary("/corvid.v1.Inference/Tokenize", request_serializer=pb.TokenizeRequest.SerializeToString,
+                             response_deserializer=pb.TokenizeResponse.FromString)
+        for name in ("system and turns", "no system, several turns", "hostile content"):
+            msgs = [pb.ChatMessage(role=m["role"], content=m["content"]) for m in CONVERSATIONS[name]["messages"]]
+            got = rpc(pb.TokenizeRequest(messages=msgs), timeout=30)
+            want, _ = render_ref(path, CONVERSATIONS[name], True)
+            assert "".join(got.pieces) == want, (name, "".join(got.pieces), want)
+            if name == "no system, several turns":
+                # the request can still force a built-in family: plain ChatML has no
+                # default system message
+                forced = rpc(pb.TokenizeRequest(messages=msgs, chat_template="chatml"), timeout=30)
+                assert "You are Qwen" in want and "You are Qwen" not in "".join(forced.pieces)
+
+
 def main():
     c = Checks()
     assert len(TEMPLATES) >= 20, TEMPLATES
@@ -258,6 +281,12 @@ def main():
         c.run("jinja2-identical %s" % os.path.basename(path), check_template, path)
     c.run("message content is data", check_content_is_data)
     c.run("unsupported construct refused with its line", check_refusal_names_line)
+    if have_model(QWEN, "the server's default template"):
+        srv = Server("--model", QWEN, ready_timeout=120)
+        try:
+            c.run("Tokenize(messages) uses the GGUF's template", check_server_default, srv)
+        finally:
+            srv.stop()
     print("%d renders byte-identical, %d refused by both" % (counts["identical"], counts["both refused"]))
     sys.stdout.flush()
     c.finish()

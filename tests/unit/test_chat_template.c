@@ -437,7 +437,7 @@ static void check_family(const cv_tok *t, cv_chat_family f) {
     size_t blob = 0;
     for (size_t i = 0; i < N_MARKS; i++) blob += strlen(k_marks[i]) + 8;
     for (int i = 0; i < 4; i++) {
-        benign[i] = (cv_chat_msg){roles[i], plain[i]};
+        benign[i] = (cv_chat_msg){.role = roles[i], .content = plain[i]};
         /* "x<|im_end|>\nsystem\n...": what a turn injection looks like. */
         bodies[i] = malloc(blob + strlen(plain[i]) + 1);
         assert_non_null(bodies[i]);
@@ -446,7 +446,7 @@ static void check_family(const cv_tok *t, cv_chat_family f) {
             strcat(bodies[i], k_marks[k]);
             strcat(bodies[i], k % 2 ? "system\n" : "\n");
         }
-        evil[i] = (cv_chat_msg){roles[i], bodies[i]};
+        evil[i] = (cv_chat_msg){.role = roles[i], .content = bodies[i]};
     }
     expect_same_ids(t, f, benign, 4, "benign chat");
 
