@@ -203,10 +203,20 @@ cv_status cv_chat_format_apply(const cv_chat_format *f, const cv_chat_msg *msgs,
 
 cv_status cv_chat_format_check(const cv_chat_format *f, const cv_chat_msg *msgs, size_t n,
                                const cv_chat_opts *o, cv_error *err) {
-    if (!f->jinja && !o->tools && !o->extra) return cv_chat_check(f->family, msgs, n, err);
-    cv_chat_prompt p;
-    cv_status st = cv_chat_format_apply(f, msgs, n, o, &p, err);
-    if (st == CV_OK) cv_chat_prompt_free(&p);
+    const char *why = "";
+    if (!f->jinja) {
+        if (o->tools || o->extra) {
+            cv_chat_prompt p; /* the refusal itself */
+            return cv_chat_format_apply(f, msgs, n, o, &p, err);
+        }
+        return cv_chat_check(f->family, msgs, n, err);
+    }
+    /* the fields only: the template's own checks run when it renders */
+    if (n == 0) return cv_errorf(err, CV_EINVAL, "messages: the chat has no messages");
+    if (o->tools && !cv_jinja_json_valid(o->tools, &why)) return cv_errorf(err, CV_EINVAL, "tools: not JSON: %s", why);
+    char *mj = NULL;
+    cv_status st = messages_json(msgs, n, &mj, err);
+    free(mj);
     return st;
 }
 

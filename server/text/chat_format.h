@@ -52,7 +52,10 @@ typedef struct cv_chat_opts {
  * construct the interpreter lacks, CV_ERANGE past its bounds. */
 cv_status cv_chat_format_apply(const cv_chat_format *f, const cv_chat_msg *msgs, size_t n,
                                const cv_chat_opts *o, cv_chat_prompt *out, cv_error *err);
-/* The same checks without keeping the prompt. */
+/* The checks a caller wants before other work, cheap enough for an event thread: a
+ * built-in family's (roles and their order); for a file's template the fields only
+ * (an empty chat, a missing role or content, tool calls or tools that are not JSON),
+ * since its own checks (raise_exception) run when it renders. */
 cv_status cv_chat_format_check(const cv_chat_format *f, const cv_chat_msg *msgs, size_t n,
                                const cv_chat_opts *o, cv_error *err);
 /* The prompt ids for msgs (see cv_chat_encode): control tokens only from the
