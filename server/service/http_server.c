@@ -147,6 +147,7 @@ static void watch(cv_hs_req *r) {
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return;
     pthread_mutex_lock(&s->wmu);
+    if (r->watch_id) goto out; /* a held request that became a stream: watched already */
     if (s->n_watched == s->cap_watched) {
         size_t c = s->cap_watched ? s->cap_watched * 2 : 64;
         cv_hs_req **w = realloc(s->watched, c * sizeof *w);
@@ -272,10 +273,14 @@ void cv_hs_reply_error(cv_hs_req *r, int status, const char *message, const char
 void cv_hs_stream_start(cv_hs_req *r, const char *content_type, const cv_hs_stream_ops *ops, void *ctx) {
     (void)content_type; /* text/event-stream: the only stream this API has */
     pthread_mutex_lock(&r->mu);
+    if (r->mode == MODE_NONE) r->refs++; /* a held request is held already */
     r->mode = MODE_STREAM;
     r->ops = ops;
     r->ctx = ctx;
-    r->refs++;
+    if (r->suspended && r->c) { /* held and waiting: the daemon starts the stream */
+        r->suspended = 0;
+        MHD_resume_connection(r->c);
+    }
     pthread_mutex_unlock(&r->mu);
 }
 
@@ -295,6 +300,12 @@ void cv_hs_wake(cv_hs_req *r) {
         r->suspended = 0;
         MHD_resume_connection(r->c);
     }
+    pthread_mutex_unlock(&r->mu);
+}
+
+void cv_hs_retain(cv_hs_req *r) {
+    pthread_mutex_lock(&r->mu);
+    r->refs++;
     pthread_mutex_unlock(&r->mu);
 }
 

@@ -110,15 +110,19 @@ typedef struct cv_hs_stream_ops {
     void (*done)(void *ctx);       /* once, when neither side holds the request: free ctx */
 } cv_hs_stream_ops;
 
-/* Turn the request into a chunked streaming response with status 200; from the handler.
- * The service holds the request until cv_hs_release. */
+/* Turn the request into a chunked streaming response with status 200: from the handler,
+ * or from any thread for a request it holds (cv_hs_hold). The service holds the request
+ * until cv_hs_release. */
 void cv_hs_stream_start(cv_hs_req *r, const char *content_type, const cv_hs_stream_ops *ops, void *ctx);
 /* The answer comes later from another thread (cv_hs_reply); on_cancel and done as for a
  * stream (produce unused). From the handler; the service holds it until cv_hs_release. */
 void cv_hs_hold(cv_hs_req *r, const cv_hs_stream_ops *ops, void *ctx);
 /* Thread-safe: the stream has something to send. */
 void cv_hs_wake(cv_hs_req *r);
-/* The service's last touch of a held or streaming request. */
+/* One more hold on a held or streaming request (for a second owner, e.g. the engine's
+ * sink beside the worker that submitted): each hold ends with one cv_hs_release. */
+void cv_hs_retain(cv_hs_req *r);
+/* The end of one of the service's holds; the last one is its last touch. */
 void cv_hs_release(cv_hs_req *r);
 
 #endif

@@ -899,6 +899,8 @@ void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) {
     cv_rag_runner_init(&inf->rag, &(cv_rag_runner_config){.service = rag});
 }
 
+cv_request_pool *cv_infer_pool(cv_infer *inf) { return inf->pool; }
+
 int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
 
 void cv_infer_free(cv_infer *inf) {

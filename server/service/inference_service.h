@@ -57,6 +57,9 @@ cv_status cv_infer_register(cv_infer *inf, cv_rpc_server *srv, cv_error *err);
 /* Retrieval for requests with rag.enable (see rag_service.h); without one they get
  * FAILED_PRECONDITION. The service must outlive the streams (set before serving). */
 void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag);
+/* The request pool, for the HTTP API's requests too (openai_service.h). */
+typedef struct cv_request_pool cv_request_pool;
+cv_request_pool *cv_infer_pool(cv_infer *inf);
 /* Streams not yet finished (what a drain waits for). */
 int cv_infer_in_flight(cv_infer *inf);
 /* After the rpc server and the slot's engine are gone. */

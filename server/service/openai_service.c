@@ -10,10 +10,12 @@
 
 #include "infer_core.h"
 #include "openai_request.h"
+#include "request_pool.h"
 #include "utf8.h"
 
 struct cv_oai_service {
     cv_router *router;
+    cv_request_pool *pool;  /* NULL: the work runs on the HTTP thread */
     size_t max_prompt_bytes;
     long started;  /* "created" of the models: when this server started */
 };
@@ -363,7 +365,14 @@ static void fill_engine_request(const cv_oai_request *r, cv_engine_request *er) 
     er->ignore_eos = r->ignore_eos;
 }
 
-static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind kind) {
+/* On a request pool worker (or the HTTP thread without a pool): parse, route, render
+ * and tokenize, then submit; the request was held by start_completion. */
+static void serve_completion(void *user) {
+    job *j = user;
+    cv_oai_service *svc = j->svc;
+    cv_hs_req *req = j->req;
+    cv_oai_kind kind = j->kind;
+    const char *rid = j->request_id;
     size_t len;
     const char *body = cv_hs_body(req, &len);
     cv_oai_request r;
@@ -373,34 +382,37 @@ static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
     size_t n_ids = 0;
     char msg[512];
     cv_error err = {0};
-    char rid[128];
-    const char *hrid = cv_hs_header(req, "X-Request-Id");
-    if (hrid && *hrid && strlen(hrid) < sizeof rid) snprintf(rid, sizeof rid, "%s", hrid);
-    else snprintf(rid, sizeof rid, "req-%016llx", (unsigned long long)cv_core_random_seed());
-    if (cv_oai_parse(kind, body, len, &r, &perr) != CV_OK) {
+    pthread_mutex_lock(&j->mu);
+    int gone = j->client_gone;
+    pthread_mutex_unlock(&j->mu);
+    cv_status st = cv_oai_parse(kind, body, len, &r, &perr);
+    if (gone) { /* went away while queued: no work, no one to tell */
+        cv_hs_reply_error(req, 499, "client went away", NULL, NULL, 0);
+        goto release;
+    }
+    if (st != CV_OK) {
         cv_hs_reply_error(req, 400, perr.message, perr.param, "invalid_request", 0);
-        goto out;
+        goto release;
     }
     cv_rpc_code code = pick_slot(svc, &r, rid, &slot, msg, sizeof msg);
     if (code != CV_RPC_OK) {
         refuse(svc, req, NULL, rid, code, msg, code == CV_RPC_NOT_FOUND ? "model" : NULL);
-        goto out;
+        goto release;
     }
+    const char *field = kind == CV_OAI_CHAT ? "messages" : "prompt";
     size_t bytes = 0;
     for (size_t i = 0; i < r.n_messages; i++) bytes += strlen(r.messages[i].role) + strlen(r.messages[i].content);
     if (kind == CV_OAI_COMPLETION) bytes = strlen(r.prompt);
-    cv_status st = cv_core_check_prompt_size(svc->max_prompt_bytes, slot, kind == CV_OAI_CHAT ? "messages" : "prompt",
-                                             bytes, &err);
-    if (st != CV_OK) {
-        refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT, err.msg, kind == CV_OAI_CHAT ? "messages" : "prompt");
-        goto out;
+    if (cv_core_check_prompt_size(svc->max_prompt_bytes, slot, field, bytes, &err) != CV_OK) {
+        refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT, err.msg, field);
+        goto release;
     }
     if (kind == CV_OAI_CHAT) {
         const cv_chat_format *fmt;
         code = cv_core_chat_format(slot, NULL, &fmt, &err);
         if (code != CV_RPC_OK) {
-            refuse(svc, req, slot, rid, code, err.msg, "messages");
-            goto out;
+            refuse(svc, req, slot, rid, code, err.msg, field);
+            goto release;
         }
         const cv_chat_opts opts = {.add_generation_prompt = true};
         st = cv_chat_format_encode(slot->tok, fmt, r.messages, r.n_messages, &opts, CV_TOK_ADD_SPECIAL, &ids, &n_ids,
@@ -409,49 +421,69 @@ static void serve_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
         st = cv_core_tokenize(slot->tok, r.prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);
     }
     if (st != CV_OK) {
-        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, kind == CV_OAI_CHAT ? "messages" : "prompt");
-        goto out;
+        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
+        goto release;
     }
-    job *j = calloc(1, sizeof *j);
-    if (!j) {
-        refuse(svc, req, slot, rid, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
-        goto out;
-    }
-    pthread_mutex_init(&j->mu, NULL);
-    j->svc = svc;
-    j->slot = slot;
     j->engine = slot->engine;
-    j->req = req;
-    j->kind = kind;
     j->stream = r.stream;
     j->include_usage = r.include_usage;
     j->created = (long)time(NULL);
-    snprintf(j->request_id, sizeof j->request_id, "%s", rid);
     snprintf(j->id, sizeof j->id, "%s-%016llx", kind == CV_OAI_CHAT ? "chatcmpl" : "cmpl",
              (unsigned long long)cv_core_random_seed());
     cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
     fill_engine_request(&r, &er);
     j->out.want_samples = er.sampling.logprobs;
     if (kind == CV_OAI_CHAT && !r.reasoning_inline) cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
-    /* The request is held (or streams) before the engine can call back. */
-    if (r.stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
-    else cv_hs_hold(req, &job_ops, j);
+    j->slot = slot; /* job_done releases it from here on */
     cv_engine_sink sink = {sink_chunk, sink_final, j};
+    cv_hs_retain(req); /* the engine's hold, which sink_final ends */
     pthread_mutex_lock(&j->mu);
     st = cv_engine_submit(j->engine, &er, &sink, &j->engine_id, &err);
+    uint64_t id = j->engine_id;
+    gone = j->client_gone;
     pthread_mutex_unlock(&j->mu);
     if (st != CV_OK) {
-        /* Nothing was queued: the job ends here, the refusal is the answer. */
+        /* Nothing was queued: the refusal is the answer. CV_EINVAL here is the prompt
+         * against the context (the sampling was checked). */
+        cv_hs_release(req);
         j->ended = 1;
         j->slot = NULL;
-        /* CV_EINVAL here is the prompt against the context (the sampling was checked). */
-        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg,
-               st == CV_EINVAL ? (kind == CV_OAI_CHAT ? "messages" : "prompt") : NULL);
-        cv_hs_release(req); /* job_done frees the job */
+        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, st == CV_EINVAL ? field : NULL);
+        goto release;
     }
-out:
+    if (gone) cv_engine_cancel(j->engine, id);
+    if (r.stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
+release:
+    cv_hs_release(req); /* this worker's hold; the last one frees the job (job_done) */
     free(ids);
     cv_oai_request_free(&r);
+}
+
+/* On the HTTP thread: the request is held and its work queued on the request pool, so
+ * that a large body never stalls the other connections. */
+static void start_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind kind) {
+    job *j = calloc(1, sizeof *j);
+    if (!j) {
+        cv_hs_reply_error(req, 429, "out of memory", NULL, "queue_full", 1);
+        return;
+    }
+    pthread_mutex_init(&j->mu, NULL);
+    j->svc = svc;
+    j->req = req;
+    j->kind = kind;
+    const char *hrid = cv_hs_header(req, "X-Request-Id");
+    if (hrid && *hrid && strlen(hrid) < sizeof j->request_id) snprintf(j->request_id, sizeof j->request_id, "%s", hrid);
+    else snprintf(j->request_id, sizeof j->request_id, "req-%016llx", (unsigned long long)cv_core_random_seed());
+    cv_hs_hold(req, &job_ops, j);
+    size_t len;
+    cv_hs_body(req, &len);
+    cv_error err = {0};
+    if (!svc->pool) {
+        serve_completion(j);
+    } else if (cv_request_pool_submit(svc->pool, serve_completion, j, len, &err) != CV_OK) {
+        cv_hs_reply_error(req, 429, err.msg, NULL, "queue_full", 1);
+        cv_hs_release(req);
+    }
 }
 
 /* ---- models ---- */
@@ -507,13 +539,15 @@ static void on_model(void *ctx, cv_hs_req *req) {
     reply_json(req, m);
 }
 
-static void on_chat(void *ctx, cv_hs_req *req) { serve_completion(ctx, req, CV_OAI_CHAT); }
-static void on_completions(void *ctx, cv_hs_req *req) { serve_completion(ctx, req, CV_OAI_COMPLETION); }
+static void on_chat(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_CHAT); }
+static void on_completions(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_COMPLETION); }
 
-cv_status cv_oai_service_new(cv_router *router, size_t max_prompt_bytes, cv_oai_service **out, cv_error *err) {
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, size_t max_prompt_bytes, cv_oai_service **out,
+                             cv_error *err) {
     cv_oai_service *o = calloc(1, sizeof *o);
     if (!o) return cv_errorf(err, CV_ENOMEM, "openai service: out of memory");
     o->router = router;
+    o->pool = pool;
     o->max_prompt_bytes = max_prompt_bytes;
     o->started = (long)time(NULL);
     *out = o;

@@ -28,8 +28,12 @@
 
 typedef struct cv_oai_service cv_oai_service;
 
-/* max_prompt_bytes as gRPC's (inference_service.h): 0 for the default. */
-cv_status cv_oai_service_new(cv_router *router, size_t max_prompt_bytes, cv_oai_service **out, cv_error *err);
+/* max_prompt_bytes as gRPC's (inference_service.h): 0 for the default. Requests are
+ * parsed, rendered and tokenized on pool (request_pool.h, shared with gRPC; a full pool
+ * is 429), or on the HTTP thread when pool is NULL. */
+typedef struct cv_request_pool cv_request_pool;
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, size_t max_prompt_bytes, cv_oai_service **out,
+                             cv_error *err);
 /* Adds the /v1/ routes; the service must outlive the server's requests. */
 cv_status cv_oai_service_register(cv_oai_service *o, cv_hs *hs, cv_error *err);
 void cv_oai_service_free(cv_oai_service *o);
