@@ -44,6 +44,7 @@ static const char *type_name(const json_t *v) {
 }
 
 static cv_status wrong_type(cv_oai_error *err, const char *param, const char *want, const json_t *v) {
+    if (!v) return fail(err, param, "%s: required (%s)", param, want);
     return fail(err, param, "%s: expected %s, got %s", param, want, type_name(v));
 }
 

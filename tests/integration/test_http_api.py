@@ -178,6 +178,10 @@ def errors_are_openai_objects(api):
     err(400, {"prompt": "x", "stop": ["a", 1]}, "stop[1]", "expected a string")
     err(400, {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role", "not a role",
         path="/v1/chat/completions")
+    err(400, {"messages": [{"content": "x"}]}, "messages[0].role", "messages[0].role: required",
+        path="/v1/chat/completions")
+    err(400, {"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages[0].content[0].text",
+        "required", path="/v1/chat/completions")
     err(400, {"prompt": "word " * 400}, "prompt", "context")
     err(400, {"prompt": "x" * 5000}, "prompt", "prompt: 5000 bytes is over max_prompt_bytes (4096")
     h, e = err(404, {"model": "gpt-4", "prompt": "x"}, "model", "not served here")
