@@ -21,7 +21,8 @@ prompts then go to it as /completion requests with cache_prompt on (its prompt c
 one per slot, --parallel C slots), its prefill counted from each answer's
 timings.prompt_n. Without it the JSON has no llamacpp fields.
 
-Prints one JSON object: medians over the runs, and the ratios.
+Prints one JSON object: medians over the runs, and the ratios (each run's figures go to
+stderr as they come).
 """
 import argparse
 import http.client
@@ -252,8 +253,11 @@ def main():
         for r in range(args.runs):
             for cache in ((1, 0) if r % 2 == 0 else (0, 1)):
                 (on if cache else off).append(corvid_run(model, prompts, args, cache, tmp))
+                print("run %d, corvid prefix_cache %d: %s" % (r, cache, json.dumps((on if cache else off)[-1])),
+                      file=sys.stderr, flush=True)
             if llama:
                 peer.append(llama_run(llama, model, prompts, args, tmp))
+                print("run %d, llama.cpp: %s" % (r, json.dumps(peer[-1])), file=sys.stderr, flush=True)
         out = {"model": os.path.basename(model), "requests": args.requests, "concurrency": args.concurrency,
                "prompt_tokens": prompt_tokens, "system_tokens_asked": args.system_tokens,
                "question_tokens_asked": args.question_tokens, "max_tokens": args.max_tokens, "runs": args.runs,
