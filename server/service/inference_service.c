@@ -16,6 +16,7 @@
 #include "rag_request.h"
 #include "request_pool.h"
 #include "rpc_message.h"
+#include "stop.h"
 #include "timing.h"
 
 struct cv_infer {
@@ -297,7 +298,9 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
     uint64_t seed;
     sampling_from_proto(p, &sp, &max_tokens, &ignore_eos, &seed);
     cv_error e = {0};
-    if (cv_sampler_params_validate(&sp, &e) != CV_OK) return cv_errorf(err, CV_EINVAL, "sampling.%s", e.msg);
+    if (cv_sampler_params_validate(&sp, &e) != CV_OK ||
+        cv_stop_check((const char *const *)p->stop, p->n_stop, &e) != CV_OK)
+        return cv_errorf(err, CV_EINVAL, "sampling.%s", e.msg);
     return CV_OK;
 }
 

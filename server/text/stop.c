@@ -40,22 +40,26 @@ static size_t utf8_safe_end(const char *s, size_t len) {
     return len;
 }
 
-cv_status cv_stop_new(const char *const *stops, size_t n, cv_stop **out, cv_error *err) {
-    *out = NULL;
+cv_status cv_stop_check(const char *const *stops, size_t n, cv_error *err) {
     if (n > CV_STOP_MAX_STRINGS)
-        return cv_errorf(err, CV_EINVAL, "%zu stop strings given, at most %d allowed", n,
-                         CV_STOP_MAX_STRINGS);
+        return cv_errorf(err, CV_EINVAL, "stop: %zu strings given, at most %d allowed", n, CV_STOP_MAX_STRINGS);
     for (size_t i = 0; i < n; i++) {
         size_t l = strlen(stops[i]);
-        if (l == 0) return cv_errorf(err, CV_EINVAL, "stop string %zu is empty", i);
+        if (l == 0) return cv_errorf(err, CV_EINVAL, "stop[%zu] is empty", i);
         if (l > CV_STOP_MAX_LEN)
-            return cv_errorf(err, CV_EINVAL, "stop string %zu is %zu bytes long, at most %d allowed",
-                             i, l, CV_STOP_MAX_LEN);
+            return cv_errorf(err, CV_EINVAL, "stop[%zu] is %zu bytes long, at most %d allowed", i, l,
+                             CV_STOP_MAX_LEN);
         size_t bad;
         if (cv_utf8_check(stops[i], l, &bad) != CV_UTF8_OK)
-            return cv_errorf(err, CV_EINVAL, "stop string %zu is not valid UTF-8 (byte %zu)", i,
-                             bad);
+            return cv_errorf(err, CV_EINVAL, "stop[%zu] is not valid UTF-8 (byte %zu)", i, bad);
     }
+    return CV_OK;
+}
+
+cv_status cv_stop_new(const char *const *stops, size_t n, cv_stop **out, cv_error *err) {
+    *out = NULL;
+    cv_status st = cv_stop_check(stops, n, err);
+    if (st != CV_OK) return st;
     cv_stop *s = calloc(1, sizeof *s);
     if (!s) goto oom;
     s->n = n;

@@ -37,6 +37,9 @@ typedef struct cv_stop_out {
 /* Stop strings must be non-empty, valid UTF-8 and at most CV_STOP_MAX_LEN bytes;
  * n may be 0 (then every piece passes through, UTF-8 completion still applies). */
 cv_status cv_stop_new(const char *const *stops, size_t n, cv_stop **out, cv_error *err);
+/* cv_stop_new's check alone, for a request checked before any work. Messages name
+ * the strings as the APIs do: "stop: 20 strings given, ...", "stop[1] is empty". */
+cv_status cv_stop_check(const char *const *stops, size_t n, cv_error *err);
 void cv_stop_free(cv_stop *s);
 
 /* Forget held text and a past stop, for a new sequence with the same strings. */

@@ -173,10 +173,10 @@ static void test_invalid_stop_strings(void **state) {
     cv_error e = {0};
     const char *empty[] = {"ok", ""};
     assert_int_equal(cv_stop_new(empty, 2, &s, &e), CV_EINVAL);
-    assert_string_equal(e.msg, "stop string 1 is empty");
+    assert_string_equal(e.msg, "stop[1] is empty");
     const char *bad[] = {"ab\xC3"};
     assert_int_equal(cv_stop_new(bad, 1, &s, &e), CV_EINVAL);
-    assert_string_equal(e.msg, "stop string 0 is not valid UTF-8 (byte 2)");
+    assert_string_equal(e.msg, "stop[0] is not valid UTF-8 (byte 2)");
     char big[CV_STOP_MAX_LEN + 2];
     memset(big, 'x', sizeof big - 1);
     big[sizeof big - 1] = 0;
@@ -187,6 +187,8 @@ static void test_invalid_stop_strings(void **state) {
     for (int i = 0; i <= CV_STOP_MAX_STRINGS; i++) many[i] = "x";
     assert_int_equal(cv_stop_new(many, CV_STOP_MAX_STRINGS + 1, &s, &e), CV_EINVAL);
     assert_null(s);
+    assert_string_equal(e.msg, "stop: 17 strings given, at most 16 allowed");
+    assert_int_equal(cv_stop_check(many, CV_STOP_MAX_STRINGS, &e), CV_OK);
 }
 
 /* Random texts over a small alphabet (so that stops and near-misses are common),
