@@ -352,11 +352,17 @@ oom:
     return cv_errorf(err, CV_ENOMEM, "router: cannot start a thread");
 }
 
-cv_status cv_router_load(cv_router *r, const char *version, const char *uri, const char *sha256,
-                         int wait, cv_error *err) {
+/* A version name as LoadModel and UnloadModel take it: INVALID_ARGUMENT material. */
+static cv_status check_version(const cv_router *r, const char *version, cv_error *err) {
     if (!version || !*version || strlen(version) >= sizeof r->e[0].info.version)
         return cv_errorf(err, CV_EINVAL, "version: a name of 1 to %zu bytes is required",
                          sizeof r->e[0].info.version - 1);
+    return CV_OK;
+}
+
+cv_status cv_router_load(cv_router *r, const char *version, const char *uri, const char *sha256,
+                         int wait, cv_error *err) {
+    if (check_version(r, version, err) != CV_OK) return CV_EINVAL;
     if (!uri || !*uri || strlen(uri) >= sizeof r->e[0].info.uri)
         return cv_errorf(err, CV_EINVAL, "uri: a path or URL is required");
     cv_fetch_opts fo = {.cache_dir = r->opt.cache_dir, .model_dirs = r->opt.model_dirs,
@@ -397,6 +403,7 @@ cv_status cv_router_load(cv_router *r, const char *version, const char *uri, con
 }
 
 cv_status cv_router_unload(cv_router *r, const char *version, int wait, cv_error *err) {
+    if (check_version(r, version, err) != CV_OK) return CV_EINVAL;
     pthread_mutex_lock(&r->mu);
     entry *en = find_locked(r, version ? version : "");
     cv_status st = CV_OK;

@@ -2,11 +2,13 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "grpc/health/v1/health.pb-c.h"
+#include "rpc_message.h"
 #include "timing.h"
 
 #define MAX_SERVICES 32
@@ -100,19 +102,22 @@ static uint8_t *pack_response(cv_health_status st, size_t *len) {
     return buf;
 }
 
-/* Returns 0 and the service name, or -1 after answering INVALID_ARGUMENT. */
+/* Returns 0 and the service name, or -1 after answering INVALID_ARGUMENT (malformed,
+ * a service name with invalid UTF-8 or a NUL, as every request's text: rpc_message.h). */
 static int parse_request(cv_rpc_call *call, const uint8_t *req, size_t len, char *name) {
     Grpc__Health__V1__HealthCheckRequest *r =
-        grpc__health__v1__health_check_request__unpack(NULL, len, req);
-    if (!r) {
-        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "malformed HealthCheckRequest", NULL, 0);
+        cv_rpc_unpack_request(&grpc__health__v1__health_check_request__descriptor, call, req, len);
+    if (!r) return -1;
+    size_t n = strlen(r->service);
+    if (n < MAX_NAME) memcpy(name, r->service, n + 1);
+    cv_rpc_free_request(&r->base);
+    if (n >= MAX_NAME) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "service: %zu bytes, at most %d", n, MAX_NAME - 1);
+        cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, msg, NULL, 0);
         return -1;
     }
-    int ok = strlen(r->service) < MAX_NAME;
-    if (ok) strcpy(name, r->service);
-    grpc__health__v1__health_check_request__free_unpacked(r, NULL);
-    if (!ok) cv_rpc_reply(call, CV_RPC_INVALID_ARGUMENT, "service name too long", NULL, 0);
-    return ok ? 0 : -1;
+    return 0;
 }
 
 static void on_check(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
