@@ -187,7 +187,7 @@ async function send(text) {
       if (data === "[DONE]") { ended = true; return false; }
       const ev = JSON.parse(data);
       if (ev.error) throw new Error(ev.error.message || "generation failed");
-      if (ev.corvid && ev.corvid.citations) showCitations(m, ev.corvid.citations);
+      if (ev.citations) showCitations(m, ev.citations); // RAG: the first event, before any text
       if (ev.model) version = ev.model;
       if (ev.usage) usage = ev.usage;
       for (const c of ev.choices || []) {
