@@ -158,7 +158,6 @@ async function readEvents(body, onData) {
 
 async function send(text) {
   const model = ui.model.value;
-  if (!model) { setStatus("Pick a model first", true); return; }
   history.push({ role: "user", content: text });
   addMessage("user", text);
   const m = addMessage("assistant", "");
@@ -229,6 +228,7 @@ ui.composer.addEventListener("submit", (e) => {
   e.preventDefault();
   const text = ui.prompt.value.trim();
   if (!text || running) return;
+  if (!ui.model.value) { setStatus("Pick a model first (Reload models)", true); return; }
   ui.prompt.value = "";
   send(text);
 });
