@@ -410,26 +410,41 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
 }
 
-/* The prompt ids of a request's chat messages (see cv_chat_format_encode). */
-static const cv_chat_opts GEN_PROMPT = {.add_generation_prompt = true};
+/* The template options of a Chat or Tokenize request (its tools and template
+ * variables, "" for none), with the generation prompt. */
+static cv_chat_opts chat_opts(const char *tools, const char *kwargs) {
+    return (cv_chat_opts){.add_generation_prompt = true, .tools = tools[0] ? tools : NULL,
+                          .extra = kwargs[0] ? kwargs : NULL};
+}
 
-static cv_status encode_messages(const cv_tok *tok, const cv_chat_format *fmt,
-                                 Corvid__V1__ChatMessage *const *m, size_t n, unsigned flags,
-                                 int32_t **ids, size_t *n_ids, cv_error *err) {
+/* A request's messages as the chat format takes them (malloc'd; NULL: out of memory). */
+static cv_chat_msg *chat_msgs(Corvid__V1__ChatMessage *const *m, size_t n) {
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    for (size_t i = 0; msgs && i < n; i++)
+        msgs[i] = (cv_chat_msg){.role = m[i]->role, .content = m[i]->content,
+                                .tool_calls = m[i]->tool_calls[0] ? m[i]->tool_calls : NULL,
+                                .tool_call_id = m[i]->tool_call_id[0] ? m[i]->tool_call_id : NULL,
+                                .name = m[i]->name[0] ? m[i]->name : NULL};
+    return msgs;
+}
+
+/* The prompt ids of a request's chat messages (see cv_chat_format_encode). */
+static cv_status encode_messages(const cv_tok *tok, const cv_chat_format *fmt,
+                                 Corvid__V1__ChatMessage *const *m, size_t n, const cv_chat_opts *o,
+                                 unsigned flags, int32_t **ids, size_t *n_ids, cv_error *err) {
+    cv_chat_msg *msgs = chat_msgs(m, n);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i]->role, .content = m[i]->content};
-    cv_status st = cv_chat_format_encode(tok, fmt, msgs, n, &GEN_PROMPT, flags, ids, n_ids, err);
+    cv_status st = cv_chat_format_encode(tok, fmt, msgs, n, o, flags, ids, n_ids, err);
     free(msgs);
     return st;
 }
 
 /* cv_chat_format_check on a request's messages. */
-static cv_status check_messages(const cv_chat_format *fmt, Corvid__V1__ChatMessage *const *m, size_t n, cv_error *err) {
-    cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+static cv_status check_messages(const cv_chat_format *fmt, Corvid__V1__ChatMessage *const *m, size_t n,
+                                const cv_chat_opts *o, cv_error *err) {
+    cv_chat_msg *msgs = chat_msgs(m, n);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
-    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i]->role, .content = m[i]->content};
-    cv_status st = cv_chat_format_check(fmt, msgs, n, &GEN_PROMPT, err);
+    cv_status st = cv_chat_format_check(fmt, msgs, n, o, err);
     free(msgs);
     return st;
 }
@@ -490,8 +505,8 @@ static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int3
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i].role, .content = m[i].content};
-    cv_status st = cv_chat_format_encode(j->g->slot->tok, j->req.fmt, msgs, n, &GEN_PROMPT, CV_TOK_ADD_SPECIAL, ids,
-                                         n_ids, err);
+    const cv_chat_opts o = chat_opts(j->req.chat->tools, j->req.chat->chat_template_kwargs);
+    cv_status st = cv_chat_format_encode(j->g->slot->tok, j->req.fmt, msgs, n, &o, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
     free(msgs);
     return st;
 }
@@ -643,9 +658,11 @@ static void prep_run(void *user) {
     }
     if (j->req.gen)
         st = cv_core_tokenize(g->slot->tok, j->req.gen->prompt, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
-    else
-        st = encode_messages(g->slot->tok, j->req.fmt, j->req.chat->messages, j->req.chat->n_messages,
+    else {
+        const cv_chat_opts o = chat_opts(j->req.chat->tools, j->req.chat->chat_template_kwargs);
+        st = encode_messages(g->slot->tok, j->req.fmt, j->req.chat->messages, j->req.chat->n_messages, &o,
                              CV_TOK_ADD_SPECIAL, &ids, &n, &err);
+    }
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
     else {
         split_reasoning(g, &j->req, ids, n);
@@ -713,7 +730,8 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     }
     /* Roles and their order, on the messages as sent (a RAG request adds a system
      * message later, which would shift the indices the errors name). */
-    if (r.chat && check_messages(r.fmt, r.chat->messages, r.chat->n_messages, &err) != CV_OK) {
+    const cv_chat_opts chat_o = r.chat ? chat_opts(r.chat->tools, r.chat->chat_template_kwargs) : (cv_chat_opts){0};
+    if (r.chat && check_messages(r.fmt, r.chat->messages, r.chat->n_messages, &chat_o, &err) != CV_OK) {
         refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
         goto out;
     }
@@ -756,7 +774,8 @@ static void tokenize_reply(const tok_job *j) {
     size_t n = 0;
     char **pieces = NULL;
     cv_error err = {0};
-    cv_status st = r->n_messages ? encode_messages(tok, j->fmt, r->messages, r->n_messages, j->flags, &ids, &n, &err)
+    const cv_chat_opts o = chat_opts(r->tools, r->chat_template_kwargs);
+    cv_status st = r->n_messages ? encode_messages(tok, j->fmt, r->messages, r->n_messages, &o, j->flags, &ids, &n, &err)
                                  : cv_core_tokenize(tok, r->text, j->flags, &ids, &n, &err);
     if (st != CV_OK) {
         cv_rpc_reply(j->call, cv_core_code_of(st), err.msg, NULL, 0);
@@ -817,8 +836,9 @@ static void on_tokenize(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t
         cv_errorf(&err, CV_EINVAL, "messages: tokenized as Chat would, so text and parse_special must be unset");
         goto fail;
     }
-    if (!r->n_messages && r->chat_template[0]) {
-        cv_errorf(&err, CV_EINVAL, "chat_template: only with messages");
+    if (!r->n_messages && (r->chat_template[0] || r->tools[0] || r->chat_template_kwargs[0])) {
+        cv_errorf(&err, CV_EINVAL, "%s: only with messages",
+                  r->chat_template[0] ? "chat_template" : r->tools[0] ? "tools" : "chat_template_kwargs");
         goto fail;
     }
     if (r->n_messages && (code = cv_core_chat_format(slot, r->chat_template, &fmt, &err)) != CV_RPC_OK) goto fail;

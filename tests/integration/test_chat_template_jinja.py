@@ -271,6 +271,33 @@ def check_server_default(srv):
                 # default system message
                 forced = rpc(pb.TokenizeRequest(messages=msgs, chat_template="chatml"), timeout=30)
                 assert "You are Qwen" in want and "You are Qwen" not in "".join(forced.pieces)
+        # tools, tool calls and tool results reach the template (ChatRequest / TokenizeRequest
+        # .tools, ChatMessage.tool_calls / tool_call_id / name)
+        conv = CONVERSATIONS["tool call and result"]
+        msgs = [pb.ChatMessage(role=m["role"], content=m["content"],
+                               tool_calls=json.dumps(m["tool_calls"]) if "tool_calls" in m else "",
+                               tool_call_id=m.get("tool_call_id", ""), name=m.get("name", ""))
+                for m in conv["messages"]]
+        tools = json.dumps(conv["tools"])
+        got = rpc(pb.TokenizeRequest(messages=msgs, tools=tools), timeout=30)
+        want, _ = render_ref(path, conv, True)
+        assert "<tool_call>" in want and "".join(got.pieces) == want, ("".join(got.pieces), want)
+        kw = rpc(pb.TokenizeRequest(messages=msgs, tools=tools, chat_template_kwargs='{"enable_thinking": false}'),
+                 timeout=30)
+        assert list(kw.ids) == list(got.ids)
+        for bad, field in ((dict(tools="[{"), "tools: not JSON"),
+                           (dict(chat_template_kwargs='{"tools": 1}'), "tools given twice"),
+                           (dict(chat_template="chatml", tools=tools), "tools:")):
+            try:
+                rpc(pb.TokenizeRequest(messages=msgs[:2], **bad), timeout=30)
+                raise AssertionError("accepted %r" % bad)
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and field in e.details(), (bad, e.details())
+        chat = ch.unary_stream("/corvid.v1.Inference/Chat", request_serializer=pb.ChatRequest.SerializeToString,
+                               response_deserializer=pb.GenerateResponse.FromString)
+        out = list(chat(pb.ChatRequest(messages=msgs, tools=tools, sampling=pb.SamplingParams(max_tokens=1)),
+                        timeout=120))
+        assert out[-1].WhichOneof("kind") == "final" and out[-1].final.usage.prompt_tokens == len(got.ids), out[-1]
 
 
 def main():
