@@ -79,6 +79,14 @@ cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot
                      field, bytes, limit, ctx, CV_INFER_PROMPT_BYTES_PER_TOKEN);
 }
 
+size_t cv_core_count_tokens(const cv_tok *tok, const char *text, size_t len) {
+    int32_t *ids = malloc(sizeof *ids * CV_TOK_MAX_IDS(len));
+    size_t n = 0;
+    if (!ids || cv_tok_encode(tok, text, len, 0, ids, CV_TOK_MAX_IDS(len), &n, NULL) != CV_OK) n = (size_t)-1 / 2;
+    free(ids);
+    return n;
+}
+
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err) {
     size_t len = strlen(text), cap = CV_TOK_MAX_IDS(len);

@@ -49,6 +49,10 @@ cv_rpc_code cv_core_acquire(cv_router *r, const char *model, const char *version
 cv_status cv_core_check_prompt_size(size_t max_prompt_bytes, const cv_slot *slot, const char *field, size_t bytes,
                                     cv_error *err);
 
+/* Tokens of text[0..len) without special tokens (RAG's measure of a passage); out of
+ * memory counts as too long (a huge number), so the passage is left out. */
+size_t cv_core_count_tokens(const cv_tok *tok, const char *text, size_t len);
+
 /* text tokenized into a malloc'd array. */
 cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, int32_t **ids, size_t *n,
                            cv_error *err);

@@ -486,12 +486,7 @@ typedef struct rag_job {
 /* The model as the rag layer sees it (user: the job). */
 static size_t rag_count_tokens(void *user, const char *text, size_t len) {
     const rag_job *j = user;
-    int32_t *ids = malloc(sizeof *ids * CV_TOK_MAX_IDS(len));
-    size_t n = 0;
-    /* Out of memory counts as too long: the passage is left out. */
-    if (!ids || cv_tok_encode(j->g->slot->tok, text, len, 0, ids, CV_TOK_MAX_IDS(len), &n, NULL) != CV_OK) n = (size_t)-1 / 2;
-    free(ids);
-    return n;
+    return cv_core_count_tokens(j->g->slot->tok, text, len);
 }
 
 static cv_status rag_encode_prompt(void *user, const char *text, int32_t **ids, size_t *n_ids, cv_error *err) {
@@ -923,6 +918,8 @@ void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag) {
 }
 
 cv_request_pool *cv_infer_pool(cv_infer *inf) { return inf->pool; }
+
+cv_rag_runner *cv_infer_rag(cv_infer *inf) { return &inf->rag; }
 
 int cv_infer_in_flight(cv_infer *inf) { return atomic_load(&inf->in_flight); }
 

@@ -60,6 +60,10 @@ void cv_infer_set_rag(cv_infer *inf, cv_rag_service *rag);
 /* The request pool, for the HTTP API's requests too (openai_service.h). */
 typedef struct cv_request_pool cv_request_pool;
 cv_request_pool *cv_infer_pool(cv_infer *inf);
+/* The retrieval runner (rag_request.h; no service when RAG is not configured), for the
+ * HTTP API's requests too. */
+typedef struct cv_rag_runner cv_rag_runner;
+cv_rag_runner *cv_infer_rag(cv_infer *inf);
 /* Streams not yet finished (what a drain waits for). */
 int cv_infer_in_flight(cv_infer *inf);
 /* After the rpc server and the slot's engine are gone. */

@@ -214,6 +214,38 @@ static cv_status parse_logprobs(const json_t *o, cv_oai_request *r, cv_oai_error
     return CV_OK;
 }
 
+/* corvid.rag: gRPC's RagOptions as JSON. */
+static cv_status parse_rag(const json_t *x, cv_oai_request *r, cv_oai_error *err) {
+    if (!json_is_object(x)) return wrong_type(err, "corvid.rag", "an object", x);
+    const json_t *v;
+    json_int_t i;
+    r->rag = 1;
+    if ((v = member(x, "enable")) && get_bool(v, "corvid.rag.enable", &r->rag, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(x, "knowledge_base")) &&
+        get_text(v, "corvid.rag.knowledge_base", &r->rag_knowledge_base, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(x, "policy")) && get_text(v, "corvid.rag.policy", &r->rag_policy, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(x, "top_k"))) {
+        if (get_int(v, "corvid.rag.top_k", 0, 20, &i, err) != CV_OK) return CV_EINVAL;
+        r->rag_top_k = (uint32_t)i;
+    }
+    if ((v = member(x, "min_score")) && get_number(v, "corvid.rag.min_score", 0, 1e9, 0, &r->rag_min_score, err) != CV_OK)
+        return CV_EINVAL;
+    if ((v = member(x, "sources"))) {
+        if (!json_is_array(v)) return wrong_type(err, "corvid.rag.sources", "an array of strings", v);
+        if (json_array_size(v) > CV_OAI_MAX_RAG_SOURCES)
+            return fail(err, "corvid.rag.sources", "corvid.rag.sources: at most %d (got %zu)", CV_OAI_MAX_RAG_SOURCES,
+                        json_array_size(v));
+        for (size_t k = 0; k < json_array_size(v); k++) {
+            char param[48];
+            snprintf(param, sizeof param, "corvid.rag.sources[%zu]", k);
+            if (get_text(json_array_get(v, k), param, &r->rag_sources[k], err) != CV_OK) return CV_EINVAL;
+            r->n_rag_sources++;
+        }
+    }
+    return CV_OK;
+}
+
 /* corvid's own options, beside OpenAI's. */
 static cv_status parse_extension(const json_t *x, cv_oai_request *r, cv_oai_error *err) {
     if (!json_is_object(x)) return wrong_type(err, "corvid", "an object", x);
@@ -232,6 +264,7 @@ static cv_status parse_extension(const json_t *x, cv_oai_request *r, cv_oai_erro
     if ((v = member(x, "repetition_penalty")) &&
         get_number(v, "corvid.repetition_penalty", 0, 1e6, 1, &r->repetition_penalty, err) != CV_OK)
         return CV_EINVAL;
+    if ((v = member(x, "rag")) && parse_rag(v, r, err) != CV_OK) return CV_EINVAL;
     return CV_OK;
 }
 
@@ -253,7 +286,7 @@ cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_re
     memset(r, 0, sizeof *r);
     memset(err, 0, sizeof *err);
     r->kind = kind;
-    r->model = r->model_version = r->user = "";
+    r->model = r->model_version = r->user = r->rag_knowledge_base = r->rag_policy = "";
     r->temperature = 1.0f;
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;

@@ -13,7 +13,9 @@
  * user, n (only 1), stream, stream_options.include_usage, reasoning_format (chat:
  * "deepseek", the default, puts think-block text in reasoning_content; "none" leaves
  * it in content, as llama.cpp's server names them), and the extension
- * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty"}.
+ * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty", "rag": {"enable"
+ * (default true), "knowledge_base", "top_k", "min_score", "sources": [...], "policy"}} (the
+ * rag object is gRPC's RagOptions: retrieval first, citations in the answer).
  * Unknown fields are ignored, as OpenAI's API does. null means absent.
  *
  * Refusals name the field as the API spells it (param) with a message: a wrong type
@@ -33,6 +35,7 @@
 
 #define CV_OAI_MAX_STOP 4
 #define CV_OAI_MAX_LOGPROBS 20
+#define CV_OAI_MAX_RAG_SOURCES 16
 
 typedef enum cv_oai_kind { CV_OAI_CHAT, CV_OAI_COMPLETION } cv_oai_kind;
 
@@ -58,6 +61,12 @@ typedef struct cv_oai_request {
     int32_t top_logprobs;       /* alternatives per token, 0..CV_OAI_MAX_LOGPROBS */
     int ignore_eos;             /* corvid.ignore_eos (benchmarks) */
     const char *user;           /* "" when absent */
+    int rag;                    /* corvid.rag given and enabled: retrieval first */
+    const char *rag_knowledge_base, *rag_policy;  /* "" when absent */
+    uint32_t rag_top_k;
+    float rag_min_score;
+    const char *rag_sources[CV_OAI_MAX_RAG_SOURCES];
+    size_t n_rag_sources;
     int stream;
     int include_usage;          /* stream_options.include_usage */
     int reasoning_inline;       /* reasoning_format "none": no reasoning_content split */

@@ -10,11 +10,13 @@
 
 #include "infer_core.h"
 #include "openai_request.h"
+#include "rag_request.h"
 #include "request_pool.h"
 #include "utf8.h"
 
 struct cv_oai_service {
     cv_router *router;
+    cv_rag_runner *rag;     /* retrieval for corvid.rag requests; no service: refused */
     cv_request_pool *pool;  /* NULL: the work runs on the HTTP thread */
     size_t max_prompt_bytes;
     long started;  /* "created" of the models: when this server started */
@@ -39,11 +41,18 @@ typedef struct job {
     long created;
     char id[48];          /* chatcmpl-... / cmpl-... */
     char request_id[128];
+    cv_oai_request oreq;  /* the parsed body (its texts live until the job ends) */
+    cv_rag_msg *rag_msgs; /* a RAG chat's messages for the rag layer */
+    const cv_chat_format *fmt; /* chat: the template */
+    json_t *citations;    /* RAG: the kept passages, in citation order; NULL without */
 } job;
 
 static void job_free(job *j) {
     pthread_mutex_destroy(&j->mu);
     cv_core_out_free(&j->out);
+    cv_oai_request_free(&j->oreq);
+    free(j->rag_msgs);
+    json_decref(j->citations);
     free(j);
 }
 
@@ -189,8 +198,15 @@ static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
         }
         goto out;
     }
-    if (j->kind == CV_OAI_CHAT && !j->sent_role) {
-        fail |= emit(b, stream_chunk(j, text_value(j, "", 0, 1), NULL, NULL));
+    if (j->citations && !j->sent_role) {
+        json_t *c = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion.chunk" : "text_completion");
+        json_object_set_new(c, "choices", json_array());
+        json_object_set(c, "citations", j->citations);
+        fail |= emit(b, c);
+        p = CV_HS_DATA;
+    }
+    if (!j->sent_role) {
+        if (j->kind == CV_OAI_CHAT) fail |= emit(b, stream_chunk(j, text_value(j, "", 0, 1), NULL, NULL));
         j->sent_role = 1;
         p = CV_HS_DATA;
     }
@@ -298,6 +314,7 @@ static void reply_whole(job *j) {
     json_t *r = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion" : "text_completion");
     json_object_set_new(r, "choices", json_pack("[o]", choice));
     json_object_set_new(r, "usage", usage_json(&o->final));
+    if (j->citations) json_object_set(r, "citations", j->citations);
     char *body = json_dumps(r, JSON_COMPACT);
     json_decref(r);
     if (body) cv_hs_reply(j->req, 200, "application/json", body, strlen(body), 0);
@@ -365,6 +382,159 @@ static void fill_engine_request(const cv_oai_request *r, cv_engine_request *er) 
     er->ignore_eos = r->ignore_eos;
 }
 
+/* The prompt ids to the engine (extra_stop: one more stop string, or NULL); the refusal
+ * when the engine does not take it. Ends the worker's (or retrieval's) hold either way. */
+static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_stop) {
+    cv_oai_request *r = &j->oreq;
+    cv_slot *slot = j->slot;
+    cv_hs_req *req = j->req;
+    cv_error err = {0};
+    j->engine = slot->engine;
+    j->stream = r->stream;
+    j->include_usage = r->include_usage;
+    j->created = (long)time(NULL);
+    snprintf(j->id, sizeof j->id, "%s-%016llx", j->kind == CV_OAI_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)cv_core_random_seed());
+    cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
+    fill_engine_request(r, &er);
+    const char *stops[CV_OAI_MAX_STOP + 1];
+    memcpy(stops, r->stop, sizeof r->stop);
+    if (extra_stop) stops[er.n_stop++] = extra_stop;
+    er.stop = stops;
+    j->out.want_samples = er.sampling.logprobs;
+    if (j->kind == CV_OAI_CHAT && !r->reasoning_inline)
+        cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
+    cv_engine_sink sink = {sink_chunk, sink_final, j};
+    cv_hs_retain(req); /* the engine's hold, which sink_final ends */
+    pthread_mutex_lock(&j->mu);
+    cv_status st = cv_engine_submit(j->engine, &er, &sink, &j->engine_id, &err);
+    uint64_t id = j->engine_id;
+    int gone = j->client_gone;
+    pthread_mutex_unlock(&j->mu);
+    if (st != CV_OK) {
+        /* Nothing was queued: the refusal is the answer. CV_EINVAL here is the prompt
+         * against the context (the sampling was checked). */
+        cv_hs_release(req);
+        j->ended = 1;
+        j->slot = NULL;
+        refuse(j->svc, req, slot, j->request_id, cv_core_code_of(st), err.msg,
+               st == CV_EINVAL ? (j->kind == CV_OAI_CHAT ? "messages" : "prompt") : NULL);
+    } else {
+        if (gone) cv_engine_cancel(j->engine, id);
+        if (r->stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
+    }
+    cv_hs_release(req); /* this worker's hold; the last one frees the job (job_done) */
+}
+
+/* ---- corvid.rag: retrieval (rag_request.h) before the engine, as gRPC's ---- */
+
+static size_t rag_count_tokens(void *user, const char *text, size_t len) {
+    const job *j = user;
+    return cv_core_count_tokens(j->slot->tok, text, len);
+}
+
+static cv_status rag_encode_prompt(void *user, const char *text, int32_t **ids, size_t *n_ids, cv_error *err) {
+    const job *j = user;
+    return cv_core_tokenize(j->slot->tok, text, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+}
+
+static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int32_t **ids, size_t *n_ids,
+                                 cv_error *err) {
+    const job *j = user;
+    /* cv_rag_msg and cv_chat_msg are the same two strings. */
+    cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
+    if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i].role, .content = m[i].content};
+    const cv_chat_opts opts = {.add_generation_prompt = true};
+    cv_status st = cv_chat_format_encode(j->slot->tok, j->fmt, msgs, n, &opts, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
+    free(msgs);
+    return st;
+}
+
+static json_t *citations_json(const cv_rag_outcome *o) {
+    json_t *a = json_array();
+    for (size_t i = 0; i < o->ctx.n_kept; i++) {
+        const cv_rag_passage *p = &o->passages[o->ctx.kept[i]];
+        json_array_append_new(a, json_pack("{s:i,s:s,s:s,s:s,s:s,s:f}", "index", (json_int_t)i + 1, "source",
+                                           p->source ? p->source : "", "document_id", p->doc_id ? p->doc_id : "",
+                                           "title", p->title ? p->title : "", "url", p->url ? p->url : "",
+                                           "score", (double)p->score));
+    }
+    return a;
+}
+
+/* The retrieval's end, on its thread: the engine, the default answer or the refusal. */
+static void rag_done(void *user, const cv_rag_result *res) {
+    job *j = user;
+    if (res->status != CV_OK) {
+        cv_slot *slot = j->slot;
+        j->slot = NULL;
+        refuse(j->svc, j->req, slot, j->request_id, cv_core_code_of(res->status), res->error, NULL);
+        cv_hs_release(j->req);
+        return;
+    }
+    if (res->outcome && res->outcome->ctx.n_kept) j->citations = citations_json(res->outcome);
+    if (!res->default_answer) {
+        submit(j, res->ids, res->n_ids, res->extra_stop);
+        return;
+    }
+    /* The configured answer, without the model: one text chunk and a stop. */
+    cv_engine_final f = {.reason = CV_FINISH_STOP};
+    j->engine = NULL;
+    j->stream = j->oreq.stream;
+    j->include_usage = j->oreq.include_usage;
+    j->created = (long)time(NULL);
+    snprintf(j->id, sizeof j->id, "%s-%016llx", j->kind == CV_OAI_CHAT ? "chatcmpl" : "cmpl",
+             (unsigned long long)cv_core_random_seed());
+    pthread_mutex_lock(&j->mu);
+    cv_core_out_append(&j->out, res->default_answer, strlen(res->default_answer), NULL, 0, NULL);
+    pthread_mutex_unlock(&j->mu);
+    if (j->stream) cv_hs_stream_start(j->req, "text/event-stream", &job_ops, j);
+    cv_hs_retain(j->req); /* sink_final ends it, as after an engine run */
+    sink_final(j, &f);
+    cv_hs_release(j->req);
+}
+
+/* Takes the request to a retrieval thread; 0 when it went (rag_done ends the hold). */
+static int rag_start(job *j) {
+    cv_oai_request *r = &j->oreq;
+    cv_oai_service *svc = j->svc;
+    cv_error err = {0};
+    if (!svc->rag || !svc->rag->cfg.service) {
+        cv_slot *slot = j->slot;
+        j->slot = NULL;
+        refuse(svc, j->req, slot, j->request_id, CV_RPC_FAILED_PRECONDITION,
+               "corvid.rag: this server has no knowledge base or live source configured "
+               "(rag_knowledge_bases, rag_sources)", "corvid.rag");
+        return -1;
+    }
+    if (r->n_messages && !(j->rag_msgs = calloc(r->n_messages, sizeof *j->rag_msgs))) {
+        cv_slot *slot = j->slot;
+        j->slot = NULL;
+        refuse(svc, j->req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        return -1;
+    }
+    for (size_t i = 0; i < r->n_messages; i++) j->rag_msgs[i] = (cv_rag_msg){r->messages[i].role, r->messages[i].content};
+    cv_rag_request q = {
+        .request_id = j->request_id,
+        .prompt = j->kind == CV_OAI_COMPLETION ? r->prompt : NULL,
+        .messages = j->rag_msgs,
+        .n_messages = r->n_messages,
+        .max_tokens = (size_t)r->max_tokens,
+        .options = {.knowledge_base = r->rag_knowledge_base, .top_k = r->rag_top_k, .min_score = r->rag_min_score,
+                    .sources = r->rag_sources, .n_sources = r->n_rag_sources, .policy = r->rag_policy},
+        .model = {rag_count_tokens, rag_encode_prompt, rag_encode_chat, j, (size_t)cv_engine_n_ctx(j->slot->engine)},
+    };
+    cv_status st = cv_rag_request_start(svc->rag, &q, rag_done, j, &err);
+    if (st != CV_OK) {
+        cv_slot *slot = j->slot;
+        j->slot = NULL;
+        refuse(svc, j->req, slot, j->request_id, cv_core_code_of(st), err.msg, "corvid.rag");
+        return -1;
+    }
+    return 0;
+}
+
 /* On a request pool worker (or the HTTP thread without a pool): parse, route, render
  * and tokenize, then submit; the request was held by start_completion. */
 static void serve_completion(void *user) {
@@ -375,7 +545,7 @@ static void serve_completion(void *user) {
     const char *rid = j->request_id;
     size_t len;
     const char *body = cv_hs_body(req, &len);
-    cv_oai_request r;
+    cv_oai_request *r = &j->oreq;
     cv_oai_error perr;
     cv_slot *slot = NULL;
     int32_t *ids = NULL;
@@ -385,7 +555,7 @@ static void serve_completion(void *user) {
     pthread_mutex_lock(&j->mu);
     int gone = j->client_gone;
     pthread_mutex_unlock(&j->mu);
-    cv_status st = cv_oai_parse(kind, body, len, &r, &perr);
+    cv_status st = cv_oai_parse(kind, body, len, r, &perr);
     if (gone) { /* went away while queued: no work, no one to tell */
         cv_hs_reply_error(req, 499, "client went away", NULL, NULL, 0);
         goto release;
@@ -394,69 +564,51 @@ static void serve_completion(void *user) {
         cv_hs_reply_error(req, 400, perr.message, perr.param, "invalid_request", 0);
         goto release;
     }
-    cv_rpc_code code = pick_slot(svc, &r, rid, &slot, msg, sizeof msg);
+    cv_rpc_code code = pick_slot(svc, r, rid, &slot, msg, sizeof msg);
     if (code != CV_RPC_OK) {
         refuse(svc, req, NULL, rid, code, msg, code == CV_RPC_NOT_FOUND ? "model" : NULL);
         goto release;
     }
     const char *field = kind == CV_OAI_CHAT ? "messages" : "prompt";
     size_t bytes = 0;
-    for (size_t i = 0; i < r.n_messages; i++) bytes += strlen(r.messages[i].role) + strlen(r.messages[i].content);
-    if (kind == CV_OAI_COMPLETION) bytes = strlen(r.prompt);
+    for (size_t i = 0; i < r->n_messages; i++) bytes += strlen(r->messages[i].role) + strlen(r->messages[i].content);
+    if (kind == CV_OAI_COMPLETION) bytes = strlen(r->prompt);
     if (cv_core_check_prompt_size(svc->max_prompt_bytes, slot, field, bytes, &err) != CV_OK) {
         refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT, err.msg, field);
         goto release;
     }
     if (kind == CV_OAI_CHAT) {
-        const cv_chat_format *fmt;
-        code = cv_core_chat_format(slot, NULL, &fmt, &err);
+        code = cv_core_chat_format(slot, NULL, &j->fmt, &err);
         if (code != CV_RPC_OK) {
             refuse(svc, req, slot, rid, code, err.msg, field);
             goto release;
         }
         const cv_chat_opts opts = {.add_generation_prompt = true};
-        st = cv_chat_format_encode(slot->tok, fmt, r.messages, r.n_messages, &opts, CV_TOK_ADD_SPECIAL, &ids, &n_ids,
-                                   &err);
-    } else {
-        st = cv_core_tokenize(slot->tok, r.prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);
+        st = cv_chat_format_check(j->fmt, r->messages, r->n_messages, &opts, &err);
+        if (st != CV_OK) {
+            refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
+            goto release;
+        }
     }
+    j->slot = slot; /* job_done releases it from here on */
+    if (r->rag) {
+        if (rag_start(j) != 0) goto release;
+        return; /* rag_done ends this worker's hold */
+    }
+    const cv_chat_opts opts = {.add_generation_prompt = true};
+    st = kind == CV_OAI_CHAT ? cv_chat_format_encode(slot->tok, j->fmt, r->messages, r->n_messages, &opts,
+                                                     CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err)
+                             : cv_core_tokenize(slot->tok, r->prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);
     if (st != CV_OK) {
+        j->slot = NULL;
         refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
         goto release;
     }
-    j->engine = slot->engine;
-    j->stream = r.stream;
-    j->include_usage = r.include_usage;
-    j->created = (long)time(NULL);
-    snprintf(j->id, sizeof j->id, "%s-%016llx", kind == CV_OAI_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)cv_core_random_seed());
-    cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
-    fill_engine_request(&r, &er);
-    j->out.want_samples = er.sampling.logprobs;
-    if (kind == CV_OAI_CHAT && !r.reasoning_inline) cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
-    j->slot = slot; /* job_done releases it from here on */
-    cv_engine_sink sink = {sink_chunk, sink_final, j};
-    cv_hs_retain(req); /* the engine's hold, which sink_final ends */
-    pthread_mutex_lock(&j->mu);
-    st = cv_engine_submit(j->engine, &er, &sink, &j->engine_id, &err);
-    uint64_t id = j->engine_id;
-    gone = j->client_gone;
-    pthread_mutex_unlock(&j->mu);
-    if (st != CV_OK) {
-        /* Nothing was queued: the refusal is the answer. CV_EINVAL here is the prompt
-         * against the context (the sampling was checked). */
-        cv_hs_release(req);
-        j->ended = 1;
-        j->slot = NULL;
-        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, st == CV_EINVAL ? field : NULL);
-        goto release;
-    }
-    if (gone) cv_engine_cancel(j->engine, id);
-    if (r.stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
+    submit(j, ids, n_ids, NULL);
+    free(ids);
+    return;
 release:
     cv_hs_release(req); /* this worker's hold; the last one frees the job (job_done) */
-    free(ids);
-    cv_oai_request_free(&r);
 }
 
 /* On the HTTP thread: the request is held and its work queued on the request pool, so
@@ -542,11 +694,12 @@ static void on_model(void *ctx, cv_hs_req *req) {
 static void on_chat(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_CHAT); }
 static void on_completions(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_COMPLETION); }
 
-cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, size_t max_prompt_bytes, cv_oai_service **out,
-                             cv_error *err) {
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, size_t max_prompt_bytes,
+                             cv_oai_service **out, cv_error *err) {
     cv_oai_service *o = calloc(1, sizeof *o);
     if (!o) return cv_errorf(err, CV_ENOMEM, "openai service: out of memory");
     o->router = router;
+    o->rag = rag;
     o->pool = pool;
     o->max_prompt_bytes = max_prompt_bytes;
     o->started = (long)time(NULL);

@@ -12,6 +12,11 @@
  * and ends the stream (no [DONE]). A client that falls more than 1 MiB behind is cut
  * off (the connection closes), a client that goes away cancels its sequence.
  *
+ * With "corvid": {"rag": {...}} (gRPC's RagOptions) retrieval runs first, as for gRPC:
+ * the answer carries "citations" (the whole object's field, or the first SSE event, a
+ * chunk with no choices), and when nothing is found the configured default answer is
+ * returned without running the model.
+ *
  * GET /v1/models lists the served model names (routed) and versions (pinned);
  * GET /v1/models/{id} one of them (404 model_not_found otherwise).
  *
@@ -32,8 +37,11 @@ typedef struct cv_oai_service cv_oai_service;
  * parsed, rendered and tokenized on pool (request_pool.h, shared with gRPC; a full pool
  * is 429), or on the HTTP thread when pool is NULL. */
 typedef struct cv_request_pool cv_request_pool;
-cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, size_t max_prompt_bytes, cv_oai_service **out,
-                             cv_error *err);
+/* rag: the retrieval runner of corvid.rag requests (gRPC's, cv_infer_rag); one without
+ * a service refuses them (400, as gRPC's FAILED_PRECONDITION). */
+typedef struct cv_rag_runner cv_rag_runner;
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, size_t max_prompt_bytes,
+                             cv_oai_service **out, cv_error *err);
 /* Adds the /v1/ routes; the service must outlive the server's requests. */
 cv_status cv_oai_service_register(cv_oai_service *o, cv_hs *hs, cv_error *err);
 void cv_oai_service_free(cv_oai_service *o);

@@ -214,7 +214,7 @@ int main(int argc, char **argv) {
         /* The OpenAI-compatible API: same router, auth and TLS files as gRPC; the chat page at /. */
         cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
         int hport = 0;
-        if (cv_oai_service_new(router, cv_infer_pool(inf), (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
+        if (cv_oai_service_new(router, cv_infer_pool(inf), cv_infer_rag(inf), (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
             cv_oai_service_register(oai, api, &err) != CV_OK || cv_chat_page_register(api, &err) != CV_OK ||
             cv_hs_start(api, &hport, &err) != CV_OK)
             goto out;

@@ -332,6 +332,29 @@ def bench_load_http_mode(api):
     assert o["output_tokens"] == 12 * 16 and o["ttft_ms_p50"] > 0 and o["output_tokens_per_s"] > 0, o
 
 
+def rag_over_http(api):
+    """corvid.rag as gRPC's RagOptions: citations in the whole answer and as the first SSE
+    event (a chunk without choices), the default answer when nothing is found, a bad option
+    named."""
+    rag = {"corvid": {"rag": {"top_k": 2}}}
+    st, _, b = api.post("/v1/completions", dict(prompt="What is the corvid mascot?", max_tokens=4, **rag))
+    assert st == 200, b
+    c = b["citations"]
+    assert c[0]["document_id"] == "mascot" and c[0]["source"] == "kb:docs" and c[0]["index"] == 1, c
+    assert b["usage"]["prompt_tokens"] > 20, b["usage"]  # the passage went into the prompt
+    events, done = api.stream("/v1/completions", dict(prompt="What is the corvid mascot?", max_tokens=4, **rag))
+    assert done and events[0]["choices"] == [] and events[0]["citations"] == c, events[0]
+    st, _, b = api.post("/v1/completions", dict(prompt="zebra quantum saxophone?", max_tokens=4, **rag))
+    assert st == 200 and b["choices"][0]["text"] == "No relevant data found." and "citations" not in b, b
+    assert b["usage"]["completion_tokens"] == 0, b
+    events, done = api.stream("/v1/completions", dict(prompt="zebra quantum saxophone?", max_tokens=4, **rag))
+    assert done and "".join(c["text"] for e in events for c in e["choices"]) == "No relevant data found.", events
+    st, _, b = api.post("/v1/completions", {"prompt": "x", "corvid": {"rag": {"top_k": 99}}})
+    assert st == 400 and b["error"]["param"] == "corvid.rag.top_k", b
+    st, _, b = api.post("/v1/completions", {"prompt": "x", "corvid": {"rag": {"knowledge_base": "nope"}}})
+    assert st == 400 and "nope" in b["error"]["message"], b
+
+
 # ---- Gemma: long generations for disconnects and drain ----
 
 def disconnect_cancels(api):
@@ -449,7 +472,17 @@ def config_refusals():
 def main():
     c = Checks()
     subprocess.run(["sh", os.path.join(AUTH, "gen.sh"), os.path.join(TMP, "keys")], check=True, capture_output=True)
-    api = Api("--max-running", "64", "--max-waiting", "256", "--request-queue", "512")
+    kb_src = os.path.join(TMP, "kb.jsonl")
+    with open(kb_src, "w") as f:
+        for d in [{"id": "mascot", "title": "Project mascot",
+                   "text": "The corvid project's mascot is a raven named Quill. Quill appears on every poster."},
+                  {"id": "kv", "title": "KV cache", "text": "The paged KV cache holds sixteen positions a block."},
+                  {"id": "swap", "title": "Hot swap", "text": "Traffic moves between model versions by weight."},
+                  {"id": "auth", "title": "Tokens", "text": "Clients send a bearer token signed by the issuer."}]:
+            f.write(json.dumps(d) + "\n")
+    kb = os.path.join(TMP, "kb.cvidx")
+    subprocess.run([os.path.join(BIN, "corvid-index"), "build", kb_src, "-o", kb], check=True, capture_output=True)
+    api = Api("--max-running", "64", "--max-waiting", "256", "--request-queue", "512", "--rag-kb", "docs=" + kb)
     try:
         c.run("greedy HTTP stream equals the gRPC stream and corvid-run", greedy_equals_grpc_and_corvid_run, api)
         c.run("curl -N: SSE framing, [DONE], usage chunk", sse_framing_with_curl, api)
@@ -460,6 +493,7 @@ def main():
         c.run("256 open streams without a thread per stream", open_streams_without_a_thread_each, api)
         c.run("/v1/models; model names a version or the model", models_and_routing, api)
         c.run("bench-load --http: same JSON, every request ok", bench_load_http_mode, api)
+        c.run("RAG over HTTP: citations, first SSE event, default answer", rag_over_http, api)
         c.run("metrics: protocol label, HTTP requests by endpoint and status; log line",
               metrics_and_logs_carry_the_protocol, api)
     finally:
