@@ -10,7 +10,9 @@ a version is picked from the list, a prompt is sent with Enter and the answer is
 growing while it streams; a long generation is stopped mid-stream with the Stop button
 and the server must have cancelled it (its sequence gone and its token count frozen in
 /metrics well short of max_tokens); after New chat, text the model writes between
-<think> markers arrives as reasoning_content and is shown folded away. The browser's
+<think> markers arrives as reasoning_content and is shown folded away; with the RAG box
+ticked the citations of a small knowledge base (corvid-index) show before any answer
+text, as links for http(s) URLs and as plain text for a javascript: one. The browser's
 console must stay free of errors (a CSP violation or a script error would show there),
 and a remote load added by script must be refused by the CSP. A screenshot is kept as an
 artifact: $CORVID_BUILD/artifacts/chat_page.png (the path is printed).
@@ -48,7 +50,7 @@ from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.remote.command import Command  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from corvid_testlib import QWEN, ROOT, TMP, Checks, Server, free_port, have_model, spawn  # noqa: E402
+from corvid_testlib import BIN, QWEN, ROOT, TMP, Checks, Server, free_port, have_model, spawn  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = os.path.join(os.environ.get("CORVID_BUILD") or os.path.join(ROOT, "build"), "artifacts")
@@ -174,9 +176,20 @@ def main():
                             "HS256", "--key", secret, "--kid", "hs", "--ttl", "600",
                             json.dumps({"sub": "chat-page-test", "scope": "inference"})],
                            capture_output=True, text=True, check=True).stdout.strip()
+    # A knowledge base of two documents: one with a web URL, one whose "URL" is script.
+    docs = os.path.join(TMP, "docs.jsonl")
+    with open(docs, "w") as f:
+        for doc in ({"id": "mascot", "title": "Project mascot", "url": "https://docs.example/mascot",
+                     "text": "The corvid project's mascot is a raven named Quill."},
+                    {"id": "hat", "title": "Mascot hat", "url": "javascript:alert(1)",
+                     "text": "The corvid project's mascot wears a green hat on release posters."}):
+            f.write(json.dumps(doc) + "\n")
+    kb = os.path.join(TMP, "docs.cvidx")
+    subprocess.run([os.path.join(BIN, "corvid-index"), "build", docs, "-o", kb], check=True, capture_output=True)
     http_port, metrics_port = free_port(), free_port()
     server = Server("--model", model, "--model-version", version, "--http-listen", "127.0.0.1:%d" % http_port,
-                    "--metrics-listen", "127.0.0.1:%d" % metrics_port, "--auth-config", policy)
+                    "--metrics-listen", "127.0.0.1:%d" % metrics_port, "--auth-config", policy,
+                    "--rag-kb", "docs=" + kb)
     base = "http://127.0.0.1:%d" % http_port
     browser = None
     try:
@@ -266,6 +279,30 @@ def main():
             wait_for("the reasoning unfolded", body.is_displayed)
             print("  reasoning %r, answer %r" % (reasoning[:60], content[:60]))
 
+        def citations_as_links():
+            d.find_element(By.ID, "clear").click()
+            d.find_element(By.ID, "rag").click()
+            # How much answer text was on screen when the sources appeared: none (first event).
+            d.execute_script("window.citedAt = null; new MutationObserver(() => {"
+                             " const m = document.querySelector('#log li.assistant:last-child');"
+                             " if (window.citedAt === null && m && m.querySelector('ol.citations'))"
+                             "  window.citedAt = m.querySelector('.content').textContent.length;"
+                             "}).observe(document.getElementById('log'), {subtree: true, childList: true});")
+            msg = send("What is the name of the corvid project's mascot, and what does the mascot wear?", 16)
+            wait_for("the end of the answer", lambda: msg.get_attribute("data-finish"))
+            d.find_element(By.ID, "rag").click()
+            items = msg.find_elements(By.CSS_SELECTOR, "ol.citations li")
+            assert [i.text for i in items] == ["Project mascot (kb:docs)", "Mascot hat (kb:docs)"], \
+                [i.text for i in items]
+            link = items[0].find_element(By.TAG_NAME, "a")
+            assert link.get_attribute("href") == "https://docs.example/mascot", link.get_attribute("href")
+            assert link.get_attribute("rel") == "noopener noreferrer" and link.get_attribute("target") == "_blank"
+            assert not items[1].find_elements(By.TAG_NAME, "a"), "a javascript: URL became a link"
+            assert d.execute_script("return window.citedAt") == 0, d.execute_script("return window.citedAt")
+            answer = msg.find_element(By.CLASS_NAME, "content").text
+            assert "Quill" in answer, answer
+            print("  answer %r" % answer[:80])
+
         def stop_mid_stream():
             before = metric_sum(metrics_port, "corvid_generated_tokens_total")
             msg = send("Count from 1 to 1000, one number per line.", 3000)
@@ -312,6 +349,7 @@ def main():
         checks.run(GEN + "a prompt sent with Enter streams its answer", streamed_answer)
         checks.run(GEN + "Stop mid-stream ends the generation on the server", stop_mid_stream)
         checks.run(GEN + "New chat; reasoning_content is shown folded away", reasoning_folded)
+        checks.run(GEN + "RAG: the citations come before the answer, as links (http(s) only)", citations_as_links)
         checks.run("no errors in the browser console", console_clean)
         checks.run("screenshot kept as an artifact", screenshot)
         checks.run("the CSP refuses a remote load the page did not ask for", csp_blocks_remote_loads)
