@@ -259,7 +259,7 @@ test-models:
 # The PyPI packages of the tests (tests/pypi-requirements.txt: the openai SDK) into a
 # venv outside the repo; where that fails, the tests that need them SKIP.
 test-pydeps:
-	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed: tests that need the openai SDK will SKIP"
+	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed: tests that need the openai SDK or selenium will SKIP"
 
 # T='PATTERN...' runs only the matching tests or cases (tests/run.sh).
 test: all testing-server test-models test-pydeps
@@ -331,7 +331,7 @@ HTTP_PORT ?= 8080
 run: tools
 	@if [ "$(MODEL)" = "$(DEFAULT_MODEL)" ]; then $(MAKE) --no-print-directory models; fi
 	@echo "corvid-server: gRPC on 127.0.0.1:$(PORT), metrics on http://127.0.0.1:$(METRICS_PORT)/metrics,"
-	@echo "               OpenAI-compatible API on http://127.0.0.1:$(HTTP_PORT)/v1"
+	@echo "               OpenAI-compatible API on http://127.0.0.1:$(HTTP_PORT)/v1, chat page on http://127.0.0.1:$(HTTP_PORT)/"
 	@echo "try:  $(BUILD)/bin/corvidctl generate -a 127.0.0.1:$(PORT) -p 'The capital of France is' -n 32"
 	@echo "      $(BUILD)/bin/corvidctl health -a 127.0.0.1:$(PORT) --service corvid.v1.Inference"
 	@echo "      curl -s http://127.0.0.1:$(METRICS_PORT)/metrics | grep corvid_requests_total"
@@ -342,7 +342,7 @@ run: tools
 deps:
 	@if [ "$$(id -u)" = 0 ]; then apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $$(cat .ci/apt-packages); \
 	 else echo "run as root: apt-get update && apt-get install -y $$(tr '\n' ' ' < .ci/apt-packages)"; fi
-	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed (needs python3-venv and PyPI): the openai SDK tests will SKIP"
+	@$(MAKE) --no-print-directory pydeps || echo "make pydeps failed (needs python3-venv and PyPI): the openai SDK and chat page browser tests will SKIP"
 
 # PyPI packages (tests/pypi-requirements.txt) into a venv that also sees Debian's
 # python3 packages (grpcio); idempotent: pip skips what is installed.
