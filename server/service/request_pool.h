@@ -38,7 +38,7 @@ cv_status cv_request_pool_new(const cv_request_pool_config *cfg, cv_request_pool
  * CV_ENOMEM; fn runs iff this returns CV_OK. Thread-safe. */
 cv_status cv_request_pool_submit(cv_request_pool *p, cv_request_job_fn fn, void *user, size_t cost,
                                  cv_error *err);
-/* Jobs waiting (both classes), for metrics and tests. */
+/* Jobs waiting (both classes); the unit test watches the queue with it. */
 int cv_request_pool_queued(cv_request_pool *p);
 /* Runs what is queued, then joins the workers. NULL is fine. */
 void cv_request_pool_free(cv_request_pool *p);
