@@ -346,7 +346,7 @@ static jv get_path(jrender *r, jv v, jstr path) {
 static jargs rest_args(const jargs *a, size_t from) {
     size_t k = 0, i = 0;
     for (; i < a->n && k < from; i++) k += a->kw[i] == NULL;
-    if (k < from) i = a->n;
+    if (k < from || i == a->n) return (jargs){NULL, NULL, 0};
     return (jargs){a->v + i, a->kw + i, a->n - i};
 }
 
@@ -896,6 +896,7 @@ bool jtest(jrender *r, const jnode *n, const char *name, jv v, const jargs *a, b
 static bool format(jrender *r, const jnode *n, jstr s, const jargs *a, jv *out) {
     jbuf b = newbuf(r);
     size_t auto_i = 0;
+    bool manual = false;
     for (size_t i = 0; i < s.len; i++) {
         char c = s.p[i];
         if ((c == '{' || c == '}') && i + 1 < s.len && s.p[i + 1] == c) {
@@ -915,8 +916,14 @@ static bool format(jrender *r, const jnode *n, jstr s, const jargs *a, jv *out) 
         if (memchr(f, ':', fl) || memchr(f, '!', fl) || memchr(f, '.', fl) || memchr(f, '[', fl))
             return jb_free(&b), jfail(r, n->line, CV_EUNSUPPORTED, "unsupported construct: a format spec or field path in str.format");
         jv v;
+        bool numbered = fl > 0 && f[0] >= '0' && f[0] <= '9';
+        if ((fl == 0 && manual) || (numbered && auto_i))
+            return jb_free(&b), FAIL("format: cannot switch from %s", manual
+                                     ? "manual field specification to automatic field numbering"
+                                     : "automatic field numbering to manual field specification");
+        manual |= numbered;
         if (fl == 0) v = jarg(a, auto_i++, NULL, jv_undef());
-        else if (f[0] >= '0' && f[0] <= '9') v = jarg(a, (size_t)strtoul(f, NULL, 10), NULL, jv_undef());
+        else if (numbered) v = jarg(a, (size_t)strtoul(f, NULL, 10), NULL, jv_undef());
         else {
             char key[64];
             if (fl >= sizeof key) return jb_free(&b), FAIL("format: field name too long");

@@ -272,7 +272,7 @@ static bool arith(jrender *r, const jnode *n, jv a, jv b, jv *out) {
         return jfail(r, n->line, CV_EINVAL, "unsupported operand types for %s: '%s' and '%s'", op_name(op),
                      jv_type_name(a), jv_type_name(b));
     bool ints = a.t != JV_FLOAT && b.t != JV_FLOAT;
-    int64_t x = as_int(a), y = as_int(b), z = 0;
+    int64_t x = ints ? as_int(a) : 0, y = ints ? as_int(b) : 0, z = 0;
     double fx = as_f(a), fy = as_f(b);
     switch (op) {
     case OP_ADD:
@@ -594,13 +594,18 @@ static int exec_for(jrender *r, const jnode *n) {
     }
     int x = X_OK;
     size_t len = items->n;
+    /* One frame, loop object and cycle function for all iterations, reset each time:
+     * a body's sets do not outlive their iteration (jinja2's scoping), and jinja2's
+     * loop is one object advanced in place, so memory does not grow with the count. */
+    jframe *f = frame_new(r, outer);
+    jdict *loop = jd_new(&r->a);
+    jfunc *cyc = ja_alloc(&r->a, sizeof *cyc);
+    if (!jmem(r, n->line, f && loop && cyc ? f : NULL)) return X_ERR;
+    cyc->kind = JF_CYCLE;
+    cyc->name = "cycle";
     for (size_t i = 0; i < len && x != X_ERR; i++) {
-        jframe *f = frame_new(r, outer);
-        jdict *loop = jd_new(&r->a);
-        jfunc *cyc = ja_alloc(&r->a, sizeof *cyc);
-        if (!jstep(r, n->line, 1) || !jmem(r, n->line, f && loop && cyc ? f : NULL)) return X_ERR;
-        cyc->kind = JF_CYCLE;
-        cyc->name = "cycle";
+        if (!jstep(r, n->line, 1)) return X_ERR;
+        f->n = 0;
         cyc->self = jv_int((int64_t)i);
         bool ok = loop_set(r, loop, "index", jv_int((int64_t)i + 1)) && loop_set(r, loop, "index0", jv_int((int64_t)i)) &&
                   loop_set(r, loop, "revindex", jv_int((int64_t)(len - i))) &&

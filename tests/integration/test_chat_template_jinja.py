@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jinja2
 import jinja2.ext
@@ -247,6 +248,66 @@ def check_content_is_data():
                 assert not covered[k], "%s: a template <|im_end|> at %d marked as data" % (path, k)
 
 
+# Snippets for the corners real templates touch less: each renders the same in both.
+SNIPPETS = [
+    "{{ messages|map(attribute='role')|join(',') }}|{{ [] | select | list }}|{{ 'x' if [] | select else 'y' }}",
+    "{% set g = messages|map(attribute='role') %}{{ 'user' in g }}{{ g|list }}",
+    "{{ ('<b>'|safe + '<i>') }}{{ '<a>'|e }}{{ '<c>' ~ ('d'|safe) }}",
+    "{{ 'abcdef'[1:4] }}{{ 'abcdef'[::-2] }}{{ [1,2,3,4][-2:] }}{{ '\u00e9t\u00e9'[1] }}{{ 'h\u00e9llo'|length }}",
+    "{% for a, b in {'x': 1, 'y': [2]}|items %}{{ loop.index }}{{ a }}{{ b }}{{ loop.revindex0 }}{% endfor %}",
+    "{% for m in messages if m.role != 'system' %}{{ loop.length }}{{ loop.first }}{{ loop.cycle('a', 'b') }}{% else %}none{% endfor %}",
+    "{% set ns = namespace(k=0) %}{% for i in range(5) %}{% if i is odd %}{% continue %}{% endif %}{% set ns.k = ns.k + i %}{% endfor %}{{ ns.k }}",
+    "{{ 7 // -2 }} {{ -7 % 3 }} {{ 7 / 2 }} {{ 2 ** 62 }} {{ 1e16 }} {{ 0.1 + 0.2 }} {{ 1.5e-7 }} {{ 3.0 }} {{ -0.0 }}",
+    "{{ {'b': 1, 'a': [true, none, 1.5, 'x\u00e9\n']}|tojson }}{{ {'a': 1}|tojson(indent=2) }}{{ ['\u00e9']|tojson(ensure_ascii=true) }}",
+    "{{ {'b': 1, 'A': 2, 'a': 3}|dictsort }}{{ ['b', 'A', 'a']|sort }}{{ ['b', 'A', 'a']|unique|list }}{{ [3, 1]|max }}",
+    "{{ '  x y  '.split() }}{{ 'a,b,,c'.split(',', 2) }}{{ 'a,b,c'.rsplit(',', 1) }}{{ ' x '.strip() }}{{ 'xxhixx'.strip('x') }}",
+    "{{ 'hello world'.title() }}{{ 'hello-world foo'|title }}{{ 'aBc'|capitalize }}{{ 'AbC'.upper() }}{{ 'a{}b{}'.format(1, 2) }}{{ '{0}{0}{{x}}'.format(3) }}",
+    "{{ none }}{{ true }}{{ undefined_thing }}{{ [none, true, \"a'b\"] }}{{ {'k': ('a', 1)} }}{{ (1,) }}",
+    "{{ messages[0].content is string }}{{ messages is sequence }}{{ 3 is divisibleby 3 }}{{ x is undefined }}{{ 1 is number }}{{ true is number }}",
+    "{% macro f(a, b='B') %}[{{ a }}{{ b }}]{% endmacro %}{{ f(1) }}{{ f(b=2, a=3) }}{% set t %}{{ f('x')|trim }}{% endset %}{{ t|length }}",
+    "{{ 'line1\nline2\n\nline4'|indent(2) }}|{{ 'a\nb'|indent(first=true) }}|{{ messages|length > 1 and 'many' or 'few' }}",
+    "  {% if true %}\n    x\n  {% endif %}\n{%- if true -%}  y  {%- endif %}\n{# c #}\n  {{ 'z' }}  \n{%+ if true %}w{% endif +%}\n",
+]
+
+
+def check_snippets():
+    conv = CONVERSATIONS["system and turns"]
+    bad = []
+    for i, snippet in enumerate(SNIPPETS):
+        path = os.path.join(TMP, "snippet%d.jinja" % i)
+        with open(path, "w") as f:
+            f.write(snippet)
+        want, why = render_ref(path, conv, True)
+        rc, got, err = render_corvid(path, conv, True)
+        if want is None or rc != 0 or got != want:
+            bad.append("%d %r:\n  jinja2: %r %s\n  corvid: %r %s" % (i, snippet, want, why or "", got, err.strip()))
+    assert not bad, "\n".join(bad)
+
+
+def check_bounds():
+    """Loops, output, macro recursion and nesting are bounded: refused, not run away."""
+    cases = [
+        ("{% for i in range(100000000) %}{% endfor %}", "loop iterations"),
+        ("{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(10) %}{% endfor %}{% endfor %}{% endfor %}",
+         "over"),  # whichever bound comes first: steps or memory
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "nested over 32"),
+        ("{% set s = 'x' * 1000000 %}{% for i in range(10) %}{{ s }}{% endfor %}", "output over"),
+        ("{{ 'x' * 100000000 }}", "over"),
+        ("{{ " + "(" * 300 + "1" + ")" * 300 + " }}", "nested over 200"),
+        ("{% if x %}" * 300, "nested over 200"),
+        ("{{ 2 ** 64 }}", "beyond 64 bits"),
+        ("{{ '{}{0}'.format(1, 2) }}", "cannot switch from automatic field numbering"),
+    ]
+    for i, (src, needle) in enumerate(cases):
+        path = os.path.join(TMP, "bound%d.jinja" % i)
+        with open(path, "w") as f:
+            f.write(src)
+        t0 = time.time()
+        p = subprocess.run([TOOL, "--data", "messages=[]", path], capture_output=True, timeout=60)
+        assert p.returncode == 1 and needle.encode() in p.stderr, (src[:60], p.returncode, p.stderr)
+        assert time.time() - t0 < 30, (src[:60], time.time() - t0)
+
+
 def check_refusal_names_line():
     bad = os.path.join(TMP, "bad.jinja")
     with open(bad, "w") as f:
@@ -306,6 +367,8 @@ def main():
     for path in TEMPLATES:
         c.run("jinja2-identical %s" % os.path.basename(path), check_template, path)
     c.run("message content is data", check_content_is_data)
+    c.run("%d snippets render as jinja2 does" % len(SNIPPETS), check_snippets)
+    c.run("loops, output, recursion and nesting are bounded", check_bounds)
     c.run("unsupported construct refused with its line", check_refusal_names_line)
     if have_model(QWEN, "the server's default template"):
         srv = Server("--model", QWEN, ready_timeout=120)
