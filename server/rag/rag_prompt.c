@@ -5,9 +5,54 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Short on purpose: small models have little room (see rag_prompt.h). */
-static const char instruction[] =
-    "Answer using only the context below; cite passages by number, like [1].\n\nContext:\n";
+#include "utf8.h"
+
+int cv_rag_is_cjk_cp(uint32_t cp) {
+    return (cp >= 0x3040 && cp <= 0x30FF) ||   /* kana */
+           (cp >= 0x3400 && cp <= 0x4DBF) ||   /* Han extension A */
+           (cp >= 0x4E00 && cp <= 0x9FFF) ||   /* Han */
+           (cp >= 0xAC00 && cp <= 0xD7AF) ||   /* Hangul syllables */
+           (cp >= 0xF900 && cp <= 0xFAFF) ||   /* Han compatibility */
+           (cp >= 0x20000 && cp <= 0x3FFFF);   /* Han extensions B.. */
+}
+
+int cv_rag_is_cjk_text(const char *text, size_t len) {
+    const uint8_t *p = (const uint8_t *)text;
+    size_t i = 0;
+    while (i < len) {
+        uint32_t cp;
+        int n = cv_utf8_decode(p + i, len - i, &cp);
+        if (n == 0) {
+            i++;
+            continue;
+        }
+        if (cv_rag_is_cjk_cp(cp)) return 1;
+        i += (size_t)n;
+    }
+    return 0;
+}
+
+/* The frame in the question's language (rag_prompt.h shows it). Short on purpose:
+ * small models have little room. The "not in the documents" reply is spelled out so
+ * the model has a sentence to give instead of a guess. No request to cite: asked to
+ * cite "like [1]", the 0.5B Qwen answered "[1]" alone or "[1]. [2]. [3]" (measured
+ * with bench-rag-qa's questions); the client has the citations in the Context message. */
+typedef struct frame {
+    const char *documents, *question, *answer, *instruction;
+} frame;
+
+static const frame frames[2] = {
+    {"Documents:\n", "Question: ", "Answer:",
+     "Answer the question in one short sentence, using only the documents above. If the documents do "
+     "not contain the answer, reply exactly: " CV_RAG_NOT_IN_DOCS_EN},
+    {"资料:\n", "问题: ", "回答:",
+     "请只根据上面的资料，用一句简短的话回答问题。如果资料中没有答案，请只回答："
+     CV_RAG_NOT_IN_DOCS_ZH},
+};
+
+static const frame *frame_for(const char *question) {
+    return &frames[cv_rag_is_cjk_text(question, strlen(question))];
+}
 
 typedef struct sbuf {
     char *p;
@@ -31,13 +76,12 @@ static int sb_add(sbuf *b, const char *s, size_t n) {
 
 static int sb_str(sbuf *b, const char *s) { return sb_add(b, s, strlen(s)); }
 
-/* "[i] TITLE (SOURCE)\n" */
+/* "[i] TITLE: " (no title and no id: "[i] ") */
 static int add_header(sbuf *b, size_t number, const cv_rag_passage *p) {
     char num[32];
     snprintf(num, sizeof num, "[%zu] ", number);
     const char *title = p->title && *p->title ? p->title : p->doc_id;
-    return sb_str(b, num) || sb_str(b, title) || sb_str(b, " (") || sb_str(b, p->source) ||
-           sb_str(b, ")\n");
+    return sb_str(b, num) || (title && *title && (sb_str(b, title) || sb_str(b, ": ")));
 }
 
 /* Largest prefix of text (a whole number of UTF-8 characters) whose block fits in
@@ -138,21 +182,20 @@ void cv_rag_context_free(cv_rag_context *c) {
     memset(c, 0, sizeof *c);
 }
 
-char *cv_rag_prompt_system(const cv_rag_context *c) {
+/* documents, question and instruction; the Generate frame ends with the answer label. */
+static char *framed(const cv_rag_context *c, const char *question, int generate) {
+    const frame *f = frame_for(question);
     sbuf b = {0};
-    if (sb_str(&b, instruction) || sb_str(&b, c->text)) {
+    if (sb_str(&b, f->documents) || sb_str(&b, c->text) || sb_str(&b, "\n\n") ||
+        (generate && (sb_str(&b, f->instruction) || sb_str(&b, "\n\n"))) || sb_str(&b, f->question) ||
+        sb_str(&b, question) ||
+        (generate ? sb_str(&b, "\n") || sb_str(&b, f->answer) : sb_str(&b, "\n\n") || sb_str(&b, f->instruction))) {
         free(b.p);
         return NULL;
     }
     return b.p;
 }
 
-char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question) {
-    sbuf b = {0};
-    if (sb_str(&b, instruction) || sb_str(&b, c->text) || sb_str(&b, "\n\nQuestion: ") ||
-        sb_str(&b, question) || sb_str(&b, "\nAnswer:")) {
-        free(b.p);
-        return NULL;
-    }
-    return b.p;
-}
+char *cv_rag_prompt_user(const cv_rag_context *c, const char *question) { return framed(c, question, 0); }
+
+char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question) { return framed(c, question, 1); }

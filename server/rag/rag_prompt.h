@@ -9,33 +9,46 @@
  * rank order; the numbers are the citations' order in the response's Context message.
  *
  * The context block (what the budget counts):
- *   [1] TITLE (SOURCE)
- *   TEXT
+ *   [1] TITLE: TEXT
  *
  *   [2] ...
- * TITLE falls back to the document id. For Generate the prompt is:
- *   Answer using only the context below; cite passages by number, like [1].
+ * TITLE falls back to the document id. No source name and no line of its own for the
+ * title: with "[1] TITLE (SOURCE)" on a line, Qwen2.5-0.5B answered that line (issue 21).
+ * The source and URL reach the client in the Context message instead.
  *
- *   Context:
- *   <context block>
- *
- *   Question: QUESTION
- *   Answer:
- * and a base model answering it would go on with a "Question:" of its own:
- * CV_RAG_GENERATE_STOP is the stop string that ends the answer there.
- * For Chat the same instruction and context become a system message (prepended to the
- * chat's own first system message when it has one) and go through the chat template.
+ * The frame around it is in the question's language (English, or Chinese when the
+ * question has a CJK character), with an instruction to answer in one short sentence
+ * from the documents and otherwise say CV_RAG_NOT_IN_DOCS_*:
+ *   Chat (cv_rag_prompt_user; it replaces the content of the last user message):
+ *     Documents:\n<block>\n\nQuestion: Q\n\n<instruction>
+ *   Generate (cv_rag_prompt_generate; a completion frame that ends where the answer
+ *   starts):
+ *     Documents:\n<block>\n\n<instruction>\n\nQuestion: Q\nAnswer:
+ *   (资料: / 问题: / 回答: for Chinese). A model going on past its answer starts a new
+ *   line; CV_RAG_GENERATE_STOP and the guard's line end (rag_guard.h) stop it there.
+ * Why the user turn for every chat family: the question must come right before the
+ * answer, after the passages (in a system message the 0.5B Qwen answered the passage
+ * header or repeated the passage, measured by bench-rag-qa); Gemma's template has no
+ * system role (the system text joins the first user turn anyway); DeepSeek-R1's model
+ * card asks for every instruction in the user turn. llama2 and llama3 are unmeasured
+ * and take the same rule. Passages quoting control tokens still cannot open a turn:
+ * cv_chat_encode never parses them in message content.
+ * With no passage (policy "answer" and nothing found) there is no frame: the request
+ * runs on its own prompt or messages.
  */
 #ifndef CV_RAG_PROMPT_H
 #define CV_RAG_PROMPT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cv_error.h"
 #include "rag_index.h" /* cv_rag_measure_fn */
 
 #define CV_RAG_PROMPT_MIN_CUT 16
 #define CV_RAG_GENERATE_STOP "\nQuestion:"
+#define CV_RAG_NOT_IN_DOCS_EN "The documents do not say."
+#define CV_RAG_NOT_IN_DOCS_ZH "资料中没有提到。"
 
 typedef struct cv_rag_passage {
     const char *source;   /* "kb:<name>" or a live source's name */
@@ -58,9 +71,16 @@ cv_status cv_rag_context_build(const cv_rag_passage *p, size_t n, size_t budget,
                                cv_error *err);
 void cv_rag_context_free(cv_rag_context *c);
 
-/* The instruction and context (the Chat system message); malloc'd. */
-char *cv_rag_prompt_system(const cv_rag_context *c);
+/* The Chat user turn for question (the last user message); malloc'd, NULL when out
+ * of memory. */
+char *cv_rag_prompt_user(const cv_rag_context *c, const char *question);
 /* The whole Generate prompt for question; malloc'd. */
 char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question);
+
+/* 1 when text has a Han, kana or Hangul character (chooses the frame's language and
+ * the default answer). */
+int cv_rag_is_cjk_text(const char *text, size_t len);
+/* 1 for a Han, kana or Hangul code point. */
+int cv_rag_is_cjk_cp(uint32_t cp);
 
 #endif

@@ -37,53 +37,45 @@ static const char *question_of(const cv_rag_request *r) {
     return q;
 }
 
-/* The prompt ids with the context (rag_prompt.h has the templates). For Chat the
- * context is system-message content, prepended to the chat's own first system message:
- * a passage quoting a chat format's control tokens cannot open a turn. */
-static cv_status prompt_ids(const cv_rag_request *r, const cv_rag_context *ctx, const char *question,
+/* The prompt ids with the context framed (rag_prompt.h has the frames and why the
+ * chat's last user turn carries them), or, when framed is 0, the request's own prompt
+ * or messages. */
+static cv_status prompt_ids(const cv_rag_request *r, const cv_rag_context *ctx, const char *question, int framed,
                             int32_t **ids, size_t *n_ids, cv_error *err) {
     const cv_rag_model *m = &r->model;
-    cv_status st;
+    cv_status st = CV_ENOMEM;
     if (r->prompt) {
-        char *text = cv_rag_prompt_generate(ctx, question);
-        if (!text) return cv_errorf(err, CV_ENOMEM, "out of memory");
-        st = m->encode_prompt(m->user, text, ids, n_ids, err);
+        char *text = framed ? cv_rag_prompt_generate(ctx, question) : NULL;
+        if (framed && !text) return cv_errorf(err, CV_ENOMEM, "out of memory");
+        st = m->encode_prompt(m->user, framed ? text : r->prompt, ids, n_ids, err);
         free(text);
         return st;
     }
-    char *sys = NULL, *merged = NULL;
-    cv_rag_msg *msgs = calloc(r->n_messages + 1, sizeof *msgs);
-    size_t n = 0, i = 0;
-    st = CV_ENOMEM;
-    if (!msgs || !(sys = cv_rag_prompt_system(ctx))) goto out;
-    if (r->n_messages && !strcmp(r->messages[0].role, "system")) {
-        size_t a = strlen(sys), b = strlen(r->messages[0].content);
-        if (!(merged = malloc(a + b + 3))) goto out;
-        memcpy(merged, r->messages[0].content, b);
-        memcpy(merged + b, "\n\n", 2);
-        memcpy(merged + b + 2, sys, a + 1);
-        msgs[n++] = (cv_rag_msg){"system", merged};
-        i = 1;
-    } else {
-        msgs[n++] = (cv_rag_msg){"system", sys};
-    }
-    for (; i < r->n_messages; i++) msgs[n++] = r->messages[i];
-    st = m->encode_chat(m->user, msgs, n, ids, n_ids, err);
+    if (!framed) return m->encode_chat(m->user, r->messages, r->n_messages, ids, n_ids, err);
+    char *user = NULL;
+    cv_rag_msg *msgs = malloc(sizeof *msgs * (r->n_messages ? r->n_messages : 1));
+    if (!msgs || !(user = cv_rag_prompt_user(ctx, question))) goto out;
+    memcpy(msgs, r->messages, sizeof *msgs * r->n_messages);
+    for (size_t i = r->n_messages; i-- > 0;)
+        if (!strcmp(msgs[i].role, "user")) {
+            msgs[i].content = user;
+            break;
+        }
+    st = m->encode_chat(m->user, msgs, r->n_messages, ids, n_ids, err);
 out:
     if (st == CV_ENOMEM) cv_errorf(err, st, "out of memory");
-    free(sys);
-    free(merged);
+    free(user);
     free(msgs);
     return st;
 }
 
 /* One structured line per retrieval (the request id is the client's: escaped). */
 static void log_rag(const cv_rag_runner *rn, const char *request_id, const cv_rag_outcome *o) {
-    json_t *l = json_pack("{s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:I,s:b}", "msg", "rag", "request_id",
+    json_t *l = json_pack("{s:s,s:s,s:f,s:f,s:f,s:I,s:I,s:I,s:f,s:b}", "msg", "rag", "request_id",
                           request_id ? request_id : "", "index_ms", o->index_ms, "sources_ms", o->sources_ms,
                           "prompt_ms", o->prompt_ms, "passages", (json_int_t)o->n_passages, "cited",
-                          (json_int_t)o->ctx.n_kept, "context_tokens", (json_int_t)o->ctx.tokens,
-                          "default_answer", o->default_answer != NULL);
+                          (json_int_t)o->ctx.n_kept, "context_tokens", (json_int_t)o->ctx.tokens, "coverage",
+                          o->coverage, "default_answer", o->default_answer != NULL);
     char *line = l ? json_dumps(l, JSON_COMPACT | JSON_REAL_PRECISION(6)) : NULL;
     if (line && rn->cfg.log) rn->cfg.log(rn->cfg.log_user, line);
     else if (line) fprintf(stderr, "%s\n", line);
@@ -105,9 +97,9 @@ void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_
     int32_t *ids = NULL;
     size_t n_bare = 0;
     const char *question = question_of(r);
-    /* The prompt without context sets the budget. */
+    /* The frame without passages sets the budget. */
     cv_rag_context empty = {.text = ""};
-    cv_status st = prompt_ids(r, &empty, question, &ids, &n_bare, &err);
+    cv_status st = prompt_ids(r, &empty, question, 1, &ids, &n_bare, &err);
     free(ids);
     ids = NULL;
     if (st != CV_OK) goto out;
@@ -120,11 +112,11 @@ void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_
     res.outcome = &o;
     if (o.default_answer) {
         res.default_answer = o.default_answer;
-    } else if ((st = prompt_ids(r, &o.ctx, question, &ids, &res.n_ids, &err)) == CV_OK) {
+    } else if ((st = prompt_ids(r, &o.ctx, question, o.ctx.n_kept > 0, &ids, &res.n_ids, &err)) == CV_OK) {
         res.ids = ids;
-        /* A base model answering the Generate template goes on with the next
-         * "Question:": the template's own structure ends the answer. */
-        res.extra_stop = r->prompt ? CV_RAG_GENERATE_STOP : NULL;
+        /* A base model answering the Generate frame goes on with the next
+         * "Question:": the frame's own structure ends the answer. */
+        res.extra_stop = r->prompt && o.ctx.n_kept ? CV_RAG_GENERATE_STOP : NULL;
     }
 out:
     res.status = st;

@@ -15,8 +15,8 @@
  * layer) nor the engine. The caller hands the model over as callbacks (cv_rag_model):
  * count the tokens of a piece of text, encode a Generate prompt, encode chat messages
  * through the request's template. Everything above the tokens stays here: which
- * message is the question, the Generate template, the context as a system message
- * merged into the chat's own. The alternative, letting this layer use the text layer,
+ * message is the question, the Generate frame, the framed last user turn of a Chat.
+ * The alternative, letting this layer use the text layer,
  * would pull GGUF and the kernels into everything that links rag (corvid-index, the
  * index tests) for what three function pointers say; cv_rag_service_run already takes
  * its token count the same way.

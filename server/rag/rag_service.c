@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rag_coverage.h"
 #include "rag_index.h"
 #include "timing.h"
-#include "utf8.h"
 
 typedef struct kb {
     char name[64];
@@ -42,6 +42,8 @@ struct cv_rag_service {
     int answer_policy;
     char *default_answer, *default_answer_zh;
     size_t max_context_tokens;
+    int guard;
+    double min_coverage;
     cv_rag_audit_fn audit;
     void *audit_user;
 };
@@ -171,6 +173,8 @@ cv_status cv_rag_service_new(const cv_rag_settings *set, cv_rag_service **out, c
     s->top_k = set->top_k;
     s->min_score = set->min_score;
     s->max_context_tokens = set->max_context_tokens;
+    s->guard = set->guard;
+    s->min_coverage = set->min_coverage;
     s->audit = set->audit;
     s->audit_user = set->audit_user;
     s->default_answer = strdup(set->default_answer ? set->default_answer : "");
@@ -211,28 +215,6 @@ void cv_rag_service_free(cv_rag_service *s) {
     free(s->default_answer);
     free(s->default_answer_zh);
     free(s);
-}
-
-int cv_rag_is_cjk_text(const char *text, size_t len) {
-    const uint8_t *p = (const uint8_t *)text;
-    size_t i = 0;
-    while (i < len) {
-        uint32_t cp;
-        int n = cv_utf8_decode(p + i, len - i, &cp);
-        if (n == 0) {
-            i++;
-            continue;
-        }
-        if ((cp >= 0x3040 && cp <= 0x30FF) ||   /* kana */
-            (cp >= 0x3400 && cp <= 0x4DBF) ||   /* Han extension A */
-            (cp >= 0x4E00 && cp <= 0x9FFF) ||   /* Han */
-            (cp >= 0xAC00 && cp <= 0xD7AF) ||   /* Hangul syllables */
-            (cp >= 0xF900 && cp <= 0xFAFF) ||   /* Han compatibility */
-            (cp >= 0x20000 && cp <= 0x3FFFF))   /* Han extensions B.. */
-            return 1;
-        i += (size_t)n;
-    }
-    return 0;
 }
 
 static char *own(cv_rag_outcome *o, const char *s, size_t n) {
@@ -380,6 +362,11 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
         o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
                                                         h->link ? h->link : "", h->text, strlen(h->text), 0};
     }
+    o->coverage = 1;
+    if (k && s->min_coverage > 0 && o->n_passages) {
+        o->coverage = cv_rag_coverage(cv_rag_index_analyzer(k->ix), q->question, o->passages, o->n_passages);
+        if (o->coverage < s->min_coverage) o->n_passages = 0;
+    }
     if (!o->n_passages && !answer) {
         int zh = s->default_answer_zh[0] && (cv_rag_is_cjk_text(q->question, strlen(q->question)) ||
                                               !s->default_answer[0]);
@@ -397,6 +384,8 @@ fail:
     cv_rag_outcome_free(o);
     return st;
 }
+
+int cv_rag_service_guard(const cv_rag_service *s) { return s->guard; }
 
 void cv_rag_outcome_free(cv_rag_outcome *o) {
     for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);

@@ -9,6 +9,10 @@
  * best score first, then live-source results in config and item order; the budget drops
  * from the end of that list.
  *
+ * Coverage: when min_coverage > 0 and the passages hold less than that share of the
+ * question's key terms (rag_coverage.h), they are dropped, as if none reached
+ * min_score: the passages are about the question's subject but cannot answer it.
+ *
  * Policy "refuse" (the default): when no chunk reaches min_score and no live source
  * returned anything, the outcome is the configured default answer and the model must
  * not run. The answer is chosen by the question's script: the Chinese answer when the
@@ -42,6 +46,8 @@ typedef struct cv_rag_settings {
     size_t max_context_tokens;   /* context budget in the model's tokens */
     cv_rag_audit_fn audit;       /* one line per outbound request; NULL: none */
     void *audit_user;
+    int guard;                   /* 1: requests' answers go through rag_guard.h */
+    double min_coverage;         /* rag_coverage.h share the passages must hold; 0: off */
 } cv_rag_settings;
 
 typedef struct cv_rag_service cv_rag_service;
@@ -67,6 +73,7 @@ typedef struct cv_rag_outcome {
     cv_rag_context ctx;
     const char *default_answer;  /* non-NULL: answer this, do not run the model */
     double index_ms, sources_ms, prompt_ms; /* searching / fetching / fitting the budget */
+    double coverage;             /* rag_coverage.h of the passages found; 1 when not checked */
     /* storage behind passages */
     char **owned;
     size_t n_owned;
@@ -79,7 +86,7 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
                              void *measure_user, cv_rag_outcome *out, cv_error *err);
 void cv_rag_outcome_free(cv_rag_outcome *o);
 
-/* 1 when text has a Han, kana or Hangul character (chooses the default answer). */
-int cv_rag_is_cjk_text(const char *text, size_t len);
+/* Whether answers are to go through rag_guard.h (rag_guard). */
+int cv_rag_service_guard(const cv_rag_service *s);
 
 #endif

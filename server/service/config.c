@@ -15,6 +15,7 @@
 #include "inference_service.h"
 #include "json_error.h"
 #include "http_endpoint.h"
+#include "rag_coverage.h"
 #include "rag_service.h"
 #include "tp.h"
 
@@ -121,6 +122,10 @@ static const key_spec keys[] = {
         "the default answer to CJK questions", NULL),
     NUM("rag_max_context_tokens", "--rag-max-context-tokens", K_INT, rag_max_context_tokens, 16, 1 << 20, "N",
         "retrieved context budget in model tokens (also capped by the model's window)", NULL),
+    NUM("rag_guard", "--rag-guard", K_INT, rag_guard, 0, 1, "0|1",
+        "1: a RAG answer looping on citation markers or phrases ends with finish reason stop", NULL),
+    NUM("rag_min_coverage", "--rag-min-coverage", K_DOUBLE, rag_min_coverage, 0, 1, "C",
+        "share of the question's key terms the passages must hold, else the default answer (0: off)", NULL),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -151,6 +156,8 @@ void cv_config_defaults(cv_config *c) {
     strcpy(c->rag_default_answer, "No relevant data found.");
     strcpy(c->rag_default_answer_zh, "未找到相关数据。");
     c->rag_max_context_tokens = 1024;
+    c->rag_guard = 1;
+    c->rag_min_coverage = CV_RAG_MIN_COVERAGE_DEFAULT;
 }
 
 static cv_status set_str(cv_config *c, const key_spec *k, const char *where, const char *v,

@@ -55,6 +55,8 @@ typedef struct cv_config {
     char rag_default_answer[512];    /* below the threshold, non-CJK questions */
     char rag_default_answer_zh[512]; /* below the threshold, CJK questions */
     int rag_max_context_tokens;      /* retrieved context budget, model tokens */
+    int rag_guard;                   /* 1: end degenerate RAG answers (rag_guard.h) */
+    double rag_min_coverage;         /* share of the question's terms the passages must hold */
 } cv_config;
 
 /* What the command line asked besides settings. */

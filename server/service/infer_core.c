@@ -178,9 +178,20 @@ static void split_emit(void *ctx, int reasoning, const char *s, size_t n) {
     dst[*len] = 0;
 }
 
+int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end) {
+    return (o->guard = cv_rag_guard_new(n_passages, line_end)) ? 0 : -1;
+}
+
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples) {
     if (o->overflow) return 1;
+    if (o->guard) {
+        if (o->guard_trip) return 1;
+        cv_rag_guard_trip t = cv_rag_guard_feed(o->guard, text, len);
+        if (t == CV_RAG_GUARD_NOMEM) return o->overflow = 1;
+        cv_rag_guard_take(o->guard, &text, &len);
+        if (t != CV_RAG_GUARD_OK) o->guard_trip = t;
+    }
     if (o->text_len + o->reasoning_len + len > CV_INFER_MAX_PENDING) return o->overflow = 1;
     size_t ids_cap_before = o->ids_cap;
     /* Held marker bytes may come out with this piece: room for them too. */
@@ -205,13 +216,24 @@ int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32
     if (n_ids) memcpy(o->ids + o->n_ids, ids, sizeof *ids * (size_t)n_ids);
     if (n_ids && o->want_samples && samples) memcpy(o->samples + o->n_ids, samples, sizeof *samples * (size_t)n_ids);
     o->n_ids += (size_t)n_ids;
-    return 0;
+    return o->guard_trip != CV_RAG_GUARD_OK;
 }
 
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
+    if (o->guard) { /* what the guard held back ("... [1") */
+        const char *rest;
+        size_t n;
+        cv_rag_guard *g = o->guard;
+        cv_rag_guard_finish(g, &rest, &n);
+        o->guard = NULL;
+        if (n) cv_core_out_append(o, rest, n, NULL, 0, NULL);
+        o->guard = g;
+    }
     if (o->split && o->think.n_hold && cv_core_out_append(o, "", 0, NULL, 0, NULL) == 0)
         cv_think_flush(&o->think, split_emit, o);
     o->final = *f;
+    /* The guard's cancel is the answer's end. */
+    if (o->guard_trip && f->reason == CV_FINISH_CANCELLED && !o->overflow) o->final.reason = CV_FINISH_STOP;
     snprintf(o->stop_string, sizeof o->stop_string, "%s", f->stop_string ? f->stop_string : "");
     snprintf(o->error, sizeof o->error, "%s", f->error ? f->error : "");
     o->final.stop_string = o->stop_string[0] ? o->stop_string : NULL;
@@ -227,6 +249,7 @@ void cv_core_out_consumed(cv_core_out *o) {
 }
 
 void cv_core_out_free(cv_core_out *o) {
+    cv_rag_guard_free(o->guard);
     free(o->text);
     free(o->ids);
     free(o->samples);

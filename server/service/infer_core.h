@@ -16,6 +16,7 @@
 #include "engine.h"
 #include "router.h"
 #include "rpc_server.h"
+#include "rag_guard.h"
 #include "think_split.h"
 
 /* What a request came over: the index of its figures in stats.h (CV_STATS_PROTOCOLS)
@@ -88,6 +89,11 @@ typedef struct cv_core_out {
     char stop_string[256];
     char error[512];
     double t_last_token;     /* engine thread only */
+    /* A RAG answer's text passes rag_guard.h; a trip ends the answer (append returns 1:
+     * cancel) and the final says stop. Later chunks are dropped; the ids of the chunk
+     * it cut in stay. */
+    cv_rag_guard *guard;
+    cv_rag_guard_trip guard_trip;
 } cv_core_out;
 
 #define CV_INFER_MAX_PENDING (1u << 20)
@@ -100,6 +106,8 @@ int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, i
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples);
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f);
+/* Puts the answer through a guard (rag_guard.h); -1 when out of memory. */
+int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end);
 /* A chat of a reasoning model: from now on text between the think markers goes to
  * reasoning (think_split.h); starts_inside when the prompt opened the block. */
 void cv_core_out_split(cv_core_out *o, int starts_inside);

@@ -565,6 +565,9 @@ static void rag_done(void *user, const cv_rag_result *r) {
         stream_default_answer(g, r->default_answer, j->t0);
     } else if (r->outcome->ctx.n_kept && pack_context(g, r->outcome) != CV_OK) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    } else if (cv_rag_service_guard(g->inf->rag.cfg.service) &&
+               cv_core_out_guard(&g->out, r->outcome->ctx.n_kept, j->req.gen && r->outcome->ctx.n_kept)) {
+        stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         g->context_tokens = (uint32_t)r->outcome->ctx.tokens;
         split_reasoning(g, &j->req, r->ids, r->n_ids);

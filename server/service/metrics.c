@@ -2,6 +2,7 @@
 
 #include "grpc_status.h"
 #include "infer_core.h"
+#include "rag_guard.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -105,6 +106,16 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
         for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
             put(&b, "corvid_generated_tokens_total{version=\"%s\",protocol=\"%s\"} %llu\n", slots[i].version,
                 cv_core_protocol_name((cv_core_protocol)p), (unsigned long long)slots[i].by_protocol[p].tokens);
+    uint64_t trips[CV_RAG_GUARD_N_TRIPS], removed;
+    cv_rag_guard_counts(trips, &removed);
+    put(&b, "# HELP corvid_rag_guard_stops_total RAG answers the guard ended with finish reason stop, by what it saw.\n"
+            "# TYPE corvid_rag_guard_stops_total counter\n");
+    for (int t = CV_RAG_GUARD_OK + 1; t < CV_RAG_GUARD_N_TRIPS; t++)
+        put(&b, "corvid_rag_guard_stops_total{reason=\"%s\"} %llu\n", cv_rag_guard_trip_name((cv_rag_guard_trip)t),
+            (unsigned long long)trips[t]);
+    put(&b, "# HELP corvid_rag_citations_removed_total Citation markers naming no passage given, cut from answers.\n"
+            "# TYPE corvid_rag_citations_removed_total counter\n");
+    put(&b, "corvid_rag_citations_removed_total %llu\n", (unsigned long long)removed);
     engine_gauge(&b, "corvid_queue_depth", "Requests waiting for a batch slot.", slots, n,
                  offsetof(cv_engine_stats, waiting));
     engine_gauge(&b, "corvid_running_sequences", "Sequences decoded in every step.", slots, n,

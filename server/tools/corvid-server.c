@@ -64,7 +64,8 @@ static cv_status open_rag(const cv_config *c, cv_audit **audit, cv_rag_service *
     if (!c->rag_knowledge_bases[0] && !c->rag_sources[0]) return CV_OK;
     cv_rag_settings s = {c->rag_knowledge_bases, c->rag_sources, (uint32_t)c->rag_top_k,
                          (float)c->rag_min_score, c->rag_policy, c->rag_default_answer,
-                         c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, audit};
+                         c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, audit,
+                         c->rag_guard, c->rag_min_coverage};
     return cv_rag_service_new(&s, out, err);
 }
 

@@ -32,19 +32,25 @@ static void test_all_fit_numbered_in_order(void **state) {
     cv_rag_context c;
     cv_error e = {0};
     assert_int_equal(cv_rag_context_build(p, 2, 1000, count_cps, NULL, &c, &e), CV_OK);
-    assert_string_equal(c.text, "[1] a (kb:t)\nalpha text\n\n[2] b (kb:t)\nbeta text");
+    assert_string_equal(c.text, "[1] a: alpha text\n\n[2] b: beta text");
     assert_int_equal(c.n_kept, 2);
     assert_int_equal(c.kept[0], 0);
     assert_int_equal(c.kept[1], 1);
     assert_int_equal(c.tokens, count_cps(NULL, c.text, strlen(c.text)));
+    /* Generate: a completion frame that ends where the answer starts. */
     char *g = cv_rag_prompt_generate(&c, "why?");
-    assert_non_null(strstr(g, "Context:\n[1] a (kb:t)\nalpha text"));
-    assert_non_null(strstr(g, "\n\nQuestion: why?\nAnswer:"));
-    char *s = cv_rag_prompt_system(&c);
-    assert_non_null(strstr(s, "[2] b (kb:t)\nbeta text"));
-    assert_null(strstr(s, "Question:"));
+    const char *head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nAnswer the question";
+    assert_true(!strncmp(g, head, strlen(head)));
+    assert_non_null(strstr(g, CV_RAG_NOT_IN_DOCS_EN "\n\nQuestion: why?\nAnswer:"));
+    assert_int_equal(strlen(strstr(g, "Answer:")), strlen("Answer:"));
+    /* Chat: documents, then the question, then the instruction (the user turn). */
+    char *u = cv_rag_prompt_user(&c, "why?");
+    head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?\n\nAnswer the";
+    assert_true(!strncmp(u, head, strlen(head)));
+    assert_non_null(strstr(u, "reply exactly: " CV_RAG_NOT_IN_DOCS_EN));
+    assert_null(strstr(u, "[1]\"")); /* not asked to cite: the model answered the marker alone */
     free(g);
-    free(s);
+    free(u);
     cv_rag_context_free(&c);
 }
 
@@ -53,28 +59,28 @@ static void test_title_used_when_present(void **state) {
     cv_rag_passage p = {"web", "", "Weather", "http://w", "sunny", 5, 0};
     cv_rag_context c;
     assert_int_equal(cv_rag_context_build(&p, 1, 1000, count_cps, NULL, &c, NULL), CV_OK);
-    assert_string_equal(c.text, "[1] Weather (web)\nsunny");
+    assert_string_equal(c.text, "[1] Weather: sunny");
     cv_rag_context_free(&c);
 }
 
 static void test_lowest_ranked_dropped_and_cut_on_characters(void **state) {
     (void)state;
-    /* 30 CJK characters (3 bytes each) after a 13-code-point header. */
+    /* 30 CJK characters (3 bytes each) after a 6-code-point header. */
     char zh[128] = "";
     for (int i = 0; i < 30; i++) strcat(zh, "知");
     cv_rag_passage p[3] = {passage("a", "short", 9), passage("b", zh, 5), passage("c", "never", 1)};
     cv_rag_context c;
-    /* "[1] a (kb:t)\nshort" = 18; seam "\n\n" 2; "[2] b (kb:t)\n" = 13: 40 leaves 7 characters. */
-    assert_int_equal(cv_rag_context_build(p, 3, 40, count_cps, NULL, &c, NULL), CV_OK);
+    /* "[1] a: short" = 12; seam "\n\n" 2; "[2] b: " = 7: 36 leaves 15 characters. */
+    assert_int_equal(cv_rag_context_build(p, 3, 36, count_cps, NULL, &c, NULL), CV_OK);
     assert_int_equal(c.n_kept, 2);
-    assert_int_equal(c.tokens, 40);
+    assert_int_equal(c.tokens, 36);
     assert_true(cv_utf8_valid(c.text, strlen(c.text)));
-    assert_non_null(strstr(c.text, "\n\n[2] b (kb:t)\n知知知知知知知"));
-    assert_null(strstr(c.text, "知知知知知知知知"));
+    assert_non_null(strstr(c.text, "\n\n[2] b: 知知知知知知知知知知知知知知知"));
+    assert_null(strstr(c.text, "知知知知知知知知知知知知知知知知"));
     assert_null(strstr(c.text, "never"));
     cv_rag_context_free(&c);
     /* Less than CV_RAG_PROMPT_MIN_CUT left: the passage is dropped, not cut. */
-    assert_int_equal(cv_rag_context_build(p, 3, 18 + 2 + CV_RAG_PROMPT_MIN_CUT - 1, count_cps,
+    assert_int_equal(cv_rag_context_build(p, 3, 12 + 2 + CV_RAG_PROMPT_MIN_CUT - 1, count_cps,
                                           NULL, &c, NULL), CV_OK);
     assert_int_equal(c.n_kept, 1);
     cv_rag_context_free(&c);

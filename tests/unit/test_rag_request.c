@@ -195,7 +195,7 @@ static void append_line(void *user, const char *line) {
 
 static cv_rag_service *service(const char *sources) {
     cv_rag_settings s = {spec, sources, 4, 0.5f, "refuse", "No relevant data found.", "未找到相关数据。", 1000,
-                         append_line, audit_lines};
+                         append_line, audit_lines, 1, 0};
     cv_rag_service *svc = NULL;
     cv_error e = {0};
     if (cv_rag_service_new(&s, &svc, &e) != CV_OK) fail_msg("service: %s", e.msg);
@@ -272,7 +272,7 @@ static void test_budget_cuts_context(void **state) {
     assert_true(strlen(LONG_DOC) > 200);
     assert_int_equal(s->n_ids, n_bare + s->context_tokens);
     assert_true(s->n_ids + max_tokens <= n_ctx);
-    assert_non_null(strstr(m->last_prompt, "[1] Project mascot (kb:docs)\nThe corvid project's mascot"));
+    assert_non_null(strstr(m->last_prompt, "[1] Project mascot: The corvid project's mascot"));
     assert_null(strstr(m->last_prompt, "small umbrella"));
     assert_non_null(strstr(m->last_prompt, "Question: Who is the corvid mascot?\nAnswer:"));
     assert_string_equal(s->extra_stop, CV_RAG_GENERATE_STOP);
@@ -300,14 +300,17 @@ static void test_empty_retrieval_default_answer(void **state) {
     req.prompt = "量子色动力学是什么？";
     cv_rag_request_run(&f->r, &req, on_done, s);
     assert_string_equal(s->default_answer, "未找到相关数据。");
-    /* Policy "answer": the model runs without context. */
+    /* Policy "answer": the model runs on the plain prompt, without a frame that asks
+     * for an answer from an empty context (issue 21), and without the frame's stop. */
     req.prompt = "xyzzy plugh frobnicate";
     req.options.policy = "answer";
     cv_rag_request_run(&f->r, &req, on_done, s);
     assert_int_equal(s->status, CV_OK);
     assert_string_equal(s->default_answer, "");
     assert_int_equal(s->n_kept, 0);
-    assert_true(s->n_ids > 0);
+    assert_int_equal(s->n_ids, strlen("xyzzy plugh frobnicate"));
+    assert_string_equal(m->last_prompt, "xyzzy plugh frobnicate");
+    assert_null(s->extra_stop);
     assert_int_equal(s->calls, 3);
     fx_close(f);
 }
@@ -354,8 +357,8 @@ static void test_failing_source_and_errors(void **state) {
     fx_close(f);
 }
 
-/* Chat: the question is the last user message; the context is a system message,
- * merged into the chat's own first one. */
+/* Chat: the question is the last user message, which becomes the framed user turn
+ * (documents, question, instruction); the other messages stay as they are. */
 static void test_chat_assembly(void **state) {
     (void)state;
     fixture *f = fx_open(NULL);
@@ -370,17 +373,19 @@ static void test_chat_assembly(void **state) {
     assert_int_equal(s->n_kept, 1);
     assert_null(s->extra_stop);
     assert_int_equal(m->n_last_msgs, 4);
-    assert_string_equal(m->last_msgs[0].role, "system");
-    assert_true(!strncmp(m->last_msgs[0].content, "Be brief.\n\n", 11));
-    assert_non_null(strstr(m->last_msgs[0].content, "[1] Project mascot (kb:docs)"));
-    assert_string_equal(m->last_msgs[3].content, "Who is the corvid mascot?");
-    /* Without a system message one is put first. */
+    assert_string_equal(m->last_msgs[0].content, "Be brief.");
+    assert_string_equal(m->last_msgs[1].content, "tea?");
+    assert_string_equal(m->last_msgs[3].role, "user");
+    const char *head = "Documents:\n[1] Project mascot: ";
+    assert_true(!strncmp(m->last_msgs[3].content, head, strlen(head)));
+    assert_non_null(strstr(m->last_msgs[3].content, "\n\nQuestion: Who is the corvid mascot?\n\nAnswer the question"));
+    /* Without a system message none is added. */
     req.messages = chat + 3;
     req.n_messages = 1;
     cv_rag_request_run(&f->r, &req, on_done, s);
-    assert_int_equal(m->n_last_msgs, 2);
-    assert_string_equal(m->last_msgs[0].role, "system");
-    assert_true(!strncmp(m->last_msgs[0].content, "Answer using only the context below", 35));
+    assert_int_equal(m->n_last_msgs, 1);
+    assert_string_equal(m->last_msgs[0].role, "user");
+    assert_true(!strncmp(m->last_msgs[0].content, "Documents:\n", 11));
     /* No user message: no question. */
     req.messages = chat;
     req.n_messages = 1;

@@ -60,7 +60,7 @@ static int teardown(void **state) {
 
 static cv_rag_settings settings(void) {
     return (cv_rag_settings){spec, NULL, 4, 0.5f, "refuse", "No relevant data found.", "未找到相关数据。", 1000,
-                             NULL, NULL};
+                             NULL, NULL, 1, 0};
 }
 
 static cv_rag_service *service(void) {
@@ -120,7 +120,7 @@ static void test_retrieves_and_assembles(void **state) {
     assert_true(o.passages[0].score >= 0.5f);
     for (size_t i = 1; i < o.n_passages; i++) assert_true(o.passages[i].score <= o.passages[i - 1].score);
     assert_true(o.ctx.n_kept == o.n_passages);
-    assert_non_null(strstr(o.ctx.text, "[1] Project mascot (kb:docs)\nThe corvid project's mascot is a raven"));
+    assert_non_null(strstr(o.ctx.text, "[1] Project mascot: The corvid project's mascot is a raven"));
     assert_int_equal(o.ctx.tokens, strlen(o.ctx.text));
     cv_rag_outcome_free(&o);
     /* Another knowledge base by name; top_k 1. */
@@ -128,7 +128,7 @@ static void test_retrieves_and_assembles(void **state) {
     assert_int_equal(cv_rag_service_run(svc, &q, count_bytes, NULL, &o, NULL), CV_OK);
     assert_int_equal(o.n_passages, 1);
     assert_string_equal(o.passages[0].source, "kb:other");
-    assert_string_equal(o.ctx.text, "[1] x (kb:other)\nravens are clever birds");
+    assert_string_equal(o.ctx.text, "[1] x: ravens are clever birds");
     cv_rag_outcome_free(&o);
     /* A lower budget from the caller wins. */
     q = (cv_rag_query){.question = "mascot", .max_context_tokens = 20};
