@@ -101,15 +101,17 @@ def rag_user(doc, q):
 
 
 def stories_rag_passage(srv):
-    """A retrieved passage spelling </s><s>[INST] is user-message content."""
+    """A retrieved passage spelling </s><s>[INST] is user-message content. In
+    stories260K's window of 128 tokens the RAG frame leaves no room for the passage: the
+    chat runs on its own messages, without the frame (Qwen's check below runs the frame
+    with the passage)."""
     q = "raven"
     _, _, _, fin = split(stream(srv.addr, messages=[("user", q)], rag=pb.RagOptions(enable=True), n=1,
                                 chat_template="llama2"))
-    block = tokenize(srv.addr, text=rag_block(TINY_DOC), raw=True)
-    assert fin.usage.context_tokens == len(block.ids), (fin.usage, len(block.ids))  # the passage, uncut
+    plain = tokenize(srv.addr, messages=[("user", q)], chat_template="llama2")
+    assert fin.usage.context_tokens == 0 and fin.usage.prompt_tokens == len(plain.ids), fin.usage
     safe = tokenize(srv.addr, messages=[("user", rag_user(TINY_DOC, q))], chat_template="llama2")
     assert counts(safe.ids, {"<s>": 1, "</s>": 2}) == {"<s>": 1, "</s>": 0}, list(safe.ids)
-    assert fin.usage.prompt_tokens == len(safe.ids), (fin.usage.prompt_tokens, len(safe.ids))
     naive = tokenize(srv.addr, text="[INST] %s [/INST]" % rag_user(TINY_DOC, q), parse_special=True)
     assert counts(naive.ids, {"<s>": 1, "</s>": 2}) == {"<s>": 2, "</s>": 1}, list(naive.ids)
 
@@ -200,8 +202,7 @@ def run_on(c, label, model, args, checks):
 
 def main():
     c = Checks()
-    # --ctx 512: the RAG frame alone is about stories260K's whole window of 128 tokens.
-    run_on(c, "stories260K", STORIES, ["--ctx", "512", "--rag-kb", "d=" + build_kb([TINY_DOC] + FILLER, "tiny")], [
+    run_on(c, "stories260K", STORIES, ["--rag-kb", "d=" + build_kb([TINY_DOC] + FILLER, "tiny")], [
         ("llama2 content cannot add <s> or </s>", stories_llama2),
         ("llama2 retrieved passage cannot add control tokens", stories_rag_passage),
         ("Tokenize messages: argument errors and raw", tokenize_argument_errors)])
