@@ -182,20 +182,27 @@ void cv_rag_context_free(cv_rag_context *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* documents, question and instruction; the Generate frame ends with the answer label. */
-static char *framed(const cv_rag_context *c, const char *question, int generate) {
+/* documents, question and (unless compact) instruction; the Generate frame ends with
+ * the answer label. */
+static char *framed(const cv_rag_context *c, const char *question, int generate, int compact) {
     const frame *f = frame_for(question);
+    const char *instruction = compact ? "" : f->instruction;
+    const char *gap = compact ? "" : "\n\n";
     sbuf b = {0};
     if (sb_str(&b, f->documents) || sb_str(&b, c->text) || sb_str(&b, "\n\n") ||
-        (generate && (sb_str(&b, f->instruction) || sb_str(&b, "\n\n"))) || sb_str(&b, f->question) ||
+        (generate && (sb_str(&b, instruction) || sb_str(&b, gap))) || sb_str(&b, f->question) ||
         sb_str(&b, question) ||
-        (generate ? sb_str(&b, "\n") || sb_str(&b, f->answer) : sb_str(&b, "\n\n") || sb_str(&b, f->instruction))) {
+        (generate ? sb_str(&b, "\n") || sb_str(&b, f->answer) : sb_str(&b, gap) || sb_str(&b, instruction))) {
         free(b.p);
         return NULL;
     }
     return b.p;
 }
 
-char *cv_rag_prompt_user(const cv_rag_context *c, const char *question) { return framed(c, question, 0); }
+char *cv_rag_prompt_user(const cv_rag_context *c, const char *question, int compact) {
+    return framed(c, question, 0, compact);
+}
 
-char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question) { return framed(c, question, 1); }
+char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question, int compact) {
+    return framed(c, question, 1, compact);
+}

@@ -34,7 +34,9 @@
  * and take the same rule. Passages quoting control tokens still cannot open a turn:
  * cv_chat_encode never parses them in message content.
  * With no passage (policy "answer" and nothing found) there is no frame: the request
- * runs on its own prompt or messages.
+ * runs on its own prompt or messages. A window so small that the instruction would
+ * leave the passages less than CV_RAG_COMPACT_BELOW tokens (stories260K's 128) gets the
+ * compact frame: the same without the instruction.
  */
 #ifndef CV_RAG_PROMPT_H
 #define CV_RAG_PROMPT_H
@@ -46,6 +48,7 @@
 #include "rag_index.h" /* cv_rag_measure_fn */
 
 #define CV_RAG_PROMPT_MIN_CUT 16
+#define CV_RAG_COMPACT_BELOW 64
 #define CV_RAG_GENERATE_STOP "\nQuestion:"
 #define CV_RAG_NOT_IN_DOCS_EN "The documents do not say."
 #define CV_RAG_NOT_IN_DOCS_ZH "资料中没有提到。"
@@ -72,10 +75,10 @@ cv_status cv_rag_context_build(const cv_rag_passage *p, size_t n, size_t budget,
 void cv_rag_context_free(cv_rag_context *c);
 
 /* The Chat user turn for question (the last user message); malloc'd, NULL when out
- * of memory. */
-char *cv_rag_prompt_user(const cv_rag_context *c, const char *question);
+ * of memory. compact: without the instruction (see CV_RAG_COMPACT_BELOW). */
+char *cv_rag_prompt_user(const cv_rag_context *c, const char *question, int compact);
 /* The whole Generate prompt for question; malloc'd. */
-char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question);
+char *cv_rag_prompt_generate(const cv_rag_context *c, const char *question, int compact);
 
 /* 1 when text has a Han, kana or Hangul character (chooses the frame's language and
  * the default answer). */

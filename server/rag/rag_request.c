@@ -41,11 +41,11 @@ static const char *question_of(const cv_rag_request *r) {
  * chat's last user turn carries them), or, when framed is 0, the request's own prompt
  * or messages. */
 static cv_status prompt_ids(const cv_rag_request *r, const cv_rag_context *ctx, const char *question, int framed,
-                            int32_t **ids, size_t *n_ids, cv_error *err) {
+                            int compact, int32_t **ids, size_t *n_ids, cv_error *err) {
     const cv_rag_model *m = &r->model;
     cv_status st = CV_ENOMEM;
     if (r->prompt) {
-        char *text = framed ? cv_rag_prompt_generate(ctx, question) : NULL;
+        char *text = framed ? cv_rag_prompt_generate(ctx, question, compact) : NULL;
         if (framed && !text) return cv_errorf(err, CV_ENOMEM, "out of memory");
         st = m->encode_prompt(m->user, framed ? text : r->prompt, ids, n_ids, err);
         free(text);
@@ -54,7 +54,7 @@ static cv_status prompt_ids(const cv_rag_request *r, const cv_rag_context *ctx, 
     if (!framed) return m->encode_chat(m->user, r->messages, r->n_messages, ids, n_ids, err);
     char *user = NULL;
     cv_rag_msg *msgs = malloc(sizeof *msgs * (r->n_messages ? r->n_messages : 1));
-    if (!msgs || !(user = cv_rag_prompt_user(ctx, question))) goto out;
+    if (!msgs || !(user = cv_rag_prompt_user(ctx, question, compact))) goto out;
     memcpy(msgs, r->messages, sizeof *msgs * r->n_messages);
     for (size_t i = r->n_messages; i-- > 0;)
         if (!strcmp(msgs[i].role, "user")) {
@@ -97,22 +97,29 @@ void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_
     int32_t *ids = NULL;
     size_t n_bare = 0;
     const char *question = question_of(r);
-    /* The frame without passages sets the budget. */
+    /* The frame without passages sets the budget (rag_prompt.h: the compact frame for
+     * a small window). */
     cv_rag_context empty = {.text = ""};
-    cv_status st = prompt_ids(r, &empty, question, 1, &ids, &n_bare, &err);
-    free(ids);
-    ids = NULL;
-    if (st != CV_OK) goto out;
+    int compact = 0;
+    size_t budget = 0;
+    cv_status st;
+    for (;; compact = 1) {
+        if ((st = prompt_ids(r, &empty, question, 1, compact, &ids, &n_bare, &err)) != CV_OK) goto out;
+        free(ids);
+        ids = NULL;
+        budget = cv_rag_context_budget(r->model.n_ctx, n_bare, r->max_tokens);
+        if (compact || budget >= CV_RAG_COMPACT_BELOW) break;
+    }
     cv_rag_query q = r->options;
     q.question = question;
-    q.max_context_tokens = cv_rag_context_budget(r->model.n_ctx, n_bare, r->max_tokens);
+    q.max_context_tokens = budget;
     if ((st = retrieve(rn, &q, &r->model, &o, &err)) != CV_OK) goto out;
     have_outcome = 1;
     log_rag(rn, r->request_id, &o);
     res.outcome = &o;
     if (o.default_answer) {
         res.default_answer = o.default_answer;
-    } else if ((st = prompt_ids(r, &o.ctx, question, o.ctx.n_kept > 0, &ids, &res.n_ids, &err)) == CV_OK) {
+    } else if ((st = prompt_ids(r, &o.ctx, question, o.ctx.n_kept > 0, compact, &ids, &res.n_ids, &err)) == CV_OK) {
         res.ids = ids;
         /* A base model answering the Generate frame goes on with the next
          * "Question:": the frame's own structure ends the answer. */

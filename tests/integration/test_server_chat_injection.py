@@ -95,24 +95,25 @@ def rag_block(doc):
     return "[1] %s: %s" % (doc["title"], doc["text"])
 
 
-def rag_user(doc, q):
-    """The last user turn of a RAG chat: documents, question, instruction."""
-    return "Documents:\n%s\n\nQuestion: %s\n\n%s" % (rag_block(doc), q, RAG_INSTRUCTION)
+def rag_user(doc, q, compact=False):
+    """The last user turn of a RAG chat: documents, question, instruction (none in the
+    compact frame of a small window)."""
+    return "Documents:\n%s\n\nQuestion: %s%s" % (rag_block(doc), q, "" if compact else "\n\n" + RAG_INSTRUCTION)
 
 
 def stories_rag_passage(srv):
-    """A retrieved passage spelling </s><s>[INST] is user-message content. In
-    stories260K's window of 128 tokens the RAG frame leaves no room for the passage: the
-    chat runs on its own messages, without the frame (Qwen's check below runs the frame
-    with the passage)."""
+    """A retrieved passage spelling </s><s>[INST] is user-message content (stories260K's
+    window of 128 tokens gets the compact frame, without the instruction)."""
     q = "raven"
     _, _, _, fin = split(stream(srv.addr, messages=[("user", q)], rag=pb.RagOptions(enable=True), n=1,
                                 chat_template="llama2"))
-    plain = tokenize(srv.addr, messages=[("user", q)], chat_template="llama2")
-    assert fin.usage.context_tokens == 0 and fin.usage.prompt_tokens == len(plain.ids), fin.usage
-    safe = tokenize(srv.addr, messages=[("user", rag_user(TINY_DOC, q))], chat_template="llama2")
+    block = tokenize(srv.addr, text=rag_block(TINY_DOC), raw=True)
+    assert fin.usage.context_tokens == len(block.ids), (fin.usage, len(block.ids))  # the passage, uncut
+    user = rag_user(TINY_DOC, q, compact=True)
+    safe = tokenize(srv.addr, messages=[("user", user)], chat_template="llama2")
     assert counts(safe.ids, {"<s>": 1, "</s>": 2}) == {"<s>": 1, "</s>": 0}, list(safe.ids)
-    naive = tokenize(srv.addr, text="[INST] %s [/INST]" % rag_user(TINY_DOC, q), parse_special=True)
+    assert fin.usage.prompt_tokens == len(safe.ids), (fin.usage.prompt_tokens, len(safe.ids))
+    naive = tokenize(srv.addr, text="[INST] %s [/INST]" % user, parse_special=True)
     assert counts(naive.ids, {"<s>": 1, "</s>": 2}) == {"<s>": 2, "</s>": 1}, list(naive.ids)
 
 

@@ -38,18 +38,31 @@ static void test_all_fit_numbered_in_order(void **state) {
     assert_int_equal(c.kept[1], 1);
     assert_int_equal(c.tokens, count_cps(NULL, c.text, strlen(c.text)));
     /* Generate: a completion frame that ends where the answer starts. */
-    char *g = cv_rag_prompt_generate(&c, "why?");
+    char *g = cv_rag_prompt_generate(&c, "why?", 0);
     const char *head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nAnswer the question";
     assert_true(!strncmp(g, head, strlen(head)));
     assert_non_null(strstr(g, CV_RAG_NOT_IN_DOCS_EN "\n\nQuestion: why?\nAnswer:"));
     assert_int_equal(strlen(strstr(g, "Answer:")), strlen("Answer:"));
     /* Chat: documents, then the question, then the instruction (the user turn). */
-    char *u = cv_rag_prompt_user(&c, "why?");
+    char *u = cv_rag_prompt_user(&c, "why?", 0);
     head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?\n\nAnswer the";
     assert_true(!strncmp(u, head, strlen(head)));
     assert_non_null(strstr(u, "reply exactly: " CV_RAG_NOT_IN_DOCS_EN));
     assert_null(strstr(u, "[1]\"")); /* not asked to cite: the model answered the marker alone */
     free(g);
+    free(u);
+    /* The compact frame (small windows): no instruction. */
+    g = cv_rag_prompt_generate(&c, "why?", 1);
+    assert_string_equal(g, "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?\nAnswer:");
+    u = cv_rag_prompt_user(&c, "why?", 1);
+    assert_string_equal(u, "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?");
+    free(g);
+    free(u);
+    /* A Chinese question gets the Chinese frame. */
+    u = cv_rag_prompt_user(&c, "为什么？", 0);
+    assert_true(!strncmp(u, "资料:\n[1] a: alpha text", strlen("资料:\n[1] a: alpha text")));
+    assert_non_null(strstr(u, "\n\n问题: 为什么？\n\n请只根据上面的资料"));
+    assert_non_null(strstr(u, CV_RAG_NOT_IN_DOCS_ZH));
     free(u);
     cv_rag_context_free(&c);
 }

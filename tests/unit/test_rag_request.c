@@ -257,7 +257,7 @@ static void test_budget_cuts_context(void **state) {
     seen *s = &f->s;
     const char *q = "Who is the corvid mascot?";
     cv_rag_context empty = {.text = ""};
-    char *bare = cv_rag_prompt_generate(&empty, q);
+    char *bare = cv_rag_prompt_generate(&empty, q, 0);
     size_t n_bare = strlen(bare), n_ctx = n_bare + 200, max_tokens = 10;
     free(bare);
     cv_rag_request req = generate(q, n_ctx, max_tokens, m);
