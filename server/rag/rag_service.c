@@ -357,15 +357,15 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     t0 = cv_seconds();
     if (k && (st = search_kb(k, q->question, top_k, min_score, o, err)) != CV_OK) goto fail;
     o->index_ms = (cv_seconds() - t0) * 1e3;
-    for (size_t i = 0; i < o->hits.n; i++) {
-        const cv_rag_source_hit *h = &o->hits.v[i];
-        o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
-                                                        h->link ? h->link : "", h->text, strlen(h->text), 0};
-    }
     o->coverage = 1;
     if (k && s->min_coverage > 0 && o->n_passages) {
         o->coverage = cv_rag_coverage(cv_rag_index_analyzer(k->ix), q->question, o->passages, o->n_passages);
         if (o->coverage < s->min_coverage) o->n_passages = 0;
+    }
+    for (size_t i = 0; i < o->hits.n; i++) {
+        const cv_rag_source_hit *h = &o->hits.v[i];
+        o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
+                                                        h->link ? h->link : "", h->text, strlen(h->text), 0};
     }
     if (!o->n_passages && !answer) {
         int zh = s->default_answer_zh[0] && (cv_rag_is_cjk_text(q->question, strlen(q->question)) ||

@@ -9,9 +9,10 @@
  * best score first, then live-source results in config and item order; the budget drops
  * from the end of that list.
  *
- * Coverage: when min_coverage > 0 and the passages hold less than that share of the
- * question's key terms (rag_coverage.h), they are dropped, as if none reached
- * min_score: the passages are about the question's subject but cannot answer it.
+ * Coverage: when min_coverage > 0 and the knowledge-base passages hold less than that
+ * share of the question's key terms (rag_coverage.h), they are dropped, as if none
+ * reached min_score: they are about the question's subject but cannot answer it.
+ * Live-source results are not checked (their search answered the question).
  *
  * Policy "refuse" (the default): when no chunk reaches min_score and no live source
  * returned anything, the outcome is the configured default answer and the model must
