@@ -474,7 +474,16 @@ static void rag_done(void *user, const cv_rag_result *res) {
         return;
     }
     if (res->outcome && res->outcome->ctx.n_kept) j->citations = citations_json(res->outcome);
-    if (!res->default_answer) {
+    size_t kept = res->outcome ? res->outcome->ctx.n_kept : 0;
+    if (!res->default_answer && cv_rag_service_guard(j->svc->rag->cfg.service) &&
+        cv_core_out_guard(&j->out, kept, j->kind != CV_OAI_CHAT && kept)) {
+        cv_slot *slot = j->slot;
+        j->slot = NULL;
+        refuse(j->svc, j->req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        cv_hs_release(j->req);
+        return;
+    }
+    if (!res->default_answer) { /* through the guard (rag_guard.h), as gRPC's */
         submit(j, res->ids, res->n_ids, res->extra_stop);
         return;
     }
