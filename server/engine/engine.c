@@ -17,6 +17,7 @@ typedef struct seq {
     int32_t n_tokens;
     int32_t n_prompt;
     int32_t n_fed;          /* tokens whose K/V sit in the cache: positions 0..n_fed-1 */
+    int32_t n_shared;       /* of those, mapped from the prefix cache when last admitted */
     int32_t n_generated;
     int32_t max_tokens;
     int32_t kv_seq;         /* -1 while waiting */
@@ -253,11 +254,23 @@ static int32_t schedule_locked(cv_engine *e, seq **done) {
         /* Off, or a table that cannot reach the device (hit stays 0): fed in full. */
         int32_t hit;
         (void)cv_kv_share_prefix(e->kv, s->kv_seq, s->tokens, s->n_tokens - 1, &hit, NULL);
-        s->n_fed = hit;
+        s->n_fed = s->n_shared = hit;
         e->stats.prefix_queries += (uint64_t)s->n_tokens;
         e->stats.prefix_hits += (uint64_t)hit;
     }
     return e->n_running;
+}
+
+/* A sequence about to feed its first own token maps its prefix again: sequences ahead
+ * of it may have published more of it since its admission (eight requests admitted
+ * at once with one system prompt compute it once, not eight times). Its table holds
+ * only shared blocks, which stay cached between the release and the lookup. */
+static void reshare(cv_engine *e, seq *s) {
+    int32_t hit;
+    cv_kv_release(e->kv, s->kv_seq);
+    (void)cv_kv_share_prefix(e->kv, s->kv_seq, s->tokens, s->n_tokens - 1, &hit, NULL);
+    e->stats.prefix_hits += (uint64_t)hit - (uint64_t)s->n_shared;
+    s->n_fed = s->n_shared = hit;
 }
 
 /* Plans the rows of one forward pass: decode rows first (one per sequence that has
@@ -279,6 +292,7 @@ static int32_t plan_batch_locked(cv_engine *e) {
             }
             if (pick < 0 || budget == 0) break;
             seq *s = e->running[pick];
+            if (pass == 1 && s->n_fed == s->n_shared && cv_kv_config_of(e->kv)->prefix_cache) reshare(e, s);
             int32_t chunk = s->n_tokens - s->n_fed;
             if (chunk > budget) chunk = budget;
             while (cv_kv_reserve(e->kv, s->kv_seq, s->n_fed + chunk, NULL) == CV_EBUSY) {
