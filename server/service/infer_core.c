@@ -18,6 +18,14 @@ uint64_t cv_core_random_seed(void) {
     return s ? s : (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull;
 }
 
+void cv_core_client_gone(pthread_mutex_t *mu, int *client_gone, cv_engine *engine, const uint64_t *engine_id) {
+    pthread_mutex_lock(mu);
+    *client_gone = 1;
+    uint64_t id = *engine_id;
+    pthread_mutex_unlock(mu);
+    if (id) cv_engine_cancel(engine, id);
+}
+
 cv_rpc_code cv_core_code_of(cv_status st) {
     switch (st) {
     case CV_EINVAL: case CV_ERANGE: case CV_EFORMAT: return CV_RPC_INVALID_ARGUMENT;

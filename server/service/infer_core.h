@@ -9,6 +9,7 @@
 #ifndef CV_INFER_CORE_H
 #define CV_INFER_CORE_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +27,10 @@ const char *cv_core_protocol_name(cv_core_protocol p);
 
 /* A fresh non-zero seed (getrandom). */
 uint64_t cv_core_random_seed(void);
+/* A request's client went away (either protocol): marks it gone under mu and cancels its
+ * engine sequence if one was submitted. The cancel runs outside mu, because the engine's
+ * sink takes mu. */
+void cv_core_client_gone(pthread_mutex_t *mu, int *client_gone, cv_engine *engine, const uint64_t *engine_id);
 /* The status a failed call of the layers below maps to. */
 cv_rpc_code cv_core_code_of(cv_status st);
 /* The HTTP status of a gRPC code (400, 401, 403, 404, 429, 503, 504, 500, ...). */

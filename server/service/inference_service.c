@@ -231,11 +231,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
 
 static void gen_cancel(void *ctx) {
     gen_stream *g = ctx;
-    pthread_mutex_lock(&g->mu);
-    g->client_gone = 1;
-    uint64_t id = g->engine_id;
-    pthread_mutex_unlock(&g->mu);
-    if (id) cv_engine_cancel(g->engine, id);
+    cv_core_client_gone(&g->mu, &g->client_gone, g->engine, &g->engine_id);
 }
 
 static void gen_done(void *ctx) {

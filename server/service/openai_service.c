@@ -255,11 +255,7 @@ out:
 
 static void job_cancel(void *ctx) {
     job *j = ctx;
-    pthread_mutex_lock(&j->mu);
-    j->client_gone = 1;
-    uint64_t id = j->engine_id;
-    pthread_mutex_unlock(&j->mu);
-    if (id) cv_engine_cancel(j->engine, id);
+    cv_core_client_gone(&j->mu, &j->client_gone, j->engine, &j->engine_id);
 }
 
 static void job_done(void *ctx) {
