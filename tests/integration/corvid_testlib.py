@@ -162,6 +162,20 @@ def sha256_file(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+def expect_status(fn, code, *needles):
+    """Calls fn, which must fail with gRPC status code and a message holding every needle;
+    returns the RpcError."""
+    import grpc
+    try:
+        fn()
+    except grpc.RpcError as e:
+        assert e.code() == code, (e.code(), e.details())
+        for n in needles:
+            assert n in e.details(), (n, e.details())
+        return e
+    raise AssertionError("expected %s" % code)
+
+
 class Admin:
     """A grpcio client of corvid.v1.Admin: each method is one unary call with a deadline."""
 

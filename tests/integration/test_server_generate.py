@@ -9,7 +9,7 @@ import time
 
 import grpc
 
-from corvid_testlib import BIN, DATA, GEMMA, Checks, Server, have_model, proto_modules
+from corvid_testlib import BIN, DATA, GEMMA, Checks, Server, expect_status, have_model, proto_modules
 
 pb, admin_pb, health_pb = proto_modules()
 MODEL = os.path.join(DATA, "models", "stories260K.gguf")
@@ -44,17 +44,6 @@ def corvid_run_greedy(prompt, n):
                         "--json"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
-
-
-def expect_status(fn, code, *needles):
-    try:
-        fn()
-    except grpc.RpcError as e:
-        assert e.code() == code, (e.code(), e.details())
-        for n in needles:
-            assert n in e.details(), (n, e.details())
-        return e
-    raise AssertionError("expected %s" % code)
 
 
 def single_stream_matches_corvid_run(srv):

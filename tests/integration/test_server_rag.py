@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
 
-from corvid_testlib import BIN, DATA, GEMMA, QWEN, TMP, Checks, Server, proto_modules
+from corvid_testlib import BIN, DATA, GEMMA, QWEN, TMP, Checks, Server, expect_status, proto_modules
 
 pb, _, _ = proto_modules()
 MODEL = os.path.join(DATA, "models", "stories260K.gguf")
@@ -110,17 +110,6 @@ def split(msgs):
     ctx = msgs[0].context if kinds[0] == "context" else None
     chunks = [m.chunk for m in msgs if m.WhichOneof("kind") == "chunk"]
     return ctx, "".join(c.text for c in chunks), [i for c in chunks for i in c.token_ids], msgs[-1].final
-
-
-def expect_status(fn, code, *needles):
-    try:
-        fn()
-    except grpc.RpcError as e:
-        assert e.code() == code, (e.code(), e.details())
-        for s in needles:
-            assert s in e.details(), (s, e.details())
-        return
-    raise AssertionError("expected %s" % code)
 
 
 def rag_lines(srv):
