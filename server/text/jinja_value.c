@@ -444,7 +444,7 @@ static void json_string(jbuf *b, jstr s, bool ascii) {
         unsigned char c = (unsigned char)s.p[i];
         bool d = s.t && s.t[i];
         char esc[16];
-        if (ascii && c >= 0x80) { /* \uXXXX, a surrogate pair above U+FFFF */
+        if (ascii && c >= 0x80) { /* ensure_ascii: one \u escape, two (a surrogate pair) above U+FFFF */
             size_t k;
             unsigned cp = utf8_at((const unsigned char *)s.p + i, s.len - i, &k);
             int w = cp > 0xFFFF ? snprintf(esc, sizeof esc, "\\u%04x\\u%04x", 0xD800 + ((cp - 0x10000) >> 10),

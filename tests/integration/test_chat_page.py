@@ -72,11 +72,11 @@ def descendants(pid):
         except (OSError, IndexError, ValueError):
             continue
         kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
+    out, stack = [], [pid]  # depth-first over the parent -> children map
+    while stack:
+        for k in kids.get(stack.pop(), []):
             out.append(k)
-            todo.append(k)
+            stack.append(k)
     return out
 
 
