@@ -88,7 +88,7 @@ PKGS_rag := libcurl jansson zlib libutf8proc
 
 DIRS_service := server/service
 USES_service := engine security rag proto
-PKGS_service := grpc libprotobuf-c jansson libmicrohttpd
+PKGS_service := grpc libprotobuf-c jansson libmicrohttpd gnutls
 
 PUB_proto  := $(BUILD)/gen
 PKGS_proto := libprotobuf-c
@@ -284,7 +284,7 @@ asan:
 # TSAN_EXTRA adds TSAN_OPTIONS, TSAN_TESTS replaces the patterns.
 # The checks that time the server are skipped, as under ASan (SAN_SKIP_CHECKS).
 TSAN := -fsanitize=thread -fno-omit-frame-pointer
-TSAN_TESTS ?= engine threadpool request_pool comm_cpu test_tp etcd election controlplane cp_ rollout server_
+TSAN_TESTS ?= engine threadpool request_pool comm_cpu test_tp etcd election controlplane cp_ rollout server_ http_
 TSAN_REPORTS := build/tsan/reports
 tsan:
 	@rm -rf $(TSAN_REPORTS) && mkdir -p $(TSAN_REPORTS)

@@ -406,11 +406,6 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
         if (strcmp(c->http_listen, c->listen) == 0 || strcmp(c->http_listen, c->metrics_listen) == 0)
             return cv_errorf(err, CV_EINVAL, "http_listen %s is also the address of listen or metrics_listen",
                              c->http_listen);
-        /* MHD would ask for client certificates but not refuse a client without one:
-         * rather no HTTP API than one weaker than the gRPC policy says. */
-        if (c->tls_client_ca[0])
-            return cv_errorf(err, CV_EINVAL, "http_listen: mTLS (tls_client_ca) is not supported on the HTTP API; "
-                             "use JWT bearer tokens (auth_config) there, or leave http_listen off");
     }
     return CV_OK;
 }

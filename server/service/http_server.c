@@ -20,6 +20,7 @@
 
 #include "auth.h"
 #include "http_endpoint.h"
+#include "http_tls.h"
 #include "metrics.h"
 
 #define MAX_ROUTES 16
@@ -38,7 +39,7 @@ struct cv_hs {
     struct MHD_Daemon *d;
     cv_hs_config cfg;
     char listen[256];
-    char *cert_pem, *key_pem;
+    cv_http_tls *tls;  /* NULL: plain HTTP */
     route routes[MAX_ROUTES];
     int n_routes;
     atomic_int draining;
@@ -410,6 +411,9 @@ static void peer_of(struct MHD_Connection *c, char *out, size_t cap) {
 
 /* The first call for a request: everything that can be refused before the body. */
 static enum MHD_Result first_call(cv_hs *s, struct MHD_Connection *c, cv_hs_req *r) {
+    char why[256];
+    if (!cv_http_tls_client_ok(s->tls, c, why, sizeof why))
+        return queue_error(c, r, 401, why, "invalid_client_certificate", 0);
     int known;
     r->route = find_route(s, r->method, r->path, &known);
     if (!r->route) {
@@ -592,25 +596,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **state, enum MH
 
 /* ---- life cycle ---- */
 
-static char *read_file(const char *path, cv_error *err, const char *key) {
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    if (!f) goto fail;
-    if (fseek(f, 0, SEEK_END) != 0) goto fail;
-    long n = ftell(f);
-    if (n < 0 || n > (16l << 20) || fseek(f, 0, SEEK_SET) != 0) goto fail;
-    buf = malloc((size_t)n + 1);
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) goto fail;
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-fail:
-    cv_errorf(err, CV_EIO, "%s: cannot read %s", key, path);
-    free(buf);
-    if (f) fclose(f);
-    return NULL;
-}
-
 cv_status cv_hs_new(const cv_hs_config *cfg, cv_hs **out, cv_error *err) {
     cv_status st = cv_http_check_addr(cfg->listen, err);
     if (st != CV_OK) return cv_errorf(err, st, "http_listen: \"%s\" is not IPv4:PORT or [IPv6]:PORT", cfg->listen);
@@ -626,8 +611,8 @@ cv_status cv_hs_new(const cv_hs_config *cfg, cv_hs **out, cv_error *err) {
     pthread_mutex_init(&s->wmu, NULL);
     pthread_mutex_init(&s->cmu, NULL);
     if (cfg->tls_cert && cfg->tls_cert[0]) {
-        if (!(s->cert_pem = read_file(cfg->tls_cert, err, "tls_cert")) ||
-            !(s->key_pem = read_file(cfg->tls_key, err, "tls_key"))) {
+        cv_tls_paths paths = {cfg->tls_cert, cfg->tls_key, cfg->tls_client_ca && cfg->tls_client_ca[0] ? cfg->tls_client_ca : NULL};
+        if (cv_http_tls_new(&paths, &s->tls, err) != CV_OK) {
             cv_hs_free(s);
             return err->code;
         }
@@ -686,12 +671,11 @@ cv_status cv_hs_start(cv_hs *s, int *port, cv_error *err) {
     s->watcher_started = 1;
     unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
-    if (s->cert_pem) flags |= MHD_USE_TLS;
-    struct MHD_OptionItem tls[] = {
-        {s->cert_pem ? MHD_OPTION_HTTPS_MEM_CERT : MHD_OPTION_END, 0, s->cert_pem},
-        {MHD_OPTION_HTTPS_MEM_KEY, 0, s->key_pem},
-        {MHD_OPTION_END, 0, NULL},
-    };
+    struct MHD_OptionItem tls[CV_HTTP_TLS_OPTIONS] = {{MHD_OPTION_END, 0, NULL}};
+    if (s->tls) {
+        flags |= MHD_USE_TLS;
+        if (cv_http_tls_start(s->tls, tls, err) != CV_OK) return err->code;
+    }
     s->d = MHD_start_daemon(flags, 0, NULL, NULL, access_handler, s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
                             MHD_OPTION_NOTIFY_COMPLETED, completed, s, MHD_OPTION_CONNECTION_TIMEOUT,
                             s->cfg.idle_timeout_s, MHD_OPTION_CONNECTION_LIMIT, s->cfg.max_connections,
@@ -725,7 +709,6 @@ void cv_hs_free(cv_hs *s) {
     pthread_mutex_destroy(&s->wmu);
     pthread_mutex_destroy(&s->cmu);
     free(s->watched);
-    free(s->cert_pem);
-    free(s->key_pem);
+    cv_http_tls_free(s->tls);
     free(s);
 }

@@ -19,8 +19,9 @@
  * 401, 403, 429 with Retry-After), the peer as "ipv4:ADDR:PORT" / "ipv6:[ADDR]:PORT".
  * Error bodies are OpenAI error objects (see cv_hs_reply_error).
  *
- * TLS: with cert and key PEM files the daemon speaks HTTPS only (MHD's GnuTLS), read
- * once at start.
+ * TLS: with cert and key PEM files the daemon speaks HTTPS only (MHD's GnuTLS), with
+ * the files re-read when they change (http_tls.h); with a client CA too, every request
+ * whose connection has no client certificate that verifies gets 401 before anything else.
  */
 #ifndef CV_HTTP_SERVER_H
 #define CV_HTTP_SERVER_H
@@ -38,6 +39,7 @@ typedef struct cv_hs_config {
     const char *listen;       /* "HOST:PORT" or "[V6]:PORT"; port 0 picks one */
     const char *tls_cert;     /* PEM files: HTTPS when both are set */
     const char *tls_key;
+    const char *tls_client_ca; /* PEM CA bundle: mTLS (with cert and key); NULL or "": none */
     size_t max_body_bytes;    /* 0: 4 MiB */
     cv_auth *auth;            /* NULL: no checks */
     unsigned max_connections; /* 0: 1024 */

@@ -213,7 +213,8 @@ int main(int argc, char **argv) {
         if (cv_health_set(health, service_names[i], CV_HEALTH_NOT_SERVING, &err) != CV_OK) goto out;
     if (cfg.http_listen[0]) {
         /* The OpenAI-compatible API: same router, auth and TLS files as gRPC; the chat page at /. */
-        cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key, .auth = auth};
+        cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key,
+                          .tls_client_ca = cfg.tls_client_ca, .auth = auth};
         int hport = 0;
         if (cv_oai_service_new(router, cv_infer_pool(inf), cv_infer_rag(inf), (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
             cv_oai_service_register(oai, api, &err) != CV_OK || cv_chat_page_register(api, &err) != CV_OK ||

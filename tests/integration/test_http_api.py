@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -458,6 +459,77 @@ def tls_with_grpc_files(api):
         pass
 
 
+def https_get(port, cafile, cert=None, key=None):
+    """(status, JSON body) of GET /v1/models over HTTPS trusting cafile, with an optional
+    client certificate."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    c = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    try:
+        c.request("GET", "/v1/models")
+        r = c.getresponse()
+        return r.status, json.loads(r.read())
+    finally:
+        c.close()
+
+
+def tls_files_reloaded():
+    """New certificate files on disk are served by the next handshake; a half-rotated set
+    (new key, old certificate) keeps the old pair serving."""
+    keys, live = os.path.join(TMP, "keys"), os.path.join(TMP, "http-live")
+    os.makedirs(live, exist_ok=True)
+    for n in ("server.pem", "server.key"):
+        shutil.copy(os.path.join(keys, n), os.path.join(live, n))
+    api = Api("--tls-cert", os.path.join(live, "server.pem"), "--tls-key", os.path.join(live, "server.key"),
+              tls=True)
+    try:
+        assert https_get(api.http_port, os.path.join(keys, "ca.pem"))[0] == 200
+        keys2 = os.path.join(TMP, "keys2-http")
+        subprocess.run(["sh", os.path.join(AUTH, "gen.sh"), keys2], check=True, capture_output=True)
+        os.replace(shutil.copy(os.path.join(keys2, "server.key"), os.path.join(live, "k.tmp")),
+                   os.path.join(live, "server.key"))
+        time.sleep(1.2)
+        assert https_get(api.http_port, os.path.join(keys, "ca.pem"))[0] == 200
+        assert "not usable" in api.log(), api.log()[-2000:]
+        os.replace(shutil.copy(os.path.join(keys2, "server.pem"), os.path.join(live, "c.tmp")),
+                   os.path.join(live, "server.pem"))
+        deadline = time.time() + 10
+        while True:
+            try:
+                assert https_get(api.http_port, os.path.join(keys2, "ca.pem"))[0] == 200
+                break
+            except ssl.SSLError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        try:
+            https_get(api.http_port, os.path.join(keys, "ca.pem"))
+            raise AssertionError("the old CA still verifies the rotated server")
+        except ssl.SSLError:
+            pass
+    finally:
+        api.stop()
+
+
+def mtls_on_http():
+    k = os.path.join(TMP, "keys")
+    api = Api("--tls-cert", k + "/server.pem", "--tls-key", k + "/server.key", "--tls-client-ca", k + "/ca.pem",
+              tls=True)
+    try:
+        st, b = https_get(api.http_port, k + "/ca.pem", k + "/client.pem", k + "/client.key")
+        assert st == 200 and b["data"], b
+        st, b = https_get(api.http_port, k + "/ca.pem")
+        assert st == 401 and "requires a client certificate" in b["error"]["message"], (st, b)
+        st, b = https_get(api.http_port, k + "/ca.pem", k + "/other-client.pem", k + "/other-client.key")
+        assert st == 401 and b["error"]["code"] == "invalid_client_certificate", (st, b)
+        # The server's own certificate is signed by the CA but is not for client use.
+        st, b = https_get(api.http_port, k + "/ca.pem", k + "/server.pem", k + "/server.key")
+        assert st == 401, (st, b)
+    finally:
+        api.stop()
+
+
 def config_refusals():
     def refused(*args):
         r = subprocess.run([os.path.join(BIN, "corvid-server"), "--check-config"] + list(args),
@@ -466,9 +538,6 @@ def config_refusals():
         return r.stderr
     assert "http_listen" in refused("--http-listen", "localhost")
     assert "http_listen" in refused("--http-listen", "127.0.0.1:1", "--listen", "127.0.0.1:1")
-    k = os.path.join(TMP, "keys")
-    assert "mTLS" in refused("--http-listen", "127.0.0.1:1", "--tls-cert", k + "/server.pem", "--tls-key",
-                             k + "/server.key", "--tls-client-ca", k + "/ca.pem")
 
 
 def main():
@@ -525,7 +594,9 @@ def main():
         c.run("HTTPS with the gRPC certificate files", tls_with_grpc_files, api)
     finally:
         api.stop()
-    c.run("config: bad http_listen, same port, mTLS refused", config_refusals)
+    c.run("HTTPS: rotated certificate files served without a restart", tls_files_reloaded)
+    c.run("mTLS: no, foreign or server-only client certificate gets 401", mtls_on_http)
+    c.run("config: bad http_listen, same port", config_refusals)
     c.finish()
 
 
