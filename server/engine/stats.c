@@ -65,15 +65,19 @@ static cv_stats_view *current(cv_stats *s) {
 
 static int protocol_index(int p) { return p >= 0 && p < CV_STATS_PROTOCOLS ? p : 0; }
 
-void cv_stats_request(cv_stats *s, int protocol, int code, double ttft_s, double total_s, uint32_t tokens) {
-    if (code < 0 || code >= CV_STATS_CODES) code = 2; /* UNKNOWN */
+void cv_stats_request(cv_stats *s, int protocol, const cv_stats_outcome *o) {
+    int code = o->code >= 0 && o->code < CV_STATS_CODES ? o->code : 2; /* UNKNOWN */
+    int finish = o->finish > 0 && o->finish < CV_STATS_FINISH ? o->finish : 0;
     pthread_mutex_lock(&s->mu);
     cv_stats_view *views[3] = {&s->total, current(s), &s->by_protocol[protocol_index(protocol)]};
     for (int i = 0; i < 3; i++) {
         views[i]->requests[code]++;
-        if (ttft_s >= 0) hist_add(&views[i]->ttft, ttft_s);
-        hist_add(&views[i]->latency, total_s);
-        views[i]->tokens += tokens;
+        views[i]->finish[finish]++;
+        if (o->queue_s > 0) hist_add(&views[i]->queue, o->queue_s);
+        if (o->ttft_s > 0) hist_add(&views[i]->ttft, o->ttft_s);
+        hist_add(&views[i]->latency, o->total_s);
+        views[i]->tokens += o->tokens;
+        views[i]->prompt_tokens += o->prompt_tokens;
     }
     pthread_mutex_unlock(&s->mu);
 }
@@ -108,10 +112,13 @@ void cv_stats_window(cv_stats *s, int seconds, cv_stats_view *out) {
         const second *sec = &s->ring[i];
         if (sec->t < 0 || sec->t <= now - seconds) continue;
         for (int c = 0; c < CV_STATS_CODES; c++) out->requests[c] += sec->v.requests[c];
+        for (int f = 0; f < CV_STATS_FINISH; f++) out->finish[f] += sec->v.finish[f];
         hist_merge(&out->ttft, &sec->v.ttft);
         hist_merge(&out->latency, &sec->v.latency);
         hist_merge(&out->inter_token, &sec->v.inter_token);
+        hist_merge(&out->queue, &sec->v.queue);
         out->tokens += sec->v.tokens;
+        out->prompt_tokens += sec->v.prompt_tokens;
     }
     pthread_mutex_unlock(&s->mu);
 }

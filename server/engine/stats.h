@@ -18,6 +18,7 @@
 #define CV_STATS_BUCKETS 14      /* latency histogram bounds, seconds (see cv_stats_bounds) */
 #define CV_STATS_WINDOW_MAX 600  /* seconds kept for window queries */
 #define CV_STATS_PROTOCOLS 2     /* what a request came over (the service names them: gRPC, HTTP) */
+#define CV_STATS_FINISH 5        /* finish reasons by the engine's cv_finish value; 0: never ran */
 
 typedef struct cv_hist {
     uint64_t counts[CV_STATS_BUCKETS + 1]; /* per bucket (not cumulative); last is +Inf */
@@ -27,9 +28,21 @@ typedef struct cv_hist {
 
 typedef struct cv_stats_view {
     uint64_t requests[CV_STATS_CODES];
-    cv_hist ttft, latency, inter_token;
-    uint64_t tokens;
+    uint64_t finish[CV_STATS_FINISH];
+    cv_hist ttft, latency, inter_token, queue;
+    uint64_t tokens, prompt_tokens;
 } cv_stats_view;
+
+/* One finished request. A request refused before the engine saw it has finish 0 and
+ * no times or tokens. */
+typedef struct cv_stats_outcome {
+    int code;                /* gRPC status */
+    int finish;              /* the engine's cv_finish, 0 when it never ran */
+    double queue_s;          /* submit to first scheduled; <= 0: never scheduled */
+    double ttft_s;           /* <= 0: no token was produced */
+    double total_s;
+    uint32_t prompt_tokens, tokens;
+} cv_stats_outcome;
 
 typedef struct cv_stats cv_stats;
 
@@ -39,8 +52,8 @@ void cv_stats_free(cv_stats *s);
 /* The upper bounds of the histogram buckets, ascending (CV_STATS_BUCKETS of them). */
 const double *cv_stats_bounds(void);
 
-/* ttft_s < 0 when no token was produced; protocol in [0, CV_STATS_PROTOCOLS). */
-void cv_stats_request(cv_stats *s, int protocol, int code, double ttft_s, double total_s, uint32_t tokens);
+/* protocol in [0, CV_STATS_PROTOCOLS). */
+void cv_stats_request(cv_stats *s, int protocol, const cv_stats_outcome *o);
 void cv_stats_inter_token(cv_stats *s, int protocol, double gap_s);
 
 void cv_stats_totals(cv_stats *s, cv_stats_view *out);

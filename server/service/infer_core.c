@@ -129,6 +129,19 @@ cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_
 
 const char *cv_core_protocol_name(cv_core_protocol p) { return p == CV_CORE_HTTP ? "http" : "grpc"; }
 
+void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_engine_final *f) {
+    cv_stats_outcome o = {.code = (int)code};
+    if (f) {
+        o.finish = (int)f->reason;
+        o.queue_s = f->queue_s;
+        o.ttft_s = f->ttft_s;
+        o.total_s = f->total_s;
+        o.prompt_tokens = f->prompt_tokens > 0 ? (uint32_t)f->prompt_tokens : 0;
+        o.tokens = f->completion_tokens > 0 ? (uint32_t)f->completion_tokens : 0;
+    }
+    cv_stats_request(stats, (int)proto, &o);
+}
+
 void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
                          const cv_engine_final *f, const char *error) {
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg",

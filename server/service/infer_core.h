@@ -68,6 +68,10 @@ cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, 
 cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_chat_format **fmt, cv_error *err);
 
 
+/* Counts a finished request in the slot's stats: its code, and when it ran (f non-NULL)
+ * how it finished, its times and token counts. */
+void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_engine_final *f);
+
 /* One JSON line per finished request on stderr: its id, version, protocol, status
  * (gRPC name), counts and times when it ran (f may be NULL), and the error. */
 void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,

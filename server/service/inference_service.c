@@ -221,8 +221,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
     if (p == CV_RPC_FINISH) {
         /* Once per stream: produce is never called again after FINISH. */
         int ran = g->fail_code == CV_RPC_OK;
-        cv_stats_request(g->slot->stats, CV_CORE_GRPC, (int)*code, ran && g->out.final.ttft_s > 0 ? g->out.final.ttft_s : -1,
-                         ran ? g->out.final.total_s : 0, ran ? (uint32_t)g->out.final.completion_tokens : 0);
+        cv_core_record(g->slot->stats, CV_CORE_GRPC, *code, ran ? &g->out.final : NULL);
         cv_core_log_request(CV_CORE_GRPC, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);
     }
     pthread_mutex_unlock(&g->mu);
@@ -303,7 +302,7 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
 static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
                    const char *msg) {
-    cv_stats_request(slot->stats, CV_CORE_GRPC, (int)code, -1, 0, 0);
+    cv_core_record(slot->stats, CV_CORE_GRPC, code, NULL);
     cv_core_log_request(CV_CORE_GRPC, request_id, slot->version, code, NULL, msg);
     cv_rpc_reply(call, code, msg, NULL, 0);
     cv_router_release(inf->router, slot);

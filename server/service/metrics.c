@@ -77,6 +77,17 @@ static void engine_series(buf *b, const char *name, const char *help, int counte
     }
 }
 
+/* One uint64 counter of the per-protocol views per slot and protocol. */
+static void protocol_counter(buf *b, const char *name, const char *help, const cv_metrics_slot *slots, size_t n,
+                             size_t off) {
+    put(b, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (size_t i = 0; i < n; i++)
+        for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
+            put(b, "%s{version=\"%s\",protocol=\"%s\"} %llu\n", name, slots[i].version,
+                cv_core_protocol_name((cv_core_protocol)p),
+                (unsigned long long)*(const uint64_t *)((const char *)&slots[i].by_protocol[p] + off));
+}
+
 static void engine_gauge(buf *b, const char *name, const char *help, const cv_metrics_slot *slots,
                          size_t n, size_t off) {
     engine_series(b, name, help, 0, slots, n, off);
@@ -101,11 +112,22 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
               slots, n, offsetof(cv_stats_view, inter_token));
     histogram(&b, "corvid_request_duration_seconds", "Submit to final message.", slots, n,
               offsetof(cv_stats_view, latency));
-    put(&b, "# HELP corvid_generated_tokens_total Tokens generated.\n# TYPE corvid_generated_tokens_total counter\n");
+    histogram(&b, "corvid_queue_time_seconds", "Submit to first scheduled (requests that were scheduled).",
+              slots, n, offsetof(cv_stats_view, queue));
+    protocol_counter(&b, "corvid_generated_tokens_total", "Tokens generated.", slots, n,
+                     offsetof(cv_stats_view, tokens));
+    protocol_counter(&b, "corvid_prompt_tokens_total", "Prompt tokens of the requests that ran.", slots, n,
+                     offsetof(cv_stats_view, prompt_tokens));
+    /* Indexed by the engine's cv_finish; "refused": the engine never saw the request. */
+    static const char *const reasons[CV_STATS_FINISH] = {"refused", "stop", "length", "cancelled", "error"};
+    put(&b, "# HELP corvid_finish_reasons_total Finished requests by how they ended: stop, length, cancelled, "
+            "error, or refused before they ran.\n# TYPE corvid_finish_reasons_total counter\n");
     for (size_t i = 0; i < n; i++)
         for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
-            put(&b, "corvid_generated_tokens_total{version=\"%s\",protocol=\"%s\"} %llu\n", slots[i].version,
-                cv_core_protocol_name((cv_core_protocol)p), (unsigned long long)slots[i].by_protocol[p].tokens);
+            for (int f = 0; f < CV_STATS_FINISH; f++)
+                put(&b, "corvid_finish_reasons_total{version=\"%s\",protocol=\"%s\",reason=\"%s\"} %llu\n",
+                    slots[i].version, cv_core_protocol_name((cv_core_protocol)p), reasons[f],
+                    (unsigned long long)slots[i].by_protocol[p].finish[f]);
     uint64_t trips[CV_RAG_GUARD_N_TRIPS], removed;
     cv_rag_guard_counts(trips, &removed);
     put(&b, "# HELP corvid_rag_guard_stops_total RAG answers the guard ended with finish reason stop, by what it saw.\n"
@@ -124,6 +146,13 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
                  offsetof(cv_engine_stats, kv_blocks_used));
     engine_gauge(&b, "corvid_kv_blocks_total", "KV cache blocks in all.", slots, n,
                  offsetof(cv_engine_stats, kv_blocks_total));
+    /* The share autoscalers and alerts compare with a threshold (blocks_used/blocks_total). */
+    put(&b, "# HELP corvid_kv_cache_usage_ratio KV cache blocks held by sequences over blocks in all (0-1).\n"
+            "# TYPE corvid_kv_cache_usage_ratio gauge\n");
+    for (size_t i = 0; i < n; i++)
+        if (slots[i].engine && slots[i].engine->kv_blocks_total > 0)
+            put(&b, "corvid_kv_cache_usage_ratio{version=\"%s\"} %.6g\n", slots[i].version,
+                (double)slots[i].engine->kv_blocks_used / slots[i].engine->kv_blocks_total);
     engine_gauge(&b, "corvid_batch_size", "Rows of the most recent forward pass.", slots, n,
                  offsetof(cv_engine_stats, last_batch_rows));
     engine_series(&b, "corvid_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache "

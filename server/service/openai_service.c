@@ -78,8 +78,7 @@ static cv_rpc_code final_code(const cv_core_out *o) {
 static void record(job *j) {
     const cv_engine_final *f = &j->out.final;
     cv_rpc_code code = final_code(&j->out);
-    cv_stats_request(j->slot->stats, CV_CORE_HTTP, (int)code, f->ttft_s > 0 ? f->ttft_s : -1, f->total_s,
-                     (uint32_t)f->completion_tokens);
+    cv_core_record(j->slot->stats, CV_CORE_HTTP, code, f);
     cv_core_log_request(CV_CORE_HTTP, j->request_id, j->slot->version, code, f,
                         code == CV_RPC_RESOURCE_EXHAUSTED ? "client reads too slowly: more than 1 MiB pending"
                                                           : j->out.error);
@@ -349,7 +348,7 @@ static void refuse(cv_oai_service *svc, cv_hs_req *req, cv_slot *slot, const cha
                    const char *msg, const char *param) {
     int status = cv_core_http_status(code);
     if (slot) {
-        cv_stats_request(slot->stats, CV_CORE_HTTP, (int)code, -1, 0, 0);
+        cv_core_record(slot->stats, CV_CORE_HTTP, code, NULL);
         cv_core_log_request(CV_CORE_HTTP, rid, slot->version, code, NULL, msg);
         cv_router_release(svc->router, slot);
     }

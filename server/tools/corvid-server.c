@@ -3,7 +3,9 @@
  * Start-up: config (file, then flags), the gRPC server with the health service, then
  * the model. SIGTERM/SIGINT drain: health goes NOT_SERVING, new calls are refused
  * with UNAVAILABLE, in-flight calls get drain_timeout to finish, then the rest are
- * cancelled and the process exits 0.
+ * cancelled and the process exits 0. SIGUSR1 (the chart's preStop) only turns readiness
+ * off (Inference health NOT_SERVING, /readyz 503) while calls are still served, so that
+ * endpoints drop the pod before SIGTERM refuses new calls.
  */
 #include <jansson.h>
 #include <pthread.h>
@@ -75,6 +77,7 @@ typedef struct server {
     cv_router *router;
     cv_gpu_metrics *gpu;     /* NULL without NVML */
     cv_hs *api;              /* the HTTP API, NULL when off */
+    atomic_int unready;      /* SIGUSR1: readiness off, calls still served */
     atomic_int draining;
 } server;
 
@@ -97,7 +100,7 @@ static char *render_metrics(void *ctx) {
 
 static int is_ready(void *ctx) {
     server *s = ctx;
-    return !atomic_load(&s->draining) && cv_router_serving(s->router);
+    return !atomic_load(&s->draining) && !atomic_load(&s->unready) && cv_router_serving(s->router);
 }
 
 /* Waits for in-flight calls (Watch streams excepted) and HTTP requests to end, at most
@@ -143,6 +146,7 @@ int main(int argc, char **argv) {
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGHUP);
+    sigaddset(&sigs, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
@@ -259,13 +263,18 @@ int main(int argc, char **argv) {
     int sig = 0;
     struct timespec tick = {0, 100 * 1000 * 1000};
     for (;;) {
-        cv_health_set(health, "corvid.v1.Inference",
-                      cv_router_serving(router) ? CV_HEALTH_SERVING : CV_HEALTH_NOT_SERVING, &err);
+        cv_health_set(health, "corvid.v1.Inference", is_ready(&state) ? CV_HEALTH_SERVING : CV_HEALTH_NOT_SERVING,
+                      &err);
         sig = sigtimedwait(&sigs, NULL, &tick);
         if (sig == SIGHUP) {
             /* Log rotation: the audit file is reopened; TLS files are picked up by themselves. */
             if (audit && cv_audit_reopen(audit, &err) != CV_OK)
                 fprintf(stderr, "{\"msg\":\"audit log reopen failed\",\"error\":\"%s\"}\n", err.msg);
+            continue;
+        }
+        if (sig == SIGUSR1) {
+            if (!atomic_exchange(&state.unready, 1))
+                fprintf(stderr, "{\"msg\":\"not ready (SIGUSR1): calls are still served until SIGTERM\"}\n");
             continue;
         }
         if (sig > 0) break;

@@ -4,8 +4,14 @@ with values-gpu-canary-tls.yaml and with a downloaded model plus the trial etcd,
 checked offline:
 
 - every object against the Kubernetes JSON schemas of kubernetes-validate (strict: an
-  unknown field is an error), at the chart's oldest supported version and the newest;
-  the prometheus-operator objects structurally (their CRD schemas are not shipped);
+  unknown field is an error), at the chart's oldest supported version and the newest,
+  the HPA, PodDisruptionBudgets and NetworkPolicies of the autoscaling renders (KEDA and
+  HPA modes) included; the KEDA ScaledObject against KEDA v2.20.2's CRD schema
+  (tests/data/keda, made strict); the prometheus-operator objects structurally (their
+  CRD schemas are not shipped);
+- autoscaling: KEDA triggers and HPA metrics read the chart's recording rules (and the
+  prometheus-adapter rules of values.yaml), scale-down lets a pod drain before the next
+  goes; PDBs, topology spread and NetworkPolicy peers select the chart's own pods;
 - yamllint on the rendered manifests and the values files; `helm lint --strict`;
 - invariants: probe ports are container ports, the gRPC probes ask for health service
   names that a real corvid-server answers SERVING, the control plane's HTTP probes
@@ -53,6 +59,13 @@ GPU_ONLY = {"corvid_gpu_utilization_ratio", "corvid_gpu_memory_used_bytes", "cor
 KUBE_VERSIONS = ["1.27.0", None]  # the chart's kubeVersion floor, and the newest schemas
 GPU_VALUES = os.path.join(chartlib.CHART, "values-gpu-canary-tls.yaml")
 THREE_ALERTS = ("CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh")
+CP_ALERTS = ("CorvidControlPlaneNoLeader", "CorvidControlPlaneEtcdUnreachable", "CorvidRolloutRolledBack")
+KEDA_CRD = os.path.join(DATA, "keda", "keda.sh_scaledobjects-v2.20.2.yaml")
+# Autoscaling (KEDA, then the HPA alternative) with the NetworkPolicy, on top of the
+# Prometheus operator objects that autoscaling needs.
+FLEET_VALUES = {"metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
+                "autoscaling": {"enabled": True, "mode": "keda", "minReplicas": 2, "maxReplicas": 6},
+                "networkPolicy": {"enabled": True}}
 MODEL = os.path.join(DATA, "models", "stories260K.gguf")
 
 checks = Checks()
@@ -78,6 +91,8 @@ def render_all():
     RENDERS["download-etcd"] = chartlib.render({"model": {"source": "download", "uri": "https://example.invalid/m.gguf",
                                                           "sha256": "ab" * 32}, "etcd": {"enabled": True},
                                                 "server": {"config": {"modelSources": MODEL_SOURCES}}})
+    RENDERS["fleet-keda"] = chartlib.render(FLEET_VALUES)
+    RENDERS["fleet-hpa"] = chartlib.render(dict(FLEET_VALUES, autoscaling=dict(FLEET_VALUES["autoscaling"], mode="hpa")))
     for name, m in RENDERS.items():
         kinds = sorted({d["kind"] for _, d in chartlib.documents(m)})
         print("  %s: %d objects, kinds %s" % (name, len(chartlib.documents(m)), ", ".join(kinds)))
@@ -92,7 +107,7 @@ def kube_schemas():
     counted = 0
     for name in RENDERS:
         for path, d in docs(name):
-            if d["apiVersion"].startswith("monitoring.coreos.com/"):
+            if d["apiVersion"].startswith(("monitoring.coreos.com/", "keda.sh/")):
                 continue
             for v in KUBE_VERSIONS:
                 try:
@@ -117,9 +132,9 @@ def prometheus_operator_objects():
                and any(p["name"] == "metrics" for p in s["spec"]["ports"])]
     assert {s["metadata"]["name"] for s in scraped} == {"corvid", "corvid-controlplane"}, scraped
     rule = chartlib.find(d, "PrometheusRule")
-    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
     creds = "CorvidControlPlaneCredentialsRefused"
-    assert set(alerts) == set(THREE_ALERTS) | {creds}, alerts
+    assert set(alerts) == set(THREE_ALERTS) | set(CP_ALERTS) | {creds}, alerts
     for n in THREE_ALERTS:
         a = alerts[n]
         assert a["for"] == "5m" and a["expr"].strip() and a["labels"]["severity"] == "critical", a
@@ -134,9 +149,18 @@ def prometheus_operator_objects():
     # Nothing to rotate without TLS or auth: no credentials alert.
     plain = chartlib.find(chartlib.documents(chartlib.render({"metrics": {"prometheusRule": {"enabled": True}}})),
                           "PrometheusRule")
-    assert {r["alert"] for g in plain["spec"]["groups"] for r in g["rules"]} == set(THREE_ALERTS), plain
+    assert {r["alert"] for g in plain["spec"]["groups"] for r in g["rules"] if "alert" in r} == \
+        set(THREE_ALERTS) | set(CP_ALERTS), plain
+    for a in alerts.values():
+        anchor = a["annotations"]["runbook_url"]
+        assert re.fullmatch(r"README\.md#runbook-[a-z0-9-]+", anchor), a
+    assert len({a["annotations"]["runbook_url"] for a in alerts.values()}) == len(alerts), "runbook anchors repeat"
+    # The alerts compare the recorded figures the autoscaler reads too.
+    records = {r["record"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if "record" in r}
+    assert "histogram_quantile(0.99," in records["corvid_version:time_to_first_token_seconds:p99"]
+    assert alerts["CorvidP99LatencyHigh"]["expr"].startswith("corvid_version:time_to_first_token_seconds:p99{")
+    assert alerts["CorvidErrorRateHigh"]["expr"].startswith("corvid_version:requests:error_ratio{")
     assert re.search(r"> 0\.8\s*$", alerts["CorvidGPUUtilizationHigh"]["expr"])
-    assert "histogram_quantile(0.99," in alerts["CorvidP99LatencyHigh"]["expr"]
     assert re.search(r"> 0\.5\s*$", alerts["CorvidP99LatencyHigh"]["expr"])
     assert re.search(r"> 0\.05\s*$", alerts["CorvidErrorRateHigh"]["expr"])
     assert not [x for _, x in docs("default") if x["apiVersion"].startswith("monitoring.coreos.com/")]
@@ -163,7 +187,8 @@ def yamllint_all():
 
 
 # Free-form Kubernetes structures: a comment on the key documents what lies under it.
-FREE_FORM = {"resources", "podSecurityContext", "containerSecurityContext"}
+FREE_FORM = {"resources", "podSecurityContext", "containerSecurityContext", "topologySpread", "adapterRules",
+             "clients", "prometheus"}
 
 
 def values_commented():
@@ -340,11 +365,21 @@ def controlplane_config():
         assert rc != 0 and needle in out, (bad_key, out)
 
 
+def prestop_sleep(container):
+    """The seconds the server's preStop sleeps, after it has turned readiness off
+    (SIGUSR1 to the server, PID 1 of its container: test_server_metrics checks that a
+    real server stops being ready on it and still serves)."""
+    cmd = container["lifecycle"]["preStop"]["exec"]["command"]
+    m = re.fullmatch(r"kill -USR1 1; sleep ([0-9]+)", cmd[2]) if cmd[:2] == ["/bin/sh", "-c"] else None
+    assert m and container["command"][0] == "corvid-server", cmd
+    return int(m.group(1))
+
+
 def drain_within_grace():
     for name in RENDERS:
         spec = chartlib.find(docs(name), "Deployment", "-server")["spec"]["template"]["spec"]
         drain = json.loads(config_maps(name)["server.json"])["drain_timeout_s"]
-        sleep = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        sleep = prestop_sleep(spec["containers"][0])
         grace = spec["terminationGracePeriodSeconds"]
         assert grace > sleep + drain, (name, grace, sleep, drain)
 
@@ -578,6 +613,180 @@ def bad_values_rejected():
     print("  %d bad values files refused, each naming the offending key" % len(files))
 
 
+# The Prometheus scaler's metadata keys (KEDA v2.20.2, pkg/scalers/prometheus_scaler.go):
+# the CRD types metadata as a free string map, so a misspelt key passes the schema.
+KEDA_PROMETHEUS_KEYS = {"serverAddress", "query", "queryParameters", "threshold", "activationThreshold", "namespace",
+                        "customHeaders", "ignoreNullValues", "unsafeSsl", "awsRegion", "timeout", "identityOwner"}
+
+
+def strict_schema(s):
+    """A CRD's openAPIV3Schema as the API server applies it: an object schema that does
+    not preserve unknown fields prunes what it does not declare (kubectl
+    --validate=strict refuses it), so here such a field is an error. The CEL rules
+    (x-kubernetes-validations) are checked by hand."""
+    if isinstance(s, list):
+        return [strict_schema(x) for x in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: strict_schema(v) for k, v in s.items() if not k.startswith("x-kubernetes-")}
+    if s.get("x-kubernetes-int-or-string"):
+        out = {k: v for k, v in out.items() if k != "type"}
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if out.get("type") == "object" and "properties" in out and "additionalProperties" not in out \
+            and not s.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    return out
+
+
+def keda_scaled_object():
+    import jsonschema
+    import yaml
+    with open(KEDA_CRD) as f:
+        crd = yaml.safe_load(f)
+    assert crd["spec"]["group"] == "keda.sh" and crd["spec"]["names"]["kind"] == "ScaledObject", crd["metadata"]
+    version = [v for v in crd["spec"]["versions"] if v["served"] and v["storage"]][0]
+    schema = strict_schema(version["schema"]["openAPIV3Schema"])
+    d = docs("fleet-keda")
+    so = chartlib.find(d, "ScaledObject")
+    assert so["apiVersion"] == "keda.sh/" + version["name"], so["apiVersion"]
+    jsonschema.validate(so, schema)
+    # Strict means strict: a misspelt field and a wrong type are refused.
+    for bad in ({"metricTyp": "Value"}, {"useCachedMetrics": "yes"}):
+        wrong = json.loads(json.dumps(so))
+        wrong["spec"]["triggers"][0].update(bad)
+        try:
+            jsonschema.validate(wrong, schema)
+        except jsonschema.ValidationError:
+            continue
+        raise AssertionError("the schema took %s" % bad)
+    spec = so["spec"]
+    # The CRD's CEL rule, and the target: the server Deployment, which leaves replicas to KEDA.
+    assert spec["minReplicaCount"] == 2 <= spec["maxReplicaCount"] == 6, spec
+    dep = chartlib.find(d, "Deployment", "-server")
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": dep["metadata"]["name"]}
+    assert "replicas" not in dep["spec"], dep["spec"]
+    assert chartlib.find(docs("default"), "Deployment", "-server")["spec"]["replicas"] == 1
+    trig = {t["name"]: t for t in spec["triggers"]}
+    assert set(trig) == {"ttft-p99", "queue-depth", "kv-cache-usage"}, trig
+    records = {r["record"] for g in chartlib.find(d, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+               if "record" in r}
+    for name, (mtype, threshold) in {"ttft-p99": ("Value", "0.5"), "queue-depth": ("AverageValue", "8"),
+                                     "kv-cache-usage": ("Value", "0.85")}.items():
+        t = trig[name]
+        assert t["type"] == "prometheus" and t["metricType"] == mtype, t
+        assert set(t["metadata"]) <= KEDA_PROMETHEUS_KEYS, t["metadata"]
+        assert t["metadata"]["threshold"] == threshold, t
+        assert t["metadata"]["serverAddress"] == "http://prometheus-operated.monitoring.svc:9090", t
+        used = re.findall(r"corvid:[a-z0-9_:]+", t["metadata"]["query"])
+        assert len(used) == 1 and used[0] in records, (t, records)
+        assert '{namespace="ai", service="corvid"}' in t["metadata"]["query"], t
+    behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior == chartlib.find(docs("fleet-hpa"), "HorizontalPodAutoscaler")["spec"]["behavior"], behavior
+    print("  ScaledObject valid against KEDA %s's CRD (%s)" % (os.path.basename(KEDA_CRD)[len("keda.sh_scaledobjects-"):-5],
+                                                            version["name"]))
+
+
+def hpa_and_behaviour():
+    d = docs("fleet-hpa")
+    hpa = chartlib.find(d, "HorizontalPodAutoscaler")
+    assert not [x for _, x in d if x["kind"] == "ScaledObject"]
+    spec = hpa["spec"]
+    dep = chartlib.find(d, "Deployment", "-server")
+    assert spec["scaleTargetRef"]["name"] == dep["metadata"]["name"] and "replicas" not in dep["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 6), spec
+    metrics = {m["external"]["metric"]["name"]: m["external"] for m in spec["metrics"]}
+    assert metrics["corvid_time_to_first_token_seconds_p99"]["target"] == {"type": "Value", "value": "500m"}
+    assert metrics["corvid_queue_depth"]["target"] == {"type": "AverageValue", "averageValue": "8000m"}
+    assert metrics["corvid_kv_cache_usage_ratio"]["target"] == {"type": "Value", "value": "850m"}
+    for m in metrics.values():
+        assert m["metric"]["selector"] == {"matchLabels": {"service": "corvid"}}, m
+    # Each metric is one the adapter rules of values.yaml serve, from a recorded series.
+    values = chartlib.load_values(os.path.join(chartlib.CHART, "values.yaml"))
+    rules = {r["name"]["as"]: r for r in values["autoscaling"]["hpa"]["adapterRules"]}
+    assert set(rules) == set(metrics), (rules, metrics)
+    records = {r["record"] for g in chartlib.find(d, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+               if "record" in r}
+    for r in rules.values():
+        assert r["seriesQuery"].split("{")[0] in records, r
+        assert "<<.Series>>{<<.LabelMatchers>>}" in r["metricsQuery"], r
+        assert r["resources"] == {"overrides": {"namespace": {"resource": "namespace"}}}, r
+    # Scale-down: one pod per period, and a period no shorter than the grace period,
+    # so a leaving pod has drained (preStop + drain_timeout_s) before the next goes.
+    down = spec["behavior"]["scaleDown"]
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 60}] and 60 >= grace, (down, grace)
+    assert down["stabilizationWindowSeconds"] == 300 and down["selectPolicy"] == "Min", down
+    # Refused: a period shorter than the grace period, min above max, no recording rules.
+    for values, needle in (({"autoscaling": {"enabled": True, "scaleDown": {"periodSeconds": 30}},
+                             "metrics": {"prometheusRule": {"enabled": True}}}, "autoscaling.scaleDown.periodSeconds"),
+                           ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+                             "metrics": {"prometheusRule": {"enabled": True}}}, "autoscaling.minReplicas"),
+                           ({"autoscaling": {"enabled": True}}, "metrics.prometheusRule.enabled")):
+        try:
+            chartlib.render(values)
+        except helm_python.HelmError as e:
+            assert needle in str(e), (needle, str(e))
+            continue
+        raise AssertionError("rendered: %s" % values)
+
+
+def selects(selector, labels):
+    return selector["matchLabels"].items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def disruption_and_spread():
+    for name in RENDERS:
+        d = docs(name)
+        pdbs = {x["metadata"]["name"]: x for _, x in d if x["kind"] == "PodDisruptionBudget"}
+        for dep in (x for _, x in d if x["kind"] == "Deployment"):
+            labels = dep["spec"]["template"]["metadata"]["labels"]
+            mine = [p for p in pdbs.values() if selects(p["spec"]["selector"], labels)]
+            assert len(mine) == 1 and mine[0]["spec"]["maxUnavailable"] == 1, (name, dep["metadata"]["name"], mine)
+        assert len(pdbs) == 2, (name, sorted(pdbs))
+        spec = chartlib.find(d, "Deployment", "-server")["spec"]["template"]
+        spread = spec["spec"]["topologySpreadConstraints"]
+        assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], spread
+        for c in spread:
+            assert selects(c["labelSelector"], spec["metadata"]["labels"]) and c["whenUnsatisfiable"] == "ScheduleAnyway"
+    off = chartlib.documents(chartlib.render({"server": {"podDisruptionBudget": {"enabled": False}, "topologySpread": []},
+                                              "controlplane": {"enabled": False}}))
+    assert not [x for _, x in off if x["kind"] == "PodDisruptionBudget"]
+    assert "topologySpreadConstraints" not in chartlib.find(off, "Deployment", "-server")["spec"]["template"]["spec"]
+
+
+def network_policy():
+    d = docs("fleet-keda")
+    pols = {x["metadata"]["name"]: x for _, x in d if x["kind"] == "NetworkPolicy"}
+    assert set(pols) == {"corvid-server", "corvid-controlplane"}, pols
+    assert not [x for _, x in docs("default") if x["kind"] == "NetworkPolicy"]
+    pods = {n: chartlib.find(d, "Deployment", n)["spec"]["template"] for n in ("-server", "-controlplane")}
+    pods["test"] = {"metadata": chartlib.find(d, "Pod", "-test")["metadata"]}
+    for pol, target in ((pols["corvid-server"], "-server"), (pols["corvid-controlplane"], "-controlplane")):
+        tpl = pods[target]
+        assert selects(pol["spec"]["podSelector"], tpl["metadata"]["labels"]) and pol["spec"]["policyTypes"] == ["Ingress"]
+        ports = {p["name"] for c in tpl["spec"]["containers"] for p in c["ports"]}
+        for rule in pol["spec"]["ingress"]:
+            assert rule["from"], "a rule without peers admits everyone: %s" % rule
+            assert {p["port"] for p in rule["ports"]} <= ports, (rule, ports)
+    rules = {r["ports"][0]["port"]: r["from"] for r in pols["corvid-server"]["spec"]["ingress"]}
+    assert set(rules) == {"grpc", "metrics"}, rules
+    admitted = lambda peers, labels: any("podSelector" in p and "namespaceSelector" not in p  # noqa: E731
+                                         and selects(p["podSelector"], labels) for p in peers)
+    assert admitted(rules["grpc"], pods["-controlplane"]["metadata"]["labels"])
+    assert admitted(rules["grpc"], pods["test"]["metadata"]["labels"])
+    assert admitted(rules["grpc"], {"app.kubernetes.io/component": "gateway"})
+    assert not admitted(rules["grpc"], {"app.kubernetes.io/component": "other"})
+    prom = chartlib.load_values(os.path.join(chartlib.CHART, "values.yaml"))["networkPolicy"]["prometheus"]
+    assert rules["metrics"] == prom == pols["corvid-controlplane"]["spec"]["ingress"][0]["from"], rules["metrics"]
+    try:
+        chartlib.render({"networkPolicy": {"enabled": True, "clients": []}, "controlplane": {"enabled": False},
+                         "tests": {"enabled": False}})
+    except helm_python.HelmError as e:
+        assert "networkPolicy.clients is empty" in str(e), str(e)
+    else:
+        raise AssertionError("a gRPC rule without peers rendered")
+
+
 def helm_test_pod():
     pod = chartlib.find(docs("default"), "Pod", "-test")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -597,9 +806,10 @@ def promql_names():
     exprs += [("dashboard variable " + v["name"], v["query"]["query"]) for v in dash["templating"]["list"]
               if isinstance(v.get("query"), dict)]
     rule = chartlib.find(docs("gpu-canary-tls"), "PrometheusRule")
-    exprs += [("alert " + r["alert"], r["expr"]) for g in rule["spec"]["groups"] for r in g["rules"]]
+    exprs += [("rule " + r.get("alert", r.get("record")), r["expr"]) for g in rule["spec"]["groups"] for r in g["rules"]]
     for where, e in exprs:
-        for n in re.findall(r"\bcorvid_[a-z0-9_]+", e):
+        # Not the recorded names (level:metric:operations): the rules make those.
+        for n in re.findall(r"\bcorvid_[a-z0-9_]+\b(?!:)", e):
             found.append((n, where))
     return found, exprs
 
@@ -756,7 +966,7 @@ def dockerfile_matches_ci():
 
 
 checks.run("render default, values-gpu-canary-tls.yaml, download+etcd", render_all)
-if len(RENDERS) == 3:
+if len(RENDERS) == 5:
     checks.run("kubernetes schemas (strict)", kube_schemas)
     checks.run("prometheus-operator objects", prometheus_operator_objects)
     checks.run("yamllint", yamllint_all)
@@ -775,6 +985,10 @@ if len(RENDERS) == 3:
     checks.run("trial etcd", trial_etcd)
     checks.run("chart-made TLS and JWT secrets", chart_made_secrets)
     checks.run("helm test pod", helm_test_pod)
+    checks.run("KEDA ScaledObject against KEDA's CRD schema (strict)", keda_scaled_object)
+    checks.run("HPA on prometheus-adapter's metrics, scale-down that drains", hpa_and_behaviour)
+    checks.run("disruption budgets and topology spread select the pods", disruption_and_spread)
+    checks.run("NetworkPolicy admits the clients, control plane, test pod and Prometheus", network_policy)
     checks.run("dashboard and alert metric names are exported", metric_names_exported)
 checks.run("every value in values.yaml is commented", values_commented)
 checks.run("bad values are refused", bad_values_rejected)

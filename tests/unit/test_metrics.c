@@ -23,6 +23,12 @@ static void test_slots_histograms_and_gpus(void **state) {
     v->ttft.count = 4;
     v->ttft.sum = 70.5;
     v->tokens = 123;
+    v->prompt_tokens = 456;
+    v->finish[2] = 6;                 /* length */
+    v->finish[0] = 2;                 /* refused */
+    v->queue.counts[1] = 2;           /* <= 10 ms */
+    v->queue.count = 2;
+    v->queue.sum = 0.0125;
     cv_engine_stats es = {.running = 2, .waiting = 5, .kv_blocks_used = 9, .kv_blocks_total = 64, .last_batch_rows = 3};
     cv_metrics_slot slots[2] = {{"v1", "ready", 90, views, &es}, {"v2", "loading", 10, NULL, NULL}};
     cv_gpu_sample gpus[1] = {{0, 0.83, 1000, 8000}};
@@ -40,6 +46,15 @@ static void test_slots_histograms_and_gpus(void **state) {
         "corvid_time_to_first_token_seconds_count{version=\"v1\",protocol=\"http\"} 0\n",
         "corvid_generated_tokens_total{version=\"v1\",protocol=\"grpc\"} 123\n",
         "corvid_generated_tokens_total{version=\"v1\",protocol=\"http\"} 5\n",
+        "corvid_prompt_tokens_total{version=\"v1\",protocol=\"grpc\"} 456\n",
+        "corvid_prompt_tokens_total{version=\"v1\",protocol=\"http\"} 0\n",
+        "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"length\"} 6\n",
+        "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"refused\"} 2\n",
+        "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"stop\"} 0\n",
+        "corvid_queue_time_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"0.005\"} 0\n",
+        "corvid_queue_time_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"0.01\"} 2\n",
+        "corvid_queue_time_seconds_sum{version=\"v1\",protocol=\"grpc\"} 0.0125\n",
+        "corvid_kv_cache_usage_ratio{version=\"v1\"} 0.140625\n",
         "corvid_http_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 11\n",
         "corvid_http_requests_total{endpoint=\"other\",status=\"404\"} 2\n",
         "corvid_queue_depth{version=\"v1\"} 5\n",
@@ -56,6 +71,8 @@ static void test_slots_histograms_and_gpus(void **state) {
     assert_null(strstr(text, "corvid_requests_total{version=\"v1\",protocol=\"http\",code=\"INTERNAL\""));
     assert_null(strstr(text, "corvid_requests_total{version=\"v2\""));
     assert_null(strstr(text, "corvid_queue_depth{version=\"v2\""));
+    assert_null(strstr(text, "corvid_kv_cache_usage_ratio{version=\"v2\""));
+    assert_null(strstr(text, "corvid_finish_reasons_total{version=\"v2\""));
     free(text);
     text = cv_metrics_render(slots, 1, NULL, 0, NULL, 0);
     assert_null(strstr(text, "corvid_gpu_"));

@@ -196,6 +196,27 @@ only once, at start.
 {{- if le (int $s.terminationGracePeriodSeconds) (add (int $s.preStopSleepSeconds) (int (ceil $s.config.drainTimeoutSeconds))) -}}
 {{- fail (printf "server.terminationGracePeriodSeconds (%d) must exceed server.preStopSleepSeconds (%d) + server.config.drainTimeoutSeconds (%v): the pod would be killed while streams drain" (int $s.terminationGracePeriodSeconds) (int $s.preStopSleepSeconds) $s.config.drainTimeoutSeconds) -}}
 {{- end -}}
+{{- $a := .Values.autoscaling -}}
+{{- if $a.enabled -}}
+{{- if not .Values.metrics.prometheusRule.enabled -}}
+{{- fail "autoscaling.enabled needs metrics.prometheusRule.enabled: the autoscaler queries its recording rules" -}}
+{{- end -}}
+{{- if gt (int $a.minReplicas) (int $a.maxReplicas) -}}
+{{- fail (printf "autoscaling.minReplicas (%d) must not exceed autoscaling.maxReplicas (%d)" (int $a.minReplicas) (int $a.maxReplicas)) -}}
+{{- end -}}
+{{- if lt (int $a.scaleDown.periodSeconds) (int $s.terminationGracePeriodSeconds) -}}
+{{- fail (printf "autoscaling.scaleDown.periodSeconds (%d) must be at least server.terminationGracePeriodSeconds (%d): a pod must have drained before the next one is removed" (int $a.scaleDown.periodSeconds) (int $s.terminationGracePeriodSeconds)) -}}
+{{- end -}}
+{{- end -}}
+{{- if .Values.networkPolicy.enabled -}}
+{{- /* A rule with no peers admits every source: refuse it rather than open the port. */ -}}
+{{- if not .Values.networkPolicy.prometheus -}}
+{{- fail "networkPolicy.prometheus is empty: the metrics rule would admit every source" -}}
+{{- end -}}
+{{- if not (or .Values.networkPolicy.clients .Values.controlplane.enabled .Values.tests.enabled) -}}
+{{- fail "networkPolicy.clients is empty (and no control plane or test pod): the gRPC rule would admit every source" -}}
+{{- end -}}
+{{- end -}}
 {{- if lt (int $s.config.maxBatchTokens) (int $s.config.maxRunning) -}}
 {{- fail (printf "server.config.maxBatchTokens (%d) must be at least server.config.maxRunning (%d)" (int $s.config.maxBatchTokens) (int $s.config.maxRunning)) -}}
 {{- end -}}
@@ -239,6 +260,32 @@ only once, at start.
 {{- fail "auth.enabled with tests.enabled needs auth.testTokenSecret.name (a token with the inference scope)" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The HPA behaviour of autoscaling.scaleUp and scaleDown (KEDA passes it on to the
+HPA it creates). Scale-down: the highest recommendation of its window, then at most
+scaleDown.pods per period, so a leaving pod drains before the next one is picked. */}}
+{{- define "corvid.autoscalingBehavior" -}}
+{{- $a := .Values.autoscaling -}}
+scaleUp:
+  stabilizationWindowSeconds: {{ $a.scaleUp.stabilizationWindowSeconds }}
+  selectPolicy: Max
+  policies:
+    - type: Pods
+      value: {{ $a.scaleUp.pods }}
+      periodSeconds: {{ $a.scaleUp.periodSeconds }}
+scaleDown:
+  stabilizationWindowSeconds: {{ $a.scaleDown.stabilizationWindowSeconds }}
+  selectPolicy: Min
+  policies:
+    - type: Pods
+      value: {{ $a.scaleDown.pods }}
+      periodSeconds: {{ $a.scaleDown.periodSeconds }}
+{{- end -}}
+
+{{/* A ratio or seconds as a Kubernetes quantity in thousandths ("500m"). */}}
+{{- define "corvid.milli" -}}
+{{- printf "%dm" (int (round (mulf . 1000) 0)) -}}
 {{- end -}}
 
 {{/* Port the kubelet's gRPC probes use: the plaintext health port under TLS. */}}
