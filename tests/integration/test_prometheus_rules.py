@@ -3,6 +3,8 @@ package: promtool and the server):
 
 - `promtool check rules` on the rules rendered by real Helm, with and without the
   control plane's alerts;
+- the error ratio's server-fault codes are those of the control plane's rollout
+  analysis (controlplane/analysis.c), over every answer but CANCELLED, as it counts;
 - `promtool test rules` runs tests/prometheus/corvid-rules-test.yaml, in which every
   alert of the rendered rules fires in one case and stays silent in another; rules
   rendered with higher thresholds must fail those cases (so the cases test the
@@ -127,6 +129,29 @@ def unit_tests():
     assert rc != 0, out
     for name in ("CorvidGPUUtilizationHigh", "CorvidP99LatencyHigh", "CorvidErrorRateHigh"):
         assert "alertname: %s, time: 10m" % name in out, (name, out)
+
+
+def analysis_codes():
+    """The gRPC codes controlplane/analysis.c counts as server faults (the case labels
+    of cv_analysis_is_server_fault)."""
+    src = open(os.path.join(chartlib.ROOT, "controlplane", "analysis.c")).read()
+    body = re.search(r"bool cv_analysis_is_server_fault\(int code\) \{(.*?)\n\}", src, re.S).group(1)
+    codes = set(re.findall(r"case CORVID_([A-Z_]+):", body)) | set(re.findall(r"case [0-9]+: /\* ([A-Z_]+) \*/", body))
+    assert len(codes) == len(re.findall(r"case ", body)), body
+    return codes
+
+
+def same_errors_as_analysis():
+    """The alerts' error ratio counts what the rollout analysis counts: its server-fault
+    codes over every answer but CANCELLED (the promtool cases feed each kind)."""
+    values = chartlib.load_values(os.path.join(chartlib.CHART, "values.yaml"))
+    chart = set(values["metrics"]["prometheusRule"]["serverErrorCodes"].split("|"))
+    assert chart == analysis_codes(), (chart, analysis_codes())
+    rule = chartlib.find(render(UNIT_VALUES), "PrometheusRule")
+    expr = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]
+            if r.get("record") == "corvid_version:requests:error_ratio"][0]
+    assert 'code!="CANCELLED"' in expr.split("/")[1], expr
+    print("  server faults: %s" % "|".join(sorted(chart)))
 
 
 class Prometheus:
@@ -279,5 +304,6 @@ def live_p99_crosses():
 
 checks.run("promtool check rules on the rendered PrometheusRule", check_rules)
 checks.run("promtool test rules: every alert fires and stays silent", unit_tests)
+checks.run("error ratio counts the rollout analysis' server faults", same_errors_as_analysis)
 checks.run("live: Prometheus sees the autoscaler's p99 cross while the alert fires", live_p99_crosses)
 checks.finish()
