@@ -680,6 +680,9 @@ def keda_scaled_object():
         used = re.findall(r"corvid:[a-z0-9_:]+", t["metadata"]["query"])
         assert len(used) == 1 and used[0] in records, (t, records)
         assert '{namespace="ai", service="corvid"}' in t["metadata"]["query"], t
+    notes = RENDERS["fleet-keda"]["corvid/templates/NOTES.txt"]
+    assert "Servers: 2-6 x" in notes and "scaling  KEDA ScaledObject corvid-server:" in notes, notes
+    assert "Servers: 1 x" in RENDERS["default"]["corvid/templates/NOTES.txt"]
     behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
     assert behavior == chartlib.find(docs("fleet-hpa"), "HorizontalPodAutoscaler")["spec"]["behavior"], behavior
     print("  ScaledObject valid against KEDA %s's CRD (%s)" % (os.path.basename(KEDA_CRD)[len("keda.sh_scaledobjects-"):-5],
