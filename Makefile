@@ -49,7 +49,7 @@ NVCCFLAGS := -O2 -std=c++17 -DCV_CUDA=1 -Ikernels -Ikernels/base -Xcompiler -Wal
 endif
 
 # ---- the layers: folders, the folder its users see, what it uses, system packages ----
-LAYERS := base cpu cuda gguf text model engine security rag service proto client cp testsupport
+LAYERS := base cpu cuda gguf text grammar model engine security rag service proto client cp testsupport
 
 DIRS_base := kernels/base
 PUB_base  := kernels/base
@@ -71,11 +71,15 @@ DIRS_text := server/text
 USES_text := gguf
 PKGS_text := libutf8proc
 
+DIRS_grammar := server/grammar
+USES_grammar := base
+PKGS_grammar := jansson
+
 DIRS_model := server/model
 USES_model := gguf cpu
 
 DIRS_engine := server/engine
-USES_engine := model text
+USES_engine := model text grammar
 PKGS_engine := libcurl openssl
 
 DIRS_security := server/security

@@ -11,6 +11,11 @@
 #include "stop.h"
 #include "timing.h"
 
+/* Grammar automata kept per engine, and the size past which one is rebuilt for new
+ * requests (a grammar with unbounded nesting keeps growing its tables). */
+#define ENGINE_GRAMMARS 16
+#define ENGINE_GRAMMAR_BYTES ((size_t)64 << 20)
+
 typedef struct seq {
     uint64_t id;
     int32_t *tokens;        /* prompt, then every generated token */
@@ -24,6 +29,7 @@ typedef struct seq {
     int ignore_eos;
     uint64_t admitted;      /* admission order: the largest is the youngest */
     cv_sampler *sampler;
+    cv_gmatch *gmatch;      /* constrained decoding; NULL when unconstrained */
     cv_tok_stream *detok;
     cv_stop *stop;
     char **stop_strs;       /* copies, to name the one that matched */
@@ -65,6 +71,20 @@ struct cv_engine {
     seq **b_owner;          /* per row */
     int32_t *b_chunk;       /* per running slot: rows fed this step */
     float *logits;          /* [max_running][n_vocab] */
+
+    /* Constrained decoding: the vocabulary as a byte trie, built by the first
+     * constrained request (most servers never need it), and the automata of recent
+     * grammars by their text, so that a schema used again is neither compiled nor
+     * walked again (grammar_match.h). Under gram_mu; the automata themselves are only
+     * advanced on the engine thread. */
+    pthread_mutex_t gram_mu;
+    cv_gvocab *gvocab;
+    struct gram_entry {
+        char *text;
+        cv_gdfa *dfa;
+        uint64_t used;
+    } gram[ENGINE_GRAMMARS];
+    uint64_t gram_clock;
 };
 
 void cv_engine_config_default(cv_engine_config *c) {
@@ -81,6 +101,7 @@ void cv_engine_config_default(cv_engine_config *c) {
 static void seq_free(seq *s) {
     if (!s) return;
     cv_sampler_free(s->sampler);
+    cv_gmatch_free(s->gmatch);
     cv_tok_stream_free(s->detok);
     cv_stop_free(s->stop);
     for (int32_t i = 0; i < s->n_stop; i++) free(s->stop_strs[i]);
@@ -202,6 +223,23 @@ static int on_token(const cv_engine *e, seq *s, const cv_sample *smp) {
     if (s->n_generated >= s->max_tokens || s->n_tokens >= e->cfg.n_ctx) {
         flush_text(s);
         end(s, CV_FINISH_LENGTH, NULL, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Draws the next token, among those the grammar allows when there is one; returns 1
+ * when the sequence has ended with an error instead (see end()). */
+static int sample(seq *s, const float *logits, cv_sample *smp) {
+    if (!s->gmatch) {
+        cv_sampler_sample(s->sampler, logits, smp);
+        return 0;
+    }
+    const uint64_t *allow;
+    cv_error err = {0};
+    if (cv_gmatch_mask(s->gmatch, &allow, &err) != CV_OK ||
+        cv_gmatch_accept_token(s->gmatch, cv_sampler_sample_masked(s->sampler, logits, allow, smp), &err) != CV_OK) {
+        end(s, CV_FINISH_ERROR, NULL, err.msg);
         return 1;
     }
     return 0;
@@ -366,12 +404,14 @@ static void *engine_loop(void *arg) {
                 done = 1;
             } else {
                 cv_sample smp;
-                cv_sampler_sample(s->sampler, e->logits + (size_t)out_row * e->n_vocab, &smp);
+                done = sample(s, e->logits + (size_t)out_row * e->n_vocab, &smp);
                 out_row++;
-                if (s->t_first_token == 0) s->t_first_token = cv_seconds();
-                s->tokens[s->n_tokens++] = smp.token;
-                s->n_generated++;
-                done = on_token(e, s, &smp);
+                if (!done) {
+                    if (s->t_first_token == 0) s->t_first_token = cv_seconds();
+                    s->tokens[s->n_tokens++] = smp.token;
+                    s->n_generated++;
+                    done = on_token(e, s, &smp);
+                }
             }
             if (done) {
                 pthread_mutex_lock(&e->mu);
@@ -422,6 +462,11 @@ static uint64_t prefix_seed(const cv_engine_config *c, const cv_hparams *hp, con
 
 /* Everything cv_engine_new allocates, for its error path and cv_engine_free. */
 static void free_parts(cv_engine *e) {
+    for (int i = 0; i < ENGINE_GRAMMARS; i++) {
+        free(e->gram[i].text);
+        cv_gdfa_unref(e->gram[i].dfa);
+    }
+    cv_gvocab_free(e->gvocab);
     cv_kv_free(e->kv);
     free(e->running);
     free(e->free_kv);
@@ -510,9 +555,11 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
     for (int32_t i = 0; i < R; i++) e->free_kv[i] = R - 1 - i;
     e->n_free_kv = R;
     pthread_mutex_init(&e->mu, NULL);
+    pthread_mutex_init(&e->gram_mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     if (pthread_create(&e->thread, NULL, engine_loop, e) != 0) {
         pthread_mutex_destroy(&e->mu);
+        pthread_mutex_destroy(&e->gram_mu);
         pthread_cond_destroy(&e->cv);
         st = cv_errorf(err, CV_ENOMEM, "engine: cannot start its thread");
         goto err;
@@ -532,8 +579,66 @@ void cv_engine_free(cv_engine *e) {
     pthread_mutex_unlock(&e->mu);
     pthread_join(e->thread, NULL);
     pthread_mutex_destroy(&e->mu);
+    pthread_mutex_destroy(&e->gram_mu);
     pthread_cond_destroy(&e->cv);
     free_parts(e);
+}
+
+/* The vocabulary trie, built on first use (gram_mu held). */
+static cv_status grammar_vocab(cv_engine *e, cv_error *err) {
+    if (e->gvocab) return CV_OK;
+    int32_t n = cv_tok_n_vocab(e->tok);
+    const char **pieces = malloc((size_t)n * sizeof *pieces);
+    size_t *lens = malloc((size_t)n * sizeof *lens);
+    uint8_t *ends = malloc((size_t)n);
+    cv_status st = CV_OK;
+    if (!pieces || !lens || !ends) st = cv_errorf(err, CV_ENOMEM, "engine: out of memory for the grammar vocabulary");
+    for (int32_t i = 0; st == CV_OK && i < n; i++) {
+        st = cv_tok_piece(e->tok, i, 0, &pieces[i], &lens[i], err);
+        ends[i] = (uint8_t)(cv_tok_is_eog(e->tok, i) != 0);
+    }
+    if (st == CV_OK) st = cv_gvocab_new(n, pieces, lens, ends, &e->gvocab, err);
+    free(pieces);
+    free(lens);
+    free(ends);
+    return st;
+}
+
+/* A matcher for grammar text: from the cached automaton of the same text when there is
+ * one (not grown past ENGINE_GRAMMAR_BYTES), else compiled (outside the lock) and
+ * cached in place of the least recently used. */
+static cv_status grammar_matcher(cv_engine *e, const char *text, cv_gmatch **out, cv_error *err) {
+    pthread_mutex_lock(&e->gram_mu);
+    cv_status st = grammar_vocab(e, err);
+    for (int i = 0; st == CV_OK && i < ENGINE_GRAMMARS; i++) {
+        struct gram_entry *g = &e->gram[i];
+        if (!g->text || strcmp(g->text, text) != 0 || cv_gdfa_bytes(g->dfa) > ENGINE_GRAMMAR_BYTES) continue;
+        g->used = ++e->gram_clock;
+        st = cv_gmatch_start(g->dfa, out, err);
+        pthread_mutex_unlock(&e->gram_mu);
+        return st;
+    }
+    const cv_gvocab *vocab = e->gvocab; /* immutable once built */
+    pthread_mutex_unlock(&e->gram_mu);
+    if (st != CV_OK) return st;
+    cv_grammar *g;
+    cv_gdfa *d;
+    char *copy = strdup(text);
+    if (!copy) return cv_errorf(err, CV_ENOMEM, "engine: out of memory for a grammar");
+    if ((st = cv_grammar_parse(text, strlen(text), &g, err)) != CV_OK || (st = cv_gdfa_new(g, vocab, &d, err)) != CV_OK) {
+        free(copy);
+        return st;
+    }
+    st = cv_gmatch_start(d, out, err);
+    pthread_mutex_lock(&e->gram_mu);
+    struct gram_entry *victim = &e->gram[0];
+    for (int i = 1; i < ENGINE_GRAMMARS; i++)
+        if (e->gram[i].used < victim->used) victim = &e->gram[i];
+    free(victim->text);
+    cv_gdfa_unref(victim->dfa);
+    *victim = (struct gram_entry){copy, d, ++e->gram_clock};
+    pthread_mutex_unlock(&e->gram_mu);
+    return st;
 }
 
 int32_t cv_engine_n_ctx(const cv_engine *e) { return e->cfg.n_ctx; }
@@ -572,6 +677,7 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
      * embedding is padded past the tokenizer (Qwen2.5) never yields an id without text. */
     if ((st = cv_sampler_new(&r->sampling, cv_tok_n_vocab(e->tok), &s->sampler, err)) != CV_OK) goto err;
     if ((st = cv_sampler_accept(s->sampler, r->prompt, (size_t)r->n_prompt, err)) != CV_OK) goto err;
+    if (r->grammar && r->grammar[0] && (st = grammar_matcher(e, r->grammar, &s->gmatch, err)) != CV_OK) goto err;
     if ((st = cv_tok_stream_new(e->tok, 0, &s->detok, err)) != CV_OK) goto err;
     if ((st = cv_stop_new(r->stop, (size_t)r->n_stop, &s->stop, err)) != CV_OK) goto err;
     if (r->n_stop > 0) {

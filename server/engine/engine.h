@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "cv_error.h"
+#include "grammar_match.h"
 #include "model.h"
 #include "tp.h"
 #include "sampler.h"
@@ -74,6 +75,10 @@ typedef struct cv_engine_request {
     const char *const *stop;   /* stop strings, copied at submit */
     int32_t n_stop;
     int ignore_eos;
+    /* Constrained decoding: GBNF text (grammar.h; json_schema.h builds it from a JSON
+     * schema), compiled at submit; every token is drawn among those the grammar allows
+     * and an end token only once the text is complete. NULL or "": unconstrained. */
+    const char *grammar;
 } cv_engine_request;
 
 typedef struct cv_engine_final {
@@ -126,8 +131,8 @@ cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cf
  * thread and frees the KV cache. */
 void cv_engine_free(cv_engine *e);
 
-/* CV_EINVAL for a prompt that does not fit the context (naming both lengths) or bad
- * sampling values; CV_EBUSY when the queue is full (naming the limits). */
+/* CV_EINVAL for a prompt that does not fit the context (naming both lengths), bad
+ * sampling values or a grammar that does not compile (its message); CV_EBUSY when the queue is full (naming the limits). */
 cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_engine_sink *sink,
                            uint64_t *id, cv_error *err);
 /* No-op for an id that already finished. */

@@ -267,9 +267,13 @@ static int has_penalty(const cv_sampler *s) {
            (s->p.repeat_penalty != 1.0f || s->p.presence_penalty != 0.0f || s->p.frequency_penalty != 0.0f);
 }
 
-static void load_logits(cv_sampler *s, const float *logits) {
+static inline int allowed(const uint64_t *allow, int32_t i) {
+    return !allow || (int)(allow[i >> 6] >> (i & 63) & 1);
+}
+
+static void load_logits(cv_sampler *s, const float *logits, const uint64_t *allow) {
     for (int32_t i = 0; i < s->n_vocab; i++) {
-        s->cand[i].logit = sane(logits[i]);
+        s->cand[i].logit = allowed(allow, i) ? sane(logits[i]) : -INFINITY;
         s->cand[i].id = i;
     }
     if (!has_penalty(s)) return;
@@ -291,8 +295,8 @@ static void load_logits(cv_sampler *s, const float *logits) {
 
 /* Runs penalty, top-k, top-p and min-p: afterwards s->cand[0..return) is the
  * candidate set and s->cand[0] is its best token. */
-static size_t truncate_candidates(cv_sampler *s, const float *logits) {
-    load_logits(s, logits);
+static size_t truncate_candidates(cv_sampler *s, const float *logits, const uint64_t *allow) {
+    load_logits(s, logits, allow);
     cand *c = s->cand;
     size_t n = (size_t)s->n_vocab;
     if (s->p.temperature == 0.0f) {
@@ -337,7 +341,7 @@ static double temper(cand *c, size_t n, float temperature) {
 
 int32_t cv_sampler_candidates(cv_sampler *s, const float *logits, int32_t *ids, float *probs,
                               int32_t cap) {
-    size_t n = truncate_candidates(s, logits);
+    size_t n = truncate_candidates(s, logits, NULL);
     cand *c = s->cand;
     double total = n == 1 ? (c[0].w = 1.0f) : temper(c, n, s->p.temperature);
     for (size_t i = 0; i < n && (int64_t)i < cap; i++) {
@@ -389,13 +393,32 @@ static int32_t plain_argmax(const float *logits, int32_t n) {
     return best;
 }
 
+/* The same over the allowed tokens only. */
+static int32_t masked_argmax(const float *logits, int32_t n, const uint64_t *allow) {
+    int32_t best = -1;
+    float bv = -INFINITY;
+    for (int32_t w = 0; w * 64 < n; w++) {
+        for (uint64_t bits = allow[w]; bits; bits &= bits - 1) {
+            int32_t i = w * 64 + __builtin_ctzll(bits);
+            if (i >= n) break;
+            float v = sane(logits[i]);
+            if (best < 0 || v > bv) bv = v, best = i;
+        }
+    }
+    return best < 0 ? 0 : best;
+}
+
 int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out) {
+    return cv_sampler_sample_masked(s, logits, NULL, out);
+}
+
+int32_t cv_sampler_sample_masked(cv_sampler *s, const float *logits, const uint64_t *allow, cv_sample *out) {
     int32_t token;
     if (s->p.temperature == 0.0f && !has_penalty(s)) {
-        token = plain_argmax(logits, s->n_vocab);
+        token = allow ? masked_argmax(logits, s->n_vocab, allow) : plain_argmax(logits, s->n_vocab);
         goto chosen;
     }
-    size_t n = truncate_candidates(s, logits);
+    size_t n = truncate_candidates(s, logits, allow);
     cand *c = s->cand;
     token = c[0].id;
     if (n > 1) {

@@ -100,6 +100,14 @@ cv_status cv_sampler_accept(cv_sampler *s, const int32_t *tokens, size_t n, cv_e
  * the logprobs. */
 int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out);
 
+/* cv_sampler_sample over the tokens whose bit is set in allow (n_vocab bits, token i
+ * is bit i & 63 of word i >> 6; NULL: all): the others get probability 0 before any
+ * other stage, so top-k, top-p and min-p see only allowed tokens (constrained
+ * decoding, grammar_match.h). Logprobs still describe the unmasked model. When no
+ * allowed token has a finite logit the choice is unspecified: the caller's grammar
+ * check refuses it. */
+int32_t cv_sampler_sample_masked(cv_sampler *s, const float *logits, const uint64_t *allow, cv_sample *out);
+
 /* The distribution the next draw would use, without drawing: writes up to cap
  * candidates (ids and probabilities after penalty, truncation and temperature,
  * summing to 1) and returns how many there are. Consumes no randomness and adds

@@ -11,8 +11,10 @@
 #include <jansson.h>
 
 #include "corvid/v1/inference.pb-c.h"
+#include "grammar.h"
 #include "grpc_status.h"
 #include "infer_core.h"
+#include "json_schema.h"
 #include "rag_request.h"
 #include "request_pool.h"
 #include "rpc_message.h"
@@ -275,6 +277,33 @@ static void sampling_from_proto(const Corvid__V1__SamplingParams *p, cv_sampler_
     sp->seed = *seed;
 }
 
+/* The request's output constraint as GBNF (malloc'd into *gbnf; NULL when there is
+ * none): its grammar as given, or compiled from json_schema / json_object. Refusals
+ * name the field ("sampling.json_schema: json_schema: minimum at / is not supported"). */
+static cv_status grammar_from_proto(const Corvid__V1__SamplingParams *p, char **gbnf, cv_error *err) {
+    *gbnf = NULL;
+    if (!p) return CV_OK;
+    int given = (p->grammar && p->grammar[0]) + (p->json_schema && p->json_schema[0]) + (p->json_object != 0);
+    if (given > 1)
+        return cv_errorf(err, CV_EINVAL, "sampling: grammar, json_schema and json_object are exclusive (%d given)", given);
+    cv_error e = {0};
+    const char *field = "grammar";
+    cv_status st = CV_OK;
+    if (p->grammar && p->grammar[0]) {
+        if ((st = cv_grammar_check(p->grammar, strlen(p->grammar), &e)) == CV_OK && !(*gbnf = strdup(p->grammar)))
+            st = cv_errorf(&e, CV_ENOMEM, "out of memory");
+    } else if (p->json_schema && p->json_schema[0]) {
+        field = "json_schema";
+        st = cv_json_schema_gbnf_text(p->json_schema, strlen(p->json_schema), NULL, gbnf, &e);
+    } else if (p->json_object) {
+        static const char object[] = "{\"type\":\"object\"}";
+        field = "json_object";
+        st = cv_json_schema_gbnf_text(object, sizeof object - 1, NULL, gbnf, &e);
+    }
+    if (st != CV_OK) return cv_errorf(err, st == CV_ENOMEM ? CV_ENOMEM : CV_EINVAL, "sampling.%s: %s", field, e.msg);
+    return CV_OK;
+}
+
 /* The request's sampling, checked by the engine's own rule (cv_sampler_params_validate)
  * but before any work and with the API's path ("sampling.top_p ..."). A uint32 that the
  * sampler's int32 cannot hold is refused here with the value the client sent, never
@@ -296,7 +325,10 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
     if (cv_sampler_params_validate(&sp, &e) != CV_OK ||
         cv_stop_check((const char *const *)p->stop, p->n_stop, &e) != CV_OK)
         return cv_errorf(err, CV_EINVAL, "sampling.%s", e.msg);
-    return CV_OK;
+    char *gbnf;
+    cv_status st = grammar_from_proto(p, &gbnf, err);
+    free(gbnf);
+    return st;
 }
 
 /* Answers an error for a request that holds a slot, counts it there and lets the slot go. */
@@ -386,10 +418,14 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     g->out.want_samples = r.sampling.logprobs;
     size_t n_stop = sp ? sp->n_stop : 0;
     const char **stop = calloc(n_stop + 1, sizeof *stop);
-    if (!stop) {
-        stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    char *gbnf = NULL;
+    if (!stop || grammar_from_proto(sp, &gbnf, &err) != CV_OK) {
+        free(stop);
+        stream_fail(g, err.code == CV_EINVAL ? CV_RPC_INVALID_ARGUMENT : CV_RPC_RESOURCE_EXHAUSTED,
+                    err.msg[0] ? err.msg : "out of memory");
         return;
     }
+    r.grammar = gbnf;
     for (size_t i = 0; i < n_stop; i++) stop[i] = sp->stop[i];
     if (extra_stop) stop[n_stop++] = extra_stop;
     r.stop = stop;
@@ -400,6 +436,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     int gone = g->client_gone;
     pthread_mutex_unlock(&g->mu);
     free(stop);
+    free(gbnf);
     if (st == CV_OK && gone) cv_engine_cancel(g->engine, g->engine_id);
     /* Nothing was queued: the submit error becomes the call's status. */
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);

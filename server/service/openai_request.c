@@ -9,7 +9,9 @@
 
 #include <jansson.h>
 
+#include "grammar.h"
 #include "json_error.h"
+#include "json_schema.h"
 #include "text_field.h"
 #include "utf8.h"
 
@@ -18,6 +20,7 @@ typedef struct parsed {
     json_t *doc;
     char **joined;  /* content part arrays joined into one text, one per message */
     size_t n_joined;
+    char *grammar;  /* compiled from response_format */
 } parsed;
 
 static cv_status fail(cv_oai_error *err, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -246,6 +249,38 @@ static cv_status parse_rag(const json_t *x, cv_oai_request *r, cv_oai_error *err
     return CV_OK;
 }
 
+/* response_format: text (nothing), json_object (any object) or json_schema (its
+ * "schema", any JSON value when absent; "strict" is accepted and always holds), into
+ * GBNF for the engine. */
+static cv_status parse_response_format(parsed *p, const json_t *f, cv_oai_request *r, cv_oai_error *err) {
+    if (!json_is_object(f)) return wrong_type(err, "response_format", "an object", f);
+    const char *type;
+    if (get_text(json_object_get(f, "type"), "response_format.type", &type, err) != CV_OK) return CV_EINVAL;
+    json_t *schema = NULL;
+    const char *param = "response_format";
+    if (!strcmp(type, "json_object")) {
+        schema = json_pack("{s:s}", "type", "object");
+    } else if (!strcmp(type, "json_schema")) {
+        const json_t *js = member(f, "json_schema"), *strict;
+        if (!json_is_object(js)) return wrong_type(err, "response_format.json_schema", "an object", js);
+        if ((strict = member(js, "strict")) && !json_is_boolean(strict))
+            return wrong_type(err, "response_format.json_schema.strict", "a boolean", strict);
+        const json_t *sch = member(js, "schema");
+        schema = sch ? json_incref((json_t *)sch) : json_true();
+        param = "response_format.json_schema.schema";
+    } else if (strcmp(type, "text") != 0) {
+        return fail(err, "response_format.type", "response_format.type: '%.32s' is not text, json_object or json_schema",
+                    type);
+    }
+    if (!schema) return strcmp(type, "text") ? fail(err, "", "out of memory") : CV_OK;
+    cv_error e = {0};
+    cv_status st = cv_json_schema_gbnf(schema, NULL, &p->grammar, &e);
+    json_decref(schema);
+    if (st != CV_OK) return fail(err, param, "%s: %s", param, e.msg);
+    r->grammar = p->grammar;
+    return CV_OK;
+}
+
 /* corvid's own options, beside OpenAI's. */
 static cv_status parse_extension(const json_t *x, cv_oai_request *r, cv_oai_error *err) {
     if (!json_is_object(x)) return wrong_type(err, "corvid", "an object", x);
@@ -265,6 +300,13 @@ static cv_status parse_extension(const json_t *x, cv_oai_request *r, cv_oai_erro
         get_number(v, "corvid.repetition_penalty", 0, 1e6, 1, &r->repetition_penalty, err) != CV_OK)
         return CV_EINVAL;
     if ((v = member(x, "rag")) && parse_rag(v, r, err) != CV_OK) return CV_EINVAL;
+    if ((v = member(x, "grammar"))) {
+        cv_error e = {0};
+        if (r->grammar) return fail(err, "corvid.grammar", "corvid.grammar: give either a grammar or a response_format, not both");
+        if (get_text(v, "corvid.grammar", &r->grammar, err) != CV_OK) return CV_EINVAL;
+        if (cv_grammar_check(r->grammar, strlen(r->grammar), &e) != CV_OK)
+            return fail(err, "corvid.grammar", "corvid.grammar: %s", e.msg);
+    }
     return CV_OK;
 }
 
@@ -346,6 +388,7 @@ cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_re
             return fail(err, "reasoning_format", "reasoning_format: '%.32s' is neither deepseek nor none", f);
         r->reasoning_inline = strcmp(f, "none") == 0;
     }
+    if ((v = member(o, "response_format")) && parse_response_format(p, v, r, err) != CV_OK) return CV_EINVAL;
     if ((v = member(o, "corvid")) && parse_extension(v, r, err) != CV_OK) return CV_EINVAL;
     return CV_OK;
 }
@@ -356,6 +399,7 @@ void cv_oai_request_free(cv_oai_request *r) {
         for (size_t i = 0; i < p->n_joined; i++) free(p->joined[i]);
         free(p->joined);
         json_decref(p->doc);
+        free(p->grammar);
         free(p);
     }
     free(r->messages);

@@ -13,9 +13,13 @@
  * user, n (only 1), stream, stream_options.include_usage, reasoning_format (chat:
  * "deepseek", the default, puts think-block text in reasoning_content; "none" leaves
  * it in content, as llama.cpp's server names them), and the extension
- * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty", "rag": {"enable"
+ * "corvid": {"model_version", "ignore_eos", "top_k", "min_p", "repetition_penalty", "grammar", "rag": {"enable"
  * (default true), "knowledge_base", "top_k", "min_score", "sources": [...], "policy"}} (the
  * rag object is gRPC's RagOptions: retrieval first, citations in the answer).
+ * Constrained output: response_format {"type": "text" | "json_object" | "json_schema",
+ * "json_schema": {"name", "schema", "strict"}} (json_schema.h's subset; a schema it
+ * refuses is a refusal naming the keyword, param response_format.json_schema.schema),
+ * or corvid.grammar, GBNF text (grammar.h), checked here; not both.
  * Unknown fields are ignored, as OpenAI's API does. null means absent.
  *
  * Refusals name the field as the API spells it (param) with a message: a wrong type
@@ -70,6 +74,7 @@ typedef struct cv_oai_request {
     int stream;
     int include_usage;          /* stream_options.include_usage */
     int reasoning_inline;       /* reasoning_format "none": no reasoning_content split */
+    const char *grammar;        /* GBNF from response_format or corvid.grammar; NULL: free text */
     void *priv;                 /* the parsed document and joined texts: freed with the request */
 } cv_oai_request;
 

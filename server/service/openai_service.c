@@ -375,6 +375,7 @@ static void fill_engine_request(const cv_oai_request *r, cv_engine_request *er) 
     er->stop = r->stop;
     er->n_stop = (int32_t)r->n_stop;
     er->ignore_eos = r->ignore_eos;
+    er->grammar = r->grammar;
 }
 
 /* The prompt ids to the engine (extra_stop: one more stop string, or NULL); the refusal

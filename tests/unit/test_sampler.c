@@ -554,6 +554,49 @@ static void test_large_vocabulary(void **state) {
     free(l);
 }
 
+/* A mask leaves only its tokens: greedy takes the best allowed one, draws (with top-k,
+ * top-p and min-p, which see only allowed tokens) never leave the mask, and an allowed
+ * token's share of the draws follows its probability among the allowed ones. */
+static void test_masked_sampling(void **state) {
+    (void)state;
+    const int32_t n = 300;
+    float *l = random_logits(n);
+    uint64_t allow[5] = {0};
+    for (int32_t i = 0; i < n; i += 7) allow[i >> 6] |= 1ULL << (i & 63);
+    int32_t best = -1;
+    for (int32_t i = 0; i < n; i += 7)
+        if (best < 0 || l[i] > l[best]) best = i;
+    cv_sampler_params p = plain(0.0f);
+    cv_sampler *s = make(&p, n);
+    assert_int_equal(cv_sampler_sample_masked(s, l, allow, NULL), best);
+    cv_sampler_free(s);
+    p = plain(1.0f);
+    p.top_k = 5;
+    p.top_p = 0.9f;
+    p.min_p = 0.01f;
+    p.repeat_penalty = 1.1f;
+    s = make(&p, n);
+    for (int k = 0; k < 2000; k++) {
+        int32_t t = cv_sampler_sample_masked(s, l, allow, NULL);
+        assert_true(allow[t >> 6] >> (t & 63) & 1);
+    }
+    cv_sampler_free(s);
+    /* Two allowed tokens with logits 0 and ln 3: draws 1:3. */
+    for (int32_t i = 0; i < n; i++) l[i] = 5.0f;
+    memset(allow, 0, sizeof allow);
+    l[10] = 0.0f;
+    l[250] = logf(3.0f);
+    allow[0] = 1ULL << 10;
+    allow[250 >> 6] = 1ULL << (250 & 63);
+    p = plain(1.0f);
+    s = make(&p, n);
+    int hits = 0;
+    for (int k = 0; k < 8000; k++) hits += cv_sampler_sample_masked(s, l, allow, NULL) == 250;
+    assert_true(hits > 5700 && hits < 6300); /* 6000 expected; sd ~39 */
+    cv_sampler_free(s);
+    free(l);
+}
+
 int main(void) {
     g_seed = cv_test_seed("test_sampler");
     g_rng = cv_test_rng_new(g_seed);
@@ -573,6 +616,7 @@ int main(void) {
         cmocka_unit_test(test_logprobs_are_the_models_log_softmax),
         cmocka_unit_test(test_non_finite_logits),
         cmocka_unit_test(test_large_vocabulary),
+        cmocka_unit_test(test_masked_sampling),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
