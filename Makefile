@@ -69,7 +69,7 @@ USES_gguf := cpu
 
 DIRS_text := server/text
 USES_text := gguf
-PKGS_text := libutf8proc
+PKGS_text := libutf8proc jansson
 
 DIRS_grammar := server/grammar
 USES_grammar := base

@@ -1,0 +1,65 @@
+/* libFuzzer target for the tool-call parser (tool_calls.h): model output is untrusted.
+ * Input: a byte choosing the syntax and max_calls, a byte seeding the piece sizes, then
+ * the output, fed in pieces. Checks: with no call found the content is the output byte
+ * for byte; every call has a name and arguments that parse as a JSON object; no more
+ * calls than max_calls. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "tool_calls.h"
+
+typedef struct seen {
+    char *content;
+    size_t len, cap;
+    size_t calls;
+} seen;
+
+static void on_content(void *ctx, const char *t, size_t n) {
+    seen *s = ctx;
+    if (s->len + n > s->cap) {
+        s->cap = (s->len + n) * 2;
+        s->content = realloc(s->content, s->cap);
+        if (!s->content) abort();
+    }
+    memcpy(s->content + s->len, t, n);
+    s->len += n;
+}
+
+static void on_call(void *ctx, const char *name, const char *args) {
+    seen *s = ctx;
+    if (!name[0]) abort();
+    json_t *a = json_loads(args, 0, NULL);
+    if (!json_is_object(a)) abort();
+    json_decref(a);
+    s->calls++;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    if (size < 2) return 0;
+    cv_tool_syntax syn = (cv_tool_syntax)(data[0] % 5);
+    size_t max_calls = (data[0] >> 3) & 3;
+    unsigned seed = data[1];
+    const char *text = (const char *)data + 2;
+    size_t n = size - 2;
+    seen s = {0};
+    cv_tool_sink sink = {on_content, on_call, &s};
+    cv_tool_parser *p;
+    if (cv_tool_parser_new(syn, max_calls, 4096, &sink, &p, NULL) != CV_OK) return 0;
+    for (size_t at = 0; at < n;) {
+        seed = seed * 1103515245u + 12345u;
+        size_t k = 1 + (seed >> 16) % 17;
+        if (k > n - at) k = n - at;
+        if (cv_tool_parser_feed(p, text + at, k) != CV_OK) abort();
+        at += k;
+    }
+    if (cv_tool_parser_finish(p) != CV_OK) abort();
+    if (cv_tool_parser_calls(p) != s.calls) abort();
+    if (max_calls && s.calls > max_calls) abort();
+    if (s.calls == 0 && (s.len != n || (n && memcmp(s.content, text, n) != 0))) abort();
+    cv_tool_parser_free(p);
+    free(s.content);
+    return 0;
+}
