@@ -678,7 +678,7 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
     if ((st = cv_sampler_new(&r->sampling, cv_tok_n_vocab(e->tok), &s->sampler, err)) != CV_OK) goto err;
     if ((st = cv_sampler_accept(s->sampler, r->prompt, (size_t)r->n_prompt, err)) != CV_OK) goto err;
     if (r->grammar && r->grammar[0] && (st = grammar_matcher(e, r->grammar, &s->gmatch, err)) != CV_OK) goto err;
-    if ((st = cv_tok_stream_new(e->tok, 0, &s->detok, err)) != CV_OK) goto err;
+    if ((st = cv_tok_stream_new(e->tok, r->render_special ? CV_TOK_RENDER_SPECIAL : 0, &s->detok, err)) != CV_OK) goto err;
     if ((st = cv_stop_new(r->stop, (size_t)r->n_stop, &s->stop, err)) != CV_OK) goto err;
     if (r->n_stop > 0) {
         s->stop_strs = calloc((size_t)r->n_stop, sizeof *s->stop_strs);

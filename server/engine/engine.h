@@ -79,6 +79,7 @@ typedef struct cv_engine_request {
      * schema), compiled at submit; every token is drawn among those the grammar allows
      * and an end token only once the text is complete. NULL or "": unconstrained. */
     const char *grammar;
+    int render_special;        /* control tokens come out as their text (tool-call markers) */
 } cv_engine_request;
 
 typedef struct cv_engine_final {

@@ -189,15 +189,57 @@ void cv_core_out_split(cv_core_out *o, int starts_inside) {
     cv_think_init(&o->think, starts_inside);
 }
 
+/* Answer text into text (room was made for what append brings; a tool parser may
+ * hand on more, a call that did not parse: room is made for that here). */
+static void text_put(void *ctx, const char *s, size_t n) {
+    cv_core_out *o = ctx;
+    if (grow((void **)&o->text, &o->text_cap, o->text_len + n + 1, 1)) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(o->text + o->text_len, s, n);
+    o->text_len += n;
+    o->text[o->text_len] = 0;
+}
+
+static void call_put(void *ctx, const char *name, const char *args) {
+    cv_core_out *o = ctx;
+    cv_core_call *c = NULL;
+    if (!grow((void **)&o->calls, &o->calls_cap, o->n_calls + 1, sizeof *o->calls)) c = &o->calls[o->n_calls];
+    if (!c || !(c->name = strdup(name)) || !(c->args = strdup(args))) {
+        if (c) free(c->name);
+        o->overflow = 1;
+        return;
+    }
+    c->index = o->calls_total++;
+    snprintf(c->id, sizeof c->id, "call_%016llx", (unsigned long long)cv_core_random_seed());
+    o->n_calls++;
+}
+
+/* The answer's text: through the tool-call parser when there is one. */
+static void answer(cv_core_out *o, const char *s, size_t n) {
+    if (!o->tools) text_put(o, s, n);
+    else if (cv_tool_parser_feed(o->tools, s, n) != CV_OK) o->overflow = 1;
+}
+
 /* The splitter's output into text or reasoning (room was made for all of it). */
 static void split_emit(void *ctx, int reasoning, const char *s, size_t n) {
     cv_core_out *o = ctx;
-    char *dst = reasoning ? o->reasoning : o->text;
-    size_t *len = reasoning ? &o->reasoning_len : &o->text_len;
-    memcpy(dst + *len, s, n);
-    *len += n;
-    dst[*len] = 0;
+    if (!reasoning) {
+        answer(o, s, n);
+        return;
+    }
+    memcpy(o->reasoning + o->reasoning_len, s, n);
+    o->reasoning_len += n;
+    o->reasoning[o->reasoning_len] = 0;
 }
+
+int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls) {
+    cv_tool_sink sink = {text_put, call_put, o};
+    return cv_tool_parser_new(s, max_calls, 0, &sink, &o->tools, NULL) == CV_OK ? 0 : -1;
+}
+
+int cv_core_out_called(const cv_core_out *o) { return o->calls_total && o->final.reason == CV_FINISH_STOP; }
 
 int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end) {
     return (o->guard = cv_rag_guard_new(n_passages, line_end)) ? 0 : -1;
@@ -227,17 +269,12 @@ int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32
         size_t cap = ids_cap_before;
         if (grow((void **)&o->samples, &cap, o->ids_cap, sizeof *o->samples)) return o->overflow = 1;
     }
-    if (o->split) {
-        cv_think_feed(&o->think, text, len, split_emit, o);
-    } else {
-        memcpy(o->text + o->text_len, text, len);
-        o->text_len += len;
-        o->text[o->text_len] = 0;
-    }
+    if (o->split) cv_think_feed(&o->think, text, len, split_emit, o);
+    else answer(o, text, len);
     if (n_ids) memcpy(o->ids + o->n_ids, ids, sizeof *ids * (size_t)n_ids);
     if (n_ids && o->want_samples && samples) memcpy(o->samples + o->n_ids, samples, sizeof *samples * (size_t)n_ids);
     o->n_ids += (size_t)n_ids;
-    return o->guard_trip != CV_RAG_GUARD_OK;
+    return o->overflow || o->guard_trip != CV_RAG_GUARD_OK;
 }
 
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
@@ -252,6 +289,7 @@ void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
     }
     if (o->split && o->think.n_hold && cv_core_out_append(o, "", 0, NULL, 0, NULL) == 0)
         cv_think_flush(&o->think, split_emit, o);
+    if (o->tools && cv_tool_parser_finish(o->tools) != CV_OK) o->overflow = 1;
     o->final = *f;
     /* The guard's cancel is the answer's end. */
     if (o->guard_trip && f->reason == CV_FINISH_CANCELLED && !o->overflow) o->final.reason = CV_FINISH_STOP;
@@ -262,7 +300,16 @@ void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
     o->have_final = 1;
 }
 
+static void calls_free(cv_core_out *o) {
+    for (size_t i = 0; i < o->n_calls; i++) {
+        free(o->calls[i].name);
+        free(o->calls[i].args);
+    }
+    o->n_calls = 0;
+}
+
 void cv_core_out_consumed(cv_core_out *o) {
+    calls_free(o);
     o->text_len = o->reasoning_len = 0;
     o->n_ids = 0;
     if (o->text) o->text[0] = 0;
@@ -271,6 +318,9 @@ void cv_core_out_consumed(cv_core_out *o) {
 
 void cv_core_out_free(cv_core_out *o) {
     cv_rag_guard_free(o->guard);
+    calls_free(o);
+    free(o->calls);
+    cv_tool_parser_free(o->tools);
     free(o->text);
     free(o->ids);
     free(o->samples);

@@ -19,6 +19,7 @@
 #include "rpc_server.h"
 #include "rag_guard.h"
 #include "think_split.h"
+#include "tool_calls.h"
 
 /* What a request came over: the index of its figures in stats.h (CV_STATS_PROTOCOLS)
  * and the "protocol" label and log field. */
@@ -77,6 +78,14 @@ void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, c
 void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
                          const cv_engine_final *f, const char *error);
 
+/* A tool call parsed out of the answer (tool_calls.h), with the id a tool message
+ * answers. */
+typedef struct cv_core_call {
+    size_t index;            /* 0, 1, ... in the answer */
+    char id[32];             /* "call_" and 16 hex digits */
+    char *name, *args;       /* args: a JSON object */
+} cv_core_call;
+
 /* ---- pending output of one request: the engine appends, the protocol drains ----
  * The owner serializes access with its own lock; cv_core_out_token is the exception:
  * it runs on the engine thread only, before the lock is taken. */
@@ -103,6 +112,11 @@ typedef struct cv_core_out {
      * it cut in stay. */
     cv_rag_guard *guard;
     cv_rag_guard_trip guard_trip;
+    /* With cv_core_out_tools: the answer's text (not its reasoning) passes the parser;
+     * its calls wait in calls until consumed. */
+    cv_tool_parser *tools;
+    cv_core_call *calls;
+    size_t n_calls, calls_cap, calls_total;
 } cv_core_out;
 
 #define CV_INFER_MAX_PENDING (1u << 20)
@@ -120,7 +134,12 @@ int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end);
 /* A chat of a reasoning model: from now on text between the think markers goes to
  * reasoning (think_split.h); starts_inside when the prompt opened the block. */
 void cv_core_out_split(cv_core_out *o, int starts_inside);
-/* Text and ids taken: empties the pending output (text stays NUL-terminated). */
+/* A chat with tools: from now on tool calls are cut out of the answer (tool_calls.h;
+ * max_calls 0: any number); -1 when out of memory. */
+int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls);
+/* The answer stopped after calling tools: finish reason tool_calls (after the final). */
+int cv_core_out_called(const cv_core_out *o);
+/* Text, ids and calls taken: empties the pending output (text stays NUL-terminated). */
 void cv_core_out_consumed(cv_core_out *o);
 void cv_core_out_free(cv_core_out *o);
 

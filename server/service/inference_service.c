@@ -19,6 +19,7 @@
 #include "request_pool.h"
 #include "rpc_message.h"
 #include "stop.h"
+#include "tool_choice.h"
 #include "timing.h"
 
 struct cv_infer {
@@ -47,6 +48,7 @@ typedef struct gen_stream {
     int default_answer;      /* the configured answer went out instead of the model's */
     char request_id[128];
     uint64_t seed;
+    int render_special;      /* the tool-call syntax's markers are control tokens */
 } gen_stream;
 
 static void stream_free(gen_stream *g) {
@@ -91,6 +93,24 @@ static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
     chunk.reasoning_text = g->out.reasoning ? g->out.reasoning : "";
     chunk.n_token_ids = g->out.n_ids;
     chunk.token_ids = g->out.ids;
+    Corvid__V1__ToolCall *calls = calloc(g->out.n_calls ? g->out.n_calls : 1, sizeof *calls);
+    Corvid__V1__ToolCall **callp = calloc(g->out.n_calls ? g->out.n_calls : 1, sizeof *callp);
+    if (!calls || !callp) {
+        free(calls);
+        free(callp);
+        return NULL;
+    }
+    for (size_t i = 0; i < g->out.n_calls; i++) {
+        const cv_core_call *c = &g->out.calls[i];
+        corvid__v1__tool_call__init(&calls[i]);
+        calls[i].index = (uint32_t)c->index;
+        calls[i].id = (char *)c->id;
+        calls[i].name = c->name;
+        calls[i].arguments = c->args;
+        callp[i] = &calls[i];
+    }
+    chunk.n_tool_calls = g->out.n_calls;
+    chunk.tool_calls = callp;
     Corvid__V1__Logprobs *lp = NULL, **lpp = NULL;
     Corvid__V1__TokenLogprob *tl = NULL;
     uint8_t *buf = NULL;
@@ -140,6 +160,8 @@ out:
     free(lp);
     free(lpp);
     free(tl);
+    free(calls);
+    free(callp);
     cv_core_out_consumed(&g->out);
     return buf;
 }
@@ -156,7 +178,8 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
     usage.completion_tokens = (uint32_t)g->out.final.completion_tokens;
     usage.context_tokens = g->context_tokens;
     Corvid__V1__Final fin = CORVID__V1__FINAL__INIT;
-    fin.finish_reason = reasons[g->out.final.reason];
+    fin.finish_reason = cv_core_out_called(&g->out) ? CORVID__V1__FINISH_REASON__FINISH_REASON_TOOL_CALLS
+                                                    : reasons[g->out.final.reason];
     fin.usage = &usage;
     fin.model_version = g->slot->version;
     fin.time_to_first_token_ms = (float)(g->out.final.ttft_s * 1e3);
@@ -195,7 +218,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
             *status_msg = "client reads too slowly: more than 1 MiB of output pending";
             p = CV_RPC_FINISH;
         }
-    } else if (g->out.text_len || g->out.reasoning_len || g->out.n_ids) {
+    } else if (g->out.text_len || g->out.reasoning_len || g->out.n_ids || g->out.n_calls) {
         *msg = pack_chunk_locked(g, len);
         *more = g->out.have_final;
         p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;
@@ -430,6 +453,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     if (extra_stop) stop[n_stop++] = extra_stop;
     r.stop = stop;
     r.n_stop = (int32_t)n_stop;
+    r.render_special = g->render_special;
     cv_engine_sink sink = {sink_chunk, sink_final, g};
     pthread_mutex_lock(&g->mu);
     cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
@@ -443,9 +467,9 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
 }
 
 /* The template options of a Chat or Tokenize request (its tools and template
- * variables, "" for none), with the generation prompt. */
+ * variables, NULL or "" for none), with the generation prompt. */
 static cv_chat_opts chat_opts(const char *tools, const char *kwargs) {
-    return (cv_chat_opts){.add_generation_prompt = true, .tools = tools[0] ? tools : NULL,
+    return (cv_chat_opts){.add_generation_prompt = true, .tools = tools && tools[0] ? tools : NULL,
                           .extra = kwargs[0] ? kwargs : NULL};
 }
 
@@ -481,11 +505,13 @@ static cv_status check_messages(const cv_chat_format *fmt, Corvid__V1__ChatMessa
     return st;
 }
 
-/* A Generate or Chat request: exactly one of gen / chat, and the chat template it gets. */
+/* A Generate or Chat request: exactly one of gen / chat, the chat template it gets
+ * and its tools. */
 typedef struct infer_req {
     Corvid__V1__GenerateRequest *gen;
     Corvid__V1__ChatRequest *chat;
     const cv_chat_format *fmt;
+    cv_tool_plan tools;
 } infer_req;
 
 static const Corvid__V1__SamplingParams *req_sampling(const infer_req *r) {
@@ -495,13 +521,19 @@ static const Corvid__V1__SamplingParams *req_sampling(const infer_req *r) {
 static void req_free(infer_req *r) {
     if (r->gen) cv_rpc_free_request(&r->gen->base);
     if (r->chat) cv_rpc_free_request(&r->chat->base);
+    cv_tool_plan_free(&r->tools);
     r->gen = NULL;
     r->chat = NULL;
 }
 
-/* A Chat's think-block text goes to Chunk.reasoning_text unless it asks for it inline. */
-static void split_reasoning(gen_stream *g, const infer_req *r, const int32_t *prompt, size_t n) {
+/* How a Chat's answer is cut up: think-block text goes to Chunk.reasoning_text unless
+ * it asks for it inline, tool calls to Chunk.tool_calls. -1 when out of memory. */
+static int answer_setup(gen_stream *g, const infer_req *r, const int32_t *prompt, size_t n) {
     if (r->chat && !r->chat->reasoning_inline) cv_core_out_split(&g->out, cv_think_prompt_opens(g->slot->tok, prompt, n));
+    g->render_special = cv_tool_syntax_needs_markers(r->tools.syntax);
+    if (r->tools.syntax != CV_TOOL_SYNTAX_NONE && cv_core_out_tools(&g->out, r->tools.syntax, r->tools.max_calls))
+        return -1;
+    return 0;
 }
 
 /* ---- retrieval-augmented requests: rag_request.h does the work; here the protobuf
@@ -532,7 +564,7 @@ static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int3
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i].role, .content = m[i].content};
-    const cv_chat_opts o = chat_opts(j->req.chat->tools, j->req.chat->chat_template_kwargs);
+    const cv_chat_opts o = chat_opts(j->req.tools.template_tools, j->req.chat->chat_template_kwargs);
     cv_status st = cv_chat_format_encode(j->g->slot->tok, j->req.fmt, msgs, n, &o, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
     free(msgs);
     return st;
@@ -600,9 +632,10 @@ static void rag_done(void *user, const cv_rag_result *r) {
     } else if (cv_rag_service_guard(g->inf->rag.cfg.service) &&
                cv_core_out_guard(&g->out, r->outcome->ctx.n_kept, j->req.gen && r->outcome->ctx.n_kept)) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    } else if (answer_setup(g, &j->req, r->ids, r->n_ids)) {
+        stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         g->context_tokens = (uint32_t)r->outcome->ctx.tokens;
-        split_reasoning(g, &j->req, r->ids, r->n_ids);
         stream_submit(g, r->ids, r->n_ids, req_sampling(&j->req), r->extra_stop);
     }
     req_free(&j->req);
@@ -689,15 +722,13 @@ static void prep_run(void *user) {
     if (j->req.gen)
         st = cv_core_tokenize(g->slot->tok, j->req.gen->prompt, j->req.gen->raw ? 0 : CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     else {
-        const cv_chat_opts o = chat_opts(j->req.chat->tools, j->req.chat->chat_template_kwargs);
+        const cv_chat_opts o = chat_opts(j->req.tools.template_tools, j->req.chat->chat_template_kwargs);
         st = encode_messages(g->slot->tok, j->req.fmt, j->req.chat->messages, j->req.chat->n_messages, &o,
                              CV_TOK_ADD_SPECIAL, &ids, &n, &err);
     }
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
-    else {
-        split_reasoning(g, &j->req, ids, n);
-        stream_submit(g, ids, n, req_sampling(&j->req), NULL);
-    }
+    else if (answer_setup(g, &j->req, ids, n)) stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    else stream_submit(g, ids, n, req_sampling(&j->req), NULL);
 out:
     free(ids);
     req_free(&j->req);
@@ -760,7 +791,13 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     }
     /* Roles and their order, on the messages as sent (a RAG request adds a system
      * message later, which would shift the indices the errors name). */
-    const cv_chat_opts chat_o = r.chat ? chat_opts(r.chat->tools, r.chat->chat_template_kwargs) : (cv_chat_opts){0};
+    if (r.chat && cv_tool_plan_make(r.fmt, r.chat->tools, r.chat->tool_choice, r.chat->tool_choice_function,
+                                    !r.chat->single_tool_call, &r.tools, &err) != CV_OK) {
+        refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
+        goto out;
+    }
+    const cv_chat_opts chat_o =
+        r.chat ? chat_opts(r.tools.template_tools, r.chat->chat_template_kwargs) : (cv_chat_opts){0};
     if (r.chat && check_messages(r.fmt, r.chat->messages, r.chat->n_messages, &chat_o, &err) != CV_OK) {
         refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
         goto out;

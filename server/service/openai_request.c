@@ -21,6 +21,8 @@ typedef struct parsed {
     char **joined;  /* content part arrays joined into one text, one per message */
     size_t n_joined;
     char *grammar;  /* compiled from response_format */
+    char **dumped;  /* JSON texts made from the request: tools, each message's tool_calls */
+    size_t n_dumped;
 } parsed;
 
 static cv_status fail(cv_oai_error *err, const char *param, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
@@ -130,6 +132,67 @@ static cv_status message_content(parsed *p, const json_t *c, size_t i, const cha
     return CV_OK;
 }
 
+/* v as JSON text that lives with the request; v is taken. */
+static const char *dump(parsed *p, json_t *v, const char *param, cv_oai_error *err) {
+    char *s = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (!s) {
+        fail(err, param, "%s: out of memory", param);
+        return NULL;
+    }
+    p->dumped[p->n_dumped++] = s;
+    return s;
+}
+
+/* An assistant's tool_calls as the templates read them (Hugging Face's form):
+ * function.arguments an object where OpenAI sends it as a JSON string. */
+static cv_status message_tool_calls(parsed *p, const json_t *calls, size_t i, const char **out, cv_oai_error *err) {
+    char param[64];
+    snprintf(param, sizeof param, "messages[%zu].tool_calls", i);
+    if (!json_is_array(calls)) return wrong_type(err, param, "an array", calls);
+    json_t *hf = json_deep_copy(calls);
+    size_t k;
+    json_t *c;
+    json_array_foreach(hf, k, c) {
+        char cp[96];
+        snprintf(cp, sizeof cp, "%s[%zu].function", param, k);
+        json_t *fn = json_object_get(c, "function");
+        const json_t *name = json_object_get(fn, "name");
+        if (!json_is_object(fn) || !json_is_string(name)) {
+            json_decref(hf);
+            return fail(err, cp, "%s: expected an object with a string name", cp);
+        }
+        json_t *args = json_object_get(fn, "arguments");
+        json_t *obj = json_is_string(args) ? json_loads(json_string_value(args), 0, NULL) : NULL;
+        if (json_is_object(obj)) json_object_set(fn, "arguments", obj);
+        json_decref(obj);
+    }
+    return (*out = dump(p, hf, param, err)) ? CV_OK : CV_EINVAL;
+}
+
+/* tools as JSON text (tool_choice.h checks its shape); tool_choice: a word or
+ * {"type": "function", "function": {"name": ...}}. */
+static cv_status parse_tools(parsed *p, const json_t *o, cv_oai_request *r, cv_oai_error *err) {
+    const json_t *v;
+    if ((v = member(o, "tools"))) {
+        if (!json_is_array(v)) return wrong_type(err, "tools", "an array", v);
+        if (json_array_size(v) && !(r->tools = dump(p, json_incref((json_t *)v), "tools", err))) return CV_EINVAL;
+    }
+    if ((v = member(o, "tool_choice"))) {
+        if (json_is_object(v)) {
+            const json_t *fn = json_object_get(v, "function");
+            if (get_text(json_object_get(fn, "name"), "tool_choice.function.name", &r->tool_function, err) != CV_OK)
+                return CV_EINVAL;
+        } else if (get_text(v, "tool_choice", &r->tool_choice, err) != CV_OK) {
+            return CV_EINVAL;
+        }
+    }
+    if ((v = member(o, "parallel_tool_calls")) &&
+        get_bool(v, "parallel_tool_calls", &r->parallel_tool_calls, err) != CV_OK)
+        return CV_EINVAL;
+    return CV_OK;
+}
+
 static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r, cv_oai_error *err) {
     if (!msgs) return fail(err, "messages", "messages: required");
     if (!json_is_array(msgs)) return wrong_type(err, "messages", "an array", msgs);
@@ -137,7 +200,8 @@ static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r
     if (n == 0) return fail(err, "messages", "messages: must not be empty");
     r->messages = calloc(n, sizeof *r->messages);
     p->joined = calloc(n, sizeof *p->joined);
-    if (!r->messages || !p->joined) return fail(err, "messages", "messages: out of memory");
+    p->dumped = calloc(n + 1, sizeof *p->dumped);
+    if (!r->messages || !p->joined || !p->dumped) return fail(err, "messages", "messages: out of memory");
     for (size_t i = 0; i < n; i++) {
         const json_t *m = json_array_get(msgs, i);
         char param[64];
@@ -147,8 +211,8 @@ static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r
         const char *role;
         if (get_text(json_object_get(m, "role"), param, &role, err) != CV_OK) return CV_EINVAL;
         if (strcmp(role, "developer") == 0) role = "system";
-        else if (strcmp(role, "tool") == 0) role = "user";
-        else if (strcmp(role, "system") != 0 && strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0)
+        else if (strcmp(role, "system") != 0 && strcmp(role, "user") != 0 && strcmp(role, "assistant") != 0 &&
+                 strcmp(role, "tool") != 0)
             return fail(err, param, "%s: '%.32s' is not a role: use system, developer, user, assistant or tool",
                         param, role);
         const json_t *c = member(m, "content");
@@ -161,6 +225,17 @@ static cv_status parse_messages(parsed *p, const json_t *msgs, cv_oai_request *r
             return fail(err, param, "%s: required", param);
         }
         r->messages[i] = (cv_chat_msg){.role = role, .content = content};
+        const json_t *v;
+        if (strcmp(role, "assistant") == 0 && (v = member(m, "tool_calls")) && json_array_size(v) &&
+            message_tool_calls(p, v, i, &r->messages[i].tool_calls, err) != CV_OK)
+            return CV_EINVAL;
+        if (strcmp(role, "tool") == 0) {
+            snprintf(param, sizeof param, "messages[%zu].tool_call_id", i);
+            if ((v = member(m, "tool_call_id")) && get_text(v, param, &r->messages[i].tool_call_id, err) != CV_OK)
+                return CV_EINVAL;
+            snprintf(param, sizeof param, "messages[%zu].name", i);
+            if ((v = member(m, "name")) && get_text(v, param, &r->messages[i].name, err) != CV_OK) return CV_EINVAL;
+        }
         r->n_messages++;
     }
     return CV_OK;
@@ -332,6 +407,8 @@ cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_re
     r->temperature = 1.0f;
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;
+    r->parallel_tool_calls = 1;
+    r->tool_choice = r->tool_function = "";
     parsed *p = calloc(1, sizeof *p);
     if (!p) return fail(err, "", "out of memory");
     r->priv = p;
@@ -343,7 +420,8 @@ cv_status cv_oai_parse(cv_oai_kind kind, const char *body, size_t len, cv_oai_re
     if (!json_is_object(o)) return fail(err, "", "the request body must be a JSON object, got %s", type_name(o));
     json_int_t i;
     if ((v = member(o, "model")) && get_text(v, "model", &r->model, err) != CV_OK) return CV_EINVAL;
-    if (kind == CV_OAI_CHAT ? parse_messages(p, member(o, "messages"), r, err) != CV_OK
+    if (kind == CV_OAI_CHAT ? parse_messages(p, member(o, "messages"), r, err) != CV_OK ||
+                                  parse_tools(p, o, r, err) != CV_OK
                             : parse_prompt(member(o, "prompt"), r, err) != CV_OK)
         return CV_EINVAL;
     static const char *const max_keys[] = {"max_tokens", "max_completion_tokens"};
@@ -398,6 +476,8 @@ void cv_oai_request_free(cv_oai_request *r) {
     if (p) {
         for (size_t i = 0; i < p->n_joined; i++) free(p->joined[i]);
         free(p->joined);
+        for (size_t i = 0; i < p->n_dumped; i++) free(p->dumped[i]);
+        free(p->dumped);
         json_decref(p->doc);
         free(p->grammar);
         free(p);

@@ -25,8 +25,13 @@
  * Refusals name the field as the API spells it (param) with a message: a wrong type
  * ("temperature: expected a number, got string"), a value out of range, a text that is
  * not valid UTF-8 or holds NUL (the same words as gRPC's, rpc_message.h), n != 1,
- * malformed JSON with the byte where it broke. Tool role messages become user turns
- * (the built-in templates know three roles); a tool call's arguments are not rendered.
+ * malformed JSON with the byte where it broke.
+ *
+ * Tools (chat): tools (an array, its shape checked by tool_choice.h), tool_choice ("auto",
+ * "none", "required" or {"type": "function", "function": {"name": N}}),
+ * parallel_tool_calls (default true); an assistant message's tool_calls (its
+ * function.arguments strings become objects, as the templates read them) and a tool
+ * message's tool_call_id and name go to the template.
  */
 #ifndef CV_OPENAI_REQUEST_H
 #define CV_OPENAI_REQUEST_H
@@ -47,7 +52,7 @@ typedef struct cv_oai_request {
     cv_oai_kind kind;
     const char *model;          /* "" when absent */
     const char *model_version;  /* corvid.model_version: pins a version; "" when absent */
-    cv_chat_msg *messages;      /* chat: roles normalized to system / user / assistant */
+    cv_chat_msg *messages;      /* chat: roles system / user / assistant / tool (developer is system) */
     size_t n_messages;
     const char *prompt;         /* completions */
     int32_t max_tokens;         /* 0: the server's default */
@@ -75,6 +80,10 @@ typedef struct cv_oai_request {
     int include_usage;          /* stream_options.include_usage */
     int reasoning_inline;       /* reasoning_format "none": no reasoning_content split */
     const char *grammar;        /* GBNF from response_format or corvid.grammar; NULL: free text */
+    const char *tools;          /* chat: the tools array as JSON text; NULL when absent or empty */
+    const char *tool_choice;    /* "" when absent */
+    const char *tool_function;  /* tool_choice's function name; "" when absent */
+    int parallel_tool_calls;
     void *priv;                 /* the parsed document and joined texts: freed with the request */
 } cv_oai_request;
 

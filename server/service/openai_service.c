@@ -12,6 +12,7 @@
 #include "openai_request.h"
 #include "rag_request.h"
 #include "request_pool.h"
+#include "tool_choice.h"
 #include "utf8.h"
 
 struct cv_oai_service {
@@ -44,6 +45,7 @@ typedef struct job {
     cv_oai_request oreq;  /* the parsed body (its texts live until the job ends) */
     cv_rag_msg *rag_msgs; /* a RAG chat's messages for the rag layer */
     const cv_chat_format *fmt; /* chat: the template */
+    cv_tool_plan tools;   /* chat: its tools, how calls are parsed */
     json_t *citations;    /* RAG: the kept passages, in citation order; NULL without */
 } job;
 
@@ -51,6 +53,7 @@ static void job_free(job *j) {
     pthread_mutex_destroy(&j->mu);
     cv_core_out_free(&j->out);
     cv_oai_request_free(&j->oreq);
+    cv_tool_plan_free(&j->tools);
     free(j->rag_msgs);
     json_decref(j->citations);
     free(j);
@@ -63,6 +66,11 @@ static const char *finish_name(cv_finish f) {
     case CV_FINISH_CANCELLED: return "cancelled";
     default: return "error";
     }
+}
+
+/* The answer's finish_reason: tool_calls when it stopped after calling tools. */
+static const char *finish_of(const cv_core_out *o) {
+    return cv_core_out_called(o) ? "tool_calls" : finish_name(o->final.reason);
 }
 
 /* The status the request ends with (for stats and the log). */
@@ -180,6 +188,26 @@ static json_t *text_value(job *j, const char *text, size_t len, int role) {
     return d;
 }
 
+/* Arguments go out in pieces of about this many bytes, as OpenAI streams them. */
+#define ARGS_PIECE 64
+
+/* A call's deltas: id, type and name first, then its arguments piece by piece (each
+ * piece ends between UTF-8 characters). */
+static int emit_call(job *j, cv_hs_buf *b, const cv_core_call *c) {
+    json_t *head = json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index", (json_int_t)c->index, "id", c->id, "type",
+                             "function", "function", "name", c->name, "arguments", "");
+    int fail = emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", head), NULL, NULL));
+    for (size_t at = 0, n = strlen(c->args); at < n && !fail;) {
+        size_t k = n - at < ARGS_PIECE ? n - at : ARGS_PIECE;
+        while (at + k < n && ((unsigned char)c->args[at + k] & 0xC0) == 0x80) k++;
+        json_t *piece = json_pack("{s:i,s:{s:s%}}", "index", (json_int_t)c->index, "function", "arguments",
+                                  c->args + at, k);
+        fail |= emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", piece), NULL, NULL));
+        at += k;
+    }
+    return fail;
+}
+
 static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
     job *j = ctx;
     cv_hs_produce p = CV_HS_NOTHING;
@@ -222,11 +250,15 @@ static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
         fail |= emit(b, stream_chunk(j, text_value(j, o->text ? o->text : "", o->text_len, 0), lp, NULL));
         p = CV_HS_DATA;
     }
+    for (size_t i = 0; i < o->n_calls; i++) {
+        fail |= emit_call(j, b, &o->calls[i]);
+        p = CV_HS_DATA;
+    }
     cv_core_out_consumed(o);
     if (o->have_final) {
         if (o->final.reason == CV_FINISH_STOP || o->final.reason == CV_FINISH_LENGTH) {
             fail |= emit(b, stream_chunk(j, j->kind == CV_OAI_CHAT ? json_object() : json_string(""), NULL,
-                                         finish_name(o->final.reason)));
+                                         finish_of(o)));
             if (j->include_usage) {
                 json_t *u = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion.chunk" : "text_completion");
                 json_object_set_new(u, "choices", json_array());
@@ -296,10 +328,19 @@ static void reply_whole(job *j) {
         lp = j->kind == CV_OAI_CHAT ? chat_logprobs(tok, o->samples, o->n_ids)
                                     : completion_logprobs(tok, o->samples, o->n_ids, &off);
     json_t *choice = json_pack("{s:i,s:o,s:s}", "index", 0, "logprobs", lp ? lp : json_null(), "finish_reason",
-                               finish_name(o->final.reason));
+                               finish_of(o));
     const char *text = o->text ? o->text : "";
     if (j->kind == CV_OAI_CHAT) {
         json_t *m = json_pack("{s:s,s:s%}", "role", "assistant", "content", text, o->text_len);
+        if (o->n_calls) {
+            json_t *calls = json_array();
+            for (size_t i = 0; i < o->n_calls; i++)
+                json_array_append_new(calls, json_pack("{s:s,s:s,s:{s:s,s:s}}", "id", o->calls[i].id, "type",
+                                                       "function", "function", "name", o->calls[i].name,
+                                                       "arguments", o->calls[i].args));
+            json_object_set_new(m, "tool_calls", calls);
+            if (!o->text_len) json_object_set_new(m, "content", json_null());
+        }
         if (o->reasoning_len)
             json_object_set_new(m, "reasoning_content", json_stringn(o->reasoning, o->reasoning_len));
         json_object_set_new(choice, "message", m);
@@ -393,6 +434,7 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
              (unsigned long long)cv_core_random_seed());
     cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
     fill_engine_request(r, &er);
+    er.render_special = cv_tool_syntax_needs_markers(j->tools.syntax);
     const char *stops[CV_OAI_MAX_STOP + 1];
     memcpy(stops, r->stop, sizeof r->stop);
     if (extra_stop) stops[er.n_stop++] = extra_stop;
@@ -400,6 +442,12 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
     j->out.want_samples = er.sampling.logprobs;
     if (j->kind == CV_OAI_CHAT && !r->reasoning_inline)
         cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
+    if (j->tools.syntax != CV_TOOL_SYNTAX_NONE && cv_core_out_tools(&j->out, j->tools.syntax, j->tools.max_calls)) {
+        j->slot = NULL;
+        refuse(j->svc, req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        cv_hs_release(req);
+        return;
+    }
     cv_engine_sink sink = {sink_chunk, sink_final, j};
     cv_hs_retain(req); /* the engine's hold, which sink_final ends */
     pthread_mutex_lock(&j->mu);
@@ -441,7 +489,7 @@ static cv_status rag_encode_chat(void *user, const cv_rag_msg *m, size_t n, int3
     cv_chat_msg *msgs = calloc(n ? n : 1, sizeof *msgs);
     if (!msgs) return cv_errorf(err, CV_ENOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) msgs[i] = (cv_chat_msg){.role = m[i].role, .content = m[i].content};
-    const cv_chat_opts opts = {.add_generation_prompt = true};
+    const cv_chat_opts opts = {.add_generation_prompt = true, .tools = j->tools.template_tools};
     cv_status st = cv_chat_format_encode(j->slot->tok, j->fmt, msgs, n, &opts, CV_TOK_ADD_SPECIAL, ids, n_ids, err);
     free(msgs);
     return st;
@@ -540,6 +588,16 @@ static int rag_start(job *j) {
     return 0;
 }
 
+/* The built-in templates know three roles: a tool result is the user's turn, and the
+ * calls it answers are left out. */
+static void builtin_roles(cv_oai_request *r) {
+    for (size_t i = 0; i < r->n_messages; i++) {
+        cv_chat_msg *m = &r->messages[i];
+        if (strcmp(m->role, "tool") == 0) m->role = "user";
+        m->tool_calls = m->tool_call_id = m->name = NULL;
+    }
+}
+
 /* On a request pool worker (or the HTTP thread without a pool): parse, route, render
  * and tokenize, then submit; the request was held by start_completion. */
 static void serve_completion(void *user) {
@@ -588,7 +646,14 @@ static void serve_completion(void *user) {
             refuse(svc, req, slot, rid, code, err.msg, field);
             goto release;
         }
-        const cv_chat_opts opts = {.add_generation_prompt = true};
+        if (strcmp(cv_chat_format_name(j->fmt), "jinja") != 0) builtin_roles(r);
+        st = cv_tool_plan_make(j->fmt, r->tools, r->tool_choice, r->tool_function, r->parallel_tool_calls,
+                               &j->tools, &err);
+        if (st != CV_OK) {
+            refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, j->tools.param[0] ? j->tools.param : NULL);
+            goto release;
+        }
+        const cv_chat_opts opts = {.add_generation_prompt = true, .tools = j->tools.template_tools};
         st = cv_chat_format_check(j->fmt, r->messages, r->n_messages, &opts, &err);
         if (st != CV_OK) {
             refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
@@ -600,7 +665,7 @@ static void serve_completion(void *user) {
         if (rag_start(j) != 0) goto release;
         return; /* rag_done ends this worker's hold */
     }
-    const cv_chat_opts opts = {.add_generation_prompt = true};
+    const cv_chat_opts opts = {.add_generation_prompt = true, .tools = j->tools.template_tools};
     st = kind == CV_OAI_CHAT ? cv_chat_format_encode(slot->tok, j->fmt, r->messages, r->n_messages, &opts,
                                                      CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err)
                              : cv_core_tokenize(slot->tok, r->prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "jinja.h"
+#include "tool_calls.h"
 
 struct cv_chat_format {
     cv_chat_family family;
@@ -13,6 +14,7 @@ struct cv_chat_format {
     size_t bos_len;        /* of the raw text: what is cut from the front when strip_bos */
     char *bos_raw;
     bool strip_bos;        /* the tokenizer adds BOS itself */
+    cv_tool_syntax tools;  /* how the template writes tool calls */
 };
 
 static const cv_chat_format families[] = {
@@ -27,6 +29,8 @@ const cv_chat_format *cv_chat_format_family(cv_chat_family f) {
 const char *cv_chat_format_name(const cv_chat_format *f) {
     return f->jinja ? "jinja" : cv_chat_family_name(f->family);
 }
+
+cv_tool_syntax cv_chat_format_tool_syntax(const cv_chat_format *f) { return f->tools; }
 
 void cv_chat_format_free(cv_chat_format *f) {
     if (!f || !f->jinja) return; /* built-ins are static */
@@ -141,6 +145,7 @@ cv_status cv_chat_format_load(const cv_gguf *g, const cv_tok *tok, cv_chat_forma
         return cv_error_wrap(err, "tokenizer.chat_template");
     }
     f->strip_bos = cv_tok_adds_bos(tok);
+    f->tools = cv_tool_syntax_of_template(tmpl.ptr, tmpl.len);
     if (token_text(tok, cv_tok_bos(tok), &f->bos_raw, &f->bos_len, &f->bos) != CV_OK ||
         token_text(tok, cv_tok_eos(tok), NULL, NULL, &f->eos) != CV_OK) {
         cv_chat_format_free(f);

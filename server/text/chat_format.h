@@ -22,6 +22,7 @@
 #include "cv_error.h"
 #include "gguf.h"
 #include "tokenizer.h"
+#include "tool_calls.h"
 
 typedef struct cv_chat_format cv_chat_format;
 
@@ -37,6 +38,9 @@ cv_status cv_chat_format_load(const cv_gguf *g, const cv_tok *tok, cv_chat_forma
 const cv_chat_format *cv_chat_format_family(cv_chat_family f);
 /* NULL and built-in formats are fine. */
 void cv_chat_format_free(cv_chat_format *f);
+/* How the file's template writes tool calls (tool_calls.h); a built-in family takes no
+ * tools: CV_TOOL_SYNTAX_NONE. */
+cv_tool_syntax cv_chat_format_tool_syntax(const cv_chat_format *f);
 /* "jinja" for a file's template, else the family's name. */
 const char *cv_chat_format_name(const cv_chat_format *f);
 

@@ -13,6 +13,7 @@
 #define DS_SEP "<\xef\xbd\x9ctool\xe2\x96\x81sep\xef\xbd\x9c>"
 
 #define MAX_NAME 256
+#define FENCE "```json"
 
 /* Where a call starts and ends in each syntax ("" end: the end of the output). */
 static const struct {
@@ -48,8 +49,9 @@ struct cv_tool_parser {
     cv_tool_syntax syn;
     size_t max_calls, max_bytes, n_calls;
     cv_tool_sink sink;
-    int in_call;     /* buf holds a call from its start marker (or, llama3, its '{') */
-    int started;     /* content or a call came: a bare llama3 call only opens the answer */
+    int in_call;     /* buf holds a call from its start marker (or a bare call's start) */
+    int bare;        /* that call has no marker: a JSON answer, perhaps in a ```json fence */
+    int started;     /* content or a call came: a bare call only opens the answer */
     char *buf;       /* not yet handed on: a possible marker start, or the call */
     size_t len, cap;
     char *ws;        /* whitespace held back from the content */
@@ -261,10 +263,12 @@ static int parse_deepseek(json_t *calls, const char *s, const char *e) {
 static cv_status close_call(cv_tool_parser *p, size_t n, int has_end) {
     const char *s = p->buf, *e = p->buf + n;
     const char *start = syntaxes[p->syn].start, *endm = syntaxes[p->syn].end;
-    if (starts(s, e, start)) s += strlen(start);
+    if (p->bare) unfence(&s, &e);
+    else if (starts(s, e, start)) s += strlen(start);
     if (has_end) e -= strlen(endm);
     json_t *calls = json_array();
     int rc = !calls || n > p->max_bytes ? -1
+             : p->bare                          ? parse_llama3(calls, s, e)
              : p->syn == CV_TOOL_SYNTAX_HERMES  ? parse_hermes(calls, s, e)
              : p->syn == CV_TOOL_SYNTAX_LLAMA3  ? parse_llama3(calls, s, e)
              : p->syn == CV_TOOL_SYNTAX_MISTRAL ? parse_mistral(calls, s, e)
@@ -289,7 +293,7 @@ static cv_status close_call(cv_tool_parser *p, size_t n, int has_end) {
         }
     }
     json_decref(calls);
-    p->in_call = 0;
+    p->in_call = p->bare = 0;
     memmove(p->buf, p->buf + n, p->len - n + 1);
     p->len -= n;
     return st;
@@ -308,7 +312,7 @@ static cv_status drain(cv_tool_parser *p) {
     const char *start = syntaxes[p->syn].start, *endm = syntaxes[p->syn].end;
     for (;;) {
         if (p->in_call) {
-            const char *m = endm[0] ? memmem(p->buf, p->len, endm, strlen(endm)) : NULL;
+            const char *m = endm[0] && !p->bare ? memmem(p->buf, p->len, endm, strlen(endm)) : NULL;
             if (m) {
                 cv_status st = close_call(p, (size_t)(m - p->buf) + strlen(endm), 1);
                 if (st != CV_OK) return st;
@@ -316,19 +320,24 @@ static cv_status drain(cv_tool_parser *p) {
             }
             if (p->len <= p->max_bytes) return CV_OK;
             /* too long to be a call: content it is */
-            p->in_call = 0;
+            p->in_call = p->bare = 0;
             cv_status st = content(p, p->buf, p->len);
             p->len = 0;
             return st;
         }
         const char *m = memmem(p->buf, p->len, start, strlen(start));
         size_t at = m ? (size_t)(m - p->buf) : SIZE_MAX;
-        if (p->syn == CV_TOOL_SYNTAX_LLAMA3 && !p->started) {
-            /* a bare JSON call is the whole answer: decided by its first byte */
-            size_t i = 0;
+        if ((p->syn == CV_TOOL_SYNTAX_LLAMA3 || p->syn == CV_TOOL_SYNTAX_HERMES) && !p->started) {
+            /* a bare JSON call (in a fence or not) is the whole answer: decided by its
+             * first bytes */
+            size_t i = 0, left;
             while (i < p->len && is_space(p->buf[i])) i++;
-            if (i == p->len) return CV_OK;
-            if (p->buf[i] == '{') at = i;
+            left = p->len - i;
+            if (left < sizeof FENCE - 1 && memcmp(p->buf + i, FENCE, left) == 0) return CV_OK;
+            if (p->buf[i] == '{' || (left >= sizeof FENCE - 1 && memcmp(p->buf + i, FENCE, sizeof FENCE - 1) == 0)) {
+                at = i;
+                p->bare = 1;
+            }
             p->started = 1;
         }
         size_t n = at != SIZE_MAX ? at : p->len - partial_marker(p->buf, p->len, start);
@@ -354,7 +363,7 @@ cv_status cv_tool_parser_finish(cv_tool_parser *p) {
     if (p->in_call && p->len) st = close_call(p, p->len, 0);
     if (st == CV_OK && p->len) st = content(p, p->buf, p->len);
     p->len = 0;
-    p->in_call = 0;
+    p->in_call = p->bare = 0;
     if (p->ws_len && !p->n_calls) p->sink.content(p->sink.ctx, p->ws, p->ws_len);
     p->ws_len = 0;
     return st;

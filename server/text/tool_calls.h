@@ -3,14 +3,16 @@
  * Each family writes calls its own way (the syntax follows from its chat template):
  *   hermes    Qwen2.5/Qwen3, Hermes: <tool_call>{"name": N, "arguments": {...}}</tool_call>
  *   llama3    Llama 3.1-3.3: the answer is {"name": N, "parameters": {...}} (several
- *             joined by ';'), bare or after <|python_tag|>
+ *             joined by ';'), or that after <|python_tag|>
  *   mistral   [TOOL_CALLS][{"name": N, "arguments": {...}}, ...] (v3), or
  *             [TOOL_CALLS]N[ARGS]{...} repeated (Mistral Small 3.2, Devstral)
  *   deepseek  <｜tool▁calls▁begin｜> then per call <｜tool▁call▁begin｜>function<｜tool▁sep｜>N
  *             ```json {...} ```<｜tool▁call▁end｜> (V3, R1) or ...begin｜>N<｜tool▁sep｜>{...}
  *             <｜tool▁call▁end｜> (V3.1), then <｜tool▁calls▁end｜>
- * The markers of llama3, mistral and deepseek are control tokens: the engine must render
- * them as text (cv_tool_syntax_needs_markers).
+ * In hermes and llama3, an answer that is nothing but call objects (joined by ';'),
+ * bare or in a ```json fence, is taken as calls too: small models (Qwen2.5-Coder 0.5B)
+ * often leave out <tool_call>. The markers of llama3, mistral and deepseek are control
+ * tokens: the engine must render them as text (cv_tool_syntax_needs_markers).
  *
  * The output is untrusted text. The parser hands on content at once, except bytes that
  * may begin a call's marker (held until the next piece decides) and whitespace (held

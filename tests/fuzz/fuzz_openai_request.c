@@ -1,7 +1,8 @@
 /* Fuzzes the OpenAI request parser (openai_request.h), the part of the HTTP API that
  * reads untrusted bodies. The first byte picks chat or completions; the rest is the body.
  * A request that parses must hold what the contract says: texts that are valid UTF-8
- * without NUL, at most CV_OAI_MAX_STOP stops, top_logprobs within range, and known roles.
+ * without NUL, at most CV_OAI_MAX_STOP stops, top_logprobs within range, known roles, and
+ * tool fields that are text too.
  */
 #include <assert.h>
 #include <stdint.h>
@@ -32,9 +33,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             assert(r.n_messages > 0);
             for (size_t i = 0; i < r.n_messages; i++) {
                 const char *role = r.messages[i].role;
-                assert(!strcmp(role, "system") || !strcmp(role, "user") || !strcmp(role, "assistant"));
+                assert(!strcmp(role, "system") || !strcmp(role, "user") || !strcmp(role, "assistant") ||
+                       !strcmp(role, "tool"));
                 check_text(r.messages[i].content);
+                if (r.messages[i].tool_calls) check_text(r.messages[i].tool_calls);
+                if (r.messages[i].tool_call_id) check_text(r.messages[i].tool_call_id);
+                if (r.messages[i].name) check_text(r.messages[i].name);
             }
+            if (r.tools) check_text(r.tools);
+            check_text(r.tool_choice);
+            check_text(r.tool_function);
         } else {
             check_text(r.prompt);
         }

@@ -24,18 +24,9 @@ import json
 import os
 import sys
 
-# Re-executed with the venv's python (which sees Debian's packages too) when this one
-# lacks selenium; before corvid_testlib, whose import makes a temp dir.
-VENV = os.environ.get("CORVID_VENV", os.path.expanduser("~/.cache/corvid/venv"))
-try:
-    import selenium  # noqa: F401
-except ImportError:
-    if os.path.exists(os.path.join(VENV, "bin", "python")) and not os.environ.get("CORVID_IN_VENV"):
-        py = os.path.join(VENV, "bin", "python")
-        os.execve(py, [py] + sys.argv, dict(os.environ, CORVID_IN_VENV="1"))
-    print("SKIP the chat page in a browser: no `selenium` package (run `make pydeps`)")
-    print("0 passed, 0 failed")
-    sys.exit(0)
+from corvid_venv import need
+
+need("selenium", "the chat page in a browser")
 
 import re  # noqa: E402
 import shutil  # noqa: E402

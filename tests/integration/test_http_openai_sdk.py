@@ -5,18 +5,10 @@ surfacing as the SDK's own exception classes. Run by /usr/bin/python3 like every
 integration test, it re-executes itself with the venv's python, which sees Debian's
 grpcio too (--system-site-packages)."""
 import os
-import sys
 
-VENV = os.environ.get("CORVID_VENV", os.path.expanduser("~/.cache/corvid/venv"))
-try:
-    import openai
-except ImportError:
-    py = os.path.join(VENV, "bin", "python")
-    if os.path.exists(py) and not os.environ.get("CORVID_IN_VENV"):
-        os.execve(py, [py] + sys.argv, dict(os.environ, CORVID_IN_VENV="1"))
-    print("SKIP the openai SDK tests: no `openai` package (run `make pydeps`)")
-    print("0 passed, 0 failed")
-    sys.exit(0)
+from corvid_venv import need
+
+openai = need("openai", "the openai SDK tests")
 
 import json  # noqa: E402
 import subprocess  # noqa: E402

@@ -87,6 +87,14 @@ static void test_hermes(void **state) {
     /* text after a call is content; text and a marker-like "<" */
     check(h, "a < b <tool_cal", "a < b <tool_cal", "");
     check(h, "<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call> done", " done", "f {}|");
+    /* the whole answer a call without the markers, bare or fenced */
+    check(h, " {\"name\": \"f\", \"arguments\": {\"a\": 1}}\n", "", "f {\"a\":1}|");
+    check(h, "```json\n{\n  \"name\": \"f\",\n  \"arguments\": {}\n}\n```", "", "f {}|");
+    /* an answer that only starts like one */
+    check_plain(h, "```python\nprint(1)\n```");
+    check_plain(h, "```json\n{\"city\": \"Paris\"}\n```");
+    check_plain(h, "{\"name\": \"f\", \"arguments\": {}} is how a call looks");
+    check_plain(h, "``");
 }
 
 static void test_hermes_malformed(void **state) {
@@ -130,6 +138,7 @@ static void test_llama3(void **state) {
     check(l, "\n {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"arguments\": {\"n\": 2}}", "", "a {}|b {\"n\":2}|");
     check(l, "<|python_tag|>{\"name\": \"a\", \"parameters\": {\"q\": \"x\"}}", "", "a {\"q\":\"x\"}|");
     check(l, "Calling it: <|python_tag|>{\"name\": \"a\", \"parameters\": {}}", "Calling it:", "a {}|");
+    check(l, "```json\n{\"name\": \"a\", \"parameters\": {}}\n```\n", "", "a {}|");
     /* JSON that is no call, or not at the start, is the answer */
     check_plain(l, "{\"city\": \"Oslo\"}");
     check_plain(l, "{\"name\": \"a\", \"parameters\": {}");
