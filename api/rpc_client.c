@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "target.h"
+
 struct cv_rpcc_channel {
     grpc_channel *channel;
     char *auth;              /* "Bearer ..." or NULL */
@@ -30,6 +32,16 @@ struct cv_rpcc_call {
     grpc_byte_buffer *recv_bb;
 };
 
+/* Round-robin over every address of the target (one address: the same as pick_first),
+ * so a name with several replicas behind it spreads calls over all of them. A server
+ * that is draining answers new calls UNAVAILABLE before doing any work: such a call is
+ * safe to send again, and round-robin sends it to the next replica. */
+static const char k_service_config[] =
+    "{\"loadBalancingConfig\":[{\"round_robin\":{}}],"
+    "\"methodConfig\":[{\"name\":[{\"service\":\"corvid.v1.Inference\"},{\"service\":\"grpc.health.v1.Health\"}],"
+    "\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.05s\",\"maxBackoff\":\"0.5s\","
+    "\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}";
+
 int cv_rpcc_fail(corvid_error *err, int code, const char *fmt, ...) {
     if (!err) return -1;
     err->code = code;
@@ -45,6 +57,8 @@ int cv_rpcc_channel_new(const corvid_client_options *opt, cv_rpcc_channel **out,
         return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "no server address given");
     if ((opt->client_cert_pem == NULL) != (opt->client_key_pem == NULL))
         return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "a client certificate needs its key, and a key its certificate");
+    char target[4096];
+    if (cv_target_resolve(opt->addr, target, sizeof target, err) != 0) return -1;
     cv_rpcc_channel *ch = calloc(1, sizeof *ch);
     if (!ch) return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "out of memory");
     grpc_init();
@@ -55,11 +69,16 @@ int cv_rpcc_channel_new(const corvid_client_options *opt, cv_rpcc_channel **out,
     } else {
         creds = grpc_insecure_credentials_create();
     }
-    grpc_arg name_arg = {.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
-                         .value.string = (char *)opt->tls_server_name};
-    grpc_channel_args args = {.num_args = 1, .args = &name_arg};
+    grpc_arg args[3] = {
+        {.type = GRPC_ARG_STRING, .key = GRPC_ARG_SERVICE_CONFIG, .value.string = (char *)k_service_config},
+        /* Our service config, not one from a DNS TXT record (a query less per resolution). */
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, .value.integer = 1},
+        {.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+         .value.string = (char *)opt->tls_server_name},
+    };
     bool override = opt->root_certs_pem && opt->tls_server_name && *opt->tls_server_name;
-    ch->channel = grpc_channel_create(opt->addr, creds, override ? &args : NULL);
+    grpc_channel_args chargs = {.num_args = override ? 3 : 2, .args = args};
+    ch->channel = grpc_channel_create(target, creds, &chargs);
     grpc_channel_credentials_release(creds);
     ch->timeout_s = opt->timeout_s;
     if (opt->bearer_token) {

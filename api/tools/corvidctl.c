@@ -137,7 +137,9 @@ static const struct command {
 
 static const char k_connection_usage[] =
     "connection (every command):\n"
-    "  -a, --addr HOST:PORT     the server (required)\n"
+    "  -a, --addr HOST:PORT     the server (required); dns:///NAME:PORT or a list A:PORT,B:PORT\n"
+    "                           spreads calls round-robin over every address (a name is\n"
+    "                           re-resolved when connections drop)\n"
     "  --timeout SECONDS        deadline of each call (default: none)\n"
     "  --token TOKEN            bearer token (default: $CORVID_TOKEN)\n"
     "  --tls-ca FILE            TLS: the CA of the server's certificate\n"

@@ -86,6 +86,11 @@ static const key_spec keys[] = {
         "short and long requests waiting for those workers, each (more: RESOURCE_EXHAUSTED)", NULL),
     NUM("drain_timeout_s", "--drain-timeout", K_DOUBLE, drain_timeout_s, 0, 86400, "SECONDS",
         "on SIGTERM, how long in-flight streams may finish", NULL),
+    NUM("max_connection_age_s", "--max-connection-age", K_DOUBLE, max_connection_age_s, 0, 2e6, "SECONDS",
+        "a gRPC connection is asked to close (GOAWAY) after this long, +-10%, so that clients "
+        "re-resolve the name and spread over replicas added since; 0: never", NULL),
+    NUM("max_connection_age_grace_s", "--max-connection-age-grace", K_DOUBLE, max_connection_age_grace_s, 0, 2e6,
+        "SECONDS", "after that GOAWAY, how long the connection's open streams may still run; 0: no limit", NULL),
     NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000, "MS",
         "a stream's tokens after the first go out in rounds at most this often (0: each at once)", NULL),
     STR("model_cache_dir", "--model-cache-dir", model_cache_dir, "DIR",
@@ -149,6 +154,8 @@ void cv_config_defaults(cv_config *c) {
     c->request_queue = CV_INFER_REQUEST_QUEUE;
     c->drain_timeout_s = 30;
     c->stream_flush_ms = 5;
+    c->max_connection_age_s = 300;
+    c->max_connection_age_grace_s = 600;
     c->max_download_mb = 64 << 10;
     c->rag_top_k = 4;
     c->rag_min_score = 1.0;

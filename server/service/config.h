@@ -36,6 +36,9 @@ typedef struct cv_config {
     int request_queue;         /* requests waiting for them, per class (small, large) */
     double drain_timeout_s;    /* SIGTERM: how long in-flight streams may take */
     int stream_flush_ms;       /* streams' output goes out in rounds at most this often */
+    double max_connection_age_s;       /* a gRPC connection gets GOAWAY after this (+-10%), so
+                                        * clients re-resolve and spread over new replicas; 0: never */
+    double max_connection_age_grace_s; /* after that GOAWAY, how long its streams may finish */
     char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */
     char tls_cert[1024];       /* PEM chain: TLS on listen when set, with tls_key */
     char tls_key[1024];

@@ -589,16 +589,19 @@ cv_status cv_rpc_register_all(cv_rpc_server *s, const cv_rpc_method_def *methods
 
 cv_status cv_rpc_server_start(cv_rpc_server *s, int *port, cv_error *err) {
     grpc_init();
-    grpc_arg args[2];
+    grpc_arg args[4];
     size_t n_args = 0;
-    args[n_args].type = GRPC_ARG_INTEGER;
-    args[n_args].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-    args[n_args].value.integer = (int)s->cfg.max_request_bytes;
-    n_args++;
-    if (s->cfg.max_concurrent_streams > 0) {
+    const struct { const char *key; int value; } ints[] = {
+        {GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, (int)s->cfg.max_request_bytes},
+        {GRPC_ARG_MAX_CONCURRENT_STREAMS, s->cfg.max_concurrent_streams},
+        {GRPC_ARG_MAX_CONNECTION_AGE_MS, s->cfg.max_connection_age_ms},
+        {GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, s->cfg.max_connection_age_grace_ms},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (ints[i].value <= 0) continue; /* gRPC's default: no limit */
         args[n_args].type = GRPC_ARG_INTEGER;
-        args[n_args].key = GRPC_ARG_MAX_CONCURRENT_STREAMS;
-        args[n_args].value.integer = s->cfg.max_concurrent_streams;
+        args[n_args].key = (char *)ints[i].key;
+        args[n_args].value.integer = ints[i].value;
         n_args++;
     }
     grpc_channel_args chargs = {n_args, args};

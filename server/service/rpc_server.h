@@ -77,6 +77,10 @@ typedef struct cv_rpc_config {
      * everything a stream produced since the last one, so a fast producer costs one
      * message per round instead of one per token. */
     int flush_interval_ms;
+    /* A connection gets GOAWAY after max_connection_age_ms (gRPC adds +-10% jitter), then
+     * its streams have grace_ms to finish; 0: no limit. Clients that resolve a name then
+     * reconnect, re-resolve, and spread over the replicas behind it. */
+    int max_connection_age_ms, max_connection_age_grace_ms;
 } cv_rpc_config;
 
 cv_status cv_rpc_server_new(const cv_rpc_config *cfg, cv_rpc_server **out, cv_error *err);

@@ -164,6 +164,8 @@ int main(int argc, char **argv) {
     int rc = 1, port = 0;
     cv_rpc_config rcfg = {.listen = cfg.listen, .health_listen = cfg.health_listen,
                           .flush_interval_ms = cfg.stream_flush_ms,
+                          .max_connection_age_ms = (int)(cfg.max_connection_age_s * 1000),
+                          .max_connection_age_grace_ms = (int)(cfg.max_connection_age_grace_s * 1000),
                           .require_client_cert = cfg.tls_client_ca[0] != 0};
     /* Logs and the audit trail get partial masks (138****5678): readable, not leaking. */
     if (cv_pii_create(CV_PII_PARTIAL, &pii, &err) != CV_OK) goto out;

@@ -119,10 +119,10 @@ def free_port():
 class Server:
     """corvid-server on a free loopback port; stopped by PID."""
 
-    def __init__(self, *args, ready_timeout=60, binary=None):
-        self.port = free_port()
-        self.addr = "127.0.0.1:%d" % self.port
-        self.log_path = os.path.join(TMP, "server-%d.log" % self.port)
+    def __init__(self, *args, ready_timeout=60, binary=None, host="127.0.0.1", port=None):
+        self.port = port or free_port()
+        self.addr = "%s:%d" % (host, self.port)
+        self.log_path = os.path.join(TMP, "server-%s-%d.log" % (host, self.port))
         self.log = open(self.log_path, "wb")
         self.proc = spawn([binary or os.path.join(BIN, "corvid-server"), "--listen", self.addr] + list(args),
                           stdout=self.log, stderr=subprocess.STDOUT)

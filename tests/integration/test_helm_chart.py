@@ -417,6 +417,20 @@ def gpu_and_cpu_modes():
     assert len(cfg["etcd"].split(",")) == 3, cfg
 
 
+def balancing_service():
+    """A headless Service over the ready server pods for client-side round-robin, and the
+    connection age that makes such clients re-resolve, in server.json."""
+    svc = chartlib.find(docs("default"), "Service", "-grpc")
+    assert svc["spec"]["clusterIP"] == "None", svc
+    assert not svc["spec"].get("publishNotReadyAddresses"), "clients must see only ready pods: %s" % svc
+    assert [p["port"] for p in svc["spec"]["ports"]] == [50051], svc
+    cfg = json.loads(config_maps("default")["server.json"])
+    assert cfg["max_connection_age_s"] == 300 and cfg["max_connection_age_grace_s"] == 600, cfg
+    off = chartlib.render({"server": {"headlessService": {"enabled": False}}})
+    assert not [d for _, d in chartlib.documents(off)
+                if d["kind"] == "Service" and d["metadata"]["name"].endswith("-grpc")]
+
+
 def model_storage():
     init = chartlib.find(docs("gpu-canary-tls"), "Deployment", "-server")["spec"]["template"]["spec"]["initContainers"][0]
     env = {e["name"]: e["value"] for e in init["env"]}
@@ -984,6 +998,7 @@ if len(RENDERS) == 5:
     checks.run("grace period > preStop + drain timeout", drain_within_grace)
     checks.run("non-root, read-only root, limits", security_contexts)
     checks.run("GPU and CPU-only modes, control plane", gpu_and_cpu_modes)
+    checks.run("headless Service for client-side balancing, connection age", balancing_service)
     checks.run("model storage", model_storage)
     checks.run("trial etcd", trial_etcd)
     checks.run("chart-made TLS and JWT secrets", chart_made_secrets)

@@ -1,7 +1,7 @@
 /* corvid client: the C API for corvid-server over gRPC.
  *
- * A corvid_client is one channel to one server (optionally TLS, optionally with a
- * bearer token); it is thread-safe and may be shared. A generate or chat call returns
+ * A corvid_client is one channel to a server, or to several balanced round-robin
+ * (optionally TLS, optionally with a bearer token); it is thread-safe and may be shared. A generate or chat call returns
  * a corvid_stream that one thread iterates with corvid_stream_next: optional context
  * (citations), text chunks as the server produces them, then the final event.
  *
@@ -37,7 +37,12 @@ typedef struct corvid_error {
 const char *corvid_code_name(int code);
 
 typedef struct corvid_client_options {
-    const char *addr;            /* "127.0.0.1:50051" */
+    /* "127.0.0.1:50051"; several servers: "dns:///NAME:PORT" (every address of the
+     * name, re-resolved when connections drop; "dns://RESOLVER:53/NAME:PORT" asks that
+     * DNS server) or a list of IP literals "10.0.0.1:50051,10.0.0.2:50051". Calls go
+     * round-robin over the addresses; a call a draining server refuses (UNAVAILABLE,
+     * before any work) is sent again to the next one, at most twice. */
+    const char *addr;
     /* TLS when root_certs_pem is set; mTLS when the client pair is set too. PEM text. */
     const char *root_certs_pem;
     const char *client_cert_pem;

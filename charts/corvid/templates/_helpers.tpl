@@ -95,6 +95,8 @@ and the model sharded over the pod's GPUs (tp = gpu.count).
   "prefix_cache" (ternary 1 0 $c.prefixCache)
   "max_tokens_default" $c.maxTokensDefault
   "drain_timeout_s" $c.drainTimeoutSeconds
+  "max_connection_age_s" $c.maxConnectionAgeSeconds
+  "max_connection_age_grace_s" $c.maxConnectionAgeGraceSeconds
   "model_dirs" "/models"
 -}}
 {{- with $c.modelSources -}}
