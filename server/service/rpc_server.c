@@ -68,6 +68,7 @@ struct cv_rpc_call {
     int refs;          /* pending batches + the service's hold on a stream */
     int send_busy;     /* a SEND_MESSAGE is in flight */
     int finished;      /* status sent or being sent */
+    int md_sent;       /* initial metadata went out (with the first message or the status) */
     int urgent;        /* send without waiting for a round until nothing is pending */
     int gone;          /* the close said cancelled (c->cancelled, copied under mu) */
     int wake_queued;   /* on the server's wake list, holding a ref */
@@ -135,11 +136,22 @@ static char *slice_dup(grpc_slice s) {
 }
 
 /* Status batch; called with c->mu held and c->finished still 0. */
+/* The response headers go out with the first message or the status, not when the call
+ * arrives: a call refused before any message is then a trailers-only response, which a
+ * client may send again elsewhere (gRPC retries, e.g. UNAVAILABLE from a draining
+ * server); headers sent first would commit the call to this server. */
+static size_t initial_md_op(cv_rpc_call *c, grpc_op *op) {
+    if (c->md_sent) return 0;
+    c->md_sent = 1;
+    op->op = GRPC_OP_SEND_INITIAL_METADATA;
+    return 1;
+}
+
 static void send_status_locked(cv_rpc_call *c, cv_rpc_code code, const char *status_msg,
                                const uint8_t *msg, size_t len) {
-    grpc_op ops[2];
-    size_t n = 0;
+    grpc_op ops[3];
     memset(ops, 0, sizeof ops);
+    size_t n = initial_md_op(c, &ops[0]);
     grpc_slice details = grpc_slice_from_copied_string(status_msg ? status_msg : "");
     if (msg) {
         grpc_slice body = grpc_slice_from_copied_buffer((const char *)msg, len);
@@ -185,13 +197,17 @@ static void pump_locked(cv_rpc_call *c) {
         if (c->send_bb) grpc_byte_buffer_destroy(c->send_bb);
         c->send_bb = grpc_raw_byte_buffer_create(&body, 1);
         grpc_slice_unref(body);
-        grpc_op op;
-        memset(&op, 0, sizeof op);
-        op.op = GRPC_OP_SEND_MESSAGE;
-        op.flags = more ? GRPC_WRITE_BUFFER_HINT : 0;
-        op.data.send_message.send_message = c->send_bb;
+        grpc_op ops[2];
+        memset(ops, 0, sizeof ops);
+        size_t n = initial_md_op(c, &ops[0]);
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        /* Not with the headers: a batch that holds them completes only once they are
+         * written, and a buffered write waits for a later one, which needs this batch
+         * done first (a RAG stream's Context message, then nothing until the engine). */
+        ops[n].flags = more && !n ? GRPC_WRITE_BUFFER_HINT : 0;
+        ops[n].data.send_message.send_message = c->send_bb;
         c->refs++;
-        if (grpc_call_start_batch(c->call, &op, 1, &c->t_send, NULL) == GRPC_CALL_OK) {
+        if (grpc_call_start_batch(c->call, ops, n + 1, &c->t_send, NULL) == GRPC_CALL_OK) {
             c->send_busy = 1;
             return;
         }
@@ -360,11 +376,10 @@ static void on_new_call(cv_rpc_call *c, int ok) {
         else { free(c->meta[i].key); free(c->meta[i].value); }
     }
 
-    grpc_op ops[2];
-    memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-    ops[1].op = GRPC_OP_RECV_MESSAGE;
-    ops[1].data.recv_message.recv_message = &c->recv_bb;
+    grpc_op recv_op;
+    memset(&recv_op, 0, sizeof recv_op);
+    recv_op.op = GRPC_OP_RECV_MESSAGE;
+    recv_op.data.recv_message.recv_message = &c->recv_bb;
     grpc_op close_op;
     memset(&close_op, 0, sizeof close_op);
     close_op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
@@ -372,7 +387,7 @@ static void on_new_call(cv_rpc_call *c, int ok) {
 
     pthread_mutex_lock(&c->mu);
     c->refs = 2; /* RECV and CLOSE; the NEW_CALL ref is spent */
-    int bad = grpc_call_start_batch(c->call, ops, 2, &c->t_recv, NULL) != GRPC_CALL_OK;
+    int bad = grpc_call_start_batch(c->call, &recv_op, 1, &c->t_recv, NULL) != GRPC_CALL_OK;
     if (bad) c->refs--;
     if (grpc_call_start_batch(c->call, &close_op, 1, &c->t_close, NULL) != GRPC_CALL_OK)
         c->refs--;
