@@ -54,7 +54,7 @@ LAYERS := base cpu cuda gguf text grammar model engine security rag service prot
 DIRS_base := kernels/base
 PUB_base  := kernels/base
 USES_base :=
-PKGS_base := libmicrohttpd
+PKGS_base := libmicrohttpd libcurl jansson
 
 DIRS_cpu := kernels/cpu
 PUB_cpu  := kernels

@@ -42,6 +42,14 @@ static const char k_service_config[] =
     "\"retryPolicy\":{\"maxAttempts\":3,\"initialBackoff\":\"0.05s\",\"maxBackoff\":\"0.5s\","
     "\"backoffMultiplier\":2,\"retryableStatusCodes\":[\"UNAVAILABLE\"]}}]}";
 
+/* The W3C traceparent this thread's calls carry (corvid_trace_context); "" for none. */
+static _Thread_local char t_traceparent[64];
+
+void corvid_trace_context(const char *traceparent) {
+    snprintf(t_traceparent, sizeof t_traceparent, "%s",
+             traceparent && strlen(traceparent) < sizeof t_traceparent ? traceparent : "");
+}
+
 int cv_rpcc_fail(corvid_error *err, int code, const char *fmt, ...) {
     if (!err) return -1;
     err->code = code;
@@ -140,8 +148,9 @@ int cv_rpcc_start(cv_rpcc_channel *ch, const char *method, const uint8_t *req, s
         cv_rpcc_free(c);
         return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "cannot create a call for %s", method);
     }
-    grpc_metadata md;
-    memset(&md, 0, sizeof md);
+    grpc_metadata md[2];
+    size_t n_md = 0;
+    memset(md, 0, sizeof md);
     grpc_slice body = grpc_slice_from_copied_buffer((const char *)req, len);
     grpc_byte_buffer *bb = grpc_raw_byte_buffer_create(&body, 1);
     grpc_slice_unref(body);
@@ -149,11 +158,15 @@ int cv_rpcc_start(cv_rpcc_channel *ch, const char *method, const uint8_t *req, s
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
     if (ch->auth) {
-        md.key = grpc_slice_from_static_string("authorization");
-        md.value = grpc_slice_from_copied_string(ch->auth);
-        ops[0].data.send_initial_metadata.count = 1;
-        ops[0].data.send_initial_metadata.metadata = &md;
+        md[n_md].key = grpc_slice_from_static_string("authorization");
+        md[n_md++].value = grpc_slice_from_copied_string(ch->auth);
     }
+    if (t_traceparent[0]) {
+        md[n_md].key = grpc_slice_from_static_string("traceparent");
+        md[n_md++].value = grpc_slice_from_copied_string(t_traceparent);
+    }
+    ops[0].data.send_initial_metadata.count = n_md;
+    ops[0].data.send_initial_metadata.metadata = md;
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
@@ -169,7 +182,7 @@ int cv_rpcc_start(cv_rpcc_channel *ch, const char *method, const uint8_t *req, s
     grpc_call_error e2 = grpc_call_start_batch(c->call, &st, 1, (void *)(intptr_t)TAG_STATUS, NULL);
     if (e1 == GRPC_CALL_OK) wait_tag(c, TAG_START);
     grpc_byte_buffer_destroy(bb);
-    if (ch->auth) grpc_slice_unref(md.value);
+    for (size_t i = 0; i < n_md; i++) grpc_slice_unref(md[i].value);
     if (e1 != GRPC_CALL_OK || e2 != GRPC_CALL_OK) {
         cv_rpcc_free(c);
         return cv_rpcc_fail(err, CORVID_CLIENT_ERROR, "cannot start %s (gRPC error %d/%d)", method, e1, e2);

@@ -460,7 +460,7 @@ static void measure_sources(double *p50, double *p99, size_t *results) {
     for (int i = 0; i < 200; i++) {
         cv_rag_source_hits h = {0};
         double t = cv_seconds();
-        cv_rag_sources_fetch(src, pii, "退货 refund policy 13812345678", 0, NULL, NULL, &h, NULL);
+        cv_rag_sources_fetch(src, pii, "退货 refund policy 13812345678", 0, NULL, NULL, NULL, &h, NULL);
         lat[i] = (cv_seconds() - t) * 1e3;
         *results = h.n;
         cv_rag_source_hits_free(&h);

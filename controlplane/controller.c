@@ -14,6 +14,7 @@
 #include "fleet.h"
 #include "rollout.h"
 #include "server_creds.h"
+#include "trace.h"
 
 #define SMOKE_MEMO 64
 /* How often the credential files are stat()ed. Kubernetes takes up to a minute or so to
@@ -267,6 +268,60 @@ static void count_events(controller *c, const char *model, const char *was_id,
         cv_cp_metrics_count_rollout(c->metrics, model, CV_CP_ROLLOUT_ROLLED_BACK);
 }
 
+/* ---- tracing: one trace per rollout (trace.h) ----
+ * Its ids come from the model and the rollout id, so that every leader, including one
+ * that takes over half-way, adds its phases to the same trace, under the same root. */
+static void rollout_trace(const char *model, const char *id, cv_trace_ctx *out) {
+    uint64_t h[3] = {0xcbf29ce484222325ull, 0x84222325cbf29ce4ull, 0x9e3779b97f4a7c15ull};
+    for (int k = 0; k < 3; k++) {
+        for (const char *p = model; *p; p++) h[k] = (h[k] ^ (uint8_t)*p) * 0x100000001b3ull;
+        h[k] = (h[k] ^ 0xff) * 0x100000001b3ull; /* keeps "ab"+"c" apart from "a"+"bc" */
+        for (const char *p = id; *p; p++) h[k] = (h[k] ^ (uint8_t)*p) * 0x100000001b3ull;
+    }
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < 8; i++) {
+        out->trace_id[i] = (uint8_t)(h[0] >> (8 * i));
+        out->trace_id[8 + i] = (uint8_t)(h[1] >> (8 * i));
+        out->span_id[i] = (uint8_t)(h[2] >> (8 * i)) | (i == 0); /* never all zero */
+    }
+    out->sampled = 1;
+}
+
+static void rollout_attrs(cv_span *sp, const char *model, const cv_rollout_status *st) {
+    cv_span_set_str(sp, "corvid.rollout.model", model);
+    cv_span_set_str(sp, "corvid.rollout.id", st->id);
+    cv_span_set_str(sp, "corvid.rollout.candidate", st->candidate);
+    cv_span_set_int(sp, "corvid.rollout.step", st->step);
+    cv_span_set_int(sp, "corvid.rollout.traffic_percent", st->traffic);
+}
+
+/* The phase that just ended (was, since since_ms) as a span under the rollout's root;
+ * when the rollout is over, the root itself, from the start of its staging. */
+static void trace_phase(const char *model, const cv_rollout_status *st, cv_rollout_phase was, int64_t since_ms,
+                        int64_t now_ms) {
+    if (!st->id[0] || was == CV_PHASE_NONE) return;
+    cv_trace_ctx root;
+    rollout_trace(model, st->id, &root);
+    char name[64];
+    snprintf(name, sizeof name, "rollout.%s", cv_rollout_phase_name(was));
+    cv_span *sp = cv_span_start(&root, name, CV_SPAN_INTERNAL, (uint64_t)since_ms * 1000000u, NULL);
+    rollout_attrs(sp, model, st);
+    cv_span_set_str(sp, "corvid.rollout.decision", st->message);
+    if (st->phase == CV_PHASE_ROLLING_BACK || st->phase == CV_PHASE_FAILED) cv_span_set_error(sp, st->message);
+    cv_span_end(sp, (uint64_t)now_ms * 1000000u);
+    if (st->phase != CV_PHASE_PROMOTED && st->phase != CV_PHASE_ROLLED_BACK && st->phase != CV_PHASE_FAILED) return;
+    int64_t start = since_ms;
+    for (size_t i = 0; i < st->n_history; i++)
+        if (st->history[i].phase == CV_PHASE_STAGING) start = st->history[i].at_ms;
+    char root_name[64 + CV_ROLLOUT_NAME];
+    snprintf(root_name, sizeof root_name, "rollout %s", model);
+    cv_span *r = cv_span_start_as(&root, root_name, CV_SPAN_INTERNAL, (uint64_t)start * 1000000u);
+    rollout_attrs(r, model, st);
+    cv_span_set_str(r, "corvid.rollout.outcome", cv_rollout_phase_name(st->phase));
+    if (st->phase != CV_PHASE_PROMOTED) cv_span_set_error(r, st->message);
+    cv_span_end(r, (uint64_t)now_ms * 1000000u);
+}
+
 /* One reconcile of one model; returns the phase etcd holds for it afterwards. */
 static cv_rollout_phase reconcile_model(controller *c, const model_keys *mk) {
     cv_error err;
@@ -324,6 +379,7 @@ static cv_rollout_phase reconcile_model(controller *c, const model_keys *mk) {
         obs.analysis = &analysis;
     }
     cv_rollout_phase was = st.phase;
+    int64_t was_since = st.phase_since_ms;
     char was_id[sizeof st.id];
     memcpy(was_id, st.id, sizeof was_id);
     if (cv_rollout_step(&spec, &c->limits, &obs, &st)) {
@@ -338,18 +394,29 @@ static cv_rollout_phase reconcile_model(controller *c, const model_keys *mk) {
         }
         held = st.phase;
         count_events(c, mk->name, was_id, was, &st);
-        if (st.phase != was)
+        if (st.phase != was) {
             logf_(mk->name, "%s -> %s: %s", cv_rollout_phase_name(was),
                   cv_rollout_phase_name(st.phase), st.message);
+            if (!strcmp(was_id, st.id)) trace_phase(mk->name, &st, was, was_since, wall_ms());
+        }
         if (st.phase == CV_PHASE_ROLLING_BACK && was != CV_PHASE_ROLLING_BACK && st.candidate[0])
             mark_failed(c, mk, st.candidate, st.message);
     }
     cv_rollout_desired want;
     cv_rollout_desired_state(&spec, &c->limits, &st, now, &want);
+    /* The Admin calls that carry the rollout out join its trace on the servers. */
+    char tp[CV_TRACEPARENT_LEN + 1] = "";
+    if (st.id[0]) {
+        cv_trace_ctx root;
+        rollout_trace(mk->name, st.id, &root);
+        cv_traceparent_format(&root, tp);
+    }
+    corvid_trace_context(tp);
     for (size_t i = 0; i < n; i++) {
         cv_fleet_server *s = cv_fleet_at(c->fleet, i);
         if (s->reachable) apply(c, mk, s, &want);
     }
+    corvid_trace_context(NULL);
 out:
     free(obs_s);
     free(slots);

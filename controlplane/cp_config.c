@@ -101,6 +101,7 @@ static const str_key str_keys[] = {
     STR_KEY("id", id),
     STR_KEY("smoke_prompt", smoke_prompt),
     STR_KEY("metrics_listen", metrics_listen),
+    STR_KEY("otlp_endpoint", otlp_endpoint),
     STR_KEY("server_token_file", token_file),
     STR_KEY("server_token_env", token_env),
 };

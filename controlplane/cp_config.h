@@ -14,6 +14,7 @@
  *   "keep_previous_s": 300,                   old version stays loaded after promotion
  *   "smoke_prompt": "Hello", "smoke_tokens": 4,
  *   "metrics_listen": "0.0.0.0:9465",         /metrics, /healthz, /readyz (off when absent)
+ *   "otlp_endpoint": "http://otel:4318/v1/traces",  each rollout a trace, its phases spans (off when absent)
  *   "server_tls": {"ca": "ca.pem",            TLS to the servers' Admin API (off when
  *                  "cert": "c.pem", "key": "c.key",   absent); cert+key: mTLS;
  *                  "server_name": "corvid.ns.svc"},   name checked in their certificate
@@ -55,6 +56,7 @@ typedef struct cv_cp_config {
     char smoke_prompt[256];
     int smoke_tokens;
     char metrics_listen[128]; /* "" when off */
+    char otlp_endpoint[512];  /* OTLP/HTTP traces URL: rollout steps as spans; "" when off */
     char tls_ca[512], tls_cert[512], tls_key[512], tls_server_name[256]; /* tls_ca "": plaintext */
     char token_file[512], token_env[128];                                   /* both "": none */
     cv_rollout_spec defaults;

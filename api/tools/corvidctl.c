@@ -142,6 +142,7 @@ static const char k_connection_usage[] =
     "                           re-resolved when connections drop)\n"
     "  --timeout SECONDS        deadline of each call (default: none)\n"
     "  --token TOKEN            bearer token (default: $CORVID_TOKEN)\n"
+    "  --traceparent TP         W3C trace context the calls carry (00-TRACEID-SPANID-01)\n"
     "  --tls-ca FILE            TLS: the CA of the server's certificate\n"
     "  --tls-cert FILE  --tls-key FILE\n"
     "                           mTLS: this client's certificate and key\n"
@@ -187,7 +188,7 @@ static unsigned option_scope(const char *a) {
         const char *name;
         unsigned scope;
     } k[] = {
-        {"-a", C_ALL}, {"--addr", C_ALL}, {"--timeout", C_ALL}, {"--token", C_ALL},
+        {"-a", C_ALL}, {"--addr", C_ALL}, {"--timeout", C_ALL}, {"--token", C_ALL}, {"--traceparent", C_ALL},
         {"--tls-ca", C_ALL}, {"--tls-cert", C_ALL}, {"--tls-key", C_ALL},
         {"-p", C_GENERATE | C_CHAT | C_TOKENIZE}, {"--prompt", C_GENERATE | C_CHAT | C_TOKENIZE},
         {"--model", C_GENERATE | C_CHAT | C_TOKENIZE}, {"--model-version", C_GENERATE | C_CHAT | C_TOKENIZE},
@@ -283,6 +284,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         else if (!strcmp(a, "--template")) { NEED_VALUE(); o->chat_template = v; }
         else if (!strcmp(a, "--service")) { NEED_VALUE(); o->service = v; }
         else if (!strcmp(a, "--token")) { NEED_VALUE(); o->client.bearer_token = v; }
+        else if (!strcmp(a, "--traceparent")) { NEED_VALUE(); corvid_trace_context(v); }
         else if (!strcmp(a, "--tls-ca")) { NEED_VALUE(); if (!(o->client.root_certs_pem = read_file(v))) return -1; }
         else if (!strcmp(a, "--tls-cert")) { NEED_VALUE(); if (!(o->client.client_cert_pem = read_file(v))) return -1; }
         else if (!strcmp(a, "--tls-key")) { NEED_VALUE(); if (!(o->client.client_key_pem = read_file(v))) return -1; }

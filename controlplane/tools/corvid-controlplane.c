@@ -27,6 +27,7 @@
 #include "cp_metrics.h"
 #include "etcd.h"
 #include "http_endpoint.h"
+#include "otlp_export.h"
 #include "rollout.h"
 
 static volatile sig_atomic_t stop_flag;
@@ -404,6 +405,11 @@ static int run(cv_cp_config *cfg) {
     cv_cp_metrics *metrics = NULL;
     cv_http *http = NULL;
     if (cv_cp_metrics_new(&metrics, &err) != CV_OK) return fail(&err);
+    cv_otlp_config oc = {.endpoint = cfg->otlp_endpoint, .service_name = "corvid-controlplane", .instance_id = cfg->id};
+    if (cfg->otlp_endpoint[0] && cv_otlp_start(&oc, &err) != CV_OK) {
+        cv_cp_metrics_free(metrics);
+        return fail(&err);
+    }
     if (cfg->metrics_listen[0]) {
         cv_http_callbacks cb = {render_metrics, is_ready, metrics};
         int port = 0;
@@ -421,6 +427,7 @@ static int run(cv_cp_config *cfg) {
     int rc = cv_controller_run(cfg, metrics, &stop_flag, &err) == CV_OK ? 0 : fail(&err);
     cv_http_stop(http);
     cv_cp_metrics_free(metrics);
+    cv_otlp_stop();
     return rc;
 }
 

@@ -99,6 +99,7 @@ void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_
     const char *question = question_of(r);
     /* The frame without passages sets the budget (rag_prompt.h: the compact frame for
      * a small window). */
+    cv_span *span = NULL;
     cv_rag_context empty = {.text = ""};
     int compact = 0;
     size_t budget = 0;
@@ -113,8 +114,16 @@ void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_
     cv_rag_query q = r->options;
     q.question = question;
     q.max_context_tokens = budget;
+    cv_trace_ctx in_retrieval;
+    if (r->trace) {
+        span = cv_span_start(r->trace, "rag.retrieve", CV_SPAN_INTERNAL, 0, &in_retrieval);
+        q.trace = &in_retrieval;
+    }
     if ((st = retrieve(rn, &q, &r->model, &o, &err)) != CV_OK) goto out;
     have_outcome = 1;
+    cv_span_set_int(span, "corvid.rag.passages", (int64_t)o.n_passages);
+    cv_span_set_int(span, "corvid.rag.cited", (int64_t)o.ctx.n_kept);
+    cv_span_set_int(span, "corvid.rag.default_answer", o.default_answer != NULL);
     log_rag(rn, r->request_id, &o);
     res.outcome = &o;
     if (o.default_answer) {
@@ -130,7 +139,9 @@ out:
     if (st != CV_OK) {
         res.error = err.msg;
         res.outcome = NULL;
+        cv_span_set_error(span, err.msg);
     }
+    cv_span_end(span, 0); /* before done(), which may end the request's own span */
     done(user, &res);
     free(ids);
     if (have_outcome) cv_rag_outcome_free(&o);

@@ -62,6 +62,7 @@ typedef struct cv_rag_model {
 /* One request. Everything it points to must stay valid until `done` returns. */
 typedef struct cv_rag_request {
     const char *request_id;      /* for the log line */
+    const cv_trace_ctx *trace;   /* the request's trace: the retrieval is a span under it; NULL: none */
     const char *prompt;          /* Generate: the prompt (and question); NULL for Chat */
     const cv_rag_msg *messages;  /* Chat: the conversation */
     size_t n_messages;

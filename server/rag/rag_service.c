@@ -343,7 +343,7 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
         cv_rag_sources *src;
         int owned;
         if ((st = sources_for(s, q, &src, &owned, err)) != CV_OK) goto fail;
-        st = cv_rag_sources_fetch(src, s->pii, q->question, 0, audit_line, s, &o->hits, err);
+        st = cv_rag_sources_fetch(src, s->pii, q->question, 0, audit_line, s, q->trace, &o->hits, err);
         if (owned) cv_rag_sources_free(src);
         if (st != CV_OK) goto fail;
     }
@@ -355,8 +355,17 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
         goto fail;
     }
     t0 = cv_seconds();
-    if (k && (st = search_kb(k, q->question, top_k, min_score, o, err)) != CV_OK) goto fail;
+    cv_span *search = k && q->trace ? cv_span_start(q->trace, "rag.search", CV_SPAN_INTERNAL, 0, NULL) : NULL;
+    if (k && (st = search_kb(k, q->question, top_k, min_score, o, err)) != CV_OK) {
+        cv_span_set_error(search, err ? err->msg : "search failed");
+        cv_span_end(search, 0);
+        goto fail;
+    }
     o->index_ms = (cv_seconds() - t0) * 1e3;
+    cv_span_set_str(search, "gen_ai.data_source.id", k ? k->name : "");
+    cv_span_set_int(search, "corvid.rag.top_k", top_k);
+    cv_span_set_int(search, "corvid.rag.passages", (int64_t)o->n_passages);
+    cv_span_end(search, 0);
     o->coverage = 1;
     if (k && s->min_coverage > 0 && o->n_passages) {
         o->coverage = cv_rag_coverage(cv_rag_index_analyzer(k->ix), q->question, o->passages, o->n_passages);

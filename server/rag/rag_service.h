@@ -66,6 +66,7 @@ typedef struct cv_rag_query {
     size_t n_sources;
     const char *policy;
     size_t max_context_tokens;   /* a lower budget than the server's (the model's room); 0: none */
+    const cv_trace_ctx *trace;   /* the retrieval's span: search and fetches hang under it; NULL: none */
 } cv_rag_query;
 
 typedef struct cv_rag_outcome {

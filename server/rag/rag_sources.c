@@ -9,6 +9,7 @@
 
 #include "json_error.h"
 #include "timing.h"
+#include "trace.h"
 
 #define SRC_MAX 32
 #define SRC_MAX_HEADERS 32
@@ -283,6 +284,10 @@ typedef struct request {
     CURLcode rc;
     double start, end;
     char errbuf[CURL_ERROR_SIZE];
+    cv_span *span;                /* this fetch in the request's trace; NULL: not recorded */
+    uint64_t end_ns;
+    struct curl_slist *headers;   /* the source's, and the traceparent that continues the trace */
+    const char *trace_id;         /* for the audit line; NULL: no trace */
 } request;
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *user) {
@@ -325,8 +330,17 @@ static char *expand_url(const char *tmpl, const char *escaped) {
     return out;
 }
 
-static void audit_request(const request *r, const char *outcome, long status, int results,
+/* The fetch's end: its span and its audit line. */
+static void audit_request(request *r, const char *outcome, long status, int results,
                           const char *error, cv_rag_audit_fn audit, void *user) {
+    cv_span *sp = r->span;
+    r->span = NULL;
+    cv_span_set_str(sp, "url.full", r->audit_url ? r->audit_url : "");
+    cv_span_set_int(sp, "http.response.status_code", status);
+    cv_span_set_str(sp, "corvid.rag.outcome", outcome);
+    cv_span_set_int(sp, "corvid.rag.results", results);
+    if (strcmp(outcome, "ok")) cv_span_set_error(sp, error ? error : outcome);
+    cv_span_end(sp, r->end_ns);
     if (!audit) return;
     json_t *o = json_pack("{s:s, s:s, s:s, s:I, s:s, s:I, s:f, s:i}", "type", "rag_source",
                           "source", r->c->name, "url", r->audit_url ? r->audit_url : "",
@@ -334,6 +348,7 @@ static void audit_request(const request *r, const char *outcome, long status, in
                           "bytes", (json_int_t)r->len, "latency_ms", r->end - r->start,
                           "results", results);
     if (o && error) json_object_set_new(o, "error", json_string(error));
+    if (o && r->trace_id) json_object_set_new(o, "trace_id", json_string(r->trace_id));
     char *line = o ? json_dumps(o, JSON_COMPACT) : NULL;
     if (line) audit(user, line);
     free(line);
@@ -368,9 +383,23 @@ static void finish_request(const cv_rag_sources *s, size_t index, request *r, un
     }
 }
 
+/* The source's headers and a traceparent naming the fetch's span, so that a source that
+ * traces continues the request's trace; NULL when out of memory. */
+static struct curl_slist *headers_with_trace(const struct curl_slist *h, const cv_trace_ctx *fetch) {
+    char line[16 + CV_TRACEPARENT_LEN] = "traceparent: ";
+    cv_traceparent_format(fetch, line + strlen(line));
+    struct curl_slist *out = curl_slist_append(NULL, line);
+    for (; h && out; h = h->next) {
+        struct curl_slist *n = curl_slist_append(out, h->data);
+        if (!n) curl_slist_free_all(out);
+        out = n;
+    }
+    return out;
+}
+
 cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const char *query,
                                unsigned budget_ms, cv_rag_audit_fn audit, void *audit_user,
-                               cv_rag_source_hits *out, cv_error *err) {
+                               const cv_trace_ctx *trace, cv_rag_source_hits *out, cv_error *err) {
     if (!pii) return cv_errorf(err, CV_EINVAL, "sources: a PII masker is required");
     pthread_once(&curl_once, curl_init);
     if (curl_init_rc != CURLE_OK)
@@ -387,20 +416,30 @@ cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const
         goto done;
     }
     double start = cv_seconds() * 1e3, deadline = start + budget_ms;
+    char trace_id[33];
+    if (trace) cv_trace_id_hex(trace, trace_id);
     for (size_t i = 0; i < s->n; i++) {
         request *r = &req[i];
         r->c = &s->src[i];
         r->start = start;
         r->url = expand_url(r->c->url, escaped);
+        if (trace) {
+            char name[80];
+            cv_trace_ctx fetch;
+            snprintf(name, sizeof name, "rag.source %s", r->c->name);
+            r->span = cv_span_start(trace, name, CV_SPAN_CLIENT, 0, &fetch);
+            r->trace_id = trace_id;
+            r->headers = headers_with_trace(r->c->headers, &fetch);
+        }
         if (!r->url || cv_pii_mask(pii, r->url, strlen(r->url), &r->audit_url, NULL, err) ||
-            !(r->easy = curl_easy_init())) {
+            (trace && !r->headers) || !(r->easy = curl_easy_init())) {
             st = cv_errorf(err, CV_ENOMEM, "sources: out of memory preparing %s", r->c->name);
             goto done;
         }
         long timeout = (long)(r->c->timeout_ms < budget_ms ? r->c->timeout_ms : budget_ms);
         CURL *e = r->easy;
         curl_easy_setopt(e, CURLOPT_URL, r->url);
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->c->headers);
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers ? r->headers : r->c->headers);
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout);
         curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -427,14 +466,16 @@ cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const
             r->done = 1;
             r->rc = msg->data.result;
             r->end = cv_seconds() * 1e3;
+            r->end_ns = cv_trace_now_ns();
         }
         double left_ms = deadline - cv_seconds() * 1e3;
         if (!running || left_ms <= 0) break;
         curl_multi_poll(m, NULL, 0, left_ms < 50 ? (int)left_ms + 1 : 50, NULL);
     }
     double end = cv_seconds() * 1e3;
+    uint64_t end_ns = cv_trace_now_ns();
     for (size_t i = 0; i < s->n; i++) {
-        if (!req[i].done) req[i].end = end;
+        if (!req[i].done) req[i].end = end, req[i].end_ns = end_ns;
         finish_request(s, i, &req[i], budget_ms, audit, audit_user, out, &oom);
     }
     if (oom) st = cv_errorf(err, CV_ENOMEM, "sources: out of memory storing results");
@@ -446,6 +487,11 @@ done:
             curl_easy_cleanup(r->easy);
         }
         free(r->url), free(r->audit_url), free(r->body);
+        curl_slist_free_all(r->headers);
+        if (r->span) { /* not audited: the fetch never ran (out of memory) */
+            cv_span_set_error(r->span, "not sent");
+            cv_span_end(r->span, 0);
+        }
     }
     if (m) curl_multi_cleanup(m);
     curl_free(escaped);

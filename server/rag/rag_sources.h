@@ -34,6 +34,7 @@
 
 #include "cv_error.h"
 #include "pii.h"
+#include "trace.h"
 
 typedef struct cv_rag_sources cv_rag_sources;
 
@@ -64,9 +65,11 @@ cv_status cv_rag_sources_parse_body(const cv_rag_sources *s, size_t index, const
 
 /* Fetches every source for `query` (masked with pii before it is sent) within
  * budget_ms (0: the config's budget). Appends results to *out. Fails only on bad
- * arguments or when memory runs out; source failures are audited, not returned. */
+ * arguments or when memory runs out; source failures are audited, not returned.
+ * With trace (NULL: none) each fetch is a span under it, its traceparent goes out with
+ * the request, and the audit lines carry "trace_id". */
 cv_status cv_rag_sources_fetch(const cv_rag_sources *s, const cv_pii *pii, const char *query,
                                unsigned budget_ms, cv_rag_audit_fn audit, void *audit_user,
-                               cv_rag_source_hits *out, cv_error *err);
+                               const cv_trace_ctx *trace, cv_rag_source_hits *out, cv_error *err);
 
 #endif

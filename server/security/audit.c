@@ -226,13 +226,13 @@ cv_status cv_audit_write(cv_audit *a, const cv_audit_entry *e, cv_error *err) {
 }
 
 cv_status cv_audit_write_count(cv_audit *a, const cv_audit_entry *e, const cv_audit_count *c, cv_error *err) {
-    const char *names[] = {"subject", "peer", "method", "outcome", "reason", "detail"};
-    const char *vals[] = {e->subject, e->peer, e->method, e->outcome, c ? c->reason : NULL, e->detail};
+    const char *names[] = {"subject", "peer", "method", "outcome", "reason", "detail", "trace_id"};
+    const char *vals[] = {e->subject, e->peer, e->method, e->outcome, c ? c->reason : NULL, e->detail, e->trace_id};
     json_t *o = json_object();
     int bad = !o || json_object_set_new(o, "ts", timestamp(now_realtime())) ||
               json_object_set_new(o, "event", json_string(cv_audit_event_name(e->event)));
     /* Personal data can be in the subject (an e-mail) and in the free text. */
-    for (int i = 0; i < 6 && !bad; i++)
+    for (int i = 0; i < 7 && !bad; i++)
         if (vals[i])
             bad = json_object_set_new(o, names[i], clean_field(vals[i], i == 0 || i == 5 ? a->pii : NULL));
     if (c && !bad)

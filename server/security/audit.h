@@ -2,7 +2,7 @@
  *
  * {"ts":"2026-11-28T16:03:35.123Z","event":"auth_failure","subject":"alice",
  *  "peer":"ipv4:10.0.0.7:51234","method":"/corvid.v1.Admin/LoadModel",
- *  "outcome":"PERMISSION_DENIED","detail":"..."}
+ *  "outcome":"PERMISSION_DENIED","detail":"...","trace_id":"4bf9..."}
  * ts is RFC 3339 UTC with milliseconds; fields that are NULL are left out. A line that
  * stands for many events (auth failures, counted by audit_tally.h) also carries
  * "reason", "count" and the "first" and "last" event times.
@@ -49,6 +49,7 @@ typedef struct cv_audit_entry {
     const char *method;   /* "/corvid.v1.Admin/LoadModel", or a URL for external requests */
     const char *outcome;  /* "ok", a gRPC code name, "failed", ... */
     const char *detail;   /* free text */
+    const char *trace_id; /* the W3C trace id of the request behind the event, or NULL */
 } cv_audit_entry;
 
 /* What a line that stands for several events adds. */

@@ -126,7 +126,7 @@ static void write_table(cv_audit_tally *t, table *tb) {
         const key_slot *k = &tb->slots[i];
         cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, k->has_subject ? k->subject : NULL, k->addr,
                             k->has_method ? k->method : NULL, k->has_outcome ? k->outcome : NULL,
-                            k->has_detail ? k->detail : NULL};
+                            k->has_detail ? k->detail : NULL, NULL};
         cv_audit_count c = {k->reason, k->count, k->first, k->last};
         cv_audit_write_count(t->audit, &e, &c, NULL);
     }
@@ -134,7 +134,7 @@ static void write_table(cv_audit_tally *t, table *tb) {
         char detail[160];
         snprintf(detail, sizeof detail,
                  "failures of clients beyond the %u counted one by one in this interval", t->max_keys);
-        cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, NULL, "(other clients)", NULL, NULL, detail};
+        cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, NULL, "(other clients)", NULL, NULL, detail, NULL};
         cv_audit_count c = {"table_full", tb->overflow, tb->overflow_first, tb->overflow_last};
         cv_audit_write_count(t->audit, &e, &c, NULL);
     }

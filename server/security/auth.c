@@ -319,7 +319,7 @@ static cv_auth_verdict refuse(cv_auth *a, const call_info *c, cv_auth_result *re
     res->verdict = code;
     if (a->failures && code != CV_AUTH_RATE_LIMITED) {
         cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, res->subject[0] ? res->subject : NULL, c->peer,
-                            c->method, verdict_name(code), res->message};
+                            c->method, verdict_name(code), res->message, NULL};
         cv_audit_tally_add(a->failures, c->addr, reason, &e);
     }
     return code;

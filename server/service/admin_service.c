@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "audit.h"
+#include "trace.h"
 #include "corvid/v1/admin.pb-c.h"
 #include "rpc_message.h"
 
@@ -37,11 +38,12 @@ static cv_rpc_code code_of(cv_status st) {
     }
 }
 
-/* One admin_action line: who asked for what, and whether it was accepted. */
-static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *err, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *err, const char *fmt, ...) {
-    if (!a->audit) return;
+/* One admin_action line: who asked for what, and whether it was accepted; and the
+ * operation as a span (from t0, when the call arrived) of the caller's trace. */
+static void audit(cv_admin *a, cv_rpc_call *call, uint64_t t0, cv_status st, const cv_error *err, const char *fmt,
+                  ...) __attribute__((format(printf, 6, 7)));
+static void audit(cv_admin *a, cv_rpc_call *call, uint64_t t0, cv_status st, const cv_error *err, const char *fmt,
+                  ...) {
     char detail[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -49,9 +51,20 @@ static void audit(cv_admin *a, cv_rpc_call *call, cv_status st, const cv_error *
     va_end(ap);
     if (st != CV_OK && n >= 0 && (size_t)n < sizeof detail)
         snprintf(detail + n, sizeof detail - (size_t)n, ": %s", err->msg);
+    const char *method = cv_rpc_method(call), *tp = cv_rpc_metadata(call, "traceparent");
+    cv_trace_ctx parent, ctx;
+    cv_trace_begin(tp, tp ? strlen(tp) : 0, &parent);
+    cv_span *span = cv_span_start(&parent, method + (method[0] == '/'), CV_SPAN_SERVER, t0, &ctx);
+    cv_span_set_str(span, "rpc.system", "grpc");
+    cv_span_set_str(span, "corvid.admin.action", detail);
+    if (st != CV_OK) cv_span_set_error(span, err->msg);
+    cv_span_end(span, 0);
+    if (!a->audit) return;
+    char trace_id[33];
+    cv_trace_id_hex(&ctx, trace_id);
     const char *subject = cv_rpc_subject(call);
-    cv_audit_entry e = {CV_AUDIT_ADMIN_ACTION, *subject ? subject : NULL, cv_rpc_peer(call), cv_rpc_method(call),
-                        st == CV_OK ? "ok" : cv_status_name(st), detail};
+    cv_audit_entry e = {CV_AUDIT_ADMIN_ACTION, *subject ? subject : NULL, cv_rpc_peer(call), method,
+                        st == CV_OK ? "ok" : cv_status_name(st), detail, trace_id};
     cv_audit_write(a->audit, &e, NULL);
 }
 
@@ -180,12 +193,13 @@ static void reply_after(cv_admin *a, cv_rpc_call *call, const char *version, int
  * field, and the handler returns. */
 static void on_load(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
+    uint64_t t0 = cv_trace_now_ns();
     Corvid__V1__LoadModelRequest *r =
         cv_rpc_unpack_request(&corvid__v1__load_model_request__descriptor, call, req, len);
     if (!r) return;
     cv_error err = {0};
     cv_status st = cv_router_load(a->router, r->version, r->uri, r->sha256, 0, &err);
-    audit(a, call, st, &err, "load version=%.100s uri=%.400s sha256=%.64s", r->version, r->uri, r->sha256);
+    audit(a, call, t0, st, &err, "load version=%.100s uri=%.400s sha256=%.64s", r->version, r->uri, r->sha256);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
     cv_rpc_free_request(&r->base);
@@ -193,12 +207,13 @@ static void on_load(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len
 
 static void on_unload(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
+    uint64_t t0 = cv_trace_now_ns();
     Corvid__V1__UnloadModelRequest *r =
         cv_rpc_unpack_request(&corvid__v1__unload_model_request__descriptor, call, req, len);
     if (!r) return;
     cv_error err = {0};
     cv_status st = cv_router_unload(a->router, r->version, 0, &err);
-    audit(a, call, st, &err, "unload version=%.100s", r->version);
+    audit(a, call, t0, st, &err, "unload version=%.100s", r->version);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_after(a, call, r->version, r->wait);
     cv_rpc_free_request(&r->base);
@@ -249,6 +264,7 @@ static void on_status(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t l
 
 static void on_traffic(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t len) {
     cv_admin *a = ctx;
+    uint64_t t0 = cv_trace_now_ns();
     Corvid__V1__SetTrafficRequest *r =
         cv_rpc_unpack_request(&corvid__v1__set_traffic_request__descriptor, call, req, len);
     if (!r) return;
@@ -268,7 +284,7 @@ static void on_traffic(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t 
     char what[600] = "traffic";
     for (size_t i = 0, n = strlen(what); i < r->n_weights && i < CV_ROUTER_MAX_VERSIONS && n < sizeof what - 80; i++)
         n += (size_t)snprintf(what + n, sizeof what - n, " %.60s=%u", r->weights[i]->version, r->weights[i]->weight);
-    audit(a, call, st, &err, "%s", what);
+    audit(a, call, t0, st, &err, "%s", what);
     cv_rpc_free_request(&r->base);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_status(a, call, DEFAULT_WINDOW_S);
@@ -280,9 +296,10 @@ static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
         cv_rpc_unpack_request(&corvid__v1__set_fault_injection_request__descriptor, call, req, len);
     if (!r) return;
 #ifdef CORVID_TESTING
+    uint64_t t0 = cv_trace_now_ns();
     cv_error err = {0};
     cv_status st = cv_router_set_fault(a->router, r->version, r->error_rate, &err);
-    audit(a, call, st, &err, "fault version=%.100s error_rate=%g", r->version, r->error_rate);
+    audit(a, call, t0, st, &err, "fault version=%.100s error_rate=%g", r->version, r->error_rate);
     if (st != CV_OK) cv_rpc_reply(call, code_of(st), err.msg, NULL, 0);
     else reply_slot(a, call, r->version);
 #else

@@ -91,6 +91,13 @@ static const key_spec keys[] = {
         "re-resolve the name and spread over replicas added since; 0: never", NULL),
     NUM("max_connection_age_grace_s", "--max-connection-age-grace", K_DOUBLE, max_connection_age_grace_s, 0, 2e6,
         "SECONDS", "after that GOAWAY, how long the connection's open streams may still run; 0: no limit", NULL),
+    STR("otlp_endpoint", "--otlp-endpoint", otlp_endpoint, "URL",
+        "OpenTelemetry traces go here over OTLP/HTTP (JSON), e.g. http://otel-collector:4318/v1/traces",
+        "none: no tracing"),
+    NUM("trace_sample_ratio", "--trace-sample-ratio", K_DOUBLE, trace_sample_ratio, 0, 1, "R",
+        "share of new traces recorded; a request whose traceparent says sampled (or not) is followed", NULL),
+    NUM("otlp_queue_spans", "--otlp-queue-spans", K_INT, otlp_queue_spans, 1, 1 << 20, "N",
+        "ended spans waiting for the exporter thread; more are dropped (corvid_trace_spans_dropped_total)", NULL),
     NUM("stream_flush_ms", "--stream-flush-ms", K_INT, stream_flush_ms, 0, 1000, "MS",
         "a stream's tokens after the first go out in rounds at most this often (0: each at once)", NULL),
     STR("model_cache_dir", "--model-cache-dir", model_cache_dir, "DIR",
@@ -156,6 +163,8 @@ void cv_config_defaults(cv_config *c) {
     c->stream_flush_ms = 5;
     c->max_connection_age_s = 300;
     c->max_connection_age_grace_s = 600;
+    c->trace_sample_ratio = 1;
+    c->otlp_queue_spans = 4096;
     c->max_download_mb = 64 << 10;
     c->rag_top_k = 4;
     c->rag_min_score = 1.0;
@@ -404,6 +413,8 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
                          "without TLS, probe the listen address");
     if (strcmp(c->rag_policy, "refuse") != 0 && strcmp(c->rag_policy, "answer") != 0)
         return cv_errorf(err, CV_EINVAL, "rag_policy: \"%s\" is neither refuse nor answer", c->rag_policy);
+    if (c->otlp_endpoint[0] && strncmp(c->otlp_endpoint, "http://", 7) && strncmp(c->otlp_endpoint, "https://", 8))
+        return cv_errorf(err, CV_EINVAL, "otlp_endpoint: \"%s\" is not an http:// or https:// URL", c->otlp_endpoint);
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
     if (c->http_listen[0]) {

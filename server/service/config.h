@@ -39,6 +39,9 @@ typedef struct cv_config {
     double max_connection_age_s;       /* a gRPC connection gets GOAWAY after this (+-10%), so
                                         * clients re-resolve and spread over new replicas; 0: never */
     double max_connection_age_grace_s; /* after that GOAWAY, how long its streams may finish */
+    char otlp_endpoint[1024];  /* OTLP/HTTP traces URL ("http://collector:4318/v1/traces"); "" = no tracing */
+    double trace_sample_ratio; /* share of new traces recorded (a caller's sampled flag wins) */
+    int otlp_queue_spans;      /* spans waiting for the exporter; more are dropped and counted */
     char auth_config[1024];    /* JSON access policy (auth.h); "" = no checks */
     char tls_cert[1024];       /* PEM chain: TLS on listen when set, with tls_key */
     char tls_key[1024];

@@ -142,12 +142,13 @@ void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, c
     cv_stats_request(stats, (int)proto, &o);
 }
 
-void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
-                         const cv_engine_final *f, const char *error) {
+void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *trace_id, const char *version,
+                         cv_rpc_code code, const cv_engine_final *f, const char *error) {
     json_t *o = json_pack("{s:s,s:s,s:s,s:s,s:s,s:s}", "level", code == CV_RPC_OK ? "info" : "warn", "msg",
                           "request", "request_id", request_id, "version", version, "protocol",
                           cv_core_protocol_name(proto), "code", cv_grpc_status_name((int)code));
     if (!o) return;
+    if (trace_id && *trace_id) json_object_set_new(o, "trace_id", json_string(trace_id));
     if (f) {
         json_object_set_new(o, "prompt_tokens", json_integer(f->prompt_tokens));
         json_object_set_new(o, "completion_tokens", json_integer(f->completion_tokens));
@@ -159,6 +160,73 @@ void cv_core_log_request(cv_core_protocol proto, const char *request_id, const c
     if (line) fprintf(stderr, "%s\n", line);
     free(line);
     json_decref(o);
+}
+
+/* ---- tracing ---- */
+
+void cv_core_trace_begin(cv_core_trace *t, const char *traceparent, const char *name, cv_core_protocol proto,
+                         const char *operation) {
+    cv_trace_ctx parent;
+    cv_trace_begin(traceparent, traceparent ? strlen(traceparent) : 0, &parent);
+    t->span = cv_span_start(&parent, name, CV_SPAN_SERVER, 0, &t->ctx);
+    t->submit_ns = 0;
+    cv_trace_id_hex(&t->ctx, t->trace_id);
+    cv_span_set_str(t->span, "gen_ai.operation.name", operation);
+    cv_span_set_str(t->span, "gen_ai.system", "corvid");
+    cv_span_set_str(t->span, proto == CV_CORE_HTTP ? "http.request.method" : "rpc.system",
+                    proto == CV_CORE_HTTP ? "POST" : "grpc");
+}
+
+static const char *finish_reason(cv_finish f) {
+    switch (f) {
+    case CV_FINISH_STOP: return "stop";
+    case CV_FINISH_LENGTH: return "length";
+    case CV_FINISH_CANCELLED: return "cancelled";
+    default: return "error";
+    }
+}
+
+/* A phase of the engine, [from, to) seconds after the submit. */
+static void engine_phase(const cv_core_trace *t, const char *name, double from, double to, int32_t tokens,
+                         const char *tokens_key) {
+    if (to < from) return;
+    cv_span *s = cv_span_start(&t->ctx, name, CV_SPAN_INTERNAL, t->submit_ns + (uint64_t)(from * 1e9), NULL);
+    if (tokens_key) cv_span_set_int(s, tokens_key, tokens);
+    cv_span_end(s, t->submit_ns + (uint64_t)(to * 1e9));
+}
+
+void cv_core_trace_submit(cv_core_trace *t, const char *model, const cv_engine_request *er) {
+    t->submit_ns = cv_trace_now_ns();
+    cv_span *s = t->span;
+    cv_span_set_str(s, "gen_ai.request.model", model);
+    cv_span_set_int(s, "gen_ai.request.max_tokens", er->max_tokens);
+    cv_span_set_double(s, "gen_ai.request.temperature", er->sampling.temperature);
+    cv_span_set_double(s, "gen_ai.request.top_p", er->sampling.top_p);
+    cv_span_set_int(s, "gen_ai.request.top_k", er->sampling.top_k);
+    cv_span_set_int(s, "gen_ai.request.seed", (int64_t)er->sampling.seed);
+}
+
+void cv_core_trace_end(cv_core_trace *t, const char *request_id, const char *version, cv_rpc_code code,
+                       const cv_engine_final *f, const char *error) {
+    cv_span *s = t->span;
+    if (!s) return;
+    t->span = NULL;
+    cv_span_set_str(s, "gen_ai.response.id", request_id);
+    cv_span_set_str(s, "gen_ai.response.model", version);
+    if (f && t->submit_ns) {
+        cv_span_set_int(s, "gen_ai.usage.input_tokens", f->prompt_tokens);
+        cv_span_set_int(s, "gen_ai.usage.output_tokens", f->completion_tokens);
+        cv_span_set_str(s, "gen_ai.response.finish_reasons", finish_reason(f->reason));
+        /* No first token (cancelled in the queue, or an error): the phases it reached. */
+        double started = f->queue_s > 0 ? f->queue_s : f->total_s;
+        double first = f->ttft_s > 0 ? f->ttft_s : f->total_s;
+        engine_phase(t, "queue", 0, started, 0, NULL);
+        engine_phase(t, "prefill", started, first, f->prompt_tokens, "gen_ai.usage.input_tokens");
+        if (f->ttft_s > 0) engine_phase(t, "decode", first, f->total_s, f->completion_tokens, "gen_ai.usage.output_tokens");
+    }
+    cv_span_set_str(s, "rpc.grpc.status_code_name", cv_grpc_status_name((int)code));
+    if (code != CV_RPC_OK) cv_span_set_error(s, error && *error ? error : cv_grpc_status_name((int)code));
+    cv_span_end(s, 0);
 }
 
 /* ---- pending output ---- */

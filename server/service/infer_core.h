@@ -20,6 +20,7 @@
 #include "rag_guard.h"
 #include "think_split.h"
 #include "tool_calls.h"
+#include "trace.h"
 
 /* What a request came over: the index of its figures in stats.h (CV_STATS_PROTOCOLS)
  * and the "protocol" label and log field. */
@@ -73,10 +74,31 @@ cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_
  * how it finished, its times and token counts. */
 void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_engine_final *f);
 
-/* One JSON line per finished request on stderr: its id, version, protocol, status
- * (gRPC name), counts and times when it ran (f may be NULL), and the error. */
-void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *version, cv_rpc_code code,
-                         const cv_engine_final *f, const char *error);
+/* One JSON line per finished request on stderr: its id, trace id (NULL: none), version,
+ * protocol, status (gRPC name), counts and times when it ran (f may be NULL), and the error. */
+void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *trace_id, const char *version,
+                         cv_rpc_code code, const cv_engine_final *f, const char *error);
+
+/* ---- one request's trace (trace.h): the request span and, at its end, the engine's
+ * phases as its children, with OpenTelemetry's gen_ai.* attribute names ---- */
+typedef struct cv_core_trace {
+    cv_trace_ctx ctx;        /* under the request span: retrieval and engine phases hang here */
+    cv_span *span;           /* the request span; NULL when not recorded */
+    uint64_t submit_ns;      /* the prompt went to the engine; 0: it never did */
+    char trace_id[33];       /* for the log line and the audit trail */
+} cv_core_trace;
+
+/* Starts the request span (name: "corvid.v1.Inference/Chat", "POST /v1/completions")
+ * under traceparent (NULL or malformed: a new trace); operation is gen_ai.operation.name
+ * ("chat", "text_completion"). */
+void cv_core_trace_begin(cv_core_trace *t, const char *traceparent, const char *name, cv_core_protocol proto,
+                         const char *operation);
+/* The prompt goes to the engine now: notes the time and the request's model and sampling. */
+void cv_core_trace_submit(cv_core_trace *t, const char *model, const cv_engine_request *er);
+/* Ends the request span (once): usage and status, and when the engine ran the request
+ * (f after a submit) its queue wait, prefill and decode as child spans. */
+void cv_core_trace_end(cv_core_trace *t, const char *request_id, const char *version, cv_rpc_code code,
+                       const cv_engine_final *f, const char *error);
 
 /* A tool call parsed out of the answer (tool_calls.h), with the id a tool message
  * answers. */

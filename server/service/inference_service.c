@@ -49,6 +49,7 @@ typedef struct gen_stream {
     char request_id[128];
     uint64_t seed;
     int render_special;      /* the tool-call syntax's markers are control tokens */
+    cv_core_trace trace;
 } gen_stream;
 
 static void stream_free(gen_stream *g) {
@@ -247,7 +248,9 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
         /* Once per stream: produce is never called again after FINISH. */
         int ran = g->fail_code == CV_RPC_OK;
         cv_core_record(g->slot->stats, CV_CORE_GRPC, *code, ran ? &g->out.final : NULL);
-        cv_core_log_request(CV_CORE_GRPC, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);
+        cv_core_log_request(CV_CORE_GRPC, g->request_id, g->trace.trace_id, g->slot->version, *code,
+                            ran ? &g->out.final : NULL, *status_msg);
+        cv_core_trace_end(&g->trace, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);
     }
     pthread_mutex_unlock(&g->mu);
     return p;
@@ -260,6 +263,8 @@ static void gen_cancel(void *ctx) {
 
 static void gen_done(void *ctx) {
     gen_stream *g = ctx;
+    /* Ended without a status of ours (the client went first): the span ends here. */
+    cv_core_trace_end(&g->trace, g->request_id, g->slot->version, CV_RPC_CANCELLED, NULL, "client went away");
     cv_router_release(g->inf->router, g->slot);
     atomic_fetch_sub(&g->inf->in_flight, 1);
     stream_free(g);
@@ -358,7 +363,7 @@ static cv_status check_sampling(const Corvid__V1__SamplingParams *p, cv_error *e
 static void refuse(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const char *request_id, cv_rpc_code code,
                    const char *msg) {
     cv_core_record(slot->stats, CV_CORE_GRPC, code, NULL);
-    cv_core_log_request(CV_CORE_GRPC, request_id, slot->version, code, NULL, msg);
+    cv_core_log_request(CV_CORE_GRPC, request_id, NULL, slot->version, code, NULL, msg);
     cv_rpc_reply(call, code, msg, NULL, 0);
     cv_router_release(inf->router, slot);
 }
@@ -416,6 +421,10 @@ static gen_stream *stream_open(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, 
     /* Every stream has an id for logs and the final message; clients may bring their own. */
     if (request_id && *request_id) snprintf(g->request_id, sizeof g->request_id, "%s", request_id);
     else snprintf(g->request_id, sizeof g->request_id, "req-%016llx", (unsigned long long)cv_core_random_seed());
+    const char *method = cv_rpc_method(call);
+    size_t mlen = strlen(method);
+    cv_core_trace_begin(&g->trace, cv_rpc_metadata(call, "traceparent"), method + (method[0] == '/'), CV_CORE_GRPC,
+                        mlen >= 5 && !strcmp(method + mlen - 5, "/Chat") ? "chat" : "text_completion");
     atomic_fetch_add(&inf->in_flight, 1);
     cv_rpc_stream_start(call, &gen_ops, g);
     return g;
@@ -455,6 +464,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     r.n_stop = (int32_t)n_stop;
     r.render_special = g->render_special;
     cv_engine_sink sink = {sink_chunk, sink_final, g};
+    cv_core_trace_submit(&g->trace, g->slot->name, &r);
     pthread_mutex_lock(&g->mu);
     cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
     int gone = g->client_gone;
@@ -674,6 +684,7 @@ static int rag_start(cv_infer *inf, cv_slot *slot, cv_rpc_call *call, const infe
     const Corvid__V1__SamplingParams *sp = req_sampling(r);
     cv_rag_request req = {
         .request_id = j->g->request_id,
+        .trace = &j->g->trace.ctx,
         .prompt = r->gen ? r->gen->prompt : NULL,
         .messages = msgs,
         .n_messages = n_msgs,

@@ -1,5 +1,7 @@
 #include "metrics.h"
 
+#include "otlp_export.h"
+
 #include "grpc_status.h"
 #include "infer_core.h"
 #include "rag_guard.h"
@@ -196,6 +198,18 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
             put(&b, "corvid_http_requests_total{endpoint=\"%s\",status=\"%d\"} %llu\n", http[i].endpoint,
                 http[i].status, (unsigned long long)http[i].count);
     }
+    cv_otlp_counts t;
+    cv_otlp_get_counts(&t);
+    put(&b, "# HELP corvid_trace_spans_exported_total Spans the OTLP collector accepted.\n"
+            "# TYPE corvid_trace_spans_exported_total counter\n"
+            "corvid_trace_spans_exported_total %llu\n"
+            "# HELP corvid_trace_spans_dropped_total Spans dropped: the exporter's queue was full, or the "
+            "collector did not accept their batch.\n"
+            "# TYPE corvid_trace_spans_dropped_total counter\n"
+            "corvid_trace_spans_dropped_total{reason=\"queue_full\"} %llu\n"
+            "corvid_trace_spans_dropped_total{reason=\"export_failed\"} %llu\n",
+        (unsigned long long)t.exported, (unsigned long long)t.dropped_queue_full,
+        (unsigned long long)t.dropped_export_failed);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -47,6 +47,7 @@ typedef struct job {
     const cv_chat_format *fmt; /* chat: the template */
     cv_tool_plan tools;   /* chat: its tools, how calls are parsed */
     json_t *citations;    /* RAG: the kept passages, in citation order; NULL without */
+    cv_core_trace trace;
 } job;
 
 static void job_free(job *j) {
@@ -87,9 +88,10 @@ static void record(job *j) {
     const cv_engine_final *f = &j->out.final;
     cv_rpc_code code = final_code(&j->out);
     cv_core_record(j->slot->stats, CV_CORE_HTTP, code, f);
-    cv_core_log_request(CV_CORE_HTTP, j->request_id, j->slot->version, code, f,
-                        code == CV_RPC_RESOURCE_EXHAUSTED ? "client reads too slowly: more than 1 MiB pending"
-                                                          : j->out.error);
+    const char *error = code == CV_RPC_RESOURCE_EXHAUSTED ? "client reads too slowly: more than 1 MiB pending"
+                                                          : j->out.error;
+    cv_core_log_request(CV_CORE_HTTP, j->request_id, j->trace.trace_id, j->slot->version, code, f, error);
+    cv_core_trace_end(&j->trace, j->request_id, j->slot->version, code, f, error);
 }
 
 /* A token's text as JSON wants it (valid UTF-8: a piece that cuts a character gets
@@ -291,6 +293,10 @@ static void job_cancel(void *ctx) {
 
 static void job_done(void *ctx) {
     job *j = ctx;
+    /* Still open: the client went away before the answer was complete. */
+    cv_core_trace_end(&j->trace, j->request_id, j->slot ? j->slot->version : "",
+                      j->client_gone ? CV_RPC_CANCELLED : CV_RPC_INVALID_ARGUMENT, NULL,
+                      j->client_gone ? "client went away" : "refused before routing");
     if (j->slot) cv_router_release(j->svc->router, j->slot);
     job_free(j);
 }
@@ -385,14 +391,15 @@ static cv_rpc_code pick_slot(cv_oai_service *svc, const cv_oai_request *r, const
     return cv_core_acquire(svc->router, r->model, NULL, rid, slot, msg, cap);
 }
 
-static void refuse(cv_oai_service *svc, cv_hs_req *req, cv_slot *slot, const char *rid, cv_rpc_code code,
-                   const char *msg, const char *param) {
+static void refuse(job *j, cv_slot *slot, cv_rpc_code code, const char *msg, const char *param) {
     int status = cv_core_http_status(code);
+    cv_core_trace_end(&j->trace, j->request_id, slot ? slot->version : "", code, NULL, msg);
     if (slot) {
         cv_core_record(slot->stats, CV_CORE_HTTP, code, NULL);
-        cv_core_log_request(CV_CORE_HTTP, rid, slot->version, code, NULL, msg);
-        cv_router_release(svc->router, slot);
+        cv_core_log_request(CV_CORE_HTTP, j->request_id, j->trace.trace_id, slot->version, code, NULL, msg);
+        cv_router_release(j->svc->router, slot);
     }
+    cv_hs_req *req = j->req;
     const char *ecode = code == CV_RPC_NOT_FOUND ? "model_not_found"
                         : code == CV_RPC_RESOURCE_EXHAUSTED ? "queue_full"
                         : code == CV_RPC_UNAVAILABLE ? "unavailable" : NULL;
@@ -444,11 +451,12 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
         cv_core_out_split(&j->out, cv_think_prompt_opens(slot->tok, ids, n_ids));
     if (j->tools.syntax != CV_TOOL_SYNTAX_NONE && cv_core_out_tools(&j->out, j->tools.syntax, j->tools.max_calls)) {
         j->slot = NULL;
-        refuse(j->svc, req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        refuse(j, slot, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
         cv_hs_release(req);
         return;
     }
     cv_engine_sink sink = {sink_chunk, sink_final, j};
+    cv_core_trace_submit(&j->trace, slot->name, &er);
     cv_hs_retain(req); /* the engine's hold, which sink_final ends */
     pthread_mutex_lock(&j->mu);
     cv_status st = cv_engine_submit(j->engine, &er, &sink, &j->engine_id, &err);
@@ -461,7 +469,7 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
         cv_hs_release(req);
         j->ended = 1;
         j->slot = NULL;
-        refuse(j->svc, req, slot, j->request_id, cv_core_code_of(st), err.msg,
+        refuse(j, slot, cv_core_code_of(st), err.msg,
                st == CV_EINVAL ? (j->kind == CV_OAI_CHAT ? "messages" : "prompt") : NULL);
     } else {
         if (gone) cv_engine_cancel(j->engine, id);
@@ -513,7 +521,7 @@ static void rag_done(void *user, const cv_rag_result *res) {
     if (res->status != CV_OK) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
-        refuse(j->svc, j->req, slot, j->request_id, cv_core_code_of(res->status), res->error, NULL);
+        refuse(j, slot, cv_core_code_of(res->status), res->error, NULL);
         cv_hs_release(j->req);
         return;
     }
@@ -523,7 +531,7 @@ static void rag_done(void *user, const cv_rag_result *res) {
         cv_core_out_guard(&j->out, kept, j->kind != CV_OAI_CHAT && kept)) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
-        refuse(j->svc, j->req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        refuse(j, slot, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
         cv_hs_release(j->req);
         return;
     }
@@ -556,7 +564,7 @@ static int rag_start(job *j) {
     if (!svc->rag || !svc->rag->cfg.service) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
-        refuse(svc, j->req, slot, j->request_id, CV_RPC_FAILED_PRECONDITION,
+        refuse(j, slot, CV_RPC_FAILED_PRECONDITION,
                "corvid.rag: this server has no knowledge base or live source configured "
                "(rag_knowledge_bases, rag_sources)", "corvid.rag");
         return -1;
@@ -564,12 +572,13 @@ static int rag_start(job *j) {
     if (r->n_messages && !(j->rag_msgs = calloc(r->n_messages, sizeof *j->rag_msgs))) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
-        refuse(svc, j->req, slot, j->request_id, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        refuse(j, slot, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);
         return -1;
     }
     for (size_t i = 0; i < r->n_messages; i++) j->rag_msgs[i] = (cv_rag_msg){r->messages[i].role, r->messages[i].content};
     cv_rag_request q = {
         .request_id = j->request_id,
+        .trace = &j->trace.ctx,
         .prompt = j->kind == CV_OAI_COMPLETION ? r->prompt : NULL,
         .messages = j->rag_msgs,
         .n_messages = r->n_messages,
@@ -582,7 +591,7 @@ static int rag_start(job *j) {
     if (st != CV_OK) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
-        refuse(svc, j->req, slot, j->request_id, cv_core_code_of(st), err.msg, "corvid.rag");
+        refuse(j, slot, cv_core_code_of(st), err.msg, "corvid.rag");
         return -1;
     }
     return 0;
@@ -629,7 +638,7 @@ static void serve_completion(void *user) {
     }
     cv_rpc_code code = pick_slot(svc, r, rid, &slot, msg, sizeof msg);
     if (code != CV_RPC_OK) {
-        refuse(svc, req, NULL, rid, code, msg, code == CV_RPC_NOT_FOUND ? "model" : NULL);
+        refuse(j, NULL, code, msg, code == CV_RPC_NOT_FOUND ? "model" : NULL);
         goto release;
     }
     const char *field = kind == CV_OAI_CHAT ? "messages" : "prompt";
@@ -637,26 +646,26 @@ static void serve_completion(void *user) {
     for (size_t i = 0; i < r->n_messages; i++) bytes += strlen(r->messages[i].role) + strlen(r->messages[i].content);
     if (kind == CV_OAI_COMPLETION) bytes = strlen(r->prompt);
     if (cv_core_check_prompt_size(svc->max_prompt_bytes, slot, field, bytes, &err) != CV_OK) {
-        refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT, err.msg, field);
+        refuse(j, slot, CV_RPC_INVALID_ARGUMENT, err.msg, field);
         goto release;
     }
     if (kind == CV_OAI_CHAT) {
         code = cv_core_chat_format(slot, NULL, &j->fmt, &err);
         if (code != CV_RPC_OK) {
-            refuse(svc, req, slot, rid, code, err.msg, field);
+            refuse(j, slot, code, err.msg, field);
             goto release;
         }
         if (strcmp(cv_chat_format_name(j->fmt), "jinja") != 0) builtin_roles(r);
         st = cv_tool_plan_make(j->fmt, r->tools, r->tool_choice, r->tool_function, r->parallel_tool_calls,
                                &j->tools, &err);
         if (st != CV_OK) {
-            refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, j->tools.param[0] ? j->tools.param : NULL);
+            refuse(j, slot, cv_core_code_of(st), err.msg, j->tools.param[0] ? j->tools.param : NULL);
             goto release;
         }
         const cv_chat_opts opts = {.add_generation_prompt = true, .tools = j->tools.template_tools};
         st = cv_chat_format_check(j->fmt, r->messages, r->n_messages, &opts, &err);
         if (st != CV_OK) {
-            refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
+            refuse(j, slot, cv_core_code_of(st), err.msg, field);
             goto release;
         }
     }
@@ -671,7 +680,7 @@ static void serve_completion(void *user) {
                              : cv_core_tokenize(slot->tok, r->prompt, CV_TOK_ADD_SPECIAL, &ids, &n_ids, &err);
     if (st != CV_OK) {
         j->slot = NULL;
-        refuse(svc, req, slot, rid, cv_core_code_of(st), err.msg, field);
+        refuse(j, slot, cv_core_code_of(st), err.msg, field);
         goto release;
     }
     submit(j, ids, n_ids, NULL);
@@ -696,6 +705,9 @@ static void start_completion(cv_oai_service *svc, cv_hs_req *req, cv_oai_kind ki
     const char *hrid = cv_hs_header(req, "X-Request-Id");
     if (hrid && *hrid && strlen(hrid) < sizeof j->request_id) snprintf(j->request_id, sizeof j->request_id, "%s", hrid);
     else snprintf(j->request_id, sizeof j->request_id, "req-%016llx", (unsigned long long)cv_core_random_seed());
+    cv_core_trace_begin(&j->trace, cv_hs_header(req, "traceparent"),
+                        kind == CV_OAI_CHAT ? "POST /v1/chat/completions" : "POST /v1/completions", CV_CORE_HTTP,
+                        kind == CV_OAI_CHAT ? "chat" : "text_completion");
     cv_hs_hold(req, &job_ops, j);
     size_t len;
     cv_hs_body(req, &len);

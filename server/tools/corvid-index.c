@@ -345,7 +345,7 @@ static int cmd_sources(args *a) {
     cv_rag_source_hits hits = {0};
     int rc = 1;
     if (cv_rag_sources_parse(buf, n, &src, &e) || cv_pii_create(CV_PII_PLACEHOLDER, &pii, &e) ||
-        cv_rag_sources_fetch(src, pii, a->pos[1], a->budget_ms, audit_line, audit ? audit : stderr,
+        cv_rag_sources_fetch(src, pii, a->pos[1], a->budget_ms, audit_line, audit ? audit : stderr, NULL,
                              &hits, &e)) {
         fail(&e);
         goto done;

@@ -24,6 +24,7 @@
 #include "config.h"
 #include "health.h"
 #include "http_endpoint.h"
+#include "otlp_export.h"
 #include "http_server.h"
 #include "inference_service.h"
 #include "metrics.h"
@@ -49,14 +50,15 @@ static void rag_audit(void *user, const char *line) {
         return;
     }
     cv_audit_entry e = {CV_AUDIT_EXTERNAL_REQUEST, NULL, NULL, json_string_value(json_object_get(j, "url")),
-                        json_string_value(json_object_get(j, "outcome")), line};
+                        json_string_value(json_object_get(j, "outcome")), line,
+                        json_string_value(json_object_get(j, "trace_id"))};
     cv_error err = {0};
     if (cv_audit_write(a, &e, &err) != CV_OK) fprintf(stderr, "%s\n", line);
     json_decref(j);
 }
 
 static void audit_model_load(void *ctx, const char *uri, int ready, const char *detail) {
-    cv_audit_entry e = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri, ready ? "ready" : "failed", detail};
+    cv_audit_entry e = {CV_AUDIT_MODEL_LOAD, NULL, NULL, uri, ready ? "ready" : "failed", detail, NULL};
     cv_audit_write(ctx, &e, NULL);
 }
 
@@ -206,6 +208,12 @@ int main(int argc, char **argv) {
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
         cv_infer_new(router, &io, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
         goto out;
+    if (cfg.otlp_endpoint[0]) {
+        cv_trace_set_ratio(cfg.trace_sample_ratio);
+        cv_otlp_config oc = {.endpoint = cfg.otlp_endpoint, .service_name = "corvid-server",
+                             .instance_id = cfg.listen, .queue_spans = (unsigned)cfg.otlp_queue_spans};
+        if (cv_otlp_start(&oc, &err) != CV_OK) goto out;
+    }
     cv_status created = cv_rpc_server_new(&rcfg, &srv, &err);
     rcfg.tls = NULL; /* the rpc server owns the TLS files from here, even when it failed */
     if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
@@ -311,6 +319,7 @@ out:
     cv_tls_files_free(rcfg.tls);
     cv_auth_free(auth);
     cv_pii_free(pii);
+    cv_otlp_stop(); /* last: the spans of the requests that just ended go out too */
     if (!rc) fprintf(stderr, "{\"msg\":\"stopped\"}\n");
     return rc;
 }

@@ -50,9 +50,9 @@ static void test_fields_and_format(void **state) {
     cv_error e = {0};
     assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
     cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, "alice", "ipv4:10.0.0.7:5000",
-                         "/corvid.v1.Admin/LoadModel", "ok", "version v2 from /models/x.gguf"};
+                         "/corvid.v1.Admin/LoadModel", "ok", "version v2 from /models/x.gguf", NULL};
     assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
-    cv_audit_entry sparse = {CV_AUDIT_MODEL_LOAD, NULL, NULL, NULL, "failed", "sha256 mismatch"};
+    cv_audit_entry sparse = {CV_AUDIT_MODEL_LOAD, NULL, NULL, NULL, "failed", "sha256 mismatch", NULL};
     assert_int_equal(cv_audit_write(a, &sparse, &e), CV_OK);
     cv_audit_close(a);
     struct stat st;
@@ -109,12 +109,12 @@ static void test_tokens_never_written(void **state) {
                                "[%s]", "unsigned %s."};
     for (int i = 0; i < 5; i++) {
         snprintf(detail, sizeof detail, templates[i], i == 4 ? hp : tok);
-        cv_audit_entry en = {CV_AUDIT_AUTH_FAILURE, tok, "ipv4:1.2.3.4:1", detail, detail, detail};
+        cv_audit_entry en = {CV_AUDIT_AUTH_FAILURE, tok, "ipv4:1.2.3.4:1", detail, detail, detail, NULL};
         assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
     }
     /* A bearer credential that is not a JWT is redacted too. */
     cv_audit_entry opaque = {CV_AUDIT_AUTH_FAILURE, NULL, NULL, NULL, NULL,
-                             "Authorization: Bearer opaque-secret-123 rejected"};
+                             "Authorization: Bearer opaque-secret-123 rejected", NULL};
     assert_int_equal(cv_audit_write(a, &opaque, &e), CV_OK);
     cv_audit_close(a);
 
@@ -156,7 +156,7 @@ static void test_pii_utf8_and_length(void **state) {
     cv_audit *a = open_masked(path, CV_PII_PLACEHOLDER, &pii);
     cv_error e = {0};
     cv_audit_entry en = {CV_AUDIT_EXTERNAL_REQUEST, NULL, NULL, "https://api.test/q", "ok",
-                         "query from bob@example.com about \xff\xfe caf\xc3\xa9"};
+                         "query from bob@example.com about \xff\xfe caf\xc3\xa9", NULL};
     assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
     char *big = malloc(10000);
     memset(big, 'x', 9999);
@@ -185,7 +185,7 @@ static void *writer(void *arg) {
         size_t len = 1 + (size_t)(i * 37 + id * 11) % 2000;
         memset(detail, 'a' + id, len);
         detail[len] = 0;
-        cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, "w", NULL, NULL, "ok", detail};
+        cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, "w", NULL, NULL, "ok", detail, NULL};
         if (cv_audit_write(shared, &en, NULL) != CV_OK) return (void *)1;
     }
     return NULL;
@@ -224,7 +224,7 @@ static void test_reopen_stderr_and_errors(void **state) {
     path_in_dir(moved, sizeof moved, "rot.log.1");
     cv_audit *a = NULL;
     cv_error e = {0};
-    cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", "one"};
+    cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", "one", NULL};
     assert_int_equal(cv_audit_open(path, &a, &e), CV_OK);
     assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
     assert_int_equal(rename(path, moved), 0);
@@ -283,7 +283,7 @@ static void write_numbered(cv_audit *a, int lo, int hi) {
         int k = snprintf(detail, sizeof detail, "n=%d ", i);
         memset(detail + k, 'p', sizeof detail - 1 - (size_t)k);
         detail[sizeof detail - 1] = 0;
-        cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", detail};
+        cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", detail, NULL};
         cv_error e = {0};
         assert_int_equal(cv_audit_write(a, &en, &e), CV_OK);
     }
@@ -368,7 +368,7 @@ static void test_rotation_failure_keeps_the_bound(void **state) {
     char big[400];
     memset(big, 'b', sizeof big - 1);
     big[sizeof big - 1] = 0;
-    cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", big};
+    cv_audit_entry en = {CV_AUDIT_ADMIN_ACTION, NULL, NULL, NULL, "ok", big, NULL};
     for (int i = 0; i < 3; i++) {
         assert_int_equal(cv_audit_write(a, &en, &e), CV_EIO);
         assert_non_null(strstr(e.msg, "cannot rotate it to"));
@@ -390,10 +390,10 @@ static void test_subject_masked_and_counts(void **state) {
     cv_error e = {0};
     cv_audit_entry en = {CV_AUDIT_AUTH_FAILURE, "alice.smith@example.com", "10.0.0.7",
                          "/corvid.v1.Admin/GetStatus", "PERMISSION_DENIED",
-                         "the token of 'alice.smith@example.com' has inference"};
+                         "the token of 'alice.smith@example.com' has inference", NULL};
     cv_audit_count c = {"missing_scope", 412, 1767225600.25, 1767225609.5};
     assert_int_equal(cv_audit_write_count(a, &en, &c, &e), CV_OK);
-    cv_audit_entry svc = {CV_AUDIT_ADMIN_ACTION, "ci-deploy", NULL, NULL, "ok", "x"};
+    cv_audit_entry svc = {CV_AUDIT_ADMIN_ACTION, "ci-deploy", NULL, NULL, "ok", "x", NULL};
     assert_int_equal(cv_audit_write(a, &svc, &e), CV_OK);
     cv_audit_close(a);
     cv_pii_free(pii);

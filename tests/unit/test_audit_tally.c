@@ -53,7 +53,7 @@ static void fail_from(cv_audit_tally *t, const char *addr, const char *reason, c
     char peer[96];
     snprintf(peer, sizeof peer, "ipv4:%s:%d", addr, 40000 + (int)(random() % 20000));
     cv_audit_entry e = {CV_AUDIT_AUTH_FAILURE, subject, peer, "/corvid.v1.Admin/GetStatus",
-                        "UNAUTHENTICATED", detail};
+                        "UNAUTHENTICATED", detail, NULL};
     cv_audit_tally_add(t, addr, reason, &e);
 }
 

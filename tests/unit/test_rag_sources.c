@@ -79,10 +79,10 @@ static void test_fetch_without_sources_and_without_pii(void **state) {
     cv_pii *p = NULL;
     assert_int_equal(cv_pii_create(CV_PII_PLACEHOLDER, &p, NULL), CV_OK);
     cv_rag_source_hits h = {0};
-    assert_int_equal(cv_rag_sources_fetch(s, p, "anything", 0, NULL, NULL, &h, NULL), CV_OK);
+    assert_int_equal(cv_rag_sources_fetch(s, p, "anything", 0, NULL, NULL, NULL, &h, NULL), CV_OK);
     assert_int_equal(h.n, 0);
     cv_error e = {0};
-    assert_int_equal(cv_rag_sources_fetch(s, NULL, "q", 0, NULL, NULL, &h, &e), CV_EINVAL);
+    assert_int_equal(cv_rag_sources_fetch(s, NULL, "q", 0, NULL, NULL, NULL, &h, &e), CV_EINVAL);
     cv_pii_free(p);
     cv_rag_sources_free(s);
 }

@@ -36,6 +36,11 @@ typedef struct corvid_error {
 /* The name of a status code ("RESOURCE_EXHAUSTED"). */
 const char *corvid_code_name(int code);
 
+/* Calls this thread starts from now on carry this W3C traceparent
+ * ("00-<trace id>-<span id>-<flags>") as gRPC metadata, so the server's spans join the
+ * caller's trace; NULL or "" for none. Per thread, like OpenTelemetry's context. */
+void corvid_trace_context(const char *traceparent);
+
 typedef struct corvid_client_options {
     /* "127.0.0.1:50051"; several servers: "dns:///NAME:PORT" (every address of the
      * name, re-resolved when connections drop; "dns://RESOLVER:53/NAME:PORT" asks that
