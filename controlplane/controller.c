@@ -290,7 +290,8 @@ static void rollout_trace(const char *model, const char *id, cv_trace_ctx *out) 
 static void rollout_attrs(cv_span *sp, const char *model, const cv_rollout_status *st) {
     cv_span_set_str(sp, "corvid.rollout.model", model);
     cv_span_set_str(sp, "corvid.rollout.id", st->id);
-    cv_span_set_str(sp, "corvid.rollout.candidate", st->candidate);
+    /* Promotion makes the candidate the active version (and clears candidate). */
+    cv_span_set_str(sp, "corvid.rollout.candidate", st->phase == CV_PHASE_PROMOTED ? st->active : st->candidate);
     cv_span_set_int(sp, "corvid.rollout.step", st->step);
     cv_span_set_int(sp, "corvid.rollout.traffic_percent", st->traffic);
 }

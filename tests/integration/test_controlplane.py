@@ -18,6 +18,7 @@ import grpc
 import corvid_testlib
 from corvid_testlib import BIN, DATA, TMP, Checks, Server, proto_modules, spawn, sha256_file as sha256
 from etcd_testlib import Etcd, b64, unb64
+from otlp_testlib import Receiver
 
 _, admin_pb, _ = proto_modules()
 F32 = os.path.join(DATA, "models", "stories260K.gguf")
@@ -70,9 +71,13 @@ class Load(threading.Thread):
 class Fleet:
     def __init__(self):
         self.etcd = Etcd()
+        # Traces: the control planes record every rollout; the servers only what comes with
+        # a sampled traceparent (the control plane's Admin calls), not bench-load's calls.
+        self.otlp = Receiver()
         cache = os.path.join(TMP, "cache")
         self.servers = [Server("--model", F32, "--model-version", "v1", "--model-cache-dir", cache + str(i),
                                "--max-running", "16", "--max-waiting", "64",
+                               "--otlp-endpoint", self.otlp.url, "--trace-sample-ratio", "0",
                                binary=os.path.join(TESTING_BIN, "corvid-server")) for i in range(2)]
         self.cps = {}
         for name in ("cp-a", "cp-b"):
@@ -86,7 +91,7 @@ class Fleet:
                "poll_ms": POLL_MS, "election_ttl_s": TTL_S, "admin_timeout_ms": 1000,
                "stage_deadline_s": 30, "shift_deadline_s": 10, "observe_deadline_s": 15,
                "unmeasurable_deadline_s": UNMEASURABLE_S, "keep_previous_s": 1,
-               "smoke_prompt": "Once upon a time",
+               "smoke_prompt": "Once upon a time", "otlp_endpoint": self.otlp.url,
                "defaults": {"window_ms": WINDOW_MS, "min_requests": 10, "failure_limit": 2,
                             "max_error_rate": 0.05}}
         path = os.path.join(TMP, name + ".json")
@@ -161,6 +166,7 @@ class Fleet:
         for s in self.servers:
             s.stop()
         self.etcd.destroy()
+        self.otlp.close()
 
 
 def register(fl, version, path, sha=None):
@@ -172,6 +178,7 @@ def bluegreen_good(fl, report):
     register(fl, "v2", Q8)
     t0 = time.time()
     rid = fl.start("v2", "--strategy", "bluegreen")
+    report["a_rollout_id"] = rid
     st = fl.wait_phase(["promoted"], 30, rid)
     report["a_rollout_to_100_s"] = round(time.time() - t0, 2)
     assert st["active"] == "v2" and st["traffic"] == 100, st
@@ -186,6 +193,33 @@ def bluegreen_good(fl, report):
     assert report["a_failed_requests"] == 0, [ld.by_status for ld in fl.loads]
     rc, out, err = fl.cli("rollout", "status", MODEL)
     assert rc == 0 and "promoted" in out and "v2" in out, (out, err)
+
+
+def rollout_traced(fl, report):
+    """(a) as one trace: the root span from staging to promotion, each phase a span under
+    it, and the servers' Admin spans (the calls that carried the rollout out) under it too."""
+    rid = report["a_rollout_id"]
+    roots = fl.otlp.wait(lambda s: s["name"] == "rollout " + MODEL and s["attrs"].get("corvid.rollout.id") == rid)
+    assert len(roots) == 1, roots
+    root = roots[0]
+    assert root["service"] == "corvid-controlplane" and "parentSpanId" not in root, root
+    assert root["attrs"]["corvid.rollout.outcome"] == "promoted" and root["attrs"]["corvid.rollout.candidate"] == "v2", \
+        root["attrs"]
+    spans = fl.otlp.trace(root["traceId"])
+    phases = sorted((int(s["startTimeUnixNano"]), s["name"]) for s in spans if s["name"].startswith("rollout."))
+    assert [n for _, n in phases][:1] == ["rollout.staging"] and len(phases) >= 2, phases
+    admin = {s["name"] for s in spans if s["service"] == "corvid-server"}
+    assert {"corvid.v1.Admin/LoadModel", "corvid.v1.Admin/SetTraffic"} <= admin, admin
+    lo, hi = int(root["startTimeUnixNano"]), int(root["endTimeUnixNano"])
+    for s in spans:
+        if s is root:
+            continue
+        assert s.get("parentSpanId") == root["spanId"], s
+        # The servers' Admin spans come after; the unload after keep_previous may follow it.
+        if s["service"] == "corvid-controlplane":
+            assert lo <= int(s["startTimeUnixNano"]) <= int(s["endTimeUnixNano"]) <= hi, (s, lo, hi)
+    print("     rollout %s: trace %s, %d spans (%s; Admin on servers: %s)" % (
+        rid, root["traceId"], len(spans), ", ".join(n for _, n in phases), ", ".join(sorted(admin))))
 
 
 def wrong_sha_rolled_back(fl, report):
@@ -349,6 +383,7 @@ def main():
     try:
         c.run("(a) blue-green: good version to 100%, old unloaded, zero failed requests", bluegreen_good, fl,
               report)
+        c.run("(a) traced: one trace, phases and the servers' Admin calls under its root", rollout_traced, fl, report)
         c.run("(b) wrong sha256: rolled back, status says why, zero failed requests", wrong_sha_rolled_back,
               fl, report)
         c.run("(c) canary with 20% injected errors: rolled back within window + poll", injected_errors_rolled_back,
