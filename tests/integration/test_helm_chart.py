@@ -82,6 +82,7 @@ import kubernetes_validate.utils as kv_utils  # noqa: E402
 
 RENDERS = {}
 MODEL_SOURCES = ["https://example.invalid/", "https://mirror.example.invalid/corvid/"]
+OTLP = "http://otel-collector.example.invalid:4318/v1/traces"
 
 
 def render_all():
@@ -90,7 +91,8 @@ def render_all():
     # The objects neither file turns on: a downloaded model and the trial etcd.
     RENDERS["download-etcd"] = chartlib.render({"model": {"source": "download", "uri": "https://example.invalid/m.gguf",
                                                           "sha256": "ab" * 32}, "etcd": {"enabled": True},
-                                                "server": {"config": {"modelSources": MODEL_SOURCES}}})
+                                                "server": {"config": {"modelSources": MODEL_SOURCES}},
+                                                "tracing": {"otlpEndpoint": OTLP, "sampleRatio": 0.25}})
     RENDERS["fleet-keda"] = chartlib.render(FLEET_VALUES)
     RENDERS["fleet-hpa"] = chartlib.render(dict(FLEET_VALUES, autoscaling=dict(FLEET_VALUES["autoscaling"], mode="hpa")))
     for name, m in RENDERS.items():
@@ -429,6 +431,17 @@ def balancing_service():
     off = chartlib.render({"server": {"headlessService": {"enabled": False}}})
     assert not [d for _, d in chartlib.documents(off)
                 if d["kind"] == "Service" and d["metadata"]["name"].endswith("-grpc")]
+
+
+def tracing_config():
+    """tracing.* reaches server.json and controlplane.json (both pass --check-config in
+    the checks above, this render included); nothing of it without an endpoint."""
+    srv = json.loads(config_maps("download-etcd")["server.json"])
+    assert srv["otlp_endpoint"] == OTLP and srv["trace_sample_ratio"] == 0.25, srv
+    cp = json.loads(chartlib.find(docs("download-etcd"), "ConfigMap", "-controlplane")["data"]["controlplane.json"])
+    assert cp["otlp_endpoint"] == OTLP, cp
+    plain = json.loads(config_maps("default")["server.json"])
+    assert not {"otlp_endpoint", "trace_sample_ratio"} & set(plain), plain
 
 
 def model_storage():
@@ -999,6 +1012,7 @@ if len(RENDERS) == 5:
     checks.run("non-root, read-only root, limits", security_contexts)
     checks.run("GPU and CPU-only modes, control plane", gpu_and_cpu_modes)
     checks.run("headless Service for client-side balancing, connection age", balancing_service)
+    checks.run("tracing values reach the server and control plane configs", tracing_config)
     checks.run("model storage", model_storage)
     checks.run("trial etcd", trial_etcd)
     checks.run("chart-made TLS and JWT secrets", chart_made_secrets)

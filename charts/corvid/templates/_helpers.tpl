@@ -111,6 +111,10 @@ and the model sharded over the pod's GPUs (tp = gpu.count).
 {{- if include "corvid.serverAuthConfig" . -}}
 {{- $_ := set $cfg "auth_config" "/etc/corvid/auth.json" -}}
 {{- end -}}
+{{- with .Values.tracing.otlpEndpoint -}}
+{{- $_ := set $cfg "otlp_endpoint" . -}}
+{{- $_ := set $cfg "trace_sample_ratio" $.Values.tracing.sampleRatio -}}
+{{- end -}}
 {{- if .Values.gpu.enabled -}}
 {{- $_ := set $cfg "device" "cuda" -}}
 {{- $_ := set $cfg "tp" (int .Values.gpu.count) -}}
@@ -188,6 +192,9 @@ only once, at start.
 {{- end -}}
 {{- if .Values.auth.enabled -}}
 {{- $_ := set $cfg "server_token_file" "/etc/corvid/admin-token/token" -}}
+{{- end -}}
+{{- with .Values.tracing.otlpEndpoint -}}
+{{- $_ := set $cfg "otlp_endpoint" . -}}
 {{- end -}}
 {{- toPrettyJson $cfg -}}
 {{- end -}}
