@@ -367,10 +367,14 @@ def disconnect_cancels(api):
     s = socket.create_connection(("127.0.0.1", api.http_port), timeout=30)
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
               b"X-Request-Id: gone-stream\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-    got = b""
-    while got.count(b"data: ") < 3:
+    got, seen = b"", []
+    while got.count(b"data: ") < 4:
         got += s.recv(4096)
+        seen.append(time.time())
     s.close()
+    # "Within one engine step": the bound is a few of this host's steps (an ASan build on
+    # a loaded host takes seconds per token), never less than 2 s.
+    bound = max(2.0, 4 * (seen[-1] - seen[0]) / max(1, len(seen) - 1))
     line = request_line(api, "gone-stream")
     assert line["code"] == "CANCELLED" and line["completion_tokens"] < 100, line
     # Without stream: the hang-up watcher sees the close while the answer is pending.
@@ -383,7 +387,7 @@ def disconnect_cancels(api):
     s.close()
     line = request_line(api, "gone-whole")
     assert line["code"] == "CANCELLED" and line["completion_tokens"] < 1000, line
-    assert time.time() - t0 < 2, time.time() - t0
+    assert time.time() - t0 < bound, (time.time() - t0, bound)
     st, _, b = api.post("/v1/completions", {"prompt": PROMPT, "max_tokens": 4})
     assert st == 200, b
 

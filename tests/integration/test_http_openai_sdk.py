@@ -170,8 +170,8 @@ def main():
         srv, base = start(QWEN)
         try:
             qc = openai.OpenAI(base_url=base, api_key="unused", max_retries=0, timeout=120)
-            c.run("chat: whole and streamed agree, role first, usage, parts, tool turn", chat, qc)
-            c.run("reasoning_content / Chunk.reasoning_text split, and off", reasoning_split, qc, srv.addr)
+            c.run("Qwen2.5-Coder 0.5B: chat: whole and streamed agree, role first, usage, parts, tool turn", chat, qc)
+            c.run("Qwen2.5-Coder 0.5B: reasoning_content / Chunk.reasoning_text split, and off", reasoning_split, qc, srv.addr)
         finally:
             srv.stop()
     c.finish()
