@@ -65,6 +65,8 @@ static json_t *span_json(const cv_span *s) {
         json_t *v;
         if (a->type == CV_ATTR_STR) {
             v = json_pack("{s:s}", "stringValue", a->s);
+        } else if (a->type == CV_ATTR_STR_ARRAY) {
+            v = json_pack("{s:{s:[{s:s}]}}", "arrayValue", "values", "stringValue", a->s);
         } else if (a->type == CV_ATTR_INT) {
             char num[24];
             snprintf(num, sizeof num, "%lld", (long long)a->i);

@@ -140,9 +140,15 @@ static cv_span_attr *add_attr(cv_span *s, const char *key, cv_attr_type t) {
     return a;
 }
 
-void cv_span_set_str(cv_span *s, const char *key, const char *value) {
-    cv_span_attr *a = add_attr(s, key, CV_ATTR_STR);
+static void set_string(cv_span *s, const char *key, cv_attr_type t, const char *value) {
+    cv_span_attr *a = add_attr(s, key, t);
     if (a && !(a->s = strdup(value ? value : ""))) s->n_attrs--;
+}
+
+void cv_span_set_str(cv_span *s, const char *key, const char *value) { set_string(s, key, CV_ATTR_STR, value); }
+
+void cv_span_set_str_array(cv_span *s, const char *key, const char *value) {
+    set_string(s, key, CV_ATTR_STR_ARRAY, value);
 }
 
 void cv_span_set_int(cv_span *s, const char *key, int64_t value) {

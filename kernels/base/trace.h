@@ -59,6 +59,8 @@ cv_span *cv_span_start(const cv_trace_ctx *parent, const char *name, cv_span_kin
  * several processes, or several leaders in turn, refer to), with no parent. */
 cv_span *cv_span_start_as(const cv_trace_ctx *ctx, const char *name, cv_span_kind kind, uint64_t start_ns);
 void cv_span_set_str(cv_span *s, const char *key, const char *value);
+/* A string array attribute of one element (gen_ai.response.finish_reasons is string[]). */
+void cv_span_set_str_array(cv_span *s, const char *key, const char *value);
 void cv_span_set_int(cv_span *s, const char *key, int64_t value);
 void cv_span_set_double(cv_span *s, const char *key, double value);
 /* Marks the span failed (OTLP status ERROR) with a message. */
@@ -69,7 +71,7 @@ void cv_span_end(cv_span *s, uint64_t end_ns);
 /* ---- for the exporter ---- */
 #define CV_SPAN_MAX_ATTRS 16
 
-typedef enum cv_attr_type { CV_ATTR_STR, CV_ATTR_INT, CV_ATTR_DOUBLE } cv_attr_type;
+typedef enum cv_attr_type { CV_ATTR_STR, CV_ATTR_STR_ARRAY, CV_ATTR_INT, CV_ATTR_DOUBLE } cv_attr_type;
 
 typedef struct cv_span_attr {
     const char *key;

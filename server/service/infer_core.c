@@ -216,7 +216,7 @@ void cv_core_trace_end(cv_core_trace *t, const char *request_id, const char *ver
     if (f && t->submit_ns) {
         cv_span_set_int(s, "gen_ai.usage.input_tokens", f->prompt_tokens);
         cv_span_set_int(s, "gen_ai.usage.output_tokens", f->completion_tokens);
-        cv_span_set_str(s, "gen_ai.response.finish_reasons", finish_reason(f->reason));
+        cv_span_set_str_array(s, "gen_ai.response.finish_reasons", finish_reason(f->reason));
         /* No first token (cancelled in the queue, or an error): the phases it reached. */
         double started = f->queue_s > 0 ? f->queue_s : f->total_s;
         double first = f->ttft_s > 0 ? f->ttft_s : f->total_s;

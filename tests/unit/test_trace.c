@@ -207,6 +207,7 @@ static void test_export_json(void **state) {
     assert_non_null(s);
     cv_span *k = cv_span_start(&child, "decode", CV_SPAN_INTERNAL, 1500, NULL);
     cv_span_set_int(k, "gen_ai.usage.output_tokens", 7);
+    cv_span_set_str_array(k, "gen_ai.response.finish_reasons", "stop");
     cv_span_set_error(k, "boom");
     cv_span_end(k, 1800);
     cv_span_set_str(s, "gen_ai.request.model", "m\"1");
@@ -250,6 +251,10 @@ static void test_export_json(void **state) {
     assert_string_equal(json_string_value(json_object_get(json_object_get(attr, "value"), "stringValue")), "m\"1");
     attr = json_array_get(json_object_get(dec, "attributes"), 0);
     assert_string_equal(json_string_value(json_object_get(json_object_get(attr, "value"), "intValue")), "7");
+    attr = json_array_get(json_object_get(dec, "attributes"), 1);
+    json_t *arr = json_object_get(json_object_get(json_object_get(attr, "value"), "arrayValue"), "values");
+    assert_int_equal(json_array_size(arr), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 0), "stringValue")), "stop");
     assert_int_equal(json_integer_value(json_object_get(json_object_get(dec, "status"), "code")), 2);
     json_decref(req);
     json_decref(dec);
