@@ -77,14 +77,17 @@ typedef enum cv_rope_mode {
 
 /* Pair i (0 <= i < n_rot/2) turns by
  *   theta_i = pos * freq_scale * freq_base^(-2i / n_rot) / freq_factors[i]
- * (freq_factors NULL = all 1; Llama 3 rope scaling ships them as rope_freqs.weight).
- * Dimensions n_rot..head_dim-1 pass through unchanged. */
+ * (freq_factors NULL = all 1; Llama 3 rope scaling ships them as rope_freqs.weight,
+ * Phi-3's long-rope as rope_factors_long/short.weight) and is then multiplied by
+ * mscale (cos and sin both, as ggml's attn_factor: 0 reads as 1).
+ * Dimensions n_rot..head_dim-1 pass through unchanged, unscaled. */
 typedef struct cv_rope_params {
     cv_rope_mode mode;
     int32_t n_rot;      /* even, <= head_dim */
     float freq_base;
     float freq_scale;   /* 1 for none */
     const float *freq_factors;
+    float mscale;       /* Phi-3 long-rope attention factor; 0 or 1 for none */
 } cv_rope_params;
 
 typedef enum cv_glu_kind {

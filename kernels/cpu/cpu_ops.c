@@ -15,11 +15,12 @@ float cv_gelu_tanh_ref(float x) {
 }
 
 void cv_rope_angles(const cv_rope_params *p, int32_t pos, float *cs) {
+    const double ms = p->mscale != 0 ? p->mscale : 1.0;
     for (int32_t i = 0; i < p->n_rot / 2; i++) {
         double theta = (double)pos * p->freq_scale * pow(p->freq_base, -2.0 * i / p->n_rot);
         if (p->freq_factors) theta /= p->freq_factors[i];
-        cs[2 * i] = (float)cos(theta);
-        cs[2 * i + 1] = (float)sin(theta);
+        cs[2 * i] = (float)(cos(theta) * ms);
+        cs[2 * i + 1] = (float)(sin(theta) * ms);
     }
 }
 

@@ -72,7 +72,7 @@ static void d_rope(cv_backend *be, const cv_rope_params *p, float *x, int32_t n_
                    int32_t head_dim, const int32_t *pos) {
     cv_op o = new_op(CV_OP_ROPE);
     o.i[3] = (int32_t)p->mode, o.i[4] = p->n_rot, o.f[1] = p->freq_base, o.f[2] = p->freq_scale;
-    o.p[4] = p->freq_factors;
+    o.f[3] = p->mscale, o.p[4] = p->freq_factors;
     o.p[0] = x, o.i[0] = n_tokens, o.i[1] = n_heads, o.i[2] = head_dim, o.p[1] = pos;
     sink(be, &o);
 }
@@ -165,7 +165,7 @@ void cv_op_apply(const cv_backend_ops *ops, cv_backend *be, const cv_op *o) {
         break;
     case CV_OP_ROPE: {
         const cv_rope_params p = {.mode = (cv_rope_mode)o->i[3], .n_rot = o->i[4], .freq_base = o->f[1],
-                                  .freq_scale = o->f[2], .freq_factors = o->p[4]};
+                                  .freq_scale = o->f[2], .freq_factors = o->p[4], .mscale = o->f[3]};
         ops->rope(be, &p, (float *)o->p[0], o->i[0], o->i[1], o->i[2], o->p[1]);
         break;
     }

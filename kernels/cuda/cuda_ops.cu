@@ -46,10 +46,11 @@ void cv_cuda_rmsnorm(cuda_backend *cb, const float *x, const float *w, float *y,
 __global__ void rope_kernel(cv_rope_params p, float *x, int n_heads, int head_dim, const int32_t *pos) {
     const int t = blockIdx.x / n_heads, h = blockIdx.x % n_heads;
     float *v = x + ((int64_t)t * n_heads + h) * head_dim;
+    const double ms = p.mscale != 0 ? p.mscale : 1.0;
     for (int i = threadIdx.x; i < p.n_rot / 2; i += blockDim.x) {
         double theta = (double)pos[t] * p.freq_scale * pow((double)p.freq_base, -2.0 * i / p.n_rot);
         if (p.freq_factors) theta /= p.freq_factors[i];
-        const float c = (float)cos(theta), s = (float)sin(theta);
+        const float c = (float)(cos(theta) * ms), s = (float)(sin(theta) * ms);
         const int a = p.mode == CV_ROPE_NEOX ? i : 2 * i;
         const int b = p.mode == CV_ROPE_NEOX ? i + p.n_rot / 2 : 2 * i + 1;
         const float x0 = v[a], x1 = v[b];

@@ -1,26 +1,44 @@
 /* synthetic: random-weight models of real shapes (see synthetic.h). */
 #include "synthetic.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "gguf.h"
 #include "quant.h"
+#include "rope_factors.h"
 #include "threadpool.h"
 
 static const cv_synth_shape k_shapes[] = {
     /* name            arch     embd  layer head kv  ff     vocab   ctx    rope   eps  bias tied */
-    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0},
-    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1},
-    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0},
-    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1},
-    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0},
-    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0},
+    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
+    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0},
+    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
+    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0},
+    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
+    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
     /* Tensor-parallel tests: 8 heads, 4 kv heads and ffn 512 split 2 and 4 ways with
      * every column share a whole number of 32-element blocks. */
-    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0},
-    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0},
-    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0},
+    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
+    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0, 0, 0, 0, 0},
+    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, 0, 0, 0, 0},
+    /* Llama 3.1+ rope scaling. The reduced one's original context of 32 puts its head's
+     * 32 frequencies in all three bands (kept, interpolated, slowed by the factor). */
+    {"llama3.2-1b", "llama", 2048, 16, 32, 8, 8192, 128256, 131072, 500000.f, 1e-5f, 0, 1,
+     .rope_orig_ctx = 8192, .rope_factor = 32.f},
+    {"tiny-llama3", "llama", 256, 2, 4, 2, 512, 512, 256, 500000.f, 1e-5f, 0, 0,
+     .rope_orig_ctx = 32, .rope_factor = 8.f},
+    /* Mistral 7B v0.1: every layer slides over 4096 positions; the reduced one over 8. */
+    {"mistral-7b", "llama", 4096, 32, 32, 8, 14336, 32000, 32768, 10000.f, 1e-5f, 0, 0, .swa = 4096},
+    {"tiny-mistral", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .swa = 8},
+    /* Phi-3 (128k): fused QKV and gate-up, long-rope beyond 4096 positions. The reduced
+     * one rotates 48 of its 64 head dimensions (Phi-4-mini's partial rope) and switches to
+     * its long factors beyond 64. */
+    {"phi-3-mini", "phi3", 3072, 32, 32, 32, 8192, 32064, 131072, 10000.f, 1e-5f, 0, 0,
+     .rope_orig_ctx = 4096, .rope_factor = 32.f},
+    {"tiny-phi3", "phi3", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 48,
+     .rope_orig_ctx = 64, .rope_factor = 4.f},
 };
 #define N_SHAPES (int)(sizeof k_shapes / sizeof k_shapes[0])
 
@@ -41,11 +59,12 @@ static uint64_t splitmix64(uint64_t *s) {
     return z ^ (z >> 31);
 }
 
-enum { FILL_NORMAL, FILL_ONES };
+enum { FILL_NORMAL, FILL_ONES, FILL_VALUES };
 
 typedef struct gen_job {
     uint64_t seed, tensor;
     int fill;
+    const float *values;  /* FILL_VALUES: rows of n */
     cv_type type;
     int64_t n, rows;
     size_t row_bytes;
@@ -58,6 +77,10 @@ typedef struct gen_job {
 static void gen_row(const gen_job *j, int64_t r, float *x) {
     if (j->fill == FILL_ONES) {
         for (int64_t i = 0; i < j->n; i++) x[i] = 1.0f;
+        return;
+    }
+    if (j->fill == FILL_VALUES) {
+        memcpy(x, j->values + r * j->n, (size_t)j->n * sizeof *x);
         return;
     }
     uint64_t s = j->seed * 0xd1342543de82ef95ull ^ (j->tensor + 1) * 0x9e3779b97f4a7c15ull ^
@@ -260,6 +283,7 @@ typedef struct tensor_spec {
     uint32_t n_dims;
     int64_t ne[2];
     int fill;
+    const float *values;  /* FILL_VALUES */
 } tensor_spec;
 
 static void spec(tensor_spec *t, int layer, const char *what, int64_t ne0, int64_t ne1, int fill) {
@@ -271,14 +295,56 @@ static void spec(tensor_spec *t, int layer, const char *what, int64_t ne0, int64
     t->fill = fill;
 }
 
+static uint32_t n_rot_of(const cv_synth_shape *s) { return s->n_rot ? s->n_rot : s->n_embd / s->n_head; }
+
+/* Frequency factors of the shape's rope scaling: llama's rope_freqs, or phi3's short
+ * then long factors (made up: short ones near 1, long ones growing to the factor). */
+typedef struct rope_tables {
+    float v[3][512];
+    int n;  /* tables used */
+} rope_tables;
+
+static void make_rope_tables(const cv_synth_shape *s, rope_tables *r) {
+    const int32_t half = (int32_t)n_rot_of(s) / 2;
+    r->n = 0;
+    if (!s->rope_orig_ctx) return;
+    if (!strcmp(s->arch, "llama")) {
+        const cv_llama3_rope l3 = {.factor = s->rope_factor, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+                                   .original_context = (float)s->rope_orig_ctx};
+        cv_llama3_rope_factors(&l3, s->rope_base, (int32_t)n_rot_of(s), r->v[0]);
+        r->n = 1;
+    } else if (!strcmp(s->arch, "phi3")) {
+        for (int32_t i = 0; i < half; i++) {
+            const float x = half > 1 ? (float)i / (float)(half - 1) : 0;
+            r->v[0][i] = 1.0f + 0.25f * x;
+            r->v[1][i] = 1.0f + (s->rope_factor - 1.0f) * x * x;
+        }
+        r->n = 2;
+    }
+}
+
 /* The tensors llama.cpp's converter writes for the shape, in its usual order. */
-static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, tensor_spec *t) {
+static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, const rope_tables *rt, tensor_spec *t) {
     const int64_t hd = s->n_embd / s->n_head, q = hd * s->n_head, kv = hd * s->n_head_kv;
-    const int gemma = !strcmp(s->arch, "gemma3");
+    const int gemma = !strcmp(s->arch, "gemma3"), phi3 = !strcmp(s->arch, "phi3");
     int64_t n = 0;
     spec(&t[n++], -1, "token_embd.weight", s->n_embd, n_vocab, FILL_NORMAL);
+    static const char *const rope_names[2][2] = {{"rope_freqs.weight", NULL},
+                                                 {"rope_factors_short.weight", "rope_factors_long.weight"}};
+    for (int i = 0; i < rt->n; i++) {
+        spec(&t[n], -1, rope_names[phi3][i], n_rot_of(s) / 2, 0, FILL_VALUES);
+        t[n++].values = rt->v[i];
+    }
     for (int l = 0; l < (int)s->n_layer; l++) {
         spec(&t[n++], l, "attn_norm.weight", s->n_embd, 0, FILL_ONES);
+        if (phi3) {
+            spec(&t[n++], l, "attn_qkv.weight", s->n_embd, q + 2 * kv, FILL_NORMAL);
+            spec(&t[n++], l, "attn_output.weight", q, s->n_embd, FILL_NORMAL);
+            spec(&t[n++], l, "ffn_norm.weight", s->n_embd, 0, FILL_ONES);
+            spec(&t[n++], l, "ffn_up.weight", s->n_embd, 2 * (int64_t)s->n_ff, FILL_NORMAL);
+            spec(&t[n++], l, "ffn_down.weight", s->n_ff, s->n_embd, FILL_NORMAL);
+            continue;
+        }
         spec(&t[n++], l, "attn_q.weight", s->n_embd, q, FILL_NORMAL);
         if (s->qkv_bias) spec(&t[n++], l, "attn_q.bias", q, 0, FILL_NORMAL);
         spec(&t[n++], l, "attn_k.weight", s->n_embd, kv, FILL_NORMAL);
@@ -320,7 +386,7 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         (st = cv_gguf_set_u32(w, ARCH_KEY("attention.head_count_kv"), s->n_head_kv, err)) ||
         (st = cv_gguf_set_f32(w, ARCH_KEY("rope.freq_base"), s->rope_base, err)) ||
         (st = cv_gguf_set_f32(w, ARCH_KEY("attention.layer_norm_rms_epsilon"), s->rms_eps, err)) ||
-        (st = cv_gguf_set_u32(w, ARCH_KEY("rope.dimension_count"), s->n_embd / s->n_head, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("rope.dimension_count"), n_rot_of(s), err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("vocab_size"), n_vocab, err)))
         return st;
     /* gemma3: a short window, alternating with global layers, so that both kinds run
@@ -329,20 +395,31 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         ((st = cv_gguf_set_u32(w, ARCH_KEY("attention.sliding_window"), 8, err)) ||
          (st = cv_gguf_set_u32(w, ARCH_KEY("attention.sliding_window_pattern"), 2, err))))
         return st;
+    if (s->swa && (st = cv_gguf_set_u32(w, ARCH_KEY("attention.sliding_window"), s->swa, err))) return st;
+    /* phi3 long-rope, as its converter writes it: the original context, and an
+     * attention factor of sqrt(1 + ln(scale) / ln(original context)). */
+    if (!strcmp(s->arch, "phi3") && s->rope_orig_ctx) {
+        const double scale = (double)s->n_ctx / s->rope_orig_ctx;
+        const float af = scale > 1 ? (float)sqrt(1 + log(scale) / log((double)s->rope_orig_ctx)) : 1.0f;
+        if ((st = cv_gguf_set_u32(w, ARCH_KEY("rope.scaling.original_context_length"), s->rope_orig_ctx, err)) ||
+            (st = cv_gguf_set_f32(w, ARCH_KEY("rope.scaling.attn_factor"), af, err)))
+            return st;
+    }
 #undef ARCH_KEY
     return CV_OK;
 }
 
 cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const char *out_path, cv_error *err) {
     if (!cv_qrecipe_get(o->recipe)) return cv_errorf(err, CV_EINVAL, "recipe %d is not a known recipe", (int)o->recipe);
-    const int64_t max_tensors = 3 + (int64_t)s->n_layer * 13;
+    const int64_t max_tensors = 6 + (int64_t)s->n_layer * 13;
+    rope_tables *rt = calloc(1, sizeof *rt);
     tensor_spec *specs = calloc((size_t)max_tensors, sizeof *specs);
     void **bufs = calloc((size_t)max_tensors, sizeof *bufs);
     cv_gguf_writer *w = cv_gguf_writer_new();
     cv_threadpool *pool = NULL;
     int64_t n = 0;
     cv_status st = CV_OK;
-    if (!specs || !bufs || !w) {
+    if (!specs || !bufs || !w || !rt) {
         st = cv_errorf(err, CV_ENOMEM, "no memory for a model of %u layers", s->n_layer);
         goto err;
     }
@@ -363,7 +440,8 @@ cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const 
         goto err;
     }
     if ((st = cv_threadpool_create(o->n_threads, &pool, err))) goto err;
-    n = build_specs(s, n_vocab, specs);
+    make_rope_tables(s, rt);
+    n = build_specs(s, n_vocab, rt, specs);
     for (int64_t i = 0; i < n; i++) {
         const tensor_spec *t = &specs[i];
         const char *note;
@@ -371,8 +449,8 @@ cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const 
         if (note && o->log)
             fprintf(o->log, "synthetic: %s (%lld columns) -> %s: %s\n", t->name, (long long)t->ne[0],
                     cv_type_get(type)->name, note);
-        gen_job j = {o->seed, (uint64_t)i, t->fill, type, t->ne[0], t->ne[1], cv_type_row_bytes(type, t->ne[0]),
-                     NULL, 0};
+        gen_job j = {o->seed, (uint64_t)i, t->fill, t->values, type, t->ne[0], t->ne[1],
+                     cv_type_row_bytes(type, t->ne[0]), NULL, 0};
         const size_t bytes = j.row_bytes * (size_t)j.rows;
         if (!(bufs[i] = j.dst = malloc(bytes))) {
             st = cv_errorf(err, CV_ENOMEM, "no memory for %zu bytes of tensor %s", bytes, t->name);
@@ -390,6 +468,7 @@ err:
     for (int64_t i = 0; bufs && i < n; i++) free(bufs[i]);
     free(bufs);
     free(specs);
+    free(rt);
     cv_threadpool_destroy(pool);
     cv_gguf_writer_free(w);
     return st;

@@ -4,7 +4,8 @@
  * tensor parallelism) without its weights. The file is what llama.cpp's converter
  * writes for that architecture: the same tensor names and shapes (token_embd.weight,
  * blk.N.attn_q.weight [+ .bias for qwen2], ..., output_norm.weight, output.weight
- * unless embeddings are tied), the same metadata keys (<arch>.context_length, ...),
+ * unless embeddings are tied; phi3's fused attn_qkv and gate-up ffn_up), the same
+ * metadata keys (<arch>.context_length, ...),
  * tensor types chosen by a quantize recipe (cv_qrecipe_pick). Weights are
  * approximately normal with standard deviation 0.02 (a sum of four uniforms), norms
  * are 1.0, so activations stay in a sane range through all layers.
@@ -28,11 +29,19 @@
 
 typedef struct cv_synth_shape {
     const char *name;   /* "tinyllama-1.1b", ... */
-    const char *arch;   /* general.architecture: "llama", "qwen2" or "gemma3" */
+    const char *arch;   /* general.architecture: "llama", "qwen2", "gemma3" or "phi3" */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     float rope_base, rms_eps;
     int qkv_bias;       /* attn_q/k/v biases (qwen2) */
     int tied;           /* no output.weight: token_embd.weight is the output matrix */
+    uint32_t n_rot;     /* rope.dimension_count; 0: the whole head (phi3 may rotate part) */
+    uint32_t swa;       /* llama: attention.sliding_window (Mistral); 0: none */
+    /* Rope scaling from rope_orig_ctx on (0: none). llama: Llama 3.1's, as
+     * rope_freqs.weight with this factor and low/high frequency factors 1 and 4. phi3:
+     * long-rope, rope_factors_short/long.weight (made up, short near 1, long growing
+     * to rope_factor) and rope.scaling.attn_factor as its converter computes it. */
+    uint32_t rope_orig_ctx;
+    float rope_factor;
 } cv_synth_shape;
 
 /* The built-in shapes, by name; NULL when unknown. */

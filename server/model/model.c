@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rope_factors.h"
 #include "threadpool.h"
 
 typedef struct cv_layer {
@@ -30,7 +31,8 @@ struct cv_model {
     cv_glu_kind glu;
     cv_tensor tok_embd, output;
     float *output_norm;
-    float *rope_factors;                    /* llama3 frequency factors, or NULL */
+    float *rope_factors;                    /* llama3 (or phi3 short) frequency factors, or NULL */
+    float *rope_long;                       /* phi3 long-rope factors, or NULL */
     cv_layer *layers;
     uint8_t *sliding;                       /* per layer: its `sliding` flag (kv config) */
     uint64_t weight_bytes;
@@ -52,6 +54,7 @@ const char *cv_arch_name(cv_arch a) {
     case CV_ARCH_LLAMA: return "llama";
     case CV_ARCH_QWEN2: return "qwen2";
     case CV_ARCH_GEMMA3: return "gemma3";
+    case CV_ARCH_PHI3: return "phi3";
     }
     return "unknown";
 }
@@ -76,9 +79,10 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     if (a.len == 5 && !memcmp(a.ptr, "llama", 5)) hp->arch = CV_ARCH_LLAMA;
     else if (a.len == 5 && !memcmp(a.ptr, "qwen2", 5)) hp->arch = CV_ARCH_QWEN2;
     else if (a.len == 6 && !memcmp(a.ptr, "gemma3", 6)) hp->arch = CV_ARCH_GEMMA3;
+    else if (a.len == 4 && !memcmp(a.ptr, "phi3", 4)) hp->arch = CV_ARCH_PHI3;
     else
         return cv_errorf(err, CV_EUNSUPPORTED,
-                         "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3)",
+                         "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3, phi3)",
                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
 
     /* Required integers: absent reads as 0 and fails the range check below. The
@@ -131,17 +135,37 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 1)", k, hp->rope_base);
     hp->rope_base_local = hp->rope_base;
     hp->rope_freq_scale = 1.0f;
+    /* llama3 and longrope scale by frequency factors (tensors, or llama3's keys: load_weights). */
     cv_str st = cv_gguf_get_str(g, arch_key(k, sizeof k, hp, "rope.scaling.type"));
     if (st.ptr && !(st.len == 4 && !memcmp(st.ptr, "none", 4))) {
         float f = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 1.0f);
         if (st.len == 6 && !memcmp(st.ptr, "linear", 6) && f >= 1) hp->rope_freq_scale = 1.0f / f;
-        else if (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)))
+        else if (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)) &&
+                 !(hp->arch == CV_ARCH_PHI3 && st.len == 8 && !memcmp(st.ptr, "longrope", 8)))
             return cv_errorf(err, CV_EUNSUPPORTED,
                              "model: %s.rope.scaling.type = '%.*s' (factor %g) is not supported "
-                             "(linear, llama3)", cv_arch_name(hp->arch), (int)(st.len > 32 ? 32 : st.len),
-                             st.ptr, f);
+                             "(linear, llama3; longrope for phi3)", cv_arch_name(hp->arch),
+                             (int)(st.len > 32 ? 32 : st.len), st.ptr, f);
     }
+    /* ggml's attn_factor: multiplies cos and sin (Phi-3's long-rope files set it). */
+    hp->rope_mscale = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.attn_factor"), 1.0f);
+    if (!(hp->rope_mscale > 0 && hp->rope_mscale < 16))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need 0 < factor < 16)", k, hp->rope_mscale);
+    uint64_t orig = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "rope.scaling.original_context_length"),
+                                    (uint64_t)hp->n_ctx_train);
+    if (orig == 0 || orig > (1u << 24))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need 1..%u)", k, (unsigned long long)orig, 1u << 24);
+    hp->n_ctx_orig = (int32_t)orig;
     hp->rope_mode = hp->arch == CV_ARCH_LLAMA ? CV_ROPE_NORM : CV_ROPE_NEOX;
+    /* Mistral's llama files may set a window, which every layer then uses. (phi3 files
+     * set one too, which llama.cpp ignores for lack of a per-layer pattern in the
+     * converters, and so do we: results then match it.) */
+    if (hp->arch == CV_ARCH_LLAMA) {
+        uint64_t w = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.sliding_window"), 0);
+        if (w > (1u << 24))
+            return cv_errorf(err, CV_ERANGE, "model: %s = %llu (limit %u)", k, (unsigned long long)w, 1u << 24);
+        hp->sliding_window = w < (uint64_t)hp->n_ctx_train ? (int32_t)w : 0;
+    }
     hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
     hp->embd_scale = 1.0f;
     hp->final_softcap = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "final_logit_softcapping"), 0.0f);
@@ -174,27 +198,16 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     return CV_OK;
 }
 
-/* Llama 3 frequency factors from the rope.scaling.* keys, as the GGUF converters compute
- * them into rope_freqs.weight: long wavelengths are slowed by `factor`, short ones kept,
- * and the band in between interpolated. */
+/* Llama 3 frequency factors from the rope.scaling.* keys (defaults: Llama 3.1's). */
 static void llama3_rope_factors(const cv_gguf *g, const cv_hparams *hp, float *out) {
     char k[128];
-    float factor = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 8.0f);
-    float lo = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.low_freq_factor"), 1.0f);
-    float hi = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.high_freq_factor"), 4.0f);
-    float ctx = (float)cv_gguf_get_u32(
-        g, arch_key(k, sizeof k, hp, "rope.scaling.original_context_length"), 8192);
-    double lo_wl = ctx / lo, hi_wl = ctx / hi;
-    for (int32_t i = 0; i < hp->n_rot / 2; i++) {
-        double freq = pow(hp->rope_base, -2.0 * i / hp->n_rot);
-        double wl = 2 * M_PI / freq;
-        if (wl < hi_wl) out[i] = 1.0f;
-        else if (wl > lo_wl) out[i] = factor;
-        else {
-            double smooth = (ctx / wl - lo) / (hi - lo);
-            out[i] = (float)(1.0 / ((1 - smooth) / factor + smooth));
-        }
-    }
+    const cv_llama3_rope r = {
+        .factor = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 8.0f),
+        .low_freq_factor = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.low_freq_factor"), 1.0f),
+        .high_freq_factor = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.high_freq_factor"), 4.0f),
+        .original_context = (float)cv_gguf_get_u32(
+            g, arch_key(k, sizeof k, hp, "rope.scaling.original_context_length"), 8192)};
+    cv_llama3_rope_factors(&r, hp->rope_base, hp->n_rot, out);
 }
 
 /* ---- tensors ---- */
@@ -263,10 +276,13 @@ static cv_status pack_rows(cv_model *m, cv_tensor *host, cv_error *err) {
     return CV_OK;
 }
 
-static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
-                             int64_t rows, split sp, cv_tensor *out, cv_error *err) {
+/* Rows [first, first + rows) of the tensor `name` of cols x all_rows: one projection of
+ * a fused one (attn_qkv, phi3's gate-up ffn_up), or all of it. */
+static cv_status load_matrix_part(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
+                                  int64_t all_rows, int64_t first, int64_t rows, split sp,
+                                  cv_tensor *out, cv_error *err) {
     const cv_gguf_tensor *t;
-    cv_status s = find(g, name, cols, rows, &t, err);
+    cv_status s = find(g, name, cols, all_rows, &t, err);
     if (s) return s;
     cv_tensor host = {.type = t->type, .rows = rows, .cols = cols,
                       .row_stride = cv_type_row_bytes(t->type, cols),
@@ -274,6 +290,7 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
     if (host.row_stride == 0)
         return cv_errorf(err, CV_EFORMAT, "model: tensor %s: row of %lld is not whole %s blocks",
                          name, (long long)cols, cv_type_get(t->type)->name);
+    host.data = (char *)host.data + (size_t)first * host.row_stride;
     if (sp == ROWS) {
         int64_t lo, hi;
         cv_split_range(rows, 1, m->rank, m->n_ranks, &lo, &hi);
@@ -294,6 +311,11 @@ static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, in
     s = m->be->ops->weight_load(m->be, &host, out, err);
     if (s) return cv_error_wrap(err, "model: loading %s", name);
     return CV_OK;
+}
+
+static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
+                             int64_t rows, split sp, cv_tensor *out, cv_error *err) {
+    return load_matrix_part(m, g, name, cols, rows, 0, rows, sp, out, err);
 }
 
 /* A vector (norm weight, bias, frequency factors) as F32 in backend memory. `optional`:
@@ -320,6 +342,32 @@ static cv_status load_vector(cv_model *m, const cv_gguf *g, const char *name, in
     free(host);
     if (s) return s;
     *out = dev;
+    return CV_OK;
+}
+
+/* Layer il's Q, K and V projections: row blocks of one fused attn_qkv.weight when the
+ * file has it (phi3; llama.cpp accepts it for llama too), else the three tensors. */
+static cv_status load_qkv(cv_model *m, const cv_gguf *g, int32_t il, cv_tensor *wq, cv_tensor *wk,
+                          cv_tensor *wv, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const int64_t dim = hp->dim, qd = (int64_t)hp->n_heads * hp->head_dim,
+                  kvd = (int64_t)hp->n_kv_heads * hp->head_dim;
+    char n[96];
+    snprintf(n, sizeof n, "blk.%d.attn_qkv.weight", il);
+    cv_status s;
+    if (cv_gguf_find_tensor(g, n)) {
+        const int64_t all = qd + 2 * kvd;
+        if ((s = load_matrix_part(m, g, n, dim, all, 0, qd, ROWS, wq, err)) ||
+            (s = load_matrix_part(m, g, n, dim, all, qd, kvd, ROWS, wk, err)))
+            return s;
+        return load_matrix_part(m, g, n, dim, all, qd + kvd, kvd, ROWS, wv, err);
+    }
+    const struct { const char *what; int64_t rows; cv_tensor *out; } p[] = {
+        {"attn_q.weight", qd, wq}, {"attn_k.weight", kvd, wk}, {"attn_v.weight", kvd, wv}};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(n, sizeof n, "blk.%d.%s", il, p[i].what);
+        if ((s = load_matrix(m, g, n, dim, p[i].rows, ROWS, p[i].out, err))) return s;
+    }
     return CV_OK;
 }
 
@@ -366,6 +414,17 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         if ((s = m->be->ops->upload(m->be, dev, host, bytes, err))) return s;
         m->rope_factors = dev;
     }
+    /* phi3 long-rope: short factors up to the original context, long ones beyond it
+     * (cv_model_forward picks by the cache's sequence length). Both or neither. */
+    if (hp->arch == CV_ARCH_PHI3) {
+        if ((s = load_vector(m, g, "rope_factors_short.weight", hp->n_rot / 2, WHOLE, 1, &m->rope_factors, err)) ||
+            (s = load_vector(m, g, "rope_factors_long.weight", hp->n_rot / 2, WHOLE, 1, &m->rope_long, err)))
+            return s;
+        if (!m->rope_factors != !m->rope_long)
+            return cv_errorf(err, CV_ENOTFOUND, "model: tensor rope_factors_%s.weight is missing (the file has "
+                             "rope_factors_%s.weight)", m->rope_long ? "short" : "long",
+                             m->rope_long ? "long" : "short");
+    }
 
     /* gemma3: which layers slide, as flags per layer or as a period (see read_hparams). */
     cv_gguf_arr swa_flags = {0};
@@ -386,13 +445,16 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
 #define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
         if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, WHOLE, 0, &L->attn_norm, err)) ||
             (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, WHOLE, 0, &L->ffn_norm, err)) ||
-            (s = load_matrix(m, g, NAME("attn_q.weight"), dim, qd, ROWS, &L->wq, err)) ||
-            (s = load_matrix(m, g, NAME("attn_k.weight"), dim, kvd, ROWS, &L->wk, err)) ||
-            (s = load_matrix(m, g, NAME("attn_v.weight"), dim, kvd, ROWS, &L->wv, err)) ||
+            (s = load_qkv(m, g, il, &L->wq, &L->wk, &L->wv, err)) ||
             (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS, &L->wo, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, ROWS, &L->gate, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, ROWS, &L->up, err)) ||
             (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, COLS, &L->down, err)))
+            return s;
+        /* phi3 fuses gate and up into ffn_up: gate rows first, as ggml_swiglu splits it. */
+        if (hp->arch == CV_ARCH_PHI3
+                ? (s = load_matrix_part(m, g, NAME("ffn_up.weight"), dim, 2 * ffn, 0, ffn, ROWS, &L->gate, err)) ||
+                  (s = load_matrix_part(m, g, NAME("ffn_up.weight"), dim, 2 * ffn, ffn, ffn, ROWS, &L->up, err))
+                : (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, ROWS, &L->gate, err)) ||
+                  (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, ROWS, &L->up, err)))
             return s;
         if (hp->arch == CV_ARCH_QWEN2 &&
             ((s = load_vector(m, g, NAME("attn_q.bias"), qd, ROWS, 0, &L->bq, err)) ||
@@ -407,14 +469,15 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
              (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, WHOLE, 0, &L->post_ffn_norm, err))))
             return s;
 #undef NAME
-        L->sliding = gemma && (swa_flags.n ? cv_gguf_arr_i64(&swa_flags, (uint64_t)il) != 0
-                                           : (il + 1) % hp->swa_period != 0);
+        L->sliding = gemma ? (swa_flags.n ? cv_gguf_arr_i64(&swa_flags, (uint64_t)il) != 0
+                                          : (il + 1) % hp->swa_period != 0)
+                           : hp->sliding_window > 0;
         m->sliding[il] = (uint8_t)L->sliding;
         L->rope = (cv_rope_params){
             .mode = hp->rope_mode, .n_rot = hp->n_rot,
-            .freq_base = L->sliding ? hp->rope_base_local : hp->rope_base,
-            .freq_scale = L->sliding ? 1.0f : hp->rope_freq_scale,
-            .freq_factors = m->rope_factors};
+            .freq_base = gemma && L->sliding ? hp->rope_base_local : hp->rope_base,
+            .freq_scale = gemma && L->sliding ? 1.0f : hp->rope_freq_scale,
+            .freq_factors = m->rope_factors, .mscale = hp->rope_mscale};
         const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             m->weight_bytes += (uint64_t)ws[i]->rows * cv_type_row_bytes(ws[i]->type, ws[i]->cols);
@@ -637,6 +700,9 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         return s;
     const cv_attn_params ap = {.n_heads = n_heads, .scale = hp->attn_scale, .softcap = 0};
     const cv_kv_config *kc = cv_kv_config_of(kv);
+    /* phi3 long-rope: llama.cpp picks the long factors for a context longer than the
+     * original one, for every position alike. */
+    const int long_rope = m->rope_long && kc->max_seq_len > hp->n_ctx_orig;
 
     /* A decode step (every row wants logits) may run as one recorded graph: all it reads
      * that changes from step to step is in the buffers uploaded above. */
@@ -666,8 +732,10 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
             op->rmsnorm(be, m->q, L->q_norm, m->q, n * n_heads, hd, hp->rms_eps, 0);
             op->rmsnorm(be, m->k, L->k_norm, m->k, n * n_kv_heads, hd, hp->rms_eps, 0);
         }
-        op->rope(be, &L->rope, m->q, n, n_heads, hd, m->d_pos);
-        op->rope(be, &L->rope, m->k, n, n_kv_heads, hd, m->d_pos);
+        cv_rope_params rp = L->rope;
+        if (long_rope) rp.freq_factors = m->rope_long;
+        op->rope(be, &rp, m->q, n, n_heads, hd, m->d_pos);
+        op->rope(be, &rp, m->k, n, n_kv_heads, hd, m->d_pos);
         op->kv_store(be, &kl, rows, n, m->k, m->v);
         op->attention(be, &ap, &kl, rows, n, m->q, m->att);
         op->matmul(be, &L->wo, m->att, m->xb, n);

@@ -1,6 +1,6 @@
 /* model: transformer architectures read from GGUF, and their forward pass.
  *
- * cv_model_load reads the hyperparameters of a `llama`, `qwen2` or `gemma3` file,
+ * cv_model_load reads the hyperparameters of a `llama`, `qwen2`, `gemma3` or `phi3` file,
  * checks every tensor the architecture needs (present, supported type, exact shape),
  * hands the weights to a backend (which may use the file's mapping in place: the
  * cv_gguf must outlive the model) and allocates all scratch for batches of up to
@@ -38,7 +38,8 @@
 typedef enum cv_arch {
     CV_ARCH_LLAMA = 0,   /* Llama 2/3, TinyLlama, DeepSeek-R1-Distill-Llama */
     CV_ARCH_QWEN2 = 1,   /* Qwen2.5, DeepSeek-R1-Distill-Qwen: QKV bias, NeoX rope */
-    CV_ARCH_GEMMA3 = 2   /* GeGLU, QK-norm, sandwich norms, sliding-window layers */
+    CV_ARCH_GEMMA3 = 2,  /* GeGLU, QK-norm, sandwich norms, sliding-window layers */
+    CV_ARCH_PHI3 = 3     /* Phi-3/4: fused QKV and gate-up, NeoX (partial) rope, long-rope */
 } cv_arch;
 
 typedef struct cv_hparams {
@@ -56,8 +57,12 @@ typedef struct cv_hparams {
     float rope_base;         /* global layers */
     float rope_base_local;   /* gemma3 sliding-window layers */
     float rope_freq_scale;   /* 1 / rope.scaling.factor for linear scaling */
+    float rope_mscale;       /* phi3 rope.scaling.attn_factor (1: none) */
+    int32_t n_ctx_orig;      /* rope.scaling.original_context_length (default n_ctx_train):
+                                phi3 uses its long-rope factors when a sequence may be
+                                longer (the KV cache's max_seq_len), as llama.cpp does */
     cv_rope_mode rope_mode;
-    int32_t sliding_window;  /* 0: none */
+    int32_t sliding_window;  /* 0: none; llama (Mistral): every layer slides */
     int32_t swa_period;      /* gemma3: every swa_period-th layer is global */
     float attn_scale;        /* multiplies q.k */
     float embd_scale;        /* multiplies the token embedding (1 unless gemma3) */

@@ -1,6 +1,6 @@
 """Independent float64 reference for the corvid forward pass (used by test_forward_ref.py).
 
-A minimal GGUF v3 writer and reader in numpy, and the llama / qwen2 / gemma3 forward
+A minimal GGUF v3 writer and reader in numpy, and the llama / qwen2 / gemma3 / phi3 forward
 passes written straight from the architectures' definitions, full-sequence and
 unbatched, so that nothing here shares code or structure with the C engine.
 """
@@ -79,7 +79,11 @@ def llama_vocab(n_vocab):
 
 def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, ffn=96,
                n_vocab=320, ctx=64, window=4, rope_base=10000.0, tied=False, rope_scaling=None,
-               rope_freqs=False, query_pre_attn_scalar=None):
+               rope_freqs=False, query_pre_attn_scalar=None, swa=None, n_rot=None,
+               longrope=None):
+    """swa: llama's attention.sliding_window (Mistral: every layer slides). phi3: fused
+    attn_qkv and gate-up ffn_up, n_rot rotated dims of each head, longrope = (original
+    context, attention factor) with made-up short and long factor tensors."""
     hd = head_dim or dim // n_heads
     p = f"{arch}."
     kvs = {"general.architecture": arch, "general.name": f"synthetic-{arch}"}
@@ -90,6 +94,13 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
                 p + "attention.key_length": hd, p + "attention.value_length": hd})
     if arch == "gemma3":
         kvs[p + "attention.sliding_window"] = window
+    if swa:
+        kvs[p + "attention.sliding_window"] = swa
+    if n_rot:
+        kvs[p + "rope.dimension_count"] = n_rot
+    if longrope:
+        kvs[p + "rope.scaling.original_context_length"] = longrope[0]
+        kvs[p + "rope.scaling.attn_factor"] = float(longrope[1])
     if query_pre_attn_scalar:
         kvs[p + "attention.query_pre_attn_scalar"] = float(query_pre_attn_scalar)
     if rope_scaling:  # (factor, low, high, original context): Llama 3.1 style keys
@@ -108,12 +119,18 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
     t = {"token_embd.weight": w(n_vocab, dim, s=0.5)}
     if rope_freqs:  # explicit per-pair divisors, as converters write for Llama 3
         t["rope_freqs.weight"] = (1 + 7 * rng.random(hd // 2)).astype(np.float32)
+    if longrope:
+        t["rope_factors_short.weight"] = (1 + 0.5 * rng.random((n_rot or hd) // 2)).astype(np.float32)
+        t["rope_factors_long.weight"] = (1 + 15 * rng.random((n_rot or hd) // 2)).astype(np.float32)
     for i in range(n_layers):
         b = f"blk.{i}."
         t[b + "attn_norm.weight"] = norm(dim)
-        t[b + "attn_q.weight"] = w(n_heads * hd, dim)
-        t[b + "attn_k.weight"] = w(n_kv * hd, dim)
-        t[b + "attn_v.weight"] = w(n_kv * hd, dim)
+        if arch == "phi3":
+            t[b + "attn_qkv.weight"] = w((n_heads + 2 * n_kv) * hd, dim)
+        else:
+            t[b + "attn_q.weight"] = w(n_heads * hd, dim)
+            t[b + "attn_k.weight"] = w(n_kv * hd, dim)
+            t[b + "attn_v.weight"] = w(n_kv * hd, dim)
         if arch == "qwen2":
             for x, n in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
                 t[b + f"attn_{x}.bias"] = w(n * hd, s=0.2)
@@ -124,8 +141,11 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
         if arch == "gemma3":
             t[b + "post_attention_norm.weight"] = norm(dim)
         t[b + "ffn_norm.weight"] = norm(dim)
-        t[b + "ffn_gate.weight"] = w(ffn, dim)
-        t[b + "ffn_up.weight"] = w(ffn, dim)
+        if arch == "phi3":  # gate rows, then up rows
+            t[b + "ffn_up.weight"] = w(2 * ffn, dim)
+        else:
+            t[b + "ffn_gate.weight"] = w(ffn, dim)
+            t[b + "ffn_up.weight"] = w(ffn, dim)
         t[b + "ffn_down.weight"] = w(dim, ffn)
         if arch == "gemma3":
             t[b + "post_ffw_norm.weight"] = norm(dim)
@@ -156,14 +176,15 @@ def llama3_factors(base, hd, factor, low, high, old_ctx):
     return np.array(out)
 
 
-def rope(x, pos, base, neox, factors=None):
-    """x: [heads, hd]; rotates all hd dims (rope.dimension_count = head dim); pair i
-    turns by pos * base^(-2i/hd) / factors[i]."""
-    hd = x.shape[-1]
+def rope(x, pos, base, neox, factors=None, n_rot=None, mscale=1.0):
+    """x: [heads, hd]; rotates the first n_rot dims (default all); pair i turns by
+    pos * base^(-2i/n_rot) / factors[i], its cos and sin multiplied by mscale (Phi-3's
+    long-rope attention factor); the other dims pass unchanged."""
+    hd = n_rot or x.shape[-1]
     out = x.copy()
     for i in range(hd // 2):
         th = pos * base ** (-2.0 * i / hd) / (1.0 if factors is None else factors[i])
-        c, s = np.cos(th), np.sin(th)
+        c, s = mscale * np.cos(th), mscale * np.sin(th)
         a, b = (i, i + hd // 2) if neox else (2 * i, 2 * i + 1)
         out[:, a] = x[:, a] * c - x[:, b] * s
         out[:, b] = x[:, a] * s + x[:, b] * c
@@ -174,8 +195,9 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def forward(kvs, t, tokens):
-    """Logits [len(tokens), vocab] for every position, float64."""
+def forward(kvs, t, tokens, n_ctx=None):
+    """Logits [len(tokens), vocab] for every position, float64. n_ctx: the context the
+    run was given (phi3 takes its long factors above the original context)."""
     arch = kvs["general.architecture"]
     p = arch + "."
     T = {k: v.astype(np.float64) for k, v in t.items()}
@@ -185,9 +207,15 @@ def forward(kvs, t, tokens):
     eps, base = kvs[p + "attention.layer_norm_rms_epsilon"], kvs[p + "rope.freq_base"]
     gemma = arch == "gemma3"
     qpa = kvs.get(p + "attention.query_pre_attn_scalar", hd)
-    neox = arch in ("qwen2", "gemma3")
+    neox = arch in ("qwen2", "gemma3", "phi3")
     n = len(tokens)
+    n_rot = kvs.get(p + "rope.dimension_count", hd)
+    mscale = kvs.get(p + "rope.scaling.attn_factor", 1.0)
+    window = kvs.get(p + "attention.sliding_window")
     factors = T.get("rope_freqs.weight")
+    if "rope_factors_long.weight" in T:
+        orig = kvs[p + "rope.scaling.original_context_length"]
+        factors = T["rope_factors_long.weight" if n_ctx > orig else "rope_factors_short.weight"]
     if factors is None and kvs.get(p + "rope.scaling.type") == "llama3":
         factors = llama3_factors(base, hd, kvs[p + "rope.scaling.factor"],
                                  kvs[p + "rope.scaling.low_freq_factor"],
@@ -199,23 +227,27 @@ def forward(kvs, t, tokens):
     for il in range(nl):
         b = f"blk.{il}."
         # gemma3: five sliding-window layers, then one global layer
-        local = gemma and (il + 1) % 6 != 0
-        lbase = 10000.0 if local else base
+        # (llama with a window: every layer slides, at the global base)
+        local = (gemma and (il + 1) % 6 != 0) or (arch == "llama" and window is not None)
+        lbase = 10000.0 if local and gemma else base
         h = rmsnorm(x, T[b + "attn_norm.weight"], eps)
-        q = h @ T[b + "attn_q.weight"].T
-        k = h @ T[b + "attn_k.weight"].T
-        v = h @ T[b + "attn_v.weight"].T
+        if arch == "phi3":
+            q, k, v = np.split(h @ T[b + "attn_qkv.weight"].T, [nh * hd, (nh + nkv) * hd], axis=1)
+        else:
+            q = h @ T[b + "attn_q.weight"].T
+            k = h @ T[b + "attn_k.weight"].T
+            v = h @ T[b + "attn_v.weight"].T
         if b + "attn_q.bias" in T:
             q, k, v = q + T[b + "attn_q.bias"], k + T[b + "attn_k.bias"], v + T[b + "attn_v.bias"]
         q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
         if gemma:
             q = rmsnorm(q, T[b + "attn_q_norm.weight"], eps)
             k = rmsnorm(k, T[b + "attn_k_norm.weight"], eps)
-        q = np.stack([rope(q[i], i, lbase, neox, factors) for i in range(n)])
-        k = np.stack([rope(k[i], i, lbase, neox, factors) for i in range(n)])
+        q = np.stack([rope(q[i], i, lbase, neox, factors, n_rot, mscale) for i in range(n)])
+        k = np.stack([rope(k[i], i, lbase, neox, factors, n_rot, mscale) for i in range(n)])
         att = np.zeros((n, nh, hd))
         for i in range(n):
-            lo = max(0, i - kvs[p + "attention.sliding_window"] + 1) if local else 0
+            lo = max(0, i - window + 1) if local else 0
             for hh in range(nh):
                 kh = hh // (nh // nkv)
                 s = k[lo:i + 1, kh] @ q[i, hh] / np.sqrt(qpa)
@@ -226,7 +258,10 @@ def forward(kvs, t, tokens):
             o = rmsnorm(o, T[b + "post_attention_norm.weight"], eps)
         x = x + o
         h = rmsnorm(x, T[b + "ffn_norm.weight"], eps)
-        g, u = h @ T[b + "ffn_gate.weight"].T, h @ T[b + "ffn_up.weight"].T
+        if arch == "phi3":
+            g, u = np.split(h @ T[b + "ffn_up.weight"].T, 2, axis=1)
+        else:
+            g, u = h @ T[b + "ffn_gate.weight"].T, h @ T[b + "ffn_up.weight"].T
         a = gelu_tanh(g) * u if gemma else g / (1 + np.exp(-g)) * u
         f = a @ T[b + "ffn_down.weight"].T
         if gemma:

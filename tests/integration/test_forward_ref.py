@@ -2,7 +2,8 @@
 numpy forward pass (refmodel.py), relative error < 1e-4 at every position of a prompt
 (prefill) and of greedy generation (decode). Fresh random weights each run. Also:
 malformed models (unknown architecture, missing tensor, unsupported type, wrong
-shape) are refused with one clear line and exit status 1."""
+shape, phi3's long-rope factors without the short ones, a short fused QKV) are
+refused with one clear line and exit status 1."""
 import json
 import os
 import subprocess
@@ -26,6 +27,15 @@ CASES = [
                                        rope_scaling=(8, 1, 4, 64))),
     ("llama3-rope-freqs", "llama", dict(dim=64, n_heads=4, n_kv=2, ffn=96, rope_freqs=True)),
     ("qwen2-bias", "qwen2", dict(dim=64, n_heads=4, n_kv=2, ffn=128, rope_base=1e6)),
+    # Mistral: a llama file with a window; every layer slides over 4 of the 14 positions.
+    ("mistral-swa", "llama", dict(dim=64, n_heads=4, n_kv=2, ffn=96, n_layers=2, swa=4)),
+    # Phi-3: fused QKV and gate-up; 12 of 16 head dims rotated (Phi-4-mini's partial rope);
+    # long-rope factors and attention factor, short ones at --ctx 32 (the original
+    # context), long ones at --ctx 64.
+    ("phi3-short", "phi3", dict(dim=64, n_heads=4, n_kv=2, ffn=96, n_rot=12,
+                                longrope=(32, 1.19))),
+    ("phi3-long", "phi3", dict(dim=64, n_heads=4, n_kv=2, ffn=96, n_rot=12, longrope=(32, 1.19)),
+     64),
     # 7 layers: layers 0-4 and 6 slide over a 5-token window, layer 5 is global;
     # head_dim 32 != dim / n_heads as in the real Gemma 3 270M.
     ("gemma3-swa", "gemma3", dict(dim=64, n_heads=4, n_kv=1, head_dim=32, ffn=128,
@@ -36,7 +46,7 @@ CASES = [
 ]
 
 
-def run_case(name, arch, opts, rng, tmp):
+def run_case(name, arch, opts, rng, tmp, n_ctx=32):
     kvs, tensors = refmodel.make_model(arch, rng, **opts)
     path = os.path.join(tmp, name + ".gguf")
     refmodel.write_gguf(path, kvs, tensors)
@@ -46,7 +56,7 @@ def run_case(name, arch, opts, rng, tmp):
     dump = os.path.join(tmp, name + ".logits")
     cmd = [os.path.join(BIN, "corvid-run"), "-m", path, "--prompt-ids",
            ",".join(map(str, prompt)), "-n", str(n_gen), "--temp", "0", "--kv-type", "f32",
-           "--json", "--dump-logits", dump, "-t", "2"]
+           "--json", "--dump-logits", dump, "-t", "2", "--ctx", str(n_ctx)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if r.returncode != 0:
         print(f"FAIL {name}: corvid-run exit {r.returncode}: {r.stderr.strip()}")
@@ -54,7 +64,7 @@ def run_case(name, arch, opts, rng, tmp):
     out = json.loads(r.stdout)
     got = np.fromfile(dump, dtype=np.float32).reshape(-1, n_vocab)
     seq = prompt + out["tokens"]
-    ref = refmodel.forward(kvs, tensors, seq)
+    ref = refmodel.forward(kvs, tensors, seq, n_ctx)
     # corvid dumps every prompt row, then one row per decoded token.
     want = ref[: len(prompt) + n_gen - 1]
     if got.shape != want.shape:
@@ -90,6 +100,12 @@ def bad_file_cases(rng, tmp):
     t4 = dict(t)
     t4["blk.0.attn_q.weight"] = t["blk.0.attn_q.weight"][:, :16]
     cases.append(("wrong tensor shape", kvs, t4, "blk.0.attn_q.weight has shape [16, 32]"))
+    kp, tp = refmodel.make_model("phi3", rng, dim=32, n_heads=4, n_kv=2, ffn=64, longrope=(16, 1.1))
+    tp2 = {k: v for k, v in tp.items() if k != "rope_factors_short.weight"}
+    cases.append(("phi3 long-rope factors alone", kp, tp2, "rope_factors_short.weight is missing"))
+    tp3 = dict(tp)
+    tp3["blk.0.attn_qkv.weight"] = tp["blk.0.attn_qkv.weight"][:48]
+    cases.append(("phi3 fused QKV too short", kp, tp3, "blk.0.attn_qkv.weight has shape [32, 48]"))
     ok_all = True
     for name, k, tt, msg in cases:
         path = os.path.join(tmp, "bad.gguf")
@@ -108,8 +124,8 @@ def main():
     rng = np.random.default_rng(seed)
     passed = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
-        for name, arch, opts in CASES:
-            if run_case(name, arch, opts, rng, tmp):
+        for name, arch, opts, *ctx in CASES:
+            if run_case(name, arch, opts, rng, tmp, *ctx):
                 passed += 1
             else:
                 failed += 1

@@ -40,6 +40,21 @@ check "shapes listed" grep -q '^tinyllama-1.1b' "$dir/shapes"
 check "synthetic: same seed, same bytes" cmp -s "$dir/a.gguf" "$dir/b.gguf"
 check "synthetic: other seed, other bytes" bash -c "! cmp -s '$dir/a.gguf' '$dir/c.gguf'"
 
+# The reduced shapes of each architecture feature load and generate in every type
+# (phi3: fused QKV and gate-up, partial rope, long-rope factors; llama: rope_freqs,
+# a sliding window); the real shapes are listed.
+for shape in tiny-llama3 tiny-mistral tiny-phi3; do
+    for type in F32 Q8_0 Q4_K_M; do
+        "$q" --synthetic $shape --type $type "$dir/s.gguf" 2>/dev/null
+        "$CORVID_BIN/corvid-run" -m "$dir/s.gguf" --prompt-ids 1,300,301,302 -n 4 --temp 0 -t 2 \
+            >/dev/null 2>"$dir/err"
+        check "synthetic $shape $type runs" test $? -eq 0
+    done
+done
+for shape in llama3.2-1b mistral-7b phi-3-mini; do
+    check "shape $shape listed" grep -q "^$shape " "$dir/shapes"
+done
+
 "$q" --synthetic nope --type Q8_0 "$dir/d.gguf" 2>"$dir/err"; rc=$?
 check "unknown shape is a usage error" test "$rc" -eq 2
 check "unknown shape is named" grep -q "unknown shape 'nope'" "$dir/err"

@@ -415,9 +415,11 @@ static void test_rope(void **state) {
     const int32_t n_rots[] = {128, 64, 40, 6};
     for (int m = 0; m < 2; m++)
         for (int r = 0; r < 4; r++)
-            for (int f = 0; f < 2; f++) {
+            for (int f = 0; f < 3; f++) {
+                /* f 1: frequency factors; f 2: and Phi-3's attention factor on cos and sin. */
                 int32_t nt = 4, nh = 3, hd = 128;
-                cv_rope_params rp = {modes[m], n_rots[r], 10000.0f, 0.5f, f ? factors : NULL};
+                const double ms = f == 2 ? 1.25 : 1.0;
+                cv_rope_params rp = {modes[m], n_rots[r], 10000.0f, 0.5f, f ? factors : NULL, f == 2 ? 1.25f : 0};
                 int32_t pos[4] = {0, 1, 77, 4095};
                 float *x = fill(nt * nh * hd, 2.0f);
                 float *a = malloc(sizeof(float) * nt * nh * hd), *b = malloc(sizeof(float) * nt * nh * hd);
@@ -426,8 +428,10 @@ static void test_rope(void **state) {
                 p->ref->ops->rope(p->ref, &rp, a, nt, nh, hd, pos);
                 p->fast->ops->rope(p->fast, &rp, b, nt, nh, hd, pos);
                 assert_close(b, a, nt * nh * hd, TOL_ROPE, "rope");
-                /* Position 0 is the identity; dims past n_rot pass through. */
-                assert_memory_equal(a, x, sizeof(float) * nh * hd);
+                /* Position 0 only scales by the attention factor (the identity without
+                 * one); dims past n_rot pass through, unscaled. */
+                for (int32_t d = 0; d < nh * hd; d++)
+                    assert_true(fabs(a[d] - (d % hd < n_rots[r] ? ms : 1.0) * x[d]) <= TOL_F64 * fmax(1, fabs(a[d])));
                 for (int32_t t = 0; t < nt; t++)
                     for (int32_t h = 0; h < nh; h++)
                         for (int32_t d = n_rots[r]; d < hd; d++)
@@ -437,8 +441,8 @@ static void test_rope(void **state) {
                 double th = 77.0 * 0.5 * pow(10000.0, -2.0 * i / n_rots[r]) / (f ? factors[i] : 1.0);
                 int ia = modes[m] == CV_ROPE_NEOX ? i : 2 * i, ib = modes[m] == CV_ROPE_NEOX ? i + n_rots[r] / 2 : 2 * i + 1;
                 const float *src = x + (2 * nh + 1) * hd, *dst = a + (2 * nh + 1) * hd;
-                assert_true(fabs(dst[ia] - (src[ia] * cos(th) - src[ib] * sin(th))) < TOL_F64);
-                assert_true(fabs(dst[ib] - (src[ia] * sin(th) + src[ib] * cos(th))) < TOL_F64);
+                assert_true(fabs(dst[ia] - ms * (src[ia] * cos(th) - src[ib] * sin(th))) < TOL_F64);
+                assert_true(fabs(dst[ib] - ms * (src[ia] * sin(th) + src[ib] * cos(th))) < TOL_F64);
                 free(x);
                 free(a);
                 free(b);

@@ -211,7 +211,9 @@ static void test_rope(void **state) {
     for (int mode = 0; mode < 2; mode++)
         for (int n_rot = 32; n_rot <= head_dim; n_rot += 32)
             for (int with_ff = 0; with_ff <= 1; with_ff++) {
-                cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f, with_ff ? ff : NULL};
+                /* With factors, also Phi-3's attention factor on cos and sin. */
+                cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f, with_ff ? ff : NULL,
+                                     with_ff ? 1.19f : 0};
                 cv_rope_params dp = hp;
                 dp.freq_factors = with_ff ? dff : NULL;
                 float *x = fill(n, 2.0f);

@@ -90,7 +90,7 @@ static void make_fixture(fixture *f) {
         f->pos[i] = 3 + i; /* positions 3..7: two blocks of the table */
     }
     for (int i = 0; i < NBLK; i++) f->table[i] = NBLK - 1 - i;
-    f->rope = (cv_rope_params){CV_ROPE_NEOX, HD, 10000.0f, 0.5f, f->ff};
+    f->rope = (cv_rope_params){CV_ROPE_NEOX, HD, 10000.0f, 0.5f, f->ff, 1.19f};
     f->ap = (cv_attn_params){HEADS, 0.25f, 30.0f};
     f->eps = 1e-5f, f->s = 0.7f, f->cap = 1.5f, f->add_one = 1;
 }
