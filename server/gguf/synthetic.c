@@ -39,6 +39,10 @@ static const cv_synth_shape k_shapes[] = {
      .rope_orig_ctx = 4096, .rope_factor = 32.f},
     {"tiny-phi3", "phi3", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 48,
      .rope_orig_ctx = 64, .rope_factor = 4.f},
+    /* Tensor parallelism through phi3's fused tensors: their Q, K, V and gate, up blocks
+     * split 2 and 4 ways like the tp shapes above. */
+    {"tp-phi3", "phi3", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 24,
+     .rope_orig_ctx = 64, .rope_factor = 4.f},
 };
 #define N_SHAPES (int)(sizeof k_shapes / sizeof k_shapes[0])
 

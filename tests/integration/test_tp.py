@@ -2,8 +2,9 @@
 `corvid-run --tp 2` and `--tp 4` must give exactly the greedy tokens of `--tp 1` on
 stories260K (F32, and the quantized files where their shapes split; where they do not,
 the refusal must name the tensor, the split and tp) and on synthetic llama (F32, Q8_0,
-Q4_0), qwen2 and gemma3 models made by corvid-quantize --synthetic; corvid-server with
---tp 2 must serve the greedy streams of --tp 1, several at once; the server's --device
+Q4_0), qwen2, gemma3 and phi3 (fused QKV and gate-up) models made by corvid-quantize
+--synthetic; corvid-server with --tp 2 must serve the greedy streams of --tp 1, several
+at once; the server's --device
 and --tp settings are validated by --check-config.
 
 Sharding changes the order of the additions in the row-parallel projections (partial
@@ -196,7 +197,8 @@ def main():
     c.run("stories260K Q8_0/Q4_0: tp 2 equal, tp 4 refused naming the tensor", stories_quantized)
     c.run("8 heads over tp 3 refused naming the key", stories_heads_do_not_divide)
     for shape, qtype in (("tp-llama", "F32"), ("tp-llama", "Q8_0"), ("tp-llama", "Q4_0"), ("tp-qwen2", "Q8_0"),
-                         ("tp-qwen2", "Q4_0"), ("tp-gemma3", "F32"), ("tp-gemma3", "Q4_0")):
+                         ("tp-qwen2", "Q4_0"), ("tp-gemma3", "F32"), ("tp-gemma3", "Q4_0"), ("tp-phi3", "F32"),
+                         ("tp-phi3", "Q8_0")):
         c.run("synthetic %s %s: tp 2 and tp 4 equal tp 1" % (shape, qtype), synthetic, shape, qtype)
     if os.path.exists(QWEN):
         c.run("Qwen2.5-Coder 0.5B: Q4_K_M refused at tp 2, Q8_0 tp 2 equals tp 1", real_qwen2)
