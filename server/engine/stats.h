@@ -18,7 +18,10 @@
 #define CV_STATS_BUCKETS 14      /* latency histogram bounds, seconds (see cv_stats_bounds) */
 #define CV_STATS_WINDOW_MAX 600  /* seconds kept for window queries */
 #define CV_STATS_PROTOCOLS 2     /* what a request came over (the service names them: gRPC, HTTP) */
-#define CV_STATS_FINISH 5        /* finish reasons by the engine's cv_finish value; 0: never ran */
+/* Finish reasons: the engine's cv_finish values (1-4), 0 for a request that never ran,
+ * and tool_calls (an answer that stopped after calling tools; the engine says stop). */
+#define CV_STATS_FINISH_TOOL_CALLS 5
+#define CV_STATS_FINISH 6
 
 typedef struct cv_hist {
     uint64_t counts[CV_STATS_BUCKETS + 1]; /* per bucket (not cumulative); last is +Inf */
@@ -37,7 +40,7 @@ typedef struct cv_stats_view {
  * no times or tokens. */
 typedef struct cv_stats_outcome {
     int code;                /* gRPC status */
-    int finish;              /* the engine's cv_finish, 0 when it never ran */
+    int finish;              /* the engine's cv_finish, CV_STATS_FINISH_TOOL_CALLS, or 0: never ran */
     double queue_s;          /* submit to first scheduled; <= 0: never scheduled */
     double ttft_s;           /* <= 0: no token was produced */
     double total_s;

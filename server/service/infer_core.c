@@ -129,10 +129,11 @@ cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_
 
 const char *cv_core_protocol_name(cv_core_protocol p) { return p == CV_CORE_HTTP ? "http" : "grpc"; }
 
-void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_engine_final *f) {
+void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_core_out *out) {
     cv_stats_outcome o = {.code = (int)code};
-    if (f) {
-        o.finish = (int)f->reason;
+    if (out) {
+        const cv_engine_final *f = &out->final;
+        o.finish = cv_core_out_called(out) ? CV_STATS_FINISH_TOOL_CALLS : (int)f->reason;
         o.queue_s = f->queue_s;
         o.ttft_s = f->ttft_s;
         o.total_s = f->total_s;

@@ -70,10 +70,6 @@ cv_status cv_core_tokenize(const cv_tok *tok, const char *text, unsigned flags, 
 cv_rpc_code cv_core_chat_format(const cv_slot *slot, const char *name, const cv_chat_format **fmt, cv_error *err);
 
 
-/* Counts a finished request in the slot's stats: its code, and when it ran (f non-NULL)
- * how it finished, its times and token counts. */
-void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_engine_final *f);
-
 /* One JSON line per finished request on stderr: its id, trace id (NULL: none), version,
  * protocol, status (gRPC name), counts and times when it ran (f may be NULL), and the error. */
 void cv_core_log_request(cv_core_protocol proto, const char *request_id, const char *trace_id, const char *version,
@@ -161,6 +157,10 @@ void cv_core_out_split(cv_core_out *o, int starts_inside);
 int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls);
 /* The answer stopped after calling tools: finish reason tool_calls (after the final). */
 int cv_core_out_called(const cv_core_out *o);
+/* Counts a finished request in the slot's stats: its code, and when it ran (o non-NULL,
+ * after its final) how it finished (tool_calls as the API says), its times and token
+ * counts. */
+void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_core_out *o);
 /* Text, ids and calls taken: empties the pending output (text stays NUL-terminated). */
 void cv_core_out_consumed(cv_core_out *o);
 void cv_core_out_free(cv_core_out *o);

@@ -247,7 +247,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
     if (p == CV_RPC_FINISH) {
         /* Once per stream: produce is never called again after FINISH. */
         int ran = g->fail_code == CV_RPC_OK;
-        cv_core_record(g->slot->stats, CV_CORE_GRPC, *code, ran ? &g->out.final : NULL);
+        cv_core_record(g->slot->stats, CV_CORE_GRPC, *code, ran ? &g->out : NULL);
         cv_core_log_request(CV_CORE_GRPC, g->request_id, g->trace.trace_id, g->slot->version, *code,
                             ran ? &g->out.final : NULL, *status_msg);
         cv_core_trace_end(&g->trace, g->request_id, g->slot->version, *code, ran ? &g->out.final : NULL, *status_msg);

@@ -120,10 +120,11 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
                      offsetof(cv_stats_view, tokens));
     protocol_counter(&b, "corvid_prompt_tokens_total", "Prompt tokens of the requests that ran.", slots, n,
                      offsetof(cv_stats_view, prompt_tokens));
-    /* Indexed by the engine's cv_finish; "refused": the engine never saw the request. */
-    static const char *const reasons[CV_STATS_FINISH] = {"refused", "stop", "length", "cancelled", "error"};
-    put(&b, "# HELP corvid_finish_reasons_total Finished requests by how they ended: stop, length, cancelled, "
-            "error, or refused before they ran.\n# TYPE corvid_finish_reasons_total counter\n");
+    /* Indexed as stats.h's finish; "refused": the engine never saw the request. */
+    static const char *const reasons[CV_STATS_FINISH] = {"refused", "stop", "length", "cancelled", "error",
+                                                         "tool_calls"};
+    put(&b, "# HELP corvid_finish_reasons_total Finished requests by how they ended: stop, length, tool_calls, "
+            "cancelled, error, or refused before they ran.\n# TYPE corvid_finish_reasons_total counter\n");
     for (size_t i = 0; i < n; i++)
         for (int p = 0; slots[i].by_protocol && p < CV_STATS_PROTOCOLS; p++)
             for (int f = 0; f < CV_STATS_FINISH; f++)

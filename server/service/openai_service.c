@@ -87,7 +87,7 @@ static cv_rpc_code final_code(const cv_core_out *o) {
 static void record(job *j) {
     const cv_engine_final *f = &j->out.final;
     cv_rpc_code code = final_code(&j->out);
-    cv_core_record(j->slot->stats, CV_CORE_HTTP, code, f);
+    cv_core_record(j->slot->stats, CV_CORE_HTTP, code, &j->out);
     const char *error = code == CV_RPC_RESOURCE_EXHAUSTED ? "client reads too slowly: more than 1 MiB pending"
                                                           : j->out.error;
     cv_core_log_request(CV_CORE_HTTP, j->request_id, j->trace.trace_id, j->slot->version, code, f, error);

@@ -68,7 +68,7 @@ def autoscaler_figures(srv, url):
         r = pb.FinishReason.Name(f.finish_reason).replace("FINISH_REASON_", "").lower()
         reasons[r] = reasons.get(r, 0) + 1
     assert reasons.get("length", 0) >= 2, reasons
-    for r in ("stop", "length", "cancelled", "error", "refused"):
+    for r in ("stop", "length", "tool_calls", "cancelled", "error", "refused"):
         d = sum_of(after, "corvid_finish_reasons_total", reason=r) - sum_of(before, "corvid_finish_reasons_total",
                                                                               reason=r)
         assert d == reasons.get(r, 0), (r, d, reasons)

@@ -4,12 +4,15 @@ test_http_openai_sdk.py) runs a two-tool conversation, the call, the tool's resu
 the final answer, whole and streamed (the call's deltas put together by the SDK's own
 types), tool_choice none and a named function; grpcio runs the same over Chat
 (Chunk.tool_calls, FINISH_REASON_TOOL_CALLS). Greedy decoding, so the whole and
-streamed answers must agree exactly."""
+streamed answers must agree exactly. /metrics counts each answer under its finish
+reason, tool_calls included (corvid_finish_reasons_total)."""
 from corvid_venv import need
 
 openai = need("openai", "the tool-calling tests")
 
 import json  # noqa: E402
+import re  # noqa: E402
+import urllib.request  # noqa: E402
 
 from corvid_testlib import QWEN, Checks, Server, free_port, have_model, proto_modules  # noqa: E402
 
@@ -98,7 +101,17 @@ def choices(client):
         raise AssertionError("a tool without a name was accepted")
 
 
-def grpc_chat(addr):
+def finished(metrics_url, reason):
+    """corvid_finish_reasons_total of gRPC requests that ended with reason."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r'^corvid_finish_reasons_total\{version="[^"]*",protocol="grpc",reason="%s"\} (\d+)$' % reason,
+                  text, re.M)
+    assert m, text
+    return int(m.group(1))
+
+
+def grpc_chat(addr, metrics_url):
     """The same conversation over gRPC: the call in Chunk.tool_calls, FINISH_REASON_TOOL_CALLS;
     the result as a tool message, then the answer."""
     import grpc
@@ -108,6 +121,7 @@ def grpc_chat(addr):
                                response_deserializer=pb.GenerateResponse.FromString)
         msgs = [pb.ChatMessage(role="user", content=ASK[0]["content"])]
         req = pb.ChatRequest(messages=msgs, tools=json.dumps(TOOLS), sampling=pb.SamplingParams(max_tokens=48))
+        before = {r: finished(metrics_url, r) for r in ("tool_calls", "stop")}
         out = list(chat(req, timeout=120))
         calls = [c for m in out if m.WhichOneof("kind") == "chunk" for c in m.chunk.tool_calls]
         assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].index == 0, calls
@@ -122,6 +136,8 @@ def grpc_chat(addr):
         out = list(chat(req, timeout=120))
         text = "".join(m.chunk.text for m in out if m.WhichOneof("kind") == "chunk")
         assert out[-1].final.finish_reason == pb.FINISH_REASON_STOP and "18" in text, (text, out[-1])
+        after = {r: finished(metrics_url, r) for r in ("tool_calls", "stop")}
+        assert after == {"tool_calls": before["tool_calls"] + 1, "stop": before["stop"] + 1}, (before, after)
         req = pb.ChatRequest(messages=msgs[:1], tools=json.dumps(TOOLS), tool_choice="sometimes")
         try:
             list(chat(req, timeout=60))
@@ -136,13 +152,16 @@ def main():
     c = Checks()
     if have_model(QWEN, "tool calling on Qwen2.5-Coder 0.5B"):
         port = free_port()
-        srv = Server("--model", QWEN, "--http-listen", "127.0.0.1:%d" % port)
+        mport = free_port()
+        srv = Server("--model", QWEN, "--http-listen", "127.0.0.1:%d" % port,
+                     "--metrics-listen", "127.0.0.1:%d" % mport)
         try:
             client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key="unused", max_retries=0,
                                    timeout=120)
             c.run("two tools: call (whole = streamed), result, answer", conversation, client)
             c.run("tool_choice none / named function / refusals", choices, client)
-            c.run("gRPC Chat: Chunk.tool_calls, FINISH_REASON_TOOL_CALLS, tool message", grpc_chat, srv.addr)
+            c.run("gRPC Chat: Chunk.tool_calls, FINISH_REASON_TOOL_CALLS, tool message", grpc_chat, srv.addr,
+                  "http://127.0.0.1:%d/metrics" % mport)
         finally:
             srv.stop()
     c.finish()

@@ -26,6 +26,7 @@ static void test_slots_histograms_and_gpus(void **state) {
     v->prompt_tokens = 456;
     v->finish[2] = 6;                 /* length */
     v->finish[0] = 2;                 /* refused */
+    v->finish[CV_STATS_FINISH_TOOL_CALLS] = 3;
     v->queue.counts[1] = 2;           /* <= 10 ms */
     v->queue.count = 2;
     v->queue.sum = 0.0125;
@@ -51,6 +52,7 @@ static void test_slots_histograms_and_gpus(void **state) {
         "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"length\"} 6\n",
         "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"refused\"} 2\n",
         "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"stop\"} 0\n",
+        "corvid_finish_reasons_total{version=\"v1\",protocol=\"grpc\",reason=\"tool_calls\"} 3\n",
         "corvid_queue_time_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"0.005\"} 0\n",
         "corvid_queue_time_seconds_bucket{version=\"v1\",protocol=\"grpc\",le=\"0.01\"} 2\n",
         "corvid_queue_time_seconds_sum{version=\"v1\",protocol=\"grpc\"} 0.0125\n",
