@@ -92,7 +92,7 @@ PKGS_rag := libcurl jansson zlib libutf8proc
 
 DIRS_service := server/service
 USES_service := engine security rag proto
-PKGS_service := grpc libprotobuf-c jansson libmicrohttpd gnutls
+PKGS_service := grpc libprotobuf-c jansson libmicrohttpd gnutls openssl hiredis
 
 PUB_proto  := $(BUILD)/gen
 PKGS_proto := libprotobuf-c

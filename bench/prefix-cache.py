@@ -22,7 +22,8 @@ one per slot, --parallel C slots), its prefill counted from each answer's
 timings.prompt_n. Without it the JSON has no llamacpp fields.
 
 Prints one JSON object: medians over the runs, and the ratios (each run's figures go to
-stderr as they come).
+stderr as they come, with the host's load average before and after: the host may be
+shared, and a ratio measured under a changing load says less).
 """
 import argparse
 import http.client
@@ -38,42 +39,12 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 # Server processes die with this script (PR_SET_PDEATHSIG) and on its signals.
-from corvid_testlib import BIN, TMP, free_port, proto_modules, spawn  # noqa: E402
+from corvid_testlib import BIN, TMP, free_port, proto_modules  # noqa: E402
+from benchlib import Proc, load, pct, wait_for, wait_log  # noqa: E402
 
 WORDS = ("order refund shipping parcel account password invoice delivery address warranty return policy "
          "customer payment card store branch opening hours exchange receipt discount voucher member points "
          "subscription cancel upgrade plan device repair appointment agent support ticket escalation").split()
-
-
-def pct(xs, q):
-    xs = sorted(xs)
-    return xs[int(q * (len(xs) - 1) + 0.5)] if xs else 0.0
-
-
-class Proc:
-    """A server process on loopback, stopped by PID."""
-
-    def __init__(self, argv, log):
-        self.log = open(log, "wb")
-        self.p = spawn(argv, stdout=self.log, stderr=subprocess.STDOUT)
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
-        self.log.close()
-
-
-def wait_for(pred, what, timeout=600):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            if pred():
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("%s not ready in %d s" % (what, timeout))
 
 
 def run_clients(n_threads, prompts, one):
@@ -100,6 +71,7 @@ def run_clients(n_threads, prompts, one):
     return out, time.time() - t0
 
 
+
 # ---- corvid ----
 
 def corvid_metrics(url):
@@ -123,9 +95,7 @@ def corvid_run(model, prompts, args, cache, tmp):
                 "--prefix-cache", str(cache), "--threads", str(args.threads),
                 "--ctx", str(args.ctx)], log)
     try:
-        wait_for(lambda: b'"model ready"' in open(log, "rb").read() or srv.p.poll() is not None, "corvid-server")
-        if srv.p.poll() is not None:
-            raise RuntimeError("corvid-server exited:\n" + open(log).read())
+        wait_log(srv, b'"model ready"')
         url = "http://127.0.0.1:%d" % mport
         before = corvid_metrics(url)
         ch = grpc.insecure_channel("127.0.0.1:%d" % port)
@@ -142,13 +112,15 @@ def corvid_run(model, prompts, args, cache, tmp):
                     first = time.time() - t0
             return first, None
 
+        load_before = load()
         res, elapsed = run_clients(args.concurrency, prompts, one)
         after = corvid_metrics(url)
         ch.close()
         q = after["corvid_prefix_cache_queries_total"] - before["corvid_prefix_cache_queries_total"]
         h = after["corvid_prefix_cache_hits_total"] - before["corvid_prefix_cache_hits_total"]
         return {"ttft_ms_p50": 1e3 * pct([r[0] for r in res], 0.5), "ttft_ms_p90": 1e3 * pct([r[0] for r in res], 0.9),
-                "elapsed_s": elapsed, "prefill_tokens": q - h, "prompt_tokens_looked_up": q, "cache_hit_tokens": h}
+                "elapsed_s": elapsed, "prefill_tokens": q - h, "prompt_tokens_looked_up": q, "cache_hit_tokens": h,
+                "load_before": load_before, "load_after": load()}
     finally:
         srv.stop()
 
@@ -201,8 +173,10 @@ def llama_run(server, model, prompts, args, tmp):
             c.close()
             return first, prefill
 
+        load_before = load()
         res, elapsed = run_clients(args.concurrency, prompts, one)
-        return {"ttft_ms_p50": 1e3 * pct([r[0] for r in res if r[0]], 0.5),
+        return {"load_before": load_before, "load_after": load(),
+                "ttft_ms_p50": 1e3 * pct([r[0] for r in res if r[0]], 0.5),
                 "ttft_ms_p90": 1e3 * pct([r[0] for r in res if r[0]], 0.9), "elapsed_s": elapsed,
                 "prefill_tokens": sum(r[1] or 0 for r in res)}
     finally:
@@ -221,7 +195,9 @@ def build_prompts(model, args):
 
 
 def median_of(runs):
-    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    """Medians of the numbers; the loads of every run, in order."""
+    return {k: statistics.median(r[k] for r in runs) if not isinstance(runs[0][k], str) else [r[k] for r in runs]
+            for k in runs[0]}
 
 
 def main():

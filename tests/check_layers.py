@@ -31,6 +31,7 @@ LIBRARY_HEADERS = [
     (re.compile(r"openssl/"), "openssl"),
     (re.compile(r"utf8proc\.h$"), "libutf8proc"),
     (re.compile(r"zlib\.h$"), "zlib"),
+    (re.compile(r"hiredis/"), "hiredis"),
     (re.compile(r"(cuda|cublas|nccl)"), "cuda"),
 ]
 # Tools live beside the layer they belong to and may see only what it sees (of our

@@ -18,6 +18,7 @@ struct cv_rag_index {
     void *copy;      /* malloc'ed copy (open_mem), or NULL */
     size_t size;
     const rag_meta *meta;
+    uint32_t checksum;
     const rag_doc_rec *docs;
     const rag_chunk_rec *chunks;
     const rag_term_rec *terms;
@@ -84,6 +85,7 @@ static cv_status check_sections(cv_rag_index *ix, const uint8_t *base, unsigned 
         return cv_errorf(err, CV_EFORMAT, "index: section table (%u entries) runs past the end",
                          h->n_sections);
     const rag_section *sec = (const rag_section *)(base + sizeof(rag_header));
+    ix->checksum = (uint32_t)crc32(crc32(0, Z_NULL, 0), base, (uInt)table_end);
     const rag_section *known[RAG_SEC_COUNT + 1] = {0};
     for (uint32_t i = 0; i < h->n_sections; i++) {
         const rag_section *s = &sec[i];
@@ -331,7 +333,7 @@ void cv_rag_index_close(cv_rag_index *ix) {
 void cv_rag_index_info_get(const cv_rag_index *ix, cv_rag_index_info *info) {
     const rag_meta *m = ix->meta;
     *info = (cv_rag_index_info){m->n_docs, m->n_chunks, m->n_terms, m->chunk_chars,
-                                m->overlap_chars, m->k1, m->b, m->avg_len};
+                                m->overlap_chars, m->k1, m->b, m->avg_len, ix->checksum};
 }
 
 const cv_rag_analyzer *cv_rag_index_analyzer(const cv_rag_index *ix) { return ix->an; }

@@ -97,6 +97,8 @@ typedef struct cv_rag_index_info {
     uint32_t n_docs, n_chunks, n_terms;
     uint32_t chunk_chars, overlap_chars;
     double k1, b, avg_chunk_terms;
+    uint32_t checksum; /* CRC-32 of the header and section table (which hold each
+                        * section's CRC-32 when the index has them): its identity */
 } cv_rag_index_info;
 
 void cv_rag_index_info_get(const cv_rag_index *ix, cv_rag_index_info *info);

@@ -59,6 +59,9 @@ typedef struct cv_rag_passage {
     const char *text;
     size_t len;
     float score;
+    /* A knowledge-base chunk's identity (the response cache's key): its index's
+     * checksum and chunk id; 0 for live results. */
+    uint32_t kb_checksum, chunk;
 } cv_rag_passage;
 
 typedef struct cv_rag_context {

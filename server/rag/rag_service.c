@@ -15,6 +15,7 @@ typedef struct kb {
     char name[64];
     char source[68]; /* "kb:<name>" */
     cv_rag_index *ix;
+    uint32_t checksum;  /* cv_rag_index_info's: the response cache's identity of it */
 } kb;
 
 /* Sources configs for the subsets requests have named (rag.sources), built on first
@@ -94,6 +95,9 @@ static cv_status open_kbs(cv_rag_service *s, const char *spec, cv_error *err) {
             return st;
         }
         free(path);
+        cv_rag_index_info info;
+        cv_rag_index_info_get(k->ix, &info);
+        k->checksum = info.checksum;
         s->n_kbs++;
         p += n;
         if (*p == ',') p++;
@@ -248,6 +252,8 @@ static cv_status search_kb(const kb *k, const char *q, uint32_t top_k,
         p->text = c.text.ptr;
         p->len = c.text.len;
         p->score = hits[i].score;
+        p->kb_checksum = k->checksum;
+        p->chunk = hits[i].chunk;
         o->n_passages++;
     }
     return CV_OK;
@@ -374,7 +380,7 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
     for (size_t i = 0; i < o->hits.n; i++) {
         const cv_rag_source_hit *h = &o->hits.v[i];
         o->passages[o->n_passages++] = (cv_rag_passage){h->source, "", h->title ? h->title : "",
-                                                        h->link ? h->link : "", h->text, strlen(h->text), 0};
+                                                        h->link ? h->link : "", h->text, strlen(h->text), 0, 0, 0};
     }
     if (!o->n_passages && !answer) {
         int zh = s->default_answer_zh[0] && (cv_rag_is_cjk_text(q->question, strlen(q->question)) ||

@@ -11,6 +11,7 @@
 #include "audit.h"
 #include "trace.h"
 #include "corvid/v1/admin.pb-c.h"
+#include "response_cache.h"
 #include "rpc_message.h"
 
 #define DEFAULT_WINDOW_S 60
@@ -20,6 +21,7 @@ struct cv_admin {
     cv_audit *audit;
     char server_id[128];
     atomic_int waiters;     /* threads holding a call until an operation ends */
+    cv_rc *rc;              /* NULL: no response cache */
 };
 
 static cv_rpc_code code_of(cv_status st) {
@@ -242,6 +244,19 @@ static void reply_status(cv_admin *a, cv_rpc_call *call, int window_s) {
     resp.n_slots = (size_t)n;
     resp.slots = slots;
     resp.server_id = a->server_id;
+    Corvid__V1__ResponseCacheStatus rcs = CORVID__V1__RESPONSE_CACHE_STATUS__INIT;
+    if (a->rc) {
+        cv_rc_stats s;
+        cv_rc_stats_get(a->rc, &s);
+        rcs.backend = (char *)cv_rc_backend_name(s.backend);
+        rcs.lookups = s.lookups;
+        rcs.hits = s.hits;
+        rcs.stores = s.stores;
+        rcs.errors = s.errors;
+        rcs.bytes = s.bytes;
+        rcs.hit_rate = s.lookups ? (double)s.hits / (double)s.lookups : 0;
+        resp.response_cache = &rcs;
+    }
     cv_rpc_reply_message(call, &resp.base);
     free(m);
 }
@@ -309,6 +324,8 @@ static void on_fault(void *ctx, cv_rpc_call *call, const uint8_t *req, size_t le
 #endif
     cv_rpc_free_request(&r->base);
 }
+
+void cv_admin_set_response_cache(cv_admin *a, cv_rc *rc) { a->rc = rc; }
 
 cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit, cv_admin **out,
                        cv_error *err) {

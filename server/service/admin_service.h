@@ -20,6 +20,9 @@ typedef struct cv_admin cv_admin;
 cv_status cv_admin_new(cv_router *router, const char *server_id, cv_audit *audit, cv_admin **out,
                        cv_error *err);
 cv_status cv_admin_register(cv_admin *a, cv_rpc_server *srv, cv_error *err);
+/* GetStatus reports this response cache's counters and hit rate (response_cache.h). */
+typedef struct cv_rc cv_rc;
+void cv_admin_set_response_cache(cv_admin *a, cv_rc *rc);
 /* After the rpc server is freed (waiting replies hold references). */
 void cv_admin_free(cv_admin *a);
 

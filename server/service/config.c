@@ -17,6 +17,7 @@
 #include "http_endpoint.h"
 #include "rag_coverage.h"
 #include "rag_service.h"
+#include "response_cache.h"
 #include "tp.h"
 
 typedef enum { K_STR, K_INT, K_LONG, K_DOUBLE } key_kind;
@@ -138,6 +139,22 @@ static const key_spec keys[] = {
         "1: a RAG answer looping on citation markers or phrases ends with finish reason stop", NULL),
     NUM("rag_min_coverage", "--rag-min-coverage", K_DOUBLE, rag_min_coverage, 0, 1, "C",
         "share of the question's key terms the passages must hold, else the default answer (0: off)", NULL),
+    STR("response_cache", "--response-cache", response_cache, "off|memory|redis",
+        "answers of deterministic requests (temperature 0 or a seed, no logprobs) replayed from an in-process "
+        "LRU or a Redis shared by the replicas", NULL),
+    NUM("response_cache_mb", "--response-cache-mb", K_LONG, response_cache_mb, 1, 1 << 20, "MB",
+        "memory: the LRU's budget", NULL),
+    STR("response_cache_redis", "--response-cache-redis", response_cache_redis, "HOST:PORT",
+        "redis: the server (no TLS, no AUTH: a private network address)", "none"),
+    NUM("response_cache_ttl_s", "--response-cache-ttl", K_INT, response_cache_ttl_s, 0, 1 << 30, "SECONDS",
+        "how long an answer is kept (0: until evicted)", NULL),
+    NUM("response_cache_timeout_ms", "--response-cache-timeout-ms", K_INT, response_cache_timeout_ms, 1, 10000, "MS",
+        "redis: deadline of one lookup or store, connect included; past it the request runs the model and an "
+        "error is counted", NULL),
+    STR("response_cache_scope", "--response-cache-scope", response_cache_scope, "shared|subject",
+        "subject: a JWT subject is answered only from its own cached answers", NULL),
+    NUM("response_cache_live_sources", "--response-cache-live-sources", K_INT, response_cache_live_sources, 0, 1,
+        "0|1", "1: RAG answers that used live sources are cached too (they may change by the minute)", NULL),
 };
 #define N_KEYS (sizeof keys / sizeof keys[0])
 
@@ -174,6 +191,11 @@ void cv_config_defaults(cv_config *c) {
     c->rag_max_context_tokens = 1024;
     c->rag_guard = 1;
     c->rag_min_coverage = CV_RAG_MIN_COVERAGE_DEFAULT;
+    strcpy(c->response_cache, "off");
+    c->response_cache_mb = 256;
+    c->response_cache_ttl_s = 3600;
+    c->response_cache_timeout_ms = 50;
+    strcpy(c->response_cache_scope, "shared");
 }
 
 static cv_status set_str(cv_config *c, const key_spec *k, const char *where, const char *v,
@@ -415,6 +437,13 @@ cv_status cv_config_validate(const cv_config *c, cv_error *err) {
         return cv_errorf(err, CV_EINVAL, "rag_policy: \"%s\" is neither refuse nor answer", c->rag_policy);
     if (c->otlp_endpoint[0] && strncmp(c->otlp_endpoint, "http://", 7) && strncmp(c->otlp_endpoint, "https://", 8))
         return cv_errorf(err, CV_EINVAL, "otlp_endpoint: \"%s\" is not an http:// or https:// URL", c->otlp_endpoint);
+    cv_rc_backend rcb;
+    if (cv_rc_backend_parse(c->response_cache, &rcb, err) != CV_OK) return err->code;
+    if (rcb == CV_RC_REDIS && !c->response_cache_redis[0])
+        return cv_errorf(err, CV_EINVAL, "response_cache redis needs response_cache_redis (HOST:PORT)");
+    if (strcmp(c->response_cache_scope, "shared") != 0 && strcmp(c->response_cache_scope, "subject") != 0)
+        return cv_errorf(err, CV_EINVAL, "response_cache_scope: \"%s\" is neither shared nor subject",
+                         c->response_cache_scope);
     if (c->metrics_listen[0] && strcmp(c->metrics_listen, c->listen) == 0)
         return cv_errorf(err, CV_EINVAL, "metrics_listen and listen are both %s", c->listen);
     if (c->http_listen[0]) {

@@ -63,6 +63,14 @@ typedef struct cv_config {
     int rag_max_context_tokens;      /* retrieved context budget, model tokens */
     int rag_guard;                   /* 1: end degenerate RAG answers (rag_guard.h) */
     double rag_min_coverage;         /* share of the question's terms the passages must hold */
+    /* The response cache (response_cache.h) */
+    char response_cache[8];          /* "off", "memory" or "redis" */
+    long response_cache_mb;          /* memory: LRU budget */
+    char response_cache_redis[256];  /* redis: HOST:PORT */
+    int response_cache_ttl_s;        /* 0: no expiry */
+    int response_cache_timeout_ms;   /* redis: deadline of one call */
+    char response_cache_scope[8];    /* "shared" or "subject" */
+    int response_cache_live_sources; /* 1: cache answers built on live RAG sources too */
 } cv_config;
 
 /* What the command line asked besides settings. */

@@ -311,7 +311,15 @@ int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls) {
 int cv_core_out_called(const cv_core_out *o) { return o->calls_total && o->final.reason == CV_FINISH_STOP; }
 
 int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end) {
+    o->guard_passages = (uint32_t)n_passages + 1;
+    o->guard_line_end = line_end;
     return (o->guard = cv_rag_guard_new(n_passages, line_end)) ? 0 : -1;
+}
+
+int cv_core_out_engine_chunk(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                             const cv_sample *samples) {
+    cv_rc_rec_chunk(o->rec, text, len, ids, n_ids);
+    return cv_core_out_append(o, text, len, ids, n_ids, samples);
 }
 
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
@@ -367,6 +375,33 @@ void cv_core_out_final(cv_core_out *o, const cv_engine_final *f) {
     o->final.stop_string = o->stop_string[0] ? o->stop_string : NULL;
     o->final.error = o->error[0] ? o->error : NULL;
     o->have_final = 1;
+    if (o->rec && !o->overflow) cv_rc_rec_final(o->rec, &o->final); /* stores only a normal end */
+    else cv_rc_rec_free(o->rec);
+    o->rec = NULL;
+}
+
+int cv_core_cache(cv_rc *rc, const cv_rc_query *q, int32_t n_vocab, pthread_mutex_t *mu, cv_core_out *o,
+                  const cv_engine_sink *sink) {
+    cv_rc_key key;
+    if (!rc || !cv_rc_key_of(rc, q, &key)) return 0;
+    double t0 = cv_seconds();
+    cv_rc_entry e;
+    if (!cv_rc_lookup(rc, &key, q->er->n_prompt, n_vocab, &e)) {
+        o->rec = cv_rc_rec_new(rc, &key);
+        return 0;
+    }
+    pthread_mutex_lock(mu);
+    o->cached = 1;
+    pthread_mutex_unlock(mu);
+    for (size_t i = 0; i < e.n_chunks; i++)
+        sink->on_chunk(sink->ctx, e.chunks[i].text, e.chunks[i].len, e.chunks[i].ids, e.chunks[i].n_ids, NULL);
+    cv_engine_final f = {.reason = e.reason, .prompt_tokens = e.prompt_tokens,
+                         .completion_tokens = e.completion_tokens,
+                         .stop_string = e.stop_string[0] ? e.stop_string : NULL};
+    f.ttft_s = f.total_s = cv_seconds() - t0;
+    sink->on_final(sink->ctx, &f);
+    cv_rc_entry_free(&e);
+    return 1;
 }
 
 static void calls_free(cv_core_out *o) {
@@ -390,6 +425,7 @@ void cv_core_out_free(cv_core_out *o) {
     calls_free(o);
     free(o->calls);
     cv_tool_parser_free(o->tools);
+    cv_rc_rec_free(o->rec);
     free(o->text);
     free(o->ids);
     free(o->samples);

@@ -18,6 +18,7 @@
 #include "router.h"
 #include "rpc_server.h"
 #include "rag_guard.h"
+#include "response_cache.h"
 #include "think_split.h"
 #include "tool_calls.h"
 #include "trace.h"
@@ -135,6 +136,12 @@ typedef struct cv_core_out {
     cv_tool_parser *tools;
     cv_core_call *calls;
     size_t n_calls, calls_cap, calls_total;
+    uint32_t guard_passages;  /* what the guard was made with, for the response cache's key */
+    int guard_line_end;
+    /* The response cache (response_cache.h): the recorder of an answer it may store
+     * (engine thread only), or cached: the answer is a replayed one. */
+    cv_rc_rec *rec;
+    int cached;
 } cv_core_out;
 
 #define CV_INFER_MAX_PENDING (1u << 20)
@@ -142,10 +149,14 @@ typedef struct cv_core_out {
 /* Engine thread, for n_ids new tokens: records the inter-token gap in stats; returns 1
  * for the request's first token (which goes out at once: it is the TTFT). */
 int cv_core_out_token(cv_core_out *o, cv_stats *stats, cv_core_protocol proto, int32_t n_ids);
+/* The engine's chunk: recorded for the response cache, then cv_core_out_append. */
+int cv_core_out_engine_chunk(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
+                             const cv_sample *samples);
 /* Appends a chunk; returns 1 when the client has fallen too far behind (or memory ran
  * out): the owner cancels the engine request then. */
 int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,
                        const cv_sample *samples);
+/* The request's end; an answer being recorded is stored when it ended normally. */
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f);
 /* Puts the answer through a guard (rag_guard.h); -1 when out of memory. */
 int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end);
@@ -161,6 +172,14 @@ int cv_core_out_called(const cv_core_out *o);
  * after its final) how it finished (tool_calls as the API says), its times and token
  * counts. */
 void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, const cv_core_out *o);
+/* The response cache's turn, just before a request goes to the engine (q: what its
+ * answer depends on; mu: the owner's lock of o). A hit replays the stored answer
+ * through sink exactly as the engine would call it (its chunks, then a final, with
+ * o->cached set) and returns 1: the request is answered and the engine never sees
+ * it. Otherwise 0, with o->rec set when the answer is to be stored; rc NULL (no cache)
+ * or a request that may not be cached is 0 at once. */
+int cv_core_cache(cv_rc *rc, const cv_rc_query *q, int32_t n_vocab, pthread_mutex_t *mu, cv_core_out *o,
+                  const cv_engine_sink *sink);
 /* Text, ids and calls taken: empties the pending output (text stays NUL-terminated). */
 void cv_core_out_consumed(cv_core_out *o);
 void cv_core_out_free(cv_core_out *o);

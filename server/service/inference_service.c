@@ -65,7 +65,7 @@ static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *i
     gen_stream *g = ctx;
     int first = cv_core_out_token(&g->out, g->slot->stats, CV_CORE_GRPC, n_ids);
     pthread_mutex_lock(&g->mu);
-    int overflow = cv_core_out_append(&g->out, text, len, ids, n_ids, samples);
+    int overflow = cv_core_out_engine_chunk(&g->out, text, len, ids, n_ids, samples);
     pthread_mutex_unlock(&g->mu);
     if (overflow) cv_engine_cancel(g->engine, g->engine_id);
     if (first) cv_rpc_stream_wake(g->call);
@@ -190,6 +190,7 @@ static uint8_t *pack_final_locked(gen_stream *g, size_t *len) {
     fin.seed = g->seed;
     fin.stop_string = g->out.stop_string;
     fin.default_answer = g->default_answer;
+    fin.cached = g->out.cached;
     Corvid__V1__GenerateResponse r = CORVID__V1__GENERATE_RESPONSE__INIT;
     r.kind_case = CORVID__V1__GENERATE_RESPONSE__KIND_FINAL;
     r.final = &fin;
@@ -440,10 +441,12 @@ static void stream_fail(gen_stream *g, cv_rpc_code code, const char *msg) {
     cv_rpc_call_release(g->call);
 }
 
-/* Submits a tokenized prompt to the engine, whose sink feeds the open stream.
- * extra_stop (may be NULL) is a stop string added to the request's. */
+/* Submits a tokenized prompt to the engine, whose sink feeds the open stream, unless
+ * the response cache answers it. extra_stop (may be NULL) is a stop string added to
+ * the request's; rag: the retrieval that built the prompt, or NULL. */
 static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
-                          const Corvid__V1__SamplingParams *sp, const char *extra_stop) {
+                          const Corvid__V1__SamplingParams *sp, const char *extra_stop,
+                          const cv_rag_outcome *rag) {
     cv_error err = {0};
     cv_engine_request r = {.prompt = prompt, .n_prompt = (int32_t)n_prompt};
     sampling_from_proto(sp, &r.sampling, &r.max_tokens, &r.ignore_eos, &g->seed);
@@ -465,6 +468,13 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     r.render_special = g->render_special;
     cv_engine_sink sink = {sink_chunk, sink_final, g};
     cv_core_trace_submit(&g->trace, g->slot->name, &r);
+    const cv_rc_query q = {.version = g->slot->version, .er = &r, .explicit_seed = sp && sp->seed,
+                           .subject = cv_rpc_subject(g->call), .guard_passages = g->out.guard_passages,
+                           .guard_line_end = g->out.guard_line_end, .rag = rag};
+    if (cv_core_cache(g->inf->opt.response_cache, &q, cv_tok_n_vocab(g->slot->tok), &g->mu, &g->out, &sink)) {
+        free(stop);
+        return;
+    }
     pthread_mutex_lock(&g->mu);
     cv_status st = cv_engine_submit(g->engine, &r, &sink, &g->engine_id, &err);
     int gone = g->client_gone;
@@ -646,7 +656,7 @@ static void rag_done(void *user, const cv_rag_result *r) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else {
         g->context_tokens = (uint32_t)r->outcome->ctx.tokens;
-        stream_submit(g, r->ids, r->n_ids, req_sampling(&j->req), r->extra_stop);
+        stream_submit(g, r->ids, r->n_ids, req_sampling(&j->req), r->extra_stop, r->outcome);
     }
     req_free(&j->req);
     free(j->msgs);
@@ -739,7 +749,7 @@ static void prep_run(void *user) {
     }
     if (st != CV_OK) stream_fail(g, cv_core_code_of(st), err.msg);
     else if (answer_setup(g, &j->req, ids, n)) stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
-    else stream_submit(g, ids, n, req_sampling(&j->req), NULL);
+    else stream_submit(g, ids, n, req_sampling(&j->req), NULL, NULL);
 out:
     free(ids);
     req_free(&j->req);

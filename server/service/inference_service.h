@@ -47,6 +47,7 @@ typedef struct cv_infer_options {
     size_t max_prompt_bytes;
     int request_threads;  /* request pool workers (request_pool.h); 0: CV_INFER_REQUEST_THREADS */
     int request_queue;    /* requests waiting per class; 0: CV_INFER_REQUEST_QUEUE */
+    cv_rc *response_cache; /* answers of deterministic requests (response_cache.h); NULL: none */
 } cv_infer_options;
 
 typedef struct cv_infer cv_infer;

@@ -19,6 +19,7 @@ struct cv_oai_service {
     cv_router *router;
     cv_rag_runner *rag;     /* retrieval for corvid.rag requests; no service: refused */
     cv_request_pool *pool;  /* NULL: the work runs on the HTTP thread */
+    cv_rc *rc;              /* the response cache, or NULL */
     size_t max_prompt_bytes;
     long started;  /* "created" of the models: when this server started */
 };
@@ -149,10 +150,13 @@ static json_t *completion_logprobs(const cv_tok *tok, const cv_sample *smp, size
                      "text_offset", offs);
 }
 
-static json_t *usage_json(const cv_engine_final *f) {
-    return json_pack("{s:i,s:i,s:i}", "prompt_tokens", (json_int_t)f->prompt_tokens, "completion_tokens",
-                     (json_int_t)f->completion_tokens, "total_tokens",
-                     (json_int_t)f->prompt_tokens + f->completion_tokens);
+static json_t *usage_json(const cv_core_out *o) {
+    const cv_engine_final *f = &o->final;
+    json_t *u = json_pack("{s:i,s:i,s:i}", "prompt_tokens", (json_int_t)f->prompt_tokens, "completion_tokens",
+                          (json_int_t)f->completion_tokens, "total_tokens",
+                          (json_int_t)f->prompt_tokens + f->completion_tokens);
+    if (o->cached) json_object_set_new(u, "cached", json_true());
+    return u;
 }
 
 /* The envelope every object of a request shares. */
@@ -259,12 +263,14 @@ static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
     cv_core_out_consumed(o);
     if (o->have_final) {
         if (o->final.reason == CV_FINISH_STOP || o->final.reason == CV_FINISH_LENGTH) {
-            fail |= emit(b, stream_chunk(j, j->kind == CV_OAI_CHAT ? json_object() : json_string(""), NULL,
-                                         finish_of(o)));
+            json_t *last = stream_chunk(j, j->kind == CV_OAI_CHAT ? json_object() : json_string(""), NULL,
+                                        finish_of(o));
+            if (o->cached) json_object_set_new(last, "cached", json_true());
+            fail |= emit(b, last);
             if (j->include_usage) {
                 json_t *u = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion.chunk" : "text_completion");
                 json_object_set_new(u, "choices", json_array());
-                json_object_set_new(u, "usage", usage_json(&o->final));
+                json_object_set_new(u, "usage", usage_json(o));
                 fail |= emit(b, u);
             }
             fail |= cv_hs_buf_append(b, "data: [DONE]\n\n", 14);
@@ -310,7 +316,7 @@ static void sink_chunk(void *ctx, const char *text, size_t len, const int32_t *i
     job *j = ctx;
     cv_core_out_token(&j->out, j->slot->stats, CV_CORE_HTTP, n_ids);
     pthread_mutex_lock(&j->mu);
-    int overflow = cv_core_out_append(&j->out, text, len, ids, n_ids, samples);
+    int overflow = cv_core_out_engine_chunk(&j->out, text, len, ids, n_ids, samples);
     pthread_mutex_unlock(&j->mu);
     if (overflow) cv_engine_cancel(j->engine, j->engine_id);
     if (j->stream) cv_hs_wake(j->req);
@@ -355,7 +361,7 @@ static void reply_whole(job *j) {
         json_object_set_new(choice, "text", json_stringn(text, o->text_len));
     json_t *r = envelope(j, j->kind == CV_OAI_CHAT ? "chat.completion" : "text_completion");
     json_object_set_new(r, "choices", json_pack("[o]", choice));
-    json_object_set_new(r, "usage", usage_json(&o->final));
+    json_object_set_new(r, "usage", usage_json(o));
     if (j->citations) json_object_set(r, "citations", j->citations);
     char *body = json_dumps(r, JSON_COMPACT);
     json_decref(r);
@@ -426,9 +432,11 @@ static void fill_engine_request(const cv_oai_request *r, cv_engine_request *er) 
     er->grammar = r->grammar;
 }
 
-/* The prompt ids to the engine (extra_stop: one more stop string, or NULL); the refusal
- * when the engine does not take it. Ends the worker's (or retrieval's) hold either way. */
-static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_stop) {
+/* The prompt ids to the engine (extra_stop: one more stop string, or NULL; rag: the
+ * retrieval that built them, or NULL), unless the response cache answers them; the
+ * refusal when the engine does not take it. Ends the worker's (or retrieval's) hold
+ * either way. */
+static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_stop, const cv_rag_outcome *rag) {
     cv_oai_request *r = &j->oreq;
     cv_slot *slot = j->slot;
     cv_hs_req *req = j->req;
@@ -458,6 +466,15 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
     cv_engine_sink sink = {sink_chunk, sink_final, j};
     cv_core_trace_submit(&j->trace, slot->name, &er);
     cv_hs_retain(req); /* the engine's hold, which sink_final ends */
+    const cv_rc_query q = {.version = slot->version, .er = &er, .explicit_seed = r->has_seed,
+                           .subject = cv_hs_subject(req), .guard_passages = j->out.guard_passages,
+                           .guard_line_end = j->out.guard_line_end, .rag = rag};
+    if (cv_core_cache(j->svc->rc, &q, cv_tok_n_vocab(slot->tok), &j->mu, &j->out, &sink)) {
+        /* Answered as the engine would have (sink_final ended that hold). */
+        if (r->stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);
+        cv_hs_release(req);
+        return;
+    }
     pthread_mutex_lock(&j->mu);
     cv_status st = cv_engine_submit(j->engine, &er, &sink, &j->engine_id, &err);
     uint64_t id = j->engine_id;
@@ -536,7 +553,7 @@ static void rag_done(void *user, const cv_rag_result *res) {
         return;
     }
     if (!res->default_answer) { /* through the guard (rag_guard.h), as gRPC's */
-        submit(j, res->ids, res->n_ids, res->extra_stop);
+        submit(j, res->ids, res->n_ids, res->extra_stop, res->outcome);
         return;
     }
     /* The configured answer, without the model: one text chunk and a stop. */
@@ -683,7 +700,7 @@ static void serve_completion(void *user) {
         refuse(j, slot, cv_core_code_of(st), err.msg, field);
         goto release;
     }
-    submit(j, ids, n_ids, NULL);
+    submit(j, ids, n_ids, NULL, NULL);
     free(ids);
     return;
 release:
@@ -776,13 +793,14 @@ static void on_model(void *ctx, cv_hs_req *req) {
 static void on_chat(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_CHAT); }
 static void on_completions(void *ctx, cv_hs_req *req) { start_completion(ctx, req, CV_OAI_COMPLETION); }
 
-cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, size_t max_prompt_bytes,
-                             cv_oai_service **out, cv_error *err) {
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, cv_rc *rc,
+                             size_t max_prompt_bytes, cv_oai_service **out, cv_error *err) {
     cv_oai_service *o = calloc(1, sizeof *o);
     if (!o) return cv_errorf(err, CV_ENOMEM, "openai service: out of memory");
     o->router = router;
     o->rag = rag;
     o->pool = pool;
+    o->rc = rc;
     o->max_prompt_bytes = max_prompt_bytes;
     o->started = (long)time(NULL);
     *out = o;

@@ -40,8 +40,11 @@ typedef struct cv_request_pool cv_request_pool;
 /* rag: the retrieval runner of corvid.rag requests (gRPC's, cv_infer_rag); one without
  * a service refuses them (400, as gRPC's FAILED_PRECONDITION). */
 typedef struct cv_rag_runner cv_rag_runner;
-cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, size_t max_prompt_bytes,
-                             cv_oai_service **out, cv_error *err);
+/* rc: the response cache gRPC's requests use too (response_cache.h), or NULL; a hit's
+ * usage says "cached": true, and so does the last chunk of a stream. */
+typedef struct cv_rc cv_rc;
+cv_status cv_oai_service_new(cv_router *router, cv_request_pool *pool, cv_rag_runner *rag, cv_rc *rc,
+                             size_t max_prompt_bytes, cv_oai_service **out, cv_error *err);
 /* Adds the /v1/ routes; the service must outlive the server's requests. */
 cv_status cv_oai_service_register(cv_oai_service *o, cv_hs *hs, cv_error *err);
 void cv_oai_service_free(cv_oai_service *o);

@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@
 #include "metrics.h"
 #include "openai_service.h"
 #include "rag_service.h"
+#include "response_cache.h"
 #include "rpc_server.h"
 #include "router.h"
 #include "tls_files.h"
@@ -80,6 +82,7 @@ typedef struct server {
     cv_gpu_metrics *gpu;     /* NULL without NVML */
     cv_hs *api;              /* the HTTP API, NULL when off */
     atomic_int unready;      /* SIGUSR1: readiness off, calls still served */
+    cv_rc *rc;               /* the response cache, NULL when off */
     atomic_int draining;
 } server;
 
@@ -97,7 +100,12 @@ static char *render_metrics(void *ctx) {
     int n_gpus = s->gpu ? cv_gpu_metrics_read(s->gpu, gpus) : 0;
     cv_metrics_http http[128];
     size_t n_http = cv_hs_counts(s->api, http, sizeof http / sizeof http[0]);
-    return cv_metrics_render(m, (size_t)n, gpus, n_gpus, s->api ? http : NULL, n_http);
+    char *text = cv_metrics_render(m, (size_t)n, gpus, n_gpus, s->api ? http : NULL, n_http);
+    char *rc = cv_rc_metrics(s->rc), *all = NULL;
+    if (text && rc && asprintf(&all, "%s%s", text, rc) < 0) all = NULL;
+    free(text);
+    free(rc);
+    return all;
 }
 
 static int is_ready(void *ctx) {
@@ -203,8 +211,16 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.prefix_cache = cfg.prefix_cache;
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
+    cv_rc_config rcc = {.max_bytes = (size_t)cfg.response_cache_mb << 20, .redis = cfg.response_cache_redis,
+                        .ttl_s = (unsigned)cfg.response_cache_ttl_s,
+                        .timeout_ms = (unsigned)cfg.response_cache_timeout_ms,
+                        .per_subject = strcmp(cfg.response_cache_scope, "subject") == 0,
+                        .live_sources = cfg.response_cache_live_sources};
+    if (cv_rc_backend_parse(cfg.response_cache, &rcc.backend, &err) != CV_OK ||
+        cv_rc_new(&rcc, &state.rc, &err) != CV_OK)
+        goto out;
     cv_infer_options io = {.max_prompt_bytes = (size_t)cfg.max_prompt_bytes, .request_threads = cfg.request_threads,
-                           .request_queue = cfg.request_queue};
+                           .request_queue = cfg.request_queue, .response_cache = state.rc};
     if (cv_health_new(&health, &err) != CV_OK || cv_router_new(&ro, &router, &err) != CV_OK ||
         cv_infer_new(router, &io, &inf, &err) != CV_OK || cv_admin_new(router, cfg.listen, audit, &admin, &err) != CV_OK)
         goto out;
@@ -219,6 +235,7 @@ int main(int argc, char **argv) {
     if (created != CV_OK || cv_health_register(health, srv, &err) != CV_OK ||
         cv_infer_register(inf, srv, &err) != CV_OK || cv_admin_register(admin, srv, &err) != CV_OK)
         goto out;
+    cv_admin_set_response_cache(admin, state.rc);
     rag_audit_log = audit;
     cv_infer_set_rag(inf, rag);
     state.health = health;
@@ -230,7 +247,8 @@ int main(int argc, char **argv) {
         cv_hs_config hc = {.listen = cfg.http_listen, .tls_cert = cfg.tls_cert, .tls_key = cfg.tls_key,
                           .tls_client_ca = cfg.tls_client_ca, .auth = auth};
         int hport = 0;
-        if (cv_oai_service_new(router, cv_infer_pool(inf), cv_infer_rag(inf), (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
+        if (cv_oai_service_new(router, cv_infer_pool(inf), cv_infer_rag(inf), state.rc,
+                               (size_t)cfg.max_prompt_bytes, &oai, &err) != CV_OK || cv_hs_new(&hc, &api, &err) != CV_OK ||
             cv_oai_service_register(oai, api, &err) != CV_OK || cv_chat_page_register(api, &err) != CV_OK ||
             cv_hs_start(api, &hport, &err) != CV_OK)
             goto out;
@@ -315,6 +333,7 @@ out:
     cv_infer_free(inf);
     cv_rag_service_free(rag);
     cv_router_free(router);
+    cv_rc_free(state.rc); /* after the engines: their last answers may still be stored */
     cv_health_free(health);
     cv_tls_files_free(rcfg.tls);
     cv_auth_free(auth);

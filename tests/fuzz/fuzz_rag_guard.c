@@ -40,7 +40,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (cv_rag_analyzer_create(NULL, 0, &a, NULL) != CV_OK) return 0;
     char *q = strndup(text, len);
     if (q) {
-        cv_rag_passage p = {"kb:f", "d", "The Quorn-7", "", "云雾岭白茶 serviced every 18 months", 40, 1};
+        cv_rag_passage p = {"kb:f", "d", "The Quorn-7", "", "云雾岭白茶 serviced every 18 months", 40, 1, 0, 0};
         p.len = strlen(p.text);
         double c = cv_rag_coverage(a, q, &p, 1);
         if (!(c >= 0 && c <= 1)) abort();

@@ -92,7 +92,8 @@ def render_all():
     RENDERS["download-etcd"] = chartlib.render({"model": {"source": "download", "uri": "https://example.invalid/m.gguf",
                                                           "sha256": "ab" * 32}, "etcd": {"enabled": True},
                                                 "server": {"config": {"modelSources": MODEL_SOURCES}},
-                                                "tracing": {"otlpEndpoint": OTLP, "sampleRatio": 0.25}})
+                                                "tracing": {"otlpEndpoint": OTLP, "sampleRatio": 0.25},
+                                                "responseCache": {"backend": "redis"}})
     RENDERS["fleet-keda"] = chartlib.render(FLEET_VALUES)
     RENDERS["fleet-hpa"] = chartlib.render(dict(FLEET_VALUES, autoscaling=dict(FLEET_VALUES["autoscaling"], mode="hpa")))
     for name, m in RENDERS.items():
@@ -468,6 +469,39 @@ def trial_etcd():
     args = sts["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--listen-client-urls=http://0.0.0.0:2379" in args, args
     assert not [d for _, d in docs("default") if d["kind"] == "StatefulSet"]
+
+
+def response_cache():
+    """Off by default; redis with the chart's own Redis (download-etcd) or an existing one
+    (values-gpu-canary-tls.yaml), named in server.json as the server reads it."""
+    default = json.loads(config_maps("default")["server.json"])
+    assert not [k for k in default if k.startswith("response_cache")], default
+    assert not [d for _, d in docs("default") if d["metadata"]["name"].endswith("-redis")]
+    own = json.loads(config_maps("download-etcd")["server.json"])
+    svc = chartlib.find(docs("download-etcd"), "Service", "-redis")
+    dep = chartlib.find(docs("download-etcd"), "Deployment", "-redis")
+    port = svc["spec"]["ports"][0]
+    assert own["response_cache"] == "redis" and own["response_cache_redis"] == "%s:%d" % (svc["metadata"]["name"],
+                                                                                         port["port"]), own
+    assert own["response_cache_scope"] == "shared" and own["response_cache_ttl_s"] == 3600, own
+    spec = dep["spec"]["template"]["spec"]
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"] == dep["spec"]["template"]["metadata"]["labels"]
+    c = spec["containers"][0]
+    assert c["ports"][0]["containerPort"] == 6379 and port["targetPort"] == c["ports"][0]["name"]
+    assert c["command"][c["command"].index("--maxmemory") + 1] == "512mb", c["command"]
+    assert {"name": "data", "mountPath": "/data"} in c["volumeMounts"], c  # the root filesystem is read-only
+    ext = json.loads(config_maps("gpu-canary-tls")["server.json"])
+    assert ext["response_cache_redis"] == "redis-master.cache.svc:6379" and ext["response_cache_scope"] == "subject"
+    assert not [d for _, d in docs("gpu-canary-tls") if d["metadata"]["name"].endswith("-redis")]
+    # With NetworkPolicies, the passwordless Redis admits the server pods only.
+    d = chartlib.documents(chartlib.render({"networkPolicy": {"enabled": True}, "responseCache": {"backend": "redis"}}))
+    pol = chartlib.find(d, "NetworkPolicy", "-redis")["spec"]
+    assert selects(pol["podSelector"], chartlib.find(d, "Deployment", "-redis")["spec"]["template"]["metadata"]["labels"])
+    [rule] = pol["ingress"]
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}], rule
+    server = chartlib.find(d, "Deployment", "-server")["spec"]["template"]["metadata"]["labels"]
+    assert [p for p in rule["from"] if selects(p["podSelector"], server)] == rule["from"], rule
+    assert not selects(rule["from"][0]["podSelector"], {"app.kubernetes.io/component": "gateway"})
 
 
 def self_signed(stem):
@@ -1015,6 +1049,7 @@ if len(RENDERS) == 5:
     checks.run("tracing values reach the server and control plane configs", tracing_config)
     checks.run("model storage", model_storage)
     checks.run("trial etcd", trial_etcd)
+    checks.run("response cache: off, the chart's Redis, an existing Redis", response_cache)
     checks.run("chart-made TLS and JWT secrets", chart_made_secrets)
     checks.run("helm test pod", helm_test_pod)
     checks.run("KEDA ScaledObject against KEDA's CRD schema (strict)", keda_scaled_object)

@@ -112,7 +112,7 @@ static void test_line_end_for_generate(void **state) {
 static double cover(const char *q, const char *title, const char *text) {
     cv_rag_analyzer *a;
     assert_int_equal(cv_rag_analyzer_create(NULL, 0, &a, NULL), CV_OK);
-    cv_rag_passage p = {"kb:t", "d", title, "", text, strlen(text), 1};
+    cv_rag_passage p = {"kb:t", "d", title, "", text, strlen(text), 1, 0, 0};
     double c = cv_rag_coverage(a, q, &p, 1);
     cv_rag_analyzer_free(a);
     return c;

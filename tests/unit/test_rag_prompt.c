@@ -23,7 +23,7 @@ static size_t count_cps(void *user, const char *text, size_t len) {
 }
 
 static cv_rag_passage passage(const char *id, const char *text, float score) {
-    return (cv_rag_passage){"kb:t", id, "", "", text, strlen(text), score};
+    return (cv_rag_passage){"kb:t", id, "", "", text, strlen(text), score, 0, 0};
 }
 
 static void test_all_fit_numbered_in_order(void **state) {
@@ -69,7 +69,7 @@ static void test_all_fit_numbered_in_order(void **state) {
 
 static void test_title_used_when_present(void **state) {
     (void)state;
-    cv_rag_passage p = {"web", "", "Weather", "http://w", "sunny", 5, 0};
+    cv_rag_passage p = {"web", "", "Weather", "http://w", "sunny", 5, 0, 0, 0};
     cv_rag_context c;
     assert_int_equal(cv_rag_context_build(&p, 1, 1000, count_cps, NULL, &c, NULL), CV_OK);
     assert_string_equal(c.text, "[1] Weather: sunny");

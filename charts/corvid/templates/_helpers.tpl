@@ -115,6 +115,18 @@ and the model sharded over the pod's GPUs (tp = gpu.count).
 {{- $_ := set $cfg "otlp_endpoint" . -}}
 {{- $_ := set $cfg "trace_sample_ratio" $.Values.tracing.sampleRatio -}}
 {{- end -}}
+{{- $rc := .Values.responseCache -}}
+{{- if ne $rc.backend "off" -}}
+{{- $_ := set $cfg "response_cache" $rc.backend -}}
+{{- $_ := set $cfg "response_cache_mb" $rc.memoryMb -}}
+{{- $_ := set $cfg "response_cache_ttl_s" $rc.ttlSeconds -}}
+{{- $_ := set $cfg "response_cache_timeout_ms" $rc.timeoutMs -}}
+{{- $_ := set $cfg "response_cache_scope" $rc.scope -}}
+{{- $_ := set $cfg "response_cache_live_sources" (ternary 1 0 $rc.liveSources) -}}
+{{- if eq $rc.backend "redis" -}}
+{{- $_ := set $cfg "response_cache_redis" (ternary (printf "%s-redis:6379" (include "corvid.fullname" .)) $rc.redis.address $rc.redis.deploy) -}}
+{{- end -}}
+{{- end -}}
 {{- if .Values.gpu.enabled -}}
 {{- $_ := set $cfg "device" "cuda" -}}
 {{- $_ := set $cfg "tp" (int .Values.gpu.count) -}}
@@ -238,6 +250,13 @@ only once, at start.
 {{- end -}}
 {{- if ne $prev 100 -}}
 {{- fail (printf "controlplane.rollout.steps must end at 100 (full traffic to the candidate): %v" .Values.controlplane.rollout.steps) -}}
+{{- end -}}
+{{- $rc := .Values.responseCache -}}
+{{- if and (eq $rc.backend "redis") (not $rc.redis.deploy) (not $rc.redis.address) -}}
+{{- fail "responseCache.backend redis needs responseCache.redis.deploy or responseCache.redis.address (HOST:PORT)" -}}
+{{- end -}}
+{{- if and (eq $rc.scope "subject") (not .Values.auth.enabled) -}}
+{{- fail "responseCache.scope subject needs auth.enabled: without tokens there are no subjects" -}}
 {{- end -}}
 {{- if and (eq .Values.model.source "download") (not .Values.model.uri) -}}
 {{- fail "model.source=download needs model.uri (and model.sha256)" -}}
