@@ -802,11 +802,12 @@ def disruption_and_spread():
     for name in RENDERS:
         d = docs(name)
         pdbs = {x["metadata"]["name"]: x for _, x in d if x["kind"] == "PodDisruptionBudget"}
-        for dep in (x for _, x in d if x["kind"] == "Deployment"):
+        deps = [x for _, x in d if x["kind"] == "Deployment"]
+        for dep in deps:
             labels = dep["spec"]["template"]["metadata"]["labels"]
             mine = [p for p in pdbs.values() if selects(p["spec"]["selector"], labels)]
             assert len(mine) == 1 and mine[0]["spec"]["maxUnavailable"] == 1, (name, dep["metadata"]["name"], mine)
-        assert len(pdbs) == 2, (name, sorted(pdbs))
+        assert len(pdbs) == len(deps), (name, sorted(pdbs))  # server, control plane, the chart's Redis
         spec = chartlib.find(d, "Deployment", "-server")["spec"]["template"]
         spread = spec["spec"]["topologySpreadConstraints"]
         assert [c["topologyKey"] for c in spread] == ["kubernetes.io/hostname", "topology.kubernetes.io/zone"], spread
