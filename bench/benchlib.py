@@ -3,6 +3,7 @@ they die with the bench), waiting for them, percentiles and the host's load."""
 import os
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
@@ -52,3 +53,28 @@ def wait_log(proc, marker, timeout=600):
     wait_for(lambda: marker in open(proc.log_path, "rb").read() or proc.p.poll() is not None, proc.log_path, timeout)
     if proc.p.poll() is not None:
         raise RuntimeError("%s exited:\n%s" % (proc.log_path, open(proc.log_path).read()[-2000:]))
+
+
+def run_clients(n_threads, prompts, one):
+    """one(prompt) -> a result; n_threads threads take prompts in order, back to back.
+    (results in the order they ended, elapsed seconds)."""
+    lock, out, nxt = threading.Lock(), [], [0]
+
+    def worker():
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= len(prompts):
+                return
+            r = one(prompts[i])
+            with lock:
+                out.append(r)
+
+    t0 = time.time()
+    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out, time.time() - t0

@@ -33,43 +33,17 @@ import random
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 # Server processes die with this script (PR_SET_PDEATHSIG) and on its signals.
 from corvid_testlib import BIN, TMP, free_port, proto_modules  # noqa: E402
-from benchlib import Proc, load, pct, wait_for, wait_log  # noqa: E402
+from benchlib import Proc, load, pct, run_clients, wait_for, wait_log  # noqa: E402
 
 WORDS = ("order refund shipping parcel account password invoice delivery address warranty return policy "
          "customer payment card store branch opening hours exchange receipt discount voucher member points "
          "subscription cancel upgrade plan device repair appointment agent support ticket escalation").split()
-
-
-def run_clients(n_threads, prompts, one):
-    """one(prompt) -> (ttft_s, prefill_tokens or None); C threads take prompts in order."""
-    lock, out, nxt = threading.Lock(), [], [0]
-
-    def worker():
-        while True:
-            with lock:
-                i = nxt[0]
-                nxt[0] += 1
-            if i >= len(prompts):
-                return
-            r = one(prompts[i])
-            with lock:
-                out.append(r)
-
-    t0 = time.time()
-    threads = [threading.Thread(target=worker) for _ in range(n_threads)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out, time.time() - t0
-
 
 
 # ---- corvid ----

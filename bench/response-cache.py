@@ -25,13 +25,12 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "integration"))
 from corvid_testlib import BIN, DATA, TMP, free_port, proto_modules  # noqa: E402
-from benchlib import Proc, load, pct, wait_log  # noqa: E402
+from benchlib import Proc, load, pct, run_clients, wait_log  # noqa: E402
 
 TOPICS = ("refund", "delivery", "password", "invoice", "warranty", "store hours", "membership points", "exchange",
           "gift card", "repair", "subscription", "shipping fee", "order status", "address change", "coupon")
@@ -75,7 +74,7 @@ def metrics(url):
     got = {}
     for line in text.splitlines():
         if line.startswith("corvid_response_cache_"):
-            name = line.split("{")[0].replace("corvid_response_cache_", "")
+            name = line.split("{")[0].replace("corvid_response_cache_", "").replace("_total", "")
             got[name] = float(line.split()[-1])
     return got
 
@@ -92,34 +91,18 @@ def run(model, prompts, args, cache_flags, name):
         ch = grpc.insecure_channel("127.0.0.1:%d" % port)
         rpc = ch.unary_stream("/corvid.v1.Inference/Generate", request_serializer=pb.GenerateRequest.SerializeToString,
                               response_deserializer=pb.GenerateResponse.FromString)
-        lock, nxt, out = threading.Lock(), [0], []
-
-        def worker():
-            while True:
-                with lock:
-                    i = nxt[0]
-                    nxt[0] += 1
-                if i >= len(prompts):
-                    return
-                req = pb.GenerateRequest(prompt=prompts[i], sampling=pb.SamplingParams(max_tokens=args.max_tokens,
-                                                                                       temperature=0))
-                t0 = time.perf_counter()
-                final = None
-                for m in rpc(req, timeout=600):
-                    if m.WhichOneof("kind") == "final":
-                        final = m.final
-                dt = time.perf_counter() - t0
-                with lock:
-                    out.append((dt, final.cached, final.usage.completion_tokens))
+        def one(prompt):
+            req = pb.GenerateRequest(prompt=prompt, sampling=pb.SamplingParams(max_tokens=args.max_tokens,
+                                                                               temperature=0))
+            t0 = time.perf_counter()
+            final = None
+            for m in rpc(req, timeout=600):
+                if m.WhichOneof("kind") == "final":
+                    final = m.final
+            return time.perf_counter() - t0, final.cached, final.usage.completion_tokens
 
         before = load()
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
+        out, elapsed = run_clients(args.concurrency, prompts, one)
         m = metrics("http://127.0.0.1:%d" % mport)
         ch.close()
         hits = [d for d, c, _ in out if c]

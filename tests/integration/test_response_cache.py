@@ -257,6 +257,19 @@ def per_subject_scope(keys):
 
 # ---- Redis ----
 
+def redis_corvid(rds, *flags):
+    """A server on rds (emptied first) and the ids and key of PROMPTS[0] once stored."""
+    rds.cmd("FLUSHALL")
+    srv = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port, *flags)
+    try:
+        _, ids, _, f = srv.generate(PROMPTS[0])
+        assert not f.cached
+        return srv, ids, wait_for(lambda: rds.keys(), "stored key")[0]
+    except Exception:
+        srv.stop()
+        raise
+
+
 def redis_shared_by_replicas(ref, rds):
     a = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port)
     b = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port)
@@ -285,17 +298,13 @@ def redis_shared_by_replicas(ref, rds):
 
 
 def redis_ttl_expires(ref, rds):
-    srv = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port,
-                 "--response-cache-ttl", "1")
+    srv, want, key = redis_corvid(rds, "--response-cache-ttl", "1")
     try:
-        rds.cmd("FLUSHALL")
-        assert not srv.generate(PROMPTS[2])[3].cached
-        key = wait_for(lambda: rds.keys(), "stored key")[0]
         assert rds.cmd("PTTL", key) <= 1000
-        assert srv.generate(PROMPTS[2])[3].cached
+        assert srv.generate(PROMPTS[0])[3].cached
         wait_for(lambda: not rds.keys(), "expiry", timeout=5)
-        _, ids, _, f = srv.generate(PROMPTS[2])
-        assert not f.cached and ids == ref.generate(PROMPTS[2])[1]
+        _, ids, _, f = srv.generate(PROMPTS[0])
+        assert not f.cached and ids == want == ref.generate(PROMPTS[0])[1]
         m = srv.metrics()
         assert m["lookups"] == 3 and m["hits"] == 1, m
     finally:
@@ -303,11 +312,8 @@ def redis_ttl_expires(ref, rds):
 
 
 def corrupt_entry_refused(ref, rds):
-    srv = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port)
+    srv, want, key = redis_corvid(rds)
     try:
-        rds.cmd("FLUSHALL")
-        _, want, _, _ = srv.generate(PROMPTS[0])
-        key = wait_for(lambda: rds.keys(), "stored key")[0]
         good = rds.cmd("GET", key)
         bad = [b"garbage", good[:-3],                                  # not an entry; truncated
                good[:-4] + (100000).to_bytes(4, "little"),            # last token id outside the vocabulary
@@ -323,11 +329,8 @@ def corrupt_entry_refused(ref, rds):
 
 
 def redis_killed_mid_test(ref, rds):
-    srv = Corvid("--response-cache", "redis", "--response-cache-redis", "127.0.0.1:%d" % rds.port)
+    srv, _, _ = redis_corvid(rds)
     try:
-        rds.cmd("FLUSHALL")
-        srv.generate(PROMPTS[0])
-        wait_for(lambda: rds.keys(), "stored key")
         assert srv.generate(PROMPTS[0])[3].cached
         rds.stop()  # SIGKILL: no goodbye to the idle connections
         _, want, _, _ = ref.generate(PROMPTS[0])
