@@ -473,6 +473,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
                            .guard_line_end = g->out.guard_line_end, .rag = rag};
     if (cv_core_cache(g->inf->opt.response_cache, &q, cv_tok_n_vocab(g->slot->tok), &g->mu, &g->out, &sink)) {
         free(stop);
+        free(gbnf);
         return;
     }
     pthread_mutex_lock(&g->mu);

@@ -335,6 +335,7 @@ int cv_rc_key_of(const cv_rc *rc, const cv_rc_query *q, cv_rc_key *key) {
     h_u64(h, (uint64_t)er->ignore_eos);
     h_u64(h, (uint64_t)er->n_stop);
     for (int32_t i = 0; i < er->n_stop; i++) h_str(h, er->stop[i]);
+    h_str(h, er->grammar); /* constrained decoding: "" and NULL are both none */
     h_u64(h, q->guard_passages);
     h_u64(h, (uint64_t)q->guard_line_end);
     int live;

@@ -4,7 +4,7 @@
  * asks for no logprobs. Its key is a SHA-256 of everything its tokens depend on: the
  * model version, the exact prompt token ids (after the chat template and any RAG
  * context), every sampling parameter (the seed only when not greedy), max_tokens,
- * ignore_eos, the stop strings, the output filters that can end it early (rag_guard),
+ * ignore_eos, the stop strings, the grammar of constrained decoding, the output filters that can end it early (rag_guard),
  * the RAG context's identity (each kept passage's knowledge-base checksum and chunk
  * id, or a live source's document), and with scope "subject" the caller's JWT
  * subject. An answer whose passages came from a live source is cached only when the
@@ -57,7 +57,7 @@ void cv_rc_free(cv_rc *rc);
 /* What identifies a request's answer. */
 typedef struct cv_rc_query {
     const char *version;
-    const cv_engine_request *er;   /* prompt, sampling, max_tokens, stop (all of them), ignore_eos */
+    const cv_engine_request *er;   /* prompt, sampling, max_tokens, stop (all of them), ignore_eos, grammar */
     int explicit_seed;             /* the client named the seed */
     const char *subject;           /* the verified JWT subject, "" or NULL without */
     uint32_t guard_passages;       /* rag_guard on: passages it knows + 1; 0: off */

@@ -219,6 +219,17 @@ def only_deterministic_requests(mem):
     assert mem.metrics()["lookups"] == before["lookups"] + 2
 
 
+def grammar_is_part_of_the_key(mem):
+    """A constrained request is not answered with the unconstrained answer (stored above)."""
+    gbnf = 'root ::= [a-z ]+'
+    _, free_ids, _, f0 = mem.generate(PROMPTS[0])
+    assert f0.cached
+    _, ids, text, f1 = mem.generate(PROMPTS[0], grammar=gbnf)
+    _, ids2, text2, f2 = mem.generate(PROMPTS[0], grammar=gbnf)
+    assert not f1.cached and f2.cached and (ids, text) == (ids2, text2), (f1, f2)
+    assert all(c.islower() or c == " " for c in text) and ids != free_ids, text
+
+
 def counters_and_status(mem):
     m = mem.metrics()
     st = Admin(mem.addr).status().response_cache
@@ -398,6 +409,7 @@ def main():
         c.run("a hit replays the stream's shape: chunks, final, stop string, usage", hit_replays_shapes, mem)
         c.run("only deterministic requests are looked up (greedy or seeded, no logprobs)",
               only_deterministic_requests, mem)
+        c.run("the grammar of constrained decoding is part of the key", grammar_is_part_of_the_key, mem)
         c.run("/metrics and Admin.GetStatus: lookups, hits, stores, bytes, hit rate", counters_and_status, mem)
         c.run("scope subject: JWT subjects do not share answers", per_subject_scope, keys)
         rds = Redis()

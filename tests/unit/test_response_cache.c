@@ -86,6 +86,11 @@ static void test_key_fields(void **state) {
     CHANGED(er.sampling.repeat_penalty = 1.1f, er.sampling.repeat_penalty = 1);
     CHANGED(er.sampling.top_k = 5, er.sampling.top_k = 0);
     CHANGED(q.guard_passages = 3, q.guard_passages = 0);
+    CHANGED(er.grammar = "root ::= \"yes\" | \"no\"", er.grammar = NULL);
+    er.grammar = ""; /* no grammar either way */
+    assert_true(key_of(rc, &q, &k));
+    assert_memory_equal(base.digest, k.digest, CV_RC_DIGEST);
+    er.grammar = NULL;
     const char *stops[] = {"\n"};
     CHANGED((er.stop = stops, er.n_stop = 1), (er.stop = NULL, er.n_stop = 0));
     /* Scope shared: the subject is not part of it. */
