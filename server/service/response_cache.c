@@ -333,6 +333,7 @@ int cv_rc_key_of(const cv_rc *rc, const cv_rc_query *q, cv_rc_key *key) {
     h_u64(h, greedy ? 0 : sp->seed); /* greedy ignores the seed: every greedy request shares */
     h_u64(h, (uint64_t)(int64_t)er->max_tokens);
     h_u64(h, (uint64_t)er->ignore_eos);
+    h_u64(h, (uint64_t)er->render_special); /* control tokens as text: other chunks */
     h_u64(h, (uint64_t)er->n_stop);
     for (int32_t i = 0; i < er->n_stop; i++) h_str(h, er->stop[i]);
     h_str(h, er->grammar); /* constrained decoding: "" and NULL are both none */

@@ -4,7 +4,7 @@
  * asks for no logprobs. Its key is a SHA-256 of everything its tokens depend on: the
  * model version, the exact prompt token ids (after the chat template and any RAG
  * context), every sampling parameter (the seed only when not greedy), max_tokens,
- * ignore_eos, the stop strings, the grammar of constrained decoding, the output filters that can end it early (rag_guard),
+ * ignore_eos, render_special, the stop strings, the grammar of constrained decoding, the output filters that can end it early (rag_guard),
  * the RAG context's identity (each kept passage's knowledge-base checksum and chunk
  * id, or a live source's document), and with scope "subject" the caller's JWT
  * subject. An answer whose passages came from a live source is cached only when the

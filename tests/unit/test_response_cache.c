@@ -83,6 +83,7 @@ static void test_key_fields(void **state) {
     CHANGED(er.n_prompt = 3, er.n_prompt = 4);
     CHANGED(er.max_tokens = 9, er.max_tokens = 8);
     CHANGED(er.ignore_eos = 1, er.ignore_eos = 0);
+    CHANGED(er.render_special = 1, er.render_special = 0);
     CHANGED(er.sampling.repeat_penalty = 1.1f, er.sampling.repeat_penalty = 1);
     CHANGED(er.sampling.top_k = 5, er.sampling.top_k = 0);
     CHANGED(q.guard_passages = 3, q.guard_passages = 0);
