@@ -23,6 +23,7 @@ struct cv_gvocab {
     int32_t n_ends;
     char *bytes;        /* token i's bytes: bytes[off[i] .. off[i + 1]) */
     size_t *off;
+    int32_t max_len;    /* the longest token's bytes: the trie's depth */
 };
 
 static const char *const *sort_pieces;
@@ -56,6 +57,7 @@ cv_status cv_gvocab_new(int32_t n_vocab, const char *const *pieces, const size_t
     v->off[0] = 0;
     for (int32_t i = 0; i < n_vocab; i++) {
         memcpy(v->bytes + v->off[i], pieces[i], lens[i]);
+        if (lens[i] > (size_t)v->max_len) v->max_len = lens[i] > INT32_MAX / 2 ? INT32_MAX / 2 : (int32_t)lens[i];
         v->off[i + 1] = v->off[i] + lens[i];
         order[i] = i;
         v->tok_next[i] = -1;
@@ -165,7 +167,8 @@ struct cv_gdfa {
     size_t work_cap, out_cap;
     struct walk {
         int32_t node, cfg;
-    } *walk;               /* mask scratch: the trie DFS */
+        const int32_t *tr;
+    } *walk;               /* mask scratch: the trie DFS, one frame per depth */
     size_t walk_cap;
     int32_t start;         /* the configuration before any text */
     uint64_t *none;        /* the all-zero mask after the end */
@@ -442,23 +445,33 @@ void cv_gmatch_free(cv_gmatch *m) {
  * subtree is skipped as soon as the grammar rejects its prefix. */
 static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *err) {
     const cv_gvocab *v = m->v;
-    size_t sp = 0;
-    if (!cv_gu_grow((void **)&m->walk, &m->walk_cap, 1, sizeof *m->walk)) return closure_err(-1, err);
-    m->walk[sp++] = (struct walk){0, c};
-    while (sp) {
-        struct walk w = m->walk[--sp];
-        const int32_t *tr = m->cfgs[w.cfg].trans; /* stable once allocated */
-        for (int32_t ch = v->nodes[w.node].first_child; ch >= 0; ch = v->nodes[ch].next_sibling) {
-            const tnode *t = &v->nodes[ch];
-            int32_t next = tr && tr[t->byte] >= 0 ? tr[t->byte] : step(m, w.cfg, t->byte, err);
-            if (!tr) tr = m->cfgs[w.cfg].trans;
-            if (next < 0) return err ? err->code : CV_ENOMEM;
-            if (next == 0) continue;
-            for (int32_t tok = t->token; tok >= 0; tok = v->tok_next[tok]) mask[tok >> 6] |= 1ULL << (tok & 63);
-            if (t->first_child < 0) continue;
-            if (!cv_gu_grow((void **)&m->walk, &m->walk_cap, sp + 1, sizeof *m->walk)) return closure_err(-1, err);
-            m->walk[sp++] = (struct walk){ch, next};
+    const tnode *nodes = v->nodes;
+    /* One frame per depth (a token's length bounds it): the next child to visit and
+     * the configuration with its transition table after the path so far. */
+    if (!cv_gu_grow((void **)&m->walk, &m->walk_cap, (size_t)v->max_len + 1, sizeof *m->walk))
+        return closure_err(-1, err);
+    struct walk *f = m->walk;
+    int depth = 0;
+    f[0] = (struct walk){nodes[0].first_child, c, m->cfgs[c].trans};
+    while (depth >= 0) {
+        struct walk *w = &f[depth];
+        int32_t ch = w->node;
+        if (ch < 0) {
+            depth--;
+            continue;
         }
+        const tnode *t = &nodes[ch];
+        w->node = t->next_sibling;
+        int32_t next;
+        if (w->tr && w->tr[t->byte] >= 0) {
+            next = w->tr[t->byte];
+        } else {
+            if ((next = step(m, w->cfg, t->byte, err)) < 0) return err ? err->code : CV_ENOMEM;
+            w->tr = m->cfgs[w->cfg].trans; /* allocated by step, stable from now on */
+        }
+        if (next == 0) continue;
+        for (int32_t tok = t->token; tok >= 0; tok = v->tok_next[tok]) mask[tok >> 6] |= 1ULL << (tok & 63);
+        if (t->first_child >= 0) f[++depth] = (struct walk){t->first_child, next, m->cfgs[next].trans};
     }
     if (m->cfgs[c].accepting)
         for (int32_t i = 0; i < v->n_ends; i++) mask[v->ends[i] >> 6] |= 1ULL << (v->ends[i] & 63);
