@@ -1,13 +1,15 @@
 /* Fuzzes the OpenAI request parser (openai_request.h), the part of the HTTP API that
  * reads untrusted bodies. The first byte picks chat or completions; the rest is the body.
  * A request that parses must hold what the contract says: texts that are valid UTF-8
- * without NUL, at most CV_OAI_MAX_STOP stops, top_logprobs within range, known roles, and
- * tool fields that are text too.
+ * without NUL, at most CV_OAI_MAX_STOP stops, top_logprobs within range, known roles,
+ * tool fields that are text too, and a grammar (from response_format or corvid.grammar)
+ * that compiles.
  */
 #include <assert.h>
 #include <stdint.h>
 #include <string.h>
 
+#include "grammar.h"
 #include "openai_request.h"
 #include "utf8.h"
 
@@ -45,6 +47,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check_text(r.tool_function);
         } else {
             check_text(r.prompt);
+        }
+        if (r.grammar) { /* response_format or corvid.grammar: text the engine can compile */
+            cv_error ge;
+            check_text(r.grammar);
+            assert(cv_grammar_check(r.grammar, strlen(r.grammar), &ge) == CV_OK);
         }
     } else {
         assert(e.message[0]);
