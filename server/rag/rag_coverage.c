@@ -7,9 +7,11 @@
 
 #define MAX_TERMS 64
 
-/* Words that shape a question rather than name what it asks about. */
+/* Words that shape a question rather than name what it asks about, and the kind of
+ * answer it wants ("on which day of the week": the passage says "on Tuesdays"). */
 static const char *const question_words[] = {"often", "many", "much", "long", "far", "old", "big",
-                                             "large", "kind", "type", "name", "named", "called"};
+                                             "large", "kind", "type", "name", "named", "called",
+                                             "day", "week", "month", "year", "date", "time"};
 /* CJK characters of function words and question forms (多少, 几, 哪, 多久, ...). */
 static const char question_chars[] = "的了是在和与及也都就而或吗呢吧啊之其这那个着把被让给为于从对向以请问我你他她它谁"
                                      "多少几哪何么什怎样久有";

@@ -6,7 +6,8 @@
  * point is not), and a small model asked anyway invents one. Coverage is the share of
  * the question's key terms that some passage (title or text) holds:
  *   - words (the index's analyzer: case folded, stopwords out), less the words that
- *     only shape a question ("often", "many", "long", ...); a passage word holds a
+ *     only shape a question ("often", "many", "long", ...) or name the kind of answer
+ *     ("day", "year", "time", ...: "which day" is answered "on Tuesdays"); a passage word holds a
  *     question word when they are equal or share a prefix of at least 4 bytes that
  *     leaves at most 3 bytes of the longer one ("serviced"/"service", "takes"/"take");
  *   - CJK: single characters, not the analyzer's bigrams (a question's bigrams straddle

@@ -36,18 +36,19 @@ int cv_rag_is_cjk_text(const char *text, size_t len) {
  * small models have little room. The "not in the documents" reply is spelled out so
  * the model has a sentence to give instead of a guess. No request to cite: asked to
  * cite "like [1]", the 0.5B Qwen answered "[1]" alone or "[1]. [2]. [3]" (measured
- * with bench-rag-qa's questions); the client has the citations in the Context message. */
+ * with bench-rag-qa's questions); the client has the citations in the Context message.
+ * "States the answer": asked only to "answer in one short sentence", it replied the
+ * not-in-the-documents sentence to questions its one passage answered. */
 typedef struct frame {
     const char *documents, *question, *answer, *instruction;
 } frame;
 
 static const frame frames[2] = {
     {"Documents:\n", "Question: ", "Answer:",
-     "Answer the question in one short sentence, using only the documents above. If the documents do "
-     "not contain the answer, reply exactly: " CV_RAG_NOT_IN_DOCS_EN},
+     "Answer the question using only the documents. Reply with one short sentence that states the answer. "
+     "If the documents do not contain the answer, reply exactly: " CV_RAG_NOT_IN_DOCS_EN},
     {"资料:\n", "问题: ", "回答:",
-     "请只根据上面的资料，用一句简短的话回答问题。如果资料中没有答案，请只回答："
-     CV_RAG_NOT_IN_DOCS_ZH},
+     "只根据资料回答问题。用一句简短的话说出答案。如果资料中没有答案，请只回答：" CV_RAG_NOT_IN_DOCS_ZH},
 };
 
 static const frame *frame_for(const char *question) {
@@ -182,17 +183,17 @@ void cv_rag_context_free(cv_rag_context *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* documents, question and (unless compact) instruction; the Generate frame ends with
- * the answer label. */
+/* Chat: instruction (unless compact), documents, question. Generate: documents,
+ * instruction, question, answer label. */
 static char *framed(const cv_rag_context *c, const char *question, int generate, int compact) {
     const frame *f = frame_for(question);
-    const char *instruction = compact ? "" : f->instruction;
-    const char *gap = compact ? "" : "\n\n";
     sbuf b = {0};
-    if (sb_str(&b, f->documents) || sb_str(&b, c->text) || sb_str(&b, "\n\n") ||
-        (generate && (sb_str(&b, instruction) || sb_str(&b, gap))) || sb_str(&b, f->question) ||
-        sb_str(&b, question) ||
-        (generate ? sb_str(&b, "\n") || sb_str(&b, f->answer) : sb_str(&b, gap) || sb_str(&b, instruction))) {
+    int bad = (!generate && !compact && (sb_str(&b, f->instruction) || sb_str(&b, "\n\n"))) ||
+              sb_str(&b, f->documents) || sb_str(&b, c->text) || sb_str(&b, "\n\n") ||
+              (generate && !compact && (sb_str(&b, f->instruction) || sb_str(&b, "\n\n"))) ||
+              sb_str(&b, f->question) || sb_str(&b, question) ||
+              (generate && (sb_str(&b, "\n") || sb_str(&b, f->answer)));
+    if (bad) {
         free(b.p);
         return NULL;
     }

@@ -18,14 +18,19 @@
  *
  * The frame around it is in the question's language (English, or Chinese when the
  * question has a CJK character), with an instruction to answer in one short sentence
- * from the documents and otherwise say CV_RAG_NOT_IN_DOCS_*:
+ * that states the answer, from the documents only, and otherwise to say
+ * CV_RAG_NOT_IN_DOCS_*:
  *   Chat (cv_rag_prompt_user; it replaces the content of the last user message):
- *     Documents:\n<block>\n\nQuestion: Q\n\n<instruction>
+ *     <instruction>\n\nDocuments:\n<block>\n\nQuestion: Q
  *   Generate (cv_rag_prompt_generate; a completion frame that ends where the answer
  *   starts):
  *     Documents:\n<block>\n\n<instruction>\n\nQuestion: Q\nAnswer:
  *   (资料: / 问题: / 回答: for Chinese). A model going on past its answer starts a new
  *   line; CV_RAG_GENERATE_STOP and the guard's line end (rag_guard.h) stop it there.
+ * Why the instruction first in a Chat: after the question, the 0.5B Qwen replied the
+ * not-in-the-documents sentence to 9 of 45 answerable bench-rag-qa questions whose
+ * passage held the answer; with the question last, right before the answer, it
+ * answered them.
  * Why the user turn for every chat family: the question must come right before the
  * answer, after the passages (in a system message the 0.5B Qwen answered the passage
  * header or repeated the passage, measured by bench-rag-qa); Gemma's template has no

@@ -39,15 +39,18 @@ static void test_all_fit_numbered_in_order(void **state) {
     assert_int_equal(c.tokens, count_cps(NULL, c.text, strlen(c.text)));
     /* Generate: a completion frame that ends where the answer starts. */
     char *g = cv_rag_prompt_generate(&c, "why?", 0);
-    const char *head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nAnswer the question";
+    const char *head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nAnswer the question using only";
     assert_true(!strncmp(g, head, strlen(head)));
     assert_non_null(strstr(g, CV_RAG_NOT_IN_DOCS_EN "\n\nQuestion: why?\nAnswer:"));
     assert_int_equal(strlen(strstr(g, "Answer:")), strlen("Answer:"));
-    /* Chat: documents, then the question, then the instruction (the user turn). */
+    /* Chat: the instruction, the documents, then the question last (the user turn). */
     char *u = cv_rag_prompt_user(&c, "why?", 0);
-    head = "Documents:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?\n\nAnswer the";
-    assert_true(!strncmp(u, head, strlen(head)));
-    assert_non_null(strstr(u, "reply exactly: " CV_RAG_NOT_IN_DOCS_EN));
+    const char *lead = "Answer the question using only the documents.";
+    assert_true(!strncmp(u, lead, strlen(lead)));
+    const char *tail = "reply exactly: " CV_RAG_NOT_IN_DOCS_EN
+                       "\n\nDocuments:\n[1] a: alpha text\n\n[2] b: beta text\n\nQuestion: why?";
+    assert_non_null(strstr(u, tail));
+    assert_int_equal(strlen(strstr(u, tail)), strlen(tail));
     assert_null(strstr(u, "[1]\"")); /* not asked to cite: the model answered the marker alone */
     free(g);
     free(u);
@@ -60,9 +63,9 @@ static void test_all_fit_numbered_in_order(void **state) {
     free(u);
     /* A Chinese question gets the Chinese frame. */
     u = cv_rag_prompt_user(&c, "为什么？", 0);
-    assert_true(!strncmp(u, "资料:\n[1] a: alpha text", strlen("资料:\n[1] a: alpha text")));
-    assert_non_null(strstr(u, "\n\n问题: 为什么？\n\n请只根据上面的资料"));
-    assert_non_null(strstr(u, CV_RAG_NOT_IN_DOCS_ZH));
+    assert_true(!strncmp(u, "只根据资料回答问题。", strlen("只根据资料回答问题。")));
+    assert_non_null(strstr(u, CV_RAG_NOT_IN_DOCS_ZH "\n\n资料:\n[1] a: alpha text"));
+    assert_non_null(strstr(u, "\n\n问题: 为什么？"));
     free(u);
     cv_rag_context_free(&c);
 }
