@@ -57,7 +57,8 @@ static void mark(void *user, const char *t, size_t len) {
 double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_rag_passage *p, size_t n) {
     terms *q = calloc(1, sizeof *q);
     if (!q) return 1;
-    size_t total = 0, covered = 0;
+    /* per key term: held by some passage (title or text), and by some title */
+    size_t total = 0, covered = 0, asked = 0, asked_held = 0;
     /* words: the analyzer's non-CJK terms */
     terms *all = calloc(1, sizeof *all);
     if (!all) {
@@ -73,14 +74,19 @@ double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_
             shape |= !strcmp(all->t[i], question_words[k]);
         if (!shape) add_term(q, all->t[i], strlen(all->t[i]));
     }
-    unsigned char hit[MAX_TERMS] = {0};
-    held h = {q, hit};
+    unsigned char hit[MAX_TERMS] = {0}, titled[MAX_TERMS] = {0};
+    held h = {q, hit}, ht = {q, titled};
     for (size_t i = 0; i < n; i++) {
         cv_rag_analyze(a, p[i].title, strlen(p[i].title), mark, &h);
+        cv_rag_analyze(a, p[i].title, strlen(p[i].title), mark, &ht);
         cv_rag_analyze(a, p[i].text, p[i].len, mark, &h);
     }
     total += q->n;
-    for (size_t i = 0; i < q->n; i++) covered += hit[i];
+    for (size_t i = 0; i < q->n; i++) {
+        covered += hit[i];
+        asked += !titled[i];
+        asked_held += !titled[i] && hit[i];
+    }
     /* CJK: each distinct key character, looked for in the passages' bytes */
     const uint8_t *s = (const uint8_t *)question;
     size_t len = strlen(question);
@@ -102,18 +108,22 @@ double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_
         if (dup) continue;
         memcpy(seen[n_seen++], ch, 4);
         total++;
-        for (size_t j = 0; j < n; j++) {
+        int found = 0, in_title = 0;
+        for (size_t j = 0; j < n && !found; j++) {
             char *text = strndup(p[j].text, p[j].len);
-            int found = (text && strstr(text, ch)) || strstr(p[j].title, ch);
-            if (!text) found = 1; /* out of memory: counted as held */
+            found = !text || strstr(text, ch); /* out of memory: counted as held */
             free(text);
-            if (found) {
-                covered++;
-                break;
-            }
         }
+        for (size_t j = 0; j < n && !in_title; j++) in_title = strstr(p[j].title, ch) != NULL;
+        found |= in_title;
+        covered += found;
+        asked += !in_title;
+        asked_held += !in_title && found;
     }
     free(q);
     free(all);
+    /* The passages name what the question is about (their titles) and hold none of
+     * what it asks about it: nothing to answer from, whatever the share. */
+    if (asked && !asked_held) return 0;
     return total ? (double)covered / (double)total : 1;
 }

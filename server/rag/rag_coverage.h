@@ -13,6 +13,10 @@
  *   - CJK: single characters, not the analyzer's bigrams (a question's bigrams straddle
  *     its words: "采摘什么时候" gives "摘什", which no passage holds), less function and
  *     question characters (的, 是, 多, 少, 几, 哪, ...).
+ * Coverage is 0 when the passages hold none of the key terms that their titles do
+ * not: they name what the question is about and nothing of what it asks ("the price
+ * of the Zephyr-9 delivery drone": the title holds all but "price", and no text does;
+ * 4 of 5 terms, and the 0.5B Qwen answered "costs 72 km/h").
  * The service refuses below its min_coverage as it does below min_score. A lexical
  * check: a paraphrase the passage words differently lowers coverage, and a question
  * whose only unknown is a word the passage has by chance ("the current principal" when

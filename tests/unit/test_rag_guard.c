@@ -134,6 +134,13 @@ static void test_coverage(void **state) {
     const char *tea = "云雾岭白茶产自青溪县，每年的第一次采摘在清明节前十天开始。";
     assert_float_equal(cover("云雾岭白茶的价格和产量是多少？", "云雾岭白茶", tea), 6.0 / 9, 1e-9);
     assert_true(cover("云雾岭白茶的第一次采摘什么时候开始？", "云雾岭白茶", tea) >= CV_RAG_MIN_COVERAGE_DEFAULT);
+    /* The title holds the subject, no passage what is asked about it: 0, not 4 of 5;
+     * with one asked term held, the share. */
+    const char *zephyr = "The Zephyr-9 delivery drone has a range of 38 kilometres.";
+    assert_true(cover("What is the price of the Zephyr-9 delivery drone?", "Zephyr-9 delivery drone", zephyr) == 0);
+    assert_float_equal(cover("What is the price and range of the Zephyr-9 delivery drone?",
+                             "Zephyr-9 delivery drone", zephyr), 5.0 / 6, 1e-9);
+    assert_true(cover("云雾岭白茶的价格是多少？", "云雾岭白茶", tea) == 0);
     /* Nothing to check: covered. */
     assert_true(cover("what is it?", "", quorn) == 1.0);
 }
