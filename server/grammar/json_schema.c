@@ -821,6 +821,20 @@ static void emit_prims(gen *g) {
     }
 }
 
+/* Whether the rules compile; rules under another root name are checked as a caller
+ * embeds them, under a root rule that refers to theirs. */
+static cv_status check_rules(const sbuf *out, const char *prefix, cv_error *err) {
+    if (strcmp(prefix, "root") == 0) return cv_grammar_check(out->s, out->len, err);
+    size_t n = strlen(prefix) + 10 + out->len;
+    char *text = malloc(n + 1);
+    if (!text) return cv_errorf(err, CV_ENOMEM, "out of memory");
+    int k = snprintf(text, n + 1, "root ::= %s\n", prefix);
+    memcpy(text + k, out->s, out->len);
+    cv_status st = cv_grammar_check(text, (size_t)k + out->len, err);
+    free(text);
+    return st;
+}
+
 cv_status cv_json_schema_gbnf(const json_t *schema, const char *root_name, char **gbnf, cv_error *err) {
     *gbnf = NULL;
     const char *prefix = root_name ? root_name : "root";
@@ -835,7 +849,7 @@ cv_status cv_json_schema_gbnf(const json_t *schema, const char *root_name, char 
         cv_error ge;
         if (g.out.failed) fail(&g, CV_ENOMEM, "out of memory");
         else if (g.out.len > CV_GRAMMAR_MAX_TEXT) fail(&g, CV_ERANGE, "the grammar exceeds %u bytes", CV_GRAMMAR_MAX_TEXT);
-        else if (cv_grammar_check(g.out.s, g.out.len, &ge) != CV_OK)
+        else if (check_rules(&g.out, prefix, &ge) != CV_OK)
             /* Only a $ref that reaches itself without any text between can get here. */
             fail(&g, ge.code, "the schema cannot be compiled (%s)", ge.msg);
     }

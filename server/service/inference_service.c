@@ -50,6 +50,7 @@ typedef struct gen_stream {
     uint64_t seed;
     int render_special;      /* the tool-call syntax's markers are control tokens */
     cv_core_trace trace;
+    const char *tool_grammar; /* a required tool call's constraint (the request's, until submit) */
 } gen_stream;
 
 static void stream_free(gen_stream *g) {
@@ -460,7 +461,7 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
                     err.msg[0] ? err.msg : "out of memory");
         return;
     }
-    r.grammar = gbnf;
+    r.grammar = g->tool_grammar ? g->tool_grammar : gbnf;
     for (size_t i = 0; i < n_stop; i++) stop[i] = sp->stop[i];
     if (extra_stop) stop[n_stop++] = extra_stop;
     r.stop = stop;
@@ -552,6 +553,7 @@ static void req_free(infer_req *r) {
 static int answer_setup(gen_stream *g, const infer_req *r, const int32_t *prompt, size_t n) {
     if (r->chat && !r->chat->reasoning_inline) cv_core_out_split(&g->out, cv_think_prompt_opens(g->slot->tok, prompt, n));
     g->render_special = cv_tool_syntax_needs_markers(r->tools.syntax);
+    g->tool_grammar = r->tools.grammar;
     if (r->tools.syntax != CV_TOOL_SYNTAX_NONE && cv_core_out_tools(&g->out, r->tools.syntax, r->tools.max_calls))
         return -1;
     return 0;
@@ -816,6 +818,14 @@ static void serve(cv_infer *inf, cv_rpc_call *call, infer_req r) {
     if (r.chat && cv_tool_plan_make(r.fmt, r.chat->tools, r.chat->tool_choice, r.chat->tool_choice_function,
                                     !r.chat->single_tool_call, &r.tools, &err) != CV_OK) {
         refuse(inf, slot, call, rid, cv_core_code_of(err.code), err.msg);
+        goto out;
+    }
+    const Corvid__V1__SamplingParams *sp = req_sampling(&r);
+    if (r.tools.grammar && sp &&
+        ((sp->grammar && sp->grammar[0]) || (sp->json_schema && sp->json_schema[0]) || sp->json_object)) {
+        refuse(inf, slot, call, rid, CV_RPC_INVALID_ARGUMENT,
+               "sampling: grammar, json_schema and json_object do not go with a required tool call (tool_choice), "
+               "which is constrained already");
         goto out;
     }
     const cv_chat_opts chat_o =

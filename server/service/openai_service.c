@@ -450,6 +450,7 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
     cv_engine_request er = {.prompt = ids, .n_prompt = (int32_t)n_ids};
     fill_engine_request(r, &er);
     er.render_special = cv_tool_syntax_needs_markers(j->tools.syntax);
+    if (j->tools.grammar) er.grammar = j->tools.grammar;
     const char *stops[CV_OAI_MAX_STOP + 1];
     memcpy(stops, r->stop, sizeof r->stop);
     if (extra_stop) stops[er.n_stop++] = extra_stop;
@@ -677,6 +678,11 @@ static void serve_completion(void *user) {
                                &j->tools, &err);
         if (st != CV_OK) {
             refuse(j, slot, cv_core_code_of(st), err.msg, j->tools.param[0] ? j->tools.param : NULL);
+            goto release;
+        }
+        if (j->tools.grammar && r->grammar) {
+            refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT,
+                   "response_format: a required tool call is constrained already (tool_choice)", "response_format");
             goto release;
         }
         const cv_chat_opts opts = {.add_generation_prompt = true, .tools = j->tools.template_tools};

@@ -7,6 +7,8 @@
 
 #include <jansson.h>
 
+#include "json_schema.h"
+
 static cv_status refuse(cv_tool_plan *p, cv_error *err, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
@@ -48,6 +50,62 @@ static cv_status check_tools(const json_t *tools, const char *function, const js
     return CV_OK;
 }
 
+/* ---- the constraint of a required call ---- */
+
+/* s as the inside of a GBNF string literal. */
+static void gbnf_text(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fputc('\\', f);
+        if (*s == '\n') fputs("\\n", f);
+        else fputc(*s, f);
+    }
+}
+
+/* The GBNF of the syntax's calls of tools (checked): rule callI per tool with its
+ * parameters' schema as rule argsI. */
+static cv_status call_grammar(const json_t *tools, cv_tool_syntax syn, int parallel, cv_tool_plan *p,
+                              cv_error *err) {
+    const int hermes = syn == CV_TOOL_SYNTAX_HERMES;
+    size_t len;
+    FILE *f = open_memstream(&p->grammar, &len);
+    if (!f) return cv_errorf(err, CV_ENOMEM, "tools: out of memory");
+    fprintf(f, "root ::= call%s\ncall ::= ", parallel ? (hermes ? " (\"\\n\" call)*" : " (\"; \" call)*") : "");
+    for (size_t i = 0; i < json_array_size(tools); i++) fprintf(f, "%scall%zu", i ? " | " : "", i);
+    fputc('\n', f);
+    cv_status st = CV_OK;
+    json_t *any = json_pack("{s:s}", "type", "object");
+    size_t i;
+    const json_t *t;
+    json_array_foreach(tools, i, t) {
+        const json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
+        char rule[32], *name = json_dumps(json_object_get(fn, "name"), JSON_ENCODE_ANY), *schema = NULL;
+        snprintf(rule, sizeof rule, "args%zu", i);
+        cv_error e = {0};
+        if (!name || !any) st = cv_errorf(err, CV_ENOMEM, "tools: out of memory");
+        else if ((st = cv_json_schema_gbnf(params && !json_is_null(params) ? params : any, rule, &schema, &e)) != CV_OK) {
+            char param[64];
+            snprintf(param, sizeof param, "tools[%zu].function.parameters", i);
+            st = st == CV_ENOMEM ? cv_errorf(err, CV_ENOMEM, "tools: out of memory")
+                                 : refuse(p, err, param, "a required call is held to this schema: %s", e.msg);
+        } else {
+            fprintf(f, "call%zu ::= \"%s{\\\"name\\\": ", i, hermes ? "<tool_call>\\n" : "");
+            gbnf_text(f, name);
+            fprintf(f, ", \\\"%s\\\": \" %s \"}%s\"\n%s\n", hermes ? "arguments" : "parameters", rule,
+                    hermes ? "\\n</tool_call>" : "", schema);
+        }
+        free(name);
+        free(schema);
+        if (st != CV_OK) break;
+    }
+    json_decref(any);
+    if (fclose(f) != 0 && st == CV_OK) st = cv_errorf(err, CV_ENOMEM, "tools: out of memory");
+    if (st != CV_OK) {
+        free(p->grammar);
+        p->grammar = NULL;
+    }
+    return st;
+}
+
 cv_status cv_tool_plan_make(const cv_chat_format *fmt, const char *tools, const char *choice, const char *function,
                             int parallel, cv_tool_plan *out, cv_error *err) {
     memset(out, 0, sizeof *out);
@@ -79,12 +137,13 @@ cv_status cv_tool_plan_make(const cv_chat_format *fmt, const char *tools, const 
     }
     out->max_calls = parallel ? 0 : 1;
     out->required = required || function;
-    json_t *given = doc;
-    if (named) given = json_pack("[O]", named);
+    json_t *given = named ? json_pack("[O]", named) : json_incref(doc);
     out->template_tools = given ? json_dumps(given, JSON_COMPACT) : NULL;
-    if (given != doc) json_decref(given);
     if (function) out->function = strdup(function);
     if (!out->template_tools || (function && !out->function)) st = cv_errorf(err, CV_ENOMEM, "tools: out of memory");
+    else if (out->required && (out->syntax == CV_TOOL_SYNTAX_HERMES || out->syntax == CV_TOOL_SYNTAX_LLAMA3))
+        st = call_grammar(given, out->syntax, parallel, out, err);
+    json_decref(given);
 out:
     json_decref(doc);
     return st;
@@ -93,5 +152,6 @@ out:
 void cv_tool_plan_free(cv_tool_plan *p) {
     free(p->template_tools);
     free(p->function);
-    p->template_tools = p->function = NULL;
+    free(p->grammar);
+    p->template_tools = p->function = p->grammar = NULL;
 }

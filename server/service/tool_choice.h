@@ -9,6 +9,14 @@
  * tools and nothing is parsed), "required"; function: "" or the one function to call
  * (the template then gets that tool only). Errors name the field as OpenAI spells it
  * ("tools[1].function.name", "tool_choice").
+ *
+ * When a call is required, the output is constrained (grammar.h) to the syntax's calls
+ * with each tool's parameters as their arguments' JSON schema (json_schema.h; a tool
+ * without parameters takes any object), so it always parses: hermes
+ * <tool_call>\n{"name": N, "arguments": {...}}\n</tool_call> and llama3
+ * {"name": N, "parameters": {...}}, several (joined by "\n" and "; ") unless parallel
+ * calls are off. mistral and deepseek mark calls with control tokens, which a grammar
+ * over text cannot produce: their required calls are parsed but not constrained.
  */
 #ifndef CV_TOOL_CHOICE_H
 #define CV_TOOL_CHOICE_H
@@ -25,11 +33,13 @@ typedef struct cv_tool_plan {
     size_t max_calls;      /* 1 when parallel calls are off, else 0 (no limit) */
     int required;          /* the answer must call a tool (required, or a function named) */
     char *function;        /* the function it must call; NULL: any */
+    char *grammar;         /* GBNF the output is held to (a required call); NULL: none */
     char param[64];        /* on failure: the field at fault */
 } cv_tool_plan;
 
 /* tools NULL or "": none. CV_OK with *out filled, else CV_EINVAL (out->param names the
- * field) or CV_ENOMEM; free it with cv_tool_plan_free either way. */
+ * field; a parameters schema outside json_schema.h's subset when a call is required)
+ * or CV_ENOMEM; free it with cv_tool_plan_free either way. */
 cv_status cv_tool_plan_make(const cv_chat_format *fmt, const char *tools, const char *choice, const char *function,
                             int parallel, cv_tool_plan *out, cv_error *err);
 void cv_tool_plan_free(cv_tool_plan *p);

