@@ -681,7 +681,7 @@ static void serve_completion(void *user) {
             goto release;
         }
         if (j->tools.grammar && r->grammar) {
-            refuse(svc, req, slot, rid, CV_RPC_INVALID_ARGUMENT,
+            refuse(j, slot, CV_RPC_INVALID_ARGUMENT,
                    "response_format: a required tool call is constrained already (tool_choice)", "response_format");
             goto release;
         }
