@@ -103,7 +103,7 @@ def chat(stub, name, seed, max_tokens, constrained=True, ignore_eos=False):
     req = pb.ChatRequest(messages=[pb.ChatMessage(role="system", content="You answer with JSON only."),
                                    pb.ChatMessage(role="user", content=ASK[name])], sampling=sp)
     text, final = [], None
-    for r in stub(req, timeout=900):
+    for r in stub(req, timeout=7200):  # a loaded host can take long; the server bounds work
         if r.HasField("chunk"):
             text.append(r.chunk.text)
         elif r.HasField("final"):
