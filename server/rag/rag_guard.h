@@ -9,7 +9,8 @@
  *     marker (what follows a marker is held back while it may become a run);
  *   - an n-gram loop: the same CV_RAG_GUARD_NGRAM words (ASCII letters and digits), or
  *     CV_RAG_GUARD_NGRAM_CJK characters when the n-gram has a CJK character, seen for the
- *     CV_RAG_GUARD_REPEATS-th time; the text is cut where its second occurrence starts,
+ *     CV_RAG_GUARD_REPEATS-th time (overlapping occurrences count: "1. 1. 1. 1. 1. 1."
+ *     trips at the sixth "1"); the text is cut where its second occurrence starts,
  *     or, when part of that went out already, at what went out;
  *   - with line_end (the Generate frame, whose answer is one line): a line break after
  *     some text; the text is cut there.

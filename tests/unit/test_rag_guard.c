@@ -91,6 +91,13 @@ static void test_ngram_loop_cut_at_second_occurrence(void **state) {
     /* Chinese: eight characters three times. */
     assert_int_equal(run(4, 0, "价格是一千元每公斤。价格是一千元每公斤。价格是一千元每公斤。", 0, out), CV_RAG_GUARD_TRIP_LOOP);
     assert_string_equal(out, "价格是一千元每公斤。");
+    /* A loop shorter than the n-gram (Gemma 3 270M's answers on bench-rag-qa): its
+     * occurrences overlap and count. */
+    assert_int_equal(run(4, 0, " 1. 1. 1. 1. 1. 1. 1. 1. 1. 1. 1. 1", 0, out), CV_RAG_GUARD_TRIP_LOOP);
+    assert_string_equal(out, " 1.");
+    assert_int_equal(run(4, 0, " 采摘时间： 采摘时间： 采摘时间： 采摘时间： 采摘时间： 采摘", 0, out),
+                     CV_RAG_GUARD_TRIP_LOOP);
+    assert_string_equal(out, " 采摘时间：");
     /* A phrase twice, and a sentence with common words, are fine. */
     const char *ok = "The bridge is long. The bridge is long, and the bridge is wide and the road is new.";
     assert_int_equal(run(4, 0, ok, 5, out), CV_RAG_GUARD_OK);
