@@ -141,6 +141,10 @@ typedef struct cv_backend_ops {
     void (*softcap)(cv_backend *be, float *x, float c, int64_t n);
     /* x[r][j] += bias[j] for each of n_rows rows of n elements. */
     void (*add_bias)(cv_backend *be, float *x, const float *bias, int32_t n_rows, int32_t n);
+    /* dst[ids[i]][j] += w[i] * src[i][j] for i < n, j < dim: one expert's outputs into
+     * its tokens' rows (a mixture of experts). The ids of one call are distinct. */
+    void (*scatter_add_rows)(cv_backend *be, const float *src, const int32_t *ids, const float *w,
+                             int32_t n, int32_t dim, float *dst);
 
     /* Writes k[i] and v[i] (each n_kv_heads * head_dim F32) into the slot of rows[i].pos,
      * converted to the pool type, for i < n. */

@@ -30,7 +30,8 @@ typedef enum cv_op_kind {
     CV_OP_SOFTCAP,
     CV_OP_ADD_BIAS,
     CV_OP_KV_STORE,
-    CV_OP_ATTENTION
+    CV_OP_ATTENTION,
+    CV_OP_SCATTER_ADD_ROWS
 } cv_op_kind;
 
 /* A flat record with no padding bytes (checked in op_tape.c), so that struct copies and

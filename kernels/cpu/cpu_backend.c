@@ -235,6 +235,16 @@ static void cpu_add_bias(cv_backend *be, float *x, const float *bias, int32_t n_
     for (int32_t r = 0; r < n_rows; r++) cb->k->add(x + (int64_t)r * n, bias, x + (int64_t)r * n, n);
 }
 
+static void cpu_scatter_add_rows(cv_backend *be, const float *src, const int32_t *ids, const float *w, int32_t n,
+                                 int32_t dim, float *dst) {
+    (void)be;
+    for (int32_t i = 0; i < n; i++) {
+        float *d = dst + (int64_t)ids[i] * dim;
+        const float *x = src + (int64_t)i * dim, wi = w[i];
+        for (int32_t j = 0; j < dim; j++) d[j] += wi * x[j];
+    }
+}
+
 static void cpu_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                          const float *v) {
     cpu_backend *cb = cpu(be);
@@ -314,6 +324,7 @@ static const cv_backend_ops cpu_ops = {
     .scale = cpu_scale,
     .softcap = cpu_softcap,
     .add_bias = cpu_add_bias,
+    .scatter_add_rows = cpu_scatter_add_rows,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
 };

@@ -7,10 +7,10 @@ _Static_assert(sizeof(cv_op) == 8 * sizeof(int32_t) + 3 * sizeof(int64_t) + 4 * 
                                    6 * sizeof(void *),
                "cv_op has no padding bytes");
 _Static_assert(sizeof(cv_op) % sizeof(uint64_t) == 0, "cv_op is a whole number of words");
-/* 8 entries for memory and weights, 12 compute ops, graph_begin/end. A new compute op
+/* 8 entries for memory and weights, 13 compute ops, graph_begin/end. A new compute op
  * needs a kind, a d_ function and a cv_op_apply case here, or a deferring backend's
  * table would have a NULL in its place. */
-_Static_assert(sizeof(cv_backend_ops) == 22 * sizeof(void (*)(void)),
+_Static_assert(sizeof(cv_backend_ops) == 23 * sizeof(void (*)(void)),
                "cv_backend_ops changed: if a compute op was added, op_tape.c must record it");
 
 /* Slots of the struct arguments: their ints from i[3], their pointers from p[4]. */
@@ -113,6 +113,13 @@ static void d_add_bias(cv_backend *be, float *x, const float *bias, int32_t n_ro
     sink(be, &o);
 }
 
+static void d_scatter_add_rows(cv_backend *be, const float *src, const int32_t *ids, const float *w, int32_t n,
+                               int32_t dim, float *dst) {
+    cv_op o = new_op(CV_OP_SCATTER_ADD_ROWS);
+    o.p[0] = src, o.p[1] = ids, o.p[2] = w, o.p[3] = dst, o.i[0] = n, o.i[1] = dim;
+    sink(be, &o);
+}
+
 static void d_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                        const float *v) {
     cv_op o = new_op(CV_OP_KV_STORE);
@@ -142,6 +149,7 @@ void cv_op_defer_init(cv_op_defer_table *t, cv_op_sink s) {
     t->ops.scale = d_scale;
     t->ops.softcap = d_softcap;
     t->ops.add_bias = d_add_bias;
+    t->ops.scatter_add_rows = d_scatter_add_rows;
     t->ops.kv_store = d_kv_store;
     t->ops.attention = d_attention;
 }
@@ -175,6 +183,9 @@ void cv_op_apply(const cv_backend_ops *ops, cv_backend *be, const cv_op *o) {
     case CV_OP_SCALE: ops->scale(be, (float *)o->p[0], o->f[0], o->l[0]); break;
     case CV_OP_SOFTCAP: ops->softcap(be, (float *)o->p[0], o->f[0], o->l[0]); break;
     case CV_OP_ADD_BIAS: ops->add_bias(be, (float *)o->p[0], o->p[1], o->i[0], o->i[1]); break;
+    case CV_OP_SCATTER_ADD_ROWS:
+        ops->scatter_add_rows(be, o->p[0], o->p[1], o->p[2], o->i[0], o->i[1], (float *)o->p[3]);
+        break;
     case CV_OP_KV_STORE: {
         const cv_kv_layer kv = get_kv(o);
         ops->kv_store(be, &kv, o->p[0], o->i[0], o->p[1], o->p[2]);

@@ -199,6 +199,10 @@ static void op_softcap(cv_backend *be, float *x, float c, int64_t n) { cv_cuda_s
 static void op_add_bias(cv_backend *be, float *x, const float *bias, int32_t n_rows, int32_t n) {
     cv_cuda_add_bias((cuda_backend *)be, x, bias, n_rows, n);
 }
+static void op_scatter_add_rows(cv_backend *be, const float *src, const int32_t *ids, const float *w, int32_t n,
+                                int32_t dim, float *dst) {
+    cv_cuda_scatter_add_rows((cuda_backend *)be, src, ids, w, n, dim, dst);
+}
 static void op_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                         const float *v) {
     cv_cuda_kv_store((cuda_backend *)be, kv, rows, n, k, v);
@@ -241,6 +245,7 @@ static cv_backend_ops make_eager_ops(void) {
     o.scale = op_scale;
     o.softcap = op_softcap;
     o.add_bias = op_add_bias;
+    o.scatter_add_rows = op_scatter_add_rows;
     o.kv_store = op_kv_store;
     o.attention = op_attention;
     return o;

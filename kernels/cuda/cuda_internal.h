@@ -107,6 +107,8 @@ void cv_cuda_add(cuda_backend *cb, const float *a, const float *b, float *out, i
 void cv_cuda_scale(cuda_backend *cb, float *x, float s, int64_t n);
 void cv_cuda_softcap(cuda_backend *cb, float *x, float c, int64_t n);
 void cv_cuda_add_bias(cuda_backend *cb, float *x, const float *bias, int32_t n_rows, int32_t n);
+void cv_cuda_scatter_add_rows(cuda_backend *cb, const float *src, const int32_t *ids, const float *w, int32_t n,
+                              int32_t dim, float *dst);
 
 /* cuda_attention.cu */
 #define CV_CUDA_MAX_HEAD_DIM 256

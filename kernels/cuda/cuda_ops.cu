@@ -145,3 +145,21 @@ void cv_cuda_add_bias(cuda_backend *cb, float *x, const float *bias, int32_t n_r
     add_bias_kernel<<<cv_cuda_blocks(total), 256, 0, cb->stream>>>(x, bias, total, n);
     CUDA_LAUNCHED(cb, "add_bias_kernel");
 }
+
+/* The ids of one call are distinct (one expert's tokens), so no two threads add into
+ * one element: plain adds, no atomics. */
+__global__ void scatter_add_rows_kernel(const float *src, const int32_t *ids, const float *w, int64_t total,
+                                        int dim, float *dst) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / dim, j = i % dim;
+        dst[(int64_t)ids[r] * dim + j] += w[r] * src[i];
+    }
+}
+
+void cv_cuda_scatter_add_rows(cuda_backend *cb, const float *src, const int32_t *ids, const float *w, int32_t n,
+                              int32_t dim, float *dst) {
+    const int64_t total = (int64_t)n * dim;
+    if (total <= 0) return;
+    scatter_add_rows_kernel<<<cv_cuda_blocks(total), 256, 0, cb->stream>>>(src, ids, w, total, dim, dst);
+    CUDA_LAUNCHED(cb, "scatter_add_rows_kernel");
+}

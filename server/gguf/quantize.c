@@ -56,13 +56,17 @@ static int use_more_bits(int i, int n) {
 cv_type cv_qrecipe_pick(cv_qrecipe r, const char *name, uint32_t n_dims, const int64_t *ne,
                         int n_layers, int has_output, const char **note) {
     if (note) *note = NULL;
-    if (n_dims < 2 || !ends_with(name, ".weight") || (unsigned)r >= CV_QRECIPE_COUNT) return CV_TYPE_F32;
+    /* A mixture's router (ffn_gate_inp) stays F32, as llama.cpp's quantizer keeps it. */
+    if (n_dims < 2 || !ends_with(name, ".weight") || ends_with(name, ".ffn_gate_inp.weight") ||
+        (unsigned)r >= CV_QRECIPE_COUNT)
+        return CV_TYPE_F32;
     cv_type t = k_recipes[r].base;
     if (r == CV_QRECIPE_Q4_K_M) {
         const int is_output = !strcmp(name, "output.weight") ||
                               (!has_output && !strcmp(name, "token_embd.weight"));
         const int layer = layer_of(name);
-        const int sensitive = ends_with(name, ".attn_v.weight") || ends_with(name, ".ffn_down.weight");
+        const int sensitive = ends_with(name, ".attn_v.weight") || ends_with(name, ".ffn_down.weight") ||
+                              ends_with(name, ".ffn_down_exps.weight");
         if (is_output || (sensitive && layer >= 0 && use_more_bits(layer, n_layers))) t = CV_TYPE_Q6_K;
     }
     const int64_t block = cv_type_get(t)->block_elems;

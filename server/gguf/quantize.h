@@ -2,12 +2,13 @@
  *
  * A recipe names the file's target (general.file_type as llama.cpp numbers it) and
  * picks a type per tensor (cv_qrecipe_pick):
- *  - 1-D tensors (norms, biases) and tensors not named *.weight stay F32;
+ *  - 1-D tensors (norms, biases), tensors not named *.weight and a mixture's router
+ *    (ffn_gate_inp.weight) stay F32;
  *  - pure recipes (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K) give every other tensor
  *    their type;
  *  - Q4_K_M gives Q6_K to output.weight (token_embd.weight when the model has no
  *    output.weight, i.e. tied embeddings) and to attn_v.weight and ffn_down.weight
- *    of the layers llama.cpp's use_more_bits(i, n) selects (i < n/8, i >= 7n/8, or
+ *    (ffn_down_exps.weight in a mixture) of the layers llama.cpp's use_more_bits(i, n) selects (i < n/8, i >= 7n/8, or
  *    (i - n/8) % 3 == 2: about half of them, weighted to the ends); Q4_K elsewhere;
  *  - a row length that is not a multiple of the type's block falls back like
  *    llama.cpp (Q4_K -> Q5_0, Q6_K -> Q8_0), and to F32 when it does not divide into

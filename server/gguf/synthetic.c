@@ -11,18 +11,19 @@
 #include "threadpool.h"
 
 static const cv_synth_shape k_shapes[] = {
-    /* name            arch     embd  layer head kv  ff     vocab   ctx    rope   eps  bias tied */
-    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
-    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0},
-    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
-    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0},
-    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
-    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
+    /* name            arch     embd  layer head kv  ff     vocab   ctx    rope   eps  bias tied
+     * n_rot swa rope_orig_ctx rope_factor head_dim qk_norm experts used expert_ff */
+    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
     /* Tensor-parallel tests: 8 heads, 4 kv heads and ffn 512 split 2 and 4 ways with
      * every column share a whole number of 32-element blocks. */
-    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0},
-    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0, 0, 0, 0, 0},
-    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, 0, 0, 0, 0},
+    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
     /* Llama 3.1+ rope scaling. The reduced one's original context of 32 puts its head's
      * 32 frequencies in all three bands (kept, interpolated, slowed by the factor). */
     {"llama3.2-1b", "llama", 2048, 16, 32, 8, 8192, 128256, 131072, 500000.f, 1e-5f, 0, 1,
@@ -43,6 +44,17 @@ static const cv_synth_shape k_shapes[] = {
      * split 2 and 4 ways like the tp shapes above. */
     {"tp-phi3", "phi3", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 24,
      .rope_orig_ctx = 64, .rope_factor = 4.f},
+    /* Qwen3: head size 128 whatever the width, QK-norm, no biases; the MoE has 128
+     * experts of 768, 8 per token, in every layer (its feed_forward_length is unused). */
+    {"qwen3-0.6b", "qwen3", 1024, 28, 16, 8, 3072, 151936, 40960, 1000000.f, 1e-6f, 0, 1, .head_dim = 128,
+     .qk_norm = 1},
+    {"qwen3-30b-a3b", "qwen3moe", 2048, 48, 32, 4, 6144, 151936, 40960, 1000000.f, 1e-6f, 0, 0, .head_dim = 128,
+     .qk_norm = 1, .n_expert = 128, .n_expert_used = 8, .n_ff_exp = 768},
+    /* Reduced, for the reference tests: rows of 256 so Q4_K_M applies, head size 128 !=
+     * embd / heads as in the real models, heads and experts' rows split 2 ways. */
+    {"qwen3-tiny", "qwen3", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 0, 1, .head_dim = 128, .qk_norm = 1},
+    {"qwen3moe-tiny", "qwen3moe", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, .head_dim = 128,
+     .qk_norm = 1, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 256},
 };
 #define N_SHAPES (int)(sizeof k_shapes / sizeof k_shapes[0])
 
@@ -285,21 +297,29 @@ err:
 typedef struct tensor_spec {
     char name[64];
     uint32_t n_dims;
-    int64_t ne[2];
+    int64_t ne[3];
     int fill;
     const float *values;  /* FILL_VALUES */
 } tensor_spec;
 
-static void spec(tensor_spec *t, int layer, const char *what, int64_t ne0, int64_t ne1, int fill) {
+/* ne1 0: a vector; ne2 0: a matrix; else [ne0, ne1, ne2] (one ne1 x ne0 matrix per expert). */
+static void spec3(tensor_spec *t, int layer, const char *what, int64_t ne0, int64_t ne1, int64_t ne2, int fill) {
     if (layer >= 0) snprintf(t->name, sizeof t->name, "blk.%d.%s", layer, what);
     else snprintf(t->name, sizeof t->name, "%s", what);
-    t->n_dims = ne1 ? 2 : 1;
+    t->n_dims = ne2 ? 3 : ne1 ? 2 : 1;
     t->ne[0] = ne0;
     t->ne[1] = ne1 ? ne1 : 1;
+    t->ne[2] = ne2 ? ne2 : 1;
     t->fill = fill;
 }
 
-static uint32_t n_rot_of(const cv_synth_shape *s) { return s->n_rot ? s->n_rot : s->n_embd / s->n_head; }
+static void spec(tensor_spec *t, int layer, const char *what, int64_t ne0, int64_t ne1, int fill) {
+    spec3(t, layer, what, ne0, ne1, 0, fill);
+}
+
+static int64_t head_dim_of(const cv_synth_shape *s) { return s->head_dim ? s->head_dim : s->n_embd / s->n_head; }
+
+static uint32_t n_rot_of(const cv_synth_shape *s) { return s->n_rot ? s->n_rot : (uint32_t)head_dim_of(s); }
 
 /* Frequency factors of the shape's rope scaling: llama's rope_freqs, or phi3's short
  * then long factors (made up: short ones near 1, long ones growing to the factor). */
@@ -328,8 +348,9 @@ static void make_rope_tables(const cv_synth_shape *s, rope_tables *r) {
 }
 
 /* The tensors llama.cpp's converter writes for the shape, in its usual order. */
-static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, const rope_tables *rt, tensor_spec *t) {
-    const int64_t hd = s->n_embd / s->n_head, q = hd * s->n_head, kv = hd * s->n_head_kv;
+static int64_t build_specs(const cv_synth_shape *s, uint32_t n_layer, uint32_t n_vocab, const rope_tables *rt,
+                           tensor_spec *t) {
+    const int64_t hd = head_dim_of(s), q = hd * s->n_head, kv = hd * s->n_head_kv;
     const int gemma = !strcmp(s->arch, "gemma3"), phi3 = !strcmp(s->arch, "phi3");
     int64_t n = 0;
     spec(&t[n++], -1, "token_embd.weight", s->n_embd, n_vocab, FILL_NORMAL);
@@ -339,7 +360,7 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, const rope
         spec(&t[n], -1, rope_names[phi3][i], n_rot_of(s) / 2, 0, FILL_VALUES);
         t[n++].values = rt->v[i];
     }
-    for (int l = 0; l < (int)s->n_layer; l++) {
+    for (int l = 0; l < (int)n_layer; l++) {
         spec(&t[n++], l, "attn_norm.weight", s->n_embd, 0, FILL_ONES);
         if (phi3) {
             spec(&t[n++], l, "attn_qkv.weight", s->n_embd, q + 2 * kv, FILL_NORMAL);
@@ -355,16 +376,23 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, const rope
         if (s->qkv_bias) spec(&t[n++], l, "attn_k.bias", kv, 0, FILL_NORMAL);
         spec(&t[n++], l, "attn_v.weight", s->n_embd, kv, FILL_NORMAL);
         if (s->qkv_bias) spec(&t[n++], l, "attn_v.bias", kv, 0, FILL_NORMAL);
-        if (gemma) {
+        if (gemma || s->qk_norm) {
             spec(&t[n++], l, "attn_q_norm.weight", hd, 0, FILL_ONES);
             spec(&t[n++], l, "attn_k_norm.weight", hd, 0, FILL_ONES);
         }
         spec(&t[n++], l, "attn_output.weight", q, s->n_embd, FILL_NORMAL);
         if (gemma) spec(&t[n++], l, "post_attention_norm.weight", s->n_embd, 0, FILL_ONES);
         spec(&t[n++], l, "ffn_norm.weight", s->n_embd, 0, FILL_ONES);
-        spec(&t[n++], l, "ffn_gate.weight", s->n_embd, s->n_ff, FILL_NORMAL);
-        spec(&t[n++], l, "ffn_up.weight", s->n_embd, s->n_ff, FILL_NORMAL);
-        spec(&t[n++], l, "ffn_down.weight", s->n_ff, s->n_embd, FILL_NORMAL);
+        if (s->n_expert) {
+            spec(&t[n++], l, "ffn_gate_inp.weight", s->n_embd, s->n_expert, FILL_NORMAL);
+            spec3(&t[n++], l, "ffn_gate_exps.weight", s->n_embd, s->n_ff_exp, s->n_expert, FILL_NORMAL);
+            spec3(&t[n++], l, "ffn_down_exps.weight", s->n_ff_exp, s->n_embd, s->n_expert, FILL_NORMAL);
+            spec3(&t[n++], l, "ffn_up_exps.weight", s->n_embd, s->n_ff_exp, s->n_expert, FILL_NORMAL);
+        } else {
+            spec(&t[n++], l, "ffn_gate.weight", s->n_embd, s->n_ff, FILL_NORMAL);
+            spec(&t[n++], l, "ffn_up.weight", s->n_embd, s->n_ff, FILL_NORMAL);
+            spec(&t[n++], l, "ffn_down.weight", s->n_ff, s->n_embd, FILL_NORMAL);
+        }
         if (gemma) spec(&t[n++], l, "post_ffw_norm.weight", s->n_embd, 0, FILL_ONES);
     }
     spec(&t[n++], -1, "output_norm.weight", s->n_embd, 0, FILL_ONES);
@@ -373,7 +401,7 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_vocab, const rope
 }
 
 static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const cv_synth_opts *o,
-                               uint32_t n_vocab, cv_error *err) {
+                               uint32_t n_layer, uint32_t n_vocab, cv_error *err) {
     char key[96], name[128];
     cv_status st;
     snprintf(name, sizeof name, "corvid synthetic %s seed %llu", s->name, (unsigned long long)o->seed);
@@ -384,7 +412,7 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         (st = cv_gguf_set_u32(w, "general.quantization_version", 2, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("context_length"), s->n_ctx, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("embedding_length"), s->n_embd, err)) ||
-        (st = cv_gguf_set_u32(w, ARCH_KEY("block_count"), s->n_layer, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("block_count"), n_layer, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("feed_forward_length"), s->n_ff, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("attention.head_count"), s->n_head, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("attention.head_count_kv"), s->n_head_kv, err)) ||
@@ -392,6 +420,15 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         (st = cv_gguf_set_f32(w, ARCH_KEY("attention.layer_norm_rms_epsilon"), s->rms_eps, err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("rope.dimension_count"), n_rot_of(s), err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("vocab_size"), n_vocab, err)))
+        return st;
+    if (s->head_dim &&
+        ((st = cv_gguf_set_u32(w, ARCH_KEY("attention.key_length"), s->head_dim, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("attention.value_length"), s->head_dim, err))))
+        return st;
+    if (s->n_expert &&
+        ((st = cv_gguf_set_u32(w, ARCH_KEY("expert_count"), s->n_expert, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("expert_used_count"), s->n_expert_used, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("expert_feed_forward_length"), s->n_ff_exp, err))))
         return st;
     /* gemma3: a short window, alternating with global layers, so that both kinds run
      * (and the window slides) within a test's few dozen positions. */
@@ -415,7 +452,8 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
 
 cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const char *out_path, cv_error *err) {
     if (!cv_qrecipe_get(o->recipe)) return cv_errorf(err, CV_EINVAL, "recipe %d is not a known recipe", (int)o->recipe);
-    const int64_t max_tensors = 6 + (int64_t)s->n_layer * 13;
+    const uint32_t n_layer = o->n_layers ? o->n_layers : s->n_layer;
+    const int64_t max_tensors = 6 + (int64_t)n_layer * 17;
     rope_tables *rt = calloc(1, sizeof *rt);
     tensor_spec *specs = calloc((size_t)max_tensors, sizeof *specs);
     void **bufs = calloc((size_t)max_tensors, sizeof *bufs);
@@ -424,12 +462,12 @@ cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const 
     int64_t n = 0;
     cv_status st = CV_OK;
     if (!specs || !bufs || !w || !rt) {
-        st = cv_errorf(err, CV_ENOMEM, "no memory for a model of %u layers", s->n_layer);
+        st = cv_errorf(err, CV_ENOMEM, "no memory for a model of %u layers", n_layer);
         goto err;
     }
     uint32_t n_vocab = s->n_vocab;
     /* hparams first, as converters write them; the tokenizer keys after */
-    if ((st = write_hparams(w, s, o, n_vocab, err))) goto err;
+    if ((st = write_hparams(w, s, o, n_layer, n_vocab, err))) goto err;
     if (o->vocab_from) {
         if ((st = copy_vocab(w, o->vocab_from, &n_vocab, err))) goto err;
         if (n_vocab != s->n_vocab) {
@@ -445,15 +483,15 @@ cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const 
     }
     if ((st = cv_threadpool_create(o->n_threads, &pool, err))) goto err;
     make_rope_tables(s, rt);
-    n = build_specs(s, n_vocab, rt, specs);
+    n = build_specs(s, n_layer, n_vocab, rt, specs);
     for (int64_t i = 0; i < n; i++) {
         const tensor_spec *t = &specs[i];
         const char *note;
-        const cv_type type = cv_qrecipe_pick(o->recipe, t->name, t->n_dims, t->ne, (int)s->n_layer, !s->tied, &note);
+        const cv_type type = cv_qrecipe_pick(o->recipe, t->name, t->n_dims, t->ne, (int)n_layer, !s->tied, &note);
         if (note && o->log)
             fprintf(o->log, "synthetic: %s (%lld columns) -> %s: %s\n", t->name, (long long)t->ne[0],
                     cv_type_get(type)->name, note);
-        gen_job j = {o->seed, (uint64_t)i, t->fill, t->values, type, t->ne[0], t->ne[1],
+        gen_job j = {o->seed, (uint64_t)i, t->fill, t->values, type, t->ne[0], t->ne[1] * t->ne[2],
                      cv_type_row_bytes(type, t->ne[0]), NULL, 0};
         const size_t bytes = j.row_bytes * (size_t)j.rows;
         if (!(bufs[i] = j.dst = malloc(bytes))) {

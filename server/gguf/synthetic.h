@@ -4,8 +4,10 @@
  * tensor parallelism) without its weights. The file is what llama.cpp's converter
  * writes for that architecture: the same tensor names and shapes (token_embd.weight,
  * blk.N.attn_q.weight [+ .bias for qwen2], ..., output_norm.weight, output.weight
- * unless embeddings are tied; phi3's fused attn_qkv and gate-up ffn_up), the same
- * metadata keys (<arch>.context_length, ...),
+ * unless embeddings are tied; phi3's fused attn_qkv and gate-up ffn_up; qwen3's
+ * attn_q_norm / attn_k_norm; a mixture of experts as qwen3moe's ffn_gate_inp [embd,
+ * experts] and the 3-D ffn_{gate,up,down}_exps [.., .., experts] instead of
+ * ffn_gate/up/down), the same metadata keys (<arch>.context_length, <arch>.expert_count, ...),
  * tensor types chosen by a quantize recipe (cv_qrecipe_pick). Weights are
  * approximately normal with standard deviation 0.02 (a sum of four uniforms), norms
  * are 1.0, so activations stay in a sane range through all layers.
@@ -29,7 +31,7 @@
 
 typedef struct cv_synth_shape {
     const char *name;   /* "tinyllama-1.1b", ... */
-    const char *arch;   /* general.architecture: "llama", "qwen2", "gemma3" or "phi3" */
+    const char *arch;   /* general.architecture: llama, qwen2, gemma3, phi3, qwen3, qwen3moe */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     float rope_base, rms_eps;
     int qkv_bias;       /* attn_q/k/v biases (qwen2) */
@@ -42,6 +44,9 @@ typedef struct cv_synth_shape {
      * to rope_factor) and rope.scaling.attn_factor as its converter computes it. */
     uint32_t rope_orig_ctx;
     float rope_factor;
+    uint32_t head_dim;  /* attention.key_length; 0: n_embd / n_head */
+    int qk_norm;        /* per-head attn_q_norm / attn_k_norm (qwen3; gemma3 has them anyway) */
+    uint32_t n_expert, n_expert_used, n_ff_exp;  /* mixture of experts; n_expert 0: dense */
 } cv_synth_shape;
 
 /* The built-in shapes, by name; NULL when unknown. */
@@ -55,6 +60,8 @@ typedef struct cv_synth_opts {
     const char *vocab_from;  /* GGUF file whose tokenizer.* keys are copied; NULL: made up */
     int n_threads;           /* <= 0: one per online CPU */
     FILE *log;               /* notes; NULL for silence */
+    uint32_t n_layers;       /* > 0: this many layers instead of the shape's (a reduced-depth
+                              * file of a real shape, for benchmarks that must fit in memory) */
 } cv_synth_opts;
 
 cv_status cv_synth_write(const cv_synth_shape *shape, const cv_synth_opts *opts, const char *out_path,

@@ -6,15 +6,18 @@
 #include <string.h>
 
 #include "rope_factors.h"
+#include "moe.h"
 #include "threadpool.h"
 
 typedef struct cv_layer {
     float *attn_norm, *ffn_norm;
     float *post_attn_norm, *post_ffn_norm;  /* gemma3 sandwich norms, else NULL */
-    float *q_norm, *k_norm;                 /* gemma3 per-head QK-norm, else NULL */
+    float *q_norm, *k_norm;                 /* gemma3 / qwen3 per-head QK-norm, else NULL */
     float *bq, *bk, *bv;                    /* qwen2 biases, else NULL */
     cv_tensor wq, wk, wv, wo;
-    cv_tensor gate, up, down;
+    cv_tensor gate, up, down;               /* a dense ffn (data NULL in a mixture layer) */
+    cv_tensor router;                       /* a mixture layer: ffn_gate_inp (data NULL if dense) */
+    cv_tensor *exp_gate, *exp_up, *exp_down;  /* [n_expert] views of the 3-D expert tensors */
     int sliding;                            /* attends to a sliding window */
     cv_rope_params rope;
 } cv_layer;
@@ -26,7 +29,7 @@ struct cv_model {
     /* This shard: rank of n_ranks, and its share of the heads and ffn rows (all of
      * them when n_ranks is 1). */
     int32_t rank, n_ranks;
-    int32_t n_heads, n_kv_heads, ffn_dim;
+    int32_t n_heads, n_kv_heads, ffn_dim, ffn_exp_dim;
     int32_t vocab_lo, vocab_n;              /* its block of the vocabulary (logits columns) */
     cv_glu_kind glu;
     cv_tensor tok_embd, output;
@@ -47,6 +50,13 @@ struct cv_model {
     /* Host staging of the same small arrays. */
     int32_t *h_out_rows;
     cv_attn_row *h_rows, *h_rows_swa;
+    /* A mixture: the router and its plan (host), router logits (backend and host), one
+     * expert's gathered inputs and outputs, the layer's summed output, and the plan's
+     * pairs in backend memory. */
+    cv_moe_router moe;
+    cv_moe_plan plan;
+    float *router_logits, *h_router_logits, *xe, *ye, *xm, *d_moe_w;
+    int32_t *d_moe_rows;
 };
 
 const char *cv_arch_name(cv_arch a) {
@@ -55,6 +65,8 @@ const char *cv_arch_name(cv_arch a) {
     case CV_ARCH_QWEN2: return "qwen2";
     case CV_ARCH_GEMMA3: return "gemma3";
     case CV_ARCH_PHI3: return "phi3";
+    case CV_ARCH_QWEN3: return "qwen3";
+    case CV_ARCH_QWEN3MOE: return "qwen3moe";
     }
     return "unknown";
 }
@@ -71,6 +83,28 @@ static const char *arch_key(char *buf, size_t n, const cv_hparams *hp, const cha
     return buf;
 }
 
+/* A mixture: expert_count, expert_used_count, and expert_feed_forward_length (without
+ * it, feed_forward_length / experts used, as llama.cpp falls back). */
+static cv_status read_moe_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
+    char k[128];
+    uint64_t e = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "expert_count"), 0);
+    if (e < 1 || e > CV_MOE_MAX_EXPERTS)
+        return cv_errorf(err, e ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %llu (need 1..%d)", k,
+                         (unsigned long long)e, CV_MOE_MAX_EXPERTS);
+    uint64_t used = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "expert_used_count"), 0);
+    if (used < 1 || used > e)
+        return cv_errorf(err, used ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %llu (need 1..%llu)", k,
+                         (unsigned long long)used, (unsigned long long)e);
+    uint64_t ff = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "expert_feed_forward_length"),
+                                  (uint64_t)hp->ffn_dim / used);
+    if (ff < 1 || ff > (1u << 22))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need 1..%u)", k, (unsigned long long)ff, 1u << 22);
+    hp->n_expert = (int32_t)e;
+    hp->n_expert_used = (int32_t)used;
+    hp->ffn_exp_dim = (int32_t)ff;
+    return CV_OK;
+}
+
 static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     char k[128];
     memset(hp, 0, sizeof *hp);
@@ -80,9 +114,12 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     else if (a.len == 5 && !memcmp(a.ptr, "qwen2", 5)) hp->arch = CV_ARCH_QWEN2;
     else if (a.len == 6 && !memcmp(a.ptr, "gemma3", 6)) hp->arch = CV_ARCH_GEMMA3;
     else if (a.len == 4 && !memcmp(a.ptr, "phi3", 4)) hp->arch = CV_ARCH_PHI3;
+    else if (a.len == 5 && !memcmp(a.ptr, "qwen3", 5)) hp->arch = CV_ARCH_QWEN3;
+    else if (a.len == 8 && !memcmp(a.ptr, "qwen3moe", 8)) hp->arch = CV_ARCH_QWEN3MOE;
     else
         return cv_errorf(err, CV_EUNSUPPORTED,
-                         "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3, phi3)",
+                         "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3, "
+                         "phi3, qwen3, qwen3moe)",
                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
 
     /* Required integers: absent reads as 0 and fails the range check below. The
@@ -195,6 +232,7 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
             return cv_errorf(err, CV_ERANGE, "model: %s = %g (need > 0)", k, qpa);
         hp->attn_scale = 1.0f / sqrtf(qpa);
     }
+    if (hp->arch == CV_ARCH_QWEN3MOE) return read_moe_hparams(g, hp, err);
     return CV_OK;
 }
 
@@ -233,23 +271,35 @@ static cv_status alloc_scratch(cv_model *m, void **out, size_t bytes, cv_error *
     return track(m, *out, err);
 }
 
-/* The tensor `name` with exactly ne0 x ne1 elements (ne1 == 0: a vector of ne0). */
-static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t ne1,
-                      const cv_gguf_tensor **out, cv_error *err) {
+/* The tensor `name` with exactly ne0 x ne1 x ne2 elements (ne2 == 0: a matrix; ne1 ==
+ * 0 too: a vector of ne0). */
+static cv_status find3(const cv_gguf *g, const char *name, int64_t ne0, int64_t ne1, int64_t ne2,
+                       const cv_gguf_tensor **out, cv_error *err) {
     const cv_gguf_tensor *t = cv_gguf_find_tensor(g, name);
     *out = t;
     if (!t) return cv_errorf(err, CV_ENOTFOUND, "model: tensor %s is missing", name);
-    int64_t want_dims = ne1 ? 2 : 1;
-    if ((int64_t)t->n_dims != want_dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1))
+    const uint32_t want_dims = ne2 ? 3 : ne1 ? 2 : 1;
+    if (t->n_dims != want_dims || t->ne[0] != ne0 || (ne1 && t->ne[1] != ne1) || (ne2 && t->ne[2] != ne2)) {
+        if (want_dims == 3 || t->n_dims == 3)
+            return cv_errorf(err, CV_EFORMAT,
+                             "model: tensor %s has shape [%lld, %lld, %lld] (%u dims), expected [%lld, %lld, %lld]",
+                             name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], t->n_dims,
+                             (long long)ne0, (long long)(ne1 ? ne1 : 1), (long long)(ne2 ? ne2 : 1));
         return cv_errorf(err, CV_EFORMAT,
                          "model: tensor %s has shape [%lld, %lld] (%u dims), expected [%lld, %lld]",
                          name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims,
                          (long long)ne0, (long long)(ne1 ? ne1 : 1));
+    }
     const cv_type_info *ti = cv_type_get(t->type);
     if (!ti || !ti->supported)
         return cv_errorf(err, CV_EUNSUPPORTED, "model: tensor %s has type %s (%u), not supported",
                          name, ti && ti->name ? ti->name : "unknown", (unsigned)t->type);
     return CV_OK;
+}
+
+static cv_status find(const cv_gguf *g, const char *name, int64_t ne0, int64_t ne1,
+                      const cv_gguf_tensor **out, cv_error *err) {
+    return find3(g, name, ne0, ne1, 0, out, err);
 }
 
 /* Which part of a weight a shard holds: all of it, its block of rows (the outputs of
@@ -276,14 +326,11 @@ static cv_status pack_rows(cv_model *m, cv_tensor *host, cv_error *err) {
     return CV_OK;
 }
 
-/* Rows [first, first + rows) of the tensor `name` of cols x all_rows: one projection of
- * a fused one (attn_qkv, phi3's gate-up ffn_up), or all of it. */
-static cv_status load_matrix_part(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
-                                  int64_t all_rows, int64_t first, int64_t rows, split sp,
-                                  cv_tensor *out, cv_error *err) {
-    const cv_gguf_tensor *t;
-    cv_status s = find(g, name, cols, all_rows, &t, err);
-    if (s) return s;
+/* Rows [first, first + rows) of the checked tensor t: one projection of a fused one
+ * (attn_qkv, phi3's gate-up ffn_up), an expert of a 3-D one, or all of it. */
+static cv_status load_slice(cv_model *m, const cv_gguf_tensor *t, const char *name, int64_t cols, int64_t first,
+                            int64_t rows, split sp, cv_tensor *out, cv_error *err) {
+    cv_status s;
     cv_tensor host = {.type = t->type, .rows = rows, .cols = cols,
                       .row_stride = cv_type_row_bytes(t->type, cols),
                       .data = (void *)t->data, .device = CV_DEVICE_CPU};
@@ -313,9 +360,35 @@ static cv_status load_matrix_part(cv_model *m, const cv_gguf *g, const char *nam
     return CV_OK;
 }
 
+/* Rows [first, first + rows) of the tensor `name` of cols x all_rows. */
+static cv_status load_matrix_part(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
+                                  int64_t all_rows, int64_t first, int64_t rows, split sp,
+                                  cv_tensor *out, cv_error *err) {
+    const cv_gguf_tensor *t;
+    cv_status s = find(g, name, cols, all_rows, &t, err);
+    return s ? s : load_slice(m, t, name, cols, first, rows, sp, out, err);
+}
+
 static cv_status load_matrix(cv_model *m, const cv_gguf *g, const char *name, int64_t cols,
                              int64_t rows, split sp, cv_tensor *out, cv_error *err) {
-    return load_matrix_part(m, g, name, cols, rows, 0, rows, sp, out, err);
+    const cv_gguf_tensor *t;
+    cv_status s = find(g, name, cols, rows, &t, err);
+    return s ? s : load_slice(m, t, name, cols, 0, rows, sp, out, err);
+}
+
+/* The n_expert matrices of a 3-D expert tensor [cols, rows, n_expert], each as its own
+ * weight (a view of the file on the CPU), into out[0..n_expert). */
+static cv_status load_experts(cv_model *m, const cv_gguf *g, const char *name, int64_t cols, int64_t rows,
+                              split sp, cv_tensor **out, cv_error *err) {
+    const int32_t E = m->hp.n_expert;
+    const cv_gguf_tensor *t;
+    cv_status s = find3(g, name, cols, rows, E, &t, err);
+    if (s) return s;
+    if (!(*out = calloc((size_t)E, sizeof **out))) return cv_errorf(err, CV_ENOMEM, "model: out of memory for %s", name);
+    for (int32_t e = 0; e < E; e++)
+        if ((s = load_slice(m, t, name, cols, (int64_t)e * rows, rows, sp, &(*out)[e], err)))
+            return cv_error_wrap(err, "expert %d", e);
+    return CV_OK;
 }
 
 /* A vector (norm weight, bias, frequency factors) as F32 in backend memory. `optional`:
@@ -369,6 +442,11 @@ static cv_status load_qkv(cv_model *m, const cv_gguf *g, int32_t il, cv_tensor *
         if ((s = load_matrix(m, g, n, dim, p[i].rows, ROWS, p[i].out, err))) return s;
     }
     return CV_OK;
+}
+
+/* Bytes of a weight's rows (0 for an absent one). */
+static uint64_t tensor_bytes(const cv_tensor *t) {
+    return t->data ? (uint64_t)t->rows * cv_type_row_bytes(t->type, t->cols) : 0;
 }
 
 static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
@@ -439,6 +517,9 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
     if (!m->layers || !m->sliding) return cv_errorf(err, CV_ENOMEM, "model: out of memory");
     m->weight_bytes = cv_type_row_bytes(m->tok_embd.type, dim);
     const int gemma = hp->arch == CV_ARCH_GEMMA3;
+    const int qk_norm = hp->arch == CV_ARCH_QWEN3 || hp->arch == CV_ARCH_QWEN3MOE;
+    const int moe = hp->n_expert > 0;
+    const int64_t fe = hp->ffn_exp_dim;
     for (int32_t il = 0; il < hp->n_layers; il++) {
         cv_layer *L = &m->layers[il];
         char n[96];
@@ -446,25 +527,34 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
         if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, WHOLE, 0, &L->attn_norm, err)) ||
             (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, WHOLE, 0, &L->ffn_norm, err)) ||
             (s = load_qkv(m, g, il, &L->wq, &L->wk, &L->wv, err)) ||
-            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS, &L->wo, err)) ||
-            (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, COLS, &L->down, err)))
+            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS, &L->wo, err)))
+            return s;
+        if (moe &&
+            ((s = load_matrix(m, g, NAME("ffn_gate_inp.weight"), dim, hp->n_expert, WHOLE, &L->router, err)) ||
+             (s = load_experts(m, g, NAME("ffn_gate_exps.weight"), dim, fe, ROWS, &L->exp_gate, err)) ||
+             (s = load_experts(m, g, NAME("ffn_up_exps.weight"), dim, fe, ROWS, &L->exp_up, err)) ||
+             (s = load_experts(m, g, NAME("ffn_down_exps.weight"), fe, dim, COLS, &L->exp_down, err))))
+            return s;
+        if (!moe && (s = load_matrix(m, g, NAME("ffn_down.weight"), ffn, dim, COLS, &L->down, err)))
             return s;
         /* phi3 fuses gate and up into ffn_up: gate rows first, as ggml_swiglu splits it. */
-        if (hp->arch == CV_ARCH_PHI3
+        if (!moe && hp->arch == CV_ARCH_PHI3
                 ? (s = load_matrix_part(m, g, NAME("ffn_up.weight"), dim, 2 * ffn, 0, ffn, ROWS, &L->gate, err)) ||
                   (s = load_matrix_part(m, g, NAME("ffn_up.weight"), dim, 2 * ffn, ffn, ffn, ROWS, &L->up, err))
-                : (s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, ROWS, &L->gate, err)) ||
-                  (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, ROWS, &L->up, err)))
+                : !moe && ((s = load_matrix(m, g, NAME("ffn_gate.weight"), dim, ffn, ROWS, &L->gate, err)) ||
+                           (s = load_matrix(m, g, NAME("ffn_up.weight"), dim, ffn, ROWS, &L->up, err))))
             return s;
         if (hp->arch == CV_ARCH_QWEN2 &&
             ((s = load_vector(m, g, NAME("attn_q.bias"), qd, ROWS, 0, &L->bq, err)) ||
              (s = load_vector(m, g, NAME("attn_k.bias"), kvd, ROWS, 0, &L->bk, err)) ||
              (s = load_vector(m, g, NAME("attn_v.bias"), kvd, ROWS, 0, &L->bv, err))))
             return s;
-        if (gemma &&
+        if ((gemma || qk_norm) &&
             ((s = load_vector(m, g, NAME("attn_q_norm.weight"), hp->head_dim, WHOLE, 0, &L->q_norm, err)) ||
-             (s = load_vector(m, g, NAME("attn_k_norm.weight"), hp->head_dim, WHOLE, 0, &L->k_norm, err)) ||
-             (s = load_vector(m, g, NAME("post_attention_norm.weight"), dim, WHOLE, 0,
+             (s = load_vector(m, g, NAME("attn_k_norm.weight"), hp->head_dim, WHOLE, 0, &L->k_norm, err))))
+            return s;
+        if (gemma &&
+            ((s = load_vector(m, g, NAME("post_attention_norm.weight"), dim, WHOLE, 0,
                               &L->post_attn_norm, err)) ||
              (s = load_vector(m, g, NAME("post_ffw_norm.weight"), dim, WHOLE, 0, &L->post_ffn_norm, err))))
             return s;
@@ -478,12 +568,49 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
             .freq_base = gemma && L->sliding ? hp->rope_base_local : hp->rope_base,
             .freq_scale = gemma && L->sliding ? 1.0f : hp->rope_freq_scale,
             .freq_factors = m->rope_factors, .mscale = hp->rope_mscale};
-        const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            m->weight_bytes += (uint64_t)ws[i]->rows * cv_type_row_bytes(ws[i]->type, ws[i]->cols);
+            m->weight_bytes += tensor_bytes(ws[i]);
+        /* A token reads n_expert_used experts (their sizes are equal). */
+        if (moe)
+            m->weight_bytes += (uint64_t)hp->n_expert_used *
+                               (tensor_bytes(&L->exp_gate[0]) + tensor_bytes(&L->exp_up[0]) + tensor_bytes(&L->exp_down[0]));
     }
-    m->weight_bytes += (uint64_t)m->output.rows * cv_type_row_bytes(m->output.type, m->output.cols);
+    m->weight_bytes += tensor_bytes(&m->output);
     return CV_OK;
+}
+
+/* The router and its plan, and the mixture's scratch: an expert gets each token of a
+ * step at most once, so its gathered rows fit in max_batch. */
+static cv_status alloc_moe(cv_model *m, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const size_t B = (size_t)m->opts.max_batch, E = (size_t)hp->n_expert, f = sizeof(float);
+    const size_t pairs = B * (size_t)hp->n_expert_used;
+    m->moe = (cv_moe_router){.scoring = CV_MOE_SOFTMAX, .n_expert = hp->n_expert, .n_used = hp->n_expert_used,
+                             .norm = 1};
+    cv_status st = cv_moe_plan_init(&m->plan, &m->moe, m->opts.max_batch, err);
+    if (st) return st;
+    struct { void **p; size_t bytes; } s[] = {
+        {(void **)&m->router_logits, B * E * f},
+        {(void **)&m->xe, B * (size_t)hp->dim * f},
+        {(void **)&m->ye, B * (size_t)hp->dim * f},
+        {(void **)&m->xm, B * (size_t)hp->dim * f},
+        {(void **)&m->d_moe_w, pairs * f},
+        {(void **)&m->d_moe_rows, pairs * sizeof(int32_t)},
+    };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        if ((st = alloc_scratch(m, s[i].p, s[i].bytes, err))) return st;
+    /* xm is cleared by scaling with 0 each layer: it must never hold a NaN, so it
+     * starts as zeros. */
+    float *zeros = calloc(B * (size_t)hp->dim, f);
+    m->h_router_logits = malloc(B * E * f);
+    if (!zeros || !m->h_router_logits) {
+        free(zeros);
+        return cv_errorf(err, CV_ENOMEM, "model: out of memory for the mixture's scratch");
+    }
+    st = m->be->ops->upload(m->be, m->xm, zeros, B * (size_t)hp->dim * f, err);
+    free(zeros);
+    return st;
 }
 
 static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
@@ -491,6 +618,7 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
     const size_t B = (size_t)m->opts.max_batch, O = (size_t)m->opts.max_logits, f = sizeof(float);
     const size_t qd = (size_t)m->n_heads * (size_t)hp->head_dim;
     const size_t kvd = (size_t)m->n_kv_heads * (size_t)hp->head_dim;
+    const int32_t ffn_rows = m->ffn_dim > m->ffn_exp_dim ? m->ffn_dim : m->ffn_exp_dim;
     struct { void **p; size_t bytes; } s[] = {
         {(void **)&m->x, B * (size_t)hp->dim * f},
         {(void **)&m->xb, B * (size_t)hp->dim * f},
@@ -498,8 +626,8 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
         {(void **)&m->k, B * kvd * f},
         {(void **)&m->v, B * kvd * f},
         {(void **)&m->att, B * qd * f},
-        {(void **)&m->hb, B * (size_t)m->ffn_dim * f},
-        {(void **)&m->hb2, B * (size_t)m->ffn_dim * f},
+        {(void **)&m->hb, B * (size_t)ffn_rows * f},
+        {(void **)&m->hb2, B * (size_t)ffn_rows * f},
         {(void **)&m->xo, O * (size_t)hp->dim * f},
         {(void **)&m->logits, O * (size_t)m->vocab_n * f},
         {(void **)&m->d_tokens, B * sizeof(int32_t)},
@@ -517,7 +645,7 @@ static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
     m->h_rows_swa = malloc(B * sizeof *m->h_rows_swa);
     if (!m->h_out_rows || !m->h_rows || !m->h_rows_swa)
         return cv_errorf(err, CV_ENOMEM, "model: out of memory for batch staging");
-    return CV_OK;
+    return hp->n_expert ? alloc_moe(m, err) : CV_OK;
 }
 
 /* This rank's share of the heads and ffn rows; refuses a count that does not divide,
@@ -529,10 +657,12 @@ static cv_status plan_shard(cv_model *m, cv_error *err) {
         (n > 1 && (!m->opts.tp_comm || m->opts.tp_comm->size != n)))
         return cv_errorf(err, CV_EINVAL, "model: tp rank %d of %d, comm of %d ranks", m->opts.tp_rank,
                          n, m->opts.tp_comm ? m->opts.tp_comm->size : 0);
+    const int moe = hp->n_expert > 0;
     const struct { const char *tensor, *key; int32_t count; } dims[] = {
         {"attn_q.weight", "attention.head_count", hp->n_heads},
         {"attn_k.weight", "attention.head_count_kv", hp->n_kv_heads},
-        {"ffn_gate.weight", "feed_forward_length", hp->ffn_dim},
+        {moe ? "ffn_gate_exps.weight" : "ffn_gate.weight",
+         moe ? "expert_feed_forward_length" : "feed_forward_length", moe ? hp->ffn_exp_dim : hp->ffn_dim},
     };
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
         if (dims[i].count % n)
@@ -543,7 +673,8 @@ static cv_status plan_shard(cv_model *m, cv_error *err) {
     m->n_ranks = n;
     m->n_heads = hp->n_heads / n;
     m->n_kv_heads = hp->n_kv_heads / n;
-    m->ffn_dim = hp->ffn_dim / n;
+    m->ffn_dim = moe ? 0 : hp->ffn_dim / n;
+    m->ffn_exp_dim = hp->ffn_exp_dim / n;
     return CV_OK;
 }
 
@@ -577,9 +708,15 @@ void cv_model_free(cv_model *m) {
     if (m->layers) {
         for (int32_t il = 0; il < m->hp.n_layers; il++) {
             cv_layer *L = &m->layers[il];
-            cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+            cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
             for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
                 if (ws[i]->data) be->ops->weight_release(be, ws[i]);
+            cv_tensor *exps[] = {L->exp_gate, L->exp_up, L->exp_down};
+            for (size_t i = 0; i < sizeof exps / sizeof exps[0]; i++) {
+                for (int32_t e = 0; exps[i] && e < m->hp.n_expert; e++)
+                    if (exps[i][e].data) be->ops->weight_release(be, &exps[i][e]);
+                free(exps[i]);
+            }
         }
         free(m->layers);
     }
@@ -591,6 +728,8 @@ void cv_model_free(cv_model *m) {
     free(m->h_out_rows);
     free(m->h_rows);
     free(m->h_rows_swa);
+    free(m->h_router_logits);
+    cv_moe_plan_free(&m->plan);
     free(m);
 }
 
@@ -680,6 +819,37 @@ static cv_status allreduce(cv_model *m, float *x, int64_t n, cv_error *err) {
     return m->opts.tp_comm->ops->allreduce_sum(m->opts.tp_comm, m->rank, x, n, err);
 }
 
+/* The mixture of a layer on the n normed rows in xb, into xm: route on the host (the
+ * router's logits come back, the plan goes out), then each expert that some token chose
+ * runs once on its tokens' rows, gathered, and adds its weighted outputs into theirs. */
+static cv_status moe_ffn(cv_model *m, const cv_layer *L, int32_t n, cv_error *err) {
+    cv_backend *be = m->be;
+    const cv_backend_ops *op = be->ops;
+    const int32_t dim = m->hp.dim, E = m->hp.n_expert, k = m->hp.n_expert_used, fe = m->ffn_exp_dim;
+    op->matmul(be, &L->router, m->xb, m->router_logits, n);
+    cv_status s = op->download(be, m->h_router_logits, m->router_logits, (size_t)n * (size_t)E * sizeof(float), err);
+    if (s) return s;
+    cv_moe_route(&m->moe, m->h_router_logits, n, &m->plan);
+    const size_t pairs = (size_t)n * (size_t)k;
+    if ((s = op->upload(be, m->d_moe_rows, m->plan.rows, pairs * sizeof(int32_t), err)) ||
+        (s = op->upload(be, m->d_moe_w, m->plan.weights, pairs * sizeof(float), err)))
+        return s;
+    const cv_tensor xs = {.type = CV_TYPE_F32, .rows = n, .cols = dim, .row_stride = (size_t)dim * sizeof(float),
+                          .data = m->xb, .device = be->device};
+    op->scale(be, m->xm, 0.0f, (int64_t)n * dim);
+    for (int32_t e = 0; e < E; e++) {
+        const int32_t lo = m->plan.off[e], c = m->plan.off[e + 1] - lo;
+        if (!c) continue;
+        op->get_rows(be, &xs, m->d_moe_rows + lo, c, m->xe);
+        op->matmul(be, &L->exp_gate[e], m->xe, m->hb, c);
+        op->matmul(be, &L->exp_up[e], m->xe, m->hb2, c);
+        op->glu(be, CV_GLU_SWIGLU, m->hb, m->hb2, m->hb, (int64_t)c * fe);
+        op->matmul(be, &L->exp_down[e], m->hb, m->ye, c);
+        op->scatter_add_rows(be, m->ye, m->d_moe_rows + lo, m->d_moe_w + lo, c, dim, m->xm);
+    }
+    return CV_OK;
+}
+
 cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, float *logits,
                            cv_error *err) {
     int32_t n_out = 0;
@@ -744,16 +914,22 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
             op->rmsnorm(be, m->xb, L->post_attn_norm, m->xb, n, dim, hp->rms_eps, 0);
         op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
 
-        /* feed-forward */
+        /* feed-forward: dense, or the mixture's experts into xm */
         op->rmsnorm(be, m->x, L->ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
-        op->matmul(be, &L->gate, m->xb, m->hb, n);
-        op->matmul(be, &L->up, m->xb, m->hb2, n);
-        op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * m->ffn_dim);
-        op->matmul(be, &L->down, m->hb, m->xb, n);
-        if ((s = allreduce(m, m->xb, (int64_t)n * dim, err))) return s;
+        float *ffn_out = m->xb;
+        if (L->router.data) {
+            if ((s = moe_ffn(m, L, n, err))) return s;
+            ffn_out = m->xm;
+        } else {
+            op->matmul(be, &L->gate, m->xb, m->hb, n);
+            op->matmul(be, &L->up, m->xb, m->hb2, n);
+            op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * m->ffn_dim);
+            op->matmul(be, &L->down, m->hb, m->xb, n);
+        }
+        if ((s = allreduce(m, ffn_out, (int64_t)n * dim, err))) return s;
         if (L->post_ffn_norm)
-            op->rmsnorm(be, m->xb, L->post_ffn_norm, m->xb, n, dim, hp->rms_eps, 0);
-        op->add(be, m->x, m->xb, m->x, (int64_t)n * dim);
+            op->rmsnorm(be, ffn_out, L->post_ffn_norm, ffn_out, n, dim, hp->rms_eps, 0);
+        op->add(be, m->x, ffn_out, m->x, (int64_t)n * dim);
     }
 
     if (n_out > 0) {

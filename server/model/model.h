@@ -1,6 +1,7 @@
 /* model: transformer architectures read from GGUF, and their forward pass.
  *
- * cv_model_load reads the hyperparameters of a `llama`, `qwen2`, `gemma3` or `phi3` file,
+ * cv_model_load reads the hyperparameters of a `llama`, `qwen2`, `gemma3`, `phi3`,
+ * `qwen3` or `qwen3moe` file,
  * checks every tensor the architecture needs (present, supported type, exact shape),
  * hands the weights to a backend (which may use the file's mapping in place: the
  * cv_gguf must outlive the model) and allocates all scratch for batches of up to
@@ -11,10 +12,18 @@
  * Every computation goes through the backend's ops table, so the same forward pass
  * runs on any backend.
  *
+ * A mixture-of-experts layer (qwen3moe) routes on the host (moe.h): the router's logits
+ * come back from the backend, each token gets its top-k experts, and each expert that
+ * some token of the step chose runs once on all its tokens' rows (gathered), adding its
+ * weighted outputs into theirs (scatter_add_rows). So a step reads only the experts in
+ * use, each once, and a decode step of one token about the active parameters.
+ *
  * Tensor parallelism (Megatron style): a model loaded with tp_size N > 1 is rank
  * tp_rank's shard. It holds heads [r*H/N, (r+1)*H/N) of Q (and K/V by kv heads, with
- * their qwen2 biases) and rows [r*F/N, (r+1)*F/N) of ffn gate/up; attn_output and
- * ffn_down take the matching input columns, and the partial outputs are summed across
+ * their qwen2 biases) and rows [r*F/N, (r+1)*F/N) of ffn gate/up (of every expert's,
+ * F its expert_feed_forward_length, in a mixture; the router is whole, so every rank
+ * routes alike); attn_output and ffn_down take the matching input columns, and the
+ * partial outputs are summed across
  * the ranks through tp_comm right after each of them. Embeddings and norms (gemma3's
  * per-head QK-norm included) are whole on every rank; the output head is split by
  * vocabulary, each rank writing its block of every logits row. Column splits of a quantized weight must fall on its block
@@ -39,7 +48,9 @@ typedef enum cv_arch {
     CV_ARCH_LLAMA = 0,   /* Llama 2/3, TinyLlama, DeepSeek-R1-Distill-Llama */
     CV_ARCH_QWEN2 = 1,   /* Qwen2.5, DeepSeek-R1-Distill-Qwen: QKV bias, NeoX rope */
     CV_ARCH_GEMMA3 = 2,  /* GeGLU, QK-norm, sandwich norms, sliding-window layers */
-    CV_ARCH_PHI3 = 3     /* Phi-3/4: fused QKV and gate-up, NeoX (partial) rope, long-rope */
+    CV_ARCH_PHI3 = 3,    /* Phi-3/4: fused QKV and gate-up, NeoX (partial) rope, long-rope */
+    CV_ARCH_QWEN3 = 4,   /* Qwen3 dense: QK-norm, no QKV bias, NeoX rope */
+    CV_ARCH_QWEN3MOE = 5 /* Qwen3 MoE: qwen3 attention, softmax top-k experts (normalised), none shared */
 } cv_arch;
 
 typedef struct cv_hparams {
@@ -68,6 +79,9 @@ typedef struct cv_hparams {
     float embd_scale;        /* multiplies the token embedding (1 unless gemma3) */
     float final_softcap;     /* 0: none */
     int tied_output;         /* output projection is token_embd */
+    int32_t n_expert;        /* mixture of experts: experts per layer (0: dense) */
+    int32_t n_expert_used;   /* experts per token */
+    int32_t ffn_exp_dim;     /* an expert's ffn rows (expert_feed_forward_length) */
 } cv_hparams;
 
 typedef struct cv_model_opts {
@@ -87,8 +101,9 @@ void cv_model_free(cv_model *m);
 const cv_hparams *cv_model_hparams(const cv_model *m);
 const cv_model_opts *cv_model_options(const cv_model *m);
 const char *cv_arch_name(cv_arch a);
-/* Bytes of weights one forward step reads (every matmul weight once, plus one
- * embedding row): the numerator of the decode roofline. */
+/* Bytes of weights one forward step of one token reads (every matmul weight once, of a
+ * mixture's experts only the n_expert_used a token takes, plus one embedding row): the
+ * numerator of the decode roofline on active bytes. */
 uint64_t cv_model_weight_bytes(const cv_model *m);
 /* Bytes of weights copied into the model's own memory: a CPU shard's column shares of
  * attn_output and ffn_down, packed into rows. 0 at tp 1, where every weight is used in

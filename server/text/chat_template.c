@@ -83,7 +83,7 @@ static void excerpt(cv_str s, char *buf, size_t cap) {
 static cv_status from_model(cv_str arch, cv_str name, cv_chat_family *out, cv_error *err) {
     if (has_ci(arch, "gemma")) *out = CV_CHAT_GEMMA;
     else if (has_ci(name, "deepseek") && has_ci(name, "r1")) *out = CV_CHAT_DEEPSEEK_R1;
-    else if (has_ci(arch, "qwen2") || has_ci(name, "qwen")) *out = CV_CHAT_CHATML;
+    else if (has_ci(arch, "qwen") || has_ci(name, "qwen")) *out = CV_CHAT_CHATML; /* qwen2, qwen3, qwen3moe */
     else if (has_ci(name, "llama-3") || has_ci(name, "llama 3") || has_ci(name, "llama3"))
         *out = CV_CHAT_LLAMA3;
     else if (has_ci(name, "llama-2") || has_ci(name, "llama 2") || has_ci(name, "llama2"))

@@ -1,7 +1,7 @@
 """Independent float64 reference for the corvid forward pass (used by test_forward_ref.py).
 
-A minimal GGUF v3 writer and reader in numpy, and the llama / qwen2 / gemma3 / phi3 forward
-passes written straight from the architectures' definitions, full-sequence and
+A minimal GGUF v3 writer and reader in numpy, and the llama / qwen2 / gemma3 / phi3 /
+qwen3 / qwen3moe forward passes written straight from the architectures' definitions, full-sequence and
 unbatched, so that nothing here shares code or structure with the C engine.
 """
 import struct
@@ -80,7 +80,7 @@ def llama_vocab(n_vocab):
 def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, ffn=96,
                n_vocab=320, ctx=64, window=4, rope_base=10000.0, tied=False, rope_scaling=None,
                rope_freqs=False, query_pre_attn_scalar=None, swa=None, n_rot=None,
-               longrope=None):
+               longrope=None, n_expert=0, n_used=0, ffn_exp=0):
     """swa: llama's attention.sliding_window (Mistral: every layer slides). phi3: fused
     attn_qkv and gate-up ffn_up, n_rot rotated dims of each head, longrope = (original
     context, attention factor) with made-up short and long factor tensors."""
@@ -101,6 +101,9 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
     if longrope:
         kvs[p + "rope.scaling.original_context_length"] = longrope[0]
         kvs[p + "rope.scaling.attn_factor"] = float(longrope[1])
+    if n_expert:
+        kvs.update({p + "expert_count": n_expert, p + "expert_used_count": n_used,
+                    p + "expert_feed_forward_length": ffn_exp})
     if query_pre_attn_scalar:
         kvs[p + "attention.query_pre_attn_scalar"] = float(query_pre_attn_scalar)
     if rope_scaling:  # (factor, low, high, original context): Llama 3.1 style keys
@@ -134,19 +137,25 @@ def make_model(arch, rng, dim=64, n_layers=2, n_heads=8, n_kv=2, head_dim=None, 
         if arch == "qwen2":
             for x, n in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
                 t[b + f"attn_{x}.bias"] = w(n * hd, s=0.2)
-        if arch == "gemma3":
+        if arch in ("gemma3", "qwen3", "qwen3moe"):
             t[b + "attn_q_norm.weight"] = norm(hd)
             t[b + "attn_k_norm.weight"] = norm(hd)
         t[b + "attn_output.weight"] = w(dim, n_heads * hd)
         if arch == "gemma3":
             t[b + "post_attention_norm.weight"] = norm(dim)
         t[b + "ffn_norm.weight"] = norm(dim)
-        if arch == "phi3":  # gate rows, then up rows
+        if n_expert:  # 3-D expert tensors: numpy [expert][rows][cols]
+            t[b + "ffn_gate_inp.weight"] = w(n_expert, dim, s=1.0)
+            t[b + "ffn_gate_exps.weight"] = w(n_expert, ffn_exp, dim)
+            t[b + "ffn_up_exps.weight"] = w(n_expert, ffn_exp, dim)
+            t[b + "ffn_down_exps.weight"] = w(n_expert, dim, ffn_exp)
+        elif arch == "phi3":  # gate rows, then up rows
             t[b + "ffn_up.weight"] = w(2 * ffn, dim)
+            t[b + "ffn_down.weight"] = w(dim, ffn)
         else:
             t[b + "ffn_gate.weight"] = w(ffn, dim)
             t[b + "ffn_up.weight"] = w(ffn, dim)
-        t[b + "ffn_down.weight"] = w(dim, ffn)
+            t[b + "ffn_down.weight"] = w(dim, ffn)
         if arch == "gemma3":
             t[b + "post_ffw_norm.weight"] = norm(dim)
     t["output_norm.weight"] = norm(dim)
@@ -195,6 +204,22 @@ def gelu_tanh(x):
     return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
+def moe(T, b, h, k):
+    """Qwen3-MoE: softmax over all experts, the k best, weights renormalised to sum 1,
+    each token through its experts' SwiGLU, one token at a time."""
+    logits = h @ T[b + "ffn_gate_inp.weight"].T
+    out = np.zeros_like(h)
+    for i in range(len(h)):
+        p = np.exp(logits[i] - logits[i].max())
+        p /= p.sum()
+        top = np.argsort(-p, kind="stable")[:k]
+        for e in top:
+            g = T[b + "ffn_gate_exps.weight"][e] @ h[i]
+            u = T[b + "ffn_up_exps.weight"][e] @ h[i]
+            out[i] += p[e] / p[top].sum() * (T[b + "ffn_down_exps.weight"][e] @ (g / (1 + np.exp(-g)) * u))
+    return out
+
+
 def forward(kvs, t, tokens, n_ctx=None):
     """Logits [len(tokens), vocab] for every position, float64. n_ctx: the context the
     run was given (phi3 takes its long factors above the original context)."""
@@ -207,7 +232,7 @@ def forward(kvs, t, tokens, n_ctx=None):
     eps, base = kvs[p + "attention.layer_norm_rms_epsilon"], kvs[p + "rope.freq_base"]
     gemma = arch == "gemma3"
     qpa = kvs.get(p + "attention.query_pre_attn_scalar", hd)
-    neox = arch in ("qwen2", "gemma3", "phi3")
+    neox = arch in ("qwen2", "gemma3", "phi3", "qwen3", "qwen3moe")
     n = len(tokens)
     n_rot = kvs.get(p + "rope.dimension_count", hd)
     mscale = kvs.get(p + "rope.scaling.attn_factor", 1.0)
@@ -240,7 +265,7 @@ def forward(kvs, t, tokens, n_ctx=None):
         if b + "attn_q.bias" in T:
             q, k, v = q + T[b + "attn_q.bias"], k + T[b + "attn_k.bias"], v + T[b + "attn_v.bias"]
         q, k, v = q.reshape(n, nh, hd), k.reshape(n, nkv, hd), v.reshape(n, nkv, hd)
-        if gemma:
+        if b + "attn_q_norm.weight" in T:
             q = rmsnorm(q, T[b + "attn_q_norm.weight"], eps)
             k = rmsnorm(k, T[b + "attn_k_norm.weight"], eps)
         q = np.stack([rope(q[i], i, lbase, neox, factors, n_rot, mscale) for i in range(n)])
@@ -258,12 +283,15 @@ def forward(kvs, t, tokens, n_ctx=None):
             o = rmsnorm(o, T[b + "post_attention_norm.weight"], eps)
         x = x + o
         h = rmsnorm(x, T[b + "ffn_norm.weight"], eps)
-        if arch == "phi3":
-            g, u = np.split(h @ T[b + "ffn_up.weight"].T, 2, axis=1)
+        if b + "ffn_gate_inp.weight" in T:
+            f = moe(T, b, h, kvs[p + "expert_used_count"])
         else:
-            g, u = h @ T[b + "ffn_gate.weight"].T, h @ T[b + "ffn_up.weight"].T
-        a = gelu_tanh(g) * u if gemma else g / (1 + np.exp(-g)) * u
-        f = a @ T[b + "ffn_down.weight"].T
+            if arch == "phi3":
+                g, u = np.split(h @ T[b + "ffn_up.weight"].T, 2, axis=1)
+            else:
+                g, u = h @ T[b + "ffn_gate.weight"].T, h @ T[b + "ffn_up.weight"].T
+            a = gelu_tanh(g) * u if gemma else g / (1 + np.exp(-g)) * u
+            f = a @ T[b + "ffn_down.weight"].T
         if gemma:
             f = rmsnorm(f, T[b + "post_ffw_norm.weight"], eps)
         x = x + f

@@ -43,6 +43,12 @@ CASES = [
     ("gemma3-qpa-scalar", "gemma3", dict(dim=64, n_heads=2, n_kv=2, head_dim=32, ffn=64,
                                          n_layers=2, window=3, tied=True,
                                          query_pre_attn_scalar=80)),
+    # head_dim 32 != dim / n_heads, as in the real Qwen3 models
+    ("qwen3-qknorm", "qwen3", dict(dim=64, n_heads=4, n_kv=2, head_dim=32, ffn=128, rope_base=1e6,
+                                   tied=True)),
+    # 8 experts, 3 per token: the 9 prompt rows of the prefill spread over most of them
+    ("qwen3moe-experts", "qwen3moe", dict(dim=64, n_heads=4, n_kv=2, head_dim=32, ffn=128,
+                                          rope_base=1e6, n_expert=8, n_used=3, ffn_exp=48)),
 ]
 
 

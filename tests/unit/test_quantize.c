@@ -298,7 +298,7 @@ static void test_recipe_rules(void **state) {
 /* ---- synthetic models ---- */
 
 static void synth(const char *shape, cv_qrecipe r, uint64_t seed, const char *vocab, int threads, const char *out) {
-    const cv_synth_opts o = {r, seed, vocab, threads, NULL};
+    const cv_synth_opts o = {.recipe = r, .seed = seed, .vocab_from = vocab, .n_threads = threads};
     cv_error e = {0};
     if (cv_synth_write(cv_synth_find(shape), &o, out, &e)) fail_msg("%s: %s", shape, e.msg);
 }
