@@ -38,7 +38,9 @@ int cv_rag_is_cjk_text(const char *text, size_t len) {
  * cite "like [1]", the 0.5B Qwen answered "[1]" alone or "[1]. [2]. [3]" (measured
  * with bench-rag-qa's questions); the client has the citations in the Context message.
  * "States the answer": asked only to "answer in one short sentence", it replied the
- * not-in-the-documents sentence to questions its one passage answered. */
+ * not-in-the-documents sentence to questions its one passage answered. "原话" (the
+ * documents' own words): asked in Chinese it rewrote the passage's Chinese numerals in
+ * digits and dropped some (二百五十公里 -> "25公里", 二十四层 -> "2层"). */
 typedef struct frame {
     const char *documents, *question, *answer, *instruction;
 } frame;
@@ -48,7 +50,8 @@ static const frame frames[2] = {
      "Answer the question using only the documents. Reply with one short sentence that states the answer. "
      "If the documents do not contain the answer, reply exactly: " CV_RAG_NOT_IN_DOCS_EN},
     {"资料:\n", "问题: ", "回答:",
-     "只根据资料回答问题。用一句简短的话说出答案。如果资料中没有答案，请只回答：" CV_RAG_NOT_IN_DOCS_ZH},
+     "只根据资料回答问题。用资料中的原话，以一句简短的话说出答案。如果资料中没有答案，请只回答："
+     CV_RAG_NOT_IN_DOCS_ZH},
 };
 
 static const frame *frame_for(const char *question) {
