@@ -324,7 +324,7 @@ static bool repeat(builder *b, ivec *alt, size_t from, long min, long max) {
     size_t len = alt->n - from;
     int32_t *x = malloc((len ? len : 1) * sizeof *x);
     if (!x) return oom(b);
-    memcpy(x, alt->v + from, len * sizeof *x);
+    if (len) memcpy(x, alt->v + from, len * sizeof *x);
     alt->n = from;
     bool ok = true;
     for (long i = 0; ok && i < min; i++) ok = push_all(b, alt, x, len);
@@ -585,7 +585,7 @@ static bool finish(builder *b, cv_grammar *g) {
         for (size_t a = 0; a < b->rules[r].n_alts; a++) {
             const ivec *alt = &b->rules[r].alts[a];
             g->alt[na++] = (int32_t)ne;
-            memcpy(g->el + ne, alt->v, alt->n * sizeof *alt->v);
+            if (alt->n) memcpy(g->el + ne, alt->v, alt->n * sizeof *alt->v);
             ne += alt->n;
             g->el[ne++] = CV_GEL_END;
         }

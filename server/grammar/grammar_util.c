@@ -37,7 +37,7 @@ size_t cv_cpranges_normalize(cv_cprange *r, size_t n, bool negated, cv_cprange *
         }
     }
     if (!negated) {
-        memmove(out, r, m * sizeof *r);
+        if (m) memmove(out, r, m * sizeof *r);
         return m;
     }
     size_t k = 0;
