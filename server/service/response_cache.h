@@ -8,7 +8,9 @@
  * the RAG context's identity (each kept passage's knowledge-base checksum and chunk
  * id, or a live source's document), and with scope "subject" the caller's JWT
  * subject. An answer whose passages came from a live source is cached only when the
- * operator allows it (live_sources): those answer today's news.
+ * operator allows it (live_sources): those answer today's news. A new field of
+ * cv_engine_request that changes the tokens or their text must join the key
+ * (cv_rc_key_of), or a hit would answer with another request's output.
  *
  * Only answers that end normally (stop or length) are stored, as the engine's stream
  * of chunks (rc_entry.h); a hit replays that stream through the request's own sink,
