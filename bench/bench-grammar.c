@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli.h"
 #include "gguf.h"
 #include "grammar.h"
 #include "grammar_match.h"
@@ -82,20 +83,38 @@ static json_t *stats(double *ms, size_t n) {
     return json_pack("{s:f,s:f,s:f}", "median", median(ms, n), "max", max, "total", total);
 }
 
+static void usage(FILE *out) {
+    fprintf(out, "usage: bench-grammar -m MODEL [--runs R] (--schema FILE --text FILE)...\n"
+                 "Replays each text through its schema's token masks on MODEL's vocabulary and\n"
+                 "prints one JSON object: schema compile time, cold and warm mask cost per token.\n"
+                 "  -m MODEL        GGUF file whose vocabulary the masks cover\n"
+                 "  --runs R        timed repetitions, medians reported (default 21)\n"
+                 "  --schema FILE   a JSON schema, paired with the next --text\n"
+                 "  --text FILE     an answer valid for its schema\n"
+                 "  -h, --help      this text\n");
+}
+
 int main(int argc, char **argv) {
     const char *model = NULL, *schemas[MAX_PAIRS], *texts[MAX_PAIRS];
-    int n_schemas = 0, n_texts = 0, runs = 21;
+    int n_schemas = 0, n_texts = 0;
+    long runs = 21;
     static const struct option opts[] = {{"runs", required_argument, 0, 'r'}, {"schema", required_argument, 0, 's'},
-                                          {"text", required_argument, 0, 't'}, {0, 0, 0, 0}};
-    for (int c; (c = getopt_long(argc, argv, "m:", opts, NULL)) != -1;) {
+                                          {"text", required_argument, 0, 't'}, {"help", no_argument, 0, 'h'},
+                                          {0, 0, 0, 0}};
+    opterr = 0;
+    for (int c; (c = getopt_long(argc, argv, ":m:h", opts, NULL)) != -1;) {
         if (c == 'm') model = optarg;
-        else if (c == 'r') runs = atoi(optarg);
-        else if (c == 's' && n_schemas < MAX_PAIRS) schemas[n_schemas++] = optarg;
+        else if (c == 'h') cv_cli_help(usage);
+        else if (c == 'r') {
+            if (cv_cli_int("bench-grammar", "--runs", optarg, 1, 10000, &runs)) return CV_CLI_EXIT_USAGE;
+        } else if (c == 's' && n_schemas < MAX_PAIRS) schemas[n_schemas++] = optarg;
         else if (c == 't' && n_texts < MAX_PAIRS) texts[n_texts++] = optarg;
-        else return fprintf(stderr, "usage: bench-grammar -m MODEL [--runs R] (--schema FILE --text FILE)...\n"), 2;
+        else if (c == 's' || c == 't') cv_cli_usage_error("bench-grammar", usage, "at most %d schema/text pairs", MAX_PAIRS);
+        else cv_cli_getopt_error("bench-grammar", usage, c, argv);
     }
-    if (!model || n_schemas != n_texts || runs < 1)
-        return fprintf(stderr, "usage: bench-grammar -m MODEL [--runs R] (--schema FILE --text FILE)...\n"), 2;
+    if (optind < argc) cv_cli_usage_error("bench-grammar", usage, "unexpected argument '%s'", argv[optind]);
+    if (!model) cv_cli_usage_error("bench-grammar", usage, "-m MODEL is required");
+    if (n_schemas != n_texts) cv_cli_usage_error("bench-grammar", usage, "each --schema needs its --text");
     cv_error e;
     cv_gguf *g;
     cv_tok *tok;
