@@ -189,7 +189,7 @@ def cases(path):
         ("a million layers", u32("llama.block_count", 1000000), "llama.block_count"),
         ("zero context", u32("llama.context_length", 0), "llama.context_length"),
         ("embedding length unlike the tensors", u32("llama.embedding_length", 128), "token_embd.weight"),
-        ("ffn length unlike the tensors", u32("llama.feed_forward_length", 100), "blk.0.ffn_gate.weight"),
+        ("ffn length unlike the tensors", u32("llama.feed_forward_length", 100), "blk.0.ffn_down.weight"),
         ("rope dimensions 0", u32("llama.rope.dimension_count", 0), "llama.rope.dimension_count"),
         ("rope dimensions above the head", u32("llama.rope.dimension_count", 64), "llama.rope.dimension_count"),
         ("odd rope dimensions", u32("llama.rope.dimension_count", 7), "llama.rope.dimension_count"),
