@@ -271,18 +271,55 @@ static void text_put(void *ctx, const char *s, size_t n) {
     o->text[o->text_len] = 0;
 }
 
-static void call_put(void *ctx, const char *name, const char *args) {
+static void call_begin(void *ctx, const char *name) {
     cv_core_out *o = ctx;
     cv_core_call *c = NULL;
     if (!grow((void **)&o->calls, &o->calls_cap, o->n_calls + 1, sizeof *o->calls)) c = &o->calls[o->n_calls];
-    if (!c || !(c->name = strdup(name)) || !(c->args = strdup(args))) {
+    if (!c || !(c->name = strdup(name)) || !(c->args = calloc(1, 1))) {
         if (c) free(c->name);
         o->overflow = 1;
         return;
     }
+    c->args_len = 0;
+    c->args_cap = 1;
+    c->sent = 0;
+    c->head_sent = c->done = 0;
     c->index = o->calls_total++;
     snprintf(c->id, sizeof c->id, "call_%016llx", (unsigned long long)cv_core_random_seed());
     o->n_calls++;
+}
+
+/* The parser's events come in order: the last call is the one being written. */
+static void call_args(void *ctx, const char *s, size_t n) {
+    cv_core_out *o = ctx;
+    if (o->overflow || !o->n_calls) return;
+    cv_core_call *c = &o->calls[o->n_calls - 1];
+    if (grow((void **)&c->args, &c->args_cap, c->args_len + n + 1, 1)) {
+        o->overflow = 1;
+        return;
+    }
+    memcpy(c->args + c->args_len, s, n);
+    c->args_len += n;
+    c->args[c->args_len] = 0;
+}
+
+static void call_end(void *ctx, int complete) {
+    cv_core_out *o = ctx;
+    (void)complete; /* an incomplete call keeps what was written, as OpenAI's API does */
+    if (!o->overflow && o->n_calls) o->calls[o->n_calls - 1].done = 1;
+}
+
+int cv_core_call_pending(const cv_core_call *c) { return !c->head_sent || c->sent < c->args_len; }
+
+void cv_core_call_sent(cv_core_call *c) {
+    c->head_sent = 1;
+    c->sent = c->args_len;
+}
+
+int cv_core_out_calls_pending(const cv_core_out *o) {
+    for (size_t i = 0; i < o->n_calls; i++)
+        if (cv_core_call_pending(&o->calls[i])) return 1;
+    return 0;
 }
 
 /* The answer's text: through the tool-call parser when there is one. */
@@ -304,7 +341,7 @@ static void split_emit(void *ctx, int reasoning, const char *s, size_t n) {
 }
 
 int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls) {
-    cv_tool_sink sink = {text_put, call_put, o};
+    cv_tool_sink sink = {text_put, call_begin, call_args, call_end, o};
     return cv_tool_parser_new(s, max_calls, 0, &sink, &o->tools, NULL) == CV_OK ? 0 : -1;
 }
 
@@ -404,16 +441,23 @@ int cv_core_cache(cv_rc *rc, const cv_rc_query *q, int32_t n_vocab, pthread_mute
     return 1;
 }
 
+static void call_free(cv_core_call *c) {
+    free(c->name);
+    free(c->args);
+}
+
 static void calls_free(cv_core_out *o) {
-    for (size_t i = 0; i < o->n_calls; i++) {
-        free(o->calls[i].name);
-        free(o->calls[i].args);
-    }
+    for (size_t i = 0; i < o->n_calls; i++) call_free(&o->calls[i]);
     o->n_calls = 0;
 }
 
 void cv_core_out_consumed(cv_core_out *o) {
-    calls_free(o);
+    size_t k = 0;
+    for (size_t i = 0; i < o->n_calls; i++) {
+        if (o->calls[i].done && !cv_core_call_pending(&o->calls[i])) call_free(&o->calls[i]);
+        else o->calls[k++] = o->calls[i];
+    }
+    o->n_calls = k;
     o->text_len = o->reasoning_len = 0;
     o->n_ids = 0;
     if (o->text) o->text[0] = 0;

@@ -98,11 +98,17 @@ void cv_core_trace_end(cv_core_trace *t, const char *request_id, const char *ver
                        const cv_engine_final *f, const char *error);
 
 /* A tool call parsed out of the answer (tool_calls.h), with the id a tool message
- * answers. */
+ * answers. Its arguments grow as the model writes them; a stream hands on the head
+ * (id, name) once and then each new piece. */
 typedef struct cv_core_call {
     size_t index;            /* 0, 1, ... in the answer */
     char id[32];             /* "call_" and 16 hex digits */
-    char *name, *args;       /* args: a JSON object */
+    char *name;
+    char *args;              /* so far (NUL-terminated); a JSON object once done */
+    size_t args_len, args_cap;
+    size_t sent;             /* bytes of args handed on (cv_core_call_sent) */
+    int head_sent;           /* id and name handed on */
+    int done;                /* the call is over: no more arguments come */
 } cv_core_call;
 
 /* ---- pending output of one request: the engine appends, the protocol drains ----
@@ -132,7 +138,8 @@ typedef struct cv_core_out {
     cv_rag_guard *guard;
     cv_rag_guard_trip guard_trip;
     /* With cv_core_out_tools: the answer's text (not its reasoning) passes the parser;
-     * its calls wait in calls until consumed. */
+     * its calls wait in calls until consumed (a call still being written, or with
+     * pieces not yet handed on, stays). */
     cv_tool_parser *tools;
     cv_core_call *calls;
     size_t n_calls, calls_cap, calls_total;
@@ -166,6 +173,12 @@ void cv_core_out_split(cv_core_out *o, int starts_inside);
 /* A chat with tools: from now on tool calls are cut out of the answer (tool_calls.h;
  * max_calls 0: any number); -1 when out of memory. */
 int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls);
+/* A call with something not yet handed on (its head or a piece of its arguments). */
+int cv_core_call_pending(const cv_core_call *c);
+/* Everything of c so far was handed on. */
+void cv_core_call_sent(cv_core_call *c);
+/* Some call is pending. */
+int cv_core_out_calls_pending(const cv_core_out *o);
 /* The answer stopped after calling tools: finish reason tool_calls (after the final). */
 int cv_core_out_called(const cv_core_out *o);
 /* Counts a finished request in the slot's stats: its code, and when it ran (o non-NULL,
@@ -180,7 +193,9 @@ void cv_core_record(cv_stats *stats, cv_core_protocol proto, cv_rpc_code code, c
  * or a request that may not be cached is 0 at once. */
 int cv_core_cache(cv_rc *rc, const cv_rc_query *q, int32_t n_vocab, pthread_mutex_t *mu, cv_core_out *o,
                   const cv_engine_sink *sink);
-/* Text, ids and calls taken: empties the pending output (text stays NUL-terminated). */
+/* Text, ids and calls taken: empties the pending output (text stays NUL-terminated);
+ * the caller marked what it handed on of each call (cv_core_call_sent), and a call
+ * that is over and wholly handed on is dropped. */
 void cv_core_out_consumed(cv_core_out *o);
 void cv_core_out_free(cv_core_out *o);
 

@@ -102,16 +102,25 @@ static uint8_t *pack_chunk_locked(gen_stream *g, size_t *len) {
         free(callp);
         return NULL;
     }
+    /* Each call's news as a delta: its first one carries the id and name; the pieces
+     * of an index joined are its arguments (the pointers stay valid until consumed). */
+    size_t n_calls = 0;
     for (size_t i = 0; i < g->out.n_calls; i++) {
-        const cv_core_call *c = &g->out.calls[i];
-        corvid__v1__tool_call__init(&calls[i]);
-        calls[i].index = (uint32_t)c->index;
-        calls[i].id = (char *)c->id;
-        calls[i].name = c->name;
-        calls[i].arguments = c->args;
-        callp[i] = &calls[i];
+        cv_core_call *c = &g->out.calls[i];
+        if (!cv_core_call_pending(c)) continue;
+        Corvid__V1__ToolCall *t = &calls[n_calls];
+        corvid__v1__tool_call__init(t);
+        t->index = (uint32_t)c->index;
+        if (!c->head_sent) {
+            t->id = c->id;
+            t->name = c->name;
+        }
+        c->args[c->args_len] = 0;
+        t->arguments = c->args + c->sent;
+        cv_core_call_sent(c);
+        callp[n_calls++] = t;
     }
-    chunk.n_tool_calls = g->out.n_calls;
+    chunk.n_tool_calls = n_calls;
     chunk.tool_calls = callp;
     Corvid__V1__Logprobs *lp = NULL, **lpp = NULL;
     Corvid__V1__TokenLogprob *tl = NULL;
@@ -221,7 +230,7 @@ static cv_rpc_produce gen_produce(void *ctx, uint8_t **msg, size_t *len, int *mo
             *status_msg = "client reads too slowly: more than 1 MiB of output pending";
             p = CV_RPC_FINISH;
         }
-    } else if (g->out.text_len || g->out.reasoning_len || g->out.n_ids || g->out.n_calls) {
+    } else if (g->out.text_len || g->out.reasoning_len || g->out.n_ids || cv_core_out_calls_pending(&g->out)) {
         *msg = pack_chunk_locked(g, len);
         *more = g->out.have_final;
         p = *msg ? CV_RPC_MESSAGE : CV_RPC_NOTHING;

@@ -194,23 +194,21 @@ static json_t *text_value(job *j, const char *text, size_t len, int role) {
     return d;
 }
 
-/* Arguments go out in pieces of about this many bytes, as OpenAI streams them. */
-#define ARGS_PIECE 64
-
-/* A call's deltas: id, type and name first, then its arguments piece by piece (each
- * piece ends between UTF-8 characters). */
-static int emit_call(job *j, cv_hs_buf *b, const cv_core_call *c) {
-    json_t *head = json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index", (json_int_t)c->index, "id", c->id, "type",
-                             "function", "function", "name", c->name, "arguments", "");
-    int fail = emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", head), NULL, NULL));
-    for (size_t at = 0, n = strlen(c->args); at < n && !fail;) {
-        size_t k = n - at < ARGS_PIECE ? n - at : ARGS_PIECE;
-        while (at + k < n && ((unsigned char)c->args[at + k] & 0xC0) == 0x80) k++;
-        json_t *piece = json_pack("{s:i,s:{s:s%}}", "index", (json_int_t)c->index, "function", "arguments",
-                                  c->args + at, k);
-        fail |= emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", piece), NULL, NULL));
-        at += k;
+/* A call's new deltas: id, type and name with empty arguments first, then what came
+ * of its arguments since the last event. */
+static int emit_call(job *j, cv_hs_buf *b, cv_core_call *c) {
+    int fail = 0;
+    if (!c->head_sent) {
+        json_t *head = json_pack("{s:i,s:s,s:s,s:{s:s,s:s}}", "index", (json_int_t)c->index, "id", c->id, "type",
+                                 "function", "function", "name", c->name, "arguments", "");
+        fail |= emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", head), NULL, NULL));
     }
+    if (c->sent < c->args_len) {
+        json_t *piece = json_pack("{s:i,s:{s:s%}}", "index", (json_int_t)c->index, "function", "arguments",
+                                  c->args + c->sent, c->args_len - c->sent);
+        fail |= emit(b, stream_chunk(j, json_pack("{s:[o]}", "tool_calls", piece), NULL, NULL));
+    }
+    cv_core_call_sent(c);
     return fail;
 }
 
@@ -257,6 +255,7 @@ static cv_hs_produce stream_produce(void *ctx, cv_hs_buf *b) {
         p = CV_HS_DATA;
     }
     for (size_t i = 0; i < o->n_calls; i++) {
+        if (!cv_core_call_pending(&o->calls[i])) continue;
         fail |= emit_call(j, b, &o->calls[i]);
         p = CV_HS_DATA;
     }

@@ -1,7 +1,8 @@
 /* libFuzzer target for the tool-call parser (tool_calls.h): model output is untrusted.
  * Input: a byte choosing the syntax and max_calls, a byte seeding the piece sizes, then
  * the output, fed in pieces. Checks: with no call found the content is the output byte
- * for byte; every call has a name and arguments that parse as a JSON object; no more
+ * for byte; calls begin and end in turn, each with a name; a complete call's argument
+ * pieces joined parse as a JSON object, an incomplete one's start with '{'; no more
  * calls than max_calls. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -15,26 +16,53 @@ typedef struct seen {
     char *content;
     size_t len, cap;
     size_t calls;
+    int in_call;
+    char *args;
+    size_t args_len, args_cap;
 } seen;
+
+static void put(char **b, size_t *len, size_t *cap, const char *t, size_t n) {
+    if (*len + n + 1 > *cap) {
+        *cap = (*len + n + 1) * 2;
+        *b = realloc(*b, *cap);
+        if (!*b) abort();
+    }
+    memcpy(*b + *len, t, n);
+    *len += n;
+    (*b)[*len] = 0;
+}
 
 static void on_content(void *ctx, const char *t, size_t n) {
     seen *s = ctx;
-    if (s->len + n > s->cap) {
-        s->cap = (s->len + n) * 2;
-        s->content = realloc(s->content, s->cap);
-        if (!s->content) abort();
-    }
-    memcpy(s->content + s->len, t, n);
-    s->len += n;
+    if (s->in_call || n == 0) abort();
+    put(&s->content, &s->len, &s->cap, t, n);
 }
 
-static void on_call(void *ctx, const char *name, const char *args) {
+static void on_begin(void *ctx, const char *name) {
     seen *s = ctx;
-    if (!name[0]) abort();
-    json_t *a = json_loads(args, 0, NULL);
-    if (!json_is_object(a)) abort();
-    json_decref(a);
+    if (s->in_call || !name[0]) abort();
+    s->in_call = 1;
+    s->args_len = 0;
     s->calls++;
+}
+
+static void on_args(void *ctx, const char *t, size_t n) {
+    seen *s = ctx;
+    if (!s->in_call || n == 0) abort();
+    put(&s->args, &s->args_len, &s->args_cap, t, n);
+}
+
+static void on_end(void *ctx, int complete) {
+    seen *s = ctx;
+    if (!s->in_call) abort();
+    s->in_call = 0;
+    if (complete) {
+        json_t *a = json_loadb(s->args, s->args_len, 0, NULL);
+        if (!json_is_object(a)) abort();
+        json_decref(a);
+    } else if (s->args_len && s->args[0] != '{') {
+        abort();
+    }
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
@@ -45,7 +73,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *text = (const char *)data + 2;
     size_t n = size - 2;
     seen s = {0};
-    cv_tool_sink sink = {on_content, on_call, &s};
+    cv_tool_sink sink = {on_content, on_begin, on_args, on_end, &s};
     cv_tool_parser *p;
     if (cv_tool_parser_new(syn, max_calls, 4096, &sink, &p, NULL) != CV_OK) return 0;
     for (size_t at = 0; at < n;) {
@@ -58,8 +86,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (cv_tool_parser_finish(p) != CV_OK) abort();
     if (cv_tool_parser_calls(p) != s.calls) abort();
     if (max_calls && s.calls > max_calls) abort();
+    if (s.in_call) abort();
     if (s.calls == 0 && (s.len != n || (n && memcmp(s.content, text, n) != 0))) abort();
     cv_tool_parser_free(p);
     free(s.content);
+    free(s.args);
     return 0;
 }

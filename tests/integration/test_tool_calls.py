@@ -2,7 +2,7 @@
 template writes Hermes <tool_call> JSON): the official `openai` SDK (from the venv, as
 test_http_openai_sdk.py) runs a two-tool conversation, the call, the tool's result and
 the final answer, whole and streamed (the call's deltas put together by the SDK's own
-types), tool_choice none and a named function; grpcio runs the same over Chat
+types; the arguments come in pieces as the model writes them, also checked as raw SSE), tool_choice none and a named function; grpcio runs the same over Chat
 (Chunk.tool_calls, FINISH_REASON_TOOL_CALLS). Greedy decoding, so the whole and
 streamed answers must agree exactly. /metrics counts each answer under its finish
 reason, tool_calls included (corvid_finish_reasons_total)."""
@@ -48,12 +48,36 @@ def call_whole_and_streamed(client):
     chunks = list(create(client, messages=ASK, tools=TOOLS, stream=True))
     deltas = [d for c in chunks if c.choices for d in (c.choices[0].delta.tool_calls or [])]
     assert deltas and deltas[0].id and deltas[0].type == "function" and deltas[0].function.name == "get_weather", deltas
-    assert all(d.index == 0 for d in deltas) and len(deltas) >= 2, deltas
-    args = "".join(d.function.arguments or "" for d in deltas)
+    assert deltas[0].function.arguments == "" and not any(d.id or d.function.name for d in deltas[1:]), deltas
+    # the arguments stream as the model writes them: a piece per token or so
+    pieces = [d.function.arguments for d in deltas[1:]]
+    assert all(d.index == 0 for d in deltas) and len(pieces) >= 4 and all(pieces), deltas
+    args = "".join(pieces)
     assert args == calls[0].function.arguments, (args, calls[0].function.arguments)
     assert chunks[-1].choices[0].finish_reason == "tool_calls", chunks[-1]
     assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices), chunks
     return calls[0]
+
+
+def raw_sse(base):
+    """The same stream as raw SSE events: the first tool_calls delta is id, type, name
+    and empty arguments; the argument pieces that follow join to the whole answer's."""
+    body = {"model": MODEL, "messages": ASK, "tools": TOOLS, "temperature": 0, "seed": 1, "max_tokens": 48}
+    def post(extra):
+        req = urllib.request.Request(base + "/v1/chat/completions", json.dumps(dict(body, **extra)).encode(),
+                                     {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.read().decode()
+    whole = json.loads(post({}))["choices"][0]["message"]["tool_calls"][0]
+    events = [line[6:] for line in post({"stream": True}).split("\n\n") if line.startswith("data: ")]
+    assert events[-1] == "[DONE]", events[-3:]
+    deltas = [d for e in events[:-1] for c in json.loads(e)["choices"] for d in c["delta"].get("tool_calls", [])]
+    head = dict(deltas[0])
+    assert head.pop("id").startswith("call_") and head == {
+        "index": 0, "type": "function", "function": {"name": "get_weather", "arguments": ""}}, deltas[0]
+    assert all(set(d) == {"index", "function"} and set(d["function"]) == {"arguments"} for d in deltas[1:]), deltas
+    assert len(deltas) >= 5, deltas
+    assert "".join(d["function"]["arguments"] for d in deltas[1:]) == whole["function"]["arguments"], deltas
 
 
 def conversation(client):
@@ -131,9 +155,13 @@ def grpc_chat(addr, metrics_url):
                              sampling=pb.SamplingParams(max_tokens=48))
         before = {r: finished(metrics_url, r) for r in ("tool_calls", "stop")}
         out = list(chat(req, timeout=120))
-        calls = [c for m in out if m.WhichOneof("kind") == "chunk" for c in m.chunk.tool_calls]
-        assert len(calls) == 1 and calls[0].name == "get_weather" and calls[0].index == 0, calls
-        assert json.loads(calls[0].arguments)["city"] == "Paris" and calls[0].id.startswith("call_"), calls
+        deltas = [c for m in out if m.WhichOneof("kind") == "chunk" for c in m.chunk.tool_calls]
+        # deltas as OpenAI's: the first with id and name, then the arguments in pieces
+        assert deltas and deltas[0].name == "get_weather" and deltas[0].id.startswith("call_"), deltas
+        assert all(d.index == 0 and not d.id and not d.name for d in deltas[1:]) and len(deltas) >= 3, deltas
+        calls = [pb.ToolCall(index=0, id=deltas[0].id, name=deltas[0].name,
+                             arguments="".join(d.arguments for d in deltas))]
+        assert json.loads(calls[0].arguments)["city"] == "Paris", calls
         assert out[-1].final.finish_reason == pb.FINISH_REASON_TOOL_CALLS, out[-1]
         hf_calls = [{"id": calls[0].id, "type": "function",
                      "function": {"name": calls[0].name, "arguments": json.loads(calls[0].arguments)}}]
@@ -167,6 +195,7 @@ def main():
             client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % port, api_key="unused", max_retries=0,
                                    timeout=120)
             c.run("two tools: call (whole = streamed), result, answer", conversation, client)
+            c.run("raw SSE: head delta, then argument pieces", raw_sse, "http://127.0.0.1:%d" % port)
             c.run("tool_choice none / named function / refusals", choices, client)
             c.run("gRPC Chat: Chunk.tool_calls, FINISH_REASON_TOOL_CALLS, tool message", grpc_chat, srv.addr,
                   "http://127.0.0.1:%d/metrics" % mport)

@@ -17,6 +17,8 @@ typedef struct out {
     char content[2048];
     char calls[2048]; /* "name args|name args|" */
     size_t n_content;
+    int in_call;
+    size_t pieces;
 } out;
 
 static void on_content(void *ctx, const char *t, size_t n) {
@@ -28,10 +30,31 @@ static void on_content(void *ctx, const char *t, size_t n) {
     o->content[o->n_content] = 0;
 }
 
-static void on_call(void *ctx, const char *name, const char *args) {
+/* A call: "name args|" when complete, "name args!|" when not; args pieces joined. */
+static void on_begin(void *ctx, const char *name) {
     out *o = ctx;
     size_t l = strlen(o->calls);
-    snprintf(o->calls + l, sizeof o->calls - l, "%s %s|", name, args);
+    assert_int_equal(o->in_call, 0);
+    o->in_call = 1;
+    snprintf(o->calls + l, sizeof o->calls - l, "%s ", name);
+}
+
+static void on_args(void *ctx, const char *t, size_t n) {
+    out *o = ctx;
+    size_t l = strlen(o->calls);
+    assert_true(o->in_call && n > 0);
+    assert_true(l + n < sizeof o->calls);
+    memcpy(o->calls + l, t, n);
+    o->calls[l + n] = 0;
+    o->pieces++;
+}
+
+static void on_end(void *ctx, int complete) {
+    out *o = ctx;
+    size_t l = strlen(o->calls);
+    assert_int_equal(o->in_call, 1);
+    o->in_call = 0;
+    snprintf(o->calls + l, sizeof o->calls - l, "%s|", complete ? "" : "!");
 }
 
 /* Cut in two at every byte and fed byte by byte: the same content and calls. */
@@ -40,7 +63,7 @@ static void check_max(cv_tool_syntax syn, size_t max_calls, const char *text, co
     size_t n = strlen(text);
     for (size_t cut = 0; cut <= n + 1; cut++) {
         out o = {0};
-        cv_tool_sink sink = {on_content, on_call, &o};
+        cv_tool_sink sink = {on_content, on_begin, on_args, on_end, &o};
         cv_tool_parser *p;
         cv_error err = {0};
         assert_int_equal(cv_tool_parser_new(syn, max_calls, 0, &sink, &p, &err), CV_OK);
@@ -72,78 +95,130 @@ static void test_hermes(void **state) {
     (void)state;
     cv_tool_syntax h = CV_TOOL_SYNTAX_HERMES;
     check(h, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>", "",
-          "get_weather {\"city\":\"Paris\"}|");
+          "get_weather {\"city\": \"Paris\"}|");
     check(h, "Let me look.\n\n<tool_call>\n{\"name\": \"a\", \"arguments\": {}}\n</tool_call>\n<tool_call>\n"
-             "{\"name\": \"b\", \"arguments\": {\"x\": [1, 2], \"s\": \"\\u00e9t\xc3\xa9\"}}\n</tool_call>",
-          "Let me look.", "a {}|b {\"x\":[1,2],\"s\":\"\xc3\xa9t\xc3\xa9\"}|");
+             "{\"name\": \"b\", \"arguments\": {\"x\": [1, 2.5e-3, -0], \"s\": \"\\u00e9t\xc3\xa9\"}}\n</tool_call>",
+          "Let me look.", "a {}|b {\"x\": [1, 2.5e-3, -0], \"s\": \"\\u00e9t\xc3\xa9\"}|");
     /* parallel_tool_calls false: the first call only */
     check_max(h, 1, "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call><tool_call>{\"name\": \"b\", "
                     "\"arguments\": {}}</tool_call>", "", "a {}|");
-    /* arguments as a JSON string holding the object; "parameters" for "arguments" */
+    /* arguments as a JSON string holding the object, or before the name: held whole,
+     * compact; "parameters" for "arguments"; other members after the arguments */
     check(h, "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"k\\\": 1}\"}</tool_call>", "", "f {\"k\":1}|");
-    check(h, "<tool_call>{\"name\": \"f\", \"parameters\": {\"k\": true}}</tool_call>", "", "f {\"k\":true}|");
+    check(h, "<tool_call>{\"arguments\": {\"k\": [1, 2]}, \"name\": \"f\"}</tool_call>", "", "f {\"k\":[1,2]}|");
+    check(h, "<tool_call>{\"name\": \"f\", \"parameters\": {\"k\": true}}</tool_call>", "", "f {\"k\": true}|");
+    check(h, "<tool_call>{\"name\": \"f\", \"arguments\": {\"k\": null}, \"id\": \"x\"}</tool_call>", "",
+          "f {\"k\": null}|");
     /* the model stopped after the object without the end marker */
     check(h, "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n", "", "f {}|");
     /* text after a call is content; text and a marker-like "<" */
     check(h, "a < b <tool_cal", "a < b <tool_cal", "");
     check(h, "<tool_call>{\"name\":\"f\",\"arguments\":{}}</tool_call> done", " done", "f {}|");
-    /* the whole answer a call without the markers, bare or fenced */
-    check(h, " {\"name\": \"f\", \"arguments\": {\"a\": 1}}\n", "", "f {\"a\":1}|");
+    check(h, "<tool_call>{\"name\": \"f\", \"arguments\": {}} trailing</tool_call>", " trailing</tool_call>", "f {}|");
+    /* the answer opens with a call without the markers, bare or fenced */
+    check(h, " {\"name\": \"f\", \"arguments\": {\"a\": 1}}\n", "", "f {\"a\": 1}|");
     check(h, "```json\n{\n  \"name\": \"f\",\n  \"arguments\": {}\n}\n```", "", "f {}|");
+    check(h, "{\"name\": \"f\", \"arguments\": {}} is how a call looks", " is how a call looks", "f {}|");
     /* an answer that only starts like one */
     check_plain(h, "```python\nprint(1)\n```");
     check_plain(h, "```json\n{\"city\": \"Paris\"}\n```");
-    check_plain(h, "{\"name\": \"f\", \"arguments\": {}} is how a call looks");
+    check_plain(h, "The call {\"name\": \"f\", \"arguments\": {}}");
     check_plain(h, "``");
 }
 
 static void test_hermes_malformed(void **state) {
     (void)state;
     cv_tool_syntax h = CV_TOOL_SYNTAX_HERMES;
-    check_plain(h, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par");
     check_plain(h, "<tool_call>\n{\"name\": get_weather}\n</tool_call>");
     check_plain(h, "<tool_call>{\"arguments\": {}}</tool_call>");
     check_plain(h, "<tool_call>{\"name\": \"\", \"arguments\": {}}</tool_call>");
     check_plain(h, "<tool_call>{\"name\": 3, \"arguments\": {}}</tool_call>");
     check_plain(h, "<tool_call>{\"name\": \"f\", \"arguments\": [1]}</tool_call>");
     check_plain(h, "<tool_call>{\"name\": \"f\", \"arguments\": \"not json\"}</tool_call>");
-    check_plain(h, "<tool_call>{\"name\": \"f\", \"arguments\": {}} trailing</tool_call>");
+    check_plain(h, "<tool_call>{\"name\": \"f\", \"arguments\": 1, \"x\"}</tool_call>");
+    check_plain(h, "<tool_call>{\"name\": \"f\"</tool_call>");
     check_plain(h, "<tool_call></tool_call>");
     check_plain(h, "<tool_call>");
     /* a bad call, then a good one: each decided on its own */
     check(h, "<tool_call>{oops}</tool_call>\n<tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>",
           "<tool_call>{oops}</tool_call>", "f {}|");
+    /* once begun, a call stays one: cut off (max_tokens), or its JSON broken */
+    check(h, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par", "",
+          "get_weather {\"city\": \"Par!|");
+    check(h, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": tru}}</tool_call>", "}}</tool_call>",
+          "f {\"a\": tru!|");
+    check(h, "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 01}}</tool_call>", "1}}</tool_call>",
+          "f {\"a\": 0!|");
 }
 
-/* A call's text past max_bytes is content. */
+/* A call held past max_bytes is content; a streaming one is not held. */
 static void test_max_bytes(void **state) {
     (void)state;
     out o = {0};
-    cv_tool_sink sink = {on_content, on_call, &o};
+    cv_tool_sink sink = {on_content, on_begin, on_args, on_end, &o};
     cv_tool_parser *p;
     cv_error err = {0};
     assert_int_equal(cv_tool_parser_new(CV_TOOL_SYNTAX_HERMES, 0, 32, &sink, &p, &err), CV_OK);
-    const char *t = "<tool_call>{\"name\": \"f\", \"arguments\": {\"long\": \"xxxxxxxxxxxxxxxx\"}}</tool_call>";
+    const char *t = "<tool_call>{\"arguments\": {\"long\": \"xxxxxxxxxxxxxxxx\"}, \"name\": \"f\"}</tool_call>";
     assert_int_equal(cv_tool_parser_feed(p, t, strlen(t)), CV_OK);
     assert_int_equal(cv_tool_parser_finish(p), CV_OK);
     assert_string_equal(o.content, t);
     assert_string_equal(o.calls, "");
+    cv_tool_parser_free(p);
+    memset(&o, 0, sizeof o);
+    assert_int_equal(cv_tool_parser_new(CV_TOOL_SYNTAX_HERMES, 0, 32, &sink, &p, &err), CV_OK);
+    t = "<tool_call>{\"name\": \"f\", \"arguments\": {\"long\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}</tool_call>";
+    assert_int_equal(cv_tool_parser_feed(p, t, strlen(t)), CV_OK);
+    assert_int_equal(cv_tool_parser_finish(p), CV_OK);
+    assert_string_equal(o.content, "");
+    assert_string_equal(o.calls, "f {\"long\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}|");
+    cv_tool_parser_free(p);
+}
+
+/* Arguments go on as they come: a piece per feed, none held back. */
+static void test_streaming(void **state) {
+    (void)state;
+    out o = {0};
+    cv_tool_sink sink = {on_content, on_begin, on_args, on_end, &o};
+    cv_tool_parser *p;
+    cv_error err = {0};
+    assert_int_equal(cv_tool_parser_new(CV_TOOL_SYNTAX_HERMES, 0, 0, &sink, &p, &err), CV_OK);
+    static const char *const pieces[] = {"<tool_call>\n{\"name\": \"get_", "weather\", \"arguments\": ", "{\"ci",
+                                         "ty\": \"Pa", "ris\"", "}}\n</tool_call>"};
+    static const char *const calls_after[] = {"", "", "get_weather {\"ci", "get_weather {\"city\": \"Pa",
+                                              "get_weather {\"city\": \"Paris\"",
+                                              "get_weather {\"city\": \"Paris\"}|"};
+    for (size_t i = 0; i < 6; i++) {
+        assert_int_equal(cv_tool_parser_feed(p, pieces[i], strlen(pieces[i])), CV_OK);
+        assert_string_equal(o.calls, calls_after[i]);
+        assert_int_equal(o.in_call, i >= 2 && i < 5);
+    }
+    assert_int_equal(o.pieces, 4);
+    assert_int_equal(cv_tool_parser_finish(p), CV_OK);
+    assert_string_equal(o.content, "");
     cv_tool_parser_free(p);
 }
 
 static void test_llama3(void **state) {
     (void)state;
     cv_tool_syntax l = CV_TOOL_SYNTAX_LLAMA3;
-    check(l, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}", "", "get_weather {\"city\":\"Oslo\"}|");
-    check(l, "\n {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"arguments\": {\"n\": 2}}", "", "a {}|b {\"n\":2}|");
-    check(l, "<|python_tag|>{\"name\": \"a\", \"parameters\": {\"q\": \"x\"}}", "", "a {\"q\":\"x\"}|");
+    check(l, "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}", "", "get_weather {\"city\": \"Oslo\"}|");
+    check(l, "\n {\"name\": \"a\", \"parameters\": {}}; {\"name\": \"b\", \"arguments\": {\"n\": 2}}", "", "a {}|b {\"n\": 2}|");
+    check(l, "<|python_tag|>{\"name\": \"a\", \"parameters\": {\"q\": \"x\"}}", "", "a {\"q\": \"x\"}|");
     check(l, "Calling it: <|python_tag|>{\"name\": \"a\", \"parameters\": {}}", "Calling it:", "a {}|");
     check(l, "```json\n{\"name\": \"a\", \"parameters\": {}}\n```\n", "", "a {}|");
+    check(l, "{\"name\": \"a\", \"parameters\": {}", "", "a {}|");
+    /* built-in tools: Python keyword arguments */
+    check(l, "<|python_tag|>brave_search.call(query=\"x \\\"y\\\" (z)\")", "", "brave_search {\"query\":\"x \\\"y\\\" (z)\"}|");
+    check(l, "<|python_tag|>wolfram_alpha.call(query='2+2', n=3, exact=True, unit=None, x=-1.5)", "",
+          "wolfram_alpha {\"query\":\"2+2\",\"n\":3,\"exact\":true,\"unit\":null,\"x\":-1.5}|");
+    check(l, "<|python_tag|>f.call()", "", "f {}|");
+    check_plain(l, "<|python_tag|>f.call(query=x)");
+    check_plain(l, "<|python_tag|>import math\nprint(math.pi)");
+    check_plain(l, "<|python_tag|>f.call(q=\"unterminated)");
     /* JSON that is no call, or not at the start, is the answer */
     check_plain(l, "{\"city\": \"Oslo\"}");
-    check_plain(l, "{\"name\": \"a\", \"parameters\": {}");
     check_plain(l, "The JSON is {\"name\": \"a\", \"parameters\": {}}");
-    check_plain(l, "<|python_tag|>brave_search.call(query=\"x\")");
     check_plain(l, "  plain answer  ");
 }
 
@@ -151,15 +226,15 @@ static void test_mistral(void **state) {
     (void)state;
     cv_tool_syntax m = CV_TOOL_SYNTAX_MISTRAL;
     check(m, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": 1}, \"id\": \"abc123xyz\"}, {\"name\": \"b\", "
-             "\"arguments\": {}}]", "", "a {\"x\":1}|b {}|");
+             "\"arguments\": {}}]", "", "a {\"x\": 1}|b {}|");
     check(m, "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Rome\"}[TOOL_CALLS]b[CALL_ID]k9[ARGS]{}", "",
-          "get_weather {\"city\":\"Rome\"}|b {}|");
+          "get_weather {\"city\": \"Rome\"}|b {}|");
     check(m, "Sure. [TOOL_CALLS] [{\"name\": \"a\", \"arguments\": {}}]", "Sure.", "a {}|");
-    check_plain(m, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}");
+    check(m, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}", "", "a {}|");
+    check(m, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}] and more", " and more", "a {}|");
+    check(m, "[TOOL_CALLS]a[ARGS]{\"x\": }", "}", "a {\"x\": !|");
     check_plain(m, "[TOOL_CALLS][]");
-    check_plain(m, "[TOOL_CALLS]a[ARGS]{\"x\": }");
     check_plain(m, "[TOOL_CALLS]a{\"x\": 1}");
-    check_plain(m, "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {}}] and more");
     check_plain(m, "[TOOL_CALL");
 }
 
@@ -175,16 +250,18 @@ static void test_deepseek(void **state) {
     /* V3 / R1 */
     check(d, DSB DCB "function" DSEP "get_weather\n```json\n{\"city\": \"Lima\"}\n```" DCE "\n" DCB "function" DSEP
              "b\n```json\n{}\n```" DCE DSE,
-          "", "get_weather {\"city\":\"Lima\"}|b {}|");
+          "", "get_weather {\"city\": \"Lima\"}|b {}|");
     /* V3.1 */
-    check(d, "Checking." DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DCE DSE, "Checking.",
-          "get_weather {\"city\":\"Lima\"}|");
-    check_plain(d, DSB DCB "function" DSEP "get_weather\n```json\n{\"city\": \"Li" DCE DSE);
-    check_plain(d, DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DSE);
+    check(d, "Checking." DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DCE DSE " Done.", "Checking. Done.",
+          "get_weather {\"city\": \"Lima\"}|");
+    check(d, DSB DCB "function" DSEP "get_weather\n```json\n{\"city\": \"Li" DCE DSE, "",
+          "get_weather {\"city\": \"Li" DCE DSE "!|");
+    check(d, DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DSE, "", "get_weather {\"city\": \"Lima\"}|");
     check_plain(d, DSB DSE);
     /* stopped after a whole call without the closing marker */
-    check(d, DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DCE, "", "get_weather {\"city\":\"Lima\"}|");
+    check(d, DSB DCB "get_weather" DSEP "{\"city\": \"Lima\"}" DCE, "", "get_weather {\"city\": \"Lima\"}|");
     check_plain(d, DSB "garbage" DSE);
+    check_plain(d, DSB DCB "get_weather" DSEP "[1]" DCE DSE);
 }
 
 static void test_none(void **state) {
@@ -233,7 +310,7 @@ static void test_template_syntax(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_hermes),   cmocka_unit_test(test_hermes_malformed), cmocka_unit_test(test_max_bytes),
+        cmocka_unit_test(test_hermes),   cmocka_unit_test(test_hermes_malformed), cmocka_unit_test(test_max_bytes), cmocka_unit_test(test_streaming),
         cmocka_unit_test(test_llama3),   cmocka_unit_test(test_mistral),          cmocka_unit_test(test_deepseek),
         cmocka_unit_test(test_none),     cmocka_unit_test(test_template_syntax),
     };
