@@ -130,7 +130,7 @@ int main(int argc, char **argv) {
     }
     double t0 = cv_seconds();
     cv_gvocab *v;
-    if (cv_gvocab_new(nv, pieces, lens, ends, &v, &e) != CV_OK) die("vocabulary", &e);
+    if (cv_gvocab_new(nv, pieces, lens, ends, NULL, NULL, &v, &e) != CV_OK) die("vocabulary", &e);
     double vocab_ms = (cv_seconds() - t0) * 1e3;
 
     json_t *out = json_pack("{s:s,s:i,s:f,s:[]}", "model", model, "n_vocab", nv, "vocab_build_ms", vocab_ms, "schemas");

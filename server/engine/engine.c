@@ -584,22 +584,27 @@ void cv_engine_free(cv_engine *e) {
     free_parts(e);
 }
 
-/* The vocabulary trie, built on first use (gram_mu held). */
+/* The vocabulary trie, built on first use (gram_mu held); control tokens by their text
+ * for a grammar's token terminals. */
 static cv_status grammar_vocab(cv_engine *e, cv_error *err) {
     if (e->gvocab) return CV_OK;
     int32_t n = cv_tok_n_vocab(e->tok);
-    const char **pieces = malloc((size_t)n * sizeof *pieces);
-    size_t *lens = malloc((size_t)n * sizeof *lens);
+    const char **pieces = malloc((size_t)n * sizeof *pieces), **texts = malloc((size_t)n * sizeof *texts);
+    size_t *lens = malloc((size_t)n * sizeof *lens), *text_lens = malloc((size_t)n * sizeof *text_lens);
     uint8_t *ends = malloc((size_t)n);
     cv_status st = CV_OK;
-    if (!pieces || !lens || !ends) st = cv_errorf(err, CV_ENOMEM, "engine: out of memory for the grammar vocabulary");
+    if (!pieces || !lens || !ends || !texts || !text_lens)
+        st = cv_errorf(err, CV_ENOMEM, "engine: out of memory for the grammar vocabulary");
     for (int32_t i = 0; st == CV_OK && i < n; i++) {
         st = cv_tok_piece(e->tok, i, 0, &pieces[i], &lens[i], err);
+        if (st == CV_OK) st = cv_tok_piece(e->tok, i, CV_TOK_RENDER_SPECIAL, &texts[i], &text_lens[i], err);
         ends[i] = (uint8_t)(cv_tok_is_eog(e->tok, i) != 0);
     }
-    if (st == CV_OK) st = cv_gvocab_new(n, pieces, lens, ends, &e->gvocab, err);
+    if (st == CV_OK) st = cv_gvocab_new(n, pieces, lens, ends, texts, text_lens, &e->gvocab, err);
     free(pieces);
     free(lens);
+    free(texts);
+    free(text_lens);
     free(ends);
     return st;
 }

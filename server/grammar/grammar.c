@@ -33,6 +33,8 @@ typedef struct builder {
     size_t n_sets, cap_sets;
     int32_t *set_index; /* open addressing over sets: set id + 1 */
     size_t set_cap;
+    cv_gtoken *toks;    /* token terminals (few: a linear search interns them) */
+    size_t n_toks, cap_toks;
     size_t n_el;
     const char *text, *end, *p;
     cv_error *err;
@@ -391,6 +393,67 @@ static bool parse_braces(builder *b, ivec *alt, size_t from) {
     return repeat(b, alt, from, min, max);
 }
 
+/* ---- token terminals ---- */
+
+/* The index of token terminal (id, text), added when new; -1 after a failure. */
+static int32_t intern_token(builder *b, int32_t id, const char *text, size_t len) {
+    for (size_t i = 0; i < b->n_toks; i++)
+        if (b->toks[i].id == id && b->toks[i].len == len && (!len || !memcmp(b->toks[i].text, text, len)))
+            return (int32_t)i;
+    if (b->n_toks >= (1u << 20)) return failf(b, CV_ERANGE, b->p, "more than 1048576 token terminals"), -1;
+    if (!cv_gu_grow((void **)&b->toks, &b->cap_toks, b->n_toks + 1, sizeof *b->toks)) return oom(b), -1;
+    cv_gtoken *t = &b->toks[b->n_toks];
+    *t = (cv_gtoken){id, NULL, len};
+    if (text && !(t->text = malloc(len + 1))) return oom(b), -1;
+    if (text) {
+        memcpy(t->text, text, len);
+        t->text[len] = 0;
+    }
+    return (int32_t)b->n_toks++;
+}
+
+/* <[N]>, <TEXT> or <"TEXT"> at b->p into alt. */
+static bool parse_token(builder *b, ivec *alt) {
+    const char *at = b->p;
+    char text[CV_GRAMMAR_MAX_TOKEN_TEXT];
+    size_t len = 0;
+    int32_t id = -1;
+    if (b->end - b->p >= 2 && b->p[1] == '[') {
+        b->p += 2;
+        long v = 0;
+        const char *digits = b->p;
+        while (b->p < b->end && *b->p >= '0' && *b->p <= '9' && v <= INT32_MAX) v = v * 10 + (*b->p++ - '0');
+        if (b->p == digits || v > INT32_MAX) return failf(b, CV_EINVAL, at, "<[...]> needs a token id (0 to 2147483647)");
+        if (b->end - b->p < 2 || b->p[0] != ']' || b->p[1] != '>') return failf(b, CV_EINVAL, at, "expected ]> after the token id");
+        b->p += 2;
+        id = (int32_t)v;
+    } else if (b->end - b->p >= 2 && b->p[1] == '"') {
+        b->p += 2;
+        while (b->p < b->end && *b->p != '"') {
+            uint32_t cp;
+            char u[4];
+            if (!parse_char(b, &cp)) return false;
+            int n = cv_utf8_encode(cp, u);
+            if (len + (size_t)n >= sizeof text) return failf(b, CV_ERANGE, at, "token text over 255 bytes");
+            memcpy(text + len, u, (size_t)n);
+            len += (size_t)n;
+        }
+        if (b->end - b->p < 2 || b->p[1] != '>') return failf(b, CV_EINVAL, at, "expected \"> after the token text");
+        b->p += 2;
+    } else {
+        const char *gt = memchr(b->p, '>', (size_t)(b->end - b->p));
+        const char *nl = memchr(b->p, '\n', (size_t)(b->end - b->p));
+        if (!gt || (nl && nl < gt)) return failf(b, CV_EINVAL, at, "unterminated token <...>");
+        len = (size_t)(gt - b->p) + 1;
+        if (len >= sizeof text) return failf(b, CV_ERANGE, at, "token text over 255 bytes");
+        memcpy(text, b->p, len);
+        b->p = gt + 1;
+    }
+    if (id < 0 && len == 0) return failf(b, CV_EINVAL, at, "empty token text");
+    int32_t k = intern_token(b, id, id < 0 ? text : NULL, id < 0 ? len : 0);
+    return k >= 0 && push(b, alt, CV_GEL_TOKEN(k));
+}
+
 /* ---- rules ---- */
 
 static bool parse_alternates(builder *b, int32_t rule, bool nested, int depth);
@@ -414,6 +477,9 @@ static bool parse_sequence(builder *b, ivec *alt, bool nested, int depth) {
         } else if (c == '[') {
             sym = alt->n;
             if (!parse_class(b, alt)) return false;
+        } else if (c == '<') {
+            sym = alt->n;
+            if (!parse_token(b, alt)) return false;
         } else if (c == '.') {
             sym = alt->n;
             b->p++;
@@ -508,7 +574,7 @@ static bool check_left_recursion(builder *b) {
             for (size_t a = 0; a < b->rules[r].n_alts && !nullable[r]; a++) {
                 const ivec *alt = &b->rules[r].alts[a];
                 size_t i = 0;
-                while (i < alt->n && alt->v[i] < 0 && nullable[CV_GEL_RULE(alt->v[i])]) i++;
+                while (i < alt->n && CV_GEL_IS_REF(alt->v[i]) && nullable[CV_GEL_RULE(alt->v[i])]) i++;
                 if (i == alt->n) nullable[r] = changed = true;
             }
         }
@@ -527,7 +593,7 @@ static bool check_left_recursion(builder *b) {
                 continue;
             }
             const ivec *alt = &R->alts[f->alt];
-            if (f->el >= alt->n || alt->v[f->el] >= 0) {
+            if (f->el >= alt->n || !CV_GEL_IS_REF(alt->v[f->el])) {
                 f->alt++, f->el = 0;
                 continue;
             }
@@ -597,6 +663,10 @@ static bool finish(builder *b, cv_grammar *g) {
     g->sets = b->sets;
     g->n_sets = (int32_t)b->n_sets;
     b->sets = NULL;
+    g->toks = b->toks;
+    g->n_toks = (int32_t)b->n_toks;
+    b->toks = NULL;
+    b->n_toks = 0;
     return true;
 }
 
@@ -616,6 +686,8 @@ cv_status cv_grammar_parse(const char *text, size_t len, cv_grammar **out, cv_er
     free(b.names);
     free(b.sets);
     free(b.set_index);
+    for (size_t i = 0; i < b.n_toks; i++) free(b.toks[i].text);
+    free(b.toks);
     if (!*out) cv_grammar_free(g);
     return b.st;
 }
@@ -626,6 +698,8 @@ void cv_grammar_free(cv_grammar *g) {
     free(g->alt);
     free(g->rule_alt);
     free(g->sets);
+    for (int32_t i = 0; i < g->n_toks; i++) free(g->toks[i].text);
+    free(g->toks);
     free(g);
 }
 

@@ -4,7 +4,14 @@
  * newlines are allowed inside parentheses and after `|`), `#` comments, string
  * literals "..." with \n \r \t \\ \" \xHH \uHHHH \UHHHHHHHH escapes, character classes
  * [a-z0-9_] and [^...], `.` (any character), rule names, ( groups ), and the postfix
- * operators * + ? {m} {m,} {m,n}. The start rule is `root`. Characters are Unicode code
+ * operators * + ? {m} {m,} {m,n}, and llama.cpp's token terminals: <[N]> is the token
+ * with id N, <TEXT> (from '<' to the first '>', both included, as <|python_tag|>) the
+ * token whose text that is; corvid adds <"TEXT"> (a string literal, for a token whose
+ * text is not in angle brackets, as Mistral's [TOOL_CALLS]). A token terminal matches
+ * that one token, never the same text written with other tokens: the way to put a
+ * control token where the grammar allows it and nowhere else. Which token a text names
+ * is settled against a vocabulary (grammar_match.h). The start rule is `root`.
+ * Characters are Unicode code
  * points written as UTF-8: classes and `.` are compiled to byte sequences here, so the
  * matcher (grammar_match.h) works on bytes and a token that ends inside a character
  * is handled like any other prefix.
@@ -30,10 +37,23 @@
 
 /* Element codes in cv_grammar.el: a value >= 0 is the index of a byte set that
  * matches one byte; CV_GEL_END ends an alternative; a rule reference r is
- * CV_GEL_REF(r). */
+ * CV_GEL_REF(r); token terminal k (cv_grammar.toks[k]) is CV_GEL_TOKEN(k). */
 #define CV_GEL_END (-1)
 #define CV_GEL_REF(r) (-2 - (int32_t)(r))
 #define CV_GEL_RULE(e) (-2 - (int32_t)(e))
+#define CV_GEL_TOKEN(k) (INT32_MIN + (int32_t)(k))
+#define CV_GEL_IS_TOKEN(e) ((e) < -(1 << 30))
+#define CV_GEL_IS_REF(e) ((e) <= -2 && !CV_GEL_IS_TOKEN(e))
+#define CV_GEL_TOKEN_INDEX(e) ((int32_t)((e) - INT32_MIN))
+
+#define CV_GRAMMAR_MAX_TOKEN_TEXT 256
+
+/* A token terminal: an id, or the text of the token meant. */
+typedef struct cv_gtoken {
+    int32_t id;   /* -1: named by text */
+    char *text;   /* NUL-terminated; NULL for an id */
+    size_t len;
+} cv_gtoken;
 
 typedef struct cv_grammar {
     int32_t *el;          /* every alternative's elements, each followed by CV_GEL_END */
@@ -44,6 +64,8 @@ typedef struct cv_grammar {
     int32_t root;
     uint64_t (*sets)[4];  /* 256-bit byte sets */
     int32_t n_sets;
+    cv_gtoken *toks;      /* the token terminals, each once */
+    int32_t n_toks;
 } cv_grammar;
 
 /* Compiles text[0..len). CV_EINVAL (syntax, undefined rule, left recursion, UTF-8)

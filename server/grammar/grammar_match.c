@@ -23,6 +23,8 @@ struct cv_gvocab {
     int32_t n_ends;
     char *bytes;        /* token i's bytes: bytes[off[i] .. off[i + 1]) */
     size_t *off;
+    char *texts;        /* a token without bytes: its text, texts[toff[i] .. toff[i + 1]) */
+    size_t *toff;
     int32_t max_len;    /* the longest token's bytes: the trie's depth */
 };
 
@@ -38,7 +40,8 @@ static int cmp_tokens(const void *a, const void *b) {
 }
 
 cv_status cv_gvocab_new(int32_t n_vocab, const char *const *pieces, const size_t *lens,
-                        const uint8_t *is_end, cv_gvocab **out, cv_error *err) {
+                        const uint8_t *is_end, const char *const *texts, const size_t *text_lens,
+                        cv_gvocab **out, cv_error *err) {
     *out = NULL;
     if (n_vocab <= 0) return cv_errorf(err, CV_EINVAL, "grammar vocabulary: %d tokens", (int)n_vocab);
     cv_gvocab *v = calloc(1, sizeof *v);
@@ -54,6 +57,17 @@ cv_status cv_gvocab_new(int32_t n_vocab, const char *const *pieces, const size_t
     v->bytes = malloc(total);
     v->off = malloc(((size_t)n_vocab + 1) * sizeof *v->off);
     if (!v->nodes || !v->tok_next || !v->ends || !v->bytes || !v->off) goto oom;
+    size_t text_total = 1;
+    for (int32_t i = 0; texts && i < n_vocab; i++) text_total += lens[i] ? 0 : text_lens[i];
+    v->texts = malloc(text_total);
+    v->toff = malloc(((size_t)n_vocab + 1) * sizeof *v->toff);
+    if (!v->texts || !v->toff) goto oom;
+    v->toff[0] = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        size_t tl = texts && !lens[i] ? text_lens[i] : 0;
+        if (tl) memcpy(v->texts + v->toff[i], texts[i], tl);
+        v->toff[i + 1] = v->toff[i] + tl;
+    }
     v->off[0] = 0;
     for (int32_t i = 0; i < n_vocab; i++) {
         memcpy(v->bytes + v->off[i], pieces[i], lens[i]);
@@ -128,6 +142,8 @@ void cv_gvocab_free(cv_gvocab *v) {
     free(v->ends);
     free(v->bytes);
     free(v->off);
+    free(v->texts);
+    free(v->toff);
     free(v);
 }
 
@@ -170,6 +186,7 @@ struct cv_gdfa {
         const int32_t *tr;
     } *walk;               /* mask scratch: the trie DFS, one frame per depth */
     size_t walk_cap;
+    int32_t *tok_id;       /* per token terminal of g: the token it names */
     int32_t start;         /* the configuration before any text */
     uint64_t *none;        /* the all-zero mask after the end */
     uint64_t masks_computed;
@@ -302,7 +319,7 @@ static long closure(cv_gdfa *m, size_t n_work) {
         if (m->stamp[n] == m->cur_stamp) continue;
         m->stamp[n] = m->cur_stamp;
         int32_t e = n == 0 ? CV_GEL_END : g->el[m->npos[n]];
-        if (n == 0 || e >= 0) {
+        if (n == 0 || e >= 0 || CV_GEL_IS_TOKEN(e)) {
             if (n_out == CV_GMATCH_MAX_STACKS) return -2;
             if (!cv_gu_grow((void **)&m->out, &m->out_cap, n_out + 1, sizeof *m->out)) return -1;
             m->out[n_out++] = n;
@@ -346,8 +363,8 @@ static int32_t step(cv_gdfa *m, int32_t c, uint8_t b, cv_error *err) {
     for (int32_t i = 0; i < len; i++) {
         int32_t n = m->pool[start + i];
         if (n == 0) continue;
-        int32_t pos = m->npos[n];
-        if (cv_grammar_set_has(m->g, m->g->el[pos], b) && !push_work(m, &n_work, node(m, pos + 1, m->nparent[n])))
+        int32_t pos = m->npos[n], e = m->g->el[pos];
+        if (e >= 0 && cv_grammar_set_has(m->g, e, b) && !push_work(m, &n_work, node(m, pos + 1, m->nparent[n])))
             return closure_err(-1, err), -1;
     }
     long k = closure(m, n_work);
@@ -356,6 +373,59 @@ static int32_t step(cv_gdfa *m, int32_t c, uint8_t b, cv_error *err) {
     if (next < 0) return closure_err(-1, err), -1;
     m->cfgs[c].trans[b] = next; /* cfgs may have moved: index again */
     return next;
+}
+
+/* The configuration after token t from configuration c by the token terminals that
+ * name it: 0 when none does, -1 (err set) on failure. Not cached: only control tokens
+ * come this way, and rarely. */
+static int32_t token_step(cv_gdfa *m, int32_t c, int32_t t, cv_error *err) {
+    size_t n_work = 0;
+    const int32_t start = m->cfgs[c].start, len = m->cfgs[c].len;
+    for (int32_t i = 0; i < len; i++) {
+        int32_t n = m->pool[start + i];
+        if (n == 0) continue;
+        int32_t pos = m->npos[n], e = m->g->el[pos];
+        if (CV_GEL_IS_TOKEN(e) && m->tok_id[CV_GEL_TOKEN_INDEX(e)] == t &&
+            !push_work(m, &n_work, node(m, pos + 1, m->nparent[n])))
+            return closure_err(-1, err), -1;
+    }
+    if (!n_work) return 0;
+    long k = closure(m, n_work);
+    if (k < 0) return closure_err(k, err), -1;
+    int32_t next = intern_cfg(m, (size_t)k);
+    if (next < 0) return closure_err(-1, err), -1;
+    return next;
+}
+
+/* The token each terminal of g names in v. */
+static cv_status resolve_tokens(cv_gdfa *m, cv_error *err) {
+    const cv_grammar *g = m->g;
+    const cv_gvocab *v = m->v;
+    if (!g->n_toks) return CV_OK;
+    if (!(m->tok_id = malloc((size_t)g->n_toks * sizeof *m->tok_id))) return closure_err(-1, err);
+    for (int32_t k = 0; k < g->n_toks; k++) {
+        const cv_gtoken *t = &g->toks[k];
+        int32_t id = t->id, found = 0;
+        if (id >= v->n_vocab)
+            return cv_errorf(err, CV_EINVAL, "grammar: token <[%d]> is outside the vocabulary (%d tokens)", (int)id,
+                             (int)v->n_vocab);
+        for (int32_t i = 0; id < 0 && i < v->n_vocab; i++) {
+            /* a control token by the text it has in templates; another by its bytes */
+            size_t bl = v->off[i + 1] - v->off[i], tl = v->toff[i + 1] - v->toff[i];
+            const char *b = bl ? v->bytes + v->off[i] : v->texts + v->toff[i];
+            size_t l = bl ? bl : tl;
+            if (l == t->len && memcmp(b, t->text, l) == 0) m->tok_id[k] = i, found++;
+        }
+        if (id < 0 && found != 1)
+            return cv_errorf(err, CV_EINVAL, "grammar: the token terminal <%.*s> names %s", (int)t->len, t->text,
+                             found ? "several tokens" : "no token of this model");
+        if (id >= 0) m->tok_id[k] = id;
+        for (int32_t i = 0; i < v->n_ends; i++)
+            if (v->ends[i] == m->tok_id[k])
+                return cv_errorf(err, CV_EINVAL, "grammar: token %d is an end-of-generation token; a grammar ends "
+                                 "where it is complete, not with a terminal", (int)m->tok_id[k]);
+    }
+    return CV_OK;
 }
 
 cv_status cv_gdfa_new(cv_grammar *g, const cv_gvocab *v, cv_gdfa **out, cv_error *err) {
@@ -382,6 +452,11 @@ cv_status cv_gdfa_new(cv_grammar *g, const cv_gvocab *v, cv_gdfa **out, cv_error
     m->nparent[0] = 0;
     m->n_nodes = 1;
     m->n_cfgs = 1; /* the dead configuration */
+    cv_status rst = resolve_tokens(m, err);
+    if (rst != CV_OK) {
+        cv_gdfa_unref(m);
+        return rst;
+    }
     size_t n_work = 0;
     for (int32_t a = g->rule_alt[g->root]; a < g->rule_alt[g->root + 1]; a++)
         if (!push_work(m, &n_work, node(m, g->alt[a], 0))) goto oom;
@@ -421,6 +496,7 @@ void cv_gdfa_unref(cv_gdfa *m) {
     free(m->out);
     free(m->walk);
     free(m->none);
+    free(m->tok_id);
     cv_grammar_free(m->g);
     free(m);
 }
@@ -475,6 +551,13 @@ static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *e
     }
     if (m->cfgs[c].accepting)
         for (int32_t i = 0; i < v->n_ends; i++) mask[v->ends[i] >> 6] |= 1ULL << (v->ends[i] & 63);
+    for (int32_t i = 0; i < m->cfgs[c].len; i++) {
+        int32_t n = m->pool[m->cfgs[c].start + i], e = n ? m->g->el[m->npos[n]] : 0;
+        if (CV_GEL_IS_TOKEN(e)) {
+            int32_t t = m->tok_id[CV_GEL_TOKEN_INDEX(e)];
+            mask[t >> 6] |= 1ULL << (t & 63);
+        }
+    }
     return CV_OK;
 }
 
@@ -533,8 +616,9 @@ cv_status cv_gmatch_accept_token(cv_gmatch *m, int32_t token, cv_error *err) {
         return CV_OK;
     }
     size_t len = v->off[token + 1] - v->off[token];
-    int32_t c = 0;
-    cv_status st = len ? advance(m, v->bytes + v->off[token], len, &c, err) : CV_OK;
+    int32_t c = m->d->tok_id ? token_step(m->d, m->state, token, err) : 0;
+    if (c < 0) return err ? err->code : CV_ENOMEM;
+    cv_status st = len && !c ? advance(m, v->bytes + v->off[token], len, &c, err) : CV_OK;
     if (st != CV_OK) return st;
     if (c == 0) return cv_errorf(err, CV_EINVAL, "grammar: token %d is not allowed here", (int)token);
     m->state = c;

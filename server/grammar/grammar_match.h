@@ -1,9 +1,11 @@
 /* grammar_match: which tokens a grammar allows next, for constrained sampling.
  *
  * cv_gvocab is a tokenizer's vocabulary as a byte trie (built once per model): each
- * token is the bytes it produces; tokens without bytes (control tokens) are never
- * allowed, except the end tokens, which are allowed exactly when the text so far is
- * a complete sentence of the grammar.
+ * token is the bytes it produces; tokens without bytes (control tokens) are allowed
+ * only where a token terminal of the grammar names them (grammar.h), and the end
+ * tokens exactly when the text so far is a complete sentence of the grammar. A token
+ * terminal matches its token alone: where a stack's top names token t, t advances by
+ * that terminal (not by its bytes).
  *
  * cv_gmatch follows one sequence. Its state is a set of pushdown stacks (the grammar
  * is nondeterministic: every stack is a way the text so far can continue), hash-consed
@@ -37,9 +39,13 @@
 
 typedef struct cv_gvocab cv_gvocab;
 
-/* pieces[i][0..lens[i]) are token i's bytes; is_end[i] marks end-of-generation tokens. */
+/* pieces[i][0..lens[i]) are token i's bytes; is_end[i] marks end-of-generation tokens;
+ * texts[i][0..text_lens[i]) is the text that names a token without bytes (a control
+ * token as the template writes it, [TOOL_CALLS]) in a grammar's <TEXT> terminal; texts
+ * may be NULL (then such a terminal names tokens with bytes only). */
 cv_status cv_gvocab_new(int32_t n_vocab, const char *const *pieces, const size_t *lens,
-                        const uint8_t *is_end, cv_gvocab **out, cv_error *err);
+                        const uint8_t *is_end, const char *const *texts, const size_t *text_lens,
+                        cv_gvocab **out, cv_error *err);
 void cv_gvocab_free(cv_gvocab *v);
 int32_t cv_gvocab_n_vocab(const cv_gvocab *v);
 
@@ -50,7 +56,8 @@ int32_t cv_gvocab_n_vocab(const cv_gvocab *v);
  * matchers that share one must run on one thread at a time (the engine's). */
 typedef struct cv_gdfa cv_gdfa;
 
-/* Takes ownership of g (freed with the last reference, also on failure). */
+/* Takes ownership of g (freed with the last reference, also on failure). CV_EINVAL
+ * when a token terminal names no token of v, several, or an end token. */
 cv_status cv_gdfa_new(cv_grammar *g, const cv_gvocab *v, cv_gdfa **out, cv_error *err);
 cv_gdfa *cv_gdfa_ref(cv_gdfa *d);
 void cv_gdfa_unref(cv_gdfa *d);

@@ -61,15 +61,57 @@ static void gbnf_text(FILE *f, const char *s) {
     }
 }
 
+#define DS_CALLS_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "begin\xef\xbd\x9c>"
+#define DS_CALLS_END "<\xef\xbd\x9ctool\xe2\x96\x81" "calls\xe2\x96\x81" "end\xef\xbd\x9c>"
+#define DS_CALL_BEGIN "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "begin\xef\xbd\x9c>"
+#define DS_CALL_END "<\xef\xbd\x9ctool\xe2\x96\x81" "call\xe2\x96\x81" "end\xef\xbd\x9c>"
+#define DS_SEP "<\xef\xbd\x9ctool\xe2\x96\x81sep\xef\xbd\x9c>"
+
+/* How one syntax form writes its calls, as GBNF: root ::= open call (join call)* close
+ * and callI ::= head NAME mid argsI tail, NAME a literal of the name (as a JSON string
+ * when json_name). Markers that are control tokens are token terminals (<"...">), so
+ * the model writes them as the tokens themselves. */
+typedef struct call_form {
+    const char *open, *join, *close, *head, *mid, *tail;
+    int json_name;
+} call_form;
+
+static const call_form forms[] = {
+    /* hermes */
+    {"", "\"\\n\"", "", "\"<tool_call>\\n{\\\"name\\\": \"", "\", \\\"arguments\\\": \"", "\"}\\n</tool_call>\"", 1},
+    /* llama3 */
+    {"", "\"; \"", "", "\"{\\\"name\\\": \"", "\", \\\"parameters\\\": \"", "\"}\"", 1},
+    /* mistral v3 */
+    {"<\"[TOOL_CALLS]\"> \"[\"", "\", \"", "\"]\"", "\"{\\\"name\\\": \"", "\", \\\"arguments\\\": \"", "\"}\"", 1},
+    /* mistral with [ARGS] (Small 3.2, Devstral) */
+    {"", "", "", "<\"[TOOL_CALLS]\">", "<\"[ARGS]\">", "", 0},
+    /* deepseek V3 / R1 */
+    {"<\"" DS_CALLS_BEGIN "\">", "\"\\n\"", "<\"" DS_CALLS_END "\">", "<\"" DS_CALL_BEGIN "\"> \"function\" <\"" DS_SEP "\">",
+     "\"\\n```json\\n\"", "\"\\n```\" <\"" DS_CALL_END "\">", 0},
+    /* deepseek V3.1 */
+    {"<\"" DS_CALLS_BEGIN "\">", "", "<\"" DS_CALLS_END "\">", "<\"" DS_CALL_BEGIN "\">", "<\"" DS_SEP "\">",
+     "<\"" DS_CALL_END "\">", 0},
+};
+
+static const call_form *form_of(cv_tool_syntax syn, unsigned tf) {
+    switch (syn) {
+    case CV_TOOL_SYNTAX_HERMES: return &forms[0];
+    case CV_TOOL_SYNTAX_LLAMA3: return &forms[1];
+    case CV_TOOL_SYNTAX_MISTRAL: return &forms[tf & CV_TOOL_FORM_ARGS_MARKER ? 3 : 2];
+    case CV_TOOL_SYNTAX_DEEPSEEK: return &forms[tf & CV_TOOL_FORM_FENCED ? 4 : 5];
+    default: return NULL;
+    }
+}
+
 /* The GBNF of the syntax's calls of tools (checked): rule callI per tool with its
  * parameters' schema as rule argsI. */
-static cv_status call_grammar(const json_t *tools, cv_tool_syntax syn, int parallel, cv_tool_plan *p,
-                              cv_error *err) {
-    const int hermes = syn == CV_TOOL_SYNTAX_HERMES;
+static cv_status call_grammar(const json_t *tools, const call_form *fm, int parallel, cv_tool_plan *p, cv_error *err) {
     size_t len;
     FILE *f = open_memstream(&p->grammar, &len);
     if (!f) return cv_errorf(err, CV_ENOMEM, "tools: out of memory");
-    fprintf(f, "root ::= call%s\ncall ::= ", parallel ? (hermes ? " (\"\\n\" call)*" : " (\"; \" call)*") : "");
+    fprintf(f, "root ::= %s call", fm->open);
+    if (parallel) fprintf(f, " (%s call)*", fm->join);
+    fprintf(f, " %s\ncall ::= ", fm->close);
     for (size_t i = 0; i < json_array_size(tools); i++) fprintf(f, "%scall%zu", i ? " | " : "", i);
     fputc('\n', f);
     cv_status st = CV_OK;
@@ -78,7 +120,9 @@ static cv_status call_grammar(const json_t *tools, cv_tool_syntax syn, int paral
     const json_t *t;
     json_array_foreach(tools, i, t) {
         const json_t *fn = json_object_get(t, "function"), *params = json_object_get(fn, "parameters");
-        char rule[32], *name = json_dumps(json_object_get(fn, "name"), JSON_ENCODE_ANY), *schema = NULL;
+        const json_t *jname = json_object_get(fn, "name");
+        char rule[32], *name = fm->json_name ? json_dumps(jname, JSON_ENCODE_ANY) : strdup(json_string_value(jname));
+        char *schema = NULL;
         snprintf(rule, sizeof rule, "args%zu", i);
         cv_error e = {0};
         if (!name || !any) st = cv_errorf(err, CV_ENOMEM, "tools: out of memory");
@@ -88,10 +132,9 @@ static cv_status call_grammar(const json_t *tools, cv_tool_syntax syn, int paral
             st = st == CV_ENOMEM ? cv_errorf(err, CV_ENOMEM, "tools: out of memory")
                                  : refuse(p, err, param, "a required call is held to this schema: %s", e.msg);
         } else {
-            fprintf(f, "call%zu ::= \"%s{\\\"name\\\": ", i, hermes ? "<tool_call>\\n" : "");
+            fprintf(f, "call%zu ::= %s \"", i, fm->head);
             gbnf_text(f, name);
-            fprintf(f, ", \\\"%s\\\": \" %s \"}%s\"\n%s\n", hermes ? "arguments" : "parameters", rule,
-                    hermes ? "\\n</tool_call>" : "", schema);
+            fprintf(f, "\" %s %s %s\n%s\n", fm->mid, rule, fm->tail, schema);
         }
         free(name);
         free(schema);
@@ -141,8 +184,8 @@ cv_status cv_tool_plan_make(const cv_chat_format *fmt, const char *tools, const 
     out->template_tools = given ? json_dumps(given, JSON_COMPACT) : NULL;
     if (function) out->function = strdup(function);
     if (!out->template_tools || (function && !out->function)) st = cv_errorf(err, CV_ENOMEM, "tools: out of memory");
-    else if (out->required && (out->syntax == CV_TOOL_SYNTAX_HERMES || out->syntax == CV_TOOL_SYNTAX_LLAMA3))
-        st = call_grammar(given, out->syntax, parallel, out, err);
+    else if (out->required)
+        st = call_grammar(given, form_of(out->syntax, cv_chat_format_tool_forms(fmt)), parallel, out, err);
     json_decref(given);
 out:
     json_decref(doc);

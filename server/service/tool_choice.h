@@ -12,11 +12,14 @@
  *
  * When a call is required, the output is constrained (grammar.h) to the syntax's calls
  * with each tool's parameters as their arguments' JSON schema (json_schema.h; a tool
- * without parameters takes any object), so it always parses: hermes
- * <tool_call>\n{"name": N, "arguments": {...}}\n</tool_call> and llama3
- * {"name": N, "parameters": {...}}, several (joined by "\n" and "; ") unless parallel
- * calls are off. mistral and deepseek mark calls with control tokens, which a grammar
- * over text cannot produce: their required calls are parsed but not constrained.
+ * without parameters takes any object), so it always parses, in the form the template
+ * writes: hermes <tool_call>\n{"name": N, "arguments": {...}}\n</tool_call>, llama3
+ * {"name": N, "parameters": {...}}, mistral [TOOL_CALLS][{"name": N, "arguments":
+ * {...}}] or [TOOL_CALLS]N[ARGS]{...}, deepseek <calls_begin><call_begin>function<sep>N
+ * and a ```json fence, or <call_begin>N<sep>{...}<call_end>, then <calls_end>; several
+ * unless parallel calls are off. Markers that are control tokens ([TOOL_CALLS],
+ * DeepSeek's) are token terminals of the grammar (grammar.h): the model can write them
+ * only as those tokens, and only there.
  */
 #ifndef CV_TOOL_CHOICE_H
 #define CV_TOOL_CHOICE_H

@@ -15,6 +15,7 @@ struct cv_chat_format {
     char *bos_raw;
     bool strip_bos;        /* the tokenizer adds BOS itself */
     cv_tool_syntax tools;  /* how the template writes tool calls */
+    unsigned tool_forms;   /* which forms of it (CV_TOOL_FORM_*) */
 };
 
 static const cv_chat_format families[] = {
@@ -31,6 +32,7 @@ const char *cv_chat_format_name(const cv_chat_format *f) {
 }
 
 cv_tool_syntax cv_chat_format_tool_syntax(const cv_chat_format *f) { return f->tools; }
+unsigned cv_chat_format_tool_forms(const cv_chat_format *f) { return f->tool_forms; }
 
 void cv_chat_format_free(cv_chat_format *f) {
     if (!f || !f->jinja) return; /* built-ins are static */
@@ -146,6 +148,7 @@ cv_status cv_chat_format_load(const cv_gguf *g, const cv_tok *tok, cv_chat_forma
     }
     f->strip_bos = cv_tok_adds_bos(tok);
     f->tools = cv_tool_syntax_of_template(tmpl.ptr, tmpl.len);
+    f->tool_forms = cv_tool_forms_of_template(tmpl.ptr, tmpl.len);
     if (token_text(tok, cv_tok_bos(tok), &f->bos_raw, &f->bos_len, &f->bos) != CV_OK ||
         token_text(tok, cv_tok_eos(tok), NULL, NULL, &f->eos) != CV_OK) {
         cv_chat_format_free(f);

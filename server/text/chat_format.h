@@ -41,6 +41,8 @@ void cv_chat_format_free(cv_chat_format *f);
 /* How the file's template writes tool calls (tool_calls.h); a built-in family takes no
  * tools: CV_TOOL_SYNTAX_NONE. */
 cv_tool_syntax cv_chat_format_tool_syntax(const cv_chat_format *f);
+/* The forms of that syntax the template writes (CV_TOOL_FORM_* bits). */
+unsigned cv_chat_format_tool_forms(const cv_chat_format *f);
 /* "jinja" for a file's template, else the family's name. */
 const char *cv_chat_format_name(const cv_chat_format *f);
 

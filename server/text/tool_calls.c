@@ -48,6 +48,12 @@ cv_tool_syntax cv_tool_syntax_of_template(const char *t, size_t n) {
     return CV_TOOL_SYNTAX_NONE;
 }
 
+unsigned cv_tool_forms_of_template(const char *t, size_t n) {
+    if (!t) return 0;
+    return (has(t, n, "[ARGS]") ? CV_TOOL_FORM_ARGS_MARKER : 0) |
+           (has(t, n, DS_SEP) && has(t, n, "```json") ? CV_TOOL_FORM_FENCED : 0);
+}
+
 /* Inside a call region, what comes next. */
 typedef enum rstate {
     R_OPEN,   /* the region's first call (after its marker) */

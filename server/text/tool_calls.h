@@ -49,6 +49,12 @@ typedef enum cv_tool_syntax {
 
 /* The syntax a chat template's calls take, from the markers its text writes. */
 cv_tool_syntax cv_tool_syntax_of_template(const char *tmpl, size_t len);
+/* Which of its syntax's forms a template writes (bits): mistral's N[ARGS]{...} (else
+ * [{"name": N, "arguments": {...}}]); deepseek's function<sep>N ```json fence (V3, R1;
+ * else N<sep>{...} as V3.1). What a required call is held to (tool_choice.h). */
+#define CV_TOOL_FORM_ARGS_MARKER 1u
+#define CV_TOOL_FORM_FENCED 2u
+unsigned cv_tool_forms_of_template(const char *tmpl, size_t len);
 /* "none", "hermes", "llama3", "mistral", "deepseek". */
 const char *cv_tool_syntax_name(cv_tool_syntax s);
 /* Whether the syntax's markers are control tokens, which a decoder drops unless told. */

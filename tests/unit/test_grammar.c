@@ -64,7 +64,7 @@ static vocab *make_vocab(void) {
     w->end[w->eos] = 1;
     for (int32_t i = 0; i < w->n; i++) w->ptr[i] = w->pieces[i];
     cv_error e = {0};
-    if (cv_gvocab_new(w->n, w->ptr, w->lens, w->end, &w->v, &e) != CV_OK) fail_msg("%s", e.msg);
+    if (cv_gvocab_new(w->n, w->ptr, w->lens, w->end, NULL, NULL, &w->v, &e) != CV_OK) fail_msg("%s", e.msg);
     return w;
 }
 
@@ -155,6 +155,13 @@ static void test_gbnf_refusals(void **state) {
     refused("root ::= \"\xC3\"\n", CV_EINVAL, "invalid UTF-8");
     refused("root ::= (\"a\" | \"b\"\n", CV_EINVAL, "unclosed (");
     refused("root ::= (\"a\")* \"b\" ) \n", CV_EINVAL, "unexpected character");
+    /* token terminals */
+    refused("root ::= <[x]>\n", CV_EINVAL, "needs a token id");
+    refused("root ::= <[99999999999]>\n", CV_EINVAL, "needs a token id");
+    refused("root ::= <[5]\n", CV_EINVAL, "expected ]> after the token id");
+    refused("root ::= <\"[A]\n", CV_EINVAL, "expected \"> after the token text");
+    refused("root ::= <think\n>\n", CV_EINVAL, "unterminated token");
+    refused("root ::= <\"\">\n", CV_EINVAL, "empty token text");
     /* Size bound: a 1100-byte literal repeated 1000 times is over the element limit. */
     char big[1200] = "root ::= \"";
     memset(big + strlen(big), 'x', 1100);
