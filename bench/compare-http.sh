@@ -2,7 +2,8 @@
 # The HTTP API against gRPC on one corvid-server, and (LLAMA_SERVER set) against llama.cpp's
 # llama-server on the same GGUF file, as ratios measured in one run.
 #   http_vs_grpc[C]  = bench-load --http tokens/s / bench-load (gRPC) tokens/s, C in HTTP_CONC
-#   vs_llama[C]      = corvid HTTP tokens/s / llama-server tokens/s, and TTFT p99 corvid / llama,
+#   vs_llama[C]      = corvid HTTP (and gRPC) tokens/s / llama-server tokens/s, and TTFT p99
+#                      corvid / llama,
 #                      C in PEER_CONC; same prompts (bench-load's built-in ones), same max tokens,
 #                      EOS ignored
 # Usage: bench/compare-http.sh MODEL [MAX_TOKENS] [REQUESTS_PER_STREAM]
@@ -56,9 +57,12 @@ if [ -n "${LLAMA_SERVER:-}" ]; then
         for _ in $(seq 1 "$runs"); do
             "$bin/bench-load" --addr "127.0.0.1:$hport" --http --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
                 --max-tokens "$ntok" --ignore-eos >"$tmp/c.json"
+            "$bin/bench-load" --addr "127.0.0.1:$gport" --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
+                --max-tokens "$ntok" --ignore-eos >"$tmp/g.json"
             "$bin/bench-load" --addr "127.0.0.1:$lport" --http --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
                 --max-tokens "$ntok" --ignore-eos >"$tmp/l.json"
             echo "corvid $c $(field output_tokens_per_s <"$tmp/c.json") $(field ttft_ms_p99 <"$tmp/c.json") $(field requests_failed <"$tmp/c.json")" >>"$out"
+            echo "corvid_grpc $c $(field output_tokens_per_s <"$tmp/g.json") $(field ttft_ms_p99 <"$tmp/g.json") $(field requests_failed <"$tmp/g.json")" >>"$out"
             echo "llama $c $(field output_tokens_per_s <"$tmp/l.json") $(field ttft_ms_p99 <"$tmp/l.json") $(field requests_failed <"$tmp/l.json")" >>"$out"
         done
     done
@@ -76,10 +80,14 @@ for c in sorted({int(r[1]) for r in rows if r[0] == "grpc"}):
 for c in sorted({int(r[1]) for r in rows if r[0] == "llama"}):
     ct, lt = med("corvid", c), med("llama", c)
     cp, lp = med("corvid", c, 3), med("llama", c, 3)
+    gt, gp = med("corvid_grpc", c), med("corvid_grpc", c, 3)
     res["vs_llama_server"][str(c)] = {"corvid_tokens_per_s": ct, "llama_tokens_per_s": lt,
                                       "tokens_ratio": round(ct / lt, 3), "corvid_ttft_p99_ms": cp,
                                       "llama_ttft_p99_ms": lp, "ttft_p99_ratio": round(cp / lp, 3) if lp else None,
-                                      "failed": {"corvid": sum(int(r[4]) for r in rows if r[0] == "corvid" and int(r[1]) == c),
+                                      "corvid_grpc_tokens_per_s": gt, "grpc_tokens_ratio": round(gt / lt, 3),
+                                      "corvid_grpc_ttft_p99_ms": gp,
+                                      "grpc_ttft_p99_ratio": round(gp / lp, 3) if lp else None,
+                                      "failed": {"corvid": sum(int(r[4]) for r in rows if r[0] in ("corvid", "corvid_grpc") and int(r[1]) == c),
                                                  "llama": sum(int(r[4]) for r in rows if r[0] == "llama" and int(r[1]) == c)}}
 print(json.dumps(res))
 PY
