@@ -23,6 +23,25 @@
  * token ids, then exactly one final event. A sink must never block. After the final
  * event the engine never touches the sink again.
  *
+ * Speculative decoding (spec, on by default): while at most spec_max_batch sequences
+ * run, a decoding sequence may append up to spec_max_draft drafted tokens to its row;
+ * the target verifies them in the same batched forward pass (one logits row per
+ * position) and keeps the longest prefix its own sampler agrees with plus one token of
+ * its own (cv_sampler_verify: greedy output is the non-speculative output, sampled
+ * output keeps the sampler's distribution). Drafters: prompt lookup (the most recent
+ * earlier occurrence of the longest suffix of at least spec_ngram tokens, anywhere in
+ * prompt and output: RAG passages and code being edited are copied) and, when no
+ * lookup matches, a draft model (`draft`, same vocabulary). Positions past the accepted
+ * ones are rolled back (cv_kv_truncate: blocks wholly past them return to the pool) and
+ * only verified positions are published to the prefix cache. The draft length is chosen
+ * per step and sequence to maximise the step's expected tokens per second: a sequence
+ * whose drafter agreed with the target on a share alpha of drafted tokens (decayed
+ * counts; lookup's prediction is also scored on steps that did not speculate) yields
+ * (1 - alpha^(k+1)) / (1 - alpha) tokens for k drafted, and a step of R rows costs
+ * a + b R seconds, a and b fitted to the measured times of recent steps (plus the draft
+ * model's measured step time per drafted position); k = 0 when nothing pays. Sequences
+ * with a grammar do not speculate (their matcher cannot step back).
+ *
  * Submit, cancel and stats are thread-safe. A cancelled request ends within one step
  * with finish reason CANCELLED and its KV blocks are returned.
  */
@@ -58,7 +77,22 @@ typedef struct cv_engine_config {
     int32_t max_tokens_default; /* for requests that say 0; <= 0: CV_ENGINE_MAX_TOKENS_DEFAULT */
     int prefix_cache;          /* share cached prefix blocks (above); default 1 */
     uint64_t prefix_salt;      /* the model version's part of the prefix hash chain */
+    /* Speculative decoding (above). */
+    int spec;                  /* 1 (default): draft and verify; 0: off */
+    int32_t spec_max_draft;    /* tokens drafted per sequence and step, 1..CV_ENGINE_SPEC_MAX_DRAFT */
+    int32_t spec_max_batch;    /* speculate only while at most this many sequences run */
+    int32_t spec_ngram;        /* prompt lookup: shortest suffix matched, 1..CV_ENGINE_SPEC_MAX_NGRAM */
+    cv_tp *draft;              /* a draft model's runner (borrowed; NULL: prompt lookup only), loaded
+                                  with max_batch >= max_batch_tokens and max_logits >= spec_max_batch;
+                                  its vocabulary must be the target's (the slot checks) */
 } cv_engine_config;
+
+#define CV_ENGINE_SPEC_MAX_DRAFT 16
+#define CV_ENGINE_SPEC_MAX_NGRAM 8
+
+/* Drafters, as the stats and metrics count them. */
+typedef enum cv_spec_drafter { CV_SPEC_LOOKUP = 0, CV_SPEC_DRAFT_MODEL = 1, CV_SPEC_DRAFTERS = 2 } cv_spec_drafter;
+const char *cv_spec_drafter_name(cv_spec_drafter d); /* "lookup", "draft_model" */
 
 typedef enum cv_finish {
     CV_FINISH_STOP = 1,        /* end-of-generation token or a stop string */
@@ -119,11 +153,17 @@ typedef struct cv_engine_stats {
     uint64_t prefix_queries, prefix_hits, prefix_evictions;
     int32_t prefix_blocks;
     int prefix_cache;
+    /* Speculative decoding: tokens drafted and of those accepted, by drafter. */
+    uint64_t spec_drafted[CV_SPEC_DRAFTERS], spec_accepted[CV_SPEC_DRAFTERS];
 } cv_engine_stats;
 
 typedef struct cv_engine cv_engine;
 
 void cv_engine_config_default(cv_engine_config *c);
+/* Logits rows a model must be loaded for (cv_model_opts.max_logits) to serve this config
+ * with speculation: max_running, plus spec_max_batch * spec_max_draft when spec is on,
+ * at most max_batch_tokens. A model loaded for fewer drafts fewer tokens. */
+int32_t cv_engine_logits_rows(const cv_engine_config *c);
 /* The engine borrows the model's runner and tok (they must outlive it) and starts its
  * thread, the only one that drives tp. */
 cv_status cv_engine_new(cv_tp *tp, const cv_tok *tok, const cv_engine_config *cfg,

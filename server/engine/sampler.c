@@ -408,6 +408,17 @@ static int32_t masked_argmax(const float *logits, int32_t n, const uint64_t *all
     return best < 0 ? 0 : best;
 }
 
+/* The end of every draw: the token joins the history, out gets it and its logprobs. */
+static int32_t chosen(cv_sampler *s, const float *logits, int32_t token, cv_sample *out) {
+    hist_push(s, token);
+    if (out) {
+        memset(out, 0, sizeof *out);
+        out->token = token;
+        if (s->p.logprobs || s->p.top_logprobs > 0) fill_logprobs(s, logits, out);
+    }
+    return token;
+}
+
 int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out) {
     return cv_sampler_sample_masked(s, logits, NULL, out);
 }
@@ -432,11 +443,70 @@ int32_t cv_sampler_sample_masked(cv_sampler *s, const float *logits, const uint6
         }
     }
 chosen:
-    hist_push(s, token);
-    if (out) {
-        memset(out, 0, sizeof *out);
-        out->token = token;
-        if (s->p.logprobs || s->p.top_logprobs > 0) fill_logprobs(s, logits, out);
+    return chosen(s, logits, token, out);
+}
+
+int32_t cv_sampler_verify(cv_sampler *s, const float *logits, const uint64_t *allow, int32_t draft,
+                          const float *q_probs, cv_sample *out) {
+    /* A point mass, or greedy: the ordinary draw (see sampler.h). */
+    if (!q_probs || (s->p.temperature == 0.0f && !has_penalty(s)))
+        return cv_sampler_sample_masked(s, logits, allow, out);
+    size_t n = truncate_candidates(s, logits, allow);
+    cand *c = s->cand;
+    int32_t token = c[0].id;
+    if (n > 1) {
+        const double total = temper(c, n, s->p.temperature);
+        double pd = 0.0;
+        for (size_t i = 0; i < n; i++)
+            if (c[i].id == draft) pd = c[i].w / total;
+        const double qd = draft >= 0 && draft < s->n_vocab ? q_probs[draft] : 0.0;
+        if (qd > 0.0 && rng_uniform(s->rng) * qd < pd) return chosen(s, logits, draft, out);
+        /* Rejected: one draw from max(0, p - q), normalised. Tokens outside the
+         * candidates have p = 0 and so no residual. */
+        double mass = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double r = c[i].w / total - q_probs[c[i].id];
+            if (r > 0.0) mass += r;
+        }
+        const int use_p = !(mass > 0.0); /* p == q up to rounding: p itself */
+        double u = rng_uniform(s->rng) * (use_p ? 1.0 : mass), acc = 0.0;
+        for (size_t i = 0; i < n; i++) {
+            const double r = c[i].w / total - (use_p ? 0.0 : q_probs[c[i].id]);
+            if (r <= 0.0) continue;
+            token = c[i].id;
+            acc += r;
+            if (acc > u) break;
+        }
+    }
+    return chosen(s, logits, token, out);
+}
+
+int32_t cv_sampler_draft_probs(cv_sampler *s, const float *logits, float *q_probs) {
+    memset(q_probs, 0, sizeof *q_probs * (size_t)s->n_vocab);
+    int32_t token;
+    if (s->p.temperature == 0.0f && !has_penalty(s)) {
+        token = plain_argmax(logits, s->n_vocab);
+        q_probs[token] = 1.0f;
+        return token;
+    }
+    size_t n = truncate_candidates(s, logits, NULL);
+    cand *c = s->cand;
+    token = c[0].id;
+    if (n == 1) {
+        q_probs[token] = 1.0f;
+        return token;
+    }
+    const double total = temper(c, n, s->p.temperature);
+    for (size_t i = 0; i < n; i++) q_probs[c[i].id] = (float)(c[i].w / total);
+    /* The draw uses the stored (float) q, so that q_probs describes it exactly. */
+    double u = rng_uniform(s->rng), acc = 0.0, sum = 0.0;
+    for (size_t i = 0; i < n; i++) sum += q_probs[c[i].id];
+    u *= sum;
+    for (size_t i = 0; i < n; i++) {
+        if (q_probs[c[i].id] <= 0.0f) continue;
+        token = c[i].id;
+        acc += q_probs[c[i].id];
+        if (acc > u) break;
     }
     return token;
 }

@@ -108,6 +108,33 @@ int32_t cv_sampler_sample(cv_sampler *s, const float *logits, cv_sample *out);
  * check refuses it. */
 int32_t cv_sampler_sample_masked(cv_sampler *s, const float *logits, const uint64_t *allow, cv_sample *out);
 
+/* Speculative decoding (engine.c): the target's token at a position whose drafted token
+ * is `draft`, proposed by a drafter with distribution q (q_probs: n_vocab probabilities
+ * from cv_sampler_draft_probs; NULL: a point mass on draft, as prompt lookup proposes).
+ * The returned token is distributed exactly as cv_sampler_sample_masked's draw would be
+ * (penalties, top-k, top-p, min-p, temperature, the allow mask); the caller accepts the
+ * draft when the return equals it, and otherwise keeps the returned token and drops the
+ * rest of the draft.
+ *  - q a point mass: one ordinary draw from p with one uniform, exactly as
+ *    cv_sampler_sample (same stream, same token): the draw equals draft with probability
+ *    p(draft), and otherwise is distributed as p without draft, renormalised. That is the
+ *    standard rule (accept with min(1, p/q), else draw from max(0, p - q) normalised) for
+ *    q = 1 at draft, so a seeded stream is the same with and without speculation.
+ *  - q a distribution: the standard rule: draft is kept with probability
+ *    min(1, p(draft) / q(draft)) (one uniform), else one draw (a second uniform) from
+ *    max(0, p - q) normalised.
+ * Greedy (temperature 0) is the argmax either way. Adds the returned token to the
+ * history and fills out (may be NULL) as cv_sampler_sample does. */
+int32_t cv_sampler_verify(cv_sampler *s, const float *logits, const uint64_t *allow, int32_t draft,
+                          const float *q_probs, cv_sample *out);
+
+/* For a draft model's proposal: writes q, the distribution cv_sampler_sample would draw
+ * from on these (draft) logits (n_vocab entries, 0 outside the candidates; the history
+ * as it is, without the tokens drafted since), draws one token from it with the
+ * sampler's stream and returns it. Adds nothing to the history. Greedy: q is a point
+ * mass on the argmax (no draw). */
+int32_t cv_sampler_draft_probs(cv_sampler *s, const float *logits, float *q_probs);
+
 /* The distribution the next draw would use, without drawing: writes up to cap
  * candidates (ids and probabilities after penalty, truncation and temperature,
  * summing to 1) and returns how many there are. Consumes no randomness and adds

@@ -65,6 +65,57 @@ static cv_status warm_up(cv_slot *s, cv_error *err) {
     return st;
 }
 
+/* A draft model must propose the target's token ids: the same number of tokens, each
+ * with the same bytes (control tokens' text included). */
+static cv_status same_vocab(const cv_tok *target, const cv_tok *draft, const char *path, cv_error *err) {
+    const int32_t n = cv_tok_n_vocab(target), nd = cv_tok_n_vocab(draft);
+    if (n != nd)
+        return cv_errorf(err, CV_EINVAL,
+                         "draft model %s has %d tokens, the model %d: a draft model must share the model's vocabulary",
+                         path, nd, n);
+    for (int32_t i = 0; i < n; i++) {
+        const char *a, *b;
+        size_t la, lb;
+        cv_status st;
+        if ((st = cv_tok_piece(target, i, CV_TOK_RENDER_SPECIAL, &a, &la, err)) != CV_OK ||
+            (st = cv_tok_piece(draft, i, CV_TOK_RENDER_SPECIAL, &b, &lb, err)) != CV_OK)
+            return st;
+        if (la != lb || memcmp(a, b, la) != 0)
+            return cv_errorf(err, CV_EINVAL,
+                             "draft model %s: token %d is \"%.*s\" there and \"%.*s\" in the model: a draft model "
+                             "must share the model's vocabulary",
+                             path, i, (int)(lb < 40 ? lb : 40), b, (int)(la < 40 ? la : 40), a);
+    }
+    if (cv_tok_eos(target) != cv_tok_eos(draft) || cv_tok_bos(target) != cv_tok_bos(draft))
+        return cv_errorf(err, CV_EINVAL, "draft model %s: its BOS/EOS ids (%d/%d) are not the model's (%d/%d)", path,
+                         cv_tok_bos(draft), cv_tok_eos(draft), cv_tok_bos(target), cv_tok_eos(target));
+    return CV_OK;
+}
+
+/* Opens the draft model, checks its vocabulary and loads it for the engine's drafts. */
+static cv_status load_draft(cv_slot *s, const cv_slot_options *opt, cv_engine_config *ec, cv_error *err) {
+    cv_tok *dtok = NULL;
+    cv_status st;
+    if ((st = cv_gguf_open(opt->draft_model, &s->draft_gguf, err)) != CV_OK ||
+        (st = cv_tok_load(s->draft_gguf, &dtok, err)) != CV_OK) {
+        cv_error_wrap(err, "draft model %s", opt->draft_model);
+        goto err;
+    }
+    if ((st = same_vocab(s->tok, dtok, opt->draft_model, err)) != CV_OK) goto err;
+    cv_tp_config tc = {.device = opt->device, .tp = 1, .threads = opt->threads};
+    int32_t logits = ec->spec_max_batch < ec->max_running ? ec->spec_max_batch : ec->max_running;
+    if (logits > ec->max_batch_tokens) logits = ec->max_batch_tokens;
+    cv_model_opts mo = {.max_batch = ec->max_batch_tokens, .max_logits = logits};
+    if ((st = cv_tp_load(&tc, s->draft_gguf, &mo, &s->draft_tp, err)) != CV_OK) {
+        cv_error_wrap(err, "draft model %s", opt->draft_model);
+        goto err;
+    }
+    ec->draft = s->draft_tp;
+err:
+    cv_tok_free(dtok);
+    return st;
+}
+
 cv_status cv_slot_load(const char *path, const char *version, const cv_slot_options *opt,
                        cv_stats *stats, cv_slot **out, cv_error *err) {
     cv_slot *s = calloc(1, sizeof *s);
@@ -94,12 +145,13 @@ cv_status cv_slot_load(const char *path, const char *version, const cv_slot_opti
     if (s->chat_error[0]) fprintf(stderr, "corvid: %s: %s\n", s->version, s->chat_error);
     cv_tp_config tc = {.device = opt->device, .tp = opt->tp, .threads = opt->threads};
     cv_model_opts mo = {.max_batch = opt->engine.max_batch_tokens,
-                        .max_logits = opt->engine.max_running};
+                        .max_logits = cv_engine_logits_rows(&opt->engine)};
     if ((st = cv_tp_load(&tc, s->gguf, &mo, &s->tp, err)) != CV_OK) goto err;
     /* Cached prefixes are named with the version and the file (kv_cache.h). */
     cv_engine_config ec = opt->engine;
     ec.prefix_salt = cv_bpool_hash_bytes(cv_bpool_hash_bytes(ec.prefix_salt, s->version, strlen(s->version)),
                                          s->path, strlen(s->path));
+    if (ec.spec && opt->draft_model[0] && (st = load_draft(s, opt, &ec, err)) != CV_OK) goto err;
     if ((st = cv_engine_new(s->tp, s->tok, &ec, &s->engine, err)) != CV_OK) goto err;
     if ((st = warm_up(s, err)) != CV_OK) goto err;
     *out = s;
@@ -120,6 +172,8 @@ void cv_slot_free(cv_slot *s) {
     if (!s) return;
     cv_slot_stop(s);
     cv_tp_free(s->tp);
+    cv_tp_free(s->draft_tp);
+    cv_gguf_close(s->draft_gguf);
     cv_chat_format_free(s->chat);
     cv_tok_free(s->tok);
     cv_gguf_close(s->gguf);

@@ -2,7 +2,9 @@
  *
  * cv_slot_load opens and validates the GGUF, builds its tokenizer, the model's runner
  * (its backends and tensor-parallel shards: tp.h) and an engine, in that order; any failure undoes the earlier steps and names
- * the file. The slot owns all of them. Several slots may live at once (blue/green).
+ * the file. With a draft model (speculative decoding: engine.h) it opens that file too,
+ * checks that its vocabulary is the target's token for token (the error names the
+ * first difference) and loads it on the same device and threads, unsharded. The slot owns all of them. Several slots may live at once (blue/green).
  */
 #ifndef CV_SLOT_H
 #define CV_SLOT_H
@@ -19,7 +21,8 @@ typedef struct cv_slot_options {
     int threads;                 /* <= 0: one per core; split between the tp ranks */
     cv_device device;            /* CV_DEVICE_CPU or CV_DEVICE_CUDA */
     int tp;                      /* tensor-parallel ranks (0: 1) */
-    cv_engine_config engine;
+    cv_engine_config engine;     /* its draft is set by the slot */
+    char draft_model[1024];      /* GGUF path of a draft model; "": none */
 } cv_slot_options;
 
 typedef struct cv_slot {
@@ -32,6 +35,8 @@ typedef struct cv_slot {
     cv_tok *tok;
     cv_tp *tp;
     cv_engine *engine;
+    cv_gguf *draft_gguf;         /* the draft model, when there is one */
+    cv_tp *draft_tp;
     cv_stats *stats;             /* requests served by this version (borrowed) */
 } cv_slot;
 

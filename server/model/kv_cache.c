@@ -421,6 +421,14 @@ void cv_kv_publish(cv_kv_cache *kv, int32_t seq, const int32_t *tokens, int32_t 
     }
 }
 
+void cv_kv_truncate(cv_kv_cache *kv, int32_t seq, int32_t n_pos) {
+    if (seq < 0 || seq >= kv->cfg.max_seqs || n_pos < 0) return;
+    const int32_t keep = (n_pos + kv->cfg.block_size - 1) / kv->cfg.block_size;
+    if (keep >= kv->n_entries[seq]) return;
+    give_back(kv, seq, keep, kv->n_entries[seq]);
+    kv->n_entries[seq] = keep;
+}
+
 void cv_kv_release(cv_kv_cache *kv, int32_t seq) {
     if (seq < 0 || seq >= kv->cfg.max_seqs) return;
     give_back(kv, seq, 0, kv->n_entries[seq]);

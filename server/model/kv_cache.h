@@ -133,6 +133,13 @@ cv_kv_group cv_kv_layer_group(const cv_kv_cache *kv, int32_t layer);
  * free memory blocks, CV_ERANGE when n_pos exceeds max_seq_len or seq is out of
  * range, or the backend's error when the device copy of the table cannot be updated. */
 cv_status cv_kv_reserve(cv_kv_cache *kv, int32_t seq, int32_t n_pos, cv_error *err);
+/* Speculative decoding's rollback: sequence `seq` keeps positions 0..n_pos-1 (what was
+ * verified) and gives back the blocks that hold only later positions (rejected drafts),
+ * newest first; later positions of a block it keeps are simply written again by the
+ * next step. Its published prefix blocks lie within n_pos (publish only what was
+ * verified), so the index never names a rejected token. A sliding ring keeps its
+ * blocks while the sequence still spans them. No-op when it holds no more than that. */
+void cv_kv_truncate(cv_kv_cache *kv, int32_t seq, int32_t n_pos);
 /* Give all blocks of `seq` back to the free list; the sequence is empty again. */
 void cv_kv_release(cv_kv_cache *kv, int32_t seq);
 

@@ -107,16 +107,22 @@ static const char *prompts[] = {"Once upon a time", "The little dog", "Lily and 
                                 "One day, a bird", "Tom had a red ball", "The sun was"};
 #define N_PROMPTS (int)(sizeof prompts / sizeof prompts[0])
 
-static void submit(cv_slot *s, const char *prompt, int n, result *r, uint64_t *id) {
+/* sampling NULL: greedy. */
+static void submit_sampled(cv_slot *s, const char *prompt, int n, const cv_sampler_params *sampling, result *r,
+                           uint64_t *id) {
     int32_t ids[128];
     size_t n_ids;
     cv_error err = {0};
     assert_int_equal(cv_tok_encode(s->tok, prompt, strlen(prompt), CV_TOK_ADD_SPECIAL, ids, 128, &n_ids, &err), CV_OK);
     cv_engine_request req = {.prompt = ids, .n_prompt = (int32_t)n_ids, .max_tokens = n, .ignore_eos = 1};
-    req.sampling.top_p = 1;
-    req.sampling.repeat_penalty = 1;
+    if (sampling) req.sampling = *sampling;
+    else cv_sampler_params_off(&req.sampling);
     cv_engine_sink sink = {on_chunk, on_final, r};
     if (cv_engine_submit(s->engine, &req, &sink, id, &err) != CV_OK) fail_msg("submit: %s", err.msg);
+}
+
+static void submit(cv_slot *s, const char *prompt, int n, result *r, uint64_t *id) {
+    submit_sampled(s, prompt, n, NULL, r, id);
 }
 
 /* Greedy outputs of each of the n_p prompts run alone, one at a time. */
@@ -512,6 +518,132 @@ static void test_prefix_cache_with_sliding_window_layers(void **state) {
     cv_slot_free(s);
 }
 
+/* ---- speculative decoding ---- */
+
+/* stories260K (blocks of 4, batches of 64) with speculation on or off, speculating
+ * with up to max_running sequences, prompt lookup from suffixes of at least `ngram`
+ * tokens, and `draft` (NULL: none) as the draft model. */
+static cv_slot *load_spec(const char *path, int spec, int max_running, size_t kv_bytes, int ngram, const char *draft) {
+    cv_slot_options so = options(max_running, 64, 64, kv_bytes, 4);
+    so.engine.spec = spec;
+    so.engine.spec_max_batch = max_running;
+    so.engine.spec_ngram = ngram;
+    if (draft) snprintf(so.draft_model, sizeof so.draft_model, "%s", draft);
+    return load_opts(path, &so);
+}
+
+static void spec_report(cv_slot *s, const char *what, cv_spec_drafter d) {
+    cv_engine_stats st = stats_of(s);
+    printf("%s: %llu of %llu drafted tokens accepted (%s), %llu steps for %llu tokens, %llu preemptions\n", what,
+           (unsigned long long)st.spec_accepted[d], (unsigned long long)st.spec_drafted[d], cv_spec_drafter_name(d),
+           (unsigned long long)st.steps, (unsigned long long)st.tokens_generated,
+           (unsigned long long)st.preemptions);
+    assert_true(st.spec_accepted[d] > 0);
+    assert_true(st.spec_accepted[d] <= st.spec_drafted[d]);
+    assert_int_equal(st.kv_blocks_used, 0);
+}
+
+/* Greedy tokens with speculation are the tokens without it: one stream at a time,
+ * six concurrent streams, twelve that preempt each other, and with a draft model (the
+ * same file, prompt lookup asking for 8-token matches so that the model drafts). */
+static void test_speculation_keeps_greedy_tokens(void **state) {
+    (void)state;
+    enum { N = 100 };
+    cv_slot *off = load_spec(model_path(), 0, 1, 0, 2, NULL);
+    result ref[N_PROMPTS];
+    reference(off, N, ref);
+    cv_engine_stats st = stats_of(off);
+    assert_int_equal(st.spec_drafted[CV_SPEC_LOOKUP] + st.spec_drafted[CV_SPEC_DRAFT_MODEL], 0);
+    cv_slot_free(off);
+
+    cv_slot *s = load_spec(model_path(), 1, 1, 0, 2, NULL);
+    check_batched_equals(s, ref, N, 1);
+    spec_report(s, "lookup, one stream", CV_SPEC_LOOKUP);
+    assert_true(stats_of(s).steps < (uint64_t)(N_PROMPTS * N)); /* fewer steps than tokens */
+    cv_slot_free(s);
+
+    s = load_spec(model_path(), 1, N_PROMPTS, 0, 2, NULL);
+    check_batched_equals(s, ref, N, 1);
+    spec_report(s, "lookup, six streams", CV_SPEC_LOOKUP);
+    cv_slot_free(s);
+
+    size_t per_token = 2 * 5 * 4 * 8 * 2; /* as test_preemption_recomputes_the_same_tokens */
+    s = load_spec(model_path(), 1, 12, per_token * 128 * 5 / 2, 2, NULL);
+    check_batched_equals(s, ref, N, 2);
+    spec_report(s, "lookup, twelve streams in 80 blocks", CV_SPEC_LOOKUP);
+    assert_true(stats_of(s).preemptions > 0);
+    cv_slot_free(s);
+
+    s = load_spec(model_path(), 1, 2, 0, 8, model_path());
+    check_batched_equals(s, ref, N, 1);
+    spec_report(s, "draft model, two streams", CV_SPEC_DRAFT_MODEL);
+    cv_slot_free(s);
+}
+
+/* Sampled tokens: with prompt lookup, the same seed gives the same tokens with and
+ * without speculation (the draw is the ordinary one: sampler.h); with the model as its
+ * own draft, q equals p and every drafted token is kept. (The rejection rule's
+ * distribution is tested statistically in test_sampler.) */
+static void test_speculation_sampled(void **state) {
+    (void)state;
+    enum { N = 80 };
+    cv_sampler_params sp;
+    cv_sampler_params_default(&sp);
+    sp.seed = 7;
+    result ref[N_PROMPTS], r[N_PROMPTS];
+    cv_slot *off = load_spec(model_path(), 0, 1, 0, 2, NULL);
+    cv_slot *on = load_spec(model_path(), 1, 1, 0, 2, NULL);
+    for (int i = 0; i < N_PROMPTS; i++) {
+        result_init(&ref[i]);
+        result_init(&r[i]);
+        submit_sampled(off, prompts[i], N, &sp, &ref[i], NULL);
+        submit_sampled(on, prompts[i], N, &sp, &r[i], NULL);
+    }
+    for (int i = 0; i < N_PROMPTS; i++) {
+        result_wait(&ref[i]);
+        result_wait(&r[i]);
+        assert_int_equal(r[i].n_ids, N);
+        assert_memory_equal(r[i].ids, ref[i].ids, sizeof(int32_t) * N);
+    }
+    spec_report(on, "lookup, sampled", CV_SPEC_LOOKUP);
+    cv_slot_free(off);
+    cv_slot_free(on);
+
+    cv_slot *self = load_spec(model_path(), 1, 1, 0, 8, model_path());
+    for (int i = 0; i < N_PROMPTS; i++) {
+        result_init(&r[i]);
+        submit_sampled(self, prompts[i], N, &sp, &r[i], NULL);
+    }
+    for (int i = 0; i < N_PROMPTS; i++) result_wait(&r[i]);
+    spec_report(self, "draft model = model, sampled", CV_SPEC_DRAFT_MODEL);
+    cv_engine_stats st = stats_of(self);
+    assert_true(st.spec_accepted[CV_SPEC_DRAFT_MODEL] * 10 >= st.spec_drafted[CV_SPEC_DRAFT_MODEL] * 9);
+    cv_slot_free(self);
+}
+
+/* A draft model with another vocabulary is refused at load, naming the first token
+ * that differs; bad speculation settings are refused with their values. */
+static void test_speculation_refuses_bad_setups(void **state) {
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/gemma3-draft.gguf", g_dir);
+    cv_synth_opts o = {.recipe = CV_QRECIPE_F32, .seed = 5, .n_threads = 1};
+    cv_error err = {0};
+    if (cv_synth_write(cv_synth_find("tp-gemma3"), &o, path, &err)) fail_msg("%s", err.msg);
+    cv_slot_options so = options(1, 8, 64, 0, 4);
+    snprintf(so.draft_model, sizeof so.draft_model, "%s", path);
+    cv_slot *s = NULL;
+    assert_int_not_equal(cv_slot_load(model_path(), NULL, &so, NULL, &s, &err), CV_OK);
+    printf("%s\n", err.msg);
+    assert_non_null(strstr(err.msg, "draft model"));
+    assert_non_null(strstr(err.msg, "vocabulary"));
+    assert_null(s);
+    so = options(1, 8, 64, 0, 4);
+    so.engine.spec_max_draft = CV_ENGINE_SPEC_MAX_DRAFT + 1;
+    assert_int_equal(cv_slot_load(model_path(), NULL, &so, NULL, &s, &err), CV_EINVAL);
+    assert_non_null(strstr(err.msg, "spec_max_draft 17"));
+}
+
 static int setup(void **state) {
     (void)state;
     return cv_test_tmpdir(g_dir, sizeof g_dir, "test-engine");
@@ -533,6 +665,9 @@ int main(void) {
         cmocka_unit_test(test_prefix_cache_evicts_and_recomputes),
         cmocka_unit_test(test_prefix_cache_preempts_shared_sequences),
         cmocka_unit_test(test_prefix_cache_with_sliding_window_layers),
+        cmocka_unit_test(test_speculation_keeps_greedy_tokens),
+        cmocka_unit_test(test_speculation_sampled),
+        cmocka_unit_test(test_speculation_refuses_bad_setups),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
