@@ -597,6 +597,145 @@ static void test_masked_sampling(void **state) {
     free(l);
 }
 
+/* ---- speculative verification (cv_sampler_verify) ---- */
+
+#define SPEC_N 6
+#define SPEC_DRAWS 200000
+/* Chi-square above this with at most 5 degrees of freedom: p < 1e-6. */
+#define SPEC_CHI2_LIMIT 35.9
+
+/* Chi-square of counts against the distribution p over the tokens p gives mass; a
+ * token without mass that was drawn fails at once. */
+static double spec_chi2(const long *count, const double *p, const char *what) {
+    double chi2 = 0.0;
+    for (int t = 0; t < SPEC_N; t++) {
+        if (p[t] == 0.0) {
+            if (count[t]) fail_msg("%s: token %d has no mass but was drawn %ld times", what, t, count[t]);
+            continue;
+        }
+        const double mean = SPEC_DRAWS * p[t];
+        chi2 += (count[t] - mean) * (count[t] - mean) / mean;
+    }
+    return chi2;
+}
+
+/* The target: temperature 0.9 and top-k 5 over six tokens, so one token (5) has no mass. */
+static const float spec_target[SPEC_N] = {1.2f, 0.4f, 0.9f, -0.3f, 0.1f, -2.0f};
+/* The draft model's logits: another distribution over all six. */
+static const float spec_draft[SPEC_N] = {0.1f, 1.0f, 0.2f, 0.5f, -1.0f, 0.8f};
+
+static cv_sampler_params spec_params(uint64_t seed) {
+    cv_sampler_params sp = plain(0.9f);
+    sp.top_k = 5;
+    sp.seed = seed;
+    return sp;
+}
+
+/* The target distribution p, dense. */
+static void spec_target_probs(double *p) {
+    cv_sampler_params sp = spec_params(0);
+    cv_sampler *s = make(&sp, SPEC_N);
+    int32_t ids[SPEC_N];
+    float probs[SPEC_N];
+    int32_t n = cv_sampler_candidates(s, spec_target, ids, probs, SPEC_N);
+    memset(p, 0, sizeof(double) * SPEC_N);
+    for (int32_t i = 0; i < n; i++) p[ids[i]] = probs[i];
+    cv_sampler_free(s);
+}
+
+/* A deliberately wrong rule, to show the test can fail: on rejection it draws from p
+ * itself instead of max(0, p - q), which over-weights the tokens q favours. */
+static int32_t wrong_verify(const double *p, const float *q, int32_t d, cv_test_rng *rng) {
+    double u = (double)(cv_test_rng_next(rng) >> 11) * 0x1.0p-53;
+    if (q[d] > 0 && u * q[d] < p[d]) return d;
+    u = (double)(cv_test_rng_next(rng) >> 11) * 0x1.0p-53;
+    double acc = 0.0;
+    for (int32_t t = 0; t < SPEC_N; t++)
+        if ((acc += p[t]) > u && p[t] > 0) return t;
+    return 0;
+}
+
+/* 200k rounds with a fixed seed: the draft model proposes d ~ q (cv_sampler_draft_probs
+ * on its logits, the same pipeline), the target verifies. The kept tokens must follow p
+ * (chi-square), the drafts q, and the share kept sum(min(p, q)); the wrong rule above,
+ * fed the same drafts, must fail the same chi-square. */
+static void test_verify_keeps_the_target_distribution(void **state) {
+    (void)state;
+    double p[SPEC_N];
+    spec_target_probs(p);
+    cv_sampler_params sp = spec_params(1234);
+    cv_sampler *s = make(&sp, SPEC_N);
+    cv_test_rng rng = cv_test_rng_new(99);
+    float q[SPEC_N];
+    double qd[SPEC_N] = {0}, overlap = 0.0;
+    long kept[SPEC_N] = {0}, drafted[SPEC_N] = {0}, wrong[SPEC_N] = {0}, accepted = 0;
+    for (int i = 0; i < SPEC_DRAWS; i++) {
+        int32_t d = cv_sampler_draft_probs(s, spec_draft, q);
+        int32_t t = cv_sampler_verify(s, spec_target, NULL, d, q, NULL);
+        drafted[d]++;
+        kept[t]++;
+        accepted += t == d;
+        wrong[wrong_verify(p, q, d, &rng)]++;
+    }
+    for (int t = 0; t < SPEC_N; t++) {
+        qd[t] = q[t];
+        overlap += p[t] < qd[t] ? p[t] : qd[t];
+    }
+    double c_kept = spec_chi2(kept, p, "kept"), c_draft = spec_chi2(drafted, qd, "drafted");
+    double c_wrong = spec_chi2(wrong, p, "wrong rule");
+    double rate = (double)accepted / SPEC_DRAWS, sd = sqrt(overlap * (1 - overlap) / SPEC_DRAWS);
+    printf("verify: chi-square kept %.1f, drafted %.1f, wrong rule %.1f (limit %.1f); kept %.4f of drafts, "
+           "sum min(p, q) %.4f\n", c_kept, c_draft, c_wrong, SPEC_CHI2_LIMIT, rate, overlap);
+    assert_true(c_kept < SPEC_CHI2_LIMIT);
+    assert_true(c_draft < SPEC_CHI2_LIMIT);
+    assert_true(c_wrong > SPEC_CHI2_LIMIT);
+    assert_true(fabs(rate - overlap) < 6 * sd);
+    cv_sampler_free(s);
+}
+
+/* Prompt lookup's point mass (q NULL), on a token with mass and on one top-k removed:
+ * the kept tokens follow p, the draft is kept with probability p(d), and the tokens are
+ * those of cv_sampler_sample on the same seed, draw for draw. */
+static void test_verify_point_mass_is_the_ordinary_draw(void **state) {
+    (void)state;
+    double p[SPEC_N];
+    spec_target_probs(p);
+    const int32_t drafts[2] = {2, 5};
+    for (int k = 0; k < 2; k++) {
+        cv_sampler_params sp = spec_params(77);
+        cv_sampler *s = make(&sp, SPEC_N), *plain_s = make(&sp, SPEC_N);
+        long kept[SPEC_N] = {0}, accepted = 0;
+        for (int i = 0; i < SPEC_DRAWS; i++) {
+            int32_t t = cv_sampler_verify(s, spec_target, NULL, drafts[k], NULL, NULL);
+            assert_int_equal(t, cv_sampler_sample(plain_s, spec_target, NULL));
+            kept[t]++;
+            accepted += t == drafts[k];
+        }
+        double c = spec_chi2(kept, p, "point mass"), pd = p[drafts[k]];
+        double rate = (double)accepted / SPEC_DRAWS, sd = sqrt(pd * (1 - pd) / SPEC_DRAWS);
+        printf("point mass on %d: chi-square %.1f, kept %.4f, p(d) %.4f\n", drafts[k], c, rate, pd);
+        assert_true(c < SPEC_CHI2_LIMIT);
+        assert_true(fabs(rate - pd) <= 6 * sd);
+        cv_sampler_free(s);
+        cv_sampler_free(plain_s);
+    }
+}
+
+/* Greedy: the argmax whatever the draft, the draft kept only when it is the argmax. */
+static void test_verify_greedy(void **state) {
+    (void)state;
+    cv_sampler_params sp = plain(0.0f);
+    cv_sampler *s = make(&sp, SPEC_N);
+    float q[SPEC_N];
+    for (int32_t d = 0; d < SPEC_N; d++) {
+        assert_int_equal(cv_sampler_verify(s, spec_target, NULL, d, NULL, NULL), 0);
+        assert_int_equal(cv_sampler_draft_probs(s, spec_draft, q), 1);
+        assert_true(q[1] == 1.0f && q[0] == 0.0f);
+        assert_int_equal(cv_sampler_verify(s, spec_target, NULL, d, q, NULL), 0);
+    }
+    cv_sampler_free(s);
+}
+
 int main(void) {
     g_seed = cv_test_seed("test_sampler");
     g_rng = cv_test_rng_new(g_seed);
@@ -617,6 +756,9 @@ int main(void) {
         cmocka_unit_test(test_non_finite_logits),
         cmocka_unit_test(test_large_vocabulary),
         cmocka_unit_test(test_masked_sampling),
+        cmocka_unit_test(test_verify_keeps_the_target_distribution),
+        cmocka_unit_test(test_verify_point_mass_is_the_ordinary_draw),
+        cmocka_unit_test(test_verify_greedy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
