@@ -69,6 +69,19 @@ static const key_spec keys[] = {
         "1: sliding-window layers keep every position instead of a ring", NULL),
     NUM("prefix_cache", "--prefix-cache", K_INT, prefix_cache, 0, 1, "0|1",
         "1: requests reuse the KV blocks of cached prompt prefixes (not with sliding-window rings)", NULL),
+    NUM("speculative", "--speculative", K_INT, speculative, 0, 1, "0|1",
+        "1: speculative decoding: drafted tokens (prompt lookup, and the draft model when one is set) "
+        "verified in one batched pass; greedy output unchanged, sampled output keeps its distribution", NULL),
+    NUM("spec_max_draft", "--spec-max-draft", K_INT, spec_max_draft, 1, CV_ENGINE_SPEC_MAX_DRAFT, "N",
+        "most tokens drafted per sequence and step (the engine drafts fewer when its measured acceptance "
+        "and step cost say they do not pay)", NULL),
+    NUM("spec_max_batch", "--spec-max-batch", K_INT, spec_max_batch, 1, 4096, "N",
+        "speculate only while at most N sequences run (larger batches are already compute-bound)", NULL),
+    NUM("spec_ngram", "--spec-ngram", K_INT, spec_ngram, 1, CV_ENGINE_SPEC_MAX_NGRAM, "N",
+        "prompt lookup drafts what followed the latest earlier occurrence of the last N or more tokens", NULL),
+    STR("draft_model", "--draft-model", draft_model, "PATH",
+        "GGUF draft model for speculative decoding: a smaller model with the same vocabulary (checked at load), "
+        "used when prompt lookup finds nothing; every loaded version uses it", "none"),
     NUM("kv_memory_mb", "--kv-memory-mb", K_LONG, kv_memory_mb, 1, 1 << 24, "MB",
         "KV cache budget (all ranks together)", NULL),
     NUM("max_tokens_default", "--max-tokens-default", K_INT, max_tokens_default, 1, 1 << 20, "N",
@@ -174,6 +187,10 @@ void cv_config_defaults(cv_config *c) {
     c->kv_memory_mb = 512;
     c->max_tokens_default = e.max_tokens_default;
     c->prefix_cache = e.prefix_cache;
+    c->speculative = e.spec;
+    c->spec_max_draft = e.spec_max_draft;
+    c->spec_max_batch = e.spec_max_batch;
+    c->spec_ngram = e.spec_ngram;
     c->request_threads = CV_INFER_REQUEST_THREADS;
     c->request_queue = CV_INFER_REQUEST_QUEUE;
     c->drain_timeout_s = 30;
@@ -341,6 +358,7 @@ cv_status cv_config_check_files(const cv_config *c, cv_error *err) {
         if (st != CV_OK) return st;
     }
     const struct { const char *key, *path; } files[] = {
+        {"draft_model", c->draft_model},
         {"auth_config", c->auth_config},
         {"tls_cert", c->tls_cert},
         {"tls_key", c->tls_key},

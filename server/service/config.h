@@ -28,6 +28,11 @@ typedef struct cv_config {
     char kv_type[8];           /* "f16" or "f32" */
     int kv_swa_full_cache;     /* 1: sliding-window layers keep every position (no ring) */
     int prefix_cache;          /* 1: share cached KV blocks of common prompt prefixes */
+    int speculative;           /* 1: speculative decoding (engine.h) */
+    int spec_max_draft;        /* tokens drafted per sequence and step */
+    int spec_max_batch;        /* speculate only while at most this many sequences run */
+    int spec_ngram;            /* prompt lookup's shortest matched suffix */
+    char draft_model[1024];    /* GGUF path of a draft model with the model's vocabulary; "" = none */
     long kv_memory_mb;         /* KV cache budget */
     int max_tokens_default;    /* when a request says 0 */
     long max_prompt_bytes;     /* prompt / messages / Tokenize text, checked before tokenizing;

@@ -167,6 +167,24 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
                   slots, n, offsetof(cv_engine_stats, prefix_evictions));
     engine_gauge(&b, "corvid_prefix_cache_blocks", "KV blocks in the prefix cache, held by sequences or not.",
                  slots, n, offsetof(cv_engine_stats, prefix_blocks));
+    /* Speculative decoding, by drafter (engine.h). */
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } spec[] = {
+        {"corvid_spec_drafted_tokens_total", "Tokens drafted for speculative decoding, by drafter.",
+         offsetof(cv_engine_stats, spec_drafted)},
+        {"corvid_spec_accepted_tokens_total", "Drafted tokens the model agreed with (kept), by drafter.",
+         offsetof(cv_engine_stats, spec_accepted)},
+    };
+    for (size_t k = 0; k < sizeof spec / sizeof spec[0]; k++) {
+        put(&b, "# HELP %s %s\n# TYPE %s counter\n", spec[k].name, spec[k].help, spec[k].name);
+        for (size_t i = 0; i < n; i++)
+            for (int d = 0; slots[i].engine && d < CV_SPEC_DRAFTERS; d++)
+                put(&b, "%s{version=\"%s\",drafter=\"%s\"} %llu\n", spec[k].name, slots[i].version,
+                    cv_spec_drafter_name((cv_spec_drafter)d),
+                    (unsigned long long)((const uint64_t *)((const char *)slots[i].engine + spec[k].off))[d]);
+    }
     put(&b, "# HELP corvid_slot_traffic_weight Routing weight of new requests.\n"
             "# TYPE corvid_slot_traffic_weight gauge\n");
     for (size_t i = 0; i < n; i++)

@@ -210,6 +210,11 @@ int main(int argc, char **argv) {
     ro.slot.engine.kv_type = strcmp(cfg.kv_type, "f32") == 0 ? CV_TYPE_F32 : CV_TYPE_F16;
     ro.slot.engine.kv_swa_full_cache = cfg.kv_swa_full_cache;
     ro.slot.engine.prefix_cache = cfg.prefix_cache;
+    ro.slot.engine.spec = cfg.speculative;
+    ro.slot.engine.spec_max_draft = cfg.spec_max_draft;
+    ro.slot.engine.spec_max_batch = cfg.spec_max_batch;
+    ro.slot.engine.spec_ngram = cfg.spec_ngram;
+    snprintf(ro.slot.draft_model, sizeof ro.slot.draft_model, "%s", cfg.draft_model);
     ro.slot.engine.max_tokens_default = cfg.max_tokens_default;
     cv_rc_config rcc = {.max_bytes = (size_t)cfg.response_cache_mb << 20, .redis = cfg.response_cache_redis,
                         .ttl_s = (unsigned)cfg.response_cache_ttl_s,
