@@ -580,6 +580,31 @@ static void test_speculation_keeps_greedy_tokens(void **state) {
     cv_slot_free(s);
 }
 
+/* Gemma 3 synthetic with a window of 8 and blocks of 16, batches of 25: each sliding
+ * layer's ring (2 blocks) wraps while drafts are written into it and rolled back, with
+ * single-token lookup matches so that most steps draft. Greedy tokens unchanged. */
+static void test_speculation_with_sliding_window_rings(void **state) {
+    (void)state;
+    char path[256];
+    snprintf(path, sizeof path, "%s/gemma3-spec.gguf", g_dir);
+    cv_synth_opts o = {.recipe = CV_QRECIPE_F32, .seed = 5, .n_threads = 1};
+    cv_error err = {0};
+    if (cv_synth_write(cv_synth_find("tp-gemma3"), &o, path, &err)) fail_msg("%s", err.msg);
+    enum { N = 200 };
+    cv_slot_options so = options(4, 64, 25, 0, 16);
+    so.engine.spec = 0;
+    cv_slot *off = load_opts(path, &so);
+    result ref[N_PROMPTS];
+    reference(off, N, ref);
+    cv_slot_free(off);
+    so.engine.spec = 1;
+    so.engine.spec_ngram = 1;
+    cv_slot *on = load_opts(path, &so);
+    check_batched_equals(on, ref, N, 1);
+    spec_report(on, "gemma3 synthetic, window 8", CV_SPEC_LOOKUP);
+    cv_slot_free(on);
+}
+
 /* Sampled tokens: with prompt lookup, the same seed gives the same tokens with and
  * without speculation (the draw is the ordinary one: sampler.h); with the model as its
  * own draft, q equals p and every drafted token is kept. (The rejection rule's
@@ -666,6 +691,7 @@ int main(void) {
         cmocka_unit_test(test_prefix_cache_preempts_shared_sequences),
         cmocka_unit_test(test_prefix_cache_with_sliding_window_layers),
         cmocka_unit_test(test_speculation_keeps_greedy_tokens),
+        cmocka_unit_test(test_speculation_with_sliding_window_rings),
         cmocka_unit_test(test_speculation_sampled),
         cmocka_unit_test(test_speculation_refuses_bad_setups),
     };
