@@ -600,6 +600,58 @@ static void test_gemma3_budget_holds_more_sequences(void **state) {
     assert_true(ring_short >= full_short);
 }
 
+/* Speculative decoding's rollback: blocks holding only positions past the verified
+ * ones go back (newest first, so the next reserve gets them again), the published
+ * prefix stays in the index, a ring keeps its blocks while the sequence spans it, and
+ * a sequence truncated to nothing holds nothing. */
+static void test_truncate_gives_back_rejected_blocks(void **state) {
+    (void)state;
+    cv_kv_config cfg = small_cfg(); /* 10 blocks of 4 */
+    cfg.prefix_cache = 1;
+    cfg.prefix_seed = 7;
+    cv_kv_cache *kv;
+    cv_error e = {0};
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    int32_t t[24];
+    for (int i = 0; i < 24; i++) t[i] = 200 + i;
+    assert_int_equal(cv_kv_reserve(kv, 0, 6, &e), CV_OK);   /* 2 blocks: 6 positions verified */
+    cv_kv_publish(kv, 0, t, 6);                              /* block 0 full and published */
+    const int32_t b1 = cv_kv_block_table(kv, CV_KV_FULL, 0)[1];
+    assert_int_equal(cv_kv_reserve(kv, 0, 15, &e), CV_OK);  /* 9 drafts: 4 blocks */
+    assert_int_equal(cv_kv_free_blocks(kv), 6);
+    cv_kv_truncate(kv, 0, 7);                                /* one draft kept */
+    assert_int_equal(cv_kv_capacity(kv, 0), 8);
+    assert_int_equal(cv_kv_free_blocks(kv), 8);
+    assert_int_equal(cv_kv_block_table(kv, CV_KV_FULL, 0)[1], b1); /* the partly verified block stays */
+    cv_kv_truncate(kv, 0, 8);                                /* within what it holds: no-op */
+    assert_int_equal(cv_kv_capacity(kv, 0), 8);
+    cv_kv_publish(kv, 0, t, 8);
+    assert_int_equal(cv_kv_cached_blocks(kv), 2);
+    cv_kv_truncate(kv, 0, 0);
+    assert_int_equal(cv_kv_capacity(kv, 0), 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 10);              /* the two cached ones count as free */
+    assert_int_equal(cv_kv_cached_blocks(kv), 2);
+    int32_t hit;
+    cv_kv_release(kv, 0);
+    assert_int_equal(cv_kv_share_prefix(kv, 1, t, 23, &hit, &e), CV_OK);
+    assert_int_equal(hit, 8);                                /* only verified tokens were published */
+    cv_kv_free(kv);
+
+    cfg = ring_cfg(); /* window 6, blocks of 2, a ring of 4 */
+    assert_int_equal(cv_kv_create(&cfg, &kv, &e), CV_OK);
+    assert_int_equal(cv_kv_reserve(kv, 0, 7, &e), CV_OK);   /* 4 entries: the whole ring */
+    const int32_t free_before = cv_kv_free_blocks(kv);
+    assert_int_equal(cv_kv_reserve(kv, 0, 10, &e), CV_OK);  /* past the ring: only full-group blocks */
+    cv_kv_truncate(kv, 0, 7);
+    assert_int_equal(cv_kv_free_blocks(kv), free_before);
+    assert_int_equal(cv_kv_capacity(kv, 0), 8);
+    cv_kv_truncate(kv, 0, 3);                                /* back inside the ring: ring blocks 2, 3 go */
+    assert_int_equal(cv_kv_capacity(kv, 0), 4);
+    cv_kv_truncate(kv, 0, 0);
+    assert_int_equal(cv_kv_free_blocks(kv), 60);
+    cv_kv_free(kv);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reserve_takes_blocks_and_release_returns_them),
@@ -615,6 +667,7 @@ int main(void) {
         cmocka_unit_test(test_ring_keeps_every_window_a_step_reads),
         cmocka_unit_test(test_gemma3_sequences_hold_less),
         cmocka_unit_test(test_gemma3_budget_holds_more_sequences),
+        cmocka_unit_test(test_truncate_gives_back_rejected_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
