@@ -44,14 +44,21 @@ typedef struct cv_tensor {
 
 /* One layer of a paged KV cache. Each pool holds n_blocks blocks of block_size token
  * slots; a slot holds n_kv_heads * head_dim elements. Element (block b, slot s, head h,
- * dim d) of a pool is at index ((b * block_size + s) * n_kv_heads + h) * head_dim + d. */
+ * dim d) of a pool is at index ((b * block_size + s) * n_kv_heads + h) * head_dim + d.
+ * A head's key is its head_dim elements of k; its value is the first v_dim of its
+ * elements of v (v_dim 0: head_dim). Multi-head latent attention keeps one pool: v == k,
+ * each slot's key is [latent | rope part] and its value the latent prefix (v_dim). */
 typedef struct cv_kv_layer {
     void *k, *v;
     cv_type type;       /* CV_TYPE_F16 (default) or CV_TYPE_F32 */
     int32_t block_size;
     int32_t n_kv_heads;
     int32_t head_dim;
+    int32_t v_dim;      /* 0 or head_dim: a full value; less: the prefix of each slot */
 } cv_kv_layer;
+
+/* The width of a layer's values (v_dim, or head_dim when 0). */
+static inline int32_t cv_kv_v_dim(const cv_kv_layer *kv) { return kv->v_dim ? kv->v_dim : kv->head_dim; }
 
 /* One token (query row) of a batch that may mix several sequences. Position p of the
  * token's sequence lives in block block_table[p / block_size], slot p % block_size.
@@ -80,6 +87,11 @@ typedef enum cv_rope_mode {
  * (freq_factors NULL = all 1; Llama 3 rope scaling ships them as rope_freqs.weight,
  * Phi-3's long-rope as rope_factors_long/short.weight) and is then multiplied by
  * mscale (cos and sin both, as ggml's attn_factor: 0 reads as 1).
+ * YaRN (ext_factor > 0): with e_i = pos * freq_base^(-2i / n_rot) / freq_factors[i] and
+ *   mix_i = ext_factor * (1 - clamp((i - yarn_lo) / max(0.001, yarn_hi - yarn_lo), 0, 1)),
+ * theta_i = freq_scale * e_i * (1 - mix_i) + e_i * mix_i (the high frequencies keep
+ * their angle, the low ones are interpolated), as ggml's rope_yarn; its magnitude
+ * correction is the caller's, folded into mscale.
  * Dimensions n_rot..head_dim-1 pass through unchanged, unscaled. */
 typedef struct cv_rope_params {
     cv_rope_mode mode;
@@ -88,7 +100,21 @@ typedef struct cv_rope_params {
     float freq_scale;   /* 1 for none */
     const float *freq_factors;
     float mscale;       /* Phi-3 long-rope attention factor; 0 or 1 for none */
+    float ext_factor;   /* YaRN's extrapolation mix; 0: none */
+    float yarn_lo, yarn_hi;  /* YaRN's correction dims (ggml_rope_yarn_corr_dims) */
 } cv_rope_params;
+
+/* YaRN's mix of pair i (0: interpolated, ext_factor: extrapolated), shared by the
+ * backends (CUDA's kernels too) so that they turn alike. */
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+static inline float cv_rope_yarn_mix(const cv_rope_params *p, int32_t i) {
+    const float span = p->yarn_hi - p->yarn_lo > 0.001f ? p->yarn_hi - p->yarn_lo : 0.001f;
+    float y = ((float)i - p->yarn_lo) / span;
+    y = y < 0 ? 0 : y > 1 ? 1 : y;
+    return (1 - y) * p->ext_factor;
+}
 
 typedef enum cv_glu_kind {
     CV_GLU_SWIGLU = 0,  /* silu(gate) * up */
@@ -145,14 +171,27 @@ typedef struct cv_backend_ops {
      * its tokens' rows (a mixture of experts). The ids of one call are distinct. */
     void (*scatter_add_rows)(cv_backend *be, const float *src, const int32_t *ids, const float *w,
                              int32_t n, int32_t dim, float *dst);
+    /* Per-head matmul: w stacks n_heads matrices of R = w->rows / n_heads rows each (head
+     * h: rows h*R .. h*R+R-1, as a 3-D GGUF tensor [cols, R, n_heads]), and
+     *   y[(t * n_heads + h) * y_stride + r] = W_h[r] . x[(t * n_heads + h) * x_stride ..]
+     * for t < n, h < n_heads, r < R (x_stride >= w->cols, y_stride >= R, in floats): a
+     * head's part of each row of a [n][n_heads][..] activation (MLA's absorbed
+     * projections). y must not alias x. */
+    void (*matmul_heads)(cv_backend *be, const cv_tensor *w, int32_t n_heads, const float *x,
+                         int32_t x_stride, float *y, int32_t y_stride, int32_t n);
+    /* dst[r * dst_stride + j] = src[r * src_stride + j] for r < n_rows, j < width: a
+     * strided copy between buffers that do not overlap. */
+    void (*copy_rows)(cv_backend *be, const float *src, int32_t src_stride, float *dst,
+                      int32_t dst_stride, int32_t width, int64_t n_rows);
 
     /* Writes k[i] and v[i] (each n_kv_heads * head_dim F32) into the slot of rows[i].pos,
-     * converted to the pool type, for i < n. */
+     * converted to the pool type, for i < n. v NULL: only k (a layer whose values are
+     * the prefix of its keys, v == k). */
     void (*kv_store)(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows,
                      int32_t n, const float *k, const float *v);
     /* out[i][h] = sum over positions p in rows[i].lo..pos of softmax_p(score) * V[p][g],
      * score = capped(scale * q[i][h] . K[p][g]), g = h / (n_heads / n_kv_heads).
-     * q and out are [n][n_heads * head_dim]; out must not alias q. */
+     * q is [n][n_heads * head_dim], out [n][n_heads * v_dim]; out must not alias q. */
     void (*attention)(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv,
                       const cv_attn_row *rows, int32_t n, const float *q, float *out);
 

@@ -31,7 +31,9 @@ typedef enum cv_op_kind {
     CV_OP_ADD_BIAS,
     CV_OP_KV_STORE,
     CV_OP_ATTENTION,
-    CV_OP_SCATTER_ADD_ROWS
+    CV_OP_SCATTER_ADD_ROWS,
+    CV_OP_MATMUL_HEADS,
+    CV_OP_COPY_ROWS
 } cv_op_kind;
 
 /* A flat record with no padding bytes (checked in op_tape.c), so that struct copies and
@@ -40,9 +42,9 @@ typedef enum cv_op_kind {
  * with cv_op_apply. */
 typedef struct cv_op {
     int32_t kind;           /* cv_op_kind */
-    int32_t i[7];           /* int arguments, then the int fields of a struct argument */
+    int32_t i[9];           /* int arguments, then the int fields of a struct argument */
     int64_t l[3];           /* int64 count, or a tensor's rows, cols and row_stride */
-    float f[4];             /* float arguments and fields */
+    float f[8];             /* float arguments and fields */
     const void *p[6];       /* buffers, then the pointer fields of a struct argument */
 } cv_op;
 

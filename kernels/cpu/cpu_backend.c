@@ -245,6 +245,29 @@ static void cpu_scatter_add_rows(cv_backend *be, const float *src, const int32_t
     }
 }
 
+/* Head by head, each a strided matmul over the thread pool (a head's matrix is small:
+ * the pool splits its rows). */
+static void cpu_matmul_heads(cv_backend *be, const cv_tensor *w, int32_t n_heads, const float *x, int32_t x_stride,
+                             float *y, int32_t y_stride, int32_t n) {
+    cpu_backend *cb = cpu(be);
+    const int64_t R = w->rows / n_heads;
+    for (int32_t h = 0; h < n_heads; h++) {
+        cv_tensor wh = *w;
+        wh.rows = R;
+        wh.data = (char *)w->data + (size_t)h * (size_t)R * w->row_stride;
+        cv_matmul_run_strided(cb->pool, mm_kernel(cb, w->type), cb->scratch, cb->scratch_bytes, &wh,
+                              x + (int64_t)h * x_stride, (int64_t)n_heads * x_stride, y + (int64_t)h * y_stride,
+                              (int64_t)n_heads * y_stride, n);
+    }
+}
+
+static void cpu_copy_rows(cv_backend *be, const float *src, int32_t src_stride, float *dst, int32_t dst_stride,
+                          int32_t width, int64_t n_rows) {
+    (void)be;
+    for (int64_t r = 0; r < n_rows; r++)
+        memcpy(dst + r * dst_stride, src + r * src_stride, (size_t)width * sizeof(float));
+}
+
 static void cpu_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                          const float *v) {
     cpu_backend *cb = cpu(be);
@@ -254,7 +277,7 @@ static void cpu_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_ro
         int32_t p = rows[i].pos;
         int64_t slot = (int64_t)rows[i].block_table[p / kv->block_size] * kv->block_size + p % kv->block_size;
         cb->k->kv_put(kv->type, k + (int64_t)i * width, (char *)kv->k + slot * width * esz, width);
-        cb->k->kv_put(kv->type, v + (int64_t)i * width, (char *)kv->v + slot * width * esz, width);
+        if (v) cb->k->kv_put(kv->type, v + (int64_t)i * width, (char *)kv->v + slot * width * esz, width);
     }
 }
 
@@ -273,13 +296,13 @@ typedef struct attn_ctx {
 static void attn_item(void *c, int64_t it, int ith) {
     (void)ith;
     attn_ctx *a = c;
-    int64_t width = (int64_t)a->p->n_heads * a->kv->head_dim;
+    int64_t width = (int64_t)a->p->n_heads * a->kv->head_dim, vwidth = (int64_t)a->p->n_heads * cv_kv_v_dim(a->kv);
     int32_t t = (int32_t)(it / a->per_token), r = (int32_t)(it % a->per_token);
     int32_t g = r / a->splits, part = r % a->splits;
     int32_t h0 = g * a->group + part * CV_ATTN_MAX_GROUP;
     int32_t ng = a->group - part * CV_ATTN_MAX_GROUP;
     if (ng > CV_ATTN_MAX_GROUP) ng = CV_ATTN_MAX_GROUP;
-    a->k->attn_group(a->p, a->kv, &a->rows[t], g, h0, ng, a->q + t * width, a->out + t * width);
+    a->k->attn_group(a->p, a->kv, &a->rows[t], g, h0, ng, a->q + t * width, a->out + t * vwidth);
 }
 
 static void cpu_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *rows,
@@ -325,6 +348,8 @@ static const cv_backend_ops cpu_ops = {
     .softcap = cpu_softcap,
     .add_bias = cpu_add_bias,
     .scatter_add_rows = cpu_scatter_add_rows,
+    .matmul_heads = cpu_matmul_heads,
+    .copy_rows = cpu_copy_rows,
     .kv_store = cpu_kv_store,
     .attention = cpu_attention,
 };

@@ -19,6 +19,10 @@ void cv_rope_angles(const cv_rope_params *p, int32_t pos, float *cs) {
     for (int32_t i = 0; i < p->n_rot / 2; i++) {
         double theta = (double)pos * p->freq_scale * pow(p->freq_base, -2.0 * i / p->n_rot);
         if (p->freq_factors) theta /= p->freq_factors[i];
+        if (p->ext_factor != 0) {
+            const double mix = cv_rope_yarn_mix(p, i);
+            theta = theta * (1 - mix) + theta / p->freq_scale * mix;
+        }
         cs[2 * i] = (float)(cos(theta) * ms);
         cs[2 * i + 1] = (float)(sin(theta) * ms);
     }
@@ -110,10 +114,10 @@ static float score(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn
 /* Three passes over the positions (max, sum, weighted V) so that it needs no buffer. */
 static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *row, int32_t g,
                        int32_t h0, int32_t n_group, const float *q, float *out) {
-    int32_t hd = kv->head_dim;
+    const int32_t hd = kv->head_dim, vd = cv_kv_v_dim(kv);
     for (int32_t h = h0; h < h0 + n_group; h++) {
         const float *qh = q + (int64_t)h * hd;
-        float *oh = out + (int64_t)h * hd;
+        float *oh = out + (int64_t)h * vd;
         float m = -INFINITY;
         for (int32_t t = row->lo; t <= row->pos; t++) {
             float s = score(p, kv, row, t, g, qh);
@@ -121,11 +125,11 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
         }
         double sum = 0;
         for (int32_t t = row->lo; t <= row->pos; t++) sum += expf(score(p, kv, row, t, g, qh) - m);
-        for (int32_t d = 0; d < hd; d++) oh[d] = 0;
+        for (int32_t d = 0; d < vd; d++) oh[d] = 0;
         for (int32_t t = row->lo; t <= row->pos; t++) {
             float w = (float)(expf(score(p, kv, row, t, g, qh) - m) / sum);
             const void *v = kv_slot(kv, kv->v, row, t, g);
-            for (int32_t d = 0; d < hd; d++) oh[d] += w * kv_get(kv->type, v, d);
+            for (int32_t d = 0; d < vd; d++) oh[d] += w * kv_get(kv->type, v, d);
         }
     }
 }

@@ -233,7 +233,7 @@ static inline float load1(cv_type t, const void *base, int32_t d) {
 
 static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *row, int32_t g,
                        int32_t h0, int32_t n_group, const float *q, float *out) {
-    const int32_t hd = kv->head_dim, hd8 = hd & ~7;
+    const int32_t hd = kv->head_dim, hd8 = hd & ~7, vd = cv_kv_v_dim(kv), vd8 = vd & ~7;
     const size_t esz = kv->type == CV_TYPE_F32 ? 4 : 2;
     const size_t slot_bytes = (size_t)kv->n_kv_heads * hd * esz;
     const char *kbase = (const char *)kv->k + (size_t)g * hd * esz;
@@ -244,8 +244,8 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
     float *oh[CV_ATTN_MAX_GROUP];
     for (int32_t j = 0; j < n_group; j++) {
         qh[j] = q + (int64_t)(h0 + j) * hd;
-        oh[j] = out + (int64_t)(h0 + j) * hd;
-        memset(oh[j], 0, (size_t)hd * sizeof(float));
+        oh[j] = out + (int64_t)(h0 + j) * vd;
+        memset(oh[j], 0, (size_t)vd * sizeof(float));
         m[j] = -INFINITY;
         l[j] = 0;
     }
@@ -263,7 +263,7 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
         for (int32_t t = 0; t < cn; t++)
             for (size_t o = 0; o < (size_t)hd * esz; o += 64) {
                 _mm_prefetch((const char *)ks[t] + o, _MM_HINT_T0);
-                _mm_prefetch((const char *)vs[t] + o, _MM_HINT_T0);
+                if (vs[t] != ks[t] && o < (size_t)vd * esz) _mm_prefetch((const char *)vs[t] + o, _MM_HINT_T0);
             }
         for (int32_t t = 0; t < cn; t++) {
             /* Four heads at a time share each converted 8-lane piece of the key. */
@@ -306,7 +306,7 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
             if (cmax > m[j]) {
                 float corr = m[j] == -INFINITY ? 0.0f : expf(m[j] - cmax);
                 l[j] *= corr;
-                if (corr != 1.0f) scale(oh[j], corr, hd);
+                if (corr != 1.0f) scale(oh[j], corr, vd);
                 m[j] = cmax;
             }
             __m256 vm = _mm256_set1_ps(m[j]), vsum = _mm256_setzero_ps();
@@ -327,7 +327,7 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
          * positions (the values, converted again per head, come from L1). */
         for (int32_t j = 0; j < n_group; j++) {
             int32_t d0 = 0;
-            for (; d0 + 32 <= hd8; d0 += 32) {
+            for (; d0 + 32 <= vd8; d0 += 32) {
                 __m256 o0 = _mm256_loadu_ps(oh[j] + d0), o1 = _mm256_loadu_ps(oh[j] + d0 + 8);
                 __m256 o2 = _mm256_loadu_ps(oh[j] + d0 + 16), o3 = _mm256_loadu_ps(oh[j] + d0 + 24);
                 for (int32_t t = 0; t < cn; t++) {
@@ -342,20 +342,20 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
                 _mm256_storeu_ps(oh[j] + d0 + 16, o2);
                 _mm256_storeu_ps(oh[j] + d0 + 24, o3);
             }
-            for (; d0 < hd8; d0 += 8) {
+            for (; d0 < vd8; d0 += 8) {
                 __m256 o = _mm256_loadu_ps(oh[j] + d0);
                 for (int32_t t = 0; t < cn; t++) o = _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), load8(kv->type, vs[t], d0), o);
                 _mm256_storeu_ps(oh[j] + d0, o);
             }
         }
         for (int32_t t = 0; t < cn; t++) {
-            for (int32_t d = hd8; d < hd; d++) {
+            for (int32_t d = vd8; d < vd; d++) {
                 float vv = load1(kv->type, vs[t], d);
                 for (int32_t j = 0; j < n_group; j++) oh[j][d] += sc[j][t] * vv;
             }
         }
     }
-    for (int32_t j = 0; j < n_group; j++) scale(oh[j], 1.0f / l[j], hd);
+    for (int32_t j = 0; j < n_group; j++) scale(oh[j], 1.0f / l[j], vd);
 }
 
 const cv_cpu_kernels cv_cpu_kernels_avx2 = {

@@ -32,6 +32,7 @@ typedef struct mm_task {
     const cv_tensor *w;
     const float *x;      /* the current chunk of tokens */
     float *y;
+    int64_t ldx, ldy;    /* floats from one token's x (y) row to the next */
     int32_t n;           /* tokens in the chunk */
     int64_t item_rows;   /* weight rows per work item, a multiple of 16 */
     size_t act_bytes;    /* per converted row; 0 = dot with x directly */
@@ -53,19 +54,19 @@ typedef struct mm_task {
 static void mm_convert_item(void *ctx, int64_t t, int ith) {
     (void)ith;
     mm_task *m = ctx;
-    m->k->convert(m->w->type, m->x + t * m->w->cols, m->scratch + t * m->act_bytes, m->w->cols);
+    m->k->convert(m->w->type, m->x + t * m->ldx, m->scratch + t * m->act_bytes, m->w->cols);
 }
 
 static void mm_rows_item(void *ctx, int64_t item, int ith) {
     mm_task *m = ctx;
     int64_t r0 = item * m->item_rows, r1 = r0 + m->item_rows < m->w->rows ? r0 + m->item_rows : m->w->rows;
     const void *act = m->x;
-    size_t stride = (size_t)m->w->cols * sizeof(float);
+    size_t stride = (size_t)m->ldx * sizeof(float);
     if (m->private_act) {
         act = m->scratch + (size_t)ith * (size_t)m->n * m->act_bytes;
         if (!m->converted[ith]) {
             for (int32_t t = 0; t < m->n; t++)
-                m->k->convert(m->w->type, m->x + (int64_t)t * m->w->cols, (char *)act + t * m->act_bytes, m->w->cols);
+                m->k->convert(m->w->type, m->x + (int64_t)t * m->ldx, (char *)act + t * m->act_bytes, m->w->cols);
             m->converted[ith] = 1;
         }
         stride = m->act_bytes;
@@ -73,13 +74,18 @@ static void mm_rows_item(void *ctx, int64_t item, int ith) {
         act = m->scratch;
         stride = m->act_bytes;
     }
-    m->k->rows(m->w, r0, r1, act, stride, m->n, m->y, m->w->rows);
+    m->k->rows(m->w, r0, r1, act, stride, m->n, m->y, m->ldy);
 }
 
 void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
                    const cv_tensor *w, const float *x, float *y, int32_t n) {
+    cv_matmul_run_strided(pool, k, scratch, scratch_bytes, w, x, w->cols, y, w->rows, n);
+}
+
+void cv_matmul_run_strided(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
+                           const cv_tensor *w, const float *x, int64_t ldx, float *y, int64_t ldy, int32_t n) {
     int nth = cv_threadpool_size(pool);
-    mm_task m = {.k = k, .w = w, .scratch = scratch};
+    mm_task m = {.k = k, .w = w, .scratch = scratch, .ldx = ldx, .ldy = ldy};
     /* Too little work to be worth waking the pool (small models, tiny matrices). */
     if (w->rows * w->cols * (int64_t)n < SERIAL_MACS) nth = 1;
     int32_t chunk = n;
@@ -107,8 +113,8 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
     int64_t items = (w->rows + m.item_rows - 1) / m.item_rows;
     for (int32_t c0 = 0; c0 < n; c0 += chunk) {
         m.n = n - c0 < chunk ? n - c0 : chunk;
-        m.x = x + (int64_t)c0 * w->cols;
-        m.y = y + (int64_t)c0 * w->rows;
+        m.x = x + (int64_t)c0 * ldx;
+        m.y = y + (int64_t)c0 * ldy;
         if (nth == 1) {
             for (int32_t t = 0; m.act_bytes && !m.private_act && t < m.n; t++) mm_convert_item(&m, t, 0);
             for (int64_t i = 0; i < items; i++) mm_rows_item(&m, i, 0);

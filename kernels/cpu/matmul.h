@@ -43,5 +43,9 @@ const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype);
 
 void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
                    const cv_tensor *w, const float *x, float *y, int32_t n);
+/* The same with token t's x row at x + t * ldx and its y row at y + t * ldy (floats;
+ * ldx >= cols, ldy >= rows): one head's rows of a [tokens][heads][width] activation. */
+void cv_matmul_run_strided(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
+                           const cv_tensor *w, const float *x, int64_t ldx, float *y, int64_t ldy, int32_t n);
 
 #endif

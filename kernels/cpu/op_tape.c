@@ -3,14 +3,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(sizeof(cv_op) == 8 * sizeof(int32_t) + 3 * sizeof(int64_t) + 4 * sizeof(float) +
+_Static_assert(sizeof(cv_op) == 10 * sizeof(int32_t) + 3 * sizeof(int64_t) + 8 * sizeof(float) +
                                    6 * sizeof(void *),
                "cv_op has no padding bytes");
 _Static_assert(sizeof(cv_op) % sizeof(uint64_t) == 0, "cv_op is a whole number of words");
-/* 8 entries for memory and weights, 13 compute ops, graph_begin/end. A new compute op
+/* 8 entries for memory and weights, 15 compute ops, graph_begin/end. A new compute op
  * needs a kind, a d_ function and a cv_op_apply case here, or a deferring backend's
  * table would have a NULL in its place. */
-_Static_assert(sizeof(cv_backend_ops) == 23 * sizeof(void (*)(void)),
+_Static_assert(sizeof(cv_backend_ops) == 25 * sizeof(void (*)(void)),
                "cv_backend_ops changed: if a compute op was added, op_tape.c must record it");
 
 /* Slots of the struct arguments: their ints from i[3], their pointers from p[4]. */
@@ -27,12 +27,13 @@ static cv_tensor get_tensor(const cv_op *o) {
 
 static void put_kv(cv_op *o, const cv_kv_layer *kv) {
     o->i[3] = (int32_t)kv->type, o->i[4] = kv->block_size, o->i[5] = kv->n_kv_heads, o->i[6] = kv->head_dim;
+    o->i[7] = kv->v_dim;
     o->p[4] = kv->k, o->p[5] = kv->v;
 }
 
 static cv_kv_layer get_kv(const cv_op *o) {
     return (cv_kv_layer){.k = (void *)o->p[4], .v = (void *)o->p[5], .type = (cv_type)o->i[3],
-                         .block_size = o->i[4], .n_kv_heads = o->i[5], .head_dim = o->i[6]};
+                         .block_size = o->i[4], .n_kv_heads = o->i[5], .head_dim = o->i[6], .v_dim = o->i[7]};
 }
 
 /* ---- ops -> cv_op ---- */
@@ -73,6 +74,7 @@ static void d_rope(cv_backend *be, const cv_rope_params *p, float *x, int32_t n_
     cv_op o = new_op(CV_OP_ROPE);
     o.i[3] = (int32_t)p->mode, o.i[4] = p->n_rot, o.f[1] = p->freq_base, o.f[2] = p->freq_scale;
     o.f[3] = p->mscale, o.p[4] = p->freq_factors;
+    o.f[4] = p->ext_factor, o.f[5] = p->yarn_lo, o.f[6] = p->yarn_hi;
     o.p[0] = x, o.i[0] = n_tokens, o.i[1] = n_heads, o.i[2] = head_dim, o.p[1] = pos;
     sink(be, &o);
 }
@@ -120,6 +122,21 @@ static void d_scatter_add_rows(cv_backend *be, const float *src, const int32_t *
     sink(be, &o);
 }
 
+static void d_matmul_heads(cv_backend *be, const cv_tensor *w, int32_t n_heads, const float *x, int32_t x_stride,
+                           float *y, int32_t y_stride, int32_t n) {
+    cv_op o = new_op(CV_OP_MATMUL_HEADS);
+    put_tensor(&o, w);
+    o.p[0] = x, o.p[1] = y, o.i[0] = n, o.i[1] = n_heads, o.i[2] = x_stride, o.i[5] = y_stride;
+    sink(be, &o);
+}
+
+static void d_copy_rows(cv_backend *be, const float *src, int32_t src_stride, float *dst, int32_t dst_stride,
+                        int32_t width, int64_t n_rows) {
+    cv_op o = new_op(CV_OP_COPY_ROWS);
+    o.p[0] = src, o.p[1] = dst, o.i[0] = src_stride, o.i[1] = dst_stride, o.i[2] = width, o.l[0] = n_rows;
+    sink(be, &o);
+}
+
 static void d_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                        const float *v) {
     cv_op o = new_op(CV_OP_KV_STORE);
@@ -150,6 +167,8 @@ void cv_op_defer_init(cv_op_defer_table *t, cv_op_sink s) {
     t->ops.softcap = d_softcap;
     t->ops.add_bias = d_add_bias;
     t->ops.scatter_add_rows = d_scatter_add_rows;
+    t->ops.matmul_heads = d_matmul_heads;
+    t->ops.copy_rows = d_copy_rows;
     t->ops.kv_store = d_kv_store;
     t->ops.attention = d_attention;
 }
@@ -173,7 +192,8 @@ void cv_op_apply(const cv_backend_ops *ops, cv_backend *be, const cv_op *o) {
         break;
     case CV_OP_ROPE: {
         const cv_rope_params p = {.mode = (cv_rope_mode)o->i[3], .n_rot = o->i[4], .freq_base = o->f[1],
-                                  .freq_scale = o->f[2], .freq_factors = o->p[4], .mscale = o->f[3]};
+                                  .freq_scale = o->f[2], .freq_factors = o->p[4], .mscale = o->f[3],
+                                  .ext_factor = o->f[4], .yarn_lo = o->f[5], .yarn_hi = o->f[6]};
         ops->rope(be, &p, (float *)o->p[0], o->i[0], o->i[1], o->i[2], o->p[1]);
         break;
     }
@@ -186,6 +206,12 @@ void cv_op_apply(const cv_backend_ops *ops, cv_backend *be, const cv_op *o) {
     case CV_OP_SCATTER_ADD_ROWS:
         ops->scatter_add_rows(be, o->p[0], o->p[1], o->p[2], o->i[0], o->i[1], (float *)o->p[3]);
         break;
+    case CV_OP_MATMUL_HEADS: {
+        const cv_tensor w = get_tensor(o);
+        ops->matmul_heads(be, &w, o->i[1], o->p[0], o->i[2], (float *)o->p[1], o->i[5], o->i[0]);
+        break;
+    }
+    case CV_OP_COPY_ROWS: ops->copy_rows(be, o->p[0], o->i[0], (float *)o->p[1], o->i[1], o->i[2], o->l[0]); break;
     case CV_OP_KV_STORE: {
         const cv_kv_layer kv = get_kv(o);
         ops->kv_store(be, &kv, o->p[0], o->i[0], o->p[1], o->p[2]);

@@ -25,14 +25,14 @@ __global__ void kv_store_kernel(cv_kv_layer kv, const cv_attn_row *rows, const f
     const int width = kv.n_kv_heads * kv.head_dim;
     const cv_attn_row r = rows[blockIdx.x];
     const int64_t base = slot_of(r, r.pos, kv.block_size) * width;
-    const float *ks = k + (int64_t)blockIdx.x * width, *vs = v + (int64_t)blockIdx.x * width;
+    const float *ks = k + (int64_t)blockIdx.x * width, *vs = v ? v + (int64_t)blockIdx.x * width : NULL;
     for (int i = threadIdx.x; i < width; i += blockDim.x) {
         if (F16) {
             ((__half *)kv.k)[base + i] = __float2half_rn(ks[i]);
-            ((__half *)kv.v)[base + i] = __float2half_rn(vs[i]);
+            if (vs) ((__half *)kv.v)[base + i] = __float2half_rn(vs[i]);
         } else {
             ((float *)kv.k)[base + i] = ks[i];
-            ((float *)kv.v)[base + i] = vs[i];
+            if (vs) ((float *)kv.v)[base + i] = vs[i];
         }
     }
 }
@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(cv_attn_params p, cv_kv_layer kv, const cv_attn_row *rows, const float *q, float *out) {
     __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][CV_CUDA_MAX_HEAD_DIM];
     const int i = blockIdx.x / p.n_heads, h = blockIdx.x % p.n_heads;
-    const int hd = kv.head_dim, g = h / (p.n_heads / kv.n_kv_heads);
+    const int hd = kv.head_dim, vd = kv.v_dim ? kv.v_dim : hd, g = h / (p.n_heads / kv.n_kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const cv_attn_row r = rows[i];
     const float *qh = q + ((int64_t)i * p.n_heads + h) * hd;
@@ -79,7 +79,7 @@ attention_kernel(cv_attn_params p, cv_kv_layer kv, const cv_attn_row *rows, cons
 #pragma unroll
         for (int j = 0; j < ATT_DIMS; j++) {
             const int d = lane + 32 * j;
-            acc[j] = acc[j] * corr + (d < hd ? w * kv_get<F16>(kv.v, base + d) : 0.f);
+            acc[j] = acc[j] * corr + (d < vd ? w * kv_get<F16>(kv.v, base + d) : 0.f);
         }
         m = mn;
     }
@@ -98,8 +98,8 @@ attention_kernel(cv_attn_params p, cv_kv_layer kv, const cv_attn_row *rows, cons
         f[w] = sm_l[w] > 0.f ? expf(sm_m[w] - M) : 0.f;
         L += sm_l[w] * f[w];
     }
-    float *oh = out + ((int64_t)i * p.n_heads + h) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+    float *oh = out + ((int64_t)i * p.n_heads + h) * vd;
+    for (int d = threadIdx.x; d < vd; d += blockDim.x) {
         float o = 0.f;
 #pragma unroll
         for (int w = 0; w < ATT_WARPS; w++) o += sm_acc[w][d] * f[w];
@@ -112,7 +112,7 @@ void cv_cuda_attention(cuda_backend *cb, const cv_attn_params *p, const cv_kv_la
     if (n <= 0) return;
     if (kv->head_dim > CV_CUDA_MAX_HEAD_DIM || kv->n_kv_heads <= 0 || p->n_heads % kv->n_kv_heads != 0) {
         cv_cuda_fail(cb, __FILE__, __LINE__, "attention",
-                     "head_dim above 256 or n_heads not a multiple of n_kv_heads");
+                     "head_dim above 576 or n_heads not a multiple of n_kv_heads");
         return;
     }
     const unsigned blocks = (unsigned)(n * p->n_heads);

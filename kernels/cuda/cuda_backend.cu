@@ -203,6 +203,14 @@ static void op_scatter_add_rows(cv_backend *be, const float *src, const int32_t 
                                 int32_t dim, float *dst) {
     cv_cuda_scatter_add_rows((cuda_backend *)be, src, ids, w, n, dim, dst);
 }
+static void op_matmul_heads(cv_backend *be, const cv_tensor *w, int32_t n_heads, const float *x, int32_t x_stride,
+                            float *y, int32_t y_stride, int32_t n) {
+    cv_cuda_matmul_heads((cuda_backend *)be, w, n_heads, x, x_stride, y, y_stride, n);
+}
+static void op_copy_rows(cv_backend *be, const float *src, int32_t src_stride, float *dst, int32_t dst_stride,
+                         int32_t width, int64_t n_rows) {
+    cv_cuda_copy_rows((cuda_backend *)be, src, src_stride, dst, dst_stride, width, n_rows);
+}
 static void op_kv_store(cv_backend *be, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n, const float *k,
                         const float *v) {
     cv_cuda_kv_store((cuda_backend *)be, kv, rows, n, k, v);
@@ -246,6 +254,8 @@ static cv_backend_ops make_eager_ops(void) {
     o.softcap = op_softcap;
     o.add_bias = op_add_bias;
     o.scatter_add_rows = op_scatter_add_rows;
+    o.matmul_heads = op_matmul_heads;
+    o.copy_rows = op_copy_rows;
     o.kv_store = op_kv_store;
     o.attention = op_attention;
     return o;

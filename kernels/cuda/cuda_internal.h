@@ -95,6 +95,8 @@ void cv_cuda_matmul(cuda_backend *cb, const cv_tensor *w, const float *x, float 
 void cv_cuda_get_rows(cuda_backend *cb, const cv_tensor *t, const int32_t *ids, int32_t n, float *out);
 /* Bytes of the FP16/BF16/F32 copy of w the cuBLAS path needs (0 for F32 weights). */
 size_t cv_cuda_gemm_w_bytes(const cv_tensor *w);
+void cv_cuda_matmul_heads(cuda_backend *cb, const cv_tensor *w, int32_t n_heads, const float *x, int32_t x_stride,
+                          float *y, int32_t y_stride, int32_t n);
 
 /* cuda_ops.cu */
 void cv_cuda_rmsnorm(cuda_backend *cb, const float *x, const float *w, float *y, int32_t n_rows,
@@ -109,9 +111,12 @@ void cv_cuda_softcap(cuda_backend *cb, float *x, float c, int64_t n);
 void cv_cuda_add_bias(cuda_backend *cb, float *x, const float *bias, int32_t n_rows, int32_t n);
 void cv_cuda_scatter_add_rows(cuda_backend *cb, const float *src, const int32_t *ids, const float *w, int32_t n,
                               int32_t dim, float *dst);
+void cv_cuda_copy_rows(cuda_backend *cb, const float *src, int32_t src_stride, float *dst, int32_t dst_stride,
+                       int32_t width, int64_t n_rows);
 
 /* cuda_attention.cu */
-#define CV_CUDA_MAX_HEAD_DIM 256
+/* MLA's cache "head" is its latent and rope key: 512 + 64 for DeepSeek V2/V3 */
+#define CV_CUDA_MAX_HEAD_DIM 576
 void cv_cuda_kv_store(cuda_backend *cb, const cv_kv_layer *kv, const cv_attn_row *rows, int32_t n,
                       const float *k, const float *v);
 void cv_cuda_attention(cuda_backend *cb, const cv_attn_params *p, const cv_kv_layer *kv,

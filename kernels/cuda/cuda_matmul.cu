@@ -187,6 +187,82 @@ matvec_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, co
     }
 }
 
+/* ---- per-head matmul (MLA's absorbed projections): head h of every token ---- */
+
+#define MH_TOKENS 8
+
+/* One warp per weight row (of all heads' stacked rows); the row's dequantized groups
+ * are applied to MH_TOKENS tokens' slices at a time, read with their strides. */
+template <int T, bool ELEM>
+__global__ void __launch_bounds__(MV_WARPS * 32)
+matmul_heads_kernel(const uint8_t *w, size_t row_bytes, int64_t rows_per_head, int64_t cols, int n_heads,
+                    const float *x, int x_stride, float *y, int y_stride, int n) {
+    const int lane = threadIdx.x & 31;
+    const int64_t gr = (int64_t)blockIdx.x * MV_WARPS + (threadIdx.x >> 5);
+    if (gr >= rows_per_head * n_heads) return;
+    const int h = (int)(gr / rows_per_head);
+    const int64_t r = gr % rows_per_head;
+    const uint8_t *wr = w + gr * row_bytes;
+    for (int t0 = 0; t0 < n; t0 += MH_TOKENS) {
+        float acc[MH_TOKENS];
+#pragma unroll
+        for (int b = 0; b < MH_TOKENS; b++) acc[b] = 0.f;
+        if constexpr (ELEM) {
+            for (int64_t c = lane; c < cols; c += 32) {
+                const float v = elem<T>(wr, c);
+#pragma unroll
+                for (int b = 0; b < MH_TOKENS; b++)
+                    if (t0 + b < n) acc[b] += v * x[((int64_t)(t0 + b) * n_heads + h) * x_stride + c];
+            }
+        } else {
+            for (int64_t g = lane; g < cols / 8; g += 32) {
+                float v[8];
+                dequant8<T>(wr, g, v);
+#pragma unroll
+                for (int b = 0; b < MH_TOKENS; b++) {
+                    if (t0 + b >= n) continue;
+                    const float *xp = x + ((int64_t)(t0 + b) * n_heads + h) * x_stride + g * 8;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) acc[b] += v[j] * xp[j];
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < MH_TOKENS; b++) {
+            if (t0 + b >= n) continue;
+            float s = acc[b];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) y[((int64_t)(t0 + b) * n_heads + h) * y_stride + r] = s;
+        }
+    }
+}
+
+template <int T>
+static void launch_matmul_heads(cuda_backend *cb, const cv_tensor *w, int32_t n_heads, const float *x,
+                                int32_t x_stride, float *y, int32_t y_stride, int32_t n) {
+    const unsigned blocks = (unsigned)((w->rows + MV_WARPS - 1) / MV_WARPS);
+    const uint8_t *wd = (const uint8_t *)w->data;
+    if (float_type<T>() && !grouped(w))
+        matmul_heads_kernel<T, true><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(
+            wd, w->row_stride, w->rows / n_heads, w->cols, n_heads, x, x_stride, y, y_stride, n);
+    else
+        matmul_heads_kernel<T, false><<<blocks, MV_WARPS * 32, 0, cb->stream>>>(
+            wd, w->row_stride, w->rows / n_heads, w->cols, n_heads, x, x_stride, y, y_stride, n);
+    CUDA_LAUNCHED(cb, "matmul_heads_kernel");
+}
+
+void cv_cuda_matmul_heads(cuda_backend *cb, const cv_tensor *w, int32_t n_heads, const float *x, int32_t x_stride,
+                          float *y, int32_t y_stride, int32_t n) {
+    if (n <= 0 || n_heads <= 0) return;
+    switch (w->type) {
+#define X(T) case T: launch_matmul_heads<T>(cb, w, n_heads, x, x_stride, y, y_stride, n); break;
+        CV_CUDA_TYPES(X)
+#undef X
+    default: cv_cuda_fail(cb, __FILE__, __LINE__, "matmul_heads", "weight type not supported");
+    }
+}
+
 /* ---- embedding lookup ---- */
 
 template <int T>

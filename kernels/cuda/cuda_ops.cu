@@ -50,6 +50,10 @@ __global__ void rope_kernel(cv_rope_params p, float *x, int n_heads, int head_di
     for (int i = threadIdx.x; i < p.n_rot / 2; i += blockDim.x) {
         double theta = (double)pos[t] * p.freq_scale * pow((double)p.freq_base, -2.0 * i / p.n_rot);
         if (p.freq_factors) theta /= p.freq_factors[i];
+        if (p.ext_factor != 0.f) {
+            const double mix = cv_rope_yarn_mix(&p, i);
+            theta = theta * (1 - mix) + theta / p.freq_scale * mix;
+        }
         const float c = (float)(cos(theta) * ms), s = (float)(sin(theta) * ms);
         const int a = p.mode == CV_ROPE_NEOX ? i : 2 * i;
         const int b = p.mode == CV_ROPE_NEOX ? i + p.n_rot / 2 : 2 * i + 1;
@@ -162,4 +166,21 @@ void cv_cuda_scatter_add_rows(cuda_backend *cb, const float *src, const int32_t 
     if (total <= 0) return;
     scatter_add_rows_kernel<<<cv_cuda_blocks(total), 256, 0, cb->stream>>>(src, ids, w, total, dim, dst);
     CUDA_LAUNCHED(cb, "scatter_add_rows_kernel");
+}
+
+/* dst[r * ds + j] = src[r * ss + j]: a strided copy, one thread per element. */
+__global__ void copy_rows_kernel(const float *src, int ss, float *dst, int ds, int width, int64_t total) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = i / width;
+        const int c = (int)(i % width);
+        dst[r * ds + c] = src[r * ss + c];
+    }
+}
+
+void cv_cuda_copy_rows(cuda_backend *cb, const float *src, int32_t src_stride, float *dst, int32_t dst_stride,
+                       int32_t width, int64_t n_rows) {
+    const int64_t total = n_rows * width;
+    if (total <= 0) return;
+    copy_rows_kernel<<<cv_cuda_blocks(total), 256, 0, cb->stream>>>(src, src_stride, dst, dst_stride, width, total);
+    CUDA_LAUNCHED(cb, "copy_rows_kernel");
 }

@@ -12,18 +12,18 @@
 
 static const cv_synth_shape k_shapes[] = {
     /* name            arch     embd  layer head kv  ff     vocab   ctx    rope   eps  bias tied
-     * n_rot swa rope_orig_ctx rope_factor head_dim qk_norm experts used expert_ff */
-    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+     * then the other fields by name */
+    {"tiny", "llama", 256, 2, 4, 2, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 0},
+    {"tiny-qwen2", "qwen2", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 1, 1, .n_rot = 0},
+    {"tinyllama-1.1b", "llama", 2048, 22, 32, 4, 5632, 32000, 2048, 10000.f, 1e-5f, 0, 0, .n_rot = 0},
+    {"qwen2-1.5b", "qwen2", 1536, 28, 12, 2, 8960, 151936, 32768, 1000000.f, 1e-6f, 1, 1, .n_rot = 0},
+    {"llama-7b", "llama", 4096, 32, 32, 32, 11008, 32000, 4096, 10000.f, 1e-5f, 0, 0, .n_rot = 0},
+    {"llama3-8b", "llama", 4096, 32, 32, 8, 14336, 128256, 8192, 500000.f, 1e-5f, 0, 0, .n_rot = 0},
     /* Tensor-parallel tests: 8 heads, 4 kv heads and ffn 512 split 2 and 4 ways with
      * every column share a whole number of 32-element blocks. */
-    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
-    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"tp-llama", "llama", 256, 2, 8, 4, 512, 512, 256, 10000.f, 1e-5f, 0, 0, .n_rot = 0},
+    {"tp-qwen2", "qwen2", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 1, 0, .n_rot = 0},
+    {"tp-gemma3", "gemma3", 256, 2, 8, 4, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, .n_rot = 0},
     /* Llama 3.1+ rope scaling. The reduced one's original context of 32 puts its head's
      * 32 frequencies in all three bands (kept, interpolated, slowed by the factor). */
     {"llama3.2-1b", "llama", 2048, 16, 32, 8, 8192, 128256, 131072, 500000.f, 1e-5f, 0, 1,
@@ -55,6 +55,27 @@ static const cv_synth_shape k_shapes[] = {
     {"qwen3-tiny", "qwen3", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 0, 1, .head_dim = 128, .qk_norm = 1},
     {"qwen3moe-tiny", "qwen3moe", 256, 2, 4, 2, 512, 512, 256, 1000000.f, 1e-6f, 0, 0, .head_dim = 128,
      .qk_norm = 1, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 256},
+    /* DeepSeek-V2-Lite: MLA without q_lora (latent 512, rope 64 of 192-wide query heads,
+     * values 128), one dense layer, then 64 experts of 1408 (6 per token, softmax, not
+     * normalised) beside 2 shared; YaRN x40 from 4096 with mscale_all_dim 0.707. */
+    {"deepseek-v2-lite", "deepseek2", 2048, 27, 16, 1, 10944, 102400, 163840, 10000.f, 1e-6f, 0, 0,
+     .n_rot = 64, .rope_orig_ctx = 4096, .rope_factor = 40.f, .n_expert = 64, .n_expert_used = 6,
+     .n_ff_exp = 1408, .kv_lora = 512, .qk_nope = 128, .v_head = 128, .n_dense_lead = 1, .n_shared = 2,
+     .expert_scale = 1.0f, .yarn_log_mul = 0.0707f},
+    /* Reduced, every structural feature kept: a dense first layer, MLA, shared and routed
+     * experts, YaRN from an original context of 64 (its mix spans pairs 0..5 of the 16).
+     * The V3-like one has q_lora and sigmoid routing in 4 groups (2 used) with selection
+     * biases, normalised and scaled; the V2-Lite-like one projects queries directly and
+     * routes by softmax. Rows of 256 where the tensors allow (Q4_K_M). */
+    {"deepseek2-tiny", "deepseek2", 256, 3, 4, 1, 512, 512, 256, 10000.f, 1e-6f, 0, 0, .n_rot = 32,
+     .rope_orig_ctx = 64, .rope_factor = 4.f, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 256,
+     .q_lora = 256, .kv_lora = 256, .qk_nope = 64, .v_head = 64, .n_dense_lead = 1, .n_shared = 1,
+     .n_groups = 4, .n_group_used = 2, .sigmoid = 1, .expert_norm = 1, .expert_scale = 2.5f,
+     .yarn_log_mul = 0.1f},
+    {"deepseek2-lite-tiny", "deepseek2", 256, 3, 4, 1, 512, 512, 256, 10000.f, 1e-6f, 0, 0, .n_rot = 32,
+     .rope_orig_ctx = 64, .rope_factor = 4.f, .n_expert = 8, .n_expert_used = 2, .n_ff_exp = 256,
+     .kv_lora = 256, .qk_nope = 64, .v_head = 64, .n_dense_lead = 1, .n_shared = 2, .expert_scale = 1.0f,
+     .yarn_log_mul = 0.0707f},
 };
 #define N_SHAPES (int)(sizeof k_shapes / sizeof k_shapes[0])
 
@@ -321,6 +342,8 @@ static int64_t head_dim_of(const cv_synth_shape *s) { return s->head_dim ? s->he
 
 static uint32_t n_rot_of(const cv_synth_shape *s) { return s->n_rot ? s->n_rot : (uint32_t)head_dim_of(s); }
 
+static int is_mla(const cv_synth_shape *s) { return s->kv_lora > 0; }
+
 /* Frequency factors of the shape's rope scaling: llama's rope_freqs, or phi3's short
  * then long factors (made up: short ones near 1, long ones growing to the factor). */
 typedef struct rope_tables {
@@ -331,7 +354,7 @@ typedef struct rope_tables {
 static void make_rope_tables(const cv_synth_shape *s, rope_tables *r) {
     const int32_t half = (int32_t)n_rot_of(s) / 2;
     r->n = 0;
-    if (!s->rope_orig_ctx) return;
+    if (!s->rope_orig_ctx || is_mla(s)) return;  /* deepseek2's YaRN is keys only */
     if (!strcmp(s->arch, "llama")) {
         const cv_llama3_rope l3 = {.factor = s->rope_factor, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
                                    .original_context = (float)s->rope_orig_ctx};
@@ -345,6 +368,43 @@ static void make_rope_tables(const cv_synth_shape *s, rope_tables *r) {
         }
         r->n = 2;
     }
+}
+
+/* A deepseek2 layer's tensors, as llama.cpp's converter writes them for MLA. */
+static int64_t mla_layer_specs(const cv_synth_shape *s, int l, tensor_spec *t) {
+    const int64_t H = s->n_head, hq = (int64_t)s->qk_nope + n_rot_of(s), R = s->kv_lora;
+    const int64_t fs = (int64_t)s->n_shared * s->n_ff_exp;
+    int64_t n = 0;
+    if (s->q_lora) {
+        spec(&t[n++], l, "attn_q_a.weight", s->n_embd, s->q_lora, FILL_NORMAL);
+        spec(&t[n++], l, "attn_q_a_norm.weight", s->q_lora, 0, FILL_ONES);
+        spec(&t[n++], l, "attn_q_b.weight", s->q_lora, H * hq, FILL_NORMAL);
+    } else {
+        spec(&t[n++], l, "attn_q.weight", s->n_embd, H * hq, FILL_NORMAL);
+    }
+    spec(&t[n++], l, "attn_kv_a_mqa.weight", s->n_embd, R + n_rot_of(s), FILL_NORMAL);
+    spec(&t[n++], l, "attn_kv_a_norm.weight", R, 0, FILL_ONES);
+    spec3(&t[n++], l, "attn_k_b.weight", s->qk_nope, R, H, FILL_NORMAL);
+    spec3(&t[n++], l, "attn_v_b.weight", R, s->v_head, H, FILL_NORMAL);
+    spec(&t[n++], l, "attn_output.weight", H * s->v_head, s->n_embd, FILL_NORMAL);
+    spec(&t[n++], l, "ffn_norm.weight", s->n_embd, 0, FILL_ONES);
+    if ((uint32_t)l < s->n_dense_lead) {
+        spec(&t[n++], l, "ffn_gate.weight", s->n_embd, s->n_ff, FILL_NORMAL);
+        spec(&t[n++], l, "ffn_up.weight", s->n_embd, s->n_ff, FILL_NORMAL);
+        spec(&t[n++], l, "ffn_down.weight", s->n_ff, s->n_embd, FILL_NORMAL);
+        return n;
+    }
+    spec(&t[n++], l, "ffn_gate_inp.weight", s->n_embd, s->n_expert, FILL_NORMAL);
+    if (s->sigmoid) spec(&t[n++], l, "exp_probs_b.bias", s->n_expert, 0, FILL_NORMAL);
+    spec3(&t[n++], l, "ffn_gate_exps.weight", s->n_embd, s->n_ff_exp, s->n_expert, FILL_NORMAL);
+    spec3(&t[n++], l, "ffn_down_exps.weight", s->n_ff_exp, s->n_embd, s->n_expert, FILL_NORMAL);
+    spec3(&t[n++], l, "ffn_up_exps.weight", s->n_embd, s->n_ff_exp, s->n_expert, FILL_NORMAL);
+    if (fs) {
+        spec(&t[n++], l, "ffn_gate_shexp.weight", s->n_embd, fs, FILL_NORMAL);
+        spec(&t[n++], l, "ffn_down_shexp.weight", fs, s->n_embd, FILL_NORMAL);
+        spec(&t[n++], l, "ffn_up_shexp.weight", s->n_embd, fs, FILL_NORMAL);
+    }
+    return n;
 }
 
 /* The tensors llama.cpp's converter writes for the shape, in its usual order. */
@@ -362,6 +422,10 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_layer, uint32_t n
     }
     for (int l = 0; l < (int)n_layer; l++) {
         spec(&t[n++], l, "attn_norm.weight", s->n_embd, 0, FILL_ONES);
+        if (is_mla(s)) {
+            n += mla_layer_specs(s, l, t + n);
+            continue;
+        }
         if (phi3) {
             spec(&t[n++], l, "attn_qkv.weight", s->n_embd, q + 2 * kv, FILL_NORMAL);
             spec(&t[n++], l, "attn_output.weight", q, s->n_embd, FILL_NORMAL);
@@ -400,6 +464,38 @@ static int64_t build_specs(const cv_synth_shape *s, uint32_t n_layer, uint32_t n
     return n;
 }
 
+/* deepseek2's keys as llama.cpp's converter writes them (q_lora_rank 0 for none: llama.cpp
+ * requires the key unless the model has V2-Lite's 27 layers). */
+static cv_status write_mla_hparams(cv_gguf_writer *w, const cv_synth_shape *s, cv_error *err) {
+    char key[96];
+    cv_status st;
+#define ARCH_KEY(suffix) (snprintf(key, sizeof key, "%s." suffix, s->arch), key)
+    if ((st = cv_gguf_set_u32(w, ARCH_KEY("leading_dense_block_count"), s->n_dense_lead, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.q_lora_rank"), s->q_lora, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.kv_lora_rank"), s->kv_lora, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.key_length"), s->kv_lora + n_rot_of(s), err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.value_length"), s->kv_lora, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.key_length_mla"), s->qk_nope + n_rot_of(s), err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("attention.value_length_mla"), s->v_head, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("expert_shared_count"), s->n_shared, err)) ||
+        (st = cv_gguf_set_f32(w, ARCH_KEY("expert_weights_scale"), s->expert_scale, err)) ||
+        (st = cv_gguf_set_u32(w, ARCH_KEY("expert_gating_func"), s->sigmoid ? 2 : 1, err)))
+        return st;
+    if (s->expert_norm && (st = cv_gguf_set_bool(w, ARCH_KEY("expert_weights_norm"), 1, err))) return st;
+    if (s->n_groups &&
+        ((st = cv_gguf_set_u32(w, ARCH_KEY("expert_group_count"), s->n_groups, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("expert_group_used_count"), s->n_group_used, err))))
+        return st;
+    if (s->rope_orig_ctx &&
+        ((st = cv_gguf_set_str(w, ARCH_KEY("rope.scaling.type"), "yarn", err)) ||
+         (st = cv_gguf_set_f32(w, ARCH_KEY("rope.scaling.factor"), s->rope_factor, err)) ||
+         (st = cv_gguf_set_u32(w, ARCH_KEY("rope.scaling.original_context_length"), s->rope_orig_ctx, err)) ||
+         (st = cv_gguf_set_f32(w, ARCH_KEY("rope.scaling.yarn_log_multiplier"), s->yarn_log_mul, err))))
+        return st;
+#undef ARCH_KEY
+    return CV_OK;
+}
+
 static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const cv_synth_opts *o,
                                uint32_t n_layer, uint32_t n_vocab, cv_error *err) {
     char key[96], name[128];
@@ -421,6 +517,7 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
         (st = cv_gguf_set_u32(w, ARCH_KEY("rope.dimension_count"), n_rot_of(s), err)) ||
         (st = cv_gguf_set_u32(w, ARCH_KEY("vocab_size"), n_vocab, err)))
         return st;
+    if (is_mla(s) && (st = write_mla_hparams(w, s, err))) return st;
     if (s->head_dim &&
         ((st = cv_gguf_set_u32(w, ARCH_KEY("attention.key_length"), s->head_dim, err)) ||
          (st = cv_gguf_set_u32(w, ARCH_KEY("attention.value_length"), s->head_dim, err))))
@@ -453,7 +550,7 @@ static cv_status write_hparams(cv_gguf_writer *w, const cv_synth_shape *s, const
 cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const char *out_path, cv_error *err) {
     if (!cv_qrecipe_get(o->recipe)) return cv_errorf(err, CV_EINVAL, "recipe %d is not a known recipe", (int)o->recipe);
     const uint32_t n_layer = o->n_layers ? o->n_layers : s->n_layer;
-    const int64_t max_tensors = 6 + (int64_t)n_layer * 17;
+    const int64_t max_tensors = 6 + (int64_t)n_layer * 24;
     rope_tables *rt = calloc(1, sizeof *rt);
     tensor_spec *specs = calloc((size_t)max_tensors, sizeof *specs);
     void **bufs = calloc((size_t)max_tensors, sizeof *bufs);

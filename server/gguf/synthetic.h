@@ -7,7 +7,9 @@
  * unless embeddings are tied; phi3's fused attn_qkv and gate-up ffn_up; qwen3's
  * attn_q_norm / attn_k_norm; a mixture of experts as qwen3moe's ffn_gate_inp [embd,
  * experts] and the 3-D ffn_{gate,up,down}_exps [.., .., experts] instead of
- * ffn_gate/up/down), the same metadata keys (<arch>.context_length, <arch>.expert_count, ...),
+ * ffn_gate/up/down; deepseek2's attn_q_a / attn_q_a_norm / attn_q_b or attn_q,
+ * attn_kv_a_mqa, attn_kv_a_norm, attn_k_b, attn_v_b, its dense lead layers, shared
+ * experts ffn_*_shexp and exp_probs_b.bias), the same metadata keys (<arch>.context_length, <arch>.expert_count, ...),
  * tensor types chosen by a quantize recipe (cv_qrecipe_pick). Weights are
  * approximately normal with standard deviation 0.02 (a sum of four uniforms), norms
  * are 1.0, so activations stay in a sane range through all layers.
@@ -31,7 +33,7 @@
 
 typedef struct cv_synth_shape {
     const char *name;   /* "tinyllama-1.1b", ... */
-    const char *arch;   /* general.architecture: llama, qwen2, gemma3, phi3, qwen3, qwen3moe */
+    const char *arch;   /* general.architecture: llama, qwen2, gemma3, phi3, qwen3, qwen3moe, deepseek2 */
     uint32_t n_embd, n_layer, n_head, n_head_kv, n_ff, n_vocab, n_ctx;
     float rope_base, rms_eps;
     int qkv_bias;       /* attn_q/k/v biases (qwen2) */
@@ -47,6 +49,15 @@ typedef struct cv_synth_shape {
     uint32_t head_dim;  /* attention.key_length; 0: n_embd / n_head */
     int qk_norm;        /* per-head attn_q_norm / attn_k_norm (qwen3; gemma3 has them anyway) */
     uint32_t n_expert, n_expert_used, n_ff_exp;  /* mixture of experts; n_expert 0: dense */
+    /* deepseek2 (multi-head latent attention, as llama.cpp's converter writes it: MQA of
+     * one kv head, key_length kv_lora + n_rot, attn_k_b / attn_v_b split): q_lora 0 is
+     * V2-Lite's attn_q; n_rot is the rope part, qk_nope and v_head the heads' other
+     * sizes. The mixture: n_dense_lead dense layers first, n_shared shared experts,
+     * sigmoid scoring with exp_probs_b biases and groups (V3) or softmax; weights scale
+     * and norm. rope_factor with rope_orig_ctx: YaRN with yarn_log_mul. */
+    uint32_t q_lora, kv_lora, qk_nope, v_head, n_dense_lead, n_shared, n_groups, n_group_used;
+    int sigmoid, expert_norm;
+    float expert_scale, yarn_log_mul;
 } cv_synth_shape;
 
 /* The built-in shapes, by name; NULL when unknown. */

@@ -47,6 +47,9 @@ struct cv_kv_cache {
     int32_t *slabs_used;    /* per memory block */
 };
 
+/* Pools per layer: K and V, or K alone when the values are its prefix (k_only). */
+static size_t n_pools(const cv_kv_config *c) { return c->k_only ? 1 : 2; }
+
 static size_t slot_bytes(const cv_kv_config *c) {
     return (size_t)c->n_kv_heads * (size_t)c->head_dim * (c->type == CV_TYPE_F32 ? 4 : 2);
 }
@@ -77,7 +80,7 @@ size_t cv_kv_block_bytes(const cv_kv_config *c) {
     group_layers(c, layers);
     const int32_t wide = layers[0] > layers[1] ? layers[0] : layers[1];
     const size_t ranks = c->n_ranks > 0 ? (size_t)c->n_ranks : 1;
-    return 2 * (size_t)wide * ranks * slot_bytes(c) * (size_t)c->block_size;
+    return n_pools(c) * (size_t)wide * ranks * slot_bytes(c) * (size_t)c->block_size;
 }
 
 int32_t cv_kv_blocks_for(const cv_kv_config *c, int32_t n_pos) {
@@ -130,11 +133,11 @@ static cv_status plan_groups(cv_kv_cache *kv, cv_error *err) {
     const kv_group *G = kv->groups;
     kv->wide = G[CV_KV_FULL].n_layers >= G[CV_KV_SLIDING].n_layers ? CV_KV_FULL : CV_KV_SLIDING;
     const int32_t wide_layers = G[kv->wide].n_layers;
-    kv->id_scale = ring ? 2 * wide_layers : 1;
+    kv->id_scale = ring ? (int32_t)n_pools(c) * wide_layers : 1;
     kv->pack = ring ? wide_layers / G[!kv->wide].n_layers : 1;
     size_t block, total;
     if (__builtin_mul_overflow(slot_bytes(c), (size_t)c->block_size, &kv->unit) ||
-        __builtin_mul_overflow(kv->unit, 2 * (size_t)wide_layers, &block) ||
+        __builtin_mul_overflow(kv->unit, n_pools(c) * (size_t)wide_layers, &block) ||
         __builtin_mul_overflow(block, (size_t)c->n_blocks, &total) || total > ((size_t)1 << 46))
         return cv_errorf(err, CV_ERANGE, "kv cache: %d layers x %d blocks x %d slots x %zu bytes "
                          "exceeds 64 TiB", c->n_layers, c->n_blocks, c->block_size, slot_bytes(c));
@@ -247,7 +250,7 @@ size_t cv_kv_bytes(const cv_kv_cache *kv) { return kv->mem_bytes * (size_t)kv->c
 
 /* K+V bytes of one block of positions in all layers of group g, all ranks. */
 static size_t group_block_bytes(const cv_kv_cache *kv, int32_t g) {
-    return 2 * (size_t)kv->groups[g].n_layers * kv->unit * (size_t)kv->cfg.n_ranks;
+    return n_pools(&kv->cfg) * (size_t)kv->groups[g].n_layers * kv->unit * (size_t)kv->cfg.n_ranks;
 }
 
 size_t cv_kv_bytes_per_token(const cv_kv_cache *kv) {
@@ -300,7 +303,7 @@ static int32_t take(cv_kv_cache *kv, int32_t g) {
     const int32_t s = kv->slab_head, m = s / kv->pack;
     slab_unlink(kv, s);
     kv->slabs_used[m]++;
-    return m * kv->id_scale + (s % kv->pack) * 2 * kv->groups[g].n_layers;
+    return m * kv->id_scale + (s % kv->pack) * (int32_t)n_pools(&kv->cfg) * kv->groups[g].n_layers;
 }
 
 static void put(cv_kv_cache *kv, int32_t g, int32_t id) {
@@ -309,7 +312,7 @@ static void put(cv_kv_cache *kv, int32_t g, int32_t id) {
         cv_bpool_unref(kv->pool, m);
         return;
     }
-    const int32_t s = m * kv->pack + (id % kv->id_scale) / (2 * kv->groups[g].n_layers);
+    const int32_t s = m * kv->pack + (id % kv->id_scale) / ((int32_t)n_pools(&kv->cfg) * kv->groups[g].n_layers);
     if (--kv->slabs_used[m] > 0) {
         slab_link(kv, s);
         return;
@@ -465,7 +468,8 @@ int32_t cv_kv_cached_blocks(const cv_kv_cache *kv) { return cv_bpool_cached(kv->
 uint64_t cv_kv_evictions(const cv_kv_cache *kv) { return cv_bpool_evictions(kv->pool); }
 
 static uint8_t *pool(const cv_kv_cache *kv, int32_t rank, int32_t layer, int32_t v) {
-    return kv->ranks[rank].mem + ((size_t)kv->layer_index[layer] * 2 + (size_t)v) * kv->gap;
+    /* k_only: the values are read from the keys' pool */
+    return kv->ranks[rank].mem + ((size_t)kv->layer_index[layer] * n_pools(&kv->cfg) + (size_t)(v && !kv->cfg.k_only)) * kv->gap;
 }
 
 void *cv_kv_k_pool(const cv_kv_cache *kv, int32_t rank, int32_t layer) { return pool(kv, rank, layer, 0); }

@@ -101,6 +101,10 @@ typedef struct cv_kv_config {
     int prefix_cache;     /* keep and share full blocks (above); cv_kv_config_of says
                              whether it is on: never with a sliding ring */
     uint64_t prefix_seed; /* the hash chain's start */
+    int k_only;           /* one pool per layer: the values are the first v_dim elements
+                             of each key slot (multi-head latent attention), and
+                             cv_kv_v_pool returns the K pool */
+    int32_t v_dim;        /* the values' width when k_only (kv_layer's v_dim); else 0 */
 } cv_kv_config;
 
 typedef struct cv_kv_cache cv_kv_cache;

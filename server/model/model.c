@@ -18,6 +18,11 @@ typedef struct cv_layer {
     cv_tensor gate, up, down;               /* a dense ffn (data NULL in a mixture layer) */
     cv_tensor router;                       /* a mixture layer: ffn_gate_inp (data NULL if dense) */
     cv_tensor *exp_gate, *exp_up, *exp_down;  /* [n_expert] views of the 3-D expert tensors */
+    float *h_exp_bias;                      /* deepseek2 V3: exp_probs_b (host; routing is on the host), or NULL */
+    cv_tensor sh_gate, sh_up, sh_down;      /* deepseek2: the shared experts' ffn (data NULL if none) */
+    /* deepseek2 MLA: wq is attn_q or attn_q_b (after attn_q_a and its norm) */
+    cv_tensor wq_a, wkv_a, wk_b, wv_b;
+    float *q_a_norm, *kv_a_norm;
     int sliding;                            /* attends to a sliding window */
     cv_rope_params rope;
 } cv_layer;
@@ -29,7 +34,7 @@ struct cv_model {
     /* This shard: rank of n_ranks, and its share of the heads and ffn rows (all of
      * them when n_ranks is 1). */
     int32_t rank, n_ranks;
-    int32_t n_heads, n_kv_heads, ffn_dim, ffn_exp_dim;
+    int32_t n_heads, n_kv_heads, ffn_dim, ffn_exp_dim, ffn_sh_dim;
     int32_t vocab_lo, vocab_n;              /* its block of the vocabulary (logits columns) */
     cv_glu_kind glu;
     cv_tensor tok_embd, output;
@@ -57,6 +62,9 @@ struct cv_model {
     cv_moe_plan plan;
     float *router_logits, *h_router_logits, *xe, *ye, *xm, *d_moe_w;
     int32_t *d_moe_rows;
+    /* MLA: q_a rows, the latent alone, the absorbed queries [latent | rope] per head,
+     * and the heads' values after attn_v_b. */
+    float *qa, *lat, *qm, *vo;
 };
 
 const char *cv_arch_name(cv_arch a) {
@@ -67,6 +75,7 @@ const char *cv_arch_name(cv_arch a) {
     case CV_ARCH_PHI3: return "phi3";
     case CV_ARCH_QWEN3: return "qwen3";
     case CV_ARCH_QWEN3MOE: return "qwen3moe";
+    case CV_ARCH_DEEPSEEK2: return "deepseek2";
     }
     return "unknown";
 }
@@ -105,6 +114,121 @@ static cv_status read_moe_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *er
     return CV_OK;
 }
 
+/* deepseek2's mixture (read_moe_hparams, then the shared experts, the dense lead, the
+ * router's options) and its YaRN rope and attention scale, as llama.cpp computes them
+ * (llama-context.cpp and the deepseek2 graph): with L = ln(factor) and a yarn_log_multiplier
+ * key of value y (the converter writes 0.1 * mscale_all_dim), the rope turns with YaRN's
+ * mix (ext_factor 1, beta_fast 32, beta_slow 1: llama.cpp ignores the file's yarn_* keys
+ * for this architecture) and magnitude a (the file's rope.scaling.attn_factor, times
+ * 1 + 0.1 L when y is absent), and q.k is scaled by (a * (1 + y L))^2 / sqrt(qk_nope +
+ * rope): the whole mscale^2 of DeepSeek's reference lands on the scores. */
+static cv_status read_deepseek2_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
+    char k[128];
+    cv_status s = read_moe_hparams(g, hp, err);
+    if (s) return s;
+    const struct { const char *key; int32_t *dst; uint32_t max; } ints[] = {
+        {"leading_dense_block_count", &hp->n_dense_lead, (uint32_t)hp->n_layers},
+        {"expert_shared_count", &hp->n_expert_shared, 64},
+        {"expert_group_count", &hp->n_expert_groups, (uint32_t)hp->n_expert},
+        {"expert_group_used_count", &hp->n_group_used, (uint32_t)hp->n_expert},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        uint64_t v = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, ints[i].key), 0);
+        if (v > ints[i].max)
+            return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need 0..%u)", k, (unsigned long long)v, ints[i].max);
+        *ints[i].dst = (int32_t)v;
+    }
+    if (hp->n_expert_groups > 1 && (hp->n_expert % hp->n_expert_groups || hp->n_group_used < 1 ||
+                                    hp->n_group_used > hp->n_expert_groups))
+        return cv_errorf(err, CV_ERANGE, "model: %s.expert_group_count %d / expert_group_used_count %d do not "
+                         "cut %d experts", cv_arch_name(hp->arch), hp->n_expert_groups, hp->n_group_used, hp->n_expert);
+    uint64_t gf = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "expert_gating_func"), 0);
+    if (gf > 2)
+        return cv_errorf(err, CV_EUNSUPPORTED, "model: %s = %llu is not supported (1 softmax, 2 sigmoid)", k,
+                         (unsigned long long)gf);
+    hp->expert_sigmoid = gf == 2;
+    hp->expert_norm = cv_gguf_get_bool(g, arch_key(k, sizeof k, hp, "expert_weights_norm"), 0);
+    hp->expert_scale = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "expert_weights_scale"), 0.0f);
+    if (!(hp->expert_scale >= 0 && hp->expert_scale < 1000))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need 0..1000)", k, hp->expert_scale);
+    const float y = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.yarn_log_multiplier"), 0.0f);
+    if (!(y >= 0 && y < 10))
+        return cv_errorf(err, CV_ERANGE, "model: %s = %g (need 0..10)", k, y);
+    const float L = logf(1.0f / hp->rope_freq_scale);
+    if (hp->rope_ext_factor != 0) {
+        if (y == 0) hp->rope_mscale *= 1.0f + 0.1f * L;
+        /* ggml_rope_yarn_corr_dims with beta_fast 32, beta_slow 1 */
+        const float n = (float)hp->n_rot, two_ln_base = 2 * logf(hp->rope_base);
+        const float lo = floorf(n * logf((float)hp->n_ctx_orig / (32 * 2 * (float)M_PI)) / two_ln_base);
+        const float hi = ceilf(n * logf((float)hp->n_ctx_orig / (1 * 2 * (float)M_PI)) / two_ln_base);
+        hp->rope_yarn_lo = lo > 0 ? lo : 0;
+        hp->rope_yarn_hi = hi < n - 1 ? hi : n - 1;
+    }
+    const float mscale = hp->rope_mscale * (1.0f + y * L);
+    hp->attn_scale = mscale * mscale / sqrtf((float)(hp->qk_nope + hp->n_rot));
+    return CV_OK;
+}
+
+/* The head size (key_length = value_length, or embedding / heads) and the rotated part. */
+static cv_status read_head_size(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
+    char k[128];
+    /* Without key_length the head size is embedding / heads, which must then be whole. */
+    uint64_t hd = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.key_length"), UINT64_MAX);
+    if (hd == UINT64_MAX && hp->dim % hp->n_heads)
+        return cv_errorf(err, CV_ERANGE, "model: %s.attention.head_count = %d does not divide "
+                         "embedding_length %d (and %s is absent)", cv_arch_name(hp->arch), hp->n_heads,
+                         hp->dim, k);
+    if (hd == UINT64_MAX) hd = (uint64_t)(hp->dim / hp->n_heads);
+    uint64_t hdv = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.value_length"), hd);
+    if (hd == 0 || hd > 1024 || hd % 2 || hdv != hd)
+        return cv_errorf(err, CV_ERANGE,
+                         "model: head size key_length %llu / value_length %llu (need equal, even, <= 1024)",
+                         (unsigned long long)hd, (unsigned long long)hdv);
+    hp->head_dim = (int32_t)hd;
+    uint64_t rot = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "rope.dimension_count"), hd);
+    if (rot == 0 || rot > hd || rot % 2)
+        return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need even, <= head size %llu)", k,
+                         (unsigned long long)rot, (unsigned long long)hd);
+    hp->n_rot = (int32_t)rot;
+    return CV_OK;
+}
+
+/* deepseek2: MLA files (llama.cpp's converter since the split attn_k_b / attn_v_b) give
+ * key_length = kv_lora_rank + rope part and value_length = kv_lora_rank (the cache's
+ * one "head"), the query and value heads in key_length_mla / value_length_mla, and one
+ * kv head. Older files with a fused attn_kv_b and no *_mla keys are refused. */
+static cv_status read_mla_sizes(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
+    char k[128];
+    const struct { const char *key; int32_t *dst; uint32_t lo, max; } ints[] = {
+        {"attention.kv_lora_rank", &hp->kv_lora, 1, 1u << 16},
+        {"rope.dimension_count", &hp->n_rot, 2, 1024},
+        {"attention.key_length_mla", &hp->qk_nope, 3, 2048},
+        {"attention.value_length_mla", &hp->v_head, 1, 1024},
+        {"attention.key_length", &hp->head_dim, 3, 1u << 16},
+        {"attention.q_lora_rank", &hp->q_lora, 0, 1u << 16},
+    };
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        uint64_t v = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, ints[i].key), 0);
+        if (v < ints[i].lo || v > ints[i].max)
+            return cv_errorf(err, v ? CV_ERANGE : CV_ENOTFOUND, "model: %s = %llu (need %u..%u)%s", k,
+                             (unsigned long long)v, ints[i].lo, ints[i].max,
+                             v ? "" : "; a deepseek2 file without the MLA keys (fused attn_kv_b) is not supported");
+        *ints[i].dst = (int32_t)v;
+    }
+    uint64_t vl = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.value_length"), 0);
+    if (hp->n_rot % 2 || hp->qk_nope <= hp->n_rot || hp->head_dim != hp->kv_lora + hp->n_rot ||
+        vl != (uint64_t)hp->kv_lora || hp->n_kv_heads != 1)
+        return cv_errorf(err, CV_ERANGE,
+                         "model: deepseek2 sizes do not fit multi-head latent attention: key_length %d, "
+                         "value_length %llu, kv_lora_rank %d, rope.dimension_count %d (even, below "
+                         "key_length_mla %d), head_count_kv %d (need key_length = kv_lora_rank + rope, "
+                         "value_length = kv_lora_rank, one kv head)",
+                         hp->head_dim, (unsigned long long)vl, hp->kv_lora, hp->n_rot, hp->qk_nope,
+                         hp->n_kv_heads);
+    hp->qk_nope -= hp->n_rot;
+    return CV_OK;
+}
+
 static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     char k[128];
     memset(hp, 0, sizeof *hp);
@@ -116,10 +240,11 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     else if (a.len == 4 && !memcmp(a.ptr, "phi3", 4)) hp->arch = CV_ARCH_PHI3;
     else if (a.len == 5 && !memcmp(a.ptr, "qwen3", 5)) hp->arch = CV_ARCH_QWEN3;
     else if (a.len == 8 && !memcmp(a.ptr, "qwen3moe", 8)) hp->arch = CV_ARCH_QWEN3MOE;
+    else if (a.len == 9 && !memcmp(a.ptr, "deepseek2", 9)) hp->arch = CV_ARCH_DEEPSEEK2;
     else
         return cv_errorf(err, CV_EUNSUPPORTED,
                          "model: general.architecture = '%.*s' is not supported (llama, qwen2, gemma3, "
-                         "phi3, qwen3, qwen3moe)",
+                         "phi3, qwen3, qwen3moe, deepseek2)",
                          (int)(a.len > 64 ? 64 : a.len), a.ptr);
 
     /* Required integers: absent reads as 0 and fails the range check below. The
@@ -145,24 +270,8 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         return cv_errorf(err, CV_ERANGE, "model: %s = %llu does not divide head_count %d", k,
                          (unsigned long long)kvh, hp->n_heads);
     hp->n_kv_heads = (int32_t)kvh;
-    /* Without key_length the head size is embedding / heads, which must then be whole. */
-    uint64_t hd = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.key_length"), UINT64_MAX);
-    if (hd == UINT64_MAX && hp->dim % hp->n_heads)
-        return cv_errorf(err, CV_ERANGE, "model: %s.attention.head_count = %d does not divide "
-                         "embedding_length %d (and %s is absent)", cv_arch_name(hp->arch), hp->n_heads,
-                         hp->dim, k);
-    if (hd == UINT64_MAX) hd = (uint64_t)(hp->dim / hp->n_heads);
-    uint64_t hdv = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "attention.value_length"), hd);
-    if (hd == 0 || hd > 1024 || hd % 2 || hdv != hd)
-        return cv_errorf(err, CV_ERANGE,
-                         "model: head size key_length %llu / value_length %llu (need equal, even, <= 1024)",
-                         (unsigned long long)hd, (unsigned long long)hdv);
-    hp->head_dim = (int32_t)hd;
-    uint64_t rot = cv_gguf_get_u64(g, arch_key(k, sizeof k, hp, "rope.dimension_count"), hd);
-    if (rot == 0 || rot > hd || rot % 2)
-        return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need even, <= head size %llu)", k,
-                         (unsigned long long)rot, (unsigned long long)hd);
-    hp->n_rot = (int32_t)rot;
+    cv_status s = hp->arch == CV_ARCH_DEEPSEEK2 ? read_mla_sizes(g, hp, err) : read_head_size(g, hp, err);
+    if (s) return s;
     hp->rms_eps = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "attention.layer_norm_rms_epsilon"),
                                   1e-5f);
     if (!(hp->rms_eps > 0 && hp->rms_eps < 1))
@@ -176,13 +285,21 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     cv_str st = cv_gguf_get_str(g, arch_key(k, sizeof k, hp, "rope.scaling.type"));
     if (st.ptr && !(st.len == 4 && !memcmp(st.ptr, "none", 4))) {
         float f = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.factor"), 1.0f);
-        if (st.len == 6 && !memcmp(st.ptr, "linear", 6) && f >= 1) hp->rope_freq_scale = 1.0f / f;
-        else if (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)) &&
-                 !(hp->arch == CV_ARCH_PHI3 && st.len == 8 && !memcmp(st.ptr, "longrope", 8)))
+        const int ds2 = hp->arch == CV_ARCH_DEEPSEEK2;
+        if (ds2 && st.len == 4 && !memcmp(st.ptr, "yarn", 4) && f >= 1) {
+            hp->rope_freq_scale = 1.0f / f;
+            hp->rope_ext_factor = 1.0f;
+        } else if (!ds2 && st.len == 6 && !memcmp(st.ptr, "linear", 6) && f >= 1) {
+            hp->rope_freq_scale = 1.0f / f;
+        } else if (ds2 || (!(st.len == 6 && !memcmp(st.ptr, "llama3", 6)) &&
+                           !(hp->arch == CV_ARCH_PHI3 && st.len == 8 && !memcmp(st.ptr, "longrope", 8)))) {
             return cv_errorf(err, CV_EUNSUPPORTED,
                              "model: %s.rope.scaling.type = '%.*s' (factor %g) is not supported "
-                             "(linear, llama3; longrope for phi3)", cv_arch_name(hp->arch),
-                             (int)(st.len > 32 ? 32 : st.len), st.ptr, f);
+                             "(%s)", cv_arch_name(hp->arch),
+                             (int)(st.len > 32 ? 32 : st.len), st.ptr, f,
+                             ds2 ? "yarn with a factor >= 1 for deepseek2"
+                                 : "linear, llama3; longrope for phi3; yarn for deepseek2");
+        }
     }
     /* ggml's attn_factor: multiplies cos and sin (Phi-3's long-rope files set it). */
     hp->rope_mscale = cv_gguf_get_f32(g, arch_key(k, sizeof k, hp, "rope.scaling.attn_factor"), 1.0f);
@@ -193,7 +310,7 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
     if (orig == 0 || orig > (1u << 24))
         return cv_errorf(err, CV_ERANGE, "model: %s = %llu (need 1..%u)", k, (unsigned long long)orig, 1u << 24);
     hp->n_ctx_orig = (int32_t)orig;
-    hp->rope_mode = hp->arch == CV_ARCH_LLAMA ? CV_ROPE_NORM : CV_ROPE_NEOX;
+    hp->rope_mode = hp->arch == CV_ARCH_LLAMA || hp->arch == CV_ARCH_DEEPSEEK2 ? CV_ROPE_NORM : CV_ROPE_NEOX;
     /* Mistral's llama files may set a window, which every layer then uses. (phi3 files
      * set one too, which llama.cpp ignores for lack of a per-layer pattern in the
      * converters, and so do we: results then match it.) */
@@ -233,6 +350,7 @@ static cv_status read_hparams(const cv_gguf *g, cv_hparams *hp, cv_error *err) {
         hp->attn_scale = 1.0f / sqrtf(qpa);
     }
     if (hp->arch == CV_ARCH_QWEN3MOE) return read_moe_hparams(g, hp, err);
+    if (hp->arch == CV_ARCH_DEEPSEEK2) return read_deepseek2_hparams(g, hp, err);
     return CV_OK;
 }
 
@@ -444,6 +562,64 @@ static cv_status load_qkv(cv_model *m, const cv_gguf *g, int32_t il, cv_tensor *
     return CV_OK;
 }
 
+/* A 3-D tensor [cols, rows, n_heads] of per-head matrices (attn_k_b, attn_v_b) as one
+ * weight of n_heads * rows rows for matmul_heads; a shard holds its heads' block. */
+static cv_status load_heads(cv_model *m, const cv_gguf *g, const char *name, int64_t cols, int64_t rows,
+                            cv_tensor *out, cv_error *err) {
+    const cv_gguf_tensor *t;
+    cv_status s = find3(g, name, cols, rows, m->hp.n_heads, &t, err);
+    return s ? s : load_slice(m, t, name, cols, 0, rows * m->hp.n_heads, ROWS, out, err);
+}
+
+/* Layer il's multi-head latent attention (model.h): the query path (attn_q_a, its norm
+ * and attn_q_b, or attn_q), the latent and rope key (attn_kv_a_mqa, attn_kv_a_norm),
+ * the per-head absorbed projections and attn_output. */
+static cv_status load_mla(cv_model *m, const cv_gguf *g, int32_t il, cv_layer *L, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const int64_t dim = hp->dim, H = hp->n_heads, hq = hp->qk_nope + hp->n_rot, R = hp->kv_lora;
+    char n[96];
+    cv_status s;
+#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
+    if (hp->q_lora ? (s = load_matrix(m, g, NAME("attn_q_a.weight"), dim, hp->q_lora, WHOLE, &L->wq_a, err)) ||
+                         (s = load_vector(m, g, NAME("attn_q_a_norm.weight"), hp->q_lora, WHOLE, 0, &L->q_a_norm, err)) ||
+                         (s = load_matrix(m, g, NAME("attn_q_b.weight"), hp->q_lora, H * hq, ROWS, &L->wq, err))
+                   : (s = load_matrix(m, g, NAME("attn_q.weight"), dim, H * hq, ROWS, &L->wq, err)))
+        return s;
+    if ((s = load_matrix(m, g, NAME("attn_kv_a_mqa.weight"), dim, R + hp->n_rot, WHOLE, &L->wkv_a, err)) ||
+        (s = load_vector(m, g, NAME("attn_kv_a_norm.weight"), R, WHOLE, 0, &L->kv_a_norm, err)) ||
+        (s = load_heads(m, g, NAME("attn_k_b.weight"), hp->qk_nope, R, &L->wk_b, err)) ||
+        (s = load_heads(m, g, NAME("attn_v_b.weight"), R, hp->v_head, &L->wv_b, err)))
+        return s;
+    return load_matrix(m, g, NAME("attn_output.weight"), H * hp->v_head, dim, COLS, &L->wo, err);
+#undef NAME
+}
+
+/* A deepseek2 mixture layer's extras: the selection bias (exp_probs_b, V3; to the host)
+ * and the shared experts' fused ffn of n_expert_shared * expert_feed_forward_length rows. */
+static cv_status load_ds2_moe_extras(cv_model *m, const cv_gguf *g, int32_t il, cv_layer *L, cv_error *err) {
+    const cv_hparams *hp = &m->hp;
+    const int64_t dim = hp->dim, fs = (int64_t)hp->n_expert_shared * hp->ffn_exp_dim;
+    char n[96];
+    cv_status s;
+#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
+    const cv_gguf_tensor *t = cv_gguf_find_tensor(g, NAME("exp_probs_b.bias"));
+    if (t) {
+        if ((s = find(g, n, hp->n_expert, 0, &t, err))) return s;
+        if (t->type != CV_TYPE_F32 && t->type != CV_TYPE_F16 && t->type != CV_TYPE_BF16)
+            return cv_errorf(err, CV_EUNSUPPORTED, "model: vector %s has type %s, expected a float type", n,
+                             cv_type_get(t->type)->name);
+        if (!(L->h_exp_bias = malloc((size_t)hp->n_expert * sizeof(float))))
+            return cv_errorf(err, CV_ENOMEM, "model: out of memory for %s", n);
+        cv_dequantize_row(t->type, t->data, L->h_exp_bias, hp->n_expert);
+    }
+    if (!fs) return CV_OK;
+    if ((s = load_matrix(m, g, NAME("ffn_gate_shexp.weight"), dim, fs, ROWS, &L->sh_gate, err)) ||
+        (s = load_matrix(m, g, NAME("ffn_up_shexp.weight"), dim, fs, ROWS, &L->sh_up, err)))
+        return s;
+    return load_matrix(m, g, NAME("ffn_down_shexp.weight"), fs, dim, COLS, &L->sh_down, err);
+#undef NAME
+}
+
 /* Bytes of a weight's rows (0 for an absent one). */
 static uint64_t tensor_bytes(const cv_tensor *t) {
     return t->data ? (uint64_t)t->rows * cv_type_row_bytes(t->type, t->cols) : 0;
@@ -518,17 +694,23 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
     m->weight_bytes = cv_type_row_bytes(m->tok_embd.type, dim);
     const int gemma = hp->arch == CV_ARCH_GEMMA3;
     const int qk_norm = hp->arch == CV_ARCH_QWEN3 || hp->arch == CV_ARCH_QWEN3MOE;
-    const int moe = hp->n_expert > 0;
+    const int moe_model = hp->n_expert > 0;
     const int64_t fe = hp->ffn_exp_dim;
     for (int32_t il = 0; il < hp->n_layers; il++) {
         cv_layer *L = &m->layers[il];
         char n[96];
 #define NAME(suffix) (snprintf(n, sizeof n, "blk.%d.%s", il, suffix), n)
         if ((s = load_vector(m, g, NAME("attn_norm.weight"), dim, WHOLE, 0, &L->attn_norm, err)) ||
-            (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, WHOLE, 0, &L->ffn_norm, err)) ||
-            (s = load_qkv(m, g, il, &L->wq, &L->wk, &L->wv, err)) ||
-            (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS, &L->wo, err)))
+            (s = load_vector(m, g, NAME("ffn_norm.weight"), dim, WHOLE, 0, &L->ffn_norm, err)))
             return s;
+        if (hp->arch == CV_ARCH_DEEPSEEK2 ? (s = load_mla(m, g, il, L, err))
+                                          : (s = load_qkv(m, g, il, &L->wq, &L->wk, &L->wv, err)) ||
+                                                (s = load_matrix(m, g, NAME("attn_output.weight"), qd, dim, COLS,
+                                                                 &L->wo, err)))
+            return s;
+        /* deepseek2's first layers are dense */
+        const int moe = moe_model && il >= hp->n_dense_lead;
+        if (moe && hp->arch == CV_ARCH_DEEPSEEK2 && (s = load_ds2_moe_extras(m, g, il, L, err))) return s;
         if (moe &&
             ((s = load_matrix(m, g, NAME("ffn_gate_inp.weight"), dim, hp->n_expert, WHOLE, &L->router, err)) ||
              (s = load_experts(m, g, NAME("ffn_gate_exps.weight"), dim, fe, ROWS, &L->exp_gate, err)) ||
@@ -567,8 +749,10 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
             .mode = hp->rope_mode, .n_rot = hp->n_rot,
             .freq_base = gemma && L->sliding ? hp->rope_base_local : hp->rope_base,
             .freq_scale = gemma && L->sliding ? 1.0f : hp->rope_freq_scale,
-            .freq_factors = m->rope_factors, .mscale = hp->rope_mscale};
-        const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+            .freq_factors = m->rope_factors, .mscale = hp->rope_mscale, .ext_factor = hp->rope_ext_factor,
+            .yarn_lo = hp->rope_yarn_lo, .yarn_hi = hp->rope_yarn_hi};
+        const cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router,
+                                 &L->wq_a, &L->wkv_a, &L->wk_b, &L->wv_b, &L->sh_gate, &L->sh_up, &L->sh_down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             m->weight_bytes += tensor_bytes(ws[i]);
         /* A token reads n_expert_used experts (their sizes are equal). */
@@ -586,8 +770,13 @@ static cv_status alloc_moe(cv_model *m, cv_error *err) {
     const cv_hparams *hp = &m->hp;
     const size_t B = (size_t)m->opts.max_batch, E = (size_t)hp->n_expert, f = sizeof(float);
     const size_t pairs = B * (size_t)hp->n_expert_used;
-    m->moe = (cv_moe_router){.scoring = CV_MOE_SOFTMAX, .n_expert = hp->n_expert, .n_used = hp->n_expert_used,
-                             .norm = 1};
+    /* qwen3moe: softmax, normalised. deepseek2: the file's options (the bias is per
+     * layer: moe_ffn points the router at it). */
+    const int ds2 = hp->arch == CV_ARCH_DEEPSEEK2;
+    m->moe = (cv_moe_router){.scoring = hp->expert_sigmoid ? CV_MOE_SIGMOID : CV_MOE_SOFTMAX,
+                             .n_expert = hp->n_expert, .n_used = hp->n_expert_used,
+                             .n_groups = hp->n_expert_groups, .n_group_used = hp->n_group_used,
+                             .norm = ds2 ? hp->expert_norm : 1, .scale = hp->expert_scale};
     cv_status st = cv_moe_plan_init(&m->plan, &m->moe, m->opts.max_batch, err);
     if (st) return st;
     struct { void **p; size_t bytes; } s[] = {
@@ -616,16 +805,29 @@ static cv_status alloc_moe(cv_model *m, cv_error *err) {
 static cv_status alloc_all_scratch(cv_model *m, cv_error *err) {
     const cv_hparams *hp = &m->hp;
     const size_t B = (size_t)m->opts.max_batch, O = (size_t)m->opts.max_logits, f = sizeof(float);
-    const size_t qd = (size_t)m->n_heads * (size_t)hp->head_dim;
+    const int mla = hp->arch == CV_ARCH_DEEPSEEK2;
+    const size_t H = (size_t)m->n_heads;
+    /* MLA: q holds the heads' nope + rope parts, k the latent and rope key of each row,
+     * att each head's latent output (kv_lora wide), v its value after attn_v_b. */
+    const size_t qd = H * (size_t)(mla ? hp->qk_nope + hp->n_rot : hp->head_dim);
     const size_t kvd = (size_t)m->n_kv_heads * (size_t)hp->head_dim;
-    const int32_t ffn_rows = m->ffn_dim > m->ffn_exp_dim ? m->ffn_dim : m->ffn_exp_dim;
+    const size_t vd = mla ? H * (size_t)hp->v_head : kvd;
+    const size_t attd = mla ? H * (size_t)hp->kv_lora : qd;
+    int32_t ffn_rows = m->ffn_dim > m->ffn_exp_dim ? m->ffn_dim : m->ffn_exp_dim;
+    if (m->ffn_sh_dim > ffn_rows) ffn_rows = m->ffn_sh_dim;
+    const size_t mla_qa = mla ? (size_t)hp->q_lora : 0, mla_lat = mla ? (size_t)hp->kv_lora : 0,
+                 mla_qm = mla ? H * (size_t)hp->head_dim : 0, mla_vo = mla ? vd : 0;
     struct { void **p; size_t bytes; } s[] = {
+        {(void **)&m->qa, B * mla_qa * f},
+        {(void **)&m->lat, B * mla_lat * f},
+        {(void **)&m->qm, B * mla_qm * f},
+        {(void **)&m->vo, B * mla_vo * f},
         {(void **)&m->x, B * (size_t)hp->dim * f},
         {(void **)&m->xb, B * (size_t)hp->dim * f},
         {(void **)&m->q, B * qd * f},
         {(void **)&m->k, B * kvd * f},
         {(void **)&m->v, B * kvd * f},
-        {(void **)&m->att, B * qd * f},
+        {(void **)&m->att, B * attd * f},
         {(void **)&m->hb, B * (size_t)ffn_rows * f},
         {(void **)&m->hb2, B * (size_t)ffn_rows * f},
         {(void **)&m->xo, O * (size_t)hp->dim * f},
@@ -657,12 +859,18 @@ static cv_status plan_shard(cv_model *m, cv_error *err) {
         (n > 1 && (!m->opts.tp_comm || m->opts.tp_comm->size != n)))
         return cv_errorf(err, CV_EINVAL, "model: tp rank %d of %d, comm of %d ranks", m->opts.tp_rank,
                          n, m->opts.tp_comm ? m->opts.tp_comm->size : 0);
-    const int moe = hp->n_expert > 0;
+    const int moe = hp->n_expert > 0, mla = hp->arch == CV_ARCH_DEEPSEEK2;
+    /* deepseek2: every rank keeps the whole latent (its one kv head); it splits the query
+     * heads, the dense lead layers' ffn, the experts' and the shared experts' rows. */
+    const int dense = !moe || hp->n_dense_lead > 0;
+    const int32_t fs = hp->n_expert_shared * hp->ffn_exp_dim;
     const struct { const char *tensor, *key; int32_t count; } dims[] = {
-        {"attn_q.weight", "attention.head_count", hp->n_heads},
-        {"attn_k.weight", "attention.head_count_kv", hp->n_kv_heads},
+        {mla ? "attn_q_b.weight" : "attn_q.weight", "attention.head_count", hp->n_heads},
+        {"attn_k.weight", "attention.head_count_kv", mla ? n : hp->n_kv_heads},
         {moe ? "ffn_gate_exps.weight" : "ffn_gate.weight",
          moe ? "expert_feed_forward_length" : "feed_forward_length", moe ? hp->ffn_exp_dim : hp->ffn_dim},
+        {"ffn_gate.weight", "feed_forward_length", dense ? hp->ffn_dim : n},
+        {"ffn_gate_shexp.weight", "expert_shared_count * expert_feed_forward_length", fs ? fs : n},
     };
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
         if (dims[i].count % n)
@@ -672,9 +880,10 @@ static cv_status plan_shard(cv_model *m, cv_error *err) {
     m->rank = m->opts.tp_rank;
     m->n_ranks = n;
     m->n_heads = hp->n_heads / n;
-    m->n_kv_heads = hp->n_kv_heads / n;
-    m->ffn_dim = moe ? 0 : hp->ffn_dim / n;
+    m->n_kv_heads = mla ? 1 : hp->n_kv_heads / n;
+    m->ffn_dim = dense ? hp->ffn_dim / n : 0;
     m->ffn_exp_dim = hp->ffn_exp_dim / n;
+    m->ffn_sh_dim = fs / n;
     return CV_OK;
 }
 
@@ -708,9 +917,11 @@ void cv_model_free(cv_model *m) {
     if (m->layers) {
         for (int32_t il = 0; il < m->hp.n_layers; il++) {
             cv_layer *L = &m->layers[il];
-            cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router};
+            cv_tensor *ws[] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down, &L->router,
+                               &L->wq_a, &L->wkv_a, &L->wk_b, &L->wv_b, &L->sh_gate, &L->sh_up, &L->sh_down};
             for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
                 if (ws[i]->data) be->ops->weight_release(be, ws[i]);
+            free(L->h_exp_bias);
             cv_tensor *exps[] = {L->exp_gate, L->exp_up, L->exp_down};
             for (size_t i = 0; i < sizeof exps / sizeof exps[0]; i++) {
                 for (int32_t e = 0; exps[i] && e < m->hp.n_expert; e++)
@@ -742,7 +953,8 @@ cv_kv_config cv_model_kv_config(const cv_model *m, int32_t n_ctx, int32_t max_se
                        .head_dim = m->hp.head_dim, .block_size = 16, .max_seqs = max_seqs,
                        .max_seq_len = n_ctx, .type = kv_type, .n_ranks = 1,
                        .backends = {m->be}, .sliding = m->sliding,
-                       .window = m->hp.sliding_window, .max_step = m->opts.max_batch};
+                       .window = m->hp.sliding_window, .max_step = m->opts.max_batch,
+                       .k_only = m->hp.arch == CV_ARCH_DEEPSEEK2, .v_dim = m->hp.kv_lora};
     kc.n_blocks = cv_kv_blocks_for(&kc, n_ctx) * max_seqs;
     return kc;
 }
@@ -754,7 +966,8 @@ static cv_status prepare_batch(cv_model *m, const cv_kv_cache *kv, const cv_batc
                                int32_t *n_out, cv_error *err) {
     const cv_kv_config *kc = cv_kv_config_of(kv);
     if (kc->n_layers != m->hp.n_layers || kc->n_kv_heads != m->n_kv_heads ||
-        kc->head_dim != m->hp.head_dim || kc->n_ranks != m->n_ranks)
+        kc->head_dim != m->hp.head_dim || kc->n_ranks != m->n_ranks ||
+        !kc->k_only != (m->hp.arch != CV_ARCH_DEEPSEEK2) || (kc->k_only && kc->v_dim != m->hp.kv_lora))
         return cv_errorf(err, CV_EINVAL, "model: kv cache shape does not match the model");
     /* With a ring, the cache's sliding layers must be exactly the model's (their rows
      * read the ring's table), its window at least the model's, and the ring must outlast
@@ -829,6 +1042,7 @@ static cv_status moe_ffn(cv_model *m, const cv_layer *L, int32_t n, cv_error *er
     op->matmul(be, &L->router, m->xb, m->router_logits, n);
     cv_status s = op->download(be, m->h_router_logits, m->router_logits, (size_t)n * (size_t)E * sizeof(float), err);
     if (s) return s;
+    m->moe.bias = L->h_exp_bias;
     cv_moe_route(&m->moe, m->h_router_logits, n, &m->plan);
     const size_t pairs = (size_t)n * (size_t)k;
     if ((s = op->upload(be, m->d_moe_rows, m->plan.rows, pairs * sizeof(int32_t), err)) ||
@@ -847,7 +1061,50 @@ static cv_status moe_ffn(cv_model *m, const cv_layer *L, int32_t n, cv_error *er
         op->matmul(be, &L->exp_down[e], m->hb, m->ye, c);
         op->scatter_add_rows(be, m->ye, m->d_moe_rows + lo, m->d_moe_w + lo, c, dim, m->xm);
     }
+    /* deepseek2's shared experts: one ffn on every row, added to the routed sum */
+    if (L->sh_gate.data) {
+        op->matmul(be, &L->sh_gate, m->xb, m->hb, n);
+        op->matmul(be, &L->sh_up, m->xb, m->hb2, n);
+        op->glu(be, CV_GLU_SWIGLU, m->hb, m->hb2, m->hb, (int64_t)n * m->ffn_sh_dim);
+        op->matmul(be, &L->sh_down, m->hb, m->ye, n);
+        op->add(be, m->xm, m->ye, m->xm, (int64_t)n * dim);
+    }
     return CV_OK;
+}
+
+/* Multi-head latent attention, absorbed (model.h), from the normed rows in xb into xb:
+ *   q  = attn_q(xb), or attn_q_b(norm(attn_q_a(xb)))    [n][H][qk_nope | rope]
+ *   k  = attn_kv_a_mqa(xb)                               [n][latent | rope]
+ *   the rope key turns, the latent is normed; k goes to the cache (values: its latent)
+ *   qm = [attn_k_b_h(q_nope_h) | turned q_rope_h]        [n][H][latent | rope]
+ *   att = attention(qm) over the cached [latent | rope]   [n][H][latent]
+ *   xb = attn_output(attn_v_b_h(att_h))                   [n][H * v_head] -> [n][dim] */
+static void mla_attention(cv_model *m, const cv_layer *L, const cv_kv_layer *kl, const cv_attn_row *rows,
+                          int32_t n, const cv_attn_params *ap) {
+    cv_backend *be = m->be;
+    const cv_backend_ops *op = be->ops;
+    const cv_hparams *hp = &m->hp;
+    const int32_t H = m->n_heads, R = hp->kv_lora, rot = hp->n_rot, nope = hp->qk_nope, hq = nope + rot,
+                  kw = R + rot;
+    if (L->wq_a.data) {
+        op->matmul(be, &L->wq_a, m->xb, m->qa, n);
+        op->rmsnorm(be, m->qa, L->q_a_norm, m->qa, n, hp->q_lora, hp->rms_eps, 0);
+        op->matmul(be, &L->wq, m->qa, m->q, n);
+    } else {
+        op->matmul(be, &L->wq, m->xb, m->q, n);
+    }
+    op->matmul(be, &L->wkv_a, m->xb, m->k, n);
+    op->rope(be, &L->rope, m->k + R, n, 1, kw, m->d_pos);
+    op->copy_rows(be, m->k, kw, m->lat, R, R, n);
+    op->rmsnorm(be, m->lat, L->kv_a_norm, m->lat, n, R, hp->rms_eps, 0);
+    op->copy_rows(be, m->lat, R, m->k, kw, R, n);
+    op->kv_store(be, kl, rows, n, m->k, NULL);
+    op->matmul_heads(be, &L->wk_b, H, m->q, hq, m->qm, kw, n);
+    op->copy_rows(be, m->q + nope, hq, m->qm + R, kw, rot, (int64_t)n * H);
+    op->rope(be, &L->rope, m->qm + R, n, H, kw, m->d_pos);
+    op->attention(be, ap, kl, rows, n, m->qm, m->att);
+    op->matmul_heads(be, &L->wv_b, H, m->att, R, m->vo, hp->v_head, n);
+    op->matmul(be, &L->wo, m->vo, m->xb, n);
 }
 
 cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, float *logits,
@@ -885,11 +1142,15 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         const cv_layer *L = &m->layers[il];
         const cv_kv_layer kl = {.k = cv_kv_k_pool(kv, m->rank, il), .v = cv_kv_v_pool(kv, m->rank, il),
                                 .type = kc->type, .block_size = kc->block_size,
-                                .n_kv_heads = kc->n_kv_heads, .head_dim = kc->head_dim};
+                                .n_kv_heads = kc->n_kv_heads, .head_dim = kc->head_dim,
+                                .v_dim = kc->k_only ? kc->v_dim : 0};
         const cv_attn_row *rows = L->sliding ? m->d_rows_swa : m->d_rows;
 
         /* attention */
         op->rmsnorm(be, m->x, L->attn_norm, m->xb, n, dim, hp->rms_eps, 0);
+        if (L->wkv_a.data) {
+            mla_attention(m, L, &kl, rows, n, &ap);
+        } else {
         op->matmul(be, &L->wq, m->xb, m->q, n);
         op->matmul(be, &L->wk, m->xb, m->k, n);
         op->matmul(be, &L->wv, m->xb, m->v, n);
@@ -909,6 +1170,7 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         op->kv_store(be, &kl, rows, n, m->k, m->v);
         op->attention(be, &ap, &kl, rows, n, m->q, m->att);
         op->matmul(be, &L->wo, m->att, m->xb, n);
+        }
         if ((s = allreduce(m, m->xb, (int64_t)n * dim, err))) return s;
         if (L->post_attn_norm)
             op->rmsnorm(be, m->xb, L->post_attn_norm, m->xb, n, dim, hp->rms_eps, 0);

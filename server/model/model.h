@@ -1,7 +1,7 @@
 /* model: transformer architectures read from GGUF, and their forward pass.
  *
  * cv_model_load reads the hyperparameters of a `llama`, `qwen2`, `gemma3`, `phi3`,
- * `qwen3` or `qwen3moe` file,
+ * `qwen3`, `qwen3moe` or `deepseek2` file,
  * checks every tensor the architecture needs (present, supported type, exact shape),
  * hands the weights to a backend (which may use the file's mapping in place: the
  * cv_gguf must outlive the model) and allocates all scratch for batches of up to
@@ -17,6 +17,17 @@
  * some token of the step chose runs once on all its tokens' rows (gathered), adding its
  * weighted outputs into theirs (scatter_add_rows). So a step reads only the experts in
  * use, each once, and a decode step of one token about the active parameters.
+ *
+ * deepseek2 (multi-head latent attention, MLA) keeps only the compressed latent and
+ * the decoupled rope key per token in the cache (kv_lora + n_rot elements, one pool:
+ * the values are the latent, kv_cache.h's k_only), and always runs the absorbed form:
+ * each query head's nope part goes through its attn_k_b into latent space, attention
+ * runs as multi-query over the latents (keys [latent | rope], values the latent), and
+ * each head's latent output goes through its attn_v_b before attn_output. Prefill
+ * uses the same form: the cache has no decompressed K/V to read, and decompressing
+ * every cached position per step would cost more than the wider dot products. The leading dense layers, the shared experts (added to the
+ * routed ones) and the router's V3 options (sigmoid, groups, selection bias, scale,
+ * norm) follow llama.cpp; YaRN scales the rope and the attention (its mscale).
  *
  * Tensor parallelism (Megatron style): a model loaded with tp_size N > 1 is rank
  * tp_rank's shard. It holds heads [r*H/N, (r+1)*H/N) of Q (and K/V by kv heads, with
@@ -50,7 +61,8 @@ typedef enum cv_arch {
     CV_ARCH_GEMMA3 = 2,  /* GeGLU, QK-norm, sandwich norms, sliding-window layers */
     CV_ARCH_PHI3 = 3,    /* Phi-3/4: fused QKV and gate-up, NeoX (partial) rope, long-rope */
     CV_ARCH_QWEN3 = 4,   /* Qwen3 dense: QK-norm, no QKV bias, NeoX rope */
-    CV_ARCH_QWEN3MOE = 5 /* Qwen3 MoE: qwen3 attention, softmax top-k experts (normalised), none shared */
+    CV_ARCH_QWEN3MOE = 5, /* Qwen3 MoE: qwen3 attention, softmax top-k experts (normalised), none shared */
+    CV_ARCH_DEEPSEEK2 = 6 /* DeepSeek V2/V3: multi-head latent attention, shared + routed experts, YaRN */
 } cv_arch;
 
 typedef struct cv_hparams {
@@ -82,6 +94,22 @@ typedef struct cv_hparams {
     int32_t n_expert;        /* mixture of experts: experts per layer (0: dense) */
     int32_t n_expert_used;   /* experts per token */
     int32_t ffn_exp_dim;     /* an expert's ffn rows (expert_feed_forward_length) */
+    /* deepseek2's multi-head latent attention. The cache holds per token one "kv head"
+     * of head_dim = kv_lora + n_rot: the normed latent, then the roped key part; its
+     * values are the latent (v_dim kv_lora). A query head is qk_nope + n_rot wide, a
+     * value head v_head (the *_length_mla keys). */
+    int32_t q_lora;          /* attention.q_lora_rank; 0: attn_q projects directly (V2-Lite) */
+    int32_t kv_lora;         /* attention.kv_lora_rank */
+    int32_t qk_nope;         /* key_length_mla - n_rot */
+    int32_t v_head;          /* value_length_mla */
+    int32_t n_dense_lead;    /* leading_dense_block_count: dense ffn layers before the mixture */
+    int32_t n_expert_shared; /* expert_shared_count: one fused shared ffn of n * ffn_exp_dim rows */
+    int32_t n_expert_groups, n_group_used;  /* group-limited routing (V3); 0: none */
+    int expert_sigmoid;      /* expert_gating_func 2 (V3); else softmax */
+    int expert_norm;         /* expert_weights_norm */
+    float expert_scale;      /* expert_weights_scale (0: none) */
+    float rope_ext_factor;   /* YaRN (rope.scaling.type yarn): 1, else 0 */
+    float rope_yarn_lo, rope_yarn_hi;  /* its correction dims */
 } cv_hparams;
 
 typedef struct cv_model_opts {

@@ -1,8 +1,11 @@
-"""Qwen3 and Qwen3-MoE through corvid-run and corvid-server, on the reduced synthetic
-shapes (corvid-quantize --synthetic qwen3-tiny / qwen3moe-tiny):
+"""Qwen3, Qwen3-MoE and DeepSeek V2/V3 (deepseek2) through corvid-run and corvid-server,
+on the reduced synthetic shapes (corvid-quantize --synthetic qwen3-tiny / qwen3moe-tiny /
+deepseek2-tiny / deepseek2-lite-tiny):
 
 - tensor parallelism: `--tp 2` gives the greedy tokens of `--tp 1` (F32 and Q8_0; heads
-  and every expert's rows split in two, the router whole on both ranks);
+  and every expert's rows split in two, the router whole on both ranks; deepseek2: the
+  query heads, the dense layer's, the routed and the shared experts' rows split, the
+  latent whole on both);
 - batching: 16 concurrent greedy streams through corvid-server equal corvid-run's
   output for each prompt alone: the mixture routes each token by itself and a token's
   experts add up in the same order whatever else is in the step, so batching must not
@@ -65,8 +68,8 @@ def stream_ids(addr, prompt):
         return ids
 
 
-def server_16_streams():
-    path = synthetic("qwen3moe-tiny", "Q8_0")
+def server_16_streams(shape):
+    path = synthetic(shape, "Q8_0")
     want = [corvid_run(path, "-p", p) for p in PROMPTS]
     srv = Server("--model", path, "--threads", "2")
     try:
@@ -92,9 +95,11 @@ def server_16_streams():
 def main():
     c = Checks()
     for shape, qtype in (("qwen3-tiny", "F32"), ("qwen3-tiny", "Q8_0"), ("qwen3moe-tiny", "F32"),
-                         ("qwen3moe-tiny", "Q8_0")):
+                         ("qwen3moe-tiny", "Q8_0"), ("deepseek2-tiny", "F32"), ("deepseek2-tiny", "Q8_0"),
+                         ("deepseek2-lite-tiny", "F32"), ("deepseek2-lite-tiny", "Q8_0")):
         c.run("%s %s: tp 2 equals tp 1" % (shape, qtype), tp2_equals_tp1, shape, qtype)
-    c.run("qwen3moe-tiny: 16 concurrent server streams equal corvid-run", server_16_streams)
+    for shape in ("qwen3moe-tiny", "deepseek2-tiny", "deepseek2-lite-tiny"):
+        c.run("%s: 16 concurrent server streams equal corvid-run" % shape, server_16_streams, shape)
     c.finish()
 
 

@@ -419,7 +419,7 @@ static void test_rope(void **state) {
                 /* f 1: frequency factors; f 2: and Phi-3's attention factor on cos and sin. */
                 int32_t nt = 4, nh = 3, hd = 128;
                 const double ms = f == 2 ? 1.25 : 1.0;
-                cv_rope_params rp = {modes[m], n_rots[r], 10000.0f, 0.5f, f ? factors : NULL, f == 2 ? 1.25f : 0};
+                cv_rope_params rp = {modes[m], n_rots[r], 10000.0f, 0.5f, f ? factors : NULL, f == 2 ? 1.25f : 0, 0, 0, 0};
                 int32_t pos[4] = {0, 1, 77, 4095};
                 float *x = fill(nt * nh * hd, 2.0f);
                 float *a = malloc(sizeof(float) * nt * nh * hd), *b = malloc(sizeof(float) * nt * nh * hd);
@@ -545,7 +545,7 @@ static void check_attention(pair *p, cv_type kvt, int32_t n_heads, int32_t n_kv,
     }
     assert_true(used <= NBLK);
     size_t esz = kvt == CV_TYPE_F32 ? 4 : 2, width = (size_t)n_kv * hd;
-    cv_kv_layer kv = {calloc(NBLK * BS * width, esz), calloc(NBLK * BS * width, esz), kvt, BS, n_kv, hd};
+    cv_kv_layer kv = {calloc(NBLK * BS * width, esz), calloc(NBLK * BS * width, esz), kvt, BS, n_kv, hd, 0};
     assert_true(kv.k && kv.v);
     /* Contiguous float copies of what the cache holds, rounded like the pool. */
     float *kc[NSEQ], *vc[NSEQ];

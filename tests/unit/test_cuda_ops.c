@@ -213,7 +213,7 @@ static void test_rope(void **state) {
             for (int with_ff = 0; with_ff <= 1; with_ff++) {
                 /* With factors, also Phi-3's attention factor on cos and sin. */
                 cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f, with_ff ? ff : NULL,
-                                     with_ff ? 1.19f : 0};
+                                     with_ff ? 1.19f : 0, 0, 0, 0};
                 cv_rope_params dp = hp;
                 dp.freq_factors = with_ff ? dff : NULL;
                 float *x = fill(n, 2.0f);
@@ -281,7 +281,7 @@ static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t 
         for (int b = 0; b < (hist[s] + fresh[s] + BS - 1) / BS; b++) tables[s][b] = perm[used++];
     int32_t *dtables = to_dev(tables, sizeof tables);
     size_t esz = kvt == CV_TYPE_F32 ? 4 : 2, width = (size_t)n_kv * hd, pool = NBLK * BS * width * esz;
-    cv_kv_layer hkv = {calloc(pool, 1), calloc(pool, 1), kvt, BS, n_kv, hd};
+    cv_kv_layer hkv = {calloc(pool, 1), calloc(pool, 1), kvt, BS, n_kv, hd, 0};
     assert_true(hkv.k && hkv.v);
     cv_kv_layer dkv = hkv;
     dkv.k = to_dev(hkv.k, pool), dkv.v = to_dev(hkv.v, pool);
@@ -353,7 +353,7 @@ static void test_attention(void **state) {
 /* A launch that cannot run is reported at synchronize with where and what. */
 static void test_error_surfaces_at_synchronize(void **state) {
     (void)state;
-    cv_kv_layer kv = {NULL, NULL, CV_TYPE_F16, 16, 1, 512};
+    cv_kv_layer kv = {NULL, NULL, CV_TYPE_F16, 16, 1, 1024, 0};
     cv_attn_params ap = {1, 1.0f, 0};
     g_gpu->ops->attention(g_gpu, &ap, &kv, NULL, 1, NULL, NULL);
     cv_error err = {0};

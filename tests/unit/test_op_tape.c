@@ -90,7 +90,7 @@ static void make_fixture(fixture *f) {
         f->pos[i] = 3 + i; /* positions 3..7: two blocks of the table */
     }
     for (int i = 0; i < NBLK; i++) f->table[i] = NBLK - 1 - i;
-    f->rope = (cv_rope_params){CV_ROPE_NEOX, HD, 10000.0f, 0.5f, f->ff, 1.19f};
+    f->rope = (cv_rope_params){CV_ROPE_NEOX, HD, 10000.0f, 0.5f, f->ff, 1.19f, 1.0f, 1.0f, 5.0f};
     f->ap = (cv_attn_params){HEADS, 0.25f, 30.0f};
     f->eps = 1e-5f, f->s = 0.7f, f->cap = 1.5f, f->add_one = 1;
 }
@@ -109,7 +109,7 @@ static void make_arena(arena *a, const fixture *f) {
 
 /* Every compute op once, in an order where later ops read what earlier ones wrote. */
 static void run_all(const cv_backend_ops *ops, cv_backend *be, const fixture *f, arena *a) {
-    const cv_kv_layer kv = {a->kpool, a->vpool, CV_TYPE_F16, BS, KV_HEADS, HD};
+    const cv_kv_layer kv = {a->kpool, a->vpool, CV_TYPE_F16, BS, KV_HEADS, HD, 0};
     ops->matmul(be, &f->w, a->x, a->y, N);
     ops->get_rows(be, &f->emb, f->ids, N, a->e);
     ops->rmsnorm(be, a->x, f->nw, a->xn, N, DIM, f->eps, f->add_one);
