@@ -200,7 +200,9 @@ static size_t spm_piece(uint64_t k, char *out) {
     return (size_t)snprintf(out, 16, "%s%s", k % 2 == 0 ? WORD_START : "", s);
 }
 
-static cv_status write_spm_vocab(cv_gguf_writer *w, uint32_t n_vocab, cv_error *err) {
+/* last_special: a control token in the last id (NULL: none); phi3 files get Phi-3's
+ * <|endoftext|>, which llama.cpp's vocabulary loader looks up for models named phi3. */
+static cv_status write_spm_vocab(cv_gguf_writer *w, uint32_t n_vocab, const char *last_special, cv_error *err) {
     enum { N_SPECIAL = 3, N_BYTES = 256 };
     if (n_vocab < N_SPECIAL + N_BYTES + 1)
         return cv_errorf(err, CV_ERANGE, "vocabulary of %u tokens is too small for the %d byte tokens", n_vocab, N_BYTES);
@@ -217,6 +219,10 @@ static cv_status write_spm_vocab(cv_gguf_writer *w, uint32_t n_vocab, cv_error *
             static const char *const special[N_SPECIAL] = {"<unk>", "<s>", "</s>"};
             p += snprintf(p, 16, "%s", special[i]) + 1;
             types[i] = i == 0 ? 2 : 3;  /* UNKNOWN, CONTROL */
+            scores[i] = 0;
+        } else if (last_special && i == n_vocab - 1) {
+            p += snprintf(p, 16, "%s", last_special) + 1;
+            types[i] = 3;  /* CONTROL */
             scores[i] = 0;
         } else if (i < N_SPECIAL + N_BYTES) {
             p += snprintf(p, 16, "<0x%02X>", i - N_SPECIAL) + 1;
@@ -575,7 +581,7 @@ cv_status cv_synth_write(const cv_synth_shape *s, const cv_synth_opts *o, const 
             snprintf(key, sizeof key, "%s.vocab_size", s->arch);
             if ((st = cv_gguf_set_u32(w, key, n_vocab, err))) goto err;
         }
-    } else if ((st = write_spm_vocab(w, n_vocab, err))) {
+    } else if ((st = write_spm_vocab(w, n_vocab, !strcmp(s->arch, "phi3") ? "<|endoftext|>" : NULL, err))) {
         goto err;
     }
     if ((st = cv_threadpool_create(o->n_threads, &pool, err))) goto err;

@@ -19,7 +19,9 @@
  * vocabulary of the shape's size with <unk> <s> </s>, the 256 byte tokens, then
  * pieces with and without the word-start mark: single characters, then lowercase
  * strings of growing length, scored by that order (score -k for piece k), so text
- * tokenizes into real pieces with byte fallback for the rest. The output is a function of (shape, recipe, seed, vocab file):
+ * tokenizes into real pieces with byte fallback for the rest; a phi3 file's last id is
+ * Phi-3's control token <|endoftext|> (llama.cpp's loader requires it of a model named
+ * phi3). The output is a function of (shape, recipe, seed, vocab file):
  * the same bytes on every run and for any thread count.
  */
 #ifndef CV_SYNTHETIC_H
