@@ -169,6 +169,55 @@ static void test_matmul_and_get_rows(void **state) {
     }
 }
 
+/* MLA's per-head matmul (strided slices of [tokens][heads][width]) against exact sums,
+ * for a float and a block type, one token and many; the strided copy against the CPU. */
+static void test_matmul_heads_copy_rows(void **state) {
+    (void)state;
+    const int32_t H = 4, R = 64, C = 64, xs = 96, ys = 80;
+    const cv_type types[] = {CV_TYPE_F32, CV_TYPE_Q8_0};
+    const int32_t batches[] = {1, 11};
+    for (size_t ti = 0; ti < sizeof types / sizeof *types; ti++) {
+        const size_t rb = cv_type_row_bytes(types[ti], C);
+        float *wf = fill((int64_t)H * R * C, 1.0f);
+        unsigned char *wq = malloc(rb * (size_t)(H * R));
+        assert_non_null(wq);
+        for (int64_t r = 0; r < (int64_t)H * R; r++) {
+            cv_quantize_row(types[ti], wf + r * C, wq + r * rb, C);
+            cv_dequantize_row(types[ti], wq + r * rb, wf + r * C, C);
+        }
+        cv_tensor host = {types[ti], (int64_t)H * R, C, rb, wq, CV_DEVICE_CPU}, dw;
+        cv_error err = {0};
+        if (g_gpu->ops->weight_load(g_gpu, &host, &dw, &err)) fail_msg("weight_load: %s", err.msg);
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            const int32_t n = batches[bi];
+            float *x = fill((int64_t)n * H * xs, 1.0f), *want = calloc((size_t)n * H * ys, sizeof(float));
+            assert_non_null(want);
+            float *dx = to_dev(x, sizeof(float) * n * H * xs), *dy = to_dev(want, sizeof(float) * n * H * ys);
+            /* exact sums of the dequantized weights (the CPU would round Q8_0 activations) */
+            for (int32_t t = 0; t < n; t++)
+                for (int32_t h = 0; h < H; h++)
+                    for (int32_t r = 0; r < R; r++) {
+                        double acc = 0;
+                        for (int32_t c = 0; c < C; c++)
+                            acc += (double)wf[((int64_t)h * R + r) * C + c] * x[((int64_t)t * H + h) * xs + c];
+                        want[((int64_t)t * H + h) * ys + r] = (float)acc;
+                    }
+            g_gpu->ops->matmul_heads(g_gpu, &dw, H, dx, xs, dy, ys, n);
+            float *got = from_dev(dy, (int64_t)n * H * ys);
+            assert_close(got, want, (int64_t)n * H * ys, 1e-5, "matmul_heads");
+            /* the rope part of each head's row into the tail of a wider row */
+            g_cpu->ops->copy_rows(g_cpu, x + C, xs, want + R, ys, 16, (int64_t)n * H);
+            g_gpu->ops->copy_rows(g_gpu, dx + C, xs, dy + R, ys, 16, (int64_t)n * H);
+            free(got);
+            got = from_dev(dy, (int64_t)n * H * ys);
+            assert_close(got, want, (int64_t)n * H * ys, 0, "copy_rows");
+            free(got), free(x), free(want), dfree(dx), dfree(dy);
+        }
+        g_gpu->ops->weight_release(g_gpu, &dw);
+        free(wf), free(wq);
+    }
+}
+
 /* ---- row and element-wise ops against the CPU backend ---- */
 
 static void test_rmsnorm_softmax(void **state) {
@@ -210,12 +259,13 @@ static void test_rope(void **state) {
     int32_t *dpos = to_dev(pos, sizeof pos);
     for (int mode = 0; mode < 2; mode++)
         for (int n_rot = 32; n_rot <= head_dim; n_rot += 32)
-            for (int with_ff = 0; with_ff <= 1; with_ff++) {
-                /* With factors, also Phi-3's attention factor on cos and sin. */
-                cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f, with_ff ? ff : NULL,
-                                     with_ff ? 1.19f : 0, 0, 0, 0};
+            for (int with_ff = 0; with_ff <= 2; with_ff++) {
+                /* With factors, also Phi-3's attention factor on cos and sin; 2: YaRN's mix
+                 * (ramp over pairs 2..9) instead, as deepseek2 turns. */
+                cv_rope_params hp = {mode ? CV_ROPE_NEOX : CV_ROPE_NORM, n_rot, 10000.0f, 0.5f,
+                                     with_ff == 1 ? ff : NULL, with_ff ? 1.19f : 0, with_ff == 2 ? 1.0f : 0, 2, 9};
                 cv_rope_params dp = hp;
-                dp.freq_factors = with_ff ? dff : NULL;
+                dp.freq_factors = with_ff == 1 ? dff : NULL;
                 float *x = fill(n, 2.0f);
                 float *dx = to_dev(x, sizeof(float) * n);
                 g_cpu->ops->rope(g_cpu, &hp, x, n_tokens, n_heads, head_dim, pos);
@@ -267,7 +317,10 @@ static void test_elementwise(void **state) {
 /* Three sequences over shuffled blocks, each with a history and a chunk of new tokens
  * (a prefill of 20, a decode of 1, a chunk of 3); both backends store and attend the
  * same data, and the device pools must equal the host pools byte for byte. */
-static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t hd, int32_t window, float softcap) {
+/* vd > 0: multi-head latent attention's one pool (v == k, values the first vd of each
+ * key, kv_store without V). */
+static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t hd, int32_t window, float softcap,
+                            int32_t vd) {
     enum { NSEQ = 3, BS = 16, NBLK = 40 };
     const int32_t hist[NSEQ] = {0, 37, 70}, fresh[NSEQ] = {20, 1, 3};
     int32_t tables[NSEQ][NBLK], perm[NBLK];
@@ -281,10 +334,11 @@ static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t 
         for (int b = 0; b < (hist[s] + fresh[s] + BS - 1) / BS; b++) tables[s][b] = perm[used++];
     int32_t *dtables = to_dev(tables, sizeof tables);
     size_t esz = kvt == CV_TYPE_F32 ? 4 : 2, width = (size_t)n_kv * hd, pool = NBLK * BS * width * esz;
-    cv_kv_layer hkv = {calloc(pool, 1), calloc(pool, 1), kvt, BS, n_kv, hd, 0};
+    cv_kv_layer hkv = {calloc(pool, 1), vd ? NULL : calloc(pool, 1), kvt, BS, n_kv, hd, vd};
+    if (vd) hkv.v = hkv.k;
     assert_true(hkv.k && hkv.v);
     cv_kv_layer dkv = hkv;
-    dkv.k = to_dev(hkv.k, pool), dkv.v = to_dev(hkv.v, pool);
+    dkv.k = to_dev(hkv.k, pool), dkv.v = vd ? dkv.k : to_dev(hkv.v, pool);
     int32_t total = 0, maxlen = 0;
     for (int s = 0; s < NSEQ; s++) total += fresh[s], maxlen = hist[s] > maxlen ? hist[s] : maxlen;
     cv_attn_row *hrows = calloc((size_t)total, sizeof *hrows), *drows_h = calloc((size_t)total, sizeof *drows_h);
@@ -295,11 +349,11 @@ static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t 
         if (hist[s]) {
             float *k = fill((int64_t)hist[s] * width, 1.0f), *v = fill((int64_t)hist[s] * width, 1.0f);
             for (int32_t t = 0; t < hist[s]; t++) hist_rows[t] = (cv_attn_row){tables[s], t, 0};
-            g_cpu->ops->kv_store(g_cpu, &hkv, hist_rows, hist[s], k, v);
+            g_cpu->ops->kv_store(g_cpu, &hkv, hist_rows, hist[s], k, vd ? NULL : v);
             for (int32_t t = 0; t < hist[s]; t++) hist_rows[t].block_table = dtables + s * NBLK;
             cv_attn_row *dh = to_dev(hist_rows, sizeof *hist_rows * hist[s]);
             float *dk = to_dev(k, sizeof(float) * hist[s] * width), *dv = to_dev(v, sizeof(float) * hist[s] * width);
-            g_gpu->ops->kv_store(g_gpu, &dkv, dh, hist[s], dk, dv);
+            g_gpu->ops->kv_store(g_gpu, &dkv, dh, hist[s], dk, vd ? NULL : dv);
             free(from_dev(dk, 1));
             free(k), free(v), dfree(dh), dfree(dk), dfree(dv);
         }
@@ -313,9 +367,9 @@ static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t 
     cv_attn_row *drows = to_dev(drows_h, sizeof *drows_h * total);
     float *k = fill((int64_t)total * width, 1.0f), *v = fill((int64_t)total * width, 1.0f);
     float *dk = to_dev(k, sizeof(float) * total * width), *dv = to_dev(v, sizeof(float) * total * width);
-    g_cpu->ops->kv_store(g_cpu, &hkv, hrows, total, k, v);
-    g_gpu->ops->kv_store(g_gpu, &dkv, drows, total, dk, dv);
-    for (int which = 0; which < 2; which++) {
+    g_cpu->ops->kv_store(g_cpu, &hkv, hrows, total, k, vd ? NULL : v);
+    g_gpu->ops->kv_store(g_gpu, &dkv, drows, total, dk, vd ? NULL : dv);
+    for (int which = 0; which < (vd ? 1 : 2); which++) {
         unsigned char *got = malloc(pool);
         cv_error err = {0};
         assert_non_null(got);
@@ -326,28 +380,30 @@ static void check_attention(cv_type kvt, int32_t n_heads, int32_t n_kv, int32_t 
         free(got);
     }
     cv_attn_params ap = {n_heads, 1.0f / sqrtf((float)hd), softcap};
-    int64_t qw = (int64_t)n_heads * hd;
-    float *q = fill(total * qw, 1.5f), *want = malloc(sizeof(float) * total * qw);
+    int64_t qw = (int64_t)n_heads * hd, ow = (int64_t)n_heads * (vd ? vd : hd);
+    float *q = fill(total * qw, 1.5f), *want = malloc(sizeof(float) * total * ow);
     assert_non_null(want);
-    float *dq = to_dev(q, sizeof(float) * total * qw), *dout = poisoned(total * qw);
+    float *dq = to_dev(q, sizeof(float) * total * qw), *dout = poisoned(total * ow);
     g_cpu->ops->attention(g_cpu, &ap, &hkv, hrows, total, q, want);
     g_gpu->ops->attention(g_gpu, &ap, &dkv, drows, total, dq, dout);
-    float *got = from_dev(dout, total * qw);
+    float *got = from_dev(dout, total * ow);
     char what[96];
-    snprintf(what, sizeof what, "attention %s heads %d/%d dim %d window %d softcap %g", kvt == CV_TYPE_F16 ? "F16" : "F32",
-             n_heads, n_kv, hd, window, softcap);
-    assert_close(got, want, total * qw, 2e-5, what);
-    free(got), free(q), free(want), free(k), free(v), free(hkv.k), free(hkv.v), free(hrows), free(drows_h),
-        free(hist_rows);
-    dfree(dq), dfree(dout), dfree(dk), dfree(dv), dfree(drows), dfree(dtables), dfree(dkv.k), dfree(dkv.v);
+    snprintf(what, sizeof what, "attention %s heads %d/%d dim %d/%d window %d softcap %g",
+             kvt == CV_TYPE_F16 ? "F16" : "F32", n_heads, n_kv, hd, vd ? vd : hd, window, softcap);
+    assert_close(got, want, total * ow, 2e-5, what);
+    free(got), free(q), free(want), free(k), free(v), free(hkv.k), free(hrows), free(drows_h), free(hist_rows);
+    if (!vd) free(hkv.v), dfree(dkv.v);
+    dfree(dq), dfree(dout), dfree(dk), dfree(dv), dfree(drows), dfree(dtables), dfree(dkv.k);
 }
 
 static void test_attention(void **state) {
     (void)state;
-    check_attention(CV_TYPE_F16, 8, 2, 64, 0, 0);
-    check_attention(CV_TYPE_F32, 8, 8, 128, 0, 0);
-    check_attention(CV_TYPE_F16, 4, 1, 256, 16, 50.0f);
-    check_attention(CV_TYPE_F32, 6, 3, 8, 0, 0); /* stories260K's head_dim */
+    check_attention(CV_TYPE_F16, 8, 2, 64, 0, 0, 0);
+    check_attention(CV_TYPE_F32, 8, 8, 128, 0, 0, 0);
+    check_attention(CV_TYPE_F16, 4, 1, 256, 16, 50.0f, 0);
+    check_attention(CV_TYPE_F32, 6, 3, 8, 0, 0, 0); /* stories260K's head_dim */
+    check_attention(CV_TYPE_F16, 16, 1, 576, 0, 0, 512); /* DeepSeek V2/V3's latent + rope key */
+    check_attention(CV_TYPE_F32, 4, 1, 288, 0, 0, 256); /* deepseek2-tiny's */
 }
 
 /* A launch that cannot run is reported at synchronize with where and what. */
@@ -664,6 +720,7 @@ int main(void) {
     printf("test_cuda_ops: %d CUDA device(s), testing device 0\n", n_dev);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matmul_and_get_rows),
+        cmocka_unit_test(test_matmul_heads_copy_rows),
         cmocka_unit_test(test_rmsnorm_softmax),
         cmocka_unit_test(test_rope),
         cmocka_unit_test(test_elementwise),
