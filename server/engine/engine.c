@@ -54,6 +54,7 @@ typedef struct seq {
     struct seq *next;       /* waiting queue */
     /* Speculative decoding (engine.h). */
     int spec_ok;            /* may speculate: speculation on, no grammar */
+    int sampled;            /* temperature > 0 */
     int32_t draft[CV_ENGINE_SPEC_MAX_DRAFT];
     int32_t n_draft;        /* drafted for this step (verified by its rows) */
     cv_spec_drafter drafter;
@@ -320,10 +321,14 @@ static void spec_observe(cv_engine *e, int32_t rows, double t) {
 /* Expected seconds of a step of `rows` rows: a + b rows from the fit, with b at
  * SPEC_PRIOR_ROW of a row's mean cost while the fit cannot tell (one batch size seen)
  * and kept within [0.2%, 200%] of it (noise on a busy host). Relative values are what
- * matter: with no step seen yet it answers in units of one row. */
-static double spec_step_cost(const cv_engine *e, int32_t rows) {
+ * matter: with no step seen yet, or !measured, it answers the prior in units of one
+ * row. A sampled sequence's lookup drafts are sized by the prior: with the measured
+ * cost, how many rows a step had would depend on timing, and rows verified in one
+ * batch may differ from single rows in the last bits of their logits (F32 paths), so
+ * a seeded stream would not repeat. */
+static double spec_step_cost(const cv_engine *e, int32_t rows, int measured) {
     const double w = e->fit[0];
-    if (w < 1e-9) return 1.0 + SPEC_PRIOR_ROW * (rows - 1);
+    if (w < 1e-9 || !measured) return 1.0 + SPEC_PRIOR_ROW * (rows - 1);
     const double rm = e->fit[1] / w, tm = e->fit[3] / w, var = e->fit[2] / w - rm * rm;
     const double per_row = tm / rm;
     double b = var > 0.25 ? (e->fit[4] / w - rm * tm) / var : SPEC_PRIOR_ROW * per_row;
@@ -464,14 +469,16 @@ static void spec_draft(cv_engine *e) {
             avail = room;
         }
         const double alpha = spec_alpha(s, d);
-        double best = tokens / (spec_step_cost(e, rows + extra) + draft_steps * e->draft_step_s), gain = 0;
+        const int measured = !s->sampled || d == CV_SPEC_DRAFT_MODEL;
+        const double draft_s = measured ? e->draft_step_s : 0.0;
+        double best = tokens / (spec_step_cost(e, rows + extra, measured) + draft_steps * draft_s), gain = 0;
         int32_t k_best = 0;
         double yield = 0, power = 1;
         for (int32_t k = 1; k <= avail; k++) {
             power *= alpha;
             yield += power; /* alpha + ... + alpha^k: tokens beyond the one a step gives */
             const double steps = d == CV_SPEC_DRAFT_MODEL && k > draft_steps ? k : draft_steps;
-            const double v = (tokens + yield) / (spec_step_cost(e, rows + extra + k) + steps * e->draft_step_s);
+            const double v = (tokens + yield) / (spec_step_cost(e, rows + extra + k, measured) + steps * draft_s);
             if (v > best) best = v, k_best = k, gain = yield;
         }
         if (k_best == 0) {
@@ -1043,6 +1050,7 @@ cv_status cv_engine_submit(cv_engine *e, const cv_engine_request *r, const cv_en
     if ((st = cv_sampler_accept(s->sampler, r->prompt, (size_t)r->n_prompt, err)) != CV_OK) goto err;
     if (r->grammar && r->grammar[0] && (st = grammar_matcher(e, r->grammar, &s->gmatch, err)) != CV_OK) goto err;
     s->spec_ok = e->cfg.spec && !s->gmatch;
+    s->sampled = r->sampling.temperature > 0.0f;
     s->shadow = -1;
     if (s->spec_ok && e->draft && r->sampling.temperature > 0.0f &&
         !(s->q = malloc(sizeof(float) * (size_t)e->cfg.spec_max_draft * (size_t)cv_tok_n_vocab(e->tok))))

@@ -39,8 +39,11 @@
  * counts; lookup's prediction is also scored on steps that did not speculate) yields
  * (1 - alpha^(k+1)) / (1 - alpha) tokens for k drafted, and a step of R rows costs
  * a + b R seconds, a and b fitted to the measured times of recent steps (plus the draft
- * model's measured step time per drafted position); k = 0 when nothing pays. Sequences
- * with a grammar do not speculate (their matcher cannot step back).
+ * model's measured step time per drafted position); k = 0 when nothing pays. A sampled
+ * sequence's lookup drafts are sized with the prior cost (a row costs 5% of a one-row
+ * step) instead: batch widths that follow timing would make a seeded stream depend on
+ * load (rows verified together can differ from single rows in the last bits of F32
+ * logits). Sequences with a grammar do not speculate (their matcher cannot step back).
  *
  * Submit, cancel and stats are thread-safe. A cancelled request ends within one step
  * with finish reason CANCELLED and its KV blocks are returned.

@@ -119,7 +119,8 @@ int32_t cv_sampler_sample_masked(cv_sampler *s, const float *logits, const uint6
  *    cv_sampler_sample (same stream, same token): the draw equals draft with probability
  *    p(draft), and otherwise is distributed as p without draft, renormalised. That is the
  *    standard rule (accept with min(1, p/q), else draw from max(0, p - q) normalised) for
- *    q = 1 at draft, so a seeded stream is the same with and without speculation.
+ *    q = 1 at draft, and on the same logits it draws the token a non-speculative step
+ *    would.
  *  - q a distribution: the standard rule: draft is kept with probability
  *    min(1, p(draft) / q(draft)) (one uniform), else one draw (a second uniform) from
  *    max(0, p - q) normalised.
