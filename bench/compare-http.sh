@@ -4,8 +4,14 @@
 #   http_vs_grpc[C]  = bench-load --http tokens/s / bench-load (gRPC) tokens/s, C in HTTP_CONC
 #   vs_llama[C]      = corvid HTTP (and gRPC) tokens/s / llama-server tokens/s, and TTFT p99
 #                      corvid / llama,
-#                      C in PEER_CONC; same prompts (bench-load's built-in ones), same max tokens,
-#                      EOS ignored
+#                      C in PEER_CONC; same prompts, same max tokens, EOS ignored
+# Every request's prompt is new: a numbered request tag before one of bench-load's built-in
+# story openings, so neither server answers from a prompt cache it filled in an earlier run
+# (llama-server keeps each slot's last prompt; corvid's prefix cache keeps whole blocks), as
+# with users who each ask their own question. PROMPTS=repeat sends the openings unchanged:
+# use it for random-weight (synthetic) files, whose output llama-server 34af94cd9ab2 often
+# refuses after generating it ("The model produced output that does not match the expected
+# Content-only format", HTTP 500) once the prompts vary.
 # Usage: bench/compare-http.sh MODEL [MAX_TOKENS] [REQUESTS_PER_STREAM]
 # Env: THREADS (both servers' threads; default each one's own), RUNS (default 3, medians),
 #      HTTP_CONC (default "1 64"), PEER_CONC (default "1 4 16 32"),
@@ -33,9 +39,28 @@ gport=$(free_port) hport=$(free_port)
 pids+=($!)
 for _ in $(seq 1 600); do grep -q '"model ready"' "$tmp/corvid.log" && break; sleep 0.1; done
 
+# A prompts file for one bench-load run: unique (tagged with a fresh number) unless PROMPTS=repeat.
+prompts() {  # runs in $(...): the tag comes from the clock, not from a shell counter
+    local n=$(($1 * per > 8 ? $1 * per : 8)) tag f i
+    tag=$(date +%s%N | tail -c 8) f="$tmp/prompts.$tag"
+    [ "${PROMPTS:-unique}" = repeat ] && { printf '%s\n' "Once upon a time" "The little dog" \
+        "Lily and Ben went to the park" "One day, a bird" >"$f"; echo "$f"; return; }
+    for i in $(seq 1 "$n"); do
+        case $((i % 4)) in 0) o="Once upon a time" ;; 1) o="The little dog" ;;
+                           2) o="Lily and Ben went to the park" ;; 3) o="One day, a bird" ;; esac
+        echo "Story $tag.$i. $o"
+    done >"$f"
+    echo "$f"
+}
+
+# bench-load exits 3 when a request failed: the run still counts (its failures are in the
+# JSON), and the first error goes to stderr.
+failed_run() { echo "compare-http: $(field first_error <"$1")" >&2; }
+
 # bench-load's figure for one run: load ADDR C FIELD [--http]
-load() { "$bin/bench-load" --addr "$1" --concurrency "$2" --requests $(($2 * per > 8 ? $2 * per : 8)) \
-           --max-tokens "$ntok" --ignore-eos ${4:-} | field "$3"; }
+load() { "$bin/bench-load" --addr "$1" --prompts "$(prompts "$2")" --concurrency "$2" --requests $(($2 * per > 8 ? $2 * per : 8)) \
+           --max-tokens "$ntok" --ignore-eos ${4:-} >"$tmp/run.json" || failed_run "$tmp/run.json"
+         field "$3" <"$tmp/run.json"; }
 
 out="$tmp/out.txt"
 : >"$out"
@@ -55,12 +80,12 @@ if [ -n "${LLAMA_SERVER:-}" ]; then
     for _ in $(seq 1 600); do curl -sf "http://127.0.0.1:$lport/health" >/dev/null && break; sleep 0.2; done
     for c in ${PEER_CONC:-1 4 16 32}; do
         for _ in $(seq 1 "$runs"); do
-            "$bin/bench-load" --addr "127.0.0.1:$hport" --http --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
-                --max-tokens "$ntok" --ignore-eos >"$tmp/c.json"
-            "$bin/bench-load" --addr "127.0.0.1:$gport" --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
-                --max-tokens "$ntok" --ignore-eos >"$tmp/g.json"
-            "$bin/bench-load" --addr "127.0.0.1:$lport" --http --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
-                --max-tokens "$ntok" --ignore-eos >"$tmp/l.json"
+            "$bin/bench-load" --addr "127.0.0.1:$hport" --http --prompts "$(prompts "$c")" --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
+                --max-tokens "$ntok" --ignore-eos >"$tmp/c.json" || failed_run "$tmp/c.json"
+            "$bin/bench-load" --addr "127.0.0.1:$gport" --prompts "$(prompts "$c")" --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
+                --max-tokens "$ntok" --ignore-eos >"$tmp/g.json" || failed_run "$tmp/g.json"
+            "$bin/bench-load" --addr "127.0.0.1:$lport" --http --prompts "$(prompts "$c")" --concurrency "$c" --requests $((c * per > 8 ? c * per : 8)) \
+                --max-tokens "$ntok" --ignore-eos >"$tmp/l.json" || failed_run "$tmp/l.json"
             echo "corvid $c $(field output_tokens_per_s <"$tmp/c.json") $(field ttft_ms_p99 <"$tmp/c.json") $(field requests_failed <"$tmp/c.json")" >>"$out"
             echo "corvid_grpc $c $(field output_tokens_per_s <"$tmp/g.json") $(field ttft_ms_p99 <"$tmp/g.json") $(field requests_failed <"$tmp/g.json")" >>"$out"
             echo "llama $c $(field output_tokens_per_s <"$tmp/l.json") $(field ttft_ms_p99 <"$tmp/l.json") $(field requests_failed <"$tmp/l.json")" >>"$out"
