@@ -9,7 +9,10 @@
 #include "cuda_internal.h"
 
 #define ATT_WARPS 4
-#define ATT_DIMS (CV_CUDA_MAX_HEAD_DIM / 32)
+/* Head dimensions per lane: 8 covers every head up to 256; MLA's 576-wide latent keys
+ * take a second instance with 18, so the others keep their registers. */
+#define ATT_DIMS_SMALL 8
+#define ATT_DIMS_MLA (CV_CUDA_MAX_HEAD_DIM / 32)
 
 template <bool F16>
 __device__ __forceinline__ float kv_get(const void *pool, int64_t i) {
@@ -45,10 +48,10 @@ void cv_cuda_kv_store(cuda_backend *cb, const cv_kv_layer *kv, const cv_attn_row
     CUDA_LAUNCHED(cb, "kv_store_kernel");
 }
 
-template <bool F16>
+template <bool F16, int ATT_DIMS>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
 attention_kernel(cv_attn_params p, cv_kv_layer kv, const cv_attn_row *rows, const float *q, float *out) {
-    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][CV_CUDA_MAX_HEAD_DIM];
+    __shared__ float sm_m[ATT_WARPS], sm_l[ATT_WARPS], sm_acc[ATT_WARPS][ATT_DIMS * 32];
     const int i = blockIdx.x / p.n_heads, h = blockIdx.x % p.n_heads;
     const int hd = kv.head_dim, vd = kv.v_dim ? kv.v_dim : hd, g = h / (p.n_heads / kv.n_kv_heads);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -116,9 +119,14 @@ void cv_cuda_attention(cuda_backend *cb, const cv_attn_params *p, const cv_kv_la
         return;
     }
     const unsigned blocks = (unsigned)(n * p->n_heads);
-    if (kv->type == CV_TYPE_F16)
-        attention_kernel<true><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
+    const bool small = kv->head_dim <= ATT_DIMS_SMALL * 32;
+    if (kv->type == CV_TYPE_F16 && small)
+        attention_kernel<true, ATT_DIMS_SMALL><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
+    else if (kv->type == CV_TYPE_F16)
+        attention_kernel<true, ATT_DIMS_MLA><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
+    else if (small)
+        attention_kernel<false, ATT_DIMS_SMALL><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
     else
-        attention_kernel<false><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
+        attention_kernel<false, ATT_DIMS_MLA><<<blocks, ATT_WARPS * 32, 0, cb->stream>>>(*p, *kv, rows, q, out);
     CUDA_LAUNCHED(cb, "attention_kernel");
 }
