@@ -31,7 +31,15 @@ static void add_term(void *user, const char *t, size_t len) {
     ts->n++;
 }
 
-static int similar(const char *a, const char *b) {
+int cv_rag_question_word(const char *word) {
+    for (size_t k = 0; k < sizeof question_words / sizeof *question_words; k++)
+        if (!strcmp(word, question_words[k])) return 1;
+    return 0;
+}
+
+int cv_rag_question_char(const char *ch) { return ch[0] && strstr(question_chars, ch) != NULL; }
+
+int cv_rag_similar_word(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b), k = 0;
     while (a[k] && a[k] == b[k]) k++;
     if (k == la && k == lb) return 1;
@@ -51,7 +59,7 @@ static void mark(void *user, const char *t, size_t len) {
     memcpy(w, t, len);
     w[len] = 0;
     for (size_t i = 0; i < h->q->n; i++)
-        if (!h->hit[i] && similar(h->q->t[i], w)) h->hit[i] = 1;
+        if (!h->hit[i] && cv_rag_similar_word(h->q->t[i], w)) h->hit[i] = 1;
 }
 
 double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_rag_passage *p, size_t n) {
@@ -69,10 +77,7 @@ double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_
     for (size_t i = 0; i < all->n; i++) {
         uint32_t c;
         if (cv_utf8_decode((const uint8_t *)all->t[i], strlen(all->t[i]), &c) > 0 && cv_rag_is_cjk_cp(c)) continue;
-        int shape = 0;
-        for (size_t k = 0; k < sizeof question_words / sizeof *question_words; k++)
-            shape |= !strcmp(all->t[i], question_words[k]);
-        if (!shape) add_term(q, all->t[i], strlen(all->t[i]));
+        if (!cv_rag_question_word(all->t[i])) add_term(q, all->t[i], strlen(all->t[i]));
     }
     unsigned char hit[MAX_TERMS] = {0}, titled[MAX_TERMS] = {0};
     held h = {q, hit}, ht = {q, titled};
@@ -102,7 +107,7 @@ double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_
         char ch[5] = {0};
         memcpy(ch, s + i, (size_t)k);
         i += (size_t)k;
-        if (!cv_rag_is_cjk_cp(c) || strstr(question_chars, ch) || n_seen == MAX_TERMS) continue;
+        if (!cv_rag_is_cjk_cp(c) || cv_rag_question_char(ch) || n_seen == MAX_TERMS) continue;
         int dup = 0;
         for (size_t j = 0; j < n_seen; j++) dup |= !memcmp(seen[j], ch, 4);
         if (dup) continue;

@@ -33,6 +33,14 @@
 /* The default for rag_min_coverage. */
 #define CV_RAG_MIN_COVERAGE_DEFAULT 0.7
 
+/* The lists the check uses, shared with rag_support.h: a word (case folded) that only
+ * shapes a question or names the kind of answer; a CJK character (its UTF-8 bytes,
+ * NUL-terminated) of a function word or question form; two words that count as one
+ * (equal, or a shared prefix of at least 4 bytes leaving at most 3 of the longer). */
+int cv_rag_question_word(const char *word);
+int cv_rag_question_char(const char *ch);
+int cv_rag_similar_word(const char *a, const char *b);
+
 /* Share of question's key terms held by p[0..n) in [0, 1]; 1 when the question has
  * none (nothing to check). Out of memory counts as covered (the check is skipped). */
 double cv_rag_coverage(const cv_rag_analyzer *a, const char *question, const cv_rag_passage *p, size_t n);

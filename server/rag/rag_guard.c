@@ -36,6 +36,7 @@ struct cv_rag_guard {
     word *words;
     size_t n_words, word_start;
     int in_word;
+    cv_rag_support *support; /* non-NULL: hold everything, judge it at the end */
 };
 
 cv_rag_guard *cv_rag_guard_new(size_t n_passages, int line_end) {
@@ -51,6 +52,7 @@ void cv_rag_guard_free(cv_rag_guard *g) {
     if (!g) return;
     free(g->buf);
     free(g->words);
+    cv_rag_support_free(g->support);
     free(g);
 }
 
@@ -192,7 +194,17 @@ cv_rag_guard_trip cv_rag_guard_feed(cv_rag_guard *g, const char *text, size_t le
     return CV_RAG_GUARD_OK;
 }
 
+void cv_rag_guard_set_support(cv_rag_guard *g, cv_rag_support *s) {
+    cv_rag_support_free(g->support);
+    g->support = s;
+}
+
 void cv_rag_guard_take(cv_rag_guard *g, const char **text, size_t *len) {
+    if (g->support) {
+        *text = "";
+        *len = 0;
+        return;
+    }
     size_t upto = g->open != SIZE_MAX ? g->open : g->len;
     if (g->hold < upto) upto = g->hold;
     if (upto < g->sent) upto = g->sent;
@@ -203,6 +215,18 @@ void cv_rag_guard_take(cv_rag_guard *g, const char **text, size_t *len) {
 
 void cv_rag_guard_finish(cv_rag_guard *g, const char **text, size_t *len) {
     g->open = g->hold = SIZE_MAX;
+    if (g->support) {
+        cv_rag_support_verdict v = cv_rag_support_check(g->support, g->buf ? g->buf : "", g->len, NULL, 0);
+        cv_rag_support_count(v);
+        const char *r = cv_rag_support_refusal(g->support);
+        size_t n = strlen(r);
+        if (v != CV_RAG_SUPPORTED && (n <= g->cap || !reserve(g, n))) { /* no memory: the answer stays */
+            memcpy(g->buf, r, n);
+            g->len = n;
+        }
+        cv_rag_support_free(g->support);
+        g->support = NULL;
+    }
     cv_rag_guard_take(g, text, len);
 }
 

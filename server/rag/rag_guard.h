@@ -18,6 +18,9 @@
  * more. A marker [n] with n = 0 or n > n_passages is removed from the text (counted);
  * it still counts towards a marker run.
  *
+ * With a support check (cv_rag_guard_set_support) the answer is held back whole and
+ * judged at the end: a short RAG answer comes out at once when it is complete.
+ *
  * Text that may be the start of a marker ("... [1"), or of a run, is held back until it is decided;
  * cv_rag_guard_take returns what may go out now, cv_rag_guard_finish the rest at the
  * end. The counters are process-wide, for the metrics. Not thread-safe: one guard per
@@ -28,6 +31,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "rag_support.h"
 
 #define CV_RAG_GUARD_MARKER_RUN 3
 #define CV_RAG_GUARD_NGRAM 4
@@ -57,6 +62,11 @@ cv_rag_guard_trip cv_rag_guard_feed(cv_rag_guard *g, const char *text, size_t le
 void cv_rag_guard_take(cv_rag_guard *g, const char **text, size_t *len);
 /* At the end of the stream: the held-back rest (valid until the next call on g). */
 void cv_rag_guard_finish(cv_rag_guard *g, const char **text, size_t *len);
+
+/* Holds the whole answer back until cv_rag_guard_finish, which judges it with s
+ * (rag_support.h, counted with cv_rag_support_count) and, when it is not supported,
+ * gives cv_rag_support_refusal instead. The guard owns s from here. */
+void cv_rag_guard_set_support(cv_rag_guard *g, cv_rag_support *s);
 
 /* Process-wide counts since start: trips by kind ([0]: unused) and markers removed. */
 void cv_rag_guard_counts(uint64_t trips[CV_RAG_GUARD_N_TRIPS], uint64_t *markers_removed);

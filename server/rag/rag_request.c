@@ -91,12 +91,12 @@ static cv_status retrieve(cv_rag_runner *rn, const cv_rag_query *q, const cv_rag
 
 void cv_rag_request_run(cv_rag_runner *rn, const cv_rag_request *r, cv_rag_done_fn done, void *user) {
     cv_error err = {0};
-    cv_rag_result res = {0};
+    cv_rag_result res = {.question = question_of(r)};
     cv_rag_outcome o = {0};
     int have_outcome = 0;
     int32_t *ids = NULL;
     size_t n_bare = 0;
-    const char *question = question_of(r);
+    const char *question = res.question;
     /* The frame without passages sets the budget (rag_prompt.h: the compact frame for
      * a small window). */
     cv_span *span = NULL;

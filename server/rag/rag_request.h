@@ -83,6 +83,7 @@ typedef struct cv_rag_result {
     const int32_t *ids;
     size_t n_ids;
     const char *extra_stop;        /* a stop string to add to the request's, or NULL */
+    const char *question;          /* what was asked (a Generate's prompt, a Chat's last user message) */
 } cv_rag_result;
 
 /* Called once per started job, on its thread; the result is valid during the call. */

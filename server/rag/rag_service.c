@@ -43,7 +43,7 @@ struct cv_rag_service {
     int answer_policy;
     char *default_answer, *default_answer_zh;
     size_t max_context_tokens;
-    int guard;
+    int guard, check_answers;
     double min_coverage;
     cv_rag_audit_fn audit;
     void *audit_user;
@@ -178,6 +178,7 @@ cv_status cv_rag_service_new(const cv_rag_settings *set, cv_rag_service **out, c
     s->min_score = set->min_score;
     s->max_context_tokens = set->max_context_tokens;
     s->guard = set->guard;
+    s->check_answers = set->check_answers;
     s->min_coverage = set->min_coverage;
     s->audit = set->audit;
     s->audit_user = set->audit_user;
@@ -401,6 +402,8 @@ fail:
 }
 
 int cv_rag_service_guard(const cv_rag_service *s) { return s->guard; }
+
+int cv_rag_service_check_answers(const cv_rag_service *s) { return s->guard && s->check_answers; }
 
 void cv_rag_outcome_free(cv_rag_outcome *o) {
     for (size_t i = 0; i < o->n_owned; i++) free(o->owned[i]);

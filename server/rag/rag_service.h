@@ -49,6 +49,7 @@ typedef struct cv_rag_settings {
     void *audit_user;
     int guard;                   /* 1: requests' answers go through rag_guard.h */
     double min_coverage;         /* rag_coverage.h share the passages must hold; 0: off */
+    int check_answers;           /* 1 (with guard): answers are judged by rag_support.h */
 } cv_rag_settings;
 
 typedef struct cv_rag_service cv_rag_service;
@@ -88,7 +89,9 @@ cv_status cv_rag_service_run(cv_rag_service *s, const cv_rag_query *q, cv_rag_me
                              void *measure_user, cv_rag_outcome *out, cv_error *err);
 void cv_rag_outcome_free(cv_rag_outcome *o);
 
-/* Whether answers are to go through rag_guard.h (rag_guard). */
+/* Whether answers are to go through rag_guard.h (rag_guard), and whether the guard is
+ * to judge them with rag_support.h (rag_check_answers, only with the guard). */
 int cv_rag_service_guard(const cv_rag_service *s);
+int cv_rag_service_check_answers(const cv_rag_service *s);
 
 #endif

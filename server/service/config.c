@@ -150,6 +150,10 @@ static const key_spec keys[] = {
         "retrieved context budget in model tokens (also capped by the model's window)", NULL),
     NUM("rag_guard", "--rag-guard", K_INT, rag_guard, 0, 1, "0|1",
         "1: a RAG answer looping on citation markers or phrases ends with finish reason stop", NULL),
+    NUM("rag_check_answers", "--rag-check-answers", K_INT, rag_check_answers, 0, 1, "0|1",
+        "1 (with rag_guard): a RAG answer is held until complete and replaced by \"The documents do not say.\" "
+        "when it states a number no passage given holds or comes from passage sentences that lack a key term of "
+        "the question", NULL),
     NUM("rag_min_coverage", "--rag-min-coverage", K_DOUBLE, rag_min_coverage, 0, 1, "C",
         "share of the question's key terms the passages must hold, else the default answer (0: off)", NULL),
     STR("response_cache", "--response-cache", response_cache, "off|memory|redis",
@@ -207,6 +211,7 @@ void cv_config_defaults(cv_config *c) {
     strcpy(c->rag_default_answer_zh, "未找到相关数据。");
     c->rag_max_context_tokens = 1024;
     c->rag_guard = 1;
+    c->rag_check_answers = 1;
     c->rag_min_coverage = CV_RAG_MIN_COVERAGE_DEFAULT;
     strcpy(c->response_cache, "off");
     c->response_cache_mb = 256;

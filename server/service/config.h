@@ -67,6 +67,7 @@ typedef struct cv_config {
     char rag_default_answer_zh[512]; /* below the threshold, CJK questions */
     int rag_max_context_tokens;      /* retrieved context budget, model tokens */
     int rag_guard;                   /* 1: end degenerate RAG answers (rag_guard.h) */
+    int rag_check_answers;           /* 1: judge RAG answers against the passages (rag_support.h) */
     double rag_min_coverage;         /* share of the question's terms the passages must hold */
     /* The response cache (response_cache.h) */
     char response_cache[8];          /* "off", "memory" or "redis" */

@@ -347,10 +347,18 @@ int cv_core_out_tools(cv_core_out *o, cv_tool_syntax s, size_t max_calls) {
 
 int cv_core_out_called(const cv_core_out *o) { return o->calls_total && o->final.reason == CV_FINISH_STOP; }
 
-int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end) {
+int cv_core_out_guard(cv_core_out *o, const cv_rag_result *r, int line_end, int check) {
+    const cv_rag_outcome *oc = r->outcome;
+    size_t n_passages = oc ? oc->ctx.n_kept : 0;
     o->guard_passages = (uint32_t)n_passages + 1;
     o->guard_line_end = line_end;
-    return (o->guard = cv_rag_guard_new(n_passages, line_end)) ? 0 : -1;
+    if (!(o->guard = cv_rag_guard_new(n_passages, line_end))) return -1;
+    if (check && n_passages) {
+        cv_rag_support *s = cv_rag_support_new(r->question ? r->question : "", oc->passages, oc->ctx.kept, n_passages);
+        if (!s) return -1;
+        cv_rag_guard_set_support(o->guard, s);
+    }
+    return 0;
 }
 
 int cv_core_out_engine_chunk(cv_core_out *o, const char *text, size_t len, const int32_t *ids, int32_t n_ids,

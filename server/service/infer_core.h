@@ -18,6 +18,7 @@
 #include "router.h"
 #include "rpc_server.h"
 #include "rag_guard.h"
+#include "rag_request.h"
 #include "response_cache.h"
 #include "think_split.h"
 #include "tool_calls.h"
@@ -165,8 +166,10 @@ int cv_core_out_append(cv_core_out *o, const char *text, size_t len, const int32
                        const cv_sample *samples);
 /* The request's end; an answer being recorded is stored when it ended normally. */
 void cv_core_out_final(cv_core_out *o, const cv_engine_final *f);
-/* Puts the answer through a guard (rag_guard.h); -1 when out of memory. */
-int cv_core_out_guard(cv_core_out *o, size_t n_passages, int line_end);
+/* Puts the answer of a retrieval r through a guard (rag_guard.h) that ends it at a line
+ * break when line_end, and with check judges it against the passages given
+ * (rag_support.h); -1 when out of memory. */
+int cv_core_out_guard(cv_core_out *o, const cv_rag_result *r, int line_end, int check);
 /* A chat of a reasoning model: from now on text between the think markers goes to
  * reasoning (think_split.h); starts_inside when the prompt opened the block. */
 void cv_core_out_split(cv_core_out *o, int starts_inside);

@@ -662,7 +662,8 @@ static void rag_done(void *user, const cv_rag_result *r) {
     } else if (r->outcome->ctx.n_kept && pack_context(g, r->outcome) != CV_OK) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else if (cv_rag_service_guard(g->inf->rag.cfg.service) &&
-               cv_core_out_guard(&g->out, r->outcome->ctx.n_kept, j->req.gen && r->outcome->ctx.n_kept)) {
+               cv_core_out_guard(&g->out, r, j->req.gen && r->outcome->ctx.n_kept,
+                                 cv_rag_service_check_answers(g->inf->rag.cfg.service))) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");
     } else if (answer_setup(g, &j->req, r->ids, r->n_ids)) {
         stream_fail(g, CV_RPC_RESOURCE_EXHAUSTED, "out of memory");

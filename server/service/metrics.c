@@ -141,6 +141,14 @@ char *cv_metrics_render(const cv_metrics_slot *slots, size_t n, const cv_gpu_sam
     put(&b, "# HELP corvid_rag_citations_removed_total Citation markers naming no passage given, cut from answers.\n"
             "# TYPE corvid_rag_citations_removed_total counter\n");
     put(&b, "corvid_rag_citations_removed_total %llu\n", (unsigned long long)removed);
+    uint64_t verdicts[CV_RAG_SUPPORT_N];
+    cv_rag_support_counts(verdicts);
+    put(&b, "# HELP corvid_rag_answer_checks_total RAG answers judged against the passages given (rag_check_answers); "
+            "all but supported were replaced by the not-in-the-documents reply.\n"
+            "# TYPE corvid_rag_answer_checks_total counter\n");
+    for (int v = 0; v < CV_RAG_SUPPORT_N; v++)
+        put(&b, "corvid_rag_answer_checks_total{verdict=\"%s\"} %llu\n",
+            cv_rag_support_verdict_name((cv_rag_support_verdict)v), (unsigned long long)verdicts[v]);
     engine_gauge(&b, "corvid_queue_depth", "Requests waiting for a batch slot.", slots, n,
                  offsetof(cv_engine_stats, waiting));
     engine_gauge(&b, "corvid_running_sequences", "Sequences decoded in every step.", slots, n,

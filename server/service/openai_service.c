@@ -545,7 +545,8 @@ static void rag_done(void *user, const cv_rag_result *res) {
     if (res->outcome && res->outcome->ctx.n_kept) j->citations = citations_json(res->outcome);
     size_t kept = res->outcome ? res->outcome->ctx.n_kept : 0;
     if (!res->default_answer && cv_rag_service_guard(j->svc->rag->cfg.service) &&
-        cv_core_out_guard(&j->out, kept, j->kind != CV_OAI_CHAT && kept)) {
+        cv_core_out_guard(&j->out, res, j->kind != CV_OAI_CHAT && kept,
+                          cv_rag_service_check_answers(j->svc->rag->cfg.service))) {
         cv_slot *slot = j->slot;
         j->slot = NULL;
         refuse(j, slot, CV_RPC_RESOURCE_EXHAUSTED, "out of memory", NULL);

@@ -71,7 +71,7 @@ static cv_status open_rag(const cv_config *c, cv_audit **audit, cv_rag_service *
     cv_rag_settings s = {c->rag_knowledge_bases, c->rag_sources, (uint32_t)c->rag_top_k,
                          (float)c->rag_min_score, c->rag_policy, c->rag_default_answer,
                          c->rag_default_answer_zh, (size_t)c->rag_max_context_tokens, rag_audit, audit,
-                         c->rag_guard, c->rag_min_coverage};
+                         c->rag_guard, c->rag_min_coverage, c->rag_check_answers};
     return cv_rag_service_new(&s, out, err);
 }
 

@@ -2,13 +2,28 @@
  * output (rag_guard.h) and question coverage on a request's question (rag_coverage.h).
  * Input: a byte of settings (passages given, line end), then the text, fed to the
  * guard in pieces whose lengths come from the text's own bytes. Checks: what goes out
- * is never more than what came in, a trip stays tripped, and coverage is in [0, 1]. */
+ * is never more than what came in, a trip stays tripped, and coverage is in [0, 1].
+ * The answer check (rag_support.h) parses model output too: the text is judged as an
+ * answer over a passage, and as the question and the passage; every number it reads
+ * is digits with at most one point. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "rag_coverage.h"
 #include "rag_guard.h"
+#include "rag_support.h"
+
+static void number_ok(void *user, const char *num, size_t len) {
+    (void)user;
+    size_t dots = 0;
+    if (!len) abort();
+    for (size_t i = 0; i < len; i++) {
+        if (num[i] == '.') dots++;
+        else if (num[i] < '0' || num[i] > '9') abort();
+    }
+    if (dots > 1) abort();
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size < 1) return 0;
@@ -35,6 +50,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     out += k;
     if (out > len) abort();
     cv_rag_guard_free(g);
+
+    cv_rag_numbers(text, len, number_ok, NULL);
+    char *t = strndup(text, len);
+    if (t) {
+        cv_rag_passage p = {"kb:f", "d", "Quorn-7 heat pump", "", "云雾岭白茶 二千四百米. serviced every 18 months", 0, 1, 0, 0};
+        p.len = strlen(p.text);
+        const size_t kept[] = {0};
+        cv_rag_support *s = cv_rag_support_new("How often is the Quorn-7 serviced?", &p, kept, 1);
+        if (s && cv_rag_support_check(s, text, len, NULL, 0) >= CV_RAG_SUPPORT_N) abort();
+        cv_rag_support_free(s);
+        cv_rag_passage q = {"kb:f", "d", "", "", t, strlen(t), 1, 0, 0}; /* t ends at a NUL of the input */
+        s = cv_rag_support_new(t, &q, kept, 1);
+        char why[32];
+        const char *answer = "It is 2,400 metres; 二〇一五年.";
+        if (s && cv_rag_support_check(s, answer, strlen(answer), why, sizeof why) >= CV_RAG_SUPPORT_N) abort();
+        cv_rag_support_free(s);
+    }
+    free(t);
 
     cv_rag_analyzer *a;
     if (cv_rag_analyzer_create(NULL, 0, &a, NULL) != CV_OK) return 0;

@@ -5,7 +5,9 @@ corvid-server, scored by the bench's own functions. Asserts behaviour, not speed
 answerable ones state the expected fact (not the passage header, a refusal or two
 sentences of the passage handed back), no degenerate answer (marker runs, n-gram
 loops), no citation marker outside the passages given, unanswerable questions get the
-default answer or "not in the documents" and no invented number, answers stay short, and a Generate with RAG ends with finish reason
+default answer or "not in the documents" and no invented number (two of them, en24 and
+zh28, pass retrieval and coverage and are refused by the answer check: the metric
+counts them), answers stay short, and a Generate with RAG ends with finish reason
 stop. SKIP naming `make models` without the model."""
 import os
 import urllib.request
@@ -50,6 +52,14 @@ def guard_metric_exposed(srv, metrics_port):
     for reason in ("markers", "loop", "line"):
         assert 'corvid_rag_guard_stops_total{reason="%s"}' % reason in body, body
     assert "corvid_rag_citations_removed_total " in body, body
+    # en24 and zh28 pass retrieval and coverage: the answer check refused them
+    # (rag_support.h), not the retrieval's default answer.
+    checks = {}
+    for line in body.splitlines():
+        if line.startswith("corvid_rag_answer_checks_total{"):
+            checks[line.split('"')[1]] = int(line.split()[-1])
+    assert set(checks) == {"supported", "invented_number", "unsupported", "off_question"}, body
+    assert checks["supported"] >= 4 and checks["off_question"] + checks["invented_number"] >= 2, checks
 
 
 def main():

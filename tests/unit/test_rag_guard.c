@@ -1,4 +1,5 @@
-/* rag_guard (a RAG answer's loops end it, markers naming no passage are cut) and
+/* rag_guard (a RAG answer's loops end it, markers naming no passage are cut, with a
+ * support check it holds the answer and replaces an unsupported one) and
  * rag_coverage (whether the passages hold the question's key terms). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -125,6 +126,50 @@ static double cover(const char *q, const char *title, const char *text) {
     return c;
 }
 
+/* With a support check the guard holds the answer whole and, at the end, gives it or
+ * the not-in-the-documents reply instead (rag_support.h judges; counted). */
+static void test_support_holds_and_replaces(void **state) {
+    (void)state;
+    cv_rag_passage p = {"kb:qa", "en-velmora", "Velmora Bridge", "",
+                        "The Velmora Bridge is 1,340 metres long. The bridge carries four lanes of traffic and a tram "
+                        "line.", 0, 1, 0, 0};
+    p.len = strlen(p.text);
+    const size_t kept[] = {0};
+    static const struct {
+        const char *question, *answer, *out;
+    } cases[] = {
+        {"How long is the Velmora Bridge?", "It is 1,340 metres long.", "It is 1,340 metres long."},
+        {"How many tram stops are on the Velmora Bridge?", "The bridge carries four tram stops.",
+         "The documents do not say."},
+        {"How long is the Velmora Bridge?", "It is 1,430 metres long.", "The documents do not say."},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        uint64_t before[CV_RAG_SUPPORT_N], after[CV_RAG_SUPPORT_N];
+        cv_rag_support_counts(before);
+        cv_rag_guard *g = cv_rag_guard_new(1, 0);
+        assert_non_null(g);
+        cv_rag_support *s = cv_rag_support_new(cases[c].question, &p, kept, 1);
+        assert_non_null(s);
+        cv_rag_guard_set_support(g, s);
+        const char *a = cases[c].answer, *o;
+        size_t k;
+        for (size_t i = 0; a[i]; i += 3) {
+            assert_int_equal(cv_rag_guard_feed(g, a + i, strlen(a + i) < 3 ? strlen(a + i) : 3), CV_RAG_GUARD_OK);
+            cv_rag_guard_take(g, &o, &k);
+            assert_int_equal(k, 0); /* held */
+        }
+        cv_rag_guard_finish(g, &o, &k);
+        assert_int_equal(k, strlen(cases[c].out));
+        assert_memory_equal(o, cases[c].out, k);
+        cv_rag_guard_free(g);
+        cv_rag_support_counts(after);
+        uint64_t judged = 0;
+        for (int v = 0; v < CV_RAG_SUPPORT_N; v++) judged += after[v] - before[v];
+        assert_int_equal(judged, 1);
+        assert_int_equal(after[CV_RAG_SUPPORTED] - before[CV_RAG_SUPPORTED], c == 0);
+    }
+}
+
 static void test_coverage(void **state) {
     (void)state;
     const char *quorn = "A Quorn-7 needs a clear outdoor space. The pipes are filled with a glycol mixture.";
@@ -158,6 +203,7 @@ int main(void) {
         cmocka_unit_test(test_markers_out_of_range_removed),
         cmocka_unit_test(test_ngram_loop_cut_at_second_occurrence),
         cmocka_unit_test(test_line_end_for_generate),
+        cmocka_unit_test(test_support_holds_and_replaces),
         cmocka_unit_test(test_coverage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -195,7 +195,7 @@ static void append_line(void *user, const char *line) {
 
 static cv_rag_service *service(const char *sources) {
     cv_rag_settings s = {spec, sources, 4, 0.5f, "refuse", "No relevant data found.", "未找到相关数据。", 1000,
-                         append_line, audit_lines, 1, 0};
+                         append_line, audit_lines, 1, 0, 0};
     cv_rag_service *svc = NULL;
     cv_error e = {0};
     if (cv_rag_service_new(&s, &svc, &e) != CV_OK) fail_msg("service: %s", e.msg);

@@ -60,7 +60,7 @@ static int teardown(void **state) {
 
 static cv_rag_settings settings(void) {
     return (cv_rag_settings){spec, NULL, 4, 0.5f, "refuse", "No relevant data found.", "未找到相关数据。", 1000,
-                             NULL, NULL, 1, 0};
+                             NULL, NULL, 1, 0, 0};
 }
 
 static cv_rag_service *service(void) {
