@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "rag_analyzer.h"
 #include "rag_coverage.h"
@@ -389,9 +390,14 @@ static int terms(const char *text, size_t len, int question, tset *out) {
 
 /* ---- the support object ---- */
 
+/* Parts of a question asked together: "How heavy is X, and how long does Y take?",
+ * "X是多少？Y需要多长时间？". */
+#define MAX_PARTS 8
+
 struct cv_rag_support {
     tset question;   /* every term of the question */
-    tset key;        /* its key terms */
+    tset key[MAX_PARTS]; /* each part's key terms */
+    size_t n_parts;
     tset *sentences; /* each passage sentence's terms with its passage's title's */
     size_t n_sentences;
     int zh;
@@ -400,7 +406,7 @@ struct cv_rag_support {
 void cv_rag_support_free(cv_rag_support *s) {
     if (!s) return;
     free(s->question.t);
-    free(s->key.t);
+    for (size_t i = 0; i < MAX_PARTS; i++) free(s->key[i].t);
     for (size_t i = 0; i < s->n_sentences; i++) free(s->sentences[i].t);
     free(s->sentences);
     free(s);
@@ -443,13 +449,42 @@ out:
     return rc;
 }
 
+/* Where the part of q starting at i ends (*next: where the next starts): before
+ * ", and how/what/..." or " and how/what/...", after ';', '?', '？', '；' with text
+ * after them; else at the end. */
+static size_t part_end(const char *q, size_t len, size_t i, size_t *next) {
+    static const char *const wh[] = {"how ", "what ", "when ", "where ", "who ", "which ", "whose ", "why "};
+    for (size_t j = i; j < len; j++) {
+        size_t mark = q[j] == ';' || q[j] == '?'                                                ? 1
+                      : len - j >= 3 && (!memcmp(q + j, "？", 3) || !memcmp(q + j, "；", 3)) ? 3
+                                                                                               : 0;
+        if (mark && j + mark < len) return *next = j + mark;
+        if (q[j] != ',' && q[j] != ' ') continue;
+        size_t at = j + (q[j] == ',');
+        if (len - at <= 5 || strncasecmp(q + at, " and ", 5)) continue;
+        for (size_t k = 0; k < sizeof wh / sizeof *wh; k++)
+            if (len - at - 5 > strlen(wh[k]) && !strncasecmp(q + at + 5, wh[k], strlen(wh[k]))) {
+                *next = at + 5;
+                return j;
+            }
+    }
+    return *next = len;
+}
+
 cv_rag_support *cv_rag_support_new(const char *question, const cv_rag_passage *p, const size_t *kept,
                                    size_t n_kept) {
     cv_rag_support *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     size_t ql = strlen(question);
     s->zh = cv_rag_is_cjk_text(question, ql);
-    if (terms(question, ql, 0, &s->question) || terms(question, ql, 1, &s->key)) goto err;
+    if (terms(question, ql, 0, &s->question)) goto err;
+    for (size_t i = 0, next; i < ql; i = next) {
+        /* the last slot takes the rest */
+        size_t e = s->n_parts == MAX_PARTS - 1 ? (next = ql) : part_end(question, ql, i, &next);
+        tset *k = &s->key[s->n_parts];
+        if (terms(question + i, e - i, 1, k)) goto err;
+        if (k->n) s->n_parts++; /* "..., and when?": a part with no key term asks nothing to check */
+    }
     for (size_t i = 0; i < n_kept; i++)
         if (add_passage(s, &p[kept[i]])) goto err;
     return s;
@@ -519,14 +554,20 @@ cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char 
         v = verdict(CV_RAG_UNSUPPORTED, why, cap, "no passage sentence holds ", fresh.t[0]);
         goto out;
     }
-    for (size_t i = 0; i < s->key.n; i++) {
-        size_t j = 0;
-        while (j < s->n_sentences && !(support[j] && tset_holds(&s->sentences[j], s->key.t[i]))) j++;
-        if (j == s->n_sentences) {
-            v = verdict(CV_RAG_OFF_QUESTION, why, cap, "missing ", s->key.t[i]);
-            goto out;
+    /* Some part of the question must have all its key terms in the supporting
+     * sentences: a right answer to one part of two is an answer. */
+    const char *missing = NULL;
+    for (size_t p = 0; p < s->n_parts; p++) {
+        const char *m = NULL;
+        for (size_t i = 0; i < s->key[p].n && !m; i++) {
+            size_t j = 0;
+            while (j < s->n_sentences && !(support[j] && tset_holds(&s->sentences[j], s->key[p].t[i]))) j++;
+            if (j == s->n_sentences) m = s->key[p].t[i];
         }
+        if (!m) goto out;
+        if (!missing) missing = m;
     }
+    if (missing) v = verdict(CV_RAG_OFF_QUESTION, why, cap, "missing ", missing);
 out:
     free(all.t);
     free(fresh.t);

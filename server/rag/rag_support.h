@@ -21,9 +21,11 @@
  *     sentences must not make them all support the answer). None: CV_RAG_UNSUPPORTED;
  *   - the question's key terms (its terms less the words that only shape a question
  *     or name the kind of answer: rag_coverage's lists, the word after which/what/
- *     whose, the character after 多/几/哪, 时间/时候) must all be held by the
- *     supporting sentences; one missing: the answer comes from a sentence about
- *     something else (CV_RAG_OFF_QUESTION).
+ *     whose, superlatives, the character after 多/几/哪, 时间/时候) must all be held by
+ *     the supporting sentences; one missing: the answer comes from a sentence about
+ *     something else (CV_RAG_OFF_QUESTION). A question of several parts (", and
+ *     how ...", "？...？") needs one part held whole: a right answer to one of two
+ *     parts is an answer.
  * An answer that is the not-in-the-documents sentence (rag_prompt.h) is supported.
  * A lexical check: a question worded with other words than its passage ("wrote" /
  * "written" is handled, a synonym is not) refuses an answer that was right, and an

@@ -121,6 +121,11 @@ static void test_supported(void **state) {
     /* two passages, one part each */
     EXPECT(CV_RAG_SUPPORTED, "How often must the Quorn-7 compressor be serviced, and when did the Velmora Bridge open?",
            "Every 18 months; the bridge opened on 2 June 1993.", 0, 1);
+    /* one part of two answered; the other part asked alone is off the question */
+    EXPECT(CV_RAG_SUPPORTED, "Who was the chief engineer of the Velmora Bridge, and how many tram stops does it have?",
+           "Its chief engineer was Ilse Marwick.", 0);
+    EXPECT(CV_RAG_OFF_QUESTION, "How many tram stops does the Velmora Bridge have?", "It carries four tram stops.", 0);
+    EXPECT(CV_RAG_SUPPORTED, "望星中学的首任校长是谁？镜月湖有多深？", "首任校长是陈若谷。", 3, 4);
     /* the not-in-the-documents reply, and nothing new */
     EXPECT(CV_RAG_SUPPORTED, "What is the price of the Velmora Bridge?", "The documents do not say.", 0);
     EXPECT(CV_RAG_SUPPORTED, "镜月湖里的银鳞鱼有多长？", "资料中没有提到。", 4);
