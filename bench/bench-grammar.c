@@ -1,7 +1,8 @@
 /* bench-grammar: the cost of constrained decoding on a real model's vocabulary, off the
  * decode loop: schema compile time, token-mask time per step (cold: a new automaton;
- * warm: a second request of the same grammar, which the engine's cache serves), and
- * the sampler with and without a mask.
+ * precomputed: a new automaton after cv_gdfa_precompute, as the engine compiles one;
+ * warm: a second request of the same grammar, which the engine's cache serves), the
+ * precompute's time and masks, and the sampler with and without a mask.
  *
  *   bench-grammar -m MODEL [--runs R] (--schema FILE --text FILE)...
  *
@@ -158,20 +159,45 @@ int main(int argc, char **argv) {
         if (!ids || cv_tok_encode(tok, text, tlen, 0, ids, CV_TOK_MAX_IDS(tlen), &n_ids, &e) != CV_OK)
             die("tokenize", &e);
         double *cold = malloc(sizeof(double) * n_ids), *warm = malloc(sizeof(double) * n_ids);
+        double *pre = malloc(sizeof(double) * n_ids);
         replay(d, ids, n_ids, cold);
         replay(d, ids, n_ids, warm);
         cv_gmatch *m;
-        cv_gmatch_stats st;
+        cv_gmatch_stats st, pst;
         if (cv_gmatch_start(d, &m, &e) != CV_OK) die("matcher", &e);
         cv_gmatch_get_stats(m, &st);
         cv_gmatch_free(m);
+        /* as the engine builds one: compiled, then precomputed, then replayed */
+        cv_gdfa *dp;
+        cv_grammar *gr;
+        if (cv_grammar_parse(gbnf, strlen(gbnf), &gr, &e) != CV_OK || cv_gdfa_new(gr, v, &dp, &e) != CV_OK)
+            die(schemas[k], &e);
+        double p0 = cv_seconds();
+        if (cv_gdfa_precompute(dp, CV_GDFA_PRECOMPUTE_MASKS, CV_GDFA_PRECOMPUTE_SECONDS, CV_GDFA_PRECOMPUTE_CHEAP,
+                               &e) != CV_OK)
+            die("precompute", &e);
+        double precompute_ms = (cv_seconds() - p0) * 1e3;
+        if (cv_gmatch_start(dp, &m, &e) != CV_OK) die("matcher", &e);
+        cv_gmatch_get_stats(m, &pst);
+        cv_gmatch_free(m);
+        replay(dp, ids, n_ids, pre);
+        if (cv_gmatch_start(dp, &m, &e) != CV_OK) die("matcher", &e);
+        cv_gmatch_stats after;
+        cv_gmatch_get_stats(m, &after);
+        cv_gmatch_free(m);
+        cv_gdfa_unref(dp);
         json_array_append_new(json_object_get(out, "schemas"),
-                              json_pack("{s:s,s:f,s:i,s:i,s:o,s:o,s:i,s:i}", "schema", schemas[k], "compile_ms",
-                                        compile_ms, "gbnf_bytes", (int)strlen(gbnf), "tokens", (int)n_ids,
-                                        "mask_cold_ms", stats(cold, n_ids), "mask_warm_ms", stats(warm, n_ids),
-                                        "masks_computed", (int)st.masks_computed, "configurations", (int)st.configs));
+                              json_pack("{s:s,s:f,s:i,s:i,s:o,s:o,s:o,s:i,s:i,s:f,s:i,s:i}", "schema", schemas[k],
+                                        "compile_ms", compile_ms, "gbnf_bytes", (int)strlen(gbnf), "tokens",
+                                        (int)n_ids, "mask_cold_ms", stats(cold, n_ids), "mask_precomputed_ms",
+                                        stats(pre, n_ids), "mask_warm_ms", stats(warm, n_ids), "masks_computed",
+                                        (int)st.masks_computed, "configurations", (int)st.configs, "precompute_ms",
+                                        precompute_ms, "masks_precomputed", (int)pst.masks_precomputed,
+                                        "masks_missed_after_precompute",
+                                        (int)(after.masks_computed - pst.masks_computed)));
         free(cold);
         free(warm);
+        free(pre);
         free(ids);
         free(gbnf);
         cv_gdfa_unref(d);

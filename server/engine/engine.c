@@ -976,8 +976,9 @@ static cv_status grammar_vocab(cv_engine *e, cv_error *err) {
 }
 
 /* A matcher for grammar text: from the cached automaton of the same text when there is
- * one (not grown past ENGINE_GRAMMAR_BYTES), else compiled (outside the lock) and
- * cached in place of the least recently used. */
+ * one (not grown past ENGINE_GRAMMAR_BYTES), else compiled and its masks precomputed
+ * (outside the lock, on the caller's thread) and cached in place of the least recently
+ * used. */
 static cv_status grammar_matcher(cv_engine *e, const char *text, cv_gmatch **out, cv_error *err) {
     pthread_mutex_lock(&e->gram_mu);
     cv_status st = grammar_vocab(e, err);
@@ -997,6 +998,13 @@ static cv_status grammar_matcher(cv_engine *e, const char *text, cv_gmatch **out
     char *copy = strdup(text);
     if (!copy) return cv_errorf(err, CV_ENOMEM, "engine: out of memory for a grammar");
     if ((st = cv_grammar_parse(text, strlen(text), &g, err)) != CV_OK || (st = cv_gdfa_new(g, vocab, &d, err)) != CV_OK) {
+        free(copy);
+        return st;
+    }
+    /* the masks it will need, here on the submitting thread rather than in a step */
+    st = cv_gdfa_precompute(d, CV_GDFA_PRECOMPUTE_MASKS, CV_GDFA_PRECOMPUTE_SECONDS, CV_GDFA_PRECOMPUTE_CHEAP, err);
+    if (st != CV_OK) {
+        cv_gdfa_unref(d);
         free(copy);
         return st;
     }

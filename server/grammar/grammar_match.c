@@ -1,10 +1,12 @@
 #include "grammar_match.h"
 
+#include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "grammar_util.h"
+#include "timing.h"
 
 /* ---- the vocabulary trie ---- */
 
@@ -189,7 +191,10 @@ struct cv_gdfa {
     int32_t *tok_id;       /* per token terminal of g: the token it names */
     int32_t start;         /* the configuration before any text */
     uint64_t *none;        /* the all-zero mask after the end */
-    uint64_t masks_computed;
+    uint64_t masks_computed, masks_precomputed;
+    int32_t *succ;         /* precompute scratch: configurations a mask walk reached */
+    size_t n_succ, succ_cap;
+    size_t walked;         /* trie nodes the last mask walk visited */
 };
 
 struct cv_gmatch {
@@ -519,7 +524,7 @@ void cv_gmatch_free(cv_gmatch *m) {
 
 /* Walks the token trie from configuration c, one cached transition per edge; a
  * subtree is skipped as soon as the grammar rejects its prefix. */
-static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *err) {
+static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, bool want_succ, cv_error *err) {
     const cv_gvocab *v = m->v;
     const tnode *nodes = v->nodes;
     /* One frame per depth (a token's length bounds it): the next child to visit and
@@ -528,6 +533,7 @@ static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *e
         return closure_err(-1, err);
     struct walk *f = m->walk;
     int depth = 0;
+    m->walked = 0;
     f[0] = (struct walk){nodes[0].first_child, c, m->cfgs[c].trans};
     while (depth >= 0) {
         struct walk *w = &f[depth];
@@ -538,6 +544,7 @@ static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *e
         }
         const tnode *t = &nodes[ch];
         w->node = t->next_sibling;
+        m->walked++;
         int32_t next;
         if (w->tr && w->tr[t->byte] >= 0) {
             next = w->tr[t->byte];
@@ -547,6 +554,11 @@ static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *e
         }
         if (next == 0) continue;
         for (int32_t tok = t->token; tok >= 0; tok = v->tok_next[tok]) mask[tok >> 6] |= 1ULL << (tok & 63);
+        if (want_succ && t->token >= 0) {
+            if (!cv_gu_grow((void **)&m->succ, &m->succ_cap, m->n_succ + 1, sizeof *m->succ))
+                return closure_err(-1, err);
+            m->succ[m->n_succ++] = next;
+        }
         if (t->first_child >= 0) f[++depth] = (struct walk){t->first_child, next, m->cfgs[next].trans};
     }
     if (m->cfgs[c].accepting)
@@ -556,8 +568,32 @@ static cv_status compute_mask(cv_gdfa *m, int32_t c, uint64_t *mask, cv_error *e
         if (CV_GEL_IS_TOKEN(e)) {
             int32_t t = m->tok_id[CV_GEL_TOKEN_INDEX(e)];
             mask[t >> 6] |= 1ULL << (t & 63);
+            int32_t next = want_succ ? token_step(m, c, t, err) : 0;
+            if (next < 0) return err ? err->code : CV_ENOMEM;
+            if (next > 0) {
+                if (!cv_gu_grow((void **)&m->succ, &m->succ_cap, m->n_succ + 1, sizeof *m->succ))
+                    return closure_err(-1, err);
+                m->succ[m->n_succ++] = next;
+            }
         }
     }
+    return CV_OK;
+}
+
+/* Configuration c's mask, computed when it has none (its successors into d->succ when
+ * want_succ). */
+static cv_status ensure_mask(cv_gdfa *d, int32_t c, bool want_succ, cv_error *err) {
+    if (d->cfgs[c].mask) return CV_OK;
+    uint64_t *bits = calloc((size_t)d->v->n_words, sizeof *bits);
+    if (!bits) return closure_err(-1, err);
+    cv_status st = compute_mask(d, c, bits, want_succ, err);
+    if (st != CV_OK) {
+        free(bits);
+        return st;
+    }
+    d->cfgs[c].mask = bits;
+    d->masks_computed++;
+    atomic_fetch_add(&d->bytes, (size_t)d->v->n_words * sizeof *bits);
     return CV_OK;
 }
 
@@ -568,21 +604,100 @@ cv_status cv_gmatch_mask(cv_gmatch *m, const uint64_t **mask, cv_error *err) {
         *mask = d->none;
         return CV_OK;
     }
-    int32_t c = m->state;
-    if (!d->cfgs[c].mask) {
-        uint64_t *bits = calloc((size_t)d->v->n_words, sizeof *bits);
-        if (!bits) return closure_err(-1, err);
-        cv_status st = compute_mask(d, c, bits, err);
-        if (st != CV_OK) {
-            free(bits);
-            return st;
-        }
-        d->cfgs[c].mask = bits;
-        d->masks_computed++;
-        atomic_fetch_add(&d->bytes, (size_t)d->v->n_words * sizeof *bits);
-    }
-    *mask = d->cfgs[c].mask;
+    cv_status st = ensure_mask(d, m->state, false, err);
+    if (st != CV_OK) return st;
+    *mask = d->cfgs[m->state].mask;
     return CV_OK;
+}
+
+/* The precompute's frontier: a binary heap of configurations by the cost of the
+ * cheapest path found to them. */
+typedef struct pq {
+    struct pq_item {
+        float cost;
+        int32_t cfg;
+    } *v;
+    size_t n, cap;
+} pq;
+
+static bool pq_push(pq *q, float cost, int32_t cfg) {
+    if (!cv_gu_grow((void **)&q->v, &q->cap, q->n + 1, sizeof *q->v)) return false;
+    size_t i = q->n++;
+    for (; i && q->v[(i - 1) / 2].cost > cost; i = (i - 1) / 2) q->v[i] = q->v[(i - 1) / 2];
+    q->v[i] = (struct pq_item){cost, cfg};
+    return true;
+}
+
+static struct pq_item pq_pop(pq *q) {
+    struct pq_item top = q->v[0], last = q->v[--q->n];
+    size_t i = 0;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= q->n) break;
+        if (c + 1 < q->n && q->v[c + 1].cost < q->v[c].cost) c++;
+        if (q->v[c].cost >= last.cost) break;
+        q->v[i] = q->v[c];
+        i = c;
+    }
+    if (q->n) q->v[i] = last;
+    return top;
+}
+
+/* Configurations are taken cheapest path first, a path's cost the sum over its tokens
+ * of log2(tokens allowed / tokens leading where it went): a step most tokens take (more
+ * of a string) costs little, one few take (closing it) more, one forced nothing. So the
+ * budget goes where generations are likely to go, deep into strings and along the
+ * structure alike, rather than breadth first through every prefix of every field. */
+cv_status cv_gdfa_precompute(cv_gdfa *d, int32_t max_masks, double max_seconds, size_t cheap_nodes,
+                             cv_error *err) {
+    double t0 = cv_seconds();
+    pq q = {0};
+    float *best = NULL;
+    size_t best_cap = 0;
+    cv_status st = CV_OK;
+    int32_t done = 0;
+    if (!pq_push(&q, 0, d->start)) goto oom;
+    while (q.n && done < max_masks && cv_seconds() - t0 < max_seconds) {
+        struct pq_item it = pq_pop(&q);
+        int32_t c = it.cfg;
+        if (d->cfgs[c].mask || (c < (int32_t)best_cap && best[c] < it.cost)) continue;
+        d->n_succ = 0;
+        if ((st = ensure_mask(d, c, true, err)) != CV_OK) goto out;
+        size_t old = best_cap;
+        if (!cv_gu_grow((void **)&best, &best_cap, (size_t)d->n_cfgs, sizeof *best)) goto oom;
+        for (size_t i = old; i < best_cap; i++) best[i] = INFINITY;
+        if (d->walked < cheap_nodes) {
+            /* a mask that costs microseconds is left to the step that needs it (the
+             * budget's memory goes to the walks through most of the vocabulary) */
+            free(d->cfgs[c].mask);
+            d->cfgs[c].mask = NULL;
+            d->masks_computed--;
+            atomic_fetch_sub(&d->bytes, (size_t)d->v->n_words * sizeof(uint64_t));
+            best[c] = -INFINITY; /* explored */
+        } else {
+            d->masks_precomputed++;
+            done++;
+        }
+        qsort(d->succ, d->n_succ, sizeof *d->succ, cmp_i32);
+        for (size_t i = 0, j; i < d->n_succ; i = j) {
+            for (j = i; j < d->n_succ && d->succ[j] == d->succ[i]; j++) {}
+            int32_t s = d->succ[i];
+            float cost = it.cost + (float)log2((double)d->n_succ / (double)(j - i));
+            if (d->cfgs[s].mask || best[s] <= cost) continue;
+            best[s] = cost;
+            if (!pq_push(&q, cost, s)) goto oom;
+        }
+    }
+    goto out;
+oom:
+    st = closure_err(-1, err);
+out:
+    free(q.v);
+    free(best);
+    free(d->succ);
+    d->succ = NULL;
+    d->n_succ = d->succ_cap = 0;
+    return st;
 }
 
 static cv_status advance(cv_gmatch *m, const char *s, size_t n, int32_t *out, cv_error *err) {
@@ -631,6 +746,7 @@ bool cv_gmatch_ended(const cv_gmatch *m) { return m->ended; }
 void cv_gmatch_get_stats(const cv_gmatch *m, cv_gmatch_stats *st) {
     st->masks_asked = m->masks_asked;
     st->masks_computed = m->d->masks_computed;
+    st->masks_precomputed = m->d->masks_precomputed;
     st->configs = (uint64_t)m->d->n_cfgs;
     st->nodes = (uint64_t)m->d->n_nodes;
 }

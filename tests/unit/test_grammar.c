@@ -388,8 +388,68 @@ static void test_mask_cache(void **state) {
     free_vocab(w);
 }
 
+/* After cv_gdfa_precompute over a finite grammar (every configuration within the
+ * budget), random walks through the masks compute none; with a budget of one mask,
+ * only the start's is there; masks under the cheap bound are explored, not kept. */
+static void test_precompute(void **state) {
+    (void)state;
+    vocab *w = make_vocab();
+    const char *schema = "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"maxLength\":6},"
+                         "\"b\":{\"enum\":[\"x\",12,true]}},\"required\":[\"a\",\"b\"],"
+                         "\"additionalProperties\":false}";
+    cv_gdfa *g = schema_grammar(w, schema);
+    cv_error e = {0};
+    assert_int_equal(cv_gdfa_precompute(g, 1 << 20, 60.0, 0, &e), CV_OK);
+    cv_gmatch *m = start(g);
+    cv_gmatch_stats before, after;
+    cv_gmatch_get_stats(m, &before);
+    assert_true(before.masks_precomputed > 20 && before.masks_precomputed == before.masks_computed);
+    cv_gmatch_free(m);
+    uint32_t seed = 7;
+    for (int walk = 0; walk < 50; walk++) {
+        m = start(g);
+        while (!cv_gmatch_ended(m)) {
+            const uint64_t *mask;
+            assert_int_equal(cv_gmatch_mask(m, &mask, &e), CV_OK);
+            int32_t ok[256], k = 0;
+            for (int32_t t = 0; t < w->n; t++)
+                if (mask[t >> 6] >> (t & 63) & 1) ok[k++] = t;
+            assert_true(k > 0);
+            seed = seed * 1103515245u + 12345u;
+            assert_int_equal(cv_gmatch_accept_token(m, ok[(seed >> 8) % (uint32_t)k], &e), CV_OK);
+        }
+        cv_gmatch_free(m);
+    }
+    m = start(g);
+    cv_gmatch_get_stats(m, &after);
+    assert_int_equal(after.masks_computed, before.masks_computed);
+    cv_gmatch_free(m);
+    cv_gdfa_unref(g);
+    g = schema_grammar(w, schema);
+    assert_int_equal(cv_gdfa_precompute(g, 1, 60.0, 0, &e), CV_OK);
+    m = start(g);
+    cv_gmatch_get_stats(m, &after);
+    assert_int_equal(after.masks_precomputed, 1);
+    cv_gmatch_free(m);
+    cv_gdfa_unref(g);
+    /* only the walks through most of the trie kept: inside the string (over 110 of this
+     * vocabulary's trie nodes; elsewhere a walk stops at the root's ~100 children) */
+    g = schema_grammar(w, schema);
+    assert_int_equal(cv_gdfa_precompute(g, 1 << 20, 60.0, 110, &e), CV_OK);
+    m = start(g);
+    cv_gmatch_get_stats(m, &after);
+    if (!(after.masks_precomputed > 0 && after.masks_precomputed < before.masks_precomputed / 2))
+        fail_msg("%llu masks kept of %llu", (unsigned long long)after.masks_precomputed,
+                 (unsigned long long)before.masks_precomputed);
+    assert_int_equal(after.masks_computed, after.masks_precomputed);
+    cv_gmatch_free(m);
+    cv_gdfa_unref(g);
+    free_vocab(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_precompute),
         cmocka_unit_test(test_gbnf_matching),
         cmocka_unit_test(test_gbnf_refusals),
         cmocka_unit_test(test_masks_multi_symbol_and_utf8),
