@@ -34,7 +34,7 @@ void cv_matmul_x86_act_convert(cv_type wtype, const float *x, void *act, int64_t
     float *d = (float *)((char *)act + q8_part(nb));
     int32_t *off = (int32_t *)(d + nb);
     const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
-    const int32_t k = wtype == CV_TYPE_Q4_0 ? 8 : 128;
+    const int32_t k = wtype == CV_TYPE_Q4_0 ? 8 : wtype == CV_TYPE_Q5_0 ? 16 : 128;
     for (int64_t b = 0; b < nb; b++) {
         d[b] = _cvtsh_ss(q[b].d);
         __m256i a = _mm256_loadu_si256((const __m256i *)q[b].qs);

@@ -20,7 +20,7 @@
  * kernel, like the thread count or the batch, never changes a result.
  */
 #include "matmul.h"
-#include "matmul_x86.h"
+#include "matmul_x86_tiles.h"
 
 enum { W_Q4_0, W_Q8_0 };
 
@@ -153,6 +153,8 @@ const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
     switch (wtype) {
     case CV_TYPE_Q4_0: case CV_TYPE_Q8_0: return &k_vnni;
     case CV_TYPE_Q4_K: case CV_TYPE_Q6_K: return &cv_matmul_avx512_k;
+    case CV_TYPE_F16: case CV_TYPE_BF16: return &cv_matmul_avx512_f16; /* matmul_f16_avx512.c */
+    case CV_TYPE_Q5_0: return &cv_matmul_avx512_q5_0; /* matmul_q5_avx512.c */
     default: return NULL;
     }
 }

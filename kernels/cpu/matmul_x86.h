@@ -5,7 +5,7 @@
  * A converted row of cols = 32 * nb activations is: nb Q8_0 blocks (the reference
  * quantizer's bytes), padded to 32 bytes; nb float scales; nb int32 offsets, k x the
  * sum of the block's quants, where k is the bias the unsigned weight bytes carry
- * (8 for Q4_0 levels, 128 for Q8_0 bytes flipped to unsigned), so that
+ * (8 for Q4_0 levels, 16 for Q5_0 levels, 128 for Q8_0 bytes flipped to unsigned), so that
  * dot(w, a) = dot(w + k, a) - k * sum(a) exactly in integers.
  */
 #ifndef CV_MATMUL_X86_H

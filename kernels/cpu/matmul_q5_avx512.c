@@ -1,0 +1,115 @@
+/* AVX-512 VNNI matmul tiles for Q5_0 weights (the 640- and 896-wide rows of Gemma 3
+ * and Qwen2.5 Q4_K_M files, which cannot take K-quants), for any number of tokens.
+ *
+ * A tile is 16 weight rows x up to 16 tokens over the x86 activation rows of
+ * matmul_x86.h (Q8_0 bytes, float scales, 16 x the block sums). Block b of the 16 rows
+ * is gathered so that 32-bit lane j belongs to row j: one vpgatherdd per 4 bytes of
+ * nibbles (4 of them), split into low and high nibbles, gives V[k] with the levels of
+ * elements 4k..4k+3 (k < 4) or 16 + 4(k - 4).. (k >= 4); the fifth bit comes from the
+ * gathered qh word, spread to bytes with a shuffle and a byte test, added as 16 under
+ * the mask. One vpdpbusd per k with the token's activation bytes broadcast adds row j's
+ * 4 products into lane j; the weights' offset of 16 comes off as 16 x sum(a). Rows
+ * past the end of a tail tile gather the last row again and are not stored, so every
+ * row count takes the same path.
+ *
+ * Float steps per output are the scalar reference's (quant.c's dot_q32): blocks in
+ * order, s += (float)sumi * (d_w * d_a) as a product then a sum (no FMA), so every
+ * output is bit-identical to the reference (not to quant's AVX2 row dot, which uses two
+ * accumulators and FMA: this kernel must serve every batch size on a host).
+ */
+#include "matmul.h"
+#include "matmul_x86_tiles.h"
+
+#define RN_MAX 16
+
+INLINE __m512i bcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm512_set1_epi32(v);
+}
+
+/* Levels (0..31) of block at base + idx[j] for the 16 rows (see the top comment). */
+INLINE void block16(const uint8_t *base, __m512i idx, __m512i v[8], __m512 *dw) {
+    const __m512i hd = _mm512_i32gather_epi32(idx, base, 1); /* d, then qh bytes 0-1 */
+    const __m512i qh = _mm512_i32gather_epi32(idx, base + 2, 1);
+    *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(hd));
+    const __m512i low4 = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
+    /* byte 0 of each dword, for vpshufb (which indexes within 128-bit lanes) */
+    const __m512i dword0 = _mm512_set4_epi32(0x0C0C0C0C, 0x08080808, 0x04040404, 0);
+    _Pragma("GCC unroll 4")
+    for (int g = 0; g < 4; g++) {
+        const __m512i p = _mm512_i32gather_epi32(idx, base + 6 + 4 * g, 1);
+        v[g] = _mm512_and_si512(p, low4);
+        v[g + 4] = _mm512_and_si512(_mm512_srli_epi32(p, 4), low4);
+    }
+    /* Element e's fifth bit is bit e of qh: for V[k] the bits 4k'..4k'+3 of qh's byte
+     * (4k') / 8, where k' = k (k < 4) or 4 + k (k >= 4, elements 16 + 4(k - 4)..). */
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < 8; k++) {
+        const int e = k < 4 ? 4 * k : 16 + 4 * (k - 4), byte = e / 8;
+        const __m512i spread = _mm512_shuffle_epi8(qh, _mm512_add_epi8(_mm512_set1_epi32(byte * 0x01010101), dword0));
+        const __m512i bits = _mm512_set1_epi32(e % 8 ? (int32_t)0x80402010 : 0x08040201);
+        v[k] = _mm512_mask_add_epi8(v[k], _mm512_test_epi8_mask(spread, bits), v[k], sixteen);
+    }
+}
+
+INLINE void tile16(const int RN, const uint8_t *w, __m512i idx, __mmask16 live, const uint8_t *pf,
+                   const uint8_t *act, size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = sizeof(cv_block_q5_0), qpart = q8_part(nb);
+    __m512 acc[RN_MAX];
+    _Pragma("GCC unroll 16")
+    for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
+         * this tile reads its own. */
+        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        __m512i v[8];
+        __m512 dw;
+        block16(w + b * blk, idx, v, &dw);
+        _Pragma("GCC unroll 16")
+        for (int t = 0; t < RN; t++) {
+            const uint8_t *arow = act + t * astride;
+            const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
+            const float *ad = (const float *)(arow + qpart);
+            const int32_t *off = (const int32_t *)(ad + nb);
+            __m512i s = _mm512_setzero_si512();
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
+            s = _mm512_sub_epi32(s, _mm512_set1_epi32(off[b]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[b]))));
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (int t = 0; t < RN; t++) _mm512_mask_storeu_ps(y + t * ldy, live, acc[t]);
+}
+
+INLINE void tile16_any(int rn, const uint8_t *w, __m512i idx, __mmask16 live, const uint8_t *pf, const uint8_t *act,
+                       size_t as, int64_t nb, float *y, int64_t ldy) {
+    switch (rn) {
+#define CASE(N) case N: tile16(N, w, idx, live, pf, act, as, nb, y, ldy); break;
+    CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
+    CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
+#undef CASE
+    default: tile16(1, w, idx, live, pf, act, as, nb, y, ldy); break;
+    }
+}
+
+static void rows_q5_0(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
+                      float *y, int64_t ldy) {
+    const int64_t nb = w->cols / 32;
+    const size_t ws = w->row_stride;
+    const uint8_t *A = act, *W = w->data;
+    for (int64_t r = r0; r < r1; r += 16) {
+        const int live = r1 - r < 16 ? (int)(r1 - r) : 16;
+        int32_t off[16];
+        for (int i = 0; i < 16; i++) off[i] = (int32_t)((size_t)(i < live ? i : live - 1) * ws);
+        const __m512i idx = _mm512_loadu_si512(off);
+        /* the next tile's rows, or this tile's again at the end */
+        const uint8_t *pf = W + (r + 16 < r1 ? r + 16 : r) * ws;
+        for (int32_t t = 0; t < n; t += RN_MAX)
+            tile16_any(n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, idx, (__mmask16)((1u << live) - 1), pf,
+                       A + (size_t)t * act_stride, act_stride, nb, y + (int64_t)t * ldy + r, ldy);
+    }
+}
+
+const cv_matmul_kernel cv_matmul_avx512_q5_0 = {cv_matmul_x86_act_bytes, cv_matmul_x86_act_convert, rows_q5_0};
