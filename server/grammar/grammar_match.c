@@ -351,6 +351,28 @@ static cv_status closure_err(long r, cv_error *err) {
     return cv_errorf(err, CV_ENOMEM, "grammar: out of memory (or over %d stack nodes)", CV_GMATCH_MAX_NODES);
 }
 
+/* The configuration after byte b (b >= 0) or control token t (b < 0) from configuration
+ * c: each live node whose element takes it moves one on, then the closure is interned.
+ * A token no terminal names leads nowhere (0) without interning; -1 (err set) on failure. */
+static int32_t successor(cv_gdfa *m, int32_t c, int b, int32_t t, cv_error *err) {
+    size_t n_work = 0;
+    const int32_t start = m->cfgs[c].start, len = m->cfgs[c].len;
+    for (int32_t i = 0; i < len; i++) {
+        int32_t n = m->pool[start + i];
+        if (n == 0) continue;
+        int32_t pos = m->npos[n], e = m->g->el[pos];
+        int takes = b >= 0 ? e >= 0 && cv_grammar_set_has(m->g, e, (uint8_t)b)
+                           : CV_GEL_IS_TOKEN(e) && m->tok_id[CV_GEL_TOKEN_INDEX(e)] == t;
+        if (takes && !push_work(m, &n_work, node(m, pos + 1, m->nparent[n]))) return closure_err(-1, err), -1;
+    }
+    if (!n_work && b < 0) return 0;
+    long k = closure(m, n_work);
+    if (k < 0) return closure_err(k, err), -1;
+    int32_t next = intern_cfg(m, (size_t)k);
+    if (next < 0) return closure_err(-1, err), -1;
+    return next;
+}
+
 /* The configuration after byte b from configuration c; -1 (err set) on failure. */
 static int32_t step(cv_gdfa *m, int32_t c, uint8_t b, cv_error *err) {
     if (c == 0) return 0;
@@ -363,20 +385,8 @@ static int32_t step(cv_gdfa *m, int32_t c, uint8_t b, cv_error *err) {
     }
     int32_t known = m->cfgs[c].trans[b];
     if (known >= 0) return known;
-    size_t n_work = 0;
-    const int32_t start = m->cfgs[c].start, len = m->cfgs[c].len;
-    for (int32_t i = 0; i < len; i++) {
-        int32_t n = m->pool[start + i];
-        if (n == 0) continue;
-        int32_t pos = m->npos[n], e = m->g->el[pos];
-        if (e >= 0 && cv_grammar_set_has(m->g, e, b) && !push_work(m, &n_work, node(m, pos + 1, m->nparent[n])))
-            return closure_err(-1, err), -1;
-    }
-    long k = closure(m, n_work);
-    if (k < 0) return closure_err(k, err), -1;
-    int32_t next = intern_cfg(m, (size_t)k);
-    if (next < 0) return closure_err(-1, err), -1;
-    m->cfgs[c].trans[b] = next; /* cfgs may have moved: index again */
+    int32_t next = successor(m, c, b, -1, err);
+    if (next >= 0) m->cfgs[c].trans[b] = next; /* cfgs may have moved: index again */
     return next;
 }
 
@@ -384,22 +394,7 @@ static int32_t step(cv_gdfa *m, int32_t c, uint8_t b, cv_error *err) {
  * name it: 0 when none does, -1 (err set) on failure. Not cached: only control tokens
  * come this way, and rarely. */
 static int32_t token_step(cv_gdfa *m, int32_t c, int32_t t, cv_error *err) {
-    size_t n_work = 0;
-    const int32_t start = m->cfgs[c].start, len = m->cfgs[c].len;
-    for (int32_t i = 0; i < len; i++) {
-        int32_t n = m->pool[start + i];
-        if (n == 0) continue;
-        int32_t pos = m->npos[n], e = m->g->el[pos];
-        if (CV_GEL_IS_TOKEN(e) && m->tok_id[CV_GEL_TOKEN_INDEX(e)] == t &&
-            !push_work(m, &n_work, node(m, pos + 1, m->nparent[n])))
-            return closure_err(-1, err), -1;
-    }
-    if (!n_work) return 0;
-    long k = closure(m, n_work);
-    if (k < 0) return closure_err(k, err), -1;
-    int32_t next = intern_cfg(m, (size_t)k);
-    if (next < 0) return closure_err(-1, err), -1;
-    return next;
+    return successor(m, c, -1, t, err);
 }
 
 /* The token each terminal of g names in v. */
