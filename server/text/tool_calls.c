@@ -342,6 +342,23 @@ static step obj_tail(cv_tool_parser *p) {
     return ST_MORE;
 }
 
+/* [*s, *e) without the white space at either end. */
+static void trim(const char **s, const char **e) {
+    while (*s < *e && is_space(**s)) (*s)++;
+    while (*e > *s && is_space((*e)[-1])) (*e)--;
+}
+
+/* The arguments of the call named [name, name_end) begin at p->buf[at] if it is their
+ * '{' and the name is valid; otherwise the head does not parse. */
+static step begin_named(cv_tool_parser *p, const char *name, const char *name_end, size_t at) {
+    if (p->buf[at] != '{' || !valid_name(name, (size_t)(name_end - name))) return ST_FAIL;
+    char nm[MAX_NAME + 1];
+    memcpy(nm, name, (size_t)(name_end - name));
+    nm[name_end - name] = 0;
+    begin_args(p, nm, at);
+    return ST_NEXT;
+}
+
 /* R_MNAME: N then [ARGS] (or [CALL_ID]id[ARGS]), then the arguments' '{'. */
 static step mistral_name(cv_tool_parser *p) {
     const char *s = p->buf + p->pos, *e = p->buf + p->len;
@@ -349,16 +366,10 @@ static step mistral_name(cv_tool_parser *p) {
     if (!a) return e - s > MAX_NAME + 64 ? ST_FAIL : ST_MORE;
     const char *ne = memmem(s, (size_t)(a - s), "[CALL_ID]", 9);
     if (!ne) ne = a;
-    while (s < ne && is_space(*s)) s++;
-    while (ne > s && is_space(ne[-1])) ne--;
+    trim(&s, &ne);
     size_t at = skip_ws(p, (size_t)(a - p->buf) + 6);
     if (at == p->len) return ST_MORE;
-    if (p->buf[at] != '{' || !valid_name(s, (size_t)(ne - s))) return ST_FAIL;
-    char name[MAX_NAME + 1];
-    memcpy(name, s, (size_t)(ne - s));
-    name[ne - s] = 0;
-    begin_args(p, name, at);
-    return ST_NEXT;
+    return begin_named(p, s, ne, at);
 }
 
 /* R_DSHEAD: function<sep>N\n```json\n{  or  N<sep>{ */
@@ -368,16 +379,14 @@ static step deepseek_head(cv_tool_parser *p) {
     if (!sep) return e - s > MAX_NAME + 64 ? ST_FAIL : ST_MORE;
     const char *name = s, *name_end = sep;
     size_t at = (size_t)(sep - p->buf) + strlen(DS_SEP);
-    while (name < name_end && is_space(*name)) name++;
-    while (name_end > name && is_space(name_end[-1])) name_end--;
+    trim(&name, &name_end);
     if (name_end - name == 8 && memcmp(name, "function", 8) == 0) {
         /* V3 / R1: the name is the line after the separator, then a ```json fence */
         const char *nl = memchr(p->buf + at, '\n', p->len - at);
         if (!nl) return p->len - at > MAX_NAME ? ST_FAIL : ST_MORE;
         name = p->buf + at;
         name_end = nl;
-        while (name < name_end && is_space(*name)) name++;
-        while (name_end > name && is_space(name_end[-1])) name_end--;
+        trim(&name, &name_end);
         at = skip_ws(p, (size_t)(nl - p->buf));
         if (prefix_of(p, at, "```")) return ST_MORE;
         if (starts_at(p, at, "```")) {
@@ -389,12 +398,7 @@ static step deepseek_head(cv_tool_parser *p) {
         at = skip_ws(p, at);
     }
     if (at == p->len) return ST_MORE;
-    if (p->buf[at] != '{' || !valid_name(name, (size_t)(name_end - name))) return ST_FAIL;
-    char nm[MAX_NAME + 1];
-    memcpy(nm, name, (size_t)(name_end - name));
-    nm[name_end - name] = 0;
-    begin_args(p, nm, at);
-    return ST_NEXT;
+    return begin_named(p, name, name_end, at);
 }
 
 static step leave(cv_tool_parser *p);
