@@ -220,7 +220,9 @@ void cv_rag_guard_finish(cv_rag_guard *g, const char **text, size_t *len) {
         cv_rag_support_count(v);
         const char *r = cv_rag_support_refusal(g->support);
         size_t n = strlen(r);
-        if (v != CV_RAG_SUPPORTED && (n <= g->cap || !reserve(g, n))) { /* no memory: the answer stays */
+        if (v == CV_RAG_TRIMMED) {
+            g->len = cv_rag_support_trim(g->support, g->buf, g->len);
+        } else if (v != CV_RAG_SUPPORTED && (n <= g->cap || !reserve(g, n))) { /* no memory: the answer stays */
             memcpy(g->buf, r, n);
             g->len = n;
         }

@@ -65,7 +65,8 @@ void cv_rag_guard_finish(cv_rag_guard *g, const char **text, size_t *len);
 
 /* Holds the whole answer back until cv_rag_guard_finish, which judges it with s
  * (rag_support.h, counted with cv_rag_support_count) and, when it is not supported,
- * gives cv_rag_support_refusal instead. The guard owns s from here. */
+ * gives cv_rag_support_refusal instead; a passage handed back gives only its
+ * sentences that answer (CV_RAG_TRIMMED). The guard owns s from here. */
 void cv_rag_guard_set_support(cv_rag_guard *g, cv_rag_support *s);
 
 /* Process-wide counts since start: trips by kind ([0]: unused) and markers removed. */

@@ -399,6 +399,7 @@ struct cv_rag_support {
     tset key[MAX_PARTS]; /* each part's key terms */
     size_t n_parts;
     tset *sentences; /* each passage sentence's terms with its passage's title's */
+    tset *own;       /* each passage sentence's own terms (what a copy of it holds) */
     size_t n_sentences;
     int zh;
 };
@@ -407,8 +408,9 @@ void cv_rag_support_free(cv_rag_support *s) {
     if (!s) return;
     free(s->question.t);
     for (size_t i = 0; i < MAX_PARTS; i++) free(s->key[i].t);
-    for (size_t i = 0; i < s->n_sentences; i++) free(s->sentences[i].t);
+    for (size_t i = 0; i < s->n_sentences; i++) free(s->sentences[i].t), free(s->own[i].t);
     free(s->sentences);
+    free(s->own);
     free(s);
 }
 
@@ -438,9 +440,12 @@ static int add_passage(cv_rag_support *s, const cv_rag_passage *p) {
         void *q = realloc(s->sentences, (s->n_sentences + 1) * sizeof *s->sentences);
         if (!q) goto out;
         s->sentences = q;
-        tset *st = &s->sentences[s->n_sentences++];
-        *st = (tset){0};
-        if (terms(p->text + i, e - i, 0, st) || tset_merge(st, &title)) goto out;
+        if (!(q = realloc(s->own, (s->n_sentences + 1) * sizeof *s->own))) goto out;
+        s->own = q;
+        tset *st = &s->sentences[s->n_sentences], *own = &s->own[s->n_sentences];
+        *st = *own = (tset){0};
+        s->n_sentences++;
+        if (terms(p->text + i, e - i, 0, own) || tset_merge(st, own) || tset_merge(st, &title)) goto out;
         i = e;
     }
     rc = 0;
@@ -503,9 +508,124 @@ static cv_rag_support_verdict verdict(cv_rag_support_verdict v, char *why, size_
     return v;
 }
 
-cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char *answer, size_t len, char *why,
-                                            size_t cap) {
+/* The passage sentences the terms of fresh come from, marked in support: the one
+ * holding most of them, then the one holding most of the rest, ... (a word common to
+ * many sentences must not make them all support the answer). Returns how many. */
+static size_t cover(const cv_rag_support *s, const tset *fresh, unsigned char *left, unsigned char *support) {
+    size_t n_left = fresh->n, n_support = 0;
+    memset(left, 1, fresh->n);
+    memset(support, 0, s->n_sentences);
+    while (n_left) {
+        size_t best = 0, best_j = 0;
+        for (size_t j = 0; j < s->n_sentences; j++) {
+            size_t h = 0;
+            for (size_t i = 0; i < fresh->n; i++)
+                h += left[i] && !support[j] && tset_holds(&s->sentences[j], fresh->t[i]);
+            if (h > best) best = h, best_j = j;
+        }
+        if (!best) break;
+        support[best_j] = 1;
+        n_support++;
+        for (size_t i = 0; i < fresh->n; i++)
+            if (left[i] && tset_holds(&s->sentences[best_j], fresh->t[i])) left[i] = 0, n_left--;
+    }
+    return n_support;
+}
+
+/* NULL when some part of the question has all its key terms in the marked sentences
+ * (a right answer to one part of two is an answer); else the first part's first
+ * missing key term. */
+static const char *missing_key(const cv_rag_support *s, const unsigned char *support) {
+    const char *missing = NULL;
+    for (size_t p = 0; p < s->n_parts; p++) {
+        const char *m = NULL;
+        for (size_t i = 0; i < s->key[p].n && !m; i++) {
+            size_t j = 0;
+            while (j < s->n_sentences && !(support[j] && tset_holds(&s->sentences[j], s->key[p].t[i]))) j++;
+            if (j == s->n_sentences) m = s->key[p].t[i];
+        }
+        if (!m) return NULL;
+        if (!missing) missing = m;
+    }
+    return missing;
+}
+
+/* The terms of text[0..len) that the question does not hold, into fresh. */
+static int fresh_terms(const cv_rag_support *s, const char *text, size_t len, tset *all, tset *fresh) {
+    if (terms(text, len, 0, all)) return -1;
+    for (size_t i = 0; i < all->n; i++)
+        if (!tset_holds(&s->question, all->t[i]) && tset_add(fresh, all->t[i], strlen(all->t[i]))) return -1;
+    return 0;
+}
+
+/* An answer's sentence: text[at..end) */
+typedef struct span {
+    size_t at, end;
+    tset all, fresh;
+    int keep;
+} span;
+
+static void spans_free(span *sp, size_t n) {
+    for (size_t i = 0; sp && i < n; i++) free(sp[i].all.t), free(sp[i].fresh.t);
+    free(sp);
+}
+
+/* The answer's sentences with terms, their terms and new terms; -1 out of memory. */
+static int answer_spans(const cv_rag_support *s, const char *a, size_t len, span **out, size_t *n) {
+    *out = NULL;
+    *n = 0;
+    for (size_t i = 0; i < len;) {
+        size_t e = sentence_end(a, len, i);
+        span sp = {i, e, {0}, {0}, 0};
+        if (fresh_terms(s, a + i, e - i, &sp.all, &sp.fresh)) goto err;
+        i = e;
+        if (!sp.all.n) continue; /* "-", a line break */
+        void *p = realloc(*out, (*n + 1) * sizeof **out);
+        if (!p) {
+            free(sp.all.t), free(sp.fresh.t);
+            goto err;
+        }
+        *out = p;
+        (*out)[(*n)++] = sp;
+        continue;
+    err:
+        free(sp.all.t), free(sp.fresh.t);
+        spans_free(*out, *n);
+        *out = NULL;
+        *n = 0;
+        return -1;
+    }
+    return 0;
+}
+
+/* How many passage sentences the answer's sentences copy: an answer sentence holding
+ * CV_RAG_COPY_SHARE of a passage sentence's own terms (at least CV_RAG_COPY_MIN of
+ * them) copies it, word for word or nearly (Gemma 3 270M drops a 是). */
+#define CV_RAG_COPY_MIN 4
+#define CV_RAG_COPY_SHARE 0.8
+static size_t copied(const cv_rag_support *s, const span *sp, size_t n) {
+    size_t c = 0;
+    for (size_t j = 0; j < s->n_sentences; j++) {
+        const tset *own = &s->own[j];
+        if (own->n < CV_RAG_COPY_MIN) continue;
+        for (size_t i = 0; i < n; i++) {
+            size_t h = 0;
+            for (size_t t = 0; t < own->n; t++) h += tset_holds(&sp[i].all, own->t[t]);
+            if (h >= CV_RAG_COPY_SHARE * (double)own->n) {
+                c++;
+                break;
+            }
+        }
+    }
+    return c;
+}
+
+/* The verdict; with spans (may be NULL) the answer's sentences when they were judged
+ * one by one (a passage handed back), each marked keep when it answers. */
+static cv_rag_support_verdict judge(const cv_rag_support *s, const char *answer, size_t len, char *why, size_t cap,
+                                    span **spans, size_t *n_spans) {
     if (why && cap) why[0] = 0;
+    if (spans) *spans = NULL, *n_spans = 0;
     while (len && (*answer == ' ' || *answer == '\n' || *answer == '\t')) answer++, len--;
     static const char *const refusals[] = {CV_RAG_NOT_IN_DOCS_EN, CV_RAG_NOT_IN_DOCS_ZH};
     for (size_t i = 0; i < 2; i++) {
@@ -513,11 +633,11 @@ cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char 
         if (len >= n && !memcmp(answer, refusals[i], n)) return CV_RAG_SUPPORTED;
     }
     tset all = {0}, fresh = {0};
-    unsigned char *support = s->n_sentences ? calloc(s->n_sentences, 1) : NULL;
+    span *sp = NULL;
+    size_t n_sp = 0;
+    unsigned char *support = s->n_sentences ? calloc(s->n_sentences, 1) : NULL, *left = NULL;
     cv_rag_support_verdict v = CV_RAG_SUPPORTED;
-    if ((s->n_sentences && !support) || terms(answer, len, 0, &all)) goto out; /* out of memory: not judged */
-    for (size_t i = 0; i < all.n; i++)
-        if (!tset_holds(&s->question, all.t[i]) && tset_add(&fresh, all.t[i], strlen(all.t[i]))) goto out;
+    if ((s->n_sentences && !support) || fresh_terms(s, answer, len, &all, &fresh)) goto out; /* out of memory: not judged */
     /* invented numbers; 0 and 1 stand for articles as often as numbers (一种, 第一) */
     for (size_t i = 0; i < fresh.n; i++) {
         if (!is_number(fresh.t[i]) || !strcmp(fresh.t[i], "0") || !strcmp(fresh.t[i], "1")) continue;
@@ -528,51 +648,70 @@ cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char 
             goto out;
         }
     }
-    if (!fresh.n) goto out;
-    /* The sentences the answer comes from: the one holding most of its new terms, then
-     * the one holding most of the rest, ... (a word common to many sentences must not
-     * make them all support it). */
-    unsigned char *left = calloc(fresh.n, 1);
-    if (!left) goto out;
-    size_t n_left = fresh.n, n_support = 0;
-    memset(left, 1, fresh.n);
-    while (n_left) {
-        size_t best = 0, best_j = 0;
-        for (size_t j = 0; j < s->n_sentences; j++) {
-            size_t h = 0;
-            for (size_t i = 0; i < fresh.n; i++) h += left[i] && !support[j] && tset_holds(&s->sentences[j], fresh.t[i]);
-            if (h > best) best = h, best_j = j;
-        }
-        if (!best) break;
-        support[best_j] = 1;
-        n_support++;
-        for (size_t i = 0; i < fresh.n; i++)
-            if (left[i] && tset_holds(&s->sentences[best_j], fresh.t[i])) left[i] = 0, n_left--;
+    if (!fresh.n) {
+        /* Nothing the question lacks: the question said back ("镜月湖里的银鳞鱼多长吗？").
+         * A word or two of it is a pick ("Ilse Marwick" to "Ilse Marwick or Tom Bell?"). */
+        if (2 * all.n >= s->question.n && all.n)
+            v = verdict(CV_RAG_QUESTION_ECHO, why, cap, "no new term", "");
+        goto out;
     }
-    free(left);
-    if (!n_support) {
+    if (!(left = malloc(fresh.n))) goto out;
+    if (answer_spans(s, answer, len, &sp, &n_sp)) goto out;
+    if (n_sp >= 2 && copied(s, sp, n_sp) >= 2) {
+        /* The passage handed back: each sentence judged alone, those that answer kept. */
+        size_t kept = 0;
+        for (size_t i = 0; i < n_sp; i++) {
+            unsigned char *l = sp[i].fresh.n ? malloc(sp[i].fresh.n) : NULL;
+            if (sp[i].fresh.n && !l) goto out;
+            sp[i].keep = sp[i].fresh.n && cover(s, &sp[i].fresh, l, support) && !missing_key(s, support);
+            free(l);
+            kept += (size_t)sp[i].keep;
+        }
+        if (!kept) v = verdict(CV_RAG_PASSAGE_ECHO, why, cap, "no sentence answers", "");
+        else if (kept < n_sp) v = verdict(CV_RAG_TRIMMED, why, cap, "sentences kept: ", kept == 1 ? "1" : "2+");
+        if (spans) *spans = sp, *n_spans = n_sp, sp = NULL;
+        goto out;
+    }
+    if (!cover(s, &fresh, left, support)) {
         v = verdict(CV_RAG_UNSUPPORTED, why, cap, "no passage sentence holds ", fresh.t[0]);
         goto out;
     }
-    /* Some part of the question must have all its key terms in the supporting
-     * sentences: a right answer to one part of two is an answer. */
-    const char *missing = NULL;
-    for (size_t p = 0; p < s->n_parts; p++) {
-        const char *m = NULL;
-        for (size_t i = 0; i < s->key[p].n && !m; i++) {
-            size_t j = 0;
-            while (j < s->n_sentences && !(support[j] && tset_holds(&s->sentences[j], s->key[p].t[i]))) j++;
-            if (j == s->n_sentences) m = s->key[p].t[i];
-        }
-        if (!m) goto out;
-        if (!missing) missing = m;
-    }
+    const char *missing = missing_key(s, support);
     if (missing) v = verdict(CV_RAG_OFF_QUESTION, why, cap, "missing ", missing);
 out:
+    spans_free(sp, n_sp);
     free(all.t);
     free(fresh.t);
     free(support);
+    free(left);
     return v;
+}
+
+cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char *answer, size_t len, char *why,
+                                            size_t cap) {
+    return judge(s, answer, len, why, cap, NULL, NULL);
+}
+
+size_t cv_rag_support_trim(const cv_rag_support *s, char *answer, size_t len) {
+    span *sp;
+    size_t n_sp, out = 0;
+    size_t skip = 0;
+    while (skip < len && (answer[skip] == ' ' || answer[skip] == '\n' || answer[skip] == '\t')) skip++;
+    if (judge(s, answer, len, NULL, 0, &sp, &n_sp) != CV_RAG_TRIMMED) {
+        spans_free(sp, n_sp);
+        return len;
+    }
+    /* spans are offsets past the leading blanks judge skipped */
+    for (size_t i = 0; i < n_sp; i++) {
+        if (!sp[i].keep) continue;
+        size_t at = skip + sp[i].at, end = skip + sp[i].end;
+        if (!out)
+            while (at < end && (answer[at] == ' ' || answer[at] == '\n' || answer[at] == '\t')) at++;
+        memmove(answer + out, answer + at, end - at);
+        out += end - at;
+    }
+    spans_free(sp, n_sp);
+    return out;
 }
 
 void cv_rag_support_count(cv_rag_support_verdict v) {
@@ -584,7 +723,8 @@ void cv_rag_support_counts(uint64_t out[CV_RAG_SUPPORT_N]) {
 }
 
 const char *cv_rag_support_verdict_name(cv_rag_support_verdict v) {
-    static const char *const names[CV_RAG_SUPPORT_N] = {"supported", "invented_number", "unsupported",
-                                                        "off_question"};
+    static const char *const names[CV_RAG_SUPPORT_N] = {"supported",     "invented_number", "unsupported",
+                                                        "off_question",  "question_echo",   "passage_echo",
+                                                        "trimmed"};
     return (unsigned)v < CV_RAG_SUPPORT_N ? names[v] : "";
 }

@@ -26,6 +26,16 @@
  *     something else (CV_RAG_OFF_QUESTION). A question of several parts (", and
  *     how ...", "？...？") needs one part held whole: a right answer to one of two
  *     parts is an answer.
+ *   - no new term at all, but half or more of the question's terms: the question said
+ *     back (Gemma 3 270M: "镜月湖里的银鳞鱼多长吗？"; CV_RAG_QUESTION_ECHO). Fewer of
+ *     them is a pick from the question ("Ilse Marwick" to "... Ilse Marwick or Tom
+ *     Bell?"): supported;
+ *   - an answer whose sentences copy two or more passage sentences (each holding
+ *     CV_RAG_COPY_SHARE of a passage sentence's own terms: word for word or nearly)
+ *     hands the passage back (issue 21): its sentences are judged one by one as above,
+ *     and those that answer are kept (CV_RAG_TRIMMED, cv_rag_support_trim), none:
+ *     CV_RAG_PASSAGE_ECHO. A passage sentence that happens to hold a key term of the
+ *     question no longer makes a copy of the whole passage an answer.
  * An answer that is the not-in-the-documents sentence (rag_prompt.h) is supported.
  * A lexical check: a question worded with other words than its passage ("wrote" /
  * "written" is handled, a synonym is not) refuses an answer that was right, and an
@@ -46,6 +56,9 @@ typedef enum cv_rag_support_verdict {
     CV_RAG_INVENTED_NUMBER,
     CV_RAG_UNSUPPORTED,
     CV_RAG_OFF_QUESTION,
+    CV_RAG_QUESTION_ECHO,
+    CV_RAG_PASSAGE_ECHO,
+    CV_RAG_TRIMMED, /* supported once the sentences that do not answer are dropped */
     CV_RAG_SUPPORT_N
 } cv_rag_support_verdict;
 
@@ -61,6 +74,10 @@ void cv_rag_support_free(cv_rag_support *s);
  * ("invented 192", "missing stops"), NUL-terminated within cap. */
 cv_rag_support_verdict cv_rag_support_check(const cv_rag_support *s, const char *answer, size_t len, char *why,
                                              size_t cap);
+/* For CV_RAG_TRIMMED: moves the answer's sentences that answer to the front of
+ * answer (in order, leading blanks out) and returns their length; any other verdict
+ * leaves answer as it is and returns len. */
+size_t cv_rag_support_trim(const cv_rag_support *s, char *answer, size_t len);
 /* The reply that replaces an answer not supported: CV_RAG_NOT_IN_DOCS_* in the
  * question's language. */
 const char *cv_rag_support_refusal(const cv_rag_support *s);
@@ -68,7 +85,8 @@ const char *cv_rag_support_refusal(const cv_rag_support *s);
 /* Process-wide: answers judged, by verdict, since start (for the metrics). */
 void cv_rag_support_count(cv_rag_support_verdict v);
 void cv_rag_support_counts(uint64_t out[CV_RAG_SUPPORT_N]);
-/* "supported", "invented_number", "unsupported", "off_question". */
+/* "supported", "invented_number", "unsupported", "off_question", "question_echo",
+ * "passage_echo", "trimmed". */
 const char *cv_rag_support_verdict_name(cv_rag_support_verdict v);
 
 /* The numbers of text[0..len) in order, as digit strings ("1340", "4.5", "45000";

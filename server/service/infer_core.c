@@ -352,6 +352,7 @@ int cv_core_out_guard(cv_core_out *o, const cv_rag_result *r, int line_end, int 
     size_t n_passages = oc ? oc->ctx.n_kept : 0;
     o->guard_passages = (uint32_t)n_passages + 1;
     o->guard_line_end = line_end;
+    o->guard_check = check && n_passages;
     if (!(o->guard = cv_rag_guard_new(n_passages, line_end))) return -1;
     if (check && n_passages) {
         cv_rag_support *s = cv_rag_support_new(r->question ? r->question : "", oc->passages, oc->ctx.kept, n_passages);

@@ -146,6 +146,7 @@ typedef struct cv_core_out {
     size_t n_calls, calls_cap, calls_total;
     uint32_t guard_passages;  /* what the guard was made with, for the response cache's key */
     int guard_line_end;
+    int guard_check;          /* 1: the answer is judged against the passages (rag_support.h) */
     /* The response cache (response_cache.h): the recorder of an answer it may store
      * (engine thread only), or cached: the answer is a replayed one. */
     cv_rc_rec *rec;

@@ -480,7 +480,8 @@ static void stream_submit(gen_stream *g, const int32_t *prompt, size_t n_prompt,
     cv_core_trace_submit(&g->trace, g->slot->name, &r);
     const cv_rc_query q = {.version = g->slot->version, .er = &r, .explicit_seed = sp && sp->seed,
                            .subject = cv_rpc_subject(g->call), .guard_passages = g->out.guard_passages,
-                           .guard_line_end = g->out.guard_line_end, .rag = rag};
+                           .guard_line_end = g->out.guard_line_end,
+                           .guard_check = g->out.guard_check, .rag = rag};
     if (cv_core_cache(g->inf->opt.response_cache, &q, cv_tok_n_vocab(g->slot->tok), &g->mu, &g->out, &sink)) {
         free(stop);
         free(gbnf);

@@ -468,7 +468,8 @@ static void submit(job *j, const int32_t *ids, size_t n_ids, const char *extra_s
     cv_hs_retain(req); /* the engine's hold, which sink_final ends */
     const cv_rc_query q = {.version = slot->version, .er = &er, .explicit_seed = r->has_seed,
                            .subject = cv_hs_subject(req), .guard_passages = j->out.guard_passages,
-                           .guard_line_end = j->out.guard_line_end, .rag = rag};
+                           .guard_line_end = j->out.guard_line_end,
+                           .guard_check = j->out.guard_check, .rag = rag};
     if (cv_core_cache(j->svc->rc, &q, cv_tok_n_vocab(slot->tok), &j->mu, &j->out, &sink)) {
         /* Answered as the engine would have (sink_final ended that hold). */
         if (r->stream) cv_hs_stream_start(req, "text/event-stream", &job_ops, j);

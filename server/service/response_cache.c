@@ -339,6 +339,7 @@ int cv_rc_key_of(const cv_rc *rc, const cv_rc_query *q, cv_rc_key *key) {
     h_str(h, er->grammar); /* constrained decoding: "" and NULL are both none */
     h_u64(h, q->guard_passages);
     h_u64(h, (uint64_t)q->guard_line_end);
+    h_u64(h, (uint64_t)q->guard_check);
     int live;
     h_rag(h, q->rag, &live);
     unsigned n = 0;

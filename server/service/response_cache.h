@@ -5,6 +5,8 @@
  * model version, the exact prompt token ids (after the chat template and any RAG
  * context), every sampling parameter (the seed only when not greedy), max_tokens,
  * ignore_eos, render_special, the stop strings, the grammar of constrained decoding, the output filters that can end it early (rag_guard),
+ * whether the answer is judged against its passages (rag_check_answers: it may be
+ * replaced, trimmed or held back whole),
  * the RAG context's identity (each kept passage's knowledge-base checksum and chunk
  * id, or a live source's document), and with scope "subject" the caller's JWT
  * subject. An answer whose passages came from a live source is cached only when the
@@ -64,6 +66,7 @@ typedef struct cv_rc_query {
     const char *subject;           /* the verified JWT subject, "" or NULL without */
     uint32_t guard_passages;       /* rag_guard on: passages it knows + 1; 0: off */
     int guard_line_end;
+    int guard_check;               /* rag_check_answers applied to this answer */
     const cv_rag_outcome *rag;     /* the retrieval that built the prompt, or NULL */
 } cv_rc_query;
 

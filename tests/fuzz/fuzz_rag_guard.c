@@ -54,11 +54,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cv_rag_numbers(text, len, number_ok, NULL);
     char *t = strndup(text, len);
     if (t) {
-        cv_rag_passage p = {"kb:f", "d", "Quorn-7 heat pump", "", "云雾岭白茶 二千四百米. serviced every 18 months", 0, 1, 0, 0};
+        cv_rag_passage p = {"kb:f", "d", "Quorn-7 heat pump", "",
+                            "云雾岭白茶 二千四百米. Its compressor must be serviced every 18 months. The unit weighs 212 kg "
+                            "and uses propane.",
+                            0, 1, 0, 0};
         p.len = strlen(p.text);
         const size_t kept[] = {0};
         cv_rag_support *s = cv_rag_support_new("How often is the Quorn-7 serviced?", &p, kept, 1);
         if (s && cv_rag_support_check(s, text, len, NULL, 0) >= CV_RAG_SUPPORT_N) abort();
+        /* trimming a passage handed back: in place, never longer (t ends at a NUL of the input) */
+        size_t tl = strlen(t);
+        if (s && cv_rag_support_trim(s, t, tl) > tl) abort();
+        memcpy(t, text, tl);
         cv_rag_support_free(s);
         cv_rag_passage q = {"kb:f", "d", "", "", t, strlen(t), 1, 0, 0}; /* t ends at a NUL of the input */
         s = cv_rag_support_new(t, &q, kept, 1);

@@ -58,7 +58,8 @@ def guard_metric_exposed(srv, metrics_port):
     for line in body.splitlines():
         if line.startswith("corvid_rag_answer_checks_total{"):
             checks[line.split('"')[1]] = int(line.split()[-1])
-    assert set(checks) == {"supported", "invented_number", "unsupported", "off_question"}, body
+    assert set(checks) == {"supported", "invented_number", "unsupported", "off_question", "question_echo",
+                           "passage_echo", "trimmed"}, body
     assert checks["supported"] >= 4 and checks["off_question"] + checks["invented_number"] >= 2, checks
 
 

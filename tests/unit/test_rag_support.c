@@ -131,6 +131,60 @@ static void test_supported(void **state) {
     EXPECT(CV_RAG_SUPPORTED, "镜月湖里的银鳞鱼有多长？", "资料中没有提到。", 4);
 }
 
+/* The question said back, and a passage handed back (issue 21: Gemma 3 270M). */
+static void test_echo(void **state) {
+    (void)state;
+    EXPECT(CV_RAG_QUESTION_ECHO, "镜月湖里的银鳞鱼有多长？", "镜月湖里的银鳞鱼多长吗？", 4);
+    EXPECT(CV_RAG_QUESTION_ECHO, "Who was the chief engineer of the Velmora Bridge?",
+           "The chief engineer of the Velmora Bridge.", 0);
+    /* a pick from the question's own words is an answer */
+    EXPECT(CV_RAG_SUPPORTED, "Was the chief engineer of the Velmora Bridge Ilse Marwick or Tom Bell?", "Ilse Marwick.",
+           0);
+    /* the whole passage: one sentence holds 现 (现有学生), another 校长, none answers 现任校长 */
+    EXPECT(CV_RAG_PASSAGE_ECHO, "望星中学现任校长是谁？",
+           "望星中学创办于一九二三年，首任校长陈若谷。学校现有学生一千八百名，校训是“勤学笃行”。", 3);
+    EXPECT(CV_RAG_PASSAGE_ECHO, "How many tram stops does the Velmora Bridge have?",
+           "The Velmora Bridge crosses the Tessel River and is 1,340 metres long. The bridge carries four lanes of "
+           "traffic and a tram line.", 0);
+    /* the passage with the answer in it: trimmed to the sentence that answers */
+    EXPECT(CV_RAG_TRIMMED, "How often must the Quorn-7 compressor be serviced?",
+           "The Quorn-7 heat pump was designed by Halvard Engineering in Tromsø. Its compressor must be serviced every "
+           "18 months. The unit weighs 212 kg and uses R-290 propane as its refrigerant.", 1);
+    /* two copied sentences, each answering one part: the answer stays whole */
+    EXPECT(CV_RAG_SUPPORTED, "What does the Quorn-7 weigh, and how often must its compressor be serviced?",
+           "Its compressor must be serviced every 18 months. The unit weighs 212 kg and uses R-290 propane as its "
+           "refrigerant.", 1);
+    /* one sentence copied is an extractive answer, judged whole as before */
+    EXPECT(CV_RAG_SUPPORTED, "How long is Calder blue cheese aged?", "It is aged for nine weeks in limestone caves.", 2);
+}
+
+static size_t trimmed(const char *question, size_t passage, char *answer) {
+    cv_rag_passage p[sizeof passages / sizeof *passages];
+    memcpy(p, passages, sizeof p);
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) p[i].len = strlen(p[i].text);
+    cv_rag_support *s = cv_rag_support_new(question, p, &passage, 1);
+    assert_non_null(s);
+    size_t n = cv_rag_support_trim(s, answer, strlen(answer));
+    cv_rag_support_free(s);
+    answer[n] = 0;
+    return n;
+}
+
+static void test_trim(void **state) {
+    (void)state;
+    char a[] = " The Quorn-7 heat pump was designed by Halvard Engineering in Tromsø. Its compressor must be serviced "
+               "every 18 months. The unit weighs 212 kg and uses R-290 propane as its refrigerant.";
+    trimmed("How often must the Quorn-7 compressor be serviced?", 1, a);
+    assert_string_equal(a, "Its compressor must be serviced every 18 months.");
+    char z[] = "镜月湖位于西峦山脚下，面积为十二平方公里，最深处达四十三米。湖中生活着一种特有的银鳞鱼。";
+    trimmed("镜月湖最深处有多深？", 4, z);
+    assert_string_equal(z, "镜月湖位于西峦山脚下，面积为十二平方公里，最深处达四十三米。");
+    /* not a trimmed verdict: untouched */
+    char b[] = "It is aged for nine weeks.";
+    assert_int_equal(trimmed("How long is Calder blue cheese aged?", 2, b), strlen("It is aged for nine weeks."));
+    assert_string_equal(b, "It is aged for nine weeks.");
+}
+
 static void test_counts_and_refusal(void **state) {
     (void)state;
     uint64_t before[CV_RAG_SUPPORT_N], after[CV_RAG_SUPPORT_N];
@@ -154,6 +208,8 @@ int main(void) {
         cmocka_unit_test(test_invented_number),
         cmocka_unit_test(test_off_question),
         cmocka_unit_test(test_supported),
+        cmocka_unit_test(test_echo),
+        cmocka_unit_test(test_trim),
         cmocka_unit_test(test_counts_and_refusal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

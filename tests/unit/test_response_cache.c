@@ -87,6 +87,12 @@ static void test_key_fields(void **state) {
     CHANGED(er.sampling.repeat_penalty = 1.1f, er.sampling.repeat_penalty = 1);
     CHANGED(er.sampling.top_k = 5, er.sampling.top_k = 0);
     CHANGED(q.guard_passages = 3, q.guard_passages = 0);
+    /* rag_check_answers: the same guard, passages and prompt, an answer judged or not */
+    q.guard_passages = 3;
+    assert_true(key_of(rc, &q, &base));
+    CHANGED(q.guard_check = 1, q.guard_check = 0);
+    q.guard_passages = 0;
+    assert_true(key_of(rc, &q, &base));
     CHANGED(er.grammar = "root ::= \"yes\" | \"no\"", er.grammar = NULL);
     er.grammar = ""; /* no grammar either way */
     assert_true(key_of(rc, &q, &k));
