@@ -9,7 +9,8 @@
  * model (22 layers of random weights, all resident, one model each of Q4_0, Q8_0, Q4_K
  * and Q6_K): a decode token at B = 1 (reported as weight bytes / time and as a
  * fraction of the N-thread read bandwidth) and a 512-token prefill at B = 512
- * (matmuls only, tokens/s).
+ * (matmuls only, tokens/s), with the weights in the layout the backend chose, and
+ * the per-host choice of matmul paths itself (matmul_paths, and what choosing cost).
  * One JSON object on stdout.
  */
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "backend.h"
 #include "cli.h"
 #include "cpu_backend.h"
+#include "matmul_dispatch.h"
 #include "membw.h"
 #include "threadpool.h"
 
@@ -67,7 +69,7 @@ static int model_make(cv_backend *be, cv_type type, model *m) {
     for (int i = 0; i < N_MATS; i++) {
         shape s = i == N_MATS - 1 ? k_head : k_layer[i % 7];
         size_t rb = cv_type_row_bytes(type, s.cols);
-        cv_tensor host = {type, s.rows, s.cols, rb, p + off, CV_DEVICE_CPU};
+        cv_tensor host = {type, s.rows, s.cols, rb, p + off, CV_DEVICE_CPU, 0};
         if (be->ops->weight_load(be, &host, &m->w[i], NULL) != CV_OK) return -1;
         off += rb * (size_t)s.rows;
     }
@@ -101,9 +103,30 @@ static void bench_matmul(cv_backend *be, cv_type type, int runs, double read_bw,
     printf("%s\"%s\":{\"weight_bytes\":%zu,\"decode_b1_ms\":%.3f,\"decode_b1_gbps\":%.3f,"
            "\"roofline_fraction\":%.3f,\"prefill_b512_tokens_per_s\":%.2f}",
            first ? "" : ",", cv_type_get(type)->name, m.bytes, t1 * 1e3, gbps, gbps / read_bw, 512 / t512);
+    for (int i = 0; i < N_MATS; i++) be->ops->weight_release(be, &m.w[i]);
     free(m.mem);
     free(x);
     free(y);
+}
+
+/* The per-host matmul choice (matmul_dispatch.h): per type, the weight layout and the
+ * path of each batch class, and what choosing cost this process (0: from the cache). */
+static void print_paths(const cv_cpu_options *o) {
+    cv_matmul_limits lim = {o->force_scalar, o->no_avx512, o->repack_weights};
+    cv_matmul_choice c[CV_TYPE_COUNT];
+    double spent = cv_matmul_choose(&lim, c);
+    char path[1024];
+    cv_matmul_cache_path(path, sizeof path);
+    printf(",\"matmul_choice_ms\":%.1f,\"matmul_choice_cache\":\"%s\",\"matmul_paths\":{", spent * 1e3, path);
+    int first = 1;
+    for (int t = 0; t < CV_TYPE_COUNT; t++) {
+        if (!c[t].path[CV_MM_B1]) continue;
+        printf("%s\"%s\":{\"layout\":\"%s\",\"b1\":\"%s\",\"small\":\"%s\",\"large\":\"%s\"}", first ? "" : ",",
+               cv_type_get((cv_type)t)->name, c[t].layout == CV_CPU_LAYOUT_X16 ? "x16" : "rows",
+               c[t].path[CV_MM_B1]->name, c[t].path[CV_MM_SMALL]->name, c[t].path[CV_MM_LARGE]->name);
+        first = 0;
+    }
+    printf("}");
 }
 
 static void usage(FILE *f) {
@@ -159,7 +182,8 @@ int main(int argc, char **argv) {
            mib, runs, n, read1, readn, triad1, triadn);
     if (do_matmul) {
         cv_backend *be = NULL;
-        cv_cpu_options o = {.n_threads = n};
+        cv_cpu_options o = {.n_threads = n, .repack_weights = 1};
+        print_paths(&o);
         if (cv_cpu_backend_create(&o, &be, &err) != CV_OK) {
             fprintf(stderr, "bench-roofline: %s\n", err.msg);
             return 1;

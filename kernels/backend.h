@@ -32,7 +32,10 @@ typedef enum cv_device {
 } cv_device;
 
 /* A 2-D tensor (weight or table): row r starts at data + r * row_stride bytes and holds
- * cols elements of type in GGUF's block layout (cols a multiple of the block size). */
+ * cols elements of type in GGUF's block layout (cols a multiple of the block size).
+ * A backend may hand back a weight from weight_load in a layout of its own (layout != 0,
+ * its memory then owned by the backend until weight_release): the runtime must then
+ * reach its bytes only through the backend's ops (matmul, get_rows). */
 typedef struct cv_tensor {
     cv_type type;
     int64_t rows;
@@ -40,7 +43,12 @@ typedef struct cv_tensor {
     size_t row_stride;  /* bytes; >= cv_type_row_bytes(type, cols) */
     void *data;         /* memory of `device` */
     cv_device device;
+    int layout;         /* 0: rows as above; else the backend's (CPU: repack.h) */
 } cv_tensor;
+
+/* weight_load's host tensor with this layout keeps the rows (a table read only by
+ * get_rows, which a backend layout would make resident whole); otherwise host layout 0. */
+#define CV_LAYOUT_KEEP_ROWS (-1)
 
 /* One layer of a paged KV cache. Each pool holds n_blocks blocks of block_size token
  * slots; a slot holds n_kv_heads * head_dim elements. Element (block b, slot s, head h,

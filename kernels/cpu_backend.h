@@ -20,6 +20,9 @@ typedef struct cv_cpu_options {
     int force_scalar;     /* 1: reference kernels even where AVX2 is available */
     int no_avx512;        /* 1: AVX2 matmul tiles even where AVX-512 VNNI is available */
     size_t scratch_bytes; /* 0: 16 MiB; bounds one converted activation row (weight_load checks) */
+    int repack_weights;   /* 1: weight_load may hand back a weight in a layout of the backend's,
+                           * in memory it owns (weight_release frees it), where timing on this
+                           * CPU says that is faster (kernels/cpu/matmul_dispatch.h) */
 } cv_cpu_options;
 
 /* opt may be NULL for the defaults. */

@@ -38,6 +38,11 @@ void cv_threadpool_run(cv_threadpool *pool, cv_task_fn fn, void *ctx);
  * have reached it. */
 void cv_threadpool_barrier(cv_threadpool *pool);
 
+/* With on, cv_threadpool_for sums the seconds its caller waits for the other threads
+ * after running out of items (their imbalance and wake-up, read by the profile). */
+void cv_threadpool_profile(cv_threadpool *pool, int on);
+double cv_threadpool_wait_seconds(const cv_threadpool *pool);
+
 /* Splits [0, n) into nth parts: part ith is [*lo, *hi), sizes differ by at most one
  * `align` unit (every bound but n is a multiple of align). */
 void cv_split_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi);

@@ -4,7 +4,10 @@
 #include <string.h>
 
 #include "cpu_ops.h"
+#include "cpu_profile.h"
 #include "matmul.h"
+#include "matmul_dispatch.h"
+#include "repack.h"
 #include "threadpool.h"
 
 typedef struct cpu_backend {
@@ -12,9 +15,11 @@ typedef struct cpu_backend {
     cv_threadpool *pool;
     const cv_cpu_kernels *k;
     int fast;
-    int vnni;           /* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 */
+    int vnni;           /* AVX-512 VNNI may run */
+    cv_matmul_choice mm[CV_TYPE_COUNT]; /* per weight type: layout and kernels (matmul_dispatch.h) */
     void *scratch;
     size_t scratch_bytes;
+    int profile;        /* CORVID_PROFILE: ops timed (cpu_profile.h) */
 } cpu_backend;
 
 static cpu_backend *cpu(cv_backend *be) { return (cpu_backend *)be; }
@@ -83,10 +88,8 @@ static cv_status cpu_synchronize(cv_backend *be, cv_error *err) {
     return CV_OK;
 }
 
-static const cv_matmul_kernel *mm_kernel(cpu_backend *cb, cv_type t) {
-    const cv_matmul_kernel *k = cb->vnni ? cv_matmul_avx512_for(t) : NULL;
-    if (!k && cb->fast) k = cv_matmul_avx2_for(t);
-    return k ? k : &cv_matmul_ref;
+static const cv_matmul_kernel *mm_kernel(cpu_backend *cb, cv_type t, int32_t n) {
+    return (unsigned)t < CV_TYPE_COUNT ? cv_matmul_pick(&cb->mm[t], n) : &cv_matmul_ref;
 }
 
 static cv_status cpu_weight_load(cv_backend *be, const cv_tensor *host, cv_tensor *out, cv_error *err) {
@@ -101,17 +104,38 @@ static cv_status cpu_weight_load(cv_backend *be, const cv_tensor *host, cv_tenso
     if (host->row_stride < rb)
         return cv_errorf(err, CV_EINVAL, "cpu backend: row_stride %zu is less than the %zu bytes of a %s row of %lld",
                          host->row_stride, rb, ti->name, (long long)host->cols);
-    size_t act = mm_kernel(cb, host->type)->act_row_bytes(host->type, host->cols);
+    size_t act = 0;
+    static const int32_t class_n[] = {1, 2, 32}; /* every batch class's kernel */
+    for (int i = 0; i < 3; i++) {
+        size_t a = mm_kernel(cb, host->type, class_n[i])->act_row_bytes(host->type, host->cols);
+        act = a > act ? a : act;
+    }
     if (act + 64 > cb->scratch_bytes)
         return cv_errorf(err, CV_ERANGE, "cpu backend: a row of %lld activations needs %zu bytes of scratch, have %zu",
                          (long long)host->cols, act + 64, cb->scratch_bytes);
+    if (host->layout != CV_CPU_LAYOUT_ROWS && host->layout != CV_LAYOUT_KEEP_ROWS)
+        return cv_errorf(err, CV_EINVAL, "cpu backend: a weight to load must be plain rows (layout %d)", host->layout);
+    const int keep = host->layout == CV_LAYOUT_KEEP_ROWS;
     *out = *host;
     out->device = CV_DEVICE_CPU;
+    out->layout = CV_CPU_LAYOUT_ROWS;
+    /* The layout the type's batch-1 kernel reads, in memory of our own (the caller may
+     * then drop the pages of the source: cv_tensor's contract). */
+    if (!keep && cb->mm[host->type].layout == CV_CPU_LAYOUT_X16 && host->rows >= 16 && rb <= cb->scratch_bytes) {
+        void *d = aligned_alloc(64, (rb * (size_t)host->rows + 63) & ~(size_t)63);
+        if (!d) return cv_errorf(err, CV_ENOMEM, "cpu backend: cannot allocate %zu bytes for a repacked weight",
+                                 rb * (size_t)host->rows);
+        cv_repack_x16(host->type, host->rows, host->cols, host->data, host->row_stride, d);
+        out->data = d;
+        out->row_stride = rb;
+        out->layout = CV_CPU_LAYOUT_X16;
+    }
     return CV_OK;
 }
 
 static void cpu_weight_release(cv_backend *be, cv_tensor *t) {
     (void)be;
+    if (t->layout != CV_CPU_LAYOUT_ROWS) free(t->data);
     memset(t, 0, sizeof *t);
 }
 
@@ -119,14 +143,19 @@ static void cpu_weight_release(cv_backend *be, cv_tensor *t) {
 
 static void cpu_matmul(cv_backend *be, const cv_tensor *w, const float *x, float *y, int32_t n) {
     cpu_backend *cb = cpu(be);
-    cv_matmul_run(cb->pool, mm_kernel(cb, w->type), cb->scratch, cb->scratch_bytes, w, x, y, n);
+    cv_matmul_run(cb->pool, mm_kernel(cb, w->type, n), cb->scratch, cb->scratch_bytes, w, x, y, n);
 }
 
 static void cpu_get_rows(cv_backend *be, const cv_tensor *table, const int32_t *ids, int32_t n, float *out) {
-    (void)be;
-    for (int32_t i = 0; i < n; i++)
-        cv_dequantize_row(table->type, (const char *)table->data + (int64_t)ids[i] * table->row_stride,
-                          out + (int64_t)i * table->cols, table->cols);
+    cpu_backend *cb = cpu(be);
+    for (int32_t i = 0; i < n; i++) {
+        const void *row = (const char *)table->data + (int64_t)ids[i] * table->row_stride;
+        if (table->layout == CV_CPU_LAYOUT_X16) { /* back to the file's blocks first (the scratch is free) */
+            cv_repack_x16_row(table->type, table->rows, table->cols, table->data, ids[i], cb->scratch);
+            row = cb->scratch;
+        }
+        cv_dequantize_row(table->type, row, out + (int64_t)i * table->cols, table->cols);
+    }
 }
 
 typedef struct rows_ctx {
@@ -251,11 +280,14 @@ static void cpu_matmul_heads(cv_backend *be, const cv_tensor *w, int32_t n_heads
                              float *y, int32_t y_stride, int32_t n) {
     cpu_backend *cb = cpu(be);
     const int64_t R = w->rows / n_heads;
+    /* A head's rows are a tensor of their own only in the file's rows (the model loads
+     * these weights with CV_LAYOUT_KEEP_ROWS); the x16 kernels then read rows too. */
+    if (w->layout != CV_CPU_LAYOUT_ROWS) return;
     for (int32_t h = 0; h < n_heads; h++) {
         cv_tensor wh = *w;
         wh.rows = R;
         wh.data = (char *)w->data + (size_t)h * (size_t)R * w->row_stride;
-        cv_matmul_run_strided(cb->pool, mm_kernel(cb, w->type), cb->scratch, cb->scratch_bytes, &wh,
+        cv_matmul_run_strided(cb->pool, mm_kernel(cb, w->type, n), cb->scratch, cb->scratch_bytes, &wh,
                               x + (int64_t)h * x_stride, (int64_t)n_heads * x_stride, y + (int64_t)h * y_stride,
                               (int64_t)n_heads * y_stride, n);
     }
@@ -323,6 +355,7 @@ static void cpu_attention(cv_backend *be, const cv_attn_params *p, const cv_kv_l
 
 static void cpu_destroy(cv_backend *be) {
     cpu_backend *cb = cpu(be);
+    if (cb->profile) cv_cpu_profile_report(cv_threadpool_wait_seconds(cb->pool));
     cv_threadpool_destroy(cb->pool);
     free(cb->scratch);
     free(cb);
@@ -363,6 +396,8 @@ cv_status cv_cpu_backend_create(const cv_cpu_options *opt, cv_backend **out, cv_
     cb->fast = !opt->force_scalar && cv_cpu_has_avx2();
     cb->k = cb->fast ? &cv_cpu_kernels_avx2 : &cv_cpu_kernels_ref;
     cb->vnni = cb->fast && !opt->no_avx512 && cv_cpu_has_avx512vnni();
+    cv_matmul_limits lim = {opt->force_scalar, opt->no_avx512, opt->repack_weights};
+    cv_matmul_choose(&lim, cb->mm);
     cb->base = (cv_backend){&cpu_ops, CV_DEVICE_CPU, cb->vnni ? "cpu-avx512" : cb->fast ? "cpu-avx2" : "cpu-scalar"};
     cb->scratch_bytes = opt->scratch_bytes ? (opt->scratch_bytes + 63) & ~(size_t)63 : (size_t)16 << 20;
     cb->scratch = aligned_alloc(64, cb->scratch_bytes);
@@ -371,6 +406,10 @@ cv_status cv_cpu_backend_create(const cv_cpu_options *opt, cv_backend **out, cv_
         goto err;
     }
     if (cv_threadpool_create(opt->n_threads, &cb->pool, err) != CV_OK) goto err;
+    if ((cb->profile = cv_cpu_profile_enabled())) {
+        cb->base.ops = cv_cpu_profile_ops(&cpu_ops);
+        cv_threadpool_profile(cb->pool, 1);
+    }
     *out = &cb->base;
     return CV_OK;
 err:

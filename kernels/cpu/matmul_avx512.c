@@ -1,4 +1,7 @@
-/* AVX-512 VNNI matmul tiles for Q4_0 and Q8_0 weights, for any number of tokens (one
+/* AVX-512 VNNI matmul tiles for Q4_0, Q8_0 and Q5_0 weights (Q5_0's file rows go to
+ * matmul_q5_avx512.c), in the file's
+ * rows or in the x16 layout (repack.h), where a block of 16 rows is already V below and
+ * costs a few loads: the fast path of batch-1 decode. For any number of tokens (one
  * token too: decode is compute-bound on a core that reads 24 GB/s, and the transposed
  * tile needs a third of the AVX2 tile's instructions per block); row tails go to the
  * AVX2 kernels.
@@ -17,19 +20,62 @@
  * The integer block sums are exact, and the float steps per output (convert, times
  * weight scale x activation scale, FMA into the running sum, blocks in order) are the
  * AVX2 tiles' own, so every output is bit-identical to the AVX2 kernel's: the choice of
- * kernel, like the thread count or the batch, never changes a result.
+ * kernel, like the thread count or the batch, never changes a result. Q5_0, which has
+ * no AVX2 tile, keeps the scalar reference's steps instead (product, then sum), as
+ * matmul_q5_avx512.c does.
  */
 #include "matmul.h"
 #include "matmul_x86_tiles.h"
 
-enum { W_Q4_0, W_Q8_0 };
+#include "repack.h"
+
+enum { W_Q4_0, W_Q8_0, W_Q5_0 };
 
 /* Tokens per tile: 8 weight vectors + RN accumulators + a few temporaries fit the 32
  * zmm registers. */
 #define RN_MAX 16
 
-/* Block b of 16 rows as V[0..7] (see the top comment). */
-INLINE void block16(const int kind, const uint8_t *w, size_t ws, __m512i v[8]) {
+/* Block b of 16 rows as V[0..7] (see the top comment); packed: the group's block in
+ * the x16 layout (repack.h), whose words are V's lanes already. */
+INLINE void block16(const int kind, const int packed, const uint8_t *w, size_t ws, __m512i v[8]) {
+    if (packed) {
+        const uint8_t *words = w + 32;
+        if (kind == W_Q5_0) {
+            /* Word 0 is qh (bit e: the fifth bit of element e), words 1..4 the nibbles
+             * as Q4_0's. V[k] byte b is element 4k + b: its fifth bit is bit 4(k % 2)
+             * + b of qh's byte k / 2, spread to the byte by a shuffle and a bit test. */
+            const __m512i qh = _mm512_loadu_si512(words), low4 = _mm512_set1_epi8(0x0F), c16 = _mm512_set1_epi8(0x10);
+            _Pragma("GCC unroll 4")
+            for (int g = 0; g < 4; g++) {
+                const __m512i p = _mm512_loadu_si512(words + 64 * (g + 1));
+                v[g] = _mm512_and_si512(p, low4);
+                v[g + 4] = _mm512_and_si512(_mm512_srli_epi32(p, 4), low4);
+            }
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) {
+                const __m512i spread = _mm512_shuffle_epi8(qh, _mm512_set4_epi32(0x0C0C0C0C + (k / 2) * 0x01010101,
+                                                                                 0x08080808 + (k / 2) * 0x01010101,
+                                                                                 0x04040404 + (k / 2) * 0x01010101,
+                                                                                 (k / 2) * 0x01010101));
+                const __mmask64 hi = _mm512_test_epi8_mask(spread, _mm512_set1_epi32((int)(0x08040201u << (4 * (k % 2)))));
+                v[k] = _mm512_mask_add_epi8(v[k], hi, v[k], c16);
+            }
+            return;
+        }
+        if (kind == W_Q8_0) {
+            _Pragma("GCC unroll 8")
+            for (int k = 0; k < 8; k++) v[k] = _mm512_loadu_si512(words + 64 * k);
+            return;
+        }
+        const __m512i low4 = _mm512_set1_epi8(0x0F);
+        _Pragma("GCC unroll 4")
+        for (int g = 0; g < 4; g++) {
+            const __m512i p = _mm512_loadu_si512(words + 64 * g);
+            v[g] = _mm512_and_si512(p, low4);
+            v[g + 4] = _mm512_and_si512(_mm512_srli_epi32(p, 4), low4);
+        }
+        return;
+    }
     if (kind == W_Q4_0) {
         /* Transpose the packed bytes (4 dwords a row) first, then split the nibbles:
          * dword g holds the levels of elements 4g..4g+3 (low) and 16+4g.. (high). */
@@ -74,9 +120,10 @@ INLINE void block16(const int kind, const uint8_t *w, size_t ws, __m512i v[8]) {
                                 _mm512_set1_epi8((char)0x80));
 }
 
-INLINE void tile16(const int kind, const int RN, const uint8_t *w, size_t ws, const uint8_t *act, size_t astride,
-                   int64_t nb, float *y, int64_t ldy) {
-    const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : sizeof(cv_block_q8_0);
+INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t *w, size_t ws, const uint8_t *act,
+                   size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : kind == W_Q5_0 ? sizeof(cv_block_q5_0)
+                                                                               : sizeof(cv_block_q8_0);
     const size_t qpart = q8_part(nb);
     /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
      * this tile reads its own. */
@@ -87,63 +134,92 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *w, size_t ws, co
     for (int64_t b = 0; b < nb; b++) {
         for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
         __m512i v[8];
-        block16(kind, w + b * blk, ws, v);
-        uint16_t h[16];
-        _Pragma("GCC unroll 16")
-        for (int r = 0; r < 16; r++) memcpy(&h[r], w + r * ws + b * blk, sizeof h[r]);
-        const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+        __m512 dw;
+        if (packed) {
+            const uint8_t *g = w + b * 16 * blk;
+            block16(kind, 1, g, ws, v);
+            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        } else {
+            block16(kind, 0, w + b * blk, ws, v);
+            uint16_t h[16];
+            _Pragma("GCC unroll 16")
+            for (int r = 0; r < 16; r++) memcpy(&h[r], w + r * ws + b * blk, sizeof h[r]);
+            dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+        }
         _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) {
             const uint8_t *arow = act + t * astride;
             const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
             const float *ad = (const float *)(arow + qpart);
             const int32_t *off = (const int32_t *)(ad + nb);
-            __m512i s = _mm512_setzero_si512();
+            /* Two chains of 4 (exact integer sums in any order): with few tokens one
+             * chain of 8 dependent vpdpbusd would be the tile's critical path. */
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
             _Pragma("GCC unroll 8")
-            for (int k = 0; k < 8; k++) {
-                int32_t a4;
-                memcpy(&a4, aq + 4 * k, 4);
-                s = _mm512_dpbusd_epi32(s, v[k], _mm512_set1_epi32(a4));
+            for (int k = 0; k < 8; k += 2) {
+                int32_t a0, a1;
+                memcpy(&a0, aq + 4 * k, 4);
+                memcpy(&a1, aq + 4 * k + 4, 4);
+                s0 = _mm512_dpbusd_epi32(s0, v[k], _mm512_set1_epi32(a0));
+                s1 = _mm512_dpbusd_epi32(s1, v[k + 1], _mm512_set1_epi32(a1));
             }
-            s = _mm512_sub_epi32(s, _mm512_set1_epi32(off[b]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[b])), acc[t]);
+            __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(off[b]));
+            const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(ad[b]));
+            /* Q5_0 keeps the scalar reference's product-then-sum (matmul_q5_avx512.c) */
+            if (kind == W_Q5_0) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
+            else acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
         }
     }
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-INLINE void tile16_any(const int kind, int rn, const uint8_t *w, size_t ws, const uint8_t *act, size_t as,
-                       int64_t nb, float *y, int64_t ldy) {
+INLINE void tile16_any(const int kind, const int packed, int rn, const uint8_t *w, size_t ws, const uint8_t *act,
+                       size_t as, int64_t nb, float *y, int64_t ldy) {
     switch (rn) {
-#define CASE(N) case N: tile16(kind, N, w, ws, act, as, nb, y, ldy); break;
+#define CASE(N) case N: tile16(kind, packed, N, w, ws, act, as, nb, y, ldy); break;
     CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
     CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
 #undef CASE
-    default: tile16(kind, 1, w, ws, act, as, nb, y, ldy); break;
+    default: tile16(kind, packed, 1, w, ws, act, as, nb, y, ldy); break;
     }
 }
 
-INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
+/* r0 is a multiple of 16 for x16 weights (cv_matmul_run's items are): the group of rows
+ * r..r+15 starts at row r's old offset, and the tail rows are plain rows. Q5_0 has no
+ * transposing tile here: file rows take matmul_q5_avx512.c's gathering one. */
+INLINE void rows_kind(const int kind, const int packed, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
                       size_t act_stride, int32_t n, float *y, int64_t ldy) {
-    const cv_matmul_kernel *base = cv_matmul_avx2_for(w->type);
+    /* Q5_0's rows are matmul_q5_avx512.c's: the AVX2 row dot sums in another order */
+    const cv_matmul_kernel *base = kind == W_Q5_0 ? &cv_matmul_avx512_q5_0 : cv_matmul_avx2_for(w->type);
     const int64_t nb = w->cols / 32;
     const size_t ws = w->row_stride;
     const uint8_t *A = act, *W = w->data;
     int64_t r = r0;
     /* 16 rows (18..34 bytes x cols / 32 each) stay in L1 while every token passes. */
-    for (; r + 16 <= r1; r += 16)
+    for (; (kind != W_Q5_0 || packed) && r + 16 <= r1; r += 16)
         for (int32_t t = 0; t < n; t += RN_MAX)
-            tile16_any(kind, n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, ws, A + (size_t)t * act_stride, act_stride,
+            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, ws, A + (size_t)t * act_stride, act_stride,
                        nb, y + (int64_t)t * ldy + r, ldy);
-    if (r < r1) base->rows(w, r, r1, act, act_stride, n, y, ldy);
+    if (r < r1) {
+        base->rows(w, r, r1, act, act_stride, n, y, ldy);
+    }
 }
 
-/* One entry for both formats: the tensor says which tile to instantiate. */
+/* One entry for the formats: the tensor says which tile to instantiate. */
 static void rows_vnni(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
                       float *y, int64_t ldy) {
-    if (w->type == CV_TYPE_Q4_0) rows_kind(W_Q4_0, w, r0, r1, act, act_stride, n, y, ldy);
-    else rows_kind(W_Q8_0, w, r0, r1, act, act_stride, n, y, ldy);
+    const int x16 = w->layout == CV_CPU_LAYOUT_X16;
+    if (w->type == CV_TYPE_Q4_0) {
+        if (x16) rows_kind(W_Q4_0, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else rows_kind(W_Q4_0, 0, w, r0, r1, act, act_stride, n, y, ldy);
+    } else if (w->type == CV_TYPE_Q5_0) {
+        if (x16) rows_kind(W_Q5_0, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else cv_matmul_avx512_q5_0.rows(w, r0, r1, act, act_stride, n, y, ldy);
+    } else {
+        if (x16) rows_kind(W_Q8_0, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else rows_kind(W_Q8_0, 0, w, r0, r1, act, act_stride, n, y, ldy);
+    }
 }
 
 /* Same activation layout as the AVX2 kernels (the tails and n = 1 run there). */
@@ -151,10 +227,9 @@ static const cv_matmul_kernel k_vnni = {cv_matmul_x86_act_bytes, cv_matmul_x86_a
 
 const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
     switch (wtype) {
-    case CV_TYPE_Q4_0: case CV_TYPE_Q8_0: return &k_vnni;
+    case CV_TYPE_Q4_0: case CV_TYPE_Q5_0: case CV_TYPE_Q8_0: return &k_vnni;
     case CV_TYPE_Q4_K: case CV_TYPE_Q6_K: return &cv_matmul_avx512_k;
     case CV_TYPE_F16: case CV_TYPE_BF16: return &cv_matmul_avx512_f16; /* matmul_f16_avx512.c */
-    case CV_TYPE_Q5_0: return &cv_matmul_avx512_q5_0; /* matmul_q5_avx512.c */
     default: return NULL;
     }
 }

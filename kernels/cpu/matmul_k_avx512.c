@@ -19,6 +19,7 @@
 
 #include "matmul.h"
 #include "matmul_x86.h"
+#include "repack.h"
 
 /* Tokens per tile. With 16 the per-token sums no longer all fit the 32 zmm registers
  * and some live in L1, which costs less than unpacking the weights twice (measured:
@@ -72,6 +73,13 @@ INLINE void rows16_dwords(const uint8_t *const rp[16], size_t off, __m512i v[8])
     }
 }
 
+/* Words first..first+n-1 of a block in the x16 layout (repack.h) whose body is at
+ * `body`: the same vectors rows16_dwords and head16 build, as plain loads. */
+INLINE void words16(const uint8_t *body, int first, const int n, __m512i v[]) {
+    _Pragma("GCC unroll 8")
+    for (int k = 0; k < n; k++) v[k] = _mm512_loadu_si512(body + 64 * (size_t)(first + k));
+}
+
 /* Dwords 0..3 of the 16 bytes at rp[j] + off: h[g] lane j = dword g of row j. */
 INLINE void head16(const uint8_t *const rp[16], size_t off, __m512i h[4]) {
     __m256i a[4], b[4];
@@ -84,17 +92,26 @@ INLINE void head16(const uint8_t *const rp[16], size_t off, __m512i h[4]) {
 /* Super-block b (weights at rp[j] + wo, activations at ab + t * astride) of the 16 rows
  * for RN tokens: sumi[t] = sum_j sc_j x (quants . activations) and summ[t] =
  * sum_j m_j x (sub-block sum of the activations), per row; dw, dmw: d and dmin. */
-INLINE void sums_q4_K(const int RN, const uint8_t *const rp[16], size_t wo, const uint8_t *ab, size_t astride,
-                      __m512i sumi[], __m512i summ[], __m512 *dw, __m512 *dmw) {
+INLINE void sums_q4_K(const int RN, const int packed, const uint8_t *const rp[16], size_t wo, const uint8_t *ab,
+                      size_t astride, __m512i sumi[], __m512i summ[], __m512 *dw, __m512 *dmw) {
     __m512i h[4], s03, s47, m03, m47;
-    head16(rp, wo, h);
+    /* x16: d and dmin (32 bytes each), then the words of scales (3) and qs (32). */
+    const uint8_t *g = rp[0] + 16 * wo, *body = g + 64;
+    if (packed) {
+        words16(body, 0, 3, h + 1);
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        *dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
+    } else {
+        head16(rp, wo, h);
+        *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
+        *dmw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
+    }
     K4_SCALES(h[1], h[2], h[3], s03, s47, m03, m47);
-    *dw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(h[0]));
-    *dmw = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32(h[0], 16)));
     _Pragma("GCC unroll 4")
     for (int c = 0; c < 4; c++) {
         __m512i p[8];
-        rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
+        if (packed) words16(body, 3 + 8 * c, 8, p);
+        else rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
         _Pragma("GCC unroll 2")
         for (int half = 0; half < 2; half++) {
             const int j = 2 * c + half;
@@ -105,10 +122,14 @@ INLINE void sums_q4_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
             _Pragma("GCC unroll 16")
             for (int t = 0; t < RN; t++) {
                 const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
-                __m512i s = _mm512_setzero_si512();
+                /* two chains of 4: exact, and half the dependent latency */
+                __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
                 _Pragma("GCC unroll 8")
-                for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
-                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+                for (int k = 0; k < 8; k += 2) {
+                    s0 = _mm512_dpbusd_epi32(s0, v[k], bcast4(aq + 4 * k));
+                    s1 = _mm512_dpbusd_epi32(s1, v[k + 1], bcast4(aq + 4 * k + 4));
+                }
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
             }
         }
     }
@@ -128,20 +149,33 @@ INLINE __m512i q6_scale_pair16(__m512i h, int b0, int b1) {
 }
 
 /* The same for Q6_K: sumi[t] = sum_g sc_g x ((levels - 32) . activations); dw: d. */
-INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, const uint8_t *ab, size_t astride,
-                      __m512i sumi[], __m512 *dw) {
+INLINE void sums_q6_K(const int RN, const int packed, const uint8_t *const rp[16], size_t wo, const uint8_t *ab,
+                      size_t astride, __m512i sumi[], __m512 *dw) {
     __m512i h[4];
-    head16(rp, wo + offsetof(cv_block_q6_K, scales), h);
-    uint16_t hd[16];
-    _Pragma("GCC unroll 16")
-    for (int r = 0; r < 16; r++) memcpy(&hd[r], rp[r] + wo + offsetof(cv_block_q6_K, d), sizeof hd[r]);
-    *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
+    /* x16: d (32 bytes), then the words of ql (32), qh (16) and scales (4). */
+    const uint8_t *g = rp[0] + 16 * wo, *body = g + 32;
+    if (packed) {
+        words16(body, 48, 4, h);
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+    } else {
+        head16(rp, wo + offsetof(cv_block_q6_K, scales), h);
+        uint16_t hd[16];
+        _Pragma("GCC unroll 16")
+        for (int r = 0; r < 16; r++) memcpy(&hd[r], rp[r] + wo + offsetof(cv_block_q6_K, d), sizeof hd[r]);
+        *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)hd));
+    }
     _Pragma("GCC unroll 2")
     for (int hh = 0; hh < 2; hh++) {
         __m512i l0[8], l1[8], qh[8];
-        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
-        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
-        rows16_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
+        if (packed) {
+            words16(body, 16 * hh, 8, l0);
+            words16(body, 16 * hh + 8, 8, l1);
+            words16(body, 32 + 8 * hh, 8, qh);
+        } else {
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh, l0);
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, ql) + 64 * (size_t)hh + 32, l1);
+            rows16_dwords(rp, wo + offsetof(cv_block_q6_K, qh) + 32 * (size_t)hh, qh);
+        }
         _Pragma("GCC unroll 4")
         for (int m = 0; m < 4; m++) {
             __m512i v[8];
@@ -155,10 +189,13 @@ INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
                 _Pragma("GCC unroll 16")
                 for (int t = 0; t < RN; t++) {
                     const uint8_t *aq = ab + t * astride + A_QS + 128 * hh + 32 * m + 16 * sub;
-                    __m512i s = _mm512_setzero_si512();
+                    __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
                     _Pragma("GCC unroll 4")
-                    for (int k = 0; k < 4; k++) s = _mm512_dpbusd_epi32(s, v[4 * sub + k], bcast4(aq + 4 * k));
-                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s, sc));
+                    for (int k = 0; k < 4; k += 2) {
+                        s0 = _mm512_dpbusd_epi32(s0, v[4 * sub + k], bcast4(aq + 4 * k));
+                        s1 = _mm512_dpbusd_epi32(s1, v[4 * sub + k + 1], bcast4(aq + 4 * k + 4));
+                    }
+                    sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
                 }
             }
         }
@@ -175,8 +212,8 @@ INLINE void sums_q6_K(const int RN, const uint8_t *const rp[16], size_t wo, cons
 }
 
 /* 16 rows x RN tokens, super-blocks in order with the AVX2 tiles' float steps. */
-INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
-                   size_t astride, int64_t nb, float *y, int64_t ldy) {
+INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t *const rp[16], const uint8_t *pf,
+                   const uint8_t *act, size_t astride, int64_t nb, float *y, int64_t ldy) {
     const size_t blk = kind == W_Q4_K ? sizeof(cv_block_q4_K) : sizeof(cv_block_q6_K);
     __m512 acc[RN_MAX];
     _Pragma("GCC unroll 16")
@@ -190,8 +227,8 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], co
         _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
         __m512 dw, dmw = _mm512_setzero_ps();
-        if (kind == W_Q4_K) sums_q4_K(RN, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
-        else sums_q6_K(RN, rp, (size_t)b * blk, ab, astride, sumi, &dw);
+        if (kind == W_Q4_K) sums_q4_K(RN, packed, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
+        else sums_q6_K(RN, packed, rp, (size_t)b * blk, ab, astride, sumi, &dw);
         _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) {
             float da;
@@ -206,18 +243,20 @@ INLINE void tile16(const int kind, const int RN, const uint8_t *const rp[16], co
     for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-INLINE void tile16_any(const int kind, int rn, const uint8_t *const rp[16], const uint8_t *pf, const uint8_t *act,
-                       size_t as, int64_t nb, float *y, int64_t ldy) {
+INLINE void tile16_any(const int kind, const int packed, int rn, const uint8_t *const rp[16], const uint8_t *pf,
+                       const uint8_t *act, size_t as, int64_t nb, float *y, int64_t ldy) {
     switch (rn) {
-#define CASE(N) case N: tile16(kind, N, rp, pf, act, as, nb, y, ldy); break;
+#define CASE(N) case N: tile16(kind, packed, N, rp, pf, act, as, nb, y, ldy); break;
     CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
     CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
 #undef CASE
-    default: tile16(kind, 1, rp, pf, act, as, nb, y, ldy); break;
+    default: tile16(kind, packed, 1, rp, pf, act, as, nb, y, ldy); break;
     }
 }
 
-INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
+/* r0 is a multiple of 16 for x16 weights (cv_matmul_run's items are): the group of rows
+ * r..r+15 starts at row r's old offset, and the tail rows are plain rows. */
+INLINE void rows_kind(const int kind, const int packed, const cv_tensor *w, int64_t r0, int64_t r1, const void *act,
                       size_t act_stride, int32_t n, float *y, int64_t ldy) {
     const int64_t nb = w->cols / CV_QK_K;
     const size_t ws = w->row_stride;
@@ -228,7 +267,7 @@ INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1
         const uint8_t *rp[16];
         for (int i = 0; i < 16; i++) rp[i] = W + (r + i) * ws;
         for (int32_t t = 0; t < n; t += RN_MAX)
-            tile16_any(kind, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, A + (size_t)t * act_stride,
+            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, A + (size_t)t * act_stride,
                        act_stride, nb, y + (int64_t)t * ldy + r, ldy);
     }
     if (r < r1) cv_matmul_avx2_k.rows(w, r, r1, act, act_stride, n, y, ldy);
@@ -237,8 +276,14 @@ INLINE void rows_kind(const int kind, const cv_tensor *w, int64_t r0, int64_t r1
 /* One entry for both formats: the tensor says which tile to instantiate. */
 static void rows_k(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
                    float *y, int64_t ldy) {
-    if (w->type == CV_TYPE_Q4_K) rows_kind(W_Q4_K, w, r0, r1, act, act_stride, n, y, ldy);
-    else rows_kind(W_Q6_K, w, r0, r1, act, act_stride, n, y, ldy);
+    const int x16 = w->layout == CV_CPU_LAYOUT_X16;
+    if (w->type == CV_TYPE_Q4_K) {
+        if (x16) rows_kind(W_Q4_K, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else rows_kind(W_Q4_K, 0, w, r0, r1, act, act_stride, n, y, ldy);
+    } else {
+        if (x16) rows_kind(W_Q6_K, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else rows_kind(W_Q6_K, 0, w, r0, r1, act, act_stride, n, y, ldy);
+    }
 }
 
 const cv_matmul_kernel cv_matmul_avx512_k = {cv_matmul_vec_dot_act_bytes, cv_matmul_vec_dot_act_convert, rows_k};

@@ -15,14 +15,15 @@ _Static_assert(sizeof(cv_backend_ops) == 25 * sizeof(void (*)(void)),
 
 /* Slots of the struct arguments: their ints from i[3], their pointers from p[4]. */
 static void put_tensor(cv_op *o, const cv_tensor *t) {
-    o->i[3] = (int32_t)t->type, o->i[4] = (int32_t)t->device;
+    o->i[3] = (int32_t)t->type, o->i[4] = (int32_t)t->device, o->i[5] = t->layout;
     o->l[0] = t->rows, o->l[1] = t->cols, o->l[2] = (int64_t)t->row_stride;
     o->p[4] = t->data;
 }
 
 static cv_tensor get_tensor(const cv_op *o) {
     return (cv_tensor){.type = (cv_type)o->i[3], .rows = o->l[0], .cols = o->l[1],
-                       .row_stride = (size_t)o->l[2], .data = (void *)o->p[4], .device = (cv_device)o->i[4]};
+                       .row_stride = (size_t)o->l[2], .data = (void *)o->p[4], .device = (cv_device)o->i[4],
+                       .layout = o->i[5]};
 }
 
 static void put_kv(cv_op *o, const cv_kv_layer *kv) {

@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -53,6 +54,9 @@ struct cv_threadpool {
 
     _Atomic int bar_count;
     _Atomic unsigned bar_gen;
+
+    int profile;          /* measure the caller's waits (cv_threadpool_profile) */
+    double wait_s;
 
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -196,8 +200,18 @@ void cv_threadpool_for(cv_threadpool *pool, cv_item_fn fn, void *ctx, int64_t n_
     publish(pool, MODE_FOR, (void *)fn, ctx);
     do_items(pool, 0);
     unsigned spins = 0;
+    struct timespec t0, t1;
+    if (pool->profile) clock_gettime(CLOCK_MONOTONIC, &t0);
     while (atomic_load(&pool->done) < n_items) wait_relax(&spins);
+    if (pool->profile) {
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        pool->wait_s += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    }
 }
+
+void cv_threadpool_profile(cv_threadpool *pool, int on) { pool->profile = on; }
+
+double cv_threadpool_wait_seconds(const cv_threadpool *pool) { return pool->wait_s; }
 
 void cv_threadpool_run(cv_threadpool *pool, cv_task_fn fn, void *ctx) {
     if (pool->n == 1) {

@@ -163,6 +163,7 @@ static cv_status cuda_weight_load(cv_backend *be, const cv_tensor *host, cv_tens
     out->data = dev;
     out->row_stride = rb;
     out->device = CV_DEVICE_CUDA;
+    out->layout = 0; /* rows, whatever the host asked to keep */
     return CV_OK;
 }
 

@@ -753,6 +753,13 @@ cv_status cv_gguf_open(const char *path, cv_gguf **out, cv_error *err) {
     return s;
 }
 
+void cv_gguf_drop_pages(const cv_gguf *g, const void *p, size_t len) {
+    const uintptr_t base = (uintptr_t)g->base, a = (uintptr_t)p, page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    if (!g->mapped || a < base || a + len > base + g->size || a + len < a) return;
+    uintptr_t lo = (a + page - 1) & ~(page - 1), hi = (a + len) & ~(page - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_DONTNEED);
+}
+
 void cv_gguf_close(cv_gguf *g) {
     if (!g) return;
     if (g->mapped) munmap((void *)g->base, g->size);

@@ -65,6 +65,11 @@ cv_status cv_gguf_open(const char *path, cv_gguf **out, cv_error *err);
 /* Parse a buffer the caller owns (it must outlive the handle): fuzzing, tests. */
 cv_status cv_gguf_open_memory(const void *buf, size_t len, cv_gguf **out, cv_error *err);
 void cv_gguf_close(cv_gguf *g);
+/* The whole pages of a mapped file's bytes [p, p + len) leave this process's resident
+ * memory (read from the file again if touched: the mapping is read-only and private);
+ * for a gguf read from memory, or a range outside the mapping, nothing happens. For
+ * bytes a backend has copied into memory of its own. */
+void cv_gguf_drop_pages(const cv_gguf *g, const void *p, size_t len);
 
 uint32_t cv_gguf_version(const cv_gguf *g);
 uint32_t cv_gguf_alignment(const cv_gguf *g);

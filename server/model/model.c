@@ -45,6 +45,8 @@ struct cv_model {
     uint8_t *sliding;                       /* per layer: its `sliding` flag (kv config) */
     uint64_t weight_bytes;
     uint64_t copied_bytes;   /* weights packed into the model's own memory */
+    const cv_gguf *loading;  /* the file being loaded (its pages are dropped once copied) */
+    int keep_rows;           /* the tensor being loaded must stay in the file's rows */
     /* Backend vectors allocated at load (norms, biases, scratch), freed at the end. */
     void **allocs;
     int n_allocs, cap_allocs;
@@ -473,8 +475,16 @@ static cv_status load_slice(cv_model *m, const cv_gguf_tensor *t, const char *na
         host.data = (char *)host.data + cv_type_row_bytes(t->type, m->rank * host.cols);
         if ((s = pack_rows(m, &host, err))) return s;
     }
+    /* A table read only by get_rows stays in the file's rows (a backend layout would
+     * make all of it resident for the few rows a step reads), and so does a weight
+     * matmul_heads slices by heads (a backend layout need not split at a head). */
+    if (m->keep_rows) host.layout = CV_LAYOUT_KEEP_ROWS;
     s = m->be->ops->weight_load(m->be, &host, out, err);
     if (s) return cv_error_wrap(err, "model: loading %s", name);
+    /* The backend copied it (into a layout of its own): the file's pages need not stay
+     * resident, or the weights would be in memory twice. */
+    if (out->data != host.data && m->loading)
+        cv_gguf_drop_pages(m->loading, host.data, host.row_stride * (size_t)host.rows);
     return CV_OK;
 }
 
@@ -568,7 +578,11 @@ static cv_status load_heads(cv_model *m, const cv_gguf *g, const char *name, int
                             cv_tensor *out, cv_error *err) {
     const cv_gguf_tensor *t;
     cv_status s = find3(g, name, cols, rows, m->hp.n_heads, &t, err);
-    return s ? s : load_slice(m, t, name, cols, 0, rows * m->hp.n_heads, ROWS, out, err);
+    if (s) return s;
+    m->keep_rows = 1;
+    s = load_slice(m, t, name, cols, 0, rows * m->hp.n_heads, ROWS, out, err);
+    m->keep_rows = 0;
+    return s;
 }
 
 /* Layer il's multi-head latent attention (model.h): the query path (attn_q_a, its norm
@@ -641,7 +655,10 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
     if (cv_gguf_get_arr(g, "tokenizer.ggml.tokens", &toks) && toks.n > (uint64_t)hp->n_vocab)
         return cv_errorf(err, CV_ERANGE, "model: tokenizer.ggml.tokens has %llu tokens, token_embd.weight "
                          "only %d rows", (unsigned long long)toks.n, hp->n_vocab);
+    hp->tied_output = cv_gguf_find_tensor(g, "output.weight") == NULL;
+    m->keep_rows = !hp->tied_output;
     cv_status s = load_matrix(m, g, "token_embd.weight", dim, hp->n_vocab, WHOLE, &m->tok_embd, err);
+    m->keep_rows = 0;
     if (s) return s;
     int64_t vlo, vhi;
     cv_split_range(hp->n_vocab, 1, m->rank, m->n_ranks, &vlo, &vhi);
@@ -649,7 +666,6 @@ static cv_status load_weights(cv_model *m, const cv_gguf *g, cv_error *err) {
     m->vocab_n = (int32_t)(vhi - vlo);
     /* The output projection: this shard's block of the vocabulary, of the embedding
      * itself when they are tied (shared outright when the model is whole). */
-    hp->tied_output = cv_gguf_find_tensor(g, "output.weight") == NULL;
     if (hp->tied_output && m->n_ranks == 1) m->output = m->tok_embd;
     else if ((s = load_matrix(m, g, hp->tied_output ? "token_embd.weight" : "output.weight", dim,
                               hp->n_vocab, ROWS, &m->output, err)))
@@ -900,7 +916,9 @@ cv_status cv_model_load(cv_backend *be, const cv_gguf *g, const cv_model_opts *o
     m->opts = *opts;
     cv_status s = read_hparams(g, &m->hp, err);
     if (!s) s = plan_shard(m, err);
+    m->loading = g;
     if (!s) s = load_weights(m, g, err);
+    m->loading = NULL;
     if (!s) s = alloc_all_scratch(m, err);
     if (s) {
         cv_model_free(m);

@@ -64,7 +64,7 @@ static cv_status open_backend(const cv_tp_config *c, int rank, int threads, cv_b
         cv_cuda_options co = {.device = rank};
         st = cv_cuda_backend_create(&co, be, err);
     } else {
-        cv_cpu_options co = {.n_threads = threads};
+        cv_cpu_options co = {.n_threads = threads, .repack_weights = 1};
         st = cv_cpu_backend_create(&co, be, err);
     }
     return st ? cv_error_wrap(err, "tp rank %d", rank) : CV_OK;

@@ -103,7 +103,7 @@ static wmat make_weight(cv_type type, int64_t rows, int64_t cols) {
         cv_quantize_row(type, row, (char *)w.data + r * rb, cols);
     }
     free(row);
-    w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU};
+    w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU, 0};
     return w;
 }
 
@@ -267,7 +267,7 @@ static wmat make_k_weight(cv_type type, int64_t rows, int64_t cols) {
             uint16_t h[2] = {halves[rnd() % 8], halves[rnd() % 8]};
             memcpy(blk + (q6 ? offsetof(cv_block_q6_K, d) : offsetof(cv_block_q4_K, d)), h, q6 ? 2 : 4);
         }
-    w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU};
+    w.t = (cv_tensor){type, rows, cols, rb, w.data, CV_DEVICE_CPU, 0};
     return w;
 }
 
@@ -355,7 +355,7 @@ static void test_matmul_chunks_when_scratch_is_small(void **state) {
 static void test_weight_load_rejects_bad_shapes(void **state) {
     pair *p = *state;
     char buf[64];
-    cv_tensor out, t = {CV_TYPE_Q4_0, 1, 48, 64, buf, CV_DEVICE_CPU};
+    cv_tensor out, t = {CV_TYPE_Q4_0, 1, 48, 64, buf, CV_DEVICE_CPU, 0};
     cv_error err = {0};
     assert_int_equal(p->fast->ops->weight_load(p->fast, &t, &out, &err), CV_EINVAL);
     assert_non_null(strstr(err.msg, "48"));

@@ -121,7 +121,7 @@ static void check_matmul_type(const fmt *f, int64_t cols) {
         cv_quantize_row(f->type, wf + r * cols, wq + r * rb, cols);
         cv_dequantize_row(f->type, wq + r * rb, wd + r * cols, cols);
     }
-    cv_tensor host = {f->type, rows, cols, rb, wq, CV_DEVICE_CPU}, w;
+    cv_tensor host = {f->type, rows, cols, rb, wq, CV_DEVICE_CPU, 0}, w;
     cv_error err = {0};
     if (g_gpu->ops->weight_load(g_gpu, &host, &w, &err)) fail_msg("weight_load %s: %s", ti->name, err.msg);
     for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
@@ -185,7 +185,7 @@ static void test_matmul_heads_copy_rows(void **state) {
             cv_quantize_row(types[ti], wf + r * C, wq + r * rb, C);
             cv_dequantize_row(types[ti], wq + r * rb, wf + r * C, C);
         }
-        cv_tensor host = {types[ti], (int64_t)H * R, C, rb, wq, CV_DEVICE_CPU}, dw;
+        cv_tensor host = {types[ti], (int64_t)H * R, C, rb, wq, CV_DEVICE_CPU, 0}, dw;
         cv_error err = {0};
         if (g_gpu->ops->weight_load(g_gpu, &host, &dw, &err)) fail_msg("weight_load: %s", err.msg);
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {

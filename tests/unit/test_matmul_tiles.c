@@ -68,7 +68,7 @@ static void *make_weight(cv_type type, int64_t rows, int64_t cols, cv_tensor *t)
                 memcpy(blk, hv, type == CV_TYPE_Q5_K ? 4 : 2); /* d (and Q5_K's dmin) lead the block */
             }
     }
-    *t = (cv_tensor){type, rows, cols, rb, d, CV_DEVICE_CPU};
+    *t = (cv_tensor){type, rows, cols, rb, d, CV_DEVICE_CPU, 0};
     return d;
 }
 

@@ -77,11 +77,11 @@ static void make_fixture(fixture *f) {
     float wf[ROWS * DIM];
     fill(wf, ROWS * DIM, 1);
     for (int r = 0; r < ROWS; r++) cv_quantize_row(CV_TYPE_Q8_0, wf + r * DIM, f->wq + r * 68, DIM);
-    cv_tensor host = {CV_TYPE_Q8_0, ROWS, DIM, 68, f->wq, CV_DEVICE_CPU};
+    cv_tensor host = {CV_TYPE_Q8_0, ROWS, DIM, 68, f->wq, CV_DEVICE_CPU, 0};
     cv_error err = {0};
     if (g_cpu->ops->weight_load(g_cpu, &host, &f->w, &err)) fail_msg("%s", err.msg);
     fill(f->emb_f, ROWS * DIM, 1);
-    f->emb = (cv_tensor){CV_TYPE_F32, ROWS, DIM, DIM * sizeof(float), f->emb_f, CV_DEVICE_CPU};
+    f->emb = (cv_tensor){CV_TYPE_F32, ROWS, DIM, DIM * sizeof(float), f->emb_f, CV_DEVICE_CPU, 0};
     fill(f->nw, DIM, 1);
     fill(f->bias, HEADS * HD, 1);
     for (int i = 0; i < HD / 2; i++) f->ff[i] = 1 + fabsf(frand(3));
