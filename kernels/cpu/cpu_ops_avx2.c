@@ -231,9 +231,27 @@ static inline float load1(cv_type t, const void *base, int32_t d) {
     return t == CV_TYPE_F32 ? ((const float *)base)[d] : cv_fp16_to_fp32(((const uint16_t *)base)[d]);
 }
 
+/* Scores of one key against nj (1..4) heads' queries, into sc[j * ATTN_CHUNK] (the
+ * caller's sc[j0 + j][t]): 8 lanes of partial sums per head over the key's whole
+ * 8-lane pieces, their sum, the scalar tail, times scale. */
+static inline __attribute__((always_inline)) void score_heads(const int nj, cv_type type, const void *k, int32_t hd,
+                                                              const float *const *qh, float scale_, float *sc) {
+    const int32_t hd8 = hd & ~7;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int32_t d = 0; d < hd8; d += 8) {
+        __m256 kk = load8(type, k, d);
+        for (int j = 0; j < nj; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j] + d), kk, acc[j]);
+    }
+    for (int j = 0; j < nj; j++) {
+        float s = hsum(acc[j]);
+        for (int32_t d = hd8; d < hd; d++) s += qh[j][d] * load1(type, k, d);
+        sc[j * ATTN_CHUNK] = s * scale_;
+    }
+}
+
 static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *row, int32_t g,
                        int32_t h0, int32_t n_group, const float *q, float *out) {
-    const int32_t hd = kv->head_dim, hd8 = hd & ~7, vd = cv_kv_v_dim(kv), vd8 = vd & ~7;
+    const int32_t hd = kv->head_dim, vd = cv_kv_v_dim(kv), vd8 = vd & ~7;
     const size_t esz = kv->type == CV_TYPE_F32 ? 4 : 2;
     const size_t slot_bytes = (size_t)kv->n_kv_heads * hd * esz;
     const char *kbase = (const char *)kv->k + (size_t)g * hd * esz;
@@ -266,29 +284,15 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
                 if (vs[t] != ks[t] && o < (size_t)vd * esz) _mm_prefetch((const char *)vs[t] + o, _MM_HINT_T0);
             }
         for (int32_t t = 0; t < cn; t++) {
-            /* Four heads at a time share each converted 8-lane piece of the key. */
+            /* Four heads at a time share each converted 8-lane piece of the key; the
+             * count is a constant in each call, so that the sums stay in registers. */
             for (int32_t j0 = 0; j0 < n_group; j0 += 4) {
                 int32_t nj = n_group - j0 < 4 ? n_group - j0 : 4;
-                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                if (nj == 4) { /* the common case, spelled out so that acc stays in registers */
-                    for (int32_t d = 0; d < hd8; d += 8) {
-                        __m256 kk = load8(kv->type, ks[t], d);
-                        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0] + d), kk, acc[0]);
-                        acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 1] + d), kk, acc[1]);
-                        acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 2] + d), kk, acc[2]);
-                        acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + 3] + d), kk, acc[3]);
-                    }
-                } else {
-                    for (int32_t d = 0; d < hd8; d += 8) {
-                        __m256 kk = load8(kv->type, ks[t], d);
-                        for (int32_t j = 0; j < nj; j++)
-                            acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j0 + j] + d), kk, acc[j]);
-                    }
-                }
-                for (int32_t j = 0; j < nj; j++) {
-                    float s = hsum(acc[j]);
-                    for (int32_t d = hd8; d < hd; d++) s += qh[j0 + j][d] * load1(kv->type, ks[t], d);
-                    sc[j0 + j][t] = s * p->scale;
+                switch (nj) {
+                case 4: score_heads(4, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
+                case 3: score_heads(3, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
+                case 2: score_heads(2, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
+                default: score_heads(1, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
                 }
             }
         }
