@@ -240,8 +240,10 @@ static inline __attribute__((always_inline)) void score_heads(const int nj, cv_t
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     for (int32_t d = 0; d < hd8; d += 8) {
         __m256 kk = load8(type, k, d);
+#pragma GCC unroll 4 /* -O2 would keep acc in memory */
         for (int j = 0; j < nj; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j] + d), kk, acc[j]);
     }
+#pragma GCC unroll 4
     for (int j = 0; j < nj; j++) {
         float s = hsum(acc[j]);
         for (int32_t d = hd8; d < hd; d++) s += qh[j][d] * load1(type, k, d);
