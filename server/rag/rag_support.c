@@ -401,6 +401,8 @@ struct cv_rag_support {
     tset *sentences; /* each passage sentence's terms with its passage's title's */
     tset *own;       /* each passage sentence's own terms (what a copy of it holds) */
     size_t n_sentences;
+    char *q;         /* the question */
+    char *text;      /* the passages' texts, one a line */
     int zh;
 };
 
@@ -411,6 +413,8 @@ void cv_rag_support_free(cv_rag_support *s) {
     for (size_t i = 0; i < s->n_sentences; i++) free(s->sentences[i].t), free(s->own[i].t);
     free(s->sentences);
     free(s->own);
+    free(s->q);
+    free(s->text);
     free(s);
 }
 
@@ -490,8 +494,18 @@ cv_rag_support *cv_rag_support_new(const char *question, const cv_rag_passage *p
         if (terms(question + i, e - i, 1, k)) goto err;
         if (k->n) s->n_parts++; /* "..., and when?": a part with no key term asks nothing to check */
     }
-    for (size_t i = 0; i < n_kept; i++)
-        if (add_passage(s, &p[kept[i]])) goto err;
+    size_t tl = 0;
+    for (size_t i = 0; i < n_kept; i++) tl += p[kept[i]].len + 1;
+    if (!(s->q = strdup(question)) || !(s->text = malloc(tl + 1))) goto err;
+    s->text[0] = 0;
+    for (size_t i = 0, at = 0; i < n_kept; i++) {
+        const cv_rag_passage *pp = &p[kept[i]];
+        if (add_passage(s, pp)) goto err;
+        memcpy(s->text + at, pp->text, pp->len);
+        at += pp->len;
+        s->text[at++] = '\n';
+        s->text[at] = 0;
+    }
     return s;
 err:
     cv_rag_support_free(s);
@@ -620,6 +634,29 @@ static size_t copied(const cv_rag_support *s, const span *sp, size_t n) {
     return c;
 }
 
+/* 1 when the answer has two CJK characters side by side that the question does not
+ * have side by side and a passage does: a word of the passage made of the question's
+ * characters ("澜江" to "青澜大桥横跨哪条江？"), new although each character is not. */
+static int passage_pair(const cv_rag_support *s, const char *a, size_t len) {
+    size_t prev = SIZE_MAX; /* start of the previous character when it is CJK */
+    for (size_t i = 0; i < len;) {
+        uint32_t c;
+        int k = decode(a, len, i, &c);
+        if (!cv_rag_is_cjk_cp(c)) {
+            prev = SIZE_MAX;
+        } else {
+            if (prev != SIZE_MAX) {
+                size_t n = i + (size_t)k - prev;
+                if (!memmem(s->q, strlen(s->q), a + prev, n) && memmem(s->text, strlen(s->text), a + prev, n))
+                    return 1;
+            }
+            prev = i;
+        }
+        i += (size_t)k;
+    }
+    return 0;
+}
+
 /* The verdict; with spans (may be NULL) the answer's sentences when they were judged
  * one by one (a passage handed back), each marked keep when it answers. */
 static cv_rag_support_verdict judge(const cv_rag_support *s, const char *answer, size_t len, char *why, size_t cap,
@@ -651,7 +688,7 @@ static cv_rag_support_verdict judge(const cv_rag_support *s, const char *answer,
     if (!fresh.n) {
         /* Nothing the question lacks: the question said back ("镜月湖里的银鳞鱼多长吗？").
          * A word or two of it is a pick ("Ilse Marwick" to "Ilse Marwick or Tom Bell?"). */
-        if (2 * all.n >= s->question.n && all.n)
+        if (2 * all.n >= s->question.n && all.n && !passage_pair(s, answer, len))
             v = verdict(CV_RAG_QUESTION_ECHO, why, cap, "no new term", "");
         goto out;
     }

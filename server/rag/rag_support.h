@@ -29,7 +29,9 @@
  *   - no new term at all, but half or more of the question's terms: the question said
  *     back (Gemma 3 270M: "镜月湖里的银鳞鱼多长吗？"; CV_RAG_QUESTION_ECHO). Fewer of
  *     them is a pick from the question ("Ilse Marwick" to "... Ilse Marwick or Tom
- *     Bell?"): supported;
+ *     Bell?"), and so is a pair of CJK characters side by side that the question does
+ *     not have and a passage does (a CJK term is one character: "澜江" is new to
+ *     "...横跨哪条江？" although 澜 and 江 are not): supported;
  *   - an answer whose sentences copy two or more passage sentences (each holding
  *     CV_RAG_COPY_SHARE of a passage sentence's own terms: word for word or nearly)
  *     hands the passage back (issue 21): its sentences are judged one by one as above,

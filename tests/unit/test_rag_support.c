@@ -59,6 +59,8 @@ static const cv_rag_passage passages[] = {
      "镜月湖位于西峦山脚下，面积为十二平方公里，最深处达四十三米。湖中生活着一种特有的银鳞鱼。", 0, 1, 0, 0},
     {"kb:qa", "zh-train", "雪原快线", "",
      "雪原快线是连接北陵市和白桦镇的铁路线，全长三百一十公里，列车最高时速为二百五十公里。全程需要一小时四十分钟。", 0, 1, 0, 0},
+    /* not of the corpus: a river named with the bridge's own characters */
+    {"kb:qa", "t-river", "澜桥", "", "澜桥横跨澜江，全长九百米。", 0, 1, 0, 0},
 };
 
 static cv_rag_support_verdict judge(const char *question, const char *answer, const size_t *kept, size_t n,
@@ -137,7 +139,9 @@ static void test_echo(void **state) {
     EXPECT(CV_RAG_QUESTION_ECHO, "镜月湖里的银鳞鱼有多长？", "镜月湖里的银鳞鱼多长吗？", 4);
     EXPECT(CV_RAG_QUESTION_ECHO, "Who was the chief engineer of the Velmora Bridge?",
            "The chief engineer of the Velmora Bridge.", 0);
-    /* a pick from the question's own words is an answer */
+    /* a pick from the question's own words is an answer; in Chinese, characters of
+     * the question side by side as a passage has them */
+    EXPECT(CV_RAG_SUPPORTED, "澜桥横跨哪条江？", "澜桥横跨澜江。", 6);
     EXPECT(CV_RAG_SUPPORTED, "Was the chief engineer of the Velmora Bridge Ilse Marwick or Tom Bell?", "Ilse Marwick.",
            0);
     /* the whole passage: one sentence holds 现 (现有学生), another 校长, none answers 现任校长 */
