@@ -148,6 +148,14 @@ static void cpu_matmul(cv_backend *be, const cv_tensor *w, const float *x, float
 
 static void cpu_get_rows(cv_backend *be, const cv_tensor *table, const int32_t *ids, int32_t n, float *out) {
     cpu_backend *cb = cpu(be);
+    if (table->type == CV_TYPE_F32 && table->layout == CV_CPU_LAYOUT_ROWS) {
+        /* activations (a mixture's expert inputs, the rows that want logits): a copy,
+         * not quant's element-by-element F32 "dequantization" */
+        for (int32_t i = 0; i < n; i++)
+            memcpy(out + (int64_t)i * table->cols, (const char *)table->data + (int64_t)ids[i] * table->row_stride,
+                   (size_t)table->cols * sizeof(float));
+        return;
+    }
     for (int32_t i = 0; i < n; i++) {
         const void *row = (const char *)table->data + (int64_t)ids[i] * table->row_stride;
         if (table->layout == CV_CPU_LAYOUT_X16) { /* back to the file's blocks first (the scratch is free) */
@@ -266,12 +274,8 @@ static void cpu_add_bias(cv_backend *be, float *x, const float *bias, int32_t n_
 
 static void cpu_scatter_add_rows(cv_backend *be, const float *src, const int32_t *ids, const float *w, int32_t n,
                                  int32_t dim, float *dst) {
-    (void)be;
-    for (int32_t i = 0; i < n; i++) {
-        float *d = dst + (int64_t)ids[i] * dim;
-        const float *x = src + (int64_t)i * dim, wi = w[i];
-        for (int32_t j = 0; j < dim; j++) d[j] += wi * x[j];
-    }
+    cpu_backend *cb = cpu(be);
+    for (int32_t i = 0; i < n; i++) cb->k->axpy(w[i], src + (int64_t)i * dim, dst + (int64_t)ids[i] * dim, dim);
 }
 
 /* Head by head, each a strided matmul over the thread pool (a head's matrix is small:

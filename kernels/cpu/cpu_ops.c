@@ -60,6 +60,10 @@ static void scale(float *x, float s, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] *= s;
 }
 
+static void axpy(float a, const float *x, float *y, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
 static void softcap(float *x, float c, int64_t n) {
     for (int64_t i = 0; i < n; i++) x[i] = c * tanhf(x[i] / c);
 }
@@ -141,6 +145,7 @@ const cv_cpu_kernels cv_cpu_kernels_ref = {
     .glu = glu,
     .add = add,
     .scale = scale,
+    .axpy = axpy,
     .softcap = softcap,
     .rope_token = rope_token,
     .kv_put = kv_put,

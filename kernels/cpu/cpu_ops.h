@@ -22,6 +22,9 @@ typedef struct cv_cpu_kernels {
     void (*glu)(cv_glu_kind kind, const float *gate, const float *up, float *out, int64_t n);
     void (*add)(const float *a, const float *b, float *out, int64_t n);
     void (*scale)(float *x, float s, int64_t n);
+    /* y[i] += a * x[i], the product rounded before the sum (no fused multiply-add): the
+     * same bits in both sets. */
+    void (*axpy)(float a, const float *x, float *y, int64_t n);
     void (*softcap)(float *x, float c, int64_t n);
     /* Rotates the n_heads heads of one token; cs holds cos, sin interleaved per pair. */
     void (*rope_token)(cv_rope_mode mode, int32_t n_rot, const float *cs, float *x, int32_t n_heads,

@@ -150,6 +150,14 @@ static void scale(float *x, float s, int64_t n) {
     for (; i < n; i++) x[i] *= s;
 }
 
+static void axpy(float a, const float *x, float *y, int64_t n) {
+    __m256 va = _mm256_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(va, _mm256_loadu_ps(x + i))));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
 static void softcap(float *x, float c, int64_t n) {
     __m256 vc = _mm256_set1_ps(c), inv = _mm256_set1_ps(1.0f / c);
     int64_t i = 0;
@@ -371,6 +379,7 @@ const cv_cpu_kernels cv_cpu_kernels_avx2 = {
     .glu = glu,
     .add = add,
     .scale = scale,
+    .axpy = axpy,
     .softcap = softcap,
     .rope_token = rope_token,
     .kv_put = kv_put,

@@ -496,6 +496,22 @@ static void test_glu_and_elementwise(void **state) {
     p->fast->ops->scale(p->fast, b, 0.37f, n);
     assert_memory_equal(a, b, sizeof(float) * n);
 
+    /* scatter_add_rows: rows 0..2 of u, weighted, into rows 3, 0, 5 of 7 rows of 1003
+     * (a ragged tail); the same bits as y += w * x in float, on both sets */
+    const int32_t ids[3] = {3, 0, 5}, dim = 1003;
+    const float w3[3] = {0.25f, -1.5f, 0.7f};
+    memcpy(a, g, sizeof(float) * 7 * dim);
+    memcpy(b, g, sizeof(float) * 7 * dim);
+    p->ref->ops->scatter_add_rows(p->ref, u, ids, w3, 3, dim, a);
+    p->fast->ops->scatter_add_rows(p->fast, u, ids, w3, 3, dim, b);
+    assert_memory_equal(a, b, sizeof(float) * 7 * dim);
+    for (int32_t i = 0; i < 3; i++)
+        for (int32_t j = 0; j < dim; j += 97) {
+            float want = g[ids[i] * dim + j] + w3[i] * u[i * dim + j];
+            assert_true(a[ids[i] * dim + j] == want);
+        }
+    assert_memory_equal(a + 1 * dim, g + 1 * dim, sizeof(float) * 2 * dim); /* rows 1, 2 untouched */
+
     memcpy(a, g, sizeof(float) * n);
     memcpy(b, g, sizeof(float) * n);
     p->ref->ops->softcap(p->ref, a, 5.0f, n);
