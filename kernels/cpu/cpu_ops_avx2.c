@@ -259,6 +259,35 @@ static inline __attribute__((always_inline)) void score_heads(const int nj, cv_t
     }
 }
 
+/* Lanes d0 .. d0 + 8 np - 1 of nj (1..4) heads' outputs: oh[j] += sc[j][t] * value t
+ * over the chunk's cn positions, the sums in registers (nj x np <= 8 of them), each
+ * piece of a value converted once for all nj heads. Per head and lane: the same
+ * multiply-adds in the same order as a head alone. */
+static inline __attribute__((always_inline)) void add_values(const int nj, const int np, cv_type type,
+                                                             const void *const *vs, int32_t cn,
+                                                             const float (*sc)[ATTN_CHUNK], float *const *oh,
+                                                             int32_t d0) {
+    __m256 o[4][4], v[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < nj; j++)
+#pragma GCC unroll 4
+        for (int i = 0; i < np; i++) o[j][i] = _mm256_loadu_ps(oh[j] + d0 + 8 * i);
+    for (int32_t t = 0; t < cn; t++) {
+#pragma GCC unroll 4
+        for (int i = 0; i < np; i++) v[i] = load8(type, vs[t], d0 + 8 * i);
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
+            __m256 w = _mm256_set1_ps(sc[j][t]);
+#pragma GCC unroll 4
+            for (int i = 0; i < np; i++) o[j][i] = _mm256_fmadd_ps(w, v[i], o[j][i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < nj; j++)
+#pragma GCC unroll 4
+        for (int i = 0; i < np; i++) _mm256_storeu_ps(oh[j] + d0 + 8 * i, o[j][i]);
+}
+
 static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_attn_row *row, int32_t g,
                        int32_t h0, int32_t n_group, const float *q, float *out) {
     const int32_t hd = kv->head_dim, vd = cv_kv_v_dim(kv), vd8 = vd & ~7;
@@ -337,31 +366,33 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
             }
             l[j] += sum;
         }
-        /* Each head's output stays in registers, 32 lanes at a time, across the chunk's
-         * positions (the values, converted again per head, come from L1). */
-        for (int32_t j = 0; j < n_group; j++) {
-            int32_t d0 = 0;
+        /* The outputs stay in registers across the chunk's positions, 32 lanes of up to 2
+         * heads or 16 of up to 4 at a time, so that each piece of a value is converted
+         * once for them. */
+        int32_t d0 = 0;
+        if (n_group <= 2) {
             for (; d0 + 32 <= vd8; d0 += 32) {
-                __m256 o0 = _mm256_loadu_ps(oh[j] + d0), o1 = _mm256_loadu_ps(oh[j] + d0 + 8);
-                __m256 o2 = _mm256_loadu_ps(oh[j] + d0 + 16), o3 = _mm256_loadu_ps(oh[j] + d0 + 24);
-                for (int32_t t = 0; t < cn; t++) {
-                    __m256 w = _mm256_set1_ps(sc[j][t]);
-                    o0 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0), o0);
-                    o1 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 8), o1);
-                    o2 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 16), o2);
-                    o3 = _mm256_fmadd_ps(w, load8(kv->type, vs[t], d0 + 24), o3);
-                }
-                _mm256_storeu_ps(oh[j] + d0, o0);
-                _mm256_storeu_ps(oh[j] + d0 + 8, o1);
-                _mm256_storeu_ps(oh[j] + d0 + 16, o2);
-                _mm256_storeu_ps(oh[j] + d0 + 24, o3);
+                if (n_group == 2) add_values(2, 4, kv->type, vs, cn, sc, oh, d0);
+                else add_values(1, 4, kv->type, vs, cn, sc, oh, d0);
             }
-            for (; d0 < vd8; d0 += 8) {
-                __m256 o = _mm256_loadu_ps(oh[j] + d0);
-                for (int32_t t = 0; t < cn; t++) o = _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), load8(kv->type, vs[t], d0), o);
-                _mm256_storeu_ps(oh[j] + d0, o);
+        } else {
+            for (int32_t j0 = 0; j0 < n_group; j0 += 4) {
+                int32_t nj = n_group - j0 < 4 ? n_group - j0 : 4;
+                for (d0 = 0; d0 + 16 <= vd8; d0 += 16) switch (nj) {
+                    case 4: add_values(4, 2, kv->type, vs, cn, sc + j0, oh + j0, d0); break;
+                    case 3: add_values(3, 2, kv->type, vs, cn, sc + j0, oh + j0, d0); break;
+                    case 2: add_values(2, 2, kv->type, vs, cn, sc + j0, oh + j0, d0); break;
+                    default: add_values(1, 2, kv->type, vs, cn, sc + j0, oh + j0, d0); break;
+                    }
             }
         }
+        for (; d0 < vd8; d0 += 8)
+            for (int32_t j = 0; j < n_group; j++) {
+                __m256 o = _mm256_loadu_ps(oh[j] + d0);
+                for (int32_t t = 0; t < cn; t++)
+                    o = _mm256_fmadd_ps(_mm256_set1_ps(sc[j][t]), load8(kv->type, vs[t], d0), o);
+                _mm256_storeu_ps(oh[j] + d0, o);
+            }
         for (int32_t t = 0; t < cn; t++) {
             for (int32_t d = vd8; d < vd; d++) {
                 float vv = load1(kv->type, vs[t], d);
