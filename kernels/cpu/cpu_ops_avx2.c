@@ -239,24 +239,37 @@ static inline float load1(cv_type t, const void *base, int32_t d) {
     return t == CV_TYPE_F32 ? ((const float *)base)[d] : cv_fp16_to_fp32(((const uint16_t *)base)[d]);
 }
 
-/* Scores of one key against nj (1..4) heads' queries, into sc[j * ATTN_CHUNK] (the
- * caller's sc[j0 + j][t]): 8 lanes of partial sums per head over the key's whole
- * 8-lane pieces, their sum, the scalar tail, times scale. */
-static inline __attribute__((always_inline)) void score_heads(const int nj, cv_type type, const void *k, int32_t hd,
+/* Scores of nk (1, 2) consecutive keys ks[0..nk) against nj (1..4) heads' queries, into
+ * sc[j * ATTN_CHUNK + i] (the caller's sc[j0 + j][t + i]): 8 lanes of partial sums per
+ * head and key over the key's whole 8-lane pieces (each query piece loaded once for
+ * both keys), their sum, the scalar tail, times scale. */
+static inline __attribute__((always_inline)) void score_heads(const int nj, const int nk, cv_type type,
+                                                              const void *const *ks, int32_t hd,
                                                               const float *const *qh, float scale_, float *sc) {
     const int32_t hd8 = hd & ~7;
-    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int32_t d = 0; d < hd8; d += 8) {
-        __m256 kk = load8(type, k, d);
-#pragma GCC unroll 4 /* -O2 would keep acc in memory */
-        for (int j = 0; j < nj; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(qh[j] + d), kk, acc[j]);
-    }
+    __m256 acc[2][4], kk[2];
+#pragma GCC unroll 2 /* -O2 would keep acc in memory */
+    for (int i = 0; i < nk; i++)
 #pragma GCC unroll 4
-    for (int j = 0; j < nj; j++) {
-        float s = hsum(acc[j]);
-        for (int32_t d = hd8; d < hd; d++) s += qh[j][d] * load1(type, k, d);
-        sc[j * ATTN_CHUNK] = s * scale_;
+        for (int j = 0; j < nj; j++) acc[i][j] = _mm256_setzero_ps();
+    for (int32_t d = 0; d < hd8; d += 8) {
+#pragma GCC unroll 2
+        for (int i = 0; i < nk; i++) kk[i] = load8(type, ks[i], d);
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
+            __m256 qq = _mm256_loadu_ps(qh[j] + d);
+#pragma GCC unroll 2
+            for (int i = 0; i < nk; i++) acc[i][j] = _mm256_fmadd_ps(qq, kk[i], acc[i][j]);
+        }
     }
+#pragma GCC unroll 2
+    for (int i = 0; i < nk; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nj; j++) {
+            float s = hsum(acc[i][j]);
+            for (int32_t d = hd8; d < hd; d++) s += qh[j][d] * load1(type, ks[i], d);
+            sc[j * ATTN_CHUNK + i] = s * scale_;
+        }
 }
 
 /* Lanes d0 .. d0 + 8 np - 1 of nj (1..4) heads' outputs: oh[j] += sc[j][t] * value t
@@ -322,17 +335,26 @@ static void attn_group(const cv_attn_params *p, const cv_kv_layer *kv, const cv_
                 _mm_prefetch((const char *)ks[t] + o, _MM_HINT_T0);
                 if (vs[t] != ks[t] && o < (size_t)vd * esz) _mm_prefetch((const char *)vs[t] + o, _MM_HINT_T0);
             }
-        for (int32_t t = 0; t < cn; t++) {
-            /* Four heads at a time share each converted 8-lane piece of the key; the
-             * count is a constant in each call, so that the sums stay in registers. */
+        /* Two keys and up to four heads at a time: each converted piece of a key serves
+         * the heads, each loaded piece of a query both keys. The counts are constants
+         * in each call, so that the sums stay in registers. */
+        for (int32_t t = 0; t < cn; t += 2) {
+            const int two = t + 1 < cn;
             for (int32_t j0 = 0; j0 < n_group; j0 += 4) {
                 int32_t nj = n_group - j0 < 4 ? n_group - j0 : 4;
-                switch (nj) {
-                case 4: score_heads(4, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
-                case 3: score_heads(3, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
-                case 2: score_heads(2, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
-                default: score_heads(1, kv->type, ks[t], hd, qh + j0, p->scale, &sc[j0][t]); break;
-                }
+                float *o = &sc[j0][t];
+                if (two) switch (nj) {
+                    case 4: score_heads(4, 2, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    case 3: score_heads(3, 2, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    case 2: score_heads(2, 2, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    default: score_heads(1, 2, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    }
+                else switch (nj) {
+                    case 4: score_heads(4, 1, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    case 3: score_heads(3, 1, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    case 2: score_heads(2, 1, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    default: score_heads(1, 1, kv->type, ks + t, hd, qh + j0, p->scale, o); break;
+                    }
             }
         }
         for (int32_t j = 0; j < n_group; j++) {
