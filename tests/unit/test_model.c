@@ -8,6 +8,7 @@
  *   upstream difference (llama.cpp also rounds q and the attention weights to F16)
  *   flips some of those roundings: llama.cpp's own Q8_0 logits are 0.41 from run.c's.
  *   same model, different batch shapes (chunks, mixed sequences): 1e-4
+ * Also cv_argmax (greedy sampling) against its scalar definition.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -326,8 +327,39 @@ static void test_load_errors_name_the_problem(void **s) {
     assert_non_null(strstr(e.msg, "head_count_kv = 3"));
 }
 
+/* cv_argmax against its definition (the first index whose value no later one exceeds,
+ * by strict >), on lengths around the 4-wide blocks and values with ties, -inf, +inf
+ * and NaN (anywhere, x[0] included). */
+static int32_t argmax_def(const float *x, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static void test_argmax_matches_definition(void **s) {
+    (void)s;
+    static const float specials[] = {-INFINITY, INFINITY, NAN, 0.0f, -0.0f, 1.0f};
+    float x[67];
+    unsigned r = 12345;
+    for (int trial = 0; trial < 20000; trial++) {
+        int32_t n = 1 + trial % 67;
+        for (int32_t i = 0; i < n; i++) {
+            r = r * 1103515245u + 12345u;
+            unsigned k = (r >> 16) % 16;
+            x[i] = k < 6 ? specials[k] : (float)((r >> 8) % 5) - 2.0f; /* small range: many ties */
+        }
+        assert_int_equal(cv_argmax(x, n), argmax_def(x, n));
+    }
+    static float big[262144];
+    for (int32_t i = 0; i < 262144; i++) big[i] = (float)((i * 7919) % 262139) * 1e-3f;
+    big[200001] = 1e9f, big[200003] = 1e9f;
+    assert_int_equal(cv_argmax(big, 262144), 200001);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_argmax_matches_definition),
         cmocka_unit_test(test_stories_f32_kv_f32_matches_runc),
         cmocka_unit_test(test_stories_f32_kv_f16_matches_runc),
         cmocka_unit_test(test_stories_q8_0_matches_llamacpp),
