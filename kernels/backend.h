@@ -50,6 +50,9 @@ typedef struct cv_tensor {
  * get_rows, which a backend layout would make resident whole); otherwise host layout 0. */
 #define CV_LAYOUT_KEEP_ROWS (-1)
 
+/* Most weights one matmul_multi call takes. */
+#define CV_MATMUL_MULTI_MAX 4
+
 /* One layer of a paged KV cache. Each pool holds n_blocks blocks of block_size token
  * slots; a slot holds n_kv_heads * head_dim elements. Element (block b, slot s, head h,
  * dim d) of a pool is at index ((b * block_size + s) * n_kv_heads + h) * head_dim + d.
@@ -152,6 +155,13 @@ typedef struct cv_backend_ops {
     /* y[n][w->rows] = x[n][w->cols] . w^T, n >= 1. Activations are converted once to the
      * weight's vec_dot type; each weight row is read once per call. y must not alias x. */
     void (*matmul)(cv_backend *be, const cv_tensor *w, const float *x, float *y, int32_t n);
+    /* y[i] = x . w[i]^T as matmul does, for i < count <= CV_MATMUL_MULTI_MAX weights of
+     * x's width: the matmuls that read one input as one op (the CPU backend converts x
+     * once and runs them in one parallel region). Outputs are bit-identical to count
+     * matmul calls. Optional: NULL means one matmul per weight (cv_matmul_multi does
+     * that). No y[i] may alias x or another y. */
+    void (*matmul_multi)(cv_backend *be, int32_t count, const cv_tensor *const *w, const float *x,
+                         float *const *y, int32_t n);
     /* out[i][:] = row ids[i] of table, dequantized to F32 (embedding lookup). */
     void (*get_rows)(cv_backend *be, const cv_tensor *table, const int32_t *ids, int32_t n, float *out);
 
@@ -223,6 +233,16 @@ struct cv_backend {
 
 static inline void cv_backend_destroy(cv_backend *be) {
     if (be) be->ops->destroy(be);
+}
+
+/* The matmuls of one input through be's matmul_multi, or one matmul each without it. */
+static inline void cv_matmul_multi(cv_backend *be, int32_t count, const cv_tensor *const *w, const float *x,
+                                   float *const *y, int32_t n) {
+    if (be->ops->matmul_multi && count <= CV_MATMUL_MULTI_MAX) {
+        be->ops->matmul_multi(be, count, w, x, y, n);
+        return;
+    }
+    for (int32_t i = 0; i < count; i++) be->ops->matmul(be, w[i], x, y[i], n);
 }
 
 #endif

@@ -20,6 +20,11 @@ typedef struct cpu_backend {
     void *scratch;
     size_t scratch_bytes;
     int profile;        /* CORVID_PROFILE: ops timed (cpu_profile.h) */
+    /* The angles of the last single-token rope: a decode step rotates q and k of every
+     * layer at the same position, mostly with the same parameters. */
+    cv_rope_params rope_p;
+    int32_t rope_pos, rope_valid;
+    float rope_cs[CV_ROPE_MAX_ROT];
 } cpu_backend;
 
 static cpu_backend *cpu(cv_backend *be) { return (cpu_backend *)be; }
@@ -146,6 +151,14 @@ static void cpu_matmul(cv_backend *be, const cv_tensor *w, const float *x, float
     cv_matmul_run(cb->pool, mm_kernel(cb, w->type, n), cb->scratch, cb->scratch_bytes, w, x, y, n);
 }
 
+static void cpu_matmul_multi(cv_backend *be, int32_t count, const cv_tensor *const *w, const float *x,
+                             float *const *y, int32_t n) {
+    cpu_backend *cb = cpu(be);
+    const cv_matmul_kernel *k[CV_MATMUL_MULTI_MAX];
+    for (int32_t i = 0; i < count && i < CV_MATMUL_MULTI_MAX; i++) k[i] = mm_kernel(cb, w[i]->type, n);
+    cv_matmul_run_multi(cb->pool, count, k, cb->scratch, cb->scratch_bytes, w, x, y, n);
+}
+
 static void cpu_get_rows(cv_backend *be, const cv_tensor *table, const int32_t *ids, int32_t n, float *out) {
     cpu_backend *cb = cpu(be);
     if (table->type == CV_TYPE_F32 && table->layout == CV_CPU_LAYOUT_ROWS) {
@@ -214,9 +227,24 @@ static void rope_body(void *c, int64_t lo, int64_t hi) {
     }
 }
 
+/* Whether a and b give the same angles (freq_factors by address: a model's table). */
+static int same_rope(const cv_rope_params *a, const cv_rope_params *b) {
+    return a->mode == b->mode && a->n_rot == b->n_rot && a->freq_base == b->freq_base &&
+           a->freq_scale == b->freq_scale && a->freq_factors == b->freq_factors && a->mscale == b->mscale &&
+           a->ext_factor == b->ext_factor && a->yarn_lo == b->yarn_lo && a->yarn_hi == b->yarn_hi;
+}
+
 static void cpu_rope(cv_backend *be, const cv_rope_params *p, float *x, int32_t n_tokens, int32_t n_heads,
                      int32_t head_dim, const int32_t *pos) {
     cpu_backend *cb = cpu(be);
+    if (n_tokens == 1) { /* decode: the angles of the previous call, if they are these */
+        if (!cb->rope_valid || cb->rope_pos != pos[0] || !same_rope(&cb->rope_p, p)) {
+            cv_rope_angles(p, pos[0], cb->rope_cs);
+            cb->rope_p = *p, cb->rope_pos = pos[0], cb->rope_valid = 1;
+        }
+        cb->k->rope_token(p->mode, p->n_rot, cb->rope_cs, x, n_heads, head_dim);
+        return;
+    }
     rope_ctx r = {cb->k, p, x, n_heads, head_dim, pos};
     /* The angles cost a sin and cos per pair: count them as work too. */
     parallel_for(cb, n_tokens, 1, (int64_t)n_heads * head_dim + 32 * p->n_rot, rope_body, &r);
@@ -375,6 +403,7 @@ static const cv_backend_ops cpu_ops = {
     .weight_load = cpu_weight_load,
     .weight_release = cpu_weight_release,
     .matmul = cpu_matmul,
+    .matmul_multi = cpu_matmul_multi,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,

@@ -52,6 +52,22 @@ static void p_matmul(cv_backend *be, const cv_tensor *w, const float *x, float *
     end(slot, t0, (double)w->rows * (double)cv_type_row_bytes(w->type, w->cols));
 }
 
+/* One region for all the weights: its time is shared among them by weight bytes. */
+static void p_matmul_multi(cv_backend *be, int32_t count, const cv_tensor *const *w, const float *x,
+                           float *const *y, int32_t n) {
+    double t0 = begin(), total = 0, bytes[CV_MATMUL_MULTI_MAX];
+    g.inner->matmul_multi(be, count, w, x, y, n);
+    g.last_end = now();
+    for (int32_t i = 0; i < count && i < CV_MATMUL_MULTI_MAX; i++)
+        total += bytes[i] = (double)w[i]->rows * (double)cv_type_row_bytes(w[i]->type, w[i]->cols);
+    for (int32_t i = 0; i < count && i < CV_MATMUL_MULTI_MAX; i++) {
+        int slot = ((unsigned)w[i]->type < CV_TYPE_COUNT ? (int)w[i]->type : 0) * CV_MM_CLASSES + cv_matmul_class(n);
+        g.s[slot] += (g.last_end - t0) * (total > 0 ? bytes[i] / total : 0);
+        g.bytes[slot] += bytes[i];
+        g.calls[slot]++;
+    }
+}
+
 #define WRAP(name, slot, params, args)        \
     static void p_##name params {             \
         double t0 = begin();                  \
@@ -93,6 +109,7 @@ const cv_backend_ops *cv_cpu_profile_ops(const cv_backend_ops *inner) {
     g.inner = inner;
     g.ops = *inner;
     g.ops.matmul = p_matmul;
+    if (inner->matmul_multi) g.ops.matmul_multi = p_matmul_multi;
     g.ops.get_rows = p_get_rows;
     g.ops.rmsnorm = p_rmsnorm;
     g.ops.rope = p_rope;

@@ -48,4 +48,14 @@ void cv_matmul_run(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch
 void cv_matmul_run_strided(cv_threadpool *pool, const cv_matmul_kernel *k, void *scratch, size_t scratch_bytes,
                            const cv_tensor *w, const float *x, int64_t ldx, float *y, int64_t ldy, int32_t n);
 
+/* y[i] = x . w[i]^T with kernel k[i], for i < count (<= CV_MATMUL_MULTI_MAX), all w[i]
+ * of x's width: the matmuls that read one input (Q, K, V; gate, up) in one parallel
+ * region, so the threads meet once instead of once per weight, and each thread
+ * converts x once per activation format instead of once per weight. Every output is
+ * bit-identical to cv_matmul_run's. Decode batches (n <= 4) only; larger ones run the
+ * weights one after another. */
+void cv_matmul_run_multi(cv_threadpool *pool, int count, const cv_matmul_kernel *const *k, void *scratch,
+                         size_t scratch_bytes, const cv_tensor *const *w, const float *x, float *const *y,
+                         int32_t n);
+
 #endif

@@ -7,10 +7,11 @@ _Static_assert(sizeof(cv_op) == 10 * sizeof(int32_t) + 3 * sizeof(int64_t) + 8 *
                                    6 * sizeof(void *),
                "cv_op has no padding bytes");
 _Static_assert(sizeof(cv_op) % sizeof(uint64_t) == 0, "cv_op is a whole number of words");
-/* 8 entries for memory and weights, 15 compute ops, graph_begin/end. A new compute op
- * needs a kind, a d_ function and a cv_op_apply case here, or a deferring backend's
- * table would have a NULL in its place. */
-_Static_assert(sizeof(cv_backend_ops) == 25 * sizeof(void (*)(void)),
+/* 8 entries for memory and weights, 15 compute ops, the optional matmul_multi (left
+ * NULL here: cv_matmul_multi then issues matmuls, which are recorded), graph_begin/end.
+ * A new compute op needs a kind, a d_ function and a cv_op_apply case here, or a
+ * deferring backend's table would have a NULL in its place. */
+_Static_assert(sizeof(cv_backend_ops) == 26 * sizeof(void (*)(void)),
                "cv_backend_ops changed: if a compute op was added, op_tape.c must record it");
 
 /* Slots of the struct arguments: their ints from i[3], their pointers from p[4]. */

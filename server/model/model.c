@@ -1169,9 +1169,9 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
         if (L->wkv_a.data) {
             mla_attention(m, L, &kl, rows, n, &ap);
         } else {
-        op->matmul(be, &L->wq, m->xb, m->q, n);
-        op->matmul(be, &L->wk, m->xb, m->k, n);
-        op->matmul(be, &L->wv, m->xb, m->v, n);
+        const cv_tensor *qkv[] = {&L->wq, &L->wk, &L->wv};
+        float *const qkv_out[] = {m->q, m->k, m->v};
+        cv_matmul_multi(be, 3, qkv, m->xb, qkv_out, n);
         if (L->bq) {
             op->add_bias(be, m->q, L->bq, n, qd);
             op->add_bias(be, m->k, L->bk, n, kvd);
@@ -1201,8 +1201,9 @@ cv_status cv_model_forward(cv_model *m, cv_kv_cache *kv, const cv_batch *b, floa
             if ((s = moe_ffn(m, L, n, err))) return s;
             ffn_out = m->xm;
         } else {
-            op->matmul(be, &L->gate, m->xb, m->hb, n);
-            op->matmul(be, &L->up, m->xb, m->hb2, n);
+            const cv_tensor *gate_up[] = {&L->gate, &L->up};
+            float *const gate_up_out[] = {m->hb, m->hb2};
+            cv_matmul_multi(be, 2, gate_up, m->xb, gate_up_out, n);
             op->glu(be, m->glu, m->hb, m->hb2, m->hb, (int64_t)n * m->ffn_dim);
             op->matmul(be, &L->down, m->hb, m->xb, n);
         }

@@ -1,8 +1,8 @@
 /* Every candidate matmul path of the per-host dispatch (matmul_dispatch.h), in the
  * weight layout it reads (repack.h), against a scalar reference on fresh random data,
  * bit for bit: batch size and kernel choice must never change a token. Also the x16
- * layout's round trip, get_rows and weight_release on repacked weights, the cache file
- * and CORVID_MATMUL. The seed is printed; CORVID_TEST_SEED=N replays a run. */
+ * layout's round trip, get_rows and weight_release on repacked weights, matmul_multi
+ * against single matmuls, the cache file and CORVID_MATMUL. The seed is printed; CORVID_TEST_SEED=N replays a run. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -242,6 +242,70 @@ static void test_backend_repacked_weights(void **state) {
     cv_backend_destroy(rp);
 }
 
+/* matmul_multi: groups of weights read one input (one activation format: Q, K, V of one
+ * type; two types that share quant's Q8_K rows; three types with formats of their own;
+ * F16 and BF16; a group small enough to run on the caller), each output bit-identical
+ * to its own matmul, at every decode batch and at 5 (one weight at a time), on a
+ * repacking backend and a plain one. Outputs start as NaN: a row left unwritten shows. */
+static void test_matmul_multi_same_bits(void **state) {
+    (void)state;
+    static const struct {
+        int count, cols;
+        cv_type t[3];
+        int rows[3];
+    } groups[] = {
+        {3, 1024, {CV_TYPE_Q4_0, CV_TYPE_Q4_0, CV_TYPE_Q4_0}, {272, 48, 64}},
+        {2, 1024, {CV_TYPE_Q4_K, CV_TYPE_Q6_K}, {160, 48}},
+        {3, 512, {CV_TYPE_Q4_0, CV_TYPE_Q8_0, CV_TYPE_Q5_0}, {96, 32, 200}},
+        {2, 512, {CV_TYPE_F16, CV_TYPE_BF16}, {64, 144}},
+        {2, 256, {CV_TYPE_Q4_0, CV_TYPE_Q4_0}, {16, 32}},
+    };
+    for (int repack = 0; repack < 2; repack++) {
+        cv_backend *be = NULL;
+        cv_cpu_options o = {.n_threads = 2, .repack_weights = repack};
+        assert_int_equal(cv_cpu_backend_create(&o, &be, NULL), CV_OK);
+        for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++) {
+            const int count = groups[gi].count, cols = groups[gi].cols;
+            void *host[3];
+            cv_tensor w[3];
+            const cv_tensor *wp[3];
+            float *ya[3], *yb[3];
+            for (int i = 0; i < count; i++) {
+                cv_type t = groups[gi].t[i];
+                int rows = groups[gi].rows[i];
+                host[i] = make_weight(t, rows, cols);
+                cv_tensor h = {t, rows, cols, cv_type_row_bytes(t, cols), host[i], CV_DEVICE_CPU, 0};
+                assert_int_equal(be->ops->weight_load(be, &h, &w[i], NULL), CV_OK);
+                wp[i] = &w[i];
+                ya[i] = malloc(5 * (size_t)rows * sizeof(float));
+                yb[i] = malloc(5 * (size_t)rows * sizeof(float));
+                assert_true(ya[i] && yb[i]);
+            }
+            float *x = malloc(5 * (size_t)cols * sizeof *x);
+            assert_non_null(x);
+            for (int64_t i = 0; i < 5 * (int64_t)cols; i++) x[i] = frand(2.0f);
+            for (int32_t n = 1; n <= 5; n++) {
+                for (int i = 0; i < count; i++) {
+                    size_t bytes = (size_t)n * (size_t)groups[gi].rows[i] * sizeof(float);
+                    memset(yb[i], 0xFF, bytes); /* NaN */
+                    be->ops->matmul(be, &w[i], x, ya[i], n);
+                }
+                be->ops->matmul_multi(be, count, wp, x, yb, n);
+                for (int i = 0; i < count; i++)
+                    assert_memory_equal(ya[i], yb[i], (size_t)n * (size_t)groups[gi].rows[i] * sizeof(float));
+            }
+            for (int i = 0; i < count; i++) {
+                be->ops->weight_release(be, &w[i]);
+                free(host[i]);
+                free(ya[i]);
+                free(yb[i]);
+            }
+            free(x);
+        }
+        cv_backend_destroy(be);
+    }
+}
+
 /* The choice: every class's path is a candidate that reads the batch-1 path's layout;
  * the timing wrote the cache file, and a second process-wide call reads the same. */
 static void test_choice_is_consistent_and_cached(void **state) {
@@ -296,6 +360,7 @@ int main(void) {
         cmocka_unit_test(test_every_candidate_bit_identical_to_reference),
         cmocka_unit_test(test_x16_round_trip),
         cmocka_unit_test(test_backend_repacked_weights),
+        cmocka_unit_test(test_matmul_multi_same_bits),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[128];
