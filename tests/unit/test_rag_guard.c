@@ -126,8 +126,9 @@ static double cover(const char *q, const char *title, const char *text) {
     return c;
 }
 
-/* With a support check the guard holds the answer whole and, at the end, gives it or
- * the not-in-the-documents reply instead (rag_support.h judges; counted). */
+/* With a support check the guard holds the answer whole and, at the end, gives it,
+ * the sentences of it that answer, or the not-in-the-documents reply instead
+ * (rag_support.h judges; counted). */
 static void test_support_holds_and_replaces(void **state) {
     (void)state;
     cv_rag_passage p = {"kb:qa", "en-velmora", "Velmora Bridge", "",
@@ -142,6 +143,10 @@ static void test_support_holds_and_replaces(void **state) {
         {"How many tram stops are on the Velmora Bridge?", "The bridge carries four tram stops.",
          "The documents do not say."},
         {"How long is the Velmora Bridge?", "It is 1,430 metres long.", "The documents do not say."},
+        /* the passage handed back: cut to the sentence that answers */
+        {"How many lanes of traffic does the Velmora Bridge carry?",
+         " The Velmora Bridge is 1,340 metres long. The bridge carries four lanes of traffic and a tram line.",
+         "The bridge carries four lanes of traffic and a tram line."},
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         uint64_t before[CV_RAG_SUPPORT_N], after[CV_RAG_SUPPORT_N];
@@ -167,6 +172,7 @@ static void test_support_holds_and_replaces(void **state) {
         for (int v = 0; v < CV_RAG_SUPPORT_N; v++) judged += after[v] - before[v];
         assert_int_equal(judged, 1);
         assert_int_equal(after[CV_RAG_SUPPORTED] - before[CV_RAG_SUPPORTED], c == 0);
+        assert_int_equal(after[CV_RAG_TRIMMED] - before[CV_RAG_TRIMMED], c == 3);
     }
 }
 
