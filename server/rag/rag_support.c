@@ -639,6 +639,7 @@ static size_t copied(const cv_rag_support *s, const span *sp, size_t n) {
  * characters ("澜江" to "青澜大桥横跨哪条江？"), new although each character is not. */
 static int passage_pair(const cv_rag_support *s, const char *a, size_t len) {
     size_t prev = SIZE_MAX; /* start of the previous character when it is CJK */
+    size_t ql = strlen(s->q), tl = strlen(s->text);
     for (size_t i = 0; i < len;) {
         uint32_t c;
         int k = decode(a, len, i, &c);
@@ -647,7 +648,7 @@ static int passage_pair(const cv_rag_support *s, const char *a, size_t len) {
         } else {
             if (prev != SIZE_MAX) {
                 size_t n = i + (size_t)k - prev;
-                if (!memmem(s->q, strlen(s->q), a + prev, n) && memmem(s->text, strlen(s->text), a + prev, n))
+                if (!memmem(s->q, ql, a + prev, n) && memmem(s->text, tl, a + prev, n))
                     return 1;
             }
             prev = i;
