@@ -9,10 +9,7 @@
  *  - cv_threadpool_run(pool, fn, ctx): fn(ctx, i, n) once on each of the n threads,
  *    for work split by (i, n); tasks may call cv_threadpool_barrier between phases.
  * Workers spin for a short while after a task, so the next op of a decode step starts
- * at once, then sleep on a condition variable. A thread waiting inside a task (the
- * caller for the others' last items, a barrier) spins briefly, then sleeps on a futex
- * until the wait ends; none ever yields its core (on a shared machine a yield would
- * cost a scheduler tick per wait). Linux only. Nothing is allocated after create. One
+ * at once, then sleep on a condition variable. Nothing is allocated after create. One
  * caller at a time: a pool is driven by one thread (its backend's).
  */
 #ifndef CV_THREADPOOL_H

@@ -1,12 +1,10 @@
 #include "threadpool.h"
 
-#include <limits.h>
-#include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -20,9 +18,6 @@
 /* A few hundred microseconds of pause instructions: longer than the gap between two
  * ops of a decode step, short enough not to burn a shared core when the engine idles. */
 #define SPIN_LIMIT 8192
-/* A thread waiting for the others inside a task spins this long before it sleeps: about
- * the imbalance of one decode matmul's last items. */
-#define WAIT_SPINS 4096
 
 enum { MODE_RUN, MODE_FOR };
 
@@ -51,16 +46,14 @@ struct cv_threadpool {
     _Atomic int mode;
     _Atomic(void *) fn;   /* cv_task_fn or cv_item_fn, by mode */
     _Atomic(void *) ctx;
-    _Atomic uint32_t pending; /* MODE_RUN: workers still inside the task */
+    _Atomic int pending;  /* MODE_RUN: workers still inside the task */
     _Atomic uint64_t ticket;
-    _Atomic uint32_t done;    /* MODE_FOR: items finished */
+    _Atomic int64_t done; /* MODE_FOR: items finished */
     _Atomic int sleepers;
     _Atomic int stop;
-    _Atomic int caller_parked; /* the caller sleeps on done or pending */
 
-    _Atomic uint32_t bar_count;
-    _Atomic uint32_t bar_gen;
-    _Atomic int bar_parked;    /* threads asleep on bar_gen */
+    _Atomic int bar_count;
+    _Atomic unsigned bar_gen;
 
     int profile;          /* measure the caller's waits (cv_threadpool_profile) */
     double wait_s;
@@ -69,68 +62,27 @@ struct cv_threadpool {
     pthread_cond_t cv;
 };
 
-/* Waiting inside a task (the caller for the last items, a barrier for the last thread):
- * spin a little, then sleep on a futex until whoever completes the wait wakes us.
- * Never sched_yield(): on a shared machine a yield hands the core to any runnable task
- * (even a SCHED_IDLE one), which then keeps it until the next scheduler tick, for every
- * barrier of a decode step; a sleeper is woken (and preempts such a task) the moment
- * the wait ends, and the core it leaves idle can pull over a thread of ours that was
- * preempted elsewhere.
- *
- * Handshake (all seq_cst): the waiter counts itself in *parked, re-reads the word, and
- * sleeps only while it still holds the value it read; the completer changes the word,
- * then reads *parked and wakes. Either the waiter sees the new value, or the completer
- * sees the waiter counted (and FUTEX_WAIT returns at once if the word already moved). */
-static void futex_wait(_Atomic uint32_t *word, uint32_t val) {
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, val, NULL, NULL, 0);
+/* Spins, then yields: the machine may have fewer free cores than the pool has threads. */
+static void wait_relax(unsigned *spins) {
+    if (++*spins < SPIN_LIMIT) cpu_relax();
+    else sched_yield();
 }
 
-static void futex_wake_all(_Atomic uint32_t *word) {
-    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
-}
-
-/* Returns once *word != val. */
-static void await_change(_Atomic uint32_t *word, uint32_t val, _Atomic int *parked) {
-    for (int spins = 0; spins < WAIT_SPINS; spins++) {
-        if (atomic_load(word) != val) return;
-        cpu_relax();
-    }
-    atomic_fetch_add(parked, 1);
-    while (atomic_load(word) == val) futex_wait(word, val);
-    atomic_fetch_sub(parked, 1);
-}
-
-/* Returns once *word == target (the word only moves towards it). */
-static void await_value(_Atomic uint32_t *word, uint32_t target, _Atomic int *parked) {
-    uint32_t v;
-    while ((v = atomic_load(word)) != target) await_change(word, v, parked);
-}
-
-static void wake_parked(_Atomic uint32_t *word, _Atomic int *parked) {
-    if (atomic_load(parked) > 0) futex_wake_all(word);
-}
-
-/* Claims the next item of the current MODE_FOR task, and its item count into *n; -1
- * when there is none. */
-static int64_t claim(cv_threadpool *pool, uint32_t *n) {
+/* Claims the next item of the current MODE_FOR task; -1 when there is none. */
+static int64_t claim(cv_threadpool *pool) {
     uint64_t t = atomic_load(&pool->ticket);
     while ((t & 0xFFFFFFFFu) < (t >> 32)) {
-        if (atomic_compare_exchange_weak(&pool->ticket, &t, t + 1)) {
-            *n = (uint32_t)(t >> 32);
-            return (int64_t)(t & 0xFFFFFFFFu);
-        }
+        if (atomic_compare_exchange_weak(&pool->ticket, &t, t + 1)) return (int64_t)(t & 0xFFFFFFFFu);
     }
     return -1;
 }
 
 static void do_items(cv_threadpool *pool, int ith) {
     int64_t item;
-    uint32_t n;
-    while ((item = claim(pool, &n)) >= 0) {
+    while ((item = claim(pool)) >= 0) {
         cv_item_fn fn = (cv_item_fn)atomic_load(&pool->fn);
         fn(atomic_load(&pool->ctx), item, ith);
-        /* The last item's finisher wakes a caller asleep in cv_threadpool_for. */
-        if (atomic_fetch_add(&pool->done, 1) + 1 == n) wake_parked(&pool->done, &pool->caller_parked);
+        atomic_fetch_add(&pool->done, 1);
     }
 }
 
@@ -163,7 +115,7 @@ static void *worker_main(void *arg) {
             do_items(pool, w->ith);
         } else {
             ((cv_task_fn)fn)(ctx, w->ith, pool->n);
-            if (atomic_fetch_sub(&pool->pending, 1) == 1) wake_parked(&pool->pending, &pool->caller_parked);
+            atomic_fetch_sub(&pool->pending, 1);
         }
     }
     return NULL;
@@ -247,9 +199,10 @@ void cv_threadpool_for(cv_threadpool *pool, cv_item_fn fn, void *ctx, int64_t n_
     atomic_store(&pool->ticket, (uint64_t)n_items << 32);
     publish(pool, MODE_FOR, (void *)fn, ctx);
     do_items(pool, 0);
+    unsigned spins = 0;
     struct timespec t0, t1;
     if (pool->profile) clock_gettime(CLOCK_MONOTONIC, &t0);
-    await_value(&pool->done, (uint32_t)n_items, &pool->caller_parked);
+    while (atomic_load(&pool->done) < n_items) wait_relax(&spins);
     if (pool->profile) {
         clock_gettime(CLOCK_MONOTONIC, &t1);
         pool->wait_s += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
@@ -265,22 +218,23 @@ void cv_threadpool_run(cv_threadpool *pool, cv_task_fn fn, void *ctx) {
         fn(ctx, 0, 1);
         return;
     }
-    atomic_store(&pool->pending, (uint32_t)pool->n - 1);
+    atomic_store(&pool->pending, pool->n - 1);
     publish(pool, MODE_RUN, (void *)fn, ctx);
     fn(ctx, 0, pool->n);
-    await_value(&pool->pending, 0, &pool->caller_parked);
+    unsigned spins = 0;
+    while (atomic_load(&pool->pending) > 0) wait_relax(&spins);
 }
 
 void cv_threadpool_barrier(cv_threadpool *pool) {
     if (pool->n == 1) return;
-    uint32_t g = atomic_load(&pool->bar_gen);
-    if (atomic_fetch_add(&pool->bar_count, 1) == (uint32_t)pool->n - 1) {
+    unsigned g = atomic_load(&pool->bar_gen);
+    if (atomic_fetch_add(&pool->bar_count, 1) == pool->n - 1) {
         atomic_store(&pool->bar_count, 0);
         atomic_fetch_add(&pool->bar_gen, 1);
-        wake_parked(&pool->bar_gen, &pool->bar_parked);
         return;
     }
-    await_change(&pool->bar_gen, g, &pool->bar_parked);
+    unsigned spins = 0;
+    while (atomic_load(&pool->bar_gen) == g) wait_relax(&spins);
 }
 
 void cv_split_range(int64_t n, int64_t align, int ith, int nth, int64_t *lo, int64_t *hi) {

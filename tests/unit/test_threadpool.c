@@ -4,11 +4,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "threadpool.h"
 
@@ -116,47 +113,6 @@ static void test_for_claims_every_item_once(void **state) {
     }
 }
 
-/* A thread that waits inside a task for a slow one (the caller of run() for a worker,
- * a barrier for the last thread) sleeps instead of spinning or yielding: over a 60 ms
- * wait it uses a few ms of CPU at most (a sched_yield loop would use the whole wait). */
-typedef struct slow_ctx {
-    cv_threadpool *pool;
-    int barrier;
-    double cpu_s; /* thread 0's CPU time across its wait at the barrier */
-} slow_ctx;
-
-static double thread_cpu_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void slow_task(void *c, int ith, int nth) {
-    (void)nth;
-    slow_ctx *s = c;
-    if (ith == 1) usleep(60000);
-    if (!s->barrier) return;
-    double t0 = thread_cpu_s();
-    cv_threadpool_barrier(s->pool);
-    if (ith == 0) s->cpu_s = thread_cpu_s() - t0;
-}
-
-static void test_waits_sleep(void **state) {
-    (void)state;
-    cv_threadpool *pool;
-    assert_int_equal(cv_threadpool_create(2, &pool, NULL), CV_OK);
-    slow_ctx s = {pool, 0, 0};
-    double t0 = thread_cpu_s();
-    cv_threadpool_run(pool, slow_task, &s);
-    double caller = thread_cpu_s() - t0;
-    s.barrier = 1;
-    cv_threadpool_run(pool, slow_task, &s);
-    printf("caller's CPU over a 60 ms wait: run %.2f ms, barrier %.2f ms\n", caller * 1e3, s.cpu_s * 1e3);
-    assert_true(caller < 0.02);
-    assert_true(s.cpu_s < 0.02);
-    cv_threadpool_destroy(pool);
-}
-
 static void test_split_range_covers_once(void **state) {
     (void)state;
     int64_t ns[] = {0, 1, 7, 16, 17, 100, 1023};
@@ -193,7 +149,6 @@ int main(void) {
         cmocka_unit_test(test_each_thread_runs_once_per_task),
         cmocka_unit_test(test_barrier_separates_phases),
         cmocka_unit_test(test_for_claims_every_item_once),
-        cmocka_unit_test(test_waits_sleep),
         cmocka_unit_test(test_split_range_covers_once),
         cmocka_unit_test(test_rejects_absurd_thread_count),
     };
