@@ -120,19 +120,22 @@ INLINE void block16(const int kind, const int packed, const uint8_t *w, size_t w
                                 _mm512_set1_epi8((char)0x80));
 }
 
-INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t *w, size_t ws, const uint8_t *act,
+INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t *w, size_t ws, const uint8_t *end,
+                   const uint8_t *act,
                    size_t astride, int64_t nb, float *y, int64_t ldy) {
     const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : kind == W_Q5_0 ? sizeof(cv_block_q5_0)
                                                                                : sizeof(cv_block_q8_0);
     const size_t qpart = q8_part(nb);
-    /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
-     * this tile reads its own. */
+    /* File rows: the next tile's 16 rows are one contiguous stretch: stream it in at
+     * the pace this tile reads its own. x16: the stream ahead (matmul_x86.h). */
     const uint8_t *pf = w + 16 * ws;
     __m512 acc[RN_MAX];
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        if (packed) x16_prefetch(w + (b * 16 * blk) + X16_AHEAD, 16 * blk, end);
+        else
+            for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
         __m512i v[8];
         __m512 dw;
         if (packed) {
@@ -174,14 +177,15 @@ INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t
     for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);
 }
 
-INLINE void tile16_any(const int kind, const int packed, int rn, const uint8_t *w, size_t ws, const uint8_t *act,
+INLINE void tile16_any(const int kind, const int packed, int rn, const uint8_t *w, size_t ws, const uint8_t *end,
+                       const uint8_t *act,
                        size_t as, int64_t nb, float *y, int64_t ldy) {
     switch (rn) {
-#define CASE(N) case N: tile16(kind, packed, N, w, ws, act, as, nb, y, ldy); break;
+#define CASE(N) case N: tile16(kind, packed, N, w, ws, end, act, as, nb, y, ldy); break;
     CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
     CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
 #undef CASE
-    default: tile16(kind, packed, 1, w, ws, act, as, nb, y, ldy); break;
+    default: tile16(kind, packed, 1, w, ws, end, act, as, nb, y, ldy); break;
     }
 }
 
@@ -196,11 +200,13 @@ INLINE void rows_kind(const int kind, const int packed, const cv_tensor *w, int6
     const size_t ws = w->row_stride;
     const uint8_t *A = act, *W = w->data;
     int64_t r = r0;
+    const uint8_t *end = W + r1 * ws;
+    if (packed) x16_prefetch(W + r0 * ws, X16_AHEAD, end);
     /* 16 rows (18..34 bytes x cols / 32 each) stay in L1 while every token passes. */
     for (; (kind != W_Q5_0 || packed) && r + 16 <= r1; r += 16)
         for (int32_t t = 0; t < n; t += RN_MAX)
-            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, ws, A + (size_t)t * act_stride, act_stride,
-                       nb, y + (int64_t)t * ldy + r, ldy);
+            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, W + r * ws, ws, end, A + (size_t)t * act_stride,
+                       act_stride, nb, y + (int64_t)t * ldy + r, ldy);
     if (r < r1) {
         base->rows(w, r, r1, act, act_stride, n, y, ldy);
     }
@@ -228,7 +234,7 @@ static const cv_matmul_kernel k_vnni = {cv_matmul_x86_act_bytes, cv_matmul_x86_a
 const cv_matmul_kernel *cv_matmul_avx512_for(cv_type wtype) {
     switch (wtype) {
     case CV_TYPE_Q4_0: case CV_TYPE_Q5_0: case CV_TYPE_Q8_0: return &k_vnni;
-    case CV_TYPE_Q4_K: case CV_TYPE_Q6_K: return &cv_matmul_avx512_k;
+    case CV_TYPE_Q4_K: case CV_TYPE_Q5_K: case CV_TYPE_Q6_K: return &cv_matmul_avx512_k; /* Q5_K: x16 only */
     case CV_TYPE_F16: case CV_TYPE_BF16: return &cv_matmul_avx512_f16; /* matmul_f16_avx512.c */
     default: return NULL;
     }

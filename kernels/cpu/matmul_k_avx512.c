@@ -1,6 +1,7 @@
 /* AVX-512 VNNI matmul tiles for the K-quants of Q4_K_M files: Q4_K and Q6_K weights,
- * for any number of tokens (batch-1 decode too: it is compute-bound on one core);
- * row tails go to the AVX2 tiles (matmul_k_avx2.c).
+ * in the file's rows or in the x16 layout (repack.h), and Q5_K weights in the x16
+ * layout only, for any number of tokens (batch-1 decode too); row tails go to the AVX2
+ * tiles (matmul_k_avx2.c), Q5_K's to quant's row dot.
  *
  * A tile is 16 weight rows x up to 16 tokens over quant's Q8_K activation rows.
  * Each 32-byte stretch of the 16 rows' quants is transposed in registers (rows i and
@@ -8,7 +9,7 @@
  * that lane j belongs to row j: one vpdpbusd per 4 elements with the token's
  * activation bytes broadcast adds row j's 4 products into lane j, and a sub-block's
  * sum is multiplied by the rows' scales with one vpmulld. Levels are unsigned (Q4_K
- * 0..15, Q6_K 0..63); the mins (Q4_K) and the -32 (Q6_K) come off through the
+ * 0..15, Q5_K 0..31: Q4_K's nibble and a fifth bit from qh, Q6_K 0..63); the mins (Q4_K) and the -32 (Q6_K) come off through the
  * activations' bsums with vpdpwssd. Unpacking a super-block is paid once for RN tokens.
  *
  * The integer sums per super-block are the reference dot's, and the float steps per
@@ -26,7 +27,10 @@
  * 5-15% faster than 8 at 16 tokens and in prefill). */
 #define RN_MAX 16
 
-enum { W_Q4_K, W_Q6_K };
+enum { W_Q4_K, W_Q5_K, W_Q6_K };
+
+/* Q5_K's fifth bit of sub-block j (bit j of each qh byte) as 16 in every byte. */
+#define K5_HIGH(qh, j) (((j) < 4 ? (qh) << (4 - (j)) : (qh) >> ((j) - 4)) & 0x1010101010101010LL)
 
 #define A_QS offsetof(cv_block_q8_K, qs)
 #define A_BSUMS offsetof(cv_block_q8_K, bsums)
@@ -91,14 +95,19 @@ INLINE void head16(const uint8_t *const rp[16], size_t off, __m512i h[4]) {
 
 /* Super-block b (weights at rp[j] + wo, activations at ab + t * astride) of the 16 rows
  * for RN tokens: sumi[t] = sum_j sc_j x (quants . activations) and summ[t] =
- * sum_j m_j x (sub-block sum of the activations), per row; dw, dmw: d and dmin. */
-INLINE void sums_q4_K(const int RN, const int packed, const uint8_t *const rp[16], size_t wo, const uint8_t *ab,
-                      size_t astride, __m512i sumi[], __m512i summ[], __m512 *dw, __m512 *dmw) {
-    __m512i h[4], s03, s47, m03, m47;
-    /* x16: d and dmin (32 bytes each), then the words of scales (3) and qs (32). */
+ * sum_j m_j x (sub-block sum of the activations), per row; dw, dmw: d and dmin.
+ * q5: Q5_K (x16 only), whose level of sub-block j adds bit j of the element's qh byte
+ * as 16. */
+INLINE void sums_q4_K(const int RN, const int packed, const int q5, const uint8_t *const rp[16], size_t wo,
+                      const uint8_t *ab, size_t astride, __m512i sumi[], __m512i summ[], __m512 *dw, __m512 *dmw) {
+    __m512i h[4], s03, s47, m03, m47, qh[8];
+    /* x16: d and dmin (32 bytes each), then the words of scales (3), Q5_K's qh (8)
+     * and qs (32). */
     const uint8_t *g = rp[0] + 16 * wo, *body = g + 64;
+    const int qs_at = q5 ? 11 : 3;
     if (packed) {
         words16(body, 0, 3, h + 1);
+        if (q5) words16(body, 3, 8, qh);
         *dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
         *dmw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(g + 32)));
     } else {
@@ -110,7 +119,7 @@ INLINE void sums_q4_K(const int RN, const int packed, const uint8_t *const rp[16
     _Pragma("GCC unroll 4")
     for (int c = 0; c < 4; c++) {
         __m512i p[8];
-        if (packed) words16(body, 3 + 8 * c, 8, p);
+        if (packed) words16(body, qs_at + 8 * c, 8, p);
         else rows16_dwords(rp, wo + offsetof(cv_block_q4_K, qs) + 32 * (size_t)c, p);
         _Pragma("GCC unroll 2")
         for (int half = 0; half < 2; half++) {
@@ -118,7 +127,10 @@ INLINE void sums_q4_K(const int RN, const int packed, const uint8_t *const rp[16
             const __m512i sc = pick16(j < 4 ? s03 : s47, K_PICK(j % 4, -1, -1, -1));
             __m512i v[8];
             _Pragma("GCC unroll 8")
-            for (int k = 0; k < 8; k++) v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
+            for (int k = 0; k < 8; k++) {
+                v[k] = half ? K_HI4(p[k]) : K_LO4(p[k]);
+                if (q5) v[k] |= K5_HIGH(qh[k], j);
+            }
             _Pragma("GCC unroll 16")
             for (int t = 0; t < RN; t++) {
                 const uint8_t *aq = ab + t * astride + A_QS + 32 * j;
@@ -213,21 +225,25 @@ INLINE void sums_q6_K(const int RN, const int packed, const uint8_t *const rp[16
 
 /* 16 rows x RN tokens, super-blocks in order with the AVX2 tiles' float steps. */
 INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t *const rp[16], const uint8_t *pf,
-                   const uint8_t *act, size_t astride, int64_t nb, float *y, int64_t ldy) {
-    const size_t blk = kind == W_Q4_K ? sizeof(cv_block_q4_K) : sizeof(cv_block_q6_K);
+                   const uint8_t *end, const uint8_t *act, size_t astride, int64_t nb, float *y, int64_t ldy) {
+    const size_t blk = kind == W_Q4_K ? sizeof(cv_block_q4_K) : kind == W_Q5_K ? sizeof(cv_block_q5_K)
+                                                                               : sizeof(cv_block_q6_K);
     __m512 acc[RN_MAX];
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
     for (int64_t b = 0; b < nb; b++) {
-        /* The next tile's 16 rows are one contiguous stretch: stream it in at the pace
-         * this tile reads its own. */
-        for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
+        /* File rows: the next tile's 16 rows are one contiguous stretch: stream it in
+         * at the pace this tile reads its own. x16: the stream ahead (matmul_x86.h). */
+        if (packed) x16_prefetch(rp[0] + (b * 16 * blk) + X16_AHEAD, 16 * blk, end);
+        else
+            for (size_t o = 0; o < 16 * blk; o += 64) _mm_prefetch((const char *)pf + b * 16 * blk + o, _MM_HINT_T0);
         const uint8_t *ab = act + (size_t)b * sizeof(cv_block_q8_K);
         __m512i sumi[RN_MAX], summ[RN_MAX];
         _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) sumi[t] = summ[t] = _mm512_setzero_si512();
         __m512 dw, dmw = _mm512_setzero_ps();
-        if (kind == W_Q4_K) sums_q4_K(RN, packed, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
+        if (kind != W_Q6_K)
+            sums_q4_K(RN, packed, kind == W_Q5_K, rp, (size_t)b * blk, ab, astride, sumi, summ, &dw, &dmw);
         else sums_q6_K(RN, packed, rp, (size_t)b * blk, ab, astride, sumi, &dw);
         _Pragma("GCC unroll 16")
         for (int t = 0; t < RN; t++) {
@@ -235,7 +251,7 @@ INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t
             memcpy(&da, ab + t * astride, sizeof da);
             const __m512 d16 = _mm512_set1_ps(da);
             __m512 r = _mm512_mul_ps(_mm512_mul_ps(d16, dw), _mm512_cvtepi32_ps(sumi[t]));
-            if (kind == W_Q4_K) r = _mm512_sub_ps(r, _mm512_mul_ps(_mm512_mul_ps(d16, dmw), _mm512_cvtepi32_ps(summ[t])));
+            if (kind != W_Q6_K) r = _mm512_sub_ps(r, _mm512_mul_ps(_mm512_mul_ps(d16, dmw), _mm512_cvtepi32_ps(summ[t])));
             acc[t] = _mm512_add_ps(acc[t], r);
         }
     }
@@ -244,13 +260,13 @@ INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t
 }
 
 INLINE void tile16_any(const int kind, const int packed, int rn, const uint8_t *const rp[16], const uint8_t *pf,
-                       const uint8_t *act, size_t as, int64_t nb, float *y, int64_t ldy) {
+                       const uint8_t *end, const uint8_t *act, size_t as, int64_t nb, float *y, int64_t ldy) {
     switch (rn) {
-#define CASE(N) case N: tile16(kind, packed, N, rp, pf, act, as, nb, y, ldy); break;
+#define CASE(N) case N: tile16(kind, packed, N, rp, pf, end, act, as, nb, y, ldy); break;
     CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9)
     CASE(8) CASE(7) CASE(6) CASE(5) CASE(4) CASE(3) CASE(2)
 #undef CASE
-    default: tile16(kind, packed, 1, rp, pf, act, as, nb, y, ldy); break;
+    default: tile16(kind, packed, 1, rp, pf, end, act, as, nb, y, ldy); break;
     }
 }
 
@@ -262,22 +278,28 @@ INLINE void rows_kind(const int kind, const int packed, const cv_tensor *w, int6
     const size_t ws = w->row_stride;
     const uint8_t *A = act, *W = w->data;
     int64_t r = r0;
+    const uint8_t *end = W + r1 * ws;
+    if (packed) x16_prefetch(W + r0 * ws, X16_AHEAD, end);
     /* 16 rows stay in L1/L2 while every token passes over them. */
     for (; r + 16 <= r1; r += 16) {
         const uint8_t *rp[16];
         for (int i = 0; i < 16; i++) rp[i] = W + (r + i) * ws;
         for (int32_t t = 0; t < n; t += RN_MAX)
-            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, A + (size_t)t * act_stride,
+            tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, end, A + (size_t)t * act_stride,
                        act_stride, nb, y + (int64_t)t * ldy + r, ldy);
     }
-    if (r < r1) cv_matmul_avx2_k.rows(w, r, r1, act, act_stride, n, y, ldy);
+    if (r < r1) (kind == W_Q5_K ? &cv_matmul_ref : &cv_matmul_avx2_k)->rows(w, r, r1, act, act_stride, n, y, ldy);
 }
 
-/* One entry for both formats: the tensor says which tile to instantiate. */
+/* One entry for the formats: the tensor says which tile to instantiate. Q5_K has a
+ * tile for the x16 layout only (file rows: quant's row dot). */
 static void rows_k(const cv_tensor *w, int64_t r0, int64_t r1, const void *act, size_t act_stride, int32_t n,
                    float *y, int64_t ldy) {
     const int x16 = w->layout == CV_CPU_LAYOUT_X16;
-    if (w->type == CV_TYPE_Q4_K) {
+    if (w->type == CV_TYPE_Q5_K) {
+        if (x16) rows_kind(W_Q5_K, 1, w, r0, r1, act, act_stride, n, y, ldy);
+        else cv_matmul_ref.rows(w, r0, r1, act, act_stride, n, y, ldy);
+    } else if (w->type == CV_TYPE_Q4_K) {
         if (x16) rows_kind(W_Q4_K, 1, w, r0, r1, act, act_stride, n, y, ldy);
         else rows_kind(W_Q4_K, 0, w, r0, r1, act, act_stride, n, y, ldy);
     } else {
