@@ -15,7 +15,9 @@
 # Usage: bench/compare-http.sh MODEL [MAX_TOKENS] [REQUESTS_PER_STREAM]
 # Env: THREADS (both servers' threads; default each one's own), RUNS (default 3, medians),
 #      HTTP_CONC (default "1 64"), PEER_CONC (default "1 4 16 32"),
-#      LLAMA_SERVER=/path/to/llama-server (the peer, built outside the repository).
+#      LLAMA_SERVER=/path/to/llama-server (the peer, built outside the repository),
+#      CORVID_FLAGS (more corvid-server flags, e.g. "--speculative 0": speculative decoding
+#      is on by default and speeds up one stream wherever the output repeats the prompt).
 # Runs of the two sides alternate, so the machine's noise falls on both. Prints one JSON object.
 set -eu
 model=${1:?usage: compare-http.sh MODEL [MAX_TOKENS] [REQUESTS_PER_STREAM]}
@@ -33,7 +35,7 @@ maxc=64
 for c in ${HTTP_CONC:-1 64} ${PEER_CONC:-1 4 16 32}; do [ "$c" -gt "$maxc" ] && maxc=$c; done
 
 gport=$(free_port) hport=$(free_port)
-"$bin/corvid-server" ${THREADS:+--threads $THREADS} --listen "127.0.0.1:$gport" --http-listen "127.0.0.1:$hport" \
+"$bin/corvid-server" ${THREADS:+--threads $THREADS} ${CORVID_FLAGS:-} --listen "127.0.0.1:$gport" --http-listen "127.0.0.1:$hport" \
     --model "$model" --max-running "$maxc" --max-batch-tokens $((maxc > 256 ? maxc : 256)) --max-waiting 4096 \
     2>"$tmp/corvid.log" &
 pids+=($!)
