@@ -70,6 +70,10 @@ void cv_quantize_row_act(cv_type vec_dot_type, const float *src, void *dst, int6
  * types. */
 float cv_vec_dot(cv_type t, int64_t n, const void *w_row, const void *act);
 
+/* cv_vec_dot by the scalar reference whatever the CPU: for the tails of kernels that
+ * keep the reference's float steps (slow; a few rows at most). */
+float cv_vec_dot_scalar(cv_type t, int64_t n, const void *w_row, const void *act);
+
 /* One weight row against n_act activation rows (act_stride bytes apart, each in the
  * vec_dot type): out[r] = dot(w_row, act + r * act_stride). The weight row is read
  * once per CV_VEC_DOT_ROWS activation rows, which is what batched decode needs (each

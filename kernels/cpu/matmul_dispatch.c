@@ -33,10 +33,9 @@ static const cv_matmul_path k_paths[] = {
     {"avx2", CV_TYPE_Q4_K, CV_CPU_LAYOUT_ROWS, CV_MM_ISA_AVX2, avx2_for},
     {"avx512", CV_TYPE_Q4_K, CV_CPU_LAYOUT_ROWS, CV_MM_ISA_AVX512VNNI, avx512_for},
     {"x16", CV_TYPE_Q4_K, CV_CPU_LAYOUT_X16, CV_MM_ISA_AVX512VNNI, avx512_for},
-    /* Not yet Q5_K's x16 tile (matmul_k_avx512.c): it matches the scalar reference
-     * on whole groups of 16 rows, but sends the tail rows (rows % 16) to quant's AVX2
-     * row dot (cv_matmul_ref), which sums in another order (1 ulp off). The fix:
-     * run the tail through the tile as a zero-padded group. */
+    /* Q5_K's one tile reads x16 and keeps the scalar reference's float steps (file
+     * rows: cv_matmul_ref, quant's row dots, where the tile cannot run) */
+    {"x16", CV_TYPE_Q5_K, CV_CPU_LAYOUT_X16, CV_MM_ISA_AVX512VNNI, avx512_for},
     {"avx2", CV_TYPE_Q6_K, CV_CPU_LAYOUT_ROWS, CV_MM_ISA_AVX2, avx2_for},
     {"avx512", CV_TYPE_Q6_K, CV_CPU_LAYOUT_ROWS, CV_MM_ISA_AVX512VNNI, avx512_for},
     {"x16", CV_TYPE_Q6_K, CV_CPU_LAYOUT_X16, CV_MM_ISA_AVX512VNNI, avx512_for},

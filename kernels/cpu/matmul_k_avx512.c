@@ -1,7 +1,8 @@
 /* AVX-512 VNNI matmul tiles for the K-quants of Q4_K_M files: Q4_K and Q6_K weights,
  * in the file's rows or in the x16 layout (repack.h), and Q5_K weights in the x16
  * layout only, for any number of tokens (batch-1 decode too); row tails go to the AVX2
- * tiles (matmul_k_avx2.c), Q5_K's to quant's row dot.
+ * tiles (matmul_k_avx2.c), Q5_K's to quant's scalar reference dot (the AVX2 row dot
+ * sums in another order).
  *
  * A tile is 16 weight rows x up to 16 tokens over quant's Q8_K activation rows.
  * Each 32-byte stretch of the 16 rows' quants is transposed in registers (rows i and
@@ -288,7 +289,11 @@ INLINE void rows_kind(const int kind, const int packed, const cv_tensor *w, int6
             tile16_any(kind, packed, n - t < RN_MAX ? n - t : RN_MAX, rp, W + (r + 16) * ws, end, A + (size_t)t * act_stride,
                        act_stride, nb, y + (int64_t)t * ldy + r, ldy);
     }
-    if (r < r1) (kind == W_Q5_K ? &cv_matmul_ref : &cv_matmul_avx2_k)->rows(w, r, r1, act, act_stride, n, y, ldy);
+    if (r < r1 && kind == W_Q5_K)
+        for (int32_t t = 0; t < n; t++)
+            for (int64_t i = r; i < r1; i++)
+                y[(int64_t)t * ldy + i] = cv_vec_dot_scalar(w->type, w->cols, W + i * ws, A + (size_t)t * act_stride);
+    else if (r < r1) cv_matmul_avx2_k.rows(w, r, r1, act, act_stride, n, y, ldy);
 }
 
 /* One entry for the formats: the tensor says which tile to instantiate. Q5_K has a

@@ -724,6 +724,10 @@ void cv_vec_dot_rows(cv_type t, int64_t n, const void *w_row, const void *act,
         out[r] = k_kernels[t].dot(n, w_row, (const uint8_t *)act + (size_t)r * act_stride);
 }
 
+float cv_vec_dot_scalar(cv_type t, int64_t n, const void *w_row, const void *act) {
+    return (unsigned)t < CV_TYPE_COUNT && k_kernels[t].dot ? k_kernels[t].dot(n, w_row, act) : 0;
+}
+
 float cv_vec_dot(cv_type t, int64_t n, const void *w_row, const void *act) {
     float out;
     cv_vec_dot_rows(t, n, w_row, act, 0, 1, &out);

@@ -31,7 +31,7 @@ static uint64_t rnd(void) { return cv_test_rng_next(&g_rng); }
 static float frand(float a) { return (float)((double)(rnd() >> 11) / 9007199254740992.0 * 2 - 1) * a; }
 
 static const cv_type k_types[] = {CV_TYPE_Q4_0, CV_TYPE_Q5_0, CV_TYPE_Q8_0, CV_TYPE_Q4_K,
-                                  CV_TYPE_Q6_K, CV_TYPE_F16,  CV_TYPE_BF16};
+                                  CV_TYPE_Q5_K, CV_TYPE_Q6_K, CV_TYPE_F16,  CV_TYPE_BF16};
 
 /* Weights quantized from random values, every 7th row from values 100x larger and the
  * 5th from a row with one spike; K-quant rows every 3rd of random bytes with extreme
@@ -42,7 +42,7 @@ static void *make_weight(cv_type t, int64_t rows, int64_t cols) {
     float *x = malloc((size_t)cols * sizeof *x);
     assert_true(w && x);
     static const uint16_t halves[] = {0x7BFF, 0x0001, 0x0000, 0x8400, 0x3C00, 0x1A3F};
-    int k = t == CV_TYPE_Q4_K || t == CV_TYPE_Q6_K;
+    int k = t == CV_TYPE_Q4_K || t == CV_TYPE_Q5_K || t == CV_TYPE_Q6_K;
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *row = w + (size_t)r * rb;
         for (int64_t c = 0; c < cols; c++) x[c] = frand(r % 7 == 3 ? 100.0f : 1.0f);
