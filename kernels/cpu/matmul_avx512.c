@@ -125,7 +125,6 @@ INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t
                    size_t astride, int64_t nb, float *y, int64_t ldy) {
     const size_t blk = kind == W_Q4_0 ? sizeof(cv_block_q4_0) : kind == W_Q5_0 ? sizeof(cv_block_q5_0)
                                                                                : sizeof(cv_block_q8_0);
-    const size_t qpart = q8_part(nb);
     /* File rows: the next tile's 16 rows are one contiguous stretch: stream it in at
      * the pace this tile reads its own. x16: the stream ahead (matmul_x86.h). */
     const uint8_t *pf = w + 16 * ws;
@@ -149,29 +148,9 @@ INLINE void tile16(const int kind, const int packed, const int RN, const uint8_t
             for (int r = 0; r < 16; r++) memcpy(&h[r], w + r * ws + b * blk, sizeof h[r]);
             dw = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
         }
+        /* Q5_0 keeps the scalar reference's product-then-sum (matmul_q5_avx512.c) */
         _Pragma("GCC unroll 16")
-        for (int t = 0; t < RN; t++) {
-            const uint8_t *arow = act + t * astride;
-            const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
-            const float *ad = (const float *)(arow + qpart);
-            const int32_t *off = (const int32_t *)(ad + nb);
-            /* Two chains of 4 (exact integer sums in any order): with few tokens one
-             * chain of 8 dependent vpdpbusd would be the tile's critical path. */
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            _Pragma("GCC unroll 8")
-            for (int k = 0; k < 8; k += 2) {
-                int32_t a0, a1;
-                memcpy(&a0, aq + 4 * k, 4);
-                memcpy(&a1, aq + 4 * k + 4, 4);
-                s0 = _mm512_dpbusd_epi32(s0, v[k], _mm512_set1_epi32(a0));
-                s1 = _mm512_dpbusd_epi32(s1, v[k + 1], _mm512_set1_epi32(a1));
-            }
-            __m512i s = _mm512_sub_epi32(_mm512_add_epi32(s0, s1), _mm512_set1_epi32(off[b]));
-            const __m512 scale = _mm512_mul_ps(dw, _mm512_set1_ps(ad[b]));
-            /* Q5_0 keeps the scalar reference's product-then-sum (matmul_q5_avx512.c) */
-            if (kind == W_Q5_0) acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), scale));
-            else acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), scale, acc[t]);
-        }
+        for (int t = 0; t < RN; t++) acc[t] = vnni_block_step(kind != W_Q5_0, acc[t], v, dw, act + t * astride, nb, b);
     }
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) _mm512_storeu_ps(y + t * ldy, acc[t]);

@@ -25,12 +25,6 @@
 
 #define RN_MAX 16
 
-INLINE __m512i bcast4(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, sizeof v);
-    return _mm512_set1_epi32(v);
-}
-
 /* Levels (0..31) of block at base + idx[j] for the 16 rows (see the top comment). */
 INLINE void block16(const uint8_t *base, __m512i idx, __m512i v[8], __m512 *dw) {
     const __m512i hd = _mm512_i32gather_epi32(idx, base, 1); /* d, then qh bytes 0-1 */
@@ -58,7 +52,7 @@ INLINE void block16(const uint8_t *base, __m512i idx, __m512i v[8], __m512 *dw) 
 
 INLINE void tile16(const int RN, const uint8_t *w, __m512i idx, __mmask16 live, const uint8_t *pf,
                    const uint8_t *act, size_t astride, int64_t nb, float *y, int64_t ldy) {
-    const size_t blk = sizeof(cv_block_q5_0), qpart = q8_part(nb);
+    const size_t blk = sizeof(cv_block_q5_0);
     __m512 acc[RN_MAX];
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) acc[t] = _mm512_setzero_ps();
@@ -70,17 +64,7 @@ INLINE void tile16(const int RN, const uint8_t *w, __m512i idx, __mmask16 live, 
         __m512 dw;
         block16(w + b * blk, idx, v, &dw);
         _Pragma("GCC unroll 16")
-        for (int t = 0; t < RN; t++) {
-            const uint8_t *arow = act + t * astride;
-            const uint8_t *aq = arow + b * sizeof(cv_block_q8_0) + 2;
-            const float *ad = (const float *)(arow + qpart);
-            const int32_t *off = (const int32_t *)(ad + nb);
-            __m512i s = _mm512_setzero_si512();
-            _Pragma("GCC unroll 8")
-            for (int k = 0; k < 8; k++) s = _mm512_dpbusd_epi32(s, v[k], bcast4(aq + 4 * k));
-            s = _mm512_sub_epi32(s, _mm512_set1_epi32(off[b]));
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(dw, _mm512_set1_ps(ad[b]))));
-        }
+        for (int t = 0; t < RN; t++) acc[t] = vnni_block_step(0, acc[t], v, dw, act + t * astride, nb, b);
     }
     _Pragma("GCC unroll 16")
     for (int t = 0; t < RN; t++) _mm512_mask_storeu_ps(y + t * ldy, live, acc[t]);
